@@ -1,0 +1,99 @@
+"""The LightningDataModule: JSONL files (real or synthetic) in, lists of samples out."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader
+
+from lit_vr1.data.jsonl import JsonlDataset, Sample
+from lit_vr1.data.synthetic import SyntheticSpec, write_synthetic
+
+
+def collate(samples: list[Sample]) -> list[Sample]:
+    """Batches stay lists of samples: the module's processor turns them into tensors."""
+    return samples
+
+
+class GroundingDataModule(LightningDataModule):
+    """Train (and validation) data as VLM-R1 JSONL.
+
+    Args:
+        train_files: ':'-separated JSONL files. Leave unset to use synthetic data.
+        train_images: ':'-separated image folders, one per train file.
+        val_files: ':'-separated JSONL files for validation (optional).
+        val_images: image folders for ``val_files``.
+        template: prompt template: plain, r1, qwen_rec or r1_rec.
+        batch_size: prompts per rollout on each process (each gets G completions).
+        num_workers: DataLoader workers.
+        synthetic: draw shapes data with this spec when ``train_files`` is unset.
+        synthetic_dir: where the synthetic JSONL and PNGs are written (reused if present).
+        num_val_samples: size of the synthetic held-out split.
+    """
+
+    def __init__(
+        self,
+        train_files: str | None = None,
+        train_images: str | None = None,
+        val_files: str | None = None,
+        val_images: str | None = None,
+        template: str = "qwen_rec",
+        batch_size: int = 2,
+        num_workers: int = 0,
+        synthetic: SyntheticSpec | None = None,
+        synthetic_dir: str = "data/synthetic",
+        num_val_samples: int = 64,
+    ) -> None:
+        super().__init__()
+        if train_files is None and synthetic is None:
+            raise ValueError("set data.train_files (with data.train_images) or data.synthetic")
+        if train_files is not None and train_images is None:
+            raise ValueError("data.train_files needs data.train_images: one image folder per file, ':'-separated")
+        self.train_files, self.train_images = train_files, train_images
+        self.val_files, self.val_images = val_files, val_images
+        self.template = template
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.synthetic = synthetic
+        self.synthetic_dir = synthetic_dir
+        self.num_val_samples = num_val_samples
+        self.train_set: JsonlDataset | None = None
+        self.val_set: JsonlDataset | None = None
+
+    def _synthetic_paths(self, split: str) -> tuple[str, str]:
+        root = Path(self.synthetic_dir)
+        return str(root / f"{split}.jsonl"), str(root / "images")
+
+    def prepare_data(self) -> None:
+        """Write the synthetic splits once (rank 0 only, as Lightning calls it)."""
+        if self.train_files is not None or self.synthetic is None:
+            return
+        for split, n in (("train", self.synthetic.num_samples), ("val", self.num_val_samples)):
+            path, _ = self._synthetic_paths(split)
+            if not os.path.isfile(path):
+                spec = SyntheticSpec(**{**vars(self.synthetic), "num_samples": n})
+                write_synthetic(self.synthetic_dir, spec, split)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_files is None:
+            self.prepare_data()  # idempotent; covers direct use outside a Trainer
+            train, images = self._synthetic_paths("train")
+            val, val_images = self._synthetic_paths("val")
+        else:
+            train, images = self.train_files, self.train_images
+            val, val_images = self.val_files, self.val_images
+        if self.train_set is None:
+            self.train_set = JsonlDataset(train, images, self.template)
+        if self.val_set is None and val is not None:
+            self.val_set = JsonlDataset(val, val_images, self.template)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.train_set, batch_size=self.batch_size, shuffle=True, collate_fn=collate,
+            num_workers=self.num_workers, drop_last=True,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, batch_size=self.batch_size, collate_fn=collate, num_workers=self.num_workers)

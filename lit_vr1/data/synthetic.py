@@ -1,0 +1,107 @@
+"""Synthetic grounding data: coloured shapes on a canvas, a referring prompt and the box.
+
+It writes the very JSONL format of VLM-R1 (plus the PNG files), so synthetic and real
+data travel the same loading path.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+COLOURS = ["red", "green", "blue", "yellow", "purple", "orange"]
+RGB = {
+    "red": (220, 40, 40),
+    "green": (40, 180, 60),
+    "blue": (40, 80, 220),
+    "yellow": (230, 210, 40),
+    "purple": (150, 60, 190),
+    "orange": (240, 140, 30),
+}
+SHAPES = ["circle", "square", "triangle"]
+
+
+@dataclass
+class SyntheticSpec:
+    """What the generator draws.
+
+    num_samples: images to write. canvas: image side in pixels. min_shapes / max_shapes:
+    shapes per image (the target is unique in colour+shape). min_size / max_size:
+    shape side in pixels. background: canvas grey level.
+    """
+
+    num_samples: int = 256
+    canvas: int = 112
+    min_shapes: int = 1
+    max_shapes: int = 3
+    min_size: int = 20
+    max_size: int = 56
+    background: int = 235
+    seed: int = 0
+
+
+def _draw(draw: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int, int], rgb: tuple[int, int, int]) -> None:
+    x1, y1, x2, y2 = box
+    if shape == "circle":
+        draw.ellipse((x1, y1, x2 - 1, y2 - 1), fill=rgb)
+    elif shape == "square":
+        draw.rectangle((x1, y1, x2 - 1, y2 - 1), fill=rgb)
+    else:
+        draw.polygon([((x1 + x2) / 2, y1), (x1, y2 - 1), (x2 - 1, y2 - 1)], fill=rgb)
+
+
+def _overlaps(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
+    return not (a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1])
+
+
+def make_sample(rng: random.Random, spec: SyntheticSpec) -> tuple[Image.Image, str, tuple[int, int, int, int], str]:
+    """One image with 1..max_shapes non-overlapping shapes; returns (image, target name, box, question)."""
+    img = Image.new("RGB", (spec.canvas, spec.canvas), (spec.background,) * 3)
+    draw = ImageDraw.Draw(img)
+    placed: list[tuple[tuple[int, int, int, int], str, str]] = []
+    wanted = rng.randint(spec.min_shapes, spec.max_shapes)
+    for _ in range(200):
+        if len(placed) == wanted:
+            break
+        size = rng.randint(spec.min_size, spec.max_size)
+        x1 = rng.randint(0, spec.canvas - size)
+        y1 = rng.randint(0, spec.canvas - size)
+        box = (x1, y1, x1 + size, y1 + size)
+        colour, shape = rng.choice(COLOURS), rng.choice(SHAPES)
+        if any(_overlaps(box, p[0]) or (p[1], p[2]) == (colour, shape) for p in placed):
+            continue
+        placed.append((box, colour, shape))
+    for box, colour, shape in placed:
+        _draw(draw, shape, box, RGB[colour])
+    box, colour, shape = rng.choice(placed)
+    name = f"{colour} {shape}"
+    question = f"<image>Locate the {name} in the image and output its bbox coordinates in JSON format."
+    return img, name, box, question
+
+
+def write_synthetic(out_dir: str | Path, spec: SyntheticSpec, split: str = "train") -> Path:
+    """Write ``{out_dir}/{split}.jsonl`` and ``{out_dir}/images/{split}_*.png``; return the JSONL path.
+
+    The answer (the "gpt" turn) is the box in original-image pixels as Qwen2.5-VL JSON.
+    """
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    rng = random.Random(f"{spec.seed}-{split}")
+    path = out / f"{split}.jsonl"
+    with open(path, "w") as f:
+        for i in range(spec.num_samples):
+            img, name, box, question = make_sample(rng, spec)
+            file = f"{split}_{i:05d}.png"
+            img.save(out / "images" / file)
+            answer = json.dumps([{"bbox_2d": list(box), "label": name}])
+            record = {
+                "id": f"{split}-{i}",
+                "image": file,
+                "conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": answer}],
+            }
+            f.write(json.dumps(record) + "\n")
+    return path

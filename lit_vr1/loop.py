@@ -1,0 +1,239 @@
+"""RolloutUpdateLoop: one training batch of prompts -> rollout -> rewards -> advantages
+-> ``num_iterations`` passes of clipped updates over mini-batches.
+
+A plain class owned by the module (it does not subclass Lightning's private loops).
+It talks to the module through a small surface: the policy and reference models,
+the processor, ``manual_backward``, ``clip_gradients``, the optimiser and scheduler,
+and ``log_step``; so the same loop runs under DDP, FSDP2 or a single process.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import torch
+from torch import Tensor
+
+from lit_vr1.data.jsonl import Sample
+from lit_vr1.loss import (
+    LOSS_TYPES,
+    SCALE_REWARDS,
+    check_choice,
+    group_advantages,
+    grpo_loss,
+    token_entropy,
+    token_logprobs,
+)
+from lit_vr1.rewards.base import RewardScores, score_all
+from lit_vr1.rollout import (
+    Rollout,
+    SamplingConfig,
+    completion_logits,
+    distribution_logits,
+    generate,
+    policy_logprobs,
+    vision_token_ids,
+)
+
+if TYPE_CHECKING:
+    from lit_vr1.grpo import GRPOModule
+
+
+@dataclass
+class GRPOConfig:
+    """Every knob of the GRPO algorithm.
+
+    num_generations: G, completions sampled per prompt.
+    temperature, top_p, top_k: sampling (top_k=0 and top_p=1.0 are off); the loss
+        scores tokens under this same distribution.
+    max_completion_length: most tokens a completion may have.
+    num_iterations: passes of updates over one rollout (GRPO's mu).
+    epsilon: lower clip range; epsilon_high: upper one (None: same as epsilon).
+    beta: weight of the k3 KL to the reference; 0 builds no reference model.
+    loss_type: grpo, bnpo, dr_grpo or dapo (see ``lit_vr1.loss.grpo_loss``).
+    scale_rewards: group, batch or none (see ``lit_vr1.loss.group_advantages``).
+    mask_truncated_completions: leave completions without EOS out of the loss (DAPO).
+    mini_batch_size: completions per optimiser step (None: the whole rollout, one step).
+    micro_batch_size: completions per forward/backward (None: the mini-batch);
+        gradients of a mini-batch's micro-batches are accumulated before the step.
+    gradient_clip_val: max global grad norm (None: no clipping).
+    """
+
+    num_generations: int = 4
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_completion_length: int = 64
+    num_iterations: int = 1
+    epsilon: float = 0.2
+    epsilon_high: float | None = None
+    beta: float = 0.04
+    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = "grpo"
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    mask_truncated_completions: bool = False
+    mini_batch_size: int | None = None
+    micro_batch_size: int | None = None
+    gradient_clip_val: float | None = 1.0
+
+    def __post_init__(self) -> None:
+        check_choice("loss_type", self.loss_type, LOSS_TYPES)
+        check_choice("scale_rewards", self.scale_rewards, SCALE_REWARDS)
+        for name in ("num_generations", "max_completion_length", "num_iterations"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("mini_batch_size", "micro_batch_size"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ValueError(f"{name} must be >= 1 or null, got {v}")
+
+    def sampling(self, suppress_ids: tuple[int, ...] = ()) -> SamplingConfig:
+        return SamplingConfig(self.temperature, self.top_p, self.top_k, self.max_completion_length,
+                              suppress_ids=suppress_ids)
+
+
+def chunks(rows: Tensor, size: int) -> list[Tensor]:
+    return [rows[i : i + size] for i in range(0, rows.numel(), size)]
+
+
+class RolloutUpdateLoop:
+    """Runs one GRPO training batch for ``module`` with ``config``.
+
+    ``run(samples)`` returns the statistics of the rollout (rewards, advantages,
+    lengths, timings); each optimiser step's statistics are sent to
+    ``module.log_step`` as they happen.
+    """
+
+    def __init__(self, module: GRPOModule, config: GRPOConfig) -> None:
+        self.module = module
+        self.config = config
+        self.sampling = config.sampling(vision_token_ids(module.processor))
+        self.last_rollout: Rollout | None = None
+        self.last_scores: RewardScores | None = None
+
+    # -- the steps ---------------------------------------------------------------------
+    def rollout(self, samples: list[Sample]) -> Rollout:
+        m = self.module
+        was_training = m.policy.training
+        m.policy.eval()
+        try:
+            with m.generation_context():
+                return generate(m.policy, m.processor, samples, self.config.num_generations, self.sampling,
+                                global_step=m.global_step)
+        finally:
+            m.policy.train(was_training)
+
+    def score(self, rollout: Rollout) -> RewardScores:
+        return score_all(self.module.rewards, rollout.completions, rollout.contexts)
+
+    def steps_per_rollout(self, n: int) -> tuple[int, int]:
+        """(mini-batch size, number of optimiser steps) for a rollout of n completions."""
+        mini = min(self.config.mini_batch_size or n, n)
+        return mini, self.config.num_iterations * math.ceil(n / mini)
+
+    @torch.no_grad()
+    def _logprobs(self, model, rollout: Rollout, sampling: SamplingConfig, size: int) -> Tensor:
+        out = []
+        for rows in chunks(torch.arange(len(rollout)), size):
+            inputs = rollout.model_inputs(rows)
+            logits = completion_logits(model, inputs, rollout.completion_ids.shape[1])
+            out.append(policy_logprobs(logits, rollout.completion_ids[rows], sampling))
+        return torch.cat(out)
+
+    def prepare_logprobs(self, rollout: Rollout) -> None:
+        """Old log-probs only when more than one optimiser step uses this rollout;
+        reference log-probs only when beta > 0."""
+        cfg, m = self.config, self.module
+        n = len(rollout)
+        _, steps = self.steps_per_rollout(n)
+        size = cfg.micro_batch_size or cfg.mini_batch_size or n
+        if steps > 1:
+            rollout.old_logprobs = self._logprobs(m.policy, rollout, self.sampling, size)
+        if cfg.beta != 0.0:
+            # The reference is scored at the sampling temperature without top-k / top-p,
+            # so that its support covers every token and the KL stays finite.
+            ref_sampling = SamplingConfig(temperature=cfg.temperature, suppress_ids=self.sampling.suppress_ids)
+            with m.reference_context() as ref:
+                rollout.ref_logprobs = self._logprobs(ref, rollout, ref_sampling, size)
+
+    def update(self, rollout: Rollout, rows: Tensor, loss_mask: Tensor) -> dict[str, float]:
+        """One optimiser step on the completions ``rows``, in micro-batches."""
+        cfg, m = self.config, self.module
+        opt = m.optimizers()
+        micro = cfg.micro_batch_size or rows.numel()
+        n_tok_local = loss_mask[rows].sum()
+        n_tok = m.all_reduce_sum(n_tok_local.float()) / m.trainer.world_size if cfg.loss_type == "dapo" else n_tok_local
+        totals = {"loss": 0.0, "kl": 0.0, "clip_low": 0.0, "clip_high": 0.0, "ratio_mean": 0.0, "entropy": 0.0}
+        for part in chunks(rows, micro):
+            inputs = rollout.model_inputs(part)
+            tokens = rollout.completion_ids[part]
+            mask = loss_mask[part]
+            logits = distribution_logits(completion_logits(m.policy, inputs, tokens.shape[1]), self.sampling)
+            logp = token_logprobs(logits, tokens)
+            old = rollout.old_logprobs[part] if rollout.old_logprobs is not None else logp.detach()
+            ref = rollout.ref_logprobs[part] if rollout.ref_logprobs is not None else None
+            loss, stats = grpo_loss(
+                logp, old, rollout.advantages[part], mask, ref_logp=ref, beta=cfg.beta, epsilon=cfg.epsilon,
+                epsilon_high=cfg.epsilon_high, loss_type=cfg.loss_type, max_completion_length=cfg.max_completion_length,
+                num_sequences=rows.numel(), num_tokens=float(n_tok.clamp(min=1.0)),
+            )
+            m.manual_backward(loss)
+            share = part.numel() / rows.numel()
+            ent = token_entropy(logits.detach())
+            totals["loss"] += float(loss.detach())
+            totals["entropy"] += float((ent * mask).sum() / mask.sum().clamp(min=1)) * share
+            for key in ("kl", "clip_low", "clip_high", "ratio_mean"):
+                totals[key] += getattr(stats, key) * share
+        grad_norm = m.clip_and_norm(opt, cfg.gradient_clip_val)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sched = m.lr_schedulers()
+        if sched is not None:
+            sched.step()
+        totals["grad_norm"] = grad_norm
+        totals["lr"] = opt.param_groups[0]["lr"]
+        return totals
+
+    # -- the whole batch -----------------------------------------------------------------
+    def run(self, samples: list[Sample]) -> dict[str, float]:
+        cfg, m = self.config, self.module
+        t0 = time.perf_counter()
+        rollout = self.rollout(samples)
+        t_rollout = time.perf_counter() - t0
+
+        scores = self.score(rollout)
+        adv = group_advantages(scores.total, cfg.num_generations, cfg.scale_rewards)
+        rollout.advantages = adv.values.to(rollout.completion_ids.device)
+        loss_mask = rollout.completion_mask.float()
+        if cfg.mask_truncated_completions:
+            loss_mask = loss_mask * (~rollout.truncated).float().unsqueeze(1)
+
+        t1 = time.perf_counter()
+        self.prepare_logprobs(rollout)
+        lengths = rollout.completion_mask.sum(dim=1).float()
+        rollout_stats = {
+            **scores.stats(),
+            "advantage/mean": float(adv.values.mean()),
+            "advantage/std": float(adv.values.std()) if adv.values.numel() > 1 else 0.0,
+            "advantage/abs_max": float(adv.values.abs().max()),
+            "groups_tied_frac": float(adv.tied.float().mean()),
+            "completion/length_mean": float(lengths.mean()),
+            "completion/length_max": float(lengths.max()),
+            "completion/truncated_frac": float(rollout.truncated.float().mean()),
+            "time/rollout_s": t_rollout,
+        }
+        mini, _ = self.steps_per_rollout(len(rollout))
+        shuffle = torch.Generator().manual_seed(int(m.global_step))
+        for iteration in range(cfg.num_iterations):
+            order = torch.randperm(len(rollout), generator=shuffle) if mini < len(rollout) else torch.arange(len(rollout))
+            for rows in chunks(order, mini):
+                t_step = time.perf_counter()
+                stats = self.update(rollout, rows, loss_mask)
+                stats["time/update_s"] = time.perf_counter() - t_step
+                stats["iteration"] = iteration
+                m.log_step({**rollout_stats, **stats})
+        rollout_stats["time/logprob_and_update_s"] = time.perf_counter() - t1
+        self.last_rollout, self.last_scores = rollout, scores
+        return rollout_stats

@@ -1,0 +1,229 @@
+"""Pure tensor functions of GRPO: token log-probs, group advantages, the k3 KL and
+the clipped surrogate loss with its four aggregations.
+
+Nothing here touches a model, a Trainer or a process group: every function takes
+tensors and returns tensors (and, for the loss, detached statistics), so each
+formula is tested against hand-computed cases in ``tests/test_loss.py``.
+
+Shapes: ``N`` completions, ``T`` completion tokens (right-padded), ``V`` vocabulary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
+SCALE_REWARDS = ("group", "batch", "none")
+
+
+def check_choice(name: str, value: str, valid: tuple[str, ...]) -> str:
+    """Return ``value`` if it is one of ``valid``; else raise naming the option and the valid values."""
+    if value not in valid:
+        raise ValueError(f"{name}={value!r} is not valid; choose one of {', '.join(valid)}")
+    return value
+
+
+def sampling_logits(
+    logits: Tensor,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    suppress_ids: tuple[int, ...] = (),
+) -> Tensor:
+    """Logits of the distribution that sampling draws from: ``suppress_ids`` set to -inf
+    (tokens that may never be generated, such as image placeholders), divided by ``temperature``,
+    then all but the ``top_k`` largest set to -inf (0 = off), then the tail outside the
+    smallest set whose probability reaches ``top_p`` set to -inf (1.0 = off).
+
+    The order and the tie rules follow transformers' temperature, top-k and top-p
+    logits warpers (top-k keeps every token tied with the k-th; top-p always keeps
+    the most likely token), so the loss scores exactly the distribution the rollout
+    sampled from. ``logits``: (..., V).
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    out = logits
+    if suppress_ids:
+        out = out.index_fill(-1, torch.tensor(suppress_ids, device=out.device), float("-inf"))
+    out = out / temperature if temperature != 1.0 else out
+    vocab = out.shape[-1]
+    if 0 < top_k < vocab:
+        kth = torch.topk(out, top_k, dim=-1).values[..., -1:]
+        out = out.masked_fill(out < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, sorted_idx = torch.sort(out, dim=-1, descending=False)
+        cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        drop_sorted = cum <= (1.0 - top_p)
+        drop_sorted[..., -1] = False  # the most likely token always stays
+        drop = drop_sorted.scatter(-1, sorted_idx, drop_sorted)
+        out = out.masked_fill(drop, float("-inf"))
+    return out
+
+
+def token_logprobs(logits: Tensor, tokens: Tensor) -> Tensor:
+    """log p(token) under softmax(logits): ``logits`` (N, T, V), ``tokens`` (N, T) -> (N, T).
+
+    Computed as the gathered logit minus the row's logsumexp, which never builds a
+    (N, T, V) log-softmax tensor beside the logits.
+    """
+    picked = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    return picked - torch.logsumexp(logits.float(), dim=-1).to(picked.dtype)
+
+
+@torch.no_grad()
+def token_entropy(logits: Tensor) -> Tensor:
+    """Entropy of softmax(logits) per position: (N, T, V) -> (N, T). -inf logits count as p=0."""
+    logp = logits.float().log_softmax(dim=-1)
+    p = logp.exp()
+    return -(p * logp.nan_to_num(neginf=0.0)).sum(dim=-1)
+
+
+@dataclass
+class Advantages:
+    """Per-completion advantages and the group statistics they came from.
+
+    values: (N,) advantage of each completion; N = num_prompts * group_size, the
+        G completions of one prompt stored next to each other.
+    group_mean, group_std: (N,) the mean and (unbiased) std of its group's rewards.
+    tied: (N // G,) bool, True where every reward in the group is equal (zero signal).
+    """
+
+    values: Tensor
+    group_mean: Tensor
+    group_std: Tensor
+    tied: Tensor
+
+
+def group_advantages(rewards: Tensor, group_size: int, scale: str = "group", eps: float = 1e-4) -> Advantages:
+    """GRPO advantages: each reward minus its group's mean, divided by a spread.
+
+    ``scale``: "group" divides by the group's std (DeepSeekMath, Shao et al. 2024,
+    eq. for outcome supervision); "batch" divides by the std of all rewards in the
+    batch (the more robust variant of Hu et al. 2025, REINFORCE++ / TRL's
+    ``scale_rewards="batch"``); "none" does not divide (Dr. GRPO, Liu et al. 2025,
+    which argues the std division biases towards easy and hard prompts).
+    ``rewards``: (N,), N a multiple of ``group_size``.
+    """
+    check_choice("scale_rewards", scale, SCALE_REWARDS)
+    if rewards.ndim != 1 or rewards.numel() % group_size:
+        raise ValueError(f"rewards of shape {tuple(rewards.shape)} do not split into groups of {group_size}")
+    grouped = rewards.view(-1, group_size)
+    mean = grouped.mean(dim=1)
+    std = grouped.std(dim=1) if group_size > 1 else torch.zeros_like(mean)
+    tied = (grouped == grouped[:, :1]).all(dim=1)
+    mean_n = mean.repeat_interleave(group_size)
+    std_n = std.repeat_interleave(group_size)
+    centred = rewards - mean_n
+    if scale == "group":
+        spread = std_n
+    elif scale == "batch":
+        spread = (rewards.std() if rewards.numel() > 1 else rewards.new_zeros(())).expand_as(rewards)
+    else:
+        spread = None
+    # A zero spread means every centred reward is 0: the advantage is 0 (never 0/0).
+    values = centred if spread is None else torch.where(spread > 0, centred / (spread + eps), torch.zeros_like(centred))
+    return Advantages(values=values, group_mean=mean_n, group_std=std_n, tied=tied)
+
+
+def k3_kl(logp: Tensor, ref_logp: Tensor) -> Tensor:
+    """Per-token KL(policy || reference) estimate k3 = exp(r) - r - 1 with r = ref_logp - logp.
+
+    Schulman's unbiased, always non-negative estimator ("Approximating KL divergence",
+    2020), the one GRPO uses (DeepSeekMath, Shao et al. 2024, eq. 4). ``r`` is clamped
+    to [-20, 20] so that a token the policy no longer allows (log-prob -inf under top-k
+    or top-p) gives a large, finite penalty instead of inf or NaN.
+    """
+    r = (ref_logp - logp).clamp(-20.0, 20.0)
+    return torch.exp(r) - r - 1.0
+
+
+@dataclass
+class LossStats:
+    """Detached scalars of one loss evaluation (means over completion tokens)."""
+
+    kl: float
+    clip_low: float
+    clip_high: float
+    ratio_mean: float
+
+
+def grpo_loss(
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    ref_logp: Tensor | None = None,
+    beta: float = 0.0,
+    epsilon: float = 0.2,
+    epsilon_high: float | None = None,
+    loss_type: str = "grpo",
+    max_completion_length: int | None = None,
+    num_sequences: float | None = None,
+    num_tokens: float | None = None,
+) -> tuple[Tensor, LossStats]:
+    """Clipped surrogate with a k3 KL penalty, aggregated as ``loss_type`` says.
+
+    Per token (PPO's clipped objective, Schulman et al. 2017, as used by GRPO):
+        ratio = exp(logp - old_logp)
+        l = -min(ratio * A, clip(ratio, 1 - epsilon, 1 + epsilon_high) * A) + beta * k3
+    ``epsilon_high`` defaults to ``epsilon``; a larger one is DAPO's clip-higher.
+
+    Aggregation of ``l`` over the completion tokens (mask = 1):
+        grpo     mean over each sequence's tokens, then mean over sequences
+                 (DeepSeekMath, Shao et al. 2024)
+        bnpo     sum over tokens / number of tokens
+        dr_grpo  sum over tokens / (sequences * max_completion_length)
+                 (Dr. GRPO, Liu et al. 2025: no length normalisation)
+        dapo     sum over tokens / number of tokens of the whole global batch
+                 (DAPO, Yu et al. 2025, token-level loss)
+    ``num_sequences`` and ``num_tokens`` are the denominators when this call sees only
+    a micro-batch: pass the totals of the mini-batch (for dapo, across all ranks) so
+    that the micro-batch losses add up to the mini-batch loss. They default to this
+    call's own counts.
+
+    Shapes: ``logp``, ``old_logp``, ``ref_logp``, ``mask``: (N, T); ``advantages``: (N,).
+    Returns the scalar loss and detached statistics.
+    """
+    check_choice("loss_type", loss_type, LOSS_TYPES)
+    eps_low = epsilon
+    eps_high = epsilon if epsilon_high is None else epsilon_high
+    mask = mask.to(logp.dtype)
+    adv = advantages.unsqueeze(1)
+    ratio = torch.exp(logp - old_logp)
+    unclipped = ratio * adv
+    clipped = ratio.clamp(1.0 - eps_low, 1.0 + eps_high) * adv
+    per_token = -torch.minimum(unclipped, clipped)
+    kl = None
+    if beta != 0.0:
+        if ref_logp is None:
+            raise ValueError("beta != 0 needs ref_logp")
+        kl = k3_kl(logp, ref_logp)
+        per_token = per_token + beta * kl
+
+    n_seq = float(logp.shape[0]) if num_sequences is None else float(num_sequences)
+    n_tok = mask.sum().clamp(min=1.0) if num_tokens is None else torch.as_tensor(float(num_tokens))
+    if loss_type == "grpo":
+        seq_mean = (per_token * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+        loss = seq_mean.sum() / n_seq
+    elif loss_type in ("bnpo", "dapo"):
+        loss = (per_token * mask).sum() / n_tok
+    else:
+        if max_completion_length is None:
+            raise ValueError("loss_type='dr_grpo' needs max_completion_length")
+        loss = (per_token * mask).sum() / (n_seq * max_completion_length)
+
+    with torch.no_grad():
+        denom = mask.sum().clamp(min=1.0)
+        low = ((ratio < 1.0 - eps_low) & (adv < 0)).to(mask.dtype)
+        high = ((ratio > 1.0 + eps_high) & (adv > 0)).to(mask.dtype)
+        stats = LossStats(
+            kl=float((kl * mask).sum() / denom) if kl is not None else 0.0,
+            clip_low=float((low * mask).sum() / denom),
+            clip_high=float((high * mask).sum() / denom),
+            ratio_mean=float((ratio * mask).sum() / denom),
+        )
+    return loss, stats

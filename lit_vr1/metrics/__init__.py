@@ -1,0 +1,5 @@
+"""Evaluation metrics."""
+
+from lit_vr1.metrics.rec import RECMetrics
+
+__all__ = ["RECMetrics"]

@@ -1,0 +1,82 @@
+"""Load a policy and its processor by name or path: one code path for real checkpoints
+(``Qwen/Qwen2.5-VL-3B-Instruct``, a local ``save_pretrained`` directory) and the tiny
+random models (``tiny:qwen2_5_vl``, ``tiny:qwen2_vl``) built in-process."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, PreTrainedModel, ProcessorMixin
+
+from lit_vr1.models.tiny import FAMILIES, TinySpec, build_model, build_processor
+
+SUPPORTED_MODEL_TYPES = ("qwen2_5_vl", "qwen2_vl")
+TINY_PREFIX = "tiny:"
+
+
+class ModelLoadError(ValueError):
+    """A model name or path that cannot be loaded; the message says why."""
+
+
+def _tiny_family(name: str) -> str | None:
+    if not name.startswith(TINY_PREFIX):
+        return None
+    family = name[len(TINY_PREFIX):]
+    if family not in FAMILIES:
+        raise ModelLoadError(f"model {name!r}: no tiny model of family {family!r}; choose one of "
+                             + ", ".join(TINY_PREFIX + f for f in FAMILIES))
+    return family
+
+
+def check_model_type(name: str) -> str:
+    """The config's model_type, or a :class:`ModelLoadError` saying missing or unsupported."""
+    try:
+        config = AutoConfig.from_pretrained(name)
+    except (OSError, ValueError) as e:
+        where = "local path" if os.path.sep in name or os.path.exists(name) else "name"
+        raise ModelLoadError(
+            f"model {name!r} cannot be loaded: the {where} is missing or holds no config.json "
+            f"(real checkpoints need network access or a local copy). Cause: {e}"
+        ) from None
+    if config.model_type not in SUPPORTED_MODEL_TYPES:
+        raise ModelLoadError(
+            f"model {name!r} is of type {config.model_type!r}, which lit-vr1 does not support; "
+            f"supported families: {', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
+    return config.model_type
+
+
+def load_processor(name: str, min_pixels: int | None = None, max_pixels: int | None = None, seed: int = 0) -> ProcessorMixin:
+    """The processor of ``name``, with the image size bounds set (qwen-vl-utils convention:
+    images are resized to multiples of 28 with min_pixels <= h*w <= max_pixels)."""
+    family = _tiny_family(name)
+    if family is not None:
+        processor = build_processor(family, TinySpec(), seed)
+    else:
+        check_model_type(name)
+        processor = AutoProcessor.from_pretrained(name)
+    ip = processor.image_processor
+    if min_pixels is not None or max_pixels is not None:
+        size = dict(getattr(ip, "size", None) or {})
+        if min_pixels is not None:
+            size["shortest_edge"] = min_pixels
+        if max_pixels is not None:
+            size["longest_edge"] = max_pixels
+        ip.size = size
+    return processor
+
+
+def load_model(name: str, processor: ProcessorMixin, dtype: str = "float32", attn_implementation: str = "sdpa",
+               seed: int = 0) -> PreTrainedModel:
+    """The policy model of ``name`` in ``dtype`` (float32, bfloat16, float16 or auto)."""
+    torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
+    family = _tiny_family(name)
+    if family is not None:
+        model = build_model(family, processor.tokenizer, TinySpec(), seed)
+        if torch_dtype != "auto":
+            model = model.to(torch_dtype)
+        model.config._attn_implementation = attn_implementation
+        return model
+    check_model_type(name)
+    return AutoModelForImageTextToText.from_pretrained(name, dtype=torch_dtype, attn_implementation=attn_implementation)

@@ -1,0 +1,234 @@
+"""Tiny, randomly initialised Qwen-VL models with a locally trained tokenizer.
+
+Everything here is built in-process from a seed: a byte-level BPE tokenizer trained
+on a small corpus (Qwen's pre-tokenizer, Qwen's special tokens, a Qwen-style chat
+template with image items), transformers' own Qwen2-VL / Qwen2.5-VL processor and
+model classes. Nothing is downloaded. The result saves and loads with
+``save_pretrained`` / ``from_pretrained`` like any real checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from transformers import (
+    PreTrainedModel,
+    ProcessorMixin,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2_5_VLProcessor,
+    Qwen2Tokenizer,
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
+    Qwen2VLImageProcessor,
+    Qwen2VLProcessor,
+    Qwen2VLVideoProcessor,
+)
+
+# Qwen's special tokens, in Qwen's order.
+SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+
+# Qwen-VL's chat layout: a default system turn, <|im_start|>role\n...<|im_end|>\n, and an
+# image item rendered as <|vision_start|><|image_pad|><|vision_end|> (the processor then
+# expands <|image_pad|> to one token per merged patch).
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif item['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# Qwen2's pre-tokenizer split (digits one by one, words with a leading space, ...).
+QWEN_SPLIT = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+
+FAMILIES = ("qwen2_5_vl", "qwen2_vl")
+
+
+@dataclass
+class TinySpec:
+    """Sizes of a tiny model. The defaults give about 1.5 million parameters.
+
+    rope_theta: 10 rather than Qwen's 1e6, so that a small model can tell the columns
+    of a 4x4 image-token grid apart (measured: with 1e6 it hardly can).
+    """
+
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 384
+    vision_hidden: int = 64
+    vision_depth: int = 2
+    vision_heads: int = 2
+    vocab_size: int = 1024
+    rope_theta: float = 10.0
+    min_pixels: int = 28 * 28
+    max_pixels: int = 224 * 224
+
+
+def _corpus(seed: int) -> list[str]:
+    """Text the tokenizer is trained on: grounding prompts, JSON answers, the R1 tags."""
+    from lit_vr1.data.prompts import TEMPLATES
+    from lit_vr1.data.synthetic import COLOURS, SHAPES
+
+    rng = random.Random(seed)
+    lines = [CHAT_TEMPLATE, "You are a helpful assistant.", "system user assistant"]
+    lines += [t.format(question="") for t in TEMPLATES.values()]
+    for _ in range(400):
+        colour, shape = rng.choice(COLOURS), rng.choice(SHAPES)
+        box = [rng.randint(0, 999) for _ in range(4)]
+        lines.append(f"Locate the {colour} {shape} in the image and output its bbox coordinates in JSON format.")
+        lines.append(f'```json\n[{{"bbox_2d": [{box[0]}, {box[1]}, {box[2]}, {box[3]}], "label": "{colour} {shape}"}}]\n```')
+        lines.append(f"<think>The {colour} {shape} is at {box}.</think>\n<answer>{box}</answer>")
+    return lines
+
+
+def build_tokenizer(vocab_size: int = 1024, seed: int = 0) -> Qwen2Tokenizer:
+    """Train a byte-level BPE with Qwen's pre-tokenizer and wrap it in ``Qwen2Tokenizer``."""
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN_SPLIT), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_corpus(seed), trainer=trainer)
+
+
+    state = json.loads(tok.to_str())["model"]
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in state["merges"]]
+    tokenizer = Qwen2Tokenizer(
+        vocab=state["vocab"],
+        merges=merges,
+        unk_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        extra_special_tokens=SPECIAL_TOKENS[1:],
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_processor(family: str = "qwen2_5_vl", spec: TinySpec | None = None, seed: int = 0) -> ProcessorMixin:
+    """transformers' Qwen-VL processor around the tiny tokenizer."""
+    spec = spec or TinySpec()
+    tokenizer = build_tokenizer(spec.vocab_size, seed)
+    image_processor = Qwen2VLImageProcessor(
+        size={"shortest_edge": spec.min_pixels, "longest_edge": spec.max_pixels},
+        patch_size=14,
+        merge_size=2,
+        temporal_patch_size=2,
+    )
+    cls = {"qwen2_5_vl": Qwen2_5_VLProcessor, "qwen2_vl": Qwen2VLProcessor}[_check_family(family)]
+    return cls(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=Qwen2VLVideoProcessor(),
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
+def _check_family(family: str) -> str:
+    if family not in FAMILIES:
+        raise ValueError(f"tiny model family {family!r} is not known; choose one of {', '.join(FAMILIES)}")
+    return family
+
+
+def build_model(family: str, tokenizer: Qwen2Tokenizer, spec: TinySpec | None = None, seed: int = 0) -> PreTrainedModel:
+    """A randomly initialised Qwen2.5-VL or Qwen2-VL sized by ``spec``, deterministic from ``seed``."""
+    spec = spec or TinySpec()
+    ids = {name: tokenizer.convert_tokens_to_ids(name) for name in SPECIAL_TOKENS}
+    head_dim = spec.hidden_size // spec.num_heads
+    half = head_dim // 2
+    mrope = [half - 2 * (half * 3 // 8), half * 3 // 8, half * 3 // 8]  # temporal, height, width
+    text = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads,
+        num_key_value_heads=spec.num_kv_heads,
+        max_position_embeddings=4096,
+        rope_parameters={"rope_type": "default", "rope_theta": spec.rope_theta, "mrope_section": mrope},
+        bos_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|im_end|>"],
+        pad_token_id=ids["<|endoftext|>"],
+    )
+    common = dict(
+        text_config=text,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False,
+    )
+    family = _check_family(family)
+    if family == "qwen2_5_vl":
+        vision = dict(
+            depth=spec.vision_depth,
+            hidden_size=spec.vision_hidden,
+            intermediate_size=spec.vision_hidden * 2,
+            num_heads=spec.vision_heads,
+            out_hidden_size=spec.hidden_size,
+            window_size=112,
+            fullatt_block_indexes=[spec.vision_depth - 1],
+        )
+        config, cls = Qwen2_5_VLConfig(vision_config=vision, **common), Qwen2_5_VLForConditionalGeneration
+    else:
+        vision = dict(
+            depth=spec.vision_depth,
+            embed_dim=spec.vision_hidden,
+            hidden_size=spec.hidden_size,
+            num_heads=spec.vision_heads,
+            mlp_ratio=2,
+        )
+        config, cls = Qwen2VLConfig(vision_config=vision, **common), Qwen2VLForConditionalGeneration
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = cls(config)
+    model.generation_config.pad_token_id = ids["<|endoftext|>"]
+    model.generation_config.eos_token_id = ids["<|im_end|>"]
+    return model
+
+
+def build_tiny(family: str = "qwen2_5_vl", seed: int = 0, spec: TinySpec | None = None):
+    """(model, processor) of a tiny random Qwen-VL, deterministic from ``seed``."""
+    processor = build_processor(family, spec, seed)
+    return build_model(family, processor.tokenizer, spec, seed), processor

@@ -1,0 +1,113 @@
+"""Rewards for referring-expression comprehension (one box per prompt) and answer format."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import torch
+from torchmetrics.functional.detection import intersection_over_union
+
+from lit_vr1.rewards.base import Reward, SampleContext
+from lit_vr1.rewards.boxes import BOX_FRAMES, answer_text, first_box, is_degenerate, parse_boxes, to_original
+
+THINK_ANSWER_RE = re.compile(r"^\s*<think>.*?</think>\s*<answer>.*?</answer>\s*$", re.DOTALL)
+
+
+def rec_ious(completions: list[str], contexts: list[SampleContext], frame: str = "input_pixels") -> list[float]:
+    """IoU of each completion's first box with the solution's box, both in original pixels.
+
+    The prediction is mapped from ``frame`` to the first image's original size; the
+    solution is written in original pixels (VLM-R1's REC data). A completion without a
+    box, or with a degenerate one, scores 0. IoU comes from torchmetrics.
+    """
+    if frame not in BOX_FRAMES:
+        raise ValueError(f"box frame {frame!r} is not valid; choose one of {', '.join(BOX_FRAMES)}")
+    preds, targets, valid = [], [], []
+    for completion, ctx in zip(completions, contexts):
+        gt = first_box(ctx.solution)
+        if gt is None:
+            raise ValueError(f"sample {ctx.id!r}: solution {ctx.solution!r} holds no box")
+        box = first_box(completion)
+        ok = box is not None and not is_degenerate(box) and bool(ctx.image_sizes)
+        if ok:
+            input_size = ctx.input_sizes[0] if ctx.input_sizes else ctx.image_sizes[0]
+            box = to_original(box, frame, input_size, ctx.image_sizes[0])
+        preds.append(box if ok else (0.0, 0.0, 1.0, 1.0))
+        targets.append(gt)
+        valid.append(ok)
+    if not preds:
+        return []
+    iou = intersection_over_union(
+        torch.tensor(preds, dtype=torch.float32), torch.tensor(targets, dtype=torch.float32), aggregate=False
+    ).diagonal()
+    return [float(v) if ok else 0.0 for v, ok in zip(iou, valid)]
+
+
+class IoUReward(Reward):
+    """REC IoU reward (VLM-R1): the IoU of the predicted box with the ground truth.
+
+    Args:
+        threshold: when set, the reward is 1.0 for IoU > threshold and 0.0 otherwise
+            (the strict Acc@0.5 rule for threshold=0.5); when None, the IoU itself.
+        box_frame: frame the model writes boxes in (see ``lit_vr1.rewards.boxes.BOX_FRAMES``).
+    """
+
+    default_name = "iou"
+
+    def __init__(self, threshold: float | None = None, box_frame: str = "input_pixels", **kwargs) -> None:
+        super().__init__(**kwargs)
+        if box_frame not in BOX_FRAMES:
+            raise ValueError(f"box_frame={box_frame!r} is not valid; choose one of {', '.join(BOX_FRAMES)}")
+        self.threshold = threshold
+        self.box_frame = box_frame
+
+    def score(self, completions: list[str], contexts: list[SampleContext]) -> list[float]:
+        ious = rec_ious(completions, contexts, self.box_frame)
+        if self.threshold is None:
+            return ious
+        return [1.0 if v > self.threshold else 0.0 for v in ious]
+
+
+class ThinkAnswerFormat(Reward):
+    """1.0 when the whole completion is ``<think>...</think>`` then ``<answer>...</answer>``.
+
+    The R1 format reward (DeepSeek-R1; VLM-R1's ``format_reward``), matched with
+    DOTALL so that reasoning spanning several lines still counts.
+    """
+
+    default_name = "format"
+
+    def score(self, completions: list[str], contexts: list[SampleContext]) -> list[float]:
+        return [1.0 if THINK_ANSWER_RE.match(c) else 0.0 for c in completions]
+
+
+class RecJsonFormat(Reward):
+    """1.0 when the answer is a JSON list (bare or in a ```json fence) whose first item
+    has a four-number ``bbox_2d``: Qwen2.5-VL's grounding format (VLM-R1's REC format).
+
+    Args:
+        require_think: also demand the think/answer layout of :class:`ThinkAnswerFormat`.
+    """
+
+    default_name = "rec_format"
+
+    def __init__(self, require_think: bool = False, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.require_think = require_think
+
+    def _ok(self, completion: str) -> bool:
+        if self.require_think and not THINK_ANSWER_RE.match(completion):
+            return False
+        text = answer_text(completion).strip()
+        fenced = re.fullmatch(r"```(?:json)?\s*(.*?)```", text, re.DOTALL)
+        try:
+            obj = json.loads(fenced.group(1) if fenced else text)
+        except json.JSONDecodeError:
+            return False
+        if not isinstance(obj, list) or not obj or not isinstance(obj[0], dict):
+            return False
+        return bool(parse_boxes(json.dumps(obj))) and "bbox_2d" in obj[0]
+
+    def score(self, completions: list[str], contexts: list[SampleContext]) -> list[float]:
+        return [1.0 if self._ok(c) else 0.0 for c in completions]

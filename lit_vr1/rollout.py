@@ -1,0 +1,231 @@
+"""Rollouts: G sampled completions per prompt, kept as one typed batch.
+
+Shapes: ``N`` completions (prompts x G, a prompt's G completions next to each other),
+``P`` prompt tokens (left-padded), ``T`` completion tokens (right-padded),
+``I`` images in the batch, ``X`` vision patches of all images together.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+from transformers import GenerationConfig, PreTrainedModel, ProcessorMixin
+
+from lit_vr1.data.jsonl import Sample
+from lit_vr1.loss import sampling_logits, token_logprobs
+from lit_vr1.rewards.base import SampleContext
+
+
+@dataclass
+class SamplingConfig:
+    """How completions are drawn. top_k=0 and top_p=1.0 switch those filters off;
+    ``greedy`` decodes the argmax (evaluation). ``suppress_ids`` are tokens never
+    generated (image and video placeholders: one in a completion would break the
+    image-token count of the next forward)."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_completion_length: int = 64
+    greedy: bool = False
+    suppress_ids: tuple[int, ...] = ()
+
+
+@dataclass
+class Rollout:
+    """One batch of sampled completions and everything the update needs.
+
+    prompt: processor outputs for the N rows: input_ids, attention_mask and
+        mm_token_type_ids (N, P); pixel_values (X, D); image_grid_thw (I, 3).
+    images_per_row: (N,) number of images of each row (to slice pixel_values).
+    completion_ids: (N, T) sampled tokens, pad after EOS.
+    completion_mask: (N, T) 1 on sampled tokens up to and including EOS.
+    truncated: (N,) True where no EOS came within max_completion_length.
+    completions: N decoded completion texts (special tokens stripped).
+    contexts: N reward contexts, one per completion.
+    sampling_logprobs: (N, T) log-prob of each sampled token under the distribution
+        generate sampled from (only when asked for; a correctness check).
+    old_logprobs, ref_logprobs: (N, T), filled by the loop when needed.
+    advantages: (N,), filled by the loop.
+    """
+
+    prompt: dict[str, Tensor]
+    images_per_row: list[int]
+    completion_ids: Tensor
+    completion_mask: Tensor
+    truncated: Tensor
+    completions: list[str]
+    contexts: list[SampleContext]
+    sampling_logprobs: Tensor | None = None
+    old_logprobs: Tensor | None = None
+    ref_logprobs: Tensor | None = None
+    advantages: Tensor | None = None
+    extras: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.completion_ids.shape[0]
+
+    def model_inputs(self, rows: Tensor | slice | None = None) -> dict[str, Tensor]:
+        """Forward inputs (prompt + completion) for the given rows, all rows by default."""
+        rows = torch.arange(len(self)) if rows is None else torch.arange(len(self))[rows] if isinstance(rows, slice) else rows
+        prompt = select_rows(self.prompt, self.images_per_row, rows)
+        comp = self.completion_ids[rows]
+        out = dict(prompt)
+        out["input_ids"] = torch.cat([prompt["input_ids"], comp], dim=1)
+        comp_mask = self.completion_mask[rows].to(prompt["attention_mask"].dtype)
+        out["attention_mask"] = torch.cat([prompt["attention_mask"], comp_mask], dim=1)
+        if "mm_token_type_ids" in prompt:
+            out["mm_token_type_ids"] = torch.cat([prompt["mm_token_type_ids"], torch.zeros_like(comp)], dim=1)
+        return out
+
+
+def select_rows(inputs: dict[str, Tensor], images_per_row: list[int], rows: Tensor) -> dict[str, Tensor]:
+    """Rows of a processor batch, with the vision tensors of exactly those rows' images.
+
+    ``pixel_values`` holds the patches of all images one after another, and
+    ``image_grid_thw`` one (t, h, w) row per image; rows are picked by offsets.
+    """
+    rows = rows.tolist()
+    out = {k: v[rows] for k, v in inputs.items() if k not in ("pixel_values", "image_grid_thw")}
+    if "image_grid_thw" in inputs:
+        grid = inputs["image_grid_thw"]
+        patches = grid.prod(dim=-1).tolist()
+        first_image = [0]
+        for n in images_per_row:
+            first_image.append(first_image[-1] + n)
+        first_patch = [0]
+        for n in patches:
+            first_patch.append(first_patch[-1] + n)
+        image_ids = [i for r in rows for i in range(first_image[r], first_image[r + 1])]
+        patch_ids = [p for i in image_ids for p in range(first_patch[i], first_patch[i + 1])]
+        out["image_grid_thw"] = grid[image_ids]
+        out["pixel_values"] = inputs["pixel_values"][patch_ids]
+    return out
+
+
+def encode_prompts(processor: ProcessorMixin, samples: list[Sample], repeat: int = 1) -> tuple[dict[str, Tensor], list[int]]:
+    """Processor batch (left-padded) of each sample repeated ``repeat`` times in a row."""
+    texts, images, per_row = [], [], []
+    for s in samples:
+        text = processor.apply_chat_template(s.messages, add_generation_prompt=True, tokenize=False)
+        for _ in range(repeat):
+            texts.append(text)
+            images.extend(s.images)
+            per_row.append(len(s.images))
+    enc = processor(text=texts, images=images or None, padding=True, padding_side="left", return_tensors="pt")
+    return dict(enc), per_row
+
+
+def input_sizes(grid: Tensor, patch_size: int = 14) -> list[tuple[int, int]]:
+    """(width, height) each image had at the model input, from its (t, h, w) patch grid."""
+    return [(int(w) * patch_size, int(h) * patch_size) for _, h, w in grid.tolist()]
+
+
+@contextlib.contextmanager
+def _only_config(model: PreTrainedModel, config: GenerationConfig):
+    """Generate with exactly ``config``: transformers fills unset fields from the model's
+    own generation_config (e.g. a checkpoint's repetition_penalty or top_k), which would
+    sample from another distribution than the one the loss scores."""
+    saved = model.generation_config
+    model.generation_config = config
+    try:
+        yield
+    finally:
+        model.generation_config = saved
+
+
+def generation_config(cfg: SamplingConfig, processor: ProcessorMixin, eos_token_id: int | list[int]) -> GenerationConfig:
+    tok = processor.tokenizer
+    common = dict(
+        max_new_tokens=cfg.max_completion_length,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=eos_token_id,
+        repetition_penalty=1.0,
+        suppress_tokens=list(cfg.suppress_ids) or None,
+        use_cache=True,
+    )
+    if cfg.greedy:
+        return GenerationConfig(do_sample=False, **common)
+    return GenerationConfig(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k, **common)
+
+
+@torch.no_grad()
+def generate(
+    model: PreTrainedModel,
+    processor: ProcessorMixin,
+    samples: list[Sample],
+    num_generations: int,
+    cfg: SamplingConfig,
+    *,
+    global_step: int = 0,
+    with_sampling_logprobs: bool = False,
+) -> Rollout:
+    """Sample ``num_generations`` completions for each sample, as one :class:`Rollout`."""
+    device = next(model.parameters()).device
+    prompt, per_row = encode_prompts(processor, samples, num_generations)
+    prompt = {k: v.to(device) for k, v in prompt.items()}
+    eos = model.generation_config.eos_token_id or processor.tokenizer.eos_token_id
+    gen_cfg = generation_config(cfg, processor, eos)
+    with _only_config(model, gen_cfg):
+        out = model.generate(**prompt, output_scores=with_sampling_logprobs, return_dict_in_generate=True)
+    plen = prompt["input_ids"].shape[1]
+    comp = out.sequences[:, plen:]
+    eos_ids = torch.tensor([eos] if isinstance(eos, int) else list(eos), device=comp.device)
+    is_eos = torch.isin(comp, eos_ids)
+    has_eos = is_eos.any(dim=1)
+    first_eos = torch.where(has_eos, is_eos.int().argmax(dim=1), torch.full_like(has_eos, comp.shape[1], dtype=torch.long))
+    mask = (torch.arange(comp.shape[1], device=comp.device)[None] <= first_eos[:, None]).long()
+    comp = comp.masked_fill(mask == 0, processor.tokenizer.pad_token_id)
+    texts = processor.batch_decode(comp, skip_special_tokens=True)
+    sizes = input_sizes(prompt["image_grid_thw"], processor.image_processor.patch_size) if "image_grid_thw" in prompt else []
+    contexts, image_idx = [], 0
+    lengths = mask.sum(dim=1).tolist()
+    for row, n_img in enumerate(per_row):
+        s = samples[row // num_generations]
+        prompt_text = next(i["text"] for i in s.messages[-1]["content"] if i["type"] == "text")
+        contexts.append(
+            SampleContext(
+                id=s.id, prompt=prompt_text, solution=s.solution, images=s.images, image_sizes=s.image_sizes,
+                input_sizes=sizes[image_idx:image_idx + n_img], metadata=s.metadata,
+                completion_length=int(lengths[row]), global_step=global_step,
+            )
+        )
+        image_idx += n_img
+    sampling_lp = None
+    if with_sampling_logprobs:
+        scores = torch.stack(out.scores, dim=1).float()  # (N, T, V), after the logits warpers
+        sampling_lp = token_logprobs(scores.log_softmax(-1), comp).masked_fill(mask == 0, 0.0)
+    return Rollout(
+        prompt=prompt, images_per_row=per_row, completion_ids=comp, completion_mask=mask,
+        truncated=~has_eos, completions=texts, contexts=contexts, sampling_logprobs=sampling_lp,
+    )
+
+
+def completion_logits(model: PreTrainedModel, inputs: dict[str, Tensor], completion_len: int) -> Tensor:
+    """Logits that predict each completion token: (n, T, V). Only the last T+1 positions go
+    through the LM head (``logits_to_keep``), the prompt's logits are never built."""
+    out = model(**inputs, use_cache=False, logits_to_keep=completion_len + 1)
+    return out.logits[:, :-1, :]
+
+
+def distribution_logits(logits: Tensor, cfg: SamplingConfig) -> Tensor:
+    """The raw logits turned into those of the distribution ``cfg`` samples from."""
+    return sampling_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p, cfg.suppress_ids)
+
+
+def policy_logprobs(logits: Tensor, tokens: Tensor, cfg: SamplingConfig) -> Tensor:
+    """Log-probs of ``tokens`` under the sampling distribution (temperature, top-k, top-p)."""
+    return token_logprobs(distribution_logits(logits, cfg), tokens)
+
+
+VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
+
+
+def vision_token_ids(processor: ProcessorMixin) -> tuple[int, ...]:
+    """Ids of the vision placeholder tokens the tokenizer knows (never to be generated)."""
+    tok = processor.tokenizer
+    vocab = tok.get_vocab()
+    return tuple(sorted(vocab[t] for t in VISION_TOKENS if t in vocab))

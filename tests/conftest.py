@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny random models and synthetic data, built once per test session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen25():
+    from lit_vr1.models.tiny import build_tiny
+
+    return build_tiny("qwen2_5_vl", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2():
+    from lit_vr1.models.tiny import build_tiny
+
+    return build_tiny("qwen2_vl", seed=0)
+
+
+@pytest.fixture(scope="session")
+def synthetic_dir(tmp_path_factory):
+    from lit_vr1.data.synthetic import SyntheticSpec, write_synthetic
+
+    root = tmp_path_factory.mktemp("synthetic")
+    write_synthetic(root, SyntheticSpec(num_samples=16, canvas=112), "train")
+    write_synthetic(root, SyntheticSpec(num_samples=8, canvas=112), "val")
+    return root
+
+
+@pytest.fixture(scope="session")
+def samples(synthetic_dir):
+    from lit_vr1.data.jsonl import JsonlDataset
+
+    ds = JsonlDataset(str(synthetic_dir / "train.jsonl"), str(synthetic_dir / "images"), "qwen_rec")
+    return [ds[i] for i in range(len(ds))]

@@ -1,0 +1,52 @@
+"""Small helpers for tests that run a real Trainer on the tiny models."""
+
+from __future__ import annotations
+
+from lightning.pytorch import Trainer
+from lightning.pytorch.loggers import Logger
+from torch.utils.data import DataLoader
+
+from lit_vr1.data.datamodule import collate
+from lit_vr1.rewards.base import Reward
+
+
+class MemoryLogger(Logger):
+    """Keeps every logged metrics dict with its step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[tuple[int, dict]] = []
+
+    @property
+    def name(self) -> str:
+        return "memory"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        pass
+
+    def log_metrics(self, metrics, step=None) -> None:
+        self.rows.append((step, dict(metrics)))
+
+
+class LengthReward(Reward):
+    """Varies between completions of a random model (so advantages are not all zero)."""
+
+    default_name = "length"
+
+    def score(self, completions, contexts):
+        return [len(c) / 100.0 for c in completions]
+
+
+def fit(module, samples, max_steps: int, batch_size: int = 2, **trainer_kwargs) -> MemoryLogger:
+    logger = MemoryLogger()
+    trainer = Trainer(
+        accelerator="cpu", devices=1, max_steps=max_steps, logger=logger, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, **trainer_kwargs,
+    )
+    loader = DataLoader(samples, batch_size=batch_size, shuffle=False, collate_fn=collate)
+    trainer.fit(module, loader)
+    return logger

@@ -1,0 +1,105 @@
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lit_vr1.data.datamodule import GroundingDataModule
+from lit_vr1.data.jsonl import DataError, JsonlDataset
+from lit_vr1.data.prompts import TEMPLATES, build_messages
+from lit_vr1.data.synthetic import RGB, SyntheticSpec, write_synthetic
+from lit_vr1.rewards.boxes import first_box
+
+
+def _write(tmp_path, name, lines, images=("a.png", "b.png")):
+    folder = tmp_path / f"img_{name}"
+    folder.mkdir(exist_ok=True)
+    for im in images:
+        Image.new("RGB", (40, 30), (255, 0, 0)).save(folder / im)
+    path = tmp_path / f"{name}.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return str(path), str(folder)
+
+
+def rec(i, image, human="<image>Where is it?", gpt="[1, 2, 3, 4]"):
+    return json.dumps({"id": i, "image": image, "conversations": [{"from": "human", "value": human},
+                                                                   {"from": "gpt", "value": gpt}]})
+
+
+def test_several_files_multi_image_and_relative_paths(tmp_path):
+    f1, d1 = _write(tmp_path, "one", [rec(1, "a.png"), rec(2, ["a.png", "b.png"], "<image><image>Compare.")])
+    f2, d2 = _write(tmp_path, "two", [rec(3, "b.png")])
+    ds = JsonlDataset(f"{f1}:{f2}", f"{d1}:{d2}", "r1")
+    assert len(ds) == 3
+    s = ds[1]
+    assert len(s.images) == 2 and s.image_sizes == [(40, 30), (40, 30)]
+    content = s.messages[0]["content"]
+    assert [c["type"] for c in content] == ["image", "image", "text"]
+    assert content[-1]["text"].startswith("Compare.") and "<think>" in content[-1]["text"]
+    assert ds[2].source.endswith("two.jsonl:1") and ds[2].id == "3"
+
+
+def test_malformed_line_names_file_and_line(tmp_path):
+    f, d = _write(tmp_path, "bad", [rec(1, "a.png"), "{not json", rec(3, "a.png")])
+    with pytest.raises(DataError, match=r"bad\.jsonl:2: not valid JSON"):
+        JsonlDataset(f, d)
+
+
+def test_missing_field_names_file_and_line(tmp_path):
+    f, d = _write(tmp_path, "nofield", [json.dumps({"id": 1, "image": "a.png"})])
+    with pytest.raises(DataError, match=r"nofield\.jsonl:1: field 'conversations'"):
+        JsonlDataset(f, d)
+
+
+def test_missing_image_names_path_and_line(tmp_path):
+    f, d = _write(tmp_path, "noimg", [rec(1, "a.png"), rec(2, "gone.png")])
+    with pytest.raises(DataError, match=r"noimg\.jsonl:2: image file .*gone\.png does not exist"):
+        JsonlDataset(f, d)
+
+
+def test_unequal_lists_name_both_counts(tmp_path):
+    f, d = _write(tmp_path, "x", [rec(1, "a.png")])
+    with pytest.raises(DataError, match="data_files lists 2 file.* but image_folders lists 1 folder"):
+        JsonlDataset(f"{f}:{f}", d)
+
+
+def test_too_many_image_markers(tmp_path):
+    f, d = _write(tmp_path, "markers", [rec(1, "a.png", "<image><image>Two?")])
+    with pytest.raises(DataError, match=r"markers\.jsonl:1: the human turn has 2 <image> markers but 1 image"):
+        JsonlDataset(f, d)
+
+
+def test_templates_and_unknown_template():
+    assert set(TEMPLATES) >= {"plain", "r1", "qwen_rec", "r1_rec"}
+    msgs = build_messages("<image>Find the dog.", 1, "qwen_rec")
+    assert "bbox_2d" in msgs[0]["content"][-1]["text"]
+    with pytest.raises(ValueError, match="plain, r1, qwen_rec, r1_rec"):
+        build_messages("x", 0, "fancy")
+
+
+def test_synthetic_boxes_match_drawn_pixels(tmp_path):
+    path = write_synthetic(tmp_path, SyntheticSpec(num_samples=12, canvas=112, seed=3), "train")
+    ds = JsonlDataset(str(path), str(tmp_path / "images"), "qwen_rec")
+    for i in range(len(ds)):
+        s = ds[i]
+        x1, y1, x2, y2 = (int(v) for v in first_box(s.solution))
+        colour = json.loads(s.solution)[0]["label"].split()[0]
+        arr = np.asarray(s.images[0]).astype(int)
+        hit = (np.abs(arr - np.array(RGB[colour])).sum(-1) < 10)
+        ys, xs = np.nonzero(hit[y1:y2, x1:x2])
+        assert ys.size > 0
+        # the target's pixels reach the edges of its box (a tight box)
+        assert xs.min() <= 1 and ys.min() <= 1 and xs.max() >= x2 - x1 - 2 and ys.max() >= y2 - y1 - 2
+        assert s.question.count("<image>") == 1 and "JSON" in s.question
+
+
+def test_datamodule_writes_and_reads_synthetic(tmp_path):
+    dm = GroundingDataModule(synthetic=SyntheticSpec(num_samples=6), synthetic_dir=str(tmp_path / "syn"),
+                             num_val_samples=3, batch_size=2)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert len(dm.train_set) == 6 and len(dm.val_set) == 3
+    batch = next(iter(dm.train_dataloader()))
+    assert len(batch) == 2 and batch[0].images[0].size == (112, 112)
+    with pytest.raises(ValueError, match="data.train_images"):
+        GroundingDataModule(train_files="a.jsonl")

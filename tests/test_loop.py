@@ -1,0 +1,111 @@
+"""The rollout-update loop under a real Trainer, on the tiny Qwen2.5-VL."""
+
+import copy
+
+import pytest
+import torch
+from helpers import LengthReward, fit
+from lightning.pytorch import seed_everything
+
+from lit_vr1.grpo import GRPOModule
+from lit_vr1.loop import GRPOConfig
+
+
+def make(beta=0.0, lr=1e-3, **grpo):
+    cfg = GRPOConfig(num_generations=4, max_completion_length=12, beta=beta, gradient_clip_val=None, **grpo)
+    opt = lambda p: torch.optim.SGD(p, lr=lr)  # noqa: E731
+    return GRPOModule(model="tiny:qwen2_5_vl", rewards=[LengthReward()], grpo=cfg, optimizer=opt, seed=0)
+
+
+def train_rows(logger):
+    return [m for _, m in logger.rows if "train/loss" in m]
+
+
+def test_one_step_per_rollout_has_ratio_one_and_no_old_logprob_pass(samples):
+    seed_everything(0)
+    module = make()
+    calls = []
+    original = module.loop._logprobs
+    module.loop._logprobs = lambda *a, **k: calls.append(a[0]) or original(*a, **k)
+    logger = fit(module, samples[:4], max_steps=2)
+    rows = train_rows(logger)
+    assert len(rows) == 2 and [s for s, m in logger.rows if "train/loss" in m] == [1, 2]
+    assert all(m["train/ratio_mean"] == 1.0 and m["train/clip_low"] == 0.0 and m["train/clip_high"] == 0.0 for m in rows)
+    assert calls == []  # neither old (single step) nor reference (beta = 0) log-probs were computed
+    assert module.loop.last_rollout.old_logprobs is None
+    assert module.ref_model is None  # beta = 0 builds no reference
+
+
+def test_two_iterations_reuse_stored_old_logprobs_and_clip(samples):
+    seed_everything(0)
+    module = make(lr=0.5, num_iterations=2, epsilon=0.01)
+    calls = []
+    original = module.loop._logprobs
+    module.loop._logprobs = lambda *a, **k: calls.append(a[0]) or original(*a, **k)
+    logger = fit(module, samples[:2], max_steps=2)
+    rows = train_rows(logger)
+    assert len(rows) == 2 and [r["train/iteration"] for r in rows] == [0, 1]
+    assert calls == [module.policy]  # one old-logprob pass per rollout, stored and reused
+    assert rows[0]["train/ratio_mean"] == pytest.approx(1.0, abs=1e-6)  # first step: policy == old
+    assert abs(rows[1]["train/ratio_mean"] - 1.0) > 1e-3  # second step: the policy moved
+    assert rows[1]["train/clip_low"] + rows[1]["train/clip_high"] > 0
+
+
+def test_reference_gets_no_gradient_and_stays_bit_identical(samples):
+    seed_everything(0)
+    module = make(beta=0.1, lr=1e-2)
+    module.configure_model()
+    before = copy.deepcopy(module.ref_model.state_dict())
+    policy_before = copy.deepcopy(module.policy.state_dict())
+    logger = fit(module, samples[:4], max_steps=2)
+    assert all(p.grad is None and not p.requires_grad for p in module.ref_model.parameters())
+    after = module.ref_model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert any(not torch.equal(policy_before[k], v) for k, v in module.policy.state_dict().items())
+    rows = train_rows(logger)
+    assert rows[0]["train/kl"] == pytest.approx(0.0, abs=1e-6)  # policy == reference at step 1
+    assert rows[1]["train/kl"] > 0
+
+
+def test_micro_batch_accumulation_matches_full_batch(samples):
+    params = []
+    for micro in (None, 3):
+        seed_everything(0)
+        module = make(lr=1.0, micro_batch_size=micro)
+        fit(module, samples[:2], max_steps=1)
+        params.append({k: v.clone() for k, v in module.policy.state_dict().items()})
+    for k in params[0]:
+        torch.testing.assert_close(params[0][k], params[1][k], atol=1e-5, rtol=1e-4)
+    seed_everything(0)
+    fresh = make()
+    fresh.configure_model()
+    moved = any(not torch.allclose(fresh.policy.state_dict()[k], params[0][k]) for k in params[0])
+    assert moved
+
+
+def test_mini_batches_take_several_steps_per_rollout(samples):
+    seed_everything(0)
+    module = make(mini_batch_size=4)
+    logger = fit(module, samples[:2], max_steps=4)  # 8 completions / 4 = 2 steps a rollout
+    rows = train_rows(logger)
+    assert len(rows) == 4 and module.trainer.global_step == 4
+    assert rows[0]["train/reward/total/mean"] == rows[1]["train/reward/total/mean"]  # same rollout
+
+
+def test_every_required_statistic_is_logged(samples):
+    seed_everything(0)
+    module = make(beta=0.04)
+    row = train_rows(fit(module, samples[:2], max_steps=1))[0]
+    for key in (
+        "reward/length/mean", "reward/length/std", "reward/total/mean", "reward/total/std", "advantage/mean",
+        "advantage/std", "kl", "clip_low", "clip_high", "completion/length_mean", "completion/length_max",
+        "groups_tied_frac", "entropy", "time/rollout_s", "time/update_s", "loss", "grad_norm", "lr",
+    ):
+        assert "train/" + key in row, key
+
+
+def test_unknown_choices_are_refused_with_the_valid_ones():
+    with pytest.raises(ValueError, match="loss_type='ppo' is not valid; choose one of grpo, bnpo, dr_grpo, dapo"):
+        GRPOConfig(loss_type="ppo")
+    with pytest.raises(ValueError, match="scale_rewards='max' is not valid; choose one of group, batch, none"):
+        GRPOConfig(scale_rewards="max")

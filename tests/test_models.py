@@ -1,0 +1,72 @@
+import pytest
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from lit_vr1.models.loading import ModelLoadError, load_model, load_processor
+from lit_vr1.models.tiny import build_tiny
+from lit_vr1.rollout import encode_prompts
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen2_vl"])
+def test_tiny_is_deterministic_and_round_trips(tmp_path, samples, family):
+    m1, p1 = build_tiny(family, seed=7)
+    m2, p2 = build_tiny(family, seed=7)
+    m3, _ = build_tiny(family, seed=8)
+    n_params = sum(p.numel() for p in m1.parameters())
+    assert 5e5 < n_params < 5e6
+    assert p1.tokenizer.get_vocab() == p2.tokenizer.get_vocab()
+    sd1, sd2, sd3 = m1.state_dict(), m2.state_dict(), m3.state_dict()
+    assert all(torch.equal(sd1[k], sd2[k]) for k in sd1)
+    assert any(not torch.equal(sd1[k], sd3[k]) for k in sd1)
+    m1.save_pretrained(tmp_path)
+    p1.save_pretrained(tmp_path)
+    p_loaded = AutoProcessor.from_pretrained(tmp_path)
+    m_loaded = AutoModelForImageTextToText.from_pretrained(tmp_path)
+    assert type(m_loaded) is type(m1) and type(p_loaded) is type(p1)
+    inputs, _ = encode_prompts(p1, samples[:2])
+    inputs_loaded, _ = encode_prompts(p_loaded, samples[:2])
+    assert all(torch.equal(inputs[k], inputs_loaded[k]) for k in inputs)
+    with torch.no_grad():
+        torch.testing.assert_close(m1(**inputs).logits, m_loaded(**inputs).logits)
+
+
+def test_tokenizer_has_qwen_specials_and_template(tiny_qwen25):
+    _, processor = tiny_qwen25
+    tok = processor.tokenizer
+    for t in ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|image_pad|>", "<|vision_end|>", "<|endoftext|>"):
+        ids = tok(t, add_special_tokens=False).input_ids
+        assert len(ids) == 1, t
+    text = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "hi"}]}],
+        add_generation_prompt=True, tokenize=False,
+    )
+    assert text.endswith("<|vision_start|><|image_pad|><|vision_end|>hi<|im_end|>\n<|im_start|>assistant\n")
+    assert tok.decode(tok("Locate the red circle [12, 5, 99, 7]").input_ids) == "Locate the red circle [12, 5, 99, 7]"
+
+
+def test_load_by_path_uses_the_same_code_path(tmp_path, tiny_qwen25):
+    model, processor = tiny_qwen25
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    p = load_processor(str(tmp_path), min_pixels=28 * 28, max_pixels=56 * 56)
+    m = load_model(str(tmp_path), p)
+    assert type(m) is type(model)
+    assert p.image_processor.size["longest_edge"] == 56 * 56
+
+
+def test_min_max_pixels_bound_the_input_size(samples):
+    p = load_processor("tiny:qwen2_5_vl", min_pixels=28 * 28, max_pixels=56 * 56)
+    inputs, _ = encode_prompts(p, samples[:1])
+    t, h, w = inputs["image_grid_thw"][0].tolist()
+    assert h * w * 14 * 14 <= 56 * 56 and (h * 14) % 28 == 0 and (w * 14) % 28 == 0
+
+
+def test_bad_model_names_say_why(tmp_path):
+    with pytest.raises(ModelLoadError, match="missing"):
+        load_processor(str(tmp_path / "nowhere"))
+    with pytest.raises(ModelLoadError, match="tiny:qwen2_5_vl, tiny:qwen2_vl"):
+        load_processor("tiny:llava")
+    (tmp_path / "bert").mkdir()
+    (tmp_path / "bert" / "config.json").write_text('{"model_type": "bert"}')
+    with pytest.raises(ModelLoadError, match="does not support; supported families: qwen2_5_vl, qwen2_vl"):
+        load_processor(str(tmp_path / "bert"))
