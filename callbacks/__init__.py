@@ -1,1 +1,5 @@
-"""Lightning callbacks for lit-vr1 (YAML: ``class_path: callbacks.<Name>``)."""
+"""Lightning callbacks for lit-vr1 (YAML: ``class_path: callbacks.RolloutTable``)."""
+
+from callbacks.rollout_table import RolloutTable
+
+__all__ = ["RolloutTable"]

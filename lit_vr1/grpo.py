@@ -118,6 +118,11 @@ class GRPOModule(LightningModule):
             self.clip_gradients(opt, gradient_clip_val=max_norm, gradient_clip_algorithm="norm")
         return norm
 
+    def reached_max_steps(self) -> bool:
+        """True once the Trainer's max_steps optimiser steps are done (a rollout may hold more)."""
+        max_steps = self.trainer.max_steps
+        return max_steps is not None and max_steps >= 0 and self.global_step >= max_steps
+
     def all_reduce_sum(self, value: Tensor) -> Tensor:
         if self.trainer.world_size == 1:
             return value

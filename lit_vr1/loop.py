@@ -229,6 +229,8 @@ class RolloutUpdateLoop:
         for iteration in range(cfg.num_iterations):
             order = torch.randperm(len(rollout), generator=shuffle) if mini < len(rollout) else torch.arange(len(rollout))
             for rows in chunks(order, mini):
+                if m.reached_max_steps():
+                    break
                 t_step = time.perf_counter()
                 stats = self.update(rollout, rows, loss_mask)
                 stats["time/update_s"] = time.perf_counter() - t_step

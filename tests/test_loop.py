@@ -109,3 +109,24 @@ def test_unknown_choices_are_refused_with_the_valid_ones():
         GRPOConfig(loss_type="ppo")
     with pytest.raises(ValueError, match="scale_rewards='max' is not valid; choose one of group, batch, none"):
         GRPOConfig(scale_rewards="max")
+
+
+def test_gradient_clipping_bounds_the_update(samples):
+    seed_everything(0)
+    module = GRPOModule(model="tiny:qwen2_5_vl", rewards=[LengthReward()], seed=0,
+                        grpo=GRPOConfig(num_generations=4, max_completion_length=12, beta=0.0, gradient_clip_val=1e-3),
+                        optimizer=lambda p: torch.optim.SGD(p, lr=1.0))
+    module.configure_model()
+    before = [p.detach().clone() for p in module.policy.parameters()]
+    row = train_rows(fit(module, samples[:2], max_steps=1))[0]
+    step = torch.sqrt(sum(((p.detach() - b) ** 2).sum() for p, b in zip(module.policy.parameters(), before)))
+    assert row["train/grad_norm"] > 1e-3  # the raw norm is logged, before clipping
+    assert step.item() == pytest.approx(1e-3, rel=1e-3)  # SGD with lr 1 moves by the clipped norm
+
+
+def test_lr_scheduler_steps_every_optimiser_step(samples):
+    seed_everything(0)
+    module = make(mini_batch_size=4)
+    module.scheduler_factory = lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 / (step + 1))
+    rows = train_rows(fit(module, samples[:2], max_steps=3))
+    assert [r["train/lr"] for r in rows] == pytest.approx([1e-3 / 2, 1e-3 / 3, 1e-3 / 4])

@@ -1,0 +1,64 @@
+"""RolloutTable: every ``every_n_steps`` training batches, show a few rollouts (prompt,
+completion, each reward, advantage) on the rich console and in the logger."""
+
+from __future__ import annotations
+
+import math
+
+from lightning.pytorch import Callback
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+from rich.console import Console
+from rich.table import Table
+
+
+def rollout_rows(module, num_samples: int) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the module's last rollout (first ``num_samples`` completions)."""
+    rollout, scores = module.loop.last_rollout, module.loop.last_scores
+    header = ["id", "completion", *scores.names, "total", "advantage"]
+    rows = []
+    for i in range(min(num_samples, len(rollout))):
+        values = [scores.per_reward[r, i].item() for r in range(len(scores.names))]
+        rows.append([
+            rollout.contexts[i].id,
+            rollout.completions[i],
+            *("n/a" if math.isnan(v) else f"{v:.3f}" for v in values),
+            f"{scores.total[i].item():.3f}",
+            f"{rollout.advantages[i].item():+.3f}",
+        ])
+    return header, rows
+
+
+class RolloutTable(Callback):
+    """Print and log a table of rollouts.
+
+    Args:
+        every_n_steps: training batches between two tables.
+        num_samples: completions per table.
+        max_chars: completions are cut to this many characters on the console.
+    """
+
+    def __init__(self, every_n_steps: int = 10, num_samples: int = 4, max_chars: int = 160) -> None:
+        self.every_n_steps = every_n_steps
+        self.num_samples = num_samples
+        self.max_chars = max_chars
+        self.console = Console()
+
+    @rank_zero_only
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if batch_idx % self.every_n_steps or getattr(pl_module, "loop", None) is None or pl_module.loop.last_rollout is None:
+            return
+        header, rows = rollout_rows(pl_module, self.num_samples)
+        table = Table(title=f"rollouts at step {trainer.global_step}", show_lines=True)
+        for name in header:
+            table.add_column(name, overflow="fold")
+        for row in rows:
+            table.add_row(*[row[0], row[1][: self.max_chars], *row[2:]])
+        self.console.print(table)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_table(key="rollouts", columns=header, data=rows, step=trainer.global_step)
+            elif isinstance(logger, TensorBoardLogger):
+                md = "| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n"
+                md += "\n".join("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in r) + " |" for r in rows)
+                logger.experiment.add_text("rollouts", md, trainer.global_step)
