@@ -12,77 +12,40 @@ import math
 from collections.abc import Iterator
 
 import torch
-from lightning.pytorch import LightningModule
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
 from lit_vr1.loop import GRPOConfig, RolloutUpdateLoop
-from lit_vr1.metrics.rec import RECMetrics
-from lit_vr1.models.loading import load_model, load_processor
+from lit_vr1.module import VLMModule
 from lit_vr1.rewards.base import Reward
-from lit_vr1.rewards.rec import IoUReward, RecJsonFormat, rec_ious
-from lit_vr1.rollout import SamplingConfig, generate
+from lit_vr1.rewards.rec import IoUReward, RecJsonFormat
 
 
-def default_optimizer(params) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(params, lr=1e-5, weight_decay=0.0)
-
-
-class GRPOModule(LightningModule):
+class GRPOModule(VLMModule):
     """GRPO for a vision-language model.
 
     Args:
-        model: checkpoint name or path (``Qwen/Qwen2.5-VL-3B-Instruct``, a
-            ``save_pretrained`` directory) or a tiny random model (``tiny:qwen2_5_vl``,
-            ``tiny:qwen2_vl``).
         rewards: reward functions with their weights (``class_path`` in YAML);
-            default: REC IoU + REC JSON format.
+            default: REC IoU + 0.5 x REC JSON format.
         grpo: the algorithm's knobs (see :class:`~lit_vr1.loop.GRPOConfig`).
-        optimizer: optimiser factory (LightningCLI injects ``--optimizer``); AdamW(lr=1e-5) by default.
-        lr_scheduler: scheduler factory, stepped after every optimiser step.
-        min_pixels, max_pixels: image size bounds of the processor (multiples of 28).
-        dtype: weights' dtype: float32, bfloat16, float16 or auto.
-        attn_implementation: sdpa, eager or flash_attention_2.
-        seed: seed of a tiny model's weights and tokenizer.
+        **kwargs: model, optimizer, lr_scheduler, min_pixels, max_pixels, dtype,
+            attn_implementation, seed, box_frame, eval_max_new_tokens, export_dir
+            (see :class:`~lit_vr1.module.VLMModule`).
     """
 
-    def __init__(
-        self,
-        model: str = "tiny:qwen2_5_vl",
-        rewards: list[Reward] | None = None,
-        grpo: GRPOConfig | None = None,
-        optimizer: OptimizerCallable = default_optimizer,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        min_pixels: int | None = None,
-        max_pixels: int | None = None,
-        dtype: str = "float32",
-        attn_implementation: str = "sdpa",
-        seed: int = 0,
-    ) -> None:
-        super().__init__()
+    def __init__(self, rewards: list[Reward] | None = None, grpo: GRPOConfig | None = None, **kwargs) -> None:
+        super().__init__(**kwargs)
         self.save_hyperparameters(ignore=["rewards", "optimizer", "lr_scheduler"])
         self.automatic_optimization = False
-        self.model_name = model
         self.rewards = rewards if rewards is not None else [IoUReward(), RecJsonFormat(weight=0.5)]
         self.config = grpo or GRPOConfig()
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = lr_scheduler
-        self.dtype_name = dtype
-        self.attn_implementation = attn_implementation
-        self.seed = seed
-        self.processor = load_processor(model, min_pixels, max_pixels, seed)
-        self.policy: torch.nn.Module | None = None
         self.ref_model: torch.nn.Module | None = None
         self.loop = RolloutUpdateLoop(self, self.config)
-        self.val_metrics = RECMetrics()
-        self.val_format = RecJsonFormat()
 
-    # -- models ----------------------------------------------------------------------------
     def configure_model(self) -> None:
         """Build the policy and, when beta > 0, a frozen copy as the reference (once)."""
         if self.policy is not None:
             return
-        self.policy = load_model(self.model_name, self.processor, self.dtype_name, self.attn_implementation, self.seed)
+        super().configure_model()
         if self.config.beta != 0.0:
             self.ref_model = copy.deepcopy(self.policy).eval()
             self.ref_model.requires_grad_(False)
@@ -101,13 +64,6 @@ class GRPOModule(LightningModule):
             yield self.ref_model
 
     # -- optimisation ----------------------------------------------------------------------
-    def configure_optimizers(self):
-        params = [p for p in self.policy.parameters() if p.requires_grad]
-        opt = self.optimizer_factory(params)
-        if self.scheduler_factory is None:
-            return opt
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "step"}}
-
     def clip_and_norm(self, opt, max_norm: float | None) -> float:
         """Global gradient norm before clipping; clips to ``max_norm`` when set."""
         grads = [p.grad for p in self.policy.parameters() if p.grad is not None]
@@ -133,26 +89,9 @@ class GRPOModule(LightningModule):
         stats = self.loop.run(batch)
         self.log("reward", stats["reward/total/mean"], prog_bar=True, logger=False, batch_size=len(batch))
 
-    def validation_step(self, batch, batch_idx: int) -> None:
-        """Greedy decoding on held-out prompts: REC Acc@0.5, mean IoU and JSON-format rate."""
-        cfg = SamplingConfig(max_completion_length=self.config.max_completion_length, greedy=True,
-                             suppress_ids=self.loop.sampling.suppress_ids)
-        rollout = generate(self.policy, self.processor, batch, 1, cfg, global_step=self.global_step)
-        frame = next((r.box_frame for r in self.rewards if isinstance(r, IoUReward)), "input_pixels")
-        ious = torch.tensor(rec_ious(rollout.completions, rollout.contexts, frame))
-        self.val_metrics.update(ious)
-        fmt = torch.tensor(self.val_format(rollout.completions, rollout.contexts)).mean()
-        self.log("val/format", fmt, batch_size=len(batch), sync_dist=True)
-
-    def on_validation_epoch_end(self) -> None:
-        out = self.val_metrics.compute()
-        self.log("val/acc50", out["acc50"], prog_bar=True, sync_dist=False)
-        self.log("val/miou", out["miou"], prog_bar=True, sync_dist=False)
-        self.val_metrics.reset()
-
     def log_step(self, metrics: dict[str, float]) -> None:
         """Send one optimiser step's statistics to every logger at the current global step
-        (averaged over processes; nan where a reward applied to nothing)."""
+        (averaged over processes; nan where a reward applied to nothing is left out)."""
         if self.trainer.world_size > 1:
             keys = sorted(metrics)
             t = torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=self.device)

@@ -124,6 +124,26 @@ def input_sizes(grid: Tensor, patch_size: int = 14) -> list[tuple[int, int]]:
     return [(int(w) * patch_size, int(h) * patch_size) for _, h, w in grid.tolist()]
 
 
+def teacher_forced(processor: ProcessorMixin, samples: list[Sample], answers: list[str],
+                   device: torch.device | str = "cpu") -> Rollout:
+    """A rollout whose completions are given texts (each followed by the end-of-turn token):
+    the prompts are encoded exactly as for generation, the answers tokenised on their own,
+    as generation produces them. Used by SFT."""
+    prompt, per_row = encode_prompts(processor, samples)
+    tok = processor.tokenizer
+    eos = tok.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tok.get_vocab() else tok.eos_token_id
+    ids = [tok(a, add_special_tokens=False).input_ids + [eos] for a in answers]
+    width = max(len(x) for x in ids)
+    comp = torch.full((len(ids), width), tok.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for i, x in enumerate(ids):
+        comp[i, : len(x)] = torch.tensor(x)
+        mask[i, : len(x)] = 1
+    prompt = {k: v.to(device) for k, v in prompt.items()}
+    return Rollout(prompt=prompt, images_per_row=per_row, completion_ids=comp.to(device), completion_mask=mask.to(device),
+                   truncated=torch.zeros(len(ids), dtype=torch.bool, device=device), completions=list(answers), contexts=[])
+
+
 @contextlib.contextmanager
 def _only_config(model: PreTrainedModel, config: GenerationConfig):
     """Generate with exactly ``config``: transformers fills unset fields from the model's

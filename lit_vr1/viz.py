@@ -7,12 +7,16 @@ from PIL import Image, ImageDraw
 Box = tuple[float, float, float, float]
 
 
+GREEN, RED, BLUE = (0, 170, 0), (220, 0, 0), (0, 90, 255)
+
+
 def draw_boxes(image: Image.Image, gt: list[Box] = (), pred: list[Box] = (), labels: list[str] = (),
-               scale: int = 1) -> Image.Image:
-    """A copy of ``image`` (upscaled by ``scale``) with boxes in original-image pixels drawn on it."""
+               scale: int = 1, extra: list[tuple[list[Box], tuple[int, int, int]]] = ()) -> Image.Image:
+    """A copy of ``image`` (upscaled by ``scale``) with boxes in original-image pixels drawn
+    on it: ``gt`` in green, ``pred`` in red, each ``extra`` (boxes, rgb) in its colour."""
     out = image.convert("RGB").resize((image.width * scale, image.height * scale), Image.NEAREST)
     draw = ImageDraw.Draw(out)
-    for boxes, colour in ((gt, (0, 170, 0)), (pred, (220, 0, 0))):
+    for boxes, colour in ((gt, GREEN), *extra, (pred, RED)):
         for box in boxes:
             draw.rectangle([v * scale for v in box], outline=colour, width=max(1, scale))
     for i, text in enumerate(labels):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -29,7 +30,8 @@ class GroundingDataModule(LightningDataModule):
         batch_size: prompts per rollout on each process (each gets G completions).
         num_workers: DataLoader workers.
         synthetic: draw shapes data with this spec when ``train_files`` is unset.
-        synthetic_dir: where the synthetic JSONL and PNGs are written (reused if present).
+        synthetic_dir: where the synthetic JSONL and PNGs are written (reused when drawn
+            with the same spec, redrawn otherwise).
         num_val_samples: size of the synthetic held-out split.
     """
 
@@ -72,9 +74,13 @@ class GroundingDataModule(LightningDataModule):
             return
         for split, n in (("train", self.synthetic.num_samples), ("val", self.num_val_samples)):
             path, _ = self._synthetic_paths(split)
-            if not os.path.isfile(path):
-                spec = SyntheticSpec(**{**vars(self.synthetic), "num_samples": n})
+            spec = SyntheticSpec(**{**vars(self.synthetic), "num_samples": n})
+            stamp = Path(self.synthetic_dir) / f"{split}.spec.json"
+            wanted = json.dumps(vars(spec), sort_keys=True)
+            # Reuse what is on disk only when it was drawn with this very spec.
+            if not (os.path.isfile(path) and stamp.is_file() and stamp.read_text() == wanted):
                 write_synthetic(self.synthetic_dir, spec, split)
+                stamp.write_text(wanted)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_files is None:

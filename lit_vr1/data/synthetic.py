@@ -11,6 +11,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageDraw
 
 COLOURS = ["red", "green", "blue", "yellow", "purple", "orange"]
@@ -31,7 +32,9 @@ class SyntheticSpec:
 
     num_samples: images to write. canvas: image side in pixels. min_shapes / max_shapes:
     shapes per image (the target is unique in colour+shape). min_size / max_size:
-    shape side in pixels. background: canvas grey level.
+    shape side in pixels. background: "gradient" (a pale horizontal and vertical colour
+    ramp, which gives a tiny vision tower an absolute-position cue: it sees positions
+    only relatively otherwise) or "plain" (uniform grey).
     """
 
     num_samples: int = 256
@@ -40,7 +43,7 @@ class SyntheticSpec:
     max_shapes: int = 3
     min_size: int = 20
     max_size: int = 56
-    background: int = 235
+    background: str = "gradient"
     seed: int = 0
 
 
@@ -54,13 +57,28 @@ def _draw(draw: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int, int],
         draw.polygon([((x1 + x2) / 2, y1), (x1, y2 - 1), (x2 - 1, y2 - 1)], fill=rgb)
 
 
+def canvas(spec: SyntheticSpec) -> Image.Image:
+    """An empty canvas: uniform grey, or red rising left to right and green top to bottom."""
+    n = spec.canvas
+    if spec.background == "plain":
+        return Image.new("RGB", (n, n), (235, 235, 235))
+    if spec.background != "gradient":
+        raise ValueError(f"background={spec.background!r} is not valid; choose gradient or plain")
+    ramp = np.linspace(150, 230, n, dtype=np.float32)
+    pixels = np.empty((n, n, 3), dtype=np.uint8)
+    pixels[..., 0] = ramp[None, :]
+    pixels[..., 1] = ramp[:, None]
+    pixels[..., 2] = 190
+    return Image.fromarray(pixels)
+
+
 def _overlaps(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
     return not (a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1])
 
 
 def make_sample(rng: random.Random, spec: SyntheticSpec) -> tuple[Image.Image, str, tuple[int, int, int, int], str]:
     """One image with 1..max_shapes non-overlapping shapes; returns (image, target name, box, question)."""
-    img = Image.new("RGB", (spec.canvas, spec.canvas), (spec.background,) * 3)
+    img = canvas(spec)
     draw = ImageDraw.Draw(img)
     placed: list[tuple[tuple[int, int, int, int], str, str]] = []
     wanted = rng.randint(spec.min_shapes, spec.max_shapes)

@@ -1,0 +1,108 @@
+"""What the SFT and GRPO modules share: loading the policy and processor, the optimiser,
+greedy REC validation, and exporting the trained model as a ``save_pretrained`` directory."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_only
+
+from lit_vr1.evaluate import predict_rec
+from lit_vr1.metrics.rec import RECMetrics
+from lit_vr1.models.loading import load_model, load_processor
+from lit_vr1.rewards.boxes import BOX_FRAMES
+
+
+def default_optimizer(params) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=1e-5, weight_decay=0.0)
+
+
+class VLMModule(LightningModule):
+    """Base of :class:`~lit_vr1.sft.SFTModule` and :class:`~lit_vr1.grpo.GRPOModule`.
+
+    Args:
+        model: checkpoint name or path (``Qwen/Qwen2.5-VL-3B-Instruct``, a
+            ``save_pretrained`` directory) or a tiny random model (``tiny:qwen2_5_vl``,
+            ``tiny:qwen2_vl``).
+        optimizer: optimiser factory (``class_path`` in YAML); AdamW(lr=1e-5) by default.
+        lr_scheduler: scheduler factory, stepped after every optimiser step.
+        min_pixels, max_pixels: image size bounds of the processor (multiples of 28).
+        dtype: weights' dtype: float32, bfloat16, float16 or auto.
+        attn_implementation: sdpa, eager or flash_attention_2.
+        seed: seed of a tiny model's weights and tokenizer.
+        box_frame: frame the model writes boxes in, for validation (see ``BOX_FRAMES``).
+        eval_max_new_tokens: most tokens of a greedy validation answer.
+        export_dir: when set, the trained policy and processor are saved there with
+            ``save_pretrained`` at the end of fit (a later run starts from it with ``model: <dir>``).
+    """
+
+    def __init__(
+        self,
+        model: str = "tiny:qwen2_5_vl",
+        optimizer: OptimizerCallable = default_optimizer,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        min_pixels: int | None = None,
+        max_pixels: int | None = None,
+        dtype: str = "float32",
+        attn_implementation: str = "sdpa",
+        seed: int = 0,
+        box_frame: str = "input_pixels",
+        eval_max_new_tokens: int = 64,
+        export_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        if box_frame not in BOX_FRAMES:
+            raise ValueError(f"box_frame={box_frame!r} is not valid; choose one of {', '.join(BOX_FRAMES)}")
+        self.model_name = model
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = lr_scheduler
+        self.dtype_name = dtype
+        self.attn_implementation = attn_implementation
+        self.seed = seed
+        self.box_frame = box_frame
+        self.eval_max_new_tokens = eval_max_new_tokens
+        self.export_dir = export_dir
+        self.processor = load_processor(model, min_pixels, max_pixels, seed)
+        self.policy: torch.nn.Module | None = None
+        self.val_metrics = RECMetrics()
+
+    def configure_model(self) -> None:
+        """Build the policy (once; strategies may shard it afterwards)."""
+        if self.policy is None:
+            self.policy = load_model(self.model_name, self.processor, self.dtype_name, self.attn_implementation, self.seed)
+
+    def configure_optimizers(self):
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        opt = self.optimizer_factory(params)
+        if self.scheduler_factory is None:
+            return opt
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "step"}}
+
+    # -- validation: greedy REC -------------------------------------------------------------
+    def validation_step(self, batch, batch_idx: int) -> None:
+        """Greedy answers on held-out prompts: REC Acc@0.5, mean IoU and JSON-format rate."""
+        preds = predict_rec(self.policy, self.processor, batch, self.eval_max_new_tokens, self.box_frame)
+        self.val_metrics.update(torch.tensor([p.iou for p in preds]))
+        fmt = torch.tensor([float(p.format_ok) for p in preds]).mean()
+        self.log("val/format", fmt, batch_size=len(batch), sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        out = self.val_metrics.compute()
+        self.log("val/acc50", out["acc50"], prog_bar=True)
+        self.log("val/miou", out["miou"], prog_bar=True)
+        self.val_metrics.reset()
+
+    # -- export -----------------------------------------------------------------------------
+    def on_train_end(self) -> None:
+        if self.export_dir:
+            self.export(self.export_dir)
+
+    @rank_zero_only
+    def export(self, path: str) -> None:
+        """Save the policy and processor with ``save_pretrained`` (loadable by name/path)."""
+        os.makedirs(path, exist_ok=True)
+        self.policy.save_pretrained(path)
+        self.processor.save_pretrained(path)
