@@ -1,8 +1,16 @@
-"""The demo's report: held-out Acc@0.5 and mean IoU of the SFT and the GRPO model, the
-constant-box floor, reward/IoU curves and a grid of drawn boxes.
+"""The demo (``make demo``): cold-start SFT, then GRPO from the SFT model, then a report.
 
-    python -m lit_vr1.demo --sft runs/demo/sft_model --grpo runs/demo/grpo_model \\
-        --data data/demo --logs runs/demo --out runs/demo
+    python -m lit_vr1.demo [--seed 0] [--out runs/demo]
+
+1. ``lit-vr1 fit --config configs/sft_synthetic.yaml``  (saves ``OUT/sft_model``)
+2. ``lit-vr1 fit --config configs/grpo_synthetic.yaml --model.init_args.model=OUT/sft_model``
+3. the report: held-out Acc@0.5, mean IoU and format rate of both models by one and the
+   same greedy evaluation, the best constant box as the floor, ``curves.png`` (reward and
+   IoU over steps) and ``boxes.png`` (held-out images, truth and both models' boxes), and
+   ``results.json``.
+
+Both fits go through the ``lit-vr1`` CLI in this process, so the demo runs exactly what a
+user runs; ``--seed`` sets ``seed_everything`` and the tiny model's initial weights.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ import csv
 import glob
 import json
 import os
+import time
 
 import matplotlib
 
@@ -19,6 +28,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from lit_vr1.cli import LitVR1CLI  # noqa: E402
 from lit_vr1.data.jsonl import JsonlDataset  # noqa: E402
 from lit_vr1.evaluate import EvalResult, best_constant_box, evaluate  # noqa: E402
 from lit_vr1.models.loading import load_model, load_processor  # noqa: E402
@@ -67,55 +77,106 @@ def plot_curves(sft_rows, grpo_rows, floor: float, path: str) -> None:
     plt.close(fig)
 
 
+def area_ratio(result: EvalResult) -> float:
+    """Mean area of the predicted boxes over the mean area of their ground truths (parsed
+    predictions only): above 1 means loose boxes, the hedging a plain IoU reward can teach."""
+    pairs = [(p.box, first_box(p.sample.solution)) for p in result.predictions if p.box is not None]
+    area = lambda b: (b[2] - b[0]) * (b[3] - b[1])
+    return sum(area(b) for b, _ in pairs) / max(sum(area(g) for _, g in pairs), 1e-9) if pairs else float("nan")
+
+
 def draw_grid(sft: EvalResult, grpo: EvalResult, path: str, n: int = 16) -> None:
     tiles = []
     for ps, pg in list(zip(sft.predictions, grpo.predictions))[:n]:
         gt = first_box(pg.sample.solution)
         tiles.append(draw_boxes(pg.sample.images[0], gt=[gt], pred=[pg.box] if pg.box else [],
-                                extra=[([ps.box] if ps.box else [], BLUE)], scale=2,
+                                extra=[([ps.box] if ps.box else [], BLUE)],
+                                scale=max(2, 224 // pg.sample.images[0].width),
                                 labels=[f"IoU sft {ps.iou:.2f} grpo {pg.iou:.2f}"]))
     grid(tiles, columns=4).save(path)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sft", required=True, help="save_pretrained directory of the SFT model")
-    ap.add_argument("--grpo", required=True, help="save_pretrained directory of the GRPO model")
-    ap.add_argument("--data", required=True, help="synthetic data directory (train.jsonl, val.jsonl, images/)")
-    ap.add_argument("--logs", required=True, help="folder holding sft/ and grpo/ CSV logs")
-    ap.add_argument("--out", required=True, help="where the PNGs and results.json go")
-    ap.add_argument("--max-new-tokens", type=int, default=40)
-    args = ap.parse_args(argv)
+def fit(config: str, out: str, name: str, seed: int, overrides: list[str]) -> LitVR1CLI:
+    """``lit-vr1 fit --config <config>`` with the run's seed and folders set; CSV logs go
+    to ``out/name``, the trained model to ``out/name_model``."""
+    args = ["fit", "--config", config, f"--seed_everything={seed}", f"--trainer.default_root_dir={out}",
+            f"--trainer.logger.init_args.save_dir={out}", f"--trainer.logger.init_args.name={name}",
+            f"--model.init_args.export_dir={out}/{name}_model", *overrides]
+    return LitVR1CLI(args=args)
+
+
+def report(sft_dir: str, grpo_dir: str, data_dir: str, template: str, out: str, max_new_tokens: int = 40) -> dict:
+    """Evaluate both saved models on the held-out split, print the table, draw the PNGs; returns the figures."""
     torch.manual_seed(0)
-    images = os.path.join(args.data, "images")
-    val = JsonlDataset(os.path.join(args.data, "val.jsonl"), images, "qwen_rec")
+    images = os.path.join(data_dir, "images")
+    val = JsonlDataset(os.path.join(data_dir, "val.jsonl"), images, template)
     samples = [val[i] for i in range(len(val))]
-    sft = evaluate_dir(args.sft, samples, args.max_new_tokens)
-    grpo = evaluate_dir(args.grpo, samples, args.max_new_tokens)
-    train = JsonlDataset(os.path.join(args.data, "train.jsonl"), images, "qwen_rec")
+    sft = evaluate_dir(sft_dir, samples, max_new_tokens)
+    grpo = evaluate_dir(grpo_dir, samples, max_new_tokens)
+    train = JsonlDataset(os.path.join(data_dir, "train.jsonl"), images, template)
     canvas = samples[0].images[0].width
     const_box, floor = best_constant_box([first_box(r.solution) for r in train.records],
                                          [first_box(s.solution) for s in samples], canvas)
-    os.makedirs(args.out, exist_ok=True)
-    curves, boxes = os.path.join(args.out, "curves.png"), os.path.join(args.out, "boxes.png")
-    plot_curves(read_metrics(os.path.join(args.logs, "sft")), read_metrics(os.path.join(args.logs, "grpo")), floor, curves)
+    os.makedirs(out, exist_ok=True)
+    curves, boxes = os.path.join(out, "curves.png"), os.path.join(out, "boxes.png")
+    plot_curves(read_metrics(os.path.join(out, "sft")), read_metrics(os.path.join(out, "grpo")), floor, curves)
     draw_grid(sft, grpo, boxes)
     result = {
         "held_out_images": len(samples),
-        "sft": {"acc50": sft.acc50, "miou": sft.miou, "format": sft.format},
-        "grpo": {"acc50": grpo.acc50, "miou": grpo.miou, "format": grpo.format},
+        "sft": {"acc50": sft.acc50, "miou": sft.miou, "format": sft.format, "area_ratio": area_ratio(sft)},
+        "grpo": {"acc50": grpo.acc50, "miou": grpo.miou, "format": grpo.format, "area_ratio": area_ratio(grpo)},
         "constant_box": {"box": const_box, "miou": floor},
         "curves_png": curves,
         "boxes_png": boxes,
     }
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(result, f, indent=2)
     print(f"held-out images: {len(samples)} (greedy decoding)")
-    print(f"{'':14}{'Acc@0.5':>9}{'mean IoU':>10}{'format':>8}")
+    print(f"{'':14}{'Acc@0.5':>9}{'mean IoU':>10}{'format':>8}{'box area / truth':>18}")
     for name, r in (("after SFT", sft), ("after GRPO", grpo)):
-        print(f"{name:14}{r.acc50:9.3f}{r.miou:10.3f}{r.format:8.3f}")
+        print(f"{name:14}{r.acc50:9.3f}{r.miou:10.3f}{r.format:8.3f}{area_ratio(r):18.2f}")
     print(f"{'constant box':14}{'':9}{floor:10.3f}")
     print(f"wrote {curves} and {boxes} (green: truth, blue: SFT, red: GRPO)")
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the run (weights, data order, sampling)")
+    ap.add_argument("--out", default="runs/demo", help="folder of the logs, models, PNGs and results.json")
+    ap.add_argument("--sft-config", default="configs/sft_synthetic.yaml")
+    ap.add_argument("--grpo-config", default="configs/grpo_synthetic.yaml")
+    ap.add_argument("--sft-steps", type=int, help="override the SFT config's trainer.max_steps")
+    ap.add_argument("--grpo-steps", type=int, help="override the GRPO config's trainer.max_steps")
+    ap.add_argument("--data-dir", help="override data.init_args.synthetic_dir of both configs")
+    ap.add_argument("--quiet", action="store_true", help="no progress bars or rollout tables")
+    args = ap.parse_args(argv)
+    out = args.out.rstrip("/")
+    common = ["--trainer.enable_progress_bar=false", "--trainer.callbacks=[]"] if args.quiet else []
+    if args.data_dir:
+        common.append(f"--data.init_args.synthetic_dir={args.data_dir}")
+    times = {}
+    t0 = time.perf_counter()
+    sft_over = [f"--model.init_args.seed={args.seed}", *common]
+    if args.sft_steps:
+        sft_over += [f"--trainer.max_steps={args.sft_steps}", f"--model.init_args.lr_scheduler.init_args.T_max={args.sft_steps}"]
+    sft_cli = fit(args.sft_config, out, "sft", args.seed, sft_over)
+    times["sft_s"] = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    grpo_over = [f"--model.init_args.model={out}/sft_model", *common]
+    if args.grpo_steps:
+        grpo_over.append(f"--trainer.max_steps={args.grpo_steps}")
+    grpo_cli = fit(args.grpo_config, out, "grpo", args.seed, grpo_over)
+    times["grpo_s"] = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    data = sft_cli.datamodule
+    result = report(f"{out}/sft_model", f"{out}/grpo_model", data.synthetic_dir, data.template, out,
+                    grpo_cli.model.eval_max_new_tokens)
+    times["report_s"] = time.perf_counter() - t2
+    times["total_s"] = time.perf_counter() - t0
+    result.update(seed=args.seed, times=times, sft_steps=sft_cli.trainer.global_step,
+                  grpo_steps=grpo_cli.trainer.global_step)
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    print("seconds: " + ", ".join(f"{k[:-2]} {v:.0f}" for k, v in times.items()))
     return result
 
 

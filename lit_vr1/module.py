@@ -72,7 +72,9 @@ class VLMModule(LightningModule):
     def configure_model(self) -> None:
         """Build the policy (once; strategies may shard it afterwards)."""
         if self.policy is None:
-            self.policy = load_model(self.model_name, self.processor, self.dtype_name, self.attn_implementation, self.seed)
+            # from_pretrained returns a model in eval mode, and Lightning keeps each module's mode
+            self.policy = load_model(self.model_name, self.processor, self.dtype_name, self.attn_implementation,
+                                     self.seed).train()
 
     def configure_optimizers(self):
         params = [p for p in self.policy.parameters() if p.requires_grad]

@@ -95,11 +95,12 @@ def test_synthetic_boxes_match_drawn_pixels(tmp_path):
 
 def test_datamodule_writes_and_reads_synthetic(tmp_path):
     dm = GroundingDataModule(synthetic=SyntheticSpec(num_samples=6), synthetic_dir=str(tmp_path / "syn"),
-                             num_val_samples=3, batch_size=2)
+                             num_val_samples=3, batch_size=2, val_batch_size=3)
     dm.prepare_data()
     dm.setup("fit")
     assert len(dm.train_set) == 6 and len(dm.val_set) == 3
     batch = next(iter(dm.train_dataloader()))
     assert len(batch) == 2 and batch[0].images[0].size == (112, 112)
+    assert len(next(iter(dm.val_dataloader()))) == 3  # greedy validation takes its own batch size
     with pytest.raises(ValueError, match="data.train_images"):
         GroundingDataModule(train_files="a.jsonl")

@@ -54,6 +54,18 @@ def test_load_by_path_uses_the_same_code_path(tmp_path, tiny_qwen25):
     assert p.image_processor.size["longest_edge"] == 56 * 56
 
 
+def test_a_saved_policy_trains_in_train_mode(tmp_path, tiny_qwen25):
+    """from_pretrained returns eval mode and Lightning keeps it: the module must switch it back."""
+    from lit_vr1.sft import SFTModule
+
+    model, processor = tiny_qwen25
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    module = SFTModule(model=str(tmp_path))
+    module.configure_model()
+    assert module.policy.training and all(m.training for m in module.policy.modules())
+
+
 def test_min_max_pixels_bound_the_input_size(samples):
     p = load_processor("tiny:qwen2_5_vl", min_pixels=28 * 28, max_pixels=56 * 56)
     inputs, _ = encode_prompts(p, samples[:1])

@@ -68,3 +68,20 @@ def test_weighted_sum_skips_nan():
     with pytest.raises(ValueError, match="model.rewards"):
         score_all([], ["x"], [ctx()])
     assert torch.isnan(scores.per_reward[0, 1])
+
+
+def test_differentiated_iou_zeroes_loose_boxes_and_fills_tight_ones():
+    from lit_vr1.rewards.rec import differentiate
+
+    assert differentiate(0.2, 0.3, 0.75) == 0.0
+    assert differentiate(0.5, 0.3, 0.75) == 0.5
+    assert differentiate(0.8, 0.3, 0.75) == 1.0
+    assert differentiate(0.2, None, None) == 0.2
+    reward = IoUReward(zero_below=0.3, one_above=0.75)
+    # IoU with [10, 10, 50, 50]: exact 1.0 -> 1; [10, 10, 50, 30] -> 0.5 kept; [40, 40, 90, 90] -> 0.04 -> 0
+    out = reward(['[10, 10, 50, 50]', '[10, 10, 50, 30]', '[40, 40, 90, 90]'], [ctx()] * 3)
+    assert out == pytest.approx([1.0, 0.5, 0.0], abs=1e-6)
+    with pytest.raises(ValueError, match="either threshold or zero_below/one_above"):
+        IoUReward(threshold=0.5, zero_below=0.3)
+    with pytest.raises(ValueError, match="must not exceed"):
+        IoUReward(zero_below=0.8, one_above=0.5)

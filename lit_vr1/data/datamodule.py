@@ -33,6 +33,7 @@ class GroundingDataModule(LightningDataModule):
         synthetic_dir: where the synthetic JSONL and PNGs are written (reused when drawn
             with the same spec, redrawn otherwise).
         num_val_samples: size of the synthetic held-out split.
+        val_batch_size: prompts per validation batch (greedy decoding; None: ``batch_size``).
     """
 
     def __init__(
@@ -47,6 +48,7 @@ class GroundingDataModule(LightningDataModule):
         synthetic: SyntheticSpec | None = None,
         synthetic_dir: str = "data/synthetic",
         num_val_samples: int = 64,
+        val_batch_size: int | None = None,
     ) -> None:
         super().__init__()
         if train_files is None and synthetic is None:
@@ -61,6 +63,7 @@ class GroundingDataModule(LightningDataModule):
         self.synthetic = synthetic
         self.synthetic_dir = synthetic_dir
         self.num_val_samples = num_val_samples
+        self.val_batch_size = val_batch_size or batch_size
         self.train_set: JsonlDataset | None = None
         self.val_set: JsonlDataset | None = None
 
@@ -102,4 +105,4 @@ class GroundingDataModule(LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=self.batch_size, collate_fn=collate, num_workers=self.num_workers)
+        return DataLoader(self.val_set, batch_size=self.val_batch_size, collate_fn=collate, num_workers=self.num_workers)

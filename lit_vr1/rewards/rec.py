@@ -44,29 +44,49 @@ def rec_ious(completions: list[str], contexts: list[SampleContext], frame: str =
     return [float(v) if ok else 0.0 for v, ok in zip(iou, valid)]
 
 
+def differentiate(value: float, zero_below: float | None, one_above: float | None) -> float:
+    """Vision-R1's differentiation rule (Zhan et al., 2025, progressive rule refinement):
+    a score under ``zero_below`` counts as 0 and one over ``one_above`` as 1, so loose
+    answers earn nothing and good ones earn full credit; in between it is kept as is."""
+    if zero_below is not None and value < zero_below:
+        return 0.0
+    if one_above is not None and value > one_above:
+        return 1.0
+    return value
+
+
 class IoUReward(Reward):
     """REC IoU reward (VLM-R1): the IoU of the predicted box with the ground truth.
 
     Args:
         threshold: when set, the reward is 1.0 for IoU > threshold and 0.0 otherwise
             (the strict Acc@0.5 rule for threshold=0.5); when None, the IoU itself.
+        zero_below, one_above: Vision-R1's differentiation of the continuous IoU (see
+            :func:`differentiate`); they punish loose, hedging boxes, which a plain IoU
+            reward teaches a weak model. Not together with ``threshold``.
         box_frame: frame the model writes boxes in (see ``lit_vr1.rewards.boxes.BOX_FRAMES``).
     """
 
     default_name = "iou"
 
-    def __init__(self, threshold: float | None = None, box_frame: str = "input_pixels", **kwargs) -> None:
+    def __init__(self, threshold: float | None = None, zero_below: float | None = None, one_above: float | None = None,
+                 box_frame: str = "input_pixels", **kwargs) -> None:
         super().__init__(**kwargs)
         if box_frame not in BOX_FRAMES:
             raise ValueError(f"box_frame={box_frame!r} is not valid; choose one of {', '.join(BOX_FRAMES)}")
+        if threshold is not None and (zero_below is not None or one_above is not None):
+            raise ValueError("IoUReward: give either threshold or zero_below/one_above, not both")
+        if zero_below is not None and one_above is not None and zero_below > one_above:
+            raise ValueError(f"IoUReward: zero_below={zero_below} must not exceed one_above={one_above}")
         self.threshold = threshold
+        self.zero_below, self.one_above = zero_below, one_above
         self.box_frame = box_frame
 
     def score(self, completions: list[str], contexts: list[SampleContext]) -> list[float]:
         ious = rec_ious(completions, contexts, self.box_frame)
-        if self.threshold is None:
-            return ious
-        return [1.0 if v > self.threshold else 0.0 for v in ious]
+        if self.threshold is not None:
+            return [1.0 if v > self.threshold else 0.0 for v in ious]
+        return [differentiate(v, self.zero_below, self.one_above) for v in ious]
 
 
 class ThinkAnswerFormat(Reward):
