@@ -121,18 +121,19 @@ def report(sft_dir: str, grpo_dir: str, data_dir: str, template: str, out: str, 
     curves, boxes = os.path.join(out, "curves.png"), os.path.join(out, "boxes.png")
     plot_curves(read_metrics(os.path.join(out, "sft")), read_metrics(os.path.join(out, "grpo")), floor, curves)
     draw_grid(sft, grpo, boxes)
+    figures = {name: {"acc50": r.acc50, "miou": r.miou, "format": r.format, "area_ratio": area_ratio(r)}
+               for name, r in (("sft", sft), ("grpo", grpo))}
     result = {
         "held_out_images": len(samples),
-        "sft": {"acc50": sft.acc50, "miou": sft.miou, "format": sft.format, "area_ratio": area_ratio(sft)},
-        "grpo": {"acc50": grpo.acc50, "miou": grpo.miou, "format": grpo.format, "area_ratio": area_ratio(grpo)},
+        **figures,
         "constant_box": {"box": const_box, "miou": floor},
         "curves_png": curves,
         "boxes_png": boxes,
     }
     print(f"held-out images: {len(samples)} (greedy decoding)")
     print(f"{'':14}{'Acc@0.5':>9}{'mean IoU':>10}{'format':>8}{'box area / truth':>18}")
-    for name, r in (("after SFT", sft), ("after GRPO", grpo)):
-        print(f"{name:14}{r.acc50:9.3f}{r.miou:10.3f}{r.format:8.3f}{area_ratio(r):18.2f}")
+    for name, f in (("after SFT", figures["sft"]), ("after GRPO", figures["grpo"])):
+        print(f"{name:14}{f['acc50']:9.3f}{f['miou']:10.3f}{f['format']:8.3f}{f['area_ratio']:18.2f}")
     print(f"{'constant box':14}{'':9}{floor:10.3f}")
     print(f"wrote {curves} and {boxes} (green: truth, blue: SFT, red: GRPO)")
     return result
