@@ -146,7 +146,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--sft-config", default="configs/sft_synthetic.yaml")
     ap.add_argument("--grpo-config", default="configs/grpo_synthetic.yaml")
     ap.add_argument("--sft-steps", type=int, help="override the SFT config's trainer.max_steps")
-    ap.add_argument("--grpo-steps", type=int, help="override the GRPO config's trainer.max_steps")
+    ap.add_argument("--grpo-steps", type=int,
+                    help="stop GRPO after this many steps (the LR schedule stays the config's: a prefix of the full run)")
     ap.add_argument("--data-dir", help="override data.init_args.synthetic_dir of both configs")
     ap.add_argument("--quiet", action="store_true", help="no progress bars or rollout tables")
     args = ap.parse_args(argv)

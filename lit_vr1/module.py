@@ -13,6 +13,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lit_vr1.evaluate import predict_rec
 from lit_vr1.metrics.rec import RECMetrics
 from lit_vr1.models.loading import load_model, load_processor
+from lit_vr1.models.tiny import TinySpec
 from lit_vr1.rewards.boxes import BOX_FRAMES
 
 
@@ -33,6 +34,7 @@ class VLMModule(LightningModule):
         dtype: weights' dtype: float32, bfloat16, float16 or auto.
         attn_implementation: sdpa, eager or flash_attention_2.
         seed: seed of a tiny model's weights and tokenizer.
+        tiny_spec: sizes of a ``tiny:`` model (layers, widths; see ``TinySpec``); ignored otherwise.
         box_frame: frame the model writes boxes in, for validation (see ``BOX_FRAMES``).
         eval_max_new_tokens: most tokens of a greedy validation answer.
         export_dir: when set, the trained policy and processor are saved there with
@@ -52,6 +54,7 @@ class VLMModule(LightningModule):
         box_frame: str = "input_pixels",
         eval_max_new_tokens: int = 64,
         export_dir: str | None = None,
+        tiny_spec: TinySpec | None = None,
     ) -> None:
         super().__init__()
         if box_frame not in BOX_FRAMES:
@@ -65,7 +68,8 @@ class VLMModule(LightningModule):
         self.box_frame = box_frame
         self.eval_max_new_tokens = eval_max_new_tokens
         self.export_dir = export_dir
-        self.processor = load_processor(model, min_pixels, max_pixels, seed)
+        self.tiny_spec = tiny_spec
+        self.processor = load_processor(model, min_pixels, max_pixels, seed, tiny_spec)
         self.policy: torch.nn.Module | None = None
         self.val_metrics = RECMetrics()
 
@@ -74,7 +78,7 @@ class VLMModule(LightningModule):
         if self.policy is None:
             # from_pretrained returns a model in eval mode, and Lightning keeps each module's mode
             self.policy = load_model(self.model_name, self.processor, self.dtype_name, self.attn_implementation,
-                                     self.seed).train()
+                                     self.seed, self.tiny_spec).train()
 
     def configure_optimizers(self):
         params = [p for p in self.policy.parameters() if p.requires_grad]

@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from lit_vr1.data.datamodule import GroundingDataModule
@@ -104,3 +105,24 @@ def test_datamodule_writes_and_reads_synthetic(tmp_path):
     assert len(next(iter(dm.val_dataloader()))) == 3  # greedy validation takes its own batch size
     with pytest.raises(ValueError, match="data.train_images"):
         GroundingDataModule(train_files="a.jsonl")
+
+
+def test_training_order_ignores_validation_and_global_rng(tmp_path):
+    """Validating more or less often must not change what the training sees next."""
+    dm = GroundingDataModule(synthetic=SyntheticSpec(num_samples=12, canvas=56, min_size=14, max_size=28),
+                             synthetic_dir=str(tmp_path / "syn"), num_val_samples=2, batch_size=3, shuffle_seed=7)
+    dm.setup("fit")
+
+    def order(loader) -> list[str]:
+        return [s.id for epoch in range(2) for batch in loader for s in batch]
+
+    first = order(dm.train_dataloader())
+    torch.manual_seed(123)
+    torch.rand(5)
+    next(iter(dm.val_dataloader()))  # an iterator draws a seed: from its own generator, not the global one
+    state = torch.get_rng_state()
+    second = order(dm.train_dataloader())
+    assert first == second and torch.equal(state, torch.get_rng_state())
+    assert first[:12] != first[12:]  # each epoch is shuffled anew
+    dm.shuffle_seed = 8
+    assert order(dm.train_dataloader()) != first

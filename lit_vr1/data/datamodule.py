@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
@@ -34,6 +35,10 @@ class GroundingDataModule(LightningDataModule):
             with the same spec, redrawn otherwise).
         num_val_samples: size of the synthetic held-out split.
         val_batch_size: prompts per validation batch (greedy decoding; None: ``batch_size``).
+        shuffle_seed: seed of the training order (None: the seed ``seed_everything`` set).
+            The loaders draw from their own generators, never from the global RNG, so
+            validating more or less often does not change the training order or the
+            rollouts' sampling.
     """
 
     def __init__(
@@ -49,6 +54,7 @@ class GroundingDataModule(LightningDataModule):
         synthetic_dir: str = "data/synthetic",
         num_val_samples: int = 64,
         val_batch_size: int | None = None,
+        shuffle_seed: int | None = None,
     ) -> None:
         super().__init__()
         if train_files is None and synthetic is None:
@@ -64,6 +70,7 @@ class GroundingDataModule(LightningDataModule):
         self.synthetic_dir = synthetic_dir
         self.num_val_samples = num_val_samples
         self.val_batch_size = val_batch_size or batch_size
+        self.shuffle_seed = shuffle_seed
         self.train_set: JsonlDataset | None = None
         self.val_set: JsonlDataset | None = None
 
@@ -98,11 +105,17 @@ class GroundingDataModule(LightningDataModule):
         if self.val_set is None and val is not None:
             self.val_set = JsonlDataset(val, val_images, self.template)
 
+    def _generator(self) -> torch.Generator:
+        seed = torch.initial_seed() if self.shuffle_seed is None else self.shuffle_seed
+        return torch.Generator().manual_seed(seed % 2**63)
+
     def train_dataloader(self) -> DataLoader:
         return DataLoader(
             self.train_set, batch_size=self.batch_size, shuffle=True, collate_fn=collate,
-            num_workers=self.num_workers, drop_last=True,
+            num_workers=self.num_workers, drop_last=True, generator=self._generator(),
         )
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=self.val_batch_size, collate_fn=collate, num_workers=self.num_workers)
+        # its own generator too: creating a loader's iterator draws a worker seed from it
+        return DataLoader(self.val_set, batch_size=self.val_batch_size, collate_fn=collate,
+                          num_workers=self.num_workers, generator=self._generator())

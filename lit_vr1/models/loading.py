@@ -47,12 +47,14 @@ def check_model_type(name: str) -> str:
     return config.model_type
 
 
-def load_processor(name: str, min_pixels: int | None = None, max_pixels: int | None = None, seed: int = 0) -> ProcessorMixin:
+def load_processor(name: str, min_pixels: int | None = None, max_pixels: int | None = None, seed: int = 0,
+                   tiny_spec: TinySpec | None = None) -> ProcessorMixin:
     """The processor of ``name``, with the image size bounds set (qwen-vl-utils convention:
-    images are resized to multiples of 28 with min_pixels <= h*w <= max_pixels)."""
+    images are resized to multiples of 28 with min_pixels <= h*w <= max_pixels).
+    ``tiny_spec`` sizes a ``tiny:`` model (ignored for real checkpoints)."""
     family = _tiny_family(name)
     if family is not None:
-        processor = build_processor(family, TinySpec(), seed)
+        processor = build_processor(family, tiny_spec or TinySpec(), seed)
     else:
         check_model_type(name)
         processor = AutoProcessor.from_pretrained(name)
@@ -68,12 +70,12 @@ def load_processor(name: str, min_pixels: int | None = None, max_pixels: int | N
 
 
 def load_model(name: str, processor: ProcessorMixin, dtype: str = "float32", attn_implementation: str = "sdpa",
-               seed: int = 0) -> PreTrainedModel:
+               seed: int = 0, tiny_spec: TinySpec | None = None) -> PreTrainedModel:
     """The policy model of ``name`` in ``dtype`` (float32, bfloat16, float16 or auto)."""
     torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
     family = _tiny_family(name)
     if family is not None:
-        model = build_model(family, processor.tokenizer, TinySpec(), seed)
+        model = build_model(family, processor.tokenizer, tiny_spec or TinySpec(), seed)
         if torch_dtype != "auto":
             model = model.to(torch_dtype)
         model.config._attn_implementation = attn_implementation
