@@ -1,9 +1,11 @@
-"""The learning proof, reduced: cold-start SFT, then GRPO from the SFT model, improves
-held-out mean IoU under one and the same greedy evaluation (``make demo`` at full size).
+"""The learning proof: cold-start SFT, then GRPO from the SFT model, improves held-out
+mean IoU and does not lower Acc@0.5 under one and the same greedy evaluation.
 
-It takes a few minutes on 2 CPU cores: a bug that leaves everything running but nothing
-learning (log-probs shifted by a token, a mask over the prompt, a flipped advantage sign)
-fails here and nowhere else.
+It is ``make demo`` at seed 0, reduced to the report's essentials (no progress bars, no
+rollout tables), about 7 minutes on 2 CPU cores. Shorter GRPO runs are too close to
+call: the seed-0 run's held-out mean IoU gain was +0.008 at step 100 and +0.016 at 150.
+A bug that leaves everything running but nothing learning (log-probs shifted by a
+token, a mask over the prompt, a flipped advantage sign) fails here and nowhere else.
 """
 
 import json
@@ -15,15 +17,15 @@ from lit_vr1.demo import main
 def test_grpo_improves_held_out_iou_over_its_sft_start(tmp_path, monkeypatch):
     monkeypatch.chdir(Path(__file__).resolve().parents[1])  # the configs are repo-relative
     out = tmp_path / "run"
-    # the demo's SFT stage in full, then the first 50 of its 150 GRPO steps
-    result = main(["--seed", "0", "--out", str(out), "--data-dir", str(tmp_path / "data"), "--grpo-steps", "50", "--quiet"])
+    result = main(["--seed", "0", "--out", str(out), "--data-dir", str(tmp_path / "data"), "--quiet"])
     sft, grpo = result["sft"], result["grpo"]
     print(json.dumps(result, indent=1))
     assert result["held_out_images"] == 200
     assert sft["format"] >= 0.9 and grpo["format"] >= 0.9
-    assert grpo["miou"] >= sft["miou"] + 0.02, (sft, grpo)
+    assert grpo["miou"] >= sft["miou"] + 0.02, (sft, grpo)  # measured: 0.688 -> 0.729
+    assert grpo["acc50"] >= sft["acc50"], (sft, grpo)  # measured: 0.820 -> 0.890
     assert (out / "curves.png").stat().st_size > 0 and (out / "boxes.png").stat().st_size > 0
-    assert json.loads((out / "results.json").read_text())["grpo_steps"] == 50
+    assert json.loads((out / "results.json").read_text())["grpo_steps"] == 250
 
 
 def test_area_ratio_flags_loose_boxes():
