@@ -96,6 +96,15 @@ def draw_grid(sft: EvalResult, grpo: EvalResult, path: str, n: int = 16) -> None
     grid(tiles, columns=4).save(path)
 
 
+def paired_gain(before: EvalResult, after: EvalResult) -> tuple[float, float]:
+    """Mean per-image IoU gain of ``after`` over ``before`` on the same images, and its
+    standard error (sample standard deviation of the paired differences over sqrt(n))."""
+    diffs = torch.tensor([a.iou - b.iou for b, a in zip(before.predictions, after.predictions, strict=True)],
+                         dtype=torch.float64)
+    se = diffs.std().item() / len(diffs) ** 0.5 if len(diffs) > 1 else float("nan")
+    return diffs.mean().item(), se
+
+
 def fit(config: str, out: str, name: str, seed: int, overrides: list[str]) -> LitVR1CLI:
     """``lit-vr1 fit --config <config>`` with the run's seed and folders set; CSV logs go
     to ``out/name``, the trained model to ``out/name_model``."""
@@ -123,9 +132,11 @@ def report(sft_dir: str, grpo_dir: str, data_dir: str, template: str, out: str, 
     draw_grid(sft, grpo, boxes)
     figures = {name: {"acc50": r.acc50, "miou": r.miou, "format": r.format, "area_ratio": area_ratio(r)}
                for name, r in (("sft", sft), ("grpo", grpo))}
+    gain, gain_se = paired_gain(sft, grpo)
     result = {
         "held_out_images": len(samples),
         **figures,
+        "miou_gain": {"mean": gain, "se": gain_se},
         "constant_box": {"box": const_box, "miou": floor},
         "curves_png": curves,
         "boxes_png": boxes,
@@ -135,6 +146,7 @@ def report(sft_dir: str, grpo_dir: str, data_dir: str, template: str, out: str, 
     for name, f in (("after SFT", figures["sft"]), ("after GRPO", figures["grpo"])):
         print(f"{name:14}{f['acc50']:9.3f}{f['miou']:10.3f}{f['format']:8.3f}{f['area_ratio']:18.2f}")
     print(f"{'constant box':14}{'':9}{floor:10.3f}")
+    print(f"mean IoU gain of GRPO over SFT: {gain:+.3f} (paired standard error {gain_se:.3f})")
     print(f"wrote {curves} and {boxes} (green: truth, blue: SFT, red: GRPO)")
     return result
 

@@ -28,6 +28,19 @@ def test_grpo_improves_held_out_iou_over_its_sft_start(tmp_path, monkeypatch):
     assert json.loads((out / "results.json").read_text())["grpo_steps"] == 250
 
 
+def test_paired_gain_and_its_standard_error():
+    from lit_vr1.data.jsonl import Sample
+    from lit_vr1.demo import paired_gain
+    from lit_vr1.evaluate import Prediction, summarise
+
+    def res(ious):
+        return summarise([Prediction(Sample(str(i), [], [], "q", "", "f:1"), "", None, v, True) for i, v in enumerate(ious)])
+
+    mean, se = paired_gain(res([0.2, 0.4, 0.6, 0.8]), res([0.3, 0.4, 0.9, 0.8]))
+    assert abs(mean - 0.1) < 1e-12  # differences 0.1, 0, 0.3, 0
+    assert abs(se - (((0.0 + 0.01 + 0.04 + 0.01) / 3) ** 0.5) / 2) < 1e-12  # sample std / sqrt(4)
+
+
 def test_area_ratio_flags_loose_boxes():
     from lit_vr1.data.jsonl import Sample
     from lit_vr1.demo import area_ratio
