@@ -12,6 +12,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from lit_vr1.evaluate import predict_rec
 from lit_vr1.metrics.rec import RECMetrics
+from lit_vr1.models import freeze
 from lit_vr1.models.loading import load_model, load_processor
 from lit_vr1.models.tiny import TinySpec
 from lit_vr1.rewards.boxes import BOX_FRAMES
@@ -35,6 +36,9 @@ class VLMModule(LightningModule):
         attn_implementation: sdpa, eager or flash_attention_2.
         seed: seed of a tiny model's weights and tokenizer.
         tiny_spec: sizes of a ``tiny:`` model (layers, widths; see ``TinySpec``); ignored otherwise.
+        freeze_vision: freeze the vision tower (patch embedding and blocks): no gradient,
+            not in the optimiser, weights unchanged.
+        freeze_merger: freeze the vision-to-language projector (the merger) as well.
         box_frame: frame the model writes boxes in, for validation (see ``BOX_FRAMES``).
         eval_max_new_tokens: most tokens of a greedy validation answer.
         export_dir: when set, the trained policy and processor are saved there with
@@ -55,6 +59,8 @@ class VLMModule(LightningModule):
         eval_max_new_tokens: int = 64,
         export_dir: str | None = None,
         tiny_spec: TinySpec | None = None,
+        freeze_vision: bool = False,
+        freeze_merger: bool = False,
     ) -> None:
         super().__init__()
         if box_frame not in BOX_FRAMES:
@@ -69,6 +75,7 @@ class VLMModule(LightningModule):
         self.eval_max_new_tokens = eval_max_new_tokens
         self.export_dir = export_dir
         self.tiny_spec = tiny_spec
+        self.freeze_vision, self.freeze_merger = freeze_vision, freeze_merger
         self.processor = load_processor(model, min_pixels, max_pixels, seed, tiny_spec)
         self.policy: torch.nn.Module | None = None
         self.val_metrics = RECMetrics()
@@ -79,6 +86,8 @@ class VLMModule(LightningModule):
             # from_pretrained returns a model in eval mode, and Lightning keeps each module's mode
             self.policy = load_model(self.model_name, self.processor, self.dtype_name, self.attn_implementation,
                                      self.seed, self.tiny_spec).train()
+            if self.freeze_vision or self.freeze_merger:
+                freeze.freeze_vision(self.policy, tower=self.freeze_vision, merger=self.freeze_merger)
 
     def configure_optimizers(self):
         params = [p for p in self.policy.parameters() if p.requires_grad]
