@@ -39,6 +39,9 @@ class VLMModule(LightningModule):
         freeze_vision: freeze the vision tower (patch embedding and blocks): no gradient,
             not in the optimiser, weights unchanged.
         freeze_merger: freeze the vision-to-language projector (the merger) as well.
+        gradient_checkpointing: recompute activations in the backward pass (transformers'
+            activation checkpointing, non-reentrant) to save memory; rollouts run in eval mode
+            and keep their KV cache.
         box_frame: frame the model writes boxes in, for validation (see ``BOX_FRAMES``).
         eval_max_new_tokens: most tokens of a greedy validation answer.
         export_dir: when set, the trained policy and processor are saved there with
@@ -61,6 +64,7 @@ class VLMModule(LightningModule):
         tiny_spec: TinySpec | None = None,
         freeze_vision: bool = False,
         freeze_merger: bool = False,
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         if box_frame not in BOX_FRAMES:
@@ -76,6 +80,7 @@ class VLMModule(LightningModule):
         self.export_dir = export_dir
         self.tiny_spec = tiny_spec
         self.freeze_vision, self.freeze_merger = freeze_vision, freeze_merger
+        self.gradient_checkpointing = gradient_checkpointing
         self.processor = load_processor(model, min_pixels, max_pixels, seed, tiny_spec)
         self.policy: torch.nn.Module | None = None
         self.val_metrics = RECMetrics()
@@ -88,6 +93,13 @@ class VLMModule(LightningModule):
                                      self.seed, self.tiny_spec).train()
             if self.freeze_vision or self.freeze_merger:
                 freeze.freeze_vision(self.policy, tower=self.freeze_vision, merger=self.freeze_merger)
+            if self.gradient_checkpointing:
+                # transformers >= 5.2x names it activation_checkpointing_enable; older releases gradient_...
+                enable = getattr(self.policy, "activation_checkpointing_enable", None)
+                if enable is not None:
+                    enable({"use_reentrant": False})
+                else:
+                    self.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     def configure_optimizers(self):
         params = [p for p in self.policy.parameters() if p.requires_grad]
