@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from lit_vr1.data.jsonl import Sample
+from lit_vr1.data.jsonl import Sample, solution_text
 from lit_vr1.loss import token_logprobs
 from lit_vr1.module import VLMModule
 from lit_vr1.rollout import Rollout, completion_logits, teacher_forced
@@ -30,7 +30,7 @@ class SFTModule(VLMModule):
 
     def sft_loss(self, batch: list[Sample]) -> tuple[torch.Tensor, int]:
         """Mean NLL of the answer tokens and their count."""
-        r: Rollout = teacher_forced(self.processor, batch, [s.solution for s in batch], device=self.device)
+        r: Rollout = teacher_forced(self.processor, batch, [solution_text(s.solution) for s in batch], device=self.device)
         logits = completion_logits(self.policy, r.model_inputs(), r.completion_ids.shape[1])
         logp = token_logprobs(logits, r.completion_ids)
         mask = r.completion_mask.to(logp.dtype)

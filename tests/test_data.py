@@ -48,7 +48,7 @@ def test_malformed_line_names_file_and_line(tmp_path):
 
 def test_missing_field_names_file_and_line(tmp_path):
     f, d = _write(tmp_path, "nofield", [json.dumps({"id": 1, "image": "a.png"})])
-    with pytest.raises(DataError, match=r"nofield\.jsonl:1: field 'conversations'"):
+    with pytest.raises(DataError, match=r"nofield\.jsonl:1: a line needs 'conversations', or a string 'problem'"):
         JsonlDataset(f, d)
 
 
@@ -126,3 +126,53 @@ def test_training_order_ignores_validation_and_global_rng(tmp_path):
     assert first[:12] != first[12:]  # each epoch is shuffled anew
     dm.shuffle_seed = 8
     assert order(dm.train_dataloader()) != first
+
+
+def vr1(i, image="a.png", solution=(("cat", [1, 2, 10, 12]),), **extra):
+    return json.dumps({"id": i, "image": image, "problem": "<image>Find every cat.", "solution": [list(p) for p in solution],
+                       "width": 40, "height": 30, "num_instances": len(solution), **extra})
+
+
+def test_vision_r1_detection_and_label_free_layouts(tmp_path):
+    from lit_vr1.data.jsonl import solution_text
+
+    f, d = _write(tmp_path, "vr1", [vr1(1), json.dumps({"id": 2, "image": "b.png", "problem": "<image>What is this?"})])
+    ds = JsonlDataset(f, d, "plain")
+    det, free = ds[0], ds[1]
+    assert det.solution == [["cat", [1, 2, 10, 12]]] and det.metadata == {"width": 40, "height": 30, "num_instances": 1}
+    assert json.loads(solution_text(det.solution)) == [{"bbox_2d": [1, 2, 10, 12], "label": "cat"}]
+    assert free.solution == "" and free.messages[0]["content"][-1]["text"] == "What is this?"
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        (vr1(1, solution=(("cat", [1, 2, 3]),)), r"vr1\.jsonl:1: field 'solution' item 0 must be \[category, \[x1, y1, x2, y2\]\]"),
+        (json.dumps({"image": "a.png", "problem": "q", "solution": [["cat", [1, 2, 3, 4]]], "num_instances": 2}),
+         r"vr1\.jsonl:1: field 'num_instances' is 2 but 'solution' lists 1"),
+        (json.dumps({"image": "a.png", "problem": "q", "reward_method": ""}), r"vr1\.jsonl:1: field 'reward_method'"),
+    ],
+)
+def test_vision_r1_bad_lines_name_file_line_and_field(tmp_path, line, message):
+    f, d = _write(tmp_path, "vr1", [line])
+    with pytest.raises(DataError, match=message):
+        JsonlDataset(f, d)
+
+
+def test_declared_size_must_match_the_image(tmp_path):
+    line = json.dumps({"image": "a.png", "problem": "q", "solution": [], "width": 640, "height": 480})
+    f, d = _write(tmp_path, "size", [line])
+    with pytest.raises(DataError, match=r"size\.jsonl:1: fields 'width', 'height' say 640x480 but image .*a\.png is 40x30"):
+        JsonlDataset(f, d)[0]
+
+
+def test_reward_methods_route_per_file_and_a_line_overrides(tmp_path):
+    f1, d1 = _write(tmp_path, "rec", [rec(1, "a.png"), json.dumps({**json.loads(rec(2, "a.png")), "reward_method": "math"})])
+    f2, d2 = _write(tmp_path, "det", [vr1(3)])
+    ds = JsonlDataset(f"{f1}:{f2}", f"{d1}:{d2}", reward_methods="rec:od")
+    assert [r.task for r in ds.records] == ["rec", "math", "od"]
+    assert ds[1].task == "math"
+    assert [r.task for r in JsonlDataset(f"{f1}:{f2}", f"{d1}:{d2}", reward_methods="rec").records] == ["rec", "math", "rec"]
+    assert [r.task for r in JsonlDataset(f1, d1).records] == ["default", "math"]
+    with pytest.raises(DataError, match="reward_methods lists 3 method.* but data_files lists 2 file"):
+        JsonlDataset(f"{f1}:{f2}", f"{d1}:{d2}", reward_methods="a:b:c")

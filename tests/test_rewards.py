@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from lit_vr1.rewards import IoUReward, RecJsonFormat, Reward, SampleContext, ThinkAnswerFormat, score_all
+from lit_vr1.rewards.base import RewardError
 from lit_vr1.rewards.boxes import first_box, parse_boxes, rescale_box, to_original
 
 
@@ -37,7 +38,7 @@ def test_iou_reward_hand_computed_and_rescaled():
     assert r(["[5, 5, 25, 25]"], [ctx(input_size=(50, 50))]) == pytest.approx([1.0])
     thresholded = IoUReward(threshold=0.5)
     assert thresholded(["[10, 10, 50, 50]", "[30, 10, 70, 50]"], [ctx()] * 2) == [1.0, 0.0]
-    with pytest.raises(ValueError, match="holds no box"):
+    with pytest.raises(RewardError, match="reward 'iou' raised on sample 's1'.*holds no box"):
         r(["[1, 1, 2, 2]"], [ctx(solution="nothing")])
 
 
@@ -85,3 +86,77 @@ def test_differentiated_iou_zeroes_loose_boxes_and_fills_tight_ones():
         IoUReward(threshold=0.5, zero_below=0.3)
     with pytest.raises(ValueError, match="must not exceed"):
         IoUReward(zero_below=0.8, one_above=0.5)
+
+
+class Boom(Reward):
+    """Raises on samples whose id starts with 'bad' (alone or in a batch)."""
+
+    default_name = "boom"
+
+    def score(self, completions, contexts):
+        if any(c.id.startswith("bad") for c in contexts):
+            raise KeyError("no field 'answer'")
+        return [0.5] * len(completions)
+
+
+def test_a_raising_reward_names_itself_and_the_sample_or_is_masked_and_counted():
+    ctxs = [SampleContext(id="ok1", prompt="p", solution=""), SampleContext(id="bad7", prompt="p", solution="", source="f.jsonl:7")]
+    with pytest.raises(RewardError, match=r"reward 'boom' raised on sample 'bad7' \(f\.jsonl:7\): KeyError"):
+        score_all([Boom()], ["a", "b"], ctxs)
+    masked = Boom(on_error="nan")
+    scores = score_all([masked, NaNForOdd()], ["a", "b"], ctxs)
+    assert scores.per_reward[0, 0] == 0.5 and torch.isnan(scores.per_reward[0, 1])  # the good sample keeps its score
+    assert scores.errors == [1, 0] and scores.stats()["reward/boom/errors"] == 1.0
+    assert masked.errors == 1
+    with pytest.raises(ValueError, match="on_error='skip' is not valid; choose one of raise, nan"):
+        Boom(on_error="skip")
+
+
+def test_routing_by_task_gives_nan_elsewhere_and_infinite_values_are_masked():
+    rec_ctx = SampleContext(id="r", prompt="p", solution="[10, 10, 50, 50]", image_sizes=[(100, 100)], task="rec")
+    math_ctx = SampleContext(id="m", prompt="p", solution="3", task="math")
+    iou = IoUReward(tasks=["rec"])  # would raise on the math sample's solution, which holds no box
+    out = iou(["[10, 10, 50, 50]", "3"], [rec_ctx, math_ctx])
+    assert out[0] == 1.0 and math.isnan(out[1])
+
+    class Inf(Reward):
+        default_name = "inf"
+
+        def score(self, completions, contexts):
+            return [math.inf, 1.0]
+
+    scores = score_all([iou, Inf(weight=2.0)], ["[10, 10, 50, 50]", "3"], [rec_ctx, math_ctx])
+    assert scores.total.tolist() == [1.0, 2.0] and scores.nonfinite == [0, 1]
+    with pytest.raises(ValueError, match="share the name"):
+        score_all([IoUReward(), IoUReward()], ["x"], [rec_ctx])
+
+
+@pytest.mark.parametrize(
+    "text, boxes",
+    [
+        ("[{'bbox_2d': [1, 2, 3, 4], 'label': 'cat'}]", [((1, 2, 3, 4), "cat")]),  # single quotes
+        ('[{"bbox_2d": [1, 2, 3, 4], "label": "cat"},]', [((1, 2, 3, 4), "cat")]),  # trailing comma
+        ('[{"bbox_2d": [1,2,3,4], "label": "a"}, {"bbox_2d": [5,6,7,8], "label": "b"}', [((1, 2, 3, 4), "a"), ((5, 6, 7, 8), "b")]),
+        ('[{"bbox_2d": [1,2,3,4], "label": "a"}, {"bbox_2d": [5,6,7', [((1, 2, 3, 4), "a")]),  # truncated item dropped
+        ('```json\n[{"bbox_2d": [1,2,3,4], "label": "a"}]', [((1, 2, 3, 4), "a")]),  # unclosed fence
+        ('see {"bbox_2d": [1, 2, 3, 4], "label": "a"} and {"label": "b", "bbox_2d": [5, 6, 7, 8]} ]]',
+         [((1, 2, 3, 4), "a"), ((5, 6, 7, 8), "b")]),  # broken JSON: the item regex
+        ('<answer>[[1, 2, 3, 4], [5, 6, 5, 9]]</answer>', [((1, 2, 3, 4), "")]),  # the zero-width box is dropped
+        ('[["cat", [1, 2, 3, 4]]]', [((1, 2, 3, 4), "cat")]),  # Vision-R1 pairs
+        ('{"bbox_2d": [1, 2, 3, "x"]}', []),
+        ("[[[[", []),
+    ],
+)
+def test_parse_boxes_repairs_small_json_damage(text, boxes):
+    assert [(b.box, b.label) for b in parse_boxes(text)] == [(tuple(map(float, b)), label) for b, label in boxes]
+
+
+def test_predicted_and_solution_boxes_frames():
+    from lit_vr1.rewards.boxes import predicted_boxes, solution_boxes
+
+    # a 200x100 original seen as 100x50: input pixel [10, 10, 20, 20] is original [20, 20, 40, 40]
+    assert predicted_boxes('[{"bbox_2d": [10, 10, 20, 20], "label": "a"}]', (200, 100), (100, 50), "input_pixels")[0].box == (20, 20, 40, 40)
+    assert predicted_boxes("[500, 500, 1000, 1000]", (200, 100), None, "norm1000")[0].box == (100, 50, 200, 100)
+    assert predicted_boxes("[1, 1, 5, 5]", None, None, "input_pixels") == []
+    gt = solution_boxes([["cat", [1, 2, 3, 4]], ["dog", [5, 5, 5, 9]]])  # the data's degenerate box is kept
+    assert [(b.box, b.label) for b in gt] == [((1, 2, 3, 4), "cat"), ((5, 5, 5, 9), "dog")]

@@ -35,6 +35,10 @@ class GroundingDataModule(LightningDataModule):
             with the same spec, redrawn otherwise).
         num_val_samples: size of the synthetic held-out split.
         val_batch_size: prompts per validation batch (greedy decoding; None: ``batch_size``).
+        reward_methods: ':'-separated task of each train file (VLM-R1's ``--reward_method``;
+            one for all files when a single one is given); a line's own ``reward_method``
+            field overrides it. Rewards with ``tasks`` set score only those samples.
+        val_reward_methods: the same for ``val_files``.
         shuffle_seed: seed of the training order (None: the seed ``seed_everything`` set).
             The loaders draw from their own generators, never from the global RNG, so
             validating more or less often does not change the training order or the
@@ -55,6 +59,8 @@ class GroundingDataModule(LightningDataModule):
         num_val_samples: int = 64,
         val_batch_size: int | None = None,
         shuffle_seed: int | None = None,
+        reward_methods: str | None = None,
+        val_reward_methods: str | None = None,
     ) -> None:
         super().__init__()
         if train_files is None and synthetic is None:
@@ -71,6 +77,7 @@ class GroundingDataModule(LightningDataModule):
         self.num_val_samples = num_val_samples
         self.val_batch_size = val_batch_size or batch_size
         self.shuffle_seed = shuffle_seed
+        self.reward_methods, self.val_reward_methods = reward_methods, val_reward_methods
         self.train_set: JsonlDataset | None = None
         self.val_set: JsonlDataset | None = None
 
@@ -101,9 +108,9 @@ class GroundingDataModule(LightningDataModule):
             train, images = self.train_files, self.train_images
             val, val_images = self.val_files, self.val_images
         if self.train_set is None:
-            self.train_set = JsonlDataset(train, images, self.template)
+            self.train_set = JsonlDataset(train, images, self.template, self.reward_methods)
         if self.val_set is None and val is not None:
-            self.val_set = JsonlDataset(val, val_images, self.template)
+            self.val_set = JsonlDataset(val, val_images, self.template, self.val_reward_methods)
 
     def _generator(self) -> torch.Generator:
         seed = torch.initial_seed() if self.shuffle_seed is None else self.shuffle_seed

@@ -1,19 +1,26 @@
-"""The reward interface and the weighted sum of rewards.
+"""The reward interface, routing by task, failure handling and the weighted sum.
 
 A reward sees every completion of a batch together with the sample it answered
 (:class:`SampleContext`) and returns one float per completion; ``nan`` means "not
 applicable here" and is left out of the sum and of the statistics.
+
+Routing (as VLM-R1's ``reward_method``): every sample carries a ``task`` (from the data
+file it came from, or its own ``reward_method`` field); a reward with ``tasks`` set
+scores only those samples and gives ``nan`` to the rest, so one run mixes REC,
+detection and math data, each scored by its own rewards.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from PIL import Image
 from torch import Tensor
+
+ON_ERROR = ("raise", "nan")
 
 
 @dataclass
@@ -22,17 +29,37 @@ class SampleContext:
 
     image_sizes: original (width, height) of each image, in prompt order.
     input_sizes: (width, height) of each image as the model saw it (after resizing).
+    task: routing key of the sample (its data file's reward method, or its own
+        ``reward_method`` field); "default" when none was given.
+    source: "file:line" of the sample, for error messages.
+    completion_length: tokens of this completion; global_step: the optimiser step.
     """
 
     id: str
     prompt: str
-    solution: str
+    solution: Any
     images: list[Image.Image] = field(default_factory=list)
     image_sizes: list[tuple[int, int]] = field(default_factory=list)
     input_sizes: list[tuple[int, int]] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
     completion_length: int = 0
     global_step: int = 0
+    task: str = "default"
+    source: str = ""
+
+    @property
+    def image_size(self) -> tuple[int, int] | None:
+        """Original (width, height) of the first image, None without images."""
+        return self.image_sizes[0] if self.image_sizes else None
+
+    @property
+    def input_size(self) -> tuple[int, int] | None:
+        """(width, height) the model saw the first image at (the original when unknown)."""
+        return self.input_sizes[0] if self.input_sizes else self.image_size
+
+
+class RewardError(RuntimeError):
+    """A reward raised; the message names the reward and the sample."""
 
 
 class Reward:
@@ -41,39 +68,95 @@ class Reward:
     Args:
         weight: factor of this reward in the total.
         name: key under which it is logged (default: the class's ``default_name``).
+        tasks: the sample tasks this reward scores (None: all); others get nan.
+        on_error: "raise" (default): a reward that raises stops the run with an error
+            naming the reward and the sample; "nan": the failing completions get nan,
+            are left out of the sum, and are counted (``reward/<name>/errors``).
     """
 
     default_name = "reward"
 
-    def __init__(self, weight: float = 1.0, name: str | None = None) -> None:
+    def __init__(self, weight: float = 1.0, name: str | None = None, tasks: list[str] | None = None,
+                 on_error: Literal["raise", "nan"] = "raise") -> None:
+        if on_error not in ON_ERROR:
+            raise ValueError(f"on_error={on_error!r} is not valid; choose one of {', '.join(ON_ERROR)}")
         self.weight = float(weight)
         self.name = name or self.default_name
+        self.tasks = list(tasks) if tasks is not None else None
+        self.on_error = on_error
+        self.errors = 0  # completions whose scoring raised, over the whole run
 
     def score(self, completions: list[str], contexts: list[SampleContext]) -> list[float]:
         raise NotImplementedError
 
-    def __call__(self, completions: list[str], contexts: list[SampleContext]) -> list[float]:
+    def applies(self, ctx: SampleContext) -> bool:
+        return self.tasks is None or ctx.task in self.tasks
+
+    def _checked(self, completions: list[str], contexts: list[SampleContext]) -> list[float]:
         values = self.score(completions, contexts)
         if len(values) != len(completions):
             raise ValueError(f"reward {self.name!r} returned {len(values)} values for {len(completions)} completions")
         return [float(v) for v in values]
 
+    def _fail(self, ctx: SampleContext, exc: Exception) -> float:
+        if self.on_error == "raise":
+            where = f" ({ctx.source})" if ctx.source else ""
+            raise RewardError(f"reward {self.name!r} raised on sample {ctx.id!r}{where}: {type(exc).__name__}: {exc}") from exc
+        self.errors += 1
+        return math.nan
+
+    def __call__(self, completions: list[str], contexts: list[SampleContext]) -> list[float]:
+        """Scores where the reward applies, nan elsewhere. When the batch call raises, the
+        completions are scored one by one to find the failing samples."""
+        if len(completions) != len(contexts):
+            raise ValueError(f"{len(completions)} completions but {len(contexts)} contexts")
+        idx = [i for i, c in enumerate(contexts) if self.applies(c)]
+        out = [math.nan] * len(completions)
+        if not idx:
+            return out
+        comps, ctxs = [completions[i] for i in idx], [contexts[i] for i in idx]
+        try:
+            values = self._checked(comps, ctxs)
+        except RewardError:
+            raise
+        except Exception:  # noqa: BLE001 - locate the sample, then report or mask it
+            values = []
+            for comp, ctx in zip(comps, ctxs):
+                try:
+                    values.extend(self._checked([comp], [ctx]))
+                except RewardError:
+                    raise
+                except Exception as exc:  # noqa: BLE001
+                    values.append(self._fail(ctx, exc))
+        for i, v in zip(idx, values):
+            out[i] = v
+        return out
+
 
 @dataclass
 class RewardScores:
-    """Rewards of one batch. per_reward: (R, N), nan where not applicable; total: (N,)."""
+    """Rewards of one batch. per_reward: (R, N), nan where not applicable or failed;
+    total: (N,), the weighted sum over the rewards that gave a number; errors: (R,)
+    completions of this batch whose scoring raised (masked with on_error="nan");
+    nonfinite: (R,) inf values a reward returned (masked too)."""
 
     names: list[str]
     per_reward: Tensor
     total: Tensor
+    errors: list[int] = field(default_factory=list)
+    nonfinite: list[int] = field(default_factory=list)
 
     def stats(self) -> dict[str, float]:
         """Mean and std of each reward over the completions where it applied, and of the total."""
         out: dict[str, float] = {}
-        for name, row in zip(self.names, self.per_reward):
+        for i, (name, row) in enumerate(zip(self.names, self.per_reward)):
             valid = row[~torch.isnan(row)]
             out[f"reward/{name}/mean"] = float(valid.mean()) if valid.numel() else math.nan
             out[f"reward/{name}/std"] = float(valid.std()) if valid.numel() > 1 else 0.0
+            if self.errors and self.errors[i]:
+                out[f"reward/{name}/errors"] = float(self.errors[i])
+            if self.nonfinite and self.nonfinite[i]:
+                out[f"reward/{name}/nonfinite"] = float(self.nonfinite[i])
         out["reward/total/mean"] = float(self.total.mean())
         out["reward/total/std"] = float(self.total.std()) if self.total.numel() > 1 else 0.0
         return out
@@ -81,11 +164,19 @@ class RewardScores:
 
 def score_all(rewards: list[Reward], completions: list[str], contexts: list[SampleContext]) -> RewardScores:
     """Run every reward and form the weighted sum, skipping nan entries (a completion no
-    reward applies to gets 0)."""
+    reward applies to gets 0). Infinite values are masked like nan and counted."""
     if not rewards:
         raise ValueError("no reward functions configured: set `model.rewards` in the config")
+    names = [r.name for r in rewards]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"two rewards share the name(s) {', '.join(dup)}: give each a distinct `name`")
+    before = [r.errors for r in rewards]
     rows = [torch.tensor(r(completions, contexts), dtype=torch.float32) for r in rewards]
     per_reward = torch.stack(rows)
+    inf = torch.isinf(per_reward)
+    per_reward = per_reward.masked_fill(inf, math.nan)
     weights = torch.tensor([r.weight for r in rewards], dtype=torch.float32).unsqueeze(1)
     total = torch.nansum(per_reward * weights, dim=0)
-    return RewardScores(names=[r.name for r in rewards], per_reward=per_reward, total=total)
+    return RewardScores(names=names, per_reward=per_reward, total=total,
+                        errors=[r.errors - b for r, b in zip(rewards, before)], nonfinite=inf.sum(dim=1).tolist())

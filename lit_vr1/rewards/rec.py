@@ -9,7 +9,7 @@ import torch
 from torchmetrics.functional.detection import intersection_over_union
 
 from lit_vr1.rewards.base import Reward, SampleContext
-from lit_vr1.rewards.boxes import BOX_FRAMES, answer_text, first_box, is_degenerate, parse_boxes, to_original
+from lit_vr1.rewards.boxes import answer_text, check_frame, first_box, parse_boxes, solution_boxes, to_original
 
 THINK_ANSWER_RE = re.compile(r"^\s*<think>.*?</think>\s*<answer>.*?</answer>\s*$", re.DOTALL)
 
@@ -21,18 +21,17 @@ def rec_ious(completions: list[str], contexts: list[SampleContext], frame: str =
     solution is written in original pixels (VLM-R1's REC data). A completion without a
     box, or with a degenerate one, scores 0. IoU comes from torchmetrics.
     """
-    if frame not in BOX_FRAMES:
-        raise ValueError(f"box frame {frame!r} is not valid; choose one of {', '.join(BOX_FRAMES)}")
+    check_frame(frame)
     preds, targets, valid = [], [], []
     for completion, ctx in zip(completions, contexts):
-        gt = first_box(ctx.solution)
+        gts = solution_boxes(ctx.solution)
+        gt = gts[0].box if gts else None
         if gt is None:
             raise ValueError(f"sample {ctx.id!r}: solution {ctx.solution!r} holds no box")
-        box = first_box(completion)
-        ok = box is not None and not is_degenerate(box) and bool(ctx.image_sizes)
+        box = first_box(completion)  # None when no box has an area
+        ok = box is not None and ctx.image_size is not None
         if ok:
-            input_size = ctx.input_sizes[0] if ctx.input_sizes else ctx.image_sizes[0]
-            box = to_original(box, frame, input_size, ctx.image_sizes[0])
+            box = to_original(box, frame, ctx.input_size, ctx.image_size)
         preds.append(box if ok else (0.0, 0.0, 1.0, 1.0))
         targets.append(gt)
         valid.append(ok)
@@ -72,8 +71,7 @@ class IoUReward(Reward):
     def __init__(self, threshold: float | None = None, zero_below: float | None = None, one_above: float | None = None,
                  box_frame: str = "input_pixels", **kwargs) -> None:
         super().__init__(**kwargs)
-        if box_frame not in BOX_FRAMES:
-            raise ValueError(f"box_frame={box_frame!r} is not valid; choose one of {', '.join(BOX_FRAMES)}")
+        check_frame(box_frame)
         if threshold is not None and (zero_below is not None or one_above is not None):
             raise ValueError("IoUReward: give either threshold or zero_below/one_above, not both")
         if zero_below is not None and one_above is not None and zero_below > one_above:
