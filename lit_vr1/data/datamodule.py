@@ -33,7 +33,7 @@ class GroundingDataModule(LightningDataModule):
         synthetic: draw shapes data with this spec when ``train_files`` is unset.
         synthetic_dir: where the synthetic JSONL and PNGs are written (reused when drawn
             with the same spec, redrawn otherwise).
-        num_val_samples: size of the synthetic held-out split.
+        num_val_samples: size of the synthetic held-out split (0: none).
         val_batch_size: prompts per validation batch (greedy decoding; None: ``batch_size``).
         reward_methods: ':'-separated task of each train file (VLM-R1's ``--reward_method``;
             one for all files when a single one is given); a line's own ``reward_method``
@@ -90,6 +90,8 @@ class GroundingDataModule(LightningDataModule):
         if self.train_files is not None or self.synthetic is None:
             return
         for split, n in (("train", self.synthetic.num_samples), ("val", self.num_val_samples)):
+            if n == 0:
+                continue
             path, _ = self._synthetic_paths(split)
             spec = SyntheticSpec(**{**vars(self.synthetic), "num_samples": n})
             stamp = Path(self.synthetic_dir) / f"{split}.spec.json"
@@ -103,7 +105,7 @@ class GroundingDataModule(LightningDataModule):
         if self.train_files is None:
             self.prepare_data()  # idempotent; covers direct use outside a Trainer
             train, images = self._synthetic_paths("train")
-            val, val_images = self._synthetic_paths("val")
+            val, val_images = self._synthetic_paths("val") if self.num_val_samples else (None, None)
         else:
             train, images = self.train_files, self.train_images
             val, val_images = self.val_files, self.val_images
@@ -122,7 +124,9 @@ class GroundingDataModule(LightningDataModule):
             num_workers=self.num_workers, drop_last=True, generator=self._generator(),
         )
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | list:
+        if self.val_set is None:
+            return []  # no validation data: Lightning skips validation
         # its own generator too: creating a loader's iterator draws a worker seed from it
         return DataLoader(self.val_set, batch_size=self.val_batch_size, collate_fn=collate,
                           num_workers=self.num_workers, generator=self._generator())

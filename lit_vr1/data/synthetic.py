@@ -24,6 +24,8 @@ RGB = {
     "orange": (240, 140, 30),
 }
 SHAPES = ["circle", "square", "triangle"]
+TASKS = ("rec", "detection", "vision_r1", "count", "label_free")
+Placed = list[tuple[tuple[int, int, int, int], str, str]]
 
 
 @dataclass
@@ -34,8 +36,15 @@ class SyntheticSpec:
     shapes per image (the target is unique in colour+shape). min_size / max_size:
     shape side in pixels. background: "gradient" (a pale horizontal and vertical colour
     ramp, which gives a tiny vision tower an absolute-position cue: it sees positions
-    only relatively otherwise) or "plain" (uniform grey).
+    only relatively otherwise) or "plain" (uniform grey). task: what is asked and in which
+    layout (see ``TASKS``): "rec" (one shape, VLM-R1 JSONL), "detection" (every shape, VLM-R1
+    OVD JSONL), "vision_r1" (every shape, Vision-R1 detection layout), "count" (how many
+    shapes, answer in <answer> tags) or "label_free" (the counting question, no solution).
     """
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"synthetic task={self.task!r} is not valid; choose one of {', '.join(TASKS)}")
 
     num_samples: int = 256
     canvas: int = 112
@@ -45,6 +54,7 @@ class SyntheticSpec:
     max_size: int = 56
     background: str = "gradient"
     seed: int = 0
+    task: str = "rec"
 
 
 def _draw(draw: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int, int], rgb: tuple[int, int, int]) -> None:
@@ -76,11 +86,12 @@ def _overlaps(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
     return not (a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1])
 
 
-def make_sample(rng: random.Random, spec: SyntheticSpec) -> tuple[Image.Image, str, tuple[int, int, int, int], str]:
-    """One image with 1..max_shapes non-overlapping shapes; returns (image, target name, box, question)."""
+def draw_shapes(rng: random.Random, spec: SyntheticSpec) -> tuple[Image.Image, Placed]:
+    """One image with min_shapes..max_shapes non-overlapping shapes, each unique in colour
+    and shape; returns the image and the (box, colour, shape) of each."""
     img = canvas(spec)
     draw = ImageDraw.Draw(img)
-    placed: list[tuple[tuple[int, int, int, int], str, str]] = []
+    placed: Placed = []
     wanted = rng.randint(spec.min_shapes, spec.max_shapes)
     for _ in range(200):
         if len(placed) == wanted:
@@ -95,6 +106,12 @@ def make_sample(rng: random.Random, spec: SyntheticSpec) -> tuple[Image.Image, s
         placed.append((box, colour, shape))
     for box, colour, shape in placed:
         _draw(draw, shape, box, RGB[colour])
+    return img, placed
+
+
+def make_sample(rng: random.Random, spec: SyntheticSpec) -> tuple[Image.Image, str, tuple[int, int, int, int], str]:
+    """One REC image; returns (image, target name, box, question)."""
+    img, placed = draw_shapes(rng, spec)
     box, colour, shape = rng.choice(placed)
     name = f"{colour} {shape}"
     question = f"<image>Locate the {name} in the image and output its bbox coordinates in JSON format."
@@ -104,7 +121,8 @@ def make_sample(rng: random.Random, spec: SyntheticSpec) -> tuple[Image.Image, s
 def write_synthetic(out_dir: str | Path, spec: SyntheticSpec, split: str = "train") -> Path:
     """Write ``{out_dir}/{split}.jsonl`` and ``{out_dir}/images/{split}_*.png``; return the JSONL path.
 
-    The answer (the "gpt" turn) is the box in original-image pixels as Qwen2.5-VL JSON.
+    For "rec" the answer (the "gpt" turn) is the box in original-image pixels as
+    Qwen2.5-VL JSON; the other tasks are described at :class:`SyntheticSpec`.
     """
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -112,14 +130,34 @@ def write_synthetic(out_dir: str | Path, spec: SyntheticSpec, split: str = "trai
     path = out / f"{split}.jsonl"
     with open(path, "w") as f:
         for i in range(spec.num_samples):
-            img, name, box, question = make_sample(rng, spec)
             file = f"{split}_{i:05d}.png"
+            if spec.task == "rec":
+                img, name, box, question = make_sample(rng, spec)
+                record = _conversation(file, question, json.dumps([{"bbox_2d": list(box), "label": name}]))
+            else:
+                img, placed = draw_shapes(rng, spec)
+                record = task_record(spec, file, placed)
             img.save(out / "images" / file)
-            answer = json.dumps([{"bbox_2d": list(box), "label": name}])
-            record = {
-                "id": f"{split}-{i}",
-                "image": file,
-                "conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": answer}],
-            }
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps({"id": f"{split}-{i}", **record}) + "\n")
     return path
+
+
+def _conversation(file: str, question: str, answer: str) -> dict:
+    return {"image": file, "conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]}
+
+
+def task_record(spec: SyntheticSpec, file: str, placed: Placed) -> dict:
+    """The JSONL fields (without id) of a detection, vision_r1, count or label_free sample."""
+    objects = [(f"{colour} {shape}", list(box)) for box, colour, shape in placed]
+    if spec.task == "detection":
+        names = ", ".join(sorted({name for name, _ in objects}))
+        question = f"<image>Locate every object of these categories: {names}. Output their bbox coordinates in JSON format."
+        return _conversation(file, question, json.dumps([{"bbox_2d": b, "label": n} for n, b in objects]))
+    if spec.task == "vision_r1":
+        return {"image": file, "problem": "<image>Locate every shape in the image (colour and shape) in JSON format.",
+                "solution": [[n, b] for n, b in objects], "width": spec.canvas, "height": spec.canvas,
+                "num_instances": len(objects)}
+    question = "<image>How many shapes are in the image?"
+    if spec.task == "count":
+        return _conversation(file, question, f"<answer> {len(objects)} </answer>")
+    return {"image": file, "problem": question}
