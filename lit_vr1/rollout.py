@@ -210,7 +210,8 @@ def generate(
             SampleContext(
                 id=s.id, prompt=prompt_text, solution=s.solution, images=s.images, image_sizes=s.image_sizes,
                 input_sizes=sizes[image_idx:image_idx + n_img], metadata=s.metadata,
-                completion_length=int(lengths[row]), global_step=global_step, task=s.task, source=s.source,
+                completion_length=int(lengths[row]), truncated=not bool(has_eos[row]), global_step=global_step,
+                task=s.task, source=s.source,
             )
         )
         image_idx += n_img

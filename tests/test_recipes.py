@@ -22,7 +22,7 @@ RECIPES = {
     # recipe: reward names it logs
     "grpo_rec_qwen25vl_3b": ["iou", "rec_format"],
     "grpo_ovd_qwen25vl_3b": ["od_length", "format"],
-    "grpo_vision_r1_loc_qwen25vl_3b": ["dual_format", "precision", "recall"],
+    "grpo_vision_r1_loc_qwen25vl_3b": ["dual_format", "loc_precision", "loc_recall"],
     "grpo_r1v_free_qwen25vl_3b": ["reward_model", "format"],
     "grpo_vision_r1_reason_qwen25vl_3b": ["hfrrf"],
 }

@@ -160,3 +160,29 @@ def test_predicted_and_solution_boxes_frames():
     assert predicted_boxes("[1, 1, 5, 5]", None, None, "input_pixels") == []
     gt = solution_boxes([["cat", [1, 2, 3, 4]], ["dog", [5, 5, 5, 9]]])  # the data's degenerate box is kept
     assert [(b.box, b.label) for b in gt] == [((1, 2, 3, 4), "cat"), ((5, 5, 5, 9), "dog")]
+
+
+def test_think_answer_format_is_one_block_each_non_empty_across_lines():
+    fmt = ThinkAnswerFormat()
+    texts = ["<think>a\nb</think>\n<answer>1</answer>", "<think>a</think><answer>1</answer><think>b</think><answer>2</answer>",
+             "<think></think><answer>1</answer>", "<think>a</think><answer> </answer>", "<think>a <think>b</think><answer>1</answer>"]
+    assert fmt(texts, [ctx()] * len(texts)) == [1.0, 0.0, 0.0, 0.0, 0.0]
+    assert IoUReward(tasks="rec").tasks == ["rec"]  # a YAML scalar is one task, not its letters
+
+
+def test_a_costly_reward_fails_or_is_masked_as_a_whole_batch_without_rescoring():
+    calls = []
+
+    class Costly(Boom):
+        rescore_singly = False
+
+        def score(self, completions, contexts):
+            calls.append(len(completions))
+            return super().score(completions, contexts)
+
+    ctxs = [SampleContext(id="ok1", prompt="p", solution="", source="f.jsonl:1"), SampleContext(id="bad7", prompt="p", solution="")]
+    with pytest.raises(RewardError, match=r"reward 'boom' raised on a batch of 2 completions \(first sample 'ok1' \(f\.jsonl:1\)\)"):
+        Costly()(["a", "b"], ctxs)
+    masked = Costly(on_error="nan")
+    assert all(math.isnan(v) for v in masked(["a", "b"], ctxs)) and masked.errors == 2
+    assert calls == [2, 2]  # one call each time: never re-sent one by one

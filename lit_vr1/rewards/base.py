@@ -32,7 +32,8 @@ class SampleContext:
     task: routing key of the sample (its data file's reward method, or its own
         ``reward_method`` field); "default" when none was given.
     source: "file:line" of the sample, for error messages.
-    completion_length: tokens of this completion; global_step: the optimiser step.
+    completion_length: tokens of this completion; truncated: True when it hit
+    max_completion_length without EOS; global_step: the optimiser step.
     """
 
     id: str
@@ -43,6 +44,7 @@ class SampleContext:
     input_sizes: list[tuple[int, int]] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
     completion_length: int = 0
+    truncated: bool = False
     global_step: int = 0
     task: str = "default"
     source: str = ""
@@ -75,6 +77,10 @@ class Reward:
     """
 
     default_name = "reward"
+    # When a batch call raises, score the completions one by one to find the failing
+    # samples. Rewards whose calls are costly (a judge model, a remote server) set False:
+    # the whole batch then fails (named by its first sample) or is masked.
+    rescore_singly = True
 
     def __init__(self, weight: float = 1.0, name: str | None = None, tasks: list[str] | None = None,
                  on_error: Literal["raise", "nan"] = "raise") -> None:
@@ -82,7 +88,7 @@ class Reward:
             raise ValueError(f"on_error={on_error!r} is not valid; choose one of {', '.join(ON_ERROR)}")
         self.weight = float(weight)
         self.name = name or self.default_name
-        self.tasks = list(tasks) if tasks is not None else None
+        self.tasks = [tasks] if isinstance(tasks, str) else list(tasks) if tasks is not None else None
         self.on_error = on_error
         self.errors = 0  # completions whose scoring raised, over the whole run
 
@@ -119,7 +125,15 @@ class Reward:
             values = self._checked(comps, ctxs)
         except RewardError:
             raise
-        except Exception:  # noqa: BLE001 - locate the sample, then report or mask it
+        except Exception as exc:  # noqa: BLE001 - locate the sample, then report or mask it
+            if not self.rescore_singly:
+                if self.on_error == "raise":
+                    first = ctxs[0]
+                    where = f" ({first.source})" if first.source else ""
+                    raise RewardError(f"reward {self.name!r} raised on a batch of {len(comps)} completions (first sample "
+                                      f"{first.id!r}{where}): {type(exc).__name__}: {exc}") from exc
+                self.errors += len(comps)
+                return out
             values = []
             for comp, ctx in zip(comps, ctxs):
                 try:

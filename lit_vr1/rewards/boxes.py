@@ -23,9 +23,9 @@ NUM = r"(-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)"
 QUAD_RE = re.compile(r"\[\s*" + r"\s*,\s*".join([NUM] * 4) + r"\s*\]")
 ITEM_RE = re.compile(
     r"""["']?(?:bbox_2d|bbox)["']?\s*:\s*\[\s*""" + r"\s*,\s*".join([NUM] * 4) + r"""\s*\]"""
-    r"""(?:[^{}\[\]]*?["']label["']\s*:\s*["']([^"']*)["'])?"""
+    r"""(?:[^{}\[\]]*?["']label["']\s*:\s*(?:"([^"]*)"|'([^']*)'))?"""
 )
-LABEL_FIRST_RE = re.compile(r"""["']label["']\s*:\s*["']([^"']*)["']\s*,\s*(?=["']?(?:bbox_2d|bbox))""")
+LABEL_FIRST_RE = re.compile(r"""["']label["']\s*:\s*(?:"([^"]*)"|'([^']*)')\s*,\s*(?=["']?(?:bbox_2d|bbox))""")
 
 Box = tuple[float, float, float, float]
 BOX_FRAMES = ("input_pixels", "original_pixels", "norm1000", "norm1")
@@ -154,9 +154,9 @@ def parse_boxes(completion: str, keep_degenerate: bool = False) -> list[ParsedBo
         if boxes:
             break
     if not boxes:
-        labels_first = {m.end(): m.group(1) for m in LABEL_FIRST_RE.finditer(text)}
+        labels_first = {m.end(): m.group(1) or m.group(2) for m in LABEL_FIRST_RE.finditer(text)}
         for m in ITEM_RE.finditer(text):
-            label = m.group(5) or next((v for end, v in labels_first.items() if end == m.start()), "")
+            label = m.group(5) or m.group(6) or labels_first.get(m.start(), "")
             boxes.append(ParsedBox(tuple(float(v) for v in m.groups()[:4]), label or ""))
     if not boxes:
         boxes = [ParsedBox(tuple(float(v) for v in m)) for m in QUAD_RE.findall(text)]

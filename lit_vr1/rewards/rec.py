@@ -11,7 +11,16 @@ from torchmetrics.functional.detection import intersection_over_union
 from lit_vr1.rewards.base import Reward, SampleContext
 from lit_vr1.rewards.boxes import answer_text, check_frame, first_box, parse_boxes, solution_boxes, to_original
 
-THINK_ANSWER_RE = re.compile(r"^\s*<think>.*?</think>\s*<answer>.*?</answer>\s*$", re.DOTALL)
+_LAYOUT_RE = re.compile(r"\s*<think>(.*?)</think>\s*<answer>(.*?)</answer>\s*", re.DOTALL)
+_TAG_RE = re.compile(r"</?(?:think|answer)>")
+
+
+def think_answer_ok(completion: str) -> bool:
+    """True when the whole completion is one ``<think>...</think>`` block then one
+    ``<answer>...</answer>`` block, both non-empty, neither holding the tags again
+    (matched across lines: the seed repos' regex without DOTALL missed multi-line thinking)."""
+    m = _LAYOUT_RE.fullmatch(completion)
+    return bool(m) and all(body.strip() and not _TAG_RE.search(body) for body in m.groups())
 
 
 def rec_ious(completions: list[str], contexts: list[SampleContext], frame: str = "input_pixels") -> list[float]:
@@ -29,8 +38,8 @@ def rec_ious(completions: list[str], contexts: list[SampleContext], frame: str =
         if gt is None:
             raise ValueError(f"sample {ctx.id!r}: solution {ctx.solution!r} holds no box")
         box = first_box(completion)  # None when no box has an area
-        ok = box is not None and ctx.image_size is not None
-        if ok:
+        ok = box is not None and (ctx.image_size is not None or frame == "original_pixels")
+        if ok and frame != "original_pixels":
             box = to_original(box, frame, ctx.input_size, ctx.image_size)
         preds.append(box if ok else (0.0, 0.0, 1.0, 1.0))
         targets.append(gt)
@@ -45,12 +54,13 @@ def rec_ious(completions: list[str], contexts: list[SampleContext], frame: str =
 
 def differentiate(value: float, zero_below: float | None, one_above: float | None) -> float:
     """Vision-R1's differentiation rule (Zhan et al., 2025, progressive rule refinement):
-    a score under ``zero_below`` counts as 0 and one over ``one_above`` as 1, so loose
-    answers earn nothing and good ones earn full credit; in between it is kept as is."""
+    a score under ``zero_below`` counts as 0 and one at or over ``one_above`` as 1 (the
+    paper's Eq. 8, as :class:`~lit_vr1.rewards.vision_r1.ThresholdStage` applies it), so
+    loose answers earn nothing and good ones earn full credit; in between it is kept as is."""
+    if one_above is not None and value >= one_above:
+        return 1.0
     if zero_below is not None and value < zero_below:
         return 0.0
-    if one_above is not None and value > one_above:
-        return 1.0
     return value
 
 
@@ -97,7 +107,7 @@ class ThinkAnswerFormat(Reward):
     default_name = "format"
 
     def score(self, completions: list[str], contexts: list[SampleContext]) -> list[float]:
-        return [1.0 if THINK_ANSWER_RE.match(c) else 0.0 for c in completions]
+        return [1.0 if think_answer_ok(c) else 0.0 for c in completions]
 
 
 class RecJsonFormat(Reward):
@@ -115,13 +125,13 @@ class RecJsonFormat(Reward):
         self.require_think = require_think
 
     def _ok(self, completion: str) -> bool:
-        if self.require_think and not THINK_ANSWER_RE.match(completion):
+        if self.require_think and not think_answer_ok(completion):
             return False
         text = answer_text(completion).strip()
         fenced = re.fullmatch(r"```(?:json)?\s*(.*?)```", text, re.DOTALL)
         try:
             obj = json.loads(fenced.group(1) if fenced else text)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             return False
         if not isinstance(obj, list) or not obj or not isinstance(obj[0], dict):
             return False

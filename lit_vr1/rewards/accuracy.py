@@ -1,0 +1,362 @@
+"""Answer-correctness rewards for text answers: exact text, numbers, multiple choice,
+yes/no and symbolic math.
+
+The matchers are pure functions ``match(pred, gold) -> bool`` over answer strings; the
+rewards apply them to the text inside the completion's last ``<answer>...</answer>``
+(:func:`lit_vr1.rewards.boxes.answer_text`) and to the solution passed through the same
+function, since R1-style data stores solutions as ``"<answer> 3 </answer>"``.
+
+A prediction the matcher cannot read is simply wrong (``False``); a *solution* it cannot
+read (no number in a numeric solution, no letter in a multiple-choice one, ...) raises
+``ValueError``: that is a data problem, reported like any reward error (see
+``Reward.on_error``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+import unicodedata
+from typing import Any
+
+from lit_vr1.rewards.base import Reward, SampleContext
+from lit_vr1.rewards.boxes import answer_text
+from lit_vr1.rewards.rec import think_answer_ok
+
+MODES = ("exact", "numeric", "choice", "yes_no", "math")
+
+# --------------------------------------------------------------------------- text
+
+
+def unbox(text: str) -> str:
+    """The content of the last ``\\boxed{...}`` (braces balanced) of ``text``, else ``text``.
+
+    ``\\boxed{}`` is how math models (and the MATH data set's solutions) mark the final
+    answer; an unclosed box yields everything after its opening brace."""
+    start = text.rfind("\\boxed")
+    if start < 0:
+        return text
+    brace = text.find("{", start)
+    if brace < 0 or text[start + len("\\boxed"):brace].strip():
+        return text
+    depth = 0
+    for i in range(brace, len(text)):
+        if text[i] == "{":
+            depth += 1
+        elif text[i] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[brace + 1:i]
+    return text[brace + 1:]
+
+
+def normalize_text(text: str) -> str:
+    """Canonical form for exact comparison: Unicode NFKC, case-folded, whitespace runs
+    collapsed to one space, surrounding whitespace and quotes and trailing sentence
+    punctuation (``. ! ? 。``) removed. ``"  The Cat. "`` and ``"the   cat"`` agree."""
+    s = unicodedata.normalize("NFKC", str(text)).casefold()
+    s = " ".join(s.split())
+    s = s.strip("\"'` ")
+    s = s.rstrip(".!?。 ")
+    return s.strip("\"'` ")
+
+
+def exact_match(pred: str, gold: str) -> bool:
+    """True when ``normalize_text`` of both answers (each first unwrapped from a
+    ``\\boxed{}``, see :func:`unbox`) are equal: case, spacing and a final period do not count."""
+    return normalize_text(unbox(pred)) == normalize_text(unbox(gold))
+
+
+# --------------------------------------------------------------------------- numbers
+
+_NUM = r"[-+]?(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)(?:[eE][-+]?\d+)?"
+# a number (not the tail of a longer one), an optional "/denominator", an optional percent sign
+_NUMBER_RE = re.compile(rf"(?<![\d.])({_NUM})(?:\s*/\s*({_NUM}))?(\s*(?:%|percent\b))?")
+_FRAC_RE = re.compile(r"\\[dt]?frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}")
+
+
+def _clean_math_text(text: str) -> str:
+    s = unbox(str(text))
+    s = s.replace("\u2212", "-").replace("\\%", "%").replace("{,}", ",")
+    s = s.replace("\\!", "").replace("\\,", "").replace("$", "")
+    return _FRAC_RE.sub(r"(\1)/(\2)", s).replace("(", " ").replace(")", " ")
+
+
+def parse_numbers(text: str) -> list[float]:
+    """The values the last number written in ``text`` may stand for; [] when none.
+
+    Read after unwrapping ``\\boxed{}`` and the LaTeX of plain numbers (``$``, ``\\frac{a}{b}``,
+    ``\\dfrac``, ``1{,}000``, ``\\%``, the Unicode minus). A number may carry thousands
+    commas (``1,000`` is 1000: groups of exactly three digits), a fraction ``a/b`` (its
+    quotient; a zero denominator gives nothing) and a percent sign: ``p%`` stands for both
+    p and p/100, because data sets write percentages either way (ChartQA's "75" against a
+    model's "75%", or "0.75"). The *last* number is taken, as a final answer ends the text.
+    """
+    found = list(_NUMBER_RE.finditer(_clean_math_text(text)))
+    if not found:
+        return []
+    num, den, percent = found[-1].groups()
+    try:
+        value = float(num.replace(",", ""))
+        if den is not None:
+            value = value / float(den.replace(",", ""))
+    except (ValueError, ZeroDivisionError, OverflowError):
+        return []
+    if not math.isfinite(value):
+        return []
+    return [value, value / 100.0] if percent else [value]
+
+
+def numeric_match(pred: str, gold: str, rel_tol: float = 1e-6) -> bool:
+    """True when the last number of ``pred`` equals the solution's within ``rel_tol``:
+    ``|p - g| <= max(rel_tol * max(|p|, |g|), 1e-12)`` (``math.isclose``), for any pair of
+    the values each may stand for (see :func:`parse_numbers`). ``"1,000"`` matches
+    ``"1000"``, ``"3/4"`` ``"0.75"``, ``"\\boxed{42}"`` ``"42"``, ``"75%"`` both ``"75"`` and ``"0.75"``.
+
+    Raises:
+        ValueError: the solution holds no number.
+    """
+    golds = parse_numbers(gold)
+    if not golds:
+        raise ValueError(f"solution {gold!r} holds no number")
+    preds = parse_numbers(pred)
+    return any(math.isclose(p, g, rel_tol=rel_tol, abs_tol=1e-12) for p in preds for g in golds)
+
+
+# --------------------------------------------------------------------------- multiple choice
+
+_WHOLE_LETTER_RE = re.compile(r"\s*[(\[]?\s*([A-Za-z])\s*[)\]]?\s*[.:]?\s*")
+_PHRASE_LETTER_RE = re.compile(
+    r"(?i:\b(?:answer|option|choice)\b(?:\s+(?:is|would\s+be|should\s+be|will\s+be))?\s*[:\uff1a]?\s*"
+    r"(?:(?:option|choice)\s+)?)[(\[]?([A-Z])(?![A-Za-z])"
+)
+_LEADING_LETTER_RE = re.compile(r"\s*(?:[(\[]([A-Z])[)\]]|([A-Z])(?:\)|[.:](?=\s|$)))")
+_BRACKETED_LETTER_RE = re.compile(r"[(\[]([A-Z])[)\]]")
+
+
+def extract_choice(text: str) -> str | None:
+    """The option letter an answer names, upper-case, or None. Rules, first hit wins:
+
+    1. the whole answer is one letter, maybe bracketed or followed by ``.``/``:``
+       (``"B"``, ``"b"``, ``"(B)"``, ``"[B]."``);
+    2. the last "answer/option/choice [is] [:] X" phrase (``"The answer is B"``,
+       ``"Answer: (C)"``, ``"the correct option is D."``);
+    3. a leading option label: ``"(B) cat"``, ``"B) cat"``, ``"B. cat"``, ``"B: cat"``;
+    4. the last bracketed capital letter: ``"I pick (D) here"``.
+
+    Rules 2-4 accept capital letters only, so the article "a" and the pronoun "I" in
+    free text are not read as options. ``\\boxed{}`` and ``$`` are removed first.
+    """
+    s = unbox(str(text)).replace("$", "").strip()
+    m = _WHOLE_LETTER_RE.fullmatch(s)
+    if m:
+        return m.group(1).upper()
+    phrases = _PHRASE_LETTER_RE.findall(s)
+    if phrases:
+        return phrases[-1]
+    m = _LEADING_LETTER_RE.match(s)
+    if m:
+        return m.group(1) or m.group(2)
+    bracketed = _BRACKETED_LETTER_RE.findall(s)
+    return bracketed[-1] if bracketed else None
+
+
+def choice_match(pred: str, gold: str) -> bool:
+    """True when both answers name the same option letter (:func:`extract_choice`): a
+    prediction ``"B"``, ``"(B)"``, ``"B. cat"`` or ``"The answer is B"`` matches a solution
+    ``"B"`` or ``"(B) cat"``.
+
+    Raises:
+        ValueError: the solution names no option letter.
+    """
+    g = extract_choice(gold)
+    if g is None:
+        raise ValueError(f"solution {gold!r} names no option letter")
+    return extract_choice(pred) == g
+
+
+# --------------------------------------------------------------------------- yes / no
+
+
+def extract_yes_no(text: str) -> str | None:
+    """"yes", "no" or None: the answer's first word when it is yes or no (``"Yes, there
+    are two."``); else the only one of the two words the answer holds; None when it holds
+    both (after a first word that is neither) or neither. Case and punctuation do not count."""
+    words = re.findall(r"[a-z]+", normalize_text(unbox(str(text))))
+    if not words:
+        return None
+    if words[0] in ("yes", "no"):
+        return words[0]
+    seen = {w for w in words if w in ("yes", "no")}
+    return seen.pop() if len(seen) == 1 else None
+
+
+def yes_no_match(pred: str, gold: str) -> bool:
+    """True when both answers say the same of yes/no (:func:`extract_yes_no`).
+
+    Raises:
+        ValueError: the solution is neither yes nor no.
+    """
+    g = extract_yes_no(gold)
+    if g is None:
+        raise ValueError(f"solution {gold!r} is neither yes nor no")
+    return extract_yes_no(pred) == g
+
+
+# --------------------------------------------------------------------------- math
+
+MATH_VERIFY_HINT = "mode='math' needs the math-verify package: pip install math-verify"
+
+
+def _math_verify():
+    try:
+        import math_verify
+    except ImportError as exc:
+        raise ImportError(MATH_VERIFY_HINT) from exc
+    return math_verify
+
+
+def math_match(pred: str, gold: str) -> bool:
+    """Symbolic equivalence by Hugging Face's ``math-verify``: both strings are parsed
+    (LaTeX or plain expressions, boxed answers preferred; an answer without math
+    delimiters is read as one formula, see :func:`_math_parse`) into sympy objects and
+    ``verify(gold, pred)`` decides (numeric equality after rounding, symbolic
+    simplification, sets, intervals, equations). ``"\\frac{1}{2}"`` matches ``"0.5"``.
+
+    math-verify bounds parsing and verification with SIGALRM timeouts, which Python only
+    allows in the main thread; elsewhere (a data-loader or callback thread) the matcher
+    runs without a timeout instead of failing.
+
+    There is deliberately no fallback without math-verify: a lighter matcher would score
+    the same run differently depending on what is installed.
+
+    Raises:
+        ImportError: math-verify is not installed (``pip install math-verify``).
+        ValueError: math-verify reads no expression in the solution.
+    """
+    mv = _math_verify()
+    timeout = 5 if threading.current_thread() is threading.main_thread() else None
+    gold_parsed = _math_parse(mv, str(gold), timeout)
+    if not gold_parsed:
+        raise ValueError(f"math-verify reads no expression in solution {gold!r}")
+    pred_parsed = _math_parse(mv, str(pred), timeout)
+    if not pred_parsed:
+        return False
+    return bool(mv.verify(gold_parsed, pred_parsed, timeout_seconds=timeout))
+
+
+def _math_parse(mv, text: str, timeout: int | None) -> list:
+    """math-verify's parse; an answer written with no math delimiter (``$``, ``\\(``,
+    ``\\[``, ``\\boxed``) is read as one inline formula first, because without an
+    anchor math-verify only looks for bare numbers and reads ``1+x`` as 1."""
+    if not any(d in text for d in ("$", "\\(", "\\[", "\\boxed")):
+        parsed = mv.parse(f"${text}$", parsing_timeout=timeout)
+        if parsed:
+            return parsed
+    return mv.parse(text, parsing_timeout=timeout)
+
+
+# --------------------------------------------------------------------------- dispatch
+
+
+def check_mode(mode: str) -> str:
+    """``mode`` when it is one of :data:`MODES`; ValueError naming them otherwise.
+    For "math", ImportError when math-verify is missing (found at construction, not
+    in the middle of a run)."""
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r} is not valid; choose one of {', '.join(MODES)}")
+    if mode == "math":
+        _math_verify()
+    return mode
+
+
+def match_answer(pred: str, gold: str, mode: str = "exact", tolerance: float = 1e-6) -> bool:
+    """Apply the matcher of ``mode`` (see :data:`MODES`) to two answer strings;
+    ``tolerance`` is the relative tolerance of "numeric" and ignored by the others."""
+    if mode == "exact":
+        return exact_match(pred, gold)
+    if mode == "numeric":
+        return numeric_match(pred, gold, rel_tol=tolerance)
+    if mode == "choice":
+        return choice_match(pred, gold)
+    if mode == "yes_no":
+        return yes_no_match(pred, gold)
+    if mode == "math":
+        return math_match(pred, gold)
+    raise ValueError(f"mode={mode!r} is not valid; choose one of {', '.join(MODES)}")
+
+
+def solution_text(solution: Any) -> str:
+    """The answer of a sample's solution: the text inside its last ``<answer>`` tags when
+    it has them, else the solution itself (numbers are turned into text)."""
+    if solution is None:
+        raise ValueError("the sample has no solution")
+    return answer_text(solution if isinstance(solution, str) else str(solution))
+
+
+def is_correct(completion: str, solution: Any, mode: str = "exact", tolerance: float = 1e-6) -> bool:
+    """Whether a completion's answer (:func:`answer_text`) matches the solution's
+    (:func:`solution_text`) under ``mode``."""
+    return match_answer(answer_text(completion), solution_text(solution), mode, tolerance)
+
+
+def _check_tolerance(tolerance: float) -> float:
+    if not tolerance >= 0:
+        raise ValueError(f"tolerance={tolerance} must be a relative tolerance >= 0")
+    return float(tolerance)
+
+
+# --------------------------------------------------------------------------- rewards
+
+
+class Accuracy(Reward):
+    """1.0 when the completion's answer matches the solution, else 0.0 (the R1 accuracy
+    reward; DeepSeek-R1, and VLM-R1/R1-V's ``accuracy_reward`` for text answers).
+
+    The answer is the text inside the completion's last ``<answer>...</answer>`` (the
+    whole completion without one); the solution is read the same way.
+
+    Args:
+        mode: the matcher: "exact" (:func:`exact_match`, case/space-insensitive text),
+            "numeric" (:func:`numeric_match`), "choice" (:func:`choice_match`, option
+            letters), "yes_no" (:func:`yes_no_match`) or "math" (:func:`math_match`,
+            needs ``pip install math-verify``; ImportError here when missing).
+        tolerance: relative tolerance of "numeric".
+    """
+
+    default_name = "accuracy"
+
+    def __init__(self, mode: str = "exact", tolerance: float = 1e-6, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.mode = check_mode(mode)
+        self.tolerance = _check_tolerance(tolerance)
+
+    def score(self, completions: list[str], contexts: list[SampleContext]) -> list[float]:
+        return [1.0 if is_correct(c, ctx.solution, self.mode, self.tolerance) else 0.0
+                for c, ctx in zip(completions, contexts)]
+
+
+class HFRRF(Reward):
+    """Vision-R1's Hard Formatting Result Reward Function (Huang et al., 2025, "Vision-R1:
+    Incentivizing Reasoning Capability in Multimodal Large Language Models"): a single
+    all-or-nothing reward, 1.0 only when the completion is in the think/answer format
+    (the whole completion is ``<think>...</think>`` then ``<answer>...</answer>``, as
+    :class:`lit_vr1.rewards.ThinkAnswerFormat`) *and* its answer is correct (as
+    :class:`Accuracy` with the same ``mode``); 0.0 otherwise. No partial credit for the
+    format alone, so a model cannot earn reward by formatting a wrong answer well.
+
+    Args:
+        mode, tolerance: the answer matcher, as in :class:`Accuracy`.
+    """
+
+    default_name = "hfrrf"
+
+    def __init__(self, mode: str = "exact", tolerance: float = 1e-6, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.mode = check_mode(mode)
+        self.tolerance = _check_tolerance(tolerance)
+
+    def score(self, completions: list[str], contexts: list[SampleContext]) -> list[float]:
+        return [1.0 if think_answer_ok(c) and is_correct(c, ctx.solution, self.mode, self.tolerance) else 0.0
+                for c, ctx in zip(completions, contexts)]

@@ -1,0 +1,275 @@
+"""The judge reward model: in-process, behind the real HTTP server, and against faulty
+servers (slow, garbage, failing once, not listening). Servers run in threads on
+127.0.0.1, each on an ephemeral port, and are shut down at the end of their test."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from PIL import Image
+
+from lit_vr1.rewards import reward_model as rm
+from lit_vr1.rewards.base import RewardError, SampleContext, score_all
+from lit_vr1.rewards.reward_model import (
+    JudgeScorer,
+    RemoteRewardError,
+    RemoteRewardModel,
+    RewardModelReward,
+    ScoreItem,
+)
+from lit_vr1.rewards.serve import make_server
+
+QUESTION = "What colour is the square?"
+
+
+@pytest.fixture(scope="module")
+def scorer():
+    return JudgeScorer("tiny:qwen2_5_vl", batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def images():
+    return [Image.new("RGB", (56, 56), c) for c in ("red", "blue", "green")]
+
+
+@contextlib.contextmanager
+def serving(server):
+    """Run ``server`` in a thread; yield its base URL; shut it down afterwards."""
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        host, port = server.server_address[:2]
+        yield f"http://{host}:{port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def batch(images, n: int):
+    """n completions over the images (several completions per image) and one text-only sample."""
+    answers = ["red", "blue", "a green square", "[1, 2, 3, 4]", "no idea"]
+    comps, ctxs = [], []
+    for i in range(n):
+        img = [images[i % len(images)]] if i < n - 1 else []
+        comps.append(f"<think>look</think><answer>{answers[i % len(answers)]}</answer>")
+        ctxs.append(SampleContext(id=f"s{i}", prompt=QUESTION, solution=None, images=img))
+    return comps, ctxs
+
+
+# A scripted server for fault injection -------------------------------------------------
+
+class Scripted(ThreadingHTTPServer):
+    """Answers POSTs from a script of (status, body, delay_s), the last entry repeated."""
+
+    daemon_threads = True
+
+    def __init__(self, script):
+        super().__init__(("127.0.0.1", 0), ScriptedHandler)
+        self.script = list(script)
+        self.hits = 0
+        self.stop = threading.Event()
+
+
+class ScriptedHandler(BaseHTTPRequestHandler):
+    def do_POST(self):  # noqa: N802
+        self.rfile.read(int(self.headers["Content-Length"]))
+        srv = self.server
+        status, body, delay = srv.script[min(srv.hits, len(srv.script) - 1)]
+        srv.hits += 1
+        if delay and srv.stop.wait(delay):
+            return
+        try:
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except OSError:  # the client gave up (timeout test)
+            pass
+
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def scripted(*script):
+    server = Scripted(script)
+    try:
+        with serving(server) as url:
+            yield server, url + "/score"
+    finally:
+        server.stop.set()
+
+
+def ok(n: int) -> tuple[int, bytes, float]:
+    return 200, json.dumps({"scores": [0.25] * n}).encode(), 0.0
+
+
+# The judge --------------------------------------------------------------------------
+
+def test_judge_scores_are_probabilities_deterministic_and_depend_on_the_answer(scorer, images):
+    items = [ScoreItem(QUESTION, a, img) for a in ("red", "[1, 2, 3, 4]") for img in images]
+    items.append(ScoreItem("What is 2 + 2?", "4", None))
+    first = scorer.score(items)
+    assert len(first) == len(items) and all(0.0 <= s <= 1.0 for s in first)
+    assert scorer.score(items) == first
+    assert abs(first[0] - first[3]) > 1e-4  # same image, different answers
+    # batching does not change a score (left padding, per-row image patches)
+    scorer.batch_size = 1
+    try:
+        one_by_one = scorer.score(items)
+    finally:
+        scorer.batch_size = 4
+    assert max(abs(a - b) for a, b in zip(first, one_by_one)) < 1e-5
+
+
+def test_judge_rejects_bad_arguments(scorer):
+    with pytest.raises(ValueError, match="share a first token"):
+        JudgeScorer(scorer.model, processor=scorer.processor, yes_token="no")
+    with pytest.raises(ValueError, match="{question}"):
+        JudgeScorer(scorer.model, processor=scorer.processor, prompt_template="is it right?")
+    with pytest.raises(ValueError, match="processor"):
+        JudgeScorer(scorer.model)
+
+
+def test_reward_model_reward_builds_its_scorer_lazily_once(monkeypatch):
+    built = []
+
+    class Fake:
+        def __init__(self, **kwargs):
+            built.append(kwargs)
+
+        def score(self, items):
+            return [0.8 if it.answer == "yes" else 0.2 for it in items]
+
+    monkeypatch.setattr(rm, "JudgeScorer", Fake)
+    reward = RewardModelReward("tiny:qwen2_5_vl", batch_size=3, threshold=0.5)
+    assert built == []
+    ctx = [SampleContext(id="a", prompt="q", solution=None)] * 2
+    assert reward(["<answer>yes</answer>", "<think>yes</think><answer>no</answer>"], ctx) == [1.0, 0.0]
+    reward(["x"], ctx[:1])
+    assert len(built) == 1 and built[0]["model"] == "tiny:qwen2_5_vl" and built[0]["batch_size"] == 3
+    with pytest.raises(ValueError, match="model"):
+        RewardModelReward()
+
+
+# The real server ----------------------------------------------------------------------
+
+def test_remote_scores_equal_in_process_scores_and_batches_requests(scorer, images):
+    comps, ctxs = batch(images, 7)
+    local = RewardModelReward(scorer=scorer)(comps, ctxs)
+    server = make_server(scorer, "127.0.0.1", 0, model_name="tiny:qwen2_5_vl")
+    with serving(server) as url:
+        remote = RemoteRewardModel(url + "/score", timeout_s=30.0, batch_size=3)
+        scores = remote(comps, ctxs)
+        assert server.requests == 3 and server.items == 7  # ceil(7 / 3) requests
+        assert remote.attempts == 3
+    assert max(abs(a - b) for a, b in zip(local, scores)) < 1e-5
+    assert len(set(round(s, 6) for s in scores)) > 1
+
+
+def test_server_health_and_bad_requests(scorer):
+    server = make_server(scorer, "127.0.0.1", 0, model_name="judge-x")
+    with serving(server) as url:
+        with urllib.request.urlopen(url + "/health", timeout=10) as resp:
+            assert json.loads(resp.read()) == {"status": "ok", "model": "judge-x"}
+
+        def post(body: bytes, path: str = "/score") -> tuple[int, dict]:
+            req = urllib.request.Request(url + path, data=body, headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(req, timeout=10) as resp:
+                    return resp.status, json.loads(resp.read())
+            except urllib.error.HTTPError as e:
+                return e.code, json.loads(e.read())
+
+        status, data = post(b"{not json")
+        assert status == 400 and "not JSON" in data["error"]
+        status, data = post(json.dumps({"questions": []}).encode())
+        assert status == 400 and '"items"' in data["error"]
+        status, data = post(json.dumps({"items": [{"question": 1, "answer": "a"}]}).encode())
+        assert status == 400 and "items[0]" in data["error"]
+        status, data = post(json.dumps({"items": [{"question": "q", "answer": "a", "image": "@@@"}]}).encode())
+        assert status == 400 and "base64" in data["error"]
+        status, data = post(b"{}", path="/nope")
+        assert status == 404
+        assert post(json.dumps({"items": []}).encode()) == (200, {"scores": []})
+        assert server.requests == 1  # only the empty request was scored
+
+
+# Faulty servers ------------------------------------------------------------------------
+
+def test_slow_server_raises_after_all_attempts_within_the_bound(images):
+    comps, ctxs = batch(images, 4)
+    timeout_s, retries, backoff_s = 0.3, 2, 0.05
+    bound = (retries + 1) * timeout_s + retries * backoff_s
+    with scripted((200, b'{"scores": [1, 1, 1, 1]}', 5.0)) as (server, url):
+        reward = RemoteRewardModel(url, timeout_s=timeout_s, max_retries=retries, backoff_s=backoff_s, batch_size=2)
+        start = time.monotonic()
+        with pytest.raises(RewardError) as err:
+            reward(comps, ctxs)
+        elapsed = time.monotonic() - start
+        assert server.hits == retries + 1  # the base's per-sample search does not retry a dead server
+        assert bound * 0.9 <= elapsed < bound + 1.0
+        msg = str(err.value)
+        assert url in msg and "3 attempt(s)" in msg and "timed out" in msg and "'s0'" in msg
+
+        masked = RemoteRewardModel(url, timeout_s=timeout_s, max_retries=retries, backoff_s=backoff_s, batch_size=2,
+                                   on_error="nan", name="judge")
+        start = time.monotonic()
+        scores = score_all([masked], comps, ctxs)
+        elapsed = time.monotonic() - start
+        assert all(math.isnan(v) for v in scores.per_reward[0].tolist())
+        assert masked.errors == 4 and scores.errors == [4] and scores.stats()["reward/judge/errors"] == 4.0
+        assert server.hits == 2 * (retries + 1) and elapsed < bound + 1.0
+
+
+def test_garbage_answers_are_retried_then_reported_with_their_cause(images):
+    comps, ctxs = batch(images, 1)
+    cases = [
+        ((200, b"<html>oops</html>", 0.0), "not JSON"),
+        ((200, b'{"scores": [0.5, 0.5]}', 0.0), "2 scores for 1 items"),
+        ((200, b'{"scores": ["high"]}', 0.0), "not all numbers"),
+        ((200, b'{"score": 0.5}', 0.0), "no list `scores`"),
+        ((503, b"busy", 0.0), "HTTP 503"),
+    ]
+    for script, cause in cases:
+        with scripted(script) as (server, url):
+            reward = RemoteRewardModel(url, timeout_s=5.0, max_retries=1, backoff_s=0.0)
+            with pytest.raises(RemoteRewardError, match=cause) as err:
+                reward.score(comps, ctxs)
+            assert server.hits == 2 and "2 attempt(s)" in str(err.value)
+            # an answering server is not taken as down: the next call asks it again
+            with pytest.raises(RemoteRewardError):
+                reward.score(comps, ctxs)
+            assert server.hits == 4
+
+
+def test_a_failure_then_an_answer_succeeds_on_retry(images):
+    comps, ctxs = batch(images, 3)
+    with scripted((500, b"boom", 0.0), (200, b"[]", 0.0), ok(3)) as (server, url):
+        reward = RemoteRewardModel(url, timeout_s=5.0, max_retries=2, backoff_s=0.01)
+        assert reward(comps, ctxs) == [0.25, 0.25, 0.25]
+        assert server.hits == 3
+
+
+def test_no_server_listening_is_a_connection_error():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    reward = RemoteRewardModel(f"http://127.0.0.1:{port}/score", timeout_s=2.0, max_retries=1, backoff_s=0.0,
+                               down_for_s=0.0)
+    ctx = [SampleContext(id="a", prompt="q", solution=None)]
+    with pytest.raises(RemoteRewardError, match="connection failed") as err:
+        reward.score(["<answer>x</answer>"], ctx)
+    assert f"127.0.0.1:{port}" in str(err.value) and reward.attempts == 2
+    with pytest.raises(ValueError, match="http"):
+        RemoteRewardModel("localhost:8000")
