@@ -147,7 +147,8 @@ def test_vision_r1_detection_and_label_free_layouts(tmp_path):
 @pytest.mark.parametrize(
     "line, message",
     [
-        (vr1(1, solution=(("cat", [1, 2, 3]),)), r"vr1\.jsonl:1: field 'solution' item 0 must be \[category, \[x1, y1, x2, y2\]\]"),
+        (vr1(1, solution=(("cat", [1, 2, 3]),)),
+         r"vr1\.jsonl:1: field 'solution' item 0 must be \[category, \[x1, y1, x2, y2\]\]"),
         (json.dumps({"image": "a.png", "problem": "q", "solution": [["cat", [1, 2, 3, 4]]], "num_instances": 2}),
          r"vr1\.jsonl:1: field 'num_instances' is 2 but 'solution' lists 1"),
         (json.dumps({"image": "a.png", "problem": "q", "reward_method": ""}), r"vr1\.jsonl:1: field 'reward_method'"),

@@ -56,7 +56,8 @@ def _pointed_at(recipe: str, url: str, tmp_path) -> str:
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
 def test_tiny_twin_runs_two_steps_with_the_recipes_rewards(recipe, tmp_path, monkeypatch, request):
     monkeypatch.chdir(tmp_path)  # runs/ and data/ of the twin land here
-    args = ["fit", "--config", str(ROOT / "configs" / f"{recipe}.yaml"), "--config", str(ROOT / "configs" / "tiny" / f"{recipe}.yaml")]
+    args = ["fit", "--config", str(ROOT / "configs" / f"{recipe}.yaml"),
+            "--config", str(ROOT / "configs" / "tiny" / f"{recipe}.yaml")]
     if recipe == "grpo_r1v_free_qwen25vl_3b":
         args += ["--config", _pointed_at(recipe, request.getfixturevalue("judge_url"), tmp_path)]
     t0 = time.perf_counter()

@@ -100,7 +100,8 @@ class Boom(Reward):
 
 
 def test_a_raising_reward_names_itself_and_the_sample_or_is_masked_and_counted():
-    ctxs = [SampleContext(id="ok1", prompt="p", solution=""), SampleContext(id="bad7", prompt="p", solution="", source="f.jsonl:7")]
+    ctxs = [SampleContext(id="ok1", prompt="p", solution=""),
+            SampleContext(id="bad7", prompt="p", solution="", source="f.jsonl:7")]
     with pytest.raises(RewardError, match=r"reward 'boom' raised on sample 'bad7' \(f\.jsonl:7\): KeyError"):
         score_all([Boom()], ["a", "b"], ctxs)
     masked = Boom(on_error="nan")
@@ -136,7 +137,8 @@ def test_routing_by_task_gives_nan_elsewhere_and_infinite_values_are_masked():
     [
         ("[{'bbox_2d': [1, 2, 3, 4], 'label': 'cat'}]", [((1, 2, 3, 4), "cat")]),  # single quotes
         ('[{"bbox_2d": [1, 2, 3, 4], "label": "cat"},]', [((1, 2, 3, 4), "cat")]),  # trailing comma
-        ('[{"bbox_2d": [1,2,3,4], "label": "a"}, {"bbox_2d": [5,6,7,8], "label": "b"}', [((1, 2, 3, 4), "a"), ((5, 6, 7, 8), "b")]),
+        ('[{"bbox_2d": [1,2,3,4], "label": "a"}, {"bbox_2d": [5,6,7,8], "label": "b"}',
+         [((1, 2, 3, 4), "a"), ((5, 6, 7, 8), "b")]),
         ('[{"bbox_2d": [1,2,3,4], "label": "a"}, {"bbox_2d": [5,6,7', [((1, 2, 3, 4), "a")]),  # truncated item dropped
         ('```json\n[{"bbox_2d": [1,2,3,4], "label": "a"}]', [((1, 2, 3, 4), "a")]),  # unclosed fence
         ('see {"bbox_2d": [1, 2, 3, 4], "label": "a"} and {"label": "b", "bbox_2d": [5, 6, 7, 8]} ]]',
@@ -155,9 +157,15 @@ def test_predicted_and_solution_boxes_frames():
     from lit_vr1.rewards.boxes import predicted_boxes, solution_boxes
 
     # a 200x100 original seen as 100x50: input pixel [10, 10, 20, 20] is original [20, 20, 40, 40]
-    assert predicted_boxes('[{"bbox_2d": [10, 10, 20, 20], "label": "a"}]', (200, 100), (100, 50), "input_pixels")[0].box == (20, 20, 40, 40)
+    got = predicted_boxes('[{"bbox_2d": [10, 10, 20, 20], "label": "a"}]', (200, 100), (100, 50), "input_pixels")
+    assert got[0].box == (20, 20, 40, 40)
     assert predicted_boxes("[500, 500, 1000, 1000]", (200, 100), None, "norm1000")[0].box == (100, 50, 200, 100)
-    assert predicted_boxes("[1, 1, 5, 5]", None, None, "input_pixels") == []
+    with pytest.raises(ValueError, match="needs the image size"):
+        predicted_boxes("[1, 1, 5, 5]", None, None, "input_pixels")
+    assert predicted_boxes("[1, 1, 5, 5]", None, None, "original_pixels")[0].box == (1, 1, 5, 5)
+    # a truncated answer is read after <answer>; without one, boxes named while thinking are not the answer
+    assert first_box("<think>not [1, 1, 9, 9]</think><answer>[2, 2, 8, 8]") == (2, 2, 8, 8)
+    assert first_box("<think>not [1, 1, 9, 9]</think> nothing") is None
     gt = solution_boxes([["cat", [1, 2, 3, 4]], ["dog", [5, 5, 5, 9]]])  # the data's degenerate box is kept
     assert [(b.box, b.label) for b in gt] == [((1, 2, 3, 4), "cat"), ((5, 5, 5, 9), "dog")]
 
@@ -165,7 +173,8 @@ def test_predicted_and_solution_boxes_frames():
 def test_think_answer_format_is_one_block_each_non_empty_across_lines():
     fmt = ThinkAnswerFormat()
     texts = ["<think>a\nb</think>\n<answer>1</answer>", "<think>a</think><answer>1</answer><think>b</think><answer>2</answer>",
-             "<think></think><answer>1</answer>", "<think>a</think><answer> </answer>", "<think>a <think>b</think><answer>1</answer>"]
+             "<think></think><answer>1</answer>", "<think>a</think><answer> </answer>",
+             "<think>a <think>b</think><answer>1</answer>"]
     assert fmt(texts, [ctx()] * len(texts)) == [1.0, 0.0, 0.0, 0.0, 0.0]
     assert IoUReward(tasks="rec").tasks == ["rec"]  # a YAML scalar is one task, not its letters
 
@@ -180,8 +189,10 @@ def test_a_costly_reward_fails_or_is_masked_as_a_whole_batch_without_rescoring()
             calls.append(len(completions))
             return super().score(completions, contexts)
 
-    ctxs = [SampleContext(id="ok1", prompt="p", solution="", source="f.jsonl:1"), SampleContext(id="bad7", prompt="p", solution="")]
-    with pytest.raises(RewardError, match=r"reward 'boom' raised on a batch of 2 completions \(first sample 'ok1' \(f\.jsonl:1\)\)"):
+    ctxs = [SampleContext(id="ok1", prompt="p", solution="", source="f.jsonl:1"),
+            SampleContext(id="bad7", prompt="p", solution="")]
+    message = r"reward 'boom' raised on a batch of 2 completions \(first sample 'ok1' \(f\.jsonl:1\)\)"
+    with pytest.raises(RewardError, match=message):
         Costly()(["a", "b"], ctxs)
     masked = Costly(on_error="nan")
     assert all(math.isnan(v) for v in masked(["a", "b"], ctxs)) and masked.errors == 2

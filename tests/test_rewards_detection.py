@@ -22,6 +22,7 @@ from lit_vr1.rewards.detection import (
     iou_matrix,
     label_ids,
     length_factor,
+    map_evaluator,
     weighted_sum_score,
 )
 
@@ -163,13 +164,13 @@ def random_case(rng: random.Random, w=640, h=480):
     return preds, gts
 
 
+@pytest.mark.parametrize("backend", ["faster_coco_eval", "pycocotools"])
 @pytest.mark.parametrize("seed", range(12))
-def test_map_equals_cocoeval(seed):
+def test_map_equals_cocoeval(seed, backend):
     preds, gts = random_case(random.Random(seed))
-    stats = coco_stats(preds, gts)
-    assert detection_map(preds, gts, "map") == pytest.approx(stats[0], abs=1e-6)
-    assert detection_map(preds, gts, "map_50") == pytest.approx(stats[1], abs=1e-6)
-    assert detection_map(preds, gts, "map_75") == pytest.approx(stats[2], abs=1e-6)
+    stats = coco_stats(preds, gts)  # pycocotools' COCOeval, run directly
+    for metric, ref in (("map", stats[0]), ("map_50", stats[1]), ("map_75", stats[2])):
+        assert detection_map(preds, gts, metric, map_evaluator(metric, backend)) == pytest.approx(ref, abs=1e-6)
 
 
 def test_map_reward_on_completions_equals_cocoeval():
@@ -360,3 +361,8 @@ def test_identical_answers_share_one_evaluation(monkeypatch):
     out = DetectionMAP(box_frame="original_pixels")([answer([(A, "cat")])] * 4 + [answer([(B, "cat")])], [ctx(sol)] * 5)
     assert out == pytest.approx([51 / 101] * 5, abs=1e-6)
     assert len(calls) == 2
+
+
+def test_backend_validation():
+    with pytest.raises(ValueError, match="pycocotools"):
+        DetectionMAP(backend="coco")

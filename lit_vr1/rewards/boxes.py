@@ -40,9 +40,16 @@ class ParsedBox:
 
 
 def answer_text(completion: str) -> str:
-    """The text inside the last complete ``<answer>...</answer>``, else the whole completion."""
+    """The answer part of a completion: inside the last complete ``<answer>...</answer>``;
+    else after the last ``<answer>`` (a truncated answer); else after the last ``</think>``
+    (so boxes named while reasoning are not taken for the answer); else the whole text."""
     found = ANSWER_RE.findall(completion)
-    return found[-1] if found else completion
+    if found:
+        return found[-1]
+    for tag in ("<answer>", "</think>"):
+        if tag in completion:
+            return completion.rsplit(tag, 1)[1]
+    return completion
 
 
 def is_degenerate(box: Box) -> bool:
@@ -209,12 +216,15 @@ def predicted_boxes(completion: str, image_size: tuple[int, int] | None, input_s
     """A completion's boxes in original-image pixels (degenerate ones dropped).
 
     ``image_size`` is the original (width, height) of the first image, ``input_size`` the
-    size the model saw (None: the original). Without an image only "original_pixels" maps.
+    size the model saw (None: the original). Without an image only "original_pixels" maps;
+    other frames raise ValueError (a sample without an image cannot be scored in them).
     """
     check_frame(frame)
     boxes = parse_boxes(completion)
-    if frame == "original_pixels" or image_size is None:
-        return boxes if frame == "original_pixels" else []
+    if frame == "original_pixels":
+        return boxes
+    if image_size is None:
+        raise ValueError(f"box frame {frame!r} needs the image size, and the sample has no image")
     size_in = input_size or image_size
     out = [ParsedBox(to_original(b.box, frame, size_in, image_size), b.label) for b in boxes]
     return [b for b in out if not is_degenerate(b.box)]

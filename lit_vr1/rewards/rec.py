@@ -37,8 +37,10 @@ def rec_ious(completions: list[str], contexts: list[SampleContext], frame: str =
         gt = gts[0].box if gts else None
         if gt is None:
             raise ValueError(f"sample {ctx.id!r}: solution {ctx.solution!r} holds no box")
+        if ctx.image_size is None and frame != "original_pixels":
+            raise ValueError(f"box frame {frame!r} needs the image size, and the sample has no image")
         box = first_box(completion)  # None when no box has an area
-        ok = box is not None and (ctx.image_size is not None or frame == "original_pixels")
+        ok = box is not None
         if ok and frame != "original_pixels":
             box = to_original(box, frame, ctx.input_size, ctx.image_size)
         preds.append(box if ok else (0.0, 0.0, 1.0, 1.0))
