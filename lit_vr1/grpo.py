@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
+from lit_vr1 import parallel
 from lit_vr1.loop import GRPOConfig, RolloutUpdateLoop
 from lit_vr1.module import VLMModule
 from lit_vr1.rewards.base import Reward
@@ -42,22 +43,40 @@ class GRPOModule(VLMModule):
         self.loop = RolloutUpdateLoop(self, self.config)
 
     def configure_model(self) -> None:
-        """Build the policy and, when beta > 0, a frozen copy as the reference (once)."""
+        """Build the policy and, when beta > 0, a frozen copy as the reference (once; with
+        LoRA there is no copy: the reference is the policy with its adapters disabled)."""
         if self.policy is not None:
+            parallel.shard(self)  # built before fit: shard it now if the strategy asks (idempotent)
             return
         super().configure_model()
-        if self.config.beta != 0.0:
+        if self.config.beta != 0.0 and self.lora is None:
             self.ref_model = copy.deepcopy(self.policy).eval()
             self.ref_model.requires_grad_(False)
+        parallel.shard(self)  # FSDP2 under ModelParallelStrategy; nothing otherwise
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            parallel.check_strategy(self.trainer, self)
 
     @contextlib.contextmanager
     def generation_context(self) -> Iterator[None]:
-        """Wraps a rollout (a strategy may gather sharded weights here)."""
-        yield
+        """Wraps a rollout: sharded weights (FSDP2, ZeRO-3) are gathered once for all of it."""
+        with parallel.gathered_for_generation(self):
+            yield
 
     @contextlib.contextmanager
     def reference_context(self) -> Iterator[torch.nn.Module]:
-        """Yields the reference model, in eval mode, with no gradient."""
+        """Yields the reference model, in eval mode, with no gradient (with LoRA: the policy
+        itself, its adapters disabled)."""
+        if self.lora is not None and self.policy is not None:
+            was_training = self.policy.training
+            self.policy.eval()
+            try:
+                with torch.no_grad(), self.policy.disable_adapter():
+                    yield self.policy
+            finally:
+                self.policy.train(was_training)
+            return
         if self.ref_model is None:
             raise RuntimeError("no reference model: beta is 0")
         with torch.no_grad():

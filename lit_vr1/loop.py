@@ -239,3 +239,8 @@ class RolloutUpdateLoop:
         rollout_stats["time/logprob_and_update_s"] = time.perf_counter() - t1
         self.last_rollout, self.last_scores = rollout, scores
         return rollout_stats
+
+
+# Modules built in Python keep this dataclass in their hparams; Lightning loads checkpoints
+# with weights_only=True, which refuses classes it was not told are safe.
+torch.serialization.add_safe_globals([GRPOConfig])

@@ -3,19 +3,37 @@ greedy REC validation, and exporting the trained model as a ``save_pretrained`` 
 
 from __future__ import annotations
 
-import os
+import importlib.util
 
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_only
 
+from lit_vr1 import parallel
 from lit_vr1.evaluate import predict_rec
 from lit_vr1.metrics.rec import RECMetrics
 from lit_vr1.models import freeze
+from lit_vr1.models.families import family_of
 from lit_vr1.models.loading import load_model, load_processor
+from lit_vr1.models.lora import LoraSpec, apply_lora, save_merged
 from lit_vr1.models.tiny import TinySpec
 from lit_vr1.rewards.boxes import BOX_FRAMES
+
+ATTENTION = ("sdpa", "eager", "flash_attention_2")
+
+
+def check_attention(name: str) -> str:
+    """``name`` if this machine can run it; a clear error otherwise."""
+    if name not in ATTENTION:
+        raise ValueError(f"attn_implementation={name!r} is not valid; choose one of {', '.join(ATTENTION)}")
+    if name == "flash_attention_2":
+        if importlib.util.find_spec("flash_attn") is None:
+            raise ValueError("attn_implementation=flash_attention_2 needs the flash-attn package "
+                             "(pip install flash-attn --no-build-isolation, on a CUDA machine); or use sdpa")
+        if not torch.cuda.is_available():
+            raise ValueError("attn_implementation=flash_attention_2 runs on CUDA GPUs only; use sdpa on this machine")
+    return name
 
 
 def default_optimizer(params) -> torch.optim.Optimizer:
@@ -33,7 +51,8 @@ class VLMModule(LightningModule):
         lr_scheduler: scheduler factory, stepped after every optimiser step.
         min_pixels, max_pixels: image size bounds of the processor (multiples of 28).
         dtype: weights' dtype: float32, bfloat16, float16 or auto.
-        attn_implementation: sdpa, eager or flash_attention_2.
+        attn_implementation: sdpa (default), eager or flash_attention_2 (needs the flash-attn
+            package and a CUDA GPU: refused otherwise, with what to install).
         seed: seed of a tiny model's weights and tokenizer.
         tiny_spec: sizes of a ``tiny:`` model (layers, widths; see ``TinySpec``); ignored otherwise.
         freeze_vision: freeze the vision tower (patch embedding and blocks): no gradient,
@@ -42,10 +61,17 @@ class VLMModule(LightningModule):
         gradient_checkpointing: recompute activations in the backward pass (transformers'
             activation checkpointing, non-reentrant) to save memory; rollouts run in eval mode
             and keep their KV cache.
-        box_frame: frame the model writes boxes in, for validation (see ``BOX_FRAMES``).
+        box_frame: frame the model writes boxes in, for validation (see ``BOX_FRAMES``);
+            None: the model family's own (Qwen2.5-VL: input_pixels; Qwen2-VL, Qwen3-VL,
+            InternVL: norm1000). Rewards take their own ``box_frame``.
         eval_max_new_tokens: most tokens of a greedy validation answer.
         export_dir: when set, the trained policy and processor are saved there with
             ``save_pretrained`` at the end of fit (a later run starts from it with ``model: <dir>``).
+        lora: train LoRA adapters (peft) instead of the full model (see ``LoraSpec``: r, alpha,
+            dropout, target_modules, bias; default targets: the language model's attention and
+            MLP projections). GRPO's reference is then the policy with its adapters disabled
+            (no second copy), checkpoints hold only the trainable weights (the base comes from
+            ``model`` when loading), and ``export_dir`` gets the merged model.
     """
 
     def __init__(
@@ -58,30 +84,32 @@ class VLMModule(LightningModule):
         dtype: str = "float32",
         attn_implementation: str = "sdpa",
         seed: int = 0,
-        box_frame: str = "input_pixels",
+        box_frame: str | None = None,
         eval_max_new_tokens: int = 64,
         export_dir: str | None = None,
         tiny_spec: TinySpec | None = None,
         freeze_vision: bool = False,
         freeze_merger: bool = False,
         gradient_checkpointing: bool = False,
+        lora: LoraSpec | None = None,
     ) -> None:
         super().__init__()
-        if box_frame not in BOX_FRAMES:
+        if box_frame is not None and box_frame not in BOX_FRAMES:
             raise ValueError(f"box_frame={box_frame!r} is not valid; choose one of {', '.join(BOX_FRAMES)}")
         self.model_name = model
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
         self.dtype_name = dtype
-        self.attn_implementation = attn_implementation
+        self.attn_implementation = check_attention(attn_implementation)
         self.seed = seed
-        self.box_frame = box_frame
         self.eval_max_new_tokens = eval_max_new_tokens
         self.export_dir = export_dir
         self.tiny_spec = tiny_spec
         self.freeze_vision, self.freeze_merger = freeze_vision, freeze_merger
         self.gradient_checkpointing = gradient_checkpointing
+        self.lora = lora
         self.processor = load_processor(model, min_pixels, max_pixels, seed, tiny_spec)
+        self.box_frame = box_frame or family_of(self.processor).box_frame
         self.policy: torch.nn.Module | None = None
         self.val_metrics = RECMetrics()
 
@@ -91,8 +119,11 @@ class VLMModule(LightningModule):
             # from_pretrained returns a model in eval mode, and Lightning keeps each module's mode
             self.policy = load_model(self.model_name, self.processor, self.dtype_name, self.attn_implementation,
                                      self.seed, self.tiny_spec).train()
+            if self.lora is not None:
+                self.policy = apply_lora(self.policy, self.lora)
             if self.freeze_vision or self.freeze_merger:
-                freeze.freeze_vision(self.policy, tower=self.freeze_vision, merger=self.freeze_merger)
+                base = self.policy.get_base_model() if self.lora is not None else self.policy
+                freeze.freeze_vision(base, tower=self.freeze_vision, merger=self.freeze_merger)
             if self.gradient_checkpointing:
                 # transformers >= 5.2x names it activation_checkpointing_enable; older releases gradient_...
                 enable = getattr(self.policy, "activation_checkpointing_enable", None)
@@ -111,7 +142,8 @@ class VLMModule(LightningModule):
     # -- validation: greedy REC -------------------------------------------------------------
     def validation_step(self, batch, batch_idx: int) -> None:
         """Greedy answers on held-out prompts: REC Acc@0.5, mean IoU and JSON-format rate."""
-        preds = predict_rec(self.policy, self.processor, batch, self.eval_max_new_tokens, self.box_frame)
+        with parallel.gathered_for_generation(self):  # sharded weights (FSDP2, ZeRO-3) gathered once
+            preds = predict_rec(self.policy, self.processor, batch, self.eval_max_new_tokens, self.box_frame)
         self.val_metrics.update(torch.tensor([p.iou for p in preds]))
         fmt = torch.tensor([float(p.format_ok) for p in preds]).mean()
         self.log("val/format", fmt, batch_size=len(batch), sync_dist=True)
@@ -130,6 +162,18 @@ class VLMModule(LightningModule):
     @rank_zero_only
     def export(self, path: str) -> None:
         """Save the policy and processor with ``save_pretrained`` (loadable by name/path)."""
-        os.makedirs(path, exist_ok=True)
-        self.policy.save_pretrained(path)
-        self.processor.save_pretrained(path)
+        save_merged(self.policy, path, self.processor)  # adapters, if any, merged in
+
+    # -- checkpoints: with LoRA only the trainable weights --------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.lora is not None:
+            keep = {n for n, p in self.named_parameters() if p.requires_grad}
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """A LoRA checkpoint holds the adapters only: the frozen base weights, already loaded
+        from ``model``, are filled in so that strict loading still checks every key."""
+        if self.lora is not None and self.policy is not None:
+            state = checkpoint["state_dict"]
+            frozen = {k: v for k, v in self.state_dict().items() if k not in state}
+            checkpoint["state_dict"] = {**frozen, **state}

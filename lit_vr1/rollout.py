@@ -2,7 +2,9 @@
 
 Shapes: ``N`` completions (prompts x G, a prompt's G completions next to each other),
 ``P`` prompt tokens (left-padded), ``T`` completion tokens (right-padded),
-``I`` images in the batch, ``X`` vision patches of all images together.
+``I`` images in the batch, ``X`` rows of ``pixel_values`` of all images together (Qwen-VL:
+flattened patches; InternVL: tiles). What differs between model families (vision tensor
+layout, input image sizes, placeholder tokens) comes from :mod:`lit_vr1.models.families`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from transformers import GenerationConfig, PreTrainedModel, ProcessorMixin
 
 from lit_vr1.data.jsonl import Sample
 from lit_vr1.loss import sampling_logits, token_logprobs
+from lit_vr1.models import families
+from lit_vr1.models.families.qwen2_vl import GridImages
 from lit_vr1.rewards.base import SampleContext
 
 
@@ -38,9 +42,10 @@ class SamplingConfig:
 class Rollout:
     """One batch of sampled completions and everything the update needs.
 
-    prompt: processor outputs for the N rows: input_ids, attention_mask and
-        mm_token_type_ids (N, P); pixel_values (X, D); image_grid_thw (I, 3).
+    prompt: processor outputs for the N rows: input_ids, attention_mask and (Qwen-VL)
+        mm_token_type_ids (N, P); pixel_values (X, ...); (Qwen-VL) image_grid_thw (I, 3).
     images_per_row: (N,) number of images of each row (to slice pixel_values).
+    image_rows: (I,) rows of pixel_values each image owns (None: read from image_grid_thw).
     completion_ids: (N, T) sampled tokens, pad after EOS.
     completion_mask: (N, T) 1 on sampled tokens up to and including EOS.
     truncated: (N,) True where no EOS came within max_completion_length.
@@ -63,6 +68,7 @@ class Rollout:
     old_logprobs: Tensor | None = None
     ref_logprobs: Tensor | None = None
     advantages: Tensor | None = None
+    image_rows: list[int] | None = None
     extras: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -71,7 +77,7 @@ class Rollout:
     def model_inputs(self, rows: Tensor | slice | None = None) -> dict[str, Tensor]:
         """Forward inputs (prompt + completion) for the given rows, all rows by default."""
         rows = torch.arange(len(self)) if rows is None else torch.arange(len(self))[rows] if isinstance(rows, slice) else rows
-        prompt = select_rows(self.prompt, self.images_per_row, rows)
+        prompt = select_rows(self.prompt, self.images_per_row, rows, self.image_rows)
         comp = self.completion_ids[rows]
         out = dict(prompt)
         out["input_ids"] = torch.cat([prompt["input_ids"], comp], dim=1)
@@ -82,28 +88,32 @@ class Rollout:
         return out
 
 
-def select_rows(inputs: dict[str, Tensor], images_per_row: list[int], rows: Tensor) -> dict[str, Tensor]:
+def select_rows(inputs: dict[str, Tensor], images_per_row: list[int], rows: Tensor,
+                image_rows: list[int] | None = None) -> dict[str, Tensor]:
     """Rows of a processor batch, with the vision tensors of exactly those rows' images.
 
-    ``pixel_values`` holds the patches of all images one after another, and
-    ``image_grid_thw`` one (t, h, w) row per image; rows are picked by offsets.
+    ``pixel_values`` holds the rows of all images one after another (Qwen-VL: patches,
+    ``image_grid_thw`` one (t, h, w) row per image; InternVL: tiles); ``image_rows`` says
+    how many rows each image owns (see :func:`image_layout`). Without it the counts are
+    read from ``image_grid_thw``, which InternVL batches do not have.
     """
-    rows = rows.tolist()
-    out = {k: v[rows] for k, v in inputs.items() if k not in ("pixel_values", "image_grid_thw")}
-    if "image_grid_thw" in inputs:
-        grid = inputs["image_grid_thw"]
-        patches = grid.prod(dim=-1).tolist()
-        first_image = [0]
-        for n in images_per_row:
-            first_image.append(first_image[-1] + n)
-        first_patch = [0]
-        for n in patches:
-            first_patch.append(first_patch[-1] + n)
-        image_ids = [i for r in rows for i in range(first_image[r], first_image[r + 1])]
-        patch_ids = [p for i in image_ids for p in range(first_patch[i], first_patch[i + 1])]
-        out["image_grid_thw"] = grid[image_ids]
-        out["pixel_values"] = inputs["pixel_values"][patch_ids]
-    return out
+    if image_rows is None:
+        if "pixel_values" in inputs and "image_grid_thw" not in inputs:
+            raise ValueError("select_rows: this batch's pixel_values have no image_grid_thw (InternVL tiles); "
+                             "pass image_rows, the pixel_values rows of each image (see image_layout)")
+        image_rows = GridImages().pixel_rows(inputs)
+    return families.select_rows(inputs, images_per_row, rows, image_rows)
+
+
+def image_layout(processor: ProcessorMixin, inputs: dict[str, Tensor],
+                 image_sizes: list[tuple[int, int]]) -> tuple[list[int] | None, list[tuple[int, int]]]:
+    """(pixel_values rows of each image, (width, height) of each image at the model input)
+    of a processor batch, by the processor's model family; ``image_sizes`` are the images'
+    original (width, height). (None, []) for a batch without images."""
+    if "pixel_values" not in inputs:
+        return None, []
+    images = families.family_of(processor).images
+    return images.pixel_rows(inputs, processor), images.input_sizes(inputs, image_sizes, processor)
 
 
 def encode_prompts(processor: ProcessorMixin, samples: list[Sample], repeat: int = 1) -> tuple[dict[str, Tensor], list[int]]:
@@ -130,8 +140,11 @@ def teacher_forced(processor: ProcessorMixin, samples: list[Sample], answers: li
     the prompts are encoded exactly as for generation, the answers tokenised on their own,
     as generation produces them. Used by SFT."""
     prompt, per_row = encode_prompts(processor, samples)
+    image_rows, _ = image_layout(processor, prompt, [size for s in samples for size in s.image_sizes])
     tok = processor.tokenizer
-    eos = tok.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tok.get_vocab() else tok.eos_token_id
+    family = families.find_family(processor)
+    end = family.end_of_turn if family is not None else "<|im_end|>"
+    eos = tok.convert_tokens_to_ids(end) if end in tok.get_vocab() else tok.eos_token_id
     ids = [tok(a, add_special_tokens=False).input_ids + [eos] for a in answers]
     width = max(len(x) for x in ids)
     comp = torch.full((len(ids), width), tok.pad_token_id, dtype=torch.long)
@@ -141,7 +154,8 @@ def teacher_forced(processor: ProcessorMixin, samples: list[Sample], answers: li
         mask[i, : len(x)] = 1
     prompt = {k: v.to(device) for k, v in prompt.items()}
     return Rollout(prompt=prompt, images_per_row=per_row, completion_ids=comp.to(device), completion_mask=mask.to(device),
-                   truncated=torch.zeros(len(ids), dtype=torch.bool, device=device), completions=list(answers), contexts=[])
+                   truncated=torch.zeros(len(ids), dtype=torch.bool, device=device), completions=list(answers), contexts=[],
+                   image_rows=image_rows)
 
 
 @contextlib.contextmanager
@@ -200,7 +214,8 @@ def generate(
     mask = (torch.arange(comp.shape[1], device=comp.device)[None] <= first_eos[:, None]).long()
     comp = comp.masked_fill(mask == 0, processor.tokenizer.pad_token_id)
     texts = processor.batch_decode(comp, skip_special_tokens=True)
-    sizes = input_sizes(prompt["image_grid_thw"], processor.image_processor.patch_size) if "image_grid_thw" in prompt else []
+    image_rows, sizes = image_layout(processor, prompt, [size for s in samples for _ in range(num_generations)
+                                                         for size in s.image_sizes])
     contexts, image_idx = [], 0
     lengths = mask.sum(dim=1).tolist()
     for row, n_img in enumerate(per_row):
@@ -221,7 +236,7 @@ def generate(
         sampling_lp = token_logprobs(scores.log_softmax(-1), comp).masked_fill(mask == 0, 0.0)
     return Rollout(
         prompt=prompt, images_per_row=per_row, completion_ids=comp, completion_mask=mask,
-        truncated=~has_eos, completions=texts, contexts=contexts, sampling_logprobs=sampling_lp,
+        truncated=~has_eos, completions=texts, contexts=contexts, sampling_logprobs=sampling_lp, image_rows=image_rows,
     )
 
 
@@ -242,11 +257,14 @@ def policy_logprobs(logits: Tensor, tokens: Tensor, cfg: SamplingConfig) -> Tens
     return token_logprobs(distribution_logits(logits, cfg), tokens)
 
 
-VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
+VISION_TOKENS = families.QWEN2_5_VL.vision_tokens  # Qwen-VL's; each family lists its own
 
 
 def vision_token_ids(processor: ProcessorMixin) -> tuple[int, ...]:
-    """Ids of the vision placeholder tokens the tokenizer knows (never to be generated)."""
-    tok = processor.tokenizer
-    vocab = tok.get_vocab()
-    return tuple(sorted(vocab[t] for t in VISION_TOKENS if t in vocab))
+    """Ids of the vision placeholder tokens of the processor's model family that the
+    tokenizer knows (never to be generated); every family's, for an unknown processor."""
+    family = families.find_family(processor)
+    tokens = family.vision_tokens if family is not None else tuple(
+        dict.fromkeys(t for f in families.FAMILIES.values() for t in f.vision_tokens))
+    vocab = processor.tokenizer.get_vocab()
+    return tuple(sorted(vocab[t] for t in tokens if t in vocab))

@@ -18,6 +18,8 @@ def _config_args(config: str) -> list[str]:
     path = Path(config)
     if path.parent.name == "tiny":
         return ["--config", str(Path("configs") / path.name), "--config", config]
+    if path.parent.name == "strategy":  # a strategy overlay (configs/strategy/) parses laid over a recipe
+        return ["--config", "configs/grpo_rec_qwen25vl_3b.yaml", "--config", config]
     return ["--config", config]
 
 

@@ -82,3 +82,21 @@ def test_bad_model_names_say_why(tmp_path):
     (tmp_path / "bert" / "config.json").write_text('{"model_type": "bert"}')
     with pytest.raises(ModelLoadError, match="does not support; supported families: qwen2_5_vl, qwen2_vl"):
         load_processor(str(tmp_path / "bert"))
+
+
+def test_attention_implementation_is_checked_against_this_machine():
+    import importlib.util
+
+    from lit_vr1.module import check_attention
+
+    assert check_attention("sdpa") == "sdpa" and check_attention("eager") == "eager"
+    with pytest.raises(ValueError, match="choose one of sdpa, eager, flash_attention_2"):
+        check_attention("flash")
+    if importlib.util.find_spec("flash_attn") is None:
+        with pytest.raises(ValueError, match="needs the flash-attn package"):
+            check_attention("flash_attention_2")
+    elif not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA GPUs only"):
+            check_attention("flash_attention_2")
+    else:
+        assert check_attention("flash_attention_2") == "flash_attention_2"

@@ -71,3 +71,32 @@ def test_tiny_twin_runs_two_steps_with_the_recipes_rewards(recipe, tmp_path, mon
         assert values and all(math.isfinite(v) for v in values), name
     assert all(math.isfinite(float(r["train/loss"])) for r in rows if r.get("train/loss"))
     print(f"{recipe}: 2 steps, {wall:.1f} s")
+
+
+def test_one_run_mixes_rec_and_counting_data_each_scored_by_its_own_rewards(tmp_path):
+    """VLM-R1's routing through a real fit: a task per file, a reward per task, NaN elsewhere."""
+    import torch
+    from helpers import fit
+
+    from lit_vr1.data.jsonl import JsonlDataset
+    from lit_vr1.data.synthetic import SyntheticSpec, write_synthetic
+    from lit_vr1.grpo import GRPOModule
+    from lit_vr1.loop import GRPOConfig
+    from lit_vr1.rewards import Accuracy, IoUReward
+
+    files = [write_synthetic(tmp_path / t, SyntheticSpec(num_samples=4, canvas=56, task=t)) for t in ("rec", "count")]
+    ds = JsonlDataset(f"{files[0]}:{files[1]}", f"{tmp_path / 'rec' / 'images'}:{tmp_path / 'count' / 'images'}",
+                      "qwen_rec", reward_methods="rec:count")
+    samples = [ds[i] for i in (0, 4, 1, 5)]  # each batch of 2 holds one REC and one counting prompt
+    module = GRPOModule(model="tiny:qwen2_5_vl", min_pixels=3136, max_pixels=3136,
+                        rewards=[IoUReward(tasks=["rec"]), Accuracy(mode="numeric", tasks=["count"])],
+                        grpo=GRPOConfig(num_generations=2, max_completion_length=8, beta=0.0))
+    logger = fit(module, samples, max_steps=2)
+    tasks = [c.task for c in module.loop.last_rollout.contexts]
+    assert tasks == ["rec", "rec", "count", "count"]
+    per_reward = module.loop.last_scores.per_reward  # (2 rewards, 4 completions)
+    is_rec = torch.tensor([t == "rec" for t in tasks])
+    assert not per_reward[0, is_rec].isnan().any() and per_reward[0, ~is_rec].isnan().all()
+    assert per_reward[1, is_rec].isnan().all() and not per_reward[1, ~is_rec].isnan().any()
+    rows = [m for _, m in logger.rows if "train/loss" in m]
+    assert len(rows) == 2 and all("train/reward/iou/mean" in m and "train/reward/accuracy/mean" in m for m in rows)

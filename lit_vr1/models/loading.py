@@ -1,6 +1,8 @@
 """Load a policy and its processor by name or path: one code path for real checkpoints
 (``Qwen/Qwen2.5-VL-3B-Instruct``, a local ``save_pretrained`` directory) and the tiny
-random models (``tiny:qwen2_5_vl``, ``tiny:qwen2_vl``) built in-process."""
+random models (``tiny:qwen2_5_vl``, ``tiny:qwen2_vl``, ``tiny:qwen3_vl``, ``tiny:internvl``) built
+in-process. The supported model types are those of the registered families
+(:mod:`lit_vr1.models.families`)."""
 
 from __future__ import annotations
 
@@ -9,14 +11,13 @@ import os
 import torch
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, PreTrainedModel, ProcessorMixin
 
+from lit_vr1.models.families import ModelLoadError, family_for_model_type, family_of, supported_model_types
 from lit_vr1.models.tiny import FAMILIES, TinySpec, build_model, build_processor
 
-SUPPORTED_MODEL_TYPES = ("qwen2_5_vl", "qwen2_vl")
+SUPPORTED_MODEL_TYPES = supported_model_types()
 TINY_PREFIX = "tiny:"
 
-
-class ModelLoadError(ValueError):
-    """A model name or path that cannot be loaded; the message says why."""
+__all__ = ["ModelLoadError", "SUPPORTED_MODEL_TYPES", "check_model_type", "load_model", "load_processor"]
 
 
 def _tiny_family(name: str) -> str | None:
@@ -39,11 +40,7 @@ def check_model_type(name: str) -> str:
             f"model {name!r} cannot be loaded: the {where} is missing or holds no config.json "
             f"(real checkpoints need network access or a local copy). Cause: {e}"
         ) from None
-    if config.model_type not in SUPPORTED_MODEL_TYPES:
-        raise ModelLoadError(
-            f"model {name!r} is of type {config.model_type!r}, which lit-vr1 does not support; "
-            f"supported families: {', '.join(SUPPORTED_MODEL_TYPES)}"
-        )
+    family_for_model_type(config.model_type, f"model {name!r}")  # a ModelLoadError listing the families
     return config.model_type
 
 
@@ -58,14 +55,7 @@ def load_processor(name: str, min_pixels: int | None = None, max_pixels: int | N
     else:
         check_model_type(name)
         processor = AutoProcessor.from_pretrained(name)
-    ip = processor.image_processor
-    if min_pixels is not None or max_pixels is not None:
-        size = dict(getattr(ip, "size", None) or {})
-        if min_pixels is not None:
-            size["shortest_edge"] = min_pixels
-        if max_pixels is not None:
-            size["longest_edge"] = max_pixels
-        ip.size = size
+    family_of(processor).images.set_pixel_bounds(processor, min_pixels, max_pixels)
     return processor
 
 

@@ -1,10 +1,11 @@
-"""Tiny, randomly initialised Qwen-VL models with a locally trained tokenizer.
+"""Tiny, randomly initialised VLMs with a locally trained tokenizer.
 
 Everything here is built in-process from a seed: a byte-level BPE tokenizer trained
 on a small corpus (Qwen's pre-tokenizer, Qwen's special tokens, a Qwen-style chat
 template with image items), transformers' own Qwen2-VL / Qwen2.5-VL processor and
-model classes. Nothing is downloaded. The result saves and loads with
-``save_pretrained`` / ``from_pretrained`` like any real checkpoint.
+model classes (Qwen3-VL and InternVL: :mod:`lit_vr1.models.tiny_families`). Nothing is
+downloaded. The result saves and loads with ``save_pretrained`` / ``from_pretrained``
+like any real checkpoint.
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ QWEN_SPLIT = (
     r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 )
 
-FAMILIES = ("qwen2_5_vl", "qwen2_vl")
+FAMILIES = ("qwen2_5_vl", "qwen2_vl", "qwen3_vl", "internvl")
+OTHER_FAMILIES = ("qwen3_vl", "internvl")  # built in lit_vr1.models.tiny_families
 
 
 @dataclass
@@ -112,8 +114,12 @@ def _corpus(seed: int) -> list[str]:
     return lines
 
 
-def build_tokenizer(vocab_size: int = 1024, seed: int = 0) -> Qwen2Tokenizer:
-    """Train a byte-level BPE with Qwen's pre-tokenizer and wrap it in ``Qwen2Tokenizer``."""
+def build_tokenizer(vocab_size: int = 1024, seed: int = 0, special_tokens: list[str] | None = None,
+                    named_tokens: dict[str, str] | None = None, chat_template: str = CHAT_TEMPLATE) -> Qwen2Tokenizer:
+    """Train a byte-level BPE with Qwen's pre-tokenizer and wrap it in ``Qwen2Tokenizer``.
+    ``special_tokens`` (default: Qwen's) start with the pad token; ``named_tokens`` are
+    model-specific ones a processor reads by name (``start_image_token="<img>"``)."""
+    special_tokens = special_tokens or SPECIAL_TOKENS
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.Sequence(
@@ -125,7 +131,7 @@ def build_tokenizer(vocab_size: int = 1024, seed: int = 0) -> Qwen2Tokenizer:
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=special_tokens,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -140,15 +146,20 @@ def build_tokenizer(vocab_size: int = 1024, seed: int = 0) -> Qwen2Tokenizer:
         unk_token=None,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
-        extra_special_tokens=SPECIAL_TOKENS[1:],
+        extra_special_tokens=special_tokens[1:],
+        **(named_tokens or {}),
     )
-    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.chat_template = chat_template
     return tokenizer
 
 
 def build_processor(family: str = "qwen2_5_vl", spec: TinySpec | None = None, seed: int = 0) -> ProcessorMixin:
-    """transformers' Qwen-VL processor around the tiny tokenizer."""
+    """transformers' processor of ``family`` around the tiny tokenizer."""
     spec = spec or TinySpec()
+    if _check_family(family) in OTHER_FAMILIES:
+        from lit_vr1.models import tiny_families
+
+        return tiny_families.build_processor(family, spec, seed)
     tokenizer = build_tokenizer(spec.vocab_size, seed)
     image_processor = Qwen2VLImageProcessor(
         size={"shortest_edge": spec.min_pixels, "longest_edge": spec.max_pixels},
@@ -172,8 +183,12 @@ def _check_family(family: str) -> str:
 
 
 def build_model(family: str, tokenizer: Qwen2Tokenizer, spec: TinySpec | None = None, seed: int = 0) -> PreTrainedModel:
-    """A randomly initialised Qwen2.5-VL or Qwen2-VL sized by ``spec``, deterministic from ``seed``."""
+    """A randomly initialised model of ``family`` sized by ``spec``, deterministic from ``seed``."""
     spec = spec or TinySpec()
+    if _check_family(family) in OTHER_FAMILIES:
+        from lit_vr1.models import tiny_families
+
+        return tiny_families.build_model(family, tokenizer, spec, seed)
     ids = {name: tokenizer.convert_tokens_to_ids(name) for name in SPECIAL_TOKENS}
     head_dim = spec.hidden_size // spec.num_heads
     half = head_dim // 2
@@ -229,6 +244,9 @@ def build_model(family: str, tokenizer: Qwen2Tokenizer, spec: TinySpec | None = 
 
 
 def build_tiny(family: str = "qwen2_5_vl", seed: int = 0, spec: TinySpec | None = None):
-    """(model, processor) of a tiny random Qwen-VL, deterministic from ``seed``."""
+    """(model, processor) of a tiny random VLM of ``family``, deterministic from ``seed``."""
     processor = build_processor(family, spec, seed)
     return build_model(family, processor.tokenizer, spec, seed), processor
+
+
+torch.serialization.add_safe_globals([TinySpec])  # kept in hparams: loadable with weights_only=True

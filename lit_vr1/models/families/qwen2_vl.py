@@ -1,0 +1,61 @@
+"""Qwen2-VL: vision tower ``model.visual`` with its merger ``model.visual.merger``; boxes
+in relative 0-1000 coordinates; images as patch grids (``image_grid_thw``) of 14-pixel
+patches, resized to multiples of 28 between min_pixels and max_pixels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor
+from transformers import Qwen2VLForConditionalGeneration, Qwen2VLProcessor
+
+from lit_vr1.models.families.base import DECODER_LINEARS, Family
+
+# Qwen-VL's vision placeholders: <|vision_start|><|image_pad|>...<|vision_end|> per image.
+QWEN_VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
+
+
+@dataclass(frozen=True)
+class GridImages:
+    """Qwen-VL's layout: ``pixel_values`` (X, D) are the flattened patches of all images one
+    after another, ``image_grid_thw`` (I, 3) the (t, h, w) patch grid of each image. The
+    image at the model input is (w * patch_size, h * patch_size) pixels."""
+
+    def pixel_rows(self, inputs: dict[str, Tensor], processor: Any = None) -> list[int]:
+        if "image_grid_thw" not in inputs:
+            return []
+        return [int(n) for n in inputs["image_grid_thw"].prod(dim=-1).tolist()]
+
+    def input_sizes(self, inputs: dict[str, Tensor], image_sizes: list[tuple[int, int]],
+                    processor: Any) -> list[tuple[int, int]]:
+        if "image_grid_thw" not in inputs:
+            return []
+        patch = int(processor.image_processor.patch_size)
+        return [(int(w) * patch, int(h) * patch) for _, h, w in inputs["image_grid_thw"].tolist()]
+
+    def set_pixel_bounds(self, processor: Any, min_pixels: int | None, max_pixels: int | None) -> None:
+        """qwen-vl-utils' convention: min_pixels <= h*w <= max_pixels after resizing."""
+        if min_pixels is None and max_pixels is None:
+            return
+        ip = processor.image_processor
+        size = dict(getattr(ip, "size", None) or {})
+        if min_pixels is not None:
+            size["shortest_edge"] = min_pixels
+        if max_pixels is not None:
+            size["longest_edge"] = max_pixels
+        ip.size = size
+
+
+QWEN2_VL = Family(
+    name="qwen2_vl",
+    model_types=("qwen2_vl",),
+    model_class=Qwen2VLForConditionalGeneration,
+    processor_class=Qwen2VLProcessor,
+    vision_tower="model.visual",
+    vision_projector=("model.visual.merger",),
+    lora_target_regex=DECODER_LINEARS,
+    box_frame="norm1000",
+    vision_tokens=QWEN_VISION_TOKENS,
+    images=GridImages(),
+)

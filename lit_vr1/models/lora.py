@@ -1,0 +1,206 @@
+"""LoRA adapters on the language model of a VLM, through peft.
+
+``apply_lora(model, LoraSpec())`` wraps the model with low-rank adapters on the language
+model's linear layers (attention q/k/v/o and MLP gate/up/down projections) and leaves every
+other weight frozen; the vision tower and its merger get no adapter. The wrapped model
+still generates and scores like the plain one, and with ``disable_adapter()`` it *is* the
+base model again (so GRPO's reference needs no second copy).
+
+``merged_state_dict`` gives the base model's weights with the adapters folded in, without
+touching the live model, so ``save_merged`` writes a plain ``save_pretrained`` directory
+that ``from_pretrained`` (and ``lit_vr1.models.loading.load_model``) reads like any other.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import os
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+LORA_OPTION = "model.lora.target_modules"
+
+# The language model's projections, by full module name: ``...language_model.<...>.q_proj`` etc.
+# The vision tower of Qwen2.5-VL also has ``mlp.gate_proj`` / ``up_proj`` / ``down_proj``
+# (under ``model.visual``), so the language model is selected by path, not by leaf name.
+LANGUAGE_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+DEFAULT_TARGETS = r"(.*\.)?language_model\.(.*\.)?(" + "|".join(LANGUAGE_PROJECTIONS) + r")"
+
+
+@dataclass
+class LoraSpec:
+    """Low-rank adapters (peft LoRA) on the policy; every other weight is frozen.
+
+    Args:
+        r: rank of each adapter.
+        alpha: scaling numerator: the update is ``(alpha / r) * B @ A``.
+        dropout: dropout on the adapters' input while training (above 0 it keeps a dropped
+            copy of each adapted layer's input for the backward pass: more activation
+            memory, see ``benchmarks/memory.py``).
+        target_modules: module names to adapt, matched as peft does: a module is adapted
+            when its full name equals an entry or ends with ``.<entry>`` (``q_proj``,
+            ``self_attn.o_proj``). Default (None): the language model's q/k/v/o and
+            gate/up/down projections only, never the vision tower or the merger.
+        bias: which biases train as well: none, all, or lora_only.
+    """
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] | None = None
+    bias: Literal["none", "all", "lora_only"] = "none"
+
+
+# a module's hyper-parameters (in every Lightning checkpoint) may hold a LoraSpec: let
+# ``torch.load(weights_only=True)`` read it
+torch.serialization.add_safe_globals([LoraSpec])
+
+
+def _suffixes(names: list[str]) -> list[str]:
+    """Every dotted suffix of every name (``a.b.c`` -> ``c``, ``b.c``, ``a.b.c``), each once;
+    suffixes that start at a layer index (``0.mlp``) are left out as noise."""
+    out: dict[str, None] = {}
+    for name in names:
+        parts = name.split(".")
+        for i in range(len(parts) - 1, -1, -1):
+            if not parts[i].isdigit() or i == len(parts) - 1:
+                out[".".join(parts[i:])] = None
+    return list(out)
+
+
+def _linear_names(model: nn.Module) -> str:
+    """The short names of the model's linear layers (``q_proj``, ``mlp.0``), each once."""
+    out = set()
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            parts = name.split(".")
+            out.add(".".join(parts[-2:]) if parts[-1].isdigit() and len(parts) > 1 else parts[-1])
+    return ", ".join(sorted(out))
+
+
+def _matches(name: str, target: str) -> bool:
+    return name == target or name.endswith("." + target)
+
+
+def resolve_targets(model: nn.Module, spec: LoraSpec) -> str | list[str]:
+    """peft's ``target_modules`` for ``spec`` on ``model``; a ValueError names every entry
+    that matches no module of the model, with the closest module names."""
+    names = [n for n, _ in model.named_modules() if n]
+    if spec.target_modules is None:
+        if not any(re.fullmatch(DEFAULT_TARGETS, n) for n in names):
+            raise ValueError(
+                f"{type(model).__name__} has no language_model.*.(q|k|v|o|gate|up|down)_proj module, so LoRA's "
+                f"default targets match nothing; set {LORA_OPTION} to some of its linear layers: {_linear_names(model)}"
+            )
+        return DEFAULT_TARGETS
+    if not spec.target_modules:
+        raise ValueError(f"{LORA_OPTION} is empty; leave it unset for the language model's projections")
+    missing = [t for t in spec.target_modules if not any(_matches(n, t) for n in names)]
+    if missing:
+        candidates = _suffixes(names)
+        hints = []
+        for t in missing:
+            close = difflib.get_close_matches(t, candidates, n=5, cutoff=0.6)
+            hints.append(f"{t!r} (close: {', '.join(close)})" if close else f"{t!r}")
+        raise ValueError(
+            f"{LORA_OPTION}: {'; '.join(hints)} match no module of {type(model).__name__}. "
+            f"An entry matches a module whose name is the entry or ends with '.<entry>'; "
+            f"the model's linear layers are named {_linear_names(model)}"
+        )
+    return list(spec.target_modules)
+
+
+@functools.cache
+def _lora_policy_class() -> type:
+    """``LoraPolicy``, built on first use so that importing this file does not import peft."""
+    from peft import PeftModel
+
+    class LoraPolicy(PeftModel):
+        """peft's ``PeftModel`` (what ``get_peft_model`` returns without a task type) whose
+        ``generation_config`` is the base model's, read *and set*: ``generate`` runs the base
+        model's ``generate``, which reads the base model's config, so a config set on a plain
+        ``PeftModel`` wrapper would be ignored (the rollout would sample with the checkpoint's
+        defaults instead of the configured temperature / top_p / max length)."""
+
+        @property
+        def generation_config(self):
+            return self.get_base_model().generation_config
+
+        @generation_config.setter
+        def generation_config(self, value) -> None:
+            self.get_base_model().generation_config = value
+
+    LoraPolicy.__module__, LoraPolicy.__qualname__ = __name__, "LoraPolicy"
+    globals()["LoraPolicy"] = LoraPolicy  # picklable by name
+    return LoraPolicy
+
+
+def __getattr__(name: str):
+    if name == "LoraPolicy":
+        return _lora_policy_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def apply_lora(model: nn.Module, spec: LoraSpec):
+    """``model`` wrapped in a :class:`LoraPolicy` (a peft ``PeftModel``) with LoRA adapters per
+    ``spec``, in place: the base weights are shared, not copied, and all of them are frozen."""
+    from peft import LoraConfig
+
+    config = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
+                        target_modules=resolve_targets(model, spec), bias=spec.bias)
+    return _lora_policy_class()(model, config)
+
+
+def is_lora(model: nn.Module) -> bool:
+    """Whether ``model`` is a peft model (holds adapters)."""
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
+
+
+def lora_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Full name -> peft LoRA layer of every adapted module."""
+    from peft.tuners.lora import LoraLayer
+
+    return {n: m for n, m in model.named_modules() if isinstance(m, LoraLayer)}
+
+
+@torch.no_grad()
+def merged_state_dict(model: nn.Module, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """The base model's state dict with the active adapters folded into their layers, on
+    ``device``; the live model is left as it is (no merge / unmerge round trip, so its base
+    weights stay bit-identical). A model without adapters gives its own state dict."""
+    if not is_lora(model):
+        return {k: v.detach().to(device) for k, v in model.state_dict().items()}
+    base = model.get_base_model()
+    merged: dict[str, torch.Tensor] = {}
+    prefixes = []
+    for name, layer in lora_layers(base).items():
+        weight = layer.get_base_layer().weight
+        delta = sum(layer.get_delta_weight(a) for a in layer.active_adapters if a in layer.lora_A)
+        merged[f"{name}.weight"] = (weight + delta).to(weight.dtype).to(device)
+        prefixes.append(name + ".")
+    out: dict[str, torch.Tensor] = {}
+    for key, value in base.state_dict().items():
+        if "lora_" in key:
+            continue
+        key = key.replace(".base_layer.", ".")
+        out[key] = merged[key] if key in merged else value.detach().to(device)
+    return out
+
+
+def save_merged(model: nn.Module, path: str, processor=None) -> None:
+    """Write ``model`` (adapters merged in, when it has any) and ``processor`` to ``path``
+    with ``save_pretrained``: a plain checkpoint that ``from_pretrained`` loads."""
+    os.makedirs(path, exist_ok=True)
+    if is_lora(model):
+        model.get_base_model().save_pretrained(path, state_dict=merged_state_dict(model))
+    else:
+        model.save_pretrained(path)
+    if processor is not None:
+        processor.save_pretrained(path)

@@ -1,0 +1,229 @@
+"""--model.lora: peft adapters on the language model only; GRPO's reference is the same model
+with the adapters disabled (no copy); checkpoints hold the adapters only and restore them
+exactly; MergedExport writes a plain checkpoint with the same logits; the CLI parses it."""
+
+import copy
+import os
+import re
+
+import pytest
+import torch
+from helpers import LengthReward
+from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from test_cli import ROOT, ParseOnly
+from torch.utils.data import DataLoader
+
+from callbacks import MergedExport
+from lit_vr1.data.datamodule import collate
+from lit_vr1.grpo import GRPOModule
+from lit_vr1.loop import GRPOConfig
+from lit_vr1.loss import token_logprobs
+from lit_vr1.models.loading import load_model
+from lit_vr1.models.lora import LANGUAGE_PROJECTIONS, LoraSpec, apply_lora, lora_layers
+from lit_vr1.rollout import completion_logits, teacher_forced
+from lit_vr1.sft import SFTModule
+
+SPEC = LoraSpec(r=4, alpha=8, dropout=0.0)
+
+
+def make_module(**kwargs) -> GRPOModule:
+    cfg = GRPOConfig(num_generations=4, max_completion_length=8, beta=0.04, gradient_clip_val=None)
+    return GRPOModule(model="tiny:qwen2_5_vl", rewards=[LengthReward()], grpo=cfg, seed=0,
+                      optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2), **kwargs)
+
+
+def trainer(root, max_steps: int, callbacks=()) -> Trainer:
+    return Trainer(accelerator="cpu", devices=1, max_steps=max_steps, logger=False, default_root_dir=root,
+                   callbacks=list(callbacks), enable_progress_bar=False, enable_model_summary=False,
+                   num_sanity_val_steps=0)
+
+
+def logprobs(model, processor, samples) -> torch.Tensor:
+    """Teacher-forced log-probs of fixed answers (no grad, eval mode)."""
+    r = teacher_forced(processor, samples, ['{"bbox_2d": [1, 2, 30, 40]}', "a red circle"])
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        out = token_logprobs(completion_logits(model, r.model_inputs(), r.completion_ids.shape[1]), r.completion_ids)
+    model.train(was)
+    return out * r.completion_mask
+
+
+def adapters(module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in module.named_parameters() if "lora_" in n}
+
+
+@pytest.fixture(scope="module")
+def trained(samples, tmp_path_factory):
+    """A LoRA GRPO module (beta > 0) before and after 2 steps, with its checkpoint and merged export."""
+    root = tmp_path_factory.mktemp("lora")
+    seed_everything(0)
+    module = make_module(lora=SPEC)
+    module.configure_model()
+    base = load_model("tiny:qwen2_5_vl", module.processor, seed=0)  # a fresh, independent base model
+    before = {"policy": logprobs(module.policy, module.processor, samples[:2]),
+              "base": logprobs(base, module.processor, samples[:2])}
+    with module.reference_context() as ref:
+        before["ref"] = logprobs(ref, module.processor, samples[:2])
+    ckpt = ModelCheckpoint(dirpath=root / "ckpt", save_last=True)
+    export = MergedExport(str(root / "merged"))
+    loader = DataLoader(samples[:2], batch_size=1, collate_fn=collate)  # 2 steps of 1 prompt x 4
+    trainer(root, 2, [ckpt, export]).fit(module, loader)
+    return dict(module=module, base=base, before=before, ckpt=str(root / "ckpt" / "last.ckpt"),
+                merged=str(root / "merged"), loader=loader, root=root)
+
+
+# -- targets ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("fixture", ["tiny_qwen25", "tiny_qwen2"])
+def test_default_targets_are_the_language_models_projections(fixture, request):
+    model = copy.deepcopy(request.getfixturevalue(fixture)[0])
+    n_layers = model.config.text_config.num_hidden_layers
+    peft_model = apply_lora(model, SPEC)
+    names = list(lora_layers(peft_model))
+    assert len(names) == len(LANGUAGE_PROJECTIONS) * n_layers
+    assert all(".language_model." in n and "visual" not in n for n in names)
+    assert {n.rsplit(".", 1)[-1] for n in names} == set(LANGUAGE_PROJECTIONS)
+    trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
+    assert trainable and all(re.search(r"\.lora_[AB]\.", n) for n in trainable)
+    # no adapter in the vision tower or merger (Qwen2.5-VL's vision MLP is also named gate/up/down_proj)
+    visual = {n: m for n, m in peft_model.named_modules() if ".visual." in n and isinstance(m, torch.nn.Linear)}
+    assert visual and all(type(m) is torch.nn.Linear for m in visual.values())
+    if fixture == "tiny_qwen25":
+        assert any(n.endswith("mlp.gate_proj") for n in visual)
+
+
+def test_explicit_targets_and_a_misspelt_one(tiny_qwen25):
+    model = apply_lora(copy.deepcopy(tiny_qwen25[0]), LoraSpec(r=2, target_modules=["q_proj", "v_proj"]))
+    assert {n.rsplit(".", 1)[-1] for n in lora_layers(model)} == {"q_proj", "v_proj"}
+    with pytest.raises(ValueError, match=r"model\.lora\.target_modules: 'q_prj' \(close: q_proj") as e:
+        apply_lora(copy.deepcopy(tiny_qwen25[0]), LoraSpec(target_modules=["v_proj", "q_prj"]))
+    assert "v_proj'" not in str(e.value)  # only the entry that matches nothing is named
+    with pytest.raises(ValueError, match="model.lora.target_modules.*linear layers: 0, 1"):
+        apply_lora(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)), LoraSpec())
+
+
+def test_sft_with_lora_trains_only_the_adapters(samples):
+    module = SFTModule(model="tiny:qwen2_5_vl", lora=SPEC, freeze_vision=True, gradient_checkpointing=True)
+    module.configure_model()
+    loss, _ = module.sft_loss(samples[:2])
+    loss.backward()
+    grads = {n: p.grad for n, p in module.policy.named_parameters() if p.grad is not None}
+    assert grads.keys() == {n for n, p in module.policy.named_parameters() if p.requires_grad}
+    assert all("lora_" in n for n in grads)
+    assert any(g.abs().sum() > 0 for n, g in grads.items() if "lora_B" in n)
+
+
+# -- the reference: the same model, adapters off ----------------------------------------------
+def test_reference_is_the_policy_without_adapters_not_a_copy(trained, samples):
+    module, base = trained["module"], trained["base"]
+    assert module.ref_model is None
+    n_lora = sum(p.numel() for n, p in module.named_parameters() if "lora_" in n)
+    assert sum(p.numel() for p in module.parameters()) == sum(p.numel() for p in base.parameters()) + n_lora
+    ptrs = {p.data_ptr() for p in module.parameters()}
+    assert len(ptrs) == len(list(base.parameters())) + len(adapters(module))
+    # before training: B = 0, so policy == reference == a freshly loaded base model
+    b = trained["before"]
+    assert b["policy"].abs().sum() > 0
+    torch.testing.assert_close(b["ref"], b["base"], rtol=0, atol=1e-6)
+    torch.testing.assert_close(b["policy"], b["base"], rtol=0, atol=1e-6)
+    # after training: the policy moved, the reference is still the base model
+    policy = logprobs(module.policy, module.processor, samples[:2])
+    with module.reference_context() as ref:
+        assert not torch.is_grad_enabled() and not ref.training
+        reference = logprobs(ref, module.processor, samples[:2])
+    assert module.policy.training  # the context gives the training mode back
+    assert (policy - reference).abs().max() > 1e-3
+    torch.testing.assert_close(reference, logprobs(base, module.processor, samples[:2]), rtol=0, atol=1e-6)
+
+
+def test_rollouts_of_a_lora_policy_use_the_configured_sampling(trained):
+    """generate runs on the base model: the rollout's generation config must reach it through
+    the peft wrapper (else: the checkpoint's defaults, here greedy and 20 tokens)."""
+    rollout = trained["module"].loop.last_rollout
+    assert rollout.completion_ids.shape[1] <= 8  # max_completion_length
+    assert len(set(rollout.completions)) > 1  # sampled, not 4 copies of the greedy answer
+    assert trained["module"].policy.get_base_model().generation_config.do_sample is not True  # put back
+
+
+def test_without_lora_the_reference_is_a_deep_copy():
+    module = make_module()
+    module.configure_model()
+    assert module.ref_model is not None
+    ptrs = {p.data_ptr() for p in module.parameters()}
+    assert len(ptrs) == 2 * len(list(module.policy.parameters()))
+
+
+# -- checkpoints ------------------------------------------------------------------------------
+def test_checkpoint_holds_only_the_adapters(trained):
+    module = trained["module"]
+    state = torch.load(trained["ckpt"], map_location="cpu", weights_only=False)["state_dict"]
+    trained_adapters = adapters(module)
+    assert state.keys() == trained_adapters.keys() and all("lora_" in k for k in state)
+    full_bytes = sum(v.numel() * v.element_size() for v in module.state_dict().values())
+    assert os.path.getsize(trained["ckpt"]) < full_bytes / 4
+    lora_b = [v for k, v in state.items() if "lora_B" in k]
+    assert all(v.abs().sum() > 0 for v in lora_b)  # trained, not the zero initialisation
+    for k, v in state.items():
+        assert torch.equal(v, trained_adapters[k])
+
+
+def test_load_from_checkpoint_restores_the_adapters_exactly(trained, samples):
+    module = trained["module"]
+    loaded = GRPOModule.load_from_checkpoint(trained["ckpt"], weights_only=False, rewards=[LengthReward()])
+    assert loaded.lora == SPEC and loaded.ref_model is None
+    got, want = adapters(loaded), adapters(module)
+    assert got.keys() == want.keys()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    torch.testing.assert_close(logprobs(loaded.policy, loaded.processor, samples[:2]),
+                               logprobs(module.policy, module.processor, samples[:2]), rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="size mismatch"):  # strict: a different rank does not load silently
+        GRPOModule.load_from_checkpoint(trained["ckpt"], weights_only=False, rewards=[LengthReward()], lora=LoraSpec(r=8))
+
+
+class AdaptersAtStart(Callback):
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.step, self.adapters = trainer.global_step, adapters(pl_module)
+
+
+def test_resume_restores_the_adapters_and_goes_on(trained):
+    module = trained["module"]
+    resumed, seen = make_module(lora=SPEC), AdaptersAtStart()
+    trainer(trained["root"] / "resume", 3, [seen]).fit(resumed, trained["loader"], ckpt_path=trained["ckpt"],
+                                                 weights_only=False)  # hparams hold GRPOConfig
+    want = adapters(module)
+    assert seen.step == 2 and seen.adapters.keys() == want.keys()
+    assert all(torch.equal(seen.adapters[k], want[k]) for k in want)
+    assert resumed.global_step == 3 and any(not torch.equal(v, want[k]) for k, v in adapters(resumed).items())
+
+
+# -- merged export ----------------------------------------------------------------------------
+def test_merged_export_loads_as_a_plain_model_with_the_same_logits(trained, samples):
+    module = trained["module"]
+    merged = load_model(trained["merged"], module.processor)
+    assert not any("lora_" in n for n, _ in merged.named_parameters())
+    got = logprobs(merged, module.processor, samples[:2])
+    torch.testing.assert_close(got, logprobs(module.policy, module.processor, samples[:2]), rtol=0, atol=1e-5)
+    assert (got - logprobs(trained["base"], module.processor, samples[:2])).abs().max() > 1e-3
+    assert os.path.exists(os.path.join(trained["merged"], "tokenizer_config.json"))
+    assert lora_layers(module.policy)  # the live policy keeps its adapters
+
+
+def test_merged_export_without_lora_saves_the_policy(tmp_path, samples):
+    module = SFTModule(model="tiny:qwen2_5_vl", seed=3)
+    module.configure_model()
+    MergedExport(str(tmp_path)).on_fit_end(None, module)
+    torch.testing.assert_close(logprobs(load_model(str(tmp_path), module.processor), module.processor, samples[:2]),
+                               logprobs(module.policy, module.processor, samples[:2]), rtol=0, atol=1e-6)
+
+
+# -- CLI --------------------------------------------------------------------------------------
+def test_cli_parses_lora_options(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    args = ["--config", "configs/quickstart.yaml", "--model.init_args.lora.r=8",
+            "--model.init_args.lora.target_modules=[q_proj,v_proj]"]
+    lora = ParseOnly(args).config.model.init_args.lora
+    assert lora.r == 8 and lora.alpha == 32 and lora.target_modules == ["q_proj", "v_proj"]
+    assert ParseOnly(["--config", "configs/quickstart.yaml"]).config.model.init_args.lora is None
+    with pytest.raises(SystemExit):
+        ParseOnly(["--config", "configs/quickstart.yaml", "--model.init_args.lora.bias=some"])

@@ -1,0 +1,392 @@
+"""Strategies: GRPO under DDP and FSDP2 on 2 CPU processes (gloo), the strategy checks,
+and the strategy configs.
+
+The two-process fits run this very file as a script under torchrun (``torchrun --standalone
+--nproc_per_node=2 tests/test_strategies.py STRATEGY OUT``). Each rank writes what it saw to
+``OUT/rank<r>.json``; the tests below read both and assert.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+STRATEGY_CONFIGS = sorted((ROOT / "configs" / "strategy").glob("*.yaml"))
+G = 4  # completions per prompt
+MAX_STEPS = 2
+
+
+def _reward():
+    """Deterministic, and different for different prompts (so the processes' local means differ)."""
+    from lit_vr1.rewards.base import Reward
+
+    class PromptLengthReward(Reward):
+        default_name = "prompt_length"
+
+        def score(self, completions, contexts):
+            return [int(ctx.id.rsplit("-", 1)[-1]) / 10 + len(c) / 100 for c, ctx in zip(completions, contexts)]
+
+    return PromptLengthReward()
+
+
+def _datamodule(out: Path):
+    from lit_vr1.data.datamodule import GroundingDataModule
+    from lit_vr1.data.synthetic import SyntheticSpec
+
+    return GroundingDataModule(
+        synthetic=SyntheticSpec(task="rec", num_samples=8, canvas=112, max_shapes=2), synthetic_dir=str(out / "data"),
+        num_val_samples=4, batch_size=2, shuffle_seed=0,
+    )
+
+
+# -- the script each rank runs -------------------------------------------------------------
+class _GatherCounter:
+    """Counts the all-gathers FSDP2 issues (it calls torch.distributed at run time)."""
+
+    NAMES = ("all_gather_single", "all_gather_into_tensor")
+
+    def __init__(self) -> None:
+        self.count = 0
+        for name in self.NAMES:
+            original = getattr(torch.distributed, name, None)
+            if original is not None:
+                setattr(torch.distributed, name, self._wrap(original))
+
+    def _wrap(self, fn):
+        def counted(*args, **kwargs):
+            self.count += 1
+            return fn(*args, **kwargs)
+
+        return counted
+
+
+def _fingerprint(state: dict[str, torch.Tensor]) -> tuple[str, dict[str, float]]:
+    digest = hashlib.sha256()
+    sums = {}
+    for key in sorted(state):
+        t = state[key].detach().cpu().contiguous()
+        digest.update(key.encode())
+        digest.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        sums[key] = float(t.double().sum())
+    return digest.hexdigest(), sums
+
+
+def _rank_main(strategy_name: str, out: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    torch.set_num_threads(1)
+    from helpers import MemoryLogger
+    from lightning.pytorch import Trainer, seed_everything
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    from lit_vr1 import parallel
+    from lit_vr1.grpo import GRPOModule
+    from lit_vr1.loop import GRPOConfig
+    from lit_vr1.models.loading import load_model
+
+    counter = _GatherCounter()
+    seed_everything(0)
+    cfg = GRPOConfig(num_generations=G, max_completion_length=8, beta=0.04, gradient_clip_val=1.0)
+    module = GRPOModule(model="tiny:qwen2_5_vl", rewards=[_reward()], grpo=cfg, seed=0, min_pixels=3136,
+                        max_pixels=3136, eval_max_new_tokens=8, optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3))
+    init_hash, _ = _fingerprint(load_model("tiny:qwen2_5_vl", module.processor, seed=0).state_dict())
+
+    record = {"rollouts": [], "local": [], "reduced": []}
+    rollout, log_step = module.loop.rollout, module.log_step
+
+    def recording_rollout(samples):
+        record.setdefault("first_samples", samples)
+        before = counter.count
+        r = rollout(samples)
+        record["rollouts"].append({"ids": [c.id for c in r.contexts], "n": len(r), "gathers": counter.count - before,
+                                   "completions": r.completions})
+        return r
+
+    def recording_log_step(metrics):
+        record["local"].append(dict(metrics))
+        log_step(metrics)
+        record["reduced"].append(dict(module.last_metrics))
+
+    module.loop.rollout, module.log_step = recording_rollout, recording_log_step
+    if strategy_name == "fsdp2":
+        strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
+    else:
+        strategy = "ddp"
+    logger = MemoryLogger()
+    trainer = Trainer(
+        accelerator="cpu", devices=2, strategy=strategy, max_steps=MAX_STEPS, logger=logger, limit_val_batches=1,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+    )
+    trainer.fit(module, datamodule=_datamodule(out))
+
+    rank = trainer.global_rank
+    fsdp_modules = [m for m in module.policy.modules() if parallel.is_fsdp(m)]
+    # For comparison, a rollout with FSDP2's usual behaviour: only the root's weights stay
+    # gathered (transformers runs the vision tower outside the model's forward, so they must),
+    # every block is gathered again at every decoding step.
+    samples = record.pop("first_samples")
+
+    @contextlib.contextmanager
+    def root_only():
+        module.policy.unshard()
+        yield
+        module.policy.reshard()
+
+    module.generation_context = root_only if parallel.is_fsdp(module.policy) else contextlib.nullcontext
+    before = counter.count
+    control = rollout(samples)
+    control_gathers = counter.count - before
+    full_hash, sums = _fingerprint(parallel.full_state_dict(module.policy))
+    record.update(
+        rank=rank, world_size=trainer.world_size, global_step=trainer.global_step,
+        logged=[(s, m) for s, m in logger.rows if "train/loss" in m],
+        validated=[m for _, m in logger.rows if "val/miou" in m],
+        fsdp_modules=len(fsdp_modules), policy_sharded=parallel.is_fsdp(module.policy),
+        ref_sharded=parallel.is_fsdp(module.ref_model), control_gathers=control_gathers,
+        control_len=len(control), hash=full_hash, sums=sums, init_hash=init_hash,
+    )
+    (out / f"rank{rank}.json").write_text(json.dumps(record))
+
+
+# -- running it -----------------------------------------------------------------------------
+_RUNS: dict[str, tuple[list[dict], float]] = {}
+
+
+def two_rank_fit(strategy: str, tmp_path_factory) -> tuple[list[dict], float]:
+    """Both ranks' records of a 2-step GRPO fit under ``strategy`` (run once per session)."""
+    if strategy not in _RUNS:
+        out = tmp_path_factory.mktemp(strategy)
+        _datamodule(out).prepare_data()  # drawn once here, so the two ranks never race to write it
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+                   OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
+        t0 = time.perf_counter()
+        # torchrun starts both processes at once (as on a cluster; Lightning sees a TorchElastic
+        # environment and launches nothing itself); --standalone picks a free port.
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               str(Path(__file__).resolve()), strategy, str(out)]
+        proc = subprocess.run(cmd, cwd=out, env=env, capture_output=True, text=True, timeout=400)
+        elapsed = time.perf_counter() - t0
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-6000:]
+        _RUNS[strategy] = ([json.loads((out / f"rank{r}.json").read_text()) for r in range(2)], elapsed)
+        print(f"{strategy}: two-process fit took {elapsed:.1f} s")
+    return _RUNS[strategy]
+
+
+def _assert_groups_whole_and_prompts_split(ranks: list[dict]) -> None:
+    per_rank_ids = []
+    for r in ranks:
+        assert len(r["rollouts"]) == MAX_STEPS
+        ids = []
+        for ro in r["rollouts"]:
+            assert ro["n"] == 2 * G  # 2 prompts per process, G completions each
+            groups = [ro["ids"][i:i + G] for i in range(0, ro["n"], G)]
+            assert all(len(set(g)) == 1 for g in groups)  # a prompt's G completions sit together...
+            assert len({g[0] for g in groups}) == len(groups)  # ...and nowhere else
+            ids += [g[0] for g in groups]
+        per_rank_ids.append(set(ids))
+    assert not per_rank_ids[0] & per_rank_ids[1]  # the two processes drew different prompts
+
+
+def _assert_metrics_reduced(ranks: list[dict]) -> None:
+    r0, r1 = ranks
+    assert len(r0["reduced"]) == len(r1["reduced"]) == MAX_STEPS
+    for step in range(MAX_STEPS):
+        a, b = r0["reduced"][step], r1["reduced"][step]
+        assert a == b  # the same numbers on both processes
+        for key in a:
+            mean = (r0["local"][step][key] + r1["local"][step][key]) / 2
+            assert a[key] == pytest.approx(mean, rel=1e-12, nan_ok=True), key
+    # the local rewards differ (different prompts), so averaging really happened
+    assert r0["local"][0]["reward/total/mean"] != r1["local"][0]["reward/total/mean"]
+    # the logger got the reduced values at global steps 1, 2
+    assert [s for s, _ in r0["logged"]] == [1, 2]
+    assert r0["logged"][0][1]["train/loss"] == pytest.approx(r0["reduced"][0]["loss"])
+
+
+def _assert_in_sync_and_trained(ranks: list[dict]) -> None:
+    assert all(r["global_step"] == MAX_STEPS and r["world_size"] == 2 for r in ranks)
+    assert ranks[0]["hash"] == ranks[1]["hash"]  # bit-identical parameters on both processes
+    assert ranks[0]["hash"] != ranks[0]["init_hash"]  # and they did move
+
+
+def test_ddp_two_processes_groups_metrics_and_sync(tmp_path_factory):
+    ranks, elapsed = two_rank_fit("ddp", tmp_path_factory)
+    _assert_groups_whole_and_prompts_split(ranks)
+    _assert_metrics_reduced(ranks)
+    _assert_in_sync_and_trained(ranks)
+    assert ranks[0]["validated"]  # greedy validation ran at the end of the epoch
+
+
+def test_fsdp2_two_processes_shards_gathers_once_and_stays_in_sync(tmp_path_factory):
+    ranks, elapsed = two_rank_fit("fsdp2", tmp_path_factory)
+    _assert_groups_whole_and_prompts_split(ranks)
+    _assert_metrics_reduced(ranks)
+    _assert_in_sync_and_trained(ranks)
+    for r in ranks:
+        assert r["policy_sharded"] and r["ref_sharded"]
+        # 4 decoder layers + 2 vision blocks + the root
+        assert r["fsdp_modules"] == 7
+        # (c) generation ran, and each FSDP module was all-gathered exactly once per rollout,
+        # however many decoding steps it took...
+        assert all(ro["gathers"] == r["fsdp_modules"] for ro in r["rollouts"])
+        # ...while without the context FSDP2 gathers the blocks again at every step
+        assert r["control_len"] == 2 * G and r["control_gathers"] > r["fsdp_modules"]
+    assert ranks[0]["validated"]  # greedy validation generates under FSDP2 too
+
+
+def test_fsdp2_trains_like_ddp(tmp_path_factory):
+    """The same seeds, data and rollouts: FSDP2's parameters end where DDP's do (up to
+    the order of floating-point sums in the gradient reduction)."""
+    ddp, _ = two_rank_fit("ddp", tmp_path_factory)
+    fsdp, _ = two_rank_fit("fsdp2", tmp_path_factory)
+    assert [ro["completions"] for ro in ddp[0]["rollouts"]] == [ro["completions"] for ro in fsdp[0]["rollouts"]]
+    a, b = ddp[0]["sums"], fsdp[0]["sums"]
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-4), key
+
+
+# -- the checks, with light stand-ins where Lightning refuses CPU ------------------------------
+def _check(strategy, export_dir=None, **grpo):
+    from lit_vr1.loop import GRPOConfig
+    from lit_vr1.parallel import check_strategy
+
+    module = SimpleNamespace(config=GRPOConfig(**grpo), device_mesh=None, export_dir=export_dir)
+    check_strategy(SimpleNamespace(strategy=strategy), module)
+
+
+def _deepspeed_stub(config: dict):
+    """A DeepSpeedStrategy that skips __init__ (which needs deepspeed installed): what the
+    check reads is its DeepSpeed ``config``."""
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+
+    stub = DeepSpeedStrategy.__new__(DeepSpeedStrategy)
+    stub.config = config
+    return stub
+
+
+def test_fsdp1_is_refused_with_what_to_use_instead():
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    from lit_vr1.parallel import StrategyError
+
+    with pytest.raises(StrategyError, match=r"cannot do manual optimisation.*ModelParallelStrategy \(FSDP2.*DeepSpeed"):
+        _check(FSDPStrategy())
+
+
+def test_deepspeed_needs_clipping_in_its_own_config():
+    from lit_vr1.parallel import StrategyError
+
+    with pytest.raises(StrategyError, match=r"DeepSpeed config \(trainer.strategy.init_args.config.gradient_clipping: "
+                                            r"1.0\) and set model.grpo.gradient_clip_val=null"):
+        _check(_deepspeed_stub({"zero_optimization": {"stage": 3}}), gradient_clip_val=1.0)
+    _check(_deepspeed_stub({"zero_optimization": {"stage": 3}, "gradient_clipping": 1.0}), gradient_clip_val=None)
+
+
+def test_deepspeed_micro_batches_need_unmanaged_accumulation():
+    from lit_vr1.parallel import StrategyError
+
+    with pytest.raises(StrategyError, match=r"managed_gradient_accumulation: false.*or set model.grpo.micro_batch_size=null"):
+        _check(_deepspeed_stub({"zero_optimization": {"stage": 2}}), gradient_clip_val=None, micro_batch_size=4)
+    _check(_deepspeed_stub({"zero_optimization": {"stage": 2}}), gradient_clip_val=None)  # one backward per step
+
+
+def test_tensor_parallel_sizes_are_refused():
+    from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
+
+    from lit_vr1.parallel import StrategyError
+
+    with pytest.raises(StrategyError, match=r"tensor_parallel_size=2.*tensor_parallel_size=1 and data_parallel_size="):
+        _check(ModelParallelStrategy(data_parallel_size=1, tensor_parallel_size=2))
+    _check(ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1))
+    _check(DDPStrategy())
+
+
+def test_export_with_sharded_weights_is_refused_up_front():
+    from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
+
+    from lit_vr1.parallel import StrategyError
+
+    with pytest.raises(StrategyError, match=r"export_dir='out' is not supported yet .*Set model.export_dir=null"):
+        _check(ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1), export_dir="out")
+    with pytest.raises(StrategyError, match=r"ZeRO-3"):
+        _check(_deepspeed_stub({"zero_optimization": {"stage": 3}}), export_dir="out", gradient_clip_val=None)
+    _check(_deepspeed_stub({"zero_optimization": {"stage": 2}}), export_dir="out", gradient_clip_val=None)
+    _check(DDPStrategy(), export_dir="out")
+
+
+def test_single_process_has_nothing_to_shard_or_gather():
+    from lit_vr1 import parallel
+    from lit_vr1.grpo import GRPOModule
+    from lit_vr1.loop import GRPOConfig
+
+    module = GRPOModule(model="tiny:qwen2_5_vl", grpo=GRPOConfig(beta=0.0), seed=0)
+    module.configure_model()  # no device mesh: shard() leaves the policy alone
+    assert not parallel.is_fsdp(module.policy)
+    with module.generation_context():
+        pass
+    assert parallel.full_state_dict(module.policy).keys() == module.policy.state_dict().keys()
+
+
+# -- the strategy configs ---------------------------------------------------------------------
+def _strategy_from(config: Path):
+    from test_cli import ParseOnly, _config_args
+
+    cli = ParseOnly(_config_args(str(config.relative_to(ROOT))))
+    return cli.config, cli.config.trainer.strategy
+
+
+@pytest.mark.parametrize("config", STRATEGY_CONFIGS, ids=lambda p: p.name)
+def test_strategy_overlay_parses_over_a_recipe_and_passes_the_check(config, monkeypatch):
+    """Laid over the REC recipe, each overlay's strategy and GRPO settings pass the check
+    (DeepSpeed ones need deepspeed installed to be built; they are built, not set up)."""
+    monkeypatch.chdir(ROOT)
+    ns, strategy = _strategy_from(config)
+    if isinstance(strategy, str):
+        return  # "ddp"
+    if "DeepSpeed" in strategy.class_path:
+        pytest.importorskip("deepspeed")
+    from lit_vr1.loop import GRPOConfig
+
+    module_name, class_name = strategy.class_path.rsplit(".", 1)
+    built = getattr(importlib.import_module(module_name), class_name)(**strategy.init_args.as_dict())
+    grpo = ns.model.init_args.grpo
+    cfg = GRPOConfig(**(grpo.as_dict() if hasattr(grpo, "as_dict") else dict(grpo)))
+    _check_built(built, cfg)
+
+
+def _check_built(strategy, cfg):
+    from lit_vr1.parallel import check_strategy
+
+    check_strategy(SimpleNamespace(strategy=strategy), SimpleNamespace(config=cfg, device_mesh=None))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="Lightning's DeepSpeedStrategy runs on CUDA only")
+def test_deepspeed_zero3_fit_on_gpus(tmp_path):  # pragma: no cover - needs CUDA
+    """On a CUDA machine: a 2-step GRPO fit of the tiny model under ZeRO-3 through the CLI."""
+    pytest.importorskip("deepspeed")
+    cmd = [sys.executable, "-m", "lit_vr1.cli", "fit", "--config", str(ROOT / "configs/grpo_rec_qwen25vl_3b.yaml"),
+           "--config", str(ROOT / "configs/tiny/grpo_rec_qwen25vl_3b.yaml"),
+           "--config", str(ROOT / "configs/strategy/deepspeed_zero3.yaml"),
+           "--trainer.accelerator=gpu", "--trainer.devices=1", "--trainer.precision=bf16-true",
+           "--model.init_args.dtype=bfloat16",
+           f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path}",
+           f"--data.init_args.synthetic_dir={tmp_path / 'data'}"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+if __name__ == "__main__":
+    _rank_main(sys.argv[1], Path(sys.argv[2]))
