@@ -23,6 +23,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from lit_vr1.models.families import find_family
+
 LORA_OPTION = "model.lora.target_modules"
 
 # The language model's projections, by full module name: ``...language_model.<...>.q_proj`` etc.
@@ -91,6 +93,10 @@ def resolve_targets(model: nn.Module, spec: LoraSpec) -> str | list[str]:
     """peft's ``target_modules`` for ``spec`` on ``model``; a ValueError names every entry
     that matches no module of the model, with the closest module names."""
     names = [n for n, _ in model.named_modules() if n]
+    if spec.target_modules is None:
+        family = find_family(model)
+        if family is not None and any(re.fullmatch(family.lora_target_regex, n) for n in names):
+            return family.lora_target_regex  # the family's own: its language model's linears
     if spec.target_modules is None:
         if not any(re.fullmatch(DEFAULT_TARGETS, n) for n in names):
             raise ValueError(
