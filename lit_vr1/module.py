@@ -4,6 +4,8 @@ greedy REC validation, and exporting the trained model as a ``save_pretrained`` 
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
 
 import torch
 from lightning.pytorch import LightningModule
@@ -18,6 +20,7 @@ from lit_vr1.models.families import family_of
 from lit_vr1.models.loading import load_model, load_processor
 from lit_vr1.models.lora import LoraSpec, apply_lora, save_merged
 from lit_vr1.models.tiny import TinySpec
+from lit_vr1.predict import predict_records
 from lit_vr1.rewards.boxes import BOX_FRAMES
 
 ATTENTION = ("sdpa", "eager", "flash_attention_2")
@@ -67,6 +70,8 @@ class VLMModule(LightningModule):
         eval_max_new_tokens: most tokens of a greedy validation answer.
         export_dir: when set, the trained policy and processor are saved there with
             ``save_pretrained`` at the end of fit (a later run starts from it with ``model: <dir>``).
+        results_path: when set, every validation / test appends its Acc@0.5, mean IoU, format
+            rate, sample count and step to this JSON file (``lit-vr1 validate`` / ``test``).
         lora: train LoRA adapters (peft) instead of the full model (see ``LoraSpec``: r, alpha,
             dropout, target_modules, bias; default targets: the language model's attention and
             MLP projections). GRPO's reference is then the policy with its adapters disabled
@@ -92,6 +97,7 @@ class VLMModule(LightningModule):
         freeze_merger: bool = False,
         gradient_checkpointing: bool = False,
         lora: LoraSpec | None = None,
+        results_path: str | None = None,
     ) -> None:
         super().__init__()
         if box_frame is not None and box_frame not in BOX_FRAMES:
@@ -108,6 +114,7 @@ class VLMModule(LightningModule):
         self.freeze_vision, self.freeze_merger = freeze_vision, freeze_merger
         self.gradient_checkpointing = gradient_checkpointing
         self.lora = lora
+        self.results_path = results_path
         self.processor = load_processor(model, min_pixels, max_pixels, seed, tiny_spec)
         self.box_frame = box_frame or family_of(self.processor).box_frame
         self.policy: torch.nn.Module | None = None
@@ -139,20 +146,54 @@ class VLMModule(LightningModule):
             return opt
         return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "step"}}
 
-    # -- validation: greedy REC -------------------------------------------------------------
+    # -- validation and test: greedy REC ---------------------------------------------------------
     def validation_step(self, batch, batch_idx: int) -> None:
-        """Greedy answers on held-out prompts: REC Acc@0.5, mean IoU and JSON-format rate."""
+        """Greedy answers on held-out prompts: REC Acc@0.5 (IoU > 0.5 in original pixels), mean
+        IoU and JSON-format rate."""
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def _eval_step(self, batch, split: str) -> None:
         with parallel.gathered_for_generation(self):  # sharded weights (FSDP2, ZeRO-3) gathered once
             preds = predict_rec(self.policy, self.processor, batch, self.eval_max_new_tokens, self.box_frame)
         self.val_metrics.update(torch.tensor([p.iou for p in preds]))
         fmt = torch.tensor([float(p.format_ok) for p in preds]).mean()
-        self.log("val/format", fmt, batch_size=len(batch), sync_dist=True)
+        self.log(f"{split}/format", fmt, batch_size=len(batch), sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    def _eval_epoch_end(self, split: str) -> None:
         out = self.val_metrics.compute()
-        self.log("val/acc50", out["acc50"], prog_bar=True)
-        self.log("val/miou", out["miou"], prog_bar=True)
+        self.log(f"{split}/acc50", out["acc50"], prog_bar=True)
+        self.log(f"{split}/miou", out["miou"], prog_bar=True)
         self.val_metrics.reset()
+        if self.results_path and not self.trainer.sanity_checking:
+            fmt = self.trainer.callback_metrics.get(f"{split}/format")
+            self._write_results(split, {"acc50": float(out["acc50"]), "miou": float(out["miou"]),
+                                        "format": None if fmt is None else float(fmt), "n": int(out["n"])})
+
+    @rank_zero_only
+    def _write_results(self, split: str, metrics: dict) -> None:
+        """Append this evaluation to ``results_path`` (a JSON list, one entry per evaluation)."""
+        path = self.results_path
+        runs = json.load(open(path)) if os.path.isfile(path) else []
+        runs.append({"split": split, "step": int(self.global_step), "model": self.model_name, **metrics})
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(runs, f, indent=1)
+
+    # -- predict: greedy answers and their boxes ------------------------------------------------
+    def predict_step(self, batch, batch_idx: int) -> list[dict]:
+        """Greedy answers with their parsed boxes in original pixels (see ``lit_vr1.predict``);
+        ``callbacks.PredictionWriter`` writes them as JSONL and PNGs."""
+        with parallel.gathered_for_generation(self):
+            return predict_records(self.policy, self.processor, batch, self.eval_max_new_tokens, self.box_frame)
 
     # -- export -----------------------------------------------------------------------------
     def on_train_end(self) -> None:

@@ -1,5 +1,6 @@
 import glob
 
+import pytest
 from helpers import LengthReward
 from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -89,3 +90,121 @@ def test_loggers_tensorboard_csv_and_wandb_offline_all_receive_the_metrics(sampl
     assert "train/reward/length/mean" in csv_rows and "train/loss" in csv_rows
     runs = glob.glob(str(tmp_path / "wb" / "wandb" / "offline-run-*" / "run-*.wandb"))
     assert runs and b"train/reward/length/mean" in open(runs[0], "rb").read()
+
+
+def test_predict_through_the_cli_writes_jsonl_and_pngs_for_three_images(tmp_path):
+    """`lit-vr1 predict`: JSONL of prompts and images in, JSONL of outputs and parsed boxes out, plus PNGs."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from lit_vr1.data.synthetic import SyntheticSpec, write_synthetic
+    from tests.test_cli import ROOT
+
+    src = write_synthetic(tmp_path / "prompts", SyntheticSpec(num_samples=3, canvas=56, task="label_free"))
+    out = tmp_path / "pred"
+    cmd = [sys.executable, "-m", "lit_vr1.cli", "predict", "--config", str(ROOT / "configs/quickstart.yaml"),
+           f"--data.init_args.predict_files={src}", f"--data.init_args.predict_images={tmp_path / 'prompts' / 'images'}",
+           "--model.init_args.eval_max_new_tokens=12", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
+           "--trainer.callbacks=[{class_path: callbacks.PredictionWriter, init_args: {output_dir: " + str(out) + ", scale: 2}}]"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in lines] == ["train-0", "train-1", "train-2"]
+    assert all(isinstance(r["completion"], str) and isinstance(r["boxes"], list) for r in lines)
+    assert all(r["image_sizes"] == [[56, 56]] for r in lines)
+    pngs = sorted(p.name for p in (out / "images").iterdir())
+    assert pngs == ["train-0.png", "train-1.png", "train-2.png"]
+    from PIL import Image
+
+    assert Image.open(out / "images" / "train-0.png").size == (112, 112)  # scale 2
+
+
+def test_prediction_writer_draws_the_parsed_boxes(tmp_path, samples):
+    from PIL import Image
+
+    from callbacks import PredictionWriter
+
+    class FakeTrainer:
+        world_size, global_rank = 1, 0
+
+    writer = PredictionWriter(str(tmp_path), scale=1)
+    writer.on_predict_start(FakeTrainer(), None)
+    sample = samples[0]
+    rec = {"id": "a/b", "boxes": [{"bbox_2d": [10, 10, 30, 30], "label": ""}]}
+    writer.write_on_batch_end(FakeTrainer(), None, [rec], None, [sample], 0, 0)
+    im = Image.open(tmp_path / "images" / "a_b.png").convert("RGB")
+    assert im.getpixel((10, 20)) == (220, 0, 0) and im.getpixel((20, 10)) == (220, 0, 0)  # the box's edges are red
+    assert im.getpixel((20, 20)) != (220, 0, 0)
+    assert '"id": "a/b"' in (tmp_path / "predictions.jsonl").read_text()
+
+
+def test_ptst_switches_stage_at_the_configured_steps_and_survives_a_resume(samples, tmp_path):
+    from lightning.pytorch import Callback
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from callbacks import PTST
+
+    class Probe(Callback):
+        def __init__(self):
+            self.seen = []  # (step before the batch, completions per prompt, completion token budget)
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            r = pl_module.loop.last_rollout
+            self.seen.append((trainer.global_step - 1, len(r) // len(batch), pl_module.loop.sampling.max_completion_length,
+                              r.completion_ids.shape[1]))
+
+    stages = [{"max_completion_length": 4, "num_generations": 2, "steps": 2},
+              {"max_completion_length": 9, "num_generations": 3, "steps": 5}]
+
+    def run(max_steps, ckpt_path=None):
+        seed_everything(0)
+        module = GRPOModule(rewards=[LengthReward()], grpo=GRPOConfig(num_generations=2, max_completion_length=4, beta=0.0))
+        probe = Probe()
+        ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="{step}", every_n_train_steps=1, save_top_k=-1)
+        trainer = Trainer(accelerator="cpu", max_steps=max_steps, logger=False, callbacks=[PTST(stages), probe, ckpt],
+                          enable_progress_bar=False, enable_model_summary=False)
+        trainer.fit(module, DataLoader(samples[:8], batch_size=2, collate_fn=collate), ckpt_path=ckpt_path)
+        return probe.seen
+
+    seen = run(3)
+    assert [(s, g, m) for s, g, m, _ in seen] == [(0, 2, 4), (1, 2, 4), (2, 3, 9)]
+    assert all(width <= m for _, _, m, width in seen)
+    resumed = run(4, ckpt_path=str(tmp_path / "ckpt" / "step=2.ckpt"))  # killed after 2 steps, resumed
+    assert [(s, g, m) for s, g, m, _ in resumed] == [(2, 3, 9), (3, 3, 9)]
+    with pytest.raises(ValueError, match="PTST stage 1: need .*num_generations >= 2"):
+        PTST([{"max_completion_length": 4, "num_generations": 2, "steps": 1},
+              {"max_completion_length": 4, "num_generations": 1, "steps": 1}])
+
+
+def test_validate_and_test_on_a_seeded_subset_write_results_json(tmp_path):
+    import json
+
+    from lit_vr1.data.datamodule import GroundingDataModule
+    from lit_vr1.data.synthetic import SyntheticSpec
+    from lit_vr1.evaluate import evaluate
+
+    def data(seed):
+        dm = GroundingDataModule(synthetic=SyntheticSpec(num_samples=4, canvas=56), synthetic_dir=str(tmp_path / "d"),
+                                 num_val_samples=10, val_subset=4, subset_seed=seed, batch_size=2)
+        dm.setup("fit")
+        return dm
+
+    dm = data(1)
+    ids = [s.id for s in dm.held_out()]
+    assert len(ids) == 4 and ids == [s.id for s in data(1).held_out()] and ids != [s.id for s in data(2).held_out()]
+    results = tmp_path / "eval" / "results.json"
+    module = GRPOModule(min_pixels=3136, max_pixels=3136, eval_max_new_tokens=16, results_path=str(results))
+    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.validate(module, dm)
+    trainer.test(module, dm)
+    runs = json.loads(results.read_text())
+    assert [(r["split"], r["n"], r["step"]) for r in runs] == [("val", 4, 0), ("test", 4, 0)]
+    # the same numbers as the demo's evaluation of the same 4 samples
+    ref = evaluate(module.policy, module.processor, list(dm.held_out()), batch_size=2, max_new_tokens=16,
+                   box_frame=module.box_frame)
+    for r in runs:
+        assert r["acc50"] == pytest.approx(ref.acc50, abs=1e-6) and r["miou"] == pytest.approx(ref.miou, abs=1e-6)
+        assert r["format"] == pytest.approx(ref.format, abs=1e-6)

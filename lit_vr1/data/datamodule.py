@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from lit_vr1.data.jsonl import JsonlDataset, Sample
 from lit_vr1.data.synthetic import SyntheticSpec, write_synthetic
@@ -39,6 +39,10 @@ class GroundingDataModule(LightningDataModule):
             one for all files when a single one is given); a line's own ``reward_method``
             field overrides it. Rewards with ``tasks`` set score only those samples.
         val_reward_methods: the same for ``val_files``.
+        val_subset: evaluate on a random subset of this many held-out samples (e.g. 2000 per
+            split), drawn with ``subset_seed``: the same subset every time (None: all).
+        predict_files / predict_images: ':'-separated JSONL files of prompts (any layout; the
+            solution may be absent) and their image folders, for ``lit-vr1 predict``.
         shuffle_seed: seed of the training order (None: the seed ``seed_everything`` set).
             The loaders draw from their own generators, never from the global RNG, so
             validating more or less often does not change the training order or the
@@ -59,6 +63,10 @@ class GroundingDataModule(LightningDataModule):
         num_val_samples: int = 64,
         val_batch_size: int | None = None,
         shuffle_seed: int | None = None,
+        val_subset: int | None = None,
+        subset_seed: int = 0,
+        predict_files: str | None = None,
+        predict_images: str | None = None,
         reward_methods: str | None = None,
         val_reward_methods: str | None = None,
     ) -> None:
@@ -78,6 +86,9 @@ class GroundingDataModule(LightningDataModule):
         self.val_batch_size = val_batch_size or batch_size
         self.shuffle_seed = shuffle_seed
         self.reward_methods, self.val_reward_methods = reward_methods, val_reward_methods
+        self.val_subset, self.subset_seed = val_subset, subset_seed
+        self.predict_files, self.predict_images = predict_files, predict_images
+        self.predict_set: JsonlDataset | None = None
         self.train_set: JsonlDataset | None = None
         self.val_set: JsonlDataset | None = None
 
@@ -102,6 +113,8 @@ class GroundingDataModule(LightningDataModule):
                 stamp.write_text(wanted)
 
     def setup(self, stage: str | None = None) -> None:
+        if stage == "predict":
+            return  # predict reads only data.predict_files (see predict_dataloader)
         if self.train_files is None:
             self.prepare_data()  # idempotent; covers direct use outside a Trainer
             train, images = self._synthetic_paths("train")
@@ -114,6 +127,15 @@ class GroundingDataModule(LightningDataModule):
         if self.val_set is None and val is not None:
             self.val_set = JsonlDataset(val, val_images, self.template, self.val_reward_methods)
 
+    def predict_dataloader(self) -> DataLoader:
+        if self.predict_files is None or self.predict_images is None:
+            raise ValueError("lit-vr1 predict needs data.predict_files and data.predict_images "
+                             "(':'-separated JSONL files of prompts and their image folders)")
+        if self.predict_set is None:
+            self.predict_set = JsonlDataset(self.predict_files, self.predict_images, self.template)
+        return DataLoader(self.predict_set, batch_size=self.val_batch_size, collate_fn=collate,
+                          num_workers=self.num_workers)
+
     def _generator(self) -> torch.Generator:
         seed = torch.initial_seed() if self.shuffle_seed is None else self.shuffle_seed
         return torch.Generator().manual_seed(seed % 2**63)
@@ -124,9 +146,20 @@ class GroundingDataModule(LightningDataModule):
             num_workers=self.num_workers, drop_last=True, generator=self._generator(),
         )
 
+    def held_out(self) -> Dataset | None:
+        """The validation set, or its seeded subset of ``val_subset`` samples."""
+        if self.val_set is None or self.val_subset is None or self.val_subset >= len(self.val_set):
+            return self.val_set
+        order = torch.randperm(len(self.val_set), generator=torch.Generator().manual_seed(self.subset_seed))
+        return Subset(self.val_set, sorted(order[: self.val_subset].tolist()))
+
+    def test_dataloader(self) -> DataLoader | list:
+        """``lit-vr1 test`` scores the held-out files (and subset) that validation uses."""
+        return self.val_dataloader()
+
     def val_dataloader(self) -> DataLoader | list:
         if self.val_set is None:
             return []  # no validation data: Lightning skips validation
         # its own generator too: creating a loader's iterator draws a worker seed from it
-        return DataLoader(self.val_set, batch_size=self.val_batch_size, collate_fn=collate,
+        return DataLoader(self.held_out(), batch_size=self.val_batch_size, collate_fn=collate,
                           num_workers=self.num_workers, generator=self._generator())

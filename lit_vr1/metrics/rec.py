@@ -31,4 +31,4 @@ class RECMetrics(Metric):
 
     def compute(self) -> dict[str, Tensor]:
         n = self.count.clamp(min=1.0)
-        return {"acc50": (self.hits / n).float(), "miou": (self.iou_sum / n).float()}
+        return {"acc50": (self.hits / n).float(), "miou": (self.iou_sum / n).float(), "n": self.count.clone()}

@@ -1,0 +1,56 @@
+"""PredictionWriter: ``lit-vr1 predict`` output as JSONL plus PNGs with the boxes drawn."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+from lightning.pytorch.callbacks import BasePredictionWriter
+from PIL import ImageDraw
+
+RED = (220, 0, 0)
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Write each predicted batch as it comes.
+
+    ``{output_dir}/predictions.jsonl``: one line per prompt (id, source, prompt, completion,
+    boxes in original-image pixels with labels, image sizes); with several processes each
+    writes ``predictions.rank<r>.jsonl``. ``{output_dir}/images/<id>.png``: the first image
+    with the predicted boxes in red and their labels (when ``draw``), upscaled by ``scale``.
+    """
+
+    def __init__(self, output_dir: str = "predictions", draw: bool = True, scale: int = 1) -> None:
+        super().__init__(write_interval="batch")
+        if scale < 1:
+            raise ValueError(f"PredictionWriter: scale={scale} must be >= 1")
+        self.output_dir, self.draw, self.scale = output_dir, draw, scale
+
+    def _jsonl(self, trainer) -> str:
+        name = "predictions.jsonl" if trainer.world_size == 1 else f"predictions.rank{trainer.global_rank}.jsonl"
+        return os.path.join(self.output_dir, name)
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        os.makedirs(os.path.join(self.output_dir, "images"), exist_ok=True)
+        open(self._jsonl(trainer), "w").close()  # a new prediction run starts a new file
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx) -> None:
+        with open(self._jsonl(trainer), "a") as f:
+            for rec in prediction:
+                f.write(json.dumps(rec) + "\n")
+        if not self.draw:
+            return
+        for rec, sample in zip(prediction, batch):
+            if not sample.images:
+                continue
+            image = sample.images[0].convert("RGB")
+            image = image.resize((image.width * self.scale, image.height * self.scale))
+            draw = ImageDraw.Draw(image)
+            for b in rec["boxes"]:
+                x1, y1, x2, y2 = (v * self.scale for v in b["bbox_2d"])
+                draw.rectangle([x1, y1, x2, y2], outline=RED, width=max(1, self.scale))
+                if b["label"]:
+                    draw.text((x1 + 2, y1 + 1), b["label"], fill=RED)
+            safe = re.sub(r"[^A-Za-z0-9_.-]", "_", str(rec["id"]))
+            image.save(os.path.join(self.output_dir, "images", f"{safe}.png"))

@@ -1,0 +1,76 @@
+"""PTST: Vision-R1's progressive thinking suppression training (Huang et al., 2025), as
+stages of (max_completion_length, num_generations, steps) applied in order during one fit.
+
+Vision-R1 starts GRPO with short completions and many samples per prompt, so the model
+learns to reason correctly in few tokens, then lengthens the completions (and lowers G to
+keep the cost flat) stage by stage. The stage in force is a pure function of the
+optimiser step, so a resumed run (``--ckpt_path``) is in the right stage at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lightning.pytorch import Callback
+
+
+@dataclass
+class PTSTStage:
+    """One stage: completions up to ``max_completion_length`` tokens, ``num_generations``
+    per prompt, for ``steps`` optimiser steps (the last stage lasts until the end of fit)."""
+
+    max_completion_length: int
+    num_generations: int
+    steps: int
+
+
+def stage_at(stages: list[PTSTStage], step: int) -> int:
+    """Index of the stage in force at optimiser step ``step`` (0-based count of steps done)."""
+    end = 0
+    for i, stage in enumerate(stages):
+        end += stage.steps
+        if step < end:
+            return i
+    return len(stages) - 1
+
+
+class PTST(Callback):
+    """Set the GRPO completion length and group size by stage (YAML: ``class_path: callbacks.PTST``
+    with ``init_args: {stages: [{max_completion_length: 4096, num_generations: 16, steps: 100}, ...]}``;
+    Vision-R1 used 4K/16, then 8K/8, then 16K/4 tokens/samples).
+
+    Each stage's ``num_generations`` must be >= 2 (GRPO compares within a group), and a
+    mini-batch size, if set, must fit the rollout (checked at fit start).
+    """
+
+    def __init__(self, stages: list[PTSTStage]) -> None:
+        stages = [s if isinstance(s, PTSTStage) else PTSTStage(**s) for s in stages]
+        if not stages:
+            raise ValueError("PTST needs at least one stage")
+        for i, s in enumerate(stages):
+            if s.max_completion_length < 1 or s.num_generations < 2 or s.steps < 1:
+                raise ValueError(f"PTST stage {i}: need max_completion_length >= 1, num_generations >= 2 and steps >= 1, "
+                                 f"got {s}")
+        self.stages = stages
+        self.current: int | None = None
+
+    def apply(self, pl_module, index: int) -> None:
+        stage = self.stages[index]
+        loop, cfg = pl_module.loop, pl_module.config
+        cfg.max_completion_length = stage.max_completion_length
+        cfg.num_generations = stage.num_generations
+        loop.sampling = cfg.sampling(loop.sampling.suppress_ids)
+        self.current = index
+        pl_module.log("ptst/stage", float(index), logger=True, prog_bar=False)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        index = stage_at(self.stages, trainer.global_step)
+        if index != self.current:
+            self.apply(pl_module, index)
+
+    def state_dict(self) -> dict:
+        return {"current": self.current}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        # the stage follows from the restored global step; the saved index is kept for inspection
+        self.current = None

@@ -1,0 +1,37 @@
+"""Greedy answers for prompts, with their boxes parsed and mapped to original pixels:
+what ``lit-vr1 predict`` returns for each prompt (and ``callbacks.PredictionWriter`` writes)."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from transformers import PreTrainedModel, ProcessorMixin
+
+from lit_vr1.data.jsonl import Sample
+from lit_vr1.rewards.boxes import predicted_boxes
+from lit_vr1.rollout import SamplingConfig, generate, vision_token_ids
+
+
+@torch.no_grad()
+def predict_records(model: PreTrainedModel, processor: ProcessorMixin, samples: list[Sample], max_new_tokens: int = 64,
+                    box_frame: str = "input_pixels") -> list[dict]:
+    """One JSON-ready dict per sample: id, source, prompt, completion, the parsed boxes
+    (``bbox_2d`` in original-image pixels, ``label``; [] when none parse) and the image sizes."""
+    cfg = SamplingConfig(max_completion_length=max_new_tokens, greedy=True, suppress_ids=vision_token_ids(processor))
+    was_training = model.training
+    model.eval()
+    try:
+        rollout = generate(model, processor, samples, 1, cfg)
+    finally:
+        model.train(was_training)
+    out = []
+    for sample, text, ctx in zip(samples, rollout.completions, rollout.contexts):
+        boxes = predicted_boxes(text, ctx.image_size, ctx.input_size, box_frame) if ctx.image_size else []
+        out.append({
+            "id": sample.id, "source": sample.source, "prompt": ctx.prompt, "completion": text,
+            "boxes": [{"bbox_2d": [round(v, 2) for v in b.box], "label": b.label} for b in boxes],
+            "image_sizes": [list(s) for s in sample.image_sizes],
+            "solution": sample.solution if isinstance(sample.solution, str) else json.dumps(sample.solution),
+        })
+    return out
