@@ -1,4 +1,5 @@
-"""REC evaluation by greedy decoding: Acc@0.5, mean IoU and the JSON-format rate.
+"""Evaluation by greedy decoding: REC (Acc@0.5, mean IoU, JSON-format rate) and detection
+(the boxes for COCO mAP, prompting with all categories at once or once per category).
 
 Used by the modules' validation and by ``lit_vr1.demo`` to score a saved model on a
 held-out split, so "before" and "after" are measured by one and the same code.
@@ -6,13 +7,15 @@ held-out split, so "before" and "after" are measured by one and the same code.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from transformers import PreTrainedModel, ProcessorMixin
 
 from lit_vr1.data.jsonl import Sample
-from lit_vr1.rewards.boxes import Box, first_box, is_degenerate, to_original
+from lit_vr1.data.prompts import build_messages
+from lit_vr1.predict import predict_records
+from lit_vr1.rewards.boxes import Box, ParsedBox, first_box, is_degenerate, solution_boxes, to_original
 from lit_vr1.rewards.rec import RecJsonFormat, rec_ious
 from lit_vr1.rollout import SamplingConfig, generate, vision_token_ids
 
@@ -101,3 +104,43 @@ def best_constant_box(train_boxes: list[Box], eval_boxes: list[Box], size: int, 
     box = cands[best.argmax()]
     floor = box_iou(box[None], torch.tensor(eval_boxes, dtype=torch.float32)).mean()
     return tuple(box.tolist()), float(floor)
+
+
+PROMPTINGS = ("all", "per_category")
+PER_CATEGORY_TEMPLATE = "<image>Locate every {category} in the image and output the bbox coordinates in JSON format."
+
+
+def detection_prompts(samples: list[Sample], prompting: str = "all",
+                      template: str = PER_CATEGORY_TEMPLATE) -> list[tuple[int, Sample, str | None]]:
+    """(image index, prompt sample, category or None) to decode for detection evaluation.
+
+    "all" (COCO style): each sample's own prompt, naming all its categories at once.
+    "per_category" (ODINW style): one prompt per category present in the sample's ground
+    truth, from ``template``; the category then labels every box of that answer.
+    """
+    if prompting not in PROMPTINGS:
+        raise ValueError(f"detection prompting={prompting!r} is not valid; choose one of {', '.join(PROMPTINGS)}")
+    if prompting == "all":
+        return [(i, s, None) for i, s in enumerate(samples)]
+    out = []
+    for i, s in enumerate(samples):
+        categories = list(dict.fromkeys(b.label for b in solution_boxes(s.solution)))
+        for c in categories:
+            question = template.format(category=c)
+            out.append((i, replace(s, question=question, messages=build_messages(question, len(s.images))), c))
+    return out
+
+
+def predict_detection(model: PreTrainedModel, processor: ProcessorMixin, samples: list[Sample], max_new_tokens: int = 256,
+                      box_frame: str = "input_pixels", prompting: str = "all",
+                      template: str = PER_CATEGORY_TEMPLATE) -> tuple[list[list[ParsedBox]], list[list[ParsedBox]]]:
+    """Greedy detection answers: per sample, the predicted boxes (original pixels, merged over
+    its prompts) and the true boxes."""
+    prompts = detection_prompts(samples, prompting, template)
+    preds: list[list[ParsedBox]] = [[] for _ in samples]
+    if prompts:
+        records = predict_records(model, processor, [p for _, p, _ in prompts], max_new_tokens, box_frame)
+        for (i, _, category), rec in zip(prompts, records):
+            preds[i].extend(ParsedBox(tuple(b["bbox_2d"]), category if category is not None else b["label"])
+                            for b in rec["boxes"])
+    return preds, [solution_boxes(s.solution) for s in samples]

@@ -13,7 +13,8 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_only
 
 from lit_vr1 import parallel
-from lit_vr1.evaluate import predict_rec
+from lit_vr1.evaluate import PROMPTINGS, predict_detection, predict_rec
+from lit_vr1.metrics.detection import DetectionMetrics
 from lit_vr1.metrics.rec import RECMetrics
 from lit_vr1.models import freeze
 from lit_vr1.models.families import family_of
@@ -23,6 +24,7 @@ from lit_vr1.models.tiny import TinySpec
 from lit_vr1.predict import predict_records
 from lit_vr1.rewards.boxes import BOX_FRAMES
 
+EVAL_TASKS = ("rec", "detection")
 ATTENTION = ("sdpa", "eager", "flash_attention_2")
 
 
@@ -70,6 +72,11 @@ class VLMModule(LightningModule):
         eval_max_new_tokens: most tokens of a greedy validation answer.
         export_dir: when set, the trained policy and processor are saved there with
             ``save_pretrained`` at the end of fit (a later run starts from it with ``model: <dir>``).
+        eval_task: what validation / test measure: "rec" (Acc@0.5, mean IoU, format) or
+            "detection" (COCO mAP, AP50, AP75 over the held-out images; set
+            ``eval_max_new_tokens`` high enough for all the boxes).
+        detection_prompting: "all" (COCO style: each sample's own prompt naming all its
+            categories) or "per_category" (ODINW style: one prompt per category present).
         results_path: when set, every validation / test appends its Acc@0.5, mean IoU, format
             rate, sample count and step to this JSON file (``lit-vr1 validate`` / ``test``).
         lora: train LoRA adapters (peft) instead of the full model (see ``LoraSpec``: r, alpha,
@@ -98,6 +105,8 @@ class VLMModule(LightningModule):
         gradient_checkpointing: bool = False,
         lora: LoraSpec | None = None,
         results_path: str | None = None,
+        eval_task: str = "rec",
+        detection_prompting: str = "all",
     ) -> None:
         super().__init__()
         if box_frame is not None and box_frame not in BOX_FRAMES:
@@ -115,6 +124,12 @@ class VLMModule(LightningModule):
         self.gradient_checkpointing = gradient_checkpointing
         self.lora = lora
         self.results_path = results_path
+        if eval_task not in EVAL_TASKS:
+            raise ValueError(f"eval_task={eval_task!r} is not valid; choose one of {', '.join(EVAL_TASKS)}")
+        if detection_prompting not in PROMPTINGS:
+            raise ValueError(f"detection_prompting={detection_prompting!r} is not valid; choose one of {', '.join(PROMPTINGS)}")
+        self.eval_task, self.detection_prompting = eval_task, detection_prompting
+        self.det_metrics = DetectionMetrics()
         self.processor = load_processor(model, min_pixels, max_pixels, seed, tiny_spec)
         self.box_frame = box_frame or family_of(self.processor).box_frame
         self.policy: torch.nn.Module | None = None
@@ -156,6 +171,12 @@ class VLMModule(LightningModule):
         self._eval_step(batch, "test")
 
     def _eval_step(self, batch, split: str) -> None:
+        if self.eval_task == "detection":
+            with parallel.gathered_for_generation(self):
+                preds, gts = predict_detection(self.policy, self.processor, batch, self.eval_max_new_tokens,
+                                               self.box_frame, self.detection_prompting)
+            self.det_metrics.update(preds, gts)
+            return
         with parallel.gathered_for_generation(self):  # sharded weights (FSDP2, ZeRO-3) gathered once
             preds = predict_rec(self.policy, self.processor, batch, self.eval_max_new_tokens, self.box_frame)
         self.val_metrics.update(torch.tensor([p.iou for p in preds]))
@@ -169,6 +190,15 @@ class VLMModule(LightningModule):
         self._eval_epoch_end("test")
 
     def _eval_epoch_end(self, split: str) -> None:
+        if self.eval_task == "detection":
+            det = self.det_metrics.compute()
+            for key in ("map", "map_50", "map_75"):
+                self.log(f"{split}/{key}", det[key], prog_bar=key == "map")
+            self.det_metrics.reset()
+            if self.results_path and not self.trainer.sanity_checking:
+                self._write_results(split, {k: float(det[k]) for k in ("map", "map_50", "map_75")}
+                                    | {"n": int(det["images"]), "prompting": self.detection_prompting})
+            return
         out = self.val_metrics.compute()
         self.log(f"{split}/acc50", out["acc50"], prog_bar=True)
         self.log(f"{split}/miou", out["miou"], prog_bar=True)
