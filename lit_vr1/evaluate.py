@@ -14,10 +14,9 @@ from transformers import PreTrainedModel, ProcessorMixin
 
 from lit_vr1.data.jsonl import Sample
 from lit_vr1.data.prompts import build_messages
-from lit_vr1.predict import predict_records
+from lit_vr1.predict import greedy_rollout, predict_records
 from lit_vr1.rewards.boxes import Box, ParsedBox, first_box, is_degenerate, solution_boxes, to_original
 from lit_vr1.rewards.rec import RecJsonFormat, rec_ious
-from lit_vr1.rollout import SamplingConfig, generate, vision_token_ids
 
 
 @dataclass
@@ -49,13 +48,7 @@ class EvalResult:
 def predict_rec(model: PreTrainedModel, processor: ProcessorMixin, samples: list[Sample], max_new_tokens: int = 64,
                 box_frame: str = "input_pixels") -> list[Prediction]:
     """Greedy answers to ``samples`` with their boxes mapped to original pixels and their IoU."""
-    cfg = SamplingConfig(max_completion_length=max_new_tokens, greedy=True, suppress_ids=vision_token_ids(processor))
-    was_training = model.training
-    model.eval()
-    try:
-        rollout = generate(model, processor, samples, 1, cfg)
-    finally:
-        model.train(was_training)
+    rollout = greedy_rollout(model, processor, samples, max_new_tokens)
     ious = rec_ious(rollout.completions, rollout.contexts, box_frame)
     fmt = RecJsonFormat()(rollout.completions, rollout.contexts)
     out = []

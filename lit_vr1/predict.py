@@ -10,7 +10,20 @@ from transformers import PreTrainedModel, ProcessorMixin
 
 from lit_vr1.data.jsonl import Sample
 from lit_vr1.rewards.boxes import predicted_boxes
-from lit_vr1.rollout import SamplingConfig, generate, vision_token_ids
+from lit_vr1.rollout import Rollout, SamplingConfig, generate, vision_token_ids
+
+
+@torch.no_grad()
+def greedy_rollout(model: PreTrainedModel, processor: ProcessorMixin, samples: list[Sample],
+                   max_new_tokens: int = 64) -> Rollout:
+    """One greedy answer per sample (eval mode for the call, the model's mode restored after)."""
+    cfg = SamplingConfig(max_completion_length=max_new_tokens, greedy=True, suppress_ids=vision_token_ids(processor))
+    was_training = model.training
+    model.eval()
+    try:
+        return generate(model, processor, samples, 1, cfg)
+    finally:
+        model.train(was_training)
 
 
 @torch.no_grad()
@@ -18,13 +31,7 @@ def predict_records(model: PreTrainedModel, processor: ProcessorMixin, samples: 
                     box_frame: str = "input_pixels") -> list[dict]:
     """One JSON-ready dict per sample: id, source, prompt, completion, the parsed boxes
     (``bbox_2d`` in original-image pixels, ``label``; [] when none parse) and the image sizes."""
-    cfg = SamplingConfig(max_completion_length=max_new_tokens, greedy=True, suppress_ids=vision_token_ids(processor))
-    was_training = model.training
-    model.eval()
-    try:
-        rollout = generate(model, processor, samples, 1, cfg)
-    finally:
-        model.train(was_training)
+    rollout = greedy_rollout(model, processor, samples, max_new_tokens)
     out = []
     for sample, text, ctx in zip(samples, rollout.completions, rollout.contexts):
         boxes = predicted_boxes(text, ctx.image_size, ctx.input_size, box_frame) if ctx.image_size else []
