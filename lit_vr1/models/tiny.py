@@ -48,23 +48,28 @@ SPECIAL_TOKENS = [
     "<|video_pad|>",
 ]
 
+def chat_template(image_item: str, video_item: str) -> str:
+    """A Qwen-style chat template (default system turn, ``<|im_start|>role\n...<|im_end|>\n``)
+    that renders an image item as ``image_item`` and a video item as ``video_item``."""
+    return (
+        "{% for message in messages %}"
+        "{% if loop.first and message['role'] != 'system' %}"
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+        "<|im_start|>{{ message['role'] }}\n"
+        "{% if message['content'] is string %}{{ message['content'] }}"
+        "{% else %}{% for item in message['content'] %}"
+        f"{{% if item['type'] == 'image' %}}{image_item}"
+        f"{{% elif item['type'] == 'video' %}}{video_item}"
+        "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
+        "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+
+
 # Qwen-VL's chat layout: a default system turn, <|im_start|>role\n...<|im_end|>\n, and an
 # image item rendered as <|vision_start|><|image_pad|><|vision_end|> (the processor then
 # expands <|image_pad|> to one token per merged patch).
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for item in message['content'] %}"
-    "{% if item['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif item['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>"
-    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}<|im_end|>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+CHAT_TEMPLATE = chat_template("<|vision_start|><|image_pad|><|vision_end|>", "<|vision_start|><|video_pad|><|vision_end|>")
 
 # Qwen2's pre-tokenizer split (digits one by one, words with a leading space, ...).
 QWEN_SPLIT = (

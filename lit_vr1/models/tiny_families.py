@@ -32,7 +32,7 @@ from transformers import (
 from transformers.models.internvl.video_processing_internvl import InternVLVideoProcessor
 from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
 
-from lit_vr1.models.tiny import CHAT_TEMPLATE, SPECIAL_TOKENS, TinySpec, build_tokenizer
+from lit_vr1.models.tiny import CHAT_TEMPLATE, SPECIAL_TOKENS, TinySpec, build_tokenizer, chat_template
 
 QWEN3_PATCH = 16
 
@@ -50,20 +50,7 @@ INTERNVL_DOWNSAMPLE = 0.5
 INTERNVL_TOKENS_PER_TILE = int((INTERNVL_TILE // INTERNVL_PATCH) ** 2 * INTERNVL_DOWNSAMPLE**2)
 
 # InternVL's chat layout (Qwen-style turns); an image item is <IMG_CONTEXT> on its own line.
-INTERNVL_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for item in message['content'] %}"
-    "{% if item['type'] == 'image' %}<IMG_CONTEXT>\n"
-    "{% elif item['type'] == 'video' %}<video>\n"
-    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}<|im_end|>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+INTERNVL_CHAT_TEMPLATE = chat_template("<IMG_CONTEXT>\n", "<video>\n")
 
 
 def build_processor(family: str, spec: TinySpec | None = None, seed: int = 0) -> ProcessorMixin:
