@@ -3,45 +3,14 @@ ODINW-style per-category prompting, and `lit-vr1 validate` with eval_task=detect
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import random
 
 import pytest
-from test_rewards_detection import random_case
+from test_rewards_detection import coco_dataset_stats, random_case
 
 from lit_vr1.metrics import DetectionMetrics
 from lit_vr1.rewards.boxes import ParsedBox as P
-
-
-def coco_dataset_stats(images: list[tuple[list[P], list[P]]]):
-    """COCOeval over several images (categories = every label seen, constant scores)."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    names = sorted({b.label.strip().lower() for preds, gts in images for b in preds + gts})
-    cat = {n: i + 1 for i, n in enumerate(names)}
-
-    def xywh(b):
-        return [b[0], b[1], b[2] - b[0], b[3] - b[1]]
-
-    anns, dets = [], []
-    for i, (preds, gts) in enumerate(images, start=1):
-        anns += [{"id": len(anns) + k + 1, "image_id": i, "category_id": cat[g.label.strip().lower()],
-                  "bbox": xywh(g.box), "area": xywh(g.box)[2] * xywh(g.box)[3], "iscrowd": 0} for k, g in enumerate(gts)]
-        dets += [{"image_id": i, "category_id": cat[p.label.strip().lower()], "bbox": xywh(p.box), "score": 1.0} for p in preds]
-    gt = {"info": {}, "images": [{"id": i, "width": 640, "height": 480} for i in range(1, len(images) + 1)],
-          "categories": [{"id": i, "name": n} for n, i in cat.items()], "annotations": anns}
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco = COCO()
-        coco.dataset = gt
-        coco.createIndex()
-        ev = COCOeval(coco, coco.loadRes(dets), "bbox")
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    return ev.stats
 
 
 def test_detection_metrics_hand_computed():

@@ -112,30 +112,36 @@ def test_label_ids_give_absent_predicted_labels_their_own_id():
 # ---------------------------------------------------------------- mAP against pycocotools
 
 
-def coco_stats(preds: list[ParsedBox], gts: list[ParsedBox], size=(640, 480)) -> np.ndarray:
-    """COCOeval run directly: one image, categories = every label seen, constant scores."""
+def coco_stats(preds: list[ParsedBox], gts: list[ParsedBox]) -> np.ndarray:
+    """COCOeval run directly on one image (see :func:`coco_dataset_stats`)."""
+    return coco_dataset_stats([(preds, gts)])
+
+
+def coco_dataset_stats(images: list[tuple[list[ParsedBox], list[ParsedBox]]], size=(640, 480)) -> np.ndarray:
+    """COCOeval run directly over several images: categories = every label seen (stripped,
+    lower case), constant scores."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    names = sorted({g.label.strip().lower() for g in gts} | {p.label.strip().lower() for p in preds})
+    names = sorted({b.label.strip().lower() for preds, gts in images for b in preds + gts})
     cat = {n: i + 1 for i, n in enumerate(names)}
 
     def xywh(b):
         return [b[0], b[1], b[2] - b[0], b[3] - b[1]]
 
-    gt = {
-        "info": {}, "images": [{"id": 1, "width": size[0], "height": size[1]}],
-        "categories": [{"id": i, "name": n} for n, i in cat.items()],
-        "annotations": [{"id": k + 1, "image_id": 1, "category_id": cat[g.label.strip().lower()], "bbox": xywh(g.box),
-                         "area": xywh(g.box)[2] * xywh(g.box)[3], "iscrowd": 0} for k, g in enumerate(gts)],
-    }
-    dets = [{"image_id": 1, "category_id": cat[p.label.strip().lower()], "bbox": xywh(p.box), "score": 1.0}
-            for p in preds]
+    anns, dets = [], []
+    for i, (preds, gts) in enumerate(images, start=1):
+        anns += [{"id": len(anns) + k + 1, "image_id": i, "category_id": cat[g.label.strip().lower()],
+                  "bbox": xywh(g.box), "area": xywh(g.box)[2] * xywh(g.box)[3], "iscrowd": 0} for k, g in enumerate(gts)]
+        dets += [{"image_id": i, "category_id": cat[p.label.strip().lower()], "bbox": xywh(p.box), "score": 1.0}
+                 for p in preds]
+    gt = {"info": {}, "images": [{"id": i, "width": size[0], "height": size[1]} for i in range(1, len(images) + 1)],
+          "categories": [{"id": i, "name": n} for n, i in cat.items()], "annotations": anns}
     with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO()
-        coco_gt.dataset = gt
-        coco_gt.createIndex()
-        ev = COCOeval(coco_gt, coco_gt.loadRes(dets), "bbox")
+        coco = COCO()
+        coco.dataset = gt
+        coco.createIndex()
+        ev = COCOeval(coco, coco.loadRes(dets), "bbox")
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
