@@ -5,12 +5,19 @@
 
 Models, data modules, rewards, optimisers, schedulers, loggers, callbacks and
 strategies are all chosen with ``class_path`` / ``init_args`` in YAML.
+
+Checkpoints are written atomically (:class:`~lit_vr1.checkpoint.AtomicCheckpointIO`), so a
+run killed at any moment resumes from its last complete checkpoint:
+
+    lit-vr1 fit --config configs/quickstart.yaml --ckpt_path last
 """
 
 from __future__ import annotations
 
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
+
+from lit_vr1.checkpoint import use_atomic_checkpoints
 
 
 class LitVR1CLI(LightningCLI):
@@ -27,6 +34,12 @@ class LitVR1CLI(LightningCLI):
             args=args,
             run=run,
         )
+
+    def instantiate_trainer(self, **kwargs):
+        """The Trainer, its single-file checkpoints made atomic (see ``use_atomic_checkpoints``)."""
+        trainer = super().instantiate_trainer(**kwargs)
+        use_atomic_checkpoints(trainer)
+        return trainer
 
 
 def main(args: list[str] | None = None) -> None:

@@ -12,6 +12,7 @@ import math
 from collections.abc import Iterator
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from lit_vr1 import parallel
@@ -19,6 +20,8 @@ from lit_vr1.loop import GRPOConfig, RolloutUpdateLoop
 from lit_vr1.module import VLMModule
 from lit_vr1.rewards.base import Reward
 from lit_vr1.rewards.rec import IoUReward, RecJsonFormat
+
+SKIPPED_KEY = "lit_vr1_skipped_steps"  # checkpoint key of the skipped-step counters
 
 
 class GRPOModule(VLMModule):
@@ -31,7 +34,15 @@ class GRPOModule(VLMModule):
         **kwargs: model, optimizer, lr_scheduler, min_pixels, max_pixels, dtype,
             attn_implementation, seed, box_frame, eval_max_new_tokens, export_dir
             (see :class:`~lit_vr1.module.VLMModule`).
+
+    Non-finite values: a step whose loss or gradient norm is nan or inf on any process is
+    skipped (no optimiser or scheduler step; the gradients are dropped) and counted, see
+    :meth:`step_is_finite`. ``global_step`` counts applied steps only, so ``max_steps``,
+    the LR schedule, PTST stages and threshold schedules all follow applied updates, and a
+    run with skips reads more batches to reach ``max_steps``.
     """
+
+    max_skips_in_a_row = 10  # skipped steps with no applied one between them before the fit stops
 
     def __init__(self, rewards: list[Reward] | None = None, grpo: GRPOConfig | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -41,6 +52,8 @@ class GRPOModule(VLMModule):
         self.config = grpo or GRPOConfig()
         self.ref_model: torch.nn.Module | None = None
         self.loop = RolloutUpdateLoop(self, self.config)
+        self.skipped_steps = 0  # optimiser steps skipped for a non-finite loss or grad norm (whole run)
+        self.skips_in_a_row = 0
 
     def configure_model(self) -> None:
         """Build the policy and, when beta > 0, a frozen copy as the reference (once; with
@@ -56,6 +69,9 @@ class GRPOModule(VLMModule):
 
     def setup(self, stage: str) -> None:
         if stage == "fit":
+            from lit_vr1.checks import check_fit  # the configuration rules, before any model is built
+
+            check_fit(self)
             parallel.check_strategy(self.trainer, self)
 
     @contextlib.contextmanager
@@ -84,14 +100,36 @@ class GRPOModule(VLMModule):
 
     # -- optimisation ----------------------------------------------------------------------
     def clip_and_norm(self, opt, max_norm: float | None) -> float:
-        """Global gradient norm before clipping; clips to ``max_norm`` when set."""
+        """Global gradient norm before clipping; clips to ``max_norm`` when set and the norm
+        is finite (a non-finite one means the step is skipped, see :meth:`step_is_finite`)."""
         grads = [p.grad for p in self.policy.parameters() if p.grad is not None]
         if not grads:
             return 0.0
         norm = float(torch.nn.utils.get_total_norm(grads))
-        if max_norm is not None:
+        if max_norm is not None and math.isfinite(norm):
             self.clip_gradients(opt, gradient_clip_val=max_norm, gradient_clip_algorithm="norm")
         return norm
+
+    def step_is_finite(self, loss: float, grad_norm: float) -> bool:
+        """True when the loss and gradient norm are finite on every process (all processes
+        get the same answer, so they step or skip together and never diverge). On False
+        the caller skips the step: the skip is counted in ``skipped_steps`` (logged as
+        ``train/skipped_steps``, saved in checkpoints), and after ``max_skips_in_a_row``
+        skips with no step between them the fit stops with an error."""
+        bad = torch.tensor(0.0 if math.isfinite(loss) and math.isfinite(grad_norm) else 1.0, device=self.device)
+        if float(self.all_reduce_sum(bad)) == 0.0:
+            self.skips_in_a_row = 0
+            return True
+        self.skipped_steps += 1
+        self.skips_in_a_row += 1
+        rank_zero_warn(f"step {self.global_step}: loss {loss}, gradient norm {grad_norm}: not finite on every process; "
+                       f"the optimiser step is skipped ({self.skipped_steps} skipped so far)")
+        if self.skips_in_a_row >= self.max_skips_in_a_row:
+            raise FloatingPointError(
+                f"{self.skips_in_a_row} optimiser steps in a row had a non-finite loss or gradient norm (the last at "
+                f"global step {self.global_step}; the weights are unchanged since): training has diverged. Lower the "
+                "learning rate, set model.grpo.gradient_clip_val, or resume from an earlier checkpoint.")
+        return False
 
     def reached_max_steps(self) -> bool:
         """True once the Trainer's max_steps optimiser steps are done (a rollout may hold more)."""
@@ -107,6 +145,17 @@ class GRPOModule(VLMModule):
     def training_step(self, batch, batch_idx: int) -> None:
         stats = self.loop.run(batch)
         self.log("reward", stats["reward/total/mean"], prog_bar=True, logger=False, batch_size=len(batch))
+
+    # -- checkpoints: the skipped-step count survives a resume -----------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint[SKIPPED_KEY] = {"skipped_steps": self.skipped_steps, "skips_in_a_row": self.skips_in_a_row}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        saved = checkpoint.get(SKIPPED_KEY, {})
+        self.skipped_steps = int(saved.get("skipped_steps", 0))
+        self.skips_in_a_row = int(saved.get("skips_in_a_row", 0))
 
     def log_step(self, metrics: dict[str, float]) -> None:
         """Send one optimiser step's statistics to every logger at the current global step

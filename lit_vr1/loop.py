@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
+from lit_vr1 import prefix
 from lit_vr1.data.jsonl import Sample
 from lit_vr1.loss import (
     LOSS_TYPES,
@@ -60,6 +62,10 @@ class GRPOConfig:
     micro_batch_size: completions per forward/backward (None: the mini-batch);
         gradients of a mini-batch's micro-batches are accumulated before the step.
     gradient_clip_val: max global grad norm (None: no clipping).
+    shared_prompt: run each prompt (and its images) once for its G completions, in the
+        rollout and in every training forward, instead of G times (see ``lit_vr1.prefix``);
+        models it does not support (InternVL, gradient checkpointing) fall back
+        to repeated prompts, with a warning. Same logits and gradients either way.
     """
 
     num_generations: int = 4
@@ -77,6 +83,7 @@ class GRPOConfig:
     mini_batch_size: int | None = None
     micro_batch_size: int | None = None
     gradient_clip_val: float | None = 1.0
+    shared_prompt: bool = True
 
     def __post_init__(self) -> None:
         check_choice("loss_type", self.loss_type, LOSS_TYPES)
@@ -112,6 +119,7 @@ class RolloutUpdateLoop:
         self.sampling = config.sampling(vision_token_ids(module.processor))
         self.last_rollout: Rollout | None = None
         self.last_scores: RewardScores | None = None
+        self._warned = False
 
     # -- the steps ---------------------------------------------------------------------
     def rollout(self, samples: list[Sample]) -> Rollout:
@@ -121,6 +129,7 @@ class RolloutUpdateLoop:
         try:
             with m.generation_context():
                 return generate(m.policy, m.processor, samples, self.config.num_generations, self.sampling,
+                                shared_prompt=self.shared_prompt(),
                                 global_step=m.global_step)
         finally:
             m.policy.train(was_training)
@@ -133,12 +142,32 @@ class RolloutUpdateLoop:
         mini = min(self.config.mini_batch_size or n, n)
         return mini, self.config.num_iterations * math.ceil(n / mini)
 
+    def shared_prompt(self) -> bool:
+        """Whether the shared-prompt passes run (asked for and supported by the policy)."""
+        if not self.config.shared_prompt:
+            return False
+        reason = prefix.unsupported_reason(self.module.policy)
+        if reason is not None and not self._warned:
+            rank_zero_warn(f"grpo.shared_prompt: prompts are repeated G times instead: not supported for {reason}")
+            self._warned = True
+        return reason is None
+
+    def forward_logits(self, model, rollout: Rollout, rows: Tensor, *, reuse_features: bool) -> Tensor:
+        """Logits predicting the completion tokens of ``rows``: (n, T, V). With shared prompts
+        each distinct prompt of the rows runs once; ``reuse_features`` hands the rollout's
+        image features to the pass instead of running the vision tower again."""
+        if not self.shared_prompt():
+            return completion_logits(model, rollout.model_inputs(rows), rollout.completion_ids.shape[1])
+        features = rollout.extras.get("image_features") if reuse_features else None
+        return prefix.completion_logits(model, rollout.prompt, rollout.images_per_row, rollout.image_rows,
+                                        rollout.prompt_index(rows), rollout.completion_ids[rows],
+                                        rollout.completion_mask[rows], features)
+
     @torch.no_grad()
-    def _logprobs(self, model, rollout: Rollout, sampling: SamplingConfig, size: int) -> Tensor:
+    def _logprobs(self, model, rollout: Rollout, sampling: SamplingConfig, size: int, reuse_features: bool) -> Tensor:
         out = []
         for rows in chunks(torch.arange(len(rollout)), size):
-            inputs = rollout.model_inputs(rows)
-            logits = completion_logits(model, inputs, rollout.completion_ids.shape[1])
+            logits = self.forward_logits(model, rollout, rows, reuse_features=reuse_features)
             out.append(policy_logprobs(logits, rollout.completion_ids[rows], sampling))
         return torch.cat(out)
 
@@ -150,13 +179,15 @@ class RolloutUpdateLoop:
         _, steps = self.steps_per_rollout(n)
         size = cfg.micro_batch_size or cfg.mini_batch_size or n
         if steps > 1:
-            rollout.old_logprobs = self._logprobs(m.policy, rollout, self.sampling, size)
+            # the rollout's image features came from these very weights
+            rollout.old_logprobs = self._logprobs(m.policy, rollout, self.sampling, size, reuse_features=True)
         if cfg.beta != 0.0:
             # The reference is scored at the sampling temperature without top-k / top-p,
             # so that its support covers every token and the KL stays finite.
             ref_sampling = SamplingConfig(temperature=cfg.temperature, suppress_ids=self.sampling.suppress_ids)
             with m.reference_context() as ref:
-                rollout.ref_logprobs = self._logprobs(ref, rollout, ref_sampling, size)
+                rollout.ref_logprobs = self._logprobs(ref, rollout, ref_sampling, size,
+                                                      reuse_features=prefix.vision_frozen(m.policy))
 
     def update(self, rollout: Rollout, rows: Tensor, loss_mask: Tensor) -> dict[str, float]:
         """One optimiser step on the completions ``rows``, in micro-batches."""
@@ -167,10 +198,10 @@ class RolloutUpdateLoop:
         n_tok = m.all_reduce_sum(n_tok_local.float()) / m.trainer.world_size if cfg.loss_type == "dapo" else n_tok_local
         totals = {"loss": 0.0, "kl": 0.0, "clip_low": 0.0, "clip_high": 0.0, "ratio_mean": 0.0, "entropy": 0.0}
         for part in chunks(rows, micro):
-            inputs = rollout.model_inputs(part)
             tokens = rollout.completion_ids[part]
             mask = loss_mask[part]
-            logits = distribution_logits(completion_logits(m.policy, inputs, tokens.shape[1]), self.sampling)
+            logits = self.forward_logits(m.policy, rollout, part, reuse_features=prefix.vision_frozen(m.policy))
+            logits = distribution_logits(logits, self.sampling)
             logp = token_logprobs(logits, tokens)
             old = rollout.old_logprobs[part] if rollout.old_logprobs is not None else logp.detach()
             ref = rollout.ref_logprobs[part] if rollout.ref_logprobs is not None else None
@@ -187,13 +218,17 @@ class RolloutUpdateLoop:
             for key in ("kl", "clip_low", "clip_high", "ratio_mean"):
                 totals[key] += getattr(stats, key) * share
         grad_norm = m.clip_and_norm(opt, cfg.gradient_clip_val)
-        opt.step()
+        # A non-finite loss or grad norm (on any process) skips the step: no optimiser or
+        # scheduler step, gradients dropped, global_step unchanged (it counts applied steps).
+        if m.step_is_finite(totals["loss"], grad_norm):
+            opt.step()
+            sched = m.lr_schedulers()
+            if sched is not None:
+                sched.step()
         opt.zero_grad(set_to_none=True)
-        sched = m.lr_schedulers()
-        if sched is not None:
-            sched.step()
         totals["grad_norm"] = grad_norm
         totals["lr"] = opt.param_groups[0]["lr"]
+        totals["skipped_steps"] = float(m.skipped_steps)
         return totals
 
     # -- the whole batch -----------------------------------------------------------------

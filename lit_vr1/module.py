@@ -10,9 +10,10 @@ import os
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 from lit_vr1 import parallel
+from lit_vr1.checkpoint import gather_rng_states, set_rng_states
 from lit_vr1.evaluate import PROMPTINGS, predict_detection, predict_rec
 from lit_vr1.metrics.detection import DetectionMetrics
 from lit_vr1.metrics.rec import RECMetrics
@@ -25,6 +26,7 @@ from lit_vr1.predict import predict_records
 from lit_vr1.rewards.boxes import BOX_FRAMES
 
 EVAL_TASKS = ("rec", "detection")
+RNG_KEY = "lit_vr1_rng_states"  # checkpoint key: one dict of global RNG states per process
 ATTENTION = ("sdpa", "eager", "flash_attention_2")
 
 
@@ -235,16 +237,39 @@ class VLMModule(LightningModule):
         """Save the policy and processor with ``save_pretrained`` (loadable by name/path)."""
         save_merged(self.policy, path, self.processor)  # adapters, if any, merged in
 
-    # -- checkpoints: with LoRA only the trainable weights --------------------------------------
+    # -- checkpoints: with LoRA only the trainable weights; every process's RNG states -----------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """With LoRA only the trainable weights are kept. The global RNG states of every
+        process are added (rollouts sample from them), so a resumed fit draws what an
+        uninterrupted one would have drawn."""
         if self.lora is not None:
             keep = {n for n, p in self.named_parameters() if p.requires_grad}
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        trainer = self._trainer
+        checkpoint[RNG_KEY] = gather_rng_states(trainer.world_size if trainer is not None else 1)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """A LoRA checkpoint holds the adapters only: the frozen base weights, already loaded
-        from ``model``, are filled in so that strict loading still checks every key."""
+        from ``model``, are filled in so that strict loading still checks every key. This
+        process's saved RNG states are kept for :meth:`on_train_start`."""
         if self.lora is not None and self.policy is not None:
             state = checkpoint["state_dict"]
             frozen = {k: v for k, v in self.state_dict().items() if k not in state}
             checkpoint["state_dict"] = {**frozen, **state}
+        self._rng_to_restore = None
+        states = checkpoint.get(RNG_KEY)
+        trainer = self._trainer
+        if states and trainer is not None:
+            rank, world = trainer.global_rank, trainer.world_size
+            if len(states) != world:
+                rank_zero_warn(f"the checkpoint holds the RNG states of {len(states)} process(es) but this run has "
+                               f"{world}: sampling continues from seed_everything's seed, not exactly as before")
+            else:
+                self._rng_to_restore = states[rank]
+
+    def on_train_start(self) -> None:
+        """Restore the RNG states of a resumed checkpoint as late as possible: after the
+        sanity validation and the data loaders, just before the first resumed step."""
+        states, self._rng_to_restore = getattr(self, "_rng_to_restore", None), None
+        if states is not None:
+            set_rng_states(states)

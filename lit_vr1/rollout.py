@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 from transformers import GenerationConfig, PreTrainedModel, ProcessorMixin
 
+from lit_vr1 import prefix
 from lit_vr1.data.jsonl import Sample
 from lit_vr1.loss import sampling_logits, token_logprobs
 from lit_vr1.models import families
@@ -42,9 +43,11 @@ class SamplingConfig:
 class Rollout:
     """One batch of sampled completions and everything the update needs.
 
-    prompt: processor outputs for the N rows: input_ids, attention_mask and (Qwen-VL)
-        mm_token_type_ids (N, P); pixel_values (X, ...); (Qwen-VL) image_grid_thw (I, 3).
-    images_per_row: (N,) number of images of each row (to slice pixel_values).
+    prompt: processor outputs, one row per PROMPT (each prompt is encoded once, not G
+        times): input_ids, attention_mask and (Qwen-VL) mm_token_type_ids (P, Lp);
+        pixel_values (X, ...); (Qwen-VL) image_grid_thw (I, 3).
+    images_per_row: (P,) number of images of each prompt row (to slice pixel_values).
+    group_size: G; completion row r belongs to prompt row r // G.
     image_rows: (I,) rows of pixel_values each image owns (None: read from image_grid_thw).
     completion_ids: (N, T) sampled tokens, pad after EOS.
     completion_mask: (N, T) 1 on sampled tokens up to and including EOS.
@@ -69,15 +72,20 @@ class Rollout:
     ref_logprobs: Tensor | None = None
     advantages: Tensor | None = None
     image_rows: list[int] | None = None
+    group_size: int = 1
     extras: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return self.completion_ids.shape[0]
 
+    def prompt_index(self, rows: Tensor) -> Tensor:
+        """Prompt row of each completion row in ``rows``."""
+        return torch.div(rows, self.group_size, rounding_mode="floor")
+
     def model_inputs(self, rows: Tensor | slice | None = None) -> dict[str, Tensor]:
         """Forward inputs (prompt + completion) for the given rows, all rows by default."""
         rows = torch.arange(len(self)) if rows is None else torch.arange(len(self))[rows] if isinstance(rows, slice) else rows
-        prompt = select_rows(self.prompt, self.images_per_row, rows, self.image_rows)
+        prompt = select_rows(self.prompt, self.images_per_row, self.prompt_index(rows), self.image_rows)
         comp = self.completion_ids[rows]
         out = dict(prompt)
         out["input_ids"] = torch.cat([prompt["input_ids"], comp], dim=1)
@@ -196,48 +204,76 @@ def generate(
     *,
     global_step: int = 0,
     with_sampling_logprobs: bool = False,
+    shared_prompt: bool = True,
 ) -> Rollout:
-    """Sample ``num_generations`` completions for each sample, as one :class:`Rollout`."""
+    """Sample ``num_generations`` completions for each sample, as one :class:`Rollout`.
+
+    Each prompt is encoded by the processor once. With ``shared_prompt`` (and a model
+    :mod:`lit_vr1.prefix` supports) its images are encoded once and its prefill runs once
+    for all G completions, and the image features are kept in ``extras["image_features"]``
+    for the training passes; otherwise the prompt rows are repeated G times for
+    transformers' ``generate``.
+    """
     device = next(model.parameters()).device
-    prompt, per_row = encode_prompts(processor, samples, num_generations)
+    prompt, per_prompt = encode_prompts(processor, samples)
     prompt = {k: v.to(device) for k, v in prompt.items()}
+    image_rows, sizes = image_layout(processor, prompt, [size for s in samples for size in s.image_sizes])
     eos = model.generation_config.eos_token_id or processor.tokenizer.eos_token_id
+    eos_list = [eos] if isinstance(eos, int) else list(eos)
+    pad = processor.tokenizer.pad_token_id
+    extras = {}
+    if shared_prompt and prefix.unsupported_reason(model) is None:
+        features = prefix.image_features(model, prompt, per_prompt)
+        out = prefix.sample(model, prompt, num_generations, cfg, eos_list, pad, features, with_sampling_logprobs)
+        comp, mask, has_eos, sampling_lp = out.completion_ids, out.mask, out.has_eos, out.logprobs
+        extras["image_features"] = features
+    else:
+        comp, mask, has_eos, sampling_lp = _transformers_generate(model, processor, prompt, per_prompt, image_rows,
+                                                                  num_generations, cfg, eos, with_sampling_logprobs)
+    texts = processor.batch_decode(comp, skip_special_tokens=True)
+    contexts, lengths = [], mask.sum(dim=1).tolist()
+    first_image = [sum(per_prompt[:i]) for i in range(len(per_prompt))]
+    for row in range(comp.shape[0]):
+        p = row // num_generations
+        s = samples[p]
+        prompt_text = next(i["text"] for i in s.messages[-1]["content"] if i["type"] == "text")
+        contexts.append(
+            SampleContext(
+                id=s.id, prompt=prompt_text, solution=s.solution, images=s.images, image_sizes=s.image_sizes,
+                input_sizes=sizes[first_image[p]:first_image[p] + per_prompt[p]], metadata=s.metadata,
+                completion_length=int(lengths[row]), truncated=not bool(has_eos[row]), global_step=global_step,
+                task=s.task, source=s.source,
+            )
+        )
+    return Rollout(
+        prompt=prompt, images_per_row=per_prompt, completion_ids=comp, completion_mask=mask,
+        truncated=~has_eos, completions=texts, contexts=contexts, sampling_logprobs=sampling_lp, image_rows=image_rows,
+        group_size=num_generations, extras=extras,
+    )
+
+
+def _transformers_generate(model, processor, prompt, per_prompt, image_rows, group_size: int, cfg: SamplingConfig,
+                           eos, with_sampling_logprobs: bool) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """transformers' ``generate`` over the prompt rows repeated ``group_size`` times:
+    (completion ids, mask, has_eos, sampling log-probs or None)."""
+    index = torch.arange(len(per_prompt)).repeat_interleave(group_size)
+    rows = select_rows(prompt, per_prompt, index, image_rows) if image_rows is not None else \
+        {k: v[index.to(v.device)] for k, v in prompt.items()}
     gen_cfg = generation_config(cfg, processor, eos)
     with _only_config(model, gen_cfg):
-        out = model.generate(**prompt, output_scores=with_sampling_logprobs, return_dict_in_generate=True)
-    plen = prompt["input_ids"].shape[1]
-    comp = out.sequences[:, plen:]
+        out = model.generate(**rows, output_scores=with_sampling_logprobs, return_dict_in_generate=True)
+    comp = out.sequences[:, rows["input_ids"].shape[1]:]
     eos_ids = torch.tensor([eos] if isinstance(eos, int) else list(eos), device=comp.device)
     is_eos = torch.isin(comp, eos_ids)
     has_eos = is_eos.any(dim=1)
     first_eos = torch.where(has_eos, is_eos.int().argmax(dim=1), torch.full_like(has_eos, comp.shape[1], dtype=torch.long))
     mask = (torch.arange(comp.shape[1], device=comp.device)[None] <= first_eos[:, None]).long()
     comp = comp.masked_fill(mask == 0, processor.tokenizer.pad_token_id)
-    texts = processor.batch_decode(comp, skip_special_tokens=True)
-    image_rows, sizes = image_layout(processor, prompt, [size for s in samples for _ in range(num_generations)
-                                                         for size in s.image_sizes])
-    contexts, image_idx = [], 0
-    lengths = mask.sum(dim=1).tolist()
-    for row, n_img in enumerate(per_row):
-        s = samples[row // num_generations]
-        prompt_text = next(i["text"] for i in s.messages[-1]["content"] if i["type"] == "text")
-        contexts.append(
-            SampleContext(
-                id=s.id, prompt=prompt_text, solution=s.solution, images=s.images, image_sizes=s.image_sizes,
-                input_sizes=sizes[image_idx:image_idx + n_img], metadata=s.metadata,
-                completion_length=int(lengths[row]), truncated=not bool(has_eos[row]), global_step=global_step,
-                task=s.task, source=s.source,
-            )
-        )
-        image_idx += n_img
     sampling_lp = None
     if with_sampling_logprobs:
         scores = torch.stack(out.scores, dim=1).float()  # (N, T, V), after the logits warpers
         sampling_lp = token_logprobs(scores.log_softmax(-1), comp).masked_fill(mask == 0, 0.0)
-    return Rollout(
-        prompt=prompt, images_per_row=per_row, completion_ids=comp, completion_mask=mask,
-        truncated=~has_eos, completions=texts, contexts=contexts, sampling_logprobs=sampling_lp, image_rows=image_rows,
-    )
+    return comp, mask, has_eos, sampling_lp
 
 
 def completion_logits(model: PreTrainedModel, inputs: dict[str, Tensor], completion_len: int) -> Tensor:

@@ -54,7 +54,7 @@ def test_missing_field_names_file_and_line(tmp_path):
 
 def test_missing_image_names_path_and_line(tmp_path):
     f, d = _write(tmp_path, "noimg", [rec(1, "a.png"), rec(2, "gone.png")])
-    with pytest.raises(DataError, match=r"noimg\.jsonl:2: image file .*gone\.png does not exist"):
+    with pytest.raises(DataError, match=r"noimg\.jsonl:2: field 'image': image file .*gone\.png does not exist"):
         JsonlDataset(f, d)
 
 

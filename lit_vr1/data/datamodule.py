@@ -5,13 +5,19 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
-from lightning.pytorch import LightningDataModule
+from lightning.pytorch import Callback, LightningDataModule
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from lit_vr1.data.jsonl import JsonlDataset, Sample
+from lit_vr1.data.jsonl import JsonlDataset, Sample, SkippedRow, check_bad_rows
+from lit_vr1.data.sampler import ResumableSampler, place_sampler, train_position
 from lit_vr1.data.synthetic import SyntheticSpec, write_synthetic
+
+# a report lists at most this many ids and this many reasons (the full list goes to a file)
+REPORT_IDS, REPORT_REASONS = 50, 5
 
 
 def collate(samples: list[Sample]) -> list[Sample]:
@@ -47,6 +53,20 @@ class GroundingDataModule(LightningDataModule):
             The loaders draw from their own generators, never from the global RNG, so
             validating more or less often does not change the training order or the
             rollouts' sampling.
+        bad_rows: "raise" (default: the first bad row stops the run with its file, line and
+            field) or "skip": bad rows are left out, counted and reported at the end of every
+            training epoch (a warning on rank 0 with their ids and reasons, the metric
+            ``data/skipped_rows``, and every row in ``skipped_rows.jsonl`` in the log
+            directory). A row whose image fails to decode at load time is replaced in its
+            batch by the next row that loads, so batches keep their size (see
+            ``lit_vr1.data.jsonl``).
+        max_prompt_length: most tokens a prompt may have, image tokens counted as the
+            model's processor expands them (None: no limit). Checked for every row at fit
+            start, with the LightningModule's processor; a longer row is an error (or
+            skipped); prompts are never truncated.
+        check_boxes: check ground-truth boxes when the data is read (no area, outside the
+            image by more than 1 px); set false for data whose answers are bracketed lists
+            of four numbers that are not boxes.
     """
 
     def __init__(
@@ -69,8 +89,16 @@ class GroundingDataModule(LightningDataModule):
         predict_images: str | None = None,
         reward_methods: str | None = None,
         val_reward_methods: str | None = None,
+        bad_rows: str = "raise",
+        max_prompt_length: int | None = None,
+        check_boxes: bool = True,
     ) -> None:
         super().__init__()
+        self.bad_rows = check_bad_rows(bad_rows)
+        if max_prompt_length is not None and max_prompt_length < 1:
+            raise ValueError(f"data.max_prompt_length={max_prompt_length} must be >= 1, or null for no limit")
+        self.max_prompt_length, self.check_boxes = max_prompt_length, check_boxes
+        self.processor: Any = None  # for max_prompt_length: the module's, or one given to use_processor
         if train_files is None and synthetic is None:
             raise ValueError("set data.train_files (with data.train_images) or data.synthetic")
         if train_files is not None and train_images is None:
@@ -91,6 +119,7 @@ class GroundingDataModule(LightningDataModule):
         self.predict_set: JsonlDataset | None = None
         self.train_set: JsonlDataset | None = None
         self.val_set: JsonlDataset | None = None
+        self._resume_position: dict | None = None  # from a checkpoint, for the next train_dataloader
 
     def _synthetic_paths(self, split: str) -> tuple[str, str]:
         root = Path(self.synthetic_dir)
@@ -123,16 +152,40 @@ class GroundingDataModule(LightningDataModule):
             train, images = self.train_files, self.train_images
             val, val_images = self.val_files, self.val_images
         if self.train_set is None:
-            self.train_set = JsonlDataset(train, images, self.template, self.reward_methods)
+            self.train_set = self._dataset(train, images, self.reward_methods)
         if self.val_set is None and val is not None:
-            self.val_set = JsonlDataset(val, val_images, self.template, self.val_reward_methods)
+            self.val_set = self._dataset(val, val_images, self.val_reward_methods)
+        if self.trainer is not None and self.bad_rows == "skip":
+            if not any(isinstance(c, SkippedRowsReport) for c in self.trainer.callbacks):
+                self.trainer.callbacks.append(SkippedRowsReport(self))
+
+    def use_processor(self, processor: Any) -> None:
+        """The processor that counts prompt tokens for ``max_prompt_length`` when the data
+        module is used without a Trainer (under one, the LightningModule's is taken)."""
+        self.processor = processor
+
+    def _dataset(self, files: str, images: str, reward_methods: str | None) -> JsonlDataset:
+        ds = JsonlDataset(files, images, self.template, reward_methods, self.bad_rows, self.check_boxes)
+        if self.max_prompt_length is not None:
+            module = self.trainer.lightning_module if self.trainer is not None else None
+            processor = self.processor or getattr(module, "processor", None)
+            if processor is None:
+                raise ValueError("data.max_prompt_length needs the model's processor to count tokens: train with a "
+                                 "lit-vr1 module (it has one), or call datamodule.use_processor(processor) first")
+            ds.check_prompt_lengths(processor, self.max_prompt_length)
+        return ds
+
+    def skipped_at_build(self) -> list[SkippedRow]:
+        """Rows left out of the training and validation sets when they were built."""
+        return [r for ds in (self.train_set, self.val_set) if ds is not None for r in ds.skipped]
 
     def predict_dataloader(self) -> DataLoader:
         if self.predict_files is None or self.predict_images is None:
             raise ValueError("lit-vr1 predict needs data.predict_files and data.predict_images "
                              "(':'-separated JSONL files of prompts and their image folders)")
         if self.predict_set is None:
-            self.predict_set = JsonlDataset(self.predict_files, self.predict_images, self.template)
+            self.predict_set = JsonlDataset(self.predict_files, self.predict_images, self.template,
+                                            bad_rows=self.bad_rows, check_boxes=self.check_boxes)
         return DataLoader(self.predict_set, batch_size=self.val_batch_size, collate_fn=collate,
                           num_workers=self.num_workers)
 
@@ -141,10 +194,26 @@ class GroundingDataModule(LightningDataModule):
         return torch.Generator().manual_seed(seed % 2**63)
 
     def train_dataloader(self) -> DataLoader:
+        """Shuffled by a :class:`ResumableSampler` (one seeded order per epoch, split across
+        processes), which a resumed fit continues where its checkpoint was taken."""
+        trainer = self.trainer
+        sampler = ResumableSampler(self.train_set, self.batch_size, self._generator().initial_seed(),
+                                   num_replicas=trainer.world_size if trainer else 1,
+                                   rank=trainer.global_rank if trainer else 0)
+        place_sampler(sampler, self._resume_position)
+        self._resume_position = None
         return DataLoader(
-            self.train_set, batch_size=self.batch_size, shuffle=True, collate_fn=collate,
+            self.train_set, batch_size=self.batch_size, sampler=sampler, collate_fn=collate,
             num_workers=self.num_workers, drop_last=True, generator=self._generator(),
         )
+
+    def state_dict(self) -> dict:
+        """Saved in checkpoints: where the fit stands in the training data (see ``train_position``)."""
+        position = train_position(self.trainer)
+        return {"train_position": position} if position else {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._resume_position = state_dict.get("train_position")
 
     def held_out(self) -> Dataset | None:
         """The validation set, or its seeded subset of ``val_subset`` samples."""
@@ -163,3 +232,68 @@ class GroundingDataModule(LightningDataModule):
         # its own generator too: creating a loader's iterator draws a worker seed from it
         return DataLoader(self.held_out(), batch_size=self.val_batch_size, collate_fn=collate,
                           num_workers=self.num_workers, generator=self._generator())
+
+
+def _gather(rows: list[SkippedRow]) -> list[SkippedRow]:
+    """Every process's rows, on every process (the rows themselves under a single process)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return rows
+    parts: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(parts, rows)
+    return [r for part in parts for r in part]
+
+
+class SkippedRowsReport(Callback):
+    """Counts and reports the rows ``bad_rows="skip"`` left out (added by
+    :class:`GroundingDataModule` itself; nothing to configure).
+
+    At the end of every training epoch: the metric ``data/skipped_rows`` (rows left out
+    when the data was built, plus the distinct rows that failed to load this epoch on any
+    process), a warning on rank 0 with their ids and first reasons, and every row appended
+    to ``skipped_rows.jsonl`` in the Trainer's log directory (when it has one).
+    """
+
+    def __init__(self, datamodule: GroundingDataModule) -> None:
+        self.datamodule = datamodule
+        self.at_load: list[SkippedRow] = []
+        self.reports: list[dict] = []  # one per epoch: {"epoch", "at_build", "at_load"}
+
+    def _collect(self, batch: Any) -> None:
+        for sample in batch if isinstance(batch, list) else []:
+            self.at_load.extend(getattr(sample, "skipped", []))
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._collect(batch)
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self._collect(batch)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        at_build = self.datamodule.skipped_at_build()
+        at_load = list({(r.id, r.reason): r for r in _gather(self.at_load)}.values())
+        self.at_load = []
+        report = {"epoch": trainer.current_epoch, "at_build": at_build, "at_load": at_load}
+        self.reports.append(report)
+        # the same value on every process (gathered above); sync_dist only keeps Lightning from warning
+        pl_module.log("data/skipped_rows", float(len(at_build) + len(at_load)), logger=True, sync_dist=True)
+        if at_build or at_load:
+            self._warn(report, trainer.log_dir)  # log_dir is a collective under DDP: asked on every rank
+
+    @rank_zero_only
+    def _warn(self, report: dict, log_dir: str | None) -> None:
+        rows = report["at_build"] + report["at_load"]
+        more = f" and {len(rows) - REPORT_IDS} more" if len(rows) > REPORT_IDS else ""
+        ids = ", ".join(r.id for r in rows[:REPORT_IDS]) + more
+        reasons = "\n  ".join(r.reason for r in rows[:REPORT_REASONS])
+        where = ""
+        if log_dir is not None:
+            os.makedirs(log_dir, exist_ok=True)
+            path = os.path.join(log_dir, "skipped_rows.jsonl")
+            with open(path, "a") as f:
+                for kind in ("at_build", "at_load"):
+                    for r in report[kind]:
+                        f.write(json.dumps({"epoch": report["epoch"], "when": kind, "id": r.id, "reason": r.reason}) + "\n")
+            where = f"; every row in {path}"
+        rank_zero_warn(f"data.bad_rows=skip: epoch {report['epoch']} left out {len(rows)} row(s) "
+                       f"({len(report['at_build'])} when the data was read, {len(report['at_load'])} at load time, "
+                       f"replaced in their batches): ids {ids}{where}. First reasons:\n  {reasons}")

@@ -16,14 +16,40 @@ label-free (R1V-Free: a question and an image, no solution)::
 
 Any line may carry ``"reward_method": "..."``: the task its rewards are routed by
 (overriding its file's). Several files and image folders are given ':'-separated, one
-folder per file. Every line is checked when the dataset is built (valid JSON, the
-fields, the image files exist), so a bad line fails at once with its file and line,
-not hours later.
+folder per file.
+
+Bad data, and where it is caught (every message names the file, the line and the field):
+
+- when the dataset is built, for every line (cheap: no image is decoded): not valid JSON,
+  missing or ill-typed fields, an empty question (nothing but ``<image>`` markers and
+  spaces), image files that do not exist or whose header PIL cannot read (not an image,
+  truncated header), an aspect ratio above 200 (the Qwen-VL processors refuse it),
+  declared ``width``/``height`` that differ from the image, and ground-truth boxes with no
+  area or outside the image (see :func:`check_solution_boxes`);
+- when the dataset is built and a processor is given (:meth:`JsonlDataset.check_prompt_lengths`,
+  run by the data module at fit start): prompts longer than ``max_prompt_length`` tokens,
+  image tokens counted as the processor expands them. Prompts are never truncated (a cut
+  inside an image's tokens would break the model input): a long row is an error or skipped;
+- when a sample is loaded (``__getitem__``, in the DataLoader workers): images whose pixel
+  data cannot be decoded (a corrupt or truncated body behind a valid header).
+
+Images whose shorter side is under 28 px (:data:`MIN_SIDE`) are upscaled at load time to
+28 px on that side, keeping the aspect ratio (as VLM-R1 does; the Qwen-VL processors need
+28 px). The solution's boxes stay in the original image's pixels: :attr:`Sample.image_sizes`
+gives the original sizes, and rewards map predictions to those (a prediction in the
+model-input frame is rescaled from the processor's input size to the original size).
+
+``bad_rows="skip"`` leaves bad rows out instead of failing: build-time failures are
+dropped from the dataset and listed in :attr:`JsonlDataset.skipped`; a row that fails at
+load time is replaced by the next row that loads (so a batch keeps its size and every
+process takes the same number of steps), and the failure travels with the substitute in
+:attr:`Sample.skipped` for the data module to count and report.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,10 +59,36 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from lit_vr1.data.prompts import build_messages, check_template
+from lit_vr1.rewards.boxes import QUAD_RE, answer_text, solution_boxes
+
+# Images with a shorter side under this many pixels are upscaled to it (the Qwen-VL patch
+# merge needs 28 x 28 pixels; VLM-R1 upscales the same way).
+MIN_SIDE = 28
+# The Qwen-VL processors refuse images whose long side is more than 200 x the short side.
+MAX_ASPECT = 200
+# A ground-truth box may reach this many pixels beyond the image (rounding in annotation
+# tools); further out it is an error.
+BOX_SLACK = 1.0
+BAD_ROWS = ("raise", "skip")
 
 
 class DataError(ValueError):
     """Bad input data; the message names the file and line."""
+
+
+@dataclass
+class SkippedRow:
+    """A row left out under ``bad_rows="skip"``: its id ("file:line" when it has none) and why."""
+
+    id: str
+    reason: str
+
+
+def check_bad_rows(value: str) -> str:
+    if value not in BAD_ROWS:
+        raise ValueError(f"data.bad_rows={value!r} is not valid; choose raise (stop at the first bad row) "
+                         "or skip (leave bad rows out, counted and reported each epoch)")
+    return value
 
 
 @dataclass
@@ -50,16 +102,20 @@ class Record:
     source: str
     metadata: dict[str, Any] = field(default_factory=dict)
     task: str = "default"
+    image_sizes: list[tuple[int, int]] = field(default_factory=list)  # original (width, height), from the headers
 
 
 @dataclass
 class Sample:
     """What a training step gets for one prompt.
 
-    images: the decoded RGB images, in prompt order. messages: the chat turns of the
-    prompt (user turn with image items and the templated text). solution: the "gpt"
-    turn of the data (for REC, the box in original-image pixels), Vision-R1's list of
-    [category, box] pairs, or "" for label-free data. task: the reward routing key.
+    images: the decoded RGB images, in prompt order (upscaled when a side was under
+    :data:`MIN_SIDE` pixels). messages: the chat turns of the prompt (user turn with image
+    items and the templated text). solution: the "gpt" turn of the data (for REC, the box
+    in original-image pixels), Vision-R1's list of [category, box] pairs, or "" for
+    label-free data. task: the reward routing key. original_sizes: the images' sizes in
+    the files when they were upscaled (None: as decoded). skipped: rows that failed to load
+    and that this sample stands in for (``bad_rows="skip"``).
     """
 
     id: str
@@ -70,9 +126,14 @@ class Sample:
     source: str
     metadata: dict[str, Any] = field(default_factory=dict)
     task: str = "default"
+    original_sizes: list[tuple[int, int]] | None = None
+    skipped: list[SkippedRow] = field(default_factory=list)
 
     @property
     def image_sizes(self) -> list[tuple[int, int]]:
+        """Original (width, height) of each image: the frame of the solution's boxes."""
+        if self.original_sizes is not None:
+            return list(self.original_sizes)
         return [im.size for im in self.images]
 
 
@@ -131,8 +192,90 @@ def _turns(obj: dict, where: str) -> tuple[str, Any]:
     return question, solution
 
 
-def parse_line(line: str, path: str, lineno: int, folder: str, task: str = "default") -> Record:
-    """Validate one JSONL line; raise :class:`DataError` naming ``path:lineno``."""
+def _field_of(obj: dict, turn: str) -> str:
+    """How a message names the field holding the question (``turn="human"``) or the
+    solution (``turn="gpt"``) of a line, in its layout."""
+    if "conversations" in obj:
+        return f"field 'conversations' ({turn} turn)"
+    if turn == "gpt":
+        return "field 'solution'"
+    return "field 'problem'" if "problem" in obj else "field 'question'"
+
+
+def read_image_size(path: str, where: str) -> tuple[int, int]:
+    """(width, height) from the image file's header (no pixel is decoded); a
+    :class:`DataError` naming ``where`` when PIL cannot identify the file."""
+    try:
+        with Image.open(path) as im:
+            size = im.size
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise DataError(f"{where}: field 'image': {path} is not an image PIL can read ({e}); "
+                        "replace the file or remove the line") from None
+    w, h = size
+    if min(w, h) < 1 or max(w, h) / min(w, h) > MAX_ASPECT:
+        raise DataError(f"{where}: field 'image': {path} is {w}x{h}, an aspect ratio above {MAX_ASPECT}, which the "
+                        "Qwen-VL processors refuse; crop or pad the image, or remove the line")
+    return size
+
+
+def upscaled_size(size: tuple[int, int]) -> tuple[int, int]:
+    """``size`` (width, height) with the shorter side raised to :data:`MIN_SIDE` pixels, the
+    aspect ratio kept (the longer side rounded); unchanged when both sides are large enough."""
+    w, h = size
+    short = min(w, h)
+    if short >= MIN_SIDE:
+        return size
+    scale = MIN_SIDE / short
+    return (MIN_SIDE if w == short else max(MIN_SIDE, round(w * scale)),
+            MIN_SIDE if h == short else max(MIN_SIDE, round(h * scale)))
+
+
+def _is_box_answer(text: str) -> bool:
+    """Whether a string solution is written as boxes: JSON ``bbox_2d``/``bbox`` items, or
+    one bracketed quadruple of numbers (VLM-R1 REC)."""
+    ans = answer_text(text).strip()
+    return "bbox" in ans or QUAD_RE.fullmatch(ans) is not None
+
+
+def _floats(box: Any) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in box)
+    except (TypeError, ValueError, OverflowError):
+        return (math.nan,) * 4
+
+
+def check_solution_boxes(solution: Any, field: str, image_size: tuple[int, int] | None, where: str) -> None:
+    """Refuse ground-truth boxes with no area (x2 <= x1 or y2 <= y1, or a non-finite
+    coordinate) and boxes outside the first image by more than :data:`BOX_SLACK` pixels
+    (x1, y1 < -1 or x2 > width + 1, y2 > height + 1). Boxes are (x1, y1, x2, y2) in the
+    original image's pixels. Vision-R1's [category, box] lists are always checked; a string
+    solution only when it is written as boxes (see :func:`_is_box_answer`)."""
+    if isinstance(solution, list):
+        boxes = [(f"item {k}", pair[1]) for k, pair in enumerate(solution)]
+    elif isinstance(solution, str) and _is_box_answer(solution):
+        boxes = [(f"box {k}", list(b.box)) for k, b in enumerate(solution_boxes(solution))]
+    else:
+        return
+    for name, raw in boxes:
+        x1, y1, x2, y2 = _floats(raw)
+        if not all(math.isfinite(v) for v in (x1, y1, x2, y2)) or x2 <= x1 or y2 <= y1:
+            raise DataError(f"{where}: {field} {name} {raw} has no area: a box is [x1, y1, x2, y2] with "
+                            "x1 < x2 and y1 < y2, in pixels of the original image")
+        if image_size is None:
+            continue
+        w, h = image_size
+        if x1 < -BOX_SLACK or y1 < -BOX_SLACK or x2 > w + BOX_SLACK or y2 > h + BOX_SLACK:
+            raise DataError(f"{where}: {field} {name} {raw} lies outside the {w}x{h} image (by more than "
+                            f"{BOX_SLACK:g} px); boxes must be in pixels of the original image (not 0-1000 or 0-1 units)")
+
+
+def parse_line(line: str, path: str, lineno: int, folder: str, task: str = "default",
+               check_boxes: bool = True) -> Record:
+    """Validate one JSONL line; raise :class:`DataError` naming ``path:lineno`` and the field.
+
+    Reads each image's header (its size; nothing is decoded) to check the image and the
+    ground-truth boxes against it; ``check_boxes=False`` skips the box checks (for data
+    whose answers are bracketed number lists that are not boxes)."""
     where = f"{path}:{lineno}"
     try:
         obj = json.loads(line)
@@ -141,6 +284,9 @@ def parse_line(line: str, path: str, lineno: int, folder: str, task: str = "defa
     if not isinstance(obj, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
     human, solution = _turns(obj, where)
+    if not human.replace("<image>", "").strip():
+        raise DataError(f"{where}: {_field_of(obj, 'human')} is empty: the question has no text besides "
+                        "<image> markers; write the question or remove the line")
     raw = obj.get("image", [])
     names = [raw] if isinstance(raw, str) else raw
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
@@ -148,15 +294,23 @@ def parse_line(line: str, path: str, lineno: int, folder: str, task: str = "defa
     paths = [os.path.join(folder, n) for n in names]
     for p in paths:
         if not os.path.isfile(p):
-            raise DataError(f"{where}: image file {p} does not exist")
+            raise DataError(f"{where}: field 'image': image file {p} does not exist; fix the path (relative to "
+                            f"the image folder {folder}) or remove the line")
+    sizes = [read_image_size(p, where) for p in paths]
     if human.count("<image>") > len(paths):
         raise DataError(f"{where}: the human turn has {human.count('<image>')} <image> markers but {len(paths)} image(s)")
+    declared = (obj.get("width"), obj.get("height"))
+    if sizes and declared != (None, None) and tuple(declared) != sizes[0]:
+        raise DataError(f"{where}: fields 'width', 'height' say {declared[0]}x{declared[1]} but image {paths[0]} "
+                        f"is {sizes[0][0]}x{sizes[0][1]}; the solution's boxes would be in another frame")
+    if check_boxes:
+        check_solution_boxes(solution, _field_of(obj, "gpt"), sizes[0] if sizes else None, where)
     method = obj.get("reward_method", task)
     if not isinstance(method, str) or not method:
         raise DataError(f"{where}: field 'reward_method' must be a non-empty string")
     skip = ("id", "image", "conversations", "problem", "question", "solution", "reward_method")
     meta = {k: v for k, v in obj.items() if k not in skip}
-    return Record(str(obj.get("id", f"{Path(path).stem}-{lineno}")), paths, human, solution, where, meta, method)
+    return Record(str(obj.get("id", f"{Path(path).stem}-{lineno}")), paths, human, solution, where, meta, method, sizes)
 
 
 def file_tasks(data_files: str, reward_methods: str | None) -> list[str]:
@@ -174,20 +328,61 @@ def file_tasks(data_files: str, reward_methods: str | None) -> list[str]:
     return methods
 
 
-def read_records(data_files: str, image_folders: str, reward_methods: str | None = None) -> list[Record]:
-    """Every record of every ':'-separated file, validated, with its task."""
-    records = []
+def read_records(data_files: str, image_folders: str, reward_methods: str | None = None,
+                 bad_rows: str = "raise", check_boxes: bool = True) -> tuple[list[Record], list[SkippedRow]]:
+    """Every record of every ':'-separated file, validated, with its task; and the rows
+    left out (``bad_rows="skip"``; with "raise" the first bad row raises :class:`DataError`).
+    A missing data file, or no usable row at all, raises in both modes."""
+    check_bad_rows(bad_rows)
+    records: list[Record] = []
+    skipped: list[SkippedRow] = []
     tasks = file_tasks(data_files, reward_methods)
     for (path, folder), task in zip(pair_files(data_files, image_folders), tasks):
         if not os.path.isfile(path):
-            raise DataError(f"data file {path} does not exist")
+            raise DataError(f"data file {path} does not exist; check data.train_files (or val_files, predict_files): "
+                            "':'-separated JSONL paths")
         with open(path) as f:
             for lineno, line in enumerate(f, start=1):
-                if line.strip():
-                    records.append(parse_line(line, path, lineno, folder, task))
+                if not line.strip():
+                    continue
+                try:
+                    records.append(parse_line(line, path, lineno, folder, task, check_boxes))
+                except DataError as e:
+                    if bad_rows == "raise":
+                        raise
+                    skipped.append(SkippedRow(_line_id(line, f"{path}:{lineno}"), str(e)))
     if not records:
-        raise DataError(f"no samples found in {data_files}")
-    return records
+        detail = f" ({len(skipped)} bad row(s) skipped; the first: {skipped[0].reason})" if skipped else ""
+        raise DataError(f"no samples found in {data_files}{detail}")
+    return records, skipped
+
+
+def _line_id(line: str, where: str) -> str:
+    """The id of a (possibly bad) line when it has one, else its "file:line"."""
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        return where
+    return str(obj["id"]) if isinstance(obj, dict) and "id" in obj else where
+
+
+def prompt_length(processor: Any, record: Record, template: str) -> int:
+    """Tokens of a record's prompt as the processor encodes it for generation: the chat
+    template's text tokens, with each image placeholder counted as the number of tokens the
+    processor expands it to for that image's (upscaled) size and its min/max pixels."""
+    messages = build_messages(record.question, len(record.image_paths), template)
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    ids = processor.tokenizer(text).input_ids
+    if not record.image_sizes:
+        return len(ids)
+    count = getattr(processor, "_get_num_multimodal_tokens", None)
+    if count is None:
+        raise DataError(f"data.max_prompt_length: {type(processor).__name__} cannot count image tokens "
+                        "(no _get_num_multimodal_tokens); leave data.max_prompt_length unset for this model")
+    placeholder = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+    sizes = [upscaled_size(size) for size in record.image_sizes]
+    image_tokens = count(image_sizes=[(h, w) for w, h in sizes]).num_image_tokens
+    return len(ids) - ids.count(placeholder) + sum(image_tokens)
 
 
 class JsonlDataset(Dataset):
@@ -198,28 +393,84 @@ class JsonlDataset(Dataset):
         image_folders: ':'-separated folders, one per data file.
         template: prompt template name (see ``lit_vr1.data.prompts.TEMPLATES``).
         reward_methods: ':'-separated task of each file (see :func:`file_tasks`).
+        bad_rows: "raise" (the first bad row stops with its file, line and field) or
+            "skip" (bad rows are left out and listed in :attr:`skipped`; one that fails
+            at load time is replaced by the next row that loads, see the module docstring).
+        check_boxes: check the ground-truth boxes (area, inside the image).
+
+    Attributes:
+        skipped: rows left out when the dataset was built (and by
+            :meth:`check_prompt_lengths`), with the reason of each.
     """
 
     def __init__(self, data_files: str, image_folders: str, template: str = "plain",
-                 reward_methods: str | None = None) -> None:
+                 reward_methods: str | None = None, bad_rows: str = "raise", check_boxes: bool = True) -> None:
         self.template = check_template(template)
-        self.records = read_records(data_files, image_folders, reward_methods)
+        self.bad_rows = check_bad_rows(bad_rows)
+        self.records, self.skipped = read_records(data_files, image_folders, reward_methods, bad_rows, check_boxes)
+        self.failed: dict[int, SkippedRow] = {}  # rows that failed to load in this process (skip mode)
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, idx: int) -> Sample:
+    def check_prompt_lengths(self, processor: Any, max_prompt_length: int) -> list[SkippedRow]:
+        """Refuse (or, in skip mode, drop) every row whose prompt is longer than
+        ``max_prompt_length`` tokens, image tokens included (:func:`prompt_length`); never
+        truncates. Returns the rows dropped by this call."""
+        keep, dropped = [], []
+        for r in self.records:
+            n = prompt_length(processor, r, self.template)
+            if n <= max_prompt_length:
+                keep.append(r)
+                continue
+            msg = (f"{r.source}: the prompt (field 'image' and the question) is {n} tokens with its image tokens, "
+                   f"over data.max_prompt_length={max_prompt_length}; prompts are never truncated (a cut inside image "
+                   "tokens breaks the input): raise max_prompt_length, lower model.max_pixels, or remove the line")
+            if self.bad_rows == "raise":
+                raise DataError(msg)
+            dropped.append(SkippedRow(r.id, msg))
+        if not keep:
+            raise DataError(f"every row is over data.max_prompt_length={max_prompt_length}; the first: {dropped[0].reason}")
+        self.records = keep
+        self.skipped.extend(dropped)
+        return dropped
+
+    def load(self, idx: int) -> Sample:
+        """Decode row ``idx``; a :class:`DataError` naming the file, line and image when
+        an image cannot be decoded."""
         r = self.records[idx]
         images = []
         for p in r.image_paths:
             try:
                 with Image.open(p) as im:
                     images.append(im.convert("RGB"))
-            except OSError as e:
-                raise DataError(f"{r.source}: image file {p} cannot be read ({e})") from None
-        size = (r.metadata.get("width"), r.metadata.get("height"))
-        if images and size != (None, None) and tuple(size) != images[0].size:
-            raise DataError(f"{r.source}: fields 'width', 'height' say {size[0]}x{size[1]} but image {r.image_paths[0]} "
-                            f"is {images[0].size[0]}x{images[0].size[1]}; the solution's boxes would be in another frame")
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+                raise DataError(f"{r.source}: field 'image': {p} cannot be decoded ({e}); "
+                                "replace the file or remove the line") from None
+        originals = [im.size for im in images]
+        wanted = [upscaled_size(size) for size in originals]
+        upscaled = wanted != originals
+        if upscaled:
+            images = [im if im.size == size else im.resize(size, Image.Resampling.BICUBIC) for im, size in zip(images, wanted)]
         messages = build_messages(r.question, len(images), self.template)
-        return Sample(r.id, images, messages, r.question, r.solution, r.source, dict(r.metadata), r.task)
+        return Sample(r.id, images, messages, r.question, r.solution, r.source, dict(r.metadata), r.task,
+                      original_sizes=originals if upscaled else None)
+
+    def __getitem__(self, idx: int) -> Sample:
+        if self.bad_rows == "raise":
+            return self.load(idx)
+        skipped: list[SkippedRow] = []
+        for k in range(len(self.records)):
+            j = (idx + k) % len(self.records)
+            if j in self.failed:  # failed before in this process: reported again, not decoded again
+                skipped.append(self.failed[j])
+                continue
+            try:
+                sample = self.load(j)
+            except DataError as e:
+                self.failed[j] = SkippedRow(self.records[j].id, str(e))
+                skipped.append(self.failed[j])
+                continue
+            sample.skipped = skipped
+            return sample
+        raise DataError(f"no row of the dataset loads; the first failure: {next(iter(self.failed.values())).reason}")

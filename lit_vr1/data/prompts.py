@@ -23,7 +23,7 @@ TEMPLATES: dict[str, str] = {
 
 def check_template(name: str) -> str:
     if name not in TEMPLATES:
-        raise ValueError(f"prompt template {name!r} is not known; choose one of {', '.join(TEMPLATES)}")
+        raise ValueError(f"data.template={name!r} is not a known prompt template; choose one of {', '.join(TEMPLATES)}")
     return name
 
 

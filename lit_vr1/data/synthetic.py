@@ -44,7 +44,7 @@ class SyntheticSpec:
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
-            raise ValueError(f"synthetic task={self.task!r} is not valid; choose one of {', '.join(TASKS)}")
+            raise ValueError(f"data.synthetic.task={self.task!r} is not valid; choose one of {', '.join(TASKS)}")
 
     num_samples: int = 256
     canvas: int = 112
@@ -73,7 +73,7 @@ def canvas(spec: SyntheticSpec) -> Image.Image:
     if spec.background == "plain":
         return Image.new("RGB", (n, n), (235, 235, 235))
     if spec.background != "gradient":
-        raise ValueError(f"background={spec.background!r} is not valid; choose gradient or plain")
+        raise ValueError(f"data.synthetic.background={spec.background!r} is not valid; choose gradient or plain")
     ramp = np.linspace(150, 230, n, dtype=np.float32)
     pixels = np.empty((n, n, 3), dtype=np.uint8)
     pixels[..., 0] = ramp[None, :]

@@ -61,7 +61,7 @@ def _as_box(raw: Any) -> Box | None:
     if isinstance(raw, (list, tuple)) and len(raw) == 4:
         try:
             box = tuple(float(v) for v in raw)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: a JSON integer beyond float range
             return None
         if all(isinstance(v, (int, float, str)) and not isinstance(v, bool) for v in raw):
             return box  # type: ignore[return-value]

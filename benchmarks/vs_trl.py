@@ -1,0 +1,358 @@
+"""lit-vr1 against TRL's GRPOTrainer on the same GRPO work, side by side, on the CPU.
+
+    pip install -e ".[bench]"          # TRL and datasets: for this benchmark only
+    python benchmarks/vs_trl.py [--prompts 4] [--generations 8] [--completion 64] [--image 224]
+                                [--beta 0.04] [--steps 4] [--warmup 1] [--repeats 2] [--micro 8]
+                                [--lit-options shared_prompt=false,freeze_vision=true] [--trl-freeze-vision]
+                                [--sweep generations=4,8,16] [--trainers lit,trl] [--profile]
+
+Both trainers load the very same tiny random Qwen2.5-VL with the proportions of the real
+3B (``benchmarks/bench_model.py``), get the same synthetic prompts (one image each, resized
+to ``--image`` px square) and do the same work per optimiser step: ``--prompts`` prompts x
+G completions of exactly ``--completion`` tokens (the end-of-turn token is suppressed in
+both, so no completion ends early), sampling at temperature 1, the k3 KL to a frozen
+reference with ``--beta``, the clipped GRPO loss (TRL ``loss_type="grpo"``), one optimiser
+step per rollout (so neither needs an old-policy pass), micro-batches of ``--micro``
+completions, AdamW lr 1e-5, gradient clipping at 1.0, the same reward function.
+
+Each trainer runs in its own Python process (peak RSS is per process), alternating
+lit / TRL / TRL / lit ... over ``--repeats``; the first ``--warmup`` steps of each run are
+not timed. Printed: seconds per optimiser step (median over all timed steps), completion
+tokens per second (P x G x T / that median), peak RSS (ru_maxrss, median over runs), and
+lit-vr1 / TRL ratios. ``--json`` writes every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def toy_reward(texts: list[str]) -> list[float]:
+    """A cheap deterministic reward that differs between completions (so advantages are not 0)."""
+    return [(sum(map(ord, t)) % 97) / 97.0 for t in texts]
+
+
+# -- data and model shared by both trainers ---------------------------------------------------
+def prepare(root: str, image_px: int, num_samples: int) -> tuple[str, str]:
+    """The benchmark model (``root/model``) and synthetic REC data (``root/data``)."""
+    sys.path.insert(0, HERE)
+    import bench_model
+
+    from lit_vr1.data.synthetic import SyntheticSpec, write_synthetic
+
+    model_dir, data_dir = os.path.join(root, "model"), os.path.join(root, "data")
+    if not os.path.isdir(model_dir):
+        bench_model.build(model_dir, image_px=image_px)
+    if not os.path.isdir(data_dir):
+        write_synthetic(data_dir, SyntheticSpec(num_samples=num_samples, canvas=image_px), "train")
+    return model_dir, data_dir
+
+
+def load_samples(data_dir: str, n: int):
+    from lit_vr1.data.jsonl import JsonlDataset
+
+    ds = JsonlDataset(os.path.join(data_dir, "train.jsonl"), os.path.join(data_dir, "images"), "qwen_rec")
+    return [ds[i] for i in range(n)]
+
+
+# -- lit-vr1 --------------------------------------------------------------------------------
+def run_lit(cfg: dict) -> dict:
+    import dataclasses
+
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    from lit_vr1.grpo import GRPOModule
+    from lit_vr1.loop import GRPOConfig
+    from lit_vr1.rewards.base import Reward
+
+    class Toy(Reward):
+        default_name = "toy"
+
+        def score(self, completions, contexts):
+            return toy_reward(completions)
+
+    opts = cfg["lit_options"]
+    if not opts.get("reuse_features", True):  # measure a frozen tower without reusing its features
+        from lit_vr1 import prefix
+
+        prefix.vision_frozen = lambda model: False
+    L.seed_everything(0, verbose=False)
+    n = cfg["prompts"] * cfg["generations"]
+    grpo = GRPOConfig(num_generations=cfg["generations"], max_completion_length=cfg["completion"], beta=cfg["beta"],
+                      micro_batch_size=cfg["micro"], loss_type="grpo", shared_prompt=opts.get("shared_prompt", True))
+    module = GRPOModule(model=cfg["model_dir"], rewards=[Toy()], grpo=grpo,
+                        freeze_vision=opts.get("freeze_vision", False), freeze_merger=opts.get("freeze_vision", False))
+    module.configure_model()
+    eos = module.processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    loop = module.loop
+    loop.sampling = dataclasses.replace(loop.sampling, suppress_ids=loop.sampling.suppress_ids + (eos,))
+    loaded = peak_mib()
+    samples = load_samples(cfg["data_dir"], cfg["prompts"] * (cfg["warmup"] + cfg["steps"]))
+    times = []
+
+    class Timer(L.Callback):
+        def on_train_batch_start(self, *a):
+            if len(times) == cfg["warmup"]:
+                prof.reset()
+            self.t = time.perf_counter()
+
+        def on_train_batch_end(self, trainer, pl_module, *a):
+            times.append(time.perf_counter() - self.t)
+
+    prof = Profile()
+    prof.attach_towers(module.policy, module.ref_model)
+    prof.wrap(loop, "rollout", "rollout")
+    prof.wrap(loop, "prepare_logprobs", "nograd_logprobs")
+    trainer = L.Trainer(accelerator="cpu", max_steps=cfg["warmup"] + cfg["steps"], logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[Timer()])
+    trainer.fit(module, DataLoader(samples, batch_size=cfg["prompts"], collate_fn=list))
+    tokens = int(module.loop.last_rollout.completion_mask.sum())
+    assert tokens == n * cfg["completion"], f"completions ended early: {tokens} tokens"
+    return {"step_s": times[cfg["warmup"]:], "tokens": tokens, "loaded_mib": loaded, "profile": prof.per_step(cfg["steps"])}
+
+
+class Profile:
+    """Where a step's time goes, the same way for both trainers: seconds in the rollout
+    (sampling), in the no-grad log-prob passes (reference, old policy), in the vision
+    towers' forward (inside both and in training), and the images the towers encode.
+    Methods are wrapped with timers; the towers get forward hooks."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget what was measured (the warm-up steps)."""
+        self.seconds = {"rollout": 0.0, "nograd_logprobs": 0.0, "vision_forward": 0.0}
+        self.images = 0
+
+    def wrap(self, obj, method: str, key: str, only_without_grad: bool = False) -> None:
+        import torch
+
+        inner = getattr(obj, method)
+
+        def timed(*args, **kwargs):
+            if only_without_grad and torch.is_grad_enabled():
+                return inner(*args, **kwargs)
+            t = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                self.seconds[key] += time.perf_counter() - t
+
+        setattr(obj, method, timed)
+
+    def attach_towers(self, *models) -> None:
+        for model in models:
+            if model is None:
+                continue
+            base = model.get_base_model() if hasattr(model, "get_base_model") else model
+            base.model.visual.register_forward_pre_hook(self._start)
+            base.model.visual.register_forward_hook(self._stop, with_kwargs=True)
+
+    def _start(self, module, args) -> None:
+        self._t = time.perf_counter()
+
+    def _stop(self, module, args, kwargs, out) -> None:
+        self.seconds["vision_forward"] += time.perf_counter() - self._t
+        grid = kwargs.get("grid_thw", args[1] if len(args) > 1 else None)
+        self.images += int(grid.shape[0]) if grid is not None else 1
+
+    def per_step(self, steps: int) -> dict:
+        return {**{k: v / steps for k, v in self.seconds.items()}, "images_encoded": self.images / steps}
+
+
+# -- TRL ------------------------------------------------------------------------------------
+def run_trl(cfg: dict) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from lit_vr1.rollout import vision_token_ids
+
+    processor = AutoProcessor.from_pretrained(cfg["model_dir"])
+    eos = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    model = AutoModelForImageTextToText.from_pretrained(cfg["model_dir"], dtype=torch.float32)
+    if cfg["trl_freeze_vision"]:
+        model.model.visual.requires_grad_(False)
+    n = cfg["prompts"] * cfg["generations"]
+    samples = load_samples(cfg["data_dir"], cfg["prompts"] * (cfg["warmup"] + cfg["steps"]))
+    data = Dataset.from_list([{"prompt": s.messages, "image": s.images[0]} for s in samples])
+
+    def reward(prompts, completions, **kwargs):
+        return toy_reward([c[0]["content"] if isinstance(c, list) else c for c in completions])
+
+    args = GRPOConfig(
+        output_dir=cfg["tmp"], per_device_train_batch_size=cfg["micro"], gradient_accumulation_steps=n // cfg["micro"],
+        num_generations=cfg["generations"], max_completion_length=cfg["completion"], beta=cfg["beta"],
+        loss_type="grpo", learning_rate=1e-5, max_grad_norm=1.0, max_steps=cfg["warmup"] + cfg["steps"],
+        logging_steps=1, report_to="none", save_strategy="no", use_cpu=True, bf16=False, fp16=False, seed=0,
+        shuffle_dataset=False, dataloader_num_workers=0,
+        # as lit-vr1: image/video placeholders are never sampled (a sampled <|image_pad|> breaks TRL's next forward:
+        # "Image features and image tokens do not match"), and the end-of-turn token neither (fixed length)
+        generation_kwargs={"suppress_tokens": [eos, *vision_token_ids(processor)]},
+        disable_tqdm=True,
+    )
+    times = []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            if len(times) == cfg["warmup"]:
+                prof.reset()
+            self.t = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            times.append(time.perf_counter() - self.t)
+
+    trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=data, processing_class=processor,
+                          callbacks=[Timer()])
+    prof = Profile()
+    prof.attach_towers(trainer.model, getattr(trainer, "ref_model", None))
+    prof.wrap(trainer, "_generate_single_turn", "rollout")
+    prof.wrap(trainer, "_get_per_token_logps_and_entropies", "nograd_logprobs", only_without_grad=True)
+    loaded = peak_mib()
+    trainer.train()
+    lengths = [e["completions/mean_length"] for e in trainer.state.log_history if "completions/mean_length" in e]
+    assert all(x == cfg["completion"] for x in lengths), f"completions ended early: mean lengths {lengths}"
+    return {"step_s": times[cfg["warmup"]:], "tokens": n * cfg["completion"], "loaded_mib": loaded,
+            "profile": prof.per_step(cfg["steps"])}
+
+
+# -- parent ---------------------------------------------------------------------------------
+def child_main(trainer: str, cfg_json: str) -> None:
+    import torch
+
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    cfg = json.loads(cfg_json)
+    out = (run_lit if trainer == "lit" else run_trl)(cfg)
+    out["peak_mib"] = peak_mib()
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+def run_child(trainer: str, cfg: dict) -> dict:
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
+    proc = subprocess.run([sys.executable, __file__, "--child", trainer, json.dumps(cfg)], capture_output=True,
+                          text=True, env=env)
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if proc.returncode != 0 or line is None:
+        raise RuntimeError(f"{trainer} run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return json.loads(line[len("RESULT "):])
+
+
+def measure(cfg: dict, trainers: list[str], repeats: int) -> dict:
+    """Alternating runs of each trainer; medians over all timed steps and over runs."""
+    runs = {t: [] for t in trainers}
+    for r in range(repeats):
+        for t in (trainers if r % 2 == 0 else trainers[::-1]):
+            runs[t].append(run_child(t, cfg))
+            print(f"  {t} run {r + 1}: steps {[round(s, 2) for s in runs[t][-1]['step_s']]} s, "
+                  f"peak {runs[t][-1]['peak_mib']:.0f} MiB", file=sys.stderr, flush=True)
+    out = {}
+    for t, rs in runs.items():
+        step = statistics.median([s for r in rs for s in r["step_s"]])
+        out[t] = {"step_s": step, "tokens_per_s": rs[0]["tokens"] / step,
+                  "peak_mib": statistics.median(r["peak_mib"] for r in rs),
+                  "loaded_mib": statistics.median(r["loaded_mib"] for r in rs),
+                  "profile": {k: statistics.median(r["profile"][k] for r in rs) for k in rs[0]["profile"]}, "runs": rs}
+    return out
+
+
+def table_row(label: str, res: dict) -> str:
+    lit, trl = res.get("lit"), res.get("trl")
+    cells = [label]
+    for r in (lit, trl):
+        cells += [f"{r['step_s']:.2f}", f"{r['tokens_per_s']:.0f}", f"{r['peak_mib']:.0f}"] if r else ["", "", ""]
+    if lit and trl:
+        cells += [f"{lit['tokens_per_s'] / trl['tokens_per_s']:.2f}x", f"{lit['peak_mib'] / trl['peak_mib']:.2f}x"]
+    return "| " + " | ".join(cells) + " |"
+
+
+HEADER = ("| setting | lit-vr1 s/step | lit-vr1 tok/s | lit-vr1 peak MiB | TRL s/step | TRL tok/s | TRL peak MiB "
+          "| tok/s ratio | peak RSS ratio |\n|---|---|---|---|---|---|---|---|---|")
+
+
+PROFILE_HEADER = ("| setting | trainer | step s | rollout s | no-grad log-prob passes s | rest (policy fwd+bwd, optimiser) s "
+                  "| vision forward s | images encoded |\n|---|---|---|---|---|---|---|---|")
+
+
+def profile_rows(label: str, res: dict) -> list[str]:
+    rows = []
+    for name, r in res.items():
+        p = r["profile"]
+        rest = r["step_s"] - p["rollout"] - p["nograd_logprobs"]
+        rows.append(f"| {label} | {name} | {r['step_s']:.2f} | {p['rollout']:.2f} | {p['nograd_logprobs']:.2f} | {rest:.2f} "
+                    f"| {p['vision_forward']:.2f} | {p['images_encoded']:.0f} |")
+    return rows
+
+
+def parse_options(text: str) -> dict:
+    out = {}
+    for item in filter(None, text.split(",")):
+        key, value = item.split("=")
+        out[key] = value.lower() in ("1", "true", "yes")
+    return out
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        return child_main(sys.argv[2], sys.argv[3])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--prompts", type=int, default=4)
+    p.add_argument("--generations", type=int, default=8)
+    p.add_argument("--completion", type=int, default=64)
+    p.add_argument("--image", type=int, default=224)
+    p.add_argument("--beta", type=float, default=0.04)
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--micro", type=int, default=8)
+    p.add_argument("--lit-options", default="", help="switches: shared_prompt, freeze_vision (tower and merger), reuse_features; "
+                   "e.g. shared_prompt=false or freeze_vision=true,reuse_features=false")
+    p.add_argument("--trl-freeze-vision", action="store_true", help="freeze TRL's vision tower too")
+    p.add_argument("--trainers", default="lit,trl")
+    p.add_argument("--sweep", default="", help="one setting over values, e.g. generations=4,8,16 or image=112,224,448")
+    p.add_argument("--json", default=None)
+    a = p.parse_args()
+    base = {k: getattr(a, k) for k in ("prompts", "generations", "completion", "image", "beta", "steps", "warmup",
+                                       "micro")}
+    base["lit_options"], base["trl_freeze_vision"] = parse_options(a.lit_options), a.trl_freeze_vision
+    key, values = (a.sweep.split("=") + [""])[:2] if a.sweep else ("generations", str(a.generations))
+    results, profiles = [], []
+    print(HEADER)
+    for value in values.split(","):
+        cfg = dict(base, **{key: type(base[key])(value)})
+        with tempfile.TemporaryDirectory() as root:
+            cfg["model_dir"], cfg["data_dir"] = prepare(root, cfg["image"], cfg["prompts"] * (cfg["warmup"] + cfg["steps"]))
+            cfg["tmp"] = os.path.join(root, "trl_out")
+            res = measure(cfg, a.trainers.split(","), a.repeats)
+        label = (f"P={cfg['prompts']} G={cfg['generations']} T={cfg['completion']} {cfg['image']}px "
+                 f"beta={cfg['beta']}" + (f" {a.lit_options}" if a.lit_options else ""))
+        print(table_row(label, res), flush=True)
+        profiles += profile_rows(label, res)
+        results.append({"config": {k: v for k, v in cfg.items() if k not in ("model_dir", "data_dir", "tmp")},
+                        "results": res})
+    print("\nWhere the time goes (per optimiser step, profile timers: medians over runs)\n" + PROFILE_HEADER)
+    print("\n".join(profiles))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,215 @@
+"""Shared-prompt passes: each prompt (and its images) goes through the model once for all
+of its G completions, in the rollout and in every training forward.
+
+A GRPO batch holds P prompts with G completions each. Peers repeat every prompt G times
+(TRL, EasyR1 and verl build N = P*G rows of prompt + completion), so the vision tower
+encodes each image G times and the language model runs over each prompt G times, in the
+rollout's prefill and again in the old, reference and policy passes. Here:
+
+1. the prompt pass runs the P prompts (images included) once and keeps its key/value cache
+   (with gradients when training);
+2. the cache rows are repeated for the completions that share a prompt
+   (``DynamicCache.batch_select_indices``: an index, so gradients add up over the G uses);
+3. the completion pass runs the N completions' tokens against that cache.
+
+The logits equal those of the full (prompt + completion) forward: the prompt's last logit
+predicts the first completion token, the completion pass predicts the rest, with the
+completion tokens placed where the full forward's position rule puts them (Qwen-VL's
+M-RoPE: text after the prompt continues from the prompt's largest position + 1).
+
+Sampling uses the same two passes: one prefill for the P prompts, then a decode loop over
+the N rows, sampling from :func:`lit_vr1.loss.sampling_logits` (the distribution the loss
+scores) with ``torch.multinomial`` as transformers' sampler does.
+
+With a frozen vision tower (its projector included: ``freeze_vision`` + ``freeze_merger``,
+or LoRA, which adapts the language model only) the image features are computed once per
+rollout and handed to every pass through transformers' ``mm_encoder_outputs`` (Qwen2-VL,
+Qwen2.5-VL). Supported: Qwen2-VL, Qwen2.5-VL, Qwen3-VL; InternVL falls back to repeated rows.
+
+Shapes: P prompts, N completion rows, Lp prompt tokens (left-padded), T completion tokens,
+V vocabulary; ``prompt_index`` (N,) is the prompt row of each completion row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from transformers import DynamicCache
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from lit_vr1.loss import sampling_logits, token_logprobs
+from lit_vr1.models import families
+
+SHARED_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")  # M-RoPE positions from the model's get_rope_index
+# image features handed back through mm_encoder_outputs (Qwen3-VL's DeepStack features are not: its tower
+# runs once per prompt in each pass instead)
+REUSE_FAMILIES = ("qwen2_vl", "qwen2_5_vl")
+VISION_KEYS = ("pixel_values", "image_grid_thw")
+
+
+def _base(model: nn.Module) -> nn.Module:
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def unsupported_reason(model: nn.Module) -> str | None:
+    """Why the shared-prompt passes cannot run on ``model`` (None: they can)."""
+    family = families.find_family(_base(model))
+    if family is None or family.name not in SHARED_FAMILIES:
+        name = family.name if family is not None else type(_base(model)).__name__
+        return f"model family {name} (shared prompt passes support {', '.join(SHARED_FAMILIES)})"
+    base = _base(model)
+    name = "is_activation_checkpointing" if hasattr(base, "is_activation_checkpointing") else "is_gradient_checkpointing"
+    if getattr(base, name, False):
+        return "gradient_checkpointing (transformers turns the key/value cache off under it)"
+    return None
+
+
+def vision_frozen(model: nn.Module) -> bool:
+    """True when no parameter of the vision tower (projector included) is trained."""
+    base = _base(model)
+    family = families.find_family(base)
+    tower = family.tower(base) if family is not None else None
+    return tower is not None and not any(p.requires_grad for p in tower.parameters())
+
+
+@dataclass
+class ImageFeatures:
+    """The vision tower's output for a prompt batch: ``per_image`` (I tensors of
+    (tokens_i, hidden)), ``images_per_prompt`` (P,)."""
+
+    per_image: tuple[Tensor, ...]
+    images_per_prompt: list[int]
+
+    def select(self, prompts: list[int]) -> BaseModelOutputWithPooling | None:
+        first = [0]
+        for n in self.images_per_prompt:
+            first.append(first[-1] + n)
+        picked = tuple(self.per_image[i] for p in prompts for i in range(first[p], first[p + 1]))
+        return BaseModelOutputWithPooling(pooler_output=picked) if picked else None
+
+
+def image_features(model: nn.Module, prompt: dict[str, Tensor], images_per_prompt: list[int]) -> ImageFeatures | None:
+    """Encode the images of a prompt batch once (None when it has none, or for a family whose
+    features cannot be handed back to the model: see ``REUSE_FAMILIES``)."""
+    family = families.find_family(_base(model))
+    if "pixel_values" not in prompt or family is None or family.name not in REUSE_FAMILIES:
+        return None
+    out = _base(model).model.get_image_features(prompt["pixel_values"], prompt["image_grid_thw"], return_dict=True)
+    return ImageFeatures(tuple(out.pooler_output), list(images_per_prompt))
+
+
+def next_positions(model: nn.Module, prompt: dict[str, Tensor]) -> Tensor:
+    """(P,) position of the first token after each prompt, by the model's own rule: Qwen-VL's
+    M-RoPE gives text after the prompt the prompt's largest position + 1 (padding skipped);
+    a batch without images gets positions 0..Lp-1, padding included (the model's default)."""
+    ids, mask = prompt["input_ids"], prompt["attention_mask"]
+    if "image_grid_thw" not in prompt:
+        return torch.full((ids.shape[0],), ids.shape[1], dtype=torch.long, device=ids.device)
+    kwargs = {k: prompt[k] for k in ("mm_token_type_ids", "image_grid_thw") if k in prompt}
+    positions, _ = _base(model).model.get_rope_index(input_ids=ids, attention_mask=mask, **kwargs)
+    return positions.masked_fill(mask[None] == 0, -1).amax(dim=(0, 2)) + 1
+
+
+@dataclass
+class PromptPass:
+    """cache: key/values of the prompt rows; last_logits (rows, V): the prediction of the
+    first completion token; next_position (rows,); attention_mask (rows, Lp)."""
+
+    cache: DynamicCache
+    last_logits: Tensor
+    next_position: Tensor
+    attention_mask: Tensor
+
+    def select(self, index: Tensor) -> PromptPass:
+        """The pass for rows ``index`` (repeats allowed), in place for the cache."""
+        self.cache.batch_select_indices(index)
+        return PromptPass(self.cache, self.last_logits[index], self.next_position[index], self.attention_mask[index])
+
+
+def prompt_pass(model: nn.Module, prompt: dict[str, Tensor], features: BaseModelOutputWithPooling | None = None) -> PromptPass:
+    """Run the prompts once, keeping their cache (and the autograd graph when grads are on)."""
+    inputs = dict(prompt)
+    if features is not None:
+        inputs.pop("pixel_values", None)
+        inputs["mm_encoder_outputs"] = {"image": features}
+    out = model(**inputs, past_key_values=DynamicCache(), use_cache=True, logits_to_keep=1)
+    return PromptPass(out.past_key_values, out.logits[:, -1], next_positions(model, prompt), prompt["attention_mask"])
+
+
+def _text_positions(start: Tensor, length: int) -> Tensor:
+    """(3, rows, length) M-RoPE positions of text tokens starting at ``start`` (rows,)."""
+    pos = start[:, None] + torch.arange(length, device=start.device)[None]
+    return pos[None].expand(3, -1, -1)
+
+
+def completion_logits(model: nn.Module, prompt: dict[str, Tensor], images_per_prompt: list[int],
+                      image_rows: list[int] | None, prompt_index: Tensor, completion_ids: Tensor,
+                      completion_mask: Tensor, features: ImageFeatures | None = None) -> Tensor:
+    """Logits predicting each completion token, (n, T, V), equal to those of the full
+    forward over prompt + completion; each distinct prompt of ``prompt_index`` runs once."""
+    uniq, inverse = torch.unique(prompt_index, return_inverse=True)
+    rows = families.select_rows(prompt, images_per_prompt, uniq, image_rows) if image_rows is not None else \
+        {k: v[uniq] for k, v in prompt.items()}
+    feats = features.select(uniq.tolist()) if features is not None else None
+    shared = prompt_pass(model, rows, feats).select(inverse.to(completion_ids.device))
+    first = shared.last_logits[:, None]
+    if completion_ids.shape[1] == 1:
+        return first
+    mask = torch.cat([shared.attention_mask, completion_mask[:, :-1].to(shared.attention_mask.dtype)], dim=1)
+    out = model(input_ids=completion_ids[:, :-1], attention_mask=mask, past_key_values=shared.cache, use_cache=True,
+                position_ids=_text_positions(shared.next_position, completion_ids.shape[1] - 1))
+    return torch.cat([first, out.logits], dim=1)
+
+
+@dataclass
+class Sampled:
+    """completion_ids (N, T) with pad after EOS; mask (N, T) 1 up to and including EOS;
+    has_eos (N,); logprobs (N, T) of the sampled tokens (0 after EOS) when asked for."""
+
+    completion_ids: Tensor
+    mask: Tensor
+    has_eos: Tensor
+    logprobs: Tensor | None
+
+
+@torch.no_grad()
+def sample(model: nn.Module, prompt: dict[str, Tensor], group_size: int, cfg, eos_ids: list[int], pad_id: int,
+           features: ImageFeatures | None = None, with_logprobs: bool = False) -> Sampled:
+    """``group_size`` completions per prompt: one prefill of the P prompts, then a decode loop
+    over the N = P * group_size rows. ``cfg`` is a :class:`lit_vr1.rollout.SamplingConfig`."""
+    n_prompts = prompt["input_ids"].shape[0]
+    index = torch.arange(n_prompts, device=prompt["input_ids"].device).repeat_interleave(group_size)
+    feats = features.select(list(range(n_prompts))) if features is not None else None
+    state = prompt_pass(model, prompt, feats).select(index)
+    logits, mask, start = state.last_logits.float(), state.attention_mask, state.next_position
+    eos = torch.tensor(eos_ids, device=logits.device)
+    done = torch.zeros(index.numel(), dtype=torch.bool, device=logits.device)
+    tokens, logps = [], []
+    for t in range(cfg.max_completion_length):
+        if cfg.greedy:
+            dist = sampling_logits(logits, 1.0, 0, 1.0, cfg.suppress_ids)
+            tok = dist.argmax(dim=-1)
+        else:
+            dist = sampling_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p, cfg.suppress_ids)
+            tok = torch.multinomial(dist.softmax(dim=-1), num_samples=1).squeeze(1)
+        tok = tok.masked_fill(done, pad_id)
+        if with_logprobs:
+            logps.append(token_logprobs(dist[:, None], tok[:, None])[:, 0].masked_fill(done, 0.0))
+        tokens.append(tok)
+        done = done | torch.isin(tok, eos)
+        if bool(done.all()) or t == cfg.max_completion_length - 1:
+            break
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+        out = model(input_ids=tok[:, None], attention_mask=mask, past_key_values=state.cache, use_cache=True,
+                    position_ids=_text_positions(start + t, 1), logits_to_keep=1)
+        logits = out.logits[:, -1].float()
+    ids = torch.stack(tokens, dim=1)
+    is_eos = torch.isin(ids, eos)
+    has_eos = is_eos.any(dim=1)
+    first = torch.where(has_eos, is_eos.int().argmax(dim=1), torch.full_like(has_eos, ids.shape[1], dtype=torch.long))
+    keep = (torch.arange(ids.shape[1], device=ids.device)[None] <= first[:, None]).long()
+    lp = torch.stack(logps, dim=1).masked_fill(keep == 0, 0.0) if with_logprobs else None
+    return Sampled(ids.masked_fill(keep == 0, pad_id), keep, has_eos, lp)

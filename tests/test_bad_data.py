@@ -1,0 +1,217 @@
+"""Bad input data: every kind gives a message naming the file, the line and the field, or,
+with ``bad_rows="skip"``, is left out, counted and reported at the end of the epoch."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from PIL import Image
+
+from lit_vr1.data.datamodule import GroundingDataModule, SkippedRowsReport
+from lit_vr1.data.jsonl import DataError, JsonlDataset, prompt_length, upscaled_size
+
+
+def images(folder):
+    """a.png 40x30 (good), small.png 10x14, garbage.png (not an image), truncated.png (a
+    valid header, half the pixel data), wide.png 300x1 (aspect ratio 300)."""
+    folder.mkdir(exist_ok=True)
+    Image.new("RGB", (40, 30), (255, 0, 0)).save(folder / "a.png")
+    Image.new("RGB", (10, 14), (0, 255, 0)).save(folder / "small.png")
+    (folder / "garbage.png").write_bytes(b"this is not an image at all")
+    noise = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(folder / "full.png")
+    data = (folder / "full.png").read_bytes()
+    (folder / "truncated.png").write_bytes(data[: len(data) // 2])
+    Image.new("RGB", (300, 1)).save(folder / "wide.png")
+    return folder
+
+
+def write(tmp_path, lines, name="data"):
+    folder = images(tmp_path / "img")
+    path = tmp_path / f"{name}.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return str(path), str(folder)
+
+
+def rec(i, image="a.png", human="<image>Where is the red square?", gpt="[1, 2, 30, 20]"):
+    return json.dumps({"id": i, "image": image, "conversations": [{"from": "human", "value": human},
+                                                                   {"from": "gpt", "value": gpt}]})
+
+
+def vr1(i, solution, image="a.png", problem="<image>Find every cat."):
+    return json.dumps({"id": i, "image": image, "problem": problem, "solution": solution})
+
+
+BAD_AT_BUILD = [
+    ("{not json", r"data\.jsonl:2: not valid JSON \(Expecting property name enclosed in double quotes at column 2\)"),
+    (json.dumps({"id": 9, "image": "a.png"}), r"data\.jsonl:2: a line needs 'conversations', or a string 'problem'"),
+    (rec(9, image="gone.png"), r"data\.jsonl:2: field 'image': image file .*gone\.png does not exist; fix the path"),
+    (rec(9, image="garbage.png"), r"data\.jsonl:2: field 'image': .*garbage\.png is not an image PIL can read"),
+    (rec(9, image="wide.png", gpt=""), r"data\.jsonl:2: field 'image': .*wide\.png is 300x1, an aspect ratio above 200"),
+    (rec(9, human="<image>   "), r"data\.jsonl:2: field 'conversations' \(human turn\) is empty"),
+    (vr1(9, [], problem=" "), r"data\.jsonl:2: field 'problem' is empty"),
+    (rec(9, gpt="[5, 5, 5, 20]"),
+     r"data\.jsonl:2: field 'conversations' \(gpt turn\) box 0 \[5\.0, 5\.0, 5\.0, 20\.0\] has no area"),
+    (rec(9, gpt='<answer>[{"bbox_2d": [1, 2, 300, 20], "label": "sq"}]</answer>'),
+     r"data\.jsonl:2: field 'conversations' \(gpt turn\) box 0 .* lies outside the 40x30 image \(by more than 1 px\)"),
+    (vr1(9, [["cat", [1, 2, 10, 12]], ["dog", [10, 10, 5, 20]]]),
+     r"data\.jsonl:2: field 'solution' item 1 \[10, 10, 5, 20\] has no area"),
+    (vr1(9, [["cat", [0, 0, 41.5, 30]]]), r"data\.jsonl:2: field 'solution' item 0 \[0, 0, 41\.5, 30\] lies outside the 40x30"),
+    (vr1(9, [["cat", [-3, 0, 10, 10]]]), r"data\.jsonl:2: field 'solution' item 0 .* lies outside"),
+]
+
+
+@pytest.mark.parametrize("line, message", BAD_AT_BUILD, ids=[
+    "malformed_json", "missing_field", "missing_image", "corrupt_image_header", "aspect_ratio", "empty_human_turn",
+    "empty_problem", "rec_zero_area", "rec_out_of_image", "vr1_zero_area", "vr1_out_of_image", "vr1_negative"])
+def test_bad_rows_fail_when_the_data_is_read_naming_file_line_field(tmp_path, line, message):
+    f, d = write(tmp_path, [rec(1), line, rec(3)])
+    with pytest.raises(DataError, match=message):
+        JsonlDataset(f, d)
+
+
+def test_boxes_at_the_edge_and_non_box_answers_are_accepted(tmp_path):
+    edge = vr1(2, [["cat", [0, 0, 41, 31]]])  # within the 1 px slack of a 40x30 image
+    count = rec(3, gpt="<answer> 3 </answer>")  # not a box: not checked
+    f, d = write(tmp_path, [rec(1, gpt="[0, 0, 40, 30]"), edge, count])
+    assert len(JsonlDataset(f, d)) == 3
+    # an answer that is a list of four numbers but not a box passes with check_boxes=False
+    f, d = write(tmp_path, [rec(1, gpt="[9, 3, 1, 2]")], "lists")
+    assert len(JsonlDataset(f, d, check_boxes=False)) == 1
+
+
+def test_corrupt_pixel_data_fails_at_load_time_naming_file_line_and_image(tmp_path):
+    f, d = write(tmp_path, [rec(1), rec(2, image="truncated.png", gpt="")])
+    ds = JsonlDataset(f, d)  # the header is fine: the row passes the build-time checks
+    with pytest.raises(DataError, match=r"data\.jsonl:2: field 'image': .*truncated\.png cannot be decoded"):
+        ds[1]
+
+
+def test_small_images_are_upscaled_and_boxes_stay_in_original_pixels(tmp_path):
+    from lit_vr1.models.tiny import build_tiny
+    from lit_vr1.rewards.base import SampleContext
+    from lit_vr1.rewards.rec import IoUReward
+    from lit_vr1.rollout import encode_prompts, image_layout
+
+    assert upscaled_size((10, 14)) == (28, 39) and upscaled_size((14, 10)) == (39, 28) and upscaled_size((28, 5)) == (157, 28)
+    f, d = write(tmp_path, [rec(1, image="small.png", gpt="[2, 3, 8, 12]")])
+    sample = JsonlDataset(f, d, "qwen_rec")[0]
+    assert sample.images[0].size == (28, 39)  # short side 28, aspect ratio kept
+    assert sample.image_sizes == [(10, 14)]  # the frame of the solution's box
+    _, processor = build_tiny("qwen2_5_vl", seed=0)
+    enc, _ = encode_prompts(processor, [sample])
+    _, input_sizes = image_layout(processor, enc, sample.image_sizes)
+    (w_in, h_in) = input_sizes[0]
+    assert w_in >= 28 and h_in >= 28
+    # a model that answers the true box in its input frame earns IoU 1 against the original-pixel solution
+    sx, sy = w_in / 10, h_in / 14
+    answer = json.dumps([{"bbox_2d": [2 * sx, 3 * sy, 8 * sx, 12 * sy], "label": "x"}])
+    ctx = SampleContext(id="1", prompt="", solution=sample.solution, images=sample.images,
+                        image_sizes=sample.image_sizes, input_sizes=input_sizes)
+    assert IoUReward(box_frame="input_pixels").score([answer], [ctx]) == pytest.approx([1.0])
+    # and the original-pixel answer is right in the original_pixels frame
+    assert IoUReward(box_frame="original_pixels").score(["[2, 3, 8, 12]"], [ctx]) == pytest.approx([1.0])
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "internvl"])
+def test_prompt_length_counts_image_tokens_as_the_processor_does(tmp_path, family):
+    from lit_vr1.models.tiny import build_tiny
+    from lit_vr1.rollout import encode_prompts
+
+    f, d = write(tmp_path, [rec(1), rec(2, image="small.png", gpt="[1, 1, 5, 5]"), rec(3, image=["a.png", "a.png"])])
+    ds = JsonlDataset(f, d, "qwen_rec")
+    _, processor = build_tiny(family, seed=0)
+    for i, r in enumerate(ds.records):
+        enc, _ = encode_prompts(processor, [ds[i]])
+        assert prompt_length(processor, r, ds.template) == enc["input_ids"].shape[1]
+
+
+def test_prompts_over_max_prompt_length_are_refused_or_skipped_never_truncated(tmp_path):
+    from lit_vr1.models.tiny import build_tiny
+
+    _, processor = build_tiny("qwen2_5_vl", seed=0)
+    f, d = write(tmp_path, [rec(1), rec(2, image=["a.png", "a.png"], human="<image><image>Compare them.", gpt="")])
+    ds = JsonlDataset(f, d, "qwen_rec")
+    one, two = (prompt_length(processor, r, "qwen_rec") for r in ds.records)
+    assert two > one
+    with pytest.raises(DataError, match=rf"data\.jsonl:2: the prompt \(field 'image' and the question\) is {two} tokens "
+                                        rf"with its image tokens, over data\.max_prompt_length={one}; prompts are never"):
+        ds.check_prompt_lengths(processor, one)
+    dm = GroundingDataModule(train_files=f, train_images=d, bad_rows="skip", max_prompt_length=one, num_val_samples=0)
+    dm.use_processor(processor)
+    dm.setup("fit")
+    assert [r.id for r in dm.train_set.records] == ["1"]
+    assert [r.id for r in dm.skipped_at_build()] == ["2"]
+    with pytest.raises(ValueError, match="data.max_prompt_length needs the model's processor"):
+        GroundingDataModule(train_files=f, train_images=d, max_prompt_length=10).setup("fit")
+
+
+def test_bad_rows_option_is_checked():
+    with pytest.raises(ValueError, match=r"data\.bad_rows='drop' is not valid; choose raise .* or skip"):
+        GroundingDataModule(synthetic=None, train_files="x", train_images="y", bad_rows="drop")
+    with pytest.raises(ValueError, match=r"data\.max_prompt_length=0 must be >= 1"):
+        GroundingDataModule(train_files="x", train_images="y", max_prompt_length=0)
+
+
+def test_skip_mode_leaves_bad_rows_out_with_ids_and_reasons(tmp_path):
+    lines = [rec(1), "{not json", rec(3, image="gone.png"), rec(4, gpt="[5, 5, 5, 20]"), rec(5, image="truncated.png"),
+             rec(6)]
+    f, d = write(tmp_path, lines)
+    ds = JsonlDataset(f, d, bad_rows="skip")
+    assert [r.id for r in ds.records] == ["1", "5", "6"]
+    assert [r.id for r in ds.skipped] == [f"{f}:2", "3", "4"]
+    assert "not valid JSON" in ds.skipped[0].reason and "gone.png does not exist" in ds.skipped[1].reason
+    # row 5 fails when loaded: the next row that loads stands in for it, carrying the failure
+    sample = ds[1]
+    assert sample.id == "6" and [r.id for r in sample.skipped] == ["5"]
+    assert "truncated.png cannot be decoded" in sample.skipped[0].reason
+    assert ds[1].skipped[0].id == "5"  # reported again at the next access, without decoding again
+    assert ds[0].skipped == [] and ds[2].skipped == []
+
+
+class _NoOp(LightningModule):
+    """A module that trains nothing: enough to run the data path through a Trainer."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.seen: list[str] = []
+
+    def training_step(self, batch, batch_idx):
+        self.seen.extend(s.id for s in batch)
+        return (self.w * 0).sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_skip_mode_reports_count_ids_and_reasons_at_the_end_of_each_epoch(tmp_path):
+    from lit_vr1.models.tiny import build_tiny
+
+    two = rec(7, image=["full.png", "full.png"], human="<image><image>Compare them.", gpt="")  # 70 tokens, the others <= 65
+    lines = [rec(1), "{not json", rec(3, gpt="[5, 5, 5, 20]"), rec(4, image="truncated.png"), rec(5), rec(6), two]
+    f, d = write(tmp_path, lines)
+    dm = GroundingDataModule(train_files=f, train_images=d, batch_size=1, bad_rows="skip", shuffle_seed=0,
+                             max_prompt_length=66)
+    module = _NoOp()
+    _, module.processor = build_tiny("qwen2_5_vl", seed=0)  # the data module counts tokens with the module's processor
+    trainer = Trainer(accelerator="cpu", devices=1, max_epochs=2, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(module, dm)
+    assert len(module.seen) == 2 * 4  # every batch kept its size: 4 rows loadable or substituted per epoch
+    report = next(c for c in trainer.callbacks if isinstance(c, SkippedRowsReport))
+    assert [[x.id for x in r["at_build"]] for r in report.reports] == [[f"{f}:2", "3", "7"]] * 2
+    assert [[x.id for x in r["at_load"]] for r in report.reports] == [["4"], ["4"]]
+    assert trainer.callback_metrics["data/skipped_rows"] == 4.0
+    texts = [str(w.message) for w in caught if "data.bad_rows=skip" in str(w.message)]
+    assert len(texts) == 2 and "epoch 0 left out 4 row(s) (3 when the data was read, 1 at load time" in texts[0]
+    assert f"ids {f}:2, 3, 7, 4" in texts[0] and "truncated.png cannot be decoded" in texts[0]
+    rows = [json.loads(x) for x in (tmp_path / "skipped_rows.jsonl").read_text().splitlines()]
+    assert len(rows) == 8 and {r["id"] for r in rows} == {f"{f}:2", "3", "4", "7"}

@@ -1,0 +1,239 @@
+"""Configuration rules (lit_vr1/checks.py): each one refuses its mistake with a message that
+names the flag; the registry lists the rules enforced elsewhere too, and each of those is
+exercised here as well; and ``lit-vr1 fit`` with a bad value stops before a model is built."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from lit_vr1 import checks, parallel
+from lit_vr1.checks import RULES, ConfigError, FitSetup, problems
+from lit_vr1.loop import GRPOConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def setup_with(group_sizes=None, batch_size=2, train_rows=100, num_workers=0, world_size=1, **grpo) -> FitSetup:
+    cfg = GRPOConfig(**grpo)
+    return FitSetup(cfg, group_sizes or [cfg.num_generations], batch_size, train_rows, num_workers, world_size)
+
+
+# rule name -> (a setup that breaks it, text its message must hold besides the flag)
+NEW_RULES = {
+    "group_at_least_two": (setup_with(num_generations=1), "every advantage is 0"),
+    "mini_batch_multiple_of_group": (setup_with(num_generations=4, mini_batch_size=6), "not a multiple of"),
+    "mini_batch_fits_rollout": (setup_with(num_generations=4, mini_batch_size=16), "exceeds the rollout"),
+    "beta_not_negative": (setup_with(beta=-0.1), "set it >= 0"),
+    "epsilon_positive": (setup_with(epsilon=0.0), "must be > 0"),
+    "epsilon_high_at_least_epsilon": (setup_with(epsilon=0.2, epsilon_high=0.1), "should be >= epsilon"),
+    "temperature_positive": (setup_with(temperature=0.0), "must be > 0"),
+    "top_p_in_range": (setup_with(top_p=1.5), "must be in (0, 1]"),
+    "top_k_not_negative": (setup_with(top_k=-1), "must be >= 0"),
+    "gradient_clip_positive": (setup_with(gradient_clip_val=0.0), "set null for no clipping"),
+    "batch_size_positive": (setup_with(batch_size=0), "must be >= 1"),
+    "num_workers_not_negative": (setup_with(num_workers=-1), "must be >= 0"),
+    "data_fills_a_batch": (setup_with(train_rows=3, world_size=2), "nothing would train"),
+}
+BY_NAME = {r.name: r for r in RULES}
+
+
+def test_registry_names_are_unique_and_every_checked_rule_has_a_case():
+    assert len(BY_NAME) == len(RULES)
+    assert {r.name for r in RULES if r.check is not None} == set(NEW_RULES)
+
+
+def test_a_sound_setup_breaks_no_rule():
+    assert problems(setup_with()) == []
+    assert problems(setup_with(num_generations=8, mini_batch_size=8, epsilon_high=0.28, top_p=0.9, top_k=50)) == []
+    assert problems(FitSetup()) == []  # nothing known: nothing to say
+
+
+@pytest.mark.parametrize("name", sorted(NEW_RULES))
+def test_each_rule_names_its_flag_and_what_to_do(name):
+    setup, text = NEW_RULES[name]
+    rule = BY_NAME[name]
+    message = rule.check(setup)
+    assert message is not None and message.startswith(rule.flag) and text in message
+    assert problems(setup) == [message]  # and no other rule fires
+    with pytest.raises(ConfigError, match="1 problem"):
+        checks.check(setup)
+
+
+def test_every_problem_is_listed_at_once():
+    with pytest.raises(ConfigError) as err:
+        checks.check(setup_with(num_generations=1, beta=-1.0, top_p=0.0))
+    text = str(err.value)
+    assert text.startswith("3 problem(s) in the configuration")
+    for flag in ("model.grpo.num_generations", "model.grpo.beta", "model.grpo.top_p"):
+        assert f"  - {flag}=" in text
+
+
+def test_ptst_stages_count_as_group_sizes():
+    from callbacks import PTST
+
+    ptst = PTST(stages=[{"max_completion_length": 8, "num_generations": 8, "steps": 1},
+                        {"max_completion_length": 16, "num_generations": 6, "steps": 1}])
+    module = SimpleNamespace(config=GRPOConfig(num_generations=8, mini_batch_size=8),
+                             trainer=SimpleNamespace(callbacks=[ptst], datamodule=None, world_size=1))
+    setup = checks.fit_setup(module)
+    assert setup.group_sizes == [8, 8, 6]
+    with pytest.raises(ConfigError, match=r"mini_batch_size=8 is not a multiple of model.grpo.num_generations=6"):
+        checks.check_fit(module)
+
+
+# -- the rules enforced elsewhere: each fires, naming its option ---------------------------------
+def _strategy_check(strategy, **grpo):
+    module = SimpleNamespace(config=GRPOConfig(**grpo), export_dir=None)
+    parallel.check_strategy(SimpleNamespace(strategy=strategy), module)
+
+
+def _deepspeed(monkeypatch, config, knows_unmanaged=True):
+    monkeypatch.setattr(parallel, "_is_deepspeed", lambda s: True)
+    monkeypatch.setattr(parallel, "_deepspeed_knows_unmanaged_accumulation", lambda: knows_unmanaged)
+    return SimpleNamespace(config=config)
+
+
+def _lora(targets):
+    from lit_vr1.models.lora import LoraSpec, resolve_targets
+
+    model = torch.nn.Module()
+    model.proj = torch.nn.Linear(2, 2)
+    return resolve_targets(model, LoraSpec(target_modules=targets))
+
+
+def _flash_on_cpu(monkeypatch):
+    from lit_vr1.module import check_attention
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "flash_attn" else real(name, *a))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    check_attention("flash_attention_2")
+
+
+def _model_parallel(tp, export_dir=None):
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    module = SimpleNamespace(config=GRPOConfig(), export_dir=export_dir, device_mesh=None)
+    parallel.check_strategy(SimpleNamespace(strategy=ModelParallelStrategy(data_parallel_size=1, tensor_parallel_size=tp)),
+                            module)
+
+
+def _data(**kwargs):
+    from lit_vr1.data.datamodule import GroundingDataModule
+
+    return GroundingDataModule(**kwargs)
+
+
+EXISTING = {
+    "loss_type_known": lambda mp: GRPOConfig(loss_type="ppo"),
+    "scale_rewards_known": lambda mp: GRPOConfig(scale_rewards="max"),
+    "num_generations_at_least_one": lambda mp: GRPOConfig(num_generations=0),
+    "max_completion_length_at_least_one": lambda mp: GRPOConfig(max_completion_length=0),
+    "num_iterations_at_least_one": lambda mp: GRPOConfig(num_iterations=0),
+    "mini_batch_size_at_least_one": lambda mp: GRPOConfig(mini_batch_size=0),
+    "micro_batch_size_at_least_one": lambda mp: GRPOConfig(micro_batch_size=0),
+    "no_fsdp1": lambda mp: _strategy_check(__import__("lightning.pytorch.strategies", fromlist=["FSDPStrategy"]).FSDPStrategy()),
+    "no_tensor_parallel": lambda mp: _model_parallel(2),
+    "no_export_with_sharded_weights": lambda mp: _model_parallel(1, export_dir="out"),
+    "deepspeed_no_gradient_clip_val": lambda mp: _strategy_check(_deepspeed(mp, {}), gradient_clip_val=1.0),
+    "deepspeed_unmanaged_accumulation": lambda mp: _strategy_check(_deepspeed(mp, {}), gradient_clip_val=None,
+                                                                   micro_batch_size=2),
+    "deepspeed_release_knows_unmanaged_accumulation": lambda mp: _strategy_check(
+        _deepspeed(mp, {"managed_gradient_accumulation": False}, knows_unmanaged=False), gradient_clip_val=None,
+        micro_batch_size=2),
+    "lora_default_targets_match": lambda mp: _lora(None),
+    "lora_targets_not_empty": lambda mp: _lora([]),
+    "lora_targets_match": lambda mp: _lora(["q_proj"]),
+    "attn_implementation_known": lambda mp: __import__("lit_vr1.module", fromlist=["x"]).check_attention("fast"),
+    "flash_attention_installed": lambda mp: (mp.setattr(importlib.util, "find_spec", lambda *a: None),
+                                             __import__("lit_vr1.module", fromlist=["x"]).check_attention("flash_attention_2")),
+    "flash_attention_needs_cuda": _flash_on_cpu,
+    "box_frame_known": lambda mp: __import__("lit_vr1.grpo", fromlist=["x"]).GRPOModule(box_frame="pixels"),
+    "eval_task_known": lambda mp: __import__("lit_vr1.grpo", fromlist=["x"]).GRPOModule(eval_task="vqa"),
+    "detection_prompting_known": lambda mp: __import__("lit_vr1.grpo", fromlist=["x"]).GRPOModule(detection_prompting="x"),
+    "rewards_not_empty": lambda mp: __import__("lit_vr1.rewards.base", fromlist=["x"]).score_all([], [], []),
+    "reward_names_distinct": lambda mp: __import__("lit_vr1.rewards.base", fromlist=["x"]).score_all(
+        [__import__("lit_vr1.rewards", fromlist=["x"]).IoUReward()] * 2, [], []),
+    "reward_on_error_known": lambda mp: __import__("lit_vr1.rewards", fromlist=["x"]).IoUReward(on_error="ignore"),
+    "train_data_given": lambda mp: _data(),
+    "train_images_given": lambda mp: _data(train_files="a.jsonl"),
+    "one_image_folder_per_file": lambda mp: __import__("lit_vr1.data.jsonl", fromlist=["x"]).pair_files("a:b", "c"),
+    "one_reward_method_per_file": lambda mp: __import__("lit_vr1.data.jsonl", fromlist=["x"]).file_tasks("a:b", "x:y:z"),
+    "data_files_exist": lambda mp: __import__("lit_vr1.data.jsonl", fromlist=["x"]).read_records("gone.jsonl", "img"),
+    "template_known": lambda mp: __import__("lit_vr1.data.prompts", fromlist=["x"]).check_template("fancy"),
+    "bad_rows_known": lambda mp: _data(train_files="a", train_images="b", bad_rows="ignore"),
+    "max_prompt_length_positive": lambda mp: _data(train_files="a", train_images="b", max_prompt_length=0),
+    "synthetic_task_known": lambda mp: __import__("lit_vr1.data.synthetic", fromlist=["x"]).SyntheticSpec(task="vqa"),
+    "ptst_stages_valid": lambda mp: __import__("callbacks", fromlist=["x"]).PTST(
+        stages=[{"max_completion_length": 8, "num_generations": 1, "steps": 1}]),
+}
+# the option name each message holds (the messages raised outside checks.py do not all carry
+# the full dotted flag: GRPOConfig's name the field alone, e.g. "num_generations must be >= 1")
+MENTIONS = {
+    "one_image_folder_per_file": "image_folders", "one_reward_method_per_file": "reward_methods",
+    "lora_default_targets_match": "model.lora.target_modules", "rewards_not_empty": "model.rewards",
+    "reward_names_distinct": "name", "ptst_stages_valid": "num_generations",
+    "flash_attention_installed": "flash_attention_2", "flash_attention_needs_cuda": "flash_attention_2",
+    "attn_implementation_known": "attn_implementation", "no_fsdp1": "FSDP", "no_tensor_parallel": "tensor_parallel_size",
+}
+LIGHTNING_RULES = {"no_trainer_gradient_clip", "no_trainer_accumulation"}
+
+
+def test_every_rule_enforced_elsewhere_has_a_case():
+    elsewhere = {r.name for r in RULES if r.check is None}
+    assert elsewhere == set(EXISTING) | LIGHTNING_RULES
+
+
+@pytest.mark.parametrize("name", sorted(EXISTING))
+def test_rules_enforced_elsewhere_fire_naming_their_option(name, monkeypatch):
+    with pytest.raises(ValueError) as err:
+        EXISTING[name](monkeypatch)
+    mention = MENTIONS.get(name, BY_NAME[name].flag.split(".")[-1])
+    assert mention in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize("name, kwargs", [("no_trainer_gradient_clip", {"gradient_clip_val": 1.0}),
+                                          ("no_trainer_accumulation", {"accumulate_grad_batches": 2})])
+def test_lightning_refuses_trainer_clipping_and_accumulation_before_a_model_is_built(name, kwargs, samples, monkeypatch):
+    from lightning.pytorch import Trainer
+    from torch.utils.data import DataLoader
+
+    from lit_vr1.data.datamodule import collate
+    from lit_vr1.grpo import GRPOModule
+
+    monkeypatch.setattr("lit_vr1.module.load_model", _no_model)
+    trainer = Trainer(accelerator="cpu", devices=1, max_steps=1, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, **kwargs)
+    with pytest.raises(Exception, match=BY_NAME[name].flag.split(".")[-1]):
+        trainer.fit(GRPOModule(), DataLoader(samples[:2], batch_size=2, collate_fn=collate))
+
+
+class _ModelBuilt(Exception):
+    """Raised instead of building a model: the fit got as far as configure_model."""
+
+
+def _no_model(*args, **kwargs):
+    raise _ModelBuilt("a model was about to be built")
+
+
+# -- the CLI -----------------------------------------------------------------------------------------
+def test_cli_fit_with_a_bad_value_stops_before_any_model_is_built(tmp_path, monkeypatch):
+    from lit_vr1.cli import LitVR1CLI
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("lit_vr1.module.load_model", _no_model)
+    args = ["fit", "--config", str(ROOT / "configs/quickstart.yaml"), f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.logger=false", "--trainer.callbacks=[]", "--trainer.enable_progress_bar=false",
+            f"--data.init_args.synthetic_dir={tmp_path / 'data'}", "--data.init_args.synthetic.num_samples=4",
+            "--data.init_args.num_val_samples=0"]
+    with pytest.raises(ConfigError) as err:
+        LitVR1CLI(args=args + ["--model.init_args.grpo.num_generations=1", "--model.init_args.grpo.top_p=0"])
+    text = str(err.value)
+    assert "2 problem(s)" in text and "model.grpo.num_generations=1" in text and "model.grpo.top_p=0" in text
+    with pytest.raises(_ModelBuilt):  # the same run with sound values passes the checks and goes on to the model
+        LitVR1CLI(args=args)

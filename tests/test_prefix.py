@@ -1,0 +1,167 @@
+"""Shared-prompt passes (lit_vr1.prefix): each prompt runs once for its G completions and
+gives the same logits, gradients and samples as the full prompt + completion forward."""
+
+import pytest
+import torch
+
+from lit_vr1 import prefix
+from lit_vr1.rollout import SamplingConfig, completion_logits, encode_prompts, generation_config, image_layout, select_rows
+
+
+def make_batch(model_and_processor, samples, n_prompts=3, width=7, seed=0):
+    """P prompts of different lengths, and G=2 completions each of random tokens with EOS at
+    different places (one without EOS)."""
+    model, processor = model_and_processor
+    picked = samples[:n_prompts]
+    picked[1].messages[-1]["content"][-1]["text"] += " and tell me more words please"  # a longer prompt: padding
+    prompt, per_prompt = encode_prompts(processor, picked)
+    image_rows, _ = image_layout(processor, prompt, [s for x in picked for s in x.image_sizes])
+    g = torch.Generator().manual_seed(seed)
+    n = 2 * n_prompts
+    ids = torch.randint(20, 400, (n, width), generator=g)
+    lengths = torch.tensor([width, 3, 5, 1, width, 4])[:n]
+    mask = (torch.arange(width)[None] < lengths[:, None]).long()
+    return model.eval(), prompt, per_prompt, image_rows, ids, mask
+
+
+def full_logits(model, prompt, per_prompt, image_rows, index, ids, mask):
+    rows = select_rows(prompt, per_prompt, index, image_rows)
+    inputs = dict(rows)
+    inputs["input_ids"] = torch.cat([rows["input_ids"], ids], 1)
+    inputs["attention_mask"] = torch.cat([rows["attention_mask"], mask], 1)
+    inputs["mm_token_type_ids"] = torch.cat([rows["mm_token_type_ids"], torch.zeros_like(ids)], 1)
+    return completion_logits(model, inputs, ids.shape[1])
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen3():
+    from lit_vr1.models.tiny import build_tiny
+
+    return build_tiny("qwen3_vl", seed=0)
+
+
+@pytest.mark.parametrize("family", ["tiny_qwen25", "tiny_qwen2", "tiny_qwen3"])
+@pytest.mark.parametrize("reuse", [False, True])
+def test_shared_prompt_logits_equal_the_full_forward(family, reuse, samples, request):
+    model, prompt, per_prompt, image_rows, ids, mask = make_batch(request.getfixturevalue(family), samples)
+    index = torch.tensor([0, 0, 1, 1, 2, 2])
+    feats = prefix.image_features(model, prompt, per_prompt) if reuse else None
+    assert (feats is None) == (not reuse or family == "tiny_qwen3")  # no DeepStack features handed back
+    with torch.no_grad():
+        want = full_logits(model, prompt, per_prompt, image_rows, index, ids, mask)
+        got = prefix.completion_logits(model, prompt, per_prompt, image_rows, index, ids, mask, feats)
+        # a micro-batch: some rows of some prompts, out of order, one prompt twice
+        sub = torch.tensor([5, 1, 0, 4])
+        part = prefix.completion_logits(model, prompt, per_prompt, image_rows, index[sub], ids[sub], mask[sub], feats)
+    valid = mask.bool()
+    assert got.shape == want.shape
+    assert (got - want)[valid].abs().max() < 2e-5
+    assert (part - want[sub])[valid[sub]].abs().max() < 2e-5
+
+
+def test_shared_prompt_gradients_equal_the_full_forward(tiny_qwen25, samples):
+    model, prompt, per_prompt, image_rows, ids, mask = make_batch(tiny_qwen25, samples)
+    index = torch.tensor([0, 0, 1, 1, 2, 2])
+    weights = torch.randn(ids.shape, generator=torch.Generator().manual_seed(1)) * mask
+
+    def grads(fn):
+        model.zero_grad(set_to_none=True)
+        logits = fn()
+        lp = logits.log_softmax(-1).gather(-1, ids[..., None])[..., 0]
+        (lp * weights).sum().backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    want = grads(lambda: full_logits(model, prompt, per_prompt, image_rows, index, ids, mask))
+    got = grads(lambda: prefix.completion_logits(model, prompt, per_prompt, image_rows, index, ids, mask))
+    assert want.keys() == got.keys() and any("visual" in n for n in got)  # the tower got its gradient too
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], atol=1e-5, rtol=1e-4)
+
+
+def test_greedy_sampling_equals_transformers_generate(tiny_qwen25, samples):
+    model, processor = tiny_qwen25
+    model.eval()
+    prompt, per_prompt = encode_prompts(processor, samples[:2])
+    cfg = SamplingConfig(max_completion_length=12, greedy=True)
+    eos = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    pad = processor.tokenizer.pad_token_id
+    got = prefix.sample(model, prompt, 2, cfg, [eos], pad)
+    rep, _ = encode_prompts(processor, samples[:2], repeat=2)
+    saved = model.generation_config
+    model.generation_config = generation_config(cfg, processor, eos)
+    try:
+        out = model.generate(**rep)
+    finally:
+        model.generation_config = saved
+    want = out[:, rep["input_ids"].shape[1]:]
+    assert torch.equal(got.completion_ids[:, : want.shape[1]], want.masked_fill(got.mask[:, : want.shape[1]] == 0, pad))
+
+
+def test_sampled_logprobs_are_those_the_loss_scores(tiny_qwen25, samples):
+    """Sampling with temperature and top-k: the log-probs recorded while sampling equal the
+    ones the training forward computes for the same tokens."""
+    from lit_vr1.rollout import policy_logprobs
+
+    model, processor = tiny_qwen25
+    model.eval()
+    prompt, per_prompt = encode_prompts(processor, samples[:2])
+    image_rows, _ = image_layout(processor, prompt, [s for x in samples[:2] for s in x.image_sizes])
+    cfg = SamplingConfig(temperature=0.7, top_k=50, max_completion_length=10)
+    torch.manual_seed(0)
+    s = prefix.sample(model, prompt, 3, cfg, [processor.tokenizer.convert_tokens_to_ids("<|im_end|>")],
+                      processor.tokenizer.pad_token_id, with_logprobs=True)
+    index = torch.arange(2).repeat_interleave(3)
+    with torch.no_grad():
+        logits = full_logits(model, prompt, per_prompt, image_rows, index, s.completion_ids, s.mask)
+    lp = policy_logprobs(logits, s.completion_ids, cfg).masked_fill(s.mask == 0, 0.0)
+    assert (lp - s.logprobs).abs().max() < 1e-4
+    assert len({tuple(r.tolist()) for r in s.completion_ids}) > 1  # sampled, not all alike
+
+
+class TowerCalls:
+    """Counts the images each call of a vision tower encodes."""
+
+    def __init__(self, model):
+        self.images = []
+        model.model.visual.register_forward_hook(
+            lambda mod, args, kwargs, out: self.images.append(int(kwargs["grid_thw"].shape[0])), with_kwargs=True)
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_each_image_is_encoded_once_per_pass_and_once_per_rollout_when_frozen(frozen, samples):
+    """4 prompts x G=4, beta > 0, two optimiser steps per rollout (old, reference and policy
+    passes). Repeating prompts would encode 16 images in every pass."""
+    from lit_vr1.grpo import GRPOModule
+    from lit_vr1.loop import GRPOConfig
+    from tests.helpers import fit
+
+    grpo = GRPOConfig(num_generations=4, max_completion_length=6, beta=0.04, mini_batch_size=8, micro_batch_size=4)
+    module = GRPOModule(model="tiny:qwen2_5_vl", grpo=grpo, freeze_vision=frozen, freeze_merger=frozen)
+    module.configure_model()
+    policy, ref = TowerCalls(module.policy), TowerCalls(module.ref_model)
+    fit(module, samples[:4], max_steps=2, batch_size=4)
+    if frozen:  # the rollout's features serve the old, reference and both policy passes
+        assert policy.images == [4] and ref.images == []
+    else:  # rollout: 4; old pass: the rollout's features; reference: micro-batches of 4 rows in order, one
+        # prompt each; policy: 4 shuffled micro-batches, each encoding only the distinct prompts it holds
+        assert policy.images[0] == 4 and len(policy.images) == 5 and max(policy.images[1:]) <= 4
+        assert ref.images == [1, 1, 1, 1]
+
+
+def test_loop_logits_are_the_same_with_and_without_shared_prompts(samples):
+    from lit_vr1.grpo import GRPOModule
+    from lit_vr1.loop import GRPOConfig
+
+    module = GRPOModule(model="tiny:qwen2_5_vl", grpo=GRPOConfig(num_generations=3, max_completion_length=8),
+                        freeze_vision=True, freeze_merger=True)
+    module.configure_model()
+    torch.manual_seed(0)
+    rollout = module.loop.rollout(samples[:3])
+    assert rollout.prompt["input_ids"].shape[0] == 3 and len(rollout) == 9  # prompts encoded once
+    rows = torch.tensor([7, 0, 4, 5])
+    with torch.no_grad():
+        shared = module.loop.forward_logits(module.policy, rollout, rows, reuse_features=True)
+        module.config.shared_prompt = False
+        repeated = module.loop.forward_logits(module.policy, rollout, rows, reuse_features=True)
+    valid = rollout.completion_mask[rows].bool()
+    assert (shared - repeated)[valid].abs().max() < 2e-5

@@ -1,0 +1,232 @@
+"""Exact resume: a ``lit-vr1 fit`` killed with SIGKILL and resumed with ``--ckpt_path last``
+logs the very losses, rewards and completions of an uninterrupted run; a save that dies
+half-way leaves the previous checkpoint usable."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from lit_vr1.checkpoint import AtomicCheckpointIO, atomic_torch_save, temp_path_for
+from tests.test_cli import ROOT
+
+MAX_STEPS = 8
+# Killed once step=6.ckpt exists: last.ckpt then holds step 5 or 6, both in the middle of the
+# second epoch (4 batches of 2 prompts per epoch), where a plain DataLoader would start over.
+KILL_AFTER = 6
+
+
+def fit_command(out: Path, ckpt_dir: Path, data_dir: Path, *extra: str) -> list[str]:
+    """The quickstart config shrunk to a few fast steps, a checkpoint after every step
+    (and last.ckpt), and every rollout written to ``out/rollouts.jsonl``."""
+    callbacks = [
+        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+         "init_args": {"dirpath": str(ckpt_dir), "filename": "{step}", "every_n_train_steps": 1, "save_top_k": -1,
+                       "save_last": True}},
+        {"class_path": "callbacks.RolloutLog", "init_args": {"path": str(out / "rollouts.jsonl"), "every_n_steps": 1}},
+    ]
+    return [
+        sys.executable, "-m", "lit_vr1.cli", "fit", "--config", str(ROOT / "configs/quickstart.yaml"),
+        f"--trainer.max_steps={MAX_STEPS}", "--trainer.limit_val_batches=0", "--trainer.enable_progress_bar=false",
+        f"--trainer.default_root_dir={out}", f"--trainer.logger.init_args.save_dir={out}",
+        f"--trainer.callbacks={json.dumps(callbacks)}",
+        f"--data.init_args.synthetic_dir={data_dir}", "--data.init_args.synthetic.num_samples=8",
+        "--data.init_args.num_val_samples=0", "--model.init_args.grpo.max_completion_length=8",
+        "--model.init_args.grpo.num_generations=2",
+        "--model.init_args.rewards=[{class_path: tests.helpers.LengthReward}]",  # varies between completions
+        *extra,
+    ]
+
+
+def run(cmd: list[str], cwd: Path) -> None:
+    proc = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+def _env() -> dict[str, str]:
+    return dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+
+
+def per_step(out: Path) -> dict[int, dict]:
+    """Step -> loss, mean reward (metrics.csv) and the rollout's completions and totals."""
+    steps: dict[int, dict] = {}
+    for path in glob.glob(str(out / "logs" / "version_*" / "metrics.csv")):
+        for row in csv.DictReader(open(path)):
+            if row.get("train/loss"):
+                steps.setdefault(int(row["step"]), {}).update(
+                    loss=float(row["train/loss"]), reward=float(row["train/reward/total/mean"]))
+    for line in open(out / "rollouts.jsonl"):
+        rec = json.loads(line)
+        entry = steps.setdefault(rec["step"], {})
+        entry.setdefault("completions", []).append(rec["completion"])
+        entry.setdefault("totals", []).append(rec["total"])
+        entry.setdefault("ids", []).append(rec["id"])
+    return steps
+
+
+def kill_after_checkpoint(cmd: list[str], cwd: Path, ckpt: Path, timeout: float = 240.0) -> None:
+    """Start ``cmd`` and SIGKILL it as soon as ``ckpt`` exists."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + timeout
+    try:
+        while not ckpt.exists():
+            if proc.poll() is not None:
+                pytest.fail(f"the run ended before {ckpt.name} was written: {proc.stderr.read()[-3000:]}")
+            assert time.monotonic() < deadline, f"{ckpt.name} never appeared"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+
+def test_sigkill_then_ckpt_path_last_continues_exactly(tmp_path):
+    data = tmp_path / "data"
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    run(fit_command(whole, tmp_path / "ckpt_whole", data), tmp_path)
+    reference = per_step(whole)
+    assert sorted(reference) == list(range(1, MAX_STEPS + 1))
+
+    ckpt = tmp_path / "ckpt"
+    cmd = fit_command(killed, ckpt, data)
+    kill_after_checkpoint(cmd, tmp_path, ckpt / f"step={KILL_AFTER}.ckpt")
+    resumed_from = torch.load(ckpt / "last.ckpt", weights_only=False)["global_step"]
+    assert resumed_from in (KILL_AFTER - 1, KILL_AFTER)  # killed before or after last.ckpt was replaced
+    resumed = tmp_path / "resumed"  # its own logs and rollouts, the killed run's checkpoints
+    run(fit_command(resumed, ckpt, data, "--ckpt_path", "last"), tmp_path)
+    after = per_step(resumed)
+
+    assert sorted(after) == list(range(resumed_from + 1, MAX_STEPS + 1))
+    assert len({v["reward"] for v in reference.values()}) > 1  # rewards that vary: a real comparison
+    for step, got in after.items():
+        want = reference[step]
+        assert got["ids"] == want["ids"], step  # same prompts: the data order went on mid-epoch
+        assert got["completions"] == want["completions"], step  # same samples: the RNG states came back
+        assert got["totals"] == want["totals"] and got["reward"] == want["reward"], step
+        assert got["loss"] == want["loss"], step  # bit for bit: same weights, optimiser, schedule
+    diffs = [abs(after[s]["loss"] - reference[s]["loss"]) for s in after]
+    print(f"resumed from step {resumed_from}; steps {sorted(after)} compared; "
+          f"losses {[after[s]['loss'] for s in after]} rewards {[after[s]['reward'] for s in after]}; "
+          f"max |loss diff| {max(diffs)}")
+
+
+# -- atomic writes ------------------------------------------------------------------------------
+class Boom(RuntimeError):
+    pass
+
+
+def test_a_save_that_fails_half_way_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    target = tmp_path / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"global_step": 1, "w": torch.ones(3)}, target)
+
+    def half_then_fail(obj, f, *args, **kwargs):
+        f.write(b"\x00" * 100)  # part of a checkpoint reaches the disk, then the writer dies
+        raise Boom("disk gone")
+
+    monkeypatch.setattr(torch, "save", half_then_fail)
+    with pytest.raises(Boom):
+        io.save_checkpoint({"global_step": 2, "w": torch.zeros(3)}, target)
+    monkeypatch.undo()
+    assert io.load_checkpoint(target)["global_step"] == 1
+    assert os.listdir(tmp_path) == ["last.ckpt"]  # the temporary file went with the failure
+
+
+KILLED_WRITER = """
+import sys, time, torch
+from lit_vr1.checkpoint import atomic_torch_save
+real_save = torch.save
+def slow_save(obj, f, *a, **k):
+    f.write(b"partial checkpoint bytes"); f.flush()
+    print("writing", flush=True)
+    time.sleep(60)
+torch.save = slow_save
+atomic_torch_save({"global_step": 2}, sys.argv[1])
+"""
+
+
+def test_sigkill_during_a_save_keeps_last_ckpt_loadable_and_ignores_the_torn_file(tmp_path):
+    """The writer is killed mid-file: last.ckpt is still the previous one, the torn temp
+    file is not a ``*.ckpt`` (so ``--ckpt_path last`` never picks it) and the next save
+    clears it."""
+    target = tmp_path / "last.ckpt"
+    atomic_torch_save({"global_step": 1}, str(target))
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(target)], env=_env(), cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "writing"
+    proc.kill()
+    proc.wait()
+    torn = [p for p in os.listdir(tmp_path) if p != "last.ckpt"]
+    assert len(torn) == 1 and not torn[0].endswith(".ckpt") and torn[0].startswith(".last.ckpt.tmp-")
+    assert torch.load(target, weights_only=True)["global_step"] == 1
+    atomic_torch_save({"global_step": 3}, str(target))
+    assert os.listdir(tmp_path) == ["last.ckpt"] and torch.load(target)["global_step"] == 3
+    assert temp_path_for(str(target)).endswith(f".last.ckpt.tmp-{os.getpid()}")
+
+
+class FailsAtStep(AtomicCheckpointIO):
+    """Dies half-way through writing the checkpoints of one step."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__()
+        self.step = step
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None):
+        if checkpoint["global_step"] != self.step:
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        real_save = torch.save
+
+        def half_then_fail(obj, f, *args, **kwargs):
+            f.write(b"\x00" * 100)
+            raise Boom(f"killed while writing {path}")
+
+        torch.save = half_then_fail
+        try:
+            super().save_checkpoint(checkpoint, path, storage_options)
+        finally:
+            torch.save = real_save
+
+
+def test_a_fit_that_dies_while_saving_resumes_from_the_previous_last_ckpt(samples, tmp_path):
+    from lightning.pytorch import Callback, Trainer, seed_everything
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from torch.utils.data import DataLoader
+
+    from lit_vr1.data.datamodule import collate
+    from lit_vr1.grpo import GRPOModule
+    from lit_vr1.loop import GRPOConfig
+    from tests.helpers import LengthReward
+
+    class FirstStep(Callback):
+        seen: list[int] = []
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self.seen.append(trainer.global_step)
+
+    def fit(max_steps: int, io: AtomicCheckpointIO, ckpt_path=None) -> list[int]:
+        seed_everything(0)
+        module = GRPOModule(rewards=[LengthReward()], grpo=GRPOConfig(num_generations=2, max_completion_length=4,
+                                                                       beta=0.0))
+        ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_last=True)
+        probe = FirstStep()
+        probe.seen = []
+        trainer = Trainer(accelerator="cpu", max_steps=max_steps, logger=False, callbacks=[ckpt, probe], plugins=[io],
+                          enable_progress_bar=False, enable_model_summary=False)
+        trainer.fit(module, DataLoader(samples[:8], batch_size=2, collate_fn=collate), ckpt_path=ckpt_path)
+        return probe.seen
+
+    with pytest.raises(Boom):
+        fit(4, FailsAtStep(3))
+    assert torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["global_step"] == 2
+    assert not [p for p in os.listdir(tmp_path / "ckpt") if p.startswith(".")]
+    assert fit(4, AtomicCheckpointIO(), ckpt_path="last") == [2, 3]  # resumed after step 2, on to 4
