@@ -69,6 +69,23 @@ def load_samples(data_dir: str, n: int):
     return [ds[i] for i in range(n)]
 
 
+def write_trl_prompts(data_dir: str, model_dir: str, n: int) -> None:
+    """The same prompts as plain JSON (chat messages + image path) and the token ids both
+    trainers never sample, so that the TRL process imports nothing of lit-vr1 (its imports
+    would count in TRL's peak RSS)."""
+    from transformers import AutoProcessor
+
+    from lit_vr1.data.jsonl import JsonlDataset
+    from lit_vr1.rollout import vision_token_ids
+
+    ds = JsonlDataset(os.path.join(data_dir, "train.jsonl"), os.path.join(data_dir, "images"), "qwen_rec")
+    rows = [{"prompt": ds[i].messages, "image": ds.records[i].image_paths[0]} for i in range(n)]
+    processor = AutoProcessor.from_pretrained(model_dir)
+    eos = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    with open(os.path.join(data_dir, "trl_prompts.json"), "w") as f:
+        json.dump({"rows": rows, "suppress_ids": [eos, *vision_token_ids(processor)]}, f)
+
+
 # -- lit-vr1 --------------------------------------------------------------------------------
 def run_lit(cfg: dict) -> dict:
     import dataclasses
@@ -181,19 +198,19 @@ class Profile:
 def run_trl(cfg: dict) -> dict:
     import torch
     from datasets import Dataset
+    from PIL import Image
     from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from lit_vr1.rollout import vision_token_ids
-
     processor = AutoProcessor.from_pretrained(cfg["model_dir"])
-    eos = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    with open(os.path.join(cfg["data_dir"], "trl_prompts.json")) as f:
+        prompts = json.load(f)
     model = AutoModelForImageTextToText.from_pretrained(cfg["model_dir"], dtype=torch.float32)
     if cfg["trl_freeze_vision"]:
         model.model.visual.requires_grad_(False)
     n = cfg["prompts"] * cfg["generations"]
-    samples = load_samples(cfg["data_dir"], cfg["prompts"] * (cfg["warmup"] + cfg["steps"]))
-    data = Dataset.from_list([{"prompt": s.messages, "image": s.images[0]} for s in samples])
+    data = Dataset.from_list([{"prompt": r["prompt"], "image": Image.open(r["image"]).convert("RGB")}
+                              for r in prompts["rows"]])
 
     def reward(prompts, completions, **kwargs):
         return toy_reward([c[0]["content"] if isinstance(c, list) else c for c in completions])
@@ -206,7 +223,7 @@ def run_trl(cfg: dict) -> dict:
         shuffle_dataset=False, dataloader_num_workers=0,
         # as lit-vr1: image/video placeholders are never sampled (a sampled <|image_pad|> breaks TRL's next forward:
         # "Image features and image tokens do not match"), and the end-of-turn token neither (fixed length)
-        generation_kwargs={"suppress_tokens": [eos, *vision_token_ids(processor)]},
+        generation_kwargs={"suppress_tokens": prompts["suppress_ids"]},
         disable_tqdm=True,
     )
     times = []
@@ -338,7 +355,9 @@ def main() -> None:
     for value in values.split(","):
         cfg = dict(base, **{key: type(base[key])(value)})
         with tempfile.TemporaryDirectory() as root:
-            cfg["model_dir"], cfg["data_dir"] = prepare(root, cfg["image"], cfg["prompts"] * (cfg["warmup"] + cfg["steps"]))
+            n = cfg["prompts"] * (cfg["warmup"] + cfg["steps"])
+            cfg["model_dir"], cfg["data_dir"] = prepare(root, cfg["image"], n)
+            write_trl_prompts(cfg["data_dir"], cfg["model_dir"], n)
             cfg["tmp"] = os.path.join(root, "trl_out")
             res = measure(cfg, a.trainers.split(","), a.repeats)
         label = (f"P={cfg['prompts']} G={cfg['generations']} T={cfg['completion']} {cfg['image']}px "

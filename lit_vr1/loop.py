@@ -217,6 +217,7 @@ class RolloutUpdateLoop:
             totals["entropy"] += float((ent * mask).sum() / mask.sum().clamp(min=1)) * share
             for key in ("kl", "clip_low", "clip_high", "ratio_mean"):
                 totals[key] += getattr(stats, key) * share
+            del logits, logp, loss, ent  # not alive during the next micro-batch's forward
         grad_norm = m.clip_and_norm(opt, cfg.gradient_clip_val)
         # A non-finite loss or grad norm (on any process) skips the step: no optimiser or
         # scheduler step, gradients dropped, global_step unchanged (it counts applied steps).
