@@ -74,11 +74,17 @@ def token_logprobs(logits: Tensor, tokens: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def token_entropy(logits: Tensor) -> Tensor:
-    """Entropy of softmax(logits) per position: (N, T, V) -> (N, T). -inf logits count as p=0."""
-    logp = logits.float().log_softmax(dim=-1)
-    p = logp.exp()
-    return -(p * logp.nan_to_num(neginf=0.0)).sum(dim=-1)
+def token_entropy(logits: Tensor, rows_per_chunk: int = 2) -> Tensor:
+    """Entropy of softmax(logits) per position: (N, T, V) -> (N, T). -inf logits count as p=0.
+
+    Computed ``rows_per_chunk`` sequences at a time, so that its temporaries (log-softmax,
+    probabilities) never span the whole (N, T, V) batch: with Qwen's 151,936-token
+    vocabulary each full-batch copy would be as large as the logits themselves."""
+    out = []
+    for part in logits.split(rows_per_chunk, dim=0):
+        logp = part.float().log_softmax(dim=-1)
+        out.append(-(logp.exp() * logp.nan_to_num(neginf=0.0)).sum(dim=-1))
+    return torch.cat(out) if out else logits.new_zeros(logits.shape[:-1])
 
 
 @dataclass
