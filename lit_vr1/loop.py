@@ -86,15 +86,15 @@ class GRPOConfig:
     shared_prompt: bool = True
 
     def __post_init__(self) -> None:
-        check_choice("loss_type", self.loss_type, LOSS_TYPES)
-        check_choice("scale_rewards", self.scale_rewards, SCALE_REWARDS)
+        check_choice("model.grpo.loss_type", self.loss_type, LOSS_TYPES)
+        check_choice("model.grpo.scale_rewards", self.scale_rewards, SCALE_REWARDS)
         for name in ("num_generations", "max_completion_length", "num_iterations"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ValueError(f"model.grpo.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("mini_batch_size", "micro_batch_size"):
             v = getattr(self, name)
             if v is not None and v < 1:
-                raise ValueError(f"{name} must be >= 1 or null, got {v}")
+                raise ValueError(f"model.grpo.{name} must be >= 1 or null, got {v}")
 
     def sampling(self, suppress_ids: tuple[int, ...] = ()) -> SamplingConfig:
         return SamplingConfig(self.temperature, self.top_p, self.top_k, self.max_completion_length,

@@ -1,6 +1,8 @@
 """Shared-prompt passes (lit_vr1.prefix): each prompt runs once for its G completions and
 gives the same logits, gradients and samples as the full prompt + completion forward."""
 
+import copy
+
 import pytest
 import torch
 
@@ -12,7 +14,7 @@ def make_batch(model_and_processor, samples, n_prompts=3, width=7, seed=0):
     """P prompts of different lengths, and G=2 completions each of random tokens with EOS at
     different places (one without EOS)."""
     model, processor = model_and_processor
-    picked = samples[:n_prompts]
+    picked = copy.deepcopy(samples[:n_prompts])  # the fixture is shared by the whole session: never edit it
     picked[1].messages[-1]["content"][-1]["text"] += " and tell me more words please"  # a longer prompt: padding
     prompt, per_prompt = encode_prompts(processor, picked)
     image_rows, _ = image_layout(processor, prompt, [s for x in picked for s in x.image_sizes])
