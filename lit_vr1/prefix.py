@@ -139,6 +139,22 @@ def prompt_pass(model: nn.Module, prompt: dict[str, Tensor], features: BaseModel
     return PromptPass(out.past_key_values, out.logits[:, -1], next_positions(model, prompt), prompt["attention_mask"])
 
 
+def end_at_eos(ids: Tensor, eos_ids: list[int], pad_id: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(ids with pad after the first EOS, mask (N, T) 1 up to and including it, has_eos (N,))."""
+    is_eos = torch.isin(ids, torch.tensor(eos_ids, device=ids.device))
+    has_eos = is_eos.any(dim=1)
+    first = torch.where(has_eos, is_eos.int().argmax(dim=1), torch.full_like(has_eos, ids.shape[1], dtype=torch.long))
+    mask = (torch.arange(ids.shape[1], device=ids.device)[None] <= first[:, None]).long()
+    return ids.masked_fill(mask == 0, pad_id), mask, has_eos
+
+
+def prompt_rows(prompt: dict[str, Tensor], images_per_prompt: list[int], index: Tensor,
+                image_rows: list[int] | None) -> dict[str, Tensor]:
+    """Rows ``index`` (repeats allowed) of a prompt batch with exactly their images' tensors
+    (``image_rows`` is None for a batch without images)."""
+    return families.select_rows(prompt, images_per_prompt, index, image_rows or [])
+
+
 def _text_positions(start: Tensor, length: int) -> Tensor:
     """(3, rows, length) M-RoPE positions of text tokens starting at ``start`` (rows,)."""
     pos = start[:, None] + torch.arange(length, device=start.device)[None]
@@ -151,8 +167,7 @@ def completion_logits(model: nn.Module, prompt: dict[str, Tensor], images_per_pr
     """Logits predicting each completion token, (n, T, V), equal to those of the full
     forward over prompt + completion; each distinct prompt of ``prompt_index`` runs once."""
     uniq, inverse = torch.unique(prompt_index, return_inverse=True)
-    rows = families.select_rows(prompt, images_per_prompt, uniq, image_rows) if image_rows is not None else \
-        {k: v[uniq] for k, v in prompt.items()}
+    rows = prompt_rows(prompt, images_per_prompt, uniq, image_rows)
     feats = features.select(uniq.tolist()) if features is not None else None
     shared = prompt_pass(model, rows, feats).select(inverse.to(completion_ids.device))
     first = shared.last_logits[:, None]
@@ -206,10 +221,6 @@ def sample(model: nn.Module, prompt: dict[str, Tensor], group_size: int, cfg, eo
         out = model(input_ids=tok[:, None], attention_mask=mask, past_key_values=state.cache, use_cache=True,
                     position_ids=_text_positions(start + t, 1), logits_to_keep=1)
         logits = out.logits[:, -1].float()
-    ids = torch.stack(tokens, dim=1)
-    is_eos = torch.isin(ids, eos)
-    has_eos = is_eos.any(dim=1)
-    first = torch.where(has_eos, is_eos.int().argmax(dim=1), torch.full_like(has_eos, ids.shape[1], dtype=torch.long))
-    keep = (torch.arange(ids.shape[1], device=ids.device)[None] <= first[:, None]).long()
+    ids, keep, has_eos = end_at_eos(torch.stack(tokens, dim=1), eos_ids, pad_id)
     lp = torch.stack(logps, dim=1).masked_fill(keep == 0, 0.0) if with_logprobs else None
-    return Sampled(ids.masked_fill(keep == 0, pad_id), keep, has_eos, lp)
+    return Sampled(ids, keep, has_eos, lp)

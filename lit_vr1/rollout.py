@@ -257,18 +257,12 @@ def _transformers_generate(model, processor, prompt, per_prompt, image_rows, gro
     """transformers' ``generate`` over the prompt rows repeated ``group_size`` times:
     (completion ids, mask, has_eos, sampling log-probs or None)."""
     index = torch.arange(len(per_prompt)).repeat_interleave(group_size)
-    rows = select_rows(prompt, per_prompt, index, image_rows) if image_rows is not None else \
-        {k: v[index.to(v.device)] for k, v in prompt.items()}
+    rows = prefix.prompt_rows(prompt, per_prompt, index, image_rows)
     gen_cfg = generation_config(cfg, processor, eos)
     with _only_config(model, gen_cfg):
         out = model.generate(**rows, output_scores=with_sampling_logprobs, return_dict_in_generate=True)
-    comp = out.sequences[:, rows["input_ids"].shape[1]:]
-    eos_ids = torch.tensor([eos] if isinstance(eos, int) else list(eos), device=comp.device)
-    is_eos = torch.isin(comp, eos_ids)
-    has_eos = is_eos.any(dim=1)
-    first_eos = torch.where(has_eos, is_eos.int().argmax(dim=1), torch.full_like(has_eos, comp.shape[1], dtype=torch.long))
-    mask = (torch.arange(comp.shape[1], device=comp.device)[None] <= first_eos[:, None]).long()
-    comp = comp.masked_fill(mask == 0, processor.tokenizer.pad_token_id)
+    comp, mask, has_eos = prefix.end_at_eos(out.sequences[:, rows["input_ids"].shape[1]:],
+                                            [eos] if isinstance(eos, int) else list(eos), processor.tokenizer.pad_token_id)
     sampling_lp = None
     if with_sampling_logprobs:
         scores = torch.stack(out.scores, dim=1).float()  # (N, T, V), after the logits warpers
