@@ -88,7 +88,6 @@ def write_trl_prompts(data_dir: str, model_dir: str, n: int) -> None:
 
 # -- lit-vr1 --------------------------------------------------------------------------------
 def run_lit(cfg: dict) -> dict:
-    import dataclasses
 
     import lightning as L
     from torch.utils.data import DataLoader
@@ -117,7 +116,7 @@ def run_lit(cfg: dict) -> dict:
     module.configure_model()
     eos = module.processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
     loop = module.loop
-    loop.sampling = dataclasses.replace(loop.sampling, suppress_ids=loop.sampling.suppress_ids + (eos,))
+    loop.suppress_ids = loop.suppress_ids + (eos,)  # never sampled (nor scored): every completion is full length
     loaded = peak_mib()
     samples = load_samples(cfg["data_dir"], cfg["prompts"] * (cfg["warmup"] + cfg["steps"]))
     times = []

@@ -56,10 +56,9 @@ class PTST(Callback):
 
     def apply(self, pl_module, index: int) -> None:
         stage = self.stages[index]
-        loop, cfg = pl_module.loop, pl_module.config
+        cfg = pl_module.config  # the loop reads its sampling from it at every rollout
         cfg.max_completion_length = stage.max_completion_length
         cfg.num_generations = stage.num_generations
-        loop.sampling = cfg.sampling(loop.sampling.suppress_ids)
         self.current = index
         pl_module.log("ptst/stage", float(index), logger=True, prog_bar=False)
 

@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from lit_vr1 import parallel
+
 # where the rules of this module are enforced
 HERE = "lit_vr1/checks.py (check_fit, at fit start)"
 
@@ -38,6 +40,8 @@ class FitSetup:
     batch_size: prompts per rollout on each process (``data.batch_size``; None: unknown).
     train_rows: rows of the training set (None: unknown). num_workers: ``data.num_workers``.
     world_size: processes.
+    precision: ``trainer.precision`` as Lightning normalised it (``bf16-mixed``, ``32-true``, ...).
+    dtype: ``model.dtype``. lora: LoRA adapters are trained. deepspeed: a DeepSpeed strategy.
     """
 
     grpo: Any = None
@@ -46,6 +50,10 @@ class FitSetup:
     train_rows: int | None = None
     num_workers: int | None = None
     world_size: int = 1
+    precision: str | None = None
+    dtype: str | None = None
+    lora: bool = False
+    deepspeed: bool = False
 
 
 @dataclass(frozen=True)
@@ -169,6 +177,47 @@ def data_fills_a_batch(s: FitSetup) -> str | None:
             "data.batch_size or add data")
 
 
+MASTER_WEIGHTS_FIX = (
+    "keep float32 master weights: set trainer.precision=bf16-mixed and model.dtype=float32 (bf16 compute under "
+    "autocast, float32 weights and optimiser), or train LoRA adapters (model.lora, with model.dtype=bfloat16 and "
+    "trainer.precision=bf16-mixed: peft keeps the adapters float32), or use a DeepSpeed strategy (its bf16 "
+    "optimiser keeps float32 masters: --config configs/strategy/deepspeed_zero2.yaml)")
+
+
+def _master_weights_message(what: str) -> str:
+    return (f"{what}: a plain optimiser would step half-precision weights directly, and most small updates round "
+            "away (10 AdamW steps at lr 1e-6 change about 2% of a bf16 weight's entries, all of a float32 one's), "
+            f"so the run would silently not learn; {MASTER_WEIGHTS_FIX}")
+
+
+def half_precision_keeps_no_master(s: FitSetup) -> str | None:
+    if s.deepspeed or s.precision not in ("bf16-true", "16-true"):
+        return None
+    return _master_weights_message(f"trainer.precision={s.precision} casts every weight, trained ones included, to "
+                                   "half precision")
+
+
+def half_dtype_keeps_no_master(s: FitSetup) -> str | None:
+    if s.deepspeed or s.lora or s.dtype not in ("bfloat16", "float16") or s.precision in ("bf16-true", "16-true"):
+        return None
+    return _master_weights_message(f"model.dtype={s.dtype} stores the trained weights in half precision")
+
+
+def check_master_weights(params: list, module: Any) -> None:
+    """Refuse trainable bf16/fp16 parameters (as they are after the precision plugin and
+    ``model.dtype``, ``auto`` included) unless DeepSpeed keeps float32 masters for them.
+    Called where the optimiser is built, so SFT and GRPO both get it."""
+    from lit_vr1.models.precision import half_trainable
+
+    half = half_trainable(params)
+    trainer = getattr(module, "_trainer", None)
+    if not half or (trainer is not None and parallel.is_deepspeed(getattr(trainer, "strategy", None))):
+        return
+    what = ", ".join(f"{n} trainable parameter(s) in {str(d).replace('torch.', '')}" for d, n in half.items())
+    raise ConfigError(_master_weights_message(f"{what} (model.dtype={getattr(module, 'dtype_name', '?')}, "
+                                              f"trainer.precision={getattr(trainer, 'precision', '?')})"))
+
+
 # -- the registry -----------------------------------------------------------------------------------
 RULES: list[Rule] = [
     # checked here, at fit start
@@ -186,6 +235,9 @@ RULES: list[Rule] = [
     Rule("batch_size_positive", "data.batch_size", HERE, batch_size_positive),
     Rule("num_workers_not_negative", "data.num_workers", HERE, num_workers_not_negative),
     Rule("data_fills_a_batch", "data.batch_size", HERE, data_fills_a_batch),
+    Rule("half_precision_keeps_no_master", "trainer.precision", HERE, half_precision_keeps_no_master),
+    Rule("half_dtype_keeps_no_master", "model.dtype", HERE, half_dtype_keeps_no_master),
+    Rule("trained_weights_float32", "model.dtype", "lit_vr1/checks.py check_master_weights (when the optimiser is built)"),
     # enforced where the value is read (listed, not repeated)
     Rule("loss_type_known", "model.grpo.loss_type", "lit_vr1/loop.py GRPOConfig.__post_init__"),
     Rule("scale_rewards_known", "model.grpo.scale_rewards", "lit_vr1/loop.py GRPOConfig.__post_init__"),
@@ -274,6 +326,10 @@ def fit_setup(module: Any) -> FitSetup:
         train_rows=len(train_set) if train_set is not None else None,
         num_workers=getattr(dm, "num_workers", None),
         world_size=getattr(trainer, "world_size", 1) if trainer is not None else 1,
+        precision=str(getattr(trainer, "precision", "")) or None if trainer is not None else None,
+        dtype=getattr(module, "dtype_name", None),
+        lora=getattr(module, "lora", None) is not None,
+        deepspeed=parallel.is_deepspeed(getattr(trainer, "strategy", None)),
     )
 
 

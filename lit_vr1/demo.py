@@ -161,6 +161,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--grpo-steps", type=int,
                     help="stop GRPO after this many steps (the LR schedule stays the config's: a prefix of the full run)")
     ap.add_argument("--data-dir", help="override data.init_args.synthetic_dir of both configs")
+    ap.add_argument("--sft-model", help="skip the SFT fit: start GRPO from this save_pretrained directory (e.g. another "
+                                        "run's OUT/sft_model; its data must be the one the configs draw)")
+    ap.add_argument("--grpo-precision", help="trainer.precision of the GRPO fit (e.g. bf16-mixed: bf16 autocast over "
+                                             "float32 weights, on CPU too); default: the config's")
     ap.add_argument("--quiet", action="store_true", help="no progress bars or rollout tables")
     args = ap.parse_args(argv)
     out = args.out.rstrip("/")
@@ -172,22 +176,30 @@ def main(argv: list[str] | None = None) -> dict:
     sft_over = [f"--model.init_args.seed={args.seed}", *common]
     if args.sft_steps:
         sft_over += [f"--trainer.max_steps={args.sft_steps}", f"--model.init_args.lr_scheduler.init_args.T_max={args.sft_steps}"]
-    sft_cli = fit(args.sft_config, out, "sft", args.seed, sft_over)
+    if args.sft_model:  # the data module alone: the GRPO run and the report read the same data
+        sft_cli = LitVR1CLI(args=["--config", args.sft_config, *sft_over], run=False)
+        sft_cli.datamodule.prepare_data()
+        sft_dir = args.sft_model
+    else:
+        sft_cli = fit(args.sft_config, out, "sft", args.seed, sft_over)
+        sft_dir = f"{out}/sft_model"
     times["sft_s"] = time.perf_counter() - t0
     t1 = time.perf_counter()
-    grpo_over = [f"--model.init_args.model={out}/sft_model", *common]
+    grpo_over = [f"--model.init_args.model={sft_dir}", *common]
     if args.grpo_steps:
         grpo_over.append(f"--trainer.max_steps={args.grpo_steps}")
+    if args.grpo_precision:
+        grpo_over.append(f"--trainer.precision={args.grpo_precision}")
     grpo_cli = fit(args.grpo_config, out, "grpo", args.seed, grpo_over)
     times["grpo_s"] = time.perf_counter() - t1
     t2 = time.perf_counter()
     data = sft_cli.datamodule
-    result = report(f"{out}/sft_model", f"{out}/grpo_model", data.synthetic_dir, data.template, out,
+    result = report(sft_dir, f"{out}/grpo_model", data.synthetic_dir, data.template, out,
                     grpo_cli.model.eval_max_new_tokens)
     times["report_s"] = time.perf_counter() - t2
     times["total_s"] = time.perf_counter() - t0
-    result.update(seed=args.seed, times=times, sft_steps=sft_cli.trainer.global_step,
-                  grpo_steps=grpo_cli.trainer.global_step)
+    result.update(seed=args.seed, times=times, sft_steps=None if args.sft_model else sft_cli.trainer.global_step,
+                  grpo_steps=grpo_cli.trainer.global_step, grpo_precision=str(grpo_cli.trainer.precision))
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(result, f, indent=2)
     print("seconds: " + ", ".join(f"{k[:-2]} {v:.0f}" for k, v in times.items()))

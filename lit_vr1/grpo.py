@@ -17,6 +17,7 @@ from torch import Tensor
 
 from lit_vr1 import parallel
 from lit_vr1.loop import GRPOConfig, RolloutUpdateLoop
+from lit_vr1.models import precision
 from lit_vr1.module import VLMModule
 from lit_vr1.rewards.base import Reward
 from lit_vr1.rewards.rec import IoUReward, RecJsonFormat
@@ -62,6 +63,8 @@ class GRPOModule(VLMModule):
             parallel.shard(self)  # built before fit: shard it now if the strategy asks (idempotent)
             return
         super().configure_model()
+        if self.config.disable_dropout:
+            precision.disable_dropout(self.policy)
         if self.config.beta != 0.0 and self.lora is None:
             self.ref_model = copy.deepcopy(self.policy).eval()
             self.ref_model.requires_grad_(False)
@@ -99,6 +102,36 @@ class GRPOModule(VLMModule):
             yield self.ref_model
 
     # -- optimisation ----------------------------------------------------------------------
+    def optimizer_step(self, opt, loss: float, max_norm: float | None) -> float:
+        """Clip, step (optimiser and scheduler) and zero the gradients of one mini-batch; return
+        the global gradient norm before clipping.
+
+        A non-finite loss or gradient norm on any process skips the step (no optimiser or
+        scheduler step, gradients dropped, ``global_step`` unchanged: it counts applied steps;
+        see :meth:`step_is_finite`). Under DeepSpeed the engine owns the gradients (``p.grad``
+        is None, partitioned under ZeRO): it clips them (``gradient_clipping`` in its config),
+        skips a step whose gradients are not finite, and reports the norm it computed.
+        """
+        engine = parallel.deepspeed_engine(self)
+        if engine is not None:
+            opt.step()
+            norm = parallel.engine_grad_norm(engine)  # None: the engine was told not to compute it
+            if self.step_is_finite(loss, 0.0 if norm is None else norm):
+                self._scheduler_step()
+            norm = math.nan if norm is None else norm
+        else:
+            norm = self.clip_and_norm(opt, max_norm)
+            if self.step_is_finite(loss, norm):
+                opt.step()
+                self._scheduler_step()
+        opt.zero_grad(set_to_none=True)
+        return norm
+
+    def _scheduler_step(self) -> None:
+        sched = self.lr_schedulers()
+        if sched is not None:
+            sched.step()
+
     def clip_and_norm(self, opt, max_norm: float | None) -> float:
         """Global gradient norm before clipping; clips to ``max_norm`` when set and the norm
         is finite (a non-finite one means the step is skipped, see :meth:`step_is_finite`)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -23,6 +24,9 @@ from lit_vr1.data.jsonl import Sample
 from lit_vr1.loss import (
     LOSS_TYPES,
     SCALE_REWARDS,
+    Advantages,
+    batch_std_from_sums,
+    batch_sums,
     check_choice,
     group_advantages,
     grpo_loss,
@@ -49,8 +53,12 @@ class GRPOConfig:
     """Every knob of the GRPO algorithm.
 
     num_generations: G, completions sampled per prompt.
-    temperature, top_p, top_k: sampling (top_k=0 and top_p=1.0 are off); the loss
-        scores tokens under this same distribution.
+    temperature, top_p, top_k: sampling (top_k=0 and top_p=1.0 are off). The loss (policy,
+        old and reference log-probs alike) scores tokens under the temperature-scaled
+        distribution without the top-k / top-p cut, as TRL and verl do: under the cut, a
+        token sampled near its edge gets log p = -inf once a recomputed logit moves by 1e-4
+        (a NaN loss), and the reference could not be scored under the policy's cut (a biased
+        KL). top_k / top_p thus only shape what is sampled.
     max_completion_length: most tokens a completion may have.
     num_iterations: passes of updates over one rollout (GRPO's mu).
     epsilon: lower clip range; epsilon_high: upper one (None: same as epsilon).
@@ -66,6 +74,14 @@ class GRPOConfig:
         rollout and in every training forward, instead of G times (see ``lit_vr1.prefix``);
         models it does not support (InternVL, gradient checkpointing) fall back
         to repeated prompts, with a warning. Same logits and gradients either way.
+    disable_dropout: set every dropout of the policy (LoRA's included) to 0, so that the
+        old, reference and policy passes score the model the rollout sampled from (the
+        ratio is exactly 1 until the weights move), as TRL's ``disable_dropout``.
+
+    Mini-batches hold whole groups (the G completions of a prompt stay together), so each
+    micro-batch runs as few prompt passes as it can. Completions no reward could score
+    (every reward nan, or one failed) get advantage 0, stay out of their group's statistics
+    and out of the loss, and are counted (``train/reward/unscored``).
     """
 
     num_generations: int = 4
@@ -84,6 +100,7 @@ class GRPOConfig:
     micro_batch_size: int | None = None
     gradient_clip_val: float | None = 1.0
     shared_prompt: bool = True
+    disable_dropout: bool = True
 
     def __post_init__(self) -> None:
         check_choice("model.grpo.loss_type", self.loss_type, LOSS_TYPES)
@@ -105,6 +122,28 @@ def chunks(rows: Tensor, size: int) -> list[Tensor]:
     return [rows[i : i + size] for i in range(0, rows.numel(), size)]
 
 
+def group_order(n: int, group_size: int, generator: torch.Generator | None) -> Tensor:
+    """(n,) completion rows with whole groups in random order (each group's G rows stay side
+    by side, in order); ``generator`` None: all rows in order."""
+    if generator is None:
+        return torch.arange(n)
+    groups = torch.randperm(n // group_size, generator=generator)
+    return (groups[:, None] * group_size + torch.arange(group_size)[None]).flatten()
+
+
+def rollout_advantages(scores: RewardScores, group_size: int, scale: str,
+                       reduce_sum: Callable[[Tensor], Tensor] | None = None) -> Advantages:
+    """Group advantages of a rollout's scored completions (unscored ones left out, see
+    :class:`~lit_vr1.rewards.base.RewardScores`). With ``scale="batch"`` the std is that of
+    the whole batch over every process: ``reduce_sum`` sums a tensor over the processes
+    (one all-reduce of three numbers; None: this process is the batch)."""
+    valid = ~scores.unscored
+    batch_std = None
+    if scale == "batch" and reduce_sum is not None:
+        batch_std = batch_std_from_sums(reduce_sum(batch_sums(scores.total, valid)).cpu())
+    return group_advantages(scores.total, group_size, scale, valid=valid, batch_std=batch_std)
+
+
 class RolloutUpdateLoop:
     """Runs one GRPO training batch for ``module`` with ``config``.
 
@@ -116,10 +155,20 @@ class RolloutUpdateLoop:
     def __init__(self, module: GRPOModule, config: GRPOConfig) -> None:
         self.module = module
         self.config = config
-        self.sampling = config.sampling(vision_token_ids(module.processor))
+        self.suppress_ids = vision_token_ids(module.processor)  # never generated, never scored
         self.last_rollout: Rollout | None = None
         self.last_scores: RewardScores | None = None
         self._warned = False
+
+    @property
+    def sampling(self) -> SamplingConfig:
+        """What the rollout samples from, read from the config at each use (PTST changes it)."""
+        return self.config.sampling(self.suppress_ids)
+
+    @property
+    def scoring(self) -> SamplingConfig:
+        """What the loss scores: the sampling temperature, without top-k / top-p."""
+        return self.sampling.scoring()
 
     # -- the steps ---------------------------------------------------------------------
     def rollout(self, samples: list[Sample]) -> Rollout:
@@ -164,30 +213,35 @@ class RolloutUpdateLoop:
                                         rollout.completion_mask[rows], features)
 
     @torch.no_grad()
-    def _logprobs(self, model, rollout: Rollout, sampling: SamplingConfig, size: int, reuse_features: bool) -> Tensor:
-        out = []
-        for rows in chunks(torch.arange(len(rollout)), size):
+    def _logprobs(self, model, rollout: Rollout, parts: list[Tensor], reuse_features: bool) -> Tensor:
+        """(N, T) float32 log-probs under :attr:`scoring`, computed over the micro-batches ``parts``."""
+        out = torch.zeros(rollout.completion_ids.shape, dtype=torch.float32, device=rollout.completion_ids.device)
+        for rows in parts:
             logits = self.forward_logits(model, rollout, rows, reuse_features=reuse_features)
-            out.append(policy_logprobs(logits, rollout.completion_ids[rows], sampling))
-        return torch.cat(out)
+            out[rows.to(out.device)] = policy_logprobs(logits, rollout.completion_ids[rows], self.scoring)
+        return out
 
-    def prepare_logprobs(self, rollout: Rollout) -> None:
+    def micro_batches(self, order: Tensor, n: int) -> list[Tensor]:
+        """The micro-batches one pass over ``order`` runs: its mini-batches, each cut into micro-batches."""
+        mini, _ = self.steps_per_rollout(n)
+        micro = self.config.micro_batch_size or mini
+        return [part for rows in chunks(order, mini) for part in chunks(rows, micro)]
+
+    def prepare_logprobs(self, rollout: Rollout, first_order: Tensor) -> None:
         """Old log-probs only when more than one optimiser step uses this rollout;
-        reference log-probs only when beta > 0."""
+        reference log-probs only when beta > 0. Both run over the micro-batches of the first
+        iteration (``first_order``), the rows the first update's forwards see together, so
+        that its ratio is 1 to the last bit (dropout off) and each prompt runs once per pass."""
         cfg, m = self.config, self.module
         n = len(rollout)
         _, steps = self.steps_per_rollout(n)
-        size = cfg.micro_batch_size or cfg.mini_batch_size or n
+        parts = self.micro_batches(first_order, n)
         if steps > 1:
             # the rollout's image features came from these very weights
-            rollout.old_logprobs = self._logprobs(m.policy, rollout, self.sampling, size, reuse_features=True)
+            rollout.old_logprobs = self._logprobs(m.policy, rollout, parts, reuse_features=True)
         if cfg.beta != 0.0:
-            # The reference is scored at the sampling temperature without top-k / top-p,
-            # so that its support covers every token and the KL stays finite.
-            ref_sampling = SamplingConfig(temperature=cfg.temperature, suppress_ids=self.sampling.suppress_ids)
             with m.reference_context() as ref:
-                rollout.ref_logprobs = self._logprobs(ref, rollout, ref_sampling, size,
-                                                      reuse_features=prefix.vision_frozen(m.policy))
+                rollout.ref_logprobs = self._logprobs(ref, rollout, parts, reuse_features=prefix.vision_frozen(m.policy))
 
     def update(self, rollout: Rollout, rows: Tensor, loss_mask: Tensor) -> dict[str, float]:
         """One optimiser step on the completions ``rows``, in micro-batches."""
@@ -201,8 +255,8 @@ class RolloutUpdateLoop:
             tokens = rollout.completion_ids[part]
             mask = loss_mask[part]
             logits = self.forward_logits(m.policy, rollout, part, reuse_features=prefix.vision_frozen(m.policy))
-            logits = distribution_logits(logits, self.sampling)
-            logp = token_logprobs(logits, tokens)
+            logits = distribution_logits(logits, self.scoring)
+            logp = token_logprobs(logits, tokens)  # float32
             old = rollout.old_logprobs[part] if rollout.old_logprobs is not None else logp.detach()
             ref = rollout.ref_logprobs[part] if rollout.ref_logprobs is not None else None
             loss, stats = grpo_loss(
@@ -218,16 +272,7 @@ class RolloutUpdateLoop:
             for key in ("kl", "clip_low", "clip_high", "ratio_mean"):
                 totals[key] += getattr(stats, key) * share
             del logits, logp, loss, ent  # not alive during the next micro-batch's forward
-        grad_norm = m.clip_and_norm(opt, cfg.gradient_clip_val)
-        # A non-finite loss or grad norm (on any process) skips the step: no optimiser or
-        # scheduler step, gradients dropped, global_step unchanged (it counts applied steps).
-        if m.step_is_finite(totals["loss"], grad_norm):
-            opt.step()
-            sched = m.lr_schedulers()
-            if sched is not None:
-                sched.step()
-        opt.zero_grad(set_to_none=True)
-        totals["grad_norm"] = grad_norm
+        totals["grad_norm"] = m.optimizer_step(opt, totals["loss"], cfg.gradient_clip_val)
         totals["lr"] = opt.param_groups[0]["lr"]
         totals["skipped_steps"] = float(m.skipped_steps)
         return totals
@@ -240,14 +285,20 @@ class RolloutUpdateLoop:
         t_rollout = time.perf_counter() - t0
 
         scores = self.score(rollout)
-        adv = group_advantages(scores.total, cfg.num_generations, cfg.scale_rewards)
-        rollout.advantages = adv.values.to(rollout.completion_ids.device)
-        loss_mask = rollout.completion_mask.float()
+        reduce_sum = (lambda t: m.all_reduce_sum(t.to(m.device))) if m.trainer.world_size > 1 else None
+        adv = rollout_advantages(scores, rollout.group_size, cfg.scale_rewards, reduce_sum)
+        device = rollout.completion_ids.device
+        rollout.advantages = adv.values.to(device)
+        loss_mask = rollout.completion_mask.float() * (~scores.unscored).float().to(device).unsqueeze(1)
         if cfg.mask_truncated_completions:
             loss_mask = loss_mask * (~rollout.truncated).float().unsqueeze(1)
 
+        n = len(rollout)
+        mini, _ = self.steps_per_rollout(n)
+        shuffle = torch.Generator().manual_seed(int(m.global_step)) if mini < n else None
+        orders = [group_order(n, rollout.group_size, shuffle) for _ in range(cfg.num_iterations)]
         t1 = time.perf_counter()
-        self.prepare_logprobs(rollout)
+        self.prepare_logprobs(rollout, orders[0])
         lengths = rollout.completion_mask.sum(dim=1).float()
         rollout_stats = {
             **scores.stats(),
@@ -260,10 +311,7 @@ class RolloutUpdateLoop:
             "completion/truncated_frac": float(rollout.truncated.float().mean()),
             "time/rollout_s": t_rollout,
         }
-        mini, _ = self.steps_per_rollout(len(rollout))
-        shuffle = torch.Generator().manual_seed(int(m.global_step))
-        for iteration in range(cfg.num_iterations):
-            order = torch.randperm(len(rollout), generator=shuffle) if mini < len(rollout) else torch.arange(len(rollout))
+        for iteration, order in enumerate(orders):
             for rows in chunks(order, mini):
                 if m.reached_max_steps():
                     break

@@ -40,8 +40,9 @@ def sampling_logits(
 
     The order and the tie rules follow transformers' temperature, top-k and top-p
     logits warpers (top-k keeps every token tied with the k-th; top-p always keeps
-    the most likely token), so the loss scores exactly the distribution the rollout
-    sampled from. ``logits``: (..., V).
+    the most likely token). The rollout samples from this distribution; the loss scores
+    the same logits with ``top_k=0, top_p=1`` (temperature only, see
+    ``lit_vr1.rollout.SamplingConfig.scoring``). ``logits``: (..., V).
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -64,13 +65,16 @@ def sampling_logits(
 
 
 def token_logprobs(logits: Tensor, tokens: Tensor) -> Tensor:
-    """log p(token) under softmax(logits): ``logits`` (N, T, V), ``tokens`` (N, T) -> (N, T).
+    """log p(token) under softmax(logits), in float32 whatever the logits' dtype:
+    ``logits`` (N, T, V), ``tokens`` (N, T) -> (N, T) float32.
 
-    Computed as the gathered logit minus the row's logsumexp, which never builds a
-    (N, T, V) log-softmax tensor beside the logits.
+    Computed as the gathered logit minus the row's logsumexp (never a (N, T, V) log-softmax
+    tensor beside the logits). Both in float32: in bfloat16 a log-prob near -5 is only
+    resolved to 0.03 nats, so ratios would move in steps of several percent and a small KL
+    would round to exactly 0.
     """
-    picked = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-    return picked - torch.logsumexp(logits.float(), dim=-1).to(picked.dtype)
+    picked = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).float()
+    return picked - torch.logsumexp(logits.float(), dim=-1)
 
 
 @torch.no_grad()
@@ -103,7 +107,8 @@ class Advantages:
     tied: Tensor
 
 
-def group_advantages(rewards: Tensor, group_size: int, scale: str = "group", eps: float = 1e-4) -> Advantages:
+def group_advantages(rewards: Tensor, group_size: int, scale: str = "group", eps: float = 1e-4,
+                     valid: Tensor | None = None, batch_std: Tensor | float | None = None) -> Advantages:
     """GRPO advantages: each reward minus its group's mean, divided by a spread.
 
     ``scale``: "group" divides by the group's std (DeepSeekMath, Shao et al. 2024,
@@ -111,22 +116,38 @@ def group_advantages(rewards: Tensor, group_size: int, scale: str = "group", eps
     batch (the more robust variant of Hu et al. 2025, REINFORCE++ / TRL's
     ``scale_rewards="batch"``); "none" does not divide (Dr. GRPO, Liu et al. 2025,
     which argues the std division biases towards easy and hard prompts).
-    ``rewards``: (N,), N a multiple of ``group_size``.
+    ``rewards``: (N,), N a multiple of ``group_size``; computed in float32.
+
+    ``valid`` (N,) bool: False marks a completion no reward could score (every reward nan,
+    or one failed): it is left out of its group's mean and std and of the batch std, and
+    gets advantage 0, so a failed judge never passes for a wrong answer. A group with fewer
+    than two valid completions has no signal (all its advantages are 0, ``tied``).
+    ``batch_std``: the std that "batch" divides by, when it comes from elsewhere (the std
+    of the whole batch across processes, see :func:`batch_std_from_sums`); default: the
+    std of this call's valid rewards.
     """
     check_choice("scale_rewards", scale, SCALE_REWARDS)
     if rewards.ndim != 1 or rewards.numel() % group_size:
         raise ValueError(f"rewards of shape {tuple(rewards.shape)} do not split into groups of {group_size}")
-    grouped = rewards.view(-1, group_size)
-    mean = grouped.mean(dim=1)
-    std = grouped.std(dim=1) if group_size > 1 else torch.zeros_like(mean)
-    tied = (grouped == grouped[:, :1]).all(dim=1)
+    valid = torch.ones_like(rewards, dtype=torch.bool) if valid is None else valid.to(torch.bool)
+    r = torch.where(valid, rewards.float(), 0.0)
+    grouped, keep = r.view(-1, group_size), valid.view(-1, group_size)
+    count = keep.sum(dim=1)
+    mean = grouped.sum(dim=1) / count.clamp(min=1)
+    sq = torch.where(keep, (grouped - mean[:, None]) ** 2, 0.0).sum(dim=1)
+    std = torch.where(count > 1, (sq / (count - 1).clamp(min=1)).sqrt(), 0.0)  # unbiased, as Tensor.std
+    high = torch.where(keep, grouped, float("-inf")).amax(dim=1)
+    low = torch.where(keep, grouped, float("inf")).amin(dim=1)
+    tied = (count < 2) | (high == low)
     mean_n = mean.repeat_interleave(group_size)
     std_n = std.repeat_interleave(group_size)
-    centred = rewards - mean_n
+    centred = torch.where(valid & ~tied.repeat_interleave(group_size), r - mean_n, 0.0)
     if scale == "group":
         spread = std_n
     elif scale == "batch":
-        spread = (rewards.std() if rewards.numel() > 1 else rewards.new_zeros(())).expand_as(rewards)
+        if batch_std is None:
+            batch_std = r[valid].std() if int(valid.sum()) > 1 else r.new_zeros(())
+        spread = torch.as_tensor(batch_std, dtype=torch.float32, device=r.device).expand_as(r)
     else:
         spread = None
     # A zero spread means every centred reward is 0: the advantage is 0 (never 0/0).
@@ -134,16 +155,35 @@ def group_advantages(rewards: Tensor, group_size: int, scale: str = "group", eps
     return Advantages(values=values, group_mean=mean_n, group_std=std_n, tied=tied)
 
 
+def batch_std_from_sums(total: Tensor) -> Tensor:
+    """Unbiased std of a batch from ``total`` = (sum, sum of squares, count), e.g. summed
+    over processes with one all-reduce (float64, so the difference of squares keeps its digits)."""
+    s, sq, n = total.double().unbind()
+    if n < 2:
+        return total.new_zeros((), dtype=torch.float32)
+    return ((sq - s * s / n).clamp(min=0.0) / (n - 1)).sqrt().float()
+
+
+def batch_sums(rewards: Tensor, valid: Tensor) -> Tensor:
+    """(sum, sum of squares, count) of the valid rewards, float64, for :func:`batch_std_from_sums`."""
+    r = rewards.double()[valid.to(torch.bool)]
+    return torch.stack([r.sum(), (r * r).sum(), r.new_tensor(float(r.numel()))])
+
+
 def k3_kl(logp: Tensor, ref_logp: Tensor) -> Tensor:
     """Per-token KL(policy || reference) estimate k3 = exp(r) - r - 1 with r = ref_logp - logp.
 
     Schulman's unbiased, always non-negative estimator ("Approximating KL divergence",
-    2020), the one GRPO uses (DeepSeekMath, Shao et al. 2024, eq. 4). ``r`` is clamped
-    to [-20, 20] so that a token the policy no longer allows (log-prob -inf under top-k
-    or top-p) gives a large, finite penalty instead of inf or NaN.
+    2020), the one GRPO uses (DeepSeekMath, Shao et al. 2024, eq. 4). In float32,
+    written as exp(r) - r - 1 it cancels to exactly 0 for |r| below ~3e-4 (k3 ~ r^2 / 2 is
+    then under float32's epsilon), which is where a policy near its reference lives; so
+    it is computed as expm1(r) - r, and for |r| < 1e-2 as its Taylor series
+    r^2/2 + r^3/6 + r^4/24 (relative error under 1e-7 there). ``r`` is clamped to [-20, 20]
+    so that an extreme log-prob gap gives a large, finite penalty instead of inf or NaN.
     """
-    r = (ref_logp - logp).clamp(-20.0, 20.0)
-    return torch.exp(r) - r - 1.0
+    r = (ref_logp.float() - logp.float()).clamp(-20.0, 20.0)
+    series = r * r * (0.5 + r * (1.0 / 6.0 + r / 24.0))
+    return torch.where(r.abs() < 1e-2, series, torch.expm1(r) - r)
 
 
 @dataclass
@@ -192,9 +232,12 @@ def grpo_loss(
     call's own counts.
 
     Shapes: ``logp``, ``old_logp``, ``ref_logp``, ``mask``: (N, T); ``advantages``: (N,).
-    Returns the scalar loss and detached statistics.
+    Everything is computed in float32. Returns the scalar loss and detached statistics.
     """
     check_choice("loss_type", loss_type, LOSS_TYPES)
+    # float32 whatever the model's dtype: ratios, KL and the loss (callers pass float32 already)
+    logp, old_logp, advantages = logp.float(), old_logp.float(), advantages.float()
+    ref_logp = ref_logp.float() if ref_logp is not None else None
     eps_low = epsilon
     eps_high = epsilon if epsilon_high is None else epsilon_high
     mask = mask.to(logp.dtype)

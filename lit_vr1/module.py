@@ -14,10 +14,11 @@ from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 from lit_vr1 import parallel
 from lit_vr1.checkpoint import gather_rng_states, set_rng_states
+from lit_vr1.checks import check_master_weights
 from lit_vr1.evaluate import PROMPTINGS, predict_detection, predict_rec
 from lit_vr1.metrics.detection import DetectionMetrics
 from lit_vr1.metrics.rec import RECMetrics
-from lit_vr1.models import freeze
+from lit_vr1.models import freeze, precision
 from lit_vr1.models.families import family_of
 from lit_vr1.models.loading import load_model, load_processor
 from lit_vr1.models.lora import LoraSpec, apply_lora, save_merged
@@ -57,7 +58,14 @@ class VLMModule(LightningModule):
         optimizer: optimiser factory (``class_path`` in YAML); AdamW(lr=1e-5) by default.
         lr_scheduler: scheduler factory, stepped after every optimiser step.
         min_pixels, max_pixels: image size bounds of the processor (multiples of 28).
-        dtype: weights' dtype: float32, bfloat16, float16 or auto.
+        dtype: weights' dtype: float32 (default), bfloat16, float16 or auto. Trained weights
+            must stay float32 (the optimiser's master copy): for bf16 compute set
+            ``trainer.precision=bf16-mixed`` with float32 here. bfloat16 suits LoRA (peft keeps the
+            adapters float32) and DeepSpeed (its bf16 optimiser keeps float32 masters); anything
+            else with half-precision trained weights is refused at fit start.
+        float32_lm_head: compute the LM head in float32 (float32 logits) under any precision,
+            so that log-probs, ratios and KL are not rounded to bf16 (see
+            :mod:`lit_vr1.models.precision`); costs one float32 matmul over the vocabulary.
         attn_implementation: sdpa (default), eager or flash_attention_2 (needs the flash-attn
             package and a CUDA GPU: refused otherwise, with what to install).
         seed: seed of a tiny model's weights and tokenizer.
@@ -109,6 +117,7 @@ class VLMModule(LightningModule):
         results_path: str | None = None,
         eval_task: str = "rec",
         detection_prompting: str = "all",
+        float32_lm_head: bool = True,
     ) -> None:
         super().__init__()
         if box_frame is not None and box_frame not in BOX_FRAMES:
@@ -126,6 +135,7 @@ class VLMModule(LightningModule):
         self.gradient_checkpointing = gradient_checkpointing
         self.lora = lora
         self.results_path = results_path
+        self.float32_lm_head = float32_lm_head
         if eval_task not in EVAL_TASKS:
             raise ValueError(f"eval_task={eval_task!r} is not valid; choose one of {', '.join(EVAL_TASKS)}")
         if detection_prompting not in PROMPTINGS:
@@ -143,6 +153,8 @@ class VLMModule(LightningModule):
             # from_pretrained returns a model in eval mode, and Lightning keeps each module's mode
             self.policy = load_model(self.model_name, self.processor, self.dtype_name, self.attn_implementation,
                                      self.seed, self.tiny_spec).train()
+            if self.float32_lm_head:
+                precision.float32_head(self.policy)
             if self.lora is not None:
                 self.policy = apply_lora(self.policy, self.lora)
             if self.freeze_vision or self.freeze_merger:
@@ -158,6 +170,7 @@ class VLMModule(LightningModule):
 
     def configure_optimizers(self):
         params = [p for p in self.policy.parameters() if p.requires_grad]
+        check_master_weights(params, self)  # the weights as the precision plugin left them
         opt = self.optimizer_factory(params)
         if self.scheduler_factory is None:
             return opt

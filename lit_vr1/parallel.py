@@ -131,13 +131,24 @@ def _fsdp_gathered(root: nn.Module) -> Iterator[None]:
             m.set_reshard_after_forward(_reshard_after_forward(m, root), recurse=False)
 
 
-def _deepspeed_zero3_engine(module: Any) -> Any:
-    """The DeepSpeed engine when the module trains under ZeRO stage 3, else None."""
+def deepspeed_engine(module: Any) -> Any:
+    """The DeepSpeed engine the module trains under, else None."""
     trainer = getattr(module, "_trainer", None)
     strategy = getattr(trainer, "strategy", None) if trainer is not None else None
-    if strategy is None or not _is_deepspeed(strategy) or not getattr(strategy, "zero_stage_3", False):
-        return None
-    return getattr(strategy, "model", None)
+    return getattr(strategy, "model", None) if strategy is not None and is_deepspeed(strategy) else None
+
+
+def engine_grad_norm(engine: Any) -> float | None:
+    """The global gradient norm (before clipping) a DeepSpeed engine computed in its last step:
+    inf when it found non-finite gradients (and skipped the step); None when it computed none."""
+    norm = engine.get_global_grad_norm()
+    return None if norm is None else float(norm)
+
+
+def _deepspeed_zero3_engine(module: Any) -> Any:
+    """The DeepSpeed engine when the module trains under ZeRO stage 3, else None."""
+    engine = deepspeed_engine(module)
+    return engine if engine is not None and getattr(module.trainer.strategy, "zero_stage_3", False) else None
 
 
 @contextlib.contextmanager
@@ -187,7 +198,8 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 # -- checks at fit start --------------------------------------------------------------------
-def _is_deepspeed(strategy: Any) -> bool:
+def is_deepspeed(strategy: Any) -> bool:
+    """True for Lightning's DeepSpeedStrategy (importable without deepspeed installed)."""
     from lightning.pytorch.strategies import DeepSpeedStrategy
 
     return isinstance(strategy, DeepSpeedStrategy)
@@ -218,7 +230,7 @@ def check_strategy(trainer: Any, module: Any) -> None:
             "steps). Use ModelParallelStrategy (FSDP2: --config configs/strategy/fsdp2.yaml) or DeepSpeed "
             "(--config configs/strategy/deepspeed_zero3.yaml)."
         )
-    ds_config = (getattr(strategy, "config", None) or {}) if _is_deepspeed(strategy) else {}
+    ds_config = (getattr(strategy, "config", None) or {}) if is_deepspeed(strategy) else {}
     zero3 = (ds_config.get("zero_optimization") or {}).get("stage") == 3
     if getattr(module, "export_dir", None) and (isinstance(strategy, ModelParallelStrategy) or zero3):
         raise StrategyError(
@@ -232,7 +244,7 @@ def check_strategy(trainer: Any, module: Any) -> None:
         tp = mesh[TENSOR_PARALLEL].size() if TENSOR_PARALLEL in names else getattr(strategy, "_tensor_parallel_size", 1)
         if isinstance(tp, int) and tp > 1:
             raise StrategyError(_tensor_parallel_message(tp))
-    if _is_deepspeed(strategy):
+    if is_deepspeed(strategy):
         if cfg.gradient_clip_val is not None:
             raise StrategyError(
                 f"model.grpo.gradient_clip_val={cfg.gradient_clip_val} cannot work under DeepSpeed, which owns the "

@@ -32,6 +32,8 @@ V vocabulary; ``prompt_index`` (N,) is the prompt row of each completion row.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -52,6 +54,18 @@ VISION_KEYS = ("pixel_values", "image_grid_thw")
 def _base(model: nn.Module) -> nn.Module:
     get_base = getattr(model, "get_base_model", None)
     return get_base() if callable(get_base) else model
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_argument(model_class: type) -> str:
+    """The forward argument that takes the key/value cache: ``cache`` in transformers >= 5.2x,
+    where ``past_key_values`` is deprecated (removed in 5.40); ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
+
+
+def with_cache(model: nn.Module, cache: DynamicCache) -> dict[str, DynamicCache]:
+    """``{argument: cache}`` for ``model``'s forward, whichever name the installed transformers uses."""
+    return {_cache_argument(type(_base(model))): cache}
 
 
 def unsupported_reason(model: nn.Module) -> str | None:
@@ -135,8 +149,9 @@ def prompt_pass(model: nn.Module, prompt: dict[str, Tensor], features: BaseModel
     if features is not None:
         inputs.pop("pixel_values", None)
         inputs["mm_encoder_outputs"] = {"image": features}
-    out = model(**inputs, past_key_values=DynamicCache(), use_cache=True, logits_to_keep=1)
-    return PromptPass(out.past_key_values, out.logits[:, -1], next_positions(model, prompt), prompt["attention_mask"])
+    cache = DynamicCache()  # filled in place by the forward
+    out = model(**inputs, **with_cache(model, cache), use_cache=True, logits_to_keep=1)
+    return PromptPass(cache, out.logits[:, -1], next_positions(model, prompt), prompt["attention_mask"])
 
 
 def end_at_eos(ids: Tensor, eos_ids: list[int], pad_id: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -174,7 +189,7 @@ def completion_logits(model: nn.Module, prompt: dict[str, Tensor], images_per_pr
     if completion_ids.shape[1] == 1:
         return first
     mask = torch.cat([shared.attention_mask, completion_mask[:, :-1].to(shared.attention_mask.dtype)], dim=1)
-    out = model(input_ids=completion_ids[:, :-1], attention_mask=mask, past_key_values=shared.cache, use_cache=True,
+    out = model(input_ids=completion_ids[:, :-1], attention_mask=mask, **with_cache(model, shared.cache), use_cache=True,
                 position_ids=_text_positions(shared.next_position, completion_ids.shape[1] - 1))
     return torch.cat([first, out.logits], dim=1)
 
@@ -218,7 +233,7 @@ def sample(model: nn.Module, prompt: dict[str, Tensor], group_size: int, cfg, eo
         if bool(done.all()) or t == cfg.max_completion_length - 1:
             break
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-        out = model(input_ids=tok[:, None], attention_mask=mask, past_key_values=state.cache, use_cache=True,
+        out = model(input_ids=tok[:, None], attention_mask=mask, **with_cache(model, state.cache), use_cache=True,
                     position_ids=_text_positions(start + t, 1), logits_to_keep=1)
         logits = out.logits[:, -1].float()
     ids, keep, has_eos = end_at_eos(torch.stack(tokens, dim=1), eos_ids, pad_id)

@@ -38,6 +38,14 @@ class SamplingConfig:
     greedy: bool = False
     suppress_ids: tuple[int, ...] = ()
 
+    def scoring(self) -> SamplingConfig:
+        """The distribution the loss scores these samples under: the same temperature and
+        suppressed tokens, without top-k / top-p (every sampled token keeps a finite log-prob
+        under any weights, and the reference is scored under the same distribution; see
+        ``GRPOConfig``)."""
+        return SamplingConfig(temperature=self.temperature, max_completion_length=self.max_completion_length,
+                              suppress_ids=self.suppress_ids)
+
 
 @dataclass
 class Rollout:
@@ -283,7 +291,8 @@ def distribution_logits(logits: Tensor, cfg: SamplingConfig) -> Tensor:
 
 
 def policy_logprobs(logits: Tensor, tokens: Tensor, cfg: SamplingConfig) -> Tensor:
-    """Log-probs of ``tokens`` under the sampling distribution (temperature, top-k, top-p)."""
+    """float32 log-probs of ``tokens`` under the distribution ``cfg`` describes (the loss passes
+    ``SamplingConfig.scoring()``)."""
     return token_logprobs(distribution_logits(logits, cfg), tokens)
 
 

@@ -38,6 +38,8 @@ NEW_RULES = {
     "batch_size_positive": (setup_with(batch_size=0), "must be >= 1"),
     "num_workers_not_negative": (setup_with(num_workers=-1), "must be >= 0"),
     "data_fills_a_batch": (setup_with(train_rows=3, world_size=2), "nothing would train"),
+    "half_precision_keeps_no_master": (FitSetup(precision="bf16-true", dtype="float32"), "float32 master weights"),
+    "half_dtype_keeps_no_master": (FitSetup(precision="bf16-mixed", dtype="bfloat16"), "model.dtype=float32"),
 }
 BY_NAME = {r.name: r for r in RULES}
 
@@ -93,7 +95,7 @@ def _strategy_check(strategy, **grpo):
 
 
 def _deepspeed(monkeypatch, config, knows_unmanaged=True):
-    monkeypatch.setattr(parallel, "_is_deepspeed", lambda s: True)
+    monkeypatch.setattr(parallel, "is_deepspeed", lambda s: True)
     monkeypatch.setattr(parallel, "_deepspeed_knows_unmanaged_accumulation", lambda: knows_unmanaged)
     return SimpleNamespace(config=config)
 
@@ -171,6 +173,8 @@ EXISTING = {
     "synthetic_task_known": lambda mp: __import__("lit_vr1.data.synthetic", fromlist=["x"]).SyntheticSpec(task="vqa"),
     "ptst_stages_valid": lambda mp: __import__("callbacks", fromlist=["x"]).PTST(
         stages=[{"max_completion_length": 8, "num_generations": 1, "steps": 1}]),
+    "trained_weights_float32": lambda mp: checks.check_master_weights(
+        [torch.nn.Parameter(torch.zeros(2, dtype=torch.bfloat16))], SimpleNamespace(dtype_name="auto", _trainer=None)),
 }
 # the option name each message holds (the messages raised outside checks.py do not all carry
 # the full dotted flag: GRPOConfig's name the field alone, e.g. "num_generations must be >= 1")

@@ -1,7 +1,9 @@
-"""Every seed recipe's tiny twin runs 2 GRPO steps on CPU, with the recipe's own rewards.
+"""Every seed recipe's tiny twin runs 2 GRPO steps on CPU, with the recipe's own rewards,
+precision and dtype.
 
 A twin is an overlay (configs/tiny/<recipe>.yaml) laid over the full-size recipe: the
-model, data and trainer shrink, the reward list and the GRPO settings stay the recipe's.
+model, data and trainer shrink; the reward list, the GRPO settings, ``trainer.precision``
+(bf16-mixed: autocast runs on CPU too) and ``model.dtype`` stay the recipe's.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ import threading
 import time
 
 import pytest
+import torch
 import yaml
 
 from lit_vr1.cli import LitVR1CLI
+from lit_vr1.models.loading import load_model
 from tests.test_cli import ROOT
 
 RECIPES = {
@@ -42,13 +46,17 @@ def judge_url():
     server.server_close()
 
 
-def _pointed_at(recipe: str, url: str, tmp_path) -> str:
-    """An overlay that keeps the recipe's reward list and points its remote judge at ``url``."""
+def _rewards_overlay(recipe: str, url: str | None, tmp_path) -> str:
+    """An overlay that keeps the recipe's reward list, points its remote judge at ``url``, and
+    adds a completion-length reward: a random tiny model never writes the recipes' answers,
+    so their rewards alone tie in every group (zero advantage, zero gradient), and the
+    check that the weights moved in the recipe's precision would test nothing."""
     rewards = yaml.safe_load(open(ROOT / "configs" / f"{recipe}.yaml"))["model"]["init_args"]["rewards"]
     for r in rewards:
         if r["class_path"].endswith("RemoteRewardModel"):
             r["init_args"]["url"] = url
-    path = tmp_path / "judge.yaml"
+    rewards.append({"class_path": "helpers.LengthReward", "init_args": {"weight": 0.1}})
+    path = tmp_path / "rewards.yaml"
     path.write_text(yaml.safe_dump({"model": {"init_args": {"rewards": rewards}}}))
     return str(path)
 
@@ -58,11 +66,19 @@ def test_tiny_twin_runs_two_steps_with_the_recipes_rewards(recipe, tmp_path, mon
     monkeypatch.chdir(tmp_path)  # runs/ and data/ of the twin land here
     args = ["fit", "--config", str(ROOT / "configs" / f"{recipe}.yaml"),
             "--config", str(ROOT / "configs" / "tiny" / f"{recipe}.yaml")]
-    if recipe == "grpo_r1v_free_qwen25vl_3b":
-        args += ["--config", _pointed_at(recipe, request.getfixturevalue("judge_url"), tmp_path)]
+    url = request.getfixturevalue("judge_url") if recipe == "grpo_r1v_free_qwen25vl_3b" else None
+    args += ["--config", _rewards_overlay(recipe, url, tmp_path)]
     t0 = time.perf_counter()
-    LitVR1CLI(args=args)
+    cli = LitVR1CLI(args=args)
     wall = time.perf_counter() - t0
+    recipe_cfg = yaml.safe_load(open(ROOT / "configs" / f"{recipe}.yaml"))
+    assert str(cli.trainer.precision) == recipe_cfg["trainer"]["precision"] == "bf16-mixed"
+    assert cli.model.dtype_name == recipe_cfg["model"]["init_args"]["dtype"]
+    start = load_model(cli.model.model_name, cli.model.processor, cli.model.dtype_name, seed=cli.model.seed,
+                       tiny_spec=cli.model.tiny_spec).state_dict()
+    trained = {n: p for n, p in cli.model.policy.named_parameters() if p.requires_grad}
+    assert all(p.dtype == torch.float32 for p in trained.values())  # float32 masters under bf16 autocast
+    assert any(not torch.equal(p.detach(), start[n]) for n, p in trained.items())  # the weights moved
     rows = list(csv.DictReader(open(glob.glob(f"runs/tiny/{recipe}/logs/version_*/metrics.csv")[0])))
     steps = sorted({int(r["step"]) for r in rows if r.get("train/loss")})
     assert steps == [1, 2]

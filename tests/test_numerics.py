@@ -1,0 +1,421 @@
+"""Numerics at real scale, proven on CPU: float32 master weights, float32 log-probs whatever
+the model dtype, the scored distribution, no dropout in RL passes, unscored completions,
+whole groups in mini-batches, the batch std over processes, DeepSpeed's gradient norm and
+the key/value cache argument of the installed transformers.
+
+The 2-process test runs this file as a script under torchrun (``python -m
+torch.distributed.run --nproc_per_node=2 tests/test_numerics.py OUT``).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# -- 1. float32 master weights ------------------------------------------------------------------
+def test_fit_start_rules_refuse_half_precision_trained_weights_and_name_the_flags():
+    from lit_vr1.checks import FitSetup, problems
+
+    def found(**kw):
+        return " ".join(problems(FitSetup(**kw)))
+
+    bad = found(precision="bf16-true", dtype="bfloat16")
+    assert bad.startswith("trainer.precision=bf16-true") and "trainer.precision=bf16-mixed and model.dtype=float32" in bad
+    assert found(precision="bf16-mixed", dtype="bfloat16").startswith("model.dtype=bfloat16")
+    assert "16-true" in found(precision="16-true", dtype="float32")
+    # float32 masters: bf16 autocast over float32 weights; LoRA adapters (float32) over a bf16 base; DeepSpeed
+    assert found(precision="bf16-mixed", dtype="float32") == ""
+    assert found(precision="bf16-mixed", dtype="bfloat16", lora=True) == ""
+    assert found(precision="bf16-true", dtype="bfloat16", deepspeed=True) == ""
+    # bf16-true casts LoRA adapters too
+    assert found(precision="bf16-true", dtype="bfloat16", lora=True) != ""
+
+
+@pytest.mark.parametrize("dtype,precision", [("bfloat16", "bf16-mixed"), ("float32", "bf16-true")])
+def test_fit_refuses_bf16_trained_weights_under_a_plain_optimiser(samples, dtype, precision):
+    """The recipes' old setting (bf16 weights, plain AdamW) trained without a word."""
+    from helpers import LengthReward, fit
+
+    from lit_vr1.checks import ConfigError
+    from lit_vr1.grpo import GRPOModule
+    from lit_vr1.loop import GRPOConfig
+
+    module = GRPOModule(model="tiny:qwen2_5_vl", rewards=[LengthReward()], dtype=dtype,
+                        grpo=GRPOConfig(num_generations=2, max_completion_length=4, beta=0.0))
+    with pytest.raises(ConfigError, match="trainer.precision=bf16-mixed and model.dtype=float32"):
+        fit(module, samples[:2], max_steps=1, precision=precision)
+
+
+def test_bf16_mixed_keeps_float32_weights_that_take_small_updates(samples):
+    """bf16 compute (autocast on CPU), float32 weights: a 1e-6 AdamW step moves nearly every
+    entry, where it would move ~2% of a bf16 weight's entries."""
+    from helpers import LengthReward, fit
+
+    from lit_vr1.grpo import GRPOModule
+    from lit_vr1.loop import GRPOConfig
+
+    torch.manual_seed(0)
+    module = GRPOModule(model="tiny:qwen2_5_vl", rewards=[LengthReward()],
+                        grpo=GRPOConfig(num_generations=4, max_completion_length=8, beta=0.04, gradient_clip_val=None),
+                        optimizer=lambda p: torch.optim.AdamW(p, lr=1e-6, weight_decay=0.0))
+    module.configure_model()
+    before = {n: p.detach().clone() for n, p in module.policy.named_parameters()}
+    logger = fit(module, samples[:2], max_steps=1, precision="bf16-mixed")
+    row = [m for _, m in logger.rows if "train/loss" in m][0]
+    assert math.isfinite(row["train/loss"]) and row["train/grad_norm"] > 0
+    w = dict(module.policy.named_parameters())["model.language_model.layers.0.mlp.up_proj.weight"]
+    assert w.dtype == torch.float32
+    moved = (w.detach() != before["model.language_model.layers.0.mlp.up_proj.weight"]).float().mean()
+    assert moved > 0.9
+    # the same update applied to a bf16 copy of the weight is mostly lost
+    b16 = before["model.language_model.layers.0.mlp.up_proj.weight"].bfloat16()
+    assert ((b16 + (w.detach() - before["model.language_model.layers.0.mlp.up_proj.weight"]).bfloat16()) != b16
+            ).float().mean() < 0.5
+
+
+# -- 2. float32 log-probs, ratio, KL and loss -----------------------------------------------------
+def test_token_logprobs_are_float32_for_bf16_logits():
+    from lit_vr1.loss import grpo_loss, token_logprobs
+
+    torch.manual_seed(0)
+    logits = (torch.randn(2, 5, 300) * 4).bfloat16()
+    tokens = torch.randint(0, 300, (2, 5))
+    lp = token_logprobs(logits, tokens)
+    assert lp.dtype == torch.float32
+    exact = torch.log_softmax(logits.double(), -1).gather(-1, tokens[..., None])[..., 0]
+    assert (lp.double() - exact).abs().max() < 1e-5  # float32 accuracy of the given (bf16) logits
+    loss, _ = grpo_loss(lp.bfloat16(), lp.bfloat16(), torch.ones(2, dtype=torch.bfloat16), torch.ones(2, 5),
+                        ref_logp=lp.bfloat16(), beta=0.1)
+    assert loss.dtype == torch.float32
+
+
+def test_k3_kl_keeps_its_digits_in_float32_near_the_reference():
+    """exp(r) - r - 1 cancels to 0 in float32 for small r; lit-vr1's k3 keeps float32's digits."""
+    from lit_vr1.loss import k3_kl
+
+    r = torch.cat([torch.logspace(-6, 0, 60, dtype=torch.float64), -torch.logspace(-6, 0, 60, dtype=torch.float64)])
+    r = r.float().double()  # exactly representable in float32
+    want = torch.expm1(r) - r  # float64
+    got = k3_kl(torch.zeros_like(r, dtype=torch.float32), r.float()).double()
+    assert ((got - want).abs() / want).max() < 1e-5
+    naive = (torch.exp(r.float()) - r.float() - 1.0).double()
+    assert (naive[r.abs() < 1e-4] == 0).any()  # what the plain formula gives
+
+
+def test_lm_head_runs_in_float32_under_bf16_autocast(tiny_qwen25, samples):
+    from lit_vr1.models.precision import Float32Head, float32_head
+    from lit_vr1.rollout import encode_prompts
+
+    model = copy.deepcopy(tiny_qwen25[0])
+    keys = set(model.state_dict())
+    inputs, _ = encode_prompts(tiny_qwen25[1], samples[:2])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(**inputs).logits.dtype == torch.bfloat16  # transformers' own head under autocast
+        assert float32_head(model) and isinstance(model.lm_head, Float32Head)
+        out = model(**inputs, output_hidden_states=True)
+    assert out.logits.dtype == torch.float32 and set(model.state_dict()) == keys
+    hidden = out.hidden_states[-1]
+    torch.testing.assert_close(out.logits, hidden.float() @ model.lm_head.weight.float().T, rtol=0, atol=1e-5)
+
+
+def test_small_drift_gives_a_nonzero_kl_on_every_token_under_bf16_autocast(samples):
+    """A policy 1e-3 away from its reference: every token's k3 KL is above 0 (bf16 log-probs
+    rounded it to exactly 0 on most tokens)."""
+    from lit_vr1.grpo import GRPOModule
+    from lit_vr1.loop import GRPOConfig
+    from lit_vr1.loss import k3_kl
+
+    module = GRPOModule(model="tiny:qwen2_5_vl", grpo=GRPOConfig(num_generations=2, max_completion_length=8))
+    module.configure_model()
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in module.policy.parameters():
+            p.mul_(1 + 1e-3 * torch.randn_like(p))
+    rollout = module.loop.rollout(samples[:2])
+    parts = [torch.arange(len(rollout))]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logp = module.loop._logprobs(module.policy, rollout, parts, reuse_features=False)
+        ref = module.loop._logprobs(module.ref_model, rollout, parts, reuse_features=False)
+    assert logp.dtype == ref.dtype == torch.float32
+    mask = rollout.completion_mask.bool()
+    kl = k3_kl(logp, ref)[mask]
+    assert (kl > 0).float().mean() > 0.99
+
+
+# -- 3. the scored distribution under top-k / top-p -------------------------------------------------
+def test_top_k_sampling_is_scored_under_the_temperature_distribution(samples):
+    """top_k=3: the loss, old and reference log-probs score the temperature-scaled logits,
+    so KL is exactly 0 while the policy equals the reference, and no log-prob is -inf."""
+    from helpers import LengthReward, fit
+
+    from lit_vr1.grpo import GRPOModule
+    from lit_vr1.loop import GRPOConfig
+
+    torch.manual_seed(0)
+    cfg = GRPOConfig(num_generations=4, max_completion_length=8, beta=0.04, top_k=3, temperature=0.9,
+                     num_iterations=2, gradient_clip_val=None)
+    module = GRPOModule(model="tiny:qwen2_5_vl", rewards=[LengthReward()], grpo=cfg,
+                        optimizer=lambda p: torch.optim.SGD(p, lr=0.0))
+    rows = [m for _, m in fit(module, samples[:2], max_steps=2).rows if "train/loss" in m]
+    assert all(r["train/kl"] == 0.0 and r["train/ratio_mean"] == 1.0 and math.isfinite(r["train/loss"]) for r in rows)
+    r = module.loop.last_rollout
+    assert torch.isfinite(r.old_logprobs).all() and torch.isfinite(r.ref_logprobs).all()
+    assert module.loop.scoring.top_k == 0 and module.loop.scoring.temperature == 0.9
+    assert module.loop.sampling.top_k == 3  # sampling itself keeps the cut
+
+
+def test_a_token_outside_the_recomputed_top_k_keeps_a_finite_log_prob():
+    from lit_vr1.rollout import SamplingConfig, policy_logprobs
+
+    logits = torch.tensor([[[3.0, 2.0, 1.0000, 0.9999, -1.0]]])
+    sampled = torch.tensor([[2]])  # in the top 3 when sampled; a 2e-4 move puts it 4th
+    moved = logits.clone()
+    moved[0, 0, 2] -= 2e-4
+    cfg = SamplingConfig(top_k=3)
+    assert torch.isinf(policy_logprobs(moved, sampled, cfg)).all()  # scoring under the cut
+    assert torch.isfinite(policy_logprobs(moved, sampled, cfg.scoring())).all()
+
+
+# -- 4. dropout off ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("disable", [True, False])
+def test_dropout_is_off_so_the_ratio_is_one_until_the_weights_move(samples, disable):
+    """LoRA with its default dropout 0.05, trained adapters (B != 0), lr 0, two iterations."""
+    from helpers import LengthReward, fit
+
+    from lit_vr1.grpo import GRPOModule
+    from lit_vr1.loop import GRPOConfig
+    from lit_vr1.models.lora import LoraSpec
+
+    torch.manual_seed(0)
+    module = GRPOModule(model="tiny:qwen2_5_vl", rewards=[LengthReward()], lora=LoraSpec(r=4),
+                        grpo=GRPOConfig(num_generations=4, max_completion_length=12, beta=0.0, num_iterations=2,
+                                        disable_dropout=disable),
+                        optimizer=lambda p: torch.optim.AdamW(p, lr=0.0))
+    module.configure_model()
+    with torch.no_grad():
+        for name, p in module.policy.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    rows = [m for _, m in fit(module, samples[:4], max_steps=2).rows if "train/loss" in m]
+    ratios = [r["train/ratio_mean"] for r in rows]
+    if disable:
+        assert ratios == [1.0, 1.0]
+        assert all(m.p == 0 for m in module.policy.modules() if isinstance(m, torch.nn.Dropout))
+    else:
+        assert any(abs(r - 1.0) > 1e-3 for r in ratios)
+
+
+# -- 5. completions no reward could score ---------------------------------------------------------
+def test_unscored_completions_stay_out_of_their_group_and_the_loss():
+    from lit_vr1.loss import group_advantages
+    from lit_vr1.rewards.base import Reward, SampleContext, score_all
+
+    class Judge(Reward):  # fails on every odd completion
+        default_name = "judge"
+
+        def score(self, completions, contexts):
+            if any(c.endswith("!") for c in completions):
+                raise ConnectionError("judge down")
+            return [float(len(c)) for c in completions]
+
+    class Fmt(Reward):
+        default_name = "fmt"
+
+        def score(self, completions, contexts):
+            return [0.5] * len(completions)
+
+    comps = ["aaaa", "b!", "cc", "d!"]
+    scores = score_all([Judge(on_error="nan"), Fmt()], comps, [SampleContext(id=str(i), prompt="p", solution="")
+                                                                for i in range(4)])
+    # the failed completions' totals hold the format reward only: not comparable, so unscored
+    assert scores.unscored.tolist() == [False, True, False, True]
+    assert scores.stats()["reward/unscored"] == 2.0
+    adv = group_advantages(scores.total, 4, valid=~scores.unscored, eps=0.0)
+    # group of the two scored ones: totals 4.5 and 2.5, mean 3.5, std sqrt(2)
+    torch.testing.assert_close(adv.values, torch.tensor([1.0, 0.0, -1.0, 0.0]) / math.sqrt(2))
+    # all nan: unscored as well
+    nan_only = score_all([Judge(on_error="nan")], ["x!", "y"], [SampleContext(id="a", prompt="p", solution="")] * 2)
+    assert nan_only.unscored.tolist() == [True, False]
+
+
+def test_group_advantages_with_valid_mask_matches_the_plain_formula_on_the_valid_rows():
+    from lit_vr1.loss import group_advantages
+
+    torch.manual_seed(0)
+    r = torch.randn(12)
+    valid = torch.tensor([1, 1, 0, 1, 1, 1, 1, 1, 0, 0, 0, 1], dtype=torch.bool)
+    adv = group_advantages(r, 4, "group", eps=0.0, valid=valid)
+    for g in range(3):
+        v = valid[4 * g:4 * g + 4]
+        x = r[4 * g:4 * g + 4]
+        if v.sum() < 2:
+            assert (adv.values[4 * g:4 * g + 4] == 0).all() and adv.tied[g]
+            continue
+        want = (x[v] - x[v].mean()) / x[v].std()
+        torch.testing.assert_close(adv.values[4 * g:4 * g + 4][v], want)
+        assert (adv.values[4 * g:4 * g + 4][~v] == 0).all()
+    all_valid = group_advantages(r, 4, "batch", eps=0.0)
+    torch.testing.assert_close(all_valid.values, (r - r.view(3, 4).mean(1).repeat_interleave(4)) / r.std())
+
+
+def test_the_loop_gives_unscored_completions_no_advantage_and_no_loss(samples):
+    from helpers import fit
+
+    from lit_vr1.grpo import GRPOModule
+    from lit_vr1.loop import GRPOConfig
+    from lit_vr1.rewards.base import Reward
+
+    class EveryThirdFails(Reward):
+        default_name = "flaky"
+        rescore_singly = False
+
+        def score(self, completions, contexts):
+            return [math.nan if i % 3 == 0 else len(c) / 10 for i, c in enumerate(completions)]
+
+    torch.manual_seed(0)
+    module = GRPOModule(model="tiny:qwen2_5_vl", rewards=[EveryThirdFails()],
+                        grpo=GRPOConfig(num_generations=4, max_completion_length=8, beta=0.0))
+    rows = [m for _, m in fit(module, samples[:2], max_steps=1).rows if "train/loss" in m]
+    assert rows[0]["train/reward/unscored"] == 3.0  # completions 0, 3, 6 of 8
+    adv = module.loop.last_rollout.advantages
+    assert adv[[0, 3, 6]].tolist() == [0.0, 0.0, 0.0]
+
+
+# -- 6. whole groups in mini-batches ---------------------------------------------------------------
+def test_mini_batches_hold_whole_groups_so_each_micro_batch_runs_one_prompt(samples, monkeypatch):
+    """P=4, G=8, mini 16, micro 4: 8 micro-batches of one prompt each per pass (shuffled single
+    completions needed about 20 prompt passes)."""
+    from helpers import LengthReward, fit
+
+    from lit_vr1 import prefix
+    from lit_vr1.grpo import GRPOModule
+    from lit_vr1.loop import GRPOConfig
+
+    prompt_rows = []
+    original = prefix.prompt_pass
+
+    def counting(model, prompt, features=None):
+        if torch.is_grad_enabled():
+            prompt_rows.append(int(prompt["input_ids"].shape[0]))
+        return original(model, prompt, features)
+
+    monkeypatch.setattr(prefix, "prompt_pass", counting)
+    torch.manual_seed(0)
+    module = GRPOModule(model="tiny:qwen2_5_vl", rewards=[LengthReward()],
+                        grpo=GRPOConfig(num_generations=8, max_completion_length=4, beta=0.0, mini_batch_size=16,
+                                        micro_batch_size=4))
+    fit(module, samples[:4], max_steps=2, batch_size=4)
+    assert prompt_rows == [1] * 8  # the policy passes of the two steps
+
+
+def test_group_order_keeps_groups_whole():
+    from lit_vr1.loop import group_order
+
+    order = group_order(12, 4, torch.Generator().manual_seed(3))
+    assert sorted(order.tolist()) == list(range(12))
+    groups = order.view(3, 4)
+    assert all(g.tolist() == list(range(int(g[0]), int(g[0]) + 4)) and int(g[0]) % 4 == 0 for g in groups)
+    assert group_order(8, 4, None).tolist() == list(range(8))
+
+
+# -- 7. the batch std over every process (2 CPU processes, gloo) --------------------------------------
+def _rank_main(out: Path) -> None:
+    import torch.distributed as dist
+
+    from lit_vr1.loop import rollout_advantages
+    from lit_vr1.rewards.base import RewardScores
+
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    torch.manual_seed(rank)
+    total = torch.randn(8) * (1 + 3 * rank)  # the processes' spreads differ a lot
+    unscored = torch.zeros(8, dtype=torch.bool)
+    unscored[rank] = True
+    scores = RewardScores(names=["r"], per_reward=total[None], total=total, unscored=unscored)
+
+    def reduce_sum(t):
+        dist.all_reduce(t)
+        return t
+
+    adv = rollout_advantages(scores, 4, "batch", reduce_sum)
+    (out / f"rank{rank}.json").write_text(json.dumps({"total": total.tolist(), "unscored": unscored.tolist(),
+                                                      "adv": adv.values.tolist()}))
+    dist.destroy_process_group()
+
+
+def test_batch_scaled_advantages_divide_by_the_std_of_every_process(tmp_path):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+               OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(Path(__file__).resolve()), str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    every = torch.tensor([t for r in ranks for t, u in zip(r["total"], r["unscored"]) if not u])
+    std = every.std()
+    for r in ranks:
+        total, unscored = torch.tensor(r["total"]), torch.tensor(r["unscored"])
+        for g in range(2):
+            sl = slice(4 * g, 4 * g + 4)
+            keep = ~unscored[sl]
+            want = (total[sl][keep] - total[sl][keep].mean()) / (std + 1e-4)
+            torch.testing.assert_close(torch.tensor(r["adv"])[sl][keep], want, rtol=1e-5, atol=1e-6)
+
+
+# -- 8. DeepSpeed owns the gradients: the norm comes from its engine -------------------------------------
+def test_under_deepspeed_the_logged_norm_is_the_engines_and_a_non_finite_one_counts_a_skip(samples, monkeypatch):
+    from helpers import LengthReward, fit
+
+    from lit_vr1 import parallel
+    from lit_vr1.grpo import GRPOModule
+    from lit_vr1.loop import GRPOConfig
+
+    class Engine:  # what Lightning's DeepSpeedStrategy holds as strategy.model (p.grad stays None there)
+        norms = iter([2.5, math.inf])
+
+        def get_global_grad_norm(self):
+            return next(self.norms)
+
+    engine = Engine()
+    monkeypatch.setattr(parallel, "deepspeed_engine", lambda module: engine)
+    torch.manual_seed(0)
+    module = GRPOModule(model="tiny:qwen2_5_vl", rewards=[LengthReward()],
+                        grpo=GRPOConfig(num_generations=4, max_completion_length=6, beta=0.0, gradient_clip_val=None))
+    rows = [m for _, m in fit(module, samples[:2], max_steps=2).rows if "train/loss" in m]
+    assert [r["train/grad_norm"] for r in rows] == [2.5, math.inf]
+    assert [r["train/skipped_steps"] for r in rows] == [0.0, 1.0]
+
+
+# -- 9. the key/value cache argument of the installed transformers -------------------------------------
+def test_shared_prompt_passes_use_the_current_cache_argument(tiny_qwen25, samples):
+    """transformers 5.2x deprecates ``past_key_values`` (removed in 5.40) for ``cache``."""
+    from lit_vr1 import prefix
+    from lit_vr1.rollout import SamplingConfig, encode_prompts, image_layout
+
+    model, processor = tiny_qwen25
+    prompt, per_prompt = encode_prompts(processor, samples[:2])
+    image_rows, _ = image_layout(processor, prompt, [s for x in samples[:2] for s in x.image_sizes])
+    eos = [processor.tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        with torch.no_grad():
+            s = prefix.sample(model, prompt, 2, SamplingConfig(max_completion_length=4), eos,
+                              processor.tokenizer.pad_token_id)
+            prefix.completion_logits(model, prompt, per_prompt, image_rows, torch.arange(2).repeat_interleave(2),
+                                     s.completion_ids, s.mask)
+
+
+if __name__ == "__main__":
+    _rank_main(Path(sys.argv[1]))
