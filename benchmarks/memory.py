@@ -96,7 +96,7 @@ def child(name: str, args) -> dict:
                      gradient_clip_val=1.0)
     module = GRPOModule(model="tiny:qwen2_5_vl", tiny_spec=spec, rewards=[CompletionLength()], grpo=cfg, seed=0,
                         optimizer=lambda p: torch.optim.AdamW(p, lr=1e-4), **options)
-    module.loop.sampling.suppress_ids = tuple(module.loop.sampling.suppress_ids) + (
+    module.loop.suppress_ids = tuple(module.loop.suppress_ids) + (
         module.processor.tokenizer.convert_tokens_to_ids("<|im_end|>"),)
     module.configure_model()
     gc.collect()

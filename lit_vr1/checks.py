@@ -190,15 +190,22 @@ def _master_weights_message(what: str) -> str:
             f"so the run would silently not learn; {MASTER_WEIGHTS_FIX}")
 
 
+def _deepspeed_keeps_masters(deepspeed: bool, precision: str | None) -> bool:
+    """DeepSpeed keeps float32 master weights when it trains in bf16 / fp16 (Lightning turns its
+    bf16 or fp16 mode on for those precisions); in its float32 mode it steps what it is given."""
+    return deepspeed and str(precision).startswith(("bf16", "16"))
+
+
 def half_precision_keeps_no_master(s: FitSetup) -> str | None:
-    if s.deepspeed or s.precision not in ("bf16-true", "16-true"):
+    if _deepspeed_keeps_masters(s.deepspeed, s.precision) or s.precision not in ("bf16-true", "16-true"):
         return None
     return _master_weights_message(f"trainer.precision={s.precision} casts every weight, trained ones included, to "
                                    "half precision")
 
 
 def half_dtype_keeps_no_master(s: FitSetup) -> str | None:
-    if s.deepspeed or s.lora or s.dtype not in ("bfloat16", "float16") or s.precision in ("bf16-true", "16-true"):
+    if _deepspeed_keeps_masters(s.deepspeed, s.precision) or s.lora or s.dtype not in ("bfloat16", "float16") \
+            or s.precision in ("bf16-true", "16-true"):
         return None
     return _master_weights_message(f"model.dtype={s.dtype} stores the trained weights in half precision")
 
@@ -211,7 +218,8 @@ def check_master_weights(params: list, module: Any) -> None:
 
     half = half_trainable(params)
     trainer = getattr(module, "_trainer", None)
-    if not half or (trainer is not None and parallel.is_deepspeed(getattr(trainer, "strategy", None))):
+    if not half or (trainer is not None and _deepspeed_keeps_masters(parallel.is_deepspeed(trainer.strategy),
+                                                                      trainer.precision)):
         return
     what = ", ".join(f"{n} trainable parameter(s) in {str(d).replace('torch.', '')}" for d, n in half.items())
     raise ConfigError(_master_weights_message(f"{what} (model.dtype={getattr(module, 'dtype_name', '?')}, "

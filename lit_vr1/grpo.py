@@ -23,6 +23,7 @@ from lit_vr1.rewards.base import Reward
 from lit_vr1.rewards.rec import IoUReward, RecJsonFormat
 
 SKIPPED_KEY = "lit_vr1_skipped_steps"  # checkpoint key of the skipped-step counters
+NOTHING_SCORED = "no completion of the mini-batch was scored"
 
 
 class GRPOModule(VLMModule):
@@ -33,12 +34,13 @@ class GRPOModule(VLMModule):
             default: REC IoU + 0.5 x REC JSON format.
         grpo: the algorithm's knobs (see :class:`~lit_vr1.loop.GRPOConfig`).
         **kwargs: model, optimizer, lr_scheduler, min_pixels, max_pixels, dtype,
-            attn_implementation, seed, box_frame, eval_max_new_tokens, export_dir
-            (see :class:`~lit_vr1.module.VLMModule`).
+            float32_lm_head, attn_implementation, seed, tiny_spec, freeze_vision, freeze_merger,
+            gradient_checkpointing, lora, box_frame, eval_max_new_tokens, export_dir, eval_task,
+            detection_prompting, results_path (see :class:`~lit_vr1.module.VLMModule`).
 
     Non-finite values: a step whose loss or gradient norm is nan or inf on any process is
     skipped (no optimiser or scheduler step; the gradients are dropped) and counted, see
-    :meth:`step_is_finite`. ``global_step`` counts applied steps only, so ``max_steps``,
+    :meth:`apply_update`. ``global_step`` counts applied steps only, so ``max_steps``,
     the LR schedule, PTST stages and threshold schedules all follow applied updates, and a
     run with skips reads more batches to reach ``max_steps``.
     """
@@ -79,8 +81,9 @@ class GRPOModule(VLMModule):
 
     @contextlib.contextmanager
     def generation_context(self) -> Iterator[None]:
-        """Wraps a rollout: sharded weights (FSDP2, ZeRO-3) are gathered once for all of it."""
-        with parallel.gathered_for_generation(self):
+        """Wraps a rollout: sharded weights (FSDP2, ZeRO-3) are gathered once for all of it, and
+        under mixed precision each weight is cast to bf16 once for all of it."""
+        with parallel.gathered_for_generation(self), precision.cached_autocast(self.device.type):
             yield
 
     @contextlib.contextmanager
@@ -102,39 +105,68 @@ class GRPOModule(VLMModule):
             yield self.ref_model
 
     # -- optimisation ----------------------------------------------------------------------
-    def optimizer_step(self, opt, loss: float, max_norm: float | None) -> float:
+    def apply_update(self, opt, loss: float, max_norm: float | None, has_tokens: bool = True) -> float:
         """Clip, step (optimiser and scheduler) and zero the gradients of one mini-batch; return
-        the global gradient norm before clipping.
+        the global gradient norm before clipping (nan when none was computed).
 
-        A non-finite loss or gradient norm on any process skips the step (no optimiser or
-        scheduler step, gradients dropped, ``global_step`` unchanged: it counts applied steps;
-        see :meth:`step_is_finite`). Under DeepSpeed the engine owns the gradients (``p.grad``
-        is None, partitioned under ZeRO): it clips them (``gradient_clipping`` in its config),
-        skips a step whose gradients are not finite, and reports the norm it computed.
+        The step is skipped (no optimiser or scheduler step, gradients dropped, ``global_step``
+        unchanged: it counts applied steps) when the loss or gradient norm is not finite on
+        some process, or when the mini-batch holds no scored token on any process
+        (``has_tokens`` False everywhere: every completion unscored, e.g. a judge that is down),
+        see :meth:`record_skip`. Under DeepSpeed the engine owns the gradients (``p.grad`` is
+        None, partitioned under ZeRO): it clips them (``gradient_clipping`` in its config) and
+        may itself skip a step whose gradients are not finite; that skip is read from
+        ``engine.was_step_applied()`` and counted the same way.
         """
         engine = parallel.deepspeed_engine(self)
-        if engine is not None:
+        norm = self.clip_and_norm(opt, max_norm) if engine is None else 0.0
+        reason = self._skip_reason(loss, norm, has_tokens)
+        if reason is None:
             opt.step()
-            norm = parallel.engine_grad_norm(engine)  # None: the engine was told not to compute it
-            if self.step_is_finite(loss, 0.0 if norm is None else norm):
-                self._scheduler_step()
-            norm = math.nan if norm is None else norm
+            if engine is not None:
+                norm = parallel.engine_grad_norm(engine)
+                norm = math.nan if norm is None else norm
+                if not engine.was_step_applied():
+                    reason = f"DeepSpeed skipped the step (gradient norm {norm})"
+        if reason is None:
+            self.skips_in_a_row = 0
+            sched = self.lr_schedulers()
+            if sched is not None:
+                sched.step()
         else:
-            norm = self.clip_and_norm(opt, max_norm)
-            if self.step_is_finite(loss, norm):
-                opt.step()
-                self._scheduler_step()
+            self.record_skip(reason)
         opt.zero_grad(set_to_none=True)
         return norm
 
-    def _scheduler_step(self) -> None:
-        sched = self.lr_schedulers()
-        if sched is not None:
-            sched.step()
+    def _skip_reason(self, loss: float, grad_norm: float, has_tokens: bool) -> str | None:
+        """Why this step must be skipped on every process (one all-reduce, so all agree), or None."""
+        flags = torch.tensor([0.0 if math.isfinite(loss) and math.isfinite(grad_norm) else 1.0, float(has_tokens)],
+                             device=self.device)
+        bad, tokens = self.all_reduce_sum(flags).tolist()
+        if bad:
+            return f"loss {loss}, gradient norm {grad_norm}: not finite on every process"
+        if not tokens:
+            return NOTHING_SCORED + " on any process (every reward nan: not applicable or failed)"
+        return None
+
+    def record_skip(self, reason: str) -> None:
+        """Count a skipped step in ``skipped_steps`` (logged as ``train/skipped_steps``, saved in
+        checkpoints); after ``max_skips_in_a_row`` skips with no applied step between them the
+        fit stops with an error."""
+        self.skipped_steps += 1
+        self.skips_in_a_row += 1
+        rank_zero_warn(f"step {self.global_step}: {reason}; the optimiser step is skipped "
+                       f"({self.skipped_steps} skipped so far)")
+        if self.skips_in_a_row >= self.max_skips_in_a_row:
+            what = ("Check the rewards: a judge server that is down, or rewards that apply to none of the data's tasks."
+                    if reason.startswith(NOTHING_SCORED) else "Training has diverged. Lower the learning rate, set "
+                    "model.grpo.gradient_clip_val, or resume from an earlier checkpoint.")
+            raise FloatingPointError(f"{self.skips_in_a_row} optimiser steps in a row were skipped (the last at global "
+                                     f"step {self.global_step}: {reason}; the weights are unchanged since). {what}")
 
     def clip_and_norm(self, opt, max_norm: float | None) -> float:
         """Global gradient norm before clipping; clips to ``max_norm`` when set and the norm
-        is finite (a non-finite one means the step is skipped, see :meth:`step_is_finite`)."""
+        is finite (a non-finite one means the step is skipped, see :meth:`apply_update`)."""
         grads = [p.grad for p in self.policy.parameters() if p.grad is not None]
         if not grads:
             return 0.0
@@ -142,27 +174,6 @@ class GRPOModule(VLMModule):
         if max_norm is not None and math.isfinite(norm):
             self.clip_gradients(opt, gradient_clip_val=max_norm, gradient_clip_algorithm="norm")
         return norm
-
-    def step_is_finite(self, loss: float, grad_norm: float) -> bool:
-        """True when the loss and gradient norm are finite on every process (all processes
-        get the same answer, so they step or skip together and never diverge). On False
-        the caller skips the step: the skip is counted in ``skipped_steps`` (logged as
-        ``train/skipped_steps``, saved in checkpoints), and after ``max_skips_in_a_row``
-        skips with no step between them the fit stops with an error."""
-        bad = torch.tensor(0.0 if math.isfinite(loss) and math.isfinite(grad_norm) else 1.0, device=self.device)
-        if float(self.all_reduce_sum(bad)) == 0.0:
-            self.skips_in_a_row = 0
-            return True
-        self.skipped_steps += 1
-        self.skips_in_a_row += 1
-        rank_zero_warn(f"step {self.global_step}: loss {loss}, gradient norm {grad_norm}: not finite on every process; "
-                       f"the optimiser step is skipped ({self.skipped_steps} skipped so far)")
-        if self.skips_in_a_row >= self.max_skips_in_a_row:
-            raise FloatingPointError(
-                f"{self.skips_in_a_row} optimiser steps in a row had a non-finite loss or gradient norm (the last at "
-                f"global step {self.global_step}; the weights are unchanged since): training has diverged. Lower the "
-                "learning rate, set model.grpo.gradient_clip_val, or resume from an earlier checkpoint.")
-        return False
 
     def reached_max_steps(self) -> bool:
         """True once the Trainer's max_steps optimiser steps are done (a rollout may hold more)."""

@@ -56,7 +56,7 @@ class GRPOConfig:
     temperature, top_p, top_k: sampling (top_k=0 and top_p=1.0 are off). The loss (policy,
         old and reference log-probs alike) scores tokens under the temperature-scaled
         distribution without the top-k / top-p cut, as TRL and verl do: under the cut, a
-        token sampled near its edge gets log p = -inf once a recomputed logit moves by 1e-4
+        token sampled near its edge gets log p = -inf once a recomputed logit moves by 2e-4
         (a NaN loss), and the reference could not be scored under the policy's cut (a biased
         KL). top_k / top_p thus only shape what is sampled.
     max_completion_length: most tokens a completion may have.
@@ -81,7 +81,9 @@ class GRPOConfig:
     Mini-batches hold whole groups (the G completions of a prompt stay together), so each
     micro-batch runs as few prompt passes as it can. Completions no reward could score
     (every reward nan, or one failed) get advantage 0, stay out of their group's statistics
-    and out of the loss, and are counted (``train/reward/unscored``).
+    and have no loss tokens (in grpo / dr_grpo they still count in the average over
+    sequences, as TRL counts masked truncated completions), and are counted
+    (``train/reward/unscored``); a mini-batch with no scored token anywhere takes no step.
     """
 
     num_generations: int = 4
@@ -230,18 +232,19 @@ class RolloutUpdateLoop:
     def prepare_logprobs(self, rollout: Rollout, first_order: Tensor) -> None:
         """Old log-probs only when more than one optimiser step uses this rollout;
         reference log-probs only when beta > 0. Both run over the micro-batches of the first
-        iteration (``first_order``), the rows the first update's forwards see together, so
-        that its ratio is 1 to the last bit (dropout off) and each prompt runs once per pass."""
+        iteration (``first_order``) with the update's own forward (the same rows together, image
+        features computed the same way), so that each prompt runs once per pass and the first
+        update's ratio is 1 to the last bit wherever the forward is deterministic (dropout off)."""
         cfg, m = self.config, self.module
         n = len(rollout)
         _, steps = self.steps_per_rollout(n)
         parts = self.micro_batches(first_order, n)
-        if steps > 1:
-            # the rollout's image features came from these very weights
-            rollout.old_logprobs = self._logprobs(m.policy, rollout, parts, reuse_features=True)
+        frozen = prefix.vision_frozen(m.policy)
+        if steps > 1:  # image features as the update gets them (the rollout's only with the tower frozen)
+            rollout.old_logprobs = self._logprobs(m.policy, rollout, parts, reuse_features=frozen)
         if cfg.beta != 0.0:
             with m.reference_context() as ref:
-                rollout.ref_logprobs = self._logprobs(ref, rollout, parts, reuse_features=prefix.vision_frozen(m.policy))
+                rollout.ref_logprobs = self._logprobs(ref, rollout, parts, reuse_features=frozen)
 
     def update(self, rollout: Rollout, rows: Tensor, loss_mask: Tensor) -> dict[str, float]:
         """One optimiser step on the completions ``rows``, in micro-batches."""
@@ -272,7 +275,7 @@ class RolloutUpdateLoop:
             for key in ("kl", "clip_low", "clip_high", "ratio_mean"):
                 totals[key] += getattr(stats, key) * share
             del logits, logp, loss, ent  # not alive during the next micro-batch's forward
-        totals["grad_norm"] = m.optimizer_step(opt, totals["loss"], cfg.gradient_clip_val)
+        totals["grad_norm"] = m.apply_update(opt, totals["loss"], cfg.gradient_clip_val, has_tokens=bool(n_tok_local > 0))
         totals["lr"] = opt.param_groups[0]["lr"]
         totals["skipped_steps"] = float(m.skipped_steps)
         return totals

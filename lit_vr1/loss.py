@@ -98,7 +98,8 @@ class Advantages:
     values: (N,) advantage of each completion; N = num_prompts * group_size, the
         G completions of one prompt stored next to each other.
     group_mean, group_std: (N,) the mean and (unbiased) std of its group's rewards.
-    tied: (N // G,) bool, True where every reward in the group is equal (zero signal).
+    tied: (N // G,) bool, True where the group has no signal: every reward of its valid
+        (scored) completions is equal, or fewer than two are valid.
     """
 
     values: Tensor

@@ -153,8 +153,10 @@ class VLMModule(LightningModule):
             # from_pretrained returns a model in eval mode, and Lightning keeps each module's mode
             self.policy = load_model(self.model_name, self.processor, self.dtype_name, self.attn_implementation,
                                      self.seed, self.tiny_spec).train()
-            if self.float32_lm_head:
-                precision.float32_head(self.policy)
+            if self.float32_lm_head and not precision.float32_head(self.policy):
+                rank_zero_warn(f"model.float32_lm_head: the output layer of {self.model_name} is a "
+                               f"{type(self.policy.get_output_embeddings()).__name__}, not an nn.Linear; it keeps "
+                               "its own dtype (logits in the model's precision)")
             if self.lora is not None:
                 self.policy = apply_lora(self.policy, self.lora)
             if self.freeze_vision or self.freeze_merger:

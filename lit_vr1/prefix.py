@@ -8,8 +8,8 @@ rollout's prefill and again in the old, reference and policy passes. Here:
 
 1. the prompt pass runs the P prompts (images included) once and keeps its key/value cache
    (with gradients when training);
-2. the cache rows are repeated for the completions that share a prompt
-   (``DynamicCache.batch_select_indices``: an index, so gradients add up over the G uses);
+2. the cache rows are repeated for the completions that share a prompt (``index_select``,
+   so gradients add up over the G uses, in a fixed order: see :func:`select_cache_rows`);
 3. the completion pass runs the N completions' tokens against that cache.
 
 The logits equal those of the full (prompt + completion) forward: the prompt's last logit
@@ -139,8 +139,28 @@ class PromptPass:
 
     def select(self, index: Tensor) -> PromptPass:
         """The pass for rows ``index`` (repeats allowed), in place for the cache."""
-        self.cache.batch_select_indices(index)
-        return PromptPass(self.cache, self.last_logits[index], self.next_position[index], self.attention_mask[index])
+        select_cache_rows(self.cache, index)
+        return PromptPass(self.cache, self.last_logits.index_select(0, index), self.next_position[index],
+                          self.attention_mask[index])
+
+
+def select_cache_rows(cache: DynamicCache, index: Tensor) -> None:
+    """Keep rows ``index`` (repeats allowed) of every layer's keys and values, in place.
+
+    With ``index_select``, whose backward (``index_add``) sums the G copies' gradients in a
+    fixed order. transformers' ``batch_select_indices`` indexes with ``keys[index]``, whose
+    backward on the CPU (``index_put_`` with accumulate) adds repeated rows from several
+    threads in whatever order they finish: the gradients then differ in their last bits from
+    run to run, more so on a loaded machine, and a long training run drifts apart."""
+    layers = getattr(cache, "layers", None)
+    if layers is None:  # a cache without per-layer tensors: transformers' own selection
+        cache.batch_select_indices(index)
+        return
+    for layer in layers:
+        keys = getattr(layer, "keys", None)
+        if isinstance(keys, Tensor) and keys.numel():
+            layer.keys = keys.index_select(0, index)
+            layer.values = layer.values.index_select(0, index)
 
 
 def prompt_pass(model: nn.Module, prompt: dict[str, Tensor], features: BaseModelOutputWithPooling | None = None) -> PromptPass:

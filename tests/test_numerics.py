@@ -9,6 +9,7 @@ torch.distributed.run --nproc_per_node=2 tests/test_numerics.py OUT``).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -39,6 +40,7 @@ def test_fit_start_rules_refuse_half_precision_trained_weights_and_name_the_flag
     assert found(precision="bf16-mixed", dtype="float32") == ""
     assert found(precision="bf16-mixed", dtype="bfloat16", lora=True) == ""
     assert found(precision="bf16-true", dtype="bfloat16", deepspeed=True) == ""
+    assert found(precision="32-true", dtype="bfloat16", deepspeed=True) != ""  # DeepSpeed's float32 mode: no masters
     # bf16-true casts LoRA adapters too
     assert found(precision="bf16-true", dtype="bfloat16", lora=True) != ""
 
@@ -154,6 +156,26 @@ def test_small_drift_gives_a_nonzero_kl_on_every_token_under_bf16_autocast(sampl
     assert (kl > 0).float().mean() > 0.99
 
 
+def test_a_rollout_under_mixed_precision_turns_the_weight_cache_on_and_samples_the_same(tiny_qwen25, samples):
+    """Lightning's bf16-mixed autocast has its weight cache off (a cast per weight per decoding
+    step); the rollout turns it on, which changes no number."""
+    from lit_vr1.models.precision import cached_autocast
+    from lit_vr1.rollout import SamplingConfig, generate, vision_token_ids
+
+    model, processor = tiny_qwen25
+    cfg = SamplingConfig(max_completion_length=8, suppress_ids=vision_token_ids(processor))
+    out = []
+    for cached in (False, True):
+        torch.manual_seed(0)
+        with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False):
+            with cached_autocast("cpu") if cached else contextlib.nullcontext():
+                out.append(generate(model, processor, samples[:2], 2, cfg).completion_ids)
+                assert torch.is_autocast_cache_enabled() == cached
+    assert torch.equal(out[0], out[1])
+    with cached_autocast("cpu"):  # outside autocast: nothing happens
+        assert not torch.is_autocast_enabled("cpu")
+
+
 # -- 3. the scored distribution under top-k / top-p -------------------------------------------------
 def test_top_k_sampling_is_scored_under_the_temperature_distribution(samples):
     """top_k=3: the loss, old and reference log-probs score the temperature-scaled logits,
@@ -222,7 +244,7 @@ def test_unscored_completions_stay_out_of_their_group_and_the_loss():
     from lit_vr1.loss import group_advantages
     from lit_vr1.rewards.base import Reward, SampleContext, score_all
 
-    class Judge(Reward):  # fails on every odd completion
+    class Judge(Reward):  # fails on the completions that end with "!"
         default_name = "judge"
 
         def score(self, completions, contexts):
@@ -230,24 +252,24 @@ def test_unscored_completions_stay_out_of_their_group_and_the_loss():
                 raise ConnectionError("judge down")
             return [float(len(c)) for c in completions]
 
+    ctxs = [SampleContext(id=str(i), prompt="p", solution="") for i in range(4)]
+    scores = score_all([Judge(on_error="nan")], ["aaaa", "b!", "cc", "d!"], ctxs)
+    # every reward nan: a total of 0 that is not a score
+    assert scores.unscored.tolist() == [False, True, False, True] and scores.total.tolist() == [4.0, 0.0, 2.0, 0.0]
+    assert scores.stats()["reward/unscored"] == 2.0 and scores.stats()["reward/total/mean"] == 3.0
+    adv = group_advantages(scores.total, 4, valid=~scores.unscored, eps=0.0)
+    # the group of the two scored ones: 4 and 2, mean 3, std sqrt(2); before, the zeros joined the group
+    torch.testing.assert_close(adv.values, torch.tensor([1.0, 0.0, -1.0, 0.0]) / math.sqrt(2))
+
     class Fmt(Reward):
         default_name = "fmt"
 
         def score(self, completions, contexts):
             return [0.5] * len(completions)
 
-    comps = ["aaaa", "b!", "cc", "d!"]
-    scores = score_all([Judge(on_error="nan"), Fmt()], comps, [SampleContext(id=str(i), prompt="p", solution="")
-                                                                for i in range(4)])
-    # the failed completions' totals hold the format reward only: not comparable, so unscored
-    assert scores.unscored.tolist() == [False, True, False, True]
-    assert scores.stats()["reward/unscored"] == 2.0
-    adv = group_advantages(scores.total, 4, valid=~scores.unscored, eps=0.0)
-    # group of the two scored ones: totals 4.5 and 2.5, mean 3.5, std sqrt(2)
-    torch.testing.assert_close(adv.values, torch.tensor([1.0, 0.0, -1.0, 0.0]) / math.sqrt(2))
-    # all nan: unscored as well
-    nan_only = score_all([Judge(on_error="nan")], ["x!", "y"], [SampleContext(id="a", prompt="p", solution="")] * 2)
-    assert nan_only.unscored.tolist() == [True, False]
+    # a completion another reward scored keeps the sum of the scores it got
+    both = score_all([Judge(on_error="nan"), Fmt()], ["aaaa", "b!"], ctxs[:2])
+    assert both.unscored.tolist() == [False, False] and both.total.tolist() == [4.5, 0.5]
 
 
 def test_group_advantages_with_valid_mask_matches_the_plain_formula_on_the_valid_rows():
@@ -375,27 +397,97 @@ def test_batch_scaled_advantages_divide_by_the_std_of_every_process(tmp_path):
 
 
 # -- 8. DeepSpeed owns the gradients: the norm comes from its engine -------------------------------------
-def test_under_deepspeed_the_logged_norm_is_the_engines_and_a_non_finite_one_counts_a_skip(samples, monkeypatch):
+def test_under_deepspeed_the_norm_and_the_skips_come_from_the_engine(samples, monkeypatch):
+    """DeepSpeed holds the gradients (p.grad is None there): the logged norm is the engine's, and
+    a step the engine did not apply (non-finite gradients) is counted as skipped; the LR
+    scheduler steps only with applied steps."""
     from helpers import LengthReward, fit
 
     from lit_vr1 import parallel
     from lit_vr1.grpo import GRPOModule
     from lit_vr1.loop import GRPOConfig
 
-    class Engine:  # what Lightning's DeepSpeedStrategy holds as strategy.model (p.grad stays None there)
-        norms = iter([2.5, math.inf])
+    class Engine:  # what Lightning's DeepSpeedStrategy holds as strategy.model
+        def __init__(self):
+            self.steps = iter([(2.5, True), (2.5, False), (1.5, True)])  # (norm it reports, step applied)
 
         def get_global_grad_norm(self):
-            return next(self.norms)
+            return self.current[0]
+
+        def was_step_applied(self):
+            return self.current[1]
 
     engine = Engine()
     monkeypatch.setattr(parallel, "deepspeed_engine", lambda module: engine)
     torch.manual_seed(0)
     module = GRPOModule(model="tiny:qwen2_5_vl", rewards=[LengthReward()],
                         grpo=GRPOConfig(num_generations=4, max_completion_length=6, beta=0.0, gradient_clip_val=None))
-    rows = [m for _, m in fit(module, samples[:2], max_steps=2).rows if "train/loss" in m]
-    assert [r["train/grad_norm"] for r in rows] == [2.5, math.inf]
-    assert [r["train/skipped_steps"] for r in rows] == [0.0, 1.0]
+    module.scheduler_factory = lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 / (step + 1))
+    real_update = module.apply_update
+
+    def update(opt, loss, max_norm, has_tokens=True):
+        engine.current = next(engine.steps)
+        return real_update(opt, loss, max_norm, has_tokens)
+
+    module.apply_update = update
+    rows = [m for _, m in fit(module, samples[:2], max_steps=3).rows if "train/loss" in m]
+    assert [r["train/grad_norm"] for r in rows] == [2.5, 2.5, 1.5]
+    assert [r["train/skipped_steps"] for r in rows] == [0.0, 1.0, 1.0]
+    assert [r["train/lr"] for r in rows] == pytest.approx([1e-5 / 2, 1e-5 / 2, 1e-5 / 3])
+
+
+def test_a_mini_batch_with_nothing_scored_takes_no_step(samples):
+    """A judge that is down under on_error: nan: no loss token anywhere, so no optimiser step
+    (AdamW's momentum would otherwise keep moving the weights with no signal)."""
+    from helpers import fit
+
+    from lit_vr1.grpo import GRPOModule
+    from lit_vr1.loop import GRPOConfig
+    from lit_vr1.rewards.base import Reward
+
+    class Down(Reward):
+        default_name = "judge"
+
+        def score(self, completions, contexts):
+            raise ConnectionError("judge down")
+
+    torch.manual_seed(0)
+    module = GRPOModule(model="tiny:qwen2_5_vl", rewards=[Down(on_error="nan")],
+                        grpo=GRPOConfig(num_generations=2, max_completion_length=4, beta=0.04))
+    module.configure_model()
+    before = copy.deepcopy(module.policy.state_dict())
+    with pytest.raises(FloatingPointError, match="was scored on any process.*a judge server that is down"):
+        fit(module, samples[:2], max_steps=1)  # every rollout unscored: 10 skips in a row stop the fit
+    assert module.skipped_steps == 10 and module.global_step == 0
+    assert all(torch.equal(before[k], v) for k, v in module.policy.state_dict().items())
+
+
+# -- bit-identical reruns: the shared prompt's cache rows ---------------------------------------------
+def test_gradients_through_a_shared_prompt_are_bit_identical_run_after_run(tiny_qwen25, samples):
+    """One prompt's cache repeated for its G=8 completions: the backward sums the 8 copies'
+    gradients. transformers' keys[index] summed them from two threads in a varying order
+    (72 of 72 trainable tensors differed between 9 repeats); index_select sums in order."""
+    from lit_vr1 import prefix
+    from lit_vr1.rollout import SamplingConfig, generate, vision_token_ids
+
+    model = copy.deepcopy(tiny_qwen25[0])
+    processor = tiny_qwen25[1]
+    torch.manual_seed(0)
+    r = generate(model.eval(), processor, samples[:2], 8,
+                 SamplingConfig(max_completion_length=24, suppress_ids=vision_token_ids(processor)))
+    model.train()
+    rows = torch.arange(8)  # the first prompt's group
+
+    def grads():
+        model.zero_grad()
+        logits = prefix.completion_logits(model, r.prompt, r.images_per_row, r.image_rows, r.prompt_index(rows),
+                                          r.completion_ids[rows], r.completion_mask[rows])
+        logits.float().square().mean().backward()
+        return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    first = grads()
+    for _ in range(6):
+        assert all(torch.equal(a, b) for a, b in zip(first, grads()))
 
 
 # -- 9. the key/value cache argument of the installed transformers -------------------------------------

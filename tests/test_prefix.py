@@ -144,9 +144,9 @@ def test_each_image_is_encoded_once_per_pass_and_once_per_rollout_when_frozen(fr
     fit(module, samples[:4], max_steps=2, batch_size=4)
     if frozen:  # the rollout's features serve the old, reference and both policy passes
         assert policy.images == [4] and ref.images == []
-    else:  # rollout: 4; old pass: the rollout's features; reference: micro-batches of 4 rows in order, one
-        # prompt each; policy: 4 shuffled micro-batches, each encoding only the distinct prompts it holds
-        assert policy.images[0] == 4 and len(policy.images) == 5 and max(policy.images[1:]) <= 4
+    else:  # rollout: 4; old and reference passes over the first iteration's micro-batches, then the policy's:
+        # whole groups, so each micro-batch of 4 rows holds one prompt and encodes its one image
+        assert policy.images == [4] + [1] * 8  # rollout, old pass (4 micro-batches), update (4 micro-batches)
         assert ref.images == [1, 1, 1, 1]
 
 

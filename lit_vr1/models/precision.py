@@ -20,6 +20,9 @@ float32 master weights for the optimiser.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -49,6 +52,23 @@ def float32_head(model: nn.Module) -> bool:
         return False
     head.__class__ = Float32Head
     return True
+
+
+@contextlib.contextmanager
+def cached_autocast(device_type: str) -> Iterator[None]:
+    """Inside an autocast that runs without its weight cache (Lightning's ``bf16-mixed`` /
+    ``16-mixed`` enter ``torch.autocast(..., cache_enabled=False)``), autocast again with the
+    cache on, so that a no-grad block (a rollout's decoding steps) casts each trained float32
+    weight to bf16 once instead of at every step; the cached copies are freed on exit.
+    Nothing changes outside autocast."""
+    if not torch.is_autocast_enabled(device_type):
+        yield
+        return
+    with torch.autocast(device_type, dtype=torch.get_autocast_dtype(device_type), cache_enabled=True):
+        try:
+            yield
+        finally:
+            torch.clear_autocast_cache()
 
 
 def disable_dropout(model: nn.Module) -> int:

@@ -91,7 +91,6 @@ class Reward:
         self.tasks = [tasks] if isinstance(tasks, str) else list(tasks) if tasks is not None else None
         self.on_error = on_error
         self.errors = 0  # completions whose scoring raised, over the whole run
-        self.last_failed: list[int] = []  # completions of the last call whose scoring raised (masked with nan)
 
     def score(self, completions: list[str], contexts: list[SampleContext]) -> list[float]:
         raise NotImplementedError
@@ -119,7 +118,6 @@ class Reward:
             raise ValueError(f"{len(completions)} completions but {len(contexts)} contexts")
         idx = [i for i, c in enumerate(contexts) if self.applies(c)]
         out = [math.nan] * len(completions)
-        self.last_failed = []
         if not idx:
             return out
         comps, ctxs = [completions[i] for i in idx], [contexts[i] for i in idx]
@@ -135,17 +133,15 @@ class Reward:
                     raise RewardError(f"reward {self.name!r} raised on a batch of {len(comps)} completions (first sample "
                                       f"{first.id!r}{where}): {type(exc).__name__}: {exc}") from exc
                 self.errors += len(comps)
-                self.last_failed = idx
                 return out
             values = []
-            for i, comp, ctx in zip(idx, comps, ctxs):
+            for comp, ctx in zip(comps, ctxs):
                 try:
                     values.extend(self._checked([comp], [ctx]))
                 except RewardError:
                     raise
                 except Exception as exc:  # noqa: BLE001
                     values.append(self._fail(ctx, exc))
-                    self.last_failed.append(i)
         for i, v in zip(idx, values):
             out[i] = v
         return out
@@ -157,9 +153,10 @@ class RewardScores:
     total: (N,), the weighted sum over the rewards that gave a number; errors: (R,)
     completions of this batch whose scoring raised (masked with on_error="nan");
     nonfinite: (R,) inf values a reward returned (masked too);
-    unscored: (N,) bool, completions with no usable score: every reward nan, or one of
-    them failed (raised, or returned inf), so that their total is not comparable with
-    their group's. The loop leaves them out of the advantages and the loss."""
+    unscored: (N,) bool, completions no reward scored: every reward nan (not applicable,
+    failed under ``on_error="nan"``, or inf). Their total (0) is not a score: the loop
+    leaves them out of the advantages and the loss. A completion that some rewards scored
+    keeps the weighted sum of those."""
 
     names: list[str]
     per_reward: Tensor
@@ -193,7 +190,7 @@ class RewardScores:
 def score_all(rewards: list[Reward], completions: list[str], contexts: list[SampleContext]) -> RewardScores:
     """Run every reward and form the weighted sum, skipping nan entries (a completion no
     reward applies to gets 0, and is marked unscored). Infinite values are masked like nan
-    and counted; a completion with a failed or infinite score is marked unscored."""
+    and counted."""
     if not rewards:
         raise ValueError("no reward functions configured: set `model.rewards` in the config")
     names = [r.name for r in rewards]
@@ -201,17 +198,10 @@ def score_all(rewards: list[Reward], completions: list[str], contexts: list[Samp
     if dup:
         raise ValueError(f"two rewards share the name(s) {', '.join(dup)}: give each a distinct `name`")
     before = [r.errors for r in rewards]
-    failed = torch.zeros(len(completions), dtype=torch.bool)
-    rows = []
-    for r in rewards:
-        rows.append(torch.tensor(r(completions, contexts), dtype=torch.float32))
-        failed[getattr(r, "last_failed", [])] = True
-    per_reward = torch.stack(rows)
+    per_reward = torch.stack([torch.tensor(r(completions, contexts), dtype=torch.float32) for r in rewards])
     inf = torch.isinf(per_reward)
     per_reward = per_reward.masked_fill(inf, math.nan)
     weights = torch.tensor([r.weight for r in rewards], dtype=torch.float32).unsqueeze(1)
     total = torch.nansum(per_reward * weights, dim=0)
-    unscored = torch.isnan(per_reward).all(dim=0) | failed | inf.any(dim=0)
     return RewardScores(names=names, per_reward=per_reward, total=total,
-                        errors=[r.errors - b for r, b in zip(rewards, before)], nonfinite=inf.sum(dim=1).tolist(),
-                        unscored=unscored)
+                        errors=[r.errors - b for r, b in zip(rewards, before)], nonfinite=inf.sum(dim=1).tolist())
