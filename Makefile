@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   creates .venv, installs lit-vr1, runs the demo: cold-start SFT, then GRPO, then the report
-#   make test   creates .venv with the dev extras, runs the tests
+#   make test   creates .venv with the dev extras, runs the tests (the fast, real checks)
+# make test-learning runs the slow learning proofs (the demo at several seeds); .ci/run runs both.
 VENV ?= .venv
 PYTHON ?= python3
 SEED ?= 0
@@ -8,7 +9,7 @@ DEMO_OUT ?= runs/demo
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.lit-vr1-installed
 
-.PHONY: demo quickstart test venv clean
+.PHONY: demo quickstart test test-learning gpu-wheels venv clean
 
 venv: $(STAMP)
 
@@ -22,12 +23,22 @@ $(STAMP): setup.cfg pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m lit_vr1.demo --seed $(SEED) --out $(DEMO_OUT)
 
-# GRPO alone on a tiny random model (configs/quickstart.yaml), about 2 minutes
+# GRPO on a tiny random model after a short built-in cold start (configs/quickstart.yaml), about 2 minutes
 quickstart: $(STAMP)
 	$(BIN)/lit-vr1 fit --config configs/quickstart.yaml
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not learning"
+
+test-learning: $(STAMP)
+	$(BIN)/python -m pytest -q -m learning -s
+
+# The wheels benchmarks/gpu_check.sh installs on a lent GPU machine (Python 3.12, x86-64), into .whl/ (ignored):
+#   device run with carry [.whl] and command: bash benchmarks/gpu_check.sh
+gpu-wheels: $(STAMP)
+	$(BIN)/python -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+	  --platform manylinux2014_x86_64 --platform any -d .whl -r benchmarks/gpu_wheels.txt
 
 clean:
 	rm -rf $(VENV) runs data/synthetic data/demo

@@ -111,8 +111,14 @@ def run_lit(cfg: dict) -> dict:
     n = cfg["prompts"] * cfg["generations"]
     grpo = GRPOConfig(num_generations=cfg["generations"], max_completion_length=cfg["completion"], beta=cfg["beta"],
                       micro_batch_size=cfg["micro"], loss_type="grpo", shared_prompt=opts.get("shared_prompt", True))
-    module = GRPOModule(model=cfg["model_dir"], rewards=[Toy()], grpo=grpo,
-                        freeze_vision=opts.get("freeze_vision", False), freeze_merger=opts.get("freeze_vision", False))
+    lora = None
+    if cfg.get("lora"):
+        from lit_vr1.models.lora import LoraSpec
+
+        lora = LoraSpec(r=16, alpha=32, dropout=0.05)
+    module = GRPOModule(model=cfg["model_dir"], rewards=[Toy()], grpo=grpo, lora=lora,
+                        freeze_vision=opts.get("freeze_vision", False), freeze_merger=opts.get("freeze_vision", False),
+                        gradient_checkpointing=cfg.get("gradient_checkpointing", False))
     module.configure_model()
     eos = module.processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
     loop = module.loop
@@ -134,7 +140,8 @@ def run_lit(cfg: dict) -> dict:
     prof.attach_towers(module.policy, module.ref_model)
     prof.wrap(loop, "rollout", "rollout")
     prof.wrap(loop, "prepare_logprobs", "nograd_logprobs")
-    trainer = L.Trainer(accelerator="cpu", max_steps=cfg["warmup"] + cfg["steps"], logger=False,
+    trainer = L.Trainer(accelerator="gpu" if cfg.get("device") == "cuda" else "cpu", devices=1,
+                        precision=cfg.get("precision", "32-true"), max_steps=cfg["warmup"] + cfg["steps"], logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         callbacks=[Timer()])
     trainer.fit(module, DataLoader(samples, batch_size=cfg["prompts"], collate_fn=list))
@@ -201,12 +208,22 @@ def run_trl(cfg: dict) -> dict:
     from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    processor = AutoProcessor.from_pretrained(cfg["model_dir"])
+    # left padding, as TRL sets it when it loads a processor itself
+    processor = AutoProcessor.from_pretrained(cfg["model_dir"], padding_side="left")
     with open(os.path.join(cfg["data_dir"], "trl_prompts.json")) as f:
         prompts = json.load(f)
     model = AutoModelForImageTextToText.from_pretrained(cfg["model_dir"], dtype=torch.float32)
     if cfg["trl_freeze_vision"]:
         model.model.visual.requires_grad_(False)
+    peft_config = None
+    if cfg.get("lora"):  # the same adapters as lit-vr1's default: the language model's projections
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, task_type="CAUSAL_LM",
+                                 target_modules=r"(.*\.)?language_model\.(.*\.)?(q_proj|k_proj|v_proj|o_proj|gate_proj"
+                                                r"|up_proj|down_proj)")
+    on_gpu = cfg.get("device") == "cuda"
+    bf16 = cfg.get("precision", "32-true").startswith("bf16")
     n = cfg["prompts"] * cfg["generations"]
     data = Dataset.from_list([{"prompt": r["prompt"], "image": Image.open(r["image"]).convert("RGB")}
                               for r in prompts["rows"]])
@@ -218,7 +235,9 @@ def run_trl(cfg: dict) -> dict:
         output_dir=cfg["tmp"], per_device_train_batch_size=cfg["micro"], gradient_accumulation_steps=n // cfg["micro"],
         num_generations=cfg["generations"], max_completion_length=cfg["completion"], beta=cfg["beta"],
         loss_type="grpo", learning_rate=1e-5, max_grad_norm=1.0, max_steps=cfg["warmup"] + cfg["steps"],
-        logging_steps=1, report_to="none", save_strategy="no", use_cpu=True, bf16=False, fp16=False, seed=0,
+        logging_steps=1, report_to="none", save_strategy="no", use_cpu=not on_gpu, bf16=bf16, fp16=False, seed=0,
+        # TRL's GRPOConfig turns gradient checkpointing on by default; set as on lit-vr1's side
+        gradient_checkpointing=cfg.get("gradient_checkpointing", False),
         shuffle_dataset=False, dataloader_num_workers=0,
         # as lit-vr1: image/video placeholders are never sampled (a sampled <|image_pad|> breaks TRL's next forward:
         # "Image features and image tokens do not match"), and the end-of-turn token neither (fixed length)
@@ -237,7 +256,9 @@ def run_trl(cfg: dict) -> dict:
             times.append(time.perf_counter() - self.t)
 
     trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=data, processing_class=processor,
-                          callbacks=[Timer()])
+                          callbacks=[Timer()], peft_config=peft_config)
+    checkpointing = bool(getattr(trainer.model, "is_gradient_checkpointing", False))
+    assert checkpointing == cfg.get("gradient_checkpointing", False), f"TRL's gradient checkpointing is {checkpointing}"
     prof = Profile()
     prof.attach_towers(trainer.model, getattr(trainer, "ref_model", None))
     prof.wrap(trainer, "_generate_single_turn", "rollout")
@@ -254,10 +275,13 @@ def run_trl(cfg: dict) -> dict:
 def child_main(trainer: str, cfg_json: str) -> None:
     import torch
 
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
     cfg = json.loads(cfg_json)
+    if cfg.get("device") != "cuda":
+        torch.set_num_threads(min(2, os.cpu_count() or 1))
     out = (run_lit if trainer == "lit" else run_trl)(cfg)
     out["peak_mib"] = peak_mib()
+    if cfg.get("device") == "cuda":
+        out["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
     print("RESULT " + json.dumps(out), flush=True)
 
 
@@ -284,6 +308,7 @@ def measure(cfg: dict, trainers: list[str], repeats: int) -> dict:
         step = statistics.median([s for r in rs for s in r["step_s"]])
         out[t] = {"step_s": step, "tokens_per_s": rs[0]["tokens"] / step,
                   "peak_mib": statistics.median(r["peak_mib"] for r in rs),
+                  **({"peak_gpu_mib": statistics.median(r["peak_gpu_mib"] for r in rs)} if "peak_gpu_mib" in rs[0] else {}),
                   "loaded_mib": statistics.median(r["loaded_mib"] for r in rs),
                   "profile": {k: statistics.median(r["profile"][k] for r in rs) for k in rs[0]["profile"]}, "runs": rs}
     return out

@@ -4,10 +4,11 @@
 
 1. ``lit-vr1 fit --config configs/sft_synthetic.yaml``  (saves ``OUT/sft_model``)
 2. ``lit-vr1 fit --config configs/grpo_synthetic.yaml --model.init_args.model=OUT/sft_model``
-3. the report: held-out Acc@0.5, mean IoU and format rate of both models by one and the
-   same greedy evaluation, the best constant box as the floor, ``curves.png`` (reward and
-   IoU over steps) and ``boxes.png`` (held-out images, truth and both models' boxes), and
-   ``results.json``.
+3. the control: more SFT from the same cold start (``--control-steps``, saves ``OUT/control_model``)
+4. the report: held-out Acc@0.5, mean IoU, format rate and box area ratio of the models by
+   one and the same greedy evaluation, the best constant box as the floor, GRPO's paired
+   gains over its SFT start and over the control, ``curves.png`` (reward and IoU over steps)
+   and ``boxes.png`` (held-out images, truth and both models' boxes), and ``results.json``.
 
 Both fits go through the ``lit-vr1`` CLI in this process, so the demo runs exactly what a
 user runs; ``--seed`` sets ``seed_everything`` and the tiny model's initial weights.
@@ -34,6 +35,8 @@ from lit_vr1.evaluate import EvalResult, best_constant_box, evaluate  # noqa: E4
 from lit_vr1.models.loading import load_model, load_processor  # noqa: E402
 from lit_vr1.rewards.boxes import first_box  # noqa: E402
 from lit_vr1.viz import BLUE, draw_boxes, grid  # noqa: E402
+
+CONTROL_STEPS = 600  # SFT steps: 1.3-1.4x the GRPO stage's wall time on the 2-core CPU (measured, README)
 
 
 def evaluate_dir(model_dir: str, samples, max_new_tokens: int) -> EvalResult:
@@ -96,10 +99,12 @@ def draw_grid(sft: EvalResult, grpo: EvalResult, path: str, n: int = 16) -> None
     grid(tiles, columns=4).save(path)
 
 
-def paired_gain(before: EvalResult, after: EvalResult) -> tuple[float, float]:
-    """Mean per-image IoU gain of ``after`` over ``before`` on the same images, and its
-    standard error (sample standard deviation of the paired differences over sqrt(n))."""
-    diffs = torch.tensor([a.iou - b.iou for b, a in zip(before.predictions, after.predictions, strict=True)],
+def paired_gain(before: EvalResult, after: EvalResult, metric: str = "iou") -> tuple[float, float]:
+    """Mean per-image gain of ``after`` over ``before`` on the same images, and its standard
+    error (sample standard deviation of the paired differences over sqrt(n)). ``metric``:
+    "iou" (the image's IoU) or "acc50" (1 when its IoU is above 0.5)."""
+    value = (lambda p: p.iou) if metric == "iou" else (lambda p: float(p.iou > 0.5))
+    diffs = torch.tensor([value(a) - value(b) for b, a in zip(before.predictions, after.predictions, strict=True)],
                          dtype=torch.float64)
     se = diffs.std().item() / len(diffs) ** 0.5 if len(diffs) > 1 else float("nan")
     return diffs.mean().item(), se
@@ -114,14 +119,18 @@ def fit(config: str, out: str, name: str, seed: int, overrides: list[str]) -> Li
     return LitVR1CLI(args=args)
 
 
-def report(sft_dir: str, grpo_dir: str, data_dir: str, template: str, out: str, max_new_tokens: int = 40) -> dict:
-    """Evaluate both saved models on the held-out split, print the table, draw the PNGs; returns the figures."""
+LABELS = {"sft": "after SFT", "control": "SFT control", "grpo": "after GRPO"}
+
+
+def report(models: dict[str, str], data_dir: str, template: str, out: str, max_new_tokens: int = 40) -> dict:
+    """Evaluate the saved models (``{"sft": dir, "grpo": dir}``, and ``"control"``: the same
+    compute spent on more SFT) on the held-out split, print the table, draw the PNGs; returns
+    the figures. Gains are paired (the same images) with their standard errors."""
     torch.manual_seed(0)
     images = os.path.join(data_dir, "images")
     val = JsonlDataset(os.path.join(data_dir, "val.jsonl"), images, template)
     samples = [val[i] for i in range(len(val))]
-    sft = evaluate_dir(sft_dir, samples, max_new_tokens)
-    grpo = evaluate_dir(grpo_dir, samples, max_new_tokens)
+    results = {name: evaluate_dir(path, samples, max_new_tokens) for name, path in models.items()}
     train = JsonlDataset(os.path.join(data_dir, "train.jsonl"), images, template)
     canvas = samples[0].images[0].width
     const_box, floor = best_constant_box([first_box(r.solution) for r in train.records],
@@ -129,24 +138,31 @@ def report(sft_dir: str, grpo_dir: str, data_dir: str, template: str, out: str, 
     os.makedirs(out, exist_ok=True)
     curves, boxes = os.path.join(out, "curves.png"), os.path.join(out, "boxes.png")
     plot_curves(read_metrics(os.path.join(out, "sft")), read_metrics(os.path.join(out, "grpo")), floor, curves)
-    draw_grid(sft, grpo, boxes)
+    draw_grid(results["sft"], results["grpo"], boxes)
     figures = {name: {"acc50": r.acc50, "miou": r.miou, "format": r.format, "area_ratio": area_ratio(r)}
-               for name, r in (("sft", sft), ("grpo", grpo))}
-    gain, gain_se = paired_gain(sft, grpo)
+               for name, r in results.items()}
+    gains = {f"grpo_vs_{base}": {metric: dict(zip(("mean", "se"), paired_gain(results[base], results["grpo"], metric)))
+                                 for metric in ("iou", "acc50")}
+             for base in ("sft", "control") if base in results}
     result = {
         "held_out_images": len(samples),
         **figures,
-        "miou_gain": {"mean": gain, "se": gain_se},
+        "gains": gains,
+        "miou_gain": gains["grpo_vs_sft"]["iou"],
         "constant_box": {"box": const_box, "miou": floor},
         "curves_png": curves,
         "boxes_png": boxes,
     }
     print(f"held-out images: {len(samples)} (greedy decoding)")
     print(f"{'':14}{'Acc@0.5':>9}{'mean IoU':>10}{'format':>8}{'box area / truth':>18}")
-    for name, f in (("after SFT", figures["sft"]), ("after GRPO", figures["grpo"])):
-        print(f"{name:14}{f['acc50']:9.3f}{f['miou']:10.3f}{f['format']:8.3f}{f['area_ratio']:18.2f}")
+    for name, f in figures.items():
+        print(f"{LABELS[name]:14}{f['acc50']:9.3f}{f['miou']:10.3f}{f['format']:8.3f}{f['area_ratio']:18.2f}")
     print(f"{'constant box':14}{'':9}{floor:10.3f}")
-    print(f"mean IoU gain of GRPO over SFT: {gain:+.3f} (paired standard error {gain_se:.3f})")
+    for key, by_metric in gains.items():
+        for metric, g in by_metric.items():
+            name = "mean IoU" if metric == "iou" else "Acc@0.5"
+            print(f"{name} gain of GRPO over {LABELS[key.removeprefix('grpo_vs_')]}: {g['mean']:+.3f} "
+                  f"(paired standard error {g['se']:.3f})")
     print(f"wrote {curves} and {boxes} (green: truth, blue: SFT, red: GRPO)")
     return result
 
@@ -165,6 +181,9 @@ def main(argv: list[str] | None = None) -> dict:
                                         "run's OUT/sft_model; its data must be the one the configs draw)")
     ap.add_argument("--grpo-precision", help="trainer.precision of the GRPO fit (e.g. bf16-mixed: bf16 autocast over "
                                              "float32 weights, on CPU too); default: the config's")
+    ap.add_argument("--control-steps", type=int, default=CONTROL_STEPS,
+                    help="steps of the control: more SFT from the same cold start (the SFT config, its learning rate "
+                         "decayed over these steps); 600 took 1.3-1.4x GRPO's wall time here; 0: no control")
     ap.add_argument("--quiet", action="store_true", help="no progress bars or rollout tables")
     args = ap.parse_args(argv)
     out = args.out.rstrip("/")
@@ -192,14 +211,23 @@ def main(argv: list[str] | None = None) -> dict:
         grpo_over.append(f"--trainer.precision={args.grpo_precision}")
     grpo_cli = fit(args.grpo_config, out, "grpo", args.seed, grpo_over)
     times["grpo_s"] = time.perf_counter() - t1
-    t2 = time.perf_counter()
+    models = {"sft": sft_dir, "grpo": f"{out}/grpo_model"}
+    if args.control_steps:
+        t2 = time.perf_counter()
+        steps = args.control_steps
+        fit(args.sft_config, out, "control", args.seed,
+            [f"--model.init_args.model={sft_dir}", f"--trainer.max_steps={steps}",
+             f"--model.init_args.lr_scheduler.init_args.T_max={steps}", *common])
+        times["control_s"] = time.perf_counter() - t2
+        models["control"] = f"{out}/control_model"
+    t3 = time.perf_counter()
     data = sft_cli.datamodule
-    result = report(sft_dir, f"{out}/grpo_model", data.synthetic_dir, data.template, out,
-                    grpo_cli.model.eval_max_new_tokens)
-    times["report_s"] = time.perf_counter() - t2
+    result = report(models, data.synthetic_dir, data.template, out, grpo_cli.model.eval_max_new_tokens)
+    times["report_s"] = time.perf_counter() - t3
     times["total_s"] = time.perf_counter() - t0
     result.update(seed=args.seed, times=times, sft_steps=None if args.sft_model else sft_cli.trainer.global_step,
-                  grpo_steps=grpo_cli.trainer.global_step, grpo_precision=str(grpo_cli.trainer.precision))
+                  grpo_steps=grpo_cli.trainer.global_step, grpo_precision=str(grpo_cli.trainer.precision),
+                  control_steps=args.control_steps)
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(result, f, indent=2)
     print("seconds: " + ", ".join(f"{k[:-2]} {v:.0f}" for k, v in times.items()))

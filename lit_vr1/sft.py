@@ -15,6 +15,17 @@ from lit_vr1.module import VLMModule
 from lit_vr1.rollout import Rollout, completion_logits, teacher_forced
 
 
+def answer_nll(policy, processor, batch: list[Sample], device: torch.device | str) -> tuple[torch.Tensor, int]:
+    """Mean negative log-likelihood of the answer tokens (each sample's solution, then the
+    end-of-turn token) after the prompt exactly as the rollout encodes it, and their count."""
+    r: Rollout = teacher_forced(processor, batch, [solution_text(s.solution) for s in batch], device=device)
+    logits = completion_logits(policy, r.model_inputs(), r.completion_ids.shape[1])
+    logp = token_logprobs(logits, r.completion_ids)
+    mask = r.completion_mask.to(logp.dtype)
+    n = int(mask.sum())
+    return -(logp * mask).sum() / max(n, 1), n
+
+
 class SFTModule(VLMModule):
     """Supervised fine-tuning of a VLM on its data's answers (automatic optimisation:
     the Trainer's ``gradient_clip_val`` and ``accumulate_grad_batches`` apply).
@@ -30,12 +41,7 @@ class SFTModule(VLMModule):
 
     def sft_loss(self, batch: list[Sample]) -> tuple[torch.Tensor, int]:
         """Mean NLL of the answer tokens and their count."""
-        r: Rollout = teacher_forced(self.processor, batch, [solution_text(s.solution) for s in batch], device=self.device)
-        logits = completion_logits(self.policy, r.model_inputs(), r.completion_ids.shape[1])
-        logp = token_logprobs(logits, r.completion_ids)
-        mask = r.completion_mask.to(logp.dtype)
-        n = int(mask.sum())
-        return -(logp * mask).sum() / max(n, 1), n
+        return answer_nll(self.policy, self.processor, batch, self.device)
 
     def training_step(self, batch: list[Sample], batch_idx: int) -> torch.Tensor:
         loss, n = self.sft_loss(batch)

@@ -44,8 +44,8 @@ class LengthReward(Reward):
 def fit(module, samples, max_steps: int, batch_size: int = 2, **trainer_kwargs) -> MemoryLogger:
     logger = MemoryLogger()
     trainer = Trainer(
-        accelerator="cpu", devices=1, max_steps=max_steps, logger=logger, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, **trainer_kwargs,
+        **{"accelerator": "cpu", **trainer_kwargs}, devices=1, max_steps=max_steps, logger=logger,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
     )
     loader = DataLoader(samples, batch_size=batch_size, shuffle=False, collate_fn=collate)
     trainer.fit(module, loader)

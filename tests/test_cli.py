@@ -47,7 +47,8 @@ def test_two_step_fit_through_the_cli(tmp_path):
         "--trainer.max_steps=2", "--trainer.val_check_interval=2", "--trainer.limit_val_batches=2",
         f"--trainer.default_root_dir={out}", f"--trainer.logger.init_args.save_dir={out}",
         f"--data.init_args.synthetic_dir={tmp_path / 'data'}", "--data.init_args.synthetic.num_samples=8",
-        "--data.init_args.num_val_samples=4", "--model.init_args.grpo.max_completion_length=8",
+        "--data.init_args.num_val_samples=4", "--data.init_args.batch_size=2", "--data.init_args.val_batch_size=2",
+        "--model.init_args.grpo.max_completion_length=8", "--model.init_args.grpo.num_generations=4",
         "--trainer.callbacks=[]", "--trainer.enable_progress_bar=false",
     ]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)

@@ -234,7 +234,7 @@ def test_cli_fit_with_a_bad_value_stops_before_any_model_is_built(tmp_path, monk
     args = ["fit", "--config", str(ROOT / "configs/quickstart.yaml"), f"--trainer.default_root_dir={tmp_path}",
             "--trainer.logger=false", "--trainer.callbacks=[]", "--trainer.enable_progress_bar=false",
             f"--data.init_args.synthetic_dir={tmp_path / 'data'}", "--data.init_args.synthetic.num_samples=4",
-            "--data.init_args.num_val_samples=0"]
+            "--data.init_args.num_val_samples=0", "--data.init_args.batch_size=2"]
     with pytest.raises(ConfigError) as err:
         LitVR1CLI(args=args + ["--model.init_args.grpo.num_generations=1", "--model.init_args.grpo.top_p=0"])
     text = str(err.value)

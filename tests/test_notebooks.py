@@ -1,5 +1,6 @@
 """The notebooks run top to bottom, so they cannot rot."""
 
+import ast
 from pathlib import Path
 
 import nbformat
@@ -16,3 +17,7 @@ def test_notebook_runs(path, tmp_path):
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert not [o for o in outputs if o.output_type == "error"]
     assert any("image/png" in o.get("data", {}) for o in outputs)  # the plot and the drawn boxes
+    if path.name == "quickstart.ipynb":  # the reward rises where a new user can see it
+        text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+        figures = ast.literal_eval(text[text.index("{'total reward"):].split("}")[0] + "}")
+        assert figures["last 10 steps"] > figures["total reward, first 10 steps"] + 0.1, figures

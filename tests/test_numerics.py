@@ -509,5 +509,31 @@ def test_shared_prompt_passes_use_the_current_cache_argument(tiny_qwen25, sample
                                      s.completion_ids, s.mask)
 
 
+# -- on a GPU (benchmarks/gpu_check.sh runs these with pytest -m cuda) ----------------------------------
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_grpo_on_cuda_under_bf16_mixed_keeps_float32_weights_logits_and_logprobs(samples):
+    from helpers import LengthReward, fit
+
+    from lit_vr1.grpo import GRPOModule
+    from lit_vr1.loop import GRPOConfig
+
+    torch.manual_seed(0)
+    module = GRPOModule(model="tiny:qwen2_5_vl", rewards=[LengthReward()],
+                        grpo=GRPOConfig(num_generations=4, max_completion_length=8, beta=0.04, num_iterations=2))
+    module.configure_model()
+    before = {n: p.detach().clone() for n, p in module.policy.named_parameters()}
+    rows = [m for _, m in fit(module, samples[:2], max_steps=2, precision="bf16-mixed", accelerator="gpu").rows
+            if "train/loss" in m]
+    assert len(rows) == 2 and all(math.isfinite(r["train/loss"]) for r in rows) and rows[0]["train/ratio_mean"] == 1.0
+    r = module.loop.last_rollout
+    assert r.completion_ids.is_cuda and r.old_logprobs.dtype == r.ref_logprobs.dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in module.policy.parameters())
+    assert any(not torch.equal(p.detach().cpu(), before[n].cpu()) for n, p in module.policy.named_parameters())
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        logits = module.policy(**{k: v for k, v in r.model_inputs(torch.arange(2)).items()}).logits
+    assert logits.dtype == torch.float32
+
+
 if __name__ == "__main__":
     _rank_main(Path(sys.argv[1]))

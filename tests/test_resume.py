@@ -41,7 +41,8 @@ def fit_command(out: Path, ckpt_dir: Path, data_dir: Path, *extra: str) -> list[
         f"--trainer.default_root_dir={out}", f"--trainer.logger.init_args.save_dir={out}",
         f"--trainer.callbacks={json.dumps(callbacks)}",
         f"--data.init_args.synthetic_dir={data_dir}", "--data.init_args.synthetic.num_samples=8",
-        "--data.init_args.num_val_samples=0", "--model.init_args.grpo.max_completion_length=8",
+        "--data.init_args.num_val_samples=0", "--data.init_args.batch_size=2",
+        "--model.init_args.grpo.max_completion_length=8",
         "--model.init_args.grpo.num_generations=2",
         "--model.init_args.rewards=[{class_path: tests.helpers.LengthReward}]",  # varies between completions
         *extra,

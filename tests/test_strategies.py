@@ -372,6 +372,7 @@ def _check_built(strategy, cfg):
     check_strategy(SimpleNamespace(strategy=strategy), SimpleNamespace(config=cfg, device_mesh=None))
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="Lightning's DeepSpeedStrategy runs on CUDA only")
 def test_deepspeed_zero3_fit_on_gpus(tmp_path):  # pragma: no cover - needs CUDA
     """On a CUDA machine: a 2-step GRPO fit of the tiny model under ZeRO-3 through the CLI."""

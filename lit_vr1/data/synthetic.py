@@ -25,6 +25,7 @@ RGB = {
 }
 SHAPES = ["circle", "square", "triangle"]
 TASKS = ("rec", "detection", "vision_r1", "count", "label_free")
+DISTRACTORS = ("random", "confusable")
 Placed = list[tuple[tuple[int, int, int, int], str, str]]
 
 
@@ -34,7 +35,10 @@ class SyntheticSpec:
 
     num_samples: images to write. canvas: image side in pixels. min_shapes / max_shapes:
     shapes per image (the target is unique in colour+shape). min_size / max_size:
-    shape side in pixels. background: "gradient" (a pale horizontal and vertical colour
+    shape side in pixels. distractors (task "rec"): "random" (the other shapes are any
+    other colour+shape) or "confusable" (each other shape shares the target's colour or its
+    shape, never both, so the expression must be read whole to tell the target apart, as
+    in RefCOCO's same-category distractors). background: "gradient" (a pale horizontal and vertical colour
     ramp, which gives a tiny vision tower an absolute-position cue: it sees positions
     only relatively otherwise) or "plain" (uniform grey). task: what is asked and in which
     layout (see ``TASKS``): "rec" (one shape, VLM-R1 JSONL), "detection" (every shape, VLM-R1
@@ -45,6 +49,9 @@ class SyntheticSpec:
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"data.synthetic.task={self.task!r} is not valid; choose one of {', '.join(TASKS)}")
+        if self.distractors not in DISTRACTORS:
+            raise ValueError(f"data.synthetic.distractors={self.distractors!r} is not valid; choose one of "
+                             f"{', '.join(DISTRACTORS)}")
 
     num_samples: int = 256
     canvas: int = 112
@@ -55,6 +62,7 @@ class SyntheticSpec:
     background: str = "gradient"
     seed: int = 0
     task: str = "rec"
+    distractors: str = "random"
 
 
 def _draw(draw: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int, int], rgb: tuple[int, int, int]) -> None:
@@ -86,9 +94,23 @@ def _overlaps(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
     return not (a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1])
 
 
+def _kind(rng: random.Random, spec: SyntheticSpec, placed: Placed) -> tuple[str, str]:
+    """Colour and shape of the next shape: any, or (confusable, after the first) sharing the
+    first shape's colour or its shape but not both."""
+    colour, shape = rng.choice(COLOURS), rng.choice(SHAPES)
+    if spec.distractors == "confusable" and placed:
+        _, target_colour, target_shape = placed[0]
+        if rng.random() < 0.5:
+            colour = target_colour
+        else:
+            shape = target_shape
+    return colour, shape
+
+
 def draw_shapes(rng: random.Random, spec: SyntheticSpec) -> tuple[Image.Image, Placed]:
     """One image with min_shapes..max_shapes non-overlapping shapes, each unique in colour
-    and shape; returns the image and the (box, colour, shape) of each."""
+    and shape; returns the image and the (box, colour, shape) of each (with confusable
+    distractors the first is the one the others resemble)."""
     img = canvas(spec)
     draw = ImageDraw.Draw(img)
     placed: Placed = []
@@ -100,7 +122,7 @@ def draw_shapes(rng: random.Random, spec: SyntheticSpec) -> tuple[Image.Image, P
         x1 = rng.randint(0, spec.canvas - size)
         y1 = rng.randint(0, spec.canvas - size)
         box = (x1, y1, x1 + size, y1 + size)
-        colour, shape = rng.choice(COLOURS), rng.choice(SHAPES)
+        colour, shape = _kind(rng, spec, placed)
         if any(_overlaps(box, p[0]) or (p[1], p[2]) == (colour, shape) for p in placed):
             continue
         placed.append((box, colour, shape))
@@ -112,7 +134,7 @@ def draw_shapes(rng: random.Random, spec: SyntheticSpec) -> tuple[Image.Image, P
 def make_sample(rng: random.Random, spec: SyntheticSpec) -> tuple[Image.Image, str, tuple[int, int, int, int], str]:
     """One REC image; returns (image, target name, box, question)."""
     img, placed = draw_shapes(rng, spec)
-    box, colour, shape = rng.choice(placed)
+    box, colour, shape = placed[0] if spec.distractors == "confusable" else rng.choice(placed)
     name = f"{colour} {shape}"
     question = f"<image>Locate the {name} in the image and output its bbox coordinates in JSON format."
     return img, name, box, question
