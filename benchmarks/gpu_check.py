@@ -110,10 +110,25 @@ def _judge_server():
     return server, f"http://127.0.0.1:{server.server_address[1]}/score"
 
 
+def rewards_overlay(recipe: str, url: str | None, path: Path, length_reward: str) -> str:
+    """A config overlay that keeps the recipe's reward list, points its remote judge at ``url``
+    and adds the reward ``length_reward`` (a class path) at weight 0.1: a random tiny model never
+    writes the recipes' answers, so their rewards alone tie in every group (zero advantage,
+    zero gradient), and a check that the weights moved would test nothing."""
+    import yaml
+
+    rewards = yaml.safe_load(open(ROOT / "configs" / f"{recipe}.yaml"))["model"]["init_args"]["rewards"]
+    for r in rewards:
+        if r["class_path"].endswith("RemoteRewardModel"):
+            r["init_args"]["url"] = url
+    rewards.append({"class_path": length_reward, "init_args": {"weight": 0.1}})
+    path.write_text(yaml.safe_dump({"model": {"init_args": {"rewards": rewards}}}))
+    return str(path)
+
+
 def run_twins(device: str, root: Path) -> list[dict]:
     """Each recipe's tiny twin for 2 steps on ``device`` in the recipe's own precision."""
     import torch
-    import yaml
 
     from lit_vr1.cli import LitVR1CLI
     from lit_vr1.models.loading import load_model
@@ -124,15 +139,7 @@ def run_twins(device: str, root: Path) -> list[dict]:
         for recipe in RECIPES:
             work = root / recipe
             work.mkdir(parents=True, exist_ok=True)
-            rewards = yaml.safe_load(open(ROOT / "configs" / f"{recipe}.yaml"))["model"]["init_args"]["rewards"]
-            for r in rewards:
-                if r["class_path"].endswith("RemoteRewardModel"):
-                    r["init_args"]["url"] = url
-            # a random tiny model never writes the recipes' answers: their rewards alone tie in every group (no
-            # gradient), so a completion-length reward gives the check that the weights moved something to test
-            rewards.append({"class_path": "gpu_check.CompletionLength", "init_args": {"weight": 0.1}})
-            overlay = work / "rewards.yaml"
-            overlay.write_text(yaml.safe_dump({"model": {"init_args": {"rewards": rewards}}}))
+            overlay = rewards_overlay(recipe, url, work / "rewards.yaml", "gpu_check.CompletionLength")
             args = ["fit", "--config", str(ROOT / "configs" / f"{recipe}.yaml"),
                     "--config", str(ROOT / "configs" / "tiny" / f"{recipe}.yaml"), "--config", str(overlay),
                     f"--trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}",

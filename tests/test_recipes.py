@@ -11,8 +11,10 @@ from __future__ import annotations
 import csv
 import glob
 import math
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,6 +22,10 @@ import yaml
 
 from lit_vr1.cli import LitVR1CLI
 from lit_vr1.models.loading import load_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from gpu_check import rewards_overlay  # noqa: E402  (the GPU check lays the same overlay)
+
 from tests.test_cli import ROOT
 
 RECIPES = {
@@ -46,28 +52,13 @@ def judge_url():
     server.server_close()
 
 
-def _rewards_overlay(recipe: str, url: str | None, tmp_path) -> str:
-    """An overlay that keeps the recipe's reward list, points its remote judge at ``url``, and
-    adds a completion-length reward: a random tiny model never writes the recipes' answers,
-    so their rewards alone tie in every group (zero advantage, zero gradient), and the
-    check that the weights moved in the recipe's precision would test nothing."""
-    rewards = yaml.safe_load(open(ROOT / "configs" / f"{recipe}.yaml"))["model"]["init_args"]["rewards"]
-    for r in rewards:
-        if r["class_path"].endswith("RemoteRewardModel"):
-            r["init_args"]["url"] = url
-    rewards.append({"class_path": "helpers.LengthReward", "init_args": {"weight": 0.1}})
-    path = tmp_path / "rewards.yaml"
-    path.write_text(yaml.safe_dump({"model": {"init_args": {"rewards": rewards}}}))
-    return str(path)
-
-
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
 def test_tiny_twin_runs_two_steps_with_the_recipes_rewards(recipe, tmp_path, monkeypatch, request):
     monkeypatch.chdir(tmp_path)  # runs/ and data/ of the twin land here
     args = ["fit", "--config", str(ROOT / "configs" / f"{recipe}.yaml"),
             "--config", str(ROOT / "configs" / "tiny" / f"{recipe}.yaml")]
     url = request.getfixturevalue("judge_url") if recipe == "grpo_r1v_free_qwen25vl_3b" else None
-    args += ["--config", _rewards_overlay(recipe, url, tmp_path)]
+    args += ["--config", rewards_overlay(recipe, url, tmp_path / "rewards.yaml", "helpers.LengthReward")]
     t0 = time.perf_counter()
     cli = LitVR1CLI(args=args)
     wall = time.perf_counter() - t0
