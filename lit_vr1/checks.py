@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lit_vr1 import parallel
+from lit_vr1.models.precision import half_trainable
 
 # where the rules of this module are enforced
 HERE = "lit_vr1/checks.py (check_fit, at fit start)"
@@ -214,8 +215,6 @@ def check_master_weights(params: list, module: Any) -> None:
     """Refuse trainable bf16/fp16 parameters (as they are after the precision plugin and
     ``model.dtype``, ``auto`` included) unless DeepSpeed keeps float32 masters for them.
     Called where the optimiser is built, so SFT and GRPO both get it."""
-    from lit_vr1.models.precision import half_trainable
-
     half = half_trainable(params)
     trainer = getattr(module, "_trainer", None)
     if not half or (trainer is not None and _deepspeed_keeps_masters(parallel.is_deepspeed(trainer.strategy),
@@ -334,7 +333,7 @@ def fit_setup(module: Any) -> FitSetup:
         train_rows=len(train_set) if train_set is not None else None,
         num_workers=getattr(dm, "num_workers", None),
         world_size=getattr(trainer, "world_size", 1) if trainer is not None else 1,
-        precision=str(getattr(trainer, "precision", "")) or None if trainer is not None else None,
+        precision=str(trainer.precision) if getattr(trainer, "precision", None) is not None else None,
         dtype=getattr(module, "dtype_name", None),
         lora=getattr(module, "lora", None) is not None,
         deepspeed=parallel.is_deepspeed(getattr(trainer, "strategy", None)),

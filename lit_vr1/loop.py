@@ -79,8 +79,8 @@ class GRPOConfig:
         ratio is exactly 1 until the weights move), as TRL's ``disable_dropout``.
 
     Mini-batches hold whole groups (the G completions of a prompt stay together), so each
-    micro-batch runs as few prompt passes as it can. Completions no reward could score
-    (every reward nan, or one failed) get advantage 0, stay out of their group's statistics
+    micro-batch runs as few prompt passes as it can. Completions no reward scored (every
+    reward nan: not applicable, failed under ``on_error="nan"``, or inf) get advantage 0, stay out of their group's statistics
     and have no loss tokens (in grpo / dr_grpo they still count in the average over
     sequences, as TRL counts masked truncated completions), and are counted
     (``train/reward/unscored``); a mini-batch with no scored token anywhere takes no step.

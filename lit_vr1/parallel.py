@@ -139,8 +139,10 @@ def deepspeed_engine(module: Any) -> Any:
 
 
 def engine_grad_norm(engine: Any) -> float | None:
-    """The global gradient norm (before clipping) a DeepSpeed engine computed in its last step:
-    inf when it found non-finite gradients (and skipped the step); None when it computed none."""
+    """The global gradient norm (before clipping) a DeepSpeed engine computed in its last step;
+    None when it computed none. For a step it skipped over non-finite gradients some releases
+    report inf and others the previous step's norm, so skips are read from
+    ``engine.was_step_applied()``, not from this."""
     norm = engine.get_global_grad_norm()
     return None if norm is None else float(norm)
 

@@ -8,6 +8,8 @@ float32 master weights for the optimiser.
   probability mismatch to the LM head's precision and fixed it this way; ScaleRL (Khatri et
   al. 2025) keeps the head in FP32 too (TRL: ``cast_lm_head_to_fp32``, off by default there).
   The head runs outside autocast here, so its operands are not cast back to bf16.
+- :func:`cached_autocast`: a rollout under Lightning's mixed precision casts each trained
+  weight to bf16 once, not at every decoding step (Lightning's autocast has its cache off).
 - :func:`disable_dropout`: dropout off in every pass (the rollout runs in eval mode; an
   old-log-prob pass with dropout on would score another model), as TRL's
   ``disable_dropout``: the ratio is then exactly 1 until the weights move.
