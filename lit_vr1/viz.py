@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from PIL import Image, ImageDraw
 
+from lit_vr1.rewards.boxes import flatten_box
+
 Box = tuple[float, float, float, float]
 
 
@@ -13,12 +15,15 @@ GREEN, RED, BLUE = (0, 170, 0), (220, 0, 0), (0, 90, 255)
 def draw_boxes(image: Image.Image, gt: list[Box] = (), pred: list[Box] = (), labels: list[str] = (),
                scale: int = 1, extra: list[tuple[list[Box], tuple[int, int, int]]] = ()) -> Image.Image:
     """A copy of ``image`` (upscaled by ``scale``) with boxes in original-image pixels drawn
-    on it: ``gt`` in green, ``pred`` in red, each ``extra`` (boxes, rgb) in its colour."""
+    on it: ``gt`` in green, ``pred`` in red, each ``extra`` (boxes, rgb) in its colour.
+    A box without an area (inverted, zero width) is drawn as the line or point the rewards
+    score it as (``boxes.flatten_box``); None entries are skipped."""
     out = image.convert("RGB").resize((image.width * scale, image.height * scale), Image.NEAREST)
     draw = ImageDraw.Draw(out)
     for boxes, colour in ((gt, GREEN), *extra, (pred, RED)):
         for box in boxes:
-            draw.rectangle([v * scale for v in box], outline=colour, width=max(1, scale))
+            if box is not None:
+                draw.rectangle([v * scale for v in flatten_box(tuple(box))], outline=colour, width=max(1, scale))
     for i, text in enumerate(labels):
         draw.text((2, 2 + 10 * i), text, fill=(0, 0, 0))
     return out

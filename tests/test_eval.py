@@ -23,10 +23,9 @@ def test_detection_metrics_hand_computed():
     assert int(out["images"]) == 2
 
 
-# Seed 3 (random.Random(103)) is left out, and said so in the README: there torchmetrics'
-# MeanAveragePrecision (either backend) gives AP50 0.3480 where COCOeval run directly gives
-# 0.3497 (mAP 0.1582 vs 0.1590), with constant or ranked scores alike; the cause is not found.
-@pytest.mark.parametrize("seed", [0, 1, 2])
+# Seed 3 (random.Random(103)) once differed (AP50 0.3480 against 0.3497): torchmetrics'
+# float32 recall thresholds dropped the curve point of a recall exactly on COCO's grid.
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_detection_metrics_equal_cocoeval_over_a_dataset(seed):
     rng = random.Random(100 + seed)
     images = [random_case(rng) for _ in range(6)]

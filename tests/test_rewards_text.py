@@ -120,6 +120,7 @@ def test_yes_no():
     assert extract_yes_no(" NO ") == "no"
     assert extract_yes_no("maybe") is None
     assert extract_yes_no("not yes, not no") is None
+    assert extract_yes_no("Yes or no") is None and extract_yes_no("no/yes") is None  # hedges
     assert yes_no_match("Yes.", "yes") and yes_no_match("no", "No")
     assert not yes_no_match("no", "yes")
     assert not yes_no_match("unsure", "yes")

@@ -15,7 +15,7 @@ from torchmetrics import Metric
 from torchmetrics.detection import MeanAveragePrecision
 
 from lit_vr1.rewards.boxes import ParsedBox
-from lit_vr1.rewards.detection import clean_gt_box, normalize_label
+from lit_vr1.rewards.detection import COCO_IOU_THRESHOLDS, COCO_REC_THRESHOLDS, clean_gt_box, normalize_label
 
 
 class DetectionMetrics(Metric):
@@ -26,7 +26,8 @@ class DetectionMetrics(Metric):
 
     def __init__(self, backend: str = "faster_coco_eval") -> None:
         super().__init__()
-        self.map = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend=backend)
+        self.map = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", iou_thresholds=COCO_IOU_THRESHOLDS,
+                                        rec_thresholds=COCO_REC_THRESHOLDS, backend=backend)
         self.map.warn_on_many_detections = False
         self.labels: dict[str, int] = {}
         self.add_state("images", default=torch.tensor(0), dist_reduce_fx="sum")
@@ -40,11 +41,11 @@ class DetectionMetrics(Metric):
         """One entry per image: its predicted boxes and its true boxes, original pixels."""
         p_dicts, g_dicts = [], []
         for pred, gt in zip(preds, gts, strict=True):
-            p_boxes = torch.tensor([b.box for b in pred], dtype=torch.float32).reshape(-1, 4)
-            g_boxes = torch.tensor([clean_gt_box(b.box) for b in gt], dtype=torch.float32).reshape(-1, 4)
+            p_boxes = torch.tensor([b.box for b in pred], dtype=torch.float64).reshape(-1, 4)
+            g_boxes = torch.tensor([clean_gt_box(b.box) for b in gt], dtype=torch.float64).reshape(-1, 4)
             rank = torch.arange(self.boxes_seen, self.boxes_seen + len(pred), dtype=torch.float64)
             self.boxes_seen += len(pred)
-            scores = (1.0 / (1.0 + 1e-3 * rank)).float()
+            scores = 1.0 / (1.0 + 1e-3 * rank)
             p_dicts.append({"boxes": p_boxes, "scores": scores, "labels": self._ids(pred)})
             g_dicts.append({"boxes": g_boxes, "labels": self._ids(gt)})
         self.map.update(p_dicts, g_dicts)

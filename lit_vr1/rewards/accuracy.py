@@ -181,13 +181,17 @@ def choice_match(pred: str, gold: str) -> bool:
 
 def extract_yes_no(text: str) -> str | None:
     """"yes", "no" or None: the answer's first word when it is yes or no (``"Yes, there
-    are two."``); else the only one of the two words the answer holds; None when it holds
-    both (after a first word that is neither) or neither. Case and punctuation do not count."""
+    are two."``), unless the other word comes straight after it (``"yes or no"``,
+    ``"No/yes"``, ``"yes and no"``: a hedge, None); else the only one of the two words the
+    answer holds; None when it holds both (after a first word that is neither) or
+    neither. Case and punctuation do not count."""
     words = re.findall(r"[a-z]+", normalize_text(unbox(str(text))))
     if not words:
         return None
     if words[0] in ("yes", "no"):
-        return words[0]
+        other = "no" if words[0] == "yes" else "yes"
+        nxt = words[1:2] if words[1:2] != ["or"] and words[1:2] != ["and"] else words[2:3]
+        return None if nxt == [other] else words[0]
     seen = {w for w in words if w in ("yes", "no")}
     return seen.pop() if len(seen) == 1 else None
 

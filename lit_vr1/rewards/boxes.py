@@ -6,7 +6,11 @@ A completion answers with boxes either as JSON (``[{"bbox_2d": [x1, y1, x2, y2],
 
 Parsing never raises: small JSON damage (single quotes, trailing commas, a missing
 closing bracket, a truncated last item) is repaired, then a regex reads ``bbox_2d``
-items, then bare quadruples. Boxes with no area are dropped.
+items, then bare quadruples.
+
+A box the model wrote is a prediction even when it has no area (x2 <= x1, y2 <= y1, or a
+non-finite coordinate): the rewards score it as a false positive (:func:`flatten_box`
+turns it into a zero-area box that overlaps nothing), so writing such boxes is never free.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import math
 import re
 from dataclasses import dataclass
 from typing import Any
+
+import json_repair
 
 ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 FENCE_RE = re.compile(r"```(?:json)?\s*(.*?)(?:```|$)", re.DOTALL)
@@ -57,6 +63,18 @@ def is_degenerate(box: Box) -> bool:
     return not all(math.isfinite(v) for v in box) or box[2] <= box[0] or box[3] <= box[1]
 
 
+def flatten_box(box: Box) -> Box:
+    """A box as the rewards score it: unchanged when it has an area; else a zero-area box
+    at its first corner, (x1, y1, max(x1, x2), max(y1, y2)), which overlaps nothing and
+    so counts as a false positive ((0, 0, 0, 0) when a coordinate is not finite)."""
+    if not all(math.isfinite(v) for v in box):
+        return (0.0, 0.0, 0.0, 0.0)
+    if not is_degenerate(box):
+        return box
+    x1, y1, x2, y2 = box
+    return (x1, y1, max(x1, x2), max(y1, y2))
+
+
 def _as_box(raw: Any) -> Box | None:
     if isinstance(raw, (list, tuple)) and len(raw) == 4:
         try:
@@ -93,39 +111,13 @@ def _boxes_from_json(obj: Any) -> list[ParsedBox]:
 
 
 def repair_json(text: str) -> str:
-    """Mend the JSON damage small models make: single quotes, trailing commas, a
-    truncated last item and missing closing brackets."""
-    s = text.strip()
-    if "'" in s and '"' not in s:
-        s = s.replace("'", '"')
-    s = re.sub(r",\s*([\]}])", r"\1", s)
-    # drop an unfinished trailing item, then close what is still open
-    stack = []
-    in_str = False
-    last_complete = 0
-    for i, ch in enumerate(s):
-        if ch == '"' and (i == 0 or s[i - 1] != "\\"):
-            in_str = not in_str
-        elif not in_str:
-            if ch in "[{":
-                stack.append(ch)
-            elif ch in "]}" and stack:
-                stack.pop()
-                if len(stack) <= 1:
-                    last_complete = i + 1
-    if stack:
-        s = s[:last_complete].rstrip().rstrip(",") if last_complete else s
-        depth = []
-        in_str = False
-        for i, ch in enumerate(s):
-            if ch == '"' and (i == 0 or s[i - 1] != "\\"):
-                in_str = not in_str
-            elif not in_str and ch in "[{":
-                depth.append(ch)
-            elif not in_str and ch in "]}" and depth:
-                depth.pop()
-        s += "".join("]" if ch == "[" else "}" for ch in reversed(depth))
-    return s
+    """Mend the JSON damage small models make (single quotes, trailing commas, a truncated
+    last item, missing closing brackets, text around the value) with ``json_repair``, the
+    library VLM-R1 uses; "" when nothing can be made of it. Never raises."""
+    try:
+        return json_repair.repair_json(text, skip_json_loads=True)
+    except (RecursionError, ValueError, TypeError, IndexError):
+        return ""
 
 
 def _json_candidates(text: str) -> list[str]:
@@ -144,35 +136,65 @@ def _json_candidates(text: str) -> list[str]:
 def parse_boxes(completion: str, keep_degenerate: bool = False) -> list[ParsedBox]:
     """All boxes of a completion's answer, in reading order; [] when it names none. Never raises.
 
-    Tries JSON in the answer (or in a ```json fence inside it), as written and then
-    repaired; then a regex over ``"bbox_2d": [...]`` items (with their labels); then every
-    bracketed quadruple of numbers. Boxes with no area are dropped unless ``keep_degenerate``.
+    Tries JSON in the answer (or in a ```json fence inside it) as written; then repaired
+    (:func:`repair_json`), unless a regex over ``"bbox_2d": [...]`` items (with their
+    labels) or over bracketed quadruples of numbers finds more boxes. Boxes with no area
+    are dropped unless ``keep_degenerate``.
     """
     text = answer_text(completion)
-    boxes: list[ParsedBox] = []
-    for cand in _json_candidates(text):
-        for attempt in (cand, repair_json(cand)):
-            try:
-                boxes = _boxes_from_json(json.loads(attempt))
-            except (json.JSONDecodeError, ValueError, RecursionError):
-                continue
-            if boxes:
-                break
-        if boxes:
-            break
+    boxes = _strict_json_boxes(text)
     if not boxes:
-        labels_first = {m.end(): m.group(1) or m.group(2) for m in LABEL_FIRST_RE.finditer(text)}
-        for m in ITEM_RE.finditer(text):
-            label = m.group(5) or m.group(6) or labels_first.get(m.start(), "")
-            boxes.append(ParsedBox(tuple(float(v) for v in m.groups()[:4]), label or ""))
-    if not boxes:
-        boxes = [ParsedBox(tuple(float(v) for v in m)) for m in QUAD_RE.findall(text)]
+        # repaired JSON may keep only one of several values ("[1,2,3,4] [5,6,7,8]" -> the
+        # last): the regex readings win when they find more boxes
+        scanned = _item_boxes(text) or _quad_boxes(text)
+        repaired = _repaired_json_boxes(text)
+        boxes = repaired if len(repaired) >= len(scanned) else scanned
     return boxes if keep_degenerate else [b for b in boxes if not is_degenerate(b.box)]
 
 
+def _decoded_boxes(text: str) -> list[ParsedBox]:
+    try:
+        return _boxes_from_json(json.loads(text))
+    except (json.JSONDecodeError, ValueError, RecursionError):
+        return []
+
+
+def _strict_json_boxes(text: str) -> list[ParsedBox]:
+    for cand in _json_candidates(text):
+        boxes = _decoded_boxes(cand)
+        if boxes:
+            return boxes
+    return []
+
+
+def _repaired_json_boxes(text: str) -> list[ParsedBox]:
+    for cand in _json_candidates(text):
+        boxes = _decoded_boxes(repair_json(cand))
+        if boxes:
+            return boxes
+    return []
+
+
+def _item_boxes(text: str) -> list[ParsedBox]:
+    """``"bbox_2d": [...]`` items read by regex, with their labels (before or after the box)."""
+    labels_first = {m.end(): m.group(1) or m.group(2) for m in LABEL_FIRST_RE.finditer(text)}
+    out = []
+    for m in ITEM_RE.finditer(text):
+        label = m.group(5) or m.group(6) or labels_first.get(m.start(), "")
+        out.append(ParsedBox(tuple(float(v) for v in m.groups()[:4]), label or ""))  # type: ignore[arg-type]
+    return out
+
+
+def _quad_boxes(text: str) -> list[ParsedBox]:
+    """Every bracketed quadruple of numbers."""
+    return [ParsedBox(tuple(float(v) for v in m)) for m in QUAD_RE.findall(text)]  # type: ignore[arg-type]
+
+
 def first_box(completion: str) -> Box | None:
-    """The first box (with an area) of a completion, or None."""
-    boxes = parse_boxes(completion)
+    """The first box a completion's answer writes, or None. It may have no area (see
+    :func:`is_degenerate`): a REC answer is its first box, so a degenerate first box is a
+    wrong answer, not a cue to read on to the next one."""
+    boxes = parse_boxes(completion, keep_degenerate=True)
     return boxes[0].box if boxes else None
 
 
@@ -212,22 +234,25 @@ def to_original(box: Box, frame: str, input_size: tuple[int, int], original_size
 
 
 def predicted_boxes(completion: str, image_size: tuple[int, int] | None, input_size: tuple[int, int] | None,
-                    frame: str) -> list[ParsedBox]:
-    """A completion's boxes in original-image pixels (degenerate ones dropped).
+                    frame: str, keep_degenerate: bool = False) -> list[ParsedBox]:
+    """A completion's boxes in original-image pixels, in the order written.
 
     ``image_size`` is the original (width, height) of the first image, ``input_size`` the
     size the model saw (None: the original). Without an image only "original_pixels" maps;
     other frames raise ValueError (a sample without an image cannot be scored in them).
+    Boxes with no area are dropped, or with ``keep_degenerate`` kept as zero-area boxes
+    (:func:`flatten_box`): the rewards keep them, so that they count as false positives.
     """
     check_frame(frame)
-    boxes = parse_boxes(completion)
-    if frame == "original_pixels":
-        return boxes
-    if image_size is None:
-        raise ValueError(f"box frame {frame!r} needs the image size, and the sample has no image")
-    size_in = input_size or image_size
-    out = [ParsedBox(to_original(b.box, frame, size_in, image_size), b.label) for b in boxes]
-    return [b for b in out if not is_degenerate(b.box)]
+    boxes = parse_boxes(completion, keep_degenerate=True)
+    if frame != "original_pixels":
+        if image_size is None:
+            raise ValueError(f"box frame {frame!r} needs the image size, and the sample has no image")
+        size_in = input_size or image_size
+        boxes = [ParsedBox(to_original(b.box, frame, size_in, image_size), b.label) for b in boxes]
+    if keep_degenerate:
+        return [ParsedBox(flatten_box(b.box), b.label) for b in boxes]
+    return [b for b in boxes if not is_degenerate(b.box)]
 
 
 def solution_boxes(solution: Any) -> list[ParsedBox]:

@@ -24,12 +24,12 @@ from lit_vr1.rewards.boxes import Box, ParsedBox, check_frame, predicted_boxes, 
 
 MAP_METRICS = ("map", "map_50", "map_75")
 MAP_BACKENDS = ("pycocotools", "faster_coco_eval")  # torchmetrics' COCO backends
-# IoU thresholds for each metric: exactly pycocotools' own (np.linspace(.5, .95, 10) for "map")
-_IOU_THRESHOLDS = {
-    "map": np.linspace(0.5, 0.95, 10).tolist(),
-    "map_50": [0.5],
-    "map_75": [0.75],
-}
+# COCOeval's own thresholds, in float64 (pycocotools' Params.setDetParams). torchmetrics'
+# defaults come from torch.linspace in float32: 36 of its 101 recall points round above
+# COCO's grid (0.6 -> 0.6000000238), so a recall of exactly 3/5 missed its point.
+COCO_IOU_THRESHOLDS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1).tolist()
+COCO_REC_THRESHOLDS = np.linspace(0.0, 1.0, int(np.round((1.0 - 0.0) / 0.01)) + 1).tolist()
+_IOU_THRESHOLDS = {"map": COCO_IOU_THRESHOLDS, "map_50": [0.5], "map_75": [0.75]}
 CONSTANT_SCORE = 1.0  # the confidence every predicted box gets: the model gives none
 
 
@@ -76,7 +76,7 @@ def map_evaluator(metric: str = "map", backend: str = "faster_coco_eval"):
     if importlib.util.find_spec(backend) is None:
         raise ModuleNotFoundError(f"the mAP backend {backend!r} is not installed (pip install {backend.replace('_', '-')})")
     evaluator = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", iou_thresholds=_IOU_THRESHOLDS[metric],
-                                     backend=backend)
+                                     rec_thresholds=COCO_REC_THRESHOLDS, backend=backend)
     evaluator.warn_on_many_detections = False  # COCO keeps 100 boxes per class; the rest are ignored, as documented
     return evaluator
 
@@ -216,10 +216,12 @@ class _DetectionReward(Reward):
         self.box_frame = check_frame(box_frame)
 
     def boxes(self, completion: str, ctx: SampleContext) -> tuple[list[ParsedBox], list[ParsedBox]]:
-        """(predicted, ground truth) boxes of one completion, both in original pixels."""
+        """(predicted, ground truth) boxes of one completion, both in original pixels. Every
+        box written is a prediction: one without an area is kept as a zero-area box, a
+        false positive (``boxes.flatten_box``)."""
         if ctx.image_size is None and self.box_frame != "original_pixels":
             raise ValueError(f"box_frame={self.box_frame!r} needs the image size, and the sample has no image")
-        preds = predicted_boxes(completion, ctx.image_size, ctx.input_size, self.box_frame)
+        preds = predicted_boxes(completion, ctx.image_size, ctx.input_size, self.box_frame, keep_degenerate=True)
         return preds, solution_boxes(ctx.solution)
 
 
@@ -279,8 +281,8 @@ class ODLength(DetectionMAP):
 
     COCO's mAP does not punish extra boxes of absent classes, nor extra boxes ranked
     after all true ones, so a model learns to list many boxes; the factor removes that
-    incentive. n_pred counts the parsed boxes with an area (all of them, also those past
-    COCO's 100); with n_pred = 0 the factor is 1, so the reward is the mAP's own edge
+    incentive. n_pred counts every box written (those without an area too, and those
+    past COCO's 100); with n_pred = 0 the factor is 1, so the reward is the mAP's own edge
     case: 0.0, or 1.0 when the image has no objects either.
 
     Args: as :class:`DetectionMAP` (metric default "map", as VLM-R1).

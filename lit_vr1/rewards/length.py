@@ -96,14 +96,26 @@ class CosineLength(Reward):
         max_len: length in tokens at which the cosine ends.
         mode, tolerance: the answer matcher, as in :class:`lit_vr1.rewards.Accuracy`.
         exceed_penalty: when set, the reward of every completion with L >= max_len.
+        correct_by: decide correctness with this reward's score instead of the accuracy
+            matcher: correct when ``score >= correct_at``. VLM-R1's open-vocabulary
+            detection runs do this with their detection reward and 0.7, e.g.
+            ``correct_by: {class_path: lit_vr1.rewards.DetectionMAP}``. Where that reward
+            gives nan (not applicable, failed) the cosine reward gives nan too.
+        correct_at: the score a ``correct_by`` answer needs to count as correct (0.7).
     """
 
     default_name = "cosine_length"
 
     def __init__(self, min_value_wrong: float = -0.5, max_value_wrong: float = 0.0, min_value_correct: float = 0.5,
                  max_value_correct: float = 1.0, max_len: int = 1024, mode: str = "exact", tolerance: float = 1e-6,
-                 exceed_penalty: float | None = None, **kwargs: Any) -> None:
+                 exceed_penalty: float | None = None, correct_by: Reward | None = None, correct_at: float = 0.7,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        if correct_by is not None and not isinstance(correct_by, Reward):
+            raise ValueError(f"CosineLength: correct_by must be a reward (class_path: lit_vr1.rewards...), "
+                             f"got {type(correct_by).__name__}")
+        if not math.isfinite(correct_at):
+            raise ValueError(f"CosineLength: correct_at={correct_at} must be a finite number")
         if not max_len > 0:
             raise ValueError(f"CosineLength: max_len={max_len} must be positive")
         if min_value_wrong > max_value_wrong:
@@ -120,11 +132,21 @@ class CosineLength(Reward):
         self.mode = check_mode(mode)
         self.tolerance = _check_tolerance(tolerance)
         self.exceed_penalty = exceed_penalty
+        self.correct_by = correct_by
+        self.correct_at = float(correct_at)
+
+    def _correctness(self, completions: list[str], contexts: list[SampleContext]) -> list[bool | None]:
+        """Per completion: correct or not; None where ``correct_by`` gives no score."""
+        if self.correct_by is None:
+            return [is_correct(c, ctx.solution, self.mode, self.tolerance) for c, ctx in zip(completions, contexts)]
+        return [None if math.isnan(v) else v >= self.correct_at for v in self.correct_by(completions, contexts)]
 
     def score(self, completions: list[str], contexts: list[SampleContext]) -> list[float]:
         out = []
-        for completion, ctx in zip(completions, contexts):
-            correct = is_correct(completion, ctx.solution, self.mode, self.tolerance)
+        for correct, ctx in zip(self._correctness(completions, contexts), contexts):
+            if correct is None:
+                out.append(math.nan)
+                continue
             out.append(cosine_length_value(
                 ctx.completion_length, correct, self.max_len, self.min_value_wrong, self.max_value_wrong,
                 self.min_value_correct, self.max_value_correct, self.exceed_penalty))
@@ -164,13 +186,15 @@ def repetition_penalty(completion: str, ngram_size: int = 3, max_penalty: float 
 
     - JSON box answers (:func:`box_items`): over the items, 1 - distinct / total, so a
       model listing the same box (same rounded coordinates and label) k times out of N
-      pays for the copies; a single item costs nothing;
+      pays for the copies; a single item costs nothing; the words outside the box list
+      (the reasoning) are checked as below, and the larger repetition counts;
     - otherwise over the lower-cased whitespace-separated words of the whole
       completion: :func:`repetition_ratio` with n = ``ngram_size`` (0 when fewer words than n).
     """
     items = box_items(completion)
     if items is not None:
-        ratio = 1.0 - len(set(items)) / len(items)
+        reasoning = completion.replace(answer_text(completion), " ")  # the words around the box list
+        ratio = max(1.0 - len(set(items)) / len(items), repetition_ratio(reasoning.lower().split(), ngram_size))
     else:
         ratio = repetition_ratio(completion.lower().split(), ngram_size)
     return max_penalty * ratio

@@ -9,7 +9,7 @@ import torch
 from torchmetrics.functional.detection import intersection_over_union
 
 from lit_vr1.rewards.base import Reward, SampleContext
-from lit_vr1.rewards.boxes import answer_text, check_frame, first_box, parse_boxes, solution_boxes, to_original
+from lit_vr1.rewards.boxes import answer_text, check_frame, first_box, is_degenerate, parse_boxes, solution_boxes, to_original
 
 _LAYOUT_RE = re.compile(r"\s*<think>(.*?)</think>\s*<answer>(.*?)</answer>\s*", re.DOTALL)
 _TAG_RE = re.compile(r"</?(?:think|answer)>")
@@ -28,7 +28,8 @@ def rec_ious(completions: list[str], contexts: list[SampleContext], frame: str =
 
     The prediction is mapped from ``frame`` to the first image's original size; the
     solution is written in original pixels (VLM-R1's REC data). A completion without a
-    box, or with a degenerate one, scores 0. IoU comes from torchmetrics.
+    box, or whose first box has no area, scores 0 (a later box does not stand in for it).
+    IoU comes from torchmetrics, in float64 (float32 is off by up to 1e-5).
     """
     check_frame(frame)
     preds, targets, valid = [], [], []
@@ -39,17 +40,17 @@ def rec_ious(completions: list[str], contexts: list[SampleContext], frame: str =
             raise ValueError(f"sample {ctx.id!r}: solution {ctx.solution!r} holds no box")
         if ctx.image_size is None and frame != "original_pixels":
             raise ValueError(f"box frame {frame!r} needs the image size, and the sample has no image")
-        box = first_box(completion)  # None when no box has an area
-        ok = box is not None
-        if ok and frame != "original_pixels":
+        box = first_box(completion)  # the first box written, with or without an area
+        if box is not None and frame != "original_pixels":
             box = to_original(box, frame, ctx.input_size, ctx.image_size)
+        ok = box is not None and not is_degenerate(box)
         preds.append(box if ok else (0.0, 0.0, 1.0, 1.0))
         targets.append(gt)
         valid.append(ok)
     if not preds:
         return []
     iou = intersection_over_union(
-        torch.tensor(preds, dtype=torch.float32), torch.tensor(targets, dtype=torch.float32), aggregate=False
+        torch.tensor(preds, dtype=torch.float64), torch.tensor(targets, dtype=torch.float64), aggregate=False
     ).diagonal()
     return [float(v) if ok else 0.0 for v, ok in zip(iou, valid)]
 

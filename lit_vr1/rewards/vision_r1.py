@@ -33,10 +33,20 @@ from typing import Any, Literal, Sequence
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
-from torchmetrics.functional.detection import intersection_over_union
+from torchmetrics.functional.detection import generalized_intersection_over_union, intersection_over_union
 
 from lit_vr1.rewards.base import Reward, SampleContext
-from lit_vr1.rewards.boxes import Box, ParsedBox, answer_text, check_frame, parse_boxes, predicted_boxes, solution_boxes
+from lit_vr1.rewards.boxes import (
+    Box,
+    ParsedBox,
+    answer_text,
+    check_frame,
+    is_degenerate,
+    parse_boxes,
+    predicted_boxes,
+    solution_boxes,
+    to_original,
+)
 from lit_vr1.rewards.rec import think_answer_ok
 
 FENCED_RE = re.compile(r"```(?:json)?\s*(.*?)\s*```", re.DOTALL)
@@ -226,6 +236,89 @@ def localization_recall(matched_ious: Sequence[float], num_pred: int, num_gt: in
     return stage.differentiate(recall) if differentiate else recall
 
 
+# --------------------------------------------------------------------------- the released code's variant
+
+VARIANTS = ("paper", "released")
+
+
+def released_matched_gious(preds: Sequence[ParsedBox], gts: Sequence[ParsedBox]) -> list[float]:
+    """The matching of Vision-R1's released training code (``visionr1_qwen.py``,
+    ``BoxPriorMatcher``): a DETR-style Hungarian assignment minimising
+
+        cost(p, g) = L1(p, g) - [label(p) == label(g)] - GIoU(p, g)
+
+    with L1 the sum of absolute coordinate differences in original pixels (not
+    normalised, so it dominates the other two terms on real images) and labels compared
+    lower-cased (a label the image lacks matches nothing). Exactly min(P, G) pairs are
+    formed, however far apart. Returns the GIoU of each pair (in [-1, 1], Rezatofighi et
+    al., 2019), ordered by prediction index; [] when either side is empty."""
+    if not preds or not gts:
+        return []
+    p = torch.tensor([_box(b) for b in preds], dtype=torch.float64)
+    g = torch.tensor([_box(b) for b in gts], dtype=torch.float64)
+    giou = torch.nan_to_num(generalized_intersection_over_union(p, g, aggregate=False), nan=-1.0)
+    same = torch.tensor([[float(_label(a) == _label(b)) for b in gts] for a in preds], dtype=torch.float64)
+    cost = torch.cdist(p, g, p=1) - same - giou
+    rows, cols = linear_sum_assignment(cost.numpy())
+    return [float(giou[r, c]) for r, c in zip(rows, cols)]
+
+
+def _squash(value: float, low: float, high: float) -> float:
+    """The released code's thresholding: 0 below ``low``, 1 strictly above ``high``, else kept
+    (so a value equal to ``high`` keeps its value, where the paper's Eq. 8 gives 1)."""
+    if value < low:
+        return 0.0
+    if value > high:
+        return 1.0
+    return float(value)
+
+
+def released_precision(gious: Sequence[float], num_pred: int, num_gt: int, stage: ThresholdStage) -> float:
+    """Vision-R1's released precision reward: the mean over the min(P, G) matched pairs of
+    their GIoU thresholded at the stage's xi1 / xi2 (:func:`_squash`). Unmatched extra
+    predictions are not counted, so padding an answer with boxes costs nothing. No
+    prediction: 0, or 1 on an image without objects (any box there: 0)."""
+    if num_gt == 0:
+        return 1.0 if num_pred == 0 else 0.0
+    if num_pred == 0 or not gious:
+        return 0.0
+    return sum(_squash(v, stage.zero_below, stage.one_above) for v in gious) / len(gious)
+
+
+def released_recall(gious: Sequence[float], num_pred: int, num_gt: int, stage: ThresholdStage,
+                    recall_stage: ThresholdStage) -> float:
+    """Vision-R1's released recall reward: each matched pair counts 1 when its GIoU is
+    above the stage's xi0 (0 below it, its own GIoU when exactly equal), the sum over G
+    objects is the recall, thresholded at ``recall_stage``'s xi1 / xi2 (the released
+    code keeps 0.5 / 0.75 in every stage). No prediction: 0, or 1 on an image without
+    objects (any box there: 0)."""
+    if num_gt == 0:
+        return 1.0 if num_pred == 0 else 0.0
+    if num_pred == 0:
+        return 0.0
+    found = sum(_squash(v, stage.match_iou, stage.match_iou) for v in gious)
+    return _squash(found / num_gt, recall_stage.zero_below, recall_stage.one_above)
+
+
+def released_boxes(completion: str, ctx: SampleContext, frame: str) -> list[ParsedBox]:
+    """The predictions as the released code reads them: coordinates truncated to integers
+    in the frame the model wrote, boxes without an area dropped, then mapped to original
+    pixels."""
+    if ctx.image_size is None and frame != "original_pixels":
+        raise ValueError(f"box frame {frame!r} needs the image size, and the sample has no image")
+    out = []
+    for b in parse_boxes(completion, keep_degenerate=True):
+        if not all(math.isfinite(v) for v in b.box):
+            continue
+        box: Box = tuple(float(int(v)) for v in b.box)  # type: ignore[assignment]
+        if is_degenerate(box):
+            continue
+        if frame != "original_pixels":
+            box = to_original(box, frame, ctx.input_size, ctx.image_size)
+        out.append(ParsedBox(box, b.label))
+    return out
+
+
 # --------------------------------------------------------------------------- ground truth
 
 
@@ -270,19 +363,32 @@ class _MatchedBoxReward(Reward):
     match, read the stage of ``ctx.global_step``."""
 
     def __init__(self, schedule: ThresholdSchedule | None = None, box_frame: str = "input_pixels",
-                 match_labels: bool = False, **kwargs) -> None:
+                 match_labels: bool = False, variant: Literal["paper", "released"] = "paper", **kwargs) -> None:
         super().__init__(**kwargs)
         if schedule is not None and not isinstance(schedule, ThresholdSchedule):
             raise ValueError(f"{type(self).__name__}: schedule must be a ThresholdSchedule, got {type(schedule).__name__}")
+        if variant not in VARIANTS:
+            raise ValueError(f"{type(self).__name__}: variant={variant!r} is not valid; choose one of {', '.join(VARIANTS)}")
+        if variant == "released" and match_labels:
+            raise ValueError(f"{type(self).__name__}: match_labels is for variant='paper'; the released code's "
+                             "matching cost already has a label term")
         self.schedule = schedule if schedule is not None else ThresholdSchedule()
         self.box_frame = check_frame(box_frame)
         self.match_labels = bool(match_labels)
+        self.variant = variant
 
     def _matched(self, completion: str, ctx: SampleContext) -> tuple[list[float], int, int, ThresholdStage]:
+        """(matched overlaps, P, G, stage): IoUs of the valid Hungarian pairs (paper), or the
+        GIoUs of the released code's min(P, G) pairs (released)."""
         gt = ground_truth(ctx)
-        preds = predicted_boxes(completion, ctx.image_size, ctx.input_size, self.box_frame)
+        stage = self.schedule.at(ctx.global_step)
+        if self.variant == "released":
+            preds = released_boxes(completion, ctx, self.box_frame)
+            return released_matched_gious(preds, gt), len(preds), len(gt), stage
+        # every box written counts in P; one without an area is a zero-area box that matches nothing
+        preds = predicted_boxes(completion, ctx.image_size, ctx.input_size, self.box_frame, keep_degenerate=True)
         ious = [iou for _, _, iou in hungarian_match(preds, gt, self.match_labels)]
-        return ious, len(preds), len(gt), self.schedule.at(ctx.global_step)
+        return ious, len(preds), len(gt), stage
 
 
 class LocalizationPrecision(_MatchedBoxReward):
@@ -298,13 +404,19 @@ class LocalizationPrecision(_MatchedBoxReward):
         box_frame: frame the model writes boxes in (``lit_vr1.rewards.boxes.BOX_FRAMES``);
             predictions are mapped to original pixels, where the solution lives.
         match_labels: pair only boxes with the same label (the paper pairs on boxes alone).
+        variant: "paper" (default): the paper's Eq. 6 as written, IoU over all P
+            predictions, so padding costs; "released": Vision-R1's released training code
+            (:func:`released_matched_gious`, :func:`released_precision`: GIoU values, an
+            L1 + label + GIoU matching cost, the mean over min(P, G) pairs, xi2 tested
+            strictly, integer coordinates), for reproducing its runs.
         **kwargs: ``weight``, ``name``, ``tasks``, ``on_error`` of :class:`Reward`.
     """
 
     default_name = "loc_precision"
 
     def score(self, completions: list[str], contexts: list[SampleContext]) -> list[float]:
-        return [localization_precision(*self._matched(c, ctx)) for c, ctx in zip(completions, contexts)]
+        rule = released_precision if self.variant == "released" else localization_precision
+        return [rule(*self._matched(c, ctx)) for c, ctx in zip(completions, contexts)]
 
 
 class LocalizationRecall(_MatchedBoxReward):
@@ -317,22 +429,29 @@ class LocalizationRecall(_MatchedBoxReward):
     Args:
         schedule, box_frame, match_labels: as :class:`LocalizationPrecision`.
         differentiate: pass the recall through the stage's differentiation (the paper does);
-            False gives the plain fraction.
+            False gives the plain fraction (variant "paper" only).
+        variant: "paper" (default) or "released" (:func:`released_recall`: GIoU pairs
+            counted above xi0, the recall thresholded with the first stage's xi1 / xi2 in
+            every stage, as the released code keeps 0.5 / 0.75).
         **kwargs: ``weight``, ``name``, ``tasks``, ``on_error`` of :class:`Reward`.
     """
 
     default_name = "loc_recall"
 
     def __init__(self, schedule: ThresholdSchedule | None = None, box_frame: str = "input_pixels",
-                 match_labels: bool = False, differentiate: bool = True, **kwargs) -> None:
-        super().__init__(schedule=schedule, box_frame=box_frame, match_labels=match_labels, **kwargs)
+                 match_labels: bool = False, differentiate: bool = True,
+                 variant: Literal["paper", "released"] = "paper", **kwargs) -> None:
+        super().__init__(schedule=schedule, box_frame=box_frame, match_labels=match_labels, variant=variant, **kwargs)
         self.differentiate = bool(differentiate)
 
     def score(self, completions: list[str], contexts: list[SampleContext]) -> list[float]:
         out = []
         for c, ctx in zip(completions, contexts):
             ious, num_pred, num_gt, stage = self._matched(c, ctx)
-            out.append(localization_recall(ious, num_pred, num_gt, stage, self.differentiate))
+            if self.variant == "released":
+                out.append(released_recall(ious, num_pred, num_gt, stage, self.schedule.stages[0]))
+            else:
+                out.append(localization_recall(ious, num_pred, num_gt, stage, self.differentiate))
         return out
 
 
@@ -455,4 +574,4 @@ class DualFormat(Reward):
 
 __all__ = ["DualFormat", "LocalizationPrecision", "LocalizationRecall", "ThresholdSchedule", "ThresholdStage",
            "box_iou_matrix", "ground_truth", "hungarian_match", "localization_precision", "localization_recall",
-           "parse_box_list", "valid_box_content"]
+           "parse_box_list", "released_matched_gious", "released_precision", "released_recall", "valid_box_content"]

@@ -1,0 +1,111 @@
+"""Your own reward as a plain TRL-style function: FunctionReward, in-process and through the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from lit_vr1.rewards import FunctionReward, RewardError, score_all
+from lit_vr1.rewards.base import SampleContext
+from lit_vr1.rewards.function import FIELDS, load_function
+
+ROOT = Path(__file__).resolve().parents[1]
+
+USER_MODULE = textwrap.dedent('''
+    import json, os
+
+    def short_answer(completions, **kwargs):
+        """A TRL-style reward: 1 for answers under 20 characters, None for the 'skip' task."""
+        path = os.environ.get("SEEN_KWARGS")
+        if path:
+            with open(path, "a") as f:
+                f.write(json.dumps({"keys": sorted(kwargs), "step": kwargs["step"], "n": len(completions),
+                                    "solution": str(kwargs["solution"][0])[:40]}) + "\\n")
+        return [None if t == "skip" else float(len(c) < 20) for c, t in zip(completions, kwargs["task"])]
+
+    def only_prompts(completions, prompts):
+        return [float(p in c) for c, p in zip(completions, prompts)]
+
+    def wrong_length(completions, **kwargs):
+        return [1.0] * (len(completions) + 1)
+
+    def text_values(completions, **kwargs):
+        return ["high" for _ in completions]
+''')
+
+
+@pytest.fixture
+def user_module(tmp_path, monkeypatch):
+    (tmp_path / "my_rewards.py").write_text(USER_MODULE)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path / "my_rewards.py"
+
+
+def ctx(i=0, task="default", step=3):
+    return SampleContext(id=f"s{i}", prompt="find the cat", solution=[1, 2, 3, 4], image_sizes=[(64, 48)],
+                         input_sizes=[(56, 42)], task=task, source=f"data.jsonl:{i + 1}", global_step=step,
+                         metadata={"difficulty": i})
+
+
+def test_a_function_from_a_file_gets_trl_style_fields(user_module, tmp_path, monkeypatch):
+    seen = tmp_path / "seen.jsonl"
+    monkeypatch.setenv("SEEN_KWARGS", str(seen))
+    reward = FunctionReward(fn="my_rewards.py:short_answer", weight=2.0)
+    assert reward.name == "short_answer"
+    scores = score_all([reward], ["ok", "a much longer answer than that", "x"], [ctx(0), ctx(1), ctx(2, task="skip")])
+    assert scores.per_reward[0, :2].tolist() == [1.0, 0.0] and math.isnan(float(scores.per_reward[0, 2]))
+    assert scores.total.tolist() == [2.0, 0.0, 0.0] and scores.unscored.tolist() == [False, False, True]
+    got = json.loads(seen.read_text().splitlines()[0])
+    assert got["keys"] == sorted(FIELDS) and got["step"] == 3 and got["n"] == 3
+
+
+def test_module_paths_declared_names_routing_and_errors(user_module):
+    # "module.function" and "module:function" from the working directory
+    assert load_function("my_rewards.only_prompts").__name__ == "only_prompts"
+    only = FunctionReward(fn="my_rewards:only_prompts", tasks=["rec"])
+    out = only(["find the cat: here", "no"], [ctx(0, task="rec"), ctx(1, task="math")])
+    assert out[0] == 1.0 and math.isnan(out[1])  # the function declares prompts only; routing by task
+    with pytest.raises(RewardError, match=r"wrong_length.*s0.*data.jsonl:1"):
+        FunctionReward(fn="my_rewards.py:wrong_length")(["a", "b"], [ctx(0), ctx(1)])
+    with pytest.raises(RewardError, match="return floats"):
+        FunctionReward(fn="my_rewards.py:text_values")(["a"], [ctx(0)])
+    masked = FunctionReward(fn="my_rewards.py:text_values", on_error="nan")
+    assert math.isnan(masked(["a"], [ctx(0)])[0]) and masked.errors == 1
+    # a plain callable works too (notebooks)
+    assert FunctionReward(fn=lambda completions, **kw: [0.5] * len(completions), name="half")(["a"], [ctx()]) == [0.5]
+    for spec, msg in [("nowhere.py:f", "does not exist"), ("no_such_module.f", "cannot import"),
+                      ("my_rewards.py:missing", "no function 'missing'"), ("", "must name a function")]:
+        with pytest.raises(ValueError, match=msg):
+            FunctionReward(fn=spec)
+
+
+def test_function_reward_through_the_cli(tmp_path):
+    (tmp_path / "my_rewards.py").write_text(USER_MODULE)
+    seen = tmp_path / "seen.jsonl"
+    out = tmp_path / "run"
+    rewards = ("[{class_path: lit_vr1.rewards.FunctionReward, init_args: {fn: my_rewards.py:short_answer, "
+               "weight: 1.0}}, {class_path: lit_vr1.rewards.IoUReward}]")
+    cmd = [
+        sys.executable, "-m", "lit_vr1.cli", "fit", "--config", str(ROOT / "configs/quickstart.yaml"),
+        "--trainer.max_steps=2", "--trainer.limit_val_batches=0", f"--trainer.default_root_dir={out}",
+        f"--trainer.logger.init_args.save_dir={out}", f"--data.init_args.synthetic_dir={tmp_path / 'data'}",
+        "--data.init_args.synthetic.num_samples=8", "--data.init_args.num_val_samples=4",
+        "--data.init_args.batch_size=2", "--model.init_args.grpo.max_completion_length=8",
+        "--model.init_args.grpo.num_generations=4", "--trainer.callbacks=[]", "--trainer.enable_progress_bar=false",
+        f"--model.init_args.rewards={rewards}",
+    ]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), SEEN_KWARGS=str(seen))
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    calls = [json.loads(line) for line in seen.read_text().splitlines()]
+    assert len(calls) == 2 and [c["step"] for c in calls] == [0, 1]  # one call per rollout batch, with the step
+    assert all(c["n"] == 8 and c["keys"] == sorted(FIELDS) for c in calls)  # 2 prompts x 4 completions
+    metrics = next(out.glob("logs/version_*/metrics.csv")).read_text()
+    assert "train/reward/short_answer/mean" in metrics
