@@ -34,9 +34,14 @@ class RolloutLog(Callback):
     """Append every ``every_n_steps``-th rollout to ``path`` as JSONL.
 
     Args:
-        path: the JSONL file; with several processes each writes its own file, the rank
-            inserted before the suffix (``rollouts.rank1.jsonl``). Lines are appended, so a
-            resumed run continues the same file.
+        path: the JSONL file. A relative path lies in the run's log folder (the logger's
+            ``log_dir``, else the Trainer's ``default_root_dir``), next to metrics.csv; an
+            absolute path is used as is. With several processes each writes its own file,
+            the rank inserted before the suffix (``rollouts.rank1.jsonl``). Lines are
+            appended; a run resumed from a checkpoint first drops the lines of steps after
+            that checkpoint (work the killed run did not save) from its own file and from
+            the file the checkpointed run wrote (recorded in the checkpoint), so no step
+            appears twice.
         every_n_steps: training batches between two logged rollouts (1: all of them).
     """
 
@@ -46,18 +51,64 @@ class RolloutLog(Callback):
         self.path = path
         self.every_n_steps = every_n_steps
 
-    def file_for(self, rank: int, world_size: int) -> str:
-        if world_size == 1:
-            return self.path
-        stem, ext = os.path.splitext(self.path)
-        return f"{stem}.rank{rank}{ext}"
+    def resolved_path(self, trainer) -> str:
+        """Where this process writes: ``path`` under the run's log folder, rank-suffixed."""
+        path = self.path
+        if not os.path.isabs(path):
+            root = trainer.log_dir if trainer.logger is not None and trainer.log_dir else trainer.default_root_dir
+            path = os.path.join(root, path)
+        if trainer.world_size > 1:
+            stem, ext = os.path.splitext(path)
+            path = f"{stem}.rank{trainer.global_rank}{ext}"
+        return path
+
+    def state_dict(self) -> dict:
+        """Saved in checkpoints: the file this run wrote, so that a resume can tidy it."""
+        return {"written": self._written} if getattr(self, "_written", None) else {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._resumed_from_file = state_dict.get("written")
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._written = self.resolved_path(trainer)
+        if trainer.ckpt_path is None:
+            return
+        # the killed run's file (another log folder when the logger started a new version) and
+        # this run's own: lines of steps after the checkpoint are work that was not saved
+        for path in {self._written, getattr(self, "_resumed_from_file", None)} - {None}:
+            drop_steps_after(path, trainer.global_step)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loop = getattr(pl_module, "loop", None)
         if batch_idx % self.every_n_steps or loop is None or loop.last_rollout is None:
             return
-        path = self.file_for(trainer.global_rank, trainer.world_size)
+        path = self._written if getattr(self, "_written", None) else self.resolved_path(trainer)
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(path, "a") as f:
             for rec in rollout_records(pl_module, trainer.global_step, trainer.global_rank):
                 f.write(json.dumps(rec) + "\n")
+
+
+def drop_steps_after(path: str, step: int) -> int:
+    """Rewrite the JSONL file ``path`` without the lines whose ``step`` is above ``step``
+    (and without a last line cut off by a kill); returns how many lines were dropped."""
+    if not os.path.isfile(path):
+        return 0
+    kept, dropped = [], 0
+    with open(path) as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                dropped += 1
+                continue
+            if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] > step:
+                dropped += 1
+            else:
+                kept.append(line if line.endswith("\n") else line + "\n")
+    if dropped:
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "w") as f:
+            f.writelines(kept)
+        os.replace(tmp, path)
+    return dropped

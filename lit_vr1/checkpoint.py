@@ -16,7 +16,10 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import pickle
 import random
+import warnings
+import zipfile
 from typing import Any
 
 import numpy as np
@@ -78,6 +81,63 @@ def atomic_torch_save(obj: Any, path: str) -> None:
     _fsync_dir(os.path.dirname(path))
 
 
+def _KEEP_STORAGE(storage, location):  # noqa: N802 - Lightning's default map_location: keep each storage where it is
+    return storage
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read; the message names it and an intact one beside it."""
+
+
+def is_intact(path: str) -> bool:
+    """Whether ``path`` is a whole torch checkpoint: a zip archive (torch.save's format)
+    whose members all pass their CRC check. Reads the file, unpickles nothing."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip() is None and any(n.endswith("data.pkl") for n in archive.namelist())
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError):
+        return False
+
+
+def newest_intact_beside(path: str) -> str | None:
+    """The most recently written intact ``*.ckpt`` in ``path``'s directory other than ``path``."""
+    folder = os.path.dirname(os.path.abspath(path))
+    others = [p for p in glob.glob(os.path.join(glob.escape(folder), "*.ckpt")) if os.path.abspath(p) != os.path.abspath(path)]
+    for candidate in sorted(others, key=os.path.getmtime, reverse=True):
+        if is_intact(candidate):
+            return candidate
+    return None
+
+
+def check_checkpoint_file(path: str) -> None:
+    """Raise :class:`CheckpointError` when ``path`` is empty, cut off or not a checkpoint,
+    naming the newest intact checkpoint beside it (never suggesting an unsafe load)."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if is_intact(path):
+        return
+    size = os.path.getsize(path)
+    what = "is empty (0 bytes)" if size == 0 else f"is corrupt or incomplete ({size} bytes, not a whole torch checkpoint)"
+    other = newest_intact_beside(path)
+    hint = f"; the newest intact checkpoint beside it is {other}: resume with --ckpt_path {other}" if other else \
+        "; no intact checkpoint lies beside it: start without --ckpt_path"
+    raise CheckpointError(f"checkpoint {path} {what}{hint}")
+
+
+def load_checkpoint_file(path: str, map_location: Any = None, weights_only: bool | None = True) -> dict[str, Any]:
+    """``torch.load`` of a checkpoint, a :class:`CheckpointError` naming the file when it is
+    broken (torch's own message is not passed on: it advises ``weights_only=False``, which
+    runs whatever code a tampered file holds)."""
+    check_checkpoint_file(path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=weights_only)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as exc:
+        other = newest_intact_beside(path)
+        hint = f"; the newest intact checkpoint beside it is {other}" if other else ""
+        raise CheckpointError(f"checkpoint {path} cannot be loaded safely ({type(exc).__name__}: it holds objects a "
+                              f"weights-only load refuses, or is damaged){hint}") from None
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's ``TorchCheckpointIO`` with atomic local writes (see the module docstring).
     Remote paths (``s3://`` and the like) go through Lightning's own writer.
@@ -92,6 +152,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             super().save_checkpoint(checkpoint, path)
             return
         atomic_torch_save(checkpoint, str(path).removeprefix("file://"))
+
+    def load_checkpoint(self, path: _PATH, map_location: Any = _KEEP_STORAGE, weights_only: bool | None = None) -> dict:
+        """Lightning's load, with a broken local file reported as a :class:`CheckpointError`."""
+        if not _is_local(str(path)):
+            return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+        local = str(path).removeprefix("file://")
+        check_checkpoint_file(local)
+        try:
+            return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+        except pickle.UnpicklingError:
+            raise CheckpointError(f"checkpoint {local} holds objects a weights-only load refuses; it was not written "
+                                  "by lit-vr1 or has been altered") from None
 
 
 def use_atomic_checkpoints(trainer) -> bool:
@@ -108,6 +180,44 @@ def use_atomic_checkpoints(trainer) -> bool:
         return False
     strategy.checkpoint_io = AtomicCheckpointIO()
     return True
+
+
+LAST_OR_NEW = "last_or_new"
+
+
+def strict_last_checkpoint(trainer) -> None:
+    """Make ``ckpt_path="last"`` an error when there is no checkpoint to resume (Lightning
+    warns and trains from scratch), and accept ``ckpt_path="last_or_new"``: resume from the
+    last checkpoint when there is one, else start fresh. Resolution is Lightning's own
+    (the ModelCheckpoint folders, once the Trainer has set them up)."""
+    connector = trainer._checkpoint_connector
+    resolve = connector._parse_ckpt_path
+
+    def parse(state_fn, ckpt_path, model_provided, model_connected):
+        if ckpt_path == LAST_OR_NEW:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*there is no last checkpoint available.*")
+                return resolve(state_fn, "last", model_provided, model_connected)
+        resolved = resolve(state_fn, ckpt_path, model_provided, model_connected)
+        if ckpt_path == "last" and resolved is None:
+            folders = sorted({str(cb.dirpath) for cb in trainer.checkpoint_callbacks if getattr(cb, "dirpath", None)})
+            where = f" in {', '.join(folders)}" if folders else " (no ModelCheckpoint saves any)"
+            raise CheckpointError(f"--ckpt_path last: there is no checkpoint to resume from{where}; to start fresh "
+                                  f"leave out --ckpt_path, or pass --ckpt_path {LAST_OR_NEW} to resume only when "
+                                  "a checkpoint exists")
+        return resolved
+
+    connector._parse_ckpt_path = parse
+
+
+def flush_csv_every_step(trainer) -> None:
+    """CSV loggers write their rows at every logging step (Lightning's default is every 100),
+    so a killed run keeps its metrics up to the last completed step."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    for logger in trainer.loggers:
+        if isinstance(logger, CSVLogger):
+            logger._flush_logs_every_n_steps = 1  # the value of its flush_logs_every_n_steps argument
 
 
 # -- random generators -------------------------------------------------------------------------

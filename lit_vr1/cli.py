@@ -10,14 +10,25 @@ Checkpoints are written atomically (:class:`~lit_vr1.checkpoint.AtomicCheckpoint
 run killed at any moment resumes from its last complete checkpoint:
 
     lit-vr1 fit --config configs/quickstart.yaml --ckpt_path last
+
+``--ckpt_path last`` with no checkpoint to resume is an error; ``--ckpt_path last_or_new``
+resumes when there is one and starts fresh otherwise (for jobs that restart themselves).
+lit-vr1's own errors print as one message (exit 2); ``--traceback`` shows the traceback.
 """
 
 from __future__ import annotations
 
+import os
+import sys
+from pathlib import Path
+
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
-from lit_vr1.checkpoint import use_atomic_checkpoints
+from lit_vr1.checkpoint import check_checkpoint_file, flush_csv_every_step, strict_last_checkpoint, use_atomic_checkpoints
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+TRACEBACK_FLAG, TRACEBACK_ENV = "--traceback", "LIT_VR1_TRACEBACK"
 
 
 class LitVR1CLI(LightningCLI):
@@ -31,19 +42,79 @@ class LitVR1CLI(LightningCLI):
             subclass_mode_data=True,
             auto_configure_optimizers=False,
             save_config_kwargs={"overwrite": True},
+            # no argparse abbreviations: --trainer.max_st=2 must not silently mean max_steps
+            parser_kwargs={"allow_abbrev": False, **{c: {"allow_abbrev": False} for c in self.subcommands()}},
             args=args,
             run=run,
         )
 
     def instantiate_trainer(self, **kwargs):
-        """The Trainer, its single-file checkpoints made atomic (see ``use_atomic_checkpoints``)."""
+        """The Trainer, its single-file checkpoints made atomic (see ``use_atomic_checkpoints``),
+        ``--ckpt_path last`` strict (:func:`~lit_vr1.checkpoint.strict_last_checkpoint`) and
+        CSV metrics written at every step (:func:`~lit_vr1.checkpoint.flush_csv_every_step`)."""
         trainer = super().instantiate_trainer(**kwargs)
         use_atomic_checkpoints(trainer)
+        strict_last_checkpoint(trainer)
+        flush_csv_every_step(trainer)
         return trainer
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning reads the checkpoint's hyperparameters here, before the Trainer exists:
+        a broken file is reported by name first (never with torch's advice to load unsafely)."""
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path and Path(ckpt_path).is_file():
+            check_checkpoint_file(ckpt_path)
+        super()._parse_ckpt_path()
+
+
+def _raised_in_package(exc: BaseException) -> bool:
+    """Whether the innermost frame of ``exc``'s traceback is lit-vr1's own code."""
+    tb = exc.__traceback__
+    last = None
+    while tb is not None:
+        last = tb
+        tb = tb.tb_next
+    return last is not None and Path(last.tb_frame.f_code.co_filename).resolve().is_relative_to(PACKAGE_DIR)
+
+
+def user_error(exc: BaseException) -> BaseException | None:
+    """The error a user should read: the first exception in ``exc``'s chain (causes and
+    contexts, outermost first) that lit-vr1 raised on purpose (a ``ValueError`` or
+    ``TypeError`` from our checks, ``DataError``, ``ConfigError``, ``RewardError``, ...),
+    however deep jsonargparse or Lightning wrapped it; None for anything else (a bug)."""
+    from lit_vr1.rewards.base import RewardError
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, RewardError) or (isinstance(current, (ValueError, TypeError, FileNotFoundError))
+                                                and _raised_in_package(current)):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def main(args: list[str] | None = None) -> None:
-    LitVR1CLI(args=args)
+    """``lit-vr1``: the CLI, with lit-vr1's own errors printed as one message (exit 2).
+    ``--traceback`` (anywhere on the command line) or ``LIT_VR1_TRACEBACK=1`` shows the
+    full traceback instead."""
+    argv = list(sys.argv[1:] if args is None else args)
+    show_traceback = TRACEBACK_FLAG in argv or os.environ.get(TRACEBACK_ENV, "") not in ("", "0")
+    argv = [a for a in argv if a != TRACEBACK_FLAG]
+    if args is None:
+        sys.argv[1:] = argv  # the command line itself, so that Lightning does not warn about args
+    try:
+        LitVR1CLI(args=None if args is None else argv)
+    except Exception as exc:  # noqa: BLE001 - ours become one line, anything else is re-raised
+        error = None if show_traceback else user_error(exc)
+        if error is None:
+            raise
+        message = str(error).strip() or type(error).__name__
+        print(f"lit-vr1: error: {message}\n(run again with {TRACEBACK_FLAG} or {TRACEBACK_ENV}=1 for the traceback)",
+              file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,16 @@ RNG_KEY = "lit_vr1_rng_states"  # checkpoint key: one dict of global RNG states 
 ATTENTION = ("sdpa", "eager", "flash_attention_2")
 
 
+DTYPES = ("float32", "bfloat16", "float16", "auto")
+
+
+def check_dtype(name: str) -> str:
+    """``name`` if it is a weight dtype lit-vr1 loads models in; a clear error otherwise."""
+    if name not in DTYPES:
+        raise ValueError(f"model.dtype={name!r} is not valid; choose one of {', '.join(DTYPES)}")
+    return name
+
+
 def check_attention(name: str) -> str:
     """``name`` if this machine can run it; a clear error otherwise."""
     if name not in ATTENTION:
@@ -125,7 +135,7 @@ class VLMModule(LightningModule):
         self.model_name = model
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
-        self.dtype_name = dtype
+        self.dtype_name = check_dtype(dtype)
         self.attn_implementation = check_attention(attn_implementation)
         self.seed = seed
         self.eval_max_new_tokens = eval_max_new_tokens

@@ -123,7 +123,10 @@ def test_prompt_length_counts_image_tokens_as_the_processor_does(tmp_path, famil
     from lit_vr1.models.tiny import build_tiny
     from lit_vr1.rollout import encode_prompts
 
-    f, d = write(tmp_path, [rec(1), rec(2, image="small.png", gpt="[1, 1, 5, 5]"), rec(3, image=["a.png", "a.png"])])
+    f, d = write(tmp_path, [rec(1), rec(2, image="small.png", gpt="[1, 1, 5, 5]"),
+                         rec(3, image=["a.png", "a.png"], human="<image><image>Which is red?"),
+                         rec(4, image=["a.png", "small.png"], human="Is <image> redder than <image>?"),
+                         rec(5, image=["a.png", "a.png"], human="Two images, no markers")])
     ds = JsonlDataset(f, d, "qwen_rec")
     _, processor = build_tiny(family, seed=0)
     for i, r in enumerate(ds.records):

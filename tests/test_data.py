@@ -66,7 +66,8 @@ def test_unequal_lists_name_both_counts(tmp_path):
 
 def test_too_many_image_markers(tmp_path):
     f, d = _write(tmp_path, "markers", [rec(1, "a.png", "<image><image>Two?")])
-    with pytest.raises(DataError, match=r"markers\.jsonl:1: the human turn has 2 <image> markers but 1 image"):
+    message = r"markers\.jsonl:1: field 'conversations' \(human turn\) has 2 <image> marker\(s\) but field 'image' lists 1"
+    with pytest.raises(DataError, match=message):
         JsonlDataset(f, d)
 
 

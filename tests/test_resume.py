@@ -103,6 +103,10 @@ def test_sigkill_then_ckpt_path_last_continues_exactly(tmp_path):
     kill_after_checkpoint(cmd, tmp_path, ckpt / f"step={KILL_AFTER}.ckpt")
     resumed_from = torch.load(ckpt / "last.ckpt", weights_only=False)["global_step"]
     assert resumed_from in (KILL_AFTER - 1, KILL_AFTER)  # killed before or after last.ckpt was replaced
+    # the killed run's metrics.csv holds every step it completed (CSV rows are written each step)
+    killed_steps = {int(r["step"]) for p in glob.glob(str(killed / "logs" / "version_*" / "metrics.csv"))
+                    for r in csv.DictReader(open(p)) if r.get("train/loss")}
+    assert set(range(1, resumed_from + 1)) <= killed_steps
     resumed = tmp_path / "resumed"  # its own logs and rollouts, the killed run's checkpoints
     run(fit_command(resumed, ckpt, data, "--ckpt_path", "last"), tmp_path)
     after = per_step(resumed)

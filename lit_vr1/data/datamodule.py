@@ -67,6 +67,9 @@ class GroundingDataModule(LightningDataModule):
         check_boxes: check ground-truth boxes when the data is read (no area, outside the
             image by more than 1 px); set false for data whose answers are bracketed lists
             of four numbers that are not boxes.
+        images_outside_folder: accept image paths that resolve outside their image folder
+            (``../other/a.png``, absolute paths, links out); refused by default, so a data
+            file cannot read files elsewhere on the machine by accident.
     """
 
     def __init__(
@@ -92,12 +95,14 @@ class GroundingDataModule(LightningDataModule):
         bad_rows: str = "raise",
         max_prompt_length: int | None = None,
         check_boxes: bool = True,
+        images_outside_folder: bool = False,
     ) -> None:
         super().__init__()
         self.bad_rows = check_bad_rows(bad_rows)
         if max_prompt_length is not None and max_prompt_length < 1:
             raise ValueError(f"data.max_prompt_length={max_prompt_length} must be >= 1, or null for no limit")
         self.max_prompt_length, self.check_boxes = max_prompt_length, check_boxes
+        self.images_outside_folder = images_outside_folder
         self.processor: Any = None  # for max_prompt_length: the module's, or one given to use_processor
         if train_files is None and synthetic is None:
             raise ValueError("set data.train_files (with data.train_images) or data.synthetic")
@@ -165,7 +170,8 @@ class GroundingDataModule(LightningDataModule):
         self.processor = processor
 
     def _dataset(self, files: str, images: str, reward_methods: str | None) -> JsonlDataset:
-        ds = JsonlDataset(files, images, self.template, reward_methods, self.bad_rows, self.check_boxes)
+        ds = JsonlDataset(files, images, self.template, reward_methods, self.bad_rows, self.check_boxes,
+                          self.images_outside_folder)
         if self.max_prompt_length is not None:
             module = self.trainer.lightning_module if self.trainer is not None else None
             processor = self.processor or getattr(module, "processor", None)
@@ -185,7 +191,8 @@ class GroundingDataModule(LightningDataModule):
                              "(':'-separated JSONL files of prompts and their image folders)")
         if self.predict_set is None:
             self.predict_set = JsonlDataset(self.predict_files, self.predict_images, self.template,
-                                            bad_rows=self.bad_rows, check_boxes=self.check_boxes)
+                                            bad_rows=self.bad_rows, check_boxes=self.check_boxes,
+                                            images_outside_folder=self.images_outside_folder)
         return DataLoader(self.predict_set, batch_size=self.val_batch_size, collate_fn=collate,
                           num_workers=self.num_workers)
 

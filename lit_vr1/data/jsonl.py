@@ -202,6 +202,15 @@ def _field_of(obj: dict, turn: str) -> str:
     return "field 'problem'" if "problem" in obj else "field 'question'"
 
 
+def check_inside(name: str, path: str, folder: str, where: str) -> None:
+    """Refuse an image path that resolves (links followed) outside its image folder."""
+    root = os.path.realpath(folder)
+    real = os.path.realpath(path)
+    if os.path.commonpath([root, real]) != root:
+        raise DataError(f"{where}: field 'image': {name} resolves to {real}, outside the image folder {root}; "
+                        "move the image into the folder, or allow it with data.images_outside_folder=true")
+
+
 def read_image_size(path: str, where: str) -> tuple[int, int]:
     """(width, height) from the image file's header (no pixel is decoded); a
     :class:`DataError` naming ``where`` when PIL cannot identify the file."""
@@ -269,18 +278,39 @@ def check_solution_boxes(solution: Any, field: str, image_size: tuple[int, int] 
                             f"{BOX_SLACK:g} px); boxes must be in pixels of the original image (not 0-1000 or 0-1 units)")
 
 
+def _load_json(line: str, where: str) -> Any:
+    """The JSON value of one line; a :class:`DataError` with the decoder's reason and column.
+    The line's end is cut first, so a line cut off inside a string reports the unterminated
+    string rather than the newline ("Invalid control character")."""
+    try:
+        return json.loads(line.rstrip("\r\n"))
+    except json.JSONDecodeError as e:
+        reason = e.msg[:-3] if e.msg.endswith(" at") else e.msg  # "Invalid control character at" + " at column"
+        raise DataError(f"{where}: not valid JSON ({reason} at column {e.colno})") from None
+
+
+def decode_line(raw: bytes, where: str, first: bool = False) -> str:
+    """One line of a data file as text: UTF-8 (a byte-order mark allowed on the first
+    line); a :class:`DataError` naming the line, the byte and its column otherwise."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{where}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
+                        "save the file as UTF-8, or skip the line with data.bad_rows=skip") from None
+    return text[1:] if first and text.startswith("\ufeff") else text
+
+
 def parse_line(line: str, path: str, lineno: int, folder: str, task: str = "default",
-               check_boxes: bool = True) -> Record:
+               check_boxes: bool = True, images_outside_folder: bool = False) -> Record:
     """Validate one JSONL line; raise :class:`DataError` naming ``path:lineno`` and the field.
 
     Reads each image's header (its size; nothing is decoded) to check the image and the
     ground-truth boxes against it; ``check_boxes=False`` skips the box checks (for data
-    whose answers are bracketed number lists that are not boxes)."""
+    whose answers are bracketed number lists that are not boxes). An image path that
+    resolves outside ``folder`` (``../x.png``, an absolute path, a link out) is refused
+    unless ``images_outside_folder``."""
     where = f"{path}:{lineno}"
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+    obj = _load_json(line, where)
     if not isinstance(obj, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
     human, solution = _turns(obj, where)
@@ -292,13 +322,19 @@ def parse_line(line: str, path: str, lineno: int, folder: str, task: str = "defa
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise DataError(f"{where}: field 'image' must be a path or a list of paths")
     paths = [os.path.join(folder, n) for n in names]
+    if not images_outside_folder:
+        for n, p in zip(names, paths):
+            check_inside(n, p, folder, where)
     for p in paths:
         if not os.path.isfile(p):
             raise DataError(f"{where}: field 'image': image file {p} does not exist; fix the path (relative to "
                             f"the image folder {folder}) or remove the line")
     sizes = [read_image_size(p, where) for p in paths]
-    if human.count("<image>") > len(paths):
-        raise DataError(f"{where}: the human turn has {human.count('<image>')} <image> markers but {len(paths)} image(s)")
+    markers = human.count("<image>")
+    if markers and markers != len(paths):
+        raise DataError(f"{where}: {_field_of(obj, 'human')} has {markers} <image> marker(s) but field 'image' lists "
+                        f"{len(paths)} image(s); write one marker per image (each image goes where its marker "
+                        "stands), or none (the images then go before the text)")
     declared = (obj.get("width"), obj.get("height"))
     if sizes and declared != (None, None) and tuple(declared) != sizes[0]:
         raise DataError(f"{where}: fields 'width', 'height' say {declared[0]}x{declared[1]} but image {paths[0]} "
@@ -328,8 +364,8 @@ def file_tasks(data_files: str, reward_methods: str | None) -> list[str]:
     return methods
 
 
-def read_records(data_files: str, image_folders: str, reward_methods: str | None = None,
-                 bad_rows: str = "raise", check_boxes: bool = True) -> tuple[list[Record], list[SkippedRow]]:
+def read_records(data_files: str, image_folders: str, reward_methods: str | None = None, bad_rows: str = "raise",
+                 check_boxes: bool = True, images_outside_folder: bool = False) -> tuple[list[Record], list[SkippedRow]]:
     """Every record of every ':'-separated file, validated, with its task; and the rows
     left out (``bad_rows="skip"``; with "raise" the first bad row raises :class:`DataError`).
     A missing data file, or no usable row at all, raises in both modes."""
@@ -341,16 +377,19 @@ def read_records(data_files: str, image_folders: str, reward_methods: str | None
         if not os.path.isfile(path):
             raise DataError(f"data file {path} does not exist; check data.train_files (or val_files, predict_files): "
                             "':'-separated JSONL paths")
-        with open(path) as f:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
+        with open(path, "rb") as f:
+            for lineno, raw in enumerate(f, start=1):
+                where = f"{path}:{lineno}"
+                line = ""
                 try:
-                    records.append(parse_line(line, path, lineno, folder, task, check_boxes))
+                    line = decode_line(raw, where, first=lineno == 1)
+                    if not line.strip():
+                        continue
+                    records.append(parse_line(line, path, lineno, folder, task, check_boxes, images_outside_folder))
                 except DataError as e:
                     if bad_rows == "raise":
                         raise
-                    skipped.append(SkippedRow(_line_id(line, f"{path}:{lineno}"), str(e)))
+                    skipped.append(SkippedRow(_line_id(line, where), str(e)))
     if not records:
         detail = f" ({len(skipped)} bad row(s) skipped; the first: {skipped[0].reason})" if skipped else ""
         raise DataError(f"no samples found in {data_files}{detail}")
@@ -397,6 +436,7 @@ class JsonlDataset(Dataset):
             "skip" (bad rows are left out and listed in :attr:`skipped`; one that fails
             at load time is replaced by the next row that loads, see the module docstring).
         check_boxes: check the ground-truth boxes (area, inside the image).
+        images_outside_folder: accept image paths that resolve outside their image folder.
 
     Attributes:
         skipped: rows left out when the dataset was built (and by
@@ -404,10 +444,12 @@ class JsonlDataset(Dataset):
     """
 
     def __init__(self, data_files: str, image_folders: str, template: str = "plain",
-                 reward_methods: str | None = None, bad_rows: str = "raise", check_boxes: bool = True) -> None:
+                 reward_methods: str | None = None, bad_rows: str = "raise", check_boxes: bool = True,
+                 images_outside_folder: bool = False) -> None:
         self.template = check_template(template)
         self.bad_rows = check_bad_rows(bad_rows)
-        self.records, self.skipped = read_records(data_files, image_folders, reward_methods, bad_rows, check_boxes)
+        self.records, self.skipped = read_records(data_files, image_folders, reward_methods, bad_rows, check_boxes,
+                                                  images_outside_folder)
         self.failed: dict[int, SkippedRow] = {}  # rows that failed to load in this process (skip mode)
 
     def __len__(self) -> int:

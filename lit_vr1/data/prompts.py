@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-# ``{question}`` is the human turn without its <image> markers.
+# ``{question}`` is the human turn; images go where its <image> markers stand.
 TEMPLATES: dict[str, str] = {
     # Plain: the question as written in the data.
     "plain": "{question}",
@@ -27,15 +27,30 @@ def check_template(name: str) -> str:
     return name
 
 
+IMAGE_MARKER = "<image>"
+_SLOT = "\x00"  # stands for a marker while the template is applied
+
+
 def build_messages(question: str, num_images: int, template: str = "plain") -> list[dict]:
-    """One user turn: image items where the question has ``<image>`` markers, then the
-    templated text. Images the question does not mark are placed before the text (as
-    VLM-R1 does). More markers than images is an error, raised by the caller with the
-    file and line."""
-    markers = question.count("<image>")
-    if markers > num_images:
-        raise ValueError(f"the question has {markers} <image> markers but the sample has {num_images} images")
-    text = question.replace("<image>", "").strip()
-    content: list[dict] = [{"type": "image"} for _ in range(num_images)]
-    content.append({"type": "text", "text": TEMPLATES[check_template(template)].format(question=text)})
+    """One user turn: the templated question with each image where its ``<image>`` marker
+    stands ("Is <image> brighter than <image>?" -> text, image, text, image, text), in
+    order. A question without markers gets its images before the text (as VLM-R1 does).
+    Markers that do not match the images one to one raise ValueError (the data checks
+    report it with the file and line first)."""
+    markers = question.count(IMAGE_MARKER)
+    if markers and markers != num_images:
+        raise ValueError(f"the question has {markers} {IMAGE_MARKER} marker(s) but the sample has {num_images} "
+                         "image(s); write one marker per image, or none (then the images go first)")
+    content: list[dict] = []
+    if not markers:
+        content = [{"type": "image"} for _ in range(num_images)]
+    text = TEMPLATES[check_template(template)].format(question=question.replace(IMAGE_MARKER, _SLOT).strip())
+    pieces = text.split(_SLOT)
+    for i, piece in enumerate(pieces):
+        if i > 0:
+            content.append({"type": "image"})
+        piece = piece.lstrip() if i == 0 else piece
+        piece = piece.rstrip() if i == len(pieces) - 1 else piece
+        if piece:
+            content.append({"type": "text", "text": piece})
     return [{"role": "user", "content": content}]
