@@ -34,7 +34,6 @@ import os
 import platform
 import sys
 import tempfile
-import threading
 import time
 from importlib import metadata
 from pathlib import Path
@@ -101,15 +100,6 @@ def _length_reward_class():
 
 
 CompletionLength = _length_reward_class()
-def _judge_server():
-    from lit_vr1.rewards.reward_model import JudgeScorer
-    from lit_vr1.rewards.serve import make_server
-
-    server = make_server(JudgeScorer("tiny:qwen2_5_vl"), "127.0.0.1", 0)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, f"http://127.0.0.1:{server.server_address[1]}/score"
-
-
 def rewards_overlay(recipe: str, url: str | None, path: Path, length_reward: str) -> str:
     """A config overlay that keeps the recipe's reward list, points its remote judge at ``url``
     and adds the reward ``length_reward`` (a class path) at weight 0.1: a random tiny model never
@@ -132,10 +122,11 @@ def run_twins(device: str, root: Path) -> list[dict]:
 
     from lit_vr1.cli import LitVR1CLI
     from lit_vr1.models.loading import load_model
+    from lit_vr1.rewards.serve import launch
 
-    server, url = _judge_server()
     out = []
-    try:
+    with launch("tiny:qwen2_5_vl") as judge:  # the R1V-Free twin's HTTP judge (LitServe)
+        url = judge.url + "/score"
         for recipe in RECIPES:
             work = root / recipe
             work.mkdir(parents=True, exist_ok=True)
@@ -162,9 +153,6 @@ def run_twins(device: str, root: Path) -> list[dict]:
             row["wall_s"] = time.perf_counter() - t0
             out.append(row)
             print(f"twin {recipe}: {row}", flush=True)
-    finally:
-        server.shutdown()
-        server.server_close()
     return out
 
 

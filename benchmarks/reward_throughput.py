@@ -13,10 +13,10 @@ figures measure our plumbing, not a real judge's forward pass. Prints the median
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import statistics
-import threading
 import time
 
 from PIL import Image
@@ -119,24 +119,22 @@ def main(argv: list[str] | None = None) -> None:
         ("RepetitionPenalty(words)", RepetitionPenalty(), reason),
         ("RepetitionPenalty(JSON items)", RepetitionPenalty(), det),
     ]
-    server = None
-    if not args.skip_models:
-        from lit_vr1.rewards.reward_model import JudgeScorer, RemoteRewardModel, RewardModelReward
-        from lit_vr1.rewards.serve import make_server
+    with contextlib.ExitStack() as stack:
+        if not args.skip_models:
+            from lit_vr1.rewards.reward_model import JudgeScorer, RemoteRewardModel, RewardModelReward
+            from lit_vr1.rewards.serve import launch
 
-        scorer = JudgeScorer("tiny:qwen2_5_vl")
-        server = make_server(scorer, "127.0.0.1", 0)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        url = f"http://127.0.0.1:{server.server_address[1]}/score"
-        cases += [
-            ("RewardModelReward (tiny judge)", RewardModelReward(scorer=scorer), reason),
-            ("RemoteRewardModel (tiny judge, HTTP)", RemoteRewardModel(url=url), reason),
-        ]
-    print(f"{'reward':40s} completions/s (n={args.n}, median of {args.repeats})")
-    for name, reward, (comps, ctxs) in cases:
-        print(f"{name:40s} {time_reward(reward, comps, ctxs, args.repeats):12.0f}", flush=True)
-    if server is not None:
-        server.shutdown()
+            scorer = JudgeScorer("tiny:qwen2_5_vl")
+            url = stack.enter_context(launch("tiny:qwen2_5_vl")).url
+            cases += [
+                ("RewardModelReward (tiny judge)", RewardModelReward(scorer=scorer), reason),
+                ("RemoteRewardModel (tiny judge, HTTP)", RemoteRewardModel(url=url + "/score"), reason),
+                ("RemoteRewardModel (openai protocol)",
+                 RemoteRewardModel(url=url + "/v1/chat/completions", protocol="openai"), reason),
+            ]
+        print(f"{'reward':40s} completions/s (n={args.n}, median of {args.repeats})")
+        for name, reward, (comps, ctxs) in cases:
+            print(f"{name:40s} {time_reward(reward, comps, ctxs, args.repeats):12.0f}", flush=True)
 
 
 if __name__ == "__main__":

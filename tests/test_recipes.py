@@ -12,7 +12,6 @@ import csv
 import glob
 import math
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -40,16 +39,11 @@ RECIPES = {
 
 @pytest.fixture(scope="module")
 def judge_url():
-    """The recipe's HTTP judge, for real: lit-vr1's scorer server with a tiny random judge."""
-    from lit_vr1.rewards.reward_model import JudgeScorer
-    from lit_vr1.rewards.serve import make_server
+    """The recipe's HTTP judge, for real: lit-vr1's LitServe judge server with a tiny random judge."""
+    from lit_vr1.rewards.serve import launch
 
-    server = make_server(JudgeScorer("tiny:qwen2_5_vl"), "127.0.0.1", 0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/score"
-    server.shutdown()
-    server.server_close()
+    with launch("tiny:qwen2_5_vl") as served:
+        yield served.url + "/score"
 
 
 @pytest.mark.parametrize("recipe", sorted(RECIPES))

@@ -10,8 +10,6 @@ import math
 import socket
 import threading
 import time
-import urllib.error
-import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -26,7 +24,6 @@ from lit_vr1.rewards.reward_model import (
     RewardModelReward,
     ScoreItem,
 )
-from lit_vr1.rewards.serve import make_server
 
 QUESTION = "What colour is the square?"
 
@@ -162,48 +159,7 @@ def test_reward_model_reward_builds_its_scorer_lazily_once(monkeypatch):
         RewardModelReward()
 
 
-# The real server ----------------------------------------------------------------------
-
-def test_remote_scores_equal_in_process_scores_and_batches_requests(scorer, images):
-    comps, ctxs = batch(images, 7)
-    local = RewardModelReward(scorer=scorer)(comps, ctxs)
-    server = make_server(scorer, "127.0.0.1", 0, model_name="tiny:qwen2_5_vl")
-    with serving(server) as url:
-        remote = RemoteRewardModel(url + "/score", timeout_s=30.0, batch_size=3)
-        scores = remote(comps, ctxs)
-        assert server.requests == 3 and server.items == 7  # ceil(7 / 3) requests
-        assert remote.attempts == 3
-    assert max(abs(a - b) for a, b in zip(local, scores)) < 1e-5
-    assert len(set(round(s, 6) for s in scores)) > 1
-
-
-def test_server_health_and_bad_requests(scorer):
-    server = make_server(scorer, "127.0.0.1", 0, model_name="judge-x")
-    with serving(server) as url:
-        with urllib.request.urlopen(url + "/health", timeout=10) as resp:
-            assert json.loads(resp.read()) == {"status": "ok", "model": "judge-x"}
-
-        def post(body: bytes, path: str = "/score") -> tuple[int, dict]:
-            req = urllib.request.Request(url + path, data=body, headers={"Content-Type": "application/json"})
-            try:
-                with urllib.request.urlopen(req, timeout=10) as resp:
-                    return resp.status, json.loads(resp.read())
-            except urllib.error.HTTPError as e:
-                return e.code, json.loads(e.read())
-
-        status, data = post(b"{not json")
-        assert status == 400 and "not JSON" in data["error"]
-        status, data = post(json.dumps({"questions": []}).encode())
-        assert status == 400 and '"items"' in data["error"]
-        status, data = post(json.dumps({"items": [{"question": 1, "answer": "a"}]}).encode())
-        assert status == 400 and "items[0]" in data["error"]
-        status, data = post(json.dumps({"items": [{"question": "q", "answer": "a", "image": "@@@"}]}).encode())
-        assert status == 400 and "base64" in data["error"]
-        status, data = post(b"{}", path="/nope")
-        assert status == 404
-        assert post(json.dumps({"items": []}).encode()) == (200, {"scores": []})
-        assert server.requests == 1  # only the empty request was scored
-
+# The real server (LitServe): tests/test_judge_server.py
 
 # Faulty servers ------------------------------------------------------------------------
 

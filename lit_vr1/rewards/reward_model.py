@@ -29,19 +29,25 @@ import http.client
 import io
 import json
 import math
+import os
+import re
 import socket
 import time
 import urllib.parse
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from PIL import Image
+from torch import Tensor
 
 from lit_vr1.rewards.base import Reward, SampleContext
 from lit_vr1.rewards.boxes import answer_text
 
+PROTOCOLS = ("lit-vr1", "openai")
+KEY_ENV = "LIT_VR1_JUDGE_KEY"  # the judge server's token, read by the client and the server
 DEFAULT_JUDGE_PROMPT = (
     "Question: {question}\n"
     "Candidate answer: {answer}\n"
@@ -63,6 +69,14 @@ def items_for(completions: list[str], contexts: list[SampleContext]) -> list[Sco
     """(prompt, answer in the last <answer> tags, first image) of each completion."""
     return [ScoreItem(ctx.prompt, answer_text(comp).strip(), ctx.images[0] if ctx.images else None)
             for comp, ctx in zip(completions, contexts)]
+
+
+def special_token_pattern(tokenizer) -> re.Pattern | None:
+    """A regex matching every special or added token string of ``tokenizer`` (longest first)."""
+    words = set(getattr(tokenizer, "all_special_tokens", []) or [])
+    words |= set(getattr(tokenizer, "get_added_vocab", dict)() or {})
+    ordered = sorted((w for w in words if w), key=len, reverse=True)
+    return re.compile("|".join(re.escape(w) for w in ordered)) if ordered else None
 
 
 def _as_words(token: str | Sequence[str]) -> list[str]:
@@ -134,34 +148,58 @@ class JudgeScorer:
                 ids.append(enc[0])
         return ids
 
-    def _texts(self, items: list[ScoreItem]) -> list[str]:
-        texts = []
-        for it in items:
-            content: list[dict[str, str]] = [{"type": "image"}] if it.image is not None else []
-            content.append({"type": "text", "text": self.prompt_template.format(question=it.question, answer=it.answer)})
-            messages = [{"role": "user", "content": content}]
-            texts.append(self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
-        return texts
+    def clean(self, text: str) -> str:
+        """``text`` without the tokenizer's special and added tokens (``<|image_pad|>``,
+        ``<|im_end|>``, ...): text written by the policy is untrusted, and a spelled-out
+        image token would break the judge's input (its image tokens would not match)."""
+        if not hasattr(self, "_special"):
+            self._special = special_token_pattern(self.processor.tokenizer)
+        return self._special.sub("", text) if self._special is not None else text
+
+    def prompt_text(self, item: ScoreItem) -> str:
+        """The judge prompt of one item: the template filled with its cleaned question and answer."""
+        return self.prompt_template.format(question=self.clean(item.question), answer=self.clean(item.answer))
 
     @torch.no_grad()
-    def _score_batch(self, items: list[ScoreItem]) -> list[float]:
-        images = [it.image.convert("RGB") for it in items if it.image is not None]
-        enc = self.processor(text=self._texts(items), images=images or None, padding=True, padding_side="left",
-                             return_tensors="pt")
+    def _yes_no(self, prompts: list[str], images: list[Image.Image | None]) -> tuple[Tensor, Tensor, Tensor]:
+        """(logsumexp of the yes logits, of the no logits, over the whole vocabulary) of the
+        first answer token after each prompt (cleaned, chat-templated, image first)."""
+        texts = []
+        for prompt, image in zip(prompts, images):
+            content: list[dict[str, str]] = [{"type": "image"}] if image is not None else []
+            content.append({"type": "text", "text": self.clean(prompt)})
+            texts.append(self.processor.apply_chat_template([{"role": "user", "content": content}],
+                                                            add_generation_prompt=True, tokenize=False))
+        pixels = [im.convert("RGB") for im in images if im is not None]
+        enc = self.processor(text=texts, images=pixels or None, padding=True, padding_side="left", return_tensors="pt")
         enc = {k: v.to(self.device) for k, v in enc.items()}
         logits = self.model(**enc, logits_to_keep=1).logits[:, -1, :].float()
         yes = torch.logsumexp(logits[:, self.yes_ids], dim=-1)
         no = torch.logsumexp(logits[:, self.no_ids], dim=-1)
-        return torch.sigmoid(yes - no).cpu().tolist()
+        return yes, no, torch.logsumexp(logits, dim=-1)
+
+    def _batches(self, prompts: list[str], images: list[Image.Image | None]):
+        if self.model.training:
+            self.model.eval()
+        for start in range(0, len(prompts), self.batch_size):
+            yield self._yes_no(prompts[start:start + self.batch_size], images[start:start + self.batch_size])
 
     def score(self, items: list[ScoreItem]) -> list[float]:
         """p(yes) / (p(yes) + p(no)) of each item, in batches of ``batch_size``."""
-        if self.model.training:
-            self.model.eval()
         out: list[float] = []
-        for start in range(0, len(items), self.batch_size):
-            out.extend(self._score_batch(items[start:start + self.batch_size]))
+        for yes, no, _ in self._batches([self.prompt_text(it) for it in items], [it.image for it in items]):
+            out.extend(torch.sigmoid(yes - no).cpu().tolist())
         return out
+
+    def yes_no_logprobs(self, prompts: list[str], images: list[Image.Image | None]) -> tuple[list[float], list[float]]:
+        """log p(yes) and log p(no) (over the whole vocabulary) of each ready-made prompt:
+        what the OpenAI chat protocol returns. sigmoid(yes - no) equals :meth:`score`."""
+        yes_out: list[float] = []
+        no_out: list[float] = []
+        for yes, no, norm in self._batches(prompts, images):
+            yes_out.extend((yes - norm).cpu().tolist())
+            no_out.extend((no - norm).cpu().tolist())
+        return yes_out, no_out
 
 
 def _binarised(scores: list[float], threshold: float | None) -> list[float]:
@@ -246,13 +284,46 @@ def parse_scores(body: bytes, count: int) -> list[float]:
     return [float(s) for s in scores]
 
 
+def parse_chat_logprobs(body: bytes, yes_words: Sequence[str], no_words: Sequence[str]) -> float:
+    """p(yes) / (p(yes) + p(no)) from an OpenAI chat completion with ``logprobs``: the
+    first generated token's ``top_logprobs`` entries whose text, stripped and lower-cased,
+    is a yes or a no word (probabilities summed per side; a side not listed counts 0)."""
+    try:
+        data = json.loads(body)
+        tops = data["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+        pairs = [(str(t["token"]).strip().lower(), float(t["logprob"])) for t in tops]
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, IndexError, TypeError, ValueError) as e:
+        raise _BadAnswer(f"response is not a chat completion with logprobs ({type(e).__name__}: {e}): "
+                         f"{body[:200]!r}") from None
+    yes_set, no_set = {w.strip().lower() for w in yes_words}, {w.strip().lower() for w in no_words}
+    p_yes = sum(math.exp(lp) for tok, lp in pairs if tok in yes_set)
+    p_no = sum(math.exp(lp) for tok, lp in pairs if tok in no_set)
+    if p_yes + p_no <= 0:
+        raise _BadAnswer(f"neither {sorted(yes_set)} nor {sorted(no_set)} among the top log-probs "
+                         f"{[tok for tok, _ in pairs][:10]}; ask for more with top_logprobs")
+    return p_yes / (p_yes + p_no)
+
+
 class RemoteRewardModel(Reward):
     """Scores of (question, answer in <answer> tags, first image) from a judge served over
-    HTTP (``python -m lit_vr1.rewards.serve``). Standard library only (``http.client``).
+    HTTP: ``python -m lit_vr1.rewards.serve`` (LitServe), or any server speaking OpenAI's
+    chat protocol with log-probabilities (vLLM, SGLang). Standard library only
+    (``http.client``).
 
-    Each batch of ``batch_size`` completions is one ``POST url`` with JSON
-    ``{"items": [{"question", "answer", "image": base64 PNG or null}]}``, answered by
-    ``{"scores": [one number per item]}``.
+    ``protocol="lit-vr1"`` (default): each batch of ``batch_size`` completions is one
+    ``POST url`` (``.../score``) with JSON ``{"items": [{"question", "answer", "image":
+    base64 PNG or null}]}``, answered by ``{"scores": [one number per item]}``.
+
+    ``protocol="openai"``: each completion is one ``POST url``
+    (``.../v1/chat/completions``) with the judge prompt (``prompt_template`` filled with
+    the question and the answer) and the image as a ``data:`` URL, ``max_tokens: 1``,
+    ``logprobs: true`` and ``top_logprobs``; the score is p(yes) / (p(yes) + p(no)) read
+    from the first token's top log-probabilities (:func:`parse_chat_logprobs`). The
+    requests of a batch go out ``batch_size`` at a time, in parallel. Against
+    lit-vr1's own server both protocols give the same scores.
+
+    ``api_key`` (default: the ``LIT_VR1_JUDGE_KEY`` environment variable) is sent as
+    ``Authorization: Bearer <key>``; a server opened to the network requires it.
 
     Failures (timeout, refused connection, HTTP error status, a body that is not JSON or
     has the wrong count or non-numbers) are retried up to ``max_retries`` times,
@@ -268,11 +339,18 @@ class RemoteRewardModel(Reward):
     retry, with timeouts, once per completion.
 
     Args:
-        url: the scoring endpoint, e.g. ``http://127.0.0.1:8000/score``.
+        url: the endpoint, e.g. ``http://127.0.0.1:8000/score`` or
+            ``http://judge:8000/v1/chat/completions``.
         timeout_s, max_retries, backoff_s: as above.
-        batch_size: items per request.
+        batch_size: items per request (lit-vr1), parallel requests (openai).
         threshold: as for :class:`RewardModelReward`.
         down_for_s: see above (0 turns it off).
+        protocol: "lit-vr1" or "openai".
+        model: the model name sent in OpenAI requests (what the server serves).
+        api_key: the server's token (default: ``$LIT_VR1_JUDGE_KEY``; none: no header).
+        prompt_template, yes_token, no_token: the judge prompt and the words read as yes
+            and no, for the openai protocol (the lit-vr1 server holds its own).
+        top_logprobs: how many top log-probabilities an OpenAI server is asked for.
         **kwargs: weight, name, tasks, on_error of :class:`Reward`.
     """
 
@@ -281,8 +359,19 @@ class RemoteRewardModel(Reward):
 
     def __init__(self, url: str, timeout_s: float = 30.0, max_retries: int = 2, backoff_s: float = 0.5,
                  batch_size: int = 16, threshold: float | None = None, down_for_s: float = 10.0,
-                 **kwargs: Any) -> None:
+                 protocol: Literal["lit-vr1", "openai"] = "lit-vr1", model: str = "", api_key: str | None = None,
+                 prompt_template: str = DEFAULT_JUDGE_PROMPT, yes_token: str | Sequence[str] = "yes",
+                 no_token: str | Sequence[str] = "no", top_logprobs: int = 20, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"RemoteRewardModel: protocol={protocol!r} is not valid; choose one of {', '.join(PROTOCOLS)}")
+        if "{question}" not in prompt_template or "{answer}" not in prompt_template:
+            raise ValueError("RemoteRewardModel: prompt_template must contain {question} and {answer}")
+        self.protocol, self.model = protocol, model
+        self.api_key = api_key if api_key is not None else (os.environ.get(KEY_ENV) or None)
+        self.prompt_template = prompt_template
+        self.yes_words, self.no_words = _as_words(yes_token), _as_words(no_token)
+        self.top_logprobs = int(top_logprobs)
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"RemoteRewardModel: url {url!r} is not an http(s) URL")
@@ -313,18 +402,41 @@ class RemoteRewardModel(Reward):
                  for it in items_for(completions, contexts)]
         out: list[float] = []
         for start in range(0, len(items), self.batch_size):
-            out.extend(self.request(items[start:start + self.batch_size]))
+            chunk = items[start:start + self.batch_size]
+            if self.protocol == "openai":
+                with ThreadPoolExecutor(max_workers=len(chunk)) as pool:
+                    out.extend(pool.map(self.chat, chunk))
+            else:
+                out.extend(self.request(chunk))
         return _binarised(out, self.threshold)
+
+    def chat_body(self, item: dict[str, Any]) -> bytes:
+        """The OpenAI chat request judging one protocol item."""
+        content: list[dict[str, Any]] = []
+        if item["image"] is not None:
+            content.append({"type": "image_url", "image_url": {"url": f"data:image/png;base64,{item['image']}"}})
+        content.append({"type": "text", "text": self.prompt_template.format(question=item["question"],
+                                                                             answer=item["answer"])})
+        return json.dumps({"model": self.model, "messages": [{"role": "user", "content": content}], "max_tokens": 1,
+                           "temperature": 0.0, "logprobs": True, "top_logprobs": self.top_logprobs}).encode("utf-8")
+
+    def chat(self, item: dict[str, Any]) -> float:
+        """The score of one item over the OpenAI chat protocol, with retries."""
+        return self._with_retries(self.chat_body(item),
+                                  lambda body: parse_chat_logprobs(body, self.yes_words, self.no_words))
 
     def request(self, items: list[dict[str, Any]]) -> list[float]:
         """Scores of one batch of protocol items, with retries (see the class docstring)."""
+        return self._with_retries(json.dumps({"items": items}).encode("utf-8"),
+                                  lambda body: parse_scores(body, len(items)))
+
+    def _with_retries(self, body: bytes, parse):
         if self._down is not None:
             until, message = self._down
             if time.monotonic() < until:
                 raise RemoteRewardError(f"{message} (not retried: server taken as down for "
                                         f"{until - time.monotonic():.1f} s more)")
             self._down = None
-        body = json.dumps({"items": items}).encode("utf-8")
         attempts, cause = 0, None
         for attempt in range(self.max_retries + 1):
             if attempt:
@@ -332,7 +444,7 @@ class RemoteRewardModel(Reward):
             attempts += 1
             self.attempts += 1
             try:
-                return parse_scores(self._post(body), len(items))
+                return parse(self._post(body))
             except (_Transport, _BadAnswer) as e:
                 cause = e
         message = (f"remote reward model {self.url} failed after {attempts} attempt(s); "
@@ -359,7 +471,10 @@ class RemoteRewardModel(Reward):
             conn.connect()
             sock = conn.sock  # kept: the response reads from it even after conn lets go of it
             sock.settimeout(left())
-            conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+            headers = {"Content-Type": "application/json"}
+            if self.api_key:
+                headers["Authorization"] = f"Bearer {self.api_key}"
+            conn.request("POST", path, body=body, headers=headers)
             sock.settimeout(left())
             resp = conn.getresponse()
             chunks = []

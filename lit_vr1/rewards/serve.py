@@ -1,170 +1,495 @@
-"""Serve a :class:`~lit_vr1.rewards.reward_model.JudgeScorer` over HTTP (standard library only).
+"""Serve a :class:`~lit_vr1.rewards.reward_model.JudgeScorer` over HTTP, on LitServe.
 
-    python -m lit_vr1.rewards.serve --model Qwen/Qwen2.5-VL-7B-Instruct --host 127.0.0.1 --port 8000 \\
-        --device cuda:0 --batch-size 16
+    python -m lit_vr1.rewards.serve --model Qwen/Qwen2.5-VL-7B-Instruct --port 8000 --device cuda:0
 
-Protocol (what :class:`~lit_vr1.rewards.reward_model.RemoteRewardModel` speaks):
+LitServe (Lightning's model server: FastAPI + uvicorn, the model in its own worker
+process, request timeouts, health) runs the judge; a guard in front of it (an ASGI
+middleware, :class:`Guard`) makes hostile clients harmless before a request reaches the
+model. Two protocols, one model:
 
 * ``POST /score`` with ``{"items": [{"question": str, "answer": str, "image": base64 image or null}]}``
-  -> ``200 {"scores": [float in [0, 1], one per item]}``;
-* ``GET /health`` -> ``200 {"status": "ok", "model": name}``;
-* a body that is not such JSON -> ``400 {"error": message}``; a scoring failure -> ``500 {"error": ...}``.
+  -> ``200 {"scores": [p(yes) / (p(yes) + p(no)), one per item]}``
+  (what :class:`~lit_vr1.rewards.reward_model.RemoteRewardModel` speaks by default);
+* ``POST /v1/chat/completions``, OpenAI's chat protocol: one user message holding the
+  judge prompt as text and at most one image (``image_url`` with a ``data:`` URL);
+  ``logprobs: true`` -> the answer "yes" or "no" with the log-probabilities of both
+  (``RemoteRewardModel(protocol="openai")`` speaks it, and so do vLLM and SGLang, so a
+  7B judge can run there instead, unchanged on the client side);
+* ``GET /health`` -> ``200 ok`` once the model is loaded (503 before); ``GET /info``
+  names the model.
 
-Requests are served in threads, but scoring holds one lock: one model, one batch at a time.
+What the guard enforces (each a status code and a JSON ``{"error": ...}`` body):
+Content-Length required (411), a number >= 0 (400), at most ``--max-body-mb`` (413); the
+whole body within ``--body-timeout-s`` (408: a client that announces 1000 bytes and
+sends 13 cannot hold the server), all of it (400 when the client closes early); at most
+``--max-items`` items, ``--max-text-chars`` characters of question plus answer per item
+and ``--max-image-pixels`` pixels per image, read from the image header before anything
+is decoded (400); a token (``Authorization: Bearer <token>`` or ``X-API-Key``) on every
+path but ``/health`` when the server has one (401). A server bound to anything but
+loopback refuses to start without a token (``--api-key`` or ``LIT_VR1_JUDGE_KEY``).
+uvicorn queues up to 2048 pending connections. Work per request is bounded by the item,
+text and pixel caps, and a request that waited longer than ``--request-timeout-s`` in the
+queue is answered 504 and not scored (its client has given up). Text from the policy is
+untrusted: the tokenizer's special tokens (``<|image_pad|>``, ``<|im_end|>``, ...) are
+removed from it before it reaches the judge's prompt.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import binascii
+import contextlib
+import glob
 import io
+import ipaddress
 import json
-import logging
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
 from typing import Any
 
+import litserve as ls
+from fastapi import HTTPException
 from PIL import Image, UnidentifiedImageError
 
-from lit_vr1.rewards.reward_model import JudgeScorer, ScoreItem
+from lit_vr1.rewards.reward_model import KEY_ENV, ScoreItem
 
-log = logging.getLogger(__name__)
+SCORE_PATH, CHAT_PATH = "/score", "/v1/chat/completions"
+OPEN_PATHS = ("/health",)  # answered without a token
 
-MAX_BODY_BYTES = 256 * 1024 * 1024
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask of the server."""
+
+    max_body_bytes: int = 64 * 1024 * 1024
+    body_timeout_s: float = 10.0
+    max_items: int = 64
+    max_text_chars: int = 16_000
+    max_image_pixels: int = 4096 * 4096
 
 
 class BadRequest(ValueError):
-    """The request body is not a valid scoring request; the message says why."""
+    """The request is not a valid scoring request; ``status`` and the message say why."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
 
 
-def parse_items(body: bytes) -> list[ScoreItem]:
-    """The items of a ``POST /score`` body, or :class:`BadRequest`."""
+# --------------------------------------------------------------------------- request parsing (pure)
+
+
+def _image_bytes(value: Any, where: str) -> bytes:
+    if not isinstance(value, str):
+        raise BadRequest(f"{where} must be a base64 string or null")
+    if value.startswith("data:"):
+        value = value.partition(",")[2]
     try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BadRequest(f"body is not JSON: {e}") from None
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise BadRequest(f"{where} is not a base64-encoded image: {e}") from None
+
+
+def open_image(data: bytes, where: str, limits: Limits, decode: bool) -> Image.Image:
+    """The image in ``data``, its size checked from the header before any pixel is decoded
+    (a 20000 x 20000 PNG is a few hundred bytes); decoded to RGB when ``decode``."""
+    try:
+        image = Image.open(io.BytesIO(data))
+        width, height = image.size
+    except Image.DecompressionBombError as e:  # PIL's own guard, far above ours
+        raise BadRequest(f"{where} is over the limit of {limits.max_image_pixels} pixels ({e})") from None
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise BadRequest(f"{where} is not an image PIL can read: {e}") from None
+    if width * height > limits.max_image_pixels:
+        raise BadRequest(f"{where} is {width}x{height} = {width * height} pixels, over the limit of "
+                         f"{limits.max_image_pixels}; send a smaller image")
+    if decode:
+        try:
+            image.load()
+            image = image.convert("RGB")
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            raise BadRequest(f"{where} cannot be decoded: {e}") from None
+    return image
+
+
+def _text(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise BadRequest(f"{where} must be a string")
+    return value
+
+
+def parse_score_request(data: Any, limits: Limits, decode: bool = True) -> list[ScoreItem]:
+    """The items of a ``POST /score`` body (decoded JSON), checked against ``limits``."""
     if not isinstance(data, dict) or not isinstance(data.get("items"), list):
         raise BadRequest('body must be a JSON object with a list "items"')
+    raw_items = data["items"]
+    if len(raw_items) > limits.max_items:
+        raise BadRequest(f"{len(raw_items)} items, over the limit of {limits.max_items} per request; send smaller batches")
     items = []
-    for i, raw in enumerate(data["items"]):
+    for i, raw in enumerate(raw_items):
         if not isinstance(raw, dict):
             raise BadRequest(f"items[{i}] is not an object")
-        question, answer, image = raw.get("question"), raw.get("answer"), raw.get("image")
-        if not isinstance(question, str) or not isinstance(answer, str):
-            raise BadRequest(f'items[{i}] needs string "question" and "answer"')
+        question, answer = _text(raw.get("question"), f"items[{i}].question"), _text(raw.get("answer"), f"items[{i}].answer")
+        if len(question) + len(answer) > limits.max_text_chars:
+            raise BadRequest(f"items[{i}] has {len(question) + len(answer)} characters of question and answer, over "
+                             f"the limit of {limits.max_text_chars}")
+        image = raw.get("image")
         if image is not None:
-            if not isinstance(image, str):
-                raise BadRequest(f'items[{i}].image must be a base64 string or null')
-            try:
-                image = Image.open(io.BytesIO(base64.b64decode(image, validate=True)))
-                image.load()
-                image = image.convert("RGB")
-            except (binascii.Error, ValueError, UnidentifiedImageError, OSError) as e:
-                raise BadRequest(f"items[{i}].image is not a base64-encoded image: {e}") from None
+            image = open_image(_image_bytes(image, f"items[{i}].image"), f"items[{i}].image", limits, decode)
         items.append(ScoreItem(question, answer, image))
     return items
 
 
-class ScoreServer(ThreadingHTTPServer):
-    """A threading HTTP server holding the scorer, its lock and request counters."""
+@dataclass
+class ChatPrompt:
+    """One OpenAI chat request reduced to what the judge reads: the prompt text, the image."""
 
-    daemon_threads = True
-
-    def __init__(self, address: tuple[str, int], scorer: JudgeScorer, model_name: str | None = None) -> None:
-        super().__init__(address, ScoreHandler)
-        self.scorer = scorer
-        self.model_name = model_name or getattr(scorer, "model_name", "") or type(scorer).__name__
-        self.lock = threading.Lock()  # one model: one batch at a time
-        self.requests = 0  # POST /score requests scored
-        self.items = 0  # items scored
-
-    @property
-    def url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"http://{host}:{port}"
+    text: str
+    image: Image.Image | None
+    model: str
 
 
-class ScoreHandler(BaseHTTPRequestHandler):
-    server: ScoreServer
-    server_version = "lit-vr1-reward/1"
-
-    def _send(self, status: int, payload: dict[str, Any]) -> None:
-        data = json.dumps(payload).encode("utf-8")
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        if self.path.rstrip("/") == "/health":
-            self._send(200, {"status": "ok", "model": self.server.model_name})
+def parse_chat_request(data: Any, limits: Limits, decode: bool = True) -> ChatPrompt:
+    """The judge prompt of an OpenAI ``/v1/chat/completions`` body: one user message whose
+    content is a string or parts of type ``text`` and (at most one) ``image_url``."""
+    if not isinstance(data, dict) or not isinstance(data.get("messages"), list) or not data["messages"]:
+        raise BadRequest('body must be a JSON object with a non-empty list "messages"')
+    users = [m for m in data["messages"] if isinstance(m, dict) and m.get("role") == "user"]
+    if len(users) != 1:
+        raise BadRequest("the judge takes exactly one user message")
+    content = users[0].get("content")
+    parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
+    if not isinstance(parts, list):
+        raise BadRequest("messages[].content must be a string or a list of parts")
+    texts, images = [], []
+    for k, part in enumerate(parts):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text":
+            texts.append(_text(part.get("text"), f"content[{k}].text"))
+        elif kind == "image_url":
+            url = part.get("image_url", {})
+            url = url.get("url") if isinstance(url, dict) else url
+            if not isinstance(url, str) or not url.startswith("data:"):
+                raise BadRequest(f"content[{k}].image_url must be a data: URL (the judge fetches nothing)")
+            images.append(open_image(_image_bytes(url, f"content[{k}].image_url"), f"content[{k}].image_url",
+                                     limits, decode))
         else:
-            self._send(404, {"error": f"no such path {self.path!r}; use POST /score or GET /health"})
+            raise BadRequest(f"content[{k}] has type {kind!r}; the judge reads text and image_url parts")
+    if len(images) > 1:
+        raise BadRequest(f"{len(images)} images; the judge reads at most one per request")
+    text = "\n".join(texts)
+    if not text.strip() or len(text) > limits.max_text_chars:
+        raise BadRequest(f"the prompt must have 1 to {limits.max_text_chars} characters, got {len(text)}")
+    return ChatPrompt(text, images[0] if images else None, str(data.get("model", "")))
 
-    def do_POST(self) -> None:  # noqa: N802
-        if self.path.rstrip("/") != "/score":
-            self._send(404, {"error": f"no such path {self.path!r}; use POST /score"})
+
+def chat_response(prompt: ChatPrompt, logp_yes: float, logp_no: float, model_name: str, top: int) -> dict:
+    """An OpenAI chat completion answering "yes" or "no" (the likelier), with both words'
+    log-probabilities (log-softmax over the whole vocabulary) in ``logprobs``."""
+    answer, logp = ("yes", logp_yes) if logp_yes >= logp_no else ("no", logp_no)
+    tops = sorted([("yes", logp_yes), ("no", logp_no)], key=lambda t: -t[1])[: max(top, 2)]
+    return {
+        "id": f"judge-{time.time_ns()}", "object": "chat.completion", "created": int(time.time()),
+        "model": prompt.model or model_name,
+        "choices": [{
+            "index": 0, "finish_reason": "stop",
+            "message": {"role": "assistant", "content": answer},
+            "logprobs": {"content": [{"token": answer, "logprob": logp, "bytes": list(answer.encode()),
+                                      "top_logprobs": [{"token": t, "logprob": v, "bytes": list(t.encode())}
+                                                       for t, v in tops]}]},
+        }],
+        "usage": {"prompt_tokens": 0, "completion_tokens": 1, "total_tokens": 1},
+    }
+
+
+# --------------------------------------------------------------------------- the guard (ASGI middleware)
+
+
+async def _send_json(send, status: int, payload: dict) -> None:
+    body = json.dumps(payload).encode()
+    try:
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+    except (OSError, RuntimeError):  # the client has gone: nothing to tell it
+        pass
+
+
+class Guard:
+    """ASGI middleware in front of LitServe; see the module docstring for what it refuses.
+
+    It reads the whole body itself (bounded in size and time), validates it without
+    decoding pixels, and hands the body on to LitServe; ``/v1/chat/completions`` is served
+    by the same model as ``/score`` (the path is rewritten, the body tells them apart)."""
+
+    def __init__(self, app, limits: Limits = Limits(), api_key: str | None = None) -> None:
+        self.app, self.limits, self.api_key = app, limits, api_key
+
+    def _authorized(self, headers: dict[bytes, bytes]) -> bool:
+        if not self.api_key:
+            return True
+        bearer = headers.get(b"authorization", b"").decode("latin-1")
+        given = bearer[7:].strip() if bearer.lower().startswith("bearer ") else headers.get(b"x-api-key", b"").decode("latin-1")
+        return bool(given) and given == self.api_key
+
+    async def _read_body(self, receive, length: int) -> bytes:
+        chunks, size = [], 0
+        deadline = time.monotonic() + self.limits.body_timeout_s
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BadRequest(f"the body did not arrive within {self.limits.body_timeout_s:g} s", 408)
+            try:
+                message = await asyncio.wait_for(receive(), remaining)
+            except asyncio.TimeoutError:
+                raise BadRequest(f"the body did not arrive within {self.limits.body_timeout_s:g} s", 408) from None
+            if message["type"] == "http.disconnect":
+                raise BadRequest(f"the client closed after {size} of {length} bytes", 400)
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > length:
+                raise BadRequest(f"the body is longer than its Content-Length {length}", 400)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        if size != length:
+            raise BadRequest(f"the body has {size} of the {length} bytes its Content-Length announces", 400)
+        return b"".join(chunks)
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        path = scope["path"].rstrip("/") or "/"
+        if path not in OPEN_PATHS and not self._authorized(headers):
+            await _send_json(send, 401, {"error": "a valid token is required: Authorization: Bearer <token> "
+                                                  "(or X-API-Key: <token>)"})
+            return
+        if scope["method"] != "POST" or path not in (SCORE_PATH, CHAT_PATH):
+            await self.app(scope, receive, send)
             return
         try:
-            length = int(self.headers.get("Content-Length", ""))
-        except ValueError:
-            self._send(411, {"error": "a Content-Length header is required"})
-            return
-        if length < 0 or length > MAX_BODY_BYTES:
-            self._send(413, {"error": f"body of {length} bytes is over the limit of {MAX_BODY_BYTES}"})
-            return
-        try:
-            items = parse_items(self.rfile.read(length))
+            body = await self._checked_body(headers, receive)
+            data = json.loads(body)
+            if path == CHAT_PATH:
+                parse_chat_request(data, self.limits, decode=False)
+            else:
+                parse_score_request(data, self.limits, decode=False)
         except BadRequest as e:
-            self._send(400, {"error": str(e)})
+            await _send_json(send, e.status, {"error": str(e)})
             return
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            await _send_json(send, 400, {"error": f"body is not JSON: {e}"})
+            return
+        # LitServe reads the body as JSON whatever the client called it; the chat protocol
+        # is served by the same API (the body tells the two apart)
+        fixed = [(k, v) for k, v in scope["headers"] if k != b"content-type"] + [(b"content-type", b"application/json")]
+        scope = dict(scope, headers=fixed)
+        if path == CHAT_PATH:
+            scope.update(path=SCORE_PATH, raw_path=SCORE_PATH.encode())
+        delivered = False
+
+        async def replay():
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _checked_body(self, headers: dict[bytes, bytes], receive) -> bytes:
+        raw = headers.get(b"content-length")
+        if raw is None:
+            raise BadRequest("a Content-Length header is required", 411)
         try:
-            with self.server.lock:
-                scores = self.server.scorer.score(items) if items else []
-                self.server.requests += 1
-                self.server.items += len(items)
-        except Exception as e:  # noqa: BLE001 - report to the client, keep serving
-            log.exception("scoring failed")
-            self._send(500, {"error": f"scoring failed: {type(e).__name__}: {e}"})
-            return
-        self._send(200, {"scores": [float(s) for s in scores]})
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
-        log.debug("%s - %s", self.address_string(), format % args)
+            length = int(raw)
+        except ValueError:
+            raise BadRequest(f"Content-Length {raw[:40]!r} is not a number") from None
+        if length < 0:
+            raise BadRequest(f"Content-Length {length} is negative")
+        if length > self.limits.max_body_bytes:
+            raise BadRequest(f"body of {length} bytes is over the limit of {self.limits.max_body_bytes}", 413)
+        return await self._read_body(receive, length)
 
 
-def make_server(scorer: JudgeScorer, host: str = "127.0.0.1", port: int = 0, model_name: str | None = None) -> ScoreServer:
-    """A server bound to (host, port) (port 0: an ephemeral one, see ``server.server_address``);
-    run it with ``serve_forever()`` (e.g. in a thread), stop it with ``shutdown()`` then
-    ``server_close()``."""
-    return ScoreServer((host, port), scorer, model_name)
+# --------------------------------------------------------------------------- the model behind it
+
+
+class JudgeAPI(ls.LitAPI):
+    """The judge as a LitServe API: its worker builds the
+    :class:`~lit_vr1.rewards.reward_model.JudgeScorer` once (``setup``), then answers
+    ``/score`` and chat requests; with ``max_batch_size`` > 1 LitServe hands it several
+    requests at once and their items go through the judge together."""
+
+    def __init__(self, model: str, device: str = "cpu", dtype: str = "float32", batch_size: int = 8,
+                 min_pixels: int | None = None, max_pixels: int | None = None, limits: Limits = Limits(),
+                 max_batch_size: int = 1, batch_timeout: float = 0.0) -> None:
+        super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path=SCORE_PATH)
+        self.scorer_args = dict(model=model, device=device, dtype=dtype, batch_size=batch_size,
+                                min_pixels=min_pixels, max_pixels=max_pixels)
+        self.model_name, self.limits = model, limits
+
+    def setup(self, worker_device) -> None:
+        from lit_vr1.rewards.reward_model import JudgeScorer
+
+        self.scorer = JudgeScorer(**self.scorer_args)
+
+    def decode_request(self, request: dict) -> ChatPrompt | list[ScoreItem]:
+        try:
+            if "messages" in request:
+                return parse_chat_request(request, self.limits)
+            return parse_score_request(request, self.limits)
+        except BadRequest as e:
+            raise HTTPException(e.status, str(e)) from None
+
+    def batch(self, inputs: list) -> list:
+        return inputs
+
+    def unbatch(self, outputs: list) -> list:
+        return outputs
+
+    def _chat(self, prompt: ChatPrompt) -> dict:
+        logp_yes, logp_no = self.scorer.yes_no_logprobs([prompt.text], [prompt.image])
+        return chat_response(prompt, logp_yes[0], logp_no[0], self.model_name, top=2)
+
+    def predict(self, decoded):
+        if self.max_batch_size <= 1:
+            decoded = [decoded]
+        # the items of every /score request in the batch go through the judge together
+        flat = [it for d in decoded if not isinstance(d, ChatPrompt) for it in d]
+        scores = iter(self.scorer.score(flat) if flat else [])
+        out = [self._chat(d) if isinstance(d, ChatPrompt) else {"scores": [float(next(scores)) for _ in d]}
+               for d in decoded]
+        return out if self.max_batch_size > 1 else out[0]
+
+    def encode_response(self, output: dict) -> dict:
+        return output
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now (LitServe takes ports 1024-65535, not 0)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class Served:
+    """A judge server started by :func:`launch`: its base URL and its process (group) id."""
+
+    url: str
+    pid: int
+
+    def memory_mib(self) -> float:
+        """Resident memory of the server's whole process group (LitServe's processes), MiB."""
+        total = 0
+        for stat in glob.glob("/proc/[0-9]*/stat"):
+            try:
+                with open(stat) as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                if int(fields[2]) == self.pid:  # the process group id
+                    total += int(fields[21]) * os.sysconf("SC_PAGE_SIZE")  # rss in pages
+            except (OSError, ValueError, IndexError):
+                continue
+        return total / 2**20
+
+
+@contextlib.contextmanager
+def launch(model: str, *args: str, port: int | None = None, env: dict[str, str] | None = None,
+           ready_timeout_s: float = 180.0):
+    """Start ``python -m lit_vr1.rewards.serve --model <model> <args>`` on loopback, wait for
+    ``/health``, yield a :class:`Served` (``.url`` is ``http://127.0.0.1:<port>``), stop it
+    at the end (its whole process group: LitServe runs the model in a worker process). For
+    notebooks, scripts and tests; a server that dies while starting raises with its output."""
+    port = port or free_port()
+    cmd = [sys.executable, "-m", "lit_vr1.rewards.serve", "--model", model, "--port", str(port), *args]
+    log = tempfile.TemporaryFile(mode="w+")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + ready_timeout_s
+        while True:
+            if proc.poll() is not None:
+                log.seek(0)
+                raise RuntimeError(f"the judge server exited with status {proc.returncode} while starting: "
+                                   f"{log.read()[-3000:]}")
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except (OSError, urllib.error.URLError):
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the judge server did not answer {url}/health within {ready_timeout_s:g} s")
+            time.sleep(0.25)
+        yield Served(url, proc.pid)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m lit_vr1.rewards.serve", description=__doc__.split("\n")[0])
     parser.add_argument("--model", required=True, help="judge model: name, path, or tiny:qwen2_5_vl")
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--host", default="127.0.0.1", help="127.0.0.1 (default), 0.0.0.0 or :: (then a token is required)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:0, ...")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"])
     parser.add_argument("--batch-size", type=int, default=8, help="items per forward pass")
+    parser.add_argument("--max-batch-size", type=int, default=1, help="requests LitServe batches together")
+    parser.add_argument("--batch-timeout", type=float, default=0.0, help="seconds LitServe waits to fill a batch")
     parser.add_argument("--min-pixels", type=int, default=None)
     parser.add_argument("--max-pixels", type=int, default=None)
-    parser.add_argument("--verbose", action="store_true", help="log every request")
+    parser.add_argument("--api-key", default=None, help=f"required token (default: ${KEY_ENV}); needed off loopback")
+    parser.add_argument("--max-items", type=int, default=Limits.max_items)
+    parser.add_argument("--max-text-chars", type=int, default=Limits.max_text_chars)
+    parser.add_argument("--max-image-pixels", type=int, default=Limits.max_image_pixels)
+    parser.add_argument("--max-body-mb", type=float, default=Limits.max_body_bytes / 2**20)
+    parser.add_argument("--body-timeout-s", type=float, default=Limits.body_timeout_s)
+    parser.add_argument("--request-timeout-s", type=float, default=60.0, help="queue wait before a 504")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(message)s")
-    scorer = JudgeScorer(args.model, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
-                         min_pixels=args.min_pixels, max_pixels=args.max_pixels)
-    server = make_server(scorer, args.host, args.port, model_name=args.model)
-    log.info("judge %s on %s: POST %s/score, GET %s/health", args.model, args.device, server.url, server.url)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    api_key = args.api_key or os.environ.get(KEY_ENV) or None
+    if not is_loopback(args.host) and not api_key:
+        parser.error(f"--host {args.host} opens the judge to the network: give a token with --api-key or {KEY_ENV} "
+                     "(clients send it as Authorization: Bearer <token>)")
+    limits = Limits(max_body_bytes=int(args.max_body_mb * 2**20), body_timeout_s=args.body_timeout_s,
+                    max_items=args.max_items, max_text_chars=args.max_text_chars, max_image_pixels=args.max_image_pixels)
+    api = JudgeAPI(args.model, args.device, args.dtype, args.batch_size, args.min_pixels, args.max_pixels, limits,
+                   args.max_batch_size, args.batch_timeout)
+    # LitServe's "cpu" leaves devices alone: the scorer itself goes to --device (cuda:1, ...)
+    server = ls.LitServer(api, accelerator="cpu", devices=1, timeout=args.request_timeout_s,
+                          middlewares=[(Guard, {"limits": limits, "api_key": api_key})],
+                          model_metadata={"model": args.model}, disable_openapi_url=True)
+    server.run(host=args.host, port=args.port, generate_client_file=False, num_api_servers=1,
+               api_server_worker_type="thread")
 
 
 if __name__ == "__main__":
