@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import glob
 import os
 import pickle
@@ -185,6 +186,39 @@ def use_atomic_checkpoints(trainer) -> bool:
 LAST_OR_NEW = "last_or_new"
 
 
+def _plain(value: Any) -> Any:
+    """A setting as plain data (dataclasses and namespaces as dicts), for comparing a
+    checkpoint's saved settings with the current run's."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _plain(dataclasses.asdict(value))
+    if hasattr(value, "as_dict") and callable(value.as_dict):  # jsonargparse's Namespace
+        return _plain(value.as_dict())
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items() if k not in ("_instantiator", "_class_path")}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def setting_differences(saved: dict, current: dict, keys: tuple[str, ...], prefix: str) -> list[str]:
+    """``prefix.key: <saved> in the checkpoint, <current> now`` for each of ``keys`` whose
+    value differs between a checkpoint's saved settings and the current run's."""
+    out = []
+    for key in keys:
+        if key in saved and _plain(saved[key]) != _plain(current.get(key)):
+            out.append(f"{prefix}.{key}: {_plain(saved[key])!r} in the checkpoint, {_plain(current.get(key))!r} now")
+    return out
+
+
+def refuse_foreign_resume(what: str, differences: list[str]) -> None:
+    """Raise :class:`CheckpointError` when a resumed checkpoint was written with other
+    settings (another run's checkpoint in the same folder, or a changed config)."""
+    if differences:
+        raise CheckpointError(f"the checkpoint to resume was written by a run with another {what}: "
+                              + "; ".join(differences) + ". Resume with the run's own settings, or start fresh "
+                              "(leave out --ckpt_path) under another trainer.default_root_dir")
+
+
 def strict_last_checkpoint(trainer) -> None:
     """Make ``ckpt_path="last"`` an error when there is no checkpoint to resume (Lightning
     warns and trains from scratch), and accept ``ckpt_path="last_or_new"``: resume from the
@@ -208,6 +242,18 @@ def strict_last_checkpoint(trainer) -> None:
         return resolved
 
     connector._parse_ckpt_path = parse
+
+
+def checkpoints_under_root(trainer) -> None:
+    """Give every ``ModelCheckpoint`` without a ``dirpath`` the folder
+    ``<trainer.default_root_dir>/checkpoints``: one per run root, the same on every resume
+    (Lightning's own default, the logger's ``version_N`` folder, changes with each run, so
+    ``--ckpt_path last`` would find nothing), and never shared by runs with other roots."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    for callback in trainer.checkpoint_callbacks:
+        if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
+            callback.dirpath = os.path.realpath(os.path.join(trainer.default_root_dir, "checkpoints"))
 
 
 def flush_csv_every_step(trainer) -> None:

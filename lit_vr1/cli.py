@@ -25,7 +25,14 @@ from pathlib import Path
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
-from lit_vr1.checkpoint import check_checkpoint_file, flush_csv_every_step, strict_last_checkpoint, use_atomic_checkpoints
+from lit_vr1.checkpoint import (
+    check_checkpoint_file,
+    checkpoints_under_root,
+    flush_csv_every_step,
+    load_checkpoint_file,
+    strict_last_checkpoint,
+    use_atomic_checkpoints,
+)
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 TRACEBACK_FLAG, TRACEBACK_ENV = "--traceback", "LIT_VR1_TRACEBACK"
@@ -51,21 +58,56 @@ class LitVR1CLI(LightningCLI):
     def instantiate_trainer(self, **kwargs):
         """The Trainer, its single-file checkpoints made atomic (see ``use_atomic_checkpoints``),
         ``--ckpt_path last`` strict (:func:`~lit_vr1.checkpoint.strict_last_checkpoint`) and
-        CSV metrics written at every step (:func:`~lit_vr1.checkpoint.flush_csv_every_step`)."""
+        CSV metrics written at every step (:func:`~lit_vr1.checkpoint.flush_csv_every_step`),
+        and checkpoints without a ``dirpath`` under ``<default_root_dir>/checkpoints``
+        (:func:`~lit_vr1.checkpoint.checkpoints_under_root`)."""
         trainer = super().instantiate_trainer(**kwargs)
+        checkpoints_under_root(trainer)
         use_atomic_checkpoints(trainer)
         strict_last_checkpoint(trainer)
         flush_csv_every_step(trainer)
         return trainer
 
+    def parse_arguments(self, parser, args) -> None:
+        """With ``--ckpt_path <file>``, the model settings saved in the checkpoint become the
+        defaults of ``model``, and the config files and flags are parsed over them: what the
+        user gives wins (Lightning applies the checkpoint's settings after parsing instead,
+        silently dropping every ``--model.*`` flag, e.g. ``results_path``). A broken file is
+        reported by name (:func:`~lit_vr1.checkpoint.check_checkpoint_file`)."""
+        argv = list(sys.argv[1:] if args is None else args)
+        subcommand = next((a for a in argv if a in self.subcommands()), None)
+        ckpt_path = _flag_value(argv, "--ckpt_path")
+        if subcommand and ckpt_path and Path(ckpt_path).is_file():
+            hparams = checkpoint_model_settings(ckpt_path)
+            if hparams:
+                self._subcommand_parsers[subcommand].set_defaults({"model": hparams})
+        super().parse_arguments(parser, args)
+
     def _parse_ckpt_path(self) -> None:
-        """Lightning reads the checkpoint's hyperparameters here, before the Trainer exists:
-        a broken file is reported by name first (never with torch's advice to load unsafely)."""
-        subcommand = self.config.get("subcommand")
-        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if ckpt_path and Path(ckpt_path).is_file():
-            check_checkpoint_file(ckpt_path)
-        super()._parse_ckpt_path()
+        """Done in :meth:`parse_arguments`, before the flags rather than over them."""
+
+
+def _flag_value(argv: list[str], flag: str) -> str | None:
+    """The value of ``flag`` in ``argv`` (``--flag value`` or ``--flag=value``; the last wins)."""
+    value = None
+    for i, arg in enumerate(argv):
+        if arg == flag and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith(flag + "="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def checkpoint_model_settings(path: str) -> dict | None:
+    """``{"class_path", "init_args"}`` of the LightningModule saved in a checkpoint (its
+    ``save_hyperparameters``), or None when it saved none."""
+    check_checkpoint_file(path)
+    hparams = dict(load_checkpoint_file(path, map_location="cpu").get("hyper_parameters") or {})
+    hparams.pop("_instantiator", None)
+    class_path = hparams.pop("_class_path", None)
+    if not hparams or class_path is None:
+        return None
+    return {"class_path": class_path, "init_args": hparams}
 
 
 def _raised_in_package(exc: BaseException) -> bool:

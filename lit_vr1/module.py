@@ -13,7 +13,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 from lit_vr1 import parallel
-from lit_vr1.checkpoint import gather_rng_states, set_rng_states
+from lit_vr1.checkpoint import gather_rng_states, refuse_foreign_resume, set_rng_states, setting_differences
 from lit_vr1.checks import check_master_weights
 from lit_vr1.evaluate import PROMPTINGS, predict_detection, predict_rec
 from lit_vr1.metrics.detection import DetectionMetrics
@@ -32,6 +32,8 @@ ATTENTION = ("sdpa", "eager", "flash_attention_2")
 
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
+# what makes a checkpoint this run's model: a resume with any of these changed is refused
+MODEL_IDENTITY = ("model", "tiny_spec", "lora", "freeze_vision", "freeze_merger")
 
 
 def check_dtype(name: str) -> str:
@@ -281,6 +283,10 @@ class VLMModule(LightningModule):
             state = checkpoint["state_dict"]
             frozen = {k: v for k, v in self.state_dict().items() if k not in state}
             checkpoint["state_dict"] = {**frozen, **state}
+        trainer = self._trainer
+        if trainer is not None and trainer.state.fn == "fit":  # a resume: the same model, or an error
+            refuse_foreign_resume("model", setting_differences(checkpoint.get("hyper_parameters") or {}, dict(self.hparams),
+                                                               MODEL_IDENTITY, "model"))
         self._rng_to_restore = None
         states = checkpoint.get(RNG_KEY)
         trainer = self._trainer

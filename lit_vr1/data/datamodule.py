@@ -12,6 +12,7 @@ from lightning.pytorch import Callback, LightningDataModule
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from lit_vr1.checkpoint import refuse_foreign_resume, setting_differences
 from lit_vr1.data.jsonl import JsonlDataset, Sample, SkippedRow, check_bad_rows
 from lit_vr1.data.sampler import ResumableSampler, place_sampler, train_position
 from lit_vr1.data.synthetic import SyntheticSpec, write_synthetic
@@ -214,12 +215,26 @@ class GroundingDataModule(LightningDataModule):
             num_workers=self.num_workers, drop_last=True, generator=self._generator(),
         )
 
+    def data_identity(self) -> dict:
+        """The settings that make the training data what it is (files, folders, synthetic
+        spec, template, tasks): a resume with any of them changed is refused."""
+        return {"train_files": self.train_files, "train_images": self.train_images,
+                "synthetic": vars(self.synthetic) if self.synthetic is not None and self.train_files is None else None,
+                "template": self.template, "reward_methods": self.reward_methods}
+
     def state_dict(self) -> dict:
-        """Saved in checkpoints: where the fit stands in the training data (see ``train_position``)."""
+        """Saved in checkpoints: where the fit stands in the training data (see
+        ``train_position``) and which data it is (:meth:`data_identity`)."""
         position = train_position(self.trainer)
-        return {"train_position": position} if position else {}
+        state: dict = {"data": self.data_identity()}
+        if position:
+            state["train_position"] = position
+        return state
 
     def load_state_dict(self, state_dict: dict) -> None:
+        saved = state_dict.get("data")
+        if saved is not None and self.trainer is not None and self.trainer.state.fn == "fit":  # a resume
+            refuse_foreign_resume("training data", setting_differences(saved, self.data_identity(), tuple(saved), "data"))
         self._resume_position = state_dict.get("train_position")
 
     def held_out(self) -> Dataset | None:

@@ -1,0 +1,80 @@
+"""A new user's silent traps: flags that a checkpoint used to override, checkpoint folders
+shared by unrelated runs, and a resume that picked up another run's checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def lit_vr1(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "lit_vr1.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def small(root: Path, data: Path, *extra: str) -> list[str]:
+    """The quickstart, two tiny steps, everything under ``root`` (no dirpath given: the
+    checkpoints go to <root>/checkpoints)."""
+    return ["--config", str(ROOT / "configs/quickstart.yaml"), "--trainer.max_steps=2", "--trainer.limit_val_batches=1",
+            "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={root}",
+            f"--trainer.logger.init_args.save_dir={root}", f"--data.init_args.synthetic_dir={data}",
+            "--data.init_args.synthetic.num_samples=16", "--data.init_args.num_val_samples=4",
+            "--data.init_args.batch_size=2", "--data.init_args.val_batch_size=2",
+            "--model.init_args.grpo.max_completion_length=4", "--model.init_args.grpo.num_generations=2",
+            "--trainer.callbacks=[{class_path: lightning.pytorch.callbacks.ModelCheckpoint,"
+            " init_args: {save_last: true, every_n_train_steps: 1}}]", *extra]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    work = tmp_path_factory.mktemp("trained")
+    proc = lit_vr1(work, "fit", *small(work / "run_a", work / "data"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return work
+
+
+def test_checkpoints_live_under_the_run_root(trained):
+    assert (trained / "run_a" / "checkpoints" / "last.ckpt").is_file()
+    # another root, another folder: nothing is written beside run_a's checkpoints
+    proc = lit_vr1(trained, "fit", *small(trained / "run_b", trained / "data"), "--trainer.max_steps=1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in (trained / "run_b" / "checkpoints").glob("*.ckpt")) == ["epoch=0-step=1.ckpt", "last.ckpt"]
+    assert not list((trained / "run_a" / "checkpoints").glob("*-v1.ckpt"))
+
+
+def test_command_line_flags_win_over_the_checkpoints_settings(trained):
+    results = trained / "eval.json"
+    proc = lit_vr1(trained, "validate", *small(trained / "run_a", trained / "data"),
+                   "--ckpt_path", str(trained / "run_a" / "checkpoints" / "last.ckpt"),
+                   f"--model.init_args.results_path={results}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(results.read_text())  # Lightning's own CLI dropped this flag for the checkpoint's None
+    assert "acc50" in json.dumps(data)
+
+
+def test_a_resume_with_other_data_is_refused_naming_what_differs(trained):
+    other_data = small(trained / "run_a", trained / "data_b", "--data.init_args.synthetic.seed=7")
+    proc = lit_vr1(trained, "fit", *other_data, "--trainer.max_steps=3", "--ckpt_path", "last")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "another training data" in proc.stderr and "data.synthetic" in proc.stderr and "'seed': 7" in proc.stderr
+
+
+def test_a_resume_with_another_model_is_refused_naming_what_differs(trained):
+    other_model = small(trained / "run_a", trained / "data", "--model.init_args.freeze_vision=true")
+    proc = lit_vr1(trained, "fit", *other_model, "--trainer.max_steps=3", "--ckpt_path", "last")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "another model" in proc.stderr and "model.freeze_vision: False in the checkpoint, True now" in proc.stderr
+
+
+def test_a_resume_with_the_same_settings_goes_on(trained):
+    proc = lit_vr1(trained, "fit", *small(trained / "run_a", trained / "data"), "--trainer.max_steps=3",
+                   "--ckpt_path", "last")
+    assert proc.returncode == 0, proc.stderr[-3000:]
