@@ -17,9 +17,12 @@ completions, AdamW lr 1e-5, gradient clipping at 1.0, the same reward function.
 
 Each trainer runs in its own Python process (peak RSS is per process), alternating
 lit / TRL / TRL / lit ... over ``--repeats``; the first ``--warmup`` steps of each run are
-not timed. Printed: seconds per optimiser step (median over all timed steps), completion
-tokens per second (P x G x T / that median), peak RSS (ru_maxrss, median over runs), and
-lit-vr1 / TRL ratios. ``--json`` writes every figure.
+not timed. The model and data are built in a child process of their own, so the parent
+stays light. Printed: seconds per optimiser step (median over all timed steps; in brackets
+the range of the runs' medians), completion tokens per second (P x G x T / that median),
+peak resident memory (each process's own VmHWM, median over runs), and lit-vr1 / TRL
+ratios. Every rollout of both is checked to be P x G x T tokens. ``--json`` writes every
+figure, the versions and both trainers' effective arguments.
 """
 
 from __future__ import annotations
@@ -38,7 +41,26 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    """This process's own peak resident memory (VmHWM), MiB. Not ru_maxrss: on Linux a child
+    starts from its parent's peak there, so a parent that built the model would inflate it."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux: the best there is
+
+
+def versions() -> dict:
+    """The versions that decide the figures."""
+    from importlib import metadata
+
+    out = {"python": sys.version.split()[0]}
+    for name in ("torch", "transformers", "trl", "accelerate", "lightning", "peft", "lit-vr1"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
 
 
 def toy_reward(texts: list[str]) -> list[float]:
@@ -135,7 +157,9 @@ def run_lit(cfg: dict) -> dict:
 
         def on_train_batch_end(self, trainer, pl_module, *a):
             times.append(time.perf_counter() - self.t)
+            lengths.append(int(pl_module.loop.last_rollout.completion_mask.sum()))
 
+    lengths: list[int] = []
     prof = Profile()
     prof.attach_towers(module.policy, module.ref_model)
     prof.wrap(loop, "rollout", "rollout")
@@ -145,9 +169,13 @@ def run_lit(cfg: dict) -> dict:
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         callbacks=[Timer()])
     trainer.fit(module, DataLoader(samples, batch_size=cfg["prompts"], collate_fn=list))
-    tokens = int(module.loop.last_rollout.completion_mask.sum())
-    assert tokens == n * cfg["completion"], f"completions ended early: {tokens} tokens"
-    return {"step_s": times[cfg["warmup"]:], "tokens": tokens, "loaded_mib": loaded, "profile": prof.per_step(cfg["steps"])}
+    tokens = n * cfg["completion"]
+    assert lengths == [tokens] * len(times), f"a rollout ended early: completion tokens per rollout {lengths}"
+    return {"step_s": times[cfg["warmup"]:], "tokens": tokens, "loaded_mib": loaded, "profile": prof.per_step(cfg["steps"]),
+            "effective_args": {"num_generations": grpo.num_generations, "max_completion_length": grpo.max_completion_length,
+                               "beta": grpo.beta, "loss_type": grpo.loss_type, "micro_batch_size": grpo.micro_batch_size,
+                               "gradient_checkpointing": module.gradient_checkpointing, "lr": 1e-5,
+                               "gradient_clip_val": grpo.gradient_clip_val}}
 
 
 class Profile:
@@ -266,9 +294,16 @@ def run_trl(cfg: dict) -> dict:
     loaded = peak_mib()
     trainer.train()
     lengths = [e["completions/mean_length"] for e in trainer.state.log_history if "completions/mean_length" in e]
-    assert all(x == cfg["completion"] for x in lengths), f"completions ended early: mean lengths {lengths}"
+    assert len(lengths) == len(times) and all(x == cfg["completion"] for x in lengths), \
+        f"a rollout ended early: mean completion lengths {lengths} over {len(times)} steps"
+    keys = ("per_device_train_batch_size", "gradient_accumulation_steps", "steps_per_generation", "generation_batch_size",
+            "num_generations", "max_completion_length", "beta", "loss_type", "learning_rate", "max_grad_norm",
+            "gradient_checkpointing", "scale_rewards", "num_iterations", "epsilon", "temperature", "bf16",
+            "disable_dropout", "use_vllm")
+    effective = {k: getattr(trainer.args, k, None) for k in keys}
+    effective["model_is_gradient_checkpointing"] = checkpointing
     return {"step_s": times[cfg["warmup"]:], "tokens": n * cfg["completion"], "loaded_mib": loaded,
-            "profile": prof.per_step(cfg["steps"])}
+            "profile": prof.per_step(cfg["steps"]), "effective_args": effective}
 
 
 # -- parent ---------------------------------------------------------------------------------
@@ -280,6 +315,7 @@ def child_main(trainer: str, cfg_json: str) -> None:
         torch.set_num_threads(min(2, os.cpu_count() or 1))
     out = (run_lit if trainer == "lit" else run_trl)(cfg)
     out["peak_mib"] = peak_mib()
+    out["versions"] = versions()
     if cfg.get("device") == "cuda":
         out["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
     print("RESULT " + json.dumps(out), flush=True)
@@ -306,8 +342,11 @@ def measure(cfg: dict, trainers: list[str], repeats: int) -> dict:
     out = {}
     for t, rs in runs.items():
         step = statistics.median([s for r in rs for s in r["step_s"]])
+        per_run = [statistics.median(r["step_s"]) for r in rs]
         out[t] = {"step_s": step, "tokens_per_s": rs[0]["tokens"] / step,
+                  "step_s_per_run": per_run, "step_s_spread": max(per_run) - min(per_run),
                   "peak_mib": statistics.median(r["peak_mib"] for r in rs),
+                  "peak_mib_per_run": [r["peak_mib"] for r in rs],
                   **({"peak_gpu_mib": statistics.median(r["peak_gpu_mib"] for r in rs)} if "peak_gpu_mib" in rs[0] else {}),
                   "loaded_mib": statistics.median(r["loaded_mib"] for r in rs),
                   "profile": {k: statistics.median(r["profile"][k] for r in rs) for k in rs[0]["profile"]}, "runs": rs}
@@ -318,13 +357,15 @@ def table_row(label: str, res: dict) -> str:
     lit, trl = res.get("lit"), res.get("trl")
     cells = [label]
     for r in (lit, trl):
-        cells += [f"{r['step_s']:.2f}", f"{r['tokens_per_s']:.0f}", f"{r['peak_mib']:.0f}"] if r else ["", "", ""]
+        cells += [f"{r['step_s']:.2f} ({min(r['step_s_per_run']):.2f}-{max(r['step_s_per_run']):.2f})",
+                  f"{r['tokens_per_s']:.0f}", f"{r['peak_mib']:.0f}"] if r else ["", "", ""]
     if lit and trl:
         cells += [f"{lit['tokens_per_s'] / trl['tokens_per_s']:.2f}x", f"{lit['peak_mib'] / trl['peak_mib']:.2f}x"]
     return "| " + " | ".join(cells) + " |"
 
 
-HEADER = ("| setting | lit-vr1 s/step | lit-vr1 tok/s | lit-vr1 peak MiB | TRL s/step | TRL tok/s | TRL peak MiB "
+HEADER = ("| setting | lit-vr1 s/step (run medians) | lit-vr1 tok/s | lit-vr1 peak MiB | TRL s/step (run medians) "
+          "| TRL tok/s | TRL peak MiB "
           "| tok/s ratio | peak RSS ratio |\n|---|---|---|---|---|---|---|---|---|")
 
 
@@ -350,9 +391,25 @@ def parse_options(text: str) -> dict:
     return out
 
 
+def prepare_in_child(cfg: dict, root: str) -> tuple[str, str]:
+    """Build the model and data in a child process, so that the parent stays light (it
+    imports neither torch nor lit-vr1) and no trainer's process inherits anything of it."""
+    n = cfg["prompts"] * (cfg["warmup"] + cfg["steps"])
+    proc = subprocess.run([sys.executable, __file__, "--prepare", root, str(cfg["image"]), str(n)], capture_output=True,
+                          text=True, env=dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1"))
+    if proc.returncode != 0:
+        raise RuntimeError(f"preparing the model and data failed:\n{proc.stderr[-4000:]}")
+    return os.path.join(root, "model"), os.path.join(root, "data")
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         return child_main(sys.argv[2], sys.argv[3])
+    if len(sys.argv) > 1 and sys.argv[1] == "--prepare":
+        root, image_px, n = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+        model_dir, data_dir = prepare(root, image_px, n)
+        write_trl_prompts(data_dir, model_dir, n)
+        return None
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--prompts", type=int, default=4)
     p.add_argument("--generations", type=int, default=8)
@@ -379,9 +436,7 @@ def main() -> None:
     for value in values.split(","):
         cfg = dict(base, **{key: type(base[key])(value)})
         with tempfile.TemporaryDirectory() as root:
-            n = cfg["prompts"] * (cfg["warmup"] + cfg["steps"])
-            cfg["model_dir"], cfg["data_dir"] = prepare(root, cfg["image"], n)
-            write_trl_prompts(cfg["data_dir"], cfg["model_dir"], n)
+            cfg["model_dir"], cfg["data_dir"] = prepare_in_child(cfg, root)
             cfg["tmp"] = os.path.join(root, "trl_out")
             res = measure(cfg, a.trainers.split(","), a.repeats)
         label = (f"P={cfg['prompts']} G={cfg['generations']} T={cfg['completion']} {cfg['image']}px "
@@ -389,6 +444,8 @@ def main() -> None:
         print(table_row(label, res), flush=True)
         profiles += profile_rows(label, res)
         results.append({"config": {k: v for k, v in cfg.items() if k not in ("model_dir", "data_dir", "tmp")},
+                        "versions": next(iter(res.values()))["runs"][0]["versions"],
+                        "effective_args": {t: r["runs"][0]["effective_args"] for t, r in res.items()},
                         "results": res})
     print("\nWhere the time goes (per optimiser step, profile timers: medians over runs)\n" + PROFILE_HEADER)
     print("\n".join(profiles))

@@ -3,13 +3,28 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 
 from lightning.pytorch.callbacks import BasePredictionWriter
 from PIL import ImageDraw
 
-RED = (220, 0, 0)
+from lit_vr1.rewards.boxes import flatten_box, solution_boxes
+
+RED, GREEN = (220, 0, 0), (0, 170, 0)
+
+
+def truth_boxes(solution) -> list[tuple[tuple[float, ...], str, tuple[int, int, int]]]:
+    """The ground-truth boxes of a line that has them (any data format), for drawing in
+    green; [] for prompts without a solution or with a text answer."""
+    if solution in (None, ""):
+        return []
+    try:
+        return [(b.box, b.label, GREEN) for b in solution_boxes(solution)
+                if all(math.isfinite(v) for v in b.box)]
+    except (TypeError, ValueError):
+        return []
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -18,7 +33,9 @@ class PredictionWriter(BasePredictionWriter):
     ``{output_dir}/predictions.jsonl``: one line per prompt (id, source, prompt, completion,
     boxes in original-image pixels with labels, image sizes); with several processes each
     writes ``predictions.rank<r>.jsonl``. ``{output_dir}/images/<id>.png``: the first image
-    with the predicted boxes in red and their labels (when ``draw``), upscaled by ``scale``.
+    with the predicted boxes in red and their labels, the line's ground truth (when it has
+    boxes) in green, and "no box parsed" when the answer held none (when ``draw``),
+    upscaled by ``scale``.
     """
 
     def __init__(self, output_dir: str = "predictions", draw: bool = True, scale: int = 1) -> None:
@@ -47,10 +64,12 @@ class PredictionWriter(BasePredictionWriter):
             image = sample.images[0].convert("RGB")
             image = image.resize((image.width * self.scale, image.height * self.scale))
             draw = ImageDraw.Draw(image)
-            for b in rec["boxes"]:
-                x1, y1, x2, y2 = (v * self.scale for v in b["bbox_2d"])
-                draw.rectangle([x1, y1, x2, y2], outline=RED, width=max(1, self.scale))
-                if b["label"]:
-                    draw.text((x1 + 2, y1 + 1), b["label"], fill=RED)
+            for box, label, colour in truth_boxes(sample.solution) + [(b["bbox_2d"], b["label"], RED) for b in rec["boxes"]]:
+                x1, y1, x2, y2 = (v * self.scale for v in flatten_box(tuple(box)))
+                draw.rectangle([x1, y1, x2, y2], outline=colour, width=max(1, self.scale))
+                if label:
+                    draw.text((x1 + 2, y1 + 1), label, fill=colour)
+            if not rec["boxes"]:
+                draw.text((2, image.height - 12), "no box parsed", fill=RED)
             safe = re.sub(r"[^A-Za-z0-9_.-]", "_", str(rec["id"]))
             image.save(os.path.join(self.output_dir, "images", f"{safe}.png"))

@@ -33,6 +33,8 @@ from lit_vr1.checkpoint import (
     strict_last_checkpoint,
     use_atomic_checkpoints,
 )
+from lit_vr1.quiet import quiet_known_notices, step_progress_bar  # noqa: E402
+from lit_vr1.trl_names import misplaced_trl_flag  # noqa: E402
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 TRACEBACK_FLAG, TRACEBACK_ENV = "--traceback", "LIT_VR1_TRACEBACK"
@@ -42,6 +44,7 @@ class LitVR1CLI(LightningCLI):
     """LightningCLI for any lit-vr1 module and data module (``class_path`` in the config)."""
 
     def __init__(self, args=None, run: bool = True) -> None:
+        quiet_known_notices()
         super().__init__(
             LightningModule,
             LightningDataModule,
@@ -50,7 +53,8 @@ class LitVR1CLI(LightningCLI):
             auto_configure_optimizers=False,
             save_config_kwargs={"overwrite": True},
             # no argparse abbreviations: --trainer.max_st=2 must not silently mean max_steps
-            parser_kwargs={"allow_abbrev": False, **{c: {"allow_abbrev": False} for c in self.subcommands()}},
+            parser_kwargs={"allow_abbrev": False,
+                           **{c: {"allow_abbrev": False, "epilog": HELP_EPILOG} for c in self.subcommands()}},
             args=args,
             run=run,
         )
@@ -63,6 +67,7 @@ class LitVR1CLI(LightningCLI):
         (:func:`~lit_vr1.checkpoint.checkpoints_under_root`)."""
         trainer = super().instantiate_trainer(**kwargs)
         checkpoints_under_root(trainer)
+        step_progress_bar(trainer)
         use_atomic_checkpoints(trainer)
         strict_last_checkpoint(trainer)
         flush_csv_every_step(trainer)
@@ -85,6 +90,63 @@ class LitVR1CLI(LightningCLI):
 
     def _parse_ckpt_path(self) -> None:
         """Done in :meth:`parse_arguments`, before the flags rather than over them."""
+
+
+# ``--<key>.help [NAME]``: the classes behind each configurable key (NAME picks among several)
+HELP_KEYS = {
+    "model": ("lit_vr1.grpo.GRPOModule", "lit_vr1.sft.SFTModule"),
+    "data": ("lit_vr1.data.datamodule.GroundingDataModule",),
+    "model.grpo": ("lit_vr1.grpo.GRPOConfig",),
+    "model.lora": ("lit_vr1.models.lora.LoraSpec",),
+    "model.tiny_spec": ("lit_vr1.models.tiny.TinySpec",),
+    "data.synthetic": ("lit_vr1.data.synthetic.SyntheticSpec",),
+    "model.rewards": tuple(f"lit_vr1.rewards.{name}" for name in (
+        "IoUReward", "RecJsonFormat", "ThinkAnswerFormat", "DetectionMAP", "ODLength", "DetectionWeightedSum",
+        "DualFormat", "LocalizationPrecision", "LocalizationRecall", "Accuracy", "HFRRF", "CosineLength",
+        "RepetitionPenalty", "FunctionReward", "RewardModelReward", "RemoteRewardModel")),
+}
+HELP_EPILOG = (
+    "lit-vr1's own options: --model.help (GRPOModule, the default, or SFTModule), --data.help, "
+    "--model.grpo.help (GRPO: G, clipping, KL, batches), --model.rewards.help NAME (one reward, e.g. IoUReward; "
+    "without NAME the list), --model.lora.help, --model.tiny_spec.help, --data.synthetic.help. "
+    "Errors print as one line; --traceback shows the traceback."
+)
+
+
+def _resolve(path: str):
+    module, _, name = path.rpartition(".")
+    return getattr(__import__(module, fromlist=[name]), name)
+
+
+def option_help(argv: list[str]) -> str | None:
+    """The help text for ``--<key>.help [NAME]`` when ``key`` is one of :data:`HELP_KEYS`
+    (jsonargparse wants dotted class paths and a class already chosen; this takes short
+    names, and nested settings like ``--model.grpo.help``); None for any other command line."""
+    from jsonargparse import ArgumentParser
+
+    for i, arg in enumerate(argv):
+        key = arg.removeprefix("--").replace(".init_args", "").split("=", 1)[0]
+        if not key.endswith(".help") or key[: -len(".help")] not in HELP_KEYS:
+            continue
+        key = key[: -len(".help")]
+        name = arg.split("=", 1)[1] if "=" in arg else (argv[i + 1] if i + 1 < len(argv) and not
+                                                         argv[i + 1].startswith("-") else None)
+        choices = HELP_KEYS[key]
+        if name is None and len(choices) > 1 and key != "model":
+            return f"--{key}.help NAME: NAME is one of " + ", ".join(c.rsplit(".", 1)[1] for c in choices) + "\n"
+        picked = choices[0] if name is None else next(
+            (c for c in choices if c == name or c.rsplit(".", 1)[1] == name), None)
+        if picked is None:
+            return (f"--{key}.help: {name!r} is not one of " + ", ".join(c.rsplit(".", 1)[1] for c in choices)
+                    + "\n")
+        cls = _resolve(picked)
+        parser = ArgumentParser(prog=f"lit-vr1 fit --{key}", description=(cls.__doc__ or "").split("\n\n")[0])
+        parser.add_class_arguments(cls, nested_key=None, fail_untyped=False)
+        text = parser.format_help()
+        hint = f"\nIn YAML: {key}: {{class_path: {picked}, init_args: {{...}}}}\n" if key in ("model", "data",
+                                                                                            "model.rewards") else ""
+        return text + hint
+    return None
 
 
 def _flag_value(argv: list[str], flag: str) -> str | None:
@@ -145,6 +207,14 @@ def main(args: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if args is None else args)
     show_traceback = TRACEBACK_FLAG in argv or os.environ.get(TRACEBACK_ENV, "") not in ("", "0")
     argv = [a for a in argv if a != TRACEBACK_FLAG]
+    text = option_help(argv)
+    if text is not None:
+        print(text, end="")
+        sys.exit(0)
+    misplaced = misplaced_trl_flag(argv)
+    if misplaced is not None:
+        print(f"lit-vr1: error: {misplaced}", file=sys.stderr)
+        sys.exit(2)
     if args is None:
         sys.argv[1:] = argv  # the command line itself, so that Lightning does not warn about args
     try:

@@ -78,6 +78,8 @@ class GRPOModule(VLMModule):
 
             check_fit(self)
             parallel.check_strategy(self.trainer, self)
+            for reward in self.rewards:  # a judge that is not running: say so now, not at the first rollout
+                reward.check_ready()
 
     @contextlib.contextmanager
     def generation_context(self) -> Iterator[None]:

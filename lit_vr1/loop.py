@@ -50,40 +50,46 @@ if TYPE_CHECKING:
 
 @dataclass
 class GRPOConfig:
-    """Every knob of the GRPO algorithm.
-
-    num_generations: G, completions sampled per prompt.
-    temperature, top_p, top_k: sampling (top_k=0 and top_p=1.0 are off). The loss (policy,
-        old and reference log-probs alike) scores tokens under the temperature-scaled
-        distribution without the top-k / top-p cut, as TRL and verl do: under the cut, a
-        token sampled near its edge gets log p = -inf once a recomputed logit moves by 2e-4
-        (a NaN loss), and the reference could not be scored under the policy's cut (a biased
-        KL). top_k / top_p thus only shape what is sampled.
-    max_completion_length: most tokens a completion may have.
-    num_iterations: passes of updates over one rollout (GRPO's mu).
-    epsilon: lower clip range; epsilon_high: upper one (None: same as epsilon).
-    beta: weight of the k3 KL to the reference; 0 builds no reference model.
-    loss_type: grpo, bnpo, dr_grpo or dapo (see ``lit_vr1.loss.grpo_loss``).
-    scale_rewards: group, batch or none (see ``lit_vr1.loss.group_advantages``).
-    mask_truncated_completions: leave completions without EOS out of the loss (DAPO).
-    mini_batch_size: completions per optimiser step (None: the whole rollout, one step).
-    micro_batch_size: completions per forward/backward (None: the mini-batch);
-        gradients of a mini-batch's micro-batches are accumulated before the step.
-    gradient_clip_val: max global grad norm (None: no clipping).
-    shared_prompt: run each prompt (and its images) once for its G completions, in the
-        rollout and in every training forward, instead of G times (see ``lit_vr1.prefix``);
-        models it does not support (InternVL, gradient checkpointing) fall back
-        to repeated prompts, with a warning. Same logits and gradients either way.
-    disable_dropout: set every dropout of the policy (LoRA's included) to 0, so that the
-        old, reference and policy passes score the model the rollout sampled from (the
-        ratio is exactly 1 until the weights move), as TRL's ``disable_dropout``.
+    """Every knob of the GRPO algorithm (TRL's GRPOConfig name in brackets where it differs).
 
     Mini-batches hold whole groups (the G completions of a prompt stay together), so each
     micro-batch runs as few prompt passes as it can. Completions no reward scored (every
-    reward nan: not applicable, failed under ``on_error="nan"``, or inf) get advantage 0, stay out of their group's statistics
-    and have no loss tokens (in grpo / dr_grpo they still count in the average over
-    sequences, as TRL counts masked truncated completions), and are counted
-    (``train/reward/unscored``); a mini-batch with no scored token anywhere takes no step.
+    reward nan: not applicable, failed under ``on_error="nan"``, or inf) get advantage 0,
+    stay out of their group's statistics and have no loss tokens (in grpo / dr_grpo they
+    still count in the average over sequences, as TRL counts masked truncated completions),
+    and are counted (``train/reward/unscored``); a mini-batch with no scored token anywhere
+    takes no step.
+
+    The loss (policy, old and reference log-probs alike) scores tokens under the
+    temperature-scaled distribution without the top-k / top-p cut, as TRL and verl do:
+    under the cut, a token sampled near its edge gets log p = -inf once a recomputed logit
+    moves by 2e-4 (a NaN loss), and the reference could not be scored under the policy's
+    cut (a biased KL). top_k / top_p thus only shape what is sampled.
+
+    Attributes:
+        num_generations: G, completions sampled per prompt.
+        temperature: sampling temperature (the loss scores the same tempered distribution).
+        top_p: nucleus sampling; 1.0 is off. Shapes sampling only (see above).
+        top_k: top-k sampling; 0 is off. Shapes sampling only (see above).
+        max_completion_length: most tokens a completion may have.
+        num_iterations: passes of updates over one rollout (GRPO's mu).
+        epsilon: lower clip range of the ratio (and the upper one unless epsilon_high is set).
+        epsilon_high: upper clip range (DAPO's clip-higher); None: the same as epsilon.
+        beta: weight of the k3 KL to the reference; 0 builds no reference model.
+        loss_type: grpo, bnpo, dr_grpo or dapo (see ``lit_vr1.loss.grpo_loss``).
+        scale_rewards: group, batch or none (see ``lit_vr1.loss.group_advantages``).
+        mask_truncated_completions: leave completions without EOS out of the loss (DAPO).
+        mini_batch_size: completions per optimiser step (None: the whole rollout, one step).
+        micro_batch_size: completions per forward/backward (None: the mini-batch); gradients
+            of a mini-batch's micro-batches are accumulated before the step.
+        gradient_clip_val: max global grad norm (None: no clipping) [max_grad_norm].
+        shared_prompt: run each prompt (and its images) once for its G completions, in the
+            rollout and in every training forward, instead of G times (see ``lit_vr1.prefix``);
+            models it does not support (InternVL, gradient checkpointing) fall back to
+            repeated prompts, with a warning. Same logits and gradients either way.
+        disable_dropout: set every dropout of the policy (LoRA's included) to 0, so that the
+            old, reference and policy passes score the model the rollout sampled from (the
+            ratio is exactly 1 until the weights move), as TRL's ``disable_dropout``.
     """
 
     num_generations: int = 4

@@ -24,6 +24,7 @@ from lit_vr1.models.loading import load_model, load_processor
 from lit_vr1.models.lora import LoraSpec, apply_lora, save_merged
 from lit_vr1.models.tiny import TinySpec
 from lit_vr1.predict import predict_records
+from lit_vr1.quiet import quiet_known_notices
 from lit_vr1.rewards.boxes import BOX_FRAMES
 
 EVAL_TASKS = ("rec", "detection")
@@ -69,7 +70,10 @@ class VLMModule(LightningModule):
             ``tiny:qwen2_vl``).
         optimizer: optimiser factory (``class_path`` in YAML); AdamW(lr=1e-5) by default.
         lr_scheduler: scheduler factory, stepped after every optimiser step.
-        min_pixels, max_pixels: image size bounds of the processor (multiples of 28).
+        min_pixels: fewest pixels an image is resized to before the vision tower
+            (qwen-vl-utils' convention; a multiple of 28 x 28; None: the processor's default).
+        max_pixels: most pixels an image is resized to (the main knob of image tokens
+            per prompt: tokens = pixels / 28 / 28 for Qwen2.5-VL; None: the processor's default).
         dtype: weights' dtype: float32 (default), bfloat16, float16 or auto. Trained weights
             must stay float32 (the optimiser's master copy): for bf16 compute set
             ``trainer.precision=bf16-mixed`` with float32 here. bfloat16 suits LoRA (peft keeps the
@@ -132,6 +136,7 @@ class VLMModule(LightningModule):
         float32_lm_head: bool = True,
     ) -> None:
         super().__init__()
+        quiet_known_notices()
         if box_frame is not None and box_frame not in BOX_FRAMES:
             raise ValueError(f"box_frame={box_frame!r} is not valid; choose one of {', '.join(BOX_FRAMES)}")
         self.model_name = model

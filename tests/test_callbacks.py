@@ -145,6 +145,16 @@ def test_prediction_writer_draws_the_parsed_boxes(tmp_path, samples):
     assert im.getpixel((10, 20)) == (220, 0, 0) and im.getpixel((20, 10)) == (220, 0, 0)  # the box's edges are red
     assert im.getpixel((20, 20)) != (220, 0, 0)
     assert '"id": "a/b"' in (tmp_path / "predictions.jsonl").read_text()
+    # the line's ground truth in green; an answer without a box is captioned
+    from lit_vr1.rewards.boxes import first_box
+
+    x1, y1, x2, y2 = (int(v) for v in first_box(sample.solution))
+    assert im.getpixel((x1, (y1 + y2) // 2)) == (0, 170, 0)
+    writer.write_on_batch_end(FakeTrainer(), None, [{"id": "none", "boxes": []}], None, [sample], 0, 0)
+    w, h = sample.images[0].size
+    plain = Image.open(tmp_path / "images" / "a_b.png").convert("RGB").crop((0, h - 14, w, h))
+    captioned = Image.open(tmp_path / "images" / "none.png").convert("RGB").crop((0, h - 14, w, h))
+    assert list(captioned.getdata()) != list(plain.getdata())  # the caption's text along the bottom
 
 
 def test_ptst_switches_stage_at_the_configured_steps_and_survives_a_resume(samples, tmp_path):

@@ -139,3 +139,29 @@ def test_new_families_save_and_load_by_path(tiny, samples, tmp_path):
 def test_internvl_refuses_pixel_bounds():
     with pytest.raises(ValueError, match="do not apply to InternVL"):
         load_processor("tiny:internvl", max_pixels=56 * 56)
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen2_vl"])
+def test_input_pixels_frame_is_qwen_vl_utils_resize(family):
+    """The ``input_pixels`` box frame is read from the processor's own patch grid; it is
+    the size Qwen's reference tool (qwen-vl-utils' ``smart_resize``) gives, for any image
+    size and pixel bounds (up to an aspect ratio of 5; at 31 x 656 and 12544 pixels it rounds
+    the short side to 0 where the processor keeps 28)."""
+    import random
+
+    from PIL import Image
+    from qwen_vl_utils import smart_resize
+
+    from lit_vr1.models.families import family_of
+    from lit_vr1.models.loading import load_processor
+
+    rng = random.Random(0)
+    for min_pixels, max_pixels in ((56 * 56, 448 * 448), (28 * 28, 112 * 112)):
+        processor = load_processor(f"tiny:{family}", min_pixels=min_pixels, max_pixels=max_pixels)
+        for _ in range(20):
+            w = rng.randint(28, 900)
+            h = min(900, max(28, int(w * rng.uniform(0.2, 5.0))))
+            enc = processor.image_processor(images=[Image.new("RGB", (w, h))], return_tensors="pt")
+            got = family_of(processor).images.input_sizes(enc, [(w, h)], processor)
+            rh, rw = smart_resize(h, w, factor=28, min_pixels=min_pixels, max_pixels=max_pixels)
+            assert got == [(rw, rh)], (w, h, min_pixels, max_pixels)

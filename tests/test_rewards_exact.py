@@ -242,3 +242,16 @@ def test_cosine_length_decides_correctness_by_a_detection_score():
     assert math.isnan(routed([both], [c])[0])
     with pytest.raises(ValueError, match="correct_by"):
         CosineLength(correct_by="map")
+
+
+def test_rec_iou_warns_once_about_multi_box_solutions():
+    reward = IoUReward(box_frame="original_pixels")
+    multi = SampleContext(id="m", prompt="", solution=json.dumps([{"bbox_2d": [0, 0, 5, 5]}, {"bbox_2d": [6, 6, 9, 9]}]),
+                          image_sizes=[(10, 10)], source="d.jsonl:3")
+    with pytest.warns(UserWarning, match=r"'m' \(d.jsonl:3\) has 2 solution boxes"):
+        reward(["[0, 0, 5, 5]"], [multi])
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert reward(["[0, 0, 5, 5]"], [multi]) == [1.0]  # once per reward

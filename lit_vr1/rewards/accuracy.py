@@ -351,7 +351,8 @@ class HFRRF(Reward):
     format alone, so a model cannot earn reward by formatting a wrong answer well.
 
     Args:
-        mode, tolerance: the answer matcher, as in :class:`Accuracy`.
+        mode: the answer matcher, as in :class:`Accuracy`.
+        tolerance: relative tolerance of the numeric matcher, as in :class:`Accuracy`.
     """
 
     default_name = "hfrrf"

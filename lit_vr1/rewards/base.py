@@ -95,6 +95,10 @@ class Reward:
     def score(self, completions: list[str], contexts: list[SampleContext]) -> list[float]:
         raise NotImplementedError
 
+    def check_ready(self) -> None:
+        """Called at fit start: raise :class:`RewardError` when the reward cannot work (a
+        server that does not answer). Rule-based rewards are always ready."""
+
     def applies(self, ctx: SampleContext) -> bool:
         return self.tasks is None or ctx.task in self.tasks
 

@@ -94,7 +94,8 @@ class CosineLength(Reward):
         min_value_correct: reward of a correct answer of length >= max_len.
         max_value_correct: reward of a correct answer of length 0 (the highest).
         max_len: length in tokens at which the cosine ends.
-        mode, tolerance: the answer matcher, as in :class:`lit_vr1.rewards.Accuracy`.
+        mode: the answer matcher, as in :class:`lit_vr1.rewards.Accuracy`.
+        tolerance: relative tolerance of the numeric matcher.
         exceed_penalty: when set, the reward of every completion with L >= max_len.
         correct_by: decide correctness with this reward's score instead of the accuracy
             matcher: correct when ``score >= correct_at``. VLM-R1's open-vocabulary

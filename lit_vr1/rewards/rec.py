@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 
 import torch
 from torchmetrics.functional.detection import intersection_over_union
@@ -73,9 +74,10 @@ class IoUReward(Reward):
     Args:
         threshold: when set, the reward is 1.0 for IoU > threshold and 0.0 otherwise
             (the strict Acc@0.5 rule for threshold=0.5); when None, the IoU itself.
-        zero_below, one_above: Vision-R1's differentiation of the continuous IoU (see
-            :func:`differentiate`); they punish loose, hedging boxes, which a plain IoU
-            reward teaches a weak model. Not together with ``threshold``.
+        zero_below: Vision-R1's differentiation of the continuous IoU (see
+            :func:`differentiate`): an IoU under it scores 0, punishing loose, hedging boxes,
+            which a plain IoU reward teaches a weak model. Not together with ``threshold``.
+        one_above: an IoU at or over it scores 1 (Vision-R1's differentiation).
         box_frame: frame the model writes boxes in (see ``lit_vr1.rewards.boxes.BOX_FRAMES``).
     """
 
@@ -94,6 +96,14 @@ class IoUReward(Reward):
         self.box_frame = box_frame
 
     def score(self, completions: list[str], contexts: list[SampleContext]) -> list[float]:
+        if not getattr(self, "_warned_multi", False):
+            multi = next((c for c in contexts if len(solution_boxes(c.solution)) > 1), None)
+            if multi is not None:
+                self._warned_multi = True
+                warnings.warn(f"{type(self).__name__} ({self.name!r}) scores the first box of an answer against the "
+                              f"first box of the solution, but sample {multi.id!r} ({multi.source or 'no source'}) has "
+                              f"{len(solution_boxes(multi.solution))} solution boxes; for several objects per image use "
+                              "DetectionMAP, ODLength, DetectionWeightedSum or the Vision-R1 rewards", stacklevel=2)
         ious = rec_ious(completions, contexts, self.box_frame)
         if self.threshold is not None:
             return [1.0 if v > self.threshold else 0.0 for v in ious]

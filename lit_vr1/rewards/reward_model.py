@@ -33,7 +33,10 @@ import os
 import re
 import socket
 import time
+import urllib.error
 import urllib.parse
+import urllib.request
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -43,7 +46,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from lit_vr1.rewards.base import Reward, SampleContext
+from lit_vr1.rewards.base import Reward, RewardError, SampleContext
 from lit_vr1.rewards.boxes import answer_text
 
 PROTOCOLS = ("lit-vr1", "openai")
@@ -409,6 +412,30 @@ class RemoteRewardModel(Reward):
             else:
                 out.extend(self.request(chunk))
         return _binarised(out, self.threshold)
+
+    def check_ready(self) -> None:
+        """``GET /health`` on the server's host (lit-vr1's server, vLLM and SGLang all answer
+        it) before training starts: a :class:`RewardError` saying how to start the judge
+        (a warning with ``on_error="nan"``, whose run goes on with the scores masked)."""
+        p = self._parts
+        health = f"{p.scheme}://{p.netloc}/health"
+        request = urllib.request.Request(health, headers={"Authorization": f"Bearer {self.api_key}"} if self.api_key
+                                         else {})
+        try:
+            with urllib.request.urlopen(request, timeout=min(self.timeout_s, 10.0)) as resp:
+                if resp.status == 200:
+                    return
+                cause = f"HTTP {resp.status}"
+        except urllib.error.HTTPError as e:
+            cause = f"HTTP {e.code}"
+        except (OSError, urllib.error.URLError) as e:
+            cause = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
+        message = (f"reward {self.name!r}: the judge at {self.url} is not ready ({health}: {cause}). Start it "
+                   f"first, e.g. python -m lit_vr1.rewards.serve --model <judge model> --port {p.port or 80} "
+                   "(README: the judge server), or point url at a running one")
+        if self.on_error == "raise":
+            raise RewardError(message)
+        warnings.warn(message + "; on_error='nan': its scores are masked until it answers", stacklevel=2)
 
     def chat_body(self, item: dict[str, Any]) -> bytes:
         """The OpenAI chat request judging one protocol item."""

@@ -1,0 +1,57 @@
+"""Turn a Lightning checkpoint into a Hugging Face model folder.
+
+    python -m lit_vr1.export runs/quickstart/checkpoints/last.ckpt runs/quickstart/hf_model
+
+The folder (``save_pretrained`` of the policy, LoRA adapters merged in, and its processor)
+loads with ``AutoModelForImageTextToText.from_pretrained`` and as ``model: <folder>`` in a
+lit-vr1 config. The module is rebuilt from the settings saved in the checkpoint, so the
+base model it names (a hub name or path) must be reachable, as in training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from lit_vr1.checkpoint import load_checkpoint_file
+
+
+def load_module(ckpt_path: str):
+    """The LightningModule of a lit-vr1 checkpoint: built from its saved settings, its
+    weights loaded (a LoRA checkpoint's adapters over the base weights)."""
+    from jsonargparse import ArgumentParser
+
+    from lit_vr1.cli import checkpoint_model_settings
+
+    settings = checkpoint_model_settings(ckpt_path)
+    if settings is None:
+        raise ValueError(f"checkpoint {ckpt_path} holds no model settings (not written by a lit-vr1 module)")
+    module_path, _, name = settings["class_path"].rpartition(".")
+    cls = getattr(__import__(module_path, fromlist=[name]), name)
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(cls, "model", fail_untyped=False)
+    config = parser.parse_object({"model": settings["init_args"]})
+    module = parser.instantiate(config).model
+    module.configure_model()
+    checkpoint = load_checkpoint_file(ckpt_path, map_location="cpu")
+    module.on_load_checkpoint(checkpoint)
+    module.load_state_dict(checkpoint["state_dict"])
+    return module
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m lit_vr1.export", description=__doc__.split("\n")[0])
+    parser.add_argument("checkpoint", help="a .ckpt written by lit-vr1 fit")
+    parser.add_argument("out_dir", help="the Hugging Face model folder to write")
+    args = parser.parse_args(argv)
+    try:
+        module = load_module(args.checkpoint)
+    except ValueError as e:  # a broken file, a missing base model: one message
+        print(f"lit-vr1 export: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    module.export(args.out_dir)
+    print(f"wrote {args.out_dir} (load it with AutoModelForImageTextToText.from_pretrained or model: {args.out_dir})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""Lightning and torch notices that do not apply to lit-vr1 runs, silenced where we know
+better (each with the reason), so that what is left on the screen is worth reading.
+
+* "Found N module(s) in eval mode at the start of training": the frozen reference model
+  (and a frozen vision tower's dropout-free blocks) are in eval mode on purpose.
+* "Using ModelCheckpoint with manual optimization and every_n_train_steps ...": GRPO's
+  checkpoints are taken after the optimiser step on purpose; a resume from them continues
+  exactly (``tests/test_resume.py``).
+* "... your dataloader is not resumable": lit-vr1's data module saves and restores its
+  position in the epoch itself (``lit_vr1/data/sampler.py``).
+* "The number of training batches (N) is smaller than the logging interval": lit-vr1's
+  configs log every step (``log_every_n_steps: 1``); with Lightning's 50 a short run logged
+  nothing, hence the notice; the CSV logger writes every step anyway.
+* "isinstance(treespec, LeafSpec) is deprecated": Lightning's own call into torch's pytree
+  API, nothing a user can change.
+* Lightning's "Tip: ... litlogger / litmodels" advertisements.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+from lightning.pytorch.callbacks import RichProgressBar
+
+NOTICES = (
+    r"Found \d+ module\(s\) in eval mode at the start of training",
+    r"Using ModelCheckpoint with manual optimization and every_n_train_steps",
+    r".*your dataloader is not resumable",
+    r"The number of training batches \(\d+\) is smaller than the logging interval",
+    r".*isinstance\(treespec, LeafSpec\)` is deprecated",
+)
+
+
+class _DropTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith("💡 Tip:")
+
+
+_installed = False
+
+
+def quiet_known_notices() -> None:
+    """Install the filters (once per process)."""
+    global _installed
+    if _installed:
+        return
+    for pattern in NOTICES:
+        warnings.filterwarnings("ignore", message=pattern)
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_DropTips())
+    _installed = True
+
+
+class StepProgressBar(RichProgressBar):
+    """Lightning's rich progress bar, described by optimiser steps (``Step 23/60``) when the
+    run is bounded by ``max_steps`` (Lightning's shows ``Epoch 0/-2`` for ``max_epochs=-1``)."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        max_steps = self.trainer.max_steps
+        if max_steps is None or max_steps < 0:
+            return super()._get_train_description(current_epoch)
+        text = f"Step {self.trainer.global_step}/{max_steps}"
+        width = len(self.validation_description)
+        return f"{text:{width}}" if width > len(text) else text
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if self.progress is not None and self.train_progress_bar_id is not None:
+            self.progress.update(self.train_progress_bar_id, description=self._get_train_description(trainer.current_epoch))
+
+
+def step_progress_bar(trainer) -> None:
+    """Swap the Trainer's default :class:`RichProgressBar` for a :class:`StepProgressBar`
+    with the same settings (a progress bar the user chose is left alone)."""
+    for i, callback in enumerate(trainer.callbacks):
+        if type(callback) is RichProgressBar:
+            trainer.callbacks[i] = StepProgressBar(refresh_rate=callback.refresh_rate, leave=callback._leave,
+                                                   theme=callback.theme, console_kwargs=callback._console_kwargs)

@@ -1,0 +1,43 @@
+"""TRL GRPOConfig names and where their settings live in lit-vr1 (for the CLI's hints and
+the README's table). Checked against TRL 1.16.0's ``trl/trainer/grpo_config.py``."""
+
+from __future__ import annotations
+
+# name -> (the flags that take it here, what to write instead). Only names that are no lit-vr1
+# option anywhere else (seed, max_steps, gradient_checkpointing, output_dir are: left to the parser)
+TRL_NAMES: dict[str, tuple[tuple[str, ...], str]] = {
+    "max_prompt_length": (("data.max_prompt_length",),
+                          "--data.max_prompt_length=N (a longer prompt is refused or skipped, never truncated)"),
+    "learning_rate": ((), "the optimiser's lr: --model.optimizer.init_args.lr=1e-6 (YAML: model.init_args.optimizer: "
+                          "{class_path: torch.optim.AdamW, init_args: {lr: 1e-6}}; TRL's default is 1e-6, ours 1e-5)"),
+    "max_grad_norm": ((), "--model.grpo.gradient_clip_val=1.0"),
+    "per_device_train_batch_size": ((), "--model.grpo.micro_batch_size (completions per forward/backward); prompts "
+                                        "per rollout and process are --data.batch_size, each with G completions"),
+    "gradient_accumulation_steps": ((), "--model.grpo.mini_batch_size (completions per optimiser step) with "
+                                        "--model.grpo.micro_batch_size: mini / micro forward passes per step"),
+    "steps_per_generation": ((), "--model.grpo.mini_batch_size: the rollout's data.batch_size x G completions are split "
+                                 "into optimiser steps of mini_batch_size each"),
+    "generation_batch_size": ((), "--data.batch_size (prompts per rollout and process) x --model.grpo.num_generations"),
+    "reward_weights": ((), "each reward's own weight: model.init_args.rewards: [{class_path: ..., init_args: "
+                           "{weight: 0.5}}]"),
+    "num_train_epochs": ((), "--trainer.max_epochs"),
+    "logging_steps": ((), "--trainer.log_every_n_steps"),
+    "save_steps": ((), "ModelCheckpoint's every_n_train_steps in trainer.callbacks"),
+    "bf16": ((), "--trainer.precision=bf16-mixed (weights stay float32: --model.dtype=float32)"),
+}
+
+
+def misplaced_trl_flag(argv: list[str]) -> str | None:
+    """A message for the first flag of ``argv`` that names a TRL setting where lit-vr1 does
+    not take it (``--model.grpo.max_prompt_length``), saying where it lives; else None."""
+    for arg in argv:
+        if not arg.startswith("--"):
+            continue
+        key = arg[2:].split("=", 1)[0].replace(".init_args.", ".").replace(".dict_kwargs.", ".")
+        name = key.rsplit(".", 1)[-1]
+        if name not in TRL_NAMES:
+            continue
+        valid, hint = TRL_NAMES[name]
+        if key not in valid and not key.startswith("model.optimizer."):
+            return f"--{arg[2:].split('=', 1)[0]}: TRL's {name} is not a lit-vr1 option there; use {hint}"
+    return None
