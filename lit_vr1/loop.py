@@ -187,7 +187,7 @@ class RolloutUpdateLoop:
             with m.generation_context():
                 return generate(m.policy, m.processor, samples, self.config.num_generations, self.sampling,
                                 shared_prompt=self.shared_prompt(),
-                                global_step=m.global_step)
+                                global_step=m.global_step, box_frame=m.box_frame)
         finally:
             m.policy.train(was_training)
 

@@ -94,7 +94,8 @@ class VLMModule(LightningModule):
             and keep their KV cache.
         box_frame: frame the model writes boxes in, for validation (see ``BOX_FRAMES``);
             None: the model family's own (Qwen2.5-VL: input_pixels; Qwen2-VL, Qwen3-VL,
-            InternVL: norm1000). Rewards take their own ``box_frame``.
+            InternVL: norm1000). Box rewards without a ``box_frame`` of their own read
+            this one (the rollout puts it in every ``SampleContext``).
         eval_max_new_tokens: most tokens of a greedy validation answer.
         export_dir: when set, the trained policy and processor are saved there with
             ``save_pretrained`` at the end of fit (a later run starts from it with ``model: <dir>``).

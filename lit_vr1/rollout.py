@@ -213,8 +213,12 @@ def generate(
     global_step: int = 0,
     with_sampling_logprobs: bool = False,
     shared_prompt: bool = True,
+    box_frame: str | None = None,
 ) -> Rollout:
     """Sample ``num_generations`` completions for each sample, as one :class:`Rollout`.
+
+    Every context carries ``box_frame``, the frame the policy writes boxes in (None: its
+    model family's), for the box rewards that do not name their own.
 
     Each prompt is encoded by the processor once. With ``shared_prompt`` (and a model
     :mod:`lit_vr1.prefix` supports) its images are encoded once and its prefill runs once
@@ -239,6 +243,7 @@ def generate(
         comp, mask, has_eos, sampling_lp = _transformers_generate(model, processor, prompt, per_prompt, image_rows,
                                                                   num_generations, cfg, eos, with_sampling_logprobs)
     texts = processor.batch_decode(comp, skip_special_tokens=True)
+    frame = box_frame or families.family_of(processor).box_frame
     contexts, lengths = [], mask.sum(dim=1).tolist()
     first_image = [sum(per_prompt[:i]) for i in range(len(per_prompt))]
     for row in range(comp.shape[0]):
@@ -250,7 +255,7 @@ def generate(
                 id=s.id, prompt=prompt_text, solution=s.solution, images=s.images, image_sizes=s.image_sizes,
                 input_sizes=sizes[first_image[p]:first_image[p] + per_prompt[p]], metadata=s.metadata,
                 completion_length=int(lengths[row]), truncated=not bool(has_eos[row]), global_step=global_step,
-                task=s.task, source=s.source,
+                task=s.task, source=s.source, box_frame=frame,
             )
         )
     return Rollout(

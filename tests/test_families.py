@@ -165,3 +165,26 @@ def test_input_pixels_frame_is_qwen_vl_utils_resize(family):
             got = family_of(processor).images.input_sizes(enc, [(w, h)], processor)
             rh, rw = smart_resize(h, w, factor=28, min_pixels=min_pixels, max_pixels=max_pixels)
             assert got == [(rw, rh)], (w, h, min_pixels, max_pixels)
+
+
+@pytest.mark.parametrize("tiny, frame", [("qwen2_5_vl", "input_pixels"), ("qwen2_vl", "norm1000")], indirect=["tiny"])
+def test_box_rewards_read_the_policys_frame_unless_they_name_one(tiny, frame, samples):
+    """A reward with no box_frame reads what the policy writes: its family's frame, which
+    the rollout puts in every context (the module's box_frame when set)."""
+    from lit_vr1.rewards import DetectionMAP, IoUReward
+    from lit_vr1.rewards.base import SampleContext
+    from lit_vr1.rollout import SamplingConfig, generate, vision_token_ids
+
+    model, processor = tiny
+    cfg = SamplingConfig(max_completion_length=2, suppress_ids=vision_token_ids(processor))
+    rollout = generate(model, processor, samples[:1], 2, cfg)
+    assert {c.box_frame for c in rollout.contexts} == {frame}
+    assert generate(model, processor, samples[:1], 2, cfg, box_frame="norm1").contexts[0].box_frame == "norm1"
+    # the same answer, read in the context's frame: [500, 500, 1000, 1000] in norm1000 is the lower-right quarter
+    ctx = SampleContext(id="q", prompt="", solution=[100, 50, 200, 100], image_sizes=[(200, 100)],
+                        input_sizes=[(200, 100)], box_frame="norm1000")
+    answer = '[{"bbox_2d": [500, 500, 1000, 1000], "label": "x"}]'
+    assert IoUReward()([answer], [ctx]) == [1.0]
+    assert IoUReward(box_frame="input_pixels")([answer], [ctx]) == [0.0]  # a reward's own frame wins
+    ctx.solution = '[{"bbox_2d": [100, 50, 200, 100], "label": "x"}]'
+    assert DetectionMAP()([answer], [ctx]) == pytest.approx([1.0])

@@ -34,6 +34,9 @@ class SampleContext:
     source: "file:line" of the sample, for error messages.
     completion_length: tokens of this completion; truncated: True when it hit
     max_completion_length without EOS; global_step: the optimiser step.
+    box_frame: the frame the policy writes boxes in (the module's ``box_frame``, by default
+        its model family's: Qwen2.5-VL input_pixels; Qwen2-VL, Qwen3-VL, InternVL norm1000);
+        box rewards without a ``box_frame`` of their own read it.
     """
 
     id: str
@@ -48,6 +51,7 @@ class SampleContext:
     global_step: int = 0
     task: str = "default"
     source: str = ""
+    box_frame: str | None = None
 
     @property
     def image_size(self) -> tuple[int, int] | None:

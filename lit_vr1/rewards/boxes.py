@@ -210,6 +210,20 @@ def rescale_box(box: Box, from_size: tuple[int, int], to_size: tuple[int, int]) 
     return (x1 * sx, y1 * sy, x2 * sx, y2 * sy)
 
 
+DEFAULT_FRAME = "input_pixels"  # when neither the reward nor the sample names one
+
+
+def frame_of(own: str | None, ctx) -> str:
+    """The frame to read a completion's boxes in: the reward's own ``box_frame`` when set,
+    else the sample's (the policy's family, set by the rollout), else input_pixels."""
+    return own or getattr(ctx, "box_frame", None) or DEFAULT_FRAME
+
+
+def check_optional_frame(frame: str | None) -> str | None:
+    """``frame`` checked, None allowed (a reward that takes the model's frame)."""
+    return None if frame is None else check_frame(frame)
+
+
 def check_frame(frame: str) -> str:
     if frame not in BOX_FRAMES:
         raise ValueError(f"box frame {frame!r} is not valid; choose one of {', '.join(BOX_FRAMES)}")

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from lit_vr1.rewards.base import Reward, SampleContext
-from lit_vr1.rewards.boxes import Box, ParsedBox, check_frame, predicted_boxes, solution_boxes
+from lit_vr1.rewards.boxes import Box, ParsedBox, check_optional_frame, frame_of, predicted_boxes, solution_boxes
 
 MAP_METRICS = ("map", "map_50", "map_75")
 MAP_BACKENDS = ("pycocotools", "faster_coco_eval")  # torchmetrics' COCO backends
@@ -211,17 +211,18 @@ def weighted_sum_score(preds: list[ParsedBox], gts: list[ParsedBox], position_we
 class _DetectionReward(Reward):
     """Shared parsing: the completion's boxes in original pixels and the solution's boxes."""
 
-    def __init__(self, box_frame: str = "input_pixels", **kwargs) -> None:
+    def __init__(self, box_frame: str | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.box_frame = check_frame(box_frame)
+        self.box_frame = check_optional_frame(box_frame)
 
     def boxes(self, completion: str, ctx: SampleContext) -> tuple[list[ParsedBox], list[ParsedBox]]:
         """(predicted, ground truth) boxes of one completion, both in original pixels. Every
         box written is a prediction: one without an area is kept as a zero-area box, a
         false positive (``boxes.flatten_box``)."""
-        if ctx.image_size is None and self.box_frame != "original_pixels":
-            raise ValueError(f"box_frame={self.box_frame!r} needs the image size, and the sample has no image")
-        preds = predicted_boxes(completion, ctx.image_size, ctx.input_size, self.box_frame, keep_degenerate=True)
+        frame = frame_of(self.box_frame, ctx)
+        if ctx.image_size is None and frame != "original_pixels":
+            raise ValueError(f"box_frame={frame!r} needs the image size, and the sample has no image")
+        preds = predicted_boxes(completion, ctx.image_size, ctx.input_size, frame, keep_degenerate=True)
         return preds, solution_boxes(ctx.solution)
 
 
@@ -239,7 +240,8 @@ class DetectionMAP(_DetectionReward):
 
     Args:
         metric: "map" (AP@[.50:.95]), "map_50" (AP@.50) or "map_75" (AP@.75).
-        box_frame: frame the model writes boxes in (``lit_vr1.rewards.boxes.BOX_FRAMES``).
+        box_frame: frame the model writes boxes in (``lit_vr1.rewards.boxes.BOX_FRAMES``);
+            None: the policy's own (its model family's).
         backend: torchmetrics' COCO backend, "faster_coco_eval" (default, a C++ port) or
             "pycocotools" (the reference; the tests check both against COCOeval).
         **kwargs: weight, name (default: the metric), tasks, on_error (see ``Reward``).
@@ -247,7 +249,7 @@ class DetectionMAP(_DetectionReward):
 
     default_name = "map"
 
-    def __init__(self, metric: str = "map", box_frame: str = "input_pixels", backend: str = "faster_coco_eval",
+    def __init__(self, metric: str = "map", box_frame: str | None = None, backend: str = "faster_coco_eval",
                  **kwargs) -> None:
         if metric not in MAP_METRICS:
             raise ValueError(f"metric={metric!r} is not valid; choose one of {', '.join(MAP_METRICS)}")
@@ -310,14 +312,14 @@ class DetectionWeightedSum(_DetectionReward):
         iou_threshold: IoU a prediction needs to match a ground-truth box (0.5).
         mislabel_is_error: count a matched pair with the wrong label as a miss and a
             false alarm in completeness (VLM-R1 does not: False).
-        box_frame: frame the model writes boxes in.
+        box_frame: frame the model writes boxes in (None: the policy's own).
         **kwargs: weight, name, tasks, on_error (see ``Reward``).
     """
 
     default_name = "det_weighted_sum"
 
     def __init__(self, position_weight: float = 0.7, completeness_weight: float = 0.3, iou_threshold: float = 0.5,
-                 mislabel_is_error: bool = False, box_frame: str = "input_pixels", **kwargs) -> None:
+                 mislabel_is_error: bool = False, box_frame: str | None = None, **kwargs) -> None:
         super().__init__(box_frame=box_frame, **kwargs)
         if position_weight < 0 or completeness_weight < 0 or position_weight + completeness_weight <= 0:
             raise ValueError(f"DetectionWeightedSum: position_weight={position_weight} and completeness_weight="

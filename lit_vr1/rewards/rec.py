@@ -10,7 +10,16 @@ import torch
 from torchmetrics.functional.detection import intersection_over_union
 
 from lit_vr1.rewards.base import Reward, SampleContext
-from lit_vr1.rewards.boxes import answer_text, check_frame, first_box, is_degenerate, parse_boxes, solution_boxes, to_original
+from lit_vr1.rewards.boxes import (
+    answer_text,
+    check_optional_frame,
+    first_box,
+    frame_of,
+    is_degenerate,
+    parse_boxes,
+    solution_boxes,
+    to_original,
+)
 
 _LAYOUT_RE = re.compile(r"\s*<think>(.*?)</think>\s*<answer>(.*?)</answer>\s*", re.DOTALL)
 _TAG_RE = re.compile(r"</?(?:think|answer)>")
@@ -24,26 +33,28 @@ def think_answer_ok(completion: str) -> bool:
     return bool(m) and all(body.strip() and not _TAG_RE.search(body) for body in m.groups())
 
 
-def rec_ious(completions: list[str], contexts: list[SampleContext], frame: str = "input_pixels") -> list[float]:
+def rec_ious(completions: list[str], contexts: list[SampleContext], frame: str | None = None) -> list[float]:
     """IoU of each completion's first box with the solution's box, both in original pixels.
 
-    The prediction is mapped from ``frame`` to the first image's original size; the
+    The prediction is mapped from ``frame`` (None: each sample's ``box_frame``, see
+    :func:`~lit_vr1.rewards.boxes.frame_of`) to the first image's original size; the
     solution is written in original pixels (VLM-R1's REC data). A completion without a
     box, or whose first box has no area, scores 0 (a later box does not stand in for it).
     IoU comes from torchmetrics, in float64 (float32 is off by up to 1e-5).
     """
-    check_frame(frame)
+    check_optional_frame(frame)
     preds, targets, valid = [], [], []
     for completion, ctx in zip(completions, contexts):
+        ctx_frame = frame_of(frame, ctx)
         gts = solution_boxes(ctx.solution)
         gt = gts[0].box if gts else None
         if gt is None:
             raise ValueError(f"sample {ctx.id!r}: solution {ctx.solution!r} holds no box")
-        if ctx.image_size is None and frame != "original_pixels":
-            raise ValueError(f"box frame {frame!r} needs the image size, and the sample has no image")
+        if ctx.image_size is None and ctx_frame != "original_pixels":
+            raise ValueError(f"box frame {ctx_frame!r} needs the image size, and the sample has no image")
         box = first_box(completion)  # the first box written, with or without an area
-        if box is not None and frame != "original_pixels":
-            box = to_original(box, frame, ctx.input_size, ctx.image_size)
+        if box is not None and ctx_frame != "original_pixels":
+            box = to_original(box, ctx_frame, ctx.input_size, ctx.image_size)
         ok = box is not None and not is_degenerate(box)
         preds.append(box if ok else (0.0, 0.0, 1.0, 1.0))
         targets.append(gt)
@@ -78,15 +89,17 @@ class IoUReward(Reward):
             :func:`differentiate`): an IoU under it scores 0, punishing loose, hedging boxes,
             which a plain IoU reward teaches a weak model. Not together with ``threshold``.
         one_above: an IoU at or over it scores 1 (Vision-R1's differentiation).
-        box_frame: frame the model writes boxes in (see ``lit_vr1.rewards.boxes.BOX_FRAMES``).
+        box_frame: frame the model writes boxes in (see ``lit_vr1.rewards.boxes.BOX_FRAMES``);
+            None (default): the policy's own, from its model family (or the module's
+            ``box_frame``), as validation reads it.
     """
 
     default_name = "iou"
 
     def __init__(self, threshold: float | None = None, zero_below: float | None = None, one_above: float | None = None,
-                 box_frame: str = "input_pixels", **kwargs) -> None:
+                 box_frame: str | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
-        check_frame(box_frame)
+        check_optional_frame(box_frame)
         if threshold is not None and (zero_below is not None or one_above is not None):
             raise ValueError("IoUReward: give either threshold or zero_below/one_above, not both")
         if zero_below is not None and one_above is not None and zero_below > one_above:

@@ -40,7 +40,8 @@ from lit_vr1.rewards.boxes import (
     Box,
     ParsedBox,
     answer_text,
-    check_frame,
+    check_optional_frame,
+    frame_of,
     is_degenerate,
     parse_boxes,
     predicted_boxes,
@@ -362,7 +363,7 @@ class _MatchedBoxReward(Reward):
     """Shared part of the precision and recall rewards: parse, map to original pixels,
     match, read the stage of ``ctx.global_step``."""
 
-    def __init__(self, schedule: ThresholdSchedule | None = None, box_frame: str = "input_pixels",
+    def __init__(self, schedule: ThresholdSchedule | None = None, box_frame: str | None = None,
                  match_labels: bool = False, variant: Literal["paper", "released"] = "paper", **kwargs) -> None:
         super().__init__(**kwargs)
         if schedule is not None and not isinstance(schedule, ThresholdSchedule):
@@ -373,7 +374,7 @@ class _MatchedBoxReward(Reward):
             raise ValueError(f"{type(self).__name__}: match_labels is for variant='paper'; the released code's "
                              "matching cost already has a label term")
         self.schedule = schedule if schedule is not None else ThresholdSchedule()
-        self.box_frame = check_frame(box_frame)
+        self.box_frame = check_optional_frame(box_frame)
         self.match_labels = bool(match_labels)
         self.variant = variant
 
@@ -382,11 +383,12 @@ class _MatchedBoxReward(Reward):
         GIoUs of the released code's min(P, G) pairs (released)."""
         gt = ground_truth(ctx)
         stage = self.schedule.at(ctx.global_step)
+        frame = frame_of(self.box_frame, ctx)
         if self.variant == "released":
-            preds = released_boxes(completion, ctx, self.box_frame)
+            preds = released_boxes(completion, ctx, frame)
             return released_matched_gious(preds, gt), len(preds), len(gt), stage
         # every box written counts in P; one without an area is a zero-area box that matches nothing
-        preds = predicted_boxes(completion, ctx.image_size, ctx.input_size, self.box_frame, keep_degenerate=True)
+        preds = predicted_boxes(completion, ctx.image_size, ctx.input_size, frame, keep_degenerate=True)
         ious = [iou for _, _, iou in hungarian_match(preds, gt, self.match_labels)]
         return ious, len(preds), len(gt), stage
 
@@ -401,8 +403,9 @@ class LocalizationPrecision(_MatchedBoxReward):
 
     Args:
         schedule: the progressive thresholds (default: one stage, 0.5/0.5/0.75).
-        box_frame: frame the model writes boxes in (``lit_vr1.rewards.boxes.BOX_FRAMES``);
-            predictions are mapped to original pixels, where the solution lives.
+        box_frame: frame the model writes boxes in (``lit_vr1.rewards.boxes.BOX_FRAMES``;
+            None: the policy's own); predictions are mapped to original pixels, where the
+            solution lives.
         match_labels: pair only boxes with the same label (the paper pairs on boxes alone).
         variant: "paper" (default): the paper's Eq. 6 as written, IoU over all P
             predictions, so padding costs; "released": Vision-R1's released training code
@@ -438,7 +441,7 @@ class LocalizationRecall(_MatchedBoxReward):
 
     default_name = "loc_recall"
 
-    def __init__(self, schedule: ThresholdSchedule | None = None, box_frame: str = "input_pixels",
+    def __init__(self, schedule: ThresholdSchedule | None = None, box_frame: str | None = None,
                  match_labels: bool = False, differentiate: bool = True,
                  variant: Literal["paper", "released"] = "paper", **kwargs) -> None:
         super().__init__(schedule=schedule, box_frame=box_frame, match_labels=match_labels, variant=variant, **kwargs)
@@ -506,7 +509,8 @@ class DualFormat(Reward):
 
     Args:
         template: "bbox_2d_json" (default) or "label_box_pairs".
-        box_frame: frame the model writes boxes in; used for ``check_bounds``.
+        box_frame: frame the model writes boxes in (None: the policy's own); used for
+            ``check_bounds``.
         check_bounds: also demand x2 <= width and y2 <= height of the frame (the model input
             for "input_pixels", the original for "original_pixels", 1000 or 1 for the
             normalised frames); skipped when the size is unknown.
@@ -517,24 +521,25 @@ class DualFormat(Reward):
     default_name = "dual_format"
 
     def __init__(self, template: Literal["bbox_2d_json", "label_box_pairs"] = "bbox_2d_json",
-                 box_frame: str = "input_pixels", check_bounds: bool = False, require_think: bool = False,
+                 box_frame: str | None = None, check_bounds: bool = False, require_think: bool = False,
                  **kwargs) -> None:
         super().__init__(**kwargs)
         if template not in TEMPLATES:
             raise ValueError(f"template={template!r} is not valid; choose one of {', '.join(TEMPLATES)}")
         self.template = template
-        self.box_frame = check_frame(box_frame)
+        self.box_frame = check_optional_frame(box_frame)
         self.check_bounds = bool(check_bounds)
         self.require_think = bool(require_think)
 
     def _extent(self, ctx: SampleContext) -> tuple[float, float] | None:
         if not self.check_bounds:
             return None
-        if self.box_frame == "norm1000":
+        frame = frame_of(self.box_frame, ctx)
+        if frame == "norm1000":
             return (1000.0, 1000.0)
-        if self.box_frame == "norm1":
+        if frame == "norm1":
             return (1.0, 1.0)
-        size = ctx.input_size if self.box_frame == "input_pixels" else ctx.image_size
+        size = ctx.input_size if frame == "input_pixels" else ctx.image_size
         return (float(size[0]), float(size[1])) if size else None
 
     def _items(self, obj: Any) -> list[tuple[Any, Any]] | None:
