@@ -125,18 +125,34 @@ def check_checkpoint_file(path: str) -> None:
     raise CheckpointError(f"checkpoint {path} {what}{hint}")
 
 
-def load_checkpoint_file(path: str, map_location: Any = None, weights_only: bool | None = True) -> dict[str, Any]:
-    """``torch.load`` of a checkpoint, a :class:`CheckpointError` naming the file when it is
-    broken (torch's own message is not passed on: it advises ``weights_only=False``, which
-    runs whatever code a tampered file holds)."""
+# what torch.load raises for a missing, empty, cut-off or foreign file
+LOAD_ERRORS = (FileNotFoundError, RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError)
+
+
+def load_failure(path: str, exc: BaseException) -> CheckpointError | None:
+    """The error to raise when loading ``path`` failed with ``exc``: the file diagnosed by
+    :func:`check_checkpoint_file` (raised from here when it is broken); for an intact file
+    whose objects a weights-only load refuses, a :class:`CheckpointError` (torch's own
+    message advises ``weights_only=False``, which runs whatever code a tampered file holds);
+    None when the file is intact and the failure is another one (re-raise ``exc``)."""
     check_checkpoint_file(path)
+    if isinstance(exc, pickle.UnpicklingError):
+        return CheckpointError(f"checkpoint {path} holds objects a weights-only load refuses; it was not written by "
+                               "lit-vr1 or has been altered")
+    return None
+
+
+def load_checkpoint_file(path: str, map_location: Any = None, weights_only: bool | None = True) -> dict[str, Any]:
+    """``torch.load`` of a checkpoint, a :class:`CheckpointError` naming the file when it
+    cannot be loaded (:func:`load_failure`). The file is diagnosed only when the load fails,
+    so an intact checkpoint is read once."""
     try:
         return torch.load(path, map_location=map_location, weights_only=weights_only)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as exc:
-        other = newest_intact_beside(path)
-        hint = f"; the newest intact checkpoint beside it is {other}" if other else ""
-        raise CheckpointError(f"checkpoint {path} cannot be loaded safely ({type(exc).__name__}: it holds objects a "
-                              f"weights-only load refuses, or is damaged){hint}") from None
+    except LOAD_ERRORS as exc:
+        error = load_failure(path, exc)
+        if error is None:
+            raise
+        raise error from None
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -158,13 +174,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         """Lightning's load, with a broken local file reported as a :class:`CheckpointError`."""
         if not _is_local(str(path)):
             return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
-        local = str(path).removeprefix("file://")
-        check_checkpoint_file(local)
         try:
             return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
-        except pickle.UnpicklingError:
-            raise CheckpointError(f"checkpoint {local} holds objects a weights-only load refuses; it was not written "
-                                  "by lit-vr1 or has been altered") from None
+        except LOAD_ERRORS as exc:
+            error = load_failure(str(path).removeprefix("file://"), exc)
+            if error is None:
+                raise
+            raise error from None
 
 
 def use_atomic_checkpoints(trainer) -> bool:

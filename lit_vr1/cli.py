@@ -26,7 +26,6 @@ from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
 from lit_vr1.checkpoint import (
-    check_checkpoint_file,
     checkpoints_under_root,
     flush_csv_every_step,
     load_checkpoint_file,
@@ -78,7 +77,7 @@ class LitVR1CLI(LightningCLI):
         defaults of ``model``, and the config files and flags are parsed over them: what the
         user gives wins (Lightning applies the checkpoint's settings after parsing instead,
         silently dropping every ``--model.*`` flag, e.g. ``results_path``). A broken file is
-        reported by name (:func:`~lit_vr1.checkpoint.check_checkpoint_file`)."""
+        reported by name (:func:`~lit_vr1.checkpoint.load_checkpoint_file`)."""
         argv = list(sys.argv[1:] if args is None else args)
         subcommand = next((a for a in argv if a in self.subcommands()), None)
         ckpt_path = _flag_value(argv, "--ckpt_path")
@@ -163,7 +162,6 @@ def _flag_value(argv: list[str], flag: str) -> str | None:
 def checkpoint_model_settings(path: str) -> dict | None:
     """``{"class_path", "init_args"}`` of the LightningModule saved in a checkpoint (its
     ``save_hyperparameters``), or None when it saved none."""
-    check_checkpoint_file(path)
     hparams = dict(load_checkpoint_file(path, map_location="cpu").get("hyper_parameters") or {})
     hparams.pop("_instantiator", None)
     class_path = hparams.pop("_class_path", None)

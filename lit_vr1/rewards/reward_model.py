@@ -166,11 +166,11 @@ class JudgeScorer:
     @torch.no_grad()
     def _yes_no(self, prompts: list[str], images: list[Image.Image | None]) -> tuple[Tensor, Tensor, Tensor]:
         """(logsumexp of the yes logits, of the no logits, over the whole vocabulary) of the
-        first answer token after each prompt (cleaned, chat-templated, image first)."""
+        first answer token after each prompt (chat-templated, image first)."""
         texts = []
         for prompt, image in zip(prompts, images):
             content: list[dict[str, str]] = [{"type": "image"}] if image is not None else []
-            content.append({"type": "text", "text": self.clean(prompt)})
+            content.append({"type": "text", "text": prompt})
             texts.append(self.processor.apply_chat_template([{"role": "user", "content": content}],
                                                             add_generation_prompt=True, tokenize=False))
         pixels = [im.convert("RGB") for im in images if im is not None]
@@ -196,10 +196,11 @@ class JudgeScorer:
 
     def yes_no_logprobs(self, prompts: list[str], images: list[Image.Image | None]) -> tuple[list[float], list[float]]:
         """log p(yes) and log p(no) (over the whole vocabulary) of each ready-made prompt:
-        what the OpenAI chat protocol returns. sigmoid(yes - no) equals :meth:`score`."""
+        what the OpenAI chat protocol returns. The whole prompt comes from the client, so all
+        of it is :meth:`clean` ed. sigmoid(yes - no) equals :meth:`score`."""
         yes_out: list[float] = []
         no_out: list[float] = []
-        for yes, no, norm in self._batches(prompts, images):
+        for yes, no, norm in self._batches([self.clean(p) for p in prompts], images):
             yes_out.extend((yes - norm).cpu().tolist())
             no_out.extend((no - norm).cpu().tolist())
         return yes_out, no_out
