@@ -65,7 +65,7 @@ def child(name: str, args) -> dict:
     from lit_vr1.data.jsonl import JsonlDataset
     from lit_vr1.data.synthetic import SyntheticSpec, write_synthetic
     from lit_vr1.grpo import GRPOModule
-    from lit_vr1.loop import GRPOConfig
+    from lit_vr1.config import GRPOConfig
     from lit_vr1.models.lora import LoraSpec
     from lit_vr1.models.tiny import TinySpec
     from lit_vr1.rewards.base import Reward

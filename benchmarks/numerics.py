@@ -43,10 +43,18 @@ def logprob_figures() -> dict:
 
     from lit_vr1.data.jsonl import JsonlDataset
     from lit_vr1.data.synthetic import SyntheticSpec, write_synthetic
-    from lit_vr1.loss import k3_kl, token_logprobs
+    from lit_vr1.config import SamplingConfig
+    from lit_vr1.generation import generate
+    from lit_vr1.loss import k3_kl, sampling_logits, token_logprobs
+    from lit_vr1.models.families import vision_token_ids
     from lit_vr1.models.precision import float32_head
     from lit_vr1.models.tiny import build_tiny
-    from lit_vr1.rollout import SamplingConfig, completion_logits, generate, policy_logprobs, vision_token_ids
+
+    def completion_logits(m, inputs, width):  # the plain (prompt + completion) forward's completion logits
+        return m(**inputs, use_cache=False, logits_to_keep=width + 1).logits[:, :-1]
+
+    def policy_logprobs(logits, tokens, c):
+        return token_logprobs(sampling_logits(logits, c.temperature, c.top_k, c.top_p, c.suppress_ids), tokens)
 
     root = tempfile.mkdtemp()
     write_synthetic(root, SyntheticSpec(num_samples=4, canvas=112), "train")
@@ -56,7 +64,7 @@ def logprob_figures() -> dict:
     model.eval()
     torch.manual_seed(0)
     cfg = SamplingConfig(max_completion_length=24, suppress_ids=vision_token_ids(processor))
-    r = generate(model, processor, samples, 4, cfg, shared_prompt=False)
+    r = generate(model, processor, samples, 4, cfg, shared=False)
     mask = r.completion_mask.bool()
     inputs, width = r.model_inputs(), r.completion_ids.shape[1]
 
@@ -85,7 +93,7 @@ def logprob_figures() -> dict:
     old_formula = torch.exp(r_before) - r_before - 1
     cut = SamplingConfig(top_k=50, max_completion_length=24, suppress_ids=cfg.suppress_ids)
     torch.manual_seed(0)
-    rk = generate(model, processor, samples, 4, cut, shared_prompt=False)
+    rk = generate(model, processor, samples, 4, cut, shared=False)
     with torch.no_grad():
         logits_k = completion_logits(model, rk.model_inputs(), rk.completion_ids.shape[1])
     mk = rk.completion_mask.bool()

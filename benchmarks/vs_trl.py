@@ -98,7 +98,7 @@ def write_trl_prompts(data_dir: str, model_dir: str, n: int) -> None:
     from transformers import AutoProcessor
 
     from lit_vr1.data.jsonl import JsonlDataset
-    from lit_vr1.rollout import vision_token_ids
+    from lit_vr1.models.families import vision_token_ids
 
     ds = JsonlDataset(os.path.join(data_dir, "train.jsonl"), os.path.join(data_dir, "images"), "qwen_rec")
     rows = [{"prompt": ds[i].messages, "image": ds.records[i].image_paths[0]} for i in range(n)]
@@ -115,7 +115,7 @@ def run_lit(cfg: dict) -> dict:
     from torch.utils.data import DataLoader
 
     from lit_vr1.grpo import GRPOModule
-    from lit_vr1.loop import GRPOConfig
+    from lit_vr1.config import GRPOConfig
     from lit_vr1.rewards.base import Reward
 
     class Toy(Reward):
@@ -126,9 +126,9 @@ def run_lit(cfg: dict) -> dict:
 
     opts = cfg["lit_options"]
     if not opts.get("reuse_features", True):  # measure a frozen tower without reusing its features
-        from lit_vr1 import prefix
+        from lit_vr1 import shared_prompt
 
-        prefix.vision_frozen = lambda model: False
+        shared_prompt.vision_frozen = lambda model: False  # the rollout then keeps no features to reuse
     L.seed_everything(0, verbose=False)
     n = cfg["prompts"] * cfg["generations"]
     grpo = GRPOConfig(num_generations=cfg["generations"], max_completion_length=cfg["completion"], beta=cfg["beta"],

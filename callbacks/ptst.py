@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 from lightning.pytorch import Callback
 
+from lit_vr1.rules import enforce, rule
+
 
 @dataclass
 class PTSTStage:
@@ -22,6 +24,16 @@ class PTSTStage:
     max_completion_length: int
     num_generations: int
     steps: int
+
+
+@rule("trainer.callbacks (callbacks.PTST stages)", "config")
+def ptst_stages_valid(stages: list[PTSTStage]) -> str | None:
+    if not stages:
+        return "PTST needs at least one stage"
+    for i, s in enumerate(stages):
+        if s.max_completion_length < 1 or s.num_generations < 2 or s.steps < 1:
+            return f"PTST stage {i}: need max_completion_length >= 1, num_generations >= 2 and steps >= 1, got {s}"
+    return None
 
 
 def stage_at(stages: list[PTSTStage], step: int) -> int:
@@ -45,20 +57,13 @@ class PTST(Callback):
 
     def __init__(self, stages: list[PTSTStage]) -> None:
         stages = [s if isinstance(s, PTSTStage) else PTSTStage(**s) for s in stages]
-        if not stages:
-            raise ValueError("PTST needs at least one stage")
-        for i, s in enumerate(stages):
-            if s.max_completion_length < 1 or s.num_generations < 2 or s.steps < 1:
-                raise ValueError(f"PTST stage {i}: need max_completion_length >= 1, num_generations >= 2 and steps >= 1, "
-                                 f"got {s}")
+        enforce(ptst_stages_valid(stages))
         self.stages = stages
         self.current: int | None = None
 
     def apply(self, pl_module, index: int) -> None:
         stage = self.stages[index]
-        cfg = pl_module.config  # the loop reads its sampling from it at every rollout
-        cfg.max_completion_length = stage.max_completion_length
-        cfg.num_generations = stage.num_generations
+        pl_module.set_rollout_size(stage.max_completion_length, stage.num_generations)
         self.current = index
         pl_module.log("ptst/stage", float(index), logger=True, prog_bar=False)
 

@@ -95,9 +95,9 @@ class LitVR1CLI(LightningCLI):
 HELP_KEYS = {
     "model": ("lit_vr1.grpo.GRPOModule", "lit_vr1.sft.SFTModule"),
     "data": ("lit_vr1.data.datamodule.GroundingDataModule",),
-    "model.grpo": ("lit_vr1.grpo.GRPOConfig",),
+    "model.grpo": ("lit_vr1.config.GRPOConfig",),
     "model.lora": ("lit_vr1.models.lora.LoraSpec",),
-    "model.tiny_spec": ("lit_vr1.models.tiny.TinySpec",),
+    "model.tiny_spec": ("lit_vr1.models.tiny_parts.TinySpec",),
     "data.synthetic": ("lit_vr1.data.synthetic.SyntheticSpec",),
     "model.rewards": tuple(f"lit_vr1.rewards.{name}" for name in (
         "IoUReward", "RecJsonFormat", "ThinkAnswerFormat", "DetectionMAP", "ODLength", "DetectionWeightedSum",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import math
 from collections.abc import Iterator
 
@@ -16,7 +17,9 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from lit_vr1 import parallel
-from lit_vr1.loop import GRPOConfig, RolloutUpdateLoop
+from lit_vr1.checks import check_fit
+from lit_vr1.config import GRPOConfig
+from lit_vr1.loop import RolloutUpdateLoop, StepOutcome
 from lit_vr1.models import precision
 from lit_vr1.module import VLMModule
 from lit_vr1.rewards.base import Reward
@@ -27,12 +30,12 @@ NOTHING_SCORED = "no completion of the mini-batch was scored"
 
 
 class GRPOModule(VLMModule):
-    """GRPO for a vision-language model.
+    """GRPO for a vision-language model (the :class:`~lit_vr1.loop.Learner` its loop drives).
 
     Args:
         rewards: reward functions with their weights (``class_path`` in YAML);
             default: REC IoU + 0.5 x REC JSON format.
-        grpo: the algorithm's knobs (see :class:`~lit_vr1.loop.GRPOConfig`).
+        grpo: the algorithm's knobs (see :class:`~lit_vr1.config.GRPOConfig`).
         **kwargs: model, optimizer, lr_scheduler, min_pixels, max_pixels, dtype,
             float32_lm_head, attn_implementation, seed, tiny_spec, freeze_vision, freeze_merger,
             gradient_checkpointing, lora, box_frame, eval_max_new_tokens, export_dir, eval_task,
@@ -58,6 +61,13 @@ class GRPOModule(VLMModule):
         self.skipped_steps = 0  # optimiser steps skipped for a non-finite loss or grad norm (whole run)
         self.skips_in_a_row = 0
 
+    def set_rollout_size(self, max_completion_length: int, num_generations: int) -> None:
+        """Set the completion length and group size G of the next rollouts (PTST's stages),
+        checked by the same field rules as ``model.grpo``; the loop reads them at each rollout."""
+        dataclasses.replace(self.config, max_completion_length=max_completion_length, num_generations=num_generations)
+        self.config.max_completion_length = max_completion_length
+        self.config.num_generations = num_generations
+
     def configure_model(self) -> None:
         """Build the policy and, when beta > 0, a frozen copy as the reference (once; with
         LoRA there is no copy: the reference is the policy with its adapters disabled)."""
@@ -74,10 +84,7 @@ class GRPOModule(VLMModule):
 
     def setup(self, stage: str) -> None:
         if stage == "fit":
-            from lit_vr1.checks import check_fit  # the configuration rules, before any model is built
-
-            check_fit(self)
-            parallel.check_strategy(self.trainer, self)
+            check_fit(self)  # every fit-time and strategy rule, each problem listed
             for reward in self.rewards:  # a judge that is not running: say so now, not at the first rollout
                 reward.check_ready()
 
@@ -107,9 +114,10 @@ class GRPOModule(VLMModule):
             yield self.ref_model
 
     # -- optimisation ----------------------------------------------------------------------
-    def apply_update(self, opt, loss: float, max_norm: float | None, has_tokens: bool = True) -> float:
+    def apply_update(self, loss: float, max_norm: float | None, has_tokens: bool = True) -> StepOutcome:
         """Clip, step (optimiser and scheduler) and zero the gradients of one mini-batch; return
-        the global gradient norm before clipping (nan when none was computed).
+        the global gradient norm before clipping (nan when none was computed), the learning
+        rate after the scheduler's step and the run's count of skipped steps.
 
         The step is skipped (no optimiser or scheduler step, gradients dropped, ``global_step``
         unchanged: it counts applied steps) when the loss or gradient norm is not finite on
@@ -120,6 +128,7 @@ class GRPOModule(VLMModule):
         may itself skip a step whose gradients are not finite; that skip is read from
         ``engine.was_step_applied()`` and counted the same way.
         """
+        opt = self.optimizers()
         engine = parallel.deepspeed_engine(self)
         norm = self.clip_and_norm(opt, max_norm) if engine is None else 0.0
         reason = self._skip_reason(loss, norm, has_tokens)
@@ -138,13 +147,13 @@ class GRPOModule(VLMModule):
         else:
             self.record_skip(reason)
         opt.zero_grad(set_to_none=True)
-        return norm
+        return StepOutcome(norm, opt.param_groups[0]["lr"], self.skipped_steps)
 
     def _skip_reason(self, loss: float, grad_norm: float, has_tokens: bool) -> str | None:
         """Why this step must be skipped on every process (one all-reduce, so all agree), or None."""
         flags = torch.tensor([0.0 if math.isfinite(loss) and math.isfinite(grad_norm) else 1.0, float(has_tokens)],
                              device=self.device)
-        bad, tokens = self.all_reduce_sum(flags).tolist()
+        bad, tokens = self.reduce_sum(flags).tolist()
         if bad:
             return f"loss {loss}, gradient norm {grad_norm}: not finite on every process"
         if not tokens:
@@ -182,10 +191,16 @@ class GRPOModule(VLMModule):
         max_steps = self.trainer.max_steps
         return max_steps is not None and max_steps >= 0 and self.global_step >= max_steps
 
-    def all_reduce_sum(self, value: Tensor) -> Tensor:
+    @property
+    def world_size(self) -> int:
+        """Processes of the fit."""
+        return self.trainer.world_size
+
+    def reduce_sum(self, value: Tensor) -> Tensor:
+        """``value`` (moved to this process's device) summed over the processes."""
         if self.trainer.world_size == 1:
             return value
-        return self.trainer.strategy.reduce(value, reduce_op="sum")
+        return self.trainer.strategy.reduce(value.to(self.device), reduce_op="sum")
 
     # -- steps -----------------------------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> None:

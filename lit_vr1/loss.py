@@ -19,11 +19,10 @@ LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 SCALE_REWARDS = ("group", "batch", "none")
 
 
-def check_choice(name: str, value: str, valid: tuple[str, ...]) -> str:
-    """Return ``value`` if it is one of ``valid``; else raise naming the option and the valid values."""
+def _one_of(name: str, value: str, valid: tuple[str, ...]) -> None:
+    """The functions' own precondition (the configuration is checked by ``GRPOConfig``'s rules)."""
     if value not in valid:
         raise ValueError(f"{name}={value!r} is not valid; choose one of {', '.join(valid)}")
-    return value
 
 
 def sampling_logits(
@@ -42,7 +41,7 @@ def sampling_logits(
     logits warpers (top-k keeps every token tied with the k-th; top-p always keeps
     the most likely token). The rollout samples from this distribution; the loss scores
     the same logits with ``top_k=0, top_p=1`` (temperature only, see
-    ``lit_vr1.rollout.SamplingConfig.scoring``). ``logits``: (..., V).
+    ``lit_vr1.config.SamplingConfig.scoring``). ``logits``: (..., V).
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -127,7 +126,7 @@ def group_advantages(rewards: Tensor, group_size: int, scale: str = "group", eps
     of the whole batch across processes, see :func:`batch_std_from_sums`); default: the
     std of this call's valid rewards.
     """
-    check_choice("scale_rewards", scale, SCALE_REWARDS)
+    _one_of("scale_rewards", scale, SCALE_REWARDS)
     if rewards.ndim != 1 or rewards.numel() % group_size:
         raise ValueError(f"rewards of shape {tuple(rewards.shape)} do not split into groups of {group_size}")
     valid = torch.ones_like(rewards, dtype=torch.bool) if valid is None else valid.to(torch.bool)
@@ -235,7 +234,7 @@ def grpo_loss(
     Shapes: ``logp``, ``old_logp``, ``ref_logp``, ``mask``: (N, T); ``advantages``: (N,).
     Everything is computed in float32. Returns the scalar loss and detached statistics.
     """
-    check_choice("loss_type", loss_type, LOSS_TYPES)
+    _one_of("loss_type", loss_type, LOSS_TYPES)
     # float32 whatever the model's dtype: ratios, KL and the loss (callers pass float32 already)
     logp, old_logp, advantages = logp.float(), old_logp.float(), advantages.float()
     ref_logp = ref_logp.float() if ref_logp is not None else None

@@ -19,13 +19,13 @@ from lit_vr1.evaluate import PROMPTINGS, predict_detection, predict_rec
 from lit_vr1.metrics.detection import DetectionMetrics
 from lit_vr1.metrics.rec import RECMetrics
 from lit_vr1.models import freeze, precision
-from lit_vr1.models.families import family_of
+from lit_vr1.models.families import BOX_FRAMES, base_model, family_of
 from lit_vr1.models.loading import load_model, load_processor
 from lit_vr1.models.lora import LoraSpec, apply_lora, save_merged
-from lit_vr1.models.tiny import TinySpec
+from lit_vr1.models.tiny_parts import TinySpec
 from lit_vr1.predict import predict_records
 from lit_vr1.quiet import quiet_known_notices
-from lit_vr1.rewards.boxes import BOX_FRAMES
+from lit_vr1.rules import enforce, one_of, refuse, rule
 
 EVAL_TASKS = ("rec", "detection")
 RNG_KEY = "lit_vr1_rng_states"  # checkpoint key: one dict of global RNG states per process
@@ -37,23 +37,62 @@ DTYPES = ("float32", "bfloat16", "float16", "auto")
 MODEL_IDENTITY = ("model", "tiny_spec", "lora", "freeze_vision", "freeze_merger")
 
 
+# -- the rules of the module's settings (each runs when a module is built) ------------------------
+@rule("model.dtype", "config")
+def dtype_known(name: str) -> str | None:
+    return one_of("model.dtype", name, DTYPES)
+
+
+@rule("model.attn_implementation", "config")
+def attn_implementation_known(name: str) -> str | None:
+    return one_of("model.attn_implementation", name, ATTENTION)
+
+
+@rule("model.attn_implementation", "config")
+def flash_attention_installed(name: str) -> str | None:
+    if name != "flash_attention_2" or importlib.util.find_spec("flash_attn") is not None:
+        return None
+    return ("model.attn_implementation=flash_attention_2 needs the flash-attn package "
+            "(pip install flash-attn --no-build-isolation, on a CUDA machine); or use sdpa")
+
+
+@rule("model.attn_implementation", "config")
+def flash_attention_needs_cuda(name: str) -> str | None:
+    if name != "flash_attention_2" or torch.cuda.is_available():
+        return None
+    return "model.attn_implementation=flash_attention_2 runs on CUDA GPUs only; use sdpa on this machine"
+
+
+@rule("model.box_frame", "config")
+def box_frame_known(frame: str | None) -> str | None:
+    return None if frame is None else one_of("model.box_frame", frame, BOX_FRAMES)
+
+
+@rule("model.eval_task", "config")
+def eval_task_known(task: str) -> str | None:
+    return one_of("model.eval_task", task, EVAL_TASKS)
+
+
+@rule("model.detection_prompting", "config")
+def detection_prompting_known(prompting: str) -> str | None:
+    return one_of("model.detection_prompting", prompting, PROMPTINGS)
+
+
+def attention_problems(name: str) -> list[str]:
+    """What stops ``name`` from running on this machine ([] when it can)."""
+    unknown = attn_implementation_known(name)
+    return [unknown] if unknown else [p for p in (flash_attention_installed(name), flash_attention_needs_cuda(name)) if p]
+
+
 def check_dtype(name: str) -> str:
     """``name`` if it is a weight dtype lit-vr1 loads models in; a clear error otherwise."""
-    if name not in DTYPES:
-        raise ValueError(f"model.dtype={name!r} is not valid; choose one of {', '.join(DTYPES)}")
+    enforce(dtype_known(name))
     return name
 
 
 def check_attention(name: str) -> str:
     """``name`` if this machine can run it; a clear error otherwise."""
-    if name not in ATTENTION:
-        raise ValueError(f"attn_implementation={name!r} is not valid; choose one of {', '.join(ATTENTION)}")
-    if name == "flash_attention_2":
-        if importlib.util.find_spec("flash_attn") is None:
-            raise ValueError("attn_implementation=flash_attention_2 needs the flash-attn package "
-                             "(pip install flash-attn --no-build-isolation, on a CUDA machine); or use sdpa")
-        if not torch.cuda.is_available():
-            raise ValueError("attn_implementation=flash_attention_2 runs on CUDA GPUs only; use sdpa on this machine")
+    refuse(attention_problems(name), "model.attn_implementation")
     return name
 
 
@@ -138,13 +177,14 @@ class VLMModule(LightningModule):
     ) -> None:
         super().__init__()
         quiet_known_notices()
-        if box_frame is not None and box_frame not in BOX_FRAMES:
-            raise ValueError(f"box_frame={box_frame!r} is not valid; choose one of {', '.join(BOX_FRAMES)}")
+        refuse([p for p in (box_frame_known(box_frame), dtype_known(dtype), *attention_problems(attn_implementation),
+                            eval_task_known(eval_task), detection_prompting_known(detection_prompting)) if p],
+               "the model's settings")
         self.model_name = model
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
-        self.dtype_name = check_dtype(dtype)
-        self.attn_implementation = check_attention(attn_implementation)
+        self.dtype_name = dtype
+        self.attn_implementation = attn_implementation
         self.seed = seed
         self.eval_max_new_tokens = eval_max_new_tokens
         self.export_dir = export_dir
@@ -154,10 +194,6 @@ class VLMModule(LightningModule):
         self.lora = lora
         self.results_path = results_path
         self.float32_lm_head = float32_lm_head
-        if eval_task not in EVAL_TASKS:
-            raise ValueError(f"eval_task={eval_task!r} is not valid; choose one of {', '.join(EVAL_TASKS)}")
-        if detection_prompting not in PROMPTINGS:
-            raise ValueError(f"detection_prompting={detection_prompting!r} is not valid; choose one of {', '.join(PROMPTINGS)}")
         self.eval_task, self.detection_prompting = eval_task, detection_prompting
         self.det_metrics = DetectionMetrics()
         self.processor = load_processor(model, min_pixels, max_pixels, seed, tiny_spec)
@@ -178,8 +214,7 @@ class VLMModule(LightningModule):
             if self.lora is not None:
                 self.policy = apply_lora(self.policy, self.lora)
             if self.freeze_vision or self.freeze_merger:
-                base = self.policy.get_base_model() if self.lora is not None else self.policy
-                freeze.freeze_vision(base, tower=self.freeze_vision, merger=self.freeze_merger)
+                freeze.freeze_vision(base_model(self.policy), tower=self.freeze_vision, merger=self.freeze_merger)
             if self.gradient_checkpointing:
                 # transformers >= 5.2x names it activation_checkpointing_enable; older releases gradient_...
                 enable = getattr(self.policy, "activation_checkpointing_enable", None)

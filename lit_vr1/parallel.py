@@ -1,6 +1,6 @@
 """All of lit-vr1's parallelism in one place: sharding the policy (and reference) with
-FSDP2, gathering sharded weights once for a whole rollout, and checking at fit start
-that the chosen Lightning strategy can run GRPO, with a message that says what to do.
+FSDP2, gathering sharded weights once for a whole rollout, and what the strategy rules of
+:mod:`lit_vr1.checks` read about a strategy (checked at fit start, with what to do instead).
 
 Strategies, as chosen with ``trainer.strategy`` (see ``configs/strategy/``):
 
@@ -11,7 +11,7 @@ Strategies, as chosen with ``trainer.strategy`` (see ``configs/strategy/``):
   policy and of the reference over the mesh's ``data_parallel`` dimension.
 - ``DeepSpeedStrategy`` (ZeRO-2/3, CUDA only in Lightning): DeepSpeed partitions the
   model itself; under ZeRO-3 :func:`gathered_for_generation` gathers it for a rollout.
-- ``FSDPStrategy`` (FSDP1) is refused: it cannot do manual optimisation.
+- ``FSDPStrategy`` (FSDP1) is refused (``checks.no_fsdp1``): it cannot do manual optimisation.
 """
 
 from __future__ import annotations
@@ -23,13 +23,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from lit_vr1.rules import ConfigError
+
 # Lightning's ModelParallelStrategy names the dimensions of the mesh it hands to the module.
 DATA_PARALLEL = "data_parallel"
 TENSOR_PARALLEL = "tensor_parallel"
-
-
-class StrategyError(ValueError):
-    """The chosen strategy (or its settings) cannot train GRPO as configured."""
 
 
 # -- FSDP2 ----------------------------------------------------------------------------------
@@ -62,14 +60,27 @@ def _reshard_after_forward(module: nn.Module, root: nn.Module) -> bool:
 
 
 def data_parallel_mesh(mesh: Any) -> Any:
-    """The ``data_parallel`` part of Lightning's device mesh; refuses tensor parallelism."""
+    """The ``data_parallel`` part of Lightning's device mesh; refuses tensor parallelism
+    (``checks.no_tensor_parallel`` refuses it at fit start already)."""
     names = tuple(getattr(mesh, "mesh_dim_names", None) or ())
     if TENSOR_PARALLEL in names and mesh[TENSOR_PARALLEL].size() > 1:
-        raise StrategyError(_tensor_parallel_message(mesh[TENSOR_PARALLEL].size()))
+        raise ConfigError(tensor_parallel_message(mesh[TENSOR_PARALLEL].size()))
     return mesh[DATA_PARALLEL] if DATA_PARALLEL in names else mesh
 
 
-def _tensor_parallel_message(tp: int) -> str:
+def tensor_parallel_size(strategy: Any, mesh: Any) -> int:
+    """The tensor-parallel size of a ModelParallelStrategy (from the module's device mesh when
+    Lightning has built it, else the strategy's setting); 1 for any other strategy."""
+    from lightning.pytorch.strategies import ModelParallelStrategy
+
+    if not isinstance(strategy, ModelParallelStrategy):
+        return 1
+    names = tuple(getattr(mesh, "mesh_dim_names", None) or ())
+    tp = mesh[TENSOR_PARALLEL].size() if TENSOR_PARALLEL in names else getattr(strategy, "_tensor_parallel_size", 1)
+    return tp if isinstance(tp, int) else 1
+
+
+def tensor_parallel_message(tp: int) -> str:
     return (
         f"ModelParallelStrategy has tensor_parallel_size={tp}, but lit-vr1 shards with FSDP2 over the "
         "data-parallel dimension only (no tensor-parallel plan). Set "
@@ -199,7 +210,7 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=False))
 
 
-# -- checks at fit start --------------------------------------------------------------------
+# -- what the strategy rules read ---------------------------------------------------------------------
 def is_deepspeed(strategy: Any) -> bool:
     """True for Lightning's DeepSpeedStrategy (importable without deepspeed installed)."""
     from lightning.pytorch.strategies import DeepSpeedStrategy
@@ -207,66 +218,10 @@ def is_deepspeed(strategy: Any) -> bool:
     return isinstance(strategy, DeepSpeedStrategy)
 
 
-def _deepspeed_knows_unmanaged_accumulation() -> bool:
+def deepspeed_knows_unmanaged_accumulation() -> bool:
+    """True when the installed deepspeed takes ``"managed_gradient_accumulation": false``."""
     try:
         from deepspeed.runtime.constants import MANAGED_GRADIENT_ACCUMULATION  # noqa: F401
     except ImportError:
         return False
     return True
-
-
-def check_strategy(trainer: Any, module: Any) -> None:
-    """Refuse, with what to do instead, a strategy that cannot train ``module`` as configured.
-
-    Called at the start of fit. Reads ``trainer.strategy`` and ``module.config`` (the
-    :class:`~lit_vr1.loop.GRPOConfig`); raises :class:`StrategyError`.
-    """
-    from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
-
-    strategy = trainer.strategy
-    cfg = module.config
-    name = type(strategy).__name__
-    if isinstance(strategy, FSDPStrategy):
-        raise StrategyError(
-            f"{name} (FSDP1) cannot do manual optimisation, which GRPO uses (one rollout, several optimiser "
-            "steps). Use ModelParallelStrategy (FSDP2: --config configs/strategy/fsdp2.yaml) or DeepSpeed "
-            "(--config configs/strategy/deepspeed_zero3.yaml)."
-        )
-    ds_config = (getattr(strategy, "config", None) or {}) if is_deepspeed(strategy) else {}
-    zero3 = (ds_config.get("zero_optimization") or {}).get("stage") == 3
-    if getattr(module, "export_dir", None) and (isinstance(strategy, ModelParallelStrategy) or zero3):
-        raise StrategyError(
-            f"model.export_dir={module.export_dir!r} is not supported yet with sharded weights ({name}"
-            f"{' ZeRO-3' if zero3 else ''}): the export runs on rank 0 alone and cannot gather the other ranks' "
-            "shards. Set model.export_dir=null and keep Lightning's checkpoint, or train with DDP / ZeRO-2."
-        )
-    if isinstance(strategy, ModelParallelStrategy):
-        mesh = getattr(module, "device_mesh", None)
-        names = tuple(getattr(mesh, "mesh_dim_names", None) or ())
-        tp = mesh[TENSOR_PARALLEL].size() if TENSOR_PARALLEL in names else getattr(strategy, "_tensor_parallel_size", 1)
-        if isinstance(tp, int) and tp > 1:
-            raise StrategyError(_tensor_parallel_message(tp))
-    if is_deepspeed(strategy):
-        if cfg.gradient_clip_val is not None:
-            raise StrategyError(
-                f"model.grpo.gradient_clip_val={cfg.gradient_clip_val} cannot work under DeepSpeed, which owns the "
-                "gradients (partitioned under ZeRO) and clips them itself: put gradient clipping in the DeepSpeed "
-                f"config (trainer.strategy.init_args.config.gradient_clipping: {cfg.gradient_clip_val}) and set "
-                "model.grpo.gradient_clip_val=null (configs/strategy/deepspeed_*.yaml do both)."
-            )
-        # The loop accumulates micro-batches itself: several backward passes, then one step.
-        # DeepSpeed by default steps (and reduces) at every backward unless told otherwise.
-        if cfg.micro_batch_size is not None:
-            if ds_config.get("managed_gradient_accumulation", True):
-                raise StrategyError(
-                    f"model.grpo.micro_batch_size={cfg.micro_batch_size} takes several backward passes per optimiser "
-                    "step, which DeepSpeed only supports with \"managed_gradient_accumulation\": false in its config "
-                    "(trainer.strategy.init_args.config.managed_gradient_accumulation: false, as in "
-                    "configs/strategy/deepspeed_*.yaml); or set model.grpo.micro_batch_size=null."
-                )
-            if not _deepspeed_knows_unmanaged_accumulation():
-                raise StrategyError(
-                    "the DeepSpeed config sets managed_gradient_accumulation: false, which this deepspeed release "
-                    "does not know (micro-batches would be stepped one by one): upgrade with pip install -U deepspeed, "
-                    "or set model.grpo.micro_batch_size=null."
-                )

@@ -8,9 +8,12 @@ import json
 import torch
 from transformers import PreTrainedModel, ProcessorMixin
 
+from lit_vr1.config import SamplingConfig
 from lit_vr1.data.jsonl import Sample
+from lit_vr1.generation import generate
+from lit_vr1.models.families import vision_token_ids
 from lit_vr1.rewards.boxes import predicted_boxes
-from lit_vr1.rollout import Rollout, SamplingConfig, generate, vision_token_ids
+from lit_vr1.rollout import Rollout
 
 
 @torch.no_grad()

@@ -8,19 +8,43 @@ The loss is the mean negative log-likelihood over assistant tokens only.
 from __future__ import annotations
 
 import torch
+from transformers import ProcessorMixin
 
+from lit_vr1.config import SamplingConfig
 from lit_vr1.data.jsonl import Sample, solution_text
-from lit_vr1.loss import token_logprobs
+from lit_vr1.generation import encode_prompts, end_of_turn_id, image_layout
 from lit_vr1.module import VLMModule
-from lit_vr1.rollout import Rollout, completion_logits, teacher_forced
+from lit_vr1.rollout import Rollout
+from lit_vr1.scoring import logprobs
+
+
+def teacher_forced(processor: ProcessorMixin, samples: list[Sample], answers: list[str],
+                   device: torch.device | str = "cpu") -> Rollout:
+    """A rollout whose completions are given texts (each followed by the end-of-turn token),
+    scored at temperature 1: the prompts are encoded exactly as for generation, the answers
+    tokenised on their own, as generation produces them."""
+    prompt, per_row = encode_prompts(processor, samples)
+    image_rows, _ = image_layout(processor, prompt, [size for s in samples for size in s.image_sizes])
+    tok = processor.tokenizer
+    eos = end_of_turn_id(processor)
+    ids = [tok(a, add_special_tokens=False).input_ids + [eos] for a in answers]
+    width = max(len(x) for x in ids)
+    comp = torch.full((len(ids), width), tok.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for i, x in enumerate(ids):
+        comp[i, : len(x)] = torch.tensor(x)
+        mask[i, : len(x)] = 1
+    prompt = {k: v.to(device) for k, v in prompt.items()}
+    return Rollout(prompt=prompt, images_per_row=per_row, completion_ids=comp.to(device), completion_mask=mask.to(device),
+                   truncated=torch.zeros(len(ids), dtype=torch.bool, device=device), completions=list(answers),
+                   contexts=[], scoring=SamplingConfig(), image_rows=image_rows)
 
 
 def answer_nll(policy, processor, batch: list[Sample], device: torch.device | str) -> tuple[torch.Tensor, int]:
     """Mean negative log-likelihood of the answer tokens (each sample's solution, then the
     end-of-turn token) after the prompt exactly as the rollout encodes it, and their count."""
-    r: Rollout = teacher_forced(processor, batch, [solution_text(s.solution) for s in batch], device=device)
-    logits = completion_logits(policy, r.model_inputs(), r.completion_ids.shape[1])
-    logp = token_logprobs(logits, r.completion_ids)
+    r = teacher_forced(processor, batch, [solution_text(s.solution) for s in batch], device=device)
+    logp = logprobs(policy, r, grad=torch.is_grad_enabled())
     mask = r.completion_mask.to(logp.dtype)
     n = int(mask.sum())
     return -(logp * mask).sum() / max(n, 1), n

@@ -21,7 +21,7 @@ from lightning.pytorch import seed_everything
 
 def _fit_hash(samples) -> str:
     from lit_vr1.grpo import GRPOModule
-    from lit_vr1.loop import GRPOConfig
+    from lit_vr1.config import GRPOConfig
 
     seed_everything(0)
     module = GRPOModule(model="tiny:qwen2_5_vl", rewards=[LengthReward()], seed=0,

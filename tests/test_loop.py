@@ -7,8 +7,10 @@ import torch
 from helpers import LengthReward, fit
 from lightning.pytorch import seed_everything
 
+from lit_vr1 import loop
+from lit_vr1.config import GRPOConfig
 from lit_vr1.grpo import GRPOModule
-from lit_vr1.loop import GRPOConfig
+from lit_vr1.scoring import logprobs_in_parts
 
 
 def make(beta=0.0, lr=1e-3, **grpo):
@@ -21,12 +23,11 @@ def train_rows(logger):
     return [m for _, m in logger.rows if "train/loss" in m]
 
 
-def test_one_step_per_rollout_has_ratio_one_and_no_old_logprob_pass(samples):
+def test_one_step_per_rollout_has_ratio_one_and_no_old_logprob_pass(samples, monkeypatch):
     seed_everything(0)
     module = make()
     calls = []
-    original = module.loop._logprobs
-    module.loop._logprobs = lambda *a, **k: calls.append(a[0]) or original(*a, **k)
+    monkeypatch.setattr(loop, "logprobs_in_parts", lambda *a: calls.append(a[0]) or logprobs_in_parts(*a))
     logger = fit(module, samples[:4], max_steps=2)
     rows = train_rows(logger)
     assert len(rows) == 2 and [s for s, m in logger.rows if "train/loss" in m] == [1, 2]
@@ -36,12 +37,11 @@ def test_one_step_per_rollout_has_ratio_one_and_no_old_logprob_pass(samples):
     assert module.ref_model is None  # beta = 0 builds no reference
 
 
-def test_two_iterations_reuse_stored_old_logprobs_and_clip(samples):
+def test_two_iterations_reuse_stored_old_logprobs_and_clip(samples, monkeypatch):
     seed_everything(0)
     module = make(lr=0.5, num_iterations=2, epsilon=0.01)
     calls = []
-    original = module.loop._logprobs
-    module.loop._logprobs = lambda *a, **k: calls.append(a[0]) or original(*a, **k)
+    monkeypatch.setattr(loop, "logprobs_in_parts", lambda *a: calls.append(a[0]) or logprobs_in_parts(*a))
     logger = fit(module, samples[:2], max_steps=2)
     rows = train_rows(logger)
     assert len(rows) == 2 and [r["train/iteration"] for r in rows] == [0, 1]

@@ -17,12 +17,11 @@ from torch.utils.data import DataLoader
 from callbacks import MergedExport
 from lit_vr1.data.datamodule import collate
 from lit_vr1.grpo import GRPOModule
-from lit_vr1.loop import GRPOConfig
-from lit_vr1.loss import token_logprobs
+from lit_vr1.config import GRPOConfig
 from lit_vr1.models.loading import load_model
 from lit_vr1.models.lora import LANGUAGE_PROJECTIONS, LoraSpec, apply_lora, lora_layers
-from lit_vr1.rollout import completion_logits, teacher_forced
-from lit_vr1.sft import SFTModule
+from lit_vr1.scoring import logprobs as score
+from lit_vr1.sft import SFTModule, teacher_forced
 
 SPEC = LoraSpec(r=4, alpha=8, dropout=0.0)
 
@@ -44,8 +43,7 @@ def logprobs(model, processor, samples) -> torch.Tensor:
     r = teacher_forced(processor, samples, ['{"bbox_2d": [1, 2, 30, 40]}', "a red circle"])
     was = model.training
     model.eval()
-    with torch.no_grad():
-        out = token_logprobs(completion_logits(model, r.model_inputs(), r.completion_ids.shape[1]), r.completion_ids)
+    out = score(model, r, grad=False)
     model.train(was)
     return out * r.completion_mask
 

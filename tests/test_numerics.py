@@ -52,7 +52,7 @@ def test_fit_refuses_bf16_trained_weights_under_a_plain_optimiser(samples, dtype
 
     from lit_vr1.checks import ConfigError
     from lit_vr1.grpo import GRPOModule
-    from lit_vr1.loop import GRPOConfig
+    from lit_vr1.config import GRPOConfig
 
     module = GRPOModule(model="tiny:qwen2_5_vl", rewards=[LengthReward()], dtype=dtype,
                         grpo=GRPOConfig(num_generations=2, max_completion_length=4, beta=0.0))
@@ -66,7 +66,7 @@ def test_bf16_mixed_keeps_float32_weights_that_take_small_updates(samples):
     from helpers import LengthReward, fit
 
     from lit_vr1.grpo import GRPOModule
-    from lit_vr1.loop import GRPOConfig
+    from lit_vr1.config import GRPOConfig
 
     torch.manual_seed(0)
     module = GRPOModule(model="tiny:qwen2_5_vl", rewards=[LengthReward()],
@@ -118,7 +118,7 @@ def test_k3_kl_keeps_its_digits_in_float32_near_the_reference():
 
 def test_lm_head_runs_in_float32_under_bf16_autocast(tiny_qwen25, samples):
     from lit_vr1.models.precision import Float32Head, float32_head
-    from lit_vr1.rollout import encode_prompts
+    from lit_vr1.generation import encode_prompts
 
     model = copy.deepcopy(tiny_qwen25[0])
     keys = set(model.state_dict())
@@ -136,7 +136,7 @@ def test_small_drift_gives_a_nonzero_kl_on_every_token_under_bf16_autocast(sampl
     """A policy 1e-3 away from its reference: every token's k3 KL is above 0 (bf16 log-probs
     rounded it to exactly 0 on most tokens)."""
     from lit_vr1.grpo import GRPOModule
-    from lit_vr1.loop import GRPOConfig
+    from lit_vr1.config import GRPOConfig
     from lit_vr1.loss import k3_kl
 
     module = GRPOModule(model="tiny:qwen2_5_vl", grpo=GRPOConfig(num_generations=2, max_completion_length=8))
@@ -146,10 +146,12 @@ def test_small_drift_gives_a_nonzero_kl_on_every_token_under_bf16_autocast(sampl
         for p in module.policy.parameters():
             p.mul_(1 + 1e-3 * torch.randn_like(p))
     rollout = module.loop.rollout(samples[:2])
+    from lit_vr1.scoring import logprobs_in_parts
+
     parts = [torch.arange(len(rollout))]
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        logp = module.loop._logprobs(module.policy, rollout, parts, reuse_features=False)
-        ref = module.loop._logprobs(module.ref_model, rollout, parts, reuse_features=False)
+        logp = logprobs_in_parts(module.policy, rollout, parts)
+        ref = logprobs_in_parts(module.ref_model, rollout, parts)
     assert logp.dtype == ref.dtype == torch.float32
     mask = rollout.completion_mask.bool()
     kl = k3_kl(logp, ref)[mask]
@@ -160,7 +162,9 @@ def test_a_rollout_under_mixed_precision_turns_the_weight_cache_on_and_samples_t
     """Lightning's bf16-mixed autocast has its weight cache off (a cast per weight per decoding
     step); the rollout turns it on, which changes no number."""
     from lit_vr1.models.precision import cached_autocast
-    from lit_vr1.rollout import SamplingConfig, generate, vision_token_ids
+    from lit_vr1.config import SamplingConfig
+    from lit_vr1.generation import generate
+    from lit_vr1.models.families import vision_token_ids
 
     model, processor = tiny_qwen25
     cfg = SamplingConfig(max_completion_length=8, suppress_ids=vision_token_ids(processor))
@@ -183,7 +187,7 @@ def test_top_k_sampling_is_scored_under_the_temperature_distribution(samples):
     from helpers import LengthReward, fit
 
     from lit_vr1.grpo import GRPOModule
-    from lit_vr1.loop import GRPOConfig
+    from lit_vr1.config import GRPOConfig
 
     torch.manual_seed(0)
     cfg = GRPOConfig(num_generations=4, max_completion_length=8, beta=0.04, top_k=3, temperature=0.9,
@@ -194,12 +198,16 @@ def test_top_k_sampling_is_scored_under_the_temperature_distribution(samples):
     assert all(r["train/kl"] == 0.0 and r["train/ratio_mean"] == 1.0 and math.isfinite(r["train/loss"]) for r in rows)
     r = module.loop.last_rollout
     assert torch.isfinite(r.old_logprobs).all() and torch.isfinite(r.ref_logprobs).all()
-    assert module.loop.scoring.top_k == 0 and module.loop.scoring.temperature == 0.9
+    assert r.scoring.top_k == 0 and r.scoring.temperature == 0.9
     assert module.loop.sampling.top_k == 3  # sampling itself keeps the cut
 
 
 def test_a_token_outside_the_recomputed_top_k_keeps_a_finite_log_prob():
-    from lit_vr1.rollout import SamplingConfig, policy_logprobs
+    from lit_vr1.config import SamplingConfig
+    from lit_vr1.loss import sampling_logits, token_logprobs
+
+    def policy_logprobs(logits, tokens, cfg):
+        return token_logprobs(sampling_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p, cfg.suppress_ids), tokens)
 
     logits = torch.tensor([[[3.0, 2.0, 1.0000, 0.9999, -1.0]]])
     sampled = torch.tensor([[2]])  # in the top 3 when sampled; a 2e-4 move puts it 4th
@@ -217,7 +225,7 @@ def test_dropout_is_off_so_the_ratio_is_one_until_the_weights_move(samples, disa
     from helpers import LengthReward, fit
 
     from lit_vr1.grpo import GRPOModule
-    from lit_vr1.loop import GRPOConfig
+    from lit_vr1.config import GRPOConfig
     from lit_vr1.models.lora import LoraSpec
 
     torch.manual_seed(0)
@@ -296,7 +304,7 @@ def test_the_loop_gives_unscored_completions_no_advantage_and_no_loss(samples):
     from helpers import fit
 
     from lit_vr1.grpo import GRPOModule
-    from lit_vr1.loop import GRPOConfig
+    from lit_vr1.config import GRPOConfig
     from lit_vr1.rewards.base import Reward
 
     class EveryThirdFails(Reward):
@@ -321,19 +329,19 @@ def test_mini_batches_hold_whole_groups_so_each_micro_batch_runs_one_prompt(samp
     completions needed about 20 prompt passes)."""
     from helpers import LengthReward, fit
 
-    from lit_vr1 import prefix
+    from lit_vr1 import shared_prompt
+    from lit_vr1.config import GRPOConfig
     from lit_vr1.grpo import GRPOModule
-    from lit_vr1.loop import GRPOConfig
 
     prompt_rows = []
-    original = prefix.prompt_pass
+    original = shared_prompt.prompt_pass
 
     def counting(model, prompt, features=None):
         if torch.is_grad_enabled():
             prompt_rows.append(int(prompt["input_ids"].shape[0]))
         return original(model, prompt, features)
 
-    monkeypatch.setattr(prefix, "prompt_pass", counting)
+    monkeypatch.setattr(shared_prompt, "prompt_pass", counting)
     torch.manual_seed(0)
     module = GRPOModule(model="tiny:qwen2_5_vl", rewards=[LengthReward()],
                         grpo=GRPOConfig(num_generations=8, max_completion_length=4, beta=0.0, mini_batch_size=16,
@@ -405,7 +413,7 @@ def test_under_deepspeed_the_norm_and_the_skips_come_from_the_engine(samples, mo
 
     from lit_vr1 import parallel
     from lit_vr1.grpo import GRPOModule
-    from lit_vr1.loop import GRPOConfig
+    from lit_vr1.config import GRPOConfig
 
     class Engine:  # what Lightning's DeepSpeedStrategy holds as strategy.model
         def __init__(self):
@@ -425,9 +433,9 @@ def test_under_deepspeed_the_norm_and_the_skips_come_from_the_engine(samples, mo
     module.scheduler_factory = lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 / (step + 1))
     real_update = module.apply_update
 
-    def update(opt, loss, max_norm, has_tokens=True):
+    def update(loss, max_norm, has_tokens=True):
         engine.current = next(engine.steps)
-        return real_update(opt, loss, max_norm, has_tokens)
+        return real_update(loss, max_norm, has_tokens)
 
     module.apply_update = update
     rows = [m for _, m in fit(module, samples[:2], max_steps=3).rows if "train/loss" in m]
@@ -442,7 +450,7 @@ def test_a_mini_batch_with_nothing_scored_takes_no_step(samples):
     from helpers import fit
 
     from lit_vr1.grpo import GRPOModule
-    from lit_vr1.loop import GRPOConfig
+    from lit_vr1.config import GRPOConfig
     from lit_vr1.rewards.base import Reward
 
     class Down(Reward):
@@ -467,8 +475,10 @@ def test_gradients_through_a_shared_prompt_are_bit_identical_run_after_run(tiny_
     """One prompt's cache repeated for its G=8 completions: the backward sums the 8 copies'
     gradients. transformers' keys[index] summed them from two threads in a varying order
     (72 of 72 trainable tensors differed between 9 repeats); index_select sums in order."""
-    from lit_vr1 import prefix
-    from lit_vr1.rollout import SamplingConfig, generate, vision_token_ids
+    from lit_vr1 import shared_prompt
+    from lit_vr1.config import SamplingConfig
+    from lit_vr1.generation import generate
+    from lit_vr1.models.families import vision_token_ids
 
     model = copy.deepcopy(tiny_qwen25[0])
     processor = tiny_qwen25[1]
@@ -480,8 +490,7 @@ def test_gradients_through_a_shared_prompt_are_bit_identical_run_after_run(tiny_
 
     def grads():
         model.zero_grad()
-        logits = prefix.completion_logits(model, r.prompt, r.images_per_row, r.image_rows, r.prompt_index(rows),
-                                          r.completion_ids[rows], r.completion_mask[rows])
+        logits = shared_prompt.completion_logits(model, r, rows)
         logits.float().square().mean().backward()
         return [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
@@ -493,8 +502,10 @@ def test_gradients_through_a_shared_prompt_are_bit_identical_run_after_run(tiny_
 # -- 9. the key/value cache argument of the installed transformers -------------------------------------
 def test_shared_prompt_passes_use_the_current_cache_argument(tiny_qwen25, samples):
     """transformers 5.2x deprecates ``past_key_values`` (removed in 5.40) for ``cache``."""
-    from lit_vr1 import prefix
-    from lit_vr1.rollout import SamplingConfig, encode_prompts, image_layout
+    from lit_vr1 import shared_prompt
+    from lit_vr1.config import SamplingConfig
+    from lit_vr1.generation import encode_prompts, image_layout
+    from lit_vr1.rollout import Rollout
 
     model, processor = tiny_qwen25
     prompt, per_prompt = encode_prompts(processor, samples[:2])
@@ -503,10 +514,11 @@ def test_shared_prompt_passes_use_the_current_cache_argument(tiny_qwen25, sample
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)
         with torch.no_grad():
-            s = prefix.sample(model, prompt, 2, SamplingConfig(max_completion_length=4), eos,
-                              processor.tokenizer.pad_token_id)
-            prefix.completion_logits(model, prompt, per_prompt, image_rows, torch.arange(2).repeat_interleave(2),
-                                     s.completion_ids, s.mask)
+            s = shared_prompt.sample(model, prompt, 2, SamplingConfig(max_completion_length=4), eos,
+                                     processor.tokenizer.pad_token_id)
+            r = Rollout(prompt, per_prompt, s.completion_ids, s.mask, ~s.has_eos, [], [], SamplingConfig(),
+                        group_size=2, image_rows=image_rows, shared_prompt=True)
+            shared_prompt.completion_logits(model, r, torch.arange(4))
 
 
 # -- on a GPU (benchmarks/gpu_check.sh runs these with pytest -m cuda) ----------------------------------
@@ -516,7 +528,7 @@ def test_grpo_on_cuda_under_bf16_mixed_keeps_float32_weights_logits_and_logprobs
     from helpers import LengthReward, fit
 
     from lit_vr1.grpo import GRPOModule
-    from lit_vr1.loop import GRPOConfig
+    from lit_vr1.config import GRPOConfig
 
     torch.manual_seed(0)
     module = GRPOModule(model="tiny:qwen2_5_vl", rewards=[LengthReward()],

@@ -1,19 +1,16 @@
 """Rollout correctness on tiny real Qwen-VL models: the loss scores what was sampled."""
 
 import copy
+import dataclasses
 
 import pytest
 import torch
 
-from lit_vr1.rollout import (
-    SamplingConfig,
-    completion_logits,
-    encode_prompts,
-    generate,
-    policy_logprobs,
-    select_rows,
-    vision_token_ids,
-)
+from lit_vr1.config import SamplingConfig
+from lit_vr1.generation import encode_prompts, generate, image_layout
+from lit_vr1.loss import sampling_logits, token_logprobs
+from lit_vr1.models.families import select_rows, vision_token_ids
+from lit_vr1.scoring import logprobs
 
 
 def _mixed_length_samples(samples):
@@ -36,9 +33,9 @@ def test_training_logprobs_equal_sampling_distribution(request, samples, family,
     r = generate(model, processor, batch, 3, cfg, with_sampling_logprobs=True)
     lens = r.prompt["attention_mask"].sum(dim=1)
     assert lens[0] != lens[-1], "prompts of different lengths expected (left padding)"
-    with torch.no_grad():
-        logits = completion_logits(model, r.model_inputs(), r.completion_ids.shape[1])
-    ours = policy_logprobs(logits, r.completion_ids, cfg).masked_fill(r.completion_mask == 0, 0.0)
+    # the full forward, scored under the very distribution sampled from (top-k / top-p included)
+    ours = logprobs(model, dataclasses.replace(r, scoring=cfg, shared_prompt=False), grad=False)
+    ours = ours.masked_fill(r.completion_mask == 0, 0.0)
     assert torch.isfinite(ours).all()
     torch.testing.assert_close(ours, r.sampling_logprobs, rtol=0, atol=1e-4)
 
@@ -52,8 +49,9 @@ def test_forward_without_mm_token_type_ids_scores_another_distribution(tiny_qwen
     inputs = r.model_inputs()
     inputs.pop("mm_token_type_ids")
     with torch.no_grad():
-        logits = completion_logits(model, inputs, r.completion_ids.shape[1])
-    wrong = policy_logprobs(logits, r.completion_ids, cfg).masked_fill(r.completion_mask == 0, 0.0)
+        logits = model(**inputs, use_cache=False, logits_to_keep=r.completion_ids.shape[1] + 1).logits[:, :-1]
+    dist = sampling_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p, cfg.suppress_ids)
+    wrong = token_logprobs(dist, r.completion_ids).masked_fill(r.completion_mask == 0, 0.0)
     assert (wrong - r.sampling_logprobs).abs().max() > 1e-3
 
 
@@ -88,8 +86,9 @@ def test_select_rows_slices_pixel_values(tiny_qwen25, samples):
     model, processor = tiny_qwen25
     batch = [samples[0], samples[1], samples[2]]
     inputs, per_row = encode_prompts(processor, batch)
+    image_rows, _ = image_layout(processor, inputs, [s for x in batch for s in x.image_sizes])
     with torch.no_grad():
         full = model(**inputs).logits
         rows = torch.tensor([2, 0])
-        part = model(**select_rows(inputs, per_row, rows)).logits
+        part = model(**select_rows(inputs, per_row, rows, image_rows)).logits
     torch.testing.assert_close(part, full[rows], atol=1e-4, rtol=0)

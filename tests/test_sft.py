@@ -7,7 +7,7 @@ from helpers import fit
 from lightning.pytorch import seed_everything
 from PIL import Image
 
-from lit_vr1.rollout import encode_prompts
+from lit_vr1.generation import encode_prompts
 from lit_vr1.sft import SFTModule
 
 

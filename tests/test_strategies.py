@@ -92,7 +92,7 @@ def _rank_main(strategy_name: str, out: Path) -> None:
 
     from lit_vr1 import parallel
     from lit_vr1.grpo import GRPOModule
-    from lit_vr1.loop import GRPOConfig
+    from lit_vr1.config import GRPOConfig
     from lit_vr1.models.loading import load_model
 
     counter = _GatherCounter()
@@ -259,11 +259,12 @@ def test_fsdp2_trains_like_ddp(tmp_path_factory):
 
 # -- the checks, with light stand-ins where Lightning refuses CPU ------------------------------
 def _check(strategy, export_dir=None, **grpo):
-    from lit_vr1.loop import GRPOConfig
-    from lit_vr1.parallel import check_strategy
+    """checks.check_fit for a GRPO module stub under ``strategy`` (every fit-time rule runs)."""
+    from lit_vr1 import checks
+    from lit_vr1.config import GRPOConfig
 
-    module = SimpleNamespace(config=GRPOConfig(**grpo), device_mesh=None, export_dir=export_dir)
-    check_strategy(SimpleNamespace(strategy=strategy), module)
+    trainer = SimpleNamespace(strategy=strategy, callbacks=[], datamodule=None, world_size=1, precision=None)
+    checks.check_fit(SimpleNamespace(config=GRPOConfig(**grpo), device_mesh=None, export_dir=export_dir, trainer=trainer))
 
 
 def _deepspeed_stub(config: dict):
@@ -279,25 +280,25 @@ def _deepspeed_stub(config: dict):
 def test_fsdp1_is_refused_with_what_to_use_instead():
     from lightning.pytorch.strategies import FSDPStrategy
 
-    from lit_vr1.parallel import StrategyError
+    from lit_vr1.rules import ConfigError
 
-    with pytest.raises(StrategyError, match=r"cannot do manual optimisation.*ModelParallelStrategy \(FSDP2.*DeepSpeed"):
+    with pytest.raises(ConfigError, match=r"cannot do manual optimisation.*ModelParallelStrategy \(FSDP2.*DeepSpeed"):
         _check(FSDPStrategy())
 
 
 def test_deepspeed_needs_clipping_in_its_own_config():
-    from lit_vr1.parallel import StrategyError
+    from lit_vr1.rules import ConfigError
 
-    with pytest.raises(StrategyError, match=r"DeepSpeed config \(trainer.strategy.init_args.config.gradient_clipping: "
+    with pytest.raises(ConfigError, match=r"DeepSpeed config \(trainer.strategy.init_args.config.gradient_clipping: "
                                             r"1.0\) and set model.grpo.gradient_clip_val=null"):
         _check(_deepspeed_stub({"zero_optimization": {"stage": 3}}), gradient_clip_val=1.0)
     _check(_deepspeed_stub({"zero_optimization": {"stage": 3}, "gradient_clipping": 1.0}), gradient_clip_val=None)
 
 
 def test_deepspeed_micro_batches_need_unmanaged_accumulation():
-    from lit_vr1.parallel import StrategyError
+    from lit_vr1.rules import ConfigError
 
-    with pytest.raises(StrategyError, match=r"managed_gradient_accumulation: false.*or set model.grpo.micro_batch_size=null"):
+    with pytest.raises(ConfigError, match=r"managed_gradient_accumulation: false.*or set model.grpo.micro_batch_size=null"):
         _check(_deepspeed_stub({"zero_optimization": {"stage": 2}}), gradient_clip_val=None, micro_batch_size=4)
     _check(_deepspeed_stub({"zero_optimization": {"stage": 2}}), gradient_clip_val=None)  # one backward per step
 
@@ -305,9 +306,9 @@ def test_deepspeed_micro_batches_need_unmanaged_accumulation():
 def test_tensor_parallel_sizes_are_refused():
     from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
 
-    from lit_vr1.parallel import StrategyError
+    from lit_vr1.rules import ConfigError
 
-    with pytest.raises(StrategyError, match=r"tensor_parallel_size=2.*tensor_parallel_size=1 and data_parallel_size="):
+    with pytest.raises(ConfigError, match=r"tensor_parallel_size=2.*tensor_parallel_size=1 and data_parallel_size="):
         _check(ModelParallelStrategy(data_parallel_size=1, tensor_parallel_size=2))
     _check(ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1))
     _check(DDPStrategy())
@@ -316,11 +317,11 @@ def test_tensor_parallel_sizes_are_refused():
 def test_export_with_sharded_weights_is_refused_up_front():
     from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
 
-    from lit_vr1.parallel import StrategyError
+    from lit_vr1.rules import ConfigError
 
-    with pytest.raises(StrategyError, match=r"export_dir='out' is not supported yet .*Set model.export_dir=null"):
+    with pytest.raises(ConfigError, match=r"export_dir='out' is not supported yet .*Set model.export_dir=null"):
         _check(ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1), export_dir="out")
-    with pytest.raises(StrategyError, match=r"ZeRO-3"):
+    with pytest.raises(ConfigError, match=r"ZeRO-3"):
         _check(_deepspeed_stub({"zero_optimization": {"stage": 3}}), export_dir="out", gradient_clip_val=None)
     _check(_deepspeed_stub({"zero_optimization": {"stage": 2}}), export_dir="out", gradient_clip_val=None)
     _check(DDPStrategy(), export_dir="out")
@@ -329,7 +330,7 @@ def test_export_with_sharded_weights_is_refused_up_front():
 def test_single_process_has_nothing_to_shard_or_gather():
     from lit_vr1 import parallel
     from lit_vr1.grpo import GRPOModule
-    from lit_vr1.loop import GRPOConfig
+    from lit_vr1.config import GRPOConfig
 
     module = GRPOModule(model="tiny:qwen2_5_vl", grpo=GRPOConfig(beta=0.0), seed=0)
     module.configure_model()  # no device mesh: shard() leaves the policy alone
@@ -357,7 +358,7 @@ def test_strategy_overlay_parses_over_a_recipe_and_passes_the_check(config, monk
         return  # "ddp"
     if "DeepSpeed" in strategy.class_path:
         pytest.importorskip("deepspeed")
-    from lit_vr1.loop import GRPOConfig
+    from lit_vr1.config import GRPOConfig
 
     module_name, class_name = strategy.class_path.rsplit(".", 1)
     built = getattr(importlib.import_module(module_name), class_name)(**strategy.init_args.as_dict())
@@ -367,9 +368,10 @@ def test_strategy_overlay_parses_over_a_recipe_and_passes_the_check(config, monk
 
 
 def _check_built(strategy, cfg):
-    from lit_vr1.parallel import check_strategy
+    from lit_vr1 import checks
 
-    check_strategy(SimpleNamespace(strategy=strategy), SimpleNamespace(config=cfg, device_mesh=None))
+    trainer = SimpleNamespace(strategy=strategy, callbacks=[], datamodule=None, world_size=1, precision=None)
+    checks.check_fit(SimpleNamespace(config=cfg, device_mesh=None, trainer=trainer))
 
 
 @pytest.mark.cuda

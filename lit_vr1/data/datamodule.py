@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from lit_vr1.checkpoint import refuse_foreign_resume, setting_differences
 from lit_vr1.data.jsonl import JsonlDataset, Sample, SkippedRow, check_bad_rows
+from lit_vr1.rules import enforce, rule
 from lit_vr1.data.sampler import ResumableSampler, place_sampler, train_position
 from lit_vr1.data.synthetic import SyntheticSpec, write_synthetic
 
@@ -24,6 +25,24 @@ REPORT_IDS, REPORT_REASONS = 50, 5
 def collate(samples: list[Sample]) -> list[Sample]:
     """Batches stay lists of samples: the module's processor turns them into tensors."""
     return samples
+
+
+@rule("data.train_files", "config")
+def train_data_given(train_files: str | None, synthetic: object) -> str | None:
+    return "set data.train_files (with data.train_images) or data.synthetic" if train_files is None and synthetic is None \
+        else None
+
+
+@rule("data.train_images", "config")
+def train_images_given(train_files: str | None, train_images: str | None) -> str | None:
+    if train_files is None or train_images is not None:
+        return None
+    return "data.train_files needs data.train_images: one image folder per file, ':'-separated"
+
+
+@rule("data.max_prompt_length", "config")
+def max_prompt_length_positive(value: int | None) -> str | None:
+    return None if value is None or value >= 1 else f"data.max_prompt_length={value} must be >= 1, or null for no limit"
 
 
 class GroundingDataModule(LightningDataModule):
@@ -100,15 +119,12 @@ class GroundingDataModule(LightningDataModule):
     ) -> None:
         super().__init__()
         self.bad_rows = check_bad_rows(bad_rows)
-        if max_prompt_length is not None and max_prompt_length < 1:
-            raise ValueError(f"data.max_prompt_length={max_prompt_length} must be >= 1, or null for no limit")
+        enforce(max_prompt_length_positive(max_prompt_length))
         self.max_prompt_length, self.check_boxes = max_prompt_length, check_boxes
         self.images_outside_folder = images_outside_folder
         self.processor: Any = None  # for max_prompt_length: the module's, or one given to use_processor
-        if train_files is None and synthetic is None:
-            raise ValueError("set data.train_files (with data.train_images) or data.synthetic")
-        if train_files is not None and train_images is None:
-            raise ValueError("data.train_files needs data.train_images: one image folder per file, ':'-separated")
+        enforce(train_data_given(train_files, synthetic))
+        enforce(train_images_given(train_files, train_images))
         self.train_files, self.train_images = train_files, train_images
         self.val_files, self.val_images = val_files, val_images
         self.template = template

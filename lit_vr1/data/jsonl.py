@@ -59,6 +59,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from lit_vr1.data.prompts import build_messages, check_template
+from lit_vr1.rules import enforce, rule
 from lit_vr1.rewards.boxes import QUAD_RE, answer_text, solution_boxes
 
 # Images with a shorter side under this many pixels are upscaled to it (the Qwen-VL patch
@@ -84,10 +85,17 @@ class SkippedRow:
     reason: str
 
 
+@rule("data.bad_rows", "config")
+def bad_rows_known(value: str) -> str | None:
+    if value in BAD_ROWS:
+        return None
+    return (f"data.bad_rows={value!r} is not valid; choose raise (stop at the first bad row) "
+            "or skip (leave bad rows out, counted and reported each epoch)")
+
+
 def check_bad_rows(value: str) -> str:
-    if value not in BAD_ROWS:
-        raise ValueError(f"data.bad_rows={value!r} is not valid; choose raise (stop at the first bad row) "
-                         "or skip (leave bad rows out, counted and reported each epoch)")
+    """``value`` if it is a known ``data.bad_rows`` mode; a clear error otherwise."""
+    enforce(bad_rows_known(value))
     return value
 
 
@@ -150,15 +158,19 @@ def split_paths(value: str) -> list[str]:
     return [p for p in value.split(":") if p]
 
 
+@rule("data.train_images", "data")
+def one_image_folder_per_file(files: list[str], folders: list[str]) -> str | None:
+    if len(files) == len(folders):
+        return None
+    return (f"data_files lists {len(files)} file(s) but image_folders lists {len(folders)} folder(s); "
+            "give one image folder per data file, ':'-separated")
+
+
 def pair_files(data_files: str, image_folders: str) -> list[tuple[str, str]]:
     """Pair ':'-separated data files with ':'-separated image folders (equal counts)."""
     files = split_paths(data_files)
     folders = split_paths(image_folders)
-    if len(files) != len(folders):
-        raise DataError(
-            f"data_files lists {len(files)} file(s) but image_folders lists {len(folders)} folder(s); "
-            "give one image folder per data file, ':'-separated"
-        )
+    enforce(one_image_folder_per_file(files, folders), DataError)
     return list(zip(files, folders))
 
 
@@ -356,12 +368,24 @@ def file_tasks(data_files: str, reward_methods: str | None) -> list[str]:
     if reward_methods is None:
         return ["default"] * n
     methods = split_paths(reward_methods)
-    if len(methods) == 1:
-        return methods * n
-    if len(methods) != n:
-        raise DataError(f"reward_methods lists {len(methods)} method(s) but data_files lists {n} file(s); "
-                        "give one per file, ':'-separated, or a single one for all")
-    return methods
+    enforce(one_reward_method_per_file(methods, n), DataError)
+    return methods * n if len(methods) == 1 else methods
+
+
+@rule("data.reward_methods", "data")
+def one_reward_method_per_file(methods: list[str], n_files: int) -> str | None:
+    if len(methods) in (1, n_files):
+        return None
+    return (f"reward_methods lists {len(methods)} method(s) but data_files lists {n_files} file(s); "
+            "give one per file, ':'-separated, or a single one for all")
+
+
+@rule("data.train_files", "data")
+def data_files_exist(path: str) -> str | None:
+    if os.path.isfile(path):
+        return None
+    return (f"data file {path} does not exist; check data.train_files (or val_files, predict_files): "
+            "':'-separated JSONL paths")
 
 
 def read_records(data_files: str, image_folders: str, reward_methods: str | None = None, bad_rows: str = "raise",
@@ -374,9 +398,7 @@ def read_records(data_files: str, image_folders: str, reward_methods: str | None
     skipped: list[SkippedRow] = []
     tasks = file_tasks(data_files, reward_methods)
     for (path, folder), task in zip(pair_files(data_files, image_folders), tasks):
-        if not os.path.isfile(path):
-            raise DataError(f"data file {path} does not exist; check data.train_files (or val_files, predict_files): "
-                            "':'-separated JSONL paths")
+        enforce(data_files_exist(path), DataError)
         with open(path, "rb") as f:
             for lineno, raw in enumerate(f, start=1):
                 where = f"{path}:{lineno}"

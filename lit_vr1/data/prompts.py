@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from lit_vr1.rules import enforce, rule
+
 # ``{question}`` is the human turn; images go where its <image> markers stand.
 TEMPLATES: dict[str, str] = {
     # Plain: the question as written in the data.
@@ -21,9 +23,16 @@ TEMPLATES: dict[str, str] = {
 }
 
 
+@rule("data.template", "config")
+def template_known(name: str) -> str | None:
+    if name in TEMPLATES:
+        return None
+    return f"data.template={name!r} is not a known prompt template; choose one of {', '.join(TEMPLATES)}"
+
+
 def check_template(name: str) -> str:
-    if name not in TEMPLATES:
-        raise ValueError(f"data.template={name!r} is not a known prompt template; choose one of {', '.join(TEMPLATES)}")
+    """``name`` if it is a known prompt template; a clear error otherwise."""
+    enforce(template_known(name))
     return name
 
 

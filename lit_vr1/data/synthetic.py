@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from lit_vr1.rules import one_of, problems_of, refuse, rule
+
 COLOURS = ["red", "green", "blue", "yellow", "purple", "orange"]
 RGB = {
     "red": (220, 40, 40),
@@ -26,6 +28,7 @@ RGB = {
 SHAPES = ["circle", "square", "triangle"]
 TASKS = ("rec", "detection", "vision_r1", "count", "label_free")
 DISTRACTORS = ("random", "confusable")
+BACKGROUNDS = ("gradient", "plain")
 Placed = list[tuple[tuple[int, int, int, int], str, str]]
 
 
@@ -47,11 +50,7 @@ class SyntheticSpec:
     """
 
     def __post_init__(self) -> None:
-        if self.task not in TASKS:
-            raise ValueError(f"data.synthetic.task={self.task!r} is not valid; choose one of {', '.join(TASKS)}")
-        if self.distractors not in DISTRACTORS:
-            raise ValueError(f"data.synthetic.distractors={self.distractors!r} is not valid; choose one of "
-                             f"{', '.join(DISTRACTORS)}")
+        refuse(problems_of(self), "data.synthetic")
 
     num_samples: int = 256
     canvas: int = 112
@@ -63,6 +62,21 @@ class SyntheticSpec:
     seed: int = 0
     task: str = "rec"
     distractors: str = "random"
+
+
+@rule("data.synthetic.task", "config", on="SyntheticSpec")
+def synthetic_task_known(spec: SyntheticSpec) -> str | None:
+    return one_of("data.synthetic.task", spec.task, TASKS)
+
+
+@rule("data.synthetic.distractors", "config", on="SyntheticSpec")
+def synthetic_distractors_known(spec: SyntheticSpec) -> str | None:
+    return one_of("data.synthetic.distractors", spec.distractors, DISTRACTORS)
+
+
+@rule("data.synthetic.background", "config", on="SyntheticSpec")
+def synthetic_background_known(spec: SyntheticSpec) -> str | None:
+    return one_of("data.synthetic.background", spec.background, BACKGROUNDS)
 
 
 def _draw(draw: ImageDraw.ImageDraw, shape: str, box: tuple[int, int, int, int], rgb: tuple[int, int, int]) -> None:
@@ -80,8 +94,6 @@ def canvas(spec: SyntheticSpec) -> Image.Image:
     n = spec.canvas
     if spec.background == "plain":
         return Image.new("RGB", (n, n), (235, 235, 235))
-    if spec.background != "gradient":
-        raise ValueError(f"data.synthetic.background={spec.background!r} is not valid; choose gradient or plain")
     ramp = np.linspace(150, 230, n, dtype=np.float32)
     pixels = np.empty((n, n, 3), dtype=np.uint8)
     pixels[..., 0] = ramp[None, :]

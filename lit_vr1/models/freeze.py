@@ -13,13 +13,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from lit_vr1.models.families import FAMILIES, Family, find_family
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The transformers model inside a peft wrapper (paths are relative to it)."""
-    get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) else model
+from lit_vr1.models.families import FAMILIES, Family, base_model, find_family
 
 
 def _family(model: nn.Module) -> Family:
@@ -38,7 +32,7 @@ def _family(model: nn.Module) -> Family:
 
 def vision_parts(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
     """(tower parameters without the projector, projector parameters) of a VLM."""
-    model = _unwrap(model)
+    model = base_model(model)
     family = _family(model)
     projector = [p for m in family.projectors(model) for p in m.parameters()]
     ids = {id(p) for p in projector}

@@ -23,7 +23,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from lit_vr1.models.families import find_family
+from lit_vr1.models.families import base_model, find_family
+from lit_vr1.rules import enforce, rule
 
 LORA_OPTION = "model.lora.target_modules"
 
@@ -97,28 +98,40 @@ def resolve_targets(model: nn.Module, spec: LoraSpec) -> str | list[str]:
         family = find_family(model)
         if family is not None and any(re.fullmatch(family.lora_target_regex, n) for n in names):
             return family.lora_target_regex  # the family's own: its language model's linears
-    if spec.target_modules is None:
-        if not any(re.fullmatch(DEFAULT_TARGETS, n) for n in names):
-            raise ValueError(
-                f"{type(model).__name__} has no language_model.*.(q|k|v|o|gate|up|down)_proj module, so LoRA's "
-                f"default targets match nothing; set {LORA_OPTION} to some of its linear layers: {_linear_names(model)}"
-            )
-        return DEFAULT_TARGETS
-    if not spec.target_modules:
-        raise ValueError(f"{LORA_OPTION} is empty; leave it unset for the language model's projections")
-    missing = [t for t in spec.target_modules if not any(_matches(n, t) for n in names)]
-    if missing:
-        candidates = _suffixes(names)
-        hints = []
-        for t in missing:
-            close = difflib.get_close_matches(t, candidates, n=5, cutoff=0.6)
-            hints.append(f"{t!r} (close: {', '.join(close)})" if close else f"{t!r}")
-        raise ValueError(
-            f"{LORA_OPTION}: {'; '.join(hints)} match no module of {type(model).__name__}. "
+    for check in (lora_default_targets_match, lora_targets_not_empty, lora_targets_match):
+        enforce(check(model, spec.target_modules))
+    return DEFAULT_TARGETS if spec.target_modules is None else list(spec.target_modules)
+
+
+@rule("model.lora.target_modules", "config")
+def lora_default_targets_match(model: nn.Module, targets: list[str] | None) -> str | None:
+    if targets is not None or any(re.fullmatch(DEFAULT_TARGETS, n) for n, _ in model.named_modules() if n):
+        return None
+    return (f"{type(model).__name__} has no language_model.*.(q|k|v|o|gate|up|down)_proj module, so LoRA's "
+            f"default targets match nothing; set {LORA_OPTION} to some of its linear layers: {_linear_names(model)}")
+
+
+@rule("model.lora.target_modules", "config")
+def lora_targets_not_empty(model: nn.Module, targets: list[str] | None) -> str | None:
+    if targets is None or targets:
+        return None
+    return f"{LORA_OPTION} is empty; leave it unset for the language model's projections"
+
+
+@rule("model.lora.target_modules", "config")
+def lora_targets_match(model: nn.Module, targets: list[str] | None) -> str | None:
+    names = [n for n, _ in model.named_modules() if n]
+    missing = [t for t in targets or [] if not any(_matches(n, t) for n in names)]
+    if not missing:
+        return None
+    candidates = _suffixes(names)
+    hints = []
+    for t in missing:
+        close = difflib.get_close_matches(t, candidates, n=5, cutoff=0.6)
+        hints.append(f"{t!r} (close: {', '.join(close)})" if close else f"{t!r}")
+    return (f"{LORA_OPTION}: {'; '.join(hints)} match no module of {type(model).__name__}. "
             f"An entry matches a module whose name is the entry or ends with '.<entry>'; "
-            f"the model's linear layers are named {_linear_names(model)}"
-        )
-    return list(spec.target_modules)
+            f"the model's linear layers are named {_linear_names(model)}")
 
 
 @functools.cache
@@ -183,7 +196,7 @@ def merged_state_dict(model: nn.Module, device: str | torch.device = "cpu") -> d
     weights stay bit-identical). A model without adapters gives its own state dict."""
     if not is_lora(model):
         return {k: v.detach().to(device) for k, v in model.state_dict().items()}
-    base = model.get_base_model()
+    base = base_model(model)
     merged: dict[str, torch.Tensor] = {}
     prefixes = []
     for name, layer in lora_layers(base).items():
@@ -205,7 +218,7 @@ def save_merged(model: nn.Module, path: str, processor=None) -> None:
     with ``save_pretrained``: a plain checkpoint that ``from_pretrained`` loads."""
     os.makedirs(path, exist_ok=True)
     if is_lora(model):
-        model.get_base_model().save_pretrained(path, state_dict=merged_state_dict(model))
+        base_model(model).save_pretrained(path, state_dict=merged_state_dict(model))
     else:
         model.save_pretrained(path)
     if processor is not None:

@@ -1,6 +1,6 @@
 """Tiny random Qwen3-VL and InternVL (``tiny:qwen3_vl``, ``tiny:internvl``).
 
-Same recipe as :mod:`lit_vr1.models.tiny`: the locally trained byte-level BPE tokenizer
+Same recipe as :mod:`lit_vr1.models.tiny` (the shared parts in :mod:`lit_vr1.models.tiny_parts`): the locally trained byte-level BPE tokenizer
 (extended by the family's own special tokens), a chat template with image items, and
 transformers' own processor and model classes, sized by :class:`TinySpec`.
 
@@ -32,7 +32,7 @@ from transformers import (
 from transformers.models.internvl.video_processing_internvl import InternVLVideoProcessor
 from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
 
-from lit_vr1.models.tiny import CHAT_TEMPLATE, SPECIAL_TOKENS, TinySpec, build_tokenizer, chat_template
+from lit_vr1.models.tiny_parts import CHAT_TEMPLATE, SPECIAL_TOKENS, TinySpec, build_tokenizer, chat_template
 
 QWEN3_PATCH = 16
 

@@ -20,6 +20,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from lit_vr1.rules import enforce, rule
+
 ON_ERROR = ("raise", "nan")
 
 
@@ -53,6 +55,19 @@ class SampleContext:
     source: str = ""
     box_frame: str | None = None
 
+    @classmethod
+    def of(cls, sample: Any, *, input_sizes: list[tuple[int, int]], completion_length: int = 0,
+           truncated: bool = False, global_step: int = 0, box_frame: str | None = None) -> SampleContext:
+        """The context of one completion of ``sample`` (a :class:`lit_vr1.data.jsonl.Sample`):
+        the text of its last message, its solution, images, sizes, metadata, task and
+        source, with what the rollout adds (``input_sizes`` of its images at the model input,
+        the completion's length and truncation, the step, the policy's box frame)."""
+        prompt = next(item["text"] for item in sample.messages[-1]["content"] if item["type"] == "text")
+        return cls(id=sample.id, prompt=prompt, solution=sample.solution, images=sample.images,
+                   image_sizes=sample.image_sizes, input_sizes=input_sizes, metadata=sample.metadata,
+                   completion_length=completion_length, truncated=truncated, global_step=global_step,
+                   task=sample.task, source=sample.source, box_frame=box_frame)
+
     @property
     def image_size(self) -> tuple[int, int] | None:
         """Original (width, height) of the first image, None without images."""
@@ -66,6 +81,11 @@ class SampleContext:
 
 class RewardError(RuntimeError):
     """A reward raised; the message names the reward and the sample."""
+
+
+@rule("model.rewards.init_args.on_error", "config")
+def reward_on_error_known(on_error: str) -> str | None:
+    return None if on_error in ON_ERROR else f"on_error={on_error!r} is not valid; choose one of {', '.join(ON_ERROR)}"
 
 
 class Reward:
@@ -88,8 +108,7 @@ class Reward:
 
     def __init__(self, weight: float = 1.0, name: str | None = None, tasks: list[str] | None = None,
                  on_error: Literal["raise", "nan"] = "raise") -> None:
-        if on_error not in ON_ERROR:
-            raise ValueError(f"on_error={on_error!r} is not valid; choose one of {', '.join(ON_ERROR)}")
+        enforce(reward_on_error_known(on_error))
         self.weight = float(weight)
         self.name = name or self.default_name
         self.tasks = [tasks] if isinstance(tasks, str) else list(tasks) if tasks is not None else None
@@ -195,16 +214,25 @@ class RewardScores:
         return out
 
 
+@rule("model.rewards", "first_step")
+def rewards_not_empty(rewards: list[Reward]) -> str | None:
+    return None if rewards else "no reward functions configured: set `model.rewards` in the config"
+
+
+@rule("model.rewards.init_args.name", "first_step")
+def reward_names_distinct(rewards: list[Reward]) -> str | None:
+    names = [r.name for r in rewards]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    return f"two rewards share the name(s) {', '.join(dup)}: give each a distinct `name`" if dup else None
+
+
 def score_all(rewards: list[Reward], completions: list[str], contexts: list[SampleContext]) -> RewardScores:
     """Run every reward and form the weighted sum, skipping nan entries (a completion no
     reward applies to gets 0, and is marked unscored). Infinite values are masked like nan
     and counted."""
-    if not rewards:
-        raise ValueError("no reward functions configured: set `model.rewards` in the config")
+    enforce(rewards_not_empty(rewards))
+    enforce(reward_names_distinct(rewards))
     names = [r.name for r in rewards]
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise ValueError(f"two rewards share the name(s) {', '.join(dup)}: give each a distinct `name`")
     before = [r.errors for r in rewards]
     per_reward = torch.stack([torch.tensor(r(completions, contexts), dtype=torch.float32) for r in rewards])
     inf = torch.isinf(per_reward)

@@ -23,6 +23,8 @@ from typing import Any
 
 import json_repair
 
+from lit_vr1.models.families.base import BOX_FRAMES  # one list of the frames, beside the families that name theirs
+
 ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 FENCE_RE = re.compile(r"```(?:json)?\s*(.*?)(?:```|$)", re.DOTALL)
 NUM = r"(-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)"
@@ -34,7 +36,6 @@ ITEM_RE = re.compile(
 LABEL_FIRST_RE = re.compile(r"""["']label["']\s*:\s*(?:"([^"]*)"|'([^']*)')\s*,\s*(?=["']?(?:bbox_2d|bbox))""")
 
 Box = tuple[float, float, float, float]
-BOX_FRAMES = ("input_pixels", "original_pixels", "norm1000", "norm1")
 
 
 @dataclass

@@ -5,10 +5,12 @@ order (the order error messages list them in). Another family: build a :class:`F
 and :func:`register` it."""
 
 from lit_vr1.models.families.base import (
+    BOX_FRAMES,
     FAMILIES,
     Family,
     ImageInputs,
     ModelLoadError,
+    base_model,
     family_for_model_type,
     family_names,
     family_of,
@@ -17,6 +19,7 @@ from lit_vr1.models.families.base import (
     register,
     select_rows,
     supported_model_types,
+    vision_token_ids,
 )
 from lit_vr1.models.families.internvl import INTERNVL
 from lit_vr1.models.families.qwen2_5_vl import QWEN2_5_VL
@@ -27,7 +30,7 @@ for _family in (QWEN2_5_VL, QWEN2_VL, QWEN3_VL, INTERNVL):
     register(_family)
 
 __all__ = [
-    "FAMILIES", "Family", "ImageInputs", "ModelLoadError", "family_for_model_type", "family_names", "family_of",
-    "find_family", "get_family", "register", "select_rows", "supported_model_types",
+    "BOX_FRAMES", "FAMILIES", "Family", "base_model", "ImageInputs", "ModelLoadError", "family_for_model_type", "family_names", "family_of",
+    "find_family", "get_family", "register", "select_rows", "supported_model_types", "vision_token_ids",
     "QWEN2_5_VL", "QWEN2_VL", "QWEN3_VL", "INTERNVL",
 ]

@@ -23,7 +23,8 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
-# The frames a model writes boxes in (same names as lit_vr1.rewards.boxes.BOX_FRAMES).
+# The frames a model writes boxes in (lit_vr1.rewards.boxes converts between them): pixels of the
+# image the model saw, pixels of the original image, 0-1000 or 0-1 of the image's width and height.
 BOX_FRAMES = ("input_pixels", "original_pixels", "norm1000", "norm1")
 
 # Tensor keys of a processor batch that are not per text row.
@@ -109,10 +110,12 @@ class Family:
         pattern = re.compile(self.lora_target_regex)
         return [n for n, _ in model.named_modules() if n and pattern.fullmatch(n)]
 
-    # -- tokens ------------------------------------------------------------------------------
-    def vision_token_ids(self, tokenizer: Any) -> tuple[int, ...]:
-        vocab = tokenizer.get_vocab()
-        return tuple(sorted(vocab[t] for t in self.vision_tokens if t in vocab))
+
+def base_model(model: Any) -> Any:
+    """The transformers model inside a peft wrapper (``get_base_model``); ``model`` itself
+    when it has no wrapper."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
 
 
 def _submodule(model: nn.Module, path: str) -> nn.Module | None:
@@ -171,8 +174,7 @@ def family_of(obj: Any) -> Family:
         return obj
     if isinstance(obj, str):
         return get_family(obj)
-    if hasattr(obj, "get_base_model") and not hasattr(obj, "config"):
-        obj = obj.get_base_model()
+    obj = base_model(obj) if isinstance(obj, nn.Module) else obj
     config = obj if hasattr(obj, "model_type") and not isinstance(obj, nn.Module) else getattr(obj, "config", None)
     if config is not None and getattr(config, "model_type", None):
         return family_for_model_type(config.model_type, f"{type(obj).__name__}")
@@ -189,6 +191,16 @@ def find_family(obj: Any) -> Family | None:
         return family_of(obj)
     except ModelLoadError:
         return None
+
+
+def vision_token_ids(processor: Any) -> tuple[int, ...]:
+    """Ids of the vision placeholder tokens (never to be generated) of the processor's model
+    family that its tokenizer knows; every family's, for a processor of no known family."""
+    family = find_family(processor)
+    tokens = family.vision_tokens if family is not None else tuple(
+        dict.fromkeys(t for f in FAMILIES.values() for t in f.vision_tokens))
+    vocab = processor.tokenizer.get_vocab()
+    return tuple(sorted(vocab[t] for t in tokens if t in vocab))
 
 
 # -- rows of a batch -------------------------------------------------------------------------

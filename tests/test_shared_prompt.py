@@ -1,13 +1,17 @@
-"""Shared-prompt passes (lit_vr1.prefix): each prompt runs once for its G completions and
-gives the same logits, gradients and samples as the full prompt + completion forward."""
+"""Shared-prompt passes (lit_vr1.shared_prompt): each prompt runs once for its G completions
+and gives the same logits, gradients and samples as the full prompt + completion forward."""
 
 import copy
+import dataclasses
 
 import pytest
 import torch
 
-from lit_vr1 import prefix
-from lit_vr1.rollout import SamplingConfig, completion_logits, encode_prompts, generation_config, image_layout, select_rows
+from lit_vr1 import shared_prompt
+from lit_vr1.config import SamplingConfig
+from lit_vr1.generation import encode_prompts, generation_config, image_layout
+from lit_vr1.rollout import Rollout
+from lit_vr1.scoring import distribution_logits, logprobs
 
 
 def make_batch(model_and_processor, samples, n_prompts=3, width=7, seed=0):
@@ -23,16 +27,20 @@ def make_batch(model_and_processor, samples, n_prompts=3, width=7, seed=0):
     ids = torch.randint(20, 400, (n, width), generator=g)
     lengths = torch.tensor([width, 3, 5, 1, width, 4])[:n]
     mask = (torch.arange(width)[None] < lengths[:, None]).long()
-    return model.eval(), prompt, per_prompt, image_rows, ids, mask
+    return model.eval(), rollout_of(prompt, per_prompt, image_rows, ids, mask, group_size=2)
 
 
-def full_logits(model, prompt, per_prompt, image_rows, index, ids, mask):
-    rows = select_rows(prompt, per_prompt, index, image_rows)
-    inputs = dict(rows)
-    inputs["input_ids"] = torch.cat([rows["input_ids"], ids], 1)
-    inputs["attention_mask"] = torch.cat([rows["attention_mask"], mask], 1)
-    inputs["mm_token_type_ids"] = torch.cat([rows["mm_token_type_ids"], torch.zeros_like(ids)], 1)
-    return completion_logits(model, inputs, ids.shape[1])
+def rollout_of(prompt, per_prompt, image_rows, ids, mask, group_size, scoring=None) -> Rollout:
+    """A rollout of the given completions (G per prompt), scored with shared prompts."""
+    return Rollout(prompt=prompt, images_per_row=per_prompt, completion_ids=ids, completion_mask=mask,
+                   truncated=torch.zeros(len(ids), dtype=torch.bool), completions=[""] * len(ids), contexts=[],
+                   scoring=scoring or SamplingConfig(), group_size=group_size, image_rows=image_rows, shared_prompt=True)
+
+
+def full_logits(model, rollout, rows=None):
+    """The (prompt + completion) forward, one sequence per row."""
+    rows = torch.arange(len(rollout)) if rows is None else rows
+    return distribution_logits(model, dataclasses.replace(rollout, shared_prompt=False), rows)
 
 
 @pytest.fixture(scope="module")
@@ -45,26 +53,26 @@ def tiny_qwen3():
 @pytest.mark.parametrize("family", ["tiny_qwen25", "tiny_qwen2", "tiny_qwen3"])
 @pytest.mark.parametrize("reuse", [False, True])
 def test_shared_prompt_logits_equal_the_full_forward(family, reuse, samples, request):
-    model, prompt, per_prompt, image_rows, ids, mask = make_batch(request.getfixturevalue(family), samples)
-    index = torch.tensor([0, 0, 1, 1, 2, 2])
-    feats = prefix.image_features(model, prompt, per_prompt) if reuse else None
+    model, r = make_batch(request.getfixturevalue(family), samples)
+    feats = shared_prompt.image_features(model, r.prompt, r.images_per_row) if reuse else None
     assert (feats is None) == (not reuse or family == "tiny_qwen3")  # no DeepStack features handed back
+    every = torch.arange(len(r))
     with torch.no_grad():
-        want = full_logits(model, prompt, per_prompt, image_rows, index, ids, mask)
-        got = prefix.completion_logits(model, prompt, per_prompt, image_rows, index, ids, mask, feats)
+        want = full_logits(model, r)
+        got = shared_prompt.completion_logits(model, r, every, feats)
         # a micro-batch: some rows of some prompts, out of order, one prompt twice
         sub = torch.tensor([5, 1, 0, 4])
-        part = prefix.completion_logits(model, prompt, per_prompt, image_rows, index[sub], ids[sub], mask[sub], feats)
-    valid = mask.bool()
+        part = shared_prompt.completion_logits(model, r, sub, feats)
+    valid = r.completion_mask.bool()
     assert got.shape == want.shape
     assert (got - want)[valid].abs().max() < 2e-5
     assert (part - want[sub])[valid[sub]].abs().max() < 2e-5
 
 
 def test_shared_prompt_gradients_equal_the_full_forward(tiny_qwen25, samples):
-    model, prompt, per_prompt, image_rows, ids, mask = make_batch(tiny_qwen25, samples)
-    index = torch.tensor([0, 0, 1, 1, 2, 2])
-    weights = torch.randn(ids.shape, generator=torch.Generator().manual_seed(1)) * mask
+    model, r = make_batch(tiny_qwen25, samples)
+    ids = r.completion_ids
+    weights = torch.randn(ids.shape, generator=torch.Generator().manual_seed(1)) * r.completion_mask
 
     def grads(fn):
         model.zero_grad(set_to_none=True)
@@ -73,8 +81,8 @@ def test_shared_prompt_gradients_equal_the_full_forward(tiny_qwen25, samples):
         (lp * weights).sum().backward()
         return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
-    want = grads(lambda: full_logits(model, prompt, per_prompt, image_rows, index, ids, mask))
-    got = grads(lambda: prefix.completion_logits(model, prompt, per_prompt, image_rows, index, ids, mask))
+    want = grads(lambda: full_logits(model, r))
+    got = grads(lambda: shared_prompt.completion_logits(model, r, torch.arange(len(r))))
     assert want.keys() == got.keys() and any("visual" in n for n in got)  # the tower got its gradient too
     for name in want:
         torch.testing.assert_close(got[name], want[name], atol=1e-5, rtol=1e-4)
@@ -87,7 +95,7 @@ def test_greedy_sampling_equals_transformers_generate(tiny_qwen25, samples):
     cfg = SamplingConfig(max_completion_length=12, greedy=True)
     eos = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
     pad = processor.tokenizer.pad_token_id
-    got = prefix.sample(model, prompt, 2, cfg, [eos], pad)
+    got = shared_prompt.sample(model, prompt, 2, cfg, [eos], pad)
     rep, _ = encode_prompts(processor, samples[:2], repeat=2)
     saved = model.generation_config
     model.generation_config = generation_config(cfg, processor, eos)
@@ -102,20 +110,18 @@ def test_greedy_sampling_equals_transformers_generate(tiny_qwen25, samples):
 def test_sampled_logprobs_are_those_the_loss_scores(tiny_qwen25, samples):
     """Sampling with temperature and top-k: the log-probs recorded while sampling equal the
     ones the training forward computes for the same tokens."""
-    from lit_vr1.rollout import policy_logprobs
-
     model, processor = tiny_qwen25
     model.eval()
     prompt, per_prompt = encode_prompts(processor, samples[:2])
     image_rows, _ = image_layout(processor, prompt, [s for x in samples[:2] for s in x.image_sizes])
     cfg = SamplingConfig(temperature=0.7, top_k=50, max_completion_length=10)
     torch.manual_seed(0)
-    s = prefix.sample(model, prompt, 3, cfg, [processor.tokenizer.convert_tokens_to_ids("<|im_end|>")],
-                      processor.tokenizer.pad_token_id, with_logprobs=True)
-    index = torch.arange(2).repeat_interleave(3)
-    with torch.no_grad():
-        logits = full_logits(model, prompt, per_prompt, image_rows, index, s.completion_ids, s.mask)
-    lp = policy_logprobs(logits, s.completion_ids, cfg).masked_fill(s.mask == 0, 0.0)
+    s = shared_prompt.sample(model, prompt, 3, cfg, [processor.tokenizer.convert_tokens_to_ids("<|im_end|>")],
+                             processor.tokenizer.pad_token_id, with_logprobs=True)
+    # scored under the sampled distribution itself (top-k cut included), by the full forward
+    r = dataclasses.replace(rollout_of(prompt, per_prompt, image_rows, s.completion_ids, s.mask, 3, cfg),
+                            shared_prompt=False)
+    lp = logprobs(model, r, grad=False).masked_fill(s.mask == 0, 0.0)
     assert (lp - s.logprobs).abs().max() < 1e-4
     assert len({tuple(r.tolist()) for r in s.completion_ids}) > 1  # sampled, not all alike
 
@@ -134,7 +140,7 @@ def test_each_image_is_encoded_once_per_pass_and_once_per_rollout_when_frozen(fr
     """4 prompts x G=4, beta > 0, two optimiser steps per rollout (old, reference and policy
     passes). Repeating prompts would encode 16 images in every pass."""
     from lit_vr1.grpo import GRPOModule
-    from lit_vr1.loop import GRPOConfig
+    from lit_vr1.config import GRPOConfig
     from tests.helpers import fit
 
     grpo = GRPOConfig(num_generations=4, max_completion_length=6, beta=0.04, mini_batch_size=8, micro_batch_size=4)
@@ -152,7 +158,7 @@ def test_each_image_is_encoded_once_per_pass_and_once_per_rollout_when_frozen(fr
 
 def test_loop_logits_are_the_same_with_and_without_shared_prompts(samples):
     from lit_vr1.grpo import GRPOModule
-    from lit_vr1.loop import GRPOConfig
+    from lit_vr1.config import GRPOConfig
 
     module = GRPOModule(model="tiny:qwen2_5_vl", grpo=GRPOConfig(num_generations=3, max_completion_length=8),
                         freeze_vision=True, freeze_merger=True)
@@ -161,9 +167,8 @@ def test_loop_logits_are_the_same_with_and_without_shared_prompts(samples):
     rollout = module.loop.rollout(samples[:3])
     assert rollout.prompt["input_ids"].shape[0] == 3 and len(rollout) == 9  # prompts encoded once
     rows = torch.tensor([7, 0, 4, 5])
-    with torch.no_grad():
-        shared = module.loop.forward_logits(module.policy, rollout, rows, reuse_features=True)
-        module.config.shared_prompt = False
-        repeated = module.loop.forward_logits(module.policy, rollout, rows, reuse_features=True)
+    assert rollout.shared_prompt and rollout.image_features is not None  # the tower is frozen: features kept
+    shared = logprobs(module.policy, rollout, rows, grad=False)
+    repeated = logprobs(module.policy, dataclasses.replace(rollout, shared_prompt=False), rows, grad=False)
     valid = rollout.completion_mask[rows].bool()
     assert (shared - repeated)[valid].abs().max() < 2e-5

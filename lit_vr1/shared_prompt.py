@@ -21,6 +21,9 @@ Sampling uses the same two passes: one prefill for the P prompts, then a decode 
 the N rows, sampling from :func:`lit_vr1.loss.sampling_logits` (the distribution the loss
 scores) with ``torch.multinomial`` as transformers' sampler does.
 
+Callers do not come here for scores: :func:`lit_vr1.scoring.logprobs` decides, per
+rollout, whether these passes or the repeated-prompt forward run.
+
 With a frozen vision tower (its projector included: ``freeze_vision`` + ``freeze_merger``,
 or LoRA, which adapts the language model only) the image features are computed once per
 rollout and handed to every pass through transformers' ``mm_encoder_outputs`` (Qwen2-VL,
@@ -41,19 +44,17 @@ from torch import Tensor, nn
 from transformers import DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+from lit_vr1.config import SamplingConfig
 from lit_vr1.loss import sampling_logits, token_logprobs
 from lit_vr1.models import families
+from lit_vr1.models.families import base_model
+from lit_vr1.rollout import ImageFeatures, Rollout
 
 SHARED_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")  # M-RoPE positions from the model's get_rope_index
 # image features handed back through mm_encoder_outputs (Qwen3-VL's DeepStack features are not: its tower
 # runs once per prompt in each pass instead)
 REUSE_FAMILIES = ("qwen2_vl", "qwen2_5_vl")
 VISION_KEYS = ("pixel_values", "image_grid_thw")
-
-
-def _base(model: nn.Module) -> nn.Module:
-    get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) else model
 
 
 @functools.lru_cache(maxsize=None)
@@ -65,16 +66,16 @@ def _cache_argument(model_class: type) -> str:
 
 def with_cache(model: nn.Module, cache: DynamicCache) -> dict[str, DynamicCache]:
     """``{argument: cache}`` for ``model``'s forward, whichever name the installed transformers uses."""
-    return {_cache_argument(type(_base(model))): cache}
+    return {_cache_argument(type(base_model(model))): cache}
 
 
 def unsupported_reason(model: nn.Module) -> str | None:
     """Why the shared-prompt passes cannot run on ``model`` (None: they can)."""
-    family = families.find_family(_base(model))
+    family = families.find_family(base_model(model))
     if family is None or family.name not in SHARED_FAMILIES:
-        name = family.name if family is not None else type(_base(model)).__name__
+        name = family.name if family is not None else type(base_model(model)).__name__
         return f"model family {name} (shared prompt passes support {', '.join(SHARED_FAMILIES)})"
-    base = _base(model)
+    base = base_model(model)
     name = "is_activation_checkpointing" if hasattr(base, "is_activation_checkpointing") else "is_gradient_checkpointing"
     if getattr(base, name, False):
         return "gradient_checkpointing (transformers turns the key/value cache off under it)"
@@ -83,35 +84,19 @@ def unsupported_reason(model: nn.Module) -> str | None:
 
 def vision_frozen(model: nn.Module) -> bool:
     """True when no parameter of the vision tower (projector included) is trained."""
-    base = _base(model)
+    base = base_model(model)
     family = families.find_family(base)
     tower = family.tower(base) if family is not None else None
     return tower is not None and not any(p.requires_grad for p in tower.parameters())
 
 
-@dataclass
-class ImageFeatures:
-    """The vision tower's output for a prompt batch: ``per_image`` (I tensors of
-    (tokens_i, hidden)), ``images_per_prompt`` (P,)."""
-
-    per_image: tuple[Tensor, ...]
-    images_per_prompt: list[int]
-
-    def select(self, prompts: list[int]) -> BaseModelOutputWithPooling | None:
-        first = [0]
-        for n in self.images_per_prompt:
-            first.append(first[-1] + n)
-        picked = tuple(self.per_image[i] for p in prompts for i in range(first[p], first[p + 1]))
-        return BaseModelOutputWithPooling(pooler_output=picked) if picked else None
-
-
 def image_features(model: nn.Module, prompt: dict[str, Tensor], images_per_prompt: list[int]) -> ImageFeatures | None:
     """Encode the images of a prompt batch once (None when it has none, or for a family whose
     features cannot be handed back to the model: see ``REUSE_FAMILIES``)."""
-    family = families.find_family(_base(model))
+    family = families.find_family(base_model(model))
     if "pixel_values" not in prompt or family is None or family.name not in REUSE_FAMILIES:
         return None
-    out = _base(model).model.get_image_features(prompt["pixel_values"], prompt["image_grid_thw"], return_dict=True)
+    out = base_model(model).model.get_image_features(prompt["pixel_values"], prompt["image_grid_thw"], return_dict=True)
     return ImageFeatures(tuple(out.pooler_output), list(images_per_prompt))
 
 
@@ -123,7 +108,7 @@ def next_positions(model: nn.Module, prompt: dict[str, Tensor]) -> Tensor:
     if "image_grid_thw" not in prompt:
         return torch.full((ids.shape[0],), ids.shape[1], dtype=torch.long, device=ids.device)
     kwargs = {k: prompt[k] for k in ("mm_token_type_ids", "image_grid_thw") if k in prompt}
-    positions, _ = _base(model).model.get_rope_index(input_ids=ids, attention_mask=mask, **kwargs)
+    positions, _ = base_model(model).model.get_rope_index(input_ids=ids, attention_mask=mask, **kwargs)
     return positions.masked_fill(mask[None] == 0, -1).amax(dim=(0, 2)) + 1
 
 
@@ -183,28 +168,20 @@ def end_at_eos(ids: Tensor, eos_ids: list[int], pad_id: int) -> tuple[Tensor, Te
     return ids.masked_fill(mask == 0, pad_id), mask, has_eos
 
 
-def prompt_rows(prompt: dict[str, Tensor], images_per_prompt: list[int], index: Tensor,
-                image_rows: list[int] | None) -> dict[str, Tensor]:
-    """Rows ``index`` (repeats allowed) of a prompt batch with exactly their images' tensors
-    (``image_rows`` is None for a batch without images)."""
-    return families.select_rows(prompt, images_per_prompt, index, image_rows or [])
-
-
 def _text_positions(start: Tensor, length: int) -> Tensor:
     """(3, rows, length) M-RoPE positions of text tokens starting at ``start`` (rows,)."""
     pos = start[:, None] + torch.arange(length, device=start.device)[None]
     return pos[None].expand(3, -1, -1)
 
 
-def completion_logits(model: nn.Module, prompt: dict[str, Tensor], images_per_prompt: list[int],
-                      image_rows: list[int] | None, prompt_index: Tensor, completion_ids: Tensor,
-                      completion_mask: Tensor, features: ImageFeatures | None = None) -> Tensor:
-    """Logits predicting each completion token, (n, T, V), equal to those of the full
-    forward over prompt + completion; each distinct prompt of ``prompt_index`` runs once."""
-    uniq, inverse = torch.unique(prompt_index, return_inverse=True)
-    rows = prompt_rows(prompt, images_per_prompt, uniq, image_rows)
+def completion_logits(model: nn.Module, rollout: Rollout, rows: Tensor, features: ImageFeatures | None = None) -> Tensor:
+    """Logits predicting the completion tokens of ``rows``, (n, T, V), equal to those of the
+    full forward over prompt + completion; each distinct prompt of the rows runs once
+    (``features``: image features to hand to the prompt pass instead of running the tower)."""
+    completion_ids, completion_mask = rollout.completion_ids[rows], rollout.completion_mask[rows]
+    uniq, inverse = torch.unique(rollout.prompt_index(rows), return_inverse=True)
     feats = features.select(uniq.tolist()) if features is not None else None
-    shared = prompt_pass(model, rows, feats).select(inverse.to(completion_ids.device))
+    shared = prompt_pass(model, rollout.prompt_rows(uniq), feats).select(inverse.to(completion_ids.device))
     first = shared.last_logits[:, None]
     if completion_ids.shape[1] == 1:
         return first
@@ -226,10 +203,10 @@ class Sampled:
 
 
 @torch.no_grad()
-def sample(model: nn.Module, prompt: dict[str, Tensor], group_size: int, cfg, eos_ids: list[int], pad_id: int,
-           features: ImageFeatures | None = None, with_logprobs: bool = False) -> Sampled:
+def sample(model: nn.Module, prompt: dict[str, Tensor], group_size: int, cfg: SamplingConfig, eos_ids: list[int],
+           pad_id: int, features: ImageFeatures | None = None, with_logprobs: bool = False) -> Sampled:
     """``group_size`` completions per prompt: one prefill of the P prompts, then a decode loop
-    over the N = P * group_size rows. ``cfg`` is a :class:`lit_vr1.rollout.SamplingConfig`."""
+    over the N = P * group_size rows."""
     n_prompts = prompt["input_ids"].shape[0]
     index = torch.arange(n_prompts, device=prompt["input_ids"].device).repeat_interleave(group_size)
     feats = features.select(list(range(n_prompts))) if features is not None else None

@@ -1,0 +1,122 @@
+"""The registry of lit-vr1's configuration rules, generated from the code that enforces them.
+
+A rule is a function decorated with :func:`rule`: it names the flag it is about and when
+it runs, and returns the problem (a message naming the flag and what to set instead) or
+None. Nothing lists the rules by hand: :func:`all_rules` imports every module of the
+package that declares one and returns what the decorators registered, so the list cannot
+go stale.
+
+When a rule runs (``when``):
+
+- ``"config"``: as the object holding the value is built (``GRPOConfig``, ``VLMModule``,
+  ``SyntheticSpec``, a reward, a callback, the data module): one value or object at a time;
+- ``"fit"``: at fit start, over a :class:`lit_vr1.checks.FitSetup` (the module, its
+  Trainer, strategy and data module together), by :func:`lit_vr1.checks.check_fit`, the one
+  entry point of every fit-time and strategy rule, which reports every problem at once;
+- ``"optimizer"``: where the optimiser is built (the weights as the precision plugin left them);
+- ``"data"``: as the data files are read;
+- ``"first_step"``: at the first scoring of a rollout.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+WHEN = ("config", "fit", "optimizer", "data", "first_step")
+
+
+class ConfigError(ValueError):
+    """The configuration cannot train; the message lists every problem with its flag."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One configuration rule: its name (the function's), the flag it is about, when it
+    runs (see ``WHEN``), where it lives (``module.function``), the function itself, and
+    ``on``: the class (by name) of the one argument it checks, when it checks one object."""
+
+    name: str
+    flag: str
+    when: str
+    where: str
+    check: Callable[..., str | None]
+    on: str | None = None
+
+
+_REGISTRY: dict[str, Rule] = {}
+
+
+def rule(flag: str, when: str, on: str | None = None) -> Callable[[Callable[..., str | None]], Callable[..., str | None]]:
+    """Register the decorated function as the rule about ``flag`` that runs ``when``; ``on``:
+    the name of the class whose instances it checks (see :func:`problems_of`)."""
+    if when not in WHEN:
+        raise ValueError(f"rule when={when!r}: choose one of {', '.join(WHEN)}")
+
+    def register(fn: Callable[..., str | None]) -> Callable[..., str | None]:
+        where = f"{fn.__module__}.{fn.__qualname__}"
+        old = _REGISTRY.get(fn.__name__)
+        if old is not None and old.where != where:
+            raise ValueError(f"rule {fn.__name__} is declared twice: {old.where} and {where}")
+        _REGISTRY[fn.__name__] = Rule(fn.__name__, flag, when, where, fn, on)
+        return fn
+
+    return register
+
+
+def one_of(flag: str, value: Any, valid: tuple) -> str | None:
+    """The problem of ``flag=value`` when ``value`` is not one of ``valid`` (None when it is)."""
+    return None if value in valid else f"{flag}={value!r} is not valid; choose one of {', '.join(map(str, valid))}"
+
+
+def problems_of(obj: Any, when: str | None = None) -> list[str]:
+    """The problems every rule declared ``on`` the class of ``obj`` (and, when given, run
+    ``when``) finds in it, in declaration order."""
+    name = type(obj).__name__
+    return [msg for r in list(_REGISTRY.values()) if r.on == name and (when is None or r.when == when)
+            for msg in [r.check(obj)] if msg]
+
+
+def enforce(problem: str | None, error: type[Exception] = ConfigError) -> None:
+    """Raise ``error(problem)`` when a rule found a problem (nothing when it is None)."""
+    if problem:
+        raise error(problem)
+
+
+def refuse(problems: list[str], what: str = "the configuration") -> None:
+    """Raise one :class:`ConfigError` listing ``problems`` (nothing when there is none)."""
+    if len(problems) == 1:
+        raise ConfigError(problems[0])
+    if problems:
+        lines = "\n".join(f"  - {p}" for p in problems)
+        raise ConfigError(f"{len(problems)} problem(s) in {what}; fix them and start again:\n{lines}")
+
+
+def declaring_modules(package: Path | None = None) -> list[str]:
+    """Dotted names of the modules under ``package`` (lit_vr1 and the callbacks package beside
+    it by default) whose source applies the :func:`rule` decorator."""
+    roots = [package] if package is not None else [Path(__file__).resolve().parent,
+                                                    Path(__file__).resolve().parents[1] / "callbacks"]
+    names = []
+    for root in roots:
+        if not root.is_dir():
+            continue
+        for path in sorted(root.rglob("*.py")):
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            decorated = any(isinstance(d, ast.Call) and getattr(d.func, "id", getattr(d.func, "attr", None)) == "rule"
+                            for node in ast.walk(tree) if isinstance(node, ast.FunctionDef) for d in node.decorator_list)
+            if decorated:
+                parts = path.relative_to(root.parent).with_suffix("").parts
+                names.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return names
+
+
+def all_rules() -> list[Rule]:
+    """Every rule of lit-vr1, in the order its modules are found (then declared)."""
+    for name in declaring_modules():
+        importlib.import_module(name)
+    return list(_REGISTRY.values())
