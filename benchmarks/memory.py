@@ -61,11 +61,11 @@ def child(name: str, args) -> dict:
     from lightning.pytorch import Trainer, seed_everything
     from torch.utils.data import DataLoader
 
+    from lit_vr1.config import GRPOConfig
     from lit_vr1.data.datamodule import collate
     from lit_vr1.data.jsonl import JsonlDataset
     from lit_vr1.data.synthetic import SyntheticSpec, write_synthetic
     from lit_vr1.grpo import GRPOModule
-    from lit_vr1.config import GRPOConfig
     from lit_vr1.models.lora import LoraSpec
     from lit_vr1.models.tiny import TinySpec
     from lit_vr1.rewards.base import Reward

@@ -41,9 +41,9 @@ def adamw_retention(dtype: torch.dtype, steps: int = 10, lr: float = 1e-6) -> fl
 def logprob_figures() -> dict:
     import tempfile
 
+    from lit_vr1.config import SamplingConfig
     from lit_vr1.data.jsonl import JsonlDataset
     from lit_vr1.data.synthetic import SyntheticSpec, write_synthetic
-    from lit_vr1.config import SamplingConfig
     from lit_vr1.generation import generate
     from lit_vr1.loss import k3_kl, sampling_logits, token_logprobs
     from lit_vr1.models.families import vision_token_ids

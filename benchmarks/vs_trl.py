@@ -114,8 +114,8 @@ def run_lit(cfg: dict) -> dict:
     import lightning as L
     from torch.utils.data import DataLoader
 
-    from lit_vr1.grpo import GRPOModule
     from lit_vr1.config import GRPOConfig
+    from lit_vr1.grpo import GRPOModule
     from lit_vr1.rewards.base import Reward
 
     class Toy(Reward):

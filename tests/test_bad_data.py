@@ -93,10 +93,10 @@ def test_corrupt_pixel_data_fails_at_load_time_naming_file_line_and_image(tmp_pa
 
 
 def test_small_images_are_upscaled_and_boxes_stay_in_original_pixels(tmp_path):
+    from lit_vr1.generation import encode_prompts, image_layout
     from lit_vr1.models.tiny import build_tiny
     from lit_vr1.rewards.base import SampleContext
     from lit_vr1.rewards.rec import IoUReward
-    from lit_vr1.generation import encode_prompts, image_layout
 
     assert upscaled_size((10, 14)) == (28, 39) and upscaled_size((14, 10)) == (39, 28) and upscaled_size((28, 5)) == (157, 28)
     f, d = write(tmp_path, [rec(1, image="small.png", gpt="[2, 3, 8, 12]")])
@@ -120,8 +120,8 @@ def test_small_images_are_upscaled_and_boxes_stay_in_original_pixels(tmp_path):
 
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "internvl"])
 def test_prompt_length_counts_image_tokens_as_the_processor_does(tmp_path, family):
-    from lit_vr1.models.tiny import build_tiny
     from lit_vr1.generation import encode_prompts
+    from lit_vr1.models.tiny import build_tiny
 
     f, d = write(tmp_path, [rec(1), rec(2, image="small.png", gpt="[1, 1, 5, 5]"),
                          rec(3, image=["a.png", "a.png"], human="<image><image>Which is red?"),

@@ -8,9 +8,9 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader
 
 from callbacks import RolloutTable
+from lit_vr1.config import GRPOConfig
 from lit_vr1.data.datamodule import collate
 from lit_vr1.grpo import GRPOModule
-from lit_vr1.config import GRPOConfig
 
 
 def test_rollout_table_prints_and_logs_to_tensorboard(samples, tmp_path, capsys):

@@ -20,8 +20,8 @@ from lightning.pytorch import seed_everything
 
 
 def _fit_hash(samples) -> str:
-    from lit_vr1.grpo import GRPOModule
     from lit_vr1.config import GRPOConfig
+    from lit_vr1.grpo import GRPOModule
 
     seed_everything(0)
     module = GRPOModule(model="tiny:qwen2_5_vl", rewards=[LengthReward()], seed=0,

@@ -10,14 +10,13 @@ import torch
 from helpers import LengthReward, fit
 from lightning.pytorch import seed_everything
 
-from lit_vr1.grpo import GRPOModule
 from lit_vr1.config import GRPOConfig
-from lit_vr1.models.families import FAMILIES, family_for_model_type, family_of
+from lit_vr1.generation import encode_prompts, image_layout
+from lit_vr1.grpo import GRPOModule
+from lit_vr1.models.families import FAMILIES, family_for_model_type, family_of, select_rows
 from lit_vr1.models.freeze import freeze_vision, vision_parts
 from lit_vr1.models.loading import ModelLoadError, check_model_type, load_model, load_processor
 from lit_vr1.models.tiny import build_tiny
-from lit_vr1.generation import encode_prompts, image_layout
-from lit_vr1.models.families import select_rows
 
 NAMES = ["qwen2_5_vl", "qwen2_vl", "qwen3_vl", "internvl"]
 BOX_FRAMES = {"qwen2_5_vl": "input_pixels", "qwen2_vl": "norm1000", "qwen3_vl": "norm1000", "internvl": "norm1000"}
@@ -172,11 +171,11 @@ def test_input_pixels_frame_is_qwen_vl_utils_resize(family):
 def test_box_rewards_read_the_policys_frame_unless_they_name_one(tiny, frame, samples):
     """A reward with no box_frame reads what the policy writes: its family's frame, which
     the rollout puts in every context (the module's box_frame when set)."""
-    from lit_vr1.rewards import DetectionMAP, IoUReward
-    from lit_vr1.rewards.base import SampleContext
     from lit_vr1.config import SamplingConfig
     from lit_vr1.generation import generate
     from lit_vr1.models.families import vision_token_ids
+    from lit_vr1.rewards import DetectionMAP, IoUReward
+    from lit_vr1.rewards.base import SampleContext
 
     model, processor = tiny
     cfg = SamplingConfig(max_completion_length=2, suppress_ids=vision_token_ids(processor))

@@ -13,8 +13,8 @@ import pytest
 import torch
 from lightning.pytorch import Callback, Trainer, seed_everything
 
-from lit_vr1.grpo import GRPOModule
 from lit_vr1.config import GRPOConfig
+from lit_vr1.grpo import GRPOModule
 from lit_vr1.rewards.base import Reward, RewardError, SampleContext
 from lit_vr1.rewards.reward_model import RemoteRewardModel
 from tests.helpers import LengthReward, MemoryLogger, fit

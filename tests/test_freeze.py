@@ -6,8 +6,8 @@ import torch
 from helpers import LengthReward, fit
 from lightning.pytorch import seed_everything
 
-from lit_vr1.grpo import GRPOModule
 from lit_vr1.config import GRPOConfig
+from lit_vr1.grpo import GRPOModule
 from lit_vr1.models.freeze import freeze_vision, vision_parts
 from lit_vr1.sft import SFTModule
 

@@ -15,9 +15,9 @@ from test_cli import ROOT, ParseOnly
 from torch.utils.data import DataLoader
 
 from callbacks import MergedExport
+from lit_vr1.config import GRPOConfig
 from lit_vr1.data.datamodule import collate
 from lit_vr1.grpo import GRPOModule
-from lit_vr1.config import GRPOConfig
 from lit_vr1.models.loading import load_model
 from lit_vr1.models.lora import LANGUAGE_PROJECTIONS, LoraSpec, apply_lora, lora_layers
 from lit_vr1.scoring import logprobs as score

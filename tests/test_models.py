@@ -2,9 +2,9 @@ import pytest
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
+from lit_vr1.generation import encode_prompts
 from lit_vr1.models.loading import ModelLoadError, load_model, load_processor
 from lit_vr1.models.tiny import build_tiny
-from lit_vr1.generation import encode_prompts
 
 
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen2_vl"])

@@ -51,8 +51,8 @@ def test_fit_refuses_bf16_trained_weights_under_a_plain_optimiser(samples, dtype
     from helpers import LengthReward, fit
 
     from lit_vr1.checks import ConfigError
-    from lit_vr1.grpo import GRPOModule
     from lit_vr1.config import GRPOConfig
+    from lit_vr1.grpo import GRPOModule
 
     module = GRPOModule(model="tiny:qwen2_5_vl", rewards=[LengthReward()], dtype=dtype,
                         grpo=GRPOConfig(num_generations=2, max_completion_length=4, beta=0.0))
@@ -65,8 +65,8 @@ def test_bf16_mixed_keeps_float32_weights_that_take_small_updates(samples):
     entry, where it would move ~2% of a bf16 weight's entries."""
     from helpers import LengthReward, fit
 
-    from lit_vr1.grpo import GRPOModule
     from lit_vr1.config import GRPOConfig
+    from lit_vr1.grpo import GRPOModule
 
     torch.manual_seed(0)
     module = GRPOModule(model="tiny:qwen2_5_vl", rewards=[LengthReward()],
@@ -117,8 +117,8 @@ def test_k3_kl_keeps_its_digits_in_float32_near_the_reference():
 
 
 def test_lm_head_runs_in_float32_under_bf16_autocast(tiny_qwen25, samples):
-    from lit_vr1.models.precision import Float32Head, float32_head
     from lit_vr1.generation import encode_prompts
+    from lit_vr1.models.precision import Float32Head, float32_head
 
     model = copy.deepcopy(tiny_qwen25[0])
     keys = set(model.state_dict())
@@ -135,8 +135,8 @@ def test_lm_head_runs_in_float32_under_bf16_autocast(tiny_qwen25, samples):
 def test_small_drift_gives_a_nonzero_kl_on_every_token_under_bf16_autocast(samples):
     """A policy 1e-3 away from its reference: every token's k3 KL is above 0 (bf16 log-probs
     rounded it to exactly 0 on most tokens)."""
-    from lit_vr1.grpo import GRPOModule
     from lit_vr1.config import GRPOConfig
+    from lit_vr1.grpo import GRPOModule
     from lit_vr1.loss import k3_kl
 
     module = GRPOModule(model="tiny:qwen2_5_vl", grpo=GRPOConfig(num_generations=2, max_completion_length=8))
@@ -161,10 +161,10 @@ def test_small_drift_gives_a_nonzero_kl_on_every_token_under_bf16_autocast(sampl
 def test_a_rollout_under_mixed_precision_turns_the_weight_cache_on_and_samples_the_same(tiny_qwen25, samples):
     """Lightning's bf16-mixed autocast has its weight cache off (a cast per weight per decoding
     step); the rollout turns it on, which changes no number."""
-    from lit_vr1.models.precision import cached_autocast
     from lit_vr1.config import SamplingConfig
     from lit_vr1.generation import generate
     from lit_vr1.models.families import vision_token_ids
+    from lit_vr1.models.precision import cached_autocast
 
     model, processor = tiny_qwen25
     cfg = SamplingConfig(max_completion_length=8, suppress_ids=vision_token_ids(processor))
@@ -186,8 +186,8 @@ def test_top_k_sampling_is_scored_under_the_temperature_distribution(samples):
     so KL is exactly 0 while the policy equals the reference, and no log-prob is -inf."""
     from helpers import LengthReward, fit
 
-    from lit_vr1.grpo import GRPOModule
     from lit_vr1.config import GRPOConfig
+    from lit_vr1.grpo import GRPOModule
 
     torch.manual_seed(0)
     cfg = GRPOConfig(num_generations=4, max_completion_length=8, beta=0.04, top_k=3, temperature=0.9,
@@ -224,8 +224,8 @@ def test_dropout_is_off_so_the_ratio_is_one_until_the_weights_move(samples, disa
     """LoRA with its default dropout 0.05, trained adapters (B != 0), lr 0, two iterations."""
     from helpers import LengthReward, fit
 
-    from lit_vr1.grpo import GRPOModule
     from lit_vr1.config import GRPOConfig
+    from lit_vr1.grpo import GRPOModule
     from lit_vr1.models.lora import LoraSpec
 
     torch.manual_seed(0)
@@ -303,8 +303,8 @@ def test_group_advantages_with_valid_mask_matches_the_plain_formula_on_the_valid
 def test_the_loop_gives_unscored_completions_no_advantage_and_no_loss(samples):
     from helpers import fit
 
-    from lit_vr1.grpo import GRPOModule
     from lit_vr1.config import GRPOConfig
+    from lit_vr1.grpo import GRPOModule
     from lit_vr1.rewards.base import Reward
 
     class EveryThirdFails(Reward):
@@ -412,8 +412,8 @@ def test_under_deepspeed_the_norm_and_the_skips_come_from_the_engine(samples, mo
     from helpers import LengthReward, fit
 
     from lit_vr1 import parallel
-    from lit_vr1.grpo import GRPOModule
     from lit_vr1.config import GRPOConfig
+    from lit_vr1.grpo import GRPOModule
 
     class Engine:  # what Lightning's DeepSpeedStrategy holds as strategy.model
         def __init__(self):
@@ -449,8 +449,8 @@ def test_a_mini_batch_with_nothing_scored_takes_no_step(samples):
     (AdamW's momentum would otherwise keep moving the weights with no signal)."""
     from helpers import fit
 
-    from lit_vr1.grpo import GRPOModule
     from lit_vr1.config import GRPOConfig
+    from lit_vr1.grpo import GRPOModule
     from lit_vr1.rewards.base import Reward
 
     class Down(Reward):
@@ -527,8 +527,8 @@ def test_shared_prompt_passes_use_the_current_cache_argument(tiny_qwen25, sample
 def test_grpo_on_cuda_under_bf16_mixed_keeps_float32_weights_logits_and_logprobs(samples):
     from helpers import LengthReward, fit
 
-    from lit_vr1.grpo import GRPOModule
     from lit_vr1.config import GRPOConfig
+    from lit_vr1.grpo import GRPOModule
 
     torch.manual_seed(0)
     module = GRPOModule(model="tiny:qwen2_5_vl", rewards=[LengthReward()],

@@ -79,10 +79,10 @@ def test_one_run_mixes_rec_and_counting_data_each_scored_by_its_own_rewards(tmp_
     import torch
     from helpers import fit
 
+    from lit_vr1.config import GRPOConfig
     from lit_vr1.data.jsonl import JsonlDataset
     from lit_vr1.data.synthetic import SyntheticSpec, write_synthetic
     from lit_vr1.grpo import GRPOModule
-    from lit_vr1.config import GRPOConfig
     from lit_vr1.rewards import Accuracy, IoUReward
 
     files = [write_synthetic(tmp_path / t, SyntheticSpec(num_samples=4, canvas=56, task=t)) for t in ("rec", "count")]

@@ -207,9 +207,9 @@ def test_a_fit_that_dies_while_saving_resumes_from_the_previous_last_ckpt(sample
     from lightning.pytorch.callbacks import ModelCheckpoint
     from torch.utils.data import DataLoader
 
+    from lit_vr1.config import GRPOConfig
     from lit_vr1.data.datamodule import collate
     from lit_vr1.grpo import GRPOModule
-    from lit_vr1.config import GRPOConfig
     from tests.helpers import LengthReward
 
     class FirstStep(Callback):

@@ -139,8 +139,8 @@ class TowerCalls:
 def test_each_image_is_encoded_once_per_pass_and_once_per_rollout_when_frozen(frozen, samples):
     """4 prompts x G=4, beta > 0, two optimiser steps per rollout (old, reference and policy
     passes). Repeating prompts would encode 16 images in every pass."""
-    from lit_vr1.grpo import GRPOModule
     from lit_vr1.config import GRPOConfig
+    from lit_vr1.grpo import GRPOModule
     from tests.helpers import fit
 
     grpo = GRPOConfig(num_generations=4, max_completion_length=6, beta=0.04, mini_batch_size=8, micro_batch_size=4)
@@ -157,8 +157,8 @@ def test_each_image_is_encoded_once_per_pass_and_once_per_rollout_when_frozen(fr
 
 
 def test_loop_logits_are_the_same_with_and_without_shared_prompts(samples):
-    from lit_vr1.grpo import GRPOModule
     from lit_vr1.config import GRPOConfig
+    from lit_vr1.grpo import GRPOModule
 
     module = GRPOModule(model="tiny:qwen2_5_vl", grpo=GRPOConfig(num_generations=3, max_completion_length=8),
                         freeze_vision=True, freeze_merger=True)

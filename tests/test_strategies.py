@@ -91,8 +91,8 @@ def _rank_main(strategy_name: str, out: Path) -> None:
     from lightning.pytorch.strategies import ModelParallelStrategy
 
     from lit_vr1 import parallel
-    from lit_vr1.grpo import GRPOModule
     from lit_vr1.config import GRPOConfig
+    from lit_vr1.grpo import GRPOModule
     from lit_vr1.models.loading import load_model
 
     counter = _GatherCounter()
@@ -329,8 +329,8 @@ def test_export_with_sharded_weights_is_refused_up_front():
 
 def test_single_process_has_nothing_to_shard_or_gather():
     from lit_vr1 import parallel
-    from lit_vr1.grpo import GRPOModule
     from lit_vr1.config import GRPOConfig
+    from lit_vr1.grpo import GRPOModule
 
     module = GRPOModule(model="tiny:qwen2_5_vl", grpo=GRPOConfig(beta=0.0), seed=0)
     module.configure_model()  # no device mesh: shard() leaves the policy alone

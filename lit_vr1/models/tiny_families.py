@@ -1,7 +1,7 @@
 """Tiny random Qwen3-VL and InternVL (``tiny:qwen3_vl``, ``tiny:internvl``).
 
-Same recipe as :mod:`lit_vr1.models.tiny` (the shared parts in :mod:`lit_vr1.models.tiny_parts`): the locally trained byte-level BPE tokenizer
-(extended by the family's own special tokens), a chat template with image items, and
+Same recipe as :mod:`lit_vr1.models.tiny` (the shared parts in :mod:`lit_vr1.models.tiny_parts`): the
+locally trained byte-level BPE tokenizer (extended by the family's own special tokens), a chat template with image items, and
 transformers' own processor and model classes, sized by :class:`TinySpec`.
 
 - Qwen3-VL: Qwen's tokens and chat layout; 16-pixel patches merged 2x2 (images resized to

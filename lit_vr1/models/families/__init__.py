@@ -30,7 +30,8 @@ for _family in (QWEN2_5_VL, QWEN2_VL, QWEN3_VL, INTERNVL):
     register(_family)
 
 __all__ = [
-    "BOX_FRAMES", "FAMILIES", "Family", "base_model", "ImageInputs", "ModelLoadError", "family_for_model_type", "family_names", "family_of",
-    "find_family", "get_family", "register", "select_rows", "supported_model_types", "vision_token_ids",
+    "BOX_FRAMES", "FAMILIES", "Family", "base_model", "ImageInputs", "ModelLoadError", "family_for_model_type",
+    "family_names", "family_of", "find_family", "get_family", "register", "select_rows", "supported_model_types",
+    "vision_token_ids",
     "QWEN2_5_VL", "QWEN2_VL", "QWEN3_VL", "INTERNVL",
 ]
