@@ -52,7 +52,7 @@ def test_cold_start_clears_the_floor_and_grpo_learns_without_hedging(seed, tmp_p
     # ... while its greedy answers keep their quality and their size
     for metric in ("iou", "acc50"):
         gain = result["gains"]["grpo_vs_sft"][metric]
-        assert gain["mean"] > -2 * gain["se"], (metric, gain)
+        assert gain["mean"] >= -2 * gain["se"], (metric, gain)  # unchanged answers (0, se 0) keep their quality
     assert 0.8 <= grpo["area_ratio"] <= 1.25 and grpo["format"] >= 0.95, grpo
     assert (out / "curves.png").stat().st_size > 0 and (out / "boxes.png").stat().st_size > 0
 
