@@ -6,6 +6,7 @@ VENV ?= .venv
 PYTHON ?= python3
 SEED ?= 0
 DEMO_OUT ?= runs/demo
+TASK ?= rec
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.lit-vr1-installed
 
@@ -20,8 +21,12 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 # SFT (configs/sft_synthetic.yaml) -> GRPO (configs/grpo_synthetic.yaml) -> held-out report and PNGs
+# TASK=ood: the same runs, also reported on out-of-domain held-out splits (lit_vr1/ood.py)
+DEMO_TASK_rec :=
+DEMO_TASK_ood := --ood all
 demo: $(STAMP)
-	$(BIN)/python -m lit_vr1.demo --seed $(SEED) --out $(DEMO_OUT)
+	@test -n "$(filter $(TASK),rec ood)" || { echo "make demo: TASK=$(TASK) is not a demo; choose rec or ood" >&2; exit 2; }
+	$(BIN)/python -m lit_vr1.demo --seed $(SEED) --out $(DEMO_OUT) $(DEMO_TASK_$(TASK))
 
 # GRPO on a tiny random model after a short built-in cold start (configs/quickstart.yaml), about 2 minutes
 quickstart: $(STAMP)

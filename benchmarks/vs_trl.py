@@ -129,6 +129,10 @@ def run_lit(cfg: dict) -> dict:
         from lit_vr1 import shared_prompt
 
         shared_prompt.vision_frozen = lambda model: False  # the rollout then keeps no features to reuse
+    if not opts.get("preallocated_cache", True):  # measure the sampler on transformers' growing (torch.cat) cache
+        from lit_vr1 import kv_cache
+
+        kv_cache.reserve = lambda cache, extra: 0
     L.seed_everything(0, verbose=False)
     n = cfg["prompts"] * cfg["generations"]
     grpo = GRPOConfig(num_generations=cfg["generations"], max_completion_length=cfg["completion"], beta=cfg["beta"],
@@ -420,7 +424,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--micro", type=int, default=8)
-    p.add_argument("--lit-options", default="", help="switches: shared_prompt, freeze_vision (tower and merger), reuse_features; "
+    p.add_argument("--lit-options", default="", help="switches: shared_prompt, freeze_vision (tower and merger), reuse_features, "
+                   "preallocated_cache; "
                    "e.g. shared_prompt=false or freeze_vision=true,reuse_features=false")
     p.add_argument("--trl-freeze-vision", action="store_true", help="freeze TRL's vision tower too")
     p.add_argument("--trainers", default="lit,trl")

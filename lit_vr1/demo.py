@@ -8,7 +8,9 @@
 4. the report: held-out Acc@0.5, mean IoU, format rate and box area ratio of the models by
    one and the same greedy evaluation, the best constant box as the floor, GRPO's paired
    gains over its SFT start and over the control, ``curves.png`` (reward and IoU over steps)
-   and ``boxes.png`` (held-out images, truth and both models' boxes), and ``results.json``.
+   and ``boxes.png`` (held-out images, truth and both models' boxes), and ``results.json``;
+   with ``--ood`` (``make demo TASK=ood``) the same table on each out-of-domain held-out
+   split of :mod:`lit_vr1.ood` too (VLM-R1's in-domain vs out-of-domain comparison).
 
 Both fits go through the ``lit-vr1`` CLI in this process, so the demo runs exactly what a
 user runs; ``--seed`` sets ``seed_everything`` and the tiny model's initial weights.
@@ -31,8 +33,9 @@ import torch  # noqa: E402
 
 from lit_vr1.cli import LitVR1CLI  # noqa: E402
 from lit_vr1.data.jsonl import JsonlDataset  # noqa: E402
-from lit_vr1.evaluate import EvalResult, best_constant_box, evaluate  # noqa: E402
+from lit_vr1.evaluate import EvalResult, best_constant_box, constant_box_miou, evaluate  # noqa: E402
 from lit_vr1.models.loading import load_model, load_processor  # noqa: E402
+from lit_vr1.ood import SHIFTS, parse_shifts, write_ood  # noqa: E402
 from lit_vr1.rewards.boxes import first_box  # noqa: E402
 from lit_vr1.viz import BLUE, draw_boxes, grid  # noqa: E402
 
@@ -122,47 +125,63 @@ def fit(config: str, out: str, name: str, seed: int, overrides: list[str]) -> Li
 LABELS = {"sft": "after SFT", "control": "SFT control", "grpo": "after GRPO"}
 
 
-def report(models: dict[str, str], data_dir: str, template: str, out: str, max_new_tokens: int = 40) -> dict:
-    """Evaluate the saved models (``{"sft": dir, "grpo": dir}``, and ``"control"``: the same
-    compute spent on more SFT) on the held-out split, print the table, draw the PNGs; returns
-    the figures. Gains are paired (the same images) with their standard errors."""
-    torch.manual_seed(0)
-    images = os.path.join(data_dir, "images")
-    val = JsonlDataset(os.path.join(data_dir, "val.jsonl"), images, template)
-    samples = [val[i] for i in range(len(val))]
+def score(models: dict[str, str], samples, const_box, max_new_tokens: int) -> tuple[dict, dict[str, EvalResult]]:
+    """One held-out split's figures: each model's Acc@0.5, mean IoU, format rate and area
+    ratio, GRPO's paired gains over SFT (and the control), and the floor: the mean IoU of
+    ``const_box`` (the best constant box on the training boxes); also the raw results."""
     results = {name: evaluate_dir(path, samples, max_new_tokens) for name, path in models.items()}
-    train = JsonlDataset(os.path.join(data_dir, "train.jsonl"), images, template)
-    canvas = samples[0].images[0].width
-    const_box, floor = best_constant_box([first_box(r.solution) for r in train.records],
-                                         [first_box(s.solution) for s in samples], canvas)
-    os.makedirs(out, exist_ok=True)
-    curves, boxes = os.path.join(out, "curves.png"), os.path.join(out, "boxes.png")
-    plot_curves(read_metrics(os.path.join(out, "sft")), read_metrics(os.path.join(out, "grpo")), floor, curves)
-    draw_grid(results["sft"], results["grpo"], boxes)
-    figures = {name: {"acc50": r.acc50, "miou": r.miou, "format": r.format, "area_ratio": area_ratio(r)}
-               for name, r in results.items()}
+    floor = constant_box_miou(const_box, [first_box(s.solution) for s in samples])
     gains = {f"grpo_vs_{base}": {metric: dict(zip(("mean", "se"), paired_gain(results[base], results["grpo"], metric)))
                                  for metric in ("iou", "acc50")}
              for base in ("sft", "control") if base in results}
-    result = {
-        "held_out_images": len(samples),
-        **figures,
-        "gains": gains,
-        "miou_gain": gains["grpo_vs_sft"]["iou"],
-        "constant_box": {"box": const_box, "miou": floor},
-        "curves_png": curves,
-        "boxes_png": boxes,
-    }
-    print(f"held-out images: {len(samples)} (greedy decoding)")
+    figures = {name: {"acc50": r.acc50, "miou": r.miou, "format": r.format, "area_ratio": area_ratio(r)}
+               for name, r in results.items()}
+    return {"held_out_images": len(samples), **figures, "gains": gains,
+            "constant_box": {"box": const_box, "miou": floor}}, results
+
+
+def print_table(title: str, split: dict) -> None:
+    print(f"{title}: {split['held_out_images']} images (greedy decoding)")
     print(f"{'':14}{'Acc@0.5':>9}{'mean IoU':>10}{'format':>8}{'box area / truth':>18}")
-    for name, f in figures.items():
-        print(f"{LABELS[name]:14}{f['acc50']:9.3f}{f['miou']:10.3f}{f['format']:8.3f}{f['area_ratio']:18.2f}")
-    print(f"{'constant box':14}{'':9}{floor:10.3f}")
-    for key, by_metric in gains.items():
+    for name in LABELS:
+        if name in split:
+            f = split[name]
+            print(f"{LABELS[name]:14}{f['acc50']:9.3f}{f['miou']:10.3f}{f['format']:8.3f}{f['area_ratio']:18.2f}")
+    print(f"{'constant box':14}{'':9}{split['constant_box']['miou']:10.3f}")
+    for key, by_metric in split["gains"].items():
         for metric, g in by_metric.items():
             name = "mean IoU" if metric == "iou" else "Acc@0.5"
             print(f"{name} gain of GRPO over {LABELS[key.removeprefix('grpo_vs_')]}: {g['mean']:+.3f} "
                   f"(paired standard error {g['se']:.3f})")
+
+
+def report(models: dict[str, str], data_dir: str, template: str, out: str, max_new_tokens: int = 40,
+           ood: dict[str, str] | None = None) -> dict:
+    """Evaluate the saved models (``{"sft": dir, "grpo": dir}``, and ``"control"``: the same
+    compute spent on more SFT) on the held-out split, and on each out-of-domain split of
+    ``ood`` (``{shift: folder}``, see :mod:`lit_vr1.ood`); print the tables, draw the PNGs;
+    returns the figures. Gains are paired (the same images) with their standard errors."""
+    torch.manual_seed(0)
+    images = os.path.join(data_dir, "images")
+    val = JsonlDataset(os.path.join(data_dir, "val.jsonl"), images, template)
+    train = JsonlDataset(os.path.join(data_dir, "train.jsonl"), images, template)
+    samples = [val[i] for i in range(len(val))]
+    const_box, _ = best_constant_box([first_box(r.solution) for r in train.records],
+                                     [first_box(s.solution) for s in samples], samples[0].images[0].width)
+    split, results = score(models, samples, const_box, max_new_tokens)
+    os.makedirs(out, exist_ok=True)
+    curves, boxes = os.path.join(out, "curves.png"), os.path.join(out, "boxes.png")
+    plot_curves(read_metrics(os.path.join(out, "sft")), read_metrics(os.path.join(out, "grpo")),
+                split["constant_box"]["miou"], curves)
+    draw_grid(results["sft"], results["grpo"], boxes)
+    result = {**split, "miou_gain": split["gains"]["grpo_vs_sft"]["iou"], "curves_png": curves, "boxes_png": boxes}
+    print_table("held-out images", split)
+    if ood:
+        result["ood"] = {}
+        for shift, folder in ood.items():
+            data = JsonlDataset(os.path.join(folder, "val.jsonl"), os.path.join(folder, "images"), template)
+            result["ood"][shift], _ = score(models, [data[i] for i in range(len(data))], const_box, max_new_tokens)
+            print_table(f"out of domain, {shift}", result["ood"][shift])
     print(f"wrote {curves} and {boxes} (green: truth, blue: SFT, red: GRPO)")
     return result
 
@@ -184,8 +203,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--control-steps", type=int, default=CONTROL_STEPS,
                     help="steps of the control: more SFT from the same cold start (the SFT config, its learning rate "
                          "decayed over these steps); 600 took 1.3-1.4x GRPO's wall time here; 0: no control")
+    ap.add_argument("--ood", default="", help="also evaluate on out-of-domain held-out splits: 'all' or comma-separated "
+                                              f"names of {', '.join(SHIFTS)} (lit_vr1/ood.py); make demo TASK=ood sets 'all'")
+    ap.add_argument("--ood-samples", type=int, default=200, help="images per out-of-domain split")
     ap.add_argument("--quiet", action="store_true", help="no progress bars or rollout tables")
     args = ap.parse_args(argv)
+    try:
+        shifts = parse_shifts(args.ood)
+    except ValueError as err:
+        ap.error(str(err))
     out = args.out.rstrip("/")
     common = ["--trainer.enable_progress_bar=false", "--trainer.callbacks=[]"] if args.quiet else []
     if args.data_dir:
@@ -222,7 +248,8 @@ def main(argv: list[str] | None = None) -> dict:
         models["control"] = f"{out}/control_model"
     t3 = time.perf_counter()
     data = sft_cli.datamodule
-    result = report(models, data.synthetic_dir, data.template, out, grpo_cli.model.eval_max_new_tokens)
+    ood = write_ood(data.synthetic_dir, data.synthetic, shifts, args.ood_samples) if shifts else None
+    result = report(models, data.synthetic_dir, data.template, out, grpo_cli.model.eval_max_new_tokens, ood)
     times["report_s"] = time.perf_counter() - t3
     times["total_s"] = time.perf_counter() - t0
     result.update(seed=args.seed, times=times, sft_steps=None if args.sft_model else sft_cli.trainer.global_step,

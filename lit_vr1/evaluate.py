@@ -94,9 +94,15 @@ def best_constant_box(train_boxes: list[Box], eval_boxes: list[Box], size: int, 
     best = torch.zeros(cands.shape[0])
     for i in range(0, cands.shape[0], 20000):
         best[i : i + 20000] = box_iou(cands[i : i + 20000], train).mean(dim=1)
-    box = cands[best.argmax()]
-    floor = box_iou(box[None], torch.tensor(eval_boxes, dtype=torch.float32)).mean()
-    return tuple(box.tolist()), float(floor)
+    box = tuple(cands[best.argmax()].tolist())
+    return box, constant_box_miou(box, eval_boxes)
+
+
+def constant_box_miou(box: Box, boxes: list[Box]) -> float:
+    """Mean IoU of one fixed ``box`` against each of ``boxes`` (the floor's score on a split)."""
+    from torchvision.ops import box_iou
+
+    return float(box_iou(torch.tensor([box], dtype=torch.float32), torch.tensor(boxes, dtype=torch.float32)).mean())
 
 
 PROMPTINGS = ("all", "per_category")

@@ -44,6 +44,7 @@ from torch import Tensor, nn
 from transformers import DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+from lit_vr1 import kv_cache
 from lit_vr1.config import SamplingConfig
 from lit_vr1.loss import sampling_logits, token_logprobs
 from lit_vr1.models import families
@@ -206,12 +207,16 @@ class Sampled:
 def sample(model: nn.Module, prompt: dict[str, Tensor], group_size: int, cfg: SamplingConfig, eos_ids: list[int],
            pad_id: int, features: ImageFeatures | None = None, with_logprobs: bool = False) -> Sampled:
     """``group_size`` completions per prompt: one prefill of the P prompts, then a decode loop
-    over the N = P * group_size rows."""
+    over the N = P * group_size rows, into a cache with room for every position it can reach
+    (:mod:`lit_vr1.kv_cache`)."""
     n_prompts = prompt["input_ids"].shape[0]
     index = torch.arange(n_prompts, device=prompt["input_ids"].device).repeat_interleave(group_size)
     feats = features.select(list(range(n_prompts))) if features is not None else None
     state = prompt_pass(model, prompt, feats).select(index)
-    logits, mask, start = state.last_logits.float(), state.attention_mask, state.next_position
+    kv_cache.reserve(state.cache, cfg.max_completion_length)  # decoded tokens are written in place, not concatenated
+    logits, start = state.last_logits.float(), state.next_position
+    prompt_len = state.attention_mask.shape[1]
+    full_mask = torch.cat([state.attention_mask, state.attention_mask.new_ones(index.numel(), cfg.max_completion_length)], 1)
     eos = torch.tensor(eos_ids, device=logits.device)
     done = torch.zeros(index.numel(), dtype=torch.bool, device=logits.device)
     tokens, logps = [], []
@@ -229,8 +234,8 @@ def sample(model: nn.Module, prompt: dict[str, Tensor], group_size: int, cfg: Sa
         done = done | torch.isin(tok, eos)
         if bool(done.all()) or t == cfg.max_completion_length - 1:
             break
-        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-        out = model(input_ids=tok[:, None], attention_mask=mask, **with_cache(model, state.cache), use_cache=True,
+        out = model(input_ids=tok[:, None], attention_mask=full_mask[:, : prompt_len + t + 1],
+                    **with_cache(model, state.cache), use_cache=True,
                     position_ids=_text_positions(start + t, 1), logits_to_keep=1)
         logits = out.logits[:, -1].float()
     ids, keep, has_eos = end_at_eos(torch.stack(tokens, dim=1), eos_ids, pad_id)

@@ -1,0 +1,63 @@
+"""Out-of-domain held-out splits for the REC demo (``make demo TASK=ood``).
+
+VLM-R1's headline is that GRPO matches SFT in domain and beats it out of domain. Each
+shift below redraws the demo's held-out images with one property the training never
+saw, everything else as in training (one canvas size, the same colours and shapes):
+
+- ``small`` / ``large``: shapes below / above the training's side range;
+- ``plain``: a uniform grey background instead of the training's colour ramp (the ramp is
+  the tiny vision tower's absolute-position cue);
+- ``distractors``: two or three shapes, the expression names one (training images hold
+  exactly one, so the expression never had to be read).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from lit_vr1.data.synthetic import SyntheticSpec, write_synthetic
+
+SHIFTS: dict[str, dict] = {
+    "small": {"min_size": 14, "max_size": 27},
+    "large": {"min_size": 73, "max_size": 100},
+    "plain": {"background": "plain"},
+    "distractors": {"min_shapes": 2, "max_shapes": 3, "max_size": 48},
+}
+
+
+def shifted_spec(spec: SyntheticSpec, shift: str, num_samples: int) -> SyntheticSpec:
+    """The training ``spec`` with ``shift``'s changes, ``num_samples`` images and its own seed
+    (so no OOD image repeats a training or in-domain held-out one)."""
+    if shift not in SHIFTS:
+        raise ValueError(f"--ood: unknown shift {shift!r}; choose from {', '.join(SHIFTS)} or 'all'")
+    changes = dict(SHIFTS[shift])
+    changes["max_size"] = min(changes.get("max_size", spec.max_size), spec.canvas)
+    return dataclasses.replace(spec, num_samples=num_samples, seed=spec.seed + 1000, **changes)
+
+
+def parse_shifts(value: str) -> list[str]:
+    """``--ood``: "" (none), "all", or comma-separated shift names."""
+    if not value:
+        return []
+    names = list(SHIFTS) if value == "all" else [v.strip() for v in value.split(",") if v.strip()]
+    for name in names:
+        if name not in SHIFTS:
+            raise ValueError(f"--ood: unknown shift {name!r}; choose from {', '.join(SHIFTS)} or 'all'")
+    return names
+
+
+def write_ood(data_dir: str, spec: SyntheticSpec, shifts: list[str], num_samples: int) -> dict[str, str]:
+    """Write each shift's held-out split to ``{data_dir}/ood_{shift}/val.jsonl`` (with its
+    images), reusing one already drawn from the same spec; returns ``{shift: folder}``."""
+    folders = {}
+    for shift in shifts:
+        folder = Path(data_dir) / f"ood_{shift}"
+        shifted = shifted_spec(spec, shift, num_samples)
+        stamp, wanted = folder / "val.spec.json", json.dumps(vars(shifted), sort_keys=True)
+        if not ((folder / "val.jsonl").is_file() and stamp.is_file() and stamp.read_text() == wanted):
+            write_synthetic(folder, shifted, "val")
+            stamp.write_text(wanted)
+        folders[shift] = str(folder)
+    return folders
