@@ -7,6 +7,10 @@ PYTHON ?= python3
 SEED ?= 0
 DEMO_OUT ?= runs/demo
 TASK ?= rec
+# a TASK exported by the shell is not a demo choice: only `make demo TASK=...` picks one
+ifeq ($(origin TASK),environment)
+TASK := rec
+endif
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.lit-vr1-installed
 
@@ -25,7 +29,7 @@ $(STAMP): setup.cfg pyproject.toml
 DEMO_TASK_rec :=
 DEMO_TASK_ood := --ood all
 demo: $(STAMP)
-	@test -n "$(filter $(TASK),rec ood)" || { echo "make demo: TASK=$(TASK) is not a demo; choose rec or ood" >&2; exit 2; }
+	@test -n "$(filter $(TASK),rec ood)" || { echo "make demo: TASK=$(TASK) is not built yet (detection, reasoning, label_free); choose rec or ood" >&2; exit 2; }
 	$(BIN)/python -m lit_vr1.demo --seed $(SEED) --out $(DEMO_OUT) $(DEMO_TASK_$(TASK))
 
 # GRPO on a tiny random model after a short built-in cold start (configs/quickstart.yaml), about 2 minutes

@@ -35,7 +35,7 @@ from lit_vr1.cli import LitVR1CLI  # noqa: E402
 from lit_vr1.data.jsonl import JsonlDataset  # noqa: E402
 from lit_vr1.evaluate import EvalResult, best_constant_box, constant_box_miou, evaluate  # noqa: E402
 from lit_vr1.models.loading import load_model, load_processor  # noqa: E402
-from lit_vr1.ood import SHIFTS, parse_shifts, write_ood  # noqa: E402
+from lit_vr1.ood import SHIFTS, parse_shifts, shifted_spec, write_ood  # noqa: E402
 from lit_vr1.rewards.boxes import first_box  # noqa: E402
 from lit_vr1.viz import BLUE, draw_boxes, grid  # noqa: E402
 
@@ -217,10 +217,19 @@ def main(argv: list[str] | None = None) -> dict:
     if args.data_dir:
         common.append(f"--data.init_args.synthetic_dir={args.data_dir}")
     times = {}
-    t0 = time.perf_counter()
     sft_over = [f"--model.init_args.seed={args.seed}", *common]
     if args.sft_steps:
         sft_over += [f"--trainer.max_steps={args.sft_steps}", f"--model.init_args.lr_scheduler.init_args.T_max={args.sft_steps}"]
+    if shifts:  # every split checked before anything is trained
+        probe = LitVR1CLI(args=["--config", args.sft_config, *sft_over], run=False).datamodule
+        if probe.synthetic is None or probe.train_files is not None:
+            ap.error(f"--ood draws shifted copies of the synthetic training data; {args.sft_config} trains on "
+                     f"{'data.train_files' if probe.train_files is not None else 'no data.synthetic'}")
+        try:
+            [shifted_spec(probe.synthetic, shift, args.ood_samples) for shift in shifts]
+        except ValueError as err:
+            ap.error(str(err))
+    t0 = time.perf_counter()
     if args.sft_model:  # the data module alone: the GRPO run and the report read the same data
         sft_cli = LitVR1CLI(args=["--config", args.sft_config, *sft_over], run=False)
         sft_cli.datamodule.prepare_data()

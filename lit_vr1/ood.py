@@ -7,8 +7,12 @@ saw, everything else as in training (one canvas size, the same colours and shape
 - ``small`` / ``large``: shapes below / above the training's side range;
 - ``plain``: a uniform grey background instead of the training's colour ramp (the ramp is
   the tiny vision tower's absolute-position cue);
-- ``distractors``: two or three shapes, the expression names one (training images hold
-  exactly one, so the expression never had to be read).
+- ``distractors``: two or three shapes (sides up to 48 px, so that three fit), the expression
+  names one (training images hold exactly one, so the expression never had to be read).
+
+A shift that would not be out of domain for the training spec (a size range overlapping
+the training's) or cannot be drawn (an empty range, a shape larger than the canvas) is
+refused with the reason, before anything is trained.
 """
 
 from __future__ import annotations
@@ -32,9 +36,16 @@ def shifted_spec(spec: SyntheticSpec, shift: str, num_samples: int) -> Synthetic
     (so no OOD image repeats a training or in-domain held-out one)."""
     if shift not in SHIFTS:
         raise ValueError(f"--ood: unknown shift {shift!r}; choose from {', '.join(SHIFTS)} or 'all'")
-    changes = dict(SHIFTS[shift])
-    changes["max_size"] = min(changes.get("max_size", spec.max_size), spec.canvas)
-    return dataclasses.replace(spec, num_samples=num_samples, seed=spec.seed + 1000, **changes)
+    if num_samples < 1:
+        raise ValueError(f"--ood-samples must be at least 1, not {num_samples}")
+    out = dataclasses.replace(spec, num_samples=num_samples, seed=spec.seed + 1000, **SHIFTS[shift])
+    where = f"--ood {shift} (sides {out.min_size}-{out.max_size} px, training {spec.min_size}-{spec.max_size} px, " \
+            f"canvas {spec.canvas} px)"
+    if not out.min_size <= out.max_size <= spec.canvas:
+        raise ValueError(f"{where}: the shapes cannot be drawn on this canvas")
+    if shift in ("small", "large") and out.min_size <= spec.max_size and spec.min_size <= out.max_size:
+        raise ValueError(f"{where}: the sizes overlap the training's, so the split would not be out of domain")
+    return out
 
 
 def parse_shifts(value: str) -> list[str]:

@@ -43,6 +43,15 @@ def test_unknown_shifts_are_named_in_the_error():
         ood.parse_shifts("small,tiny")
 
 
+def test_a_shift_that_is_not_out_of_domain_or_cannot_be_drawn_is_refused():
+    with pytest.raises(ValueError, match=r"--ood small \(sides 14-27 px, training 20-56 px.*overlap the training's"):
+        ood.shifted_spec(SyntheticSpec(min_size=20, max_size=56), "small", 10)
+    with pytest.raises(ValueError, match="--ood large .*canvas 64 px.*cannot be drawn"):
+        ood.shifted_spec(SyntheticSpec(canvas=64, min_size=10, max_size=30), "large", 10)
+    with pytest.raises(ValueError, match="--ood-samples must be at least 1, not 0"):
+        ood.shifted_spec(TRAIN, "plain", 0)
+
+
 def test_the_report_scores_every_model_on_every_split(tmp_path, tiny_qwen25):
     from lit_vr1.demo import report
 
@@ -63,3 +72,19 @@ def test_the_report_scores_every_model_on_every_split(tmp_path, tiny_qwen25):
         truths = [first_box(json.loads(line)["conversations"][1]["value"]) for line in open(f"{folders[shift]}/val.jsonl")]
         box = result["constant_box"]["box"]  # fitted once, on the training boxes
         assert split["constant_box"] == {"box": box, "miou": pytest.approx(constant_box_miou(box, truths))}
+
+
+def test_ood_without_synthetic_data_is_refused_before_any_training(tmp_path, capsys):
+    from pathlib import Path
+
+    from lit_vr1.demo import main
+
+    text = (Path(__file__).resolve().parents[1] / "configs" / "sft_synthetic.yaml").read_text()
+    start, end = text.index("    synthetic:\n"), text.index("    synthetic_dir:")
+    config = tmp_path / "sft_files.yaml"
+    config.write_text(text[:start] + f"    train_files: {tmp_path}/a.jsonl\n    train_images: {tmp_path}\n" + text[end:])
+    with pytest.raises(SystemExit):
+        main(["--ood", "all", "--sft-config", str(config), "--out", str(tmp_path / "run"), "--quiet"])
+    err = capsys.readouterr().err
+    assert f"--ood draws shifted copies of the synthetic training data; {config} trains on data.train_files" in err
+    assert not (tmp_path / "run").exists()  # nothing was trained
