@@ -11,7 +11,7 @@ limit), so a long ``max_completion_length`` whose answers end early does not hol
 case, and the copies are O(log T).
 
 Measured (README, "Speed and memory"): on the quiet 2-core CPU the sampler alone gains
-1.02-1.16x at 32-128 tokens; under load the copies cost far more (profiled beside another
+1.05-1.12x at 32-128 tokens; under load the copies cost far more (profiled beside another
 2-thread job, ``torch.cat`` was 5.5 s of the sampler's 10.4 s of CPU time, 0.03 s of 3.7 s here).
 
 Only plain ``DynamicLayer`` layers (full attention) are converted; any other kind (sliding
