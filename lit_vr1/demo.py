@@ -220,8 +220,10 @@ def main(argv: list[str] | None = None) -> dict:
     sft_over = [f"--model.init_args.seed={args.seed}", *common]
     if args.sft_steps:
         sft_over += [f"--trainer.max_steps={args.sft_steps}", f"--model.init_args.lr_scheduler.init_args.T_max={args.sft_steps}"]
+    # the SFT config without a fit: for --ood's checks and for --sft-model's data, built once
+    config_cli = LitVR1CLI(args=["--config", args.sft_config, *sft_over], run=False) if shifts or args.sft_model else None
     if shifts:  # every split checked before anything is trained
-        probe = LitVR1CLI(args=["--config", args.sft_config, *sft_over], run=False).datamodule
+        probe = config_cli.datamodule
         if probe.synthetic is None or probe.train_files is not None:
             ap.error(f"--ood draws shifted copies of the synthetic training data; {args.sft_config} trains on "
                      f"{'data.train_files' if probe.train_files is not None else 'no data.synthetic'}")
@@ -231,7 +233,7 @@ def main(argv: list[str] | None = None) -> dict:
             ap.error(str(err))
     t0 = time.perf_counter()
     if args.sft_model:  # the data module alone: the GRPO run and the report read the same data
-        sft_cli = LitVR1CLI(args=["--config", args.sft_config, *sft_over], run=False)
+        sft_cli = config_cli
         sft_cli.datamodule.prepare_data()
         sft_dir = args.sft_model
     else:

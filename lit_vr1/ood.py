@@ -31,11 +31,16 @@ SHIFTS: dict[str, dict] = {
 }
 
 
+def _known(shift: str) -> str:
+    if shift not in SHIFTS:
+        raise ValueError(f"--ood: unknown shift {shift!r}; choose from {', '.join(SHIFTS)} or 'all'")
+    return shift
+
+
 def shifted_spec(spec: SyntheticSpec, shift: str, num_samples: int) -> SyntheticSpec:
     """The training ``spec`` with ``shift``'s changes, ``num_samples`` images and its own seed
     (so no OOD image repeats a training or in-domain held-out one)."""
-    if shift not in SHIFTS:
-        raise ValueError(f"--ood: unknown shift {shift!r}; choose from {', '.join(SHIFTS)} or 'all'")
+    _known(shift)
     if num_samples < 1:
         raise ValueError(f"--ood-samples must be at least 1, not {num_samples}")
     out = dataclasses.replace(spec, num_samples=num_samples, seed=spec.seed + 1000, **SHIFTS[shift])
@@ -52,11 +57,7 @@ def parse_shifts(value: str) -> list[str]:
     """``--ood``: "" (none), "all", or comma-separated shift names."""
     if not value:
         return []
-    names = list(SHIFTS) if value == "all" else [v.strip() for v in value.split(",") if v.strip()]
-    for name in names:
-        if name not in SHIFTS:
-            raise ValueError(f"--ood: unknown shift {name!r}; choose from {', '.join(SHIFTS)} or 'all'")
-    return names
+    return list(SHIFTS) if value == "all" else [_known(v.strip()) for v in value.split(",") if v.strip()]
 
 
 def write_ood(data_dir: str, spec: SyntheticSpec, shifts: list[str], num_samples: int) -> dict[str, str]:

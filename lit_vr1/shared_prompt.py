@@ -207,8 +207,7 @@ class Sampled:
 def sample(model: nn.Module, prompt: dict[str, Tensor], group_size: int, cfg: SamplingConfig, eos_ids: list[int],
            pad_id: int, features: ImageFeatures | None = None, with_logprobs: bool = False) -> Sampled:
     """``group_size`` completions per prompt: one prefill of the P prompts, then a decode loop
-    over the N = P * group_size rows, into a cache with room for every position it can reach
-    (:mod:`lit_vr1.kv_cache`)."""
+    over the N = P * group_size rows, into a cache that grows in place (:mod:`lit_vr1.kv_cache`)."""
     n_prompts = prompt["input_ids"].shape[0]
     index = torch.arange(n_prompts, device=prompt["input_ids"].device).repeat_interleave(group_size)
     feats = features.select(list(range(n_prompts))) if features is not None else None
