@@ -5,7 +5,7 @@
 VENV ?= .venv
 PYTHON ?= python3
 SEED ?= 0
-DEMO_OUT ?= runs/demo
+DEMO_OUT ?=
 TASK ?= rec
 # a TASK exported by the shell is not a demo choice: only `make demo TASK=...` picks one
 ifeq ($(origin TASK),environment)
@@ -26,11 +26,13 @@ $(STAMP): setup.cfg pyproject.toml
 
 # SFT (configs/sft_synthetic.yaml) -> GRPO (configs/grpo_synthetic.yaml) -> held-out report and PNGs
 # TASK=ood: the same runs, also reported on out-of-domain held-out splits (lit_vr1/ood.py)
+# TASK=detection: SFT (configs/sft_detection.yaml) -> GRPO with Vision-R1's rewards (configs/grpo_detection.yaml)
 DEMO_TASK_rec :=
 DEMO_TASK_ood := --ood all
+DEMO_TASK_detection := --task detection
 demo: $(STAMP)
-	@test -n "$(filter $(TASK),rec ood)" || { echo "make demo: TASK=$(TASK) is not built yet (detection, reasoning, label_free); choose rec or ood" >&2; exit 2; }
-	$(BIN)/python -m lit_vr1.demo --seed $(SEED) --out $(DEMO_OUT) $(DEMO_TASK_$(TASK))
+	@test -n "$(filter $(TASK),rec ood detection)" || { echo "make demo: TASK=$(TASK) is not built yet (reasoning, label_free); choose rec, ood or detection" >&2; exit 2; }
+	$(BIN)/python -m lit_vr1.demo --seed $(SEED) $(if $(DEMO_OUT),--out $(DEMO_OUT)) $(DEMO_TASK_$(TASK))
 
 # GRPO on a tiny random model after a short built-in cold start (configs/quickstart.yaml), about 2 minutes
 quickstart: $(STAMP)

@@ -33,13 +33,18 @@ import torch  # noqa: E402
 
 from lit_vr1.cli import LitVR1CLI  # noqa: E402
 from lit_vr1.data.jsonl import JsonlDataset  # noqa: E402
+from lit_vr1.demo_detection import draw_detections, print_detection_table, score_detection  # noqa: E402
 from lit_vr1.evaluate import EvalResult, best_constant_box, constant_box_miou, evaluate  # noqa: E402
 from lit_vr1.models.loading import load_model, load_processor  # noqa: E402
 from lit_vr1.ood import SHIFTS, parse_shifts, shifted_spec, write_ood  # noqa: E402
-from lit_vr1.rewards.boxes import first_box  # noqa: E402
+from lit_vr1.rewards.boxes import first_box, solution_boxes  # noqa: E402
 from lit_vr1.viz import BLUE, draw_boxes, grid  # noqa: E402
 
 CONTROL_STEPS = 600  # SFT steps: 1.3-1.4x the GRPO stage's wall time on the 2-core CPU (measured, README)
+TASKS = {  # task: (SFT config, GRPO config)
+    "rec": ("configs/sft_synthetic.yaml", "configs/grpo_synthetic.yaml"),
+    "detection": ("configs/sft_detection.yaml", "configs/grpo_detection.yaml"),
+}
 
 
 def evaluate_dir(model_dir: str, samples, max_new_tokens: int) -> EvalResult:
@@ -59,21 +64,31 @@ def series(rows: list[dict[str, str]], key: str) -> tuple[list[int], list[float]
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
-def plot_curves(sft_rows, grpo_rows, floor: float, path: str) -> None:
+REC_CURVES = {"val": (("val/miou", "held-out mean IoU"), ("val/acc50", "held-out Acc@0.5")),
+              "train": (("train/reward/total/mean", "total reward"), ("train/reward/iou/mean", "IoU reward (train)"))}
+DETECTION_CURVES = {"val": (("val/map_50", "held-out AP50"), ("val/map", "held-out mAP")),
+                    "train": (("train/reward/total/mean", "total reward"),
+                              ("train/reward/loc_recall/mean", "recall reward (train)"),
+                              ("train/reward/loc_precision/mean", "precision reward (train)"))}
+
+
+def plot_curves(sft_rows, grpo_rows, floor: float, path: str, keys: dict = REC_CURVES) -> None:
+    """SFT's held-out curves, then GRPO's training rewards and held-out curve; ``floor``: the
+    trivial policy's score on the first held-out metric."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    x, y = series(sft_rows, "val/miou")
-    a.plot(x, y, "o-", label="held-out mean IoU")
-    x, y = series(sft_rows, "val/acc50")
-    a.plot(x, y, "s-", label="held-out Acc@0.5")
+    for (key, label), marker in zip(keys["val"], "os"):
+        x, y = series(sft_rows, key)
+        a.plot(x, y, f"{marker}-", label=label)
     a.axhline(floor, color="grey", ls="--", label=f"constant-box floor ({floor:.2f})")
     a.set_title("SFT cold start")
     a.set_xlabel("optimiser step")
     a.legend(fontsize=8)
-    for key, label in (("train/reward/total/mean", "total reward"), ("train/reward/iou/mean", "IoU reward (train)")):
+    for key, label in keys["train"]:
         x, y = series(grpo_rows, key)
         b.plot(x, y, alpha=0.8, label=label)
-    x, y = series(grpo_rows, "val/miou")
-    b.plot(x, y, "o-", label="held-out mean IoU")
+    key, label = keys["val"][0]
+    x, y = series(grpo_rows, key)
+    b.plot(x, y, "o-", label=label)
     b.axhline(floor, color="grey", ls="--", label="constant-box floor")
     b.set_title("GRPO from the SFT model")
     b.set_xlabel("optimiser step")
@@ -186,12 +201,39 @@ def report(models: dict[str, str], data_dir: str, template: str, out: str, max_n
     return result
 
 
+def report_detection(models: dict[str, str], data_dir: str, template: str, out: str, max_new_tokens: int) -> dict:
+    """The detection demo's report (:mod:`lit_vr1.demo_detection`): AP50, mAP, precision and
+    recall at IoU 0.5 and the hedging checks of each model and of the constant-box policy
+    on the held-out split, GRPO's gains with their standard errors, and the PNGs."""
+    torch.manual_seed(0)
+    images = os.path.join(data_dir, "images")
+    val = JsonlDataset(os.path.join(data_dir, "val.jsonl"), images, template)
+    train = JsonlDataset(os.path.join(data_dir, "train.jsonl"), images, template)
+    samples = [val[i] for i in range(len(val))]
+    const_box, _ = best_constant_box([b.box for r in train.records for b in solution_boxes(r.solution)],
+                                     [b.box for s in samples for b in solution_boxes(s.solution)],
+                                     samples[0].images[0].width)
+    split, dets = score_detection(models, samples, const_box, max_new_tokens)
+    os.makedirs(out, exist_ok=True)
+    curves, boxes = os.path.join(out, "curves.png"), os.path.join(out, "boxes.png")
+    plot_curves(read_metrics(os.path.join(out, "sft")), read_metrics(os.path.join(out, "grpo")),
+                split["constant"]["ap50"], curves, DETECTION_CURVES)
+    draw_detections(samples, dets["sft"], dets["grpo"], boxes)
+    print_detection_table("held-out images", split)
+    print(f"wrote {curves} and {boxes} (green: truth, blue: SFT, red: GRPO)")
+    return {**split, "curves_png": curves, "boxes_png": boxes}
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, default=0, help="seed of the run (weights, data order, sampling)")
-    ap.add_argument("--out", default="runs/demo", help="folder of the logs, models, PNGs and results.json")
-    ap.add_argument("--sft-config", default="configs/sft_synthetic.yaml")
-    ap.add_argument("--grpo-config", default="configs/grpo_synthetic.yaml")
+    ap.add_argument("--out", help="folder of the logs, models, PNGs and results.json (default: runs/demo, "
+                                  "runs/demo_detection for --task detection)")
+    ap.add_argument("--task", choices=list(TASKS), default="rec",
+                    help="rec: one shape named by the prompt (VLM-R1); detection: every shape (Vision-R1's "
+                         "localisation rewards); picks the two configs below")
+    ap.add_argument("--sft-config", help="default: the task's (configs/sft_synthetic.yaml for rec)")
+    ap.add_argument("--grpo-config", help="default: the task's (configs/grpo_synthetic.yaml for rec)")
     ap.add_argument("--sft-steps", type=int, help="override the SFT config's trainer.max_steps")
     ap.add_argument("--grpo-steps", type=int,
                     help="stop GRPO after this many steps (the LR schedule stays the config's: a prefix of the full run)")
@@ -212,7 +254,11 @@ def main(argv: list[str] | None = None) -> dict:
         shifts = parse_shifts(args.ood)
     except ValueError as err:
         ap.error(str(err))
-    out = args.out.rstrip("/")
+    if shifts and args.task != "rec":
+        ap.error(f"--ood is for --task rec; --task {args.task} has no out-of-domain splits")
+    args.sft_config = args.sft_config or TASKS[args.task][0]
+    args.grpo_config = args.grpo_config or TASKS[args.task][1]
+    out = (args.out or ("runs/demo" if args.task == "rec" else f"runs/demo_{args.task}")).rstrip("/")
     common = ["--trainer.enable_progress_bar=false", "--trainer.callbacks=[]"] if args.quiet else []
     if args.data_dir:
         common.append(f"--data.init_args.synthetic_dir={args.data_dir}")
@@ -260,10 +306,13 @@ def main(argv: list[str] | None = None) -> dict:
     t3 = time.perf_counter()
     data = sft_cli.datamodule
     ood = write_ood(data.synthetic_dir, data.synthetic, shifts, args.ood_samples) if shifts else None
-    result = report(models, data.synthetic_dir, data.template, out, grpo_cli.model.eval_max_new_tokens, ood)
+    if args.task == "detection":
+        result = report_detection(models, data.synthetic_dir, data.template, out, grpo_cli.model.eval_max_new_tokens)
+    else:
+        result = report(models, data.synthetic_dir, data.template, out, grpo_cli.model.eval_max_new_tokens, ood)
     times["report_s"] = time.perf_counter() - t3
     times["total_s"] = time.perf_counter() - t0
-    result.update(seed=args.seed, times=times, sft_steps=None if args.sft_model else sft_cli.trainer.global_step,
+    result.update(task=args.task, seed=args.seed, times=times, sft_steps=None if args.sft_model else sft_cli.trainer.global_step,
                   grpo_steps=grpo_cli.trainer.global_step, grpo_precision=str(grpo_cli.trainer.precision),
                   control_steps=args.control_steps)
     with open(os.path.join(out, "results.json"), "w") as f:

@@ -224,6 +224,8 @@ EXISTING = {
     "synthetic_task_known": lambda mp: __import__("lit_vr1.data.synthetic", fromlist=["x"]).SyntheticSpec(task="vqa"),
     "synthetic_distractors_known": lambda mp: __import__("lit_vr1.data.synthetic", fromlist=["x"]).SyntheticSpec(
         distractors="many"),
+    "synthetic_box_order_known": lambda mp: __import__("lit_vr1.data.synthetic", fromlist=["x"]).SyntheticSpec(
+        box_order="random"),
     "synthetic_background_known": lambda mp: __import__("lit_vr1.data.synthetic", fromlist=["x"]).SyntheticSpec(
         background="noise"),
     "ptst_stages_valid": lambda mp: __import__("callbacks", fromlist=["x"]).PTST(

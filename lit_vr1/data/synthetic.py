@@ -28,6 +28,7 @@ RGB = {
 SHAPES = ["circle", "square", "triangle"]
 TASKS = ("rec", "detection", "vision_r1", "count", "label_free")
 DISTRACTORS = ("random", "confusable")
+BOX_ORDERS = ("drawn", "reading")
 BACKGROUNDS = ("gradient", "plain")
 Placed = list[tuple[tuple[int, int, int, int], str, str]]
 
@@ -47,6 +48,10 @@ class SyntheticSpec:
     layout (see ``TASKS``): "rec" (one shape, VLM-R1 JSONL), "detection" (every shape, VLM-R1
     OVD JSONL), "vision_r1" (every shape, Vision-R1 detection layout), "count" (how many
     shapes, answer in <answer> tags) or "label_free" (the counting question, no solution).
+    box_order (detection, vision_r1): the order the answer lists the shapes in: "drawn"
+    (random) or "reading" (top to bottom, then left to right, by the box's top-left corner;
+    a fixed order is a target a small model can learn, where a random one asks it to pick an
+    arbitrary first object and remember which it has written).
     """
 
     def __post_init__(self) -> None:
@@ -62,6 +67,7 @@ class SyntheticSpec:
     seed: int = 0
     task: str = "rec"
     distractors: str = "random"
+    box_order: str = "drawn"
 
 
 @rule("data.synthetic.task", "config", on="SyntheticSpec")
@@ -72,6 +78,11 @@ def synthetic_task_known(spec: SyntheticSpec) -> str | None:
 @rule("data.synthetic.distractors", "config", on="SyntheticSpec")
 def synthetic_distractors_known(spec: SyntheticSpec) -> str | None:
     return one_of("data.synthetic.distractors", spec.distractors, DISTRACTORS)
+
+
+@rule("data.synthetic.box_order", "config", on="SyntheticSpec")
+def synthetic_box_order_known(spec: SyntheticSpec) -> str | None:
+    return one_of("data.synthetic.box_order", spec.box_order, BOX_ORDERS)
 
 
 @rule("data.synthetic.background", "config", on="SyntheticSpec")
@@ -182,6 +193,8 @@ def _conversation(file: str, question: str, answer: str) -> dict:
 
 def task_record(spec: SyntheticSpec, file: str, placed: Placed) -> dict:
     """The JSONL fields (without id) of a detection, vision_r1, count or label_free sample."""
+    if spec.box_order == "reading":
+        placed = sorted(placed, key=lambda p: (p[0][1], p[0][0]))
     objects = [(f"{colour} {shape}", list(box)) for box, colour, shape in placed]
     if spec.task == "detection":
         names = ", ".join(sorted({name for name, _ in objects}))
