@@ -112,14 +112,17 @@ def paired_bootstrap(before: Detections, after: Detections, rounds: int = BOOTST
                      seed: int = 0) -> dict[str, dict[str, float]]:
     """AP50 and mAP gains of ``after`` over ``before`` on the whole split, each with its paired
     bootstrap standard error: the spread of the gain over ``rounds`` resamples of the images
-    (with replacement, the same resample for both models)."""
+    (with replacement, the same resample for both models, kept in the split's order: the
+    answers carry no confidence, so AP ranks boxes by the order of the images)."""
+    if before.gts != after.gts:
+        raise ValueError("paired_bootstrap: the two models were scored on different images")
     n = len(before.preds)
     rng = random.Random(seed)
     ma, mb = coco_matches(after.preds, after.gts), coco_matches(before.preds, before.gts)
     a, b = average_precision(after, matched=ma), average_precision(before, matched=mb)
     draws: dict[str, list[float]] = {key: [] for key in a}
     for _ in range(rounds):
-        idx = [rng.randrange(n) for _ in range(n)]
+        idx = sorted(rng.randrange(n) for _ in range(n))
         ra, rb = average_precision(after, idx, ma), average_precision(before, idx, mb)
         for key in draws:
             draws[key].append(ra[key] - rb[key])

@@ -88,10 +88,12 @@ def test_ood_is_refused_for_detection(capsys):
     assert "--ood is for --task rec" in capsys.readouterr().err
 
 
-def test_the_fast_coco_ap_gives_torchmetrics_numbers():
+@pytest.mark.parametrize("backend", ["faster_coco_eval", "pycocotools"])
+def test_the_fast_coco_ap_gives_torchmetrics_numbers(backend):
     """coco_average_precision (NumPy, for the bootstrap) against DetectionMetrics (torchmetrics'
-    COCO evaluation, what validation logs) on random answers: misses, extra boxes, wrong
-    labels, empty answers and images, duplicates."""
+    COCO evaluation, what validation logs; both of its backends) on random answers: misses,
+    extra boxes, wrong labels, duplicates, empty answers and images, integer boxes whose IoU
+    lands on a threshold, and inverted true boxes."""
     import random
 
     from lit_vr1.metrics.detection import DetectionMetrics, coco_average_precision
@@ -99,27 +101,37 @@ def test_the_fast_coco_ap_gives_torchmetrics_numbers():
     rng = random.Random(0)
     labels = ["red circle", "blue square", "green triangle"]
 
-    def box():
-        x, y = rng.uniform(0, 80), rng.uniform(0, 80)
-        return (x, y, x + rng.uniform(5, 30), y + rng.uniform(5, 30))
+    def box(integer: bool):
+        x, y, w, h = rng.uniform(0, 80), rng.uniform(0, 80), rng.uniform(5, 30), rng.uniform(5, 30)
+        if integer:
+            x, y, w, h = int(x), int(y), rng.choice([10, 20]), rng.choice([10, 20])
+        return (x, y, x + w, y + h)
 
     for trial in range(6):
+        integer = trial % 2 == 1
         gts, preds = [], []
         for _ in range(40):
-            gt = [ParsedBox(box(), rng.choice(labels)) for _ in range(rng.randint(0, 3))]
+            gt = [ParsedBox(box(integer), rng.choice(labels)) for _ in range(rng.randint(0, 3))]
+            if gt and rng.random() < 0.05:
+                x1, y1, x2, y2 = gt[0].box
+                gt[0] = ParsedBox((x2, y1, x1, y2), gt[0].label)  # inverted: an object nobody can match
             pred = []
             for g in gt:
                 if rng.random() < 0.8:
-                    x1, y1, x2, y2 = (v + rng.uniform(-3, 3) for v in g.box)
+                    if integer:  # shifted by 0-5 px of a 10 or 20 px side: IoU on 0.5, 0.6, 0.75, ... exactly
+                        d = rng.randint(0, 5)
+                        x1, y1, x2, y2 = g.box[0] + d, g.box[1], g.box[2] + d, g.box[3]
+                    else:
+                        x1, y1, x2, y2 = (v + rng.uniform(-3, 3) for v in g.box)
                     label = g.label if rng.random() < 0.85 else rng.choice(labels)
                     pred.append(ParsedBox((x1, y1, max(x2, x1 + 1), max(y2, y1 + 1)), label))
-            pred += [ParsedBox(box(), rng.choice(labels)) for _ in range(rng.randint(0, 2))]
+            pred += [ParsedBox(box(integer), rng.choice(labels)) for _ in range(rng.randint(0, 2))]
             if pred and rng.random() < 0.2:
                 pred.append(pred[0])
             rng.shuffle(pred)
             gts.append(gt)
             preds.append(pred)
-        metric = DetectionMetrics()
+        metric = DetectionMetrics(backend=backend)
         metric.update(preds, gts)
         want = metric.compute()
         got = coco_average_precision(preds, gts)
@@ -127,8 +139,9 @@ def test_the_fast_coco_ap_gives_torchmetrics_numbers():
             assert got[key] == pytest.approx(float(want[key]), abs=1e-6), (trial, key)
 
 
-def test_the_fast_coco_ap_refuses_a_box_without_area():
+def test_a_box_without_area_is_a_false_positive():
     from lit_vr1.metrics.detection import coco_average_precision
 
-    with pytest.raises(ValueError, match="has no area"):
-        coco_average_precision([[ParsedBox((5, 5, 5, 9), RED)]], TRUTH)
+    hit = ParsedBox((0, 0, 10, 10), RED)
+    flat = ParsedBox((0, 0, 0, 10), RED)  # written first: it outranks the hit
+    assert coco_average_precision([[flat, hit]], TRUTH)["map_50"] == pytest.approx(0.5 * 0.5)  # red: AP 0.5, blue: 0

@@ -93,7 +93,8 @@ def coco_matches(preds: list[list[ParsedBox]], gts: list[list[ParsedBox]],
     """COCOeval's per-image matching (``evaluateImg``; Lin et al., 2014): per category and
     threshold t, each predicted box in written order (at most 100 per category) takes the
     unmatched true box of its image with the highest IoU >= t. Category ids are shared by all
-    images. Predicted boxes must have an area (the parsers drop the others): ValueError."""
+    images. A predicted box without an area (the parsers drop those, but rounding can make
+    one) overlaps nothing: a false positive."""
     ids: dict[str, int] = {}
     out = []
     for pred, gt in zip(preds, gts, strict=True):
@@ -101,8 +102,6 @@ def coco_matches(preds: list[list[ParsedBox]], gts: list[list[ParsedBox]],
         g_lab = np.array([ids.setdefault(normalize_label(b.label), len(ids)) for b in gt], dtype=int)
         p_box = np.array([b.box for b in pred], dtype=np.float64).reshape(-1, 4)
         g_box = np.array([clean_gt_box(b.box) for b in gt], dtype=np.float64).reshape(-1, 4)
-        if (p_box[:, 2] <= p_box[:, 0]).any() or (p_box[:, 3] <= p_box[:, 1]).any():
-            raise ValueError("coco_matches: a predicted box has no area (x2 <= x1 or y2 <= y1)")
         iou = _iou(p_box, g_box)
         hits = np.zeros((len(iou_thresholds), len(pred)), dtype=bool)
         kept = np.zeros(len(pred), dtype=bool)
