@@ -38,7 +38,7 @@ import torch  # noqa: E402
 
 from lit_vr1.cli import LitVR1CLI  # noqa: E402
 from lit_vr1.data.jsonl import JsonlDataset  # noqa: E402
-from lit_vr1.demo_detection import draw_detections, print_detection_table, score_detection  # noqa: E402
+from lit_vr1.demo_detection import draw_detections, paired_mean, print_detection_table, score_detection  # noqa: E402
 from lit_vr1.evaluate import EvalResult, best_constant_box, constant_box_miou, evaluate  # noqa: E402
 from lit_vr1.models.loading import load_model, load_processor  # noqa: E402
 from lit_vr1.ood import SHIFTS, parse_shifts, shifted_spec, write_ood  # noqa: E402
@@ -127,10 +127,9 @@ def paired_gain(before: EvalResult, after: EvalResult, metric: str = "iou") -> t
     error (sample standard deviation of the paired differences over sqrt(n)). ``metric``:
     "iou" (the image's IoU) or "acc50" (1 when its IoU is above 0.5)."""
     value = (lambda p: p.iou) if metric == "iou" else (lambda p: float(p.iou > 0.5))
-    diffs = torch.tensor([value(a) - value(b) for b, a in zip(before.predictions, after.predictions, strict=True)],
-                         dtype=torch.float64)
-    se = diffs.std().item() / len(diffs) ** 0.5 if len(diffs) > 1 else float("nan")
-    return diffs.mean().item(), se
+    pairs = list(zip(before.predictions, after.predictions, strict=True))
+    gain = paired_mean([value(b) for b, _ in pairs], [value(a) for _, a in pairs])
+    return gain["mean"], gain["se"]
 
 
 def fit(config: str, out: str, name: str, seed: int, overrides: list[str]) -> LitVR1CLI:
@@ -175,6 +174,14 @@ def print_table(title: str, split: dict) -> None:
                   f"(paired standard error {g['se']:.3f})")
 
 
+def held_out(data_dir: str, template: str) -> tuple[list, list]:
+    """The demo data's held-out samples and its training records (``val.jsonl``, ``train.jsonl``)."""
+    images = os.path.join(data_dir, "images")
+    val = JsonlDataset(os.path.join(data_dir, "val.jsonl"), images, template)
+    train = JsonlDataset(os.path.join(data_dir, "train.jsonl"), images, template)
+    return [val[i] for i in range(len(val))], train.records
+
+
 def report(models: dict[str, str], data_dir: str, template: str, out: str, max_new_tokens: int = 40,
            ood: dict[str, str] | None = None) -> dict:
     """Evaluate the saved models (``{"sft": dir, "grpo": dir}``, and ``"control"``: the same
@@ -182,11 +189,8 @@ def report(models: dict[str, str], data_dir: str, template: str, out: str, max_n
     ``ood`` (``{shift: folder}``, see :mod:`lit_vr1.ood`); print the tables, draw the PNGs;
     returns the figures. Gains are paired (the same images) with their standard errors."""
     torch.manual_seed(0)
-    images = os.path.join(data_dir, "images")
-    val = JsonlDataset(os.path.join(data_dir, "val.jsonl"), images, template)
-    train = JsonlDataset(os.path.join(data_dir, "train.jsonl"), images, template)
-    samples = [val[i] for i in range(len(val))]
-    const_box, _ = best_constant_box([first_box(r.solution) for r in train.records],
+    samples, train = held_out(data_dir, template)
+    const_box, _ = best_constant_box([first_box(r.solution) for r in train],
                                      [first_box(s.solution) for s in samples], samples[0].images[0].width)
     split, results = score(models, samples, const_box, max_new_tokens)
     os.makedirs(out, exist_ok=True)
@@ -211,11 +215,8 @@ def report_detection(models: dict[str, str], data_dir: str, template: str, out: 
     recall at IoU 0.5 and the hedging checks of each model and of the constant-box policy
     on the held-out split, GRPO's gains with their standard errors, and the PNGs."""
     torch.manual_seed(0)
-    images = os.path.join(data_dir, "images")
-    val = JsonlDataset(os.path.join(data_dir, "val.jsonl"), images, template)
-    train = JsonlDataset(os.path.join(data_dir, "train.jsonl"), images, template)
-    samples = [val[i] for i in range(len(val))]
-    const_box, _ = best_constant_box([b.box for r in train.records for b in solution_boxes(r.solution)],
+    samples, train = held_out(data_dir, template)
+    const_box, _ = best_constant_box([b.box for r in train for b in solution_boxes(r.solution)],
                                      [b.box for s in samples for b in solution_boxes(s.solution)],
                                      samples[0].images[0].width)
     split, dets = score_detection(models, samples, const_box, max_new_tokens)

@@ -50,3 +50,10 @@ def fit(module, samples, max_steps: int, batch_size: int = 2, **trainer_kwargs) 
     loader = DataLoader(samples, batch_size=batch_size, shuffle=False, collate_fn=collate)
     trainer.fit(module, loader)
     return logger
+
+
+def saved_model(model, processor, path) -> str:
+    """``model`` and ``processor`` saved with ``save_pretrained`` to ``path`` (a demo's model directory)."""
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return str(path)

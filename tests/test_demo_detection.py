@@ -4,6 +4,7 @@ bootstrap standard error, trivial policy and the report over saved models."""
 import json
 
 import pytest
+from helpers import saved_model
 
 from lit_vr1 import demo_detection as dd
 from lit_vr1.data.synthetic import SyntheticSpec, write_synthetic
@@ -60,10 +61,8 @@ def test_the_report_scores_each_model_and_the_trivial_policy(tmp_path, tiny_qwen
     data = tmp_path / "data"
     write_synthetic(data, spec, "train")
     write_synthetic(data, SyntheticSpec(**{**vars(spec), "num_samples": 3}), "val")
-    model_dir = tmp_path / "model"
-    model.save_pretrained(model_dir)
-    processor.save_pretrained(model_dir)
-    result = report_detection({"sft": str(model_dir), "grpo": str(model_dir)}, str(data), "plain",
+    model_dir = saved_model(model, processor, tmp_path / "model")
+    result = report_detection({"sft": model_dir, "grpo": model_dir}, str(data), "plain",
                               str(tmp_path / "out"), max_new_tokens=6)
     assert result["held_out_images"] == 3 and set(result) >= {"sft", "grpo", "constant", "gains", "constant_box"}
     assert result["gains"]["grpo_vs_sft"]["ap50"] == {"mean": 0.0, "se": 0.0}  # the same model twice

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from helpers import saved_model
 from PIL import Image
 
 from lit_vr1 import ood
@@ -59,11 +60,9 @@ def test_the_report_scores_every_model_on_every_split(tmp_path, tiny_qwen25):
     data = tmp_path / "data"
     write_synthetic(data, TRAIN, "train")
     write_synthetic(data, SyntheticSpec(**{**vars(TRAIN), "num_samples": 4}), "val")
-    model_dir = tmp_path / "model"
-    model.save_pretrained(model_dir)
-    processor.save_pretrained(model_dir)
+    model_dir = saved_model(model, processor, tmp_path / "model")
     folders = ood.write_ood(str(data), TRAIN, ["small", "distractors"], num_samples=3)
-    result = report({"sft": str(model_dir), "grpo": str(model_dir)}, str(data), "plain", str(tmp_path / "out"),
+    result = report({"sft": model_dir, "grpo": model_dir}, str(data), "plain", str(tmp_path / "out"),
                     max_new_tokens=6, ood=folders)
     assert result["held_out_images"] == 4 and set(result["ood"]) == {"small", "distractors"}
     for shift, split in result["ood"].items():
