@@ -114,6 +114,20 @@ class GRPOModule(VLMModule):
             yield self.ref_model
 
     # -- optimisation ----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def gradient_sync(self, enabled: bool) -> Iterator[None]:
+        """Wraps one micro-batch's backward. ``enabled`` False under DDP: the gradients stay
+        local (Lightning's ``block_backward_sync``, DDP's ``no_sync``), and the update's last
+        micro-batch all-reduces their sum once, instead of an all-reduce per micro-batch.
+        Other strategies reduce as they do: FSDP2 reduce-scatters each micro-batch (its
+        gradients stay sharded), DeepSpeed manages its own, one process has nothing to skip."""
+        block = getattr(self.trainer.strategy, "block_backward_sync", None) if self._trainer is not None else None
+        if enabled or block is None:
+            yield
+            return
+        with block():
+            yield
+
     def apply_update(self, loss: float, max_norm: float | None, has_tokens: bool = True) -> StepOutcome:
         """Clip, step (optimiser and scheduler) and zero the gradients of one mini-batch; return
         the global gradient norm before clipping (nan when none was computed), the learning

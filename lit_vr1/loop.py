@@ -68,6 +68,10 @@ class Learner(Protocol):
     def manual_backward(self, loss: Tensor) -> None:
         """Backward of one micro-batch's loss (the strategy's, e.g. DDP's gradient sync)."""
 
+    def gradient_sync(self, enabled: bool) -> AbstractContextManager[None]:
+        """Wraps a micro-batch's backward: with ``enabled`` False the strategy keeps the
+        gradients local (DDP's ``no_sync``) and the next synced backward reduces their sum."""
+
     def apply_update(self, loss: float, max_norm: float | None, has_tokens: bool) -> StepOutcome:
         """Clip, step (or skip a non-finite step) and zero the gradients."""
 
@@ -79,6 +83,9 @@ class Learner(Protocol):
 
     def reached_max_steps(self) -> bool:
         """True once the Trainer's max_steps optimiser steps are done."""
+
+
+STEP_STATS = ("loss", "entropy", "kl", "clip_low", "clip_high", "ratio_mean")  # summed over an update's micro-batches
 
 
 def chunks(rows: Tensor, size: int) -> list[Tensor]:
@@ -187,8 +194,10 @@ class RolloutUpdateLoop:
         micro = cfg.micro_batch_size or rows.numel()
         n_tok_local = loss_mask[rows].sum()
         n_tok = m.reduce_sum(n_tok_local.float()) / m.world_size if cfg.loss_type == "dapo" else n_tok_local
-        totals = {"loss": 0.0, "kl": 0.0, "clip_low": 0.0, "clip_high": 0.0, "ratio_mean": 0.0, "entropy": 0.0}
-        for part in chunks(rows, micro):
+        parts = chunks(rows, micro)
+        # every statistic stays on the device until the step's end: one host sync per step, not per micro-batch
+        totals = torch.zeros(len(STEP_STATS), dtype=torch.float64, device=loss_mask.device)
+        for i, part in enumerate(parts):
             mask = loss_mask[part]
             logp, ent = logprobs_and_entropy(m.policy, rollout, part)  # float32
             old = rollout.old_logprobs[part] if rollout.old_logprobs is not None else logp.detach()
@@ -196,18 +205,20 @@ class RolloutUpdateLoop:
             loss, stats = grpo_loss(
                 logp, old, rollout.advantages[part], mask, ref_logp=ref, beta=cfg.beta, epsilon=cfg.epsilon,
                 epsilon_high=cfg.epsilon_high, loss_type=cfg.loss_type, max_completion_length=cfg.max_completion_length,
-                num_sequences=rows.numel(), num_tokens=float(n_tok.clamp(min=1.0)),
+                num_sequences=rows.numel(), num_tokens=n_tok.clamp(min=1.0),
             )
-            m.manual_backward(loss)
+            with m.gradient_sync(i == len(parts) - 1):  # DDP reduces the gradients once, after the last micro-batch
+                m.manual_backward(loss)
             share = part.numel() / rows.numel()
-            totals["loss"] += float(loss.detach())
-            totals["entropy"] += float((ent * mask).sum() / mask.sum().clamp(min=1)) * share
-            for key in ("kl", "clip_low", "clip_high", "ratio_mean"):
-                totals[key] += getattr(stats, key) * share
+            entropy = (ent * mask).sum() / mask.sum().clamp(min=1)
+            totals += torch.stack([loss.detach().double()] + [t.double() * share for t in (
+                entropy, stats.kl, stats.clip_low, stats.clip_high, stats.ratio_mean)])
             del logp, loss, ent  # not alive during the next micro-batch's forward
-        outcome = m.apply_update(totals["loss"], cfg.gradient_clip_val, has_tokens=bool(n_tok_local > 0))
-        totals.update(grad_norm=outcome.grad_norm, lr=outcome.lr, skipped_steps=float(outcome.skipped_steps))
-        return totals
+        *values, has_tokens = torch.cat([totals, (n_tok_local > 0).double().view(1)]).tolist()
+        out = dict(zip(STEP_STATS, values))
+        outcome = m.apply_update(out["loss"], cfg.gradient_clip_val, has_tokens=bool(has_tokens))
+        out.update(grad_norm=outcome.grad_norm, lr=outcome.lr, skipped_steps=float(outcome.skipped_steps))
+        return out
 
     # -- the whole batch -----------------------------------------------------------------
     def run(self, samples: list[Sample]) -> dict[str, float]:

@@ -188,12 +188,14 @@ def k3_kl(logp: Tensor, ref_logp: Tensor) -> Tensor:
 
 @dataclass
 class LossStats:
-    """Detached scalars of one loss evaluation (means over completion tokens)."""
+    """Detached 0-dim float32 tensors of one loss evaluation (means over completion tokens),
+    on the loss's device: reading them is left to the caller, once per optimiser step (each
+    read of a GPU value waits for the GPU)."""
 
-    kl: float
-    clip_low: float
-    clip_high: float
-    ratio_mean: float
+    kl: Tensor
+    clip_low: Tensor
+    clip_high: Tensor
+    ratio_mean: Tensor
 
 
 def grpo_loss(
@@ -209,7 +211,7 @@ def grpo_loss(
     loss_type: str = "grpo",
     max_completion_length: int | None = None,
     num_sequences: float | None = None,
-    num_tokens: float | None = None,
+    num_tokens: float | Tensor | None = None,
 ) -> tuple[Tensor, LossStats]:
     """Clipped surrogate with a k3 KL penalty, aggregated as ``loss_type`` says.
 
@@ -254,7 +256,10 @@ def grpo_loss(
         per_token = per_token + beta * kl
 
     n_seq = float(logp.shape[0]) if num_sequences is None else float(num_sequences)
-    n_tok = mask.sum().clamp(min=1.0) if num_tokens is None else torch.as_tensor(float(num_tokens))
+    if num_tokens is None:
+        n_tok = mask.sum().clamp(min=1.0)
+    else:  # a tensor stays where it is (no host sync); a number becomes a float32 scalar
+        n_tok = num_tokens.float() if isinstance(num_tokens, Tensor) else torch.as_tensor(float(num_tokens))
     if loss_type == "grpo":
         seq_mean = (per_token * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
         loss = seq_mean.sum() / n_seq
@@ -270,9 +275,9 @@ def grpo_loss(
         low = ((ratio < 1.0 - eps_low) & (adv < 0)).to(mask.dtype)
         high = ((ratio > 1.0 + eps_high) & (adv > 0)).to(mask.dtype)
         stats = LossStats(
-            kl=float((kl * mask).sum() / denom) if kl is not None else 0.0,
-            clip_low=float((low * mask).sum() / denom),
-            clip_high=float((high * mask).sum() / denom),
-            ratio_mean=float((ratio * mask).sum() / denom),
+            kl=(kl * mask).sum() / denom if kl is not None else denom.new_zeros(()),
+            clip_low=(low * mask).sum() / denom,
+            clip_high=(high * mask).sum() / denom,
+            ratio_mean=(ratio * mask).sum() / denom,
         )
     return loss, stats

@@ -1,6 +1,7 @@
 """The rollout-update loop under a real Trainer, on the tiny Qwen2.5-VL."""
 
 import copy
+import sys
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ from helpers import LengthReward, fit
 from lightning.pytorch import seed_everything
 
 from lit_vr1 import loop
+from lit_vr1 import loss as lit_loss
 from lit_vr1.config import GRPOConfig
 from lit_vr1.grpo import GRPOModule
 from lit_vr1.scoring import logprobs_in_parts
@@ -130,3 +132,46 @@ def test_lr_scheduler_steps_every_optimiser_step(samples):
     module.scheduler_factory = lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 / (step + 1))
     rows = train_rows(fit(module, samples[:2], max_steps=3))
     assert [r["train/lr"] for r in rows] == pytest.approx([1e-3 / 2, 1e-3 / 3, 1e-3 / 4])
+
+
+def _host_reads_in_update(module, samples, monkeypatch) -> int:
+    """Tensor values read into Python (float, int, bool, item, tolist) by the loop and loss
+    code while :meth:`RolloutUpdateLoop.update` runs one step: on a GPU each one waits for it."""
+    calls = {"n": 0, "active": False}
+    ours = (loop.__file__, lit_loss.__file__)
+
+    def counted(name):
+        original = getattr(torch.Tensor, name)
+
+        def read(self, *args, **kwargs):
+            if calls["active"] and sys._getframe(1).f_code.co_filename in ours:
+                calls["n"] += 1
+            return original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, read)
+
+    for name in ("__float__", "__int__", "__bool__", "item", "tolist"):
+        counted(name)
+    update = module.loop.update
+
+    def counting_update(*args, **kwargs):
+        calls["active"] = True
+        try:
+            return update(*args, **kwargs)
+        finally:
+            calls["active"] = False
+
+    monkeypatch.setattr(module.loop, "update", counting_update)
+    fit(module, samples[:2], max_steps=1)
+    return calls["n"]
+
+
+def test_statistics_are_read_once_per_step_not_per_micro_batch(samples, monkeypatch):
+    """The loss statistics stay on the device over the micro-batches: the step reads them
+    (and the has-tokens flag) in one transfer, so 8 micro-batches read no more than 1."""
+    counts = {}
+    for micro in (None, 1):  # 8 completions: one micro-batch, then eight
+        seed_everything(0)
+        counts[micro] = _host_reads_in_update(make(beta=0.04, loss_type="dapo", micro_batch_size=micro), samples,
+                                              monkeypatch)
+    assert counts[None] == counts[1] == 1, counts

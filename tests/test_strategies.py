@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 STRATEGY_CONFIGS = sorted((ROOT / "configs" / "strategy").glob("*.yaml"))
 G = 4  # completions per prompt
 MAX_STEPS = 2
+MICRO = G  # 2 prompts per process: each update runs 2 micro-batches
 
 
 def _reward():
@@ -72,6 +73,24 @@ class _GatherCounter:
         return counted
 
 
+def _CommHookCounter(counts: dict):
+    """A callback that registers a counting all-reduce hook on the DDP model (Lightning
+    registers its ``ddp_comm_hook`` on CUDA only): ``counts["buckets"]`` grows by one per
+    bucket DDP reduces."""
+    from lightning.pytorch import Callback
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+    def counting_hook(state, bucket):
+        counts["buckets"] += 1
+        return allreduce_hook(state, bucket)
+
+    class Register(Callback):
+        def on_train_start(self, trainer, pl_module):
+            trainer.strategy.model.register_comm_hook(None, counting_hook)
+
+    return Register()
+
+
 def _fingerprint(state: dict[str, torch.Tensor]) -> tuple[str, dict[str, float]]:
     digest = hashlib.sha256()
     sums = {}
@@ -97,7 +116,7 @@ def _rank_main(strategy_name: str, out: Path) -> None:
 
     counter = _GatherCounter()
     seed_everything(0)
-    cfg = GRPOConfig(num_generations=G, max_completion_length=8, beta=0.04, gradient_clip_val=1.0)
+    cfg = GRPOConfig(num_generations=G, max_completion_length=8, beta=0.04, gradient_clip_val=1.0, micro_batch_size=MICRO)
     module = GRPOModule(model="tiny:qwen2_5_vl", rewards=[_reward()], grpo=cfg, seed=0, min_pixels=3136,
                         max_pixels=3136, eval_max_new_tokens=8, optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3))
     init_hash, _ = _fingerprint(load_model("tiny:qwen2_5_vl", module.processor, seed=0).state_dict())
@@ -118,15 +137,29 @@ def _rank_main(strategy_name: str, out: Path) -> None:
         log_step(metrics)
         record["reduced"].append(dict(module.last_metrics))
 
+    # DDP's gradient all-reduces, counted by a communication hook (each call reduces one bucket),
+    # per micro-batch backward
+    reduced = {"buckets": 0}
+    record["backward_buckets"] = []
+    manual_backward = module.manual_backward
+
+    def counting_backward(loss):
+        before = reduced["buckets"]
+        manual_backward(loss)
+        record["backward_buckets"].append(reduced["buckets"] - before)
+
+    module.manual_backward = counting_backward
     module.loop.rollout, module.log_step = recording_rollout, recording_log_step
     if strategy_name == "fsdp2":
         strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
     else:
         strategy = "ddp"
+    callbacks = [_CommHookCounter(reduced)] if strategy_name == "ddp" else []
     logger = MemoryLogger()
     trainer = Trainer(
         accelerator="cpu", devices=2, strategy=strategy, max_steps=MAX_STEPS, logger=logger, limit_val_batches=1,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        callbacks=callbacks,
     )
     trainer.fit(module, datamodule=_datamodule(out))
 
@@ -226,6 +259,9 @@ def test_ddp_two_processes_groups_metrics_and_sync(tmp_path_factory):
     _assert_metrics_reduced(ranks)
     _assert_in_sync_and_trained(ranks)
     assert ranks[0]["validated"]  # greedy validation ran at the end of the epoch
+    for r in ranks:  # gradients are all-reduced once per update, after its last micro-batch (no_sync before)
+        per_update = [r["backward_buckets"][i:i + 2] for i in range(0, len(r["backward_buckets"]), 2)]
+        assert len(per_update) == MAX_STEPS and all(first == 0 and last > 0 for first, last in per_update), per_update
 
 
 def test_fsdp2_two_processes_shards_gathers_once_and_stays_in_sync(tmp_path_factory):
