@@ -120,7 +120,13 @@ class GRPOModule(VLMModule):
         local (Lightning's ``block_backward_sync``, DDP's ``no_sync``), and the update's last
         micro-batch all-reduces their sum once, instead of an all-reduce per micro-batch.
         Other strategies reduce as they do: FSDP2 reduce-scatters each micro-batch (its
-        gradients stay sharded), DeepSpeed manages its own, one process has nothing to skip."""
+        gradients stay sharded), DeepSpeed manages its own, one process has nothing to skip.
+
+        The forward ran outside the context (Lightning calls ``training_step`` once through the
+        DDP wrapper, which leaves the reducer unarmed); under manual optimisation Lightning's
+        ``DDPStrategy.pre_backward`` arms it before each backward only while DDP's
+        ``require_backward_grad_sync`` is on, which ``no_sync`` turns off: the synced last
+        backward then all-reduces every micro-batch's gradients, already summed in ``p.grad``."""
         block = getattr(self.trainer.strategy, "block_backward_sync", None) if self._trainer is not None else None
         if enabled or block is None:
             yield

@@ -46,7 +46,7 @@ class StepOutcome:
 
 class Learner(Protocol):
     """What the loop needs from the module that owns it (:class:`lit_vr1.grpo.GRPOModule`):
-    the models, the processor and rewards, and four actions (backward, step, reduce, log)."""
+    the models, the processor and rewards, and its actions (backward and its gradient sync, step, reduce, log)."""
 
     policy: nn.Module
     processor: ProcessorMixin
@@ -195,6 +195,7 @@ class RolloutUpdateLoop:
         n_tok_local = loss_mask[rows].sum()
         n_tok = m.reduce_sum(n_tok_local.float()) / m.world_size if cfg.loss_type == "dapo" else n_tok_local
         parts = chunks(rows, micro)
+        denominator = n_tok.clamp(min=1.0)
         # every statistic stays on the device until the step's end: one host sync per step, not per micro-batch
         totals = torch.zeros(len(STEP_STATS), dtype=torch.float64, device=loss_mask.device)
         for i, part in enumerate(parts):
@@ -205,7 +206,7 @@ class RolloutUpdateLoop:
             loss, stats = grpo_loss(
                 logp, old, rollout.advantages[part], mask, ref_logp=ref, beta=cfg.beta, epsilon=cfg.epsilon,
                 epsilon_high=cfg.epsilon_high, loss_type=cfg.loss_type, max_completion_length=cfg.max_completion_length,
-                num_sequences=rows.numel(), num_tokens=n_tok.clamp(min=1.0),
+                num_sequences=rows.numel(), num_tokens=denominator,
             )
             with m.gradient_sync(i == len(parts) - 1):  # DDP reduces the gradients once, after the last micro-batch
                 m.manual_backward(loss)

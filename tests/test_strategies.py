@@ -73,7 +73,7 @@ class _GatherCounter:
         return counted
 
 
-def _CommHookCounter(counts: dict):
+def _comm_hook_counter(counts: dict):
     """A callback that registers a counting all-reduce hook on the DDP model (Lightning
     registers its ``ddp_comm_hook`` on CUDA only): ``counts["buckets"]`` grows by one per
     bucket DDP reduces."""
@@ -154,7 +154,7 @@ def _rank_main(strategy_name: str, out: Path) -> None:
         strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
     else:
         strategy = "ddp"
-    callbacks = [_CommHookCounter(reduced)] if strategy_name == "ddp" else []
+    callbacks = [_comm_hook_counter(reduced)] if strategy_name == "ddp" else []
     logger = MemoryLogger()
     trainer = Trainer(
         accelerator="cpu", devices=2, strategy=strategy, max_steps=MAX_STEPS, logger=logger, limit_val_batches=1,
