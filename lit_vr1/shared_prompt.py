@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -203,6 +204,33 @@ class Sampled:
     logprobs: Tensor | None
 
 
+# How often the decode loop reads whether every row has ended, per device type: each read waits
+# for the device (on a GPU the host then cannot queue the next token's kernels ahead). Off the CPU
+# the loop may decode up to CHECK_EVERY - 1 steps past the last end of turn (pads, trimmed off;
+# the random stream moves on by those draws); on the CPU it stops at once, as before.
+CHECK_EVERY = {"cpu": 1}
+CHECK_EVERY_DEFAULT = 8
+
+
+def decode_masks(model: nn.Module, prompt_mask: Tensor, width: int) -> Callable[[int], Tensor | None]:
+    """``mask(length)``: the attention mask for a decoding step over ``length`` cached
+    positions, for rows whose prompt mask is ``prompt_mask`` (N, Lp) and whose decoded
+    tokens all count (up to ``width`` of them).
+
+    Under SDPA the step gets the mask transformers itself would build, so it reads no mask
+    values at each step (transformers checks a 2D mask for padding at every forward, a host
+    sync): None when no row has padding (one check here: transformers then drops the mask), else
+    the (N, 1, 1, length) boolean mask (True: attend; one query, so the causal part is all
+    True). Other attention implementations (eager, flash-attention) get the 2D mask."""
+    full = torch.cat([prompt_mask, prompt_mask.new_ones(prompt_mask.shape[0], width)], dim=1)
+    if getattr(base_model(model).config, "_attn_implementation", None) != "sdpa":
+        return lambda length: full[:, :length]
+    if bool(prompt_mask.all()):
+        return lambda length: None
+    boolean = full[:, None, None, :].bool()
+    return lambda length: boolean[..., :length]
+
+
 @torch.no_grad()
 def sample(model: nn.Module, prompt: dict[str, Tensor], group_size: int, cfg: SamplingConfig, eos_ids: list[int],
            pad_id: int, features: ImageFeatures | None = None, with_logprobs: bool = False) -> Sampled:
@@ -215,7 +243,8 @@ def sample(model: nn.Module, prompt: dict[str, Tensor], group_size: int, cfg: Sa
     kv_cache.reserve(state.cache, cfg.max_completion_length)  # decoded tokens are written in place, not concatenated
     logits, start = state.last_logits.float(), state.next_position
     prompt_len = state.attention_mask.shape[1]
-    full_mask = torch.cat([state.attention_mask, state.attention_mask.new_ones(index.numel(), cfg.max_completion_length)], 1)
+    step_mask = decode_masks(model, state.attention_mask, cfg.max_completion_length)
+    every = CHECK_EVERY.get(logits.device.type, CHECK_EVERY_DEFAULT)
     eos = torch.tensor(eos_ids, device=logits.device)
     done = torch.zeros(index.numel(), dtype=torch.bool, device=logits.device)
     tokens, logps = [], []
@@ -231,12 +260,15 @@ def sample(model: nn.Module, prompt: dict[str, Tensor], group_size: int, cfg: Sa
             logps.append(token_logprobs(dist[:, None], tok[:, None])[:, 0].masked_fill(done, 0.0))
         tokens.append(tok)
         done = done | torch.isin(tok, eos)
-        if bool(done.all()) or t == cfg.max_completion_length - 1:
+        if t == cfg.max_completion_length - 1 or ((t + 1) % every == 0 and bool(done.all())):
             break
-        out = model(input_ids=tok[:, None], attention_mask=full_mask[:, : prompt_len + t + 1],
+        out = model(input_ids=tok[:, None], attention_mask=step_mask(prompt_len + t + 1),
                     **with_cache(model, state.cache), use_cache=True,
                     position_ids=_text_positions(start + t, 1), logits_to_keep=1)
         logits = out.logits[:, -1].float()
     ids, keep, has_eos = end_at_eos(torch.stack(tokens, dim=1), eos_ids, pad_id)
     lp = torch.stack(logps, dim=1).masked_fill(keep == 0, 0.0) if with_logprobs else None
+    if every > 1:  # steps decoded after every row had ended hold pads only: drop them
+        width = max(1, int(keep.sum(dim=1).max()))
+        ids, keep, lp = ids[:, :width], keep[:, :width], lp[:, :width] if lp is not None else None
     return Sampled(ids, keep, has_eos, lp)

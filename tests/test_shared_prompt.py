@@ -172,3 +172,82 @@ def test_loop_logits_are_the_same_with_and_without_shared_prompts(samples):
     repeated = logprobs(module.policy, dataclasses.replace(rollout, shared_prompt=False), rows, grad=False)
     valid = rollout.completion_mask[rows].bool()
     assert (shared - repeated)[valid].abs().max() < 2e-5
+
+
+def _padded_prompts(processor, samples):
+    picked = copy.deepcopy(samples[:2])
+    picked[1].messages[-1]["content"][-1]["text"] += " and tell me more words please"  # padding in row 0
+    prompt, _ = encode_prompts(processor, picked)
+    assert not bool(prompt["attention_mask"].all())
+    return prompt
+
+
+def _draw(model, prompt, eos_ids, pad, width=16):
+    torch.manual_seed(0)
+    return shared_prompt.sample(model, prompt, 3, SamplingConfig(temperature=0.9, max_completion_length=width),
+                                eos_ids, pad, with_logprobs=True)
+
+
+def _same(a, b):
+    return (torch.equal(a.completion_ids, b.completion_ids) and torch.equal(a.mask, b.mask)
+            and torch.equal(a.logprobs, b.logprobs))
+
+
+@pytest.mark.parametrize("padded", [True, False])
+def test_decode_steps_get_the_mask_transformers_would_build(tiny_qwen25, samples, monkeypatch, padded):
+    """The sampler hands each decoding step a ready mask (None without padding, else the 4D
+    boolean one); the samples equal those drawn with the 2D mask transformers turns into it."""
+    model, processor = tiny_qwen25
+    model.eval()
+    prompt = _padded_prompts(processor, samples) if padded else encode_prompts(processor, samples[:1])[0]
+    eos, pad = processor.tokenizer.convert_tokens_to_ids("<|im_end|>"), processor.tokenizer.pad_token_id
+    ready = _draw(model, prompt, [eos], pad)
+    assert int(ready.mask.sum(dim=1).max()) > 4  # several decoding steps ran
+    masks = shared_prompt.decode_masks(model, prompt["attention_mask"].repeat_interleave(3, 0), 16)
+    assert (masks(20) is None) != padded and (not padded or masks(20).shape == (3 * len(prompt["input_ids"]), 1, 1, 20))
+    monkeypatch.setattr(shared_prompt, "decode_masks", lambda model, prompt_mask, width: (
+        lambda length: torch.cat([prompt_mask, prompt_mask.new_ones(len(prompt_mask), width)], 1)[:, :length]))
+    assert _same(ready, _draw(model, prompt, [eos], pad))
+
+
+def test_checking_for_the_end_every_few_steps_gives_the_same_samples(tiny_qwen25, samples, monkeypatch):
+    """Off the CPU the decode loop reads whether every row has ended every CHECK_EVERY steps; the
+    steps it decodes past the last end hold pads only and are trimmed, so the completions, masks
+    and log-probs are those of a loop that checks every step (forced here on the CPU)."""
+    model, processor = tiny_qwen25
+    model.eval()
+    prompt = _padded_prompts(processor, samples)
+    pad = processor.tokenizer.pad_token_id
+    ends = list(range(30, 300))  # many end tokens: every row ends within a few steps
+    every_step = _draw(model, prompt, ends, pad)
+    assert bool(every_step.has_eos.all()) and every_step.completion_ids.shape[1] < 16
+    monkeypatch.setitem(shared_prompt.CHECK_EVERY, "cpu", 8)
+    assert _same(every_step, _draw(model, prompt, ends, pad))
+
+
+def test_a_decoding_step_reads_no_tensor_values(tiny_qwen25, samples, monkeypatch):
+    """Per decoded token at most the every-CHECK_EVERY end check reads a tensor's value
+    (each read waits for a GPU): transformers' per-step padding check is gone."""
+    model, processor = tiny_qwen25
+    model.eval()
+    prompt = _padded_prompts(processor, samples)
+    eos, pad = processor.tokenizer.convert_tokens_to_ids("<|im_end|>"), processor.tokenizer.pad_token_id
+    monkeypatch.setitem(shared_prompt.CHECK_EVERY, "cpu", 8)
+    reads = {"n": 0}
+    for name in ("__float__", "__int__", "__bool__", "item", "tolist"):
+        original = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _f=original, **k: reads.update(n=reads["n"] + 1) or
+                            _f(self, *a, **k))
+    # the decode loop alone: the prefill (the vision tower's and M-RoPE's reads) runs before it
+    forward = shared_prompt.prompt_pass
+
+    def prefill(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        reads["n"] = 0
+        return out
+
+    monkeypatch.setattr(shared_prompt, "prompt_pass", prefill)
+    out = _draw(model, prompt, [eos], pad, width=32)
+    steps = out.completion_ids.shape[1]
+    assert steps == 32  # no row ended: every step ran
+    assert reads["n"] <= steps // 8 + 2, reads  # 4 end checks, the padding check and the trim
