@@ -18,7 +18,7 @@ from lit_vr1.checks import check_master_weights
 from lit_vr1.evaluate import PROMPTINGS, predict_detection, predict_rec
 from lit_vr1.metrics.detection import DetectionMetrics
 from lit_vr1.metrics.rec import RECMetrics
-from lit_vr1.models import freeze, precision
+from lit_vr1.models import freeze, precision, swiglu
 from lit_vr1.models.families import BOX_FRAMES, base_model, family_of
 from lit_vr1.models.loading import load_model, load_processor
 from lit_vr1.models.lora import LoraSpec, apply_lora, save_merged
@@ -207,6 +207,7 @@ class VLMModule(LightningModule):
             # from_pretrained returns a model in eval mode, and Lightning keeps each module's mode
             self.policy = load_model(self.model_name, self.processor, self.dtype_name, self.attn_implementation,
                                      self.seed, self.tiny_spec).train()
+            swiglu.recompute_silu(self.policy)  # one MLP-width activation less per layer, same bits
             if self.float32_lm_head and not precision.float32_head(self.policy):
                 rank_zero_warn(f"model.float32_lm_head: the output layer of {self.model_name} is a "
                                f"{type(self.policy.get_output_embeddings()).__name__}, not an nn.Linear; it keeps "
