@@ -221,9 +221,15 @@ def decode_masks(model: nn.Module, prompt_mask: Tensor, width: int) -> Callable[
     values at each step (transformers checks a 2D mask for padding at every forward, a host
     sync): None when no row has padding (one check here: transformers then drops the mask), else
     the (N, 1, 1, length) boolean mask (True: attend; one query, so the causal part is all
-    True). Other attention implementations (eager, flash-attention) get the 2D mask."""
+    True). Other attention implementations (eager, flash-attention) and models with
+    sliding-window layers get the 2D mask."""
     full = torch.cat([prompt_mask, prompt_mask.new_ones(prompt_mask.shape[0], width)], dim=1)
-    if getattr(base_model(model).config, "_attn_implementation", None) != "sdpa":
+    config = base_model(model).config
+    text = getattr(config, "text_config", None) or config
+    windowed = bool(getattr(text, "use_sliding_window", False)) or any(
+        kind != "full_attention" for kind in (getattr(text, "layer_types", None) or ()))
+    # a ready 4D mask would reach sliding-window layers unwindowed: those get the 2D mask
+    if getattr(config, "_attn_implementation", None) != "sdpa" or windowed:
         return lambda length: full[:, :length]
     if bool(prompt_mask.all()):
         return lambda length: None

@@ -2,7 +2,8 @@
 bits forward and backward, one MLP-width activation less saved per layer."""
 
 import copy
-import types
+import functools
+import pickle
 
 import pytest
 import torch
@@ -76,14 +77,18 @@ def test_each_mlp_saves_one_activation_less(tiny_qwen25, samples):
 
 
 def test_other_mlps_keep_their_forward():
-    class GeluMLP(nn.Module):
-        def __init__(self):
+    class Qwen2MLP(nn.Module):  # a listed class, but with GELU
+        def __init__(self, act):
             super().__init__()
             self.gate_proj, self.up_proj, self.down_proj = nn.Linear(4, 8), nn.Linear(4, 8), nn.Linear(8, 4)
-            self.act_fn = nn.GELU()
+            self.act_fn = act
 
-    mlp = GeluMLP()
-    assert swiglu.recompute_silu(nn.Sequential(mlp)) == 0 and "forward" not in vars(mlp)
+    class ScaledMLP(Qwen2MLP):  # SiLU and the same parts, but a class not known to be plain SwiGLU
+        pass
+
+    others = [Qwen2MLP(nn.GELU()), ScaledMLP(nn.SiLU())]
+    assert swiglu.recompute_silu(nn.Sequential(*others)) == 0 and all("forward" not in vars(m) for m in others)
+    assert swiglu.recompute_silu(nn.Sequential(Qwen2MLP(nn.SiLU()))) == 1
 
 
 def test_training_modules_patch_their_policy():
@@ -95,5 +100,7 @@ def test_training_modules_patch_their_policy():
     module = GRPOModule(model="tiny:qwen2_5_vl", rewards=[LengthReward()], grpo=GRPOConfig(num_generations=2), seed=0)
     module.configure_model()
     mlps = [m for m in module.policy.modules() if swiglu._is_swiglu(m)]
-    assert mlps and all(isinstance(m.forward, types.MethodType) and m.forward.__func__ is swiglu._forward
+    assert mlps and all(isinstance(m.forward, functools.partial) and m.forward.func is swiglu._forward
                         for m in mlps)
+    restored = pickle.loads(pickle.dumps(module.policy))  # torch.save of the whole model works
+    assert all(m.forward.args[0] is m for m in restored.modules() if swiglu._is_swiglu(m))

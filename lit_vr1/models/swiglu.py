@@ -13,7 +13,7 @@ the backward pass.
 
 from __future__ import annotations
 
-import types
+import functools
 
 import torch
 from torch import Tensor, nn
@@ -35,24 +35,34 @@ class SwiGLU(torch.autograd.Function):
         return grad_gate, grad * F.silu(gate)
 
 
-def _forward(self: nn.Module, x: Tensor) -> Tensor:
-    return self.down_proj(SwiGLU.apply(self.gate_proj(x), self.up_proj(x)))
+# transformers' MLP classes whose forward is exactly down(act(gate(x)) * up(x)) (Qwen2-VL's and
+# Qwen2.5-VL's language models, Qwen2.5-VL's vision blocks, Qwen3-VL's language model, the
+# Qwen2 / Qwen3 / Llama language models of InternVL checkpoints); a class of the same shape
+# with more logic (multipliers, clamps) is not one of them
+SWIGLU_CLASSES = frozenset({"Qwen2MLP", "Qwen2_5_VLMLP", "Qwen3VLTextMLP", "Qwen3MLP", "LlamaMLP"})
+
+
+def _forward(module: nn.Module, x: Tensor) -> Tensor:
+    gate, up = module.gate_proj(x), module.up_proj(x)
+    if not torch.is_grad_enabled():  # nothing is saved without gradients: the plain ops (same bits)
+        return module.down_proj(F.silu(gate) * up)
+    return module.down_proj(SwiGLU.apply(gate, up))
 
 
 def _is_swiglu(module: nn.Module) -> bool:
-    """A transformers gated MLP (``gate_proj``, ``up_proj``, ``down_proj``) whose activation is SiLU."""
+    """One of :data:`SWIGLU_CLASSES` with its SiLU activation (the class reads ``hidden_act``)."""
     act = getattr(module, "act_fn", None)
     silu = isinstance(act, nn.SiLU) or type(act).__name__ == "SiLUActivation"
-    return silu and all(isinstance(getattr(module, name, None), nn.Module)
-                        for name in ("gate_proj", "up_proj", "down_proj"))
+    return silu and type(module).__name__ in SWIGLU_CLASSES
 
 
 def recompute_silu(model: nn.Module) -> int:
-    """Give every SwiGLU MLP of ``model`` the forward above (in place); returns how many.
-    MLPs of another shape or activation keep transformers' own forward."""
+    """Give every SwiGLU MLP of ``model`` the forward above (in place; a ``functools.partial``,
+    which pickles and deep-copies with its module); returns how many. Other MLPs keep
+    transformers' own forward."""
     count = 0
     for module in model.modules():
         if _is_swiglu(module):
-            module.forward = types.MethodType(_forward, module)
+            module.forward = functools.partial(_forward, module)
             count += 1
     return count
