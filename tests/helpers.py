@@ -57,3 +57,29 @@ def saved_model(model, processor, path) -> str:
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return str(path)
+
+
+TENSOR_READS = ("__float__", "__int__", "__bool__", "item", "tolist")  # each waits for the device on a GPU
+
+
+def count_tensor_reads(monkeypatch, files: tuple[str, ...] | None = None) -> dict:
+    """Counts reads of tensor values into Python (``float``, ``int``, ``bool``, ``item``,
+    ``tolist``) from now on, while ``counter["active"]`` is true, made by code in ``files``
+    (any code when None); returns the counter (``counter["n"]``)."""
+    import sys
+
+    import torch
+
+    counter = {"n": 0, "active": True}
+
+    def counted(original):
+        def read(self, *args, **kwargs):
+            if counter["active"] and (files is None or sys._getframe(1).f_code.co_filename in files):
+                counter["n"] += 1
+            return original(self, *args, **kwargs)
+
+        return read
+
+    for name in TENSOR_READS:
+        monkeypatch.setattr(torch.Tensor, name, counted(getattr(torch.Tensor, name)))
+    return counter

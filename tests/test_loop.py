@@ -1,11 +1,10 @@
 """The rollout-update loop under a real Trainer, on the tiny Qwen2.5-VL."""
 
 import copy
-import sys
 
 import pytest
 import torch
-from helpers import LengthReward, fit
+from helpers import LengthReward, count_tensor_reads, fit
 from lightning.pytorch import seed_everything
 
 from lit_vr1 import loop
@@ -137,21 +136,8 @@ def test_lr_scheduler_steps_every_optimiser_step(samples):
 def _host_reads_in_update(module, samples, monkeypatch) -> int:
     """Tensor values read into Python (float, int, bool, item, tolist) by the loop and loss
     code while :meth:`RolloutUpdateLoop.update` runs one step: on a GPU each one waits for it."""
-    calls = {"n": 0, "active": False}
-    ours = (loop.__file__, lit_loss.__file__)
-
-    def counted(name):
-        original = getattr(torch.Tensor, name)
-
-        def read(self, *args, **kwargs):
-            if calls["active"] and sys._getframe(1).f_code.co_filename in ours:
-                calls["n"] += 1
-            return original(self, *args, **kwargs)
-
-        monkeypatch.setattr(torch.Tensor, name, read)
-
-    for name in ("__float__", "__int__", "__bool__", "item", "tolist"):
-        counted(name)
+    calls = count_tensor_reads(monkeypatch, files=(loop.__file__, lit_loss.__file__))
+    calls["active"] = False
     update = module.loop.update
 
     def counting_update(*args, **kwargs):

@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 import torch
+from helpers import count_tensor_reads
 
 from lit_vr1 import shared_prompt
 from lit_vr1.config import SamplingConfig
@@ -233,11 +234,7 @@ def test_a_decoding_step_reads_no_tensor_values(tiny_qwen25, samples, monkeypatc
     prompt = _padded_prompts(processor, samples)
     eos, pad = processor.tokenizer.convert_tokens_to_ids("<|im_end|>"), processor.tokenizer.pad_token_id
     monkeypatch.setitem(shared_prompt.CHECK_EVERY, "cpu", 8)
-    reads = {"n": 0}
-    for name in ("__float__", "__int__", "__bool__", "item", "tolist"):
-        original = getattr(torch.Tensor, name)
-        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _f=original, **k: reads.update(n=reads["n"] + 1) or
-                            _f(self, *a, **k))
+    reads = count_tensor_reads(monkeypatch)
     # the decode loop alone: the prefill (the vision tower's and M-RoPE's reads) runs before it
     forward = shared_prompt.prompt_pass
 
