@@ -27,11 +27,14 @@ $(STAMP): setup.cfg pyproject.toml
 # SFT (configs/sft_synthetic.yaml) -> GRPO (configs/grpo_synthetic.yaml) -> held-out report and PNGs
 # TASK=ood: the same runs, also reported on out-of-domain held-out splits (lit_vr1/ood.py)
 # TASK=detection: SFT (configs/sft_detection.yaml) -> GRPO with Vision-R1's rewards (configs/grpo_detection.yaml)
+# TASK=reasoning: think-then-count SFT (configs/sft_reasoning.yaml) -> GRPO with HFRRF under PTST
+#   (configs/grpo_reasoning.yaml), and the same GRPO without PTST
 DEMO_TASK_rec :=
 DEMO_TASK_ood := --ood all
 DEMO_TASK_detection := --task detection
+DEMO_TASK_reasoning := --task reasoning
 demo: $(STAMP)
-	@test -n "$(filter $(TASK),rec ood detection)" || { echo "make demo: TASK=$(TASK) is not built yet (reasoning, label_free); choose rec, ood or detection" >&2; exit 2; }
+	@test -n "$(filter $(TASK),rec ood detection reasoning)" || { echo "make demo: TASK=$(TASK) is not built yet (label_free); choose rec, ood, detection or reasoning" >&2; exit 2; }
 	$(BIN)/python -m lit_vr1.demo --seed $(SEED) $(if $(DEMO_OUT),--out $(DEMO_OUT)) $(DEMO_TASK_$(TASK))
 
 # GRPO on a tiny random model after a short built-in cold start (configs/quickstart.yaml), about 2 minutes
@@ -52,4 +55,4 @@ gpu-wheels: $(STAMP)
 	  --platform manylinux2014_x86_64 --platform any -d .whl -r benchmarks/gpu_wheels.txt
 
 clean:
-	rm -rf $(VENV) runs data/synthetic data/demo data/demo_detection
+	rm -rf $(VENV) runs data/synthetic data/demo data/demo_detection data/demo_reasoning

@@ -1,6 +1,6 @@
 """The demo (``make demo``): cold-start SFT, then GRPO from the SFT model, then a report.
 
-    python -m lit_vr1.demo [--task rec|detection] [--seed 0] [--out runs/demo]
+    python -m lit_vr1.demo [--task rec|detection|reasoning] [--seed 0] [--out runs/demo]
 
 1. ``lit-vr1 fit --config configs/sft_synthetic.yaml``  (saves ``OUT/sft_model``)
 2. ``lit-vr1 fit --config configs/grpo_synthetic.yaml --model.init_args.model=OUT/sft_model``
@@ -16,6 +16,12 @@
 ``configs/sft_detection.yaml`` and ``configs/grpo_detection.yaml`` (Vision-R1's localisation
 rewards) and reports COCO AP50 / mAP, precision and recall at IoU 0.5 and the hedging checks
 beside one constant box per named category (:mod:`lit_vr1.demo_detection`).
+
+``--task reasoning`` (``make demo TASK=reasoning``) runs Vision-R1's cold start + PTST in
+miniature: ``configs/sft_reasoning.yaml`` (count the shapes, numbering them in ``<think>``
+first), ``configs/grpo_reasoning.yaml`` (HFRRF under PTST), the same GRPO without PTST (one
+stage at the full length: the paper's ablation, ``--no-ptst-ablation false`` skips it), the
+control, and held-out accuracy beside the majority answer (:mod:`lit_vr1.demo_reasoning`).
 
 Both fits go through the ``lit-vr1`` CLI in this process, so the demo runs exactly what a
 user runs; ``--seed`` sets ``seed_everything`` and the tiny model's initial weights.
@@ -35,10 +41,18 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+import yaml  # noqa: E402
 
 from lit_vr1.cli import LitVR1CLI  # noqa: E402
 from lit_vr1.data.jsonl import JsonlDataset  # noqa: E402
 from lit_vr1.demo_detection import draw_detections, paired_mean, print_detection_table, score_detection  # noqa: E402
+from lit_vr1.demo_reasoning import (  # noqa: E402
+    draw_answers,
+    majority_answer,
+    print_reasoning_table,
+    score_reasoning,
+    teacher_accuracy,
+)
 from lit_vr1.evaluate import EvalResult, best_constant_box, constant_box_miou, evaluate  # noqa: E402
 from lit_vr1.models.loading import load_model, load_processor  # noqa: E402
 from lit_vr1.ood import SHIFTS, parse_shifts, shifted_spec, write_ood  # noqa: E402
@@ -49,7 +63,10 @@ CONTROL_STEPS = 600  # SFT steps: 1.3-1.4x the GRPO stage's wall time on the 2-c
 TASKS = {  # task: (SFT config, GRPO config)
     "rec": ("configs/sft_synthetic.yaml", "configs/grpo_synthetic.yaml"),
     "detection": ("configs/sft_detection.yaml", "configs/grpo_detection.yaml"),
+    "reasoning": ("configs/sft_reasoning.yaml", "configs/grpo_reasoning.yaml"),
 }
+REASONING_CURVES = {"val": (("val/acc", "held-out accuracy (HFRRF)"), ("val/format", "held-out think/answer layout rate")),
+                    "train": (("train/reward/total/mean", "HFRRF reward (train)"),)}
 
 
 def evaluate_dir(model_dir: str, samples, max_new_tokens: int) -> EvalResult:
@@ -77,14 +94,15 @@ DETECTION_CURVES = {"val": (("val/map_50", "held-out AP50"), ("val/map", "held-o
                               ("train/reward/loc_precision/mean", "precision reward (train)"))}
 
 
-def plot_curves(sft_rows, grpo_rows, floor: float, path: str, keys: dict = REC_CURVES) -> None:
+def plot_curves(sft_rows, grpo_rows, floor: float, path: str, keys: dict = REC_CURVES,
+                floor_label: str = "constant-box floor") -> None:
     """SFT's held-out curves, then GRPO's training rewards and held-out curve; ``floor``: the
     trivial policy's score on the first held-out metric."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     for (key, label), marker in zip(keys["val"], "os"):
         x, y = series(sft_rows, key)
         a.plot(x, y, f"{marker}-", label=label)
-    a.axhline(floor, color="grey", ls="--", label=f"constant-box floor ({floor:.2f})")
+    a.axhline(floor, color="grey", ls="--", label=f"{floor_label} ({floor:.2f})")
     a.set_title("SFT cold start")
     a.set_xlabel("optimiser step")
     a.legend(fontsize=8)
@@ -94,7 +112,7 @@ def plot_curves(sft_rows, grpo_rows, floor: float, path: str, keys: dict = REC_C
     key, label = keys["val"][0]
     x, y = series(grpo_rows, key)
     b.plot(x, y, "o-", label=label)
-    b.axhline(floor, color="grey", ls="--", label="constant-box floor")
+    b.axhline(floor, color="grey", ls="--", label=floor_label)
     b.set_title("GRPO from the SFT model")
     b.set_xlabel("optimiser step")
     b.legend(fontsize=8)
@@ -139,6 +157,27 @@ def fit(config: str, out: str, name: str, seed: int, overrides: list[str]) -> Li
             f"--trainer.logger.init_args.save_dir={out}", f"--trainer.logger.init_args.name={name}",
             f"--model.init_args.export_dir={out}/{name}_model", *overrides]
     return LitVR1CLI(args=args)
+
+
+DISPLAY_CALLBACKS = ("lightning.pytorch.callbacks.RichProgressBar", "callbacks.RolloutTable")
+
+
+def synthetic_dir(config: str) -> str | None:
+    """The config's data.init_args.synthetic_dir (None when it sets none)."""
+    with open(config) as f:
+        data = yaml.safe_load(f).get("data") or {}
+    return (data.get("init_args") or {}).get("synthetic_dir")
+
+
+def callbacks_override(config: str, quiet: bool, drop: tuple[str, ...] = ()) -> list[str]:
+    """``--trainer.callbacks=[...]``: the config's callbacks without the class paths in ``drop``
+    and, when ``quiet``, without the display ones (progress bar, rollout tables); no argument
+    when nothing is dropped. Training callbacks (PTST stages, cold starts) stay."""
+    with open(config) as f:
+        listed = (yaml.safe_load(f).get("trainer") or {}).get("callbacks") or []
+    gone = set(drop) | (set(DISPLAY_CALLBACKS) if quiet else set())
+    kept = [c for c in listed if not (isinstance(c, dict) and c.get("class_path") in gone)]
+    return [] if len(kept) == len(listed) else [f"--trainer.callbacks={json.dumps(kept)}"]
 
 
 LABELS = {"sft": "after SFT", "control": "SFT control", "grpo": "after GRPO"}
@@ -230,6 +269,28 @@ def report_detection(models: dict[str, str], data_dir: str, template: str, out: 
     return {**split, "curves_png": curves, "boxes_png": boxes}
 
 
+def report_reasoning(models: dict[str, str], data_dir: str, template: str, out: str, max_new_tokens: int,
+                     grpo_data_dir: str | None = None) -> dict:
+    """The reasoning demo's report (:mod:`lit_vr1.demo_reasoning`): held-out HFRRF accuracy,
+    answer accuracy, layout rate and answer length of each model beside the majority answer,
+    GRPO's paired gains (over its SFT start, the control and GRPO without PTST), the
+    cold-start teacher's accuracy on the training images (its traces' counts against the
+    true counts GRPO read from ``grpo_data_dir``), the PNGs."""
+    samples, train = held_out(data_dir, template)
+    split, preds = score_reasoning(models, samples, majority_answer([r.solution for r in train]), max_new_tokens)
+    if grpo_data_dir and os.path.isfile(os.path.join(grpo_data_dir, "train.jsonl")):
+        truth = JsonlDataset(os.path.join(grpo_data_dir, "train.jsonl"), os.path.join(grpo_data_dir, "images"), template)
+        split["teacher"] = teacher_accuracy(train, truth.records)
+    os.makedirs(out, exist_ok=True)
+    curves, answers = os.path.join(out, "curves.png"), os.path.join(out, "answers.png")
+    plot_curves(read_metrics(os.path.join(out, "sft")), read_metrics(os.path.join(out, "grpo")),
+                split["majority"]["accuracy"], curves, REASONING_CURVES, floor_label="majority answer")
+    draw_answers(samples, preds["sft"], preds["grpo"], answers)
+    print_reasoning_table("held-out images", split)
+    print(f"wrote {curves} and {answers}")
+    return {**split, "curves_png": curves, "answers_png": answers}
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, default=0, help="seed of the run (weights, data order, sampling)")
@@ -237,13 +298,16 @@ def main(argv: list[str] | None = None) -> dict:
                                   "runs/demo_detection for --task detection)")
     ap.add_argument("--task", choices=list(TASKS), default="rec",
                     help="rec: one shape named by the prompt (VLM-R1); detection: every shape (Vision-R1's "
-                         "localisation rewards); picks the two configs below")
+                         "localisation rewards); reasoning: count the shapes, thinking first (Vision-R1's cold start "
+                         "+ PTST); picks the two configs below")
     ap.add_argument("--sft-config", help="default: the task's (configs/sft_synthetic.yaml for rec)")
     ap.add_argument("--grpo-config", help="default: the task's (configs/grpo_synthetic.yaml for rec)")
     ap.add_argument("--sft-steps", type=int, help="override the SFT config's trainer.max_steps")
     ap.add_argument("--grpo-steps", type=int,
                     help="stop GRPO after this many steps (the LR schedule stays the config's: a prefix of the full run)")
-    ap.add_argument("--data-dir", help="override data.init_args.synthetic_dir of both configs")
+    ap.add_argument("--data-dir", help="override data.init_args.synthetic_dir of both configs (where the GRPO config "
+                                       "draws other data than the SFT one, as the reasoning demo's does, GRPO's is "
+                                       "DATA_DIR_grpo)")
     ap.add_argument("--sft-model", help="skip the SFT fit: start GRPO from this save_pretrained directory (e.g. another "
                                         "run's OUT/sft_model; its data must be the one the configs draw)")
     ap.add_argument("--grpo-precision", help="trainer.precision of the GRPO fit (e.g. bf16-mixed: bf16 autocast over "
@@ -255,6 +319,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--ood", default="", help="also evaluate on out-of-domain held-out splits: 'all' or comma-separated "
                                               f"names of {', '.join(SHIFTS)} (lit_vr1/ood.py); make demo TASK=ood sets 'all'")
     ap.add_argument("--ood-samples", type=int, default=200, help="images per out-of-domain split")
+    ap.add_argument("--no-ptst-ablation", choices=("true", "false"), default="true",
+                    help="--task reasoning: also run the GRPO config without its PTST callback (one stage at the "
+                         "config's full length and group size), saved to OUT/no_ptst_model (default true)")
     ap.add_argument("--quiet", action="store_true", help="no progress bars or rollout tables")
     args = ap.parse_args(argv)
     try:
@@ -266,11 +333,14 @@ def main(argv: list[str] | None = None) -> dict:
     args.sft_config = args.sft_config or TASKS[args.task][0]
     args.grpo_config = args.grpo_config or TASKS[args.task][1]
     out = (args.out or ("runs/demo" if args.task == "rec" else f"runs/demo_{args.task}")).rstrip("/")
-    common = ["--trainer.enable_progress_bar=false", "--trainer.callbacks=[]"] if args.quiet else []
+    common = ["--trainer.enable_progress_bar=false"] if args.quiet else []
+    sft_data, grpo_data = [], []
     if args.data_dir:
-        common.append(f"--data.init_args.synthetic_dir={args.data_dir}")
+        own = synthetic_dir(args.sft_config) != synthetic_dir(args.grpo_config)
+        sft_data = [f"--data.init_args.synthetic_dir={args.data_dir}"]
+        grpo_data = [f"--data.init_args.synthetic_dir={args.data_dir}{'_grpo' if own else ''}"]
     times = {}
-    sft_over = [f"--model.init_args.seed={args.seed}", *common]
+    sft_over = [f"--model.init_args.seed={args.seed}", *common, *sft_data, *callbacks_override(args.sft_config, args.quiet)]
     if args.sft_steps:
         sft_over += [f"--trainer.max_steps={args.sft_steps}", f"--model.init_args.lr_scheduler.init_args.T_max={args.sft_steps}"]
     # the SFT config without a fit: for --ood's checks and for --sft-model's data, built once
@@ -294,26 +364,37 @@ def main(argv: list[str] | None = None) -> dict:
         sft_dir = f"{out}/sft_model"
     times["sft_s"] = time.perf_counter() - t0
     t1 = time.perf_counter()
-    grpo_over = [f"--model.init_args.model={sft_dir}", *common]
+    grpo_over = [f"--model.init_args.model={sft_dir}", *common, *grpo_data]
+    grpo_callbacks = callbacks_override(args.grpo_config, args.quiet)
     if args.grpo_steps:
         grpo_over.append(f"--trainer.max_steps={args.grpo_steps}")
     if args.grpo_precision:
         grpo_over.append(f"--trainer.precision={args.grpo_precision}")
-    grpo_cli = fit(args.grpo_config, out, "grpo", args.seed, grpo_over)
+    grpo_cli = fit(args.grpo_config, out, "grpo", args.seed, [*grpo_over, *grpo_callbacks])
     times["grpo_s"] = time.perf_counter() - t1
     models = {"sft": sft_dir, "grpo": f"{out}/grpo_model"}
+    if args.task == "reasoning" and args.no_ptst_ablation == "true":
+        t = time.perf_counter()
+        fit(args.grpo_config, out, "no_ptst", args.seed,
+            [*grpo_over, *callbacks_override(args.grpo_config, args.quiet, drop=("callbacks.PTST",))])
+        times["no_ptst_s"] = time.perf_counter() - t
+        models["no_ptst"] = f"{out}/no_ptst_model"
     if args.control_steps:
         t2 = time.perf_counter()
         steps = args.control_steps
         fit(args.sft_config, out, "control", args.seed,
             [f"--model.init_args.model={sft_dir}", f"--trainer.max_steps={steps}",
-             f"--model.init_args.lr_scheduler.init_args.T_max={steps}", *common])
+             f"--model.init_args.lr_scheduler.init_args.T_max={steps}", *common, *sft_data,
+             *callbacks_override(args.sft_config, args.quiet)])
         times["control_s"] = time.perf_counter() - t2
         models["control"] = f"{out}/control_model"
     t3 = time.perf_counter()
     data = sft_cli.datamodule
     ood = write_ood(data.synthetic_dir, data.synthetic, shifts, args.ood_samples) if shifts else None
-    if args.task == "detection":
+    if args.task == "reasoning":
+        result = report_reasoning(models, data.synthetic_dir, data.template, out, grpo_cli.model.eval_max_new_tokens,
+                                  grpo_cli.datamodule.synthetic_dir)
+    elif args.task == "detection":
         result = report_detection(models, data.synthetic_dir, data.template, out, grpo_cli.model.eval_max_new_tokens)
     else:
         result = report(models, data.synthetic_dir, data.template, out, grpo_cli.model.eval_max_new_tokens, ood)

@@ -1,5 +1,6 @@
-"""Evaluation by greedy decoding: REC (Acc@0.5, mean IoU, JSON-format rate) and detection
-(the boxes for COCO mAP, prompting with all categories at once or once per category).
+"""Evaluation by greedy decoding: REC (Acc@0.5, mean IoU, JSON-format rate), detection
+(the boxes for COCO mAP, prompting with all categories at once or once per category) and
+answers (Vision-R1's HFRRF: the think/answer layout and the right answer).
 
 Used by the modules' validation and by ``lit_vr1.demo`` to score a saved model on a
 held-out split, so "before" and "after" are measured by one and the same code.
@@ -15,8 +16,9 @@ from transformers import PreTrainedModel, ProcessorMixin
 from lit_vr1.data.jsonl import Sample
 from lit_vr1.data.prompts import build_messages
 from lit_vr1.predict import greedy_rollout, predict_records
+from lit_vr1.rewards.accuracy import answer_text, is_correct
 from lit_vr1.rewards.boxes import Box, ParsedBox, first_box, is_degenerate, solution_boxes, to_original
-from lit_vr1.rewards.rec import RecJsonFormat, rec_ious
+from lit_vr1.rewards.rec import RecJsonFormat, rec_ious, think_answer_ok
 
 
 @dataclass
@@ -60,6 +62,50 @@ def predict_rec(model: PreTrainedModel, processor: ProcessorMixin, samples: list
             box = None
         out.append(Prediction(sample, text, box, iou, ok == 1.0))
     return out
+
+
+@dataclass
+class AnswerPrediction:
+    """One greedy answer to a question: the text, whether its answer is right (whatever its
+    layout), whether the layout is ``<think>...</think> <answer>...</answer>``, and its length
+    in tokens (up to and including the end of turn; ``truncated``: no end within the limit)."""
+
+    sample: Sample
+    completion: str
+    answer_ok: bool
+    format_ok: bool
+    tokens: int
+    truncated: bool
+
+    @property
+    def correct(self) -> bool:
+        """Vision-R1's HFRRF criterion: the think/answer layout holds and the answer is right."""
+        return self.answer_ok and self.format_ok
+
+    @property
+    def answer(self) -> str:
+        return answer_text(self.completion)
+
+
+@torch.no_grad()
+def predict_answer(model: PreTrainedModel, processor: ProcessorMixin, samples: list[Sample], max_new_tokens: int = 64,
+                   mode: str = "numeric") -> list[AnswerPrediction]:
+    """Greedy answers to ``samples`` (questions with a ``solution`` answer), each matched to
+    its solution with :func:`lit_vr1.rewards.accuracy.is_correct` under ``mode``."""
+    rollout = greedy_rollout(model, processor, samples, max_new_tokens)
+    lengths = rollout.completion_mask.sum(dim=1).tolist()
+    truncated = rollout.truncated.tolist()
+    return [AnswerPrediction(sample, text, is_correct(text, sample.solution, mode), think_answer_ok(text), int(n), bool(t))
+            for sample, text, n, t in zip(samples, rollout.completions, lengths, truncated)]
+
+
+def predict_answers(model: PreTrainedModel, processor: ProcessorMixin, samples: list[Sample], batch_size: int = 32,
+                    max_new_tokens: int = 64, mode: str = "numeric") -> list[AnswerPrediction]:
+    """:func:`predict_answer` over all ``samples``, ``batch_size`` at a time."""
+    preds: list[AnswerPrediction] = []
+    for i in range(0, len(samples), batch_size):
+        preds.extend(predict_answer(model, processor, samples[i : i + batch_size], max_new_tokens, mode))
+    return preds
 
 
 def summarise(predictions: list[Prediction]) -> EvalResult:

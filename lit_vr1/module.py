@@ -8,6 +8,7 @@ import json
 import os
 
 import torch
+import torchmetrics
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
@@ -15,7 +16,7 @@ from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from lit_vr1 import parallel
 from lit_vr1.checkpoint import gather_rng_states, refuse_foreign_resume, set_rng_states, setting_differences
 from lit_vr1.checks import check_master_weights
-from lit_vr1.evaluate import PROMPTINGS, predict_detection, predict_rec
+from lit_vr1.evaluate import PROMPTINGS, predict_answer, predict_detection, predict_rec
 from lit_vr1.metrics.detection import DetectionMetrics
 from lit_vr1.metrics.rec import RECMetrics
 from lit_vr1.models import freeze, precision, swiglu
@@ -27,7 +28,8 @@ from lit_vr1.predict import predict_records
 from lit_vr1.quiet import quiet_known_notices
 from lit_vr1.rules import enforce, one_of, refuse, rule
 
-EVAL_TASKS = ("rec", "detection")
+EVAL_TASKS = ("rec", "detection", "answer")
+ANSWER_FIGURES = ("acc", "format", "tokens")  # eval_task "answer": what validation logs
 RNG_KEY = "lit_vr1_rng_states"  # checkpoint key: one dict of global RNG states per process
 ATTENTION = ("sdpa", "eager", "flash_attention_2")
 
@@ -140,7 +142,9 @@ class VLMModule(LightningModule):
             ``save_pretrained`` at the end of fit (a later run starts from it with ``model: <dir>``).
         eval_task: what validation / test measure: "rec" (Acc@0.5, mean IoU, format) or
             "detection" (COCO mAP, AP50, AP75 over the held-out images; set
-            ``eval_max_new_tokens`` high enough for all the boxes).
+            ``eval_max_new_tokens`` high enough for all the boxes) or "answer" (questions with a
+            text answer: accuracy as Vision-R1's HFRRF counts it, the think/answer layout and
+            the right number, plus the layout rate and the mean answer length in tokens).
         detection_prompting: "all" (COCO style: each sample's own prompt naming all its
             categories) or "per_category" (ODINW style: one prompt per category present).
         results_path: when set, every validation / test appends its Acc@0.5, mean IoU, format
@@ -200,6 +204,8 @@ class VLMModule(LightningModule):
         self.box_frame = box_frame or family_of(self.processor).box_frame
         self.policy: torch.nn.Module | None = None
         self.val_metrics = RECMetrics()
+        self.answer_metrics = torch.nn.ModuleDict({**{k: torchmetrics.MeanMetric() for k in ANSWER_FIGURES},
+                                                   "n": torchmetrics.SumMetric()})
 
     def configure_model(self) -> None:
         """Build the policy (once; strategies may shard it afterwards)."""
@@ -242,6 +248,14 @@ class VLMModule(LightningModule):
         self._eval_step(batch, "test")
 
     def _eval_step(self, batch, split: str) -> None:
+        if self.eval_task == "answer":
+            with parallel.gathered_for_generation(self):
+                preds = predict_answer(self.policy, self.processor, batch, self.eval_max_new_tokens)
+            for key, values in (("acc", [p.correct for p in preds]), ("format", [p.format_ok for p in preds]),
+                                ("tokens", [p.tokens for p in preds])):
+                self.answer_metrics[key].update(torch.tensor(values, dtype=torch.float32))
+            self.answer_metrics["n"].update(float(len(preds)))
+            return
         if self.eval_task == "detection":
             with parallel.gathered_for_generation(self):
                 preds, gts = predict_detection(self.policy, self.processor, batch, self.eval_max_new_tokens,
@@ -261,6 +275,16 @@ class VLMModule(LightningModule):
         self._eval_epoch_end("test")
 
     def _eval_epoch_end(self, split: str) -> None:
+        if self.eval_task == "answer":
+            figures = {key: float(metric.compute()) for key, metric in self.answer_metrics.items()}
+            figures["n"] = int(figures["n"])
+            for key in ANSWER_FIGURES:
+                self.log(f"{split}/{key}", figures[key], prog_bar=key == "acc")
+            for metric in self.answer_metrics.values():
+                metric.reset()
+            if self.results_path and not self.trainer.sanity_checking:
+                self._write_results(split, figures)
+            return
         if self.eval_task == "detection":
             det = self.det_metrics.compute()
             for key in ("map", "map_50", "map_75"):

@@ -74,3 +74,36 @@ def test_validate_detection_writes_map_to_the_results_json(tmp_path):
     assert all(0.0 <= run[k] <= 1.0 for k in ("map", "map_50", "map_75"))
     with pytest.raises(ValueError, match="eval_task='seg' is not valid"):
         GRPOModule(eval_task="seg")
+
+
+def test_validate_answers_logs_hfrrf_accuracy_layout_and_length(tmp_path, monkeypatch):
+    """eval_task=answer: accuracy counts only answers in the think/answer layout with the right
+    count (HFRRF); the layout rate and the mean length are logged beside it."""
+    from lightning.pytorch import Trainer
+
+    from lit_vr1 import module as module_file
+    from lit_vr1.data.datamodule import GroundingDataModule
+    from lit_vr1.data.synthetic import SyntheticSpec
+    from lit_vr1.evaluate import AnswerPrediction
+    from lit_vr1.grpo import GRPOModule
+    from lit_vr1.rewards.accuracy import is_correct, solution_text
+    from lit_vr1.rewards.rec import think_answer_ok
+
+    def answers(model, processor, batch, max_new_tokens):  # the truth, without the think block on odd ids
+        out = []
+        for s in batch:
+            right = f"<answer> {solution_text(s.solution)} </answer>"
+            text = right if int(s.id.split("-")[1]) % 2 else f"<think> I count. </think> {right}"
+            out.append(AnswerPrediction(s, text, is_correct(text, s.solution, "numeric"), think_answer_ok(text), 10, False))
+        return out
+
+    monkeypatch.setattr(module_file, "predict_answer", answers)
+    dm = GroundingDataModule(synthetic=SyntheticSpec(num_samples=4, canvas=56, task="count"),
+                             synthetic_dir=str(tmp_path / "d"), num_val_samples=4, batch_size=2, val_batch_size=3)
+    results = tmp_path / "results.json"
+    module = GRPOModule(min_pixels=3136, max_pixels=3136, eval_max_new_tokens=12, results_path=str(results),
+                        eval_task="answer")
+    Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False).validate(module, dm)
+    (run,) = json.loads(results.read_text())
+    assert run == {"split": "val", "step": 0, "model": module.model_name, "acc": 0.5, "format": 0.5, "tokens": 10.0,
+                   "n": 4}

@@ -26,7 +26,7 @@ RGB = {
     "orange": (240, 140, 30),
 }
 SHAPES = ["circle", "square", "triangle"]
-TASKS = ("rec", "detection", "vision_r1", "count", "label_free")
+TASKS = ("rec", "detection", "vision_r1", "count", "reason", "label_free")
 DISTRACTORS = ("random", "confusable")
 BOX_ORDERS = ("drawn", "reading")
 BACKGROUNDS = ("gradient", "plain")
@@ -47,11 +47,19 @@ class SyntheticSpec:
     only relatively otherwise) or "plain" (uniform grey). task: what is asked and in which
     layout (see ``TASKS``): "rec" (one shape, VLM-R1 JSONL), "detection" (every shape, VLM-R1
     OVD JSONL), "vision_r1" (every shape, Vision-R1 detection layout), "count" (how many
-    shapes, answer in <answer> tags) or "label_free" (the counting question, no solution).
+    shapes, answer in <answer> tags), "reason" (the counting question answered after a
+    <think> that numbers the shapes in reading order: Vision-R1's cold-start reasoning in
+    miniature) or "label_free" (the counting question, no solution).
     box_order (detection, vision_r1): the order the answer lists the shapes in: "drawn"
     (random) or "reading" (top to bottom, then left to right, by the box's top-left corner;
     a fixed order is a target a small model can learn, where a random one asks it to pick an
-    arbitrary first object and remember which it has written).
+    arbitrary first object and remember which it has written). teacher_blind_size /
+    teacher_miss (task "reason", the train split only): the cold-start traces come from a
+    simulated imperfect teacher that leaves each shape smaller than ``teacher_blind_size``
+    pixels out of its numbered list, and out of its count, with probability
+    ``teacher_miss`` (never the only shape); held-out splits always hold the true counts.
+    Cold-start reasoning is written by models, not read off the truth (Vision-R1 builds its
+    cold-start set with a model pipeline), and this is the blind spot of such a teacher.
     """
 
     def __post_init__(self) -> None:
@@ -68,6 +76,8 @@ class SyntheticSpec:
     task: str = "rec"
     distractors: str = "random"
     box_order: str = "drawn"
+    teacher_blind_size: int = 0
+    teacher_miss: float = 0.0
 
 
 @rule("data.synthetic.task", "config", on="SyntheticSpec")
@@ -83,6 +93,15 @@ def synthetic_distractors_known(spec: SyntheticSpec) -> str | None:
 @rule("data.synthetic.box_order", "config", on="SyntheticSpec")
 def synthetic_box_order_known(spec: SyntheticSpec) -> str | None:
     return one_of("data.synthetic.box_order", spec.box_order, BOX_ORDERS)
+
+
+@rule("data.synthetic.teacher_miss", "config", on="SyntheticSpec")
+def synthetic_teacher_valid(spec: SyntheticSpec) -> str | None:
+    if not 0.0 <= spec.teacher_miss <= 1.0:
+        return f"data.synthetic.teacher_miss={spec.teacher_miss} must be a probability in [0, 1]"
+    if spec.teacher_miss and spec.task != "reason":
+        return f"data.synthetic.teacher_miss is for task 'reason' (the cold-start traces); task is {spec.task!r}"
+    return None
 
 
 @rule("data.synthetic.background", "config", on="SyntheticSpec")
@@ -172,6 +191,7 @@ def write_synthetic(out_dir: str | Path, spec: SyntheticSpec, split: str = "trai
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     rng = random.Random(f"{spec.seed}-{split}")
+    teacher = random.Random(f"{spec.seed}-{split}-teacher")  # its own stream: the images do not change with it
     path = out / f"{split}.jsonl"
     with open(path, "w") as f:
         for i in range(spec.num_samples):
@@ -181,10 +201,20 @@ def write_synthetic(out_dir: str | Path, spec: SyntheticSpec, split: str = "trai
                 record = _conversation(file, question, json.dumps([{"bbox_2d": list(box), "label": name}]))
             else:
                 img, placed = draw_shapes(rng, spec)
+                if split == "train" and spec.teacher_miss:
+                    placed = teacher_view(placed, spec, teacher)
                 record = task_record(spec, file, placed)
             img.save(out / "images" / file)
             f.write(json.dumps({"id": f"{split}-{i}", **record}) + "\n")
     return path
+
+
+def teacher_view(placed: Placed, spec: SyntheticSpec, rng: random.Random) -> Placed:
+    """The shapes the simulated cold-start teacher lists: each one smaller than
+    ``spec.teacher_blind_size`` is missed with probability ``spec.teacher_miss``, but the list
+    never ends empty (the first shape drawn stays when all would be missed)."""
+    seen = [p for p in placed if p[0][2] - p[0][0] >= spec.teacher_blind_size or rng.random() >= spec.teacher_miss]
+    return seen or placed[:1]
 
 
 def _conversation(file: str, question: str, answer: str) -> dict:
@@ -193,7 +223,7 @@ def _conversation(file: str, question: str, answer: str) -> dict:
 
 def task_record(spec: SyntheticSpec, file: str, placed: Placed) -> dict:
     """The JSONL fields (without id) of a detection, vision_r1, count or label_free sample."""
-    if spec.box_order == "reading":
+    if spec.box_order == "reading" or spec.task == "reason":
         placed = sorted(placed, key=lambda p: (p[0][1], p[0][0]))
     objects = [(f"{colour} {shape}", list(box)) for box, colour, shape in placed]
     if spec.task == "detection":
@@ -207,4 +237,7 @@ def task_record(spec: SyntheticSpec, file: str, placed: Placed) -> dict:
     question = "<image>How many shapes are in the image?"
     if spec.task == "count":
         return _conversation(file, question, f"<answer> {len(objects)} </answer>")
+    if spec.task == "reason":
+        steps = " ".join(f"{i}: {name}." for i, (name, _) in enumerate(objects, 1))
+        return _conversation(file, question, f"<think> {steps} </think> <answer> {len(objects)} </answer>")
     return {"image": file, "problem": question}
