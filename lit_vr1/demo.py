@@ -20,7 +20,7 @@ beside one constant box per named category (:mod:`lit_vr1.demo_detection`).
 ``--task reasoning`` (``make demo TASK=reasoning``) runs Vision-R1's cold start + PTST in
 miniature: ``configs/sft_reasoning.yaml`` (count the shapes, numbering them in ``<think>``
 first), ``configs/grpo_reasoning.yaml`` (HFRRF under PTST), the same GRPO without PTST (one
-stage at the full length: the paper's ablation, ``--no-ptst-ablation false`` skips it), the
+stage at the full length: the paper's ablation, ``--no-ptst-ablation`` skips it), the
 control, and held-out accuracy beside the majority answer (:mod:`lit_vr1.demo_reasoning`).
 
 Both fits go through the ``lit-vr1`` CLI in this process, so the demo runs exactly what a
@@ -272,15 +272,20 @@ def report_detection(models: dict[str, str], data_dir: str, template: str, out: 
 def report_reasoning(models: dict[str, str], data_dir: str, template: str, out: str, max_new_tokens: int,
                      grpo_data_dir: str | None = None) -> dict:
     """The reasoning demo's report (:mod:`lit_vr1.demo_reasoning`): held-out HFRRF accuracy,
-    answer accuracy, layout rate and answer length of each model beside the majority answer,
+    answer accuracy, layout rate and answer length of each model beside the majority answer
+    (the most frequent true training count),
     GRPO's paired gains (over its SFT start, the control and GRPO without PTST), the
     cold-start teacher's accuracy on the training images (its traces' counts against the
     true counts GRPO read from ``grpo_data_dir``), the PNGs."""
     samples, train = held_out(data_dir, template)
-    split, preds = score_reasoning(models, samples, majority_answer([r.solution for r in train]), max_new_tokens)
+    truth = None  # the true training counts (GRPO's data); the SFT data may hold a teacher's
     if grpo_data_dir and os.path.isfile(os.path.join(grpo_data_dir, "train.jsonl")):
-        truth = JsonlDataset(os.path.join(grpo_data_dir, "train.jsonl"), os.path.join(grpo_data_dir, "images"), template)
-        split["teacher"] = teacher_accuracy(train, truth.records)
+        truth = JsonlDataset(os.path.join(grpo_data_dir, "train.jsonl"), os.path.join(grpo_data_dir, "images"),
+                             template).records
+    majority = majority_answer([r.solution for r in (truth or train)])
+    split, preds = score_reasoning(models, samples, majority, max_new_tokens)
+    if truth is not None:
+        split["teacher"] = teacher_accuracy(train, truth)
     os.makedirs(out, exist_ok=True)
     curves, answers = os.path.join(out, "curves.png"), os.path.join(out, "answers.png")
     plot_curves(read_metrics(os.path.join(out, "sft")), read_metrics(os.path.join(out, "grpo")),
@@ -294,8 +299,8 @@ def report_reasoning(models: dict[str, str], data_dir: str, template: str, out: 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, default=0, help="seed of the run (weights, data order, sampling)")
-    ap.add_argument("--out", help="folder of the logs, models, PNGs and results.json (default: runs/demo, "
-                                  "runs/demo_detection for --task detection)")
+    ap.add_argument("--out", help="folder of the logs, models, PNGs and results.json (default: runs/demo; "
+                                  "runs/demo_<task> for --task detection and reasoning)")
     ap.add_argument("--task", choices=list(TASKS), default="rec",
                     help="rec: one shape named by the prompt (VLM-R1); detection: every shape (Vision-R1's "
                          "localisation rewards); reasoning: count the shapes, thinking first (Vision-R1's cold start "
@@ -319,9 +324,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--ood", default="", help="also evaluate on out-of-domain held-out splits: 'all' or comma-separated "
                                               f"names of {', '.join(SHIFTS)} (lit_vr1/ood.py); make demo TASK=ood sets 'all'")
     ap.add_argument("--ood-samples", type=int, default=200, help="images per out-of-domain split")
-    ap.add_argument("--no-ptst-ablation", choices=("true", "false"), default="true",
+    ap.add_argument("--ptst-ablation", action=argparse.BooleanOptionalAction, default=True,
                     help="--task reasoning: also run the GRPO config without its PTST callback (one stage at the "
-                         "config's full length and group size), saved to OUT/no_ptst_model (default true)")
+                         "config's full length and group size), saved to OUT/no_ptst_model (default: on; "
+                         "--no-ptst-ablation skips it)")
     ap.add_argument("--quiet", action="store_true", help="no progress bars or rollout tables")
     args = ap.parse_args(argv)
     try:
@@ -332,7 +338,15 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error(f"--ood is for --task rec; --task {args.task} has no out-of-domain splits")
     args.sft_config = args.sft_config or TASKS[args.task][0]
     args.grpo_config = args.grpo_config or TASKS[args.task][1]
+    for flag, path in (("--sft-config", args.sft_config), ("--grpo-config", args.grpo_config)):
+        if not os.path.isfile(path):
+            ap.error(f"{flag} {path}: no such file (run from the repository root, or give a path to a config)")
+    ablation = args.task == "reasoning" and args.ptst_ablation
+    if ablation and not callbacks_override(args.grpo_config, False, drop=("callbacks.PTST",)):
+        ap.error(f"the no-PTST ablation drops {args.grpo_config}'s callbacks.PTST, and it has none; "
+                 "give a GRPO config with PTST stages or --no-ptst-ablation")
     out = (args.out or ("runs/demo" if args.task == "rec" else f"runs/demo_{args.task}")).rstrip("/")
+    args.data_dir = args.data_dir.rstrip("/") if args.data_dir else None
     common = ["--trainer.enable_progress_bar=false"] if args.quiet else []
     sft_data, grpo_data = [], []
     if args.data_dir:
@@ -373,7 +387,7 @@ def main(argv: list[str] | None = None) -> dict:
     grpo_cli = fit(args.grpo_config, out, "grpo", args.seed, [*grpo_over, *grpo_callbacks])
     times["grpo_s"] = time.perf_counter() - t1
     models = {"sft": sft_dir, "grpo": f"{out}/grpo_model"}
-    if args.task == "reasoning" and args.no_ptst_ablation == "true":
+    if ablation:
         t = time.perf_counter()
         fit(args.grpo_config, out, "no_ptst", args.seed,
             [*grpo_over, *callbacks_override(args.grpo_config, args.quiet, drop=("callbacks.PTST",))])

@@ -6,19 +6,20 @@ GRPO stage trains on (the ``<think>...</think> <answer>...</answer>`` layout hol
 count is right); the answer alone (any layout), the layout rate, the mean answer length in
 tokens and the share cut off at the token limit are reported beside it. The trivial policy
 answers the count most frequent in the training data for every image (the majority
-answer). Gains are paired (the same images): the mean per-image difference and its
-standard error.
+answer, on the true counts). Gains are paired (the same images): the mean per-image
+difference and its standard error.
 """
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 
 from lit_vr1.data.jsonl import Sample
 from lit_vr1.demo_detection import paired_mean
 from lit_vr1.evaluate import AnswerPrediction, predict_answers
 from lit_vr1.models.loading import load_model, load_processor
-from lit_vr1.rewards.accuracy import answer_text, solution_text
+from lit_vr1.rewards.accuracy import answer_text, parse_numbers, solution_text
 from lit_vr1.viz import draw_boxes, grid
 
 LABELS = {"sft": "after SFT", "control": "SFT control", "no_ptst": "GRPO, no PTST", "grpo": "after GRPO"}
@@ -45,24 +46,37 @@ def teacher_accuracy(traces: list, truth: list) -> dict[str, float]:
     return {"accuracy": sum(right) / max(len(right), 1), "images": len(right)}
 
 
+_ITEM_RE = re.compile(r"\b\d+:")  # "1: red circle." - one numbered item of a trace
+
+
 def _number(text: str) -> float | None:
-    try:
-        return float(text.strip())
-    except ValueError:
+    """The last number of ``text`` as the numeric matcher reads it (None: no number)."""
+    values = parse_numbers(text)
+    return values[0] if values else None
+
+
+def listed(completion: str) -> int | None:
+    """How many numbered items the ``<think>`` block lists (None: no complete think block)."""
+    if "<think>" not in completion or "</think>" not in completion:
         return None
+    return len(_ITEM_RE.findall(completion.split("<think>", 1)[1].split("</think>", 1)[0]))
 
 
 def figures(preds: list[AnswerPrediction]) -> dict[str, float]:
     """accuracy (HFRRF), answer (right whatever the layout), format, tokens and truncated
-    (means over the images), and over / under: the share of answers above / below the true
-    count (a policy that learnt to say more would show it in ``over``)."""
+    (means over the images); over / under: the share of answers above / below the true
+    count (a policy that learnt to say more would show it in ``over``); consistent: the
+    share of answers in the layout whose count is the number of items their trace lists (an
+    answer that does not count what it lists is right by luck, not by its reasoning)."""
     n = max(len(preds), 1)
     said = [(_number(p.answer), _number(solution_text(p.sample.solution))) for p in preds]
     return {"accuracy": sum(p.correct for p in preds) / n, "answer": sum(p.answer_ok for p in preds) / n,
             "format": sum(p.format_ok for p in preds) / n, "tokens": sum(p.tokens for p in preds) / n,
             "truncated": sum(p.truncated for p in preds) / n,
             "over": sum(a is not None and a > t for a, t in said) / n,
-            "under": sum(a is not None and a < t for a, t in said) / n}
+            "under": sum(a is not None and a < t for a, t in said) / n,
+            "consistent": sum(p.format_ok and (a is not None and a == listed(p.completion))
+                              for p, (a, _) in zip(preds, said)) / n}
 
 
 def per_count(preds: list[AnswerPrediction]) -> dict[str, float]:
@@ -97,12 +111,13 @@ def score_reasoning(models: dict[str, str], samples: list[Sample], majority: str
 
 def print_reasoning_table(title: str, split: dict) -> None:
     print(f"{title}: {split['held_out_images']} images (greedy decoding)")
-    print(f"{'':15}{'accuracy':>9}{'answer':>8}{'format':>8}{'tokens':>8}{'cut off':>9}{'over':>7}{'under':>7}")
+    print(f"{'':15}{'accuracy':>9}{'answer':>8}{'format':>8}{'tokens':>8}{'cut off':>9}{'over':>7}{'under':>7}"
+          f"{'counts its list':>17}")
     for name, label in LABELS.items():
         if name in split:
             f = split[name]
             print(f"{label:15}{f['accuracy']:9.3f}{f['answer']:8.3f}{f['format']:8.3f}{f['tokens']:8.1f}"
-                  f"{f['truncated']:9.3f}{f['over']:7.3f}{f['under']:7.3f}")
+                  f"{f['truncated']:9.3f}{f['over']:7.3f}{f['under']:7.3f}{f['consistent']:17.3f}")
     print(f"{'majority':15}{split['majority']['accuracy']:9.3f}   (always '{split['majority']['answer']}')")
     if "teacher" in split:
         t = split["teacher"]

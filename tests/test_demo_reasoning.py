@@ -49,8 +49,18 @@ def test_accuracy_is_hfrrf_layout_and_count_and_the_rest_is_reported_beside_it()
     f = dr.figures(preds)
     assert f == {"accuracy": pytest.approx(1 / 3), "answer": pytest.approx(2 / 3), "format": pytest.approx(2 / 3),
                  "tokens": pytest.approx(70 / 3), "truncated": pytest.approx(1 / 3), "over": pytest.approx(1 / 3),
-                 "under": 0.0}
+                 "under": 0.0, "consistent": pytest.approx(1 / 3)}  # the third lists 1 shape and answers 3
     assert dr.per_count(preds) == {"1": 1.0, "2": 0.0}
+
+
+def test_an_answer_counts_its_list_only_when_the_number_is_the_items_listed():
+    assert dr.listed("<think> 1: red circle. 2: blue square. </think> <answer> 2 </answer>") == 2
+    assert dr.listed("<think> I see shapes. </think> <answer> 2 </answer>") == 0
+    assert dr.listed("<think> 1: red circle.") is None  # cut off inside the think block
+    preds = [_pred(0, "<think> 1: red circle. 2: blue square. </think> <answer> 2 shapes </answer>", 2),
+             _pred(1, "<think> 1: red circle. </think> <answer> 2 </answer>", 2)]   # right, but not what it lists
+    f = dr.figures(preds)
+    assert f["accuracy"] == 1.0 and f["consistent"] == 0.5 and f["over"] == f["under"] == 0.0
 
 
 def test_the_majority_answer_and_paired_gains():
@@ -87,6 +97,7 @@ def test_the_reasoning_demo_runs_end_to_end(tmp_path, capsys):
     assert result["held_out_images"] == 4 and result["task"] == "reasoning"
     # GRPO read its own data (the true counts of the same images) beside the SFT data's teacher traces
     assert (tmp_path / "data_grpo" / "train.jsonl").is_file() and result["teacher"]["images"] == 64
+    assert result["teacher"]["accuracy"] < 1.0  # the SFT data came from the imperfect teacher
     for name in ("sft", "grpo", "no_ptst", "control"):
         assert (out / f"{name}_model" if name != "sft" else out / "sft_model").is_dir()
     # GRPO ran its two PTST stages (one step each), the ablation none
@@ -97,6 +108,18 @@ def test_the_reasoning_demo_runs_end_to_end(tmp_path, capsys):
     assert json.loads((out / "results.json").read_text())["majority"] == result["majority"]
     printed = capsys.readouterr().out
     assert "GRPO, no PTST" in printed and "majority" in printed
+
+
+def test_a_missing_config_or_a_grpo_config_without_ptst_is_one_clear_error(tmp_path, capsys):
+    from lit_vr1.demo import main
+
+    with pytest.raises(SystemExit):
+        main(["--task", "reasoning", "--sft-config", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "run")])
+    assert f"--sft-config {tmp_path / 'nope.yaml'}: no such file" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--task", "reasoning", "--grpo-config", str(CONFIGS / "grpo_synthetic.yaml"), "--out", str(tmp_path / "run")])
+    assert "has none; give a GRPO config with PTST stages or --no-ptst-ablation" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # nothing was trained
 
 
 def dr_rows(folder: Path) -> list[dict]:

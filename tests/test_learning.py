@@ -65,11 +65,12 @@ def test_reasoning_grpo_learns_past_its_teacher_and_past_more_sft(seed, tmp_path
     answer; GRPO, whose HFRRF reward reads only the true counts, raises held-out accuracy
     beyond two paired standard errors over its start and over the same start trained 600
     more SFT steps on the traces (the control), without saying more than the truth (answers
-    above the true count on at most 10% of the images) and in the think/answer layout."""
+    above the true count on at most 10% of the images), in the think/answer layout, and with
+    answers that count the items their traces list (at least 90% of them)."""
     monkeypatch.chdir(ROOT)
     out = tmp_path / "run"
     result = main(["--task", "reasoning", "--seed", str(seed), "--out", str(out), "--data-dir", str(tmp_path / "data"),
-                   "--quiet", "--no-ptst-ablation", "false"])
+                   "--quiet", "--no-ptst-ablation"])
     print(json.dumps({k: v for k, v in result.items() if k in ("sft", "grpo", "control", "majority", "gains", "teacher")},
                      indent=1))
     sft, grpo, majority = result["sft"], result["grpo"], result["majority"]["accuracy"]
@@ -79,6 +80,7 @@ def test_reasoning_grpo_learns_past_its_teacher_and_past_more_sft(seed, tmp_path
         gain = result["gains"][f"grpo_vs_{base}"]
         assert gain["mean"] > 2 * gain["se"], (base, gain)
     assert grpo["format"] >= 0.95 and grpo["truncated"] <= 0.05 and grpo["over"] <= 0.10, grpo
+    assert grpo["consistent"] >= 0.9, grpo  # its answers count what its traces list
     assert (out / "curves.png").stat().st_size > 0 and (out / "answers.png").stat().st_size > 0
 
 
