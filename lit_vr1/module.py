@@ -147,8 +147,9 @@ class VLMModule(LightningModule):
             the right number, plus the layout rate and the mean answer length in tokens).
         detection_prompting: "all" (COCO style: each sample's own prompt naming all its
             categories) or "per_category" (ODINW style: one prompt per category present).
-        results_path: when set, every validation / test appends its Acc@0.5, mean IoU, format
-            rate, sample count and step to this JSON file (``lit-vr1 validate`` / ``test``).
+        results_path: when set, every validation / test appends its figures (REC: Acc@0.5, mean
+            IoU, format rate; detection: mAP, AP50, AP75; answer: accuracy, format rate, tokens),
+            sample count and step to this JSON file (``lit-vr1 validate`` / ``test``).
         lora: train LoRA adapters (peft) instead of the full model (see ``LoraSpec``: r, alpha,
             dropout, target_modules, bias; default targets: the language model's attention and
             MLP projections). GRPO's reference is then the policy with its adapters disabled

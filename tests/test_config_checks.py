@@ -228,6 +228,8 @@ EXISTING = {
         box_order="random"),
     "synthetic_background_known": lambda mp: __import__("lit_vr1.data.synthetic", fromlist=["x"]).SyntheticSpec(
         background="noise"),
+    "synthetic_teacher_valid": lambda mp: __import__("lit_vr1.data.synthetic", fromlist=["x"]).SyntheticSpec(
+        task="reason", teacher_miss=-0.1),
     "ptst_stages_valid": lambda mp: __import__("callbacks", fromlist=["x"]).PTST(
         stages=[{"max_completion_length": 8, "num_generations": 1, "steps": 1}]),
     "trained_weights_float32": lambda mp: checks.check_master_weights(
