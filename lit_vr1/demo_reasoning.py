@@ -65,7 +65,8 @@ def listed(completion: str) -> int | None:
 def figures(preds: list[AnswerPrediction]) -> dict[str, float]:
     """accuracy (HFRRF), answer (right whatever the layout), format, tokens and truncated
     (means over the images); over / under: the share of answers above / below the true
-    count (a policy that learnt to say more would show it in ``over``); consistent: the
+    count; count_ratio: the mean count answered over the mean true count (answers with a
+    number; above 1: a policy that learnt to say more, as a loose box is for REC); consistent: the
     share of answers in the layout whose count is the number of items their trace lists (an
     answer that does not count what it lists is right by luck, not by its reasoning)."""
     n = max(len(preds), 1)
@@ -75,6 +76,8 @@ def figures(preds: list[AnswerPrediction]) -> dict[str, float]:
             "truncated": sum(p.truncated for p in preds) / n,
             "over": sum(a is not None and a > t for a, t in said) / n,
             "under": sum(a is not None and a < t for a, t in said) / n,
+            "count_ratio": (sum(a for a, _ in said if a is not None) / max(sum(t for a, t in said if a is not None), 1e-9)
+                            if any(a is not None for a, _ in said) else float("nan")),
             "consistent": sum(p.format_ok and (a is not None and a == listed(p.completion))
                               for p, (a, _) in zip(preds, said)) / n}
 

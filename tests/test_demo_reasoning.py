@@ -49,7 +49,8 @@ def test_accuracy_is_hfrrf_layout_and_count_and_the_rest_is_reported_beside_it()
     f = dr.figures(preds)
     assert f == {"accuracy": pytest.approx(1 / 3), "answer": pytest.approx(2 / 3), "format": pytest.approx(2 / 3),
                  "tokens": pytest.approx(70 / 3), "truncated": pytest.approx(1 / 3), "over": pytest.approx(1 / 3),
-                 "under": 0.0, "consistent": pytest.approx(1 / 3)}  # the third lists 1 shape and answers 3
+                 "under": 0.0, "count_ratio": pytest.approx(6 / 5),
+                 "consistent": pytest.approx(1 / 3)}  # the third lists 1 shape and answers 3 (true 2)
     assert dr.per_count(preds) == {"1": 1.0, "2": 0.0}
 
 

@@ -64,8 +64,8 @@ def test_reasoning_grpo_learns_past_its_teacher_and_past_more_sft(seed, tmp_path
     ablation): the cold start, trained on an imperfect teacher's traces, clears the majority
     answer; GRPO, whose HFRRF reward reads only the true counts, raises held-out accuracy
     beyond two paired standard errors over its start and over the same start trained 600
-    more SFT steps on the traces (the control), without saying more than the truth (answers
-    above the true count on at most 10% of the images), in the think/answer layout, and with
+    more SFT steps on the traces (the control), without saying more than the truth (its mean
+    answered count within 0.9-1.1x the mean true count), in the think/answer layout, and with
     answers that count the items their traces list (at least 90% of them)."""
     monkeypatch.chdir(ROOT)
     out = tmp_path / "run"
@@ -79,7 +79,7 @@ def test_reasoning_grpo_learns_past_its_teacher_and_past_more_sft(seed, tmp_path
     for base in ("sft", "control"):
         gain = result["gains"][f"grpo_vs_{base}"]
         assert gain["mean"] > 2 * gain["se"], (base, gain)
-    assert grpo["format"] >= 0.95 and grpo["truncated"] <= 0.05 and grpo["over"] <= 0.10, grpo
+    assert grpo["format"] >= 0.95 and grpo["truncated"] <= 0.05 and 0.9 <= grpo["count_ratio"] <= 1.1, grpo
     assert grpo["consistent"] >= 0.9, grpo  # its answers count what its traces list
     assert (out / "curves.png").stat().st_size > 0 and (out / "answers.png").stat().st_size > 0
 
