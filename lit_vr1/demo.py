@@ -162,19 +162,21 @@ def fit(config: str, out: str, name: str, seed: int, overrides: list[str]) -> Li
 DISPLAY_CALLBACKS = ("lightning.pytorch.callbacks.RichProgressBar", "callbacks.RolloutTable")
 
 
+def _yaml(config: str) -> dict:
+    with open(config) as f:
+        return yaml.safe_load(f) or {}
+
+
 def synthetic_dir(config: str) -> str | None:
     """The config's data.init_args.synthetic_dir (None when it sets none)."""
-    with open(config) as f:
-        data = yaml.safe_load(f).get("data") or {}
-    return (data.get("init_args") or {}).get("synthetic_dir")
+    return ((_yaml(config).get("data") or {}).get("init_args") or {}).get("synthetic_dir")
 
 
 def callbacks_override(config: str, quiet: bool, drop: tuple[str, ...] = ()) -> list[str]:
     """``--trainer.callbacks=[...]``: the config's callbacks without the class paths in ``drop``
     and, when ``quiet``, without the display ones (progress bar, rollout tables); no argument
     when nothing is dropped. Training callbacks (PTST stages, cold starts) stay."""
-    with open(config) as f:
-        listed = (yaml.safe_load(f).get("trainer") or {}).get("callbacks") or []
+    listed = (_yaml(config).get("trainer") or {}).get("callbacks") or []
     gone = set(drop) | (set(DISPLAY_CALLBACKS) if quiet else set())
     kept = [c for c in listed if not (isinstance(c, dict) and c.get("class_path") in gone)]
     return [] if len(kept) == len(listed) else [f"--trainer.callbacks={json.dumps(kept)}"]
@@ -354,7 +356,8 @@ def main(argv: list[str] | None = None) -> dict:
         sft_data = [f"--data.init_args.synthetic_dir={args.data_dir}"]
         grpo_data = [f"--data.init_args.synthetic_dir={args.data_dir}{'_grpo' if own else ''}"]
     times = {}
-    sft_over = [f"--model.init_args.seed={args.seed}", *common, *sft_data, *callbacks_override(args.sft_config, args.quiet)]
+    sft_callbacks = callbacks_override(args.sft_config, args.quiet)
+    sft_over = [f"--model.init_args.seed={args.seed}", *common, *sft_data, *sft_callbacks]
     if args.sft_steps:
         sft_over += [f"--trainer.max_steps={args.sft_steps}", f"--model.init_args.lr_scheduler.init_args.T_max={args.sft_steps}"]
     # the SFT config without a fit: for --ood's checks and for --sft-model's data, built once
@@ -398,8 +401,7 @@ def main(argv: list[str] | None = None) -> dict:
         steps = args.control_steps
         fit(args.sft_config, out, "control", args.seed,
             [f"--model.init_args.model={sft_dir}", f"--trainer.max_steps={steps}",
-             f"--model.init_args.lr_scheduler.init_args.T_max={steps}", *common, *sft_data,
-             *callbacks_override(args.sft_config, args.quiet)])
+             f"--model.init_args.lr_scheduler.init_args.T_max={steps}", *common, *sft_data, *sft_callbacks])
         times["control_s"] = time.perf_counter() - t2
         models["control"] = f"{out}/control_model"
     t3 = time.perf_counter()

@@ -71,13 +71,14 @@ def figures(preds: list[AnswerPrediction]) -> dict[str, float]:
     answer that does not count what it lists is right by luck, not by its reasoning)."""
     n = max(len(preds), 1)
     said = [(_number(p.answer), _number(solution_text(p.sample.solution))) for p in preds]
+    answered = [(a, t) for a, t in said if a is not None]
     return {"accuracy": sum(p.correct for p in preds) / n, "answer": sum(p.answer_ok for p in preds) / n,
             "format": sum(p.format_ok for p in preds) / n, "tokens": sum(p.tokens for p in preds) / n,
             "truncated": sum(p.truncated for p in preds) / n,
-            "over": sum(a is not None and a > t for a, t in said) / n,
-            "under": sum(a is not None and a < t for a, t in said) / n,
-            "count_ratio": (sum(a for a, _ in said if a is not None) / max(sum(t for a, t in said if a is not None), 1e-9)
-                            if any(a is not None for a, _ in said) else float("nan")),
+            "over": sum(a > t for a, t in answered) / n,
+            "under": sum(a < t for a, t in answered) / n,
+            "count_ratio": (sum(a for a, _ in answered) / max(sum(t for _, t in answered), 1e-9)
+                            if answered else float("nan")),
             "consistent": sum(p.format_ok and (a is not None and a == listed(p.completion))
                               for p, (a, _) in zip(preds, said)) / n}
 

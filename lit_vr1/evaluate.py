@@ -99,13 +99,18 @@ def predict_answer(model: PreTrainedModel, processor: ProcessorMixin, samples: l
             for sample, text, n, t in zip(samples, rollout.completions, lengths, truncated)]
 
 
+def in_batches(predict, samples: list[Sample], batch_size: int) -> list:
+    """``predict(batch)`` over all ``samples``, ``batch_size`` at a time, the results joined."""
+    out: list = []
+    for i in range(0, len(samples), batch_size):
+        out.extend(predict(samples[i : i + batch_size]))
+    return out
+
+
 def predict_answers(model: PreTrainedModel, processor: ProcessorMixin, samples: list[Sample], batch_size: int = 32,
                     max_new_tokens: int = 64, mode: str = "numeric") -> list[AnswerPrediction]:
     """:func:`predict_answer` over all ``samples``, ``batch_size`` at a time."""
-    preds: list[AnswerPrediction] = []
-    for i in range(0, len(samples), batch_size):
-        preds.extend(predict_answer(model, processor, samples[i : i + batch_size], max_new_tokens, mode))
-    return preds
+    return in_batches(lambda batch: predict_answer(model, processor, batch, max_new_tokens, mode), samples, batch_size)
 
 
 def summarise(predictions: list[Prediction]) -> EvalResult:
@@ -121,10 +126,8 @@ def summarise(predictions: list[Prediction]) -> EvalResult:
 def evaluate(model: PreTrainedModel, processor: ProcessorMixin, samples: list[Sample], batch_size: int = 32,
              max_new_tokens: int = 64, box_frame: str = "input_pixels") -> EvalResult:
     """Greedy REC evaluation of ``model`` over all ``samples``."""
-    preds: list[Prediction] = []
-    for i in range(0, len(samples), batch_size):
-        preds.extend(predict_rec(model, processor, samples[i : i + batch_size], max_new_tokens, box_frame))
-    return summarise(preds)
+    return summarise(in_batches(lambda batch: predict_rec(model, processor, batch, max_new_tokens, box_frame),
+                                samples, batch_size))
 
 
 def best_constant_box(train_boxes: list[Box], eval_boxes: list[Box], size: int, step: int = 4) -> tuple[Box, float]:
