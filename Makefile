@@ -29,12 +29,15 @@ $(STAMP): setup.cfg pyproject.toml
 # TASK=detection: SFT (configs/sft_detection.yaml) -> GRPO with Vision-R1's rewards (configs/grpo_detection.yaml)
 # TASK=reasoning: think-then-count SFT (configs/sft_reasoning.yaml) -> GRPO with HFRRF under PTST
 #   (configs/grpo_reasoning.yaml), and the same GRPO without PTST
+# TASK=label_free: the same cold start, a judge SFT'd on labelled pairs of other images (configs/judge_label_free.yaml),
+#   served by the demo (python -m lit_vr1.rewards.serve), GRPO rewarded by its score alone (configs/grpo_label_free.yaml)
 DEMO_TASK_rec :=
 DEMO_TASK_ood := --ood all
 DEMO_TASK_detection := --task detection
 DEMO_TASK_reasoning := --task reasoning
+DEMO_TASK_label_free := --task label_free
 demo: $(STAMP)
-	@test -n "$(filter $(TASK),rec ood detection reasoning)" || { echo "make demo: TASK=$(TASK) is not built yet (label_free); choose rec, ood, detection or reasoning" >&2; exit 2; }
+	@test -n "$(filter $(TASK),rec ood detection reasoning label_free)" || { echo "make demo: TASK=$(TASK) is not a demo; choose rec, ood, detection, reasoning or label_free" >&2; exit 2; }
 	$(BIN)/python -m lit_vr1.demo --seed $(SEED) $(if $(DEMO_OUT),--out $(DEMO_OUT)) $(DEMO_TASK_$(TASK))
 
 # GRPO on a tiny random model after a short built-in cold start (configs/quickstart.yaml), about 2 minutes
@@ -55,4 +58,4 @@ gpu-wheels: $(STAMP)
 	  --platform manylinux2014_x86_64 --platform any -d .whl -r benchmarks/gpu_wheels.txt
 
 clean:
-	rm -rf $(VENV) runs data/synthetic data/demo data/demo_detection data/demo_reasoning data/demo_reasoning_rl
+	rm -rf $(VENV) runs data/synthetic data/demo data/demo_detection data/demo_reasoning data/demo_reasoning_rl data/demo_label_free_rl data/demo_label_free_judge

@@ -1,6 +1,6 @@
 """The demo (``make demo``): cold-start SFT, then GRPO from the SFT model, then a report.
 
-    python -m lit_vr1.demo [--task rec|detection|reasoning] [--seed 0] [--out runs/demo]
+    python -m lit_vr1.demo [--task rec|detection|reasoning|label_free] [--seed 0] [--out runs/demo]
 
 1. ``lit-vr1 fit --config configs/sft_synthetic.yaml``  (saves ``OUT/sft_model``)
 2. ``lit-vr1 fit --config configs/grpo_synthetic.yaml --model.init_args.model=OUT/sft_model``
@@ -23,6 +23,13 @@ first), ``configs/grpo_reasoning.yaml`` (HFRRF under PTST), the same GRPO withou
 stage at the full length: the paper's ablation, ``--no-ptst-ablation`` skips it), the
 control, and held-out accuracy beside the majority answer (:mod:`lit_vr1.demo_reasoning`).
 
+``--task label_free`` (``make demo TASK=label_free``) runs R1V-Free in miniature: the
+reasoning demo's cold start, a judge SFT'd on labelled pairs of a disjoint split
+(``configs/judge_label_free.yaml``), the judge served by ``python -m lit_vr1.rewards.serve``
+(started here, on a free loopback port, and stopped after GRPO), GRPO whose only reward is
+the judge's score (``configs/grpo_label_free.yaml``: no label read), the control, and
+held-out accuracy with the judge's own agreement with the labels (:mod:`lit_vr1.demo_label_free`).
+
 Both fits go through the ``lit-vr1`` CLI in this process, so the demo runs exactly what a
 user runs; ``--seed`` sets ``seed_everything`` and the tiny model's initial weights.
 """
@@ -35,6 +42,7 @@ import glob
 import json
 import os
 import time
+import urllib.parse
 
 import matplotlib
 
@@ -46,6 +54,7 @@ import yaml  # noqa: E402
 from lit_vr1.cli import LitVR1CLI  # noqa: E402
 from lit_vr1.data.jsonl import JsonlDataset  # noqa: E402
 from lit_vr1.demo_detection import draw_detections, paired_mean, print_detection_table, score_detection  # noqa: E402
+from lit_vr1.demo_label_free import pair_agreement, print_judge, verdicts  # noqa: E402
 from lit_vr1.demo_reasoning import (  # noqa: E402
     draw_answers,
     majority_answer,
@@ -57,6 +66,8 @@ from lit_vr1.evaluate import EvalResult, best_constant_box, constant_box_miou, e
 from lit_vr1.models.loading import load_model, load_processor  # noqa: E402
 from lit_vr1.ood import SHIFTS, parse_shifts, shifted_spec, write_ood  # noqa: E402
 from lit_vr1.rewards.boxes import first_box, solution_boxes  # noqa: E402
+from lit_vr1.rewards.reward_model import JudgeScorer  # noqa: E402
+from lit_vr1.rewards.serve import launch  # noqa: E402
 from lit_vr1.viz import BLUE, draw_boxes, grid  # noqa: E402
 
 CONTROL_STEPS = 600  # SFT steps: 1.3-1.4x the GRPO stage's wall time on the 2-core CPU (measured, README)
@@ -64,7 +75,11 @@ TASKS = {  # task: (SFT config, GRPO config)
     "rec": ("configs/sft_synthetic.yaml", "configs/grpo_synthetic.yaml"),
     "detection": ("configs/sft_detection.yaml", "configs/grpo_detection.yaml"),
     "reasoning": ("configs/sft_reasoning.yaml", "configs/grpo_reasoning.yaml"),
+    "label_free": ("configs/sft_reasoning.yaml", "configs/grpo_label_free.yaml"),
 }
+JUDGE_CONFIG = "configs/judge_label_free.yaml"  # the label-free demo's judge (SFT on labelled pairs)
+JUDGE_THINK_TOKENS = 48  # the judge's reasoning budget: its longest (4 shapes) is 37 tokens
+JUDGE_BATCH = 40  # judge items per forward pass in the server
 REASONING_CURVES = {"val": (("val/acc", "held-out accuracy (HFRRF)"), ("val/format", "held-out think/answer layout rate")),
                     "train": (("train/reward/total/mean", "HFRRF reward (train)"),)}
 
@@ -183,6 +198,21 @@ def callbacks_override(config: str, quiet: bool, drop: tuple[str, ...] = ()) -> 
 
 
 LABELS = {"sft": "after SFT", "control": "SFT control", "grpo": "after GRPO"}
+LABEL_FREE_CURVES = {"val": REASONING_CURVES["val"], "train": (("train/reward/total/mean", "judge reward (train)"),)}
+
+
+def judge_rewards(config: str, url: str) -> list[str]:
+    """``--model.init_args.rewards=[...]``: the GRPO config's rewards with every
+    RemoteRewardModel's url moved to the judge served at ``url`` (its path kept); [] when the
+    config has none."""
+    rewards = ((_yaml(config).get("model") or {}).get("init_args") or {}).get("rewards") or []
+    moved = False
+    for reward in rewards:
+        if isinstance(reward, dict) and str(reward.get("class_path", "")).endswith("RemoteRewardModel"):
+            args = reward.setdefault("init_args", {})
+            args["url"] = url + (urllib.parse.urlsplit(args.get("url", "")).path or "/score")
+            moved = True
+    return [f"--model.init_args.rewards={json.dumps(rewards)}"] if moved else []
 
 
 def score(models: dict[str, str], samples, const_box, max_new_tokens: int) -> tuple[dict, dict[str, EvalResult]]:
@@ -298,6 +328,28 @@ def report_reasoning(models: dict[str, str], data_dir: str, template: str, out: 
     return {**split, "curves_png": curves, "answers_png": answers}
 
 
+def report_label_free(models: dict[str, str], data_dir: str, template: str, out: str, max_new_tokens: int,
+                      judge_dir: str, judge_data_dir: str, think_tokens: int) -> dict:
+    """The label-free demo's report: the reasoning demo's held-out table (accuracy with labels
+    the GRPO stage never read; the trivial baseline is the best constant answer on the
+    held-out images) and the judge's trust figures (:mod:`lit_vr1.demo_label_free`): its
+    agreement on its own held-out pairs and its verdicts on the SFT and GRPO models' answers."""
+    samples, _ = held_out(data_dir, template)
+    split, preds = score_reasoning(models, samples, majority_answer([s.solution for s in samples]), max_new_tokens)
+    scorer = JudgeScorer(judge_dir, think_tokens=think_tokens, batch_size=JUDGE_BATCH)
+    split["judge"] = {"pairs": pair_agreement(scorer, judge_data_dir),
+                      "on_answers": {name: verdicts(scorer, preds[name]) for name in ("sft", "grpo")}}
+    os.makedirs(out, exist_ok=True)
+    curves, answers = os.path.join(out, "curves.png"), os.path.join(out, "answers.png")
+    plot_curves(read_metrics(os.path.join(out, "sft")), read_metrics(os.path.join(out, "grpo")),
+                split["majority"]["accuracy"], curves, LABEL_FREE_CURVES, floor_label="best constant answer")
+    draw_answers(samples, preds["sft"], preds["grpo"], answers)
+    print_reasoning_table("held-out images", split)
+    print_judge(split)
+    print(f"wrote {curves} and {answers}")
+    return {**split, "curves_png": curves, "answers_png": answers}
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, default=0, help="seed of the run (weights, data order, sampling)")
@@ -306,7 +358,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--task", choices=list(TASKS), default="rec",
                     help="rec: one shape named by the prompt (VLM-R1); detection: every shape (Vision-R1's "
                          "localisation rewards); reasoning: count the shapes, thinking first (Vision-R1's cold start "
-                         "+ PTST); picks the two configs below")
+                         "+ PTST); label_free: the same counting, GRPO rewarded only by a judge model served over HTTP "
+                         "(R1V-Free); picks the two configs below")
     ap.add_argument("--sft-config", help="default: the task's (configs/sft_synthetic.yaml for rec)")
     ap.add_argument("--grpo-config", help="default: the task's (configs/grpo_synthetic.yaml for rec)")
     ap.add_argument("--sft-steps", type=int, help="override the SFT config's trainer.max_steps")
@@ -314,7 +367,7 @@ def main(argv: list[str] | None = None) -> dict:
                     help="stop GRPO after this many steps (the LR schedule stays the config's: a prefix of the full run)")
     ap.add_argument("--data-dir", help="override data.init_args.synthetic_dir of both configs (where the GRPO config "
                                        "draws other data than the SFT one, as the reasoning demo's does, GRPO's is "
-                                       "DATA_DIR_grpo)")
+                                       "DATA_DIR_grpo; the label-free judge's is DATA_DIR_judge)")
     ap.add_argument("--sft-model", help="skip the SFT fit: start GRPO from this save_pretrained directory (e.g. another "
                                         "run's OUT/sft_model; its data must be the one the configs draw)")
     ap.add_argument("--grpo-precision", help="trainer.precision of the GRPO fit (e.g. bf16-mixed: bf16 autocast over "
@@ -330,6 +383,11 @@ def main(argv: list[str] | None = None) -> dict:
                     help="--task reasoning: also run the GRPO config without its PTST callback (one stage at the "
                          "config's full length and group size), saved to OUT/no_ptst_model (default: on; "
                          "--no-ptst-ablation skips it)")
+    ap.add_argument("--judge-config", default=JUDGE_CONFIG,
+                    help=f"--task label_free: the judge's SFT config (default {JUDGE_CONFIG})")
+    ap.add_argument("--judge-model", help="--task label_free: skip the judge's fit, serve this save_pretrained directory")
+    ap.add_argument("--judge-think-tokens", type=int, default=JUDGE_THINK_TOKENS,
+                    help="--task label_free: the judge server's --think-tokens (its reasoning before the verdict)")
     ap.add_argument("--quiet", action="store_true", help="no progress bars or rollout tables")
     args = ap.parse_args(argv)
     try:
@@ -347,6 +405,14 @@ def main(argv: list[str] | None = None) -> dict:
     if ablation and not callbacks_override(args.grpo_config, False, drop=("callbacks.PTST",)):
         ap.error(f"the no-PTST ablation drops {args.grpo_config}'s callbacks.PTST, and it has none; "
                  "give a GRPO config with PTST stages or --no-ptst-ablation")
+    if args.task == "label_free":
+        if not args.judge_model and not os.path.isfile(args.judge_config):
+            ap.error(f"--judge-config {args.judge_config}: no such file (run from the repository root)")
+        if args.judge_model and not os.path.isdir(args.judge_model):
+            ap.error(f"--judge-model {args.judge_model}: no such directory (a save_pretrained judge)")
+        if not judge_rewards(args.grpo_config, "http://127.0.0.1:0"):
+            ap.error(f"--task label_free serves the judge for the GRPO config's RemoteRewardModel reward, and "
+                     f"{args.grpo_config} has none")
     out = (args.out or ("runs/demo" if args.task == "rec" else f"runs/demo_{args.task}")).rstrip("/")
     args.data_dir = args.data_dir.rstrip("/") if args.data_dir else None
     common = ["--trainer.enable_progress_bar=false"] if args.quiet else []
@@ -355,6 +421,7 @@ def main(argv: list[str] | None = None) -> dict:
         own = synthetic_dir(args.sft_config) != synthetic_dir(args.grpo_config)
         sft_data = [f"--data.init_args.synthetic_dir={args.data_dir}"]
         grpo_data = [f"--data.init_args.synthetic_dir={args.data_dir}{'_grpo' if own else ''}"]
+    judge_data_over = [f"--data.init_args.synthetic_dir={args.data_dir}_judge"] if args.data_dir else []
     times = {}
     sft_callbacks = callbacks_override(args.sft_config, args.quiet)
     sft_over = [f"--model.init_args.seed={args.seed}", *common, *sft_data, *sft_callbacks]
@@ -387,7 +454,23 @@ def main(argv: list[str] | None = None) -> dict:
         grpo_over.append(f"--trainer.max_steps={args.grpo_steps}")
     if args.grpo_precision:
         grpo_over.append(f"--trainer.precision={args.grpo_precision}")
-    grpo_cli = fit(args.grpo_config, out, "grpo", args.seed, [*grpo_over, *grpo_callbacks])
+    judge_dir = None
+    if args.task == "label_free":  # the judge: SFT on labelled pairs, then served for GRPO's reward
+        judge_dir = args.judge_model or f"{out}/judge_model"
+        if not args.judge_model:
+            judge_cli = fit(args.judge_config, out, "judge", args.seed,
+                            [f"--model.init_args.seed={1000 + args.seed}", *common, *judge_data_over,
+                             *callbacks_override(args.judge_config, args.quiet)])
+            judge_data = judge_cli.datamodule.synthetic_dir
+        else:
+            judge_data = f"{args.data_dir}_judge" if args.data_dir else synthetic_dir(args.judge_config)
+        times["judge_s"] = time.perf_counter() - t1
+        t1 = time.perf_counter()
+        with launch(judge_dir, "--think-tokens", str(args.judge_think_tokens), "--batch-size", str(JUDGE_BATCH)) as served:
+            grpo_cli = fit(args.grpo_config, out, "grpo", args.seed,
+                           [*grpo_over, *grpo_callbacks, *judge_rewards(args.grpo_config, served.url)])
+    else:
+        grpo_cli = fit(args.grpo_config, out, "grpo", args.seed, [*grpo_over, *grpo_callbacks])
     times["grpo_s"] = time.perf_counter() - t1
     models = {"sft": sft_dir, "grpo": f"{out}/grpo_model"}
     if ablation:
@@ -407,7 +490,10 @@ def main(argv: list[str] | None = None) -> dict:
     t3 = time.perf_counter()
     data = sft_cli.datamodule
     ood = write_ood(data.synthetic_dir, data.synthetic, shifts, args.ood_samples) if shifts else None
-    if args.task == "reasoning":
+    if args.task == "label_free":
+        result = report_label_free(models, data.synthetic_dir, data.template, out, grpo_cli.model.eval_max_new_tokens,
+                                   judge_dir, judge_data, args.judge_think_tokens)
+    elif args.task == "reasoning":
         result = report_reasoning(models, data.synthetic_dir, data.template, out, grpo_cli.model.eval_max_new_tokens,
                                   grpo_cli.datamodule.synthetic_dir)
     elif args.task == "detection":

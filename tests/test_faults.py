@@ -160,7 +160,9 @@ def closed_port_url() -> str:
 @pytest.mark.parametrize("on_error", ["raise", "nan"])
 def test_an_unreachable_reward_server_fails_or_is_masked_in_bounded_time(samples, on_error):
     url = closed_port_url()
-    judge = RemoteRewardModel(url, timeout_s=1.0, max_retries=2, backoff_s=0.2, on_error=on_error, name="judge")
+    # answer_required=False: the tiny random policy writes no <answer> block, and every completion must reach the judge
+    judge = RemoteRewardModel(url, timeout_s=1.0, max_retries=2, backoff_s=0.2, on_error=on_error, name="judge",
+                              answer_required=False)
     module = make_module(rewards=[LengthReward(), judge])
     trainer_bound = (judge.max_retries + 1) * judge.timeout_s + judge.max_retries * judge.backoff_s
     start = time.monotonic()

@@ -229,3 +229,73 @@ def test_no_server_listening_is_a_connection_error():
     assert f"127.0.0.1:{port}" in str(err.value) and reward.attempts == 2
     with pytest.raises(ValueError, match="http"):
         RemoteRewardModel("localhost:8000")
+
+
+# A judge that reasons before its verdict, and completions without an answer ------------------
+
+
+def test_a_thinking_judge_reads_its_verdict_after_its_own_reasoning(scorer, images):
+    thinker = JudgeScorer(scorer.model, processor=scorer.processor, think_tokens=6, batch_size=3)
+    tok = scorer.processor.tokenizer
+    # the reasoning ends at the first </think>, which is added when the judge has not written it
+    cut = thinker.thoughts(tok(["<think> 1: red. </think>yes more", "<think> 1: red"], padding=True,
+                               add_special_tokens=False, return_tensors="pt").input_ids)
+    assert cut == ["<think> 1: red. </think>", "<think> 1: red </think>"]
+    items = [ScoreItem(QUESTION, answer, img) for answer, img in zip(["red", "a blue square", "7"], images)]
+    prompts = [thinker.prompt_text(it) for it in items]
+    texts = [scorer.processor.apply_chat_template([{"role": "user", "content": [{"type": "image"},
+                                                                               {"type": "text", "text": p}]}],
+                                                  add_generation_prompt=True, tokenize=False) for p in prompts]
+    enc = dict(scorer.processor(text=texts, images=images, padding=True, padding_side="left", return_tensors="pt"))
+    grown = thinker._after_thinking(enc)
+    for i in range(3):  # each row: its own prompt tokens, then its reasoning tokenised on its own, left-padded
+        prompt = enc["input_ids"][i][enc["attention_mask"][i].bool()].tolist()
+        row = grown["input_ids"][i][grown["attention_mask"][i].bool()].tolist()
+        assert row[:len(prompt)] == prompt and len(row) > len(prompt)
+        assert tok.decode(row[len(prompt):]).endswith("</think>")
+        assert grown["attention_mask"][i].tolist() == sorted(grown["attention_mask"][i].tolist())  # pads on the left
+        if "mm_token_type_ids" in grown:  # the reasoning is text
+            assert grown["mm_token_type_ids"][i][len(grown["input_ids"][i]) - len(row) + len(prompt):].sum() == 0
+    batched = thinker.score(items)
+    alone = [JudgeScorer(scorer.model, processor=scorer.processor, think_tokens=6, batch_size=1).score([it])[0]
+             for it in items]
+    assert max(abs(a - b) for a, b in zip(batched, alone)) < 1e-4  # padding does not change a verdict
+    assert all(0.0 <= s <= 1.0 for s in batched)
+    assert batched != scorer.score(items)  # the verdict is read after the reasoning, not at the first token
+    with pytest.raises(ValueError, match="think_tokens must be >= 0"):
+        JudgeScorer(scorer.model, processor=scorer.processor, think_tokens=-1)
+
+
+def test_a_verdict_written_straight_after_the_reasoning_is_its_own_token(scorer):
+    """The judge task writes ``</think>yes``: the reasoning tokenised alone, then the verdict,
+    gives the very tokens of the whole answer, so training and scoring read the same position."""
+    tok = scorer.processor.tokenizer
+    think = "<think> 1: red circle. 2: blue square. </think>"
+    for verdict in ("yes", "no"):
+        whole = tok(think + verdict, add_special_tokens=False).input_ids
+        assert whole == tok(think, add_special_tokens=False).input_ids + tok(verdict, add_special_tokens=False).input_ids
+
+
+def test_completions_without_an_answer_score_zero_and_never_reach_the_judge(images):
+    shown: list[list[str]] = []
+
+    def judge(items):
+        shown.append([it.answer for it in items])
+        return [0.9] * len(items)
+
+    comps = ["<think> 1: red. </think> <answer> 1 </answer>", "<think> 1: red. 2: blue. 3 </answer>", "yes yes"]
+    ctxs = [SampleContext(id=f"s{i}", prompt=QUESTION, solution=None, images=[images[0]]) for i in range(3)]
+    assert rm.judged(comps, ctxs, True, judge) == [0.9, 0.0, 0.0] and shown == [["1"]]
+    assert rm.judged(comps, ctxs, False, judge) == [0.9, 0.9, 0.9]
+    assert shown[-1] == ["1", "<think> 1: red. 2: blue. 3 </answer>", "yes yes"]  # what an injection would show it
+    # the remote judge sends nothing for answer-less completions: no request to a closed port
+    remote = RemoteRewardModel("http://127.0.0.1:9/score", timeout_s=1.0, max_retries=0)
+    assert remote(comps[1:], ctxs[1:]) == [0.0, 0.0] and remote.attempts == 0
+
+
+def test_the_judge_server_refuses_a_negative_think_budget(capsys):
+    from lit_vr1.rewards.serve import main
+
+    with pytest.raises(SystemExit):
+        main(["--model", "tiny:qwen2_5_vl", "--think-tokens", "-1"])
+    assert "--think-tokens -1" in capsys.readouterr().err

@@ -22,6 +22,15 @@ TEMPLATES: dict[str, str] = {
     ),
 }
 
+# The yes/no question a judge model is asked about a candidate answer (lit_vr1.rewards.reward_model);
+# the synthetic "judge" task writes training pairs in exactly this wording.
+DEFAULT_JUDGE_PROMPT = (
+    "Question: {question}\n"
+    "Candidate answer: {answer}\n"
+    "Looking at the image, is the candidate answer a correct and complete answer to the question? "
+    'Reply with one word: "yes" or "no".'
+)
+
 
 @rule("data.template", "config")
 def template_known(name: str) -> str | None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from lit_vr1.data.prompts import DEFAULT_JUDGE_PROMPT
 from lit_vr1.rules import one_of, problems_of, refuse, rule
 
 COLOURS = ["red", "green", "blue", "yellow", "purple", "orange"]
@@ -26,7 +27,7 @@ RGB = {
     "orange": (240, 140, 30),
 }
 SHAPES = ["circle", "square", "triangle"]
-TASKS = ("rec", "detection", "vision_r1", "count", "reason", "label_free")
+TASKS = ("rec", "detection", "vision_r1", "count", "reason", "label_free", "judge")
 DISTRACTORS = ("random", "confusable")
 BOX_ORDERS = ("drawn", "reading")
 BACKGROUNDS = ("gradient", "plain")
@@ -49,7 +50,9 @@ class SyntheticSpec:
     OVD JSONL), "vision_r1" (every shape, Vision-R1 detection layout), "count" (how many
     shapes, answer in <answer> tags), "reason" (the counting question answered after a
     <think> that numbers the shapes in reading order: Vision-R1's cold-start reasoning in
-    miniature) or "label_free" (the counting question, no solution).
+    miniature), "label_free" (the counting question; no solution in the train split, the
+    true count in held-out splits, for measuring only) or "judge" (two yes/no pairs per
+    image for training a judge of the counting question, see :func:`judge_records`).
     box_order (detection, vision_r1): the order the answer lists the shapes in: "drawn"
     (random) or "reading" (top to bottom, then left to right, by the box's top-left corner;
     a fixed order is a target a small model can learn, where a random one asks it to pick an
@@ -192,6 +195,7 @@ def write_synthetic(out_dir: str | Path, spec: SyntheticSpec, split: str = "trai
     (out / "images").mkdir(parents=True, exist_ok=True)
     rng = random.Random(f"{spec.seed}-{split}")
     teacher = random.Random(f"{spec.seed}-{split}-teacher")  # its own stream: the images do not change with it
+    wrong = random.Random(f"{spec.seed}-{split}-judge")  # the judge task's wrong answers, likewise
     path = out / f"{split}.jsonl"
     with open(path, "w") as f:
         for i in range(spec.num_samples):
@@ -203,7 +207,12 @@ def write_synthetic(out_dir: str | Path, spec: SyntheticSpec, split: str = "trai
                 img, placed = draw_shapes(rng, spec)
                 if split == "train" and spec.teacher_miss:
                     placed = teacher_view(placed, spec, teacher)
-                record = task_record(spec, file, placed)
+                if spec.task == "judge":
+                    for tag, record in judge_records(spec, file, placed, wrong):
+                        f.write(json.dumps({"id": f"{split}-{i}-{tag}", **record}) + "\n")
+                    img.save(out / "images" / file)
+                    continue
+                record = task_record(spec, file, placed, labelled=split != "train")
             img.save(out / "images" / file)
             f.write(json.dumps({"id": f"{split}-{i}", **record}) + "\n")
     return path
@@ -221,8 +230,39 @@ def _conversation(file: str, question: str, answer: str) -> dict:
     return {"image": file, "conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]}
 
 
-def task_record(spec: SyntheticSpec, file: str, placed: Placed) -> dict:
-    """The JSONL fields (without id) of a detection, vision_r1, count or label_free sample."""
+COUNT_QUESTION = "<image>How many shapes are in the image?"
+
+
+def wrong_count(truth: int, spec: SyntheticSpec, rng: random.Random) -> int:
+    """A wrong count for a judge's "no" example: one off the truth two times in three (the
+    mistakes a counting policy makes), else any other count from 0 to ``max_shapes + 1``."""
+    near = [c for c in (truth - 1, truth + 1) if c >= 1]
+    if rng.random() < 2 / 3:
+        return rng.choice(near)
+    return rng.choice([c for c in range(spec.max_shapes + 2) if c != truth])
+
+
+def judge_records(spec: SyntheticSpec, file: str, placed: Placed, rng: random.Random) -> list[tuple[str, dict]]:
+    """The judge task's two pairs for one image: the counting question (as the "plain"
+    template asks it) with the true count, answered "yes", and with a :func:`wrong_count`,
+    answered "no", each in the judge prompt's exact wording (``DEFAULT_JUDGE_PROMPT``: what
+    :class:`~lit_vr1.rewards.reward_model.JudgeScorer` asks), so a model SFT'd on them is a
+    judge of a counting policy's answers. The judge reasons first: its answer numbers the
+    shapes (as task "reason" does) and gives the verdict straight after ``</think>``
+    (``<think> 1: red circle. </think>yes``; serve it with ``--think-tokens``). Labels come
+    from the drawing: the truth."""
+    question = COUNT_QUESTION.removeprefix("<image>")
+    ask = lambda answer: "<image>" + DEFAULT_JUDGE_PROMPT.format(question=question, answer=str(answer))
+    ordered = sorted(placed, key=lambda p: (p[0][1], p[0][0]))
+    think = "<think> " + " ".join(f"{i}: {colour} {shape}." for i, (_, colour, shape) in enumerate(ordered, 1)) + " </think>"
+    truth = len(placed)
+    return [("yes", _conversation(file, ask(truth), think + "yes")),
+            ("no", _conversation(file, ask(wrong_count(truth, spec, rng)), think + "no"))]
+
+
+def task_record(spec: SyntheticSpec, file: str, placed: Placed, labelled: bool = False) -> dict:
+    """The JSONL fields (without id) of a detection, vision_r1, count, reason or label_free
+    sample; ``labelled``: a label_free sample keeps its true count (held-out splits)."""
     if spec.box_order == "reading" or spec.task == "reason":
         placed = sorted(placed, key=lambda p: (p[0][1], p[0][0]))
     objects = [(f"{colour} {shape}", list(box)) for box, colour, shape in placed]
@@ -234,8 +274,8 @@ def task_record(spec: SyntheticSpec, file: str, placed: Placed) -> dict:
         return {"image": file, "problem": "<image>Locate every shape in the image (colour and shape) in JSON format.",
                 "solution": [[n, b] for n, b in objects], "width": spec.canvas, "height": spec.canvas,
                 "num_instances": len(objects)}
-    question = "<image>How many shapes are in the image?"
-    if spec.task == "count":
+    question = COUNT_QUESTION
+    if spec.task == "count" or (spec.task == "label_free" and labelled):
         return _conversation(file, question, f"<answer> {len(objects)} </answer>")
     if spec.task == "reason":
         steps = " ".join(f"{i}: {name}." for i, (name, _) in enumerate(objects, 1))

@@ -12,6 +12,11 @@ public training script turns the scalar into a 0/1 accuracy reward (positive sco
 Here the judge is a generative vision-language model asked a yes/no question:
 :class:`JudgeScorer` shows the image, the question and the candidate answer and reads
 the probability of "yes" against "no" for the next token, giving a score in [0, 1].
+With ``think_tokens`` the judge first writes its own reasoning (greedy, up to
+``</think>``) and the verdict is read right after it: a generative verifier with a
+rationale (GenRM-CoT, Zhang et al., 2024, "Generative Verifiers: Reward Modeling as
+Next-Token Prediction", arXiv:2408.15240), which lets a small judge work the question out
+before it compares the candidate answer with its own.
 With a real checkpoint as judge (e.g. ``Qwen/Qwen2.5-VL-7B-Instruct``) this is the
 R1V-Free set-up in spirit: AI feedback on (question, extracted answer, image) and no
 labels; ``threshold`` turns the score into R1V-Free's 0/1 reward.
@@ -37,7 +42,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -45,18 +50,14 @@ from typing import Any, Literal
 import torch
 from PIL import Image
 from torch import Tensor
+from transformers import GenerationConfig
 
+from lit_vr1.data.prompts import DEFAULT_JUDGE_PROMPT
 from lit_vr1.rewards.base import Reward, RewardError, SampleContext
-from lit_vr1.rewards.boxes import answer_text
+from lit_vr1.rewards.boxes import ANSWER_RE, answer_text
 
 PROTOCOLS = ("lit-vr1", "openai")
 KEY_ENV = "LIT_VR1_JUDGE_KEY"  # the judge server's token, read by the client and the server
-DEFAULT_JUDGE_PROMPT = (
-    "Question: {question}\n"
-    "Candidate answer: {answer}\n"
-    "Looking at the image, is the candidate answer a correct and complete answer to the question? "
-    'Reply with one word: "yes" or "no".'
-)
 
 
 @dataclass
@@ -72,6 +73,23 @@ def items_for(completions: list[str], contexts: list[SampleContext]) -> list[Sco
     """(prompt, answer in the last <answer> tags, first image) of each completion."""
     return [ScoreItem(ctx.prompt, answer_text(comp).strip(), ctx.images[0] if ctx.images else None)
             for comp, ctx in zip(completions, contexts)]
+
+
+def judged(completions: list[str], contexts: list[SampleContext], answer_required: bool,
+           judge: Callable[[list[ScoreItem]], list[float]]) -> list[float]:
+    """The judge's score of each completion; with ``answer_required``, a completion without a
+    complete ``<answer>...</answer>`` block scores 0.0 and is never shown to the judge.
+
+    Without that rule the judge reads the whole completion as the candidate answer, and a
+    policy learns to write text that talks the judge into "yes" (measured on the label-free
+    demo's tiny judge: an answer-less ``<think> 1: ... 2: ... 3 </answer>`` scored 0.999 and
+    held-out accuracy fell from 0.63 to 0.28 within 50 steps)."""
+    keep = [i for i, c in enumerate(completions) if not answer_required or ANSWER_RE.search(c)]
+    scores = judge(items_for([completions[i] for i in keep], [contexts[i] for i in keep])) if keep else []
+    out = [0.0] * len(completions)
+    for i, value in zip(keep, scores):
+        out[i] = value
+    return out
 
 
 def special_token_pattern(tokenizer) -> re.Pattern | None:
@@ -109,14 +127,24 @@ class JudgeScorer:
             represented by its first token; the yes and no tokens must differ.
         min_pixels, max_pixels: image size bounds of the processor.
         processor: the processor of an already loaded ``model``.
+        think_tokens: 0: the verdict is the first answer token. Above 0: the judge first
+            writes up to this many tokens greedily, up to and including ``think_end``
+            (added when it has not written it by then), and the verdict is the token after
+            that; a judge trained on answers like ``<think> ... </think>yes`` (the verdict
+            straight after the marker, so the marker and the verdict are separate tokens).
+        think_end: the text that closes the judge's reasoning.
     """
 
     def __init__(self, model: Any, device: str = "cpu", dtype: str = "float32", batch_size: int = 8,
                  prompt_template: str = DEFAULT_JUDGE_PROMPT, yes_token: str | Sequence[str] = "yes",
                  no_token: str | Sequence[str] = "no", min_pixels: int | None = None, max_pixels: int | None = None,
-                 attn_implementation: str = "sdpa", seed: int = 0, processor: Any = None) -> None:
+                 attn_implementation: str = "sdpa", seed: int = 0, processor: Any = None, think_tokens: int = 0,
+                 think_end: str = "</think>") -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if think_tokens < 0 or (think_tokens and not think_end):
+            raise ValueError(f"think_tokens must be >= 0 (got {think_tokens}) with a non-empty think_end")
+        self.think_tokens, self.think_end = int(think_tokens), think_end
         if "{question}" not in prompt_template or "{answer}" not in prompt_template:
             raise ValueError("prompt_template must contain {question} and {answer}")
         self.prompt_template = prompt_template
@@ -166,7 +194,8 @@ class JudgeScorer:
     @torch.no_grad()
     def _yes_no(self, prompts: list[str], images: list[Image.Image | None]) -> tuple[Tensor, Tensor, Tensor]:
         """(logsumexp of the yes logits, of the no logits, over the whole vocabulary) of the
-        first answer token after each prompt (chat-templated, image first)."""
+        verdict token after each prompt (chat-templated, image first): the first answer token,
+        or with ``think_tokens`` the token after the judge's own reasoning."""
         texts = []
         for prompt, image in zip(prompts, images):
             content: list[dict[str, str]] = [{"type": "image"}] if image is not None else []
@@ -176,10 +205,48 @@ class JudgeScorer:
         pixels = [im.convert("RGB") for im in images if im is not None]
         enc = self.processor(text=texts, images=pixels or None, padding=True, padding_side="left", return_tensors="pt")
         enc = {k: v.to(self.device) for k, v in enc.items()}
+        if self.think_tokens:
+            enc = self._after_thinking(enc)
         logits = self.model(**enc, logits_to_keep=1).logits[:, -1, :].float()
         yes = torch.logsumexp(logits[:, self.yes_ids], dim=-1)
         no = torch.logsumexp(logits[:, self.no_ids], dim=-1)
         return yes, no, torch.logsumexp(logits, dim=-1)
+
+    def thoughts(self, generated: Tensor) -> list[str]:
+        """The judge's reasoning of each row of ``generated`` (its greedy tokens): the text up
+        to and including the first ``think_end``, which is added when it is missing."""
+        out = []
+        for text in self.processor.tokenizer.batch_decode(generated, skip_special_tokens=True):
+            cut = text.find(self.think_end)
+            out.append(text[:cut + len(self.think_end)] if cut >= 0 else text.rstrip() + " " + self.think_end)
+        return out
+
+    def _after_thinking(self, enc: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The batch ``enc`` with each row's reasoning appended (left-padded again): the
+        judge writes it greedily (:meth:`thoughts`); it is tokenised on its own, as SFT
+        tokenises an answer, so the verdict is read where training put it."""
+        tok = self.processor.tokenizer
+        config = GenerationConfig(do_sample=False, max_new_tokens=self.think_tokens, stop_strings=[self.think_end],
+                                  pad_token_id=tok.pad_token_id, repetition_penalty=1.0, use_cache=True,
+                                  eos_token_id=self.model.generation_config.eos_token_id or tok.eos_token_id)
+        width = enc["input_ids"].shape[1]
+        generated = self.model.generate(**enc, generation_config=config, tokenizer=tok)[:, width:]
+        thoughts = [tok(t, add_special_tokens=False).input_ids for t in self.thoughts(generated)]
+        # every per-token tensor (input ids, mask, the processor's token types) gets the reasoning's
+        # tokens appended (text: 0 in all but the ids and the mask) and is left-padded again
+        per_token = [k for k, v in enc.items() if v.dim() == 2 and v.shape == enc["input_ids"].shape]
+        keep = enc["attention_mask"].bool()
+        longest = max(int(keep[i].sum()) + len(t) for i, t in enumerate(thoughts))
+        out = dict(enc)
+        for key in per_token:
+            pad = tok.pad_token_id if key == "input_ids" else 0
+            grown = torch.full((len(thoughts), longest), pad, dtype=enc[key].dtype, device=self.device)
+            for i, think in enumerate(thoughts):
+                tail = {"input_ids": think, "attention_mask": [1] * len(think)}.get(key, [0] * len(think))
+                row = torch.cat([enc[key][i][keep[i]], torch.tensor(tail, dtype=enc[key].dtype, device=self.device)])
+                grown[i, longest - len(row):] = row
+            out[key] = grown
+        return out
 
     def _batches(self, prompts: list[str], images: list[Image.Image | None]):
         if self.model.training:
@@ -217,10 +284,13 @@ class RewardModelReward(Reward):
 
     Args:
         model, device, dtype, batch_size, prompt_template, yes_token, no_token,
-            min_pixels, max_pixels: as for :class:`JudgeScorer`, built on first use.
+            min_pixels, max_pixels, think_tokens: as for :class:`JudgeScorer`, built on first use.
         threshold: None: the score in [0, 1] is the reward; a number: 1.0 when the score
             is at least this, else 0.0 (R1V-Free's binarised reward).
         scorer: an already built :class:`JudgeScorer` to use instead (shares a model).
+        answer_required: a completion without a complete ``<answer>...</answer>`` block
+            scores 0.0 and is not shown to the judge (see :func:`judged`); False: the judge
+            reads the text after the last ``<answer>`` or ``</think>``, else all of it.
         **kwargs: weight, name, tasks, on_error of :class:`Reward`.
     """
 
@@ -230,15 +300,16 @@ class RewardModelReward(Reward):
     def __init__(self, model: str = "", device: str = "cpu", dtype: str = "float32", batch_size: int = 8,
                  prompt_template: str = DEFAULT_JUDGE_PROMPT, yes_token: str | Sequence[str] = "yes",
                  no_token: str | Sequence[str] = "no", min_pixels: int | None = None, max_pixels: int | None = None,
-                 threshold: float | None = None, scorer: JudgeScorer | None = None, **kwargs: Any) -> None:
+                 threshold: float | None = None, scorer: JudgeScorer | None = None, think_tokens: int = 0,
+                 answer_required: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if scorer is None and not model:
             raise ValueError("RewardModelReward needs `model` (a name or path) or a built `scorer`")
-        self.threshold = threshold
+        self.threshold, self.answer_required = threshold, answer_required
         self._scorer = scorer
         self._scorer_args = dict(model=model, device=device, dtype=dtype, batch_size=batch_size,
                                  prompt_template=prompt_template, yes_token=yes_token, no_token=no_token,
-                                 min_pixels=min_pixels, max_pixels=max_pixels)
+                                 min_pixels=min_pixels, max_pixels=max_pixels, think_tokens=think_tokens)
 
     @property
     def scorer(self) -> JudgeScorer:
@@ -247,7 +318,7 @@ class RewardModelReward(Reward):
         return self._scorer
 
     def score(self, completions: list[str], contexts: list[SampleContext]) -> list[float]:
-        return _binarised(self.scorer.score(items_for(completions, contexts)), self.threshold)
+        return _binarised(judged(completions, contexts, self.answer_required, self.scorer.score), self.threshold)
 
 
 class RemoteRewardError(RuntimeError):
@@ -355,6 +426,8 @@ class RemoteRewardModel(Reward):
         prompt_template, yes_token, no_token: the judge prompt and the words read as yes
             and no, for the openai protocol (the lit-vr1 server holds its own).
         top_logprobs: how many top log-probabilities an OpenAI server is asked for.
+        answer_required: as for :class:`RewardModelReward` (completions without an
+            ``<answer>`` block score 0.0 and are not sent).
         **kwargs: weight, name, tasks, on_error of :class:`Reward`.
     """
 
@@ -365,8 +438,10 @@ class RemoteRewardModel(Reward):
                  batch_size: int = 16, threshold: float | None = None, down_for_s: float = 10.0,
                  protocol: Literal["lit-vr1", "openai"] = "lit-vr1", model: str = "", api_key: str | None = None,
                  prompt_template: str = DEFAULT_JUDGE_PROMPT, yes_token: str | Sequence[str] = "yes",
-                 no_token: str | Sequence[str] = "no", top_logprobs: int = 20, **kwargs: Any) -> None:
+                 no_token: str | Sequence[str] = "no", top_logprobs: int = 20, answer_required: bool = True,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.answer_required = answer_required
         if protocol not in PROTOCOLS:
             raise ValueError(f"RemoteRewardModel: protocol={protocol!r} is not valid; choose one of {', '.join(PROTOCOLS)}")
         if "{question}" not in prompt_template or "{answer}" not in prompt_template:
@@ -402,17 +477,19 @@ class RemoteRewardModel(Reward):
                 cache[id(img)] = encode_image(img)
             return cache[id(img)]
 
-        items = [{"question": it.question, "answer": it.answer, "image": image(it.image)}
-                 for it in items_for(completions, contexts)]
-        out: list[float] = []
-        for start in range(0, len(items), self.batch_size):
-            chunk = items[start:start + self.batch_size]
-            if self.protocol == "openai":
-                with ThreadPoolExecutor(max_workers=len(chunk)) as pool:
-                    out.extend(pool.map(self.chat, chunk))
-            else:
-                out.extend(self.request(chunk))
-        return _binarised(out, self.threshold)
+        def judge(found: list[ScoreItem]) -> list[float]:
+            items = [{"question": it.question, "answer": it.answer, "image": image(it.image)} for it in found]
+            out: list[float] = []
+            for start in range(0, len(items), self.batch_size):
+                chunk = items[start:start + self.batch_size]
+                if self.protocol == "openai":
+                    with ThreadPoolExecutor(max_workers=len(chunk)) as pool:
+                        out.extend(pool.map(self.chat, chunk))
+                else:
+                    out.extend(self.request(chunk))
+            return out
+
+        return _binarised(judged(completions, contexts, self.answer_required, judge), self.threshold)
 
     def check_ready(self) -> None:
         """``GET /health`` on the server's host (lit-vr1's server, vLLM and SGLang all answer

@@ -336,10 +336,10 @@ class JudgeAPI(ls.LitAPI):
 
     def __init__(self, model: str, device: str = "cpu", dtype: str = "float32", batch_size: int = 8,
                  min_pixels: int | None = None, max_pixels: int | None = None, limits: Limits = Limits(),
-                 max_batch_size: int = 1, batch_timeout: float = 0.0) -> None:
+                 max_batch_size: int = 1, batch_timeout: float = 0.0, think_tokens: int = 0) -> None:
         super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path=SCORE_PATH)
         self.scorer_args = dict(model=model, device=device, dtype=dtype, batch_size=batch_size,
-                                min_pixels=min_pixels, max_pixels=max_pixels)
+                                min_pixels=min_pixels, max_pixels=max_pixels, think_tokens=think_tokens)
         self.model_name, self.limits = model, limits
 
     def setup(self, worker_device) -> None:
@@ -466,6 +466,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="items per forward pass")
     parser.add_argument("--max-batch-size", type=int, default=1, help="requests LitServe batches together")
     parser.add_argument("--batch-timeout", type=float, default=0.0, help="seconds LitServe waits to fill a batch")
+    parser.add_argument("--think-tokens", type=int, default=0,
+                        help="0: the verdict is the judge's first token; N: the judge first reasons for up to N tokens "
+                             "(to </think>) and the verdict is read after that (a judge trained to think first)")
     parser.add_argument("--min-pixels", type=int, default=None)
     parser.add_argument("--max-pixels", type=int, default=None)
     parser.add_argument("--api-key", default=None, help=f"required token (default: ${KEY_ENV}); needed off loopback")
@@ -476,6 +479,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--body-timeout-s", type=float, default=Limits.body_timeout_s)
     parser.add_argument("--request-timeout-s", type=float, default=60.0, help="queue wait before a 504")
     args = parser.parse_args(argv)
+    if args.think_tokens < 0:
+        parser.error(f"--think-tokens {args.think_tokens}: must be 0 (no reasoning) or a number of tokens")
     api_key = args.api_key or os.environ.get(KEY_ENV) or None
     if not is_loopback(args.host) and not api_key:
         parser.error(f"--host {args.host} opens the judge to the network: give a token with --api-key or {KEY_ENV} "
@@ -483,7 +488,7 @@ def main(argv: list[str] | None = None) -> None:
     limits = Limits(max_body_bytes=int(args.max_body_mb * 2**20), body_timeout_s=args.body_timeout_s,
                     max_items=args.max_items, max_text_chars=args.max_text_chars, max_image_pixels=args.max_image_pixels)
     api = JudgeAPI(args.model, args.device, args.dtype, args.batch_size, args.min_pixels, args.max_pixels, limits,
-                   args.max_batch_size, args.batch_timeout)
+                   args.max_batch_size, args.batch_timeout, args.think_tokens)
     # LitServe's "cpu" leaves devices alone: the scorer itself goes to --device (cuda:1, ...)
     server = ls.LitServer(api, accelerator="cpu", devices=1, timeout=args.request_timeout_s,
                           middlewares=[(Guard, {"limits": limits, "api_key": api_key})],
