@@ -104,13 +104,16 @@ def rewards_overlay(recipe: str, url: str | None, path: Path, length_reward: str
     """A config overlay that keeps the recipe's reward list, points its remote judge at ``url``
     and adds the reward ``length_reward`` (a class path) at weight 0.1: a random tiny model never
     writes the recipes' answers, so their rewards alone tie in every group (zero advantage,
-    zero gradient), and a check that the weights moved would test nothing."""
+    zero gradient), and a check that the weights moved would test nothing. The judge is asked
+    about every completion (``answer_required: false``): the random model writes no ``<answer>``
+    block, and the judge would otherwise never be reached."""
     import yaml
 
     rewards = yaml.safe_load(open(ROOT / "configs" / f"{recipe}.yaml"))["model"]["init_args"]["rewards"]
     for r in rewards:
         if r["class_path"].endswith("RemoteRewardModel"):
             r["init_args"]["url"] = url
+            r["init_args"]["answer_required"] = False
     rewards.append({"class_path": length_reward, "init_args": {"weight": 0.1}})
     path.write_text(yaml.safe_dump({"model": {"init_args": {"rewards": rewards}}}))
     return str(path)

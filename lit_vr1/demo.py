@@ -78,7 +78,7 @@ TASKS = {  # task: (SFT config, GRPO config)
     "label_free": ("configs/sft_reasoning.yaml", "configs/grpo_label_free.yaml"),
 }
 JUDGE_CONFIG = "configs/judge_label_free.yaml"  # the label-free demo's judge (SFT on labelled pairs)
-JUDGE_THINK_TOKENS = 48  # the judge's reasoning budget: its longest (4 shapes) is 37 tokens
+JUDGE_THINK_TOKENS = 48  # the judge's reasoning budget: its longest (4 shapes, to </think>) is 29 tokens
 JUDGE_BATCH = 40  # judge items per forward pass in the server
 REASONING_CURVES = {"val": (("val/acc", "held-out accuracy (HFRRF)"), ("val/format", "held-out think/answer layout rate")),
                     "train": (("train/reward/total/mean", "HFRRF reward (train)"),)}
@@ -354,7 +354,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, default=0, help="seed of the run (weights, data order, sampling)")
     ap.add_argument("--out", help="folder of the logs, models, PNGs and results.json (default: runs/demo; "
-                                  "runs/demo_<task> for --task detection and reasoning)")
+                                  "runs/demo_<task> for the other tasks)")
     ap.add_argument("--task", choices=list(TASKS), default="rec",
                     help="rec: one shape named by the prompt (VLM-R1); detection: every shape (Vision-R1's "
                          "localisation rewards); reasoning: count the shapes, thinking first (Vision-R1's cold start "
@@ -406,8 +406,10 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error(f"the no-PTST ablation drops {args.grpo_config}'s callbacks.PTST, and it has none; "
                  "give a GRPO config with PTST stages or --no-ptst-ablation")
     if args.task == "label_free":
-        if not args.judge_model and not os.path.isfile(args.judge_config):
+        if not os.path.isfile(args.judge_config):  # with --judge-model too: its data are the judge's held-out pairs
             ap.error(f"--judge-config {args.judge_config}: no such file (run from the repository root)")
+        if args.judge_think_tokens < 0:
+            ap.error(f"--judge-think-tokens {args.judge_think_tokens}: must be 0 (no reasoning) or a number of tokens")
         if args.judge_model and not os.path.isdir(args.judge_model):
             ap.error(f"--judge-model {args.judge_model}: no such directory (a save_pretrained judge)")
         if not judge_rewards(args.grpo_config, "http://127.0.0.1:0"):
@@ -462,13 +464,16 @@ def main(argv: list[str] | None = None) -> dict:
                             [f"--model.init_args.seed={1000 + args.seed}", *common, *judge_data_over,
                              *callbacks_override(args.judge_config, args.quiet)])
             judge_data = judge_cli.datamodule.synthetic_dir
-        else:
-            judge_data = f"{args.data_dir}_judge" if args.data_dir else synthetic_dir(args.judge_config)
+        else:  # the judge's data alone: the report measures it on their held-out pairs
+            judge_cli = LitVR1CLI(args=["--config", args.judge_config, *judge_data_over], run=False)
+            judge_cli.datamodule.prepare_data()
+            judge_data = judge_cli.datamodule.synthetic_dir
         times["judge_s"] = time.perf_counter() - t1
         t1 = time.perf_counter()
         with launch(judge_dir, "--think-tokens", str(args.judge_think_tokens), "--batch-size", str(JUDGE_BATCH)) as served:
             grpo_cli = fit(args.grpo_config, out, "grpo", args.seed,
                            [*grpo_over, *grpo_callbacks, *judge_rewards(args.grpo_config, served.url)])
+        judge_requests = sum(getattr(r, "attempts", 0) for r in grpo_cli.model.rewards)
     else:
         grpo_cli = fit(args.grpo_config, out, "grpo", args.seed, [*grpo_over, *grpo_callbacks])
     times["grpo_s"] = time.perf_counter() - t1
@@ -493,6 +498,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.task == "label_free":
         result = report_label_free(models, data.synthetic_dir, data.template, out, grpo_cli.model.eval_max_new_tokens,
                                    judge_dir, judge_data, args.judge_think_tokens)
+        result["judge"]["requests"] = judge_requests  # HTTP requests GRPO's reward made to the served judge
     elif args.task == "reasoning":
         result = report_reasoning(models, data.synthetic_dir, data.template, out, grpo_cli.model.eval_max_new_tokens,
                                   grpo_cli.datamodule.synthetic_dir)

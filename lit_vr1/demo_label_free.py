@@ -76,6 +76,8 @@ def verdicts(scorer: JudgeScorer, preds: list[AnswerPrediction]) -> dict[str, fl
              for p in shown]
     scores = scorer.score(items) if items else []
     right = [p.answer_ok for p in shown]
+    if not shown:
+        return {"agreement": float("nan"), "false_yes": float("nan"), "false_no": float("nan"), "answers": 0}
     stats = agreement(scores, right)
     return {"agreement": stats["agreement"], "false_yes": 1 - stats["no_right"] if not all(right) else 0.0,
             "false_no": 1 - stats["yes_right"] if any(right) else 0.0, "answers": len(shown)}

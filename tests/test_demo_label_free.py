@@ -104,13 +104,19 @@ def test_a_grpo_config_without_a_remote_judge_is_one_clear_error(tmp_path, capsy
     with pytest.raises(SystemExit):
         main(["--task", "label_free", "--judge-model", str(tmp_path / "nope"), "--out", str(tmp_path / "r")])
     assert f"--judge-model {tmp_path / 'nope'}: no such directory" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--task", "label_free", "--judge-think-tokens", "-2", "--out", str(tmp_path / "r")])
+    assert "--judge-think-tokens -2: must be 0" in capsys.readouterr().err and not (tmp_path / "r").exists()
 
 
 def _small(config: str, tmp_path: Path) -> Path:
-    """A copy of a demo config drawing 64 training and 4 held-out images (at most 2 steps)."""
+    """A copy of a demo config drawing 64 training and 4 held-out images (at most 2 steps); the
+    judge is asked about every completion (a 2-step cold start writes no <answer> block, and
+    the served judge would never be reached)."""
     text = (CONFIGS / config).read_text()
     text = text.replace("num_samples: 4000", "num_samples: 64").replace("num_val_samples: 200", "num_val_samples: 4")
     text = text.replace("max_steps: 1000", "max_steps: 2").replace("T_max: 1000", "T_max: 2")
+    text = text.replace("          batch_size: 40\n", "          batch_size: 40\n          answer_required: false\n")
     path = tmp_path / config
     path.write_text(text)
     return path
@@ -132,11 +138,21 @@ def test_the_label_free_demo_runs_end_to_end(tmp_path, capsys):
     # the GRPO data are questions only; the judge trained on pairs of its own images
     assert all(set(r) == {"id", "image", "problem"} for r in _lines(tmp_path / "data_grpo" / "train.jsonl"))
     assert len(_lines(tmp_path / "data_judge" / "train.jsonl")) == 128
-    # GRPO's reward came from the served judge: logged at both steps (answer-less completions score 0)
+    # GRPO's reward came from the served judge: logged at both steps, and asked over HTTP
     rows = read_metrics(str(out / "grpo"))
     assert len([r for r in rows if r.get("train/reward/reward_model/mean")]) == 2
     judge = result["judge"]
+    assert judge["requests"] >= 1
     assert judge["pairs"]["pairs"] == 8 and set(judge["on_answers"]) == {"sft", "grpo"}
     assert result["times"]["judge_s"] > 0 and (out / "answers.png").stat().st_size > 0
     printed = capsys.readouterr().out
     assert "judge: agrees with the labels on" in printed and "SFT control" in printed
+    # a judge given by --judge-model: no judge fit, its held-out pairs still drawn for the report
+    again = main(["--task", "label_free", "--seed", "3", "--out", str(tmp_path / "again"),
+                  "--data-dir", str(tmp_path / "data2"), "--sft-model", str(out / "sft_model"),
+                  "--judge-model", str(out / "judge_model"),
+                  "--sft-config", str(_small("sft_reasoning.yaml", tmp_path)),
+                  "--grpo-config", str(_small("grpo_label_free.yaml", tmp_path)),
+                  "--judge-config", str(_small("judge_label_free.yaml", tmp_path)), "--judge-think-tokens", "8",
+                  "--grpo-steps", "1", "--control-steps", "0", "--quiet"])
+    assert not (tmp_path / "again" / "judge_model").exists() and again["judge"]["pairs"]["pairs"] == 8

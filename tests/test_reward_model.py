@@ -276,6 +276,17 @@ def test_a_verdict_written_straight_after_the_reasoning_is_its_own_token(scorer)
         assert whole == tok(think, add_special_tokens=False).input_ids + tok(verdict, add_special_tokens=False).input_ids
 
 
+def test_a_tokenizer_that_merges_the_verdict_into_the_reasoning_is_warned_about(scorer):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the tiny tokenizer keeps "</think>" and "yes" apart: silent
+        JudgeScorer(scorer.model, processor=scorer.processor, think_tokens=4)
+    with pytest.warns(UserWarning, match=r"merges 't' with \['he'\]"):  # "the" is "th" + "e", not "t" + "he"
+        JudgeScorer(scorer.model, processor=scorer.processor, think_tokens=4, think_end="t", yes_token="he",
+                    no_token="n")
+
+
 def test_completions_without_an_answer_score_zero_and_never_reach_the_judge(images):
     shown: list[list[str]] = []
 

@@ -87,7 +87,7 @@ def judged(completions: list[str], contexts: list[SampleContext], answer_require
     keep = [i for i, c in enumerate(completions) if not answer_required or ANSWER_RE.search(c)]
     scores = judge(items_for([completions[i] for i in keep], [contexts[i] for i in keep])) if keep else []
     out = [0.0] * len(completions)
-    for i, value in zip(keep, scores):
+    for i, value in zip(keep, scores, strict=True):
         out[i] = value
     return out
 
@@ -164,9 +164,25 @@ class JudgeScorer:
         self.model.to(self.device).eval()
         self.yes_ids = self._token_ids(_as_words(yes_token))
         self.no_ids = self._token_ids(_as_words(no_token))
+        if self.think_tokens:
+            self._check_verdict_boundary(_as_words(yes_token) + _as_words(no_token))
         if set(self.yes_ids) & set(self.no_ids):
             raise ValueError(f"yes_token {yes_token!r} and no_token {no_token!r} share a first token "
                              f"under this tokenizer; choose other words")
+
+    def _check_verdict_boundary(self, words: list[str]) -> None:
+        """Warn when the tokenizer merges the end of the reasoning with a verdict word: then
+        ``...</think>yes`` in training puts the verdict inside a merged token, not after the
+        reasoning's own tokens, where :meth:`_after_thinking` reads it."""
+        tok = self.processor.tokenizer
+        end = tok(self.think_end, add_special_tokens=False).input_ids
+        merged = [w for w in words if tok(self.think_end + w, add_special_tokens=False).input_ids
+                  != end + tok(w, add_special_tokens=False).input_ids]
+        if merged:
+            warnings.warn(f"JudgeScorer: this tokenizer merges {self.think_end!r} with {merged}: a judge trained on "
+                          f"'{self.think_end}{merged[0]}' reads its verdict elsewhere than think_tokens does; put a "
+                          "separator the tokenizer keeps apart between them in the judge's training answers",
+                          stacklevel=3)
 
     def _token_ids(self, words: list[str]) -> list[int]:
         tok = self.processor.tokenizer
@@ -214,11 +230,12 @@ class JudgeScorer:
 
     def thoughts(self, generated: Tensor) -> list[str]:
         """The judge's reasoning of each row of ``generated`` (its greedy tokens): the text up
-        to and including the first ``think_end``, which is added when it is missing."""
+        to and including the first ``think_end``, which is added when it is missing, without
+        special tokens (:meth:`clean`: a spelled-out image token would break the next pass)."""
         out = []
         for text in self.processor.tokenizer.batch_decode(generated, skip_special_tokens=True):
             cut = text.find(self.think_end)
-            out.append(text[:cut + len(self.think_end)] if cut >= 0 else text.rstrip() + " " + self.think_end)
+            out.append(self.clean(text[:cut + len(self.think_end)] if cut >= 0 else text.rstrip() + " " + self.think_end))
         return out
 
     def _after_thinking(self, enc: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -234,7 +251,7 @@ class JudgeScorer:
         thoughts = [tok(t, add_special_tokens=False).input_ids for t in self.thoughts(generated)]
         # every per-token tensor (input ids, mask, the processor's token types) gets the reasoning's
         # tokens appended (text: 0 in all but the ids and the mask) and is left-padded again
-        per_token = [k for k, v in enc.items() if v.dim() == 2 and v.shape == enc["input_ids"].shape]
+        per_token = [k for k in ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids") if k in enc]
         keep = enc["attention_mask"].bool()
         longest = max(int(keep[i].sum()) + len(t) for i, t in enumerate(thoughts))
         out = dict(enc)
