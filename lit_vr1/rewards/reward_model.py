@@ -235,7 +235,8 @@ class JudgeScorer:
         out = []
         for text in self.processor.tokenizer.batch_decode(generated, skip_special_tokens=True):
             cut = text.find(self.think_end)
-            out.append(self.clean(text[:cut + len(self.think_end)] if cut >= 0 else text.rstrip() + " " + self.think_end))
+            body = text[:cut] if cut >= 0 else text.rstrip() + " "
+            out.append(self.clean(body) + self.think_end)  # the marker kept as written, an added token or not
         return out
 
     def _after_thinking(self, enc: dict[str, Tensor]) -> dict[str, Tensor]:
