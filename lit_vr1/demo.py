@@ -301,6 +301,17 @@ def report_detection(models: dict[str, str], data_dir: str, template: str, out: 
     return {**split, "curves_png": curves, "boxes_png": boxes}
 
 
+def answer_pictures(split: dict, samples, preds: dict, out: str, keys: dict, floor_label: str) -> dict[str, str]:
+    """``curves.png`` (SFT's and GRPO's curves ``keys`` beside the trivial answer's accuracy)
+    and ``answers.png`` (held-out images with the SFT and GRPO answers) of a counting demo."""
+    os.makedirs(out, exist_ok=True)
+    curves, answers = os.path.join(out, "curves.png"), os.path.join(out, "answers.png")
+    plot_curves(read_metrics(os.path.join(out, "sft")), read_metrics(os.path.join(out, "grpo")),
+                split["majority"]["accuracy"], curves, keys, floor_label=floor_label)
+    draw_answers(samples, preds["sft"], preds["grpo"], answers)
+    return {"curves_png": curves, "answers_png": answers}
+
+
 def report_reasoning(models: dict[str, str], data_dir: str, template: str, out: str, max_new_tokens: int,
                      grpo_data_dir: str | None = None) -> dict:
     """The reasoning demo's report (:mod:`lit_vr1.demo_reasoning`): held-out HFRRF accuracy,
@@ -318,14 +329,10 @@ def report_reasoning(models: dict[str, str], data_dir: str, template: str, out: 
     split, preds = score_reasoning(models, samples, majority, max_new_tokens)
     if truth is not None:
         split["teacher"] = teacher_accuracy(train, truth)
-    os.makedirs(out, exist_ok=True)
-    curves, answers = os.path.join(out, "curves.png"), os.path.join(out, "answers.png")
-    plot_curves(read_metrics(os.path.join(out, "sft")), read_metrics(os.path.join(out, "grpo")),
-                split["majority"]["accuracy"], curves, REASONING_CURVES, floor_label="majority answer")
-    draw_answers(samples, preds["sft"], preds["grpo"], answers)
+    pictures = answer_pictures(split, samples, preds, out, REASONING_CURVES, "majority answer")
     print_reasoning_table("held-out images", split)
-    print(f"wrote {curves} and {answers}")
-    return {**split, "curves_png": curves, "answers_png": answers}
+    print(f"wrote {pictures['curves_png']} and {pictures['answers_png']}")
+    return {**split, **pictures}
 
 
 def report_label_free(models: dict[str, str], data_dir: str, template: str, out: str, max_new_tokens: int,
@@ -339,15 +346,11 @@ def report_label_free(models: dict[str, str], data_dir: str, template: str, out:
     scorer = JudgeScorer(judge_dir, think_tokens=think_tokens, batch_size=JUDGE_BATCH)
     split["judge"] = {"pairs": pair_agreement(scorer, judge_data_dir),
                       "on_answers": {name: verdicts(scorer, preds[name]) for name in ("sft", "grpo")}}
-    os.makedirs(out, exist_ok=True)
-    curves, answers = os.path.join(out, "curves.png"), os.path.join(out, "answers.png")
-    plot_curves(read_metrics(os.path.join(out, "sft")), read_metrics(os.path.join(out, "grpo")),
-                split["majority"]["accuracy"], curves, LABEL_FREE_CURVES, floor_label="best constant answer")
-    draw_answers(samples, preds["sft"], preds["grpo"], answers)
+    pictures = answer_pictures(split, samples, preds, out, LABEL_FREE_CURVES, "best constant answer")
     print_reasoning_table("held-out images", split)
     print_judge(split)
-    print(f"wrote {curves} and {answers}")
-    return {**split, "curves_png": curves, "answers_png": answers}
+    print(f"wrote {pictures['curves_png']} and {pictures['answers_png']}")
+    return {**split, **pictures}
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -110,15 +110,14 @@ def test_a_grpo_config_without_a_remote_judge_is_one_clear_error(tmp_path, capsy
 
 
 def _small(config: str, tmp_path: Path) -> Path:
-    """A copy of a demo config drawing 64 training and 4 held-out images (at most 2 steps); the
-    judge is asked about every completion (a 2-step cold start writes no <answer> block, and
-    the served judge would never be reached)."""
-    text = (CONFIGS / config).read_text()
-    text = text.replace("num_samples: 4000", "num_samples: 64").replace("num_val_samples: 200", "num_val_samples: 4")
-    text = text.replace("max_steps: 1000", "max_steps: 2").replace("T_max: 1000", "T_max: 2")
-    text = text.replace("          batch_size: 40\n", "          batch_size: 40\n          answer_required: false\n")
-    path = tmp_path / config
-    path.write_text(text)
+    """The reasoning demo test's small copy of a demo config (64 training and 4 held-out images),
+    at most 2 steps; the judge is asked about every completion (a 2-step cold start writes no
+    <answer> block, and the served judge would never be reached)."""
+    from tests.test_demo_reasoning import _small as small
+
+    path = small(config, tmp_path)
+    text = path.read_text().replace("max_steps: 1000", "max_steps: 2").replace("T_max: 1000", "T_max: 2")
+    path.write_text(text.replace("          batch_size: 40\n", "          batch_size: 40\n          answer_required: false\n"))
     return path
 
 
