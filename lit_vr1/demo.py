@@ -466,11 +466,10 @@ def main(argv: list[str] | None = None) -> dict:
             judge_cli = fit(args.judge_config, out, "judge", args.seed,
                             [f"--model.init_args.seed={1000 + args.seed}", *common, *judge_data_over,
                              *callbacks_override(args.judge_config, args.quiet)])
-            judge_data = judge_cli.datamodule.synthetic_dir
         else:  # the judge's data alone: the report measures it on their held-out pairs
             judge_cli = LitVR1CLI(args=["--config", args.judge_config, *judge_data_over], run=False)
             judge_cli.datamodule.prepare_data()
-            judge_data = judge_cli.datamodule.synthetic_dir
+        judge_data = judge_cli.datamodule.synthetic_dir
         times["judge_s"] = time.perf_counter() - t1
         t1 = time.perf_counter()
         with launch(judge_dir, "--think-tokens", str(args.judge_think_tokens), "--batch-size", str(JUDGE_BATCH)) as served:

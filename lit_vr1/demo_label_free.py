@@ -72,13 +72,12 @@ def verdicts(scorer: JudgeScorer, preds: list[AnswerPrediction]) -> dict[str, fl
     gives the others 0 without asking): agreement with the truth, the share of wrong answers
     it says yes to (false_yes) and of right answers it says no to (false_no)."""
     shown = [p for p in preds if ANSWER_RE.search(p.completion)]
-    items = [ScoreItem(p.sample.messages[-1]["content"][-1]["text"], p.answer.strip(), p.sample.images[0])
-             for p in shown]
-    scores = scorer.score(items) if items else []
-    right = [p.answer_ok for p in shown]
     if not shown:
         return {"agreement": float("nan"), "false_yes": float("nan"), "false_no": float("nan"), "answers": 0}
-    stats = agreement(scores, right)
+    items = [ScoreItem(p.sample.messages[-1]["content"][-1]["text"], p.answer.strip(), p.sample.images[0])
+             for p in shown]
+    right = [p.answer_ok for p in shown]
+    stats = agreement(scorer.score(items), right)
     return {"agreement": stats["agreement"], "false_yes": 1 - stats["no_right"] if not all(right) else 0.0,
             "false_no": 1 - stats["yes_right"] if any(right) else 0.0, "answers": len(shown)}
 

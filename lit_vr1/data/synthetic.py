@@ -202,19 +202,16 @@ def write_synthetic(out_dir: str | Path, spec: SyntheticSpec, split: str = "trai
             file = f"{split}_{i:05d}.png"
             if spec.task == "rec":
                 img, name, box, question = make_sample(rng, spec)
-                record = _conversation(file, question, json.dumps([{"bbox_2d": list(box), "label": name}]))
+                records = [("", _conversation(file, question, json.dumps([{"bbox_2d": list(box), "label": name}])))]
             else:
                 img, placed = draw_shapes(rng, spec)
                 if split == "train" and spec.teacher_miss:
                     placed = teacher_view(placed, spec, teacher)
-                if spec.task == "judge":
-                    for tag, record in judge_records(spec, file, placed, wrong):
-                        f.write(json.dumps({"id": f"{split}-{i}-{tag}", **record}) + "\n")
-                    img.save(out / "images" / file)
-                    continue
-                record = task_record(spec, file, placed, labelled=split != "train")
+                records = (judge_records(spec, file, placed, wrong) if spec.task == "judge"
+                           else [("", task_record(spec, file, placed, labelled=split != "train"))])
             img.save(out / "images" / file)
-            f.write(json.dumps({"id": f"{split}-{i}", **record}) + "\n")
+            for tag, record in records:  # one per image; the judge task's two pairs carry a tag
+                f.write(json.dumps({"id": f"{split}-{i}" + (f"-{tag}" if tag else ""), **record}) + "\n")
     return path
 
 
@@ -231,6 +228,16 @@ def _conversation(file: str, question: str, answer: str) -> dict:
 
 
 COUNT_QUESTION = "<image>How many shapes are in the image?"
+
+
+def reading_order(placed: Placed) -> Placed:
+    """The shapes top to bottom, then left to right (by the box's top-left corner)."""
+    return sorted(placed, key=lambda p: (p[0][1], p[0][0]))
+
+
+def numbered_shapes(placed: Placed) -> str:
+    """The counting reasoning: ``<think> 1: red circle. 2: blue square. </think>``, in reading order."""
+    return "<think> " + " ".join(f"{i}: {c} {s}." for i, (_, c, s) in enumerate(reading_order(placed), 1)) + " </think>"
 
 
 def wrong_count(truth: int, spec: SyntheticSpec, rng: random.Random) -> int:
@@ -253,8 +260,7 @@ def judge_records(spec: SyntheticSpec, file: str, placed: Placed, rng: random.Ra
     from the drawing: the truth."""
     question = COUNT_QUESTION.removeprefix("<image>")
     ask = lambda answer: "<image>" + DEFAULT_JUDGE_PROMPT.format(question=question, answer=str(answer))
-    ordered = sorted(placed, key=lambda p: (p[0][1], p[0][0]))
-    think = "<think> " + " ".join(f"{i}: {colour} {shape}." for i, (_, colour, shape) in enumerate(ordered, 1)) + " </think>"
+    think = numbered_shapes(placed)
     truth = len(placed)
     return [("yes", _conversation(file, ask(truth), think + "yes")),
             ("no", _conversation(file, ask(wrong_count(truth, spec, rng)), think + "no"))]
@@ -264,7 +270,7 @@ def task_record(spec: SyntheticSpec, file: str, placed: Placed, labelled: bool =
     """The JSONL fields (without id) of a detection, vision_r1, count, reason or label_free
     sample; ``labelled``: a label_free sample keeps its true count (held-out splits)."""
     if spec.box_order == "reading" or spec.task == "reason":
-        placed = sorted(placed, key=lambda p: (p[0][1], p[0][0]))
+        placed = reading_order(placed)
     objects = [(f"{colour} {shape}", list(box)) for box, colour, shape in placed]
     if spec.task == "detection":
         names = ", ".join(sorted({name for name, _ in objects}))
@@ -278,6 +284,5 @@ def task_record(spec: SyntheticSpec, file: str, placed: Placed, labelled: bool =
     if spec.task == "count" or (spec.task == "label_free" and labelled):
         return _conversation(file, question, f"<answer> {len(objects)} </answer>")
     if spec.task == "reason":
-        steps = " ".join(f"{i}: {name}." for i, (name, _) in enumerate(objects, 1))
-        return _conversation(file, question, f"<think> {steps} </think> <answer> {len(objects)} </answer>")
+        return _conversation(file, question, f"{numbered_shapes(placed)} <answer> {len(objects)} </answer>")
     return {"image": file, "problem": question}
