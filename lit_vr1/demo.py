@@ -2,8 +2,10 @@
 
     python -m lit_vr1.demo [--task rec|detection|reasoning|label_free] [--seed 0] [--out runs/demo]
 
-1. ``lit-vr1 fit --config configs/sft_synthetic.yaml``  (saves ``OUT/sft_model``)
+1. ``lit-vr1 fit --config configs/sft_synthetic.yaml``  (saves ``OUT/sft_model``; its training
+   boxes are a simulated loose annotator's, ``data.synthetic.teacher_margin``)
 2. ``lit-vr1 fit --config configs/grpo_synthetic.yaml --model.init_args.model=OUT/sft_model``
+   (the same images; the IoU reward reads their true boxes)
 3. the control: more SFT from the same cold start (``--control-steps``, saves ``OUT/control_model``)
 4. the report: held-out Acc@0.5, mean IoU, format rate and box area ratio of the models by
    one and the same greedy evaluation, the best constant box as the floor, GRPO's paired
@@ -230,6 +232,21 @@ def score(models: dict[str, str], samples, const_box, max_new_tokens: int) -> tu
             "constant_box": {"box": const_box, "miou": floor}}, results
 
 
+def annotator_figures(taught: list, truth: list) -> dict:
+    """How good the SFT data's boxes are: the training boxes SFT reads (``taught``, e.g. a
+    loose annotator's) scored against the true boxes of the same images (``truth``, what
+    GRPO's reward reads), as the models are scored: Acc@0.5, mean IoU, area ratio."""
+    from torchvision.ops import box_iou
+
+    if len(taught) != len(truth):
+        raise ValueError(f"{len(taught)} SFT training boxes against {len(truth)} true ones: not the same images")
+    a, b = torch.tensor(taught, dtype=torch.float32), torch.tensor(truth, dtype=torch.float32)
+    ious = box_iou(a, b).diagonal()
+    area = lambda t: ((t[:, 2] - t[:, 0]) * (t[:, 3] - t[:, 1])).sum()
+    return {"images": len(truth), "acc50": float((ious > 0.5).float().mean()), "miou": float(ious.mean()),
+            "area_ratio": float(area(a) / area(b))}
+
+
 def print_table(title: str, split: dict) -> None:
     print(f"{title}: {split['held_out_images']} images (greedy decoding)")
     print(f"{'':14}{'Acc@0.5':>9}{'mean IoU':>10}{'format':>8}{'box area / truth':>18}")
@@ -238,6 +255,10 @@ def print_table(title: str, split: dict) -> None:
             f = split[name]
             print(f"{LABELS[name]:14}{f['acc50']:9.3f}{f['miou']:10.3f}{f['format']:8.3f}{f['area_ratio']:18.2f}")
     print(f"{'constant box':14}{'':9}{split['constant_box']['miou']:10.3f}")
+    if "annotator" in split:
+        f = split["annotator"]
+        print(f"SFT's training boxes against the truth ({f['images']} training images): Acc@0.5 {f['acc50']:.3f}, "
+              f"mean IoU {f['miou']:.3f}, box area / truth {f['area_ratio']:.2f}")
     for key, by_metric in split["gains"].items():
         for metric, g in by_metric.items():
             name = "mean IoU" if metric == "iou" else "Acc@0.5"
@@ -254,16 +275,23 @@ def held_out(data_dir: str, template: str) -> tuple[list, list]:
 
 
 def report(models: dict[str, str], data_dir: str, template: str, out: str, max_new_tokens: int = 40,
-           ood: dict[str, str] | None = None) -> dict:
+           ood: dict[str, str] | None = None, grpo_data_dir: str | None = None) -> dict:
     """Evaluate the saved models (``{"sft": dir, "grpo": dir}``, and ``"control"``: the same
     compute spent on more SFT) on the held-out split, and on each out-of-domain split of
     ``ood`` (``{shift: folder}``, see :mod:`lit_vr1.ood`); print the tables, draw the PNGs;
-    returns the figures. Gains are paired (the same images) with their standard errors."""
+    returns the figures. Gains are paired (the same images) with their standard errors. The
+    floor, the best constant box, is fitted on the true training boxes: GRPO's
+    (``grpo_data_dir``) where the SFT data hold a loose annotator's."""
     torch.manual_seed(0)
     samples, train = held_out(data_dir, template)
-    const_box, _ = best_constant_box([first_box(r.solution) for r in train],
-                                     [first_box(s.solution) for s in samples], samples[0].images[0].width)
+    taught = [first_box(r.solution) for r in train]
+    truth = taught
+    if grpo_data_dir and os.path.isfile(os.path.join(grpo_data_dir, "train.jsonl")):
+        truth = [first_box(r.solution) for r in held_out(grpo_data_dir, template)[1]]
+    const_box, _ = best_constant_box(truth, [first_box(s.solution) for s in samples], samples[0].images[0].width)
     split, results = score(models, samples, const_box, max_new_tokens)
+    if taught != truth:
+        split["annotator"] = annotator_figures(taught, truth)
     os.makedirs(out, exist_ok=True)
     curves, boxes = os.path.join(out, "curves.png"), os.path.join(out, "boxes.png")
     plot_curves(read_metrics(os.path.join(out, "sft")), read_metrics(os.path.join(out, "grpo")),
@@ -507,7 +535,8 @@ def main(argv: list[str] | None = None) -> dict:
     elif args.task == "detection":
         result = report_detection(models, data.synthetic_dir, data.template, out, grpo_cli.model.eval_max_new_tokens)
     else:
-        result = report(models, data.synthetic_dir, data.template, out, grpo_cli.model.eval_max_new_tokens, ood)
+        result = report(models, data.synthetic_dir, data.template, out, grpo_cli.model.eval_max_new_tokens, ood,
+                        grpo_cli.datamodule.synthetic_dir)
     times["report_s"] = time.perf_counter() - t3
     times["total_s"] = time.perf_counter() - t0
     result.update(task=args.task, seed=args.seed, times=times, sft_steps=None if args.sft_model else sft_cli.trainer.global_step,

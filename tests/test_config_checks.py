@@ -230,6 +230,8 @@ EXISTING = {
         background="noise"),
     "synthetic_teacher_valid": lambda mp: __import__("lit_vr1.data.synthetic", fromlist=["x"]).SyntheticSpec(
         task="reason", teacher_miss=-0.1),
+    "synthetic_teacher_margin_valid": lambda mp: __import__("lit_vr1.data.synthetic", fromlist=["x"]).SyntheticSpec(
+        teacher_margin=1.5),
     "ptst_stages_valid": lambda mp: __import__("callbacks", fromlist=["x"]).PTST(
         stages=[{"max_completion_length": 8, "num_generations": 1, "steps": 1}]),
     "trained_weights_float32": lambda mp: checks.check_master_weights(

@@ -4,13 +4,14 @@ evaluation on 200 held-out images; the reasoning demo on the same seeds and the 
 demo on seed 0 (at the end).
 
 They assert what a trivial policy cannot fake: the cold start beats the best constant box
-by a wide margin in mean IoU and in the strict metric (Acc@0.5); GRPO raises the reward it
-optimises on its own samples (the first and last 50 steps' mean IoU reward, on different
-rollouts of the same distribution of prompts) while its greedy boxes keep their quality
-(neither Acc@0.5 nor mean IoU falls by more than two paired standard errors) and their size
-(mean predicted area within 0.8-1.25x the truth's: no hedging with loose boxes). A bug that
-leaves everything running but nothing learning (log-probs shifted by a token, a mask over
-the prompt, a flipped advantage sign) fails here and nowhere else.
+(the majority answer) by a wide margin; GRPO raises the reward it optimises on its own
+samples (the first and last 50 steps' mean IoU reward, on different rollouts of the same
+distribution of prompts), and its greedy held-out answers beat both its start and the same
+start trained on more SFT (the control) in the strict metric (Acc@0.5, accuracy) beyond two
+paired standard errors, without hedging (boxes within 0.8-1.25x the truth's area; counts
+within 0.9-1.1x the truth's). A bug that leaves everything running but nothing learning
+(log-probs shifted by a token, a mask over the prompt, a flipped advantage sign) fails here
+and nowhere else.
 """
 
 from __future__ import annotations
@@ -35,25 +36,33 @@ def _reward_curve(out: Path) -> list[float]:
 
 @pytest.mark.learning
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_cold_start_clears_the_floor_and_grpo_learns_without_hedging(seed, tmp_path, monkeypatch):
+def test_rec_grpo_learns_past_its_loose_annotator_and_past_more_sft(seed, tmp_path, monkeypatch):
+    """The REC demo: the cold start, trained on a loose annotator's boxes, clears the best
+    constant box by 0.1 in mean IoU; GRPO, whose IoU reward reads the true boxes, raises
+    held-out mean IoU and Acc@0.5 beyond two paired standard errors over its start and over
+    the same start trained 600 more SFT steps on the annotator's boxes (the control), with
+    boxes of the true size (mean area within 0.8-1.25x the truth's, where the annotator's
+    are 1.96x) and the reward it optimises rising on its own samples."""
     monkeypatch.chdir(ROOT)  # the configs are repo-relative
     out = tmp_path / "run"
-    result = main(["--seed", str(seed), "--out", str(out), "--data-dir", str(tmp_path / "data"), "--quiet",
-                   "--control-steps", "0"])
-    print(json.dumps(result, indent=1))
+    result = main(["--seed", str(seed), "--out", str(out), "--data-dir", str(tmp_path / "data"), "--quiet"])
+    print(json.dumps({k: v for k, v in result.items() if k in ("sft", "grpo", "control", "constant_box", "gains", "times")},
+                     indent=1))
     sft, grpo, floor = result["sft"], result["grpo"], result["constant_box"]["miou"]
-    assert result["held_out_images"] == 200 and result["grpo_steps"] == 250
-    # a robust cold start: well above what one fixed box scores, and in the strict metric too
-    assert sft["format"] >= 0.95 and sft["miou"] >= floor + 0.1 and sft["acc50"] >= 0.5, (sft, floor)
+    assert result["held_out_images"] == 200 and result["grpo_steps"] == 250 and result["control_steps"] == 600
+    # a robust cold start: well above what one fixed box scores
+    assert sft["format"] >= 0.95 and sft["miou"] >= floor + 0.1, (sft, floor)
     # GRPO raises the reward it optimises on its own samples
     curve = _reward_curve(out)
     first, last = curve[:50], curve[-50:]
     se = (statistics.variance(first) / 50 + statistics.variance(last) / 50) ** 0.5
     assert statistics.mean(last) - statistics.mean(first) > 2 * se, (statistics.mean(first), statistics.mean(last), se)
-    # ... while its greedy answers keep their quality and their size
-    for metric in ("iou", "acc50"):
-        gain = result["gains"]["grpo_vs_sft"][metric]
-        assert gain["mean"] >= -2 * gain["se"], (metric, gain)  # unchanged answers (0, se 0) keep their quality
+    # ... and, greedy on held-out images, the strict metric and the mean over its start and over more SFT
+    for base in ("sft", "control"):
+        for metric in ("iou", "acc50"):
+            gain = result["gains"][f"grpo_vs_{base}"][metric]
+            assert gain["mean"] > 2 * gain["se"], (base, metric, gain)
+    # ... with boxes of the true size (no hedging), in the answer's format
     assert 0.8 <= grpo["area_ratio"] <= 1.25 and grpo["format"] >= 0.95, grpo
     assert (out / "curves.png").stat().st_size > 0 and (out / "boxes.png").stat().st_size > 0
 
