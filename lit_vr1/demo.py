@@ -309,12 +309,17 @@ def report(models: dict[str, str], data_dir: str, template: str, out: str, max_n
     return result
 
 
-def report_detection(models: dict[str, str], data_dir: str, template: str, out: str, max_new_tokens: int) -> dict:
+def report_detection(models: dict[str, str], data_dir: str, template: str, out: str, max_new_tokens: int,
+                     grpo_data_dir: str | None = None) -> dict:
     """The detection demo's report (:mod:`lit_vr1.demo_detection`): AP50, mAP, precision and
     recall at IoU 0.5 and the hedging checks of each model and of the constant-box policy
-    on the held-out split, GRPO's gains with their standard errors, and the PNGs."""
+    on the held-out split, GRPO's gains with their standard errors, and the PNGs. The
+    constant boxes are fitted on the true training boxes: GRPO's (``grpo_data_dir``) where
+    the SFT data hold a loose annotator's."""
     torch.manual_seed(0)
     samples, train = held_out(data_dir, template)
+    if grpo_data_dir and os.path.isfile(os.path.join(grpo_data_dir, "train.jsonl")):
+        train = held_out(grpo_data_dir, template)[1]
     const_box, _ = best_constant_box([b.box for r in train for b in solution_boxes(r.solution)],
                                      [b.box for s in samples for b in solution_boxes(s.solution)],
                                      samples[0].images[0].width)
@@ -533,7 +538,8 @@ def main(argv: list[str] | None = None) -> dict:
         result = report_reasoning(models, data.synthetic_dir, data.template, out, grpo_cli.model.eval_max_new_tokens,
                                   grpo_cli.datamodule.synthetic_dir)
     elif args.task == "detection":
-        result = report_detection(models, data.synthetic_dir, data.template, out, grpo_cli.model.eval_max_new_tokens)
+        result = report_detection(models, data.synthetic_dir, data.template, out, grpo_cli.model.eval_max_new_tokens,
+                                  grpo_cli.datamodule.synthetic_dir)
     else:
         result = report(models, data.synthetic_dir, data.template, out, grpo_cli.model.eval_max_new_tokens, ood,
                         grpo_cli.datamodule.synthetic_dir)

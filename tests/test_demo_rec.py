@@ -44,11 +44,29 @@ def test_only_the_training_boxes_are_the_loose_annotators(tmp_path):
     assert questions(loose) == questions(true)
 
 
+def test_the_detection_annotator_loosens_every_training_box(tmp_path):
+    base = {**BASE, "max_shapes": 2, "task": "detection", "num_samples": 20}
+    for folder, margin in (("loose", 0.2), ("true", 0.0)):
+        for split in ("train", "val"):
+            write_synthetic(tmp_path / folder, SyntheticSpec(teacher_margin=margin, **base), split)
+
+    def boxes(folder, split):
+        from lit_vr1.rewards.boxes import solution_boxes
+
+        return [sorted(b.box for b in solution_boxes(json.loads(line)["conversations"][1]["value"]))
+                for line in open(tmp_path / folder / f"{split}.jsonl")]
+    taught, truth = boxes("loose", "train"), boxes("true", "train")
+    assert sum(map(len, truth)) > 20  # some images hold two shapes
+    assert [sorted(loose_box(tuple(b), 0.2, 112) for b in image) for image in truth] == \
+        [[tuple(b) for b in image] for image in taught]
+    assert boxes("loose", "val") == boxes("true", "val")
+
+
 def test_teacher_margin_is_checked():
     with pytest.raises(ValueError, match=r"teacher_margin=-0.1 must be a fraction of the side in \[0, 1\]"):
         SyntheticSpec(teacher_margin=-0.1)
-    with pytest.raises(ValueError, match="teacher_margin is for task 'rec'"):
-        SyntheticSpec(task="detection", teacher_margin=0.1)
+    with pytest.raises(ValueError, match="teacher_margin is for the box tasks 'rec', 'detection', 'vision_r1'"):
+        SyntheticSpec(task="count", teacher_margin=0.1)
 
 
 def test_the_floor_is_fitted_on_the_true_training_boxes_not_the_loose_ones(tmp_path, tiny_qwen25):

@@ -28,6 +28,7 @@ RGB = {
 }
 SHAPES = ["circle", "square", "triangle"]
 TASKS = ("rec", "detection", "vision_r1", "count", "reason", "label_free", "judge")
+BOX_TASKS = ("rec", "detection", "vision_r1")  # the tasks whose answers are boxes
 DISTRACTORS = ("random", "confusable")
 BOX_ORDERS = ("drawn", "reading")
 BACKGROUNDS = ("gradient", "plain")
@@ -63,11 +64,11 @@ class SyntheticSpec:
     ``teacher_miss`` (never the only shape); held-out splits always hold the true counts.
     Cold-start reasoning is written by models, not read off the truth (Vision-R1 builds its
     cold-start set with a model pipeline), and this is the blind spot of such a teacher.
-    teacher_margin (task "rec", the train split only): the training boxes come from a
-    simulated loose annotator whose box is the shape's widened by this fraction of its side
-    on every side (clipped to the canvas; 0.15: 1.3x the side, 1.69x the area, IoU 0.59 with
-    the truth), the systematic error of boxes drawn quickly or read off a coarse detector;
-    held-out splits always hold the true boxes.
+    teacher_margin (tasks "rec", "detection" and "vision_r1", the train split only): the
+    training boxes come from a simulated loose annotator whose box is the shape's widened by
+    this fraction of its side on every side (clipped to the canvas; 0.2: 1.4x the side, 1.96x
+    the area, IoU 0.51 with the truth), the systematic error of boxes drawn quickly or read
+    off a coarse detector; held-out splits always hold the true boxes.
     """
 
     def __post_init__(self) -> None:
@@ -117,8 +118,9 @@ def synthetic_teacher_valid(spec: SyntheticSpec) -> str | None:
 def synthetic_teacher_margin_valid(spec: SyntheticSpec) -> str | None:
     if not 0.0 <= spec.teacher_margin <= 1.0:
         return f"data.synthetic.teacher_margin={spec.teacher_margin} must be a fraction of the side in [0, 1]"
-    if spec.teacher_margin and spec.task != "rec":
-        return f"data.synthetic.teacher_margin is for task 'rec' (the training boxes); task is {spec.task!r}"
+    if spec.teacher_margin and spec.task not in BOX_TASKS:
+        return (f"data.synthetic.teacher_margin is for the box tasks {', '.join(map(repr, BOX_TASKS))} "
+                f"(the training boxes); task is {spec.task!r}")
     return None
 
 
@@ -224,6 +226,8 @@ def write_synthetic(out_dir: str | Path, spec: SyntheticSpec, split: str = "trai
                 img, placed = draw_shapes(rng, spec)
                 if split == "train" and spec.teacher_miss:
                     placed = teacher_view(placed, spec, teacher)
+                if split == "train" and spec.teacher_margin:
+                    placed = [(loose_box(box, spec.teacher_margin, spec.canvas), colour, shape) for box, colour, shape in placed]
                 records = (judge_records(spec, file, placed, wrong) if spec.task == "judge"
                            else [("", task_record(spec, file, placed, labelled=split != "train"))])
             img.save(out / "images" / file)
