@@ -274,6 +274,14 @@ def held_out(data_dir: str, template: str) -> tuple[list, list]:
     return [val[i] for i in range(len(val))], train.records
 
 
+def true_training_records(grpo_data_dir: str | None, template: str) -> list | None:
+    """GRPO's training records (``grpo_data_dir/train.jsonl``: the true answers, where the SFT
+    data hold a teacher's traces or an annotator's boxes); None when there are none."""
+    if not (grpo_data_dir and os.path.isfile(os.path.join(grpo_data_dir, "train.jsonl"))):
+        return None
+    return JsonlDataset(os.path.join(grpo_data_dir, "train.jsonl"), os.path.join(grpo_data_dir, "images"), template).records
+
+
 def report(models: dict[str, str], data_dir: str, template: str, out: str, max_new_tokens: int = 40,
            ood: dict[str, str] | None = None, grpo_data_dir: str | None = None) -> dict:
     """Evaluate the saved models (``{"sft": dir, "grpo": dir}``, and ``"control"``: the same
@@ -285,9 +293,7 @@ def report(models: dict[str, str], data_dir: str, template: str, out: str, max_n
     torch.manual_seed(0)
     samples, train = held_out(data_dir, template)
     taught = [first_box(r.solution) for r in train]
-    truth = taught
-    if grpo_data_dir and os.path.isfile(os.path.join(grpo_data_dir, "train.jsonl")):
-        truth = [first_box(r.solution) for r in held_out(grpo_data_dir, template)[1]]
+    truth = [first_box(r.solution) for r in true_training_records(grpo_data_dir, template) or train]
     const_box, _ = best_constant_box(truth, [first_box(s.solution) for s in samples], samples[0].images[0].width)
     split, results = score(models, samples, const_box, max_new_tokens)
     if taught != truth:
@@ -318,8 +324,7 @@ def report_detection(models: dict[str, str], data_dir: str, template: str, out: 
     the SFT data hold a loose annotator's."""
     torch.manual_seed(0)
     samples, train = held_out(data_dir, template)
-    if grpo_data_dir and os.path.isfile(os.path.join(grpo_data_dir, "train.jsonl")):
-        train = held_out(grpo_data_dir, template)[1]
+    train = true_training_records(grpo_data_dir, template) or train
     const_box, _ = best_constant_box([b.box for r in train for b in solution_boxes(r.solution)],
                                      [b.box for s in samples for b in solution_boxes(s.solution)],
                                      samples[0].images[0].width)
@@ -354,10 +359,7 @@ def report_reasoning(models: dict[str, str], data_dir: str, template: str, out: 
     cold-start teacher's accuracy on the training images (its traces' counts against the
     true counts GRPO read from ``grpo_data_dir``), the PNGs."""
     samples, train = held_out(data_dir, template)
-    truth = None  # the true training counts (GRPO's data); the SFT data may hold a teacher's
-    if grpo_data_dir and os.path.isfile(os.path.join(grpo_data_dir, "train.jsonl")):
-        truth = JsonlDataset(os.path.join(grpo_data_dir, "train.jsonl"), os.path.join(grpo_data_dir, "images"),
-                             template).records
+    truth = true_training_records(grpo_data_dir, template)  # the true counts; the SFT data may hold a teacher's
     majority = majority_answer([r.solution for r in (truth or train)])
     split, preds = score_reasoning(models, samples, majority, max_new_tokens)
     if truth is not None:
