@@ -58,4 +58,4 @@ gpu-wheels: $(STAMP)
 	  --platform manylinux2014_x86_64 --platform any -d .whl -r benchmarks/gpu_wheels.txt
 
 clean:
-	rm -rf $(VENV) runs data/synthetic data/demo data/demo_rl data/demo_detection data/demo_reasoning data/demo_reasoning_rl data/demo_label_free_rl data/demo_label_free_judge
+	rm -rf $(VENV) runs data/synthetic data/demo data/demo_rl data/demo_detection data/demo_detection_rl data/demo_reasoning data/demo_reasoning_rl data/demo_label_free_rl data/demo_label_free_judge

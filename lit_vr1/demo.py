@@ -15,9 +15,10 @@
    split of :mod:`lit_vr1.ood` too (VLM-R1's in-domain vs out-of-domain comparison).
 
 ``--task detection`` (``make demo TASK=detection``) runs the same three fits from
-``configs/sft_detection.yaml`` and ``configs/grpo_detection.yaml`` (Vision-R1's localisation
-rewards) and reports COCO AP50 / mAP, precision and recall at IoU 0.5 and the hedging checks
-beside one constant box per named category (:mod:`lit_vr1.demo_detection`).
+``configs/sft_detection.yaml`` (a loose annotator's boxes, as for rec) and
+``configs/grpo_detection.yaml`` (Vision-R1's localisation rewards on the true boxes) and
+reports COCO AP50 / mAP, precision and recall at IoU 0.5 and the hedging checks beside one
+constant box per named category and the annotator's own figures (:mod:`lit_vr1.demo_detection`).
 
 ``--task reasoning`` (``make demo TASK=reasoning``) runs Vision-R1's cold start + PTST in
 miniature: ``configs/sft_reasoning.yaml`` (count the shapes, numbering them in ``<think>``
@@ -55,7 +56,7 @@ import yaml  # noqa: E402
 
 from lit_vr1.cli import LitVR1CLI  # noqa: E402
 from lit_vr1.data.jsonl import JsonlDataset  # noqa: E402
-from lit_vr1.demo_detection import draw_detections, paired_mean, print_detection_table, score_detection  # noqa: E402
+from lit_vr1.demo_detection import annotator_detections, draw_detections, paired_mean, print_detection_table, score_detection  # noqa: E402
 from lit_vr1.demo_label_free import pair_agreement, print_judge, verdicts  # noqa: E402
 from lit_vr1.demo_reasoning import (  # noqa: E402
     draw_answers,
@@ -321,14 +322,16 @@ def report_detection(models: dict[str, str], data_dir: str, template: str, out: 
     recall at IoU 0.5 and the hedging checks of each model and of the constant-box policy
     on the held-out split, GRPO's gains with their standard errors, and the PNGs. The
     constant boxes are fitted on the true training boxes: GRPO's (``grpo_data_dir``) where
-    the SFT data hold a loose annotator's."""
+    the SFT data hold a loose annotator's, whose own figures against the truth are reported."""
     torch.manual_seed(0)
-    samples, train = held_out(data_dir, template)
-    train = true_training_records(grpo_data_dir, template) or train
-    const_box, _ = best_constant_box([b.box for r in train for b in solution_boxes(r.solution)],
+    samples, taught = held_out(data_dir, template)
+    truth = true_training_records(grpo_data_dir, template) or taught
+    const_box, _ = best_constant_box([b.box for r in truth for b in solution_boxes(r.solution)],
                                      [b.box for s in samples for b in solution_boxes(s.solution)],
                                      samples[0].images[0].width)
     split, dets = score_detection(models, samples, const_box, max_new_tokens)
+    if truth is not taught and [r.solution for r in taught] != [r.solution for r in truth]:
+        split["annotator"] = annotator_detections([r.solution for r in taught], [r.solution for r in truth])
     os.makedirs(out, exist_ok=True)
     curves, boxes = os.path.join(out, "curves.png"), os.path.join(out, "boxes.png")
     plot_curves(read_metrics(os.path.join(out, "sft")), read_metrics(os.path.join(out, "grpo")),
@@ -414,6 +417,9 @@ def main(argv: list[str] | None = None) -> dict:
                     help="steps of the control: more SFT from the same cold start (the SFT config, its learning rate "
                          "decayed over these steps); 600 took 1.2-1.6x GRPO's wall time here for rec, 1.45x for detection; "
                          "0: no control")
+    ap.add_argument("--control-model", help="with --sft-model: skip the control's fit, report this save_pretrained "
+                                            "directory as the control (the OUT/control_model of the run whose "
+                                            "OUT/sft_model --sft-model names; --control-steps then only labels it)")
     ap.add_argument("--ood", default="", help="also evaluate on out-of-domain held-out splits: 'all' or comma-separated "
                                               f"names of {', '.join(SHIFTS)} (lit_vr1/ood.py); make demo TASK=ood sets 'all'")
     ap.add_argument("--ood-samples", type=int, default=200, help="images per out-of-domain split")
@@ -443,6 +449,14 @@ def main(argv: list[str] | None = None) -> dict:
     if ablation and not callbacks_override(args.grpo_config, False, drop=("callbacks.PTST",)):
         ap.error(f"the no-PTST ablation drops {args.grpo_config}'s callbacks.PTST, and it has none; "
                  "give a GRPO config with PTST stages or --no-ptst-ablation")
+    for flag in ("sft_model", "control_model"):
+        path = getattr(args, flag)
+        if path and not os.path.isdir(path):
+            ap.error(f"--{flag.replace('_', '-')} {path}: no such directory (a save_pretrained model)")
+    if args.control_model and not args.sft_model:
+        ap.error("--control-model is more SFT from a cold start: give that cold start with --sft-model too")
+    if args.control_model and not args.control_steps:
+        ap.error("--control-model with --control-steps 0: give the control's steps (they label it in the report)")
     if args.task == "label_free":
         if not os.path.isfile(args.judge_config):  # with --judge-model too: its data are the judge's held-out pairs
             ap.error(f"--judge-config {args.judge_config}: no such file (run from the repository root)")
@@ -521,7 +535,9 @@ def main(argv: list[str] | None = None) -> dict:
             [*grpo_over, *callbacks_override(args.grpo_config, args.quiet, drop=("callbacks.PTST",))])
         times["no_ptst_s"] = time.perf_counter() - t
         models["no_ptst"] = f"{out}/no_ptst_model"
-    if args.control_steps:
+    if args.control_model:
+        models["control"] = args.control_model
+    elif args.control_steps:
         t2 = time.perf_counter()
         steps = args.control_steps
         fit(args.sft_config, out, "control", args.seed,

@@ -136,6 +136,16 @@ def figures(d: Detections) -> dict[str, float]:
     return {**average_precision(d), **mean, **hedging(d)}
 
 
+def annotator_detections(taught: list[str], truth: list[str]) -> dict[str, float]:
+    """How good the SFT data's boxes are: the training answers SFT reads (``taught``, e.g. a
+    loose annotator's) scored against the true answers of the same images (``truth``, what
+    GRPO's rewards read), as the models are scored (AP50, mAP, precision, area ratio)."""
+    if len(taught) != len(truth):
+        raise ValueError(f"{len(taught)} SFT training answers against {len(truth)} true ones: not the same images")
+    d = Detections([solution_boxes(s) for s in taught], [solution_boxes(s) for s in truth])
+    return {"images": len(truth), **figures(d)}
+
+
 def gains(before: Detections, after: Detections) -> dict[str, dict[str, float]]:
     """AP50 and mAP gains (paired bootstrap SE), precision and recall gains (paired SE)."""
     b, a = image_scores(before), image_scores(after)
@@ -178,6 +188,10 @@ def print_detection_table(title: str, split: dict) -> None:
             f = split[name]
             print(f"{label:16}{f['ap50']:7.3f}{f['map']:7.3f}{f['precision']:9.3f}{f['recall']:8.3f}"
                   f"{f['boxes_per_object']:14.2f}{f['area_ratio']:12.2f}")
+    if "annotator" in split:
+        f = split["annotator"]
+        print(f"SFT's training boxes against the truth ({f['images']} training images): AP50 {f['ap50']:.3f}, "
+              f"mAP {f['map']:.3f}, prec@.5 {f['precision']:.3f}, area/truth {f['area_ratio']:.2f}")
     for key, by_metric in split["gains"].items():
         parts = ", ".join(f"{m} {g['mean']:+.3f} (SE {g['se']:.3f})" for m, g in by_metric.items())
         print(f"GRPO over {LABELS[key.removeprefix('grpo_vs_')]}: {parts}")

@@ -71,6 +71,35 @@ def test_the_report_scores_each_model_and_the_trivial_policy(tmp_path, tiny_qwen
     assert "constant boxes" in capsys.readouterr().out
 
 
+def test_the_annotators_boxes_are_scored_against_the_truth():
+    truth = json.dumps([{"bbox_2d": [10, 10, 30, 30], "label": RED}, {"bbox_2d": [50, 50, 60, 70], "label": BLUE}])
+    loose = json.dumps([{"bbox_2d": [8, 8, 32, 32], "label": RED}, {"bbox_2d": [40, 40, 70, 80], "label": BLUE}])
+    exact = dd.annotator_detections([truth], [truth])
+    assert exact["images"] == 1 and exact["ap50"] == pytest.approx(1.0) and exact["area_ratio"] == 1.0
+    f = dd.annotator_detections([loose], [truth])
+    assert f["precision"] == 0.5 and f["area_ratio"] == pytest.approx((24 * 24 + 30 * 40) / (400 + 200))
+    with pytest.raises(ValueError, match="not the same images"):
+        dd.annotator_detections([truth], [truth, truth])
+
+
+def test_the_report_of_a_loose_annotators_run_prints_its_figures(tmp_path, tiny_qwen25, capsys):
+    from lit_vr1.demo import report_detection
+
+    model, processor = tiny_qwen25
+    spec = SyntheticSpec(num_samples=8, canvas=112, min_shapes=1, max_shapes=2, min_size=28, max_size=48,
+                         task="detection", box_order="reading")
+    sft_data, grpo_data = tmp_path / "sft", tmp_path / "grpo"
+    write_synthetic(sft_data, SyntheticSpec(**{**vars(spec), "teacher_margin": 0.2}), "train")
+    write_synthetic(sft_data, SyntheticSpec(**{**vars(spec), "num_samples": 2}), "val")
+    write_synthetic(grpo_data, spec, "train")
+    model_dir = saved_model(model, processor, tmp_path / "model")
+    result = report_detection({"sft": model_dir, "grpo": model_dir}, str(sft_data), "plain", str(tmp_path / "out"),
+                              max_new_tokens=4, grpo_data_dir=str(grpo_data))
+    annotator = result["annotator"]
+    assert annotator["images"] == 8 and 1.3 < annotator["area_ratio"] <= 1.96 + 1e-6
+    assert "SFT's training boxes against the truth (8 training images)" in capsys.readouterr().out
+
+
 def test_reading_order_lists_boxes_top_to_bottom(tmp_path):
     spec = SyntheticSpec(num_samples=20, min_shapes=3, max_shapes=3, task="detection", box_order="reading")
     write_synthetic(tmp_path, spec)

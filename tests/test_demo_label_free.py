@@ -107,6 +107,14 @@ def test_a_grpo_config_without_a_remote_judge_is_one_clear_error(tmp_path, capsy
     with pytest.raises(SystemExit):
         main(["--task", "label_free", "--judge-think-tokens", "-2", "--out", str(tmp_path / "r")])
     assert "--judge-think-tokens -2: must be 0" in capsys.readouterr().err and not (tmp_path / "r").exists()
+    # a control model without its cold start, or one that is not there, stops before any fit
+    with pytest.raises(SystemExit):
+        main(["--task", "label_free", "--control-model", str(tmp_path), "--out", str(tmp_path / "r")])
+    assert "give that cold start with --sft-model" in capsys.readouterr().err and not (tmp_path / "r").exists()
+    with pytest.raises(SystemExit):
+        main(["--task", "label_free", "--sft-model", str(tmp_path), "--control-model", str(tmp_path / "nope"),
+              "--out", str(tmp_path / "r")])
+    assert f"--control-model {tmp_path / 'nope'}: no such directory" in capsys.readouterr().err
 
 
 def _small(config: str, tmp_path: Path) -> Path:
@@ -146,12 +154,14 @@ def test_the_label_free_demo_runs_end_to_end(tmp_path, capsys):
     assert result["times"]["judge_s"] > 0 and (out / "answers.png").stat().st_size > 0
     printed = capsys.readouterr().out
     assert "judge: agrees with the labels on" in printed and "SFT control" in printed
-    # a judge given by --judge-model: no judge fit, its held-out pairs still drawn for the report
+    # a judge given by --judge-model and a control by --control-model: neither fit again, both reported
     again = main(["--task", "label_free", "--seed", "3", "--out", str(tmp_path / "again"),
                   "--data-dir", str(tmp_path / "data2"), "--sft-model", str(out / "sft_model"),
-                  "--judge-model", str(out / "judge_model"),
+                  "--judge-model", str(out / "judge_model"), "--control-model", str(out / "control_model"),
                   "--sft-config", str(_small("sft_reasoning.yaml", tmp_path)),
                   "--grpo-config", str(_small("grpo_label_free.yaml", tmp_path)),
                   "--judge-config", str(_small("judge_label_free.yaml", tmp_path)), "--judge-think-tokens", "8",
-                  "--grpo-steps", "1", "--control-steps", "0", "--quiet"])
+                  "--grpo-steps", "1", "--control-steps", "2", "--quiet"])
     assert not (tmp_path / "again" / "judge_model").exists() and again["judge"]["pairs"]["pairs"] == 8
+    assert not (tmp_path / "again" / "control_model").exists() and "control_s" not in again["times"]
+    assert again["control"] == result["control"]  # the same model, the same held-out answers
