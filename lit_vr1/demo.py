@@ -56,7 +56,13 @@ import yaml  # noqa: E402
 
 from lit_vr1.cli import LitVR1CLI  # noqa: E402
 from lit_vr1.data.jsonl import JsonlDataset  # noqa: E402
-from lit_vr1.demo_detection import annotator_detections, draw_detections, paired_mean, print_detection_table, score_detection  # noqa: E402
+from lit_vr1.demo_detection import (  # noqa: E402
+    annotator_detections,
+    draw_detections,
+    paired_mean,
+    print_detection_table,
+    score_detection,
+)
 from lit_vr1.demo_label_free import pair_agreement, print_judge, verdicts  # noqa: E402
 from lit_vr1.demo_reasoning import (  # noqa: E402
     draw_answers,
@@ -330,8 +336,9 @@ def report_detection(models: dict[str, str], data_dir: str, template: str, out: 
                                      [b.box for s in samples for b in solution_boxes(s.solution)],
                                      samples[0].images[0].width)
     split, dets = score_detection(models, samples, const_box, max_new_tokens)
-    if truth is not taught and [r.solution for r in taught] != [r.solution for r in truth]:
-        split["annotator"] = annotator_detections([r.solution for r in taught], [r.solution for r in truth])
+    taught_answers, true_answers = [r.solution for r in taught], [r.solution for r in truth]
+    if taught_answers != true_answers:
+        split["annotator"] = annotator_detections(taught_answers, true_answers)
     os.makedirs(out, exist_ok=True)
     curves, boxes = os.path.join(out, "curves.png"), os.path.join(out, "boxes.png")
     plot_curves(read_metrics(os.path.join(out, "sft")), read_metrics(os.path.join(out, "grpo")),

@@ -34,9 +34,10 @@ ROOT = Path(__file__).resolve().parents[1]
 REASONING_SEED0: dict[str, Path] = {}
 
 
-def _reward_curve(out: Path) -> list[float]:
+def _reward_curve(out: Path, key: str = "train/reward/iou/mean") -> list[float]:
+    """The GRPO run's logged reward ``key`` per step (the REC demo's IoU reward by default)."""
     path = glob.glob(str(out / "grpo" / "version_*" / "metrics.csv"))[0]
-    return [float(r["train/reward/iou/mean"]) for r in csv.DictReader(open(path)) if r.get("train/reward/iou/mean")]
+    return [float(r[key]) for r in csv.DictReader(open(path)) if r.get(key)]
 
 
 @pytest.mark.learning
@@ -72,13 +73,6 @@ def test_rec_grpo_learns_past_its_loose_annotator_and_past_more_sft(seed, tmp_pa
     assert (out / "curves.png").stat().st_size > 0 and (out / "boxes.png").stat().st_size > 0
 
 
-def _stage_one_rewards(out: Path, first_stage_steps: int) -> list[float]:
-    """The detection GRPO run's total reward per step under the first thresholds (0.5 / 0.75)."""
-    path = glob.glob(str(out / "grpo" / "version_*" / "metrics.csv"))[0]
-    rewards = [float(r["train/reward/total/mean"]) for r in csv.DictReader(open(path)) if r.get("train/reward/total/mean")]
-    return rewards[:first_stage_steps]
-
-
 @pytest.mark.learning
 def test_detection_grpo_learns_past_its_loose_annotator(tmp_path, monkeypatch):
     """The detection demo (Vision-R1's localisation recipe in miniature) on seed 0: the cold
@@ -100,7 +94,7 @@ def test_detection_grpo_learns_past_its_loose_annotator(tmp_path, monkeypatch):
     assert result["held_out_images"] == 200 and result["grpo_steps"] == 450 and result["control_steps"] == 600
     assert sft["ap50"] >= floor["ap50"] + 0.08 and sft["precision"] >= floor["precision"] + 0.12, (sft, floor)
     # the summed reward under the first thresholds (steps 0-299): its first 50 steps against its last 50
-    curve = _stage_one_rewards(out, 300)
+    curve = _reward_curve(out, "train/reward/total/mean")[:300]
     first, last = curve[:50], curve[-50:]
     se = (statistics.variance(first) / 50 + statistics.variance(last) / 50) ** 0.5
     assert statistics.mean(last) - statistics.mean(first) > 2 * se, (statistics.mean(first), statistics.mean(last), se)
