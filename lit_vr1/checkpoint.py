@@ -125,8 +125,11 @@ def check_checkpoint_file(path: str) -> None:
     raise CheckpointError(f"checkpoint {path} {what}{hint}")
 
 
-# what torch.load raises for a missing, empty, cut-off or foreign file
-LOAD_ERRORS = (FileNotFoundError, RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError)
+# What torch.load may raise for a missing, empty, cut-off or foreign file: any exception, since a
+# file that is not a zip archive goes to torch's legacy unpickler, and arbitrary bytes there fail
+# with whatever the opcode they happen to spell trips on (IndexError, KeyError, struct.error, ...).
+# load_failure re-raises every failure of an intact file, so catching broadly hides nothing.
+LOAD_ERRORS = (Exception,)
 
 
 def load_failure(path: str, exc: BaseException) -> CheckpointError | None:

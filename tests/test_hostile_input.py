@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -164,7 +165,7 @@ def test_broken_checkpoints_are_named_with_the_newest_intact_one(tmp_path):
     torch.save({"global_step": 1, "w": torch.ones(2)}, good)
     empty, noise = tmp_path / "empty.ckpt", tmp_path / "last.ckpt"
     empty.write_bytes(b"")
-    noise.write_bytes(os.urandom(4096))
+    noise.write_bytes(random.Random(0).randbytes(4096))
     half = tmp_path / "half.ckpt"
     half.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     for path, what in ((empty, "is empty"), (noise, "is corrupt or incomplete"), (half, "is corrupt or incomplete")):
@@ -175,6 +176,21 @@ def test_broken_checkpoints_are_named_with_the_newest_intact_one(tmp_path):
             assert str(path) in message and what in message and str(good) in message
             assert "weights_only=False" not in message
     assert load_checkpoint_file(str(good))["global_step"] == 1
+
+
+def test_random_bytes_are_always_reported_as_a_broken_checkpoint(tmp_path):
+    """Bytes that are not a zip archive reach torch's legacy unpickler, where arbitrary noise fails
+    with whatever its opcodes trip on (IndexError, KeyError, struct.error, ...): every one of them
+    must come out as the one CheckpointError naming the file, never as a raw traceback."""
+    good = tmp_path / "step=1.ckpt"
+    torch.save({"global_step": 1}, good)
+    noise = tmp_path / "last.ckpt"
+    for seed in range(300):
+        noise.write_bytes(random.Random(seed).randbytes(64 + seed * 13))
+        for load in (load_checkpoint_file, AtomicCheckpointIO().load_checkpoint):
+            with pytest.raises(CheckpointError) as info:
+                load(str(noise))
+            assert str(noise) in str(info.value) and str(good) in str(info.value), seed
 
 
 def test_a_checkpoint_with_code_in_it_is_refused_without_unsafe_advice(tmp_path):
@@ -188,7 +204,7 @@ def test_a_checkpoint_with_code_in_it_is_refused_without_unsafe_advice(tmp_path)
 def test_cli_resume_from_a_corrupt_last_ckpt_is_one_message(tmp_path):
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
-    (ckpt / "last.ckpt").write_bytes(os.urandom(1000))
+    (ckpt / "last.ckpt").write_bytes(random.Random(1).randbytes(1000))
     proc = cli(tmp_path, f"--ckpt_path={ckpt / 'last.ckpt'}")
     assert proc.returncode == 2 and "is corrupt or incomplete" in proc.stderr
     assert "weights_only=False" not in proc.stderr and "Traceback" not in proc.stderr
