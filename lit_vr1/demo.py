@@ -422,8 +422,8 @@ def main(argv: list[str] | None = None) -> dict:
                                              "float32 weights, on CPU too); default: the config's")
     ap.add_argument("--control-steps", type=int, default=CONTROL_STEPS,
                     help="steps of the control: more SFT from the same cold start (the SFT config, its learning rate "
-                         "decayed over these steps); 600 took 1.2-1.6x GRPO's wall time here for rec, 0.56x for detection "
-                         "(its GRPO runs 450 steps); "
+                         "decayed over these steps); 600 took 1.2-1.6x GRPO's wall time here for rec, 0.65-0.69x for "
+                         "detection (its GRPO runs 450 steps); "
                          "0: no control")
     ap.add_argument("--control-model", help="with --sft-model: skip the control's fit, report this save_pretrained "
                                             "directory as the control (the OUT/control_model of the run whose "

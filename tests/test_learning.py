@@ -78,12 +78,11 @@ def test_detection_grpo_learns_past_its_loose_annotator(tmp_path, monkeypatch):
     """The detection demo (Vision-R1's localisation recipe in miniature) on seed 0: the cold
     start, trained on a loose annotator's boxes, clears one constant box per named category
     in AP50 and precision; GRPO, whose dual format + precision + recall rewards read the true
-    boxes, raises the summed reward on its own samples, and held-out AP50 and mAP beyond two
-    paired (bootstrap) standard errors over its start; over the same start trained 600 more
-    SFT steps on the annotator's boxes (the control) it raises mAP and precision at IoU 0.5
-    beyond two standard errors. It writes one box per object, and tighter ones than its start.
-    Not asserted, because not reached (README, "The detection demo"): AP50 over the control
-    beyond two standard errors, and boxes within 1.25x the true area."""
+    boxes, raises the summed reward on its own samples under the first thresholds, and
+    held-out AP50, mAP and precision at IoU 0.5 beyond two paired standard errors (bootstrap
+    for the APs) over its start and over the same start trained 600 more SFT steps on the
+    annotator's boxes (the control); it writes one box per object, and its matched boxes cover
+    0.8-1.25x the true area."""
     monkeypatch.chdir(ROOT)
     out = tmp_path / "run"
     result = main(["--task", "detection", "--seed", "0", "--out", str(out), "--data-dir", str(tmp_path / "data"),
@@ -93,17 +92,17 @@ def test_detection_grpo_learns_past_its_loose_annotator(tmp_path, monkeypatch):
     sft, grpo, floor = result["sft"], result["grpo"], result["constant"]
     assert result["held_out_images"] == 200 and result["grpo_steps"] == 450 and result["control_steps"] == 600
     assert sft["ap50"] >= floor["ap50"] + 0.08 and sft["precision"] >= floor["precision"] + 0.12, (sft, floor)
-    # the summed reward under the first thresholds (steps 0-299): its first 50 steps against its last 50
-    curve = _reward_curve(out, "train/reward/total/mean")[:300]
+    # the summed reward under the first thresholds (steps 0-224): its first 50 steps against its last 50
+    curve = _reward_curve(out, "train/reward/total/mean")[:225]
     first, last = curve[:50], curve[-50:]
     se = (statistics.variance(first) / 50 + statistics.variance(last) / 50) ** 0.5
     assert statistics.mean(last) - statistics.mean(first) > 2 * se, (statistics.mean(first), statistics.mean(last), se)
     gains = result["gains"]
-    for base, metrics in (("sft", ("ap50", "map", "precision")), ("control", ("map", "precision"))):
-        for metric in metrics:
+    for base in ("sft", "control"):
+        for metric in ("ap50", "map", "precision"):
             gain = gains[f"grpo_vs_{base}"][metric]
             assert gain["mean"] > 2 * gain["se"], (base, metric, gain)
-    assert 0.9 <= grpo["boxes_per_object"] <= 1.1 and grpo["area_ratio"] <= 0.85 * sft["area_ratio"], (grpo, sft)
+    assert 0.9 <= grpo["boxes_per_object"] <= 1.1 and 0.8 <= grpo["area_ratio"] <= 1.25, grpo
     assert (out / "curves.png").stat().st_size > 0 and (out / "boxes.png").stat().st_size > 0
 
 
