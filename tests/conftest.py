@@ -17,7 +17,13 @@ settings.load_profile("lit-vr1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# Two threads at most; under pytest-xdist (make test-learning: two workers) the cores are shared
+# out, one thread per worker on this 2-core machine, and the processes a test starts (the
+# label-free demo's judge server) inherit the same share.
+_threads = max(1, min(2, torch.get_num_threads()) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+torch.set_num_threads(_threads)
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    os.environ["OMP_NUM_THREADS"] = str(_threads)
 
 
 @pytest.fixture(scope="session")
