@@ -47,10 +47,10 @@ quickstart: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not learning"
 
-# the learning proofs in two pytest-xdist workers of one thread each (tests/test_learning.py's xdist groups:
-# REC + detection on one, reasoning + label-free on the other); -rP prints each test's figures
+# the learning proofs in two pytest processes of one thread each (tests/run_learning.py: REC + detection
+# in one, reasoning + label-free in the other); -rP prints each test's figures
 test-learning: $(STAMP)
-	$(BIN)/python -m pytest -q -m learning -n 2 --dist loadgroup -rP
+	$(BIN)/python tests/run_learning.py
 
 # The wheels benchmarks/gpu_check.sh installs on a lent GPU machine (Python 3.12, x86-64), into .whl/ (ignored):
 #   device run with carry [.whl] and command: bash benchmarks/gpu_check.sh

@@ -17,13 +17,9 @@ settings.load_profile("lit-vr1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
-# Two threads at most; under pytest-xdist (make test-learning: two workers) the cores are shared
-# out, one thread per worker on this 2-core machine, and the processes a test starts (the
-# label-free demo's judge server) inherit the same share.
-_threads = max(1, min(2, torch.get_num_threads()) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
-torch.set_num_threads(_threads)
-if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
-    os.environ["OMP_NUM_THREADS"] = str(_threads)
+# Two threads at most; LIT_VR1_TEST_THREADS sets another count (tests/run_learning.py: one per
+# learning shard, with OMP_NUM_THREADS for the processes a test starts, such as a judge server).
+torch.set_num_threads(int(os.environ.get("LIT_VR1_TEST_THREADS") or min(2, torch.get_num_threads())))
 
 
 @pytest.fixture(scope="session")

@@ -31,9 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # The reasoning demo's seed-0 cold start and control, once that test has made them: the label-free
 # demo trains the very same two models (configs/sft_reasoning.yaml, seed 0, 600 control steps), so
 # its test reuses them (about 220 s) where they exist and fits its own otherwise (run alone, -k).
-# `make test-learning` runs two pytest-xdist workers (--dist loadgroup): the REC and detection
-# tests on one, the reasoning and label-free tests on the other, in this file's order, so the
-# label-free test finds them in its own process. Each worker has one thread (tests/conftest.py).
+# `make test-learning` (tests/run_learning.py) runs two pytest processes of one thread each: the
+# REC and detection tests in one, the reasoning and label-free tests in the other, in this
+# file's order, so the label-free test finds them in its own process.
 REASONING_SEED0: dict[str, Path] = {}
 
 
@@ -44,7 +44,6 @@ def _reward_curve(out: Path, key: str = "train/reward/iou/mean") -> list[float]:
 
 
 @pytest.mark.learning
-@pytest.mark.xdist_group("rec_detection")
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_rec_grpo_learns_past_its_loose_annotator_and_past_more_sft(seed, tmp_path, monkeypatch):
     """The REC demo: the cold start, trained on a loose annotator's boxes, clears the best
@@ -78,7 +77,6 @@ def test_rec_grpo_learns_past_its_loose_annotator_and_past_more_sft(seed, tmp_pa
 
 
 @pytest.mark.learning
-@pytest.mark.xdist_group("rec_detection")
 def test_detection_grpo_learns_past_its_loose_annotator(tmp_path, monkeypatch):
     """The detection demo (Vision-R1's localisation recipe in miniature) on seed 0: the cold
     start, trained on a loose annotator's boxes, clears one constant box per named category
@@ -119,7 +117,6 @@ def test_detection_grpo_learns_past_its_loose_annotator(tmp_path, monkeypatch):
 
 
 @pytest.mark.learning
-@pytest.mark.xdist_group("reasoning_label_free")
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_reasoning_grpo_learns_past_its_teacher_and_past_more_sft(seed, tmp_path, monkeypatch):
     """The reasoning demo (Vision-R1's cold start + PTST in miniature, without its no-PTST
@@ -149,7 +146,6 @@ def test_reasoning_grpo_learns_past_its_teacher_and_past_more_sft(seed, tmp_path
 
 
 @pytest.mark.learning
-@pytest.mark.xdist_group("reasoning_label_free")
 def test_label_free_grpo_learns_from_the_judge_alone_past_more_sft(tmp_path, monkeypatch):
     """The label-free demo (R1V-Free in miniature) on seed 0: the reasoning demo's cold start
     clears the best constant answer; the judge, SFT'd on labelled pairs of other images,

@@ -1,0 +1,62 @@
+"""``make test-learning``: the learning proofs (``pytest -m learning``) in two pytest processes
+side by side, one thread each, their output interleaved line by line under a shard label.
+
+Two one-thread processes do more work per second on a 2-core CPU than one two-thread process
+(the tiny models' kernels do not keep two threads busy), and one thread per test, whatever the
+machine's cores, keeps a test's figures independent of where it runs. The shards are fixed
+(pytest-xdist's ``--dist loadgroup`` would do the grouping, but with pytest 9.2 it silently
+stops grouping: pytest-dev/pytest-xdist#1386): the REC and detection tests in one, the
+reasoning and label-free tests in the other, in ``tests/test_learning.py``'s order, so the
+label-free test finds the reasoning seed-0 models in its own process.
+
+    python tests/run_learning.py [more pytest arguments]
+
+Exit status: 0 when both shards pass, else the first failing shard's.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARDS = (
+    ("rec+detection", "test_rec_ or test_detection_"),
+    ("reasoning+label_free", "test_reasoning_ or test_label_free_"),
+)
+THREADS = "1"
+
+
+def _relay(label: str, stream, lock: threading.Lock) -> None:
+    for line in iter(stream.readline, ""):
+        with lock:
+            sys.stdout.write(f"[{label}] {line}")
+            sys.stdout.flush()
+
+
+def main(argv: list[str]) -> int:
+    env = dict(os.environ, LIT_VR1_TEST_THREADS=THREADS, OMP_NUM_THREADS=THREADS, PYTHONUNBUFFERED="1")
+    lock = threading.Lock()
+    procs, relays = [], []
+    for label, selection in SHARDS:
+        cmd = [sys.executable, "-m", "pytest", "-q", "-m", "learning", "-k", selection, "-rP", "-p", "no:cacheprovider",
+               *argv]
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        relay = threading.Thread(target=_relay, args=(label, proc.stdout, lock), daemon=True)
+        relay.start()
+        procs.append((label, proc))
+        relays.append(relay)
+    codes = []
+    for (_, proc), relay in zip(procs, relays):
+        codes.append(proc.wait())
+        relay.join()
+    for (label, _), code in zip(procs, codes):
+        print(f"{label}: {'passed' if code == 0 else f'FAILED (pytest exit status {code})'}")
+    return next((code for code in codes if code != 0), 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
