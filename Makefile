@@ -5,6 +5,7 @@
 VENV ?= .venv
 PYTHON ?= python3
 SEED ?= 0
+SEEDS ?= 0
 DEMO_OUT ?=
 TASK ?= rec
 # a TASK exported by the shell is not a demo choice: only `make demo TASK=...` picks one
@@ -44,13 +45,18 @@ demo: $(STAMP)
 quickstart: $(STAMP)
 	$(BIN)/lit-vr1 fit --config configs/quickstart.yaml
 
+# the fast checks in TEST_WORKERS pytest-xdist workers of one thread each (OMP_NUM_THREADS also for the
+# processes a test starts: a CLI fit, a notebook kernel, a judge server); TEST_WORKERS=0 runs them in one process
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not learning"
+	OMP_NUM_THREADS=1 LIT_VR1_TEST_THREADS=1 $(BIN)/python -m pytest -q -m "not learning" \
+	  $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist worksteal)
 
 # the learning proofs in two pytest processes of one thread each (tests/run_learning.py: REC + detection
-# in one, reasoning + label-free in the other); -rP prints each test's figures
+# in one, reasoning + label-free in the other), each task on seed 0; SEEDS=0,1,2 runs the REC and
+# reasoning tests on three seeds (about 1.7x the time); -rP prints each test's figures
 test-learning: $(STAMP)
-	$(BIN)/python tests/run_learning.py
+	LIT_VR1_LEARNING_SEEDS=$(SEEDS) $(BIN)/python tests/run_learning.py
 
 # The wheels benchmarks/gpu_check.sh installs on a lent GPU machine (Python 3.12, x86-64), into .whl/ (ignored):
 #   device run with carry [.whl] and command: bash benchmarks/gpu_check.sh

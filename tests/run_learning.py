@@ -10,7 +10,9 @@ reasoning and label-free tests in the other, in ``tests/test_learning.py``'s ord
 label-free test finds the reasoning seed-0 models in its own process.
 
     python tests/run_learning.py [more pytest arguments]
+    LIT_VR1_LEARNING_SEEDS=0,1,2 python tests/run_learning.py   # the REC and reasoning tests on 3 seeds
 
+Each test's line (``-v``) and figures (``-rP``) come as it ends; each shard's wall time at the end.
 Exit status: 0 when both shards pass, else the first failing shard's.
 """
 
@@ -20,6 +22,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,22 +32,29 @@ SHARDS = (("rec+detection", FIRST), ("reasoning+label_free", f"not ({FIRST})"))
 THREADS = "1"
 
 
-def _relay(label: str, stream, lock: threading.Lock) -> None:
+def _relay(label: str, stream, lock: threading.Lock, start: float, ended: dict[str, float]) -> None:
     for line in iter(stream.readline, ""):
         with lock:
             sys.stdout.write(f"[{label}] {line}")
             sys.stdout.flush()
+    ended[label] = time.monotonic() - start  # the shard's output closed: its pytest has ended
 
 
 def main(argv: list[str]) -> int:
+    seeds = os.environ.get("LIT_VR1_LEARNING_SEEDS") or "0"
+    if not all(part.strip().isdigit() for part in seeds.split(",")):
+        print(f"make test-learning: SEEDS={seeds!r} is not a list of seeds; write e.g. SEEDS=0,1,2", file=sys.stderr)
+        return 2
     env = dict(os.environ, LIT_VR1_TEST_THREADS=THREADS, OMP_NUM_THREADS=THREADS, PYTHONUNBUFFERED="1")
     lock = threading.Lock()
     procs, relays = [], []
+    start = time.monotonic()
+    ended: dict[str, float] = {}
     for label, selection in SHARDS:
-        cmd = [sys.executable, "-m", "pytest", "-q", "-m", "learning", "-k", selection, "-rP", "-p", "no:cacheprovider",
+        cmd = [sys.executable, "-m", "pytest", "-v", "-m", "learning", "-k", selection, "-rP", "-p", "no:cacheprovider",
                *argv]
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        relay = threading.Thread(target=_relay, args=(label, proc.stdout, lock), daemon=True)
+        relay = threading.Thread(target=_relay, args=(label, proc.stdout, lock, start, ended), daemon=True)
         relay.start()
         procs.append((label, proc))
         relays.append(relay)
@@ -53,7 +63,7 @@ def main(argv: list[str]) -> int:
         codes.append(proc.wait())
         relay.join()
     for (label, _), code in zip(procs, codes):
-        print(f"{label}: {'passed' if code == 0 else f'FAILED (pytest exit status {code})'}")
+        print(f"{label}: {'passed' if code == 0 else f'FAILED (pytest exit status {code})'} after {ended[label]:.0f} s")
     return next((code for code in codes if code != 0), 0)
 
 
