@@ -50,8 +50,8 @@ quickstart: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not learning"
 
-# the learning proofs in two pytest processes of one thread each (tests/run_learning.py: REC + detection
-# in one, reasoning + label-free in the other), each task on seed 0; SEEDS=0,1,2 runs the REC and
+# the learning proofs in three pytest processes of one thread each (tests/run_learning.py: REC, detection,
+# reasoning + label-free), each task on seed 0; SEEDS=0,1,2 runs the REC and
 # reasoning tests on three seeds (about 1.7x the time); -rP prints each test's figures
 test-learning: $(STAMP)
 	LIT_VR1_LEARNING_SEEDS=$(SEEDS) $(BIN)/python tests/run_learning.py

@@ -33,9 +33,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # The reasoning demo's seed-0 cold start and control, once that test has made them: the label-free
 # demo trains the very same two models (configs/sft_reasoning.yaml, seed 0, 600 control steps), so
 # its test reuses them (about 220 s) where they exist and fits its own otherwise (run alone, -k).
-# `make test-learning` (tests/run_learning.py) runs two pytest processes of one thread each: the
-# REC and detection tests in one, the reasoning and label-free tests in the other, in this
-# file's order, so the label-free test finds them in its own process.
+# `make test-learning` (tests/run_learning.py) runs three pytest processes of one thread each: the
+# REC tests, the detection test, and the reasoning and label-free tests, in this file's order,
+# so the label-free test finds them in its own process.
 REASONING_SEED0: dict[str, Path] = {}
 
 
