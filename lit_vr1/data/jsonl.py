@@ -440,9 +440,13 @@ def prompt_length(processor: Any, record: Record, template: str) -> int:
     if count is None:
         raise DataError(f"data.max_prompt_length: {type(processor).__name__} cannot count image tokens "
                         "(no _get_num_multimodal_tokens); leave data.max_prompt_length unset for this model")
+    from lit_vr1.models.families import find_family
+
     placeholder = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
     sizes = [upscaled_size(size) for size in record.image_sizes]
-    image_tokens = count(image_sizes=[(h, w) for w, h in sizes]).num_image_tokens
+    counted = count(image_sizes=[(h, w) for w, h in sizes])
+    family = find_family(processor)
+    image_tokens = family.images.placeholder_tokens(processor, counted) if family else counted.num_image_tokens
     return len(ids) - ids.count(placeholder) + sum(image_tokens)
 
 

@@ -58,6 +58,10 @@ class ImageInputs(Protocol):
     def set_pixel_bounds(self, processor: Any, min_pixels: int | None, max_pixels: int | None) -> None:
         """Bound the image size the processor resizes to (or say why it cannot)."""
 
+    def placeholder_tokens(self, processor: Any, counted: Any) -> list[int]:
+        """The tokens each image's placeholder becomes in the processor's text, from
+        ``processor._get_num_multimodal_tokens(image_sizes=...)`` (``counted``)."""
+
 
 @dataclass(frozen=True, eq=False)
 class Family:

@@ -79,6 +79,12 @@ class TileImages:
             out.append((cols * tw, rows * th))
         return out
 
+    def placeholder_tokens(self, processor: Any, counted: Any) -> list[int]:
+        """``<img>``, ``image_seq_length`` context tokens per tile, ``</img>``. Counted from the
+        tiles, not from ``num_image_tokens``: transformers 5.24 counted ``<img>``/``</img>`` in it,
+        5.25 no longer does."""
+        return [2 + int(processor.image_seq_length) * int(n) for n in counted.num_image_patches]
+
     def set_pixel_bounds(self, processor: Any, min_pixels: int | None, max_pixels: int | None) -> None:
         if min_pixels is None and max_pixels is None:
             return

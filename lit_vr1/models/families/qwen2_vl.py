@@ -34,6 +34,11 @@ class GridImages:
         patch = int(processor.image_processor.patch_size)
         return [(int(w) * patch, int(h) * patch) for _, h, w in inputs["image_grid_thw"].tolist()]
 
+    def placeholder_tokens(self, processor: Any, counted: Any) -> list[int]:
+        """One ``<|image_pad|>`` per merged patch (the ``<|vision_start|>``/``<|vision_end|>``
+        around it are the chat template's text, not the processor's)."""
+        return [int(n) for n in counted.num_image_tokens]
+
     def set_pixel_bounds(self, processor: Any, min_pixels: int | None, max_pixels: int | None) -> None:
         """qwen-vl-utils' convention: min_pixels <= h*w <= max_pixels after resizing."""
         if min_pixels is None and max_pixels is None:
