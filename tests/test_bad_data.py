@@ -134,6 +134,20 @@ def test_prompt_length_counts_image_tokens_as_the_processor_does(tmp_path, famil
         assert prompt_length(processor, r, ds.template) == enc["input_ids"].shape[1]
 
 
+def test_internvl_placeholder_counts_its_tiles_whatever_num_image_tokens_says():
+    """<img>, image_seq_length context tokens per tile, </img>: from the tile count, since
+    transformers 5.24's num_image_tokens counted <img>/</img> and 5.25's does not."""
+    from types import SimpleNamespace
+
+    from lit_vr1.models.families import INTERNVL, QWEN2_5_VL
+
+    processor = SimpleNamespace(image_seq_length=16)
+    for num_image_tokens in ([50, 18], [48, 16]):  # 5.24's count, 5.25's count
+        counted = SimpleNamespace(num_image_tokens=num_image_tokens, num_image_patches=[3, 1])
+        assert INTERNVL.images.placeholder_tokens(processor, counted) == [50, 18]
+    assert QWEN2_5_VL.images.placeholder_tokens(processor, SimpleNamespace(num_image_tokens=[4, 9])) == [4, 9]
+
+
 def test_prompts_over_max_prompt_length_are_refused_or_skipped_never_truncated(tmp_path):
     from lit_vr1.models.tiny import build_tiny
 
