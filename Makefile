@@ -45,10 +45,12 @@ demo: $(STAMP)
 quickstart: $(STAMP)
 	$(BIN)/lit-vr1 fit --config configs/quickstart.yaml
 
-# the fast checks, in one process (pytest-xdist's two workers took 654-674 s here against 1091 s, but one
-# run of them failed tests/test_bad_data.py's InternVL prompt-length check, which passes in this order)
+# the fast checks in TEST_WORKERS pytest-xdist workers of one thread each (OMP_NUM_THREADS=1 also for the
+# processes a test starts: a CLI fit, a notebook kernel, a judge server); TEST_WORKERS=0: in one process
+TEST_WORKERS ?= 2
+XDIST := $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist worksteal)
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not learning"
+	$(if $(XDIST),OMP_NUM_THREADS=1 LIT_VR1_TEST_THREADS=1) $(BIN)/python -m pytest -q -m "not learning" $(XDIST)
 
 # the learning proofs in three pytest processes of one thread each (tests/run_learning.py: REC, detection,
 # reasoning + label-free), each task on seed 0; SEEDS=0,1,2 runs the REC and
