@@ -36,6 +36,15 @@ SHARDS = (("rec", "test_rec_"), ("detection", "test_detection_"),
 THREADS = "1"
 
 
+def learning_seeds(text: str) -> list[int]:
+    """The seeds of the REC and reasoning learning tests, from ``LIT_VR1_LEARNING_SEEDS``
+    ("0,1,2"; empty: seed 0). ValueError for anything else."""
+    parts = [part.strip() for part in (text or "0").split(",")]
+    if not all(part.isdigit() for part in parts):
+        raise ValueError(f"SEEDS={text!r} is not a list of seeds; write e.g. SEEDS=0,1,2")
+    return [int(part) for part in parts]
+
+
 def _relay(label: str, stream, lock: threading.Lock, start: float, ended: dict[str, float]) -> None:
     for line in iter(stream.readline, ""):
         with lock:
@@ -45,9 +54,10 @@ def _relay(label: str, stream, lock: threading.Lock, start: float, ended: dict[s
 
 
 def main(argv: list[str]) -> int:
-    seeds = os.environ.get("LIT_VR1_LEARNING_SEEDS") or "0"
-    if not all(part.strip().isdigit() for part in seeds.split(",")):
-        print(f"make test-learning: SEEDS={seeds!r} is not a list of seeds; write e.g. SEEDS=0,1,2", file=sys.stderr)
+    try:
+        learning_seeds(os.environ.get("LIT_VR1_LEARNING_SEEDS", ""))
+    except ValueError as err:
+        print(f"make test-learning: {err}", file=sys.stderr)
         return 2
     env = dict(os.environ, LIT_VR1_TEST_THREADS=THREADS, OMP_NUM_THREADS=THREADS, PYTHONUNBUFFERED="1")
     lock = threading.Lock()

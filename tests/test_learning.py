@@ -3,7 +3,7 @@ cold-start SFT, then GRPO from it, under one and the same greedy evaluation on 2
 images; the detection demo, the reasoning demo and the label-free demo (at the end: it reuses
 the reasoning demo's seed-0 cold start and control, the very models it would train). Each runs
 on seed 0; the REC and reasoning tests also on seeds 1 and 2 with ``make test-learning
-SEEDS=0,1,2`` (environment ``LIT_VR1_LEARNING_SEEDS``): about 2.3x the time, too long for CI.
+SEEDS=0,1,2`` (environment ``LIT_VR1_LEARNING_SEEDS``): about 1.7x the work, too long for CI.
 
 They assert what a trivial policy cannot fake: the cold start beats the best constant box
 (the majority answer) by a wide margin; GRPO raises the reward it optimises on its own
@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from lit_vr1.demo import main
+from tests.run_learning import learning_seeds
 
 ROOT = Path(__file__).resolve().parents[1]
 # The reasoning demo's seed-0 cold start and control, once that test has made them: the label-free
@@ -39,18 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 REASONING_SEED0: dict[str, Path] = {}
 
 
-def _learning_seeds(text: str) -> list[int]:
-    """The seeds of the REC and reasoning tests, from ``LIT_VR1_LEARNING_SEEDS`` ("0,1,2")."""
-    try:
-        seeds = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        seeds = []
-    if not seeds or min(seeds) < 0:
-        raise pytest.UsageError(f"LIT_VR1_LEARNING_SEEDS={text!r}: expected comma-separated seeds such as 0,1,2")
-    return seeds
-
-
-SEEDS = _learning_seeds(os.environ.get("LIT_VR1_LEARNING_SEEDS") or "0")
+SEEDS = learning_seeds(os.environ.get("LIT_VR1_LEARNING_SEEDS", ""))
 
 
 def _reward_curve(out: Path, key: str = "train/reward/iou/mean") -> list[float]:
