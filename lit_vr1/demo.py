@@ -126,6 +126,8 @@ def plot_curves(sft_rows, grpo_rows, floor: float, path: str, keys: dict = REC_C
     for (key, label), marker in zip(keys["val"], "os"):
         x, y = series(sft_rows, key)
         a.plot(x, y, f"{marker}-", label=label)
+    if not any(series(rows, key)[0] for rows in (sft_rows, grpo_rows) for key, _ in keys["val"]):
+        a.text(0.5, 0.5, "no held-out curves:\nthe demo ran with --no-validation", ha="center", transform=a.transAxes)
     a.axhline(floor, color="grey", ls="--", label=f"{floor_label} ({floor:.2f})")
     a.set_title("SFT cold start")
     a.set_xlabel("optimiser step")
@@ -441,6 +443,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--judge-think-tokens", type=int, default=JUDGE_THINK_TOKENS,
                     help="--task label_free: the judge server's --think-tokens (its reasoning before the verdict)")
     ap.add_argument("--quiet", action="store_true", help="no progress bars or rollout tables")
+    ap.add_argument("--validation", action=argparse.BooleanOptionalAction, default=True,
+                    help="the configs' periodic held-out validation, the held-out curves of curves.png (default: on); "
+                         "--no-validation skips it in every fit: the models come out bit-identical (validation is "
+                         "greedy and draws no random numbers) and the report scores each of them all the same")
     args = ap.parse_args(argv)
     try:
         shifts = parse_shifts(args.ood)
@@ -478,6 +484,8 @@ def main(argv: list[str] | None = None) -> dict:
     out = (args.out or ("runs/demo" if args.task == "rec" else f"runs/demo_{args.task}")).rstrip("/")
     args.data_dir = args.data_dir.rstrip("/") if args.data_dir else None
     common = ["--trainer.enable_progress_bar=false"] if args.quiet else []
+    if not args.validation:  # no sanity check either: limit_val_batches=0 turns the validation loop off
+        common.append("--trainer.limit_val_batches=0")
     sft_data, grpo_data = [], []
     if args.data_dir:
         own = synthetic_dir(args.sft_config) != synthetic_dir(args.grpo_config)

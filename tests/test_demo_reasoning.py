@@ -156,3 +156,36 @@ def test_teacher_settings_are_checked():
         SyntheticSpec(task="reason", teacher_miss=1.5)
     with pytest.raises(ValueError, match="teacher_miss is for task 'reason'"):
         SyntheticSpec(task="rec", teacher_miss=0.5)
+
+
+def test_no_validation_trains_the_very_same_models_without_held_out_curves(tmp_path):
+    """--no-validation (what `make test-learning` runs) skips only the periodic held-out
+    validation: validation is greedy and draws no random numbers, so every fit's weights come
+    out bit-identical to a run that validates after every step."""
+    from lit_vr1.demo import main
+
+    configs = {}
+    for name in ("sft_reasoning.yaml", "grpo_reasoning.yaml"):
+        path = _small(name, tmp_path)
+        text = path.read_text().replace("val_check_interval: 250", "val_check_interval: 1")
+        text = text.replace("val_check_interval: 50", "val_check_interval: 1")
+        # a reward that varies over any completion, so that GRPO moves the weights after 3 SFT steps
+        path.write_text(text.replace("          mode: numeric\n",
+                                     "          mode: numeric\n      - class_path: lit_vr1.rewards.length.RepetitionPenalty\n"
+                                     "        init_args: {ngram_size: 1}\n"))
+        configs[name] = path
+    runs = {}
+    for flag in ("--validation", "--no-validation"):
+        out = tmp_path / flag.strip("-")
+        main(["--task", "reasoning", "--seed", "1", "--out", str(out), "--data-dir", str(tmp_path / "data"),
+              "--sft-config", str(configs["sft_reasoning.yaml"]), "--grpo-config", str(configs["grpo_reasoning.yaml"]),
+              "--sft-steps", "3", "--grpo-steps", "2", "--control-steps", "2", "--no-ptst-ablation", "--quiet", flag])
+        runs[flag] = out
+    for name in ("sft", "grpo", "control"):
+        weights = [(runs[flag] / f"{name}_model" / "model.safetensors").read_bytes() for flag in runs]
+        assert weights[0] == weights[1], name
+        held_out = [[r for r in dr_rows(runs[flag] / name) if r.get("val/acc")] for flag in runs]
+        assert len(held_out[0]) >= 2 and held_out[1] == [], (name, held_out)
+    model = {name: (runs["--validation"] / f"{name}_model" / "model.safetensors").read_bytes() for name in ("sft", "grpo")}
+    assert model["grpo"] != model["sft"]  # GRPO took steps, in both runs alike
+    assert (runs["--no-validation"] / "curves.png").stat().st_size > 0
