@@ -53,7 +53,8 @@ test: $(STAMP)
 	$(if $(XDIST),OMP_NUM_THREADS=1 LIT_VR1_TEST_THREADS=1) $(BIN)/python -m pytest -q -m "not learning" $(XDIST)
 
 # the learning proofs in three pytest processes of one thread each (tests/run_learning.py: REC, detection,
-# reasoning + label-free), each task on seed 0; SEEDS=0,1,2 runs the REC and
+# reasoning + label-free), each task's demo on seed 0 with --no-validation (the same models, no held-out
+# curves); SEEDS=0,1,2 runs the REC and
 # reasoning tests on three seeds (about 1.7x the time); -rP prints each test's figures
 test-learning: $(STAMP)
 	LIT_VR1_LEARNING_SEEDS=$(SEEDS) $(BIN)/python tests/run_learning.py
