@@ -125,7 +125,8 @@ def plot_curves(sft_rows, grpo_rows, floor: float, path: str, keys: dict = REC_C
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     for (key, label), marker in zip(keys["val"], "os"):
         x, y = series(sft_rows, key)
-        a.plot(x, y, f"{marker}-", label=label)
+        if x:  # none without validation (--no-validation)
+            a.plot(x, y, f"{marker}-", label=label)
     if not any(series(rows, key)[0] for rows in (sft_rows, grpo_rows) for key, _ in keys["val"]):
         a.text(0.5, 0.5, "no held-out curves:\nthe demo ran with --no-validation", ha="center", transform=a.transAxes)
     a.axhline(floor, color="grey", ls="--", label=f"{floor_label} ({floor:.2f})")
@@ -137,7 +138,8 @@ def plot_curves(sft_rows, grpo_rows, floor: float, path: str, keys: dict = REC_C
         b.plot(x, y, alpha=0.8, label=label)
     key, label = keys["val"][0]
     x, y = series(grpo_rows, key)
-    b.plot(x, y, "o-", label=label)
+    if x:
+        b.plot(x, y, "o-", label=label)
     b.axhline(floor, color="grey", ls="--", label=floor_label)
     b.set_title("GRPO from the SFT model")
     b.set_xlabel("optimiser step")
