@@ -32,6 +32,7 @@ from lit_vr1.checkpoint import (
     strict_last_checkpoint,
     use_atomic_checkpoints,
 )
+from lit_vr1.cli_errors import LitVR1ArgumentParser
 from lit_vr1.quiet import quiet_known_notices, step_progress_bar  # noqa: E402
 from lit_vr1.trl_names import misplaced_trl_flag  # noqa: E402
 
@@ -50,9 +51,10 @@ class LitVR1CLI(LightningCLI):
             subclass_mode_model=True,
             subclass_mode_data=True,
             auto_configure_optimizers=False,
+            parser_class=LitVR1ArgumentParser,  # parse errors as one message, not the usage and a nested dump
             save_config_kwargs={"overwrite": True},
             # no argparse abbreviations: --trainer.max_st=2 must not silently mean max_steps
-            parser_kwargs={"allow_abbrev": False,
+            parser_kwargs={"allow_abbrev": False, "prog": "lit-vr1",
                            **{c: {"allow_abbrev": False, "epilog": HELP_EPILOG} for c in self.subcommands()}},
             args=args,
             run=run,

@@ -1,0 +1,207 @@
+"""Command-line parse errors as one short message.
+
+jsonargparse answers a misspelled or ill-typed option with the whole usage (about 45 lines)
+and, for an option inside a class (``--model.grpo.num_generation=8``), a nested dump of
+every Union alternative it tried (``Does not validate against any of the Union subtypes``,
+``NestedArg(...)``): the one useful line is buried. :func:`condense` keeps the problem and
+the key it concerns, and offers the nearest known names:
+
+    model.grpo.num_generation: not an option of GRPOConfig; did you mean num_generations? (--model.grpo.help lists them)
+
+:class:`LitVR1ArgumentParser` prints that, a pointer to ``--help``, and exits 2; with
+``exit_on_error`` off (programmatic parsing) or jsonargparse's debug mode it behaves as before.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import inspect
+import re
+import sys
+from typing import NoReturn
+
+from lightning.pytorch.cli import LightningArgumentParser
+
+KEY_HEADER = re.compile(r'^Parser key "([^"]+)":\s*(.*)$')
+CLASS_HEADER = re.compile(r"^- Problem with given class_path '([^']+)':$")
+NOISE = re.compile(r"^(Does not validate against any of the Union subtypes|Subtypes: .*|Errors:|Given value type: .*"
+                   r"|- Expected a <class 'NoneType'>)$")
+NOT_ACCEPTED = re.compile(r"^Option '([^']+)' is not accepted$")
+WRONG_TYPE = re.compile(r"^Expected a (.+?)\. Got value: (.*)$")
+ALTERNATIVE = re.compile(r"^- Expected a (.+)$")
+UNRECOGNIZED = re.compile(r"^unrecognized arguments: (.+)$")
+# lit-vr1's classes with their own ``--<key>.help`` (lit_vr1.cli.HELP_KEYS)
+HELP_FOR = {"lit_vr1.config.GRPOConfig": "--model.grpo.help", "lit_vr1.models.lora.LoraSpec": "--model.lora.help",
+            "lit_vr1.models.tiny_parts.TinySpec": "--model.tiny_spec.help",
+            "lit_vr1.data.synthetic.SyntheticSpec": "--data.synthetic.help",
+            "lit_vr1.data.datamodule.GroundingDataModule": "--data.help", "lit_vr1.grpo.GRPOModule": "--model.help",
+            "lit_vr1.sft.SFTModule": "--model.help SFTModule"}
+
+
+@dataclasses.dataclass
+class Leaf:
+    """One problem in jsonargparse's nested message: the keys and class it sits under."""
+
+    keys: tuple[str, ...]
+    class_path: str | None
+    text: str
+    given: str | None = None
+
+
+def _leaves(message: str) -> list[Leaf]:
+    """The problems of a nested jsonargparse message, each with the ``Parser key`` headers and
+    the innermost ``class_path`` above it (by indentation); the None alternatives and the
+    Union bookkeeping are dropped."""
+    stack: list[tuple[int, str, str]] = []  # (indent, "key" | "class", value)
+    given: dict[tuple[str, ...], str] = {}
+    out: list[Leaf] = []
+    for raw in message.splitlines():
+        line = raw.strip()
+        if not line:
+            continue
+        indent = len(raw) - len(raw.lstrip())
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        keys = tuple(v for _, kind, v in stack if kind == "key")
+        classes = [v for _, kind, v in stack if kind == "class"]
+        header = KEY_HEADER.match(line)
+        if header:
+            stack.append((indent, "key", header.group(1)))
+            if header.group(2):  # 'Parser key "trainer.max_steps": Expected a ...' on one line
+                out.append(Leaf((*keys, header.group(1)), classes[-1] if classes else None, header.group(2)))
+            continue
+        cls = CLASS_HEADER.match(line)
+        if cls:
+            stack.append((indent, "class", cls.group(1)))
+            continue
+        if line.startswith("Given value: "):
+            given[keys] = line[len("Given value: "):]
+            continue
+        if NOISE.match(line):
+            continue
+        out.append(Leaf(keys, classes[-1] if classes else None, line))
+    for leaf in out:
+        leaf.given = given.get(leaf.keys)
+    return out
+
+
+def _class_options(class_path: str) -> list[str]:
+    """The option names a class accepts: a dataclass's fields, else its ``__init__``
+    parameters along the MRO (a subclass passing ``**kwargs`` up accepts its parents')."""
+    module, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(__import__(module, fromlist=[name]), name)
+    except (ImportError, AttributeError):
+        return []
+    if dataclasses.is_dataclass(cls):
+        return [f.name for f in dataclasses.fields(cls)]
+    names: list[str] = []
+    for klass in inspect.getmro(cls):
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        params = inspect.signature(init).parameters.values()
+        names += [p.name for p in params if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            break
+    return list(dict.fromkeys(names))
+
+
+def _did_you_mean(word: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(word, known, n=2, cutoff=0.6)
+    return f"; did you mean {' or '.join(close)}?" if close else ""
+
+
+def _path(keys: tuple[str, ...]) -> str:
+    return ".".join(k for part in keys for k in part.split(".") if k != "init_args")
+
+
+def _type_name(text: str) -> str:
+    """``<class 'int'>`` -> ``int``; other type texts unchanged."""
+    return re.sub(r"<class '(?:[\w.]*\.)?(\w+)'>", r"\1", text)
+
+
+LITERAL = re.compile(r"^typing\.Literal\[(.*)\]$")
+NO_ATTRIBUTE = re.compile(r"^module '([\w.]+)' has no attribute '(\w+)'$")
+
+
+def _expected(kinds: list[str]) -> str:
+    """``["int", "typing.Literal['a', 'b']", "typing.Literal['c']"]`` -> ``int or one of 'a', 'b', 'c'``."""
+    values = [v for k in kinds if (m := LITERAL.match(k)) for v in m.group(1).split(", ")]
+    others = [k for k in kinds if not LITERAL.match(k)]
+    return " or ".join(others + ([f"one of {', '.join(dict.fromkeys(values))}"] if values else []))
+
+
+def _module_hint(text: str) -> str:
+    """For ``module 'm' has no attribute 'X'`` (a misspelled class_path): the nearest names in m."""
+    missing = NO_ATTRIBUTE.match(text)
+    if not missing:
+        return ""
+    try:
+        module = __import__(missing.group(1), fromlist=["_"])
+    except ImportError:
+        return ""
+    return _did_you_mean(missing.group(2), [n for n in dir(module) if not n.startswith("_")])
+
+
+def condense(message: str, option_strings: list[str] = ()) -> str:
+    """One message for jsonargparse's parse error ``message``: each problem with the key it
+    concerns, alternatives close to a misspelled name (the class's options, or
+    ``option_strings`` for an unrecognized flag); an unstructured message comes back as is."""
+    unknown = UNRECOGNIZED.match(message.strip())
+    if unknown:
+        flags = unknown.group(1).split()
+        hints = [_did_you_mean(f.split("=", 1)[0], list(option_strings)) for f in flags if f.startswith("-")]
+        return message.strip() + "".join(h for h in hints if h)
+    leaves = _leaves(message)
+    if not leaves:
+        return message.strip()
+    lines: list[str] = []
+    alternatives: dict[str, list[str]] = {}
+    for leaf in leaves:
+        path = _path(leaf.keys)
+        short = leaf.class_path.rsplit(".", 1)[-1] if leaf.class_path else None
+        option = NOT_ACCEPTED.match(leaf.text)
+        wrong = WRONG_TYPE.match(leaf.text)
+        alternative = ALTERNATIVE.match(leaf.text)
+        if option and leaf.class_path:
+            name = option.group(1)
+            hint = HELP_FOR.get(leaf.class_path)
+            lines.append(f"{_path((*leaf.keys, name))}: not an option of {short}"
+                         f"{_did_you_mean(name, _class_options(leaf.class_path))}"
+                         + (f" ({hint} lists them)" if hint else ""))
+        elif wrong:
+            lines.append(f"{path}: expected {_type_name(wrong.group(1))}, got {wrong.group(2)!r}")
+        elif alternative:
+            alternatives.setdefault(path, []).append(_type_name(alternative.group(1)))
+            given = leaf.given
+            alternatives.setdefault(f"given:{path}", [given or ""])
+        else:
+            where = f"{path}: " if path else ""
+            lines.append(f"{where}{leaf.text}" + _module_hint(leaf.text)
+                         + (f" (class_path {leaf.class_path})" if leaf.class_path and
+                            leaf.class_path not in leaf.text else ""))
+    for path, kinds in alternatives.items():
+        if path.startswith("given:"):
+            continue
+        given = alternatives[f"given:{path}"][0]
+        lines.append(f"{path}: got {given!r}; expected {_expected(kinds)}")
+    return "\n  ".join(dict.fromkeys(lines))
+
+
+class LitVR1ArgumentParser(LightningArgumentParser):
+    """Lightning's parser whose parse errors print as :func:`condense`'s message and a
+    pointer to ``--help`` (exit 2), without the usage."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        from jsonargparse._common import debug_mode_active
+
+        if not self.exit_on_error or debug_mode_active():
+            super().error(message, ex)
+        parser = getattr(ex, "subcommand_parser", None) or self
+        flags = [s for action in parser._actions for s in action.option_strings if s.startswith("--")]
+        prog = parser.prog.replace(" [options]", "")
+        sys.stderr.write(f"lit-vr1: error: {condense(message, flags)}\n"
+                         f"({prog} --help lists every option)\n")
+        self.exit(2)

@@ -1,0 +1,100 @@
+"""Parse errors of the ``lit-vr1`` command print as one short message (lit_vr1/cli_errors.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from lit_vr1.cli import main
+from lit_vr1.cli_errors import condense
+
+# jsonargparse 4.53's messages, as it printed them for these command lines
+NESTED_OPTION = """Parser key "model":
+  Does not validate against any of the Union subtypes
+  Subtypes: [<class 'lightning.pytorch.core.module.LightningModule'>, <class 'NoneType'>]
+  Errors:
+    - Problem with given class_path 'lit_vr1.grpo.GRPOModule':
+        Parser key "grpo":
+          Does not validate against any of the Union subtypes
+          Subtypes: [<class 'lit_vr1.config.GRPOConfig'>, <class 'NoneType'>]
+          Errors:
+            - Problem with given class_path 'lit_vr1.config.GRPOConfig':
+                Option 'num_generation' is not accepted
+            - Expected a <class 'NoneType'>
+          Given value type: <class 'jsonargparse._util.NestedArg'>
+          Given value: NestedArg(key='num_generation', val='8')
+    - Expected a <class 'NoneType'>
+  Given value type: <class 'jsonargparse._util.NestedArg'>
+  Given value: NestedArg(key='grpo.num_generation', val='8')"""
+
+WRONG_TYPE = """Parser key "data":
+  Does not validate against any of the Union subtypes
+  Subtypes: [<class 'lightning.pytorch.core.datamodule.LightningDataModule'>, <class 'NoneType'>]
+  Errors:
+    - Problem with given class_path 'lit_vr1.data.datamodule.GroundingDataModule':
+        Parser key "batch_size":
+          Expected a <class 'int'>. Got value: x
+    - Expected a <class 'NoneType'>
+  Given value type: <class 'jsonargparse._util.NestedArg'>
+  Given value: NestedArg(key='batch_size', val='x')"""
+
+CHOICES = """Parser key "trainer.precision":
+  Does not validate against any of the Union subtypes
+  Subtypes: [typing.Literal[64, 32], typing.Literal['bf16-mixed', '32-true'], <class 'NoneType'>]
+  Errors:
+    - Expected a <class 'int'>
+    - Expected a typing.Literal['bf16-mixed', '32-true']
+    - Expected a typing.Literal['bf16']
+    - Expected a <class 'NoneType'>
+  Given value type: <class 'str'>
+  Given value: bf17"""
+
+MISSPELLED_CLASS = """Parser key "model":
+  Does not validate against any of the Union subtypes
+  Subtypes: [<class 'lightning.pytorch.core.module.LightningModule'>, <class 'NoneType'>]
+  Errors:
+    - Problem with given class_path 'lit_vr1.grpo.GRPOModul':
+        module 'lit_vr1.grpo' has no attribute 'GRPOModul'
+    - Expected a <class 'NoneType'>
+  Given value type: <class 'jsonargparse._util.NestedArg'>
+  Given value: NestedArg(key='class_path', val='lit_vr1.grpo.GRPOModul')"""
+
+
+def test_an_unknown_option_inside_a_class_is_named_by_its_key_with_the_nearest_options():
+    assert condense(NESTED_OPTION) == ("model.grpo.num_generation: not an option of GRPOConfig; did you mean "
+                                       "num_generations or num_iterations? (--model.grpo.help lists them)")
+
+
+def test_a_wrong_type_names_the_key_the_type_and_the_value():
+    assert condense(WRONG_TYPE) == "data.batch_size: expected int, got 'x'"
+
+
+def test_union_alternatives_become_one_list_of_what_is_accepted():
+    assert condense(CHOICES) == "trainer.precision: got 'bf17'; expected int or one of 'bf16-mixed', '32-true', 'bf16'"
+
+
+def test_a_misspelled_class_path_gets_the_nearest_name_in_its_module():
+    message = condense(MISSPELLED_CLASS)
+    assert message.startswith("model: module 'lit_vr1.grpo' has no attribute 'GRPOModul'; did you mean GRPOModule?")
+
+
+def test_unrecognized_flags_get_the_nearest_known_flags_and_other_messages_pass_through():
+    flags = ["--trainer.max_steps", "--trainer.min_steps", "--trainer.precision"]
+    assert condense("unrecognized arguments: --trainer.max_step=2", flags) == (
+        "unrecognized arguments: --trainer.max_step=2; did you mean --trainer.max_steps or --trainer.min_steps?")
+    assert condense("unrecognized arguments: --zzz", flags) == "unrecognized arguments: --zzz"
+    assert condense('Parser key "config": File does not exist: \'x.yaml\'') == "config: File does not exist: 'x.yaml'"
+
+
+@pytest.mark.parametrize("flag, expected", [
+    ("--model.grpo.num_generation=8", "did you mean num_generations"),
+    ("--model.init_args.grpo.num_generations=eight", "model.grpo.num_generations: expected int, got 'eight'"),
+    ("--trainer.max_step=2", "did you mean --trainer.max_steps"),
+])
+def test_the_command_prints_two_lines_without_usage_or_the_nested_dump(flag, expected, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--config", "configs/quickstart.yaml", flag])
+    err = capsys.readouterr().err
+    assert info.value.code == 2
+    assert expected in err and err.startswith("lit-vr1: error: ")
+    assert "usage:" not in err and "Union subtypes" not in err and "NestedArg" not in err
+    assert err.strip().splitlines()[-1] == "(lit-vr1 fit --help lists every option)" and len(err.strip().splitlines()) == 2
