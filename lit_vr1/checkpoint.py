@@ -247,6 +247,8 @@ def strict_last_checkpoint(trainer) -> None:
     resolve = connector._parse_ckpt_path
 
     def parse(state_fn, ckpt_path, model_provided, model_connected):
+        if ckpt_path is None and state_fn == "fit":
+            refuse_earlier_checkpoints(trainer)
         if ckpt_path == LAST_OR_NEW:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*there is no last checkpoint available.*")
@@ -261,6 +263,20 @@ def strict_last_checkpoint(trainer) -> None:
         return resolved
 
     connector._parse_ckpt_path = parse
+
+
+def refuse_earlier_checkpoints(trainer) -> None:
+    """A fresh fit (no ``--ckpt_path``) whose checkpoint folder already holds an earlier run's
+    checkpoints is an error: Lightning would save this run's as ``last-v1.ckpt`` beside the old
+    ``last.ckpt``, and every later ``validate``/``predict``/export of ``last.ckpt`` would read the
+    earlier run without a word. Nothing is deleted: the message says how to resume, move or clear."""
+    for folder in sorted({str(cb.dirpath) for cb in trainer.checkpoint_callbacks if getattr(cb, "dirpath", None)}):
+        found = sorted(f for f in os.listdir(folder) if f.endswith(".ckpt")) if os.path.isdir(folder) else []
+        if found:
+            listed = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+            raise CheckpointError(f"{folder} already holds an earlier run's checkpoints ({listed}): resume that run "
+                                  f"with --ckpt_path last, start this one in another folder with "
+                                  f"--trainer.default_root_dir=<dir>, or delete {folder}")
 
 
 def checkpoints_under_root(trainer) -> None:

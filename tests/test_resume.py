@@ -125,6 +125,21 @@ def test_sigkill_then_ckpt_path_last_continues_exactly(tmp_path):
           f"max |loss diff| {max(diffs)}")
 
 
+def test_a_fresh_fit_into_an_earlier_runs_checkpoints_is_refused_and_keeps_them(tmp_path):
+    """Without the refusal the second run would save last-v1.ckpt beside the first run's
+    last.ckpt, and every later use of last.ckpt would read the earlier run."""
+    data, ckpt = tmp_path / "data", tmp_path / "ckpt"
+    run(fit_command(tmp_path / "first", ckpt, data, "--trainer.max_steps=2"), tmp_path)
+    before = {p.name: p.read_bytes() for p in ckpt.iterdir()}
+    assert "last.ckpt" in before
+    proc = subprocess.run(fit_command(tmp_path / "second", ckpt, data, "--trainer.max_steps=2"), cwd=tmp_path,
+                          env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert f"{ckpt} already holds an earlier run's checkpoints (last.ckpt, step=1.ckpt, step=2.ckpt)" in proc.stderr
+    assert "--ckpt_path last" in proc.stderr and "Traceback" not in proc.stderr
+    assert {p.name: p.read_bytes() for p in ckpt.iterdir()} == before  # nothing written, nothing deleted
+
+
 # -- atomic writes ------------------------------------------------------------------------------
 class Boom(RuntimeError):
     pass
