@@ -41,7 +41,7 @@ demo: $(STAMP)
 	@test -n "$(filter $(TASK),rec ood detection reasoning label_free)" || { echo "make demo: TASK=$(TASK) is not a demo; choose rec, ood, detection, reasoning or label_free" >&2; exit 2; }
 	$(BIN)/python -m lit_vr1.demo --seed $(SEED) $(if $(DEMO_OUT),--out $(DEMO_OUT)) $(DEMO_TASK_$(TASK))
 
-# GRPO on a tiny random model after a short built-in cold start (configs/quickstart.yaml), about 2 minutes
+# GRPO on a tiny random model after a short built-in cold start (configs/quickstart.yaml), about a minute
 quickstart: $(STAMP)
 	$(BIN)/lit-vr1 fit --config configs/quickstart.yaml
 

@@ -33,7 +33,8 @@ from lit_vr1.checkpoint import (
     use_atomic_checkpoints,
 )
 from lit_vr1.cli_errors import LitVR1ArgumentParser
-from lit_vr1.quiet import quiet_known_notices, step_progress_bar  # noqa: E402
+from lit_vr1.log_dirs import new_log_dirs, remove_unused_log_dirs
+from lit_vr1.quiet import quiet_cli_notices, quiet_known_notices, step_progress_bar  # noqa: E402
 from lit_vr1.trl_names import misplaced_trl_flag  # noqa: E402
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -80,7 +81,7 @@ class LitVR1CLI(LightningCLI):
         user gives wins (Lightning applies the checkpoint's settings after parsing instead,
         silently dropping every ``--model.*`` flag, e.g. ``results_path``). A broken file is
         reported by name (:func:`~lit_vr1.checkpoint.load_checkpoint_file`)."""
-        argv = list(sys.argv[1:] if args is None else args)
+        argv = self._argv = list(sys.argv[1:] if args is None else args)
         subcommand = next((a for a in argv if a in self.subcommands()), None)
         ckpt_path = _flag_value(argv, "--ckpt_path")
         if subcommand and ckpt_path and Path(ckpt_path).is_file():
@@ -91,6 +92,22 @@ class LitVR1CLI(LightningCLI):
 
     def _parse_ckpt_path(self) -> None:
         """Done in :meth:`parse_arguments`, before the flags rather than over them."""
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        """Run it; a run that fails before logging a metric removes the log folder it made
+        (:mod:`lit_vr1.log_dirs`), so the next run's logs take its place."""
+        fresh = new_log_dirs(self.trainer)
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException:
+            remove_unused_log_dirs(fresh)
+            raise
+
+    def before_instantiate_classes(self) -> None:
+        """The loggers follow ``--trainer.default_root_dir`` (:func:`loggers_follow_root`)."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        loggers_follow_root(config, self._argv)
+        quiet_cli_notices(self.subcommand)
 
 
 # ``--<key>.help [NAME]``: the classes behind each configurable key (NAME picks among several)
@@ -159,6 +176,44 @@ def _flag_value(argv: list[str], flag: str) -> str | None:
         elif arg.startswith(flag + "="):
             value = arg.split("=", 1)[1]
     return value
+
+
+def _config_files_value(argv: list[str], keys: tuple[str, ...]):
+    """The value at ``keys`` in the YAML files given with ``--config`` (the last file that sets
+    it wins, as in parsing); None when none sets it or a file cannot be read."""
+    import yaml
+
+    value = None
+    for i, arg in enumerate(argv):
+        path = argv[i + 1] if arg == "--config" and i + 1 < len(argv) else arg.split("=", 1)[1] \
+            if arg.startswith("--config=") else None
+        if path is None:
+            continue
+        try:
+            with open(path) as f:
+                node = yaml.safe_load(f)
+        except (OSError, yaml.YAMLError):
+            continue
+        for key in keys:
+            node = node.get(key) if isinstance(node, dict) else None
+        value = node if node is not None else value
+    return value
+
+
+def loggers_follow_root(config, argv: list[str]) -> None:
+    """With ``--trainer.default_root_dir=D`` on the command line, each logger whose
+    ``save_dir`` is the config files' ``default_root_dir`` is saved under D as well, so that one
+    flag moves a run's checkpoints and its logs (``configs/quickstart.yaml`` writes both under
+    runs/quickstart). A logger set on the command line, or saving elsewhere, is left alone."""
+    root = _flag_value(argv, "--trainer.default_root_dir")
+    if root is None or any(a.startswith("--trainer.logger") for a in argv):
+        return
+    configured = _config_files_value(argv, ("trainer", "default_root_dir"))
+    loggers = config.get("trainer.logger") if configured is not None else None
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        save_dir = logger.get("init_args.save_dir") if hasattr(logger, "get") else None
+        if isinstance(save_dir, str) and os.path.normpath(save_dir) == os.path.normpath(str(configured)):
+            logger["init_args.save_dir"] = root
 
 
 def checkpoint_model_settings(path: str) -> dict | None:

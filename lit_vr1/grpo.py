@@ -49,6 +49,7 @@ class GRPOModule(VLMModule):
     """
 
     max_skips_in_a_row = 10  # skipped steps with no applied one between them before the fit stops
+    tied_rollouts_warning = 10  # rollouts in a row with every group tied before the fit warns (once)
 
     def __init__(self, rewards: list[Reward] | None = None, grpo: GRPOConfig | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -60,6 +61,7 @@ class GRPOModule(VLMModule):
         self.loop = RolloutUpdateLoop(self, self.config)
         self.skipped_steps = 0  # optimiser steps skipped for a non-finite loss or grad norm (whole run)
         self.skips_in_a_row = 0
+        self.tied_in_a_row = 0  # rollouts in a row whose every group tied (see warn_when_nothing_to_learn)
 
     def set_rollout_size(self, max_completion_length: int, num_generations: int) -> None:
         """Set the completion length and group size G of the next rollouts (PTST's stages),
@@ -226,6 +228,21 @@ class GRPOModule(VLMModule):
     def training_step(self, batch, batch_idx: int) -> None:
         stats = self.loop.run(batch)
         self.log("reward", stats["reward/total/mean"], prog_bar=True, logger=False, batch_size=len(batch))
+        self.warn_when_nothing_to_learn(stats["groups_tied_frac"], stats["reward/total/mean"])
+
+    def warn_when_nothing_to_learn(self, tied_frac: float, reward: float) -> None:
+        """Warn once when ``tied_rollouts_warning`` rollouts in a row had every group tied
+        (each prompt's G completions scored alike, ``train/groups_tied_frac`` 1): every
+        advantage is 0, so GRPO has no signal and the policy stays as it is. The usual cause
+        is a model that does not write the answer format yet (every reward 0)."""
+        self.tied_in_a_row = self.tied_in_a_row + 1 if tied_frac >= 1.0 else 0
+        if self.tied_in_a_row == self.tied_rollouts_warning:
+            rank_zero_warn(
+                f"the last {self.tied_in_a_row} rollouts had every group tied (each prompt's G completions got the same "
+                f"reward; mean reward {reward:.3f} at step {self.global_step}): every advantage is 0, so GRPO learns "
+                "nothing. A model that does not write the answer format scores 0 on every reward: start from a "
+                "cold start that writes it (callbacks.ColdStart, or an SFT'd model; LoRA on a random model does not "
+                "learn it), or give the rewards partial credit, or raise model.grpo.temperature / num_generations")
 
     # -- checkpoints: the skipped-step count survives a resume -----------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -304,12 +304,21 @@ class VLMModule(LightningModule):
             self._write_results(split, {"acc50": float(out["acc50"]), "miou": float(out["miou"]),
                                         "format": None if fmt is None else float(fmt), "n": int(out["n"])})
 
+    def _evaluated_step(self) -> int:
+        """The optimiser step of the weights evaluated: the fit's own step while training; the
+        checkpoint's under ``validate`` / ``test --ckpt_path`` (Lightning restores its step
+        counter for a fit only, so ``global_step`` reads 0 there)."""
+        if self.trainer.state.fn != "fit" and getattr(self, "_checkpoint_step", None) is not None:
+            return self._checkpoint_step
+        return int(self.global_step)
+
     @rank_zero_only
     def _write_results(self, split: str, metrics: dict) -> None:
         """Append this evaluation to ``results_path`` (a JSON list, one entry per evaluation)."""
         path = self.results_path
         runs = json.load(open(path)) if os.path.isfile(path) else []
-        runs.append({"split": split, "step": int(self.global_step), "model": self.model_name, **metrics})
+        runs.append({"split": split, "step": self._evaluated_step(), "model": self.model_name,
+                     "ckpt_path": self.trainer.ckpt_path, **metrics})
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(path, "w") as f:
             json.dump(runs, f, indent=1)
@@ -354,6 +363,7 @@ class VLMModule(LightningModule):
         if trainer is not None and trainer.state.fn == "fit":  # a resume: the same model, or an error
             refuse_foreign_resume("model", setting_differences(checkpoint.get("hyper_parameters") or {}, dict(self.hparams),
                                                                MODEL_IDENTITY, "model"))
+        self._checkpoint_step = checkpoint.get("global_step")
         self._rng_to_restore = None
         states = checkpoint.get(RNG_KEY)
         trainer = self._trainer

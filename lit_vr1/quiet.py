@@ -13,7 +13,18 @@ better (each with the reason), so that what is left on the screen is worth readi
   nothing, hence the notice; the CSV logger writes every step anyway.
 * "isinstance(treespec, LeafSpec) is deprecated": Lightning's own call into torch's pytree
   API, nothing a user can change.
+* "`is_gradient_checkpointing` is deprecated": peft's call into transformers when it wraps
+  a model for LoRA, nothing a user can change.
 * Lightning's "Tip: ... litlogger / litmodels" advertisements.
+
+Under the ``lit-vr1`` command only (:func:`quiet_cli_notices`), where lit-vr1 knows more:
+
+* "Checkpoint directory ... exists and is not empty": the CLI refuses a fresh fit into a
+  folder holding an earlier run's checkpoints (``lit_vr1/checkpoint.py``), so a fit finds
+  one there only when it resumes from it, which is what the folder is for.
+* "Be aware that when using `ckpt_path`, callbacks used to create the checkpoint need to be
+  provided": said by ``validate``, ``test`` and ``predict``, which restore no callback
+  state; kept for ``fit``, whose resume does.
 """
 
 from __future__ import annotations
@@ -29,7 +40,10 @@ NOTICES = (
     r".*your dataloader is not resumable",
     r"The number of training batches \(\d+\) is smaller than the logging interval",
     r".*isinstance\(treespec, LeafSpec\)` is deprecated",
+    r"`is_gradient_checkpointing` is deprecated",
 )
+CLI_NOTICES = (r"Checkpoint directory .* exists and is not empty",)
+EVALUATION_NOTICES = (r"Be aware that when using `ckpt_path`, callbacks used to create the checkpoint",)
 
 
 class _DropTips(logging.Filter):
@@ -50,6 +64,12 @@ def quiet_known_notices() -> None:
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logging.getLogger(name).addFilter(_DropTips())
     _installed = True
+
+
+def quiet_cli_notices(subcommand: str | None) -> None:
+    """The notices the ``lit-vr1`` command makes moot (see the module docstring)."""
+    for pattern in CLI_NOTICES + (EVALUATION_NOTICES if subcommand in ("validate", "test", "predict") else ()):
+        warnings.filterwarnings("ignore", message=pattern)
 
 
 class StepProgressBar(RichProgressBar):

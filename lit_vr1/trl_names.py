@@ -8,9 +8,10 @@ from __future__ import annotations
 TRL_NAMES: dict[str, tuple[tuple[str, ...], str]] = {
     "max_prompt_length": (("data.max_prompt_length",),
                           "--data.max_prompt_length=N (a longer prompt is refused or skipped, never truncated)"),
-    "learning_rate": ((), "the optimiser's lr: --model.optimizer.init_args.lr=1e-6 (YAML: model.init_args.optimizer: "
-                          "{class_path: torch.optim.AdamW, init_args: {lr: 1e-6}}; TRL's default is 1e-6, ours 1e-5)"),
-    "max_grad_norm": ((), "--model.grpo.gradient_clip_val=1.0"),
+    "learning_rate": ((), "the optimiser's lr: --model.optimizer.init_args.lr={value} (YAML: model.init_args.optimizer: "
+                          "{class_path: torch.optim.AdamW, init_args: {lr: {value}}}; TRL's default is 1e-6, "
+                          "ours 1e-5)"),
+    "max_grad_norm": ((), "--model.grpo.gradient_clip_val={value}"),
     "per_device_train_batch_size": ((), "--model.grpo.micro_batch_size (completions per forward/backward); prompts "
                                         "per rollout and process are --data.batch_size, each with G completions"),
     "gradient_accumulation_steps": ((), "--model.grpo.mini_batch_size (completions per optimiser step) with "
@@ -25,12 +26,14 @@ TRL_NAMES: dict[str, tuple[tuple[str, ...], str]] = {
     "save_steps": ((), "ModelCheckpoint's every_n_train_steps in trainer.callbacks"),
     "bf16": ((), "--trainer.precision=bf16-mixed (weights stay float32: --model.dtype=float32)"),
 }
+# the value a hint shows when the flag came without one ({value} in a hint is the user's own)
+EXAMPLE_VALUES = {"learning_rate": "1e-6", "max_grad_norm": "1.0"}
 
 
 def misplaced_trl_flag(argv: list[str]) -> str | None:
     """A message for the first flag of ``argv`` that names a TRL setting where lit-vr1 does
     not take it (``--model.grpo.max_prompt_length``), saying where it lives; else None."""
-    for arg in argv:
+    for i, arg in enumerate(argv):
         if not arg.startswith("--"):
             continue
         key = arg[2:].split("=", 1)[0].replace(".init_args.", ".").replace(".dict_kwargs.", ".")
@@ -39,5 +42,8 @@ def misplaced_trl_flag(argv: list[str]) -> str | None:
             continue
         valid, hint = TRL_NAMES[name]
         if key not in valid and not key.startswith("model.optimizer."):
+            value = arg.split("=", 1)[1] if "=" in arg else (
+                argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith("--") else None)
+            hint = hint.replace("{value}", value or EXAMPLE_VALUES.get(name, ""))
             return f"--{arg[2:].split('=', 1)[0]}: TRL's {name} is not a lit-vr1 option there; use {hint}"
     return None

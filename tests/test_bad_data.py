@@ -56,13 +56,13 @@ BAD_AT_BUILD = [
     (rec(9, human="<image>   "), r"data\.jsonl:2: field 'conversations' \(human turn\) is empty"),
     (vr1(9, [], problem=" "), r"data\.jsonl:2: field 'problem' is empty"),
     (rec(9, gpt="[5, 5, 5, 20]"),
-     r"data\.jsonl:2: field 'conversations' \(gpt turn\) box 0 \[5\.0, 5\.0, 5\.0, 20\.0\] has no area"),
+     r"data\.jsonl:2: field 'conversations' \(gpt turn\) box 1 \[5\.0, 5\.0, 5\.0, 20\.0\] has no area"),
     (rec(9, gpt='<answer>[{"bbox_2d": [1, 2, 300, 20], "label": "sq"}]</answer>'),
-     r"data\.jsonl:2: field 'conversations' \(gpt turn\) box 0 .* lies outside the 40x30 image \(by more than 1 px\)"),
+     r"data\.jsonl:2: field 'conversations' \(gpt turn\) box 1 .* lies outside the 40x30 image \(by more than 1 px\)"),
     (vr1(9, [["cat", [1, 2, 10, 12]], ["dog", [10, 10, 5, 20]]]),
-     r"data\.jsonl:2: field 'solution' item 1 \[10, 10, 5, 20\] has no area"),
-    (vr1(9, [["cat", [0, 0, 41.5, 30]]]), r"data\.jsonl:2: field 'solution' item 0 \[0, 0, 41\.5, 30\] lies outside the 40x30"),
-    (vr1(9, [["cat", [-3, 0, 10, 10]]]), r"data\.jsonl:2: field 'solution' item 0 .* lies outside"),
+     r"data\.jsonl:2: field 'solution' item 2 \[10, 10, 5, 20\] has no area"),
+    (vr1(9, [["cat", [0, 0, 41.5, 30]]]), r"data\.jsonl:2: field 'solution' item 1 \[0, 0, 41\.5, 30\] lies outside the 40x30"),
+    (vr1(9, [["cat", [-3, 0, 10, 10]]]), r"data\.jsonl:2: field 'solution' item 1 .* lies outside"),
 ]
 
 

@@ -31,6 +31,30 @@ def test_every_config_parses(config, monkeypatch):
     assert config_ns.model.class_path and config_ns.data.class_path
 
 
+@pytest.mark.parametrize("flags, save_dir", [
+    ([], "runs/quickstart"),
+    (["--trainer.default_root_dir=runs/g8"], "runs/g8"),
+    (["--trainer.default_root_dir", "runs/g8"], "runs/g8"),
+    (["--trainer.default_root_dir=runs/g8", "--trainer.logger.init_args.save_dir=logs_here"], "logs_here"),
+], ids=["config", "root_flag", "root_flag_spaced", "logger_flag_wins"])
+def test_the_logger_follows_the_root_flag(flags, save_dir, monkeypatch):
+    """--trainer.default_root_dir moves the logs with the checkpoints when the config saved
+    both under its own root; a save_dir given on the command line is kept."""
+    monkeypatch.chdir(ROOT)
+    config_ns = ParseOnly(["--config", "configs/quickstart.yaml", *flags]).config
+    assert config_ns.trainer.logger.init_args.save_dir == save_dir
+
+
+def test_a_logger_saving_elsewhere_stays(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    overlay = tmp_path / "elsewhere.yaml"
+    overlay.write_text("trainer:\n  logger:\n    class_path: lightning.pytorch.loggers.CSVLogger\n"
+                       "    init_args: {save_dir: /tmp/shared_logs}\n")
+    config_ns = ParseOnly(["--config", "configs/quickstart.yaml", "--config", str(overlay),
+                           "--trainer.default_root_dir=runs/g8"]).config
+    assert config_ns.trainer.logger.init_args.save_dir == "/tmp/shared_logs"
+
+
 class ParseOnly(LitVR1CLI):
     def __init__(self, args):
         super().__init__(args=args, run=False)
@@ -45,7 +69,7 @@ def test_two_step_fit_through_the_cli(tmp_path):
     cmd = [
         sys.executable, "-m", "lit_vr1.cli", "fit", "--config", str(ROOT / "configs/quickstart.yaml"),
         "--trainer.max_steps=2", "--trainer.val_check_interval=2", "--trainer.limit_val_batches=2",
-        f"--trainer.default_root_dir={out}", f"--trainer.logger.init_args.save_dir={out}",
+        f"--trainer.default_root_dir={out}",  # the config's logger (save_dir runs/quickstart) follows it
         f"--data.init_args.synthetic_dir={tmp_path / 'data'}", "--data.init_args.synthetic.num_samples=8",
         "--data.init_args.num_val_samples=4", "--data.init_args.batch_size=2", "--data.init_args.val_batch_size=2",
         "--model.init_args.grpo.max_completion_length=8", "--model.init_args.grpo.num_generations=4",
@@ -69,3 +93,29 @@ def test_cli_refuses_an_unknown_loss_type(tmp_path):
                           text=True, timeout=120)
     assert proc.returncode != 0
     assert "ppo" in proc.stderr and "dr_grpo" in proc.stderr
+
+
+def test_a_run_refused_at_setup_leaves_no_log_folder(tmp_path, monkeypatch):
+    """The quickstart with G=1 is refused when the fit starts (after the CLI wrote config.yaml
+    into logs/version_0): the folder goes, so the next run logs to version_0."""
+    monkeypatch.chdir(ROOT)
+    root = tmp_path / "run"
+    with pytest.raises(ValueError, match="num_generations=1"):
+        LitVR1CLI(args=["fit", "--config", "configs/quickstart.yaml", f"--trainer.default_root_dir={root}",
+                        f"--data.init_args.synthetic_dir={tmp_path / 'data'}", "--data.init_args.synthetic.num_samples=8",
+                        "--data.init_args.num_val_samples=0", "--model.init_args.grpo.num_generations=1",
+                        "--trainer.callbacks=[]", "--trainer.enable_progress_bar=false"])
+    assert (root / "logs").is_dir() and not list((root / "logs").iterdir())
+
+
+def test_only_log_folders_without_metrics_are_removed(tmp_path):
+    from lit_vr1.log_dirs import remove_unused_log_dirs
+
+    setup_only, logged, absent = tmp_path / "version_0", tmp_path / "version_1", tmp_path / "version_2"
+    setup_only.mkdir()
+    (setup_only / "config.yaml").write_text("seed_everything: 0\n")
+    logged.mkdir()
+    (logged / "config.yaml").write_text("seed_everything: 0\n")
+    (logged / "metrics.csv").write_text("step,train/loss\n1,0.5\n")
+    assert remove_unused_log_dirs([str(setup_only), str(logged), str(absent)]) == [str(setup_only)]
+    assert not setup_only.exists() and (logged / "metrics.csv").exists()

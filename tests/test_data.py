@@ -64,6 +64,19 @@ def test_unequal_lists_name_both_counts(tmp_path):
         JsonlDataset(f"{f}:{f}", d)
 
 
+def test_the_data_module_names_its_flags_in_count_errors(tmp_path):
+    f, d = _write(tmp_path, "x", [rec(1, "a.png")])
+    dm = GroundingDataModule(train_files=f, train_images=d, val_files=f"{f}:{f}", val_images=d)
+    with pytest.raises(DataError, match="data.val_files lists 2 file.* but data.val_images lists 1 folder"):
+        dm.setup("fit")
+    dm = GroundingDataModule(train_files=f"{f}:{f}", train_images=f"{d}:{d}", reward_methods="rec:od:math")
+    with pytest.raises(DataError, match="data.reward_methods lists 3 method.* but data.train_files lists 2 file"):
+        dm.setup("fit")
+    dm = GroundingDataModule(train_files=f, train_images=d, val_files=str(tmp_path / "nothere.jsonl"), val_images=d)
+    with pytest.raises(DataError, match=r"nothere\.jsonl does not exist; check data\.val_files: "):
+        dm.setup("fit")
+
+
 def test_too_many_image_markers(tmp_path):
     f, d = _write(tmp_path, "markers", [rec(1, "a.png", "<image><image>Two?")])
     message = r"markers\.jsonl:1: field 'conversations' \(human turn\) has 2 <image> marker\(s\) but field 'image' lists 1"
@@ -149,7 +162,7 @@ def test_vision_r1_detection_and_label_free_layouts(tmp_path):
     "line, message",
     [
         (vr1(1, solution=(("cat", [1, 2, 3]),)),
-         r"vr1\.jsonl:1: field 'solution' item 0 must be \[category, \[x1, y1, x2, y2\]\]"),
+         r"vr1\.jsonl:1: field 'solution' item 1 must be \[category, \[x1, y1, x2, y2\]\]"),
         (json.dumps({"image": "a.png", "problem": "q", "solution": [["cat", [1, 2, 3, 4]]], "num_instances": 2}),
          r"vr1\.jsonl:1: field 'num_instances' is 2 but 'solution' lists 1"),
         (json.dumps({"image": "a.png", "problem": "q", "reward_method": ""}), r"vr1\.jsonl:1: field 'reward_method'"),

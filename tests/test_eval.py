@@ -105,5 +105,5 @@ def test_validate_answers_logs_hfrrf_accuracy_layout_and_length(tmp_path, monkey
                         eval_task="answer")
     Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False).validate(module, dm)
     (run,) = json.loads(results.read_text())
-    assert run == {"split": "val", "step": 0, "model": module.model_name, "acc": 0.5, "format": 0.5, "tokens": 10.0,
-                   "n": 4}
+    assert run == {"split": "val", "step": 0, "model": module.model_name, "ckpt_path": None, "acc": 0.5, "format": 0.5,
+                   "tokens": 10.0, "n": 4}

@@ -105,6 +105,28 @@ def test_every_required_statistic_is_logged(samples):
         assert "train/" + key in row, key
 
 
+class ConstantReward(LengthReward):
+    default_name = "constant"
+
+    def score(self, completions, contexts):
+        return [0.0] * len(completions)
+
+
+def test_a_fit_with_every_group_tied_warns_once_and_a_signal_resets_it(samples):
+    """A random model scored 0 everywhere: every advantage is 0, GRPO learns nothing, and
+    the fit says so (once) after ``tied_rollouts_warning`` rollouts in a row."""
+    seed_everything(0)
+    module = make()
+    module.rewards = [ConstantReward()]
+    module.tied_rollouts_warning = 2
+    with pytest.warns(UserWarning, match=r"the last 2 rollouts had every group tied .* GRPO learns nothing") as seen:
+        logger = fit(module, samples[:2], max_steps=3, batch_size=1)
+    assert [m["train/groups_tied_frac"] for m in train_rows(logger)] == [1.0, 1.0, 1.0]
+    assert sum("every group tied" in str(w.message) for w in seen) == 1
+    module.warn_when_nothing_to_learn(0.5, 0.3)  # a rollout with signal starts the count again
+    assert module.tied_in_a_row == 0
+
+
 def test_unknown_choices_are_refused_with_the_valid_ones():
     with pytest.raises(ValueError, match="loss_type='ppo' is not valid; choose one of grpo, bnpo, dr_grpo, dapo"):
         GRPOConfig(loss_type="ppo")

@@ -174,9 +174,11 @@ class GroundingDataModule(LightningDataModule):
             train, images = self.train_files, self.train_images
             val, val_images = self.val_files, self.val_images
         if self.train_set is None:
-            self.train_set = self._dataset(train, images, self.reward_methods)
+            self.train_set = self._dataset(train, images, self.reward_methods, "train")
         if self.val_set is None and val is not None:
-            self.val_set = self._dataset(val, val_images, self.val_reward_methods)
+            self.val_set = self._dataset(val, val_images, self.val_reward_methods, "val")
+        if self.trainer is not None and stage == "fit" and self.val_set is None:
+            self.trainer.limit_val_batches = 0  # no held-out data: the fit validates nothing (and says nothing of it)
         if self.trainer is not None and self.bad_rows == "skip":
             if not any(isinstance(c, SkippedRowsReport) for c in self.trainer.callbacks):
                 self.trainer.callbacks.append(SkippedRowsReport(self))
@@ -186,9 +188,9 @@ class GroundingDataModule(LightningDataModule):
         module is used without a Trainer (under one, the LightningModule's is taken)."""
         self.processor = processor
 
-    def _dataset(self, files: str, images: str, reward_methods: str | None) -> JsonlDataset:
+    def _dataset(self, files: str, images: str, reward_methods: str | None, split: str) -> JsonlDataset:
         ds = JsonlDataset(files, images, self.template, reward_methods, self.bad_rows, self.check_boxes,
-                          self.images_outside_folder)
+                          self.images_outside_folder, flag_names(split))
         if self.max_prompt_length is not None:
             module = self.trainer.lightning_module if self.trainer is not None else None
             processor = self.processor or getattr(module, "processor", None)
@@ -209,7 +211,8 @@ class GroundingDataModule(LightningDataModule):
         if self.predict_set is None:
             self.predict_set = JsonlDataset(self.predict_files, self.predict_images, self.template,
                                             bad_rows=self.bad_rows, check_boxes=self.check_boxes,
-                                            images_outside_folder=self.images_outside_folder)
+                                            images_outside_folder=self.images_outside_folder,
+                                            names=flag_names("predict"))
         return DataLoader(self.predict_set, batch_size=self.val_batch_size, collate_fn=collate,
                           num_workers=self.num_workers)
 
@@ -266,7 +269,7 @@ class GroundingDataModule(LightningDataModule):
 
     def val_dataloader(self) -> DataLoader | list:
         if self.val_set is None:
-            return []  # no validation data: Lightning skips validation
+            return []  # no validation data (a fit sets limit_val_batches to 0 in setup: Lightning skips validation)
         # its own generator too: creating a loader's iterator draws a worker seed from it
         return DataLoader(self.held_out(), batch_size=self.val_batch_size, collate_fn=collate,
                           num_workers=self.num_workers, generator=self._generator())
@@ -335,3 +338,10 @@ class SkippedRowsReport(Callback):
         rank_zero_warn(f"data.bad_rows=skip: epoch {report['epoch']} left out {len(rows)} row(s) "
                        f"({len(report['at_build'])} when the data was read, {len(report['at_load'])} at load time, "
                        f"replaced in their batches): ids {ids}{where}. First reasons:\n  {reasons}")
+
+
+def flag_names(split: str) -> tuple[str, str, str]:
+    """The flags that give a split's data files, image folders and reward methods, for
+    messages: ``flag_names("val")`` is (data.val_files, data.val_images, data.val_reward_methods)."""
+    methods = "data.reward_methods" if split == "train" else f"data.{split}_reward_methods"
+    return f"data.{split}_files", f"data.{split}_images", methods

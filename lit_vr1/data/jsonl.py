@@ -158,19 +158,24 @@ def split_paths(value: str) -> list[str]:
     return [p for p in value.split(":") if p]
 
 
+# how messages name (data files, image folders, reward methods): the arguments' names in Python;
+# the data module passes its flags (e.g. data.val_files, data.val_images, data.val_reward_methods)
+ARG_NAMES = ("data_files", "image_folders", "reward_methods")
+
+
 @rule("data.train_images", "data")
-def one_image_folder_per_file(files: list[str], folders: list[str]) -> str | None:
+def one_image_folder_per_file(files: list[str], folders: list[str], names: tuple[str, ...] = ARG_NAMES) -> str | None:
     if len(files) == len(folders):
         return None
-    return (f"data_files lists {len(files)} file(s) but image_folders lists {len(folders)} folder(s); "
+    return (f"{names[0]} lists {len(files)} file(s) but {names[1]} lists {len(folders)} folder(s); "
             "give one image folder per data file, ':'-separated")
 
 
-def pair_files(data_files: str, image_folders: str) -> list[tuple[str, str]]:
+def pair_files(data_files: str, image_folders: str, names: tuple[str, ...] = ARG_NAMES) -> list[tuple[str, str]]:
     """Pair ':'-separated data files with ':'-separated image folders (equal counts)."""
     files = split_paths(data_files)
     folders = split_paths(image_folders)
-    enforce(one_image_folder_per_file(files, folders), DataError)
+    enforce(one_image_folder_per_file(files, folders, names), DataError)
     return list(zip(files, folders))
 
 
@@ -195,7 +200,7 @@ def _turns(obj: dict, where: str) -> tuple[str, Any]:
             ok = (isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str) and isinstance(pair[1], list)
                   and len(pair[1]) == 4 and all(isinstance(v, (int, float)) for v in pair[1]))
             if not ok:
-                raise DataError(f"{where}: field 'solution' item {k} must be [category, [x1, y1, x2, y2]], got {pair!r}")
+                raise DataError(f"{where}: field 'solution' item {k + 1} must be [category, [x1, y1, x2, y2]], got {pair!r}")
         n = obj.get("num_instances")
         if n is not None and n != len(solution):
             raise DataError(f"{where}: field 'num_instances' is {n} but 'solution' lists {len(solution)} objects")
@@ -269,12 +274,12 @@ def check_solution_boxes(solution: Any, field: str, image_size: tuple[int, int] 
     """Refuse ground-truth boxes with no area (x2 <= x1 or y2 <= y1, or a non-finite
     coordinate) and boxes outside the first image by more than :data:`BOX_SLACK` pixels
     (x1, y1 < -1 or x2 > width + 1, y2 > height + 1). Boxes are (x1, y1, x2, y2) in the
-    original image's pixels. Vision-R1's [category, box] lists are always checked; a string
+    original image's pixels; messages count items and boxes from 1, as lines are. Vision-R1's [category, box] lists are always checked; a string
     solution only when it is written as boxes (see :func:`_is_box_answer`)."""
     if isinstance(solution, list):
-        boxes = [(f"item {k}", pair[1]) for k, pair in enumerate(solution)]
+        boxes = [(f"item {k}", pair[1]) for k, pair in enumerate(solution, start=1)]
     elif isinstance(solution, str) and _is_box_answer(solution):
-        boxes = [(f"box {k}", list(b.box)) for k, b in enumerate(solution_boxes(solution))]
+        boxes = [(f"box {k}", list(b.box)) for k, b in enumerate(solution_boxes(solution), start=1)]
     else:
         return
     for name, raw in boxes:
@@ -361,44 +366,45 @@ def parse_line(line: str, path: str, lineno: int, folder: str, task: str = "defa
     return Record(str(obj.get("id", f"{Path(path).stem}-{lineno}")), paths, human, solution, where, meta, method, sizes)
 
 
-def file_tasks(data_files: str, reward_methods: str | None) -> list[str]:
+def file_tasks(data_files: str, reward_methods: str | None, names: tuple[str, ...] = ARG_NAMES) -> list[str]:
     """The task of each ':'-separated data file: ``reward_methods`` ':'-separated, one per
     file (VLM-R1's --reward_method), or a single one for all; "default" when unset."""
     n = len(split_paths(data_files))
     if reward_methods is None:
         return ["default"] * n
     methods = split_paths(reward_methods)
-    enforce(one_reward_method_per_file(methods, n), DataError)
+    enforce(one_reward_method_per_file(methods, n, names), DataError)
     return methods * n if len(methods) == 1 else methods
 
 
 @rule("data.reward_methods", "data")
-def one_reward_method_per_file(methods: list[str], n_files: int) -> str | None:
+def one_reward_method_per_file(methods: list[str], n_files: int, names: tuple[str, ...] = ARG_NAMES) -> str | None:
     if len(methods) in (1, n_files):
         return None
-    return (f"reward_methods lists {len(methods)} method(s) but data_files lists {n_files} file(s); "
+    return (f"{names[2]} lists {len(methods)} method(s) but {names[0]} lists {n_files} file(s); "
             "give one per file, ':'-separated, or a single one for all")
 
 
 @rule("data.train_files", "data")
-def data_files_exist(path: str) -> str | None:
+def data_files_exist(path: str, names: tuple[str, ...] = ARG_NAMES) -> str | None:
     if os.path.isfile(path):
         return None
-    return (f"data file {path} does not exist; check data.train_files (or val_files, predict_files): "
-            "':'-separated JSONL paths")
+    flag = names[0] if names is not ARG_NAMES else "data.train_files (or val_files, predict_files)"
+    return f"data file {path} does not exist; check {flag}: ':'-separated JSONL paths"
 
 
 def read_records(data_files: str, image_folders: str, reward_methods: str | None = None, bad_rows: str = "raise",
-                 check_boxes: bool = True, images_outside_folder: bool = False) -> tuple[list[Record], list[SkippedRow]]:
+                 check_boxes: bool = True, images_outside_folder: bool = False,
+                 names: tuple[str, ...] = ARG_NAMES) -> tuple[list[Record], list[SkippedRow]]:
     """Every record of every ':'-separated file, validated, with its task; and the rows
     left out (``bad_rows="skip"``; with "raise" the first bad row raises :class:`DataError`).
     A missing data file, or no usable row at all, raises in both modes."""
     check_bad_rows(bad_rows)
     records: list[Record] = []
     skipped: list[SkippedRow] = []
-    tasks = file_tasks(data_files, reward_methods)
-    for (path, folder), task in zip(pair_files(data_files, image_folders), tasks):
-        enforce(data_files_exist(path), DataError)
+    tasks = file_tasks(data_files, reward_methods, names)
+    for (path, folder), task in zip(pair_files(data_files, image_folders, names), tasks):
+        enforce(data_files_exist(path, names), DataError)
         with open(path, "rb") as f:
             for lineno, raw in enumerate(f, start=1):
                 where = f"{path}:{lineno}"
@@ -463,6 +469,8 @@ class JsonlDataset(Dataset):
             at load time is replaced by the next row that loads, see the module docstring).
         check_boxes: check the ground-truth boxes (area, inside the image).
         images_outside_folder: accept image paths that resolve outside their image folder.
+        names: how messages name ``data_files``, ``image_folders`` and ``reward_methods``
+            (the data module passes its flags, e.g. ``data.val_files``).
 
     Attributes:
         skipped: rows left out when the dataset was built (and by
@@ -471,11 +479,11 @@ class JsonlDataset(Dataset):
 
     def __init__(self, data_files: str, image_folders: str, template: str = "plain",
                  reward_methods: str | None = None, bad_rows: str = "raise", check_boxes: bool = True,
-                 images_outside_folder: bool = False) -> None:
+                 images_outside_folder: bool = False, names: tuple[str, ...] = ARG_NAMES) -> None:
         self.template = check_template(template)
         self.bad_rows = check_bad_rows(bad_rows)
         self.records, self.skipped = read_records(data_files, image_folders, reward_methods, bad_rows, check_boxes,
-                                                  images_outside_folder)
+                                                  images_outside_folder, names)
         self.failed: dict[int, SkippedRow] = {}  # rows that failed to load in this process (skip mode)
 
     def __len__(self) -> int:
