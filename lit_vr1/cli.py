@@ -88,7 +88,14 @@ class LitVR1CLI(LightningCLI):
             hparams = checkpoint_model_settings(ckpt_path)
             if hparams:
                 self._subcommand_parsers[subcommand].set_defaults({"model": hparams})
-        super().parse_arguments(parser, args)
+        # Run from Python (the demo, a notebook), ``args`` is all that is parsed: the process's own
+        # command line (the demo's flags, a Jupyter kernel's) is hidden from Lightning's check,
+        # which would call giving both a mistake
+        own, sys.argv[1:] = sys.argv[1:], ([] if args is not None else sys.argv[1:])
+        try:
+            super().parse_arguments(parser, args)
+        finally:
+            sys.argv[1:] = own
 
     def _parse_ckpt_path(self) -> None:
         """Done in :meth:`parse_arguments`, before the flags rather than over them."""

@@ -5,7 +5,8 @@ starts, and the CLI writes ``config.yaml`` into it at setup, so a run refused by
 (a bad flag value, a missing data file, a checkpoint folder that holds an earlier run)
 used to leave an empty ``version_N`` (or one holding only ``config.yaml``), and the next
 run's logs went to ``version_N+1``. :func:`new_log_dirs` notes the folders a run is about
-to create; :func:`remove_unused_log_dirs` removes those that hold no metrics when it fails.
+to create (the outermost one: ``logs/`` too when the run creates it); :func:`remove_unused_log_dirs`
+removes those that hold no metrics when it fails.
 A run that logged anything keeps its folder: its metrics are what a resume continues.
 """
 
@@ -25,16 +26,29 @@ def new_log_dirs(trainer) -> list[str]:
 
     if trainer is None or trainer.global_rank != 0:
         return []
-    return [logger.log_dir for logger in trainer.loggers
+    return [_first_new(logger.log_dir) for logger in trainer.loggers
             if isinstance(logger, (CSVLogger, TensorBoardLogger)) and not os.path.exists(logger.log_dir)]
 
 
+def _first_new(folder: str) -> str:
+    """The outermost folder on the way to ``folder`` that does not exist yet (``logs/`` as well
+    as ``logs/version_0`` when neither does)."""
+    folder = os.path.abspath(folder)
+    while not os.path.exists(os.path.dirname(folder)):
+        folder = os.path.dirname(folder)
+    return folder
+
+
+def _setup_files_only(folder: str) -> bool:
+    return all(set(files) <= SETUP_FILES for _, _, files in os.walk(folder))
+
+
 def remove_unused_log_dirs(folders: list[str]) -> list[str]:
-    """Remove each folder in ``folders`` that holds nothing but :data:`SETUP_FILES`; returns
-    the folders removed."""
+    """Remove each folder in ``folders`` that holds nothing but :data:`SETUP_FILES` (in it or
+    in its subfolders); returns the folders removed."""
     removed = []
     for folder in folders:
-        if os.path.isdir(folder) and set(os.listdir(folder)) <= SETUP_FILES:
+        if os.path.isdir(folder) and _setup_files_only(folder):
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
     return removed

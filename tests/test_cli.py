@@ -3,6 +3,7 @@ import glob
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,19 @@ def test_a_logger_saving_elsewhere_stays(tmp_path, monkeypatch):
     assert config_ns.trainer.logger.init_args.save_dir == "/tmp/shared_logs"
 
 
+def test_args_from_python_beside_a_command_line_are_no_mistake(monkeypatch):
+    """The demo and notebooks run the CLI with ``args`` while the process has its own command
+    line (the demo's flags, a Jupyter kernel's ``-f kernel.json``): only ``args`` is parsed,
+    so Lightning's notice that both were given is not shown."""
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(sys, "argv", ["lit_vr1/demo.py", "--seed", "0", "--task", "detection"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        config_ns = ParseOnly(["--config", "configs/quickstart.yaml", "--trainer.max_steps=3"]).config
+    assert config_ns.trainer.max_steps == 3 and sys.argv[1:] == ["--seed", "0", "--task", "detection"]  # given back
+    assert not [w for w in caught if "args parameter" in str(w.message)], [str(w.message) for w in caught]
+
+
 class ParseOnly(LitVR1CLI):
     def __init__(self, args):
         super().__init__(args=args, run=False)
@@ -105,7 +119,7 @@ def test_a_run_refused_at_setup_leaves_no_log_folder(tmp_path, monkeypatch):
                         f"--data.init_args.synthetic_dir={tmp_path / 'data'}", "--data.init_args.synthetic.num_samples=8",
                         "--data.init_args.num_val_samples=0", "--model.init_args.grpo.num_generations=1",
                         "--trainer.callbacks=[]", "--trainer.enable_progress_bar=false"])
-    assert (root / "logs").is_dir() and not list((root / "logs").iterdir())
+    assert not (root / "logs").exists()  # nor the logs/ folder it created for it
 
 
 def test_only_log_folders_without_metrics_are_removed(tmp_path):
@@ -119,3 +133,7 @@ def test_only_log_folders_without_metrics_are_removed(tmp_path):
     (logged / "metrics.csv").write_text("step,train/loss\n1,0.5\n")
     assert remove_unused_log_dirs([str(setup_only), str(logged), str(absent)]) == [str(setup_only)]
     assert not setup_only.exists() and (logged / "metrics.csv").exists()
+    nested = tmp_path / "logs"
+    (nested / "version_0").mkdir(parents=True)
+    (nested / "version_0" / "hparams.yaml").write_text("{}\n")
+    assert remove_unused_log_dirs([str(nested)]) == [str(nested)] and not nested.exists()

@@ -75,6 +75,9 @@ def test_the_data_module_names_its_flags_in_count_errors(tmp_path):
     dm = GroundingDataModule(train_files=f, train_images=d, val_files=str(tmp_path / "nothere.jsonl"), val_images=d)
     with pytest.raises(DataError, match=r"nothere\.jsonl does not exist; check data\.val_files: "):
         dm.setup("fit")
+    dm = GroundingDataModule(train_files=f, train_images=str(tmp_path / "img"), val_files=f, val_images=d)
+    with pytest.raises(DataError, match=r"image folder .*img does not exist; check data\.train_images: "):
+        dm.setup("fit")
 
 
 def test_too_many_image_markers(tmp_path):

@@ -393,6 +393,13 @@ def data_files_exist(path: str, names: tuple[str, ...] = ARG_NAMES) -> str | Non
     return f"data file {path} does not exist; check {flag}: ':'-separated JSONL paths"
 
 
+def image_folder_exists(folder: str, names: tuple[str, ...] = ARG_NAMES) -> str | None:
+    if not folder or os.path.isdir(folder):
+        return None
+    flag = names[1] if names is not ARG_NAMES else "data.train_images (or val_images, predict_images)"
+    return f"image folder {folder} does not exist; check {flag}: ':'-separated folders, one per data file"
+
+
 def read_records(data_files: str, image_folders: str, reward_methods: str | None = None, bad_rows: str = "raise",
                  check_boxes: bool = True, images_outside_folder: bool = False,
                  names: tuple[str, ...] = ARG_NAMES) -> tuple[list[Record], list[SkippedRow]]:
@@ -405,6 +412,8 @@ def read_records(data_files: str, image_folders: str, reward_methods: str | None
     tasks = file_tasks(data_files, reward_methods, names)
     for (path, folder), task in zip(pair_files(data_files, image_folders, names), tasks):
         enforce(data_files_exist(path, names), DataError)
+        if not images_outside_folder:  # every image lies in the folder: a missing one fails each line alike
+            enforce(image_folder_exists(folder, names), DataError)
         with open(path, "rb") as f:
             for lineno, raw in enumerate(f, start=1):
                 where = f"{path}:{lineno}"
