@@ -72,8 +72,10 @@ def test_module_paths_declared_names_routing_and_errors(user_module):
     only = FunctionReward(fn="my_rewards:only_prompts", tasks=["rec"])
     out = only(["find the cat: here", "no"], [ctx(0, task="rec"), ctx(1, task="math")])
     assert out[0] == 1.0 and math.isnan(out[1])  # the function declares prompts only; routing by task
-    with pytest.raises(RewardError, match=r"wrong_length.*s0.*data.jsonl:1"):
-        FunctionReward(fn="my_rewards.py:wrong_length")(["a", "b"], [ctx(0), ctx(1)])
+    # a wrong count is the function's fault: reported with the batch's counts, no sample blamed
+    for on_error in ("raise", "nan"):
+        with pytest.raises(RewardError, match=r"'wrong_length' returned 3 values for 2 completions; a reward returns one"):
+            FunctionReward(fn="my_rewards.py:wrong_length", on_error=on_error)(["a", "b"], [ctx(0), ctx(1)])
     with pytest.raises(RewardError, match="return floats"):
         FunctionReward(fn="my_rewards.py:text_values")(["a"], [ctx(0)])
     masked = FunctionReward(fn="my_rewards.py:text_values", on_error="nan")

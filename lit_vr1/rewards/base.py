@@ -127,8 +127,9 @@ class Reward:
 
     def _checked(self, completions: list[str], contexts: list[SampleContext]) -> list[float]:
         values = self.score(completions, contexts)
-        if len(values) != len(completions):
-            raise ValueError(f"reward {self.name!r} returned {len(values)} values for {len(completions)} completions")
+        if len(values) != len(completions):  # a broken reward, not a bad sample: no sample is blamed
+            raise RewardError(f"reward {self.name!r} returned {len(values)} values for {len(completions)} completions; "
+                              "a reward returns one value per completion, in order (nan where it does not apply)")
         return [float(v) for v in values]
 
     def _fail(self, ctx: SampleContext, exc: Exception) -> float:
