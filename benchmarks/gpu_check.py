@@ -150,7 +150,8 @@ def run_twins(device: str, root: Path) -> list[dict]:
                 row.update(ok=True, steps=cli.trainer.global_step, precision=str(cli.trainer.precision),
                            loss=float(m.last_metrics["loss"]), weights_moved=moved,
                            trained_dtype=str(next(p for p in m.policy.parameters() if p.requires_grad).dtype),
-                           device=str(next(m.policy.parameters()).device))
+                           # where the rollout ran (Lightning moves the module back to the CPU after fit)
+                           device=str(m.loop.last_rollout.completion_ids.device))
             except Exception as exc:  # noqa: BLE001 - recorded, the other recipes still run
                 row.update(ok=False, error=f"{type(exc).__name__}: {exc}"[:2000])
             row["wall_s"] = time.perf_counter() - t0

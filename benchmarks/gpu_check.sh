@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check, one command on a lent GPU machine (see the device tool; under 8 minutes on one H200):
 #   here:   make gpu-wheels                       (the packages the machine's image lacks, into .whl/)
-#   there:  device run, carry [".whl"], command:  bash benchmarks/gpu_check.sh
+#   there:  device run, carry [".whl"], command:  bash benchmarks/gpu_check.sh [gpu_check.py options, e.g. --parts grpo]
 # It installs the carried wheels, runs the CUDA-only tests (pytest -m cuda), then benchmarks/gpu_check.py:
 # each recipe's tiny twin on CUDA in its own precision, GRPO on a Qwen2.5-VL-3B-shaped model (full, frozen
 # vision, LoRA) and TRL's GRPOTrainer on the same work. Everything lands in $OUT (or ./gpu_out):
@@ -20,5 +20,5 @@ else
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/nvidia_smi.csv"
 timeout 90 python3 -m pytest -q -m cuda -p no:cacheprovider tests/test_numerics.py tests/test_strategies.py 2>&1 | tee "$OUT/cuda_tests.log"
-timeout 360 python3 benchmarks/gpu_check.py --json "$OUT/gpu_check.json" --budget-s 240 2>&1 | tee "$OUT/gpu_check.log"
+timeout 360 python3 benchmarks/gpu_check.py --json "$OUT/gpu_check.json" --budget-s 240 "$@" 2>&1 | tee "$OUT/gpu_check.log"
 echo "gpu_check: exit ${PIPESTATUS[0]}"

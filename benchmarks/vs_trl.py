@@ -145,15 +145,20 @@ def run_lit(cfg: dict) -> dict:
     module = GRPOModule(model=cfg["model_dir"], rewards=[Toy()], grpo=grpo, lora=lora,
                         freeze_vision=opts.get("freeze_vision", False), freeze_merger=opts.get("freeze_vision", False),
                         gradient_checkpointing=cfg.get("gradient_checkpointing", False))
-    module.configure_model()
     eos = module.processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
     loop = module.loop
     loop.suppress_ids = loop.suppress_ids + (eos,)  # never sampled (nor scored): every completion is full length
-    loaded = peak_mib()
     samples = load_samples(cfg["data_dir"], cfg["prompts"] * (cfg["warmup"] + cfg["steps"]))
     times = []
+    loaded: list[float] = []
 
     class Timer(L.Callback):
+        def on_fit_start(self, trainer, pl_module):
+            # Lightning built the model in configure_model, as `lit-vr1 fit` does: on the run's device
+            # (straight onto the GPU there), the reference copied where the policy is
+            loaded.append(peak_mib())
+            prof.attach_towers(pl_module.policy, pl_module.ref_model)
+
         def on_train_batch_start(self, *a):
             if len(times) == cfg["warmup"]:
                 prof.reset()
@@ -165,7 +170,6 @@ def run_lit(cfg: dict) -> dict:
 
     lengths: list[int] = []
     prof = Profile()
-    prof.attach_towers(module.policy, module.ref_model)
     prof.wrap(loop, "rollout", "rollout")
     prof.wrap(loop, "prepare_logprobs", "nograd_logprobs")
     trainer = L.Trainer(accelerator="gpu" if cfg.get("device") == "cuda" else "cpu", devices=1,
@@ -175,7 +179,7 @@ def run_lit(cfg: dict) -> dict:
     trainer.fit(module, DataLoader(samples, batch_size=cfg["prompts"], collate_fn=list))
     tokens = n * cfg["completion"]
     assert lengths == [tokens] * len(times), f"a rollout ended early: completion tokens per rollout {lengths}"
-    return {"step_s": times[cfg["warmup"]:], "tokens": tokens, "loaded_mib": loaded, "profile": prof.per_step(cfg["steps"]),
+    return {"step_s": times[cfg["warmup"]:], "tokens": tokens, "loaded_mib": loaded[0], "profile": prof.per_step(cfg["steps"]),
             "effective_args": {"num_generations": grpo.num_generations, "max_completion_length": grpo.max_completion_length,
                                "beta": grpo.beta, "loss_type": grpo.loss_type, "micro_batch_size": grpo.micro_batch_size,
                                "gradient_checkpointing": module.gradient_checkpointing, "lr": 1e-5,

@@ -334,6 +334,7 @@ class VLMModule(LightningModule):
     def on_train_end(self) -> None:
         if self.export_dir:
             self.export(self.export_dir)
+        release_optimizer_state(self.trainer)
 
     @rank_zero_only
     def export(self, path: str) -> None:
@@ -381,3 +382,27 @@ class VLMModule(LightningModule):
         states, self._rng_to_restore = getattr(self, "_rng_to_restore", None), None
         if states is not None:
             set_rng_states(states)
+
+
+def release_optimizer_state(trainer) -> int:
+    """Empty the optimisers' state (AdamW's two moments: 8 bytes per trained parameter) once
+    training has ended; returns how many parameters' state was dropped.
+
+    Lightning's teardown, which runs right after ``on_train_end``, copies every optimiser's
+    state and the module to host memory (``Strategy.teardown``: ``_optimizers_to_device(cpu)``,
+    then ``module.cpu()``). On a GPU that copy is the process's peak host memory: the GPU check
+    of 2026-12-04 measured 60 GiB resident for a fully trained 3B model (policy and reference
+    15 GiB each in float32, AdamW's moments 30), against 17 GiB under LoRA, whose state is
+    tiny. Nothing needs the state any more: ``ModelCheckpoint.on_train_end`` (Lightning calls
+    the callbacks' hook before the module's) has written it to ``last.ckpt``, and the next
+    ``fit`` builds new optimisers (``configure_optimizers``). A checkpoint saved by hand after
+    ``fit`` therefore holds no optimiser state; resume from the run's own checkpoints.
+    DeepSpeed's optimisers keep their state in the engine and are left alone."""
+    if "DeepSpeed" in type(trainer.strategy).__name__:
+        return 0
+    dropped = 0
+    for opt in trainer.optimizers:
+        if isinstance(opt, torch.optim.Optimizer):
+            dropped += len(opt.state)
+            opt.state.clear()
+    return dropped

@@ -542,6 +542,7 @@ def test_grpo_on_cuda_under_bf16_mixed_keeps_float32_weights_logits_and_logprobs
     assert r.completion_ids.is_cuda and r.old_logprobs.dtype == r.ref_logprobs.dtype == torch.float32
     assert all(p.dtype == torch.float32 for p in module.policy.parameters())
     assert any(not torch.equal(p.detach().cpu(), before[n].cpu()) for n, p in module.policy.named_parameters())
+    module.policy.cuda()  # Lightning's teardown moved the module back to the CPU at the end of fit
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
         logits = module.policy(**{k: v for k, v in r.model_inputs(torch.arange(2)).items()}).logits
     assert logits.dtype == torch.float32

@@ -250,3 +250,36 @@ def test_a_fit_that_dies_while_saving_resumes_from_the_previous_last_ckpt(sample
     assert torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["global_step"] == 2
     assert not [p for p in os.listdir(tmp_path / "ckpt") if p.startswith(".")]
     assert fit(4, AtomicCheckpointIO(), ckpt_path="last") == [2, 3]  # resumed after step 2, on to 4
+
+
+def test_the_optimiser_state_is_in_last_ckpt_and_released_before_lightnings_teardown(samples, tmp_path):
+    """Lightning's teardown copies the optimisers' state to host memory (30 GiB for a 3B model's
+    AdamW moments); lit-vr1 empties it in on_train_end, after ModelCheckpoint wrote last.ckpt."""
+    import lightning as L
+    from helpers import LengthReward, collate
+    from torch.utils.data import DataLoader
+
+    from lit_vr1.config import GRPOConfig
+    from lit_vr1.grpo import GRPOModule
+
+    torch.manual_seed(0)
+    module = GRPOModule(model="tiny:qwen2_5_vl", rewards=[LengthReward()],
+                        grpo=GRPOConfig(num_generations=2, max_completion_length=4))
+    at_teardown = []
+
+    class StateAtTeardown(L.Callback):  # Lightning calls teardown hooks after its strategy's teardown
+        def on_fit_end(self, trainer, pl_module):
+            at_teardown.append(sum(len(o.state) for o in trainer.optimizers))
+
+    class StateBeforeRelease(L.Callback):  # callbacks' on_train_end runs before the module's
+        def on_train_end(self, trainer, pl_module):
+            at_teardown.append(sum(len(o.state) for o in trainer.optimizers))
+
+    ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=1)
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=2, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[ckpt, StateBeforeRelease(), StateAtTeardown()])
+    trainer.fit(module, DataLoader(samples[:4], batch_size=2, collate_fn=collate))
+    trained = sum(p.requires_grad for p in module.policy.parameters())
+    assert at_teardown == [trained, 0]
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=False)["optimizer_states"][0]["state"]
+    assert len(saved) == trained and all("exp_avg" in s for s in saved.values())
