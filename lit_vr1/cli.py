@@ -32,7 +32,7 @@ from lit_vr1.checkpoint import (
     strict_last_checkpoint,
     use_atomic_checkpoints,
 )
-from lit_vr1.cli_errors import LitVR1ArgumentParser
+from lit_vr1.cli_errors import LitVR1ArgumentParser, config_file_problem
 from lit_vr1.log_dirs import new_log_dirs, remove_unused_log_dirs
 from lit_vr1.quiet import quiet_cli_notices, quiet_known_notices, step_progress_bar  # noqa: E402
 from lit_vr1.trl_names import misplaced_trl_flag  # noqa: E402
@@ -82,6 +82,10 @@ class LitVR1CLI(LightningCLI):
         silently dropping every ``--model.*`` flag, e.g. ``results_path``). A broken file is
         reported by name (:func:`~lit_vr1.checkpoint.load_checkpoint_file`)."""
         argv = self._argv = list(sys.argv[1:] if args is None else args)
+        for path in _flag_values(argv, ("--config", "-c")):
+            problem = config_file_problem(path)
+            if problem:
+                parser.error(problem)
         subcommand = next((a for a in argv if a in self.subcommands()), None)
         ckpt_path = _flag_value(argv, "--ckpt_path")
         if subcommand and ckpt_path and Path(ckpt_path).is_file():
@@ -172,6 +176,17 @@ def option_help(argv: list[str]) -> str | None:
                                                                                             "model.rewards") else ""
         return text + hint
     return None
+
+
+def _flag_values(argv: list[str], flags: tuple[str, ...]) -> list[str]:
+    """Every value given to any of ``flags`` in ``argv`` (``--flag value`` or ``--flag=value``)."""
+    values = []
+    for i, arg in enumerate(argv):
+        if arg in flags and i + 1 < len(argv):
+            values.append(argv[i + 1])
+        elif "=" in arg and arg.split("=", 1)[0] in flags:
+            values.append(arg.split("=", 1)[1])
+    return values
 
 
 def _flag_value(argv: list[str], flag: str) -> str | None:

@@ -205,3 +205,26 @@ class LitVR1ArgumentParser(LightningArgumentParser):
         sys.stderr.write(f"lit-vr1: error: {condense(message, flags)}\n"
                          f"({prog} --help lists every option)\n")
         self.exit(2)
+
+
+def config_file_problem(path: str) -> str | None:
+    """Why the config file ``path`` is not valid YAML, with its own name, line and column
+    (jsonargparse reports a YAML syntax error as in ``"<unicode string>"``, without the file);
+    None when it parses or cannot be read (jsonargparse reports a missing file itself)."""
+    import yaml
+
+    try:
+        with open(path) as f:
+            yaml.safe_load(f)
+    except OSError:
+        return None
+    except yaml.YAMLError as e:
+        if not isinstance(e, (yaml.scanner.ScannerError, yaml.parser.ParserError, yaml.composer.ComposerError)):
+            return None  # a tag or value safe_load cannot build: jsonargparse's own loader decides
+        mark = getattr(e, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        context, context_mark = getattr(e, "context", None), getattr(e, "context_mark", None)
+        start = (f" ({context} at line {context_mark.line + 1})" if context and context_mark is not None else "")
+        return f"config file {path} is not valid YAML{where}: {problem}{start}"
+    return None

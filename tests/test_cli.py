@@ -122,6 +122,19 @@ def test_a_run_refused_at_setup_leaves_no_log_folder(tmp_path, monkeypatch):
     assert not (root / "logs").exists()  # nor the logs/ folder it created for it
 
 
+@pytest.mark.parametrize("command", ["validate", "test"])
+def test_validate_or_test_without_held_out_data_is_one_error_not_a_silent_success(command, tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    root = tmp_path / "run"
+    with pytest.raises(ValueError, match=f"lit-vr1 {command} has nothing to score: data.num_val_samples=0.*"
+                                         "data.val_files and data.val_images"):
+        LitVR1CLI(args=[command, "--config", "configs/quickstart.yaml", f"--trainer.default_root_dir={root}",
+                        f"--data.init_args.synthetic_dir={tmp_path / 'data'}", "--data.init_args.synthetic.num_samples=8",
+                        "--data.init_args.num_val_samples=0", "--trainer.callbacks=[]",
+                        "--trainer.enable_progress_bar=false"])
+    assert not (root / "logs").exists()
+
+
 def test_only_log_folders_without_metrics_are_removed(tmp_path):
     from lit_vr1.log_dirs import remove_unused_log_dirs
 

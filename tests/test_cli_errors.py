@@ -98,3 +98,19 @@ def test_the_command_prints_two_lines_without_usage_or_the_nested_dump(flag, exp
     assert expected in err and err.startswith("lit-vr1: error: ")
     assert "usage:" not in err and "Union subtypes" not in err and "NestedArg" not in err
     assert err.strip().splitlines()[-1] == "(lit-vr1 fit --help lists every option)" and len(err.strip().splitlines()) == 2
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("model:\n  init_args:\n    grpo: {beta: 0.04\n", "line 4, column 1: expected ',' or '}'"),
+    ("trainer:\n\tmax_steps: 2\n", "line 2, column 1: found character '\\t' that cannot start any token"),
+])
+def test_a_yaml_syntax_error_names_the_config_file_line_and_column(text, expected, tmp_path, capsys):
+    bad = tmp_path / "mine.yaml"
+    bad.write_text(text)
+    for flag in (["--config", str(bad)], [f"--config={bad}"], ["-c", str(bad)]):
+        with pytest.raises(SystemExit) as info:
+            main(["fit", "--config", "configs/quickstart.yaml", *flag])
+        err = capsys.readouterr().err
+        assert info.value.code == 2
+        assert err.startswith(f"lit-vr1: error: config file {bad} is not valid YAML, {expected}")
+        assert "<unicode string>" not in err and len(err.strip().splitlines()) == 2

@@ -269,6 +269,13 @@ class GroundingDataModule(LightningDataModule):
 
     def val_dataloader(self) -> DataLoader | list:
         if self.val_set is None:
+            fn = getattr(self.trainer.state.fn, "value", None) if self.trainer is not None else None
+            if fn in ("validate", "test"):  # the command's whole point: say so rather than score nothing
+                source = ("data.num_val_samples=0 (the synthetic data's held-out split is empty)"
+                          if self.train_files is None else "data.val_files is not set")
+                raise ValueError(f"lit-vr1 {fn} has nothing to score: {source}; give held-out data with "
+                                 "data.val_files and data.val_images (JSONL files and their image folders)"
+                                 + (" or data.num_val_samples > 0" if self.train_files is None else ""))
             return []  # no validation data (a fit sets limit_val_batches to 0 in setup: Lightning skips validation)
         # its own generator too: creating a loader's iterator draws a worker seed from it
         return DataLoader(self.held_out(), batch_size=self.val_batch_size, collate_fn=collate,

@@ -317,6 +317,12 @@ def decode_line(raw: bytes, where: str, first: bool = False) -> str:
     return text[1:] if first and text.startswith("\ufeff") else text
 
 
+# names other datasets give the image field (LLaVA's and ours is 'image'): a line with one of
+# them and no 'image' would otherwise be read as a text-only question
+IMAGE_FIELD_LOOKALIKES = ("images", "image_path", "image_paths", "img", "imgs", "image_file", "file_name",
+                          "filename", "image_name", "picture")
+
+
 def parse_line(line: str, path: str, lineno: int, folder: str, task: str = "default",
                check_boxes: bool = True, images_outside_folder: bool = False) -> Record:
     """Validate one JSONL line; raise :class:`DataError` naming ``path:lineno`` and the field.
@@ -334,6 +340,11 @@ def parse_line(line: str, path: str, lineno: int, folder: str, task: str = "defa
     if not human.replace("<image>", "").strip():
         raise DataError(f"{where}: {_field_of(obj, 'human')} is empty: the question has no text besides "
                         "<image> markers; write the question or remove the line")
+    if "image" not in obj:
+        near = [k for k in obj if k.lower() in IMAGE_FIELD_LOOKALIKES]
+        if near:
+            raise DataError(f"{where}: field {near[0]!r} is not read; the image path goes in field 'image' "
+                            "(a path or a list of paths, relative to the image folder): rename the field")
     raw = obj.get("image", [])
     names = [raw] if isinstance(raw, str) else raw
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
