@@ -84,10 +84,24 @@ class StepProgressBar(RichProgressBar):
         width = len(self.validation_description)
         return f"{text:{width}}" if width > len(text) else text
 
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        super().on_train_epoch_start(trainer, pl_module)
+        self._show_steps(trainer)
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        if self.progress is not None and self.train_progress_bar_id is not None:
-            self.progress.update(self.train_progress_bar_id, description=self._get_train_description(trainer.current_epoch))
+        self._show_steps(trainer)
+
+    def _show_steps(self, trainer) -> None:
+        """The bar counts optimiser steps out of ``max_steps`` as its description does.
+        Lightning's counts the epoch's batches: after a resume mid-epoch its total is the
+        batches left while its count goes on from the checkpoint's (``60/49``)."""
+        if self.progress is None or self.train_progress_bar_id is None:
+            return
+        fields: dict = {"description": self._get_train_description(trainer.current_epoch)}
+        if trainer.max_steps is not None and trainer.max_steps >= 0:
+            fields.update(total=trainer.max_steps, completed=trainer.global_step)
+        self.progress.update(self.train_progress_bar_id, **fields)
 
 
 def step_progress_bar(trainer) -> None:

@@ -283,3 +283,37 @@ def test_the_optimiser_state_is_in_last_ckpt_and_released_before_lightnings_tear
     assert at_teardown == [trained, 0]
     saved = torch.load(tmp_path / "last.ckpt", weights_only=False)["optimizer_states"][0]["state"]
     assert len(saved) == trained and all("exp_avg" in s for s in saved.values())
+
+
+def test_the_progress_bar_counts_steps_out_of_max_steps_after_a_resume_mid_epoch(samples, tmp_path):
+    """Lightning's bar showed ``60/49`` after a resume (its count went on, its total was the batches
+    left in the epoch); lit-vr1's StepProgressBar shows optimiser steps out of max_steps."""
+    import lightning as L
+    from helpers import LengthReward, collate
+    from torch.utils.data import DataLoader
+
+    from lit_vr1.config import GRPOConfig
+    from lit_vr1.grpo import GRPOModule
+    from lit_vr1.quiet import StepProgressBar
+
+    seen = []
+
+    class Look(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            bar = next(c for c in trainer.callbacks if isinstance(c, StepProgressBar))
+            task = bar.progress.tasks[bar.train_progress_bar_id]
+            seen.append((trainer.global_step, task.completed, task.total))
+
+    def run(max_steps, ckpt_path=None):
+        torch.manual_seed(0)
+        module = GRPOModule(model="tiny:qwen2_5_vl", rewards=[LengthReward()],
+                            grpo=GRPOConfig(num_generations=2, max_completion_length=4))
+        ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=1)
+        trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=max_steps, logger=False, enable_model_summary=False,
+                            callbacks=[ckpt, StepProgressBar(), Look()])
+        trainer.fit(module, DataLoader(samples[:8], batch_size=2, collate_fn=collate), ckpt_path=ckpt_path)
+
+    run(2)
+    seen.clear()
+    run(5, ckpt_path=str(tmp_path / "last.ckpt"))  # resumed at step 2 of an epoch of 4 batches
+    assert seen == [(3, 3, 5), (4, 4, 5), (5, 5, 5)]
