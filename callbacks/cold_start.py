@@ -23,6 +23,7 @@ import time
 import torch
 from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lit_vr1.sft import answer_nll
 
@@ -58,6 +59,8 @@ class ColdStart(Callback):
         was_training = policy.training
         policy.train()
         for _ in range(self.steps):
+            if trainer.received_sigterm:  # stop now, as Lightning's loop does between steps (a resume starts over)
+                raise SIGTERMException
             if start + self.batch_size > len(perm):
                 perm, start = torch.randperm(len(data), generator=order), 0
             batch = [data[int(i)] for i in perm[start:start + self.batch_size]]

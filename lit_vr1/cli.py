@@ -24,6 +24,7 @@ from pathlib import Path
 
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lit_vr1.checkpoint import (
     checkpoints_under_root,
@@ -118,6 +119,7 @@ class LitVR1CLI(LightningCLI):
         """The loggers follow ``--trainer.default_root_dir`` (:func:`loggers_follow_root`)."""
         config = self.config[self.subcommand] if self.subcommand else self.config
         loggers_follow_root(config, self._argv)
+        no_bar_when_disabled(config)
         quiet_cli_notices(self.subcommand)
 
 
@@ -238,6 +240,17 @@ def loggers_follow_root(config, argv: list[str]) -> None:
             logger["init_args.save_dir"] = root
 
 
+def no_bar_when_disabled(config) -> None:
+    """``--trainer.enable_progress_bar=false`` over a config that lists a progress bar among its
+    callbacks (the recipes list ``RichProgressBar``) drops that callback: the flag is the
+    later word (Lightning refuses the pair with a MisconfigurationException otherwise)."""
+    callbacks = config.get("trainer.callbacks")
+    if config.get("trainer.enable_progress_bar") is not False or not isinstance(callbacks, list):
+        return
+    config["trainer.callbacks"] = [c for c in callbacks
+                                   if not str(getattr(c, "class_path", "") or "").endswith("ProgressBar")]
+
+
 def checkpoint_model_settings(path: str) -> dict | None:
     """``{"class_path", "init_args"}`` of the LightningModule saved in a checkpoint (its
     ``save_hyperparameters``), or None when it saved none."""
@@ -296,6 +309,10 @@ def main(args: list[str] | None = None) -> None:
         sys.argv[1:] = argv  # the command line itself, so that Lightning does not warn about args
     try:
         LitVR1CLI(args=None if args is None else argv)
+    except SIGTERMException:  # a SystemExit without a code: the process would exit 0, as if it had finished
+        print("lit-vr1: stopped by SIGTERM (exit 143); resume from the last checkpoint with --ckpt_path last "
+              "(the steps after it run again)", file=sys.stderr)
+        sys.exit(143)
     except Exception as exc:  # noqa: BLE001 - ours become one line, anything else is re-raised
         error = None if show_traceback else user_error(exc)
         if error is None:

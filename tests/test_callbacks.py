@@ -224,3 +224,34 @@ def test_validate_and_test_on_a_seeded_subset_write_results_json(tmp_path):
     for r in runs:
         assert r["acc50"] == pytest.approx(ref.acc50, abs=1e-6) and r["miou"] == pytest.approx(ref.miou, abs=1e-6)
         assert r["format"] == pytest.approx(ref.format, abs=1e-6)
+
+
+def test_cold_start_stops_at_sigterm_between_its_steps(tmp_path, monkeypatch):
+    """Lightning's loop stops at a SIGTERM only between training steps; the cold start runs
+    inside on_train_start (minutes on a busy machine) and now checks the signal at each step."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    import callbacks.cold_start as cold_start_module
+    from callbacks import ColdStart
+    from lit_vr1.data.datamodule import GroundingDataModule
+    from lit_vr1.data.synthetic import SyntheticSpec
+
+    calls = []
+    real = cold_start_module.answer_nll
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            trainer._signal_connector.received_sigterm = True  # what Lightning's SIGTERM handler sets
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cold_start_module, "answer_nll", counted)
+    module = GRPOModule(model="tiny:qwen2_5_vl", rewards=[LengthReward()],
+                        grpo=GRPOConfig(num_generations=2, max_completion_length=4))
+    data = GroundingDataModule(synthetic=SyntheticSpec(num_samples=8, canvas=56, max_shapes=1),
+                               synthetic_dir=str(tmp_path), batch_size=2, num_val_samples=0)
+    trainer = Trainer(accelerator="cpu", max_steps=2, logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, callbacks=[ColdStart(steps=100, batch_size=2)])
+    with pytest.raises(SIGTERMException):
+        trainer.fit(module, data)
+    assert len(calls) == 3 and trainer.global_step == 0

@@ -135,6 +135,15 @@ def test_validate_or_test_without_held_out_data_is_one_error_not_a_silent_succes
     assert not (root / "logs").exists()
 
 
+def test_disabling_the_progress_bar_on_the_command_line_drops_the_configs_bar(tmp_path, monkeypatch):
+    """The recipes list RichProgressBar among their callbacks; Lightning refused the flag beside it."""
+    monkeypatch.chdir(ROOT)
+    cli = LitVR1CLI(args=["--config", "configs/quickstart.yaml", f"--trainer.default_root_dir={tmp_path}",
+                          "--trainer.enable_progress_bar=false"], run=False)
+    assert cli.trainer.progress_bar_callback is None
+    assert any(type(c).__name__ == "ColdStart" for c in cli.trainer.callbacks)  # the others stay
+
+
 def test_only_log_folders_without_metrics_are_removed(tmp_path):
     from lit_vr1.log_dirs import remove_unused_log_dirs
 
@@ -150,3 +159,20 @@ def test_only_log_folders_without_metrics_are_removed(tmp_path):
     (nested / "version_0").mkdir(parents=True)
     (nested / "version_0" / "hparams.yaml").write_text("{}\n")
     assert remove_unused_log_dirs([str(nested)]) == [str(nested)] and not nested.exists()
+
+
+def test_a_fit_stopped_by_sigterm_exits_143_not_0(monkeypatch, capsys):
+    """Lightning stops at a SIGTERM by raising SIGTERMException, a SystemExit without a code:
+    the command would exit 0, and a scheduler would take the run for finished."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    import lit_vr1.cli as cli_module
+
+    def stopped(*args, **kwargs):
+        raise SIGTERMException
+
+    monkeypatch.setattr(cli_module, "LitVR1CLI", stopped)
+    with pytest.raises(SystemExit) as info:
+        cli_module.main(["fit", "--config", "configs/quickstart.yaml"])
+    assert info.value.code == 143
+    assert "stopped by SIGTERM" in capsys.readouterr().err
