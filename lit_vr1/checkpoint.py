@@ -253,10 +253,17 @@ def strict_last_checkpoint(trainer) -> None:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*there is no last checkpoint available.*")
                 return resolve(state_fn, "last", model_provided, model_connected)
-        resolved = resolve(state_fn, ckpt_path, model_provided, model_connected)
-        if ckpt_path == "last" and resolved is None:
+        if ckpt_path != "last":
+            return resolve(state_fn, ckpt_path, model_provided, model_connected)
+        with warnings.catch_warnings():  # said below, in one message
+            warnings.filterwarnings("ignore", message=".*there is no last checkpoint available.*")
+            resolved = resolve(state_fn, ckpt_path, model_provided, model_connected)
+        if resolved is None:
             folders = sorted({str(cb.dirpath) for cb in trainer.checkpoint_callbacks if getattr(cb, "dirpath", None)})
             where = f" in {', '.join(folders)}" if folders else " (no ModelCheckpoint saves any)"
+            if str(getattr(state_fn, "value", state_fn)) != "fit":  # validate, test, predict: nothing trained to read
+                raise CheckpointError(f"--ckpt_path last: there is no checkpoint{where}; train one first (lit-vr1 fit "
+                                      "with the same --trainer.default_root_dir), or give a checkpoint file's path")
             raise CheckpointError(f"--ckpt_path last: there is no checkpoint to resume from{where}; to start fresh "
                                   f"leave out --ckpt_path, or pass --ckpt_path {LAST_OR_NEW} to resume only when "
                                   "a checkpoint exists")

@@ -225,6 +225,12 @@ def test_ckpt_path_last_without_a_checkpoint_is_an_error_and_last_or_new_starts_
     proc = cli(tmp_path, *common, "--ckpt_path=last")
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "--ckpt_path last: there is no checkpoint to resume from in" in proc.stderr and "last_or_new" in proc.stderr
+    assert "there is no last checkpoint available" not in proc.stderr  # Lightning's warning: said once, above
+    validate = subprocess.run([sys.executable, "-m", "lit_vr1.cli", "validate", "--config",
+                               str(ROOT / "configs/quickstart.yaml"), *common, "--ckpt_path=last"], cwd=tmp_path,
+                              env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=180)
+    assert validate.returncode == 2 and "--ckpt_path last: there is no checkpoint in" in validate.stderr
+    assert "train one first" in validate.stderr and "last_or_new" not in validate.stderr
     fresh = cli(tmp_path, *common, "--ckpt_path=last_or_new")
     assert fresh.returncode == 0, fresh.stderr[-3000:]
     assert (ckpt / "last.ckpt").is_file()
