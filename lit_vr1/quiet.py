@@ -15,6 +15,9 @@ better (each with the reason), so that what is left on the screen is worth readi
   API, nothing a user can change.
 * "`is_gradient_checkpointing` is deprecated": peft's call into transformers when it wraps
   a model for LoRA, nothing a user can change.
+* "Precision bf16-mixed is not supported by the model summary. Estimated model size in MB
+  will not be accurate. Using 32 bits instead": under ``bf16-mixed`` lit-vr1's weights are
+  float32 (bf16 is the compute dtype), so 32 bits is the accurate size (seen on every GPU run).
 * Lightning's "Tip: ... litlogger / litmodels" advertisements.
 
 Under the ``lit-vr1`` command only (:func:`quiet_cli_notices`), where lit-vr1 knows more:
@@ -41,6 +44,7 @@ NOTICES = (
     r"The number of training batches \(\d+\) is smaller than the logging interval",
     r".*isinstance\(treespec, LeafSpec\)` is deprecated",
     r"`is_gradient_checkpointing` is deprecated",
+    r"Precision bf16-mixed is not supported by the model summary",
 )
 CLI_NOTICES = (r"Checkpoint directory .* exists and is not empty",)
 EVALUATION_NOTICES = (r"Be aware that when using `ckpt_path`, callbacks used to create the checkpoint",)

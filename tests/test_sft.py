@@ -63,3 +63,31 @@ def test_sft_fits_a_small_batch_and_exports(samples, tmp_path):
         after = module.sft_loss(batch)[0].item()
     assert after < 0.5 * before
     assert (tmp_path / "export" / "config.json").exists() and (tmp_path / "export" / "tokenizer_config.json").exists()
+
+
+
+def test_no_model_summary_notice_under_bf16_mixed(tmp_path):
+    """Lightning's summary says bf16-mixed is unsupported and counts 32 bits a weight: exactly
+    right for lit-vr1's float32 weights, so the notice is silenced (lit_vr1/quiet.py). In a
+    process of its own: pytest resets warning filters around each test."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = """
+from lightning.pytorch import Trainer
+from lightning.pytorch.utilities.model_summary import ModelSummary
+from lit_vr1.sft import SFTModule
+module = SFTModule(model="tiny:qwen2_5_vl")
+module.configure_model()
+trainer = Trainer(accelerator="cpu", precision="bf16-mixed", logger=False)
+trainer.strategy.connect(module)
+module.trainer = trainer
+print(ModelSummary(module).total_parameters > 0)
+"""
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(root)))
+    assert proc.returncode == 0 and proc.stdout.strip() == "True", proc.stderr[-2000:]
+    assert "not supported by the model summary" not in proc.stderr
