@@ -8,6 +8,7 @@ import os
 import re
 
 from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities import rank_zero_info
 from PIL import ImageDraw
 
 from lit_vr1.rewards.boxes import flatten_box, solution_boxes
@@ -51,6 +52,10 @@ class PredictionWriter(BasePredictionWriter):
     def on_predict_start(self, trainer, pl_module) -> None:
         os.makedirs(os.path.join(self.output_dir, "images"), exist_ok=True)
         open(self._jsonl(trainer), "w").close()  # a new prediction run starts a new file
+
+    def on_predict_end(self, trainer, pl_module) -> None:
+        rank_zero_info(f"PredictionWriter: answers in {self._jsonl(trainer)}"
+                       + (f", pictures in {os.path.join(self.output_dir, 'images')}" if self.draw else ""))
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx) -> None:
         with open(self._jsonl(trainer), "a") as f:

@@ -69,6 +69,8 @@ class LitVR1CLI(LightningCLI):
         and checkpoints without a ``dirpath`` under ``<default_root_dir>/checkpoints``
         (:func:`~lit_vr1.checkpoint.checkpoints_under_root`)."""
         trainer = super().instantiate_trainer(**kwargs)
+        if getattr(self, "subcommand", None) == "predict":
+            default_prediction_writer(trainer)
         checkpoints_under_root(trainer)
         step_progress_bar(trainer)
         use_atomic_checkpoints(trainer)
@@ -240,6 +242,19 @@ def loggers_follow_root(config, argv: list[str]) -> None:
             logger["init_args.save_dir"] = root
 
 
+def default_prediction_writer(trainer) -> None:
+    """``lit-vr1 predict`` without a prediction writer among the callbacks would decode every
+    prompt and keep nothing: it gets ``callbacks.PredictionWriter`` writing under
+    ``<trainer.default_root_dir>/predictions`` (a writer given in the config or flags is kept)."""
+    from lightning.pytorch.callbacks import BasePredictionWriter
+
+    if any(isinstance(c, BasePredictionWriter) for c in trainer.callbacks):
+        return
+    from callbacks import PredictionWriter
+
+    trainer.callbacks.append(PredictionWriter(output_dir=os.path.join(trainer.default_root_dir, "predictions")))
+
+
 def no_bar_when_disabled(config) -> None:
     """``--trainer.enable_progress_bar=false`` over a config that lists a progress bar among its
     callbacks (the recipes list ``RichProgressBar``) drops that callback: the flag is the
@@ -311,7 +326,8 @@ def main(args: list[str] | None = None) -> None:
         LitVR1CLI(args=None if args is None else argv)
     except SIGTERMException:  # a SystemExit without a code: the process would exit 0, as if it had finished
         print("lit-vr1: stopped by SIGTERM (exit 143); resume from the last checkpoint with --ckpt_path last "
-              "(the steps after it run again)", file=sys.stderr)
+              "(the steps after it run again), or --ckpt_path last_or_new if none may have been saved yet",
+              file=sys.stderr)
         sys.exit(143)
     except Exception as exc:  # noqa: BLE001 - ours become one line, anything else is re-raised
         error = None if show_traceback else user_error(exc)

@@ -65,13 +65,15 @@ BAD_AT_BUILD = [
     (vr1(9, [["cat", [-3, 0, 10, 10]]]), r"data\.jsonl:2: field 'solution' item 1 .* lies outside"),
     (rec(9).replace('"image":', '"images":'),
      r"data\.jsonl:2: field 'images' is not read; the image path goes in field 'image'"),
+    (vr1(9, [["cat", [1, 2, 10, 12]]]).replace('"solution":', '"answer":'),
+     r"data\.jsonl:2: field 'answer' is not read; the answer goes in field 'solution'"),
 ]
 
 
 @pytest.mark.parametrize("line, message", BAD_AT_BUILD, ids=[
     "malformed_json", "missing_field", "missing_image", "corrupt_image_header", "aspect_ratio", "empty_human_turn",
     "empty_problem", "rec_zero_area", "rec_out_of_image", "vr1_zero_area", "vr1_out_of_image", "vr1_negative",
-    "image_field_misspelled"])
+    "image_field_misspelled", "solution_field_misspelled"])
 def test_bad_rows_fail_when_the_data_is_read_naming_file_line_field(tmp_path, line, message):
     f, d = write(tmp_path, [rec(1), line, rec(3)])
     with pytest.raises(DataError, match=message):

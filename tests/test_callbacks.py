@@ -126,6 +126,14 @@ def test_predict_through_the_cli_writes_jsonl_and_pngs_for_three_images(tmp_path
     from PIL import Image
 
     assert Image.open(out / "images" / "train-0.png").size == (112, 112)  # scale 2
+    assert f"PredictionWriter: answers in {out / 'predictions.jsonl'}" in proc.stdout + proc.stderr
+    # without a writer among the callbacks, one writes under the run's root instead of nothing at all
+    root = tmp_path / "run"
+    plain = [*cmd[:-1], "--trainer.callbacks=[]", f"--trainer.default_root_dir={root}"]
+    proc = subprocess.run(plain, cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len((root / "predictions" / "predictions.jsonl").read_text().splitlines()) == 3
 
 
 def test_prediction_writer_draws_the_parsed_boxes(tmp_path, samples):

@@ -194,3 +194,19 @@ def test_reward_methods_route_per_file_and_a_line_overrides(tmp_path):
     assert [r.task for r in JsonlDataset(f1, d1).records] == ["default", "math"]
     with pytest.raises(DataError, match="reward_methods lists 3 method.* but data_files lists 2 file"):
         JsonlDataset(f"{f1}:{f2}", f"{d1}:{d2}", reward_methods="a:b:c")
+
+
+def test_held_out_files_replace_the_synthetic_split_when_training_on_synthetic_data(tmp_path):
+    """A new user's validate --data.val_files=mine.jsonl over the quickstart config scored the 200
+    synthetic held-out images and said nothing: val_files were read only beside train_files."""
+    from lit_vr1.data.datamodule import GroundingDataModule
+    from lit_vr1.data.synthetic import SyntheticSpec, write_synthetic
+
+    mine = tmp_path / "mine"
+    write_synthetic(str(mine), SyntheticSpec(num_samples=3, canvas=56, max_shapes=1, seed=5), "val")
+    data = GroundingDataModule(synthetic=SyntheticSpec(num_samples=4, canvas=56, max_shapes=1),
+                               synthetic_dir=str(tmp_path / "synthetic"), num_val_samples=200,
+                               val_files=str(mine / "val.jsonl"), val_images=str(mine / "images"))
+    data.setup("validate")
+    assert len(data.val_set) == 3 and data.val_set.records[0].source.startswith(str(mine / "val.jsonl"))
+    assert not (tmp_path / "synthetic" / "val.jsonl").exists()  # the unused split is not drawn

@@ -51,7 +51,8 @@ class GroundingDataModule(LightningDataModule):
     Args:
         train_files: ':'-separated JSONL files. Leave unset to use synthetic data.
         train_images: ':'-separated image folders, one per train file.
-        val_files: ':'-separated JSONL files for validation (optional).
+        val_files: ':'-separated JSONL files for validation (optional; with synthetic training
+            data they replace the synthetic held-out split).
         val_images: image folders for ``val_files``.
         template: prompt template: plain, r1, qwen_rec or r1_rec.
         batch_size: prompts per rollout on each process (each gets G completions).
@@ -59,7 +60,7 @@ class GroundingDataModule(LightningDataModule):
         synthetic: draw shapes data with this spec when ``train_files`` is unset.
         synthetic_dir: where the synthetic JSONL and PNGs are written (reused when drawn
             with the same spec, redrawn otherwise).
-        num_val_samples: size of the synthetic held-out split (0: none).
+        num_val_samples: size of the synthetic held-out split (0: none; unused with ``val_files``).
         val_batch_size: prompts per validation batch (greedy decoding; None: ``batch_size``).
         reward_methods: ':'-separated task of each train file (VLM-R1's ``--reward_method``;
             one for all files when a single one is given); a line's own ``reward_method``
@@ -152,7 +153,7 @@ class GroundingDataModule(LightningDataModule):
         if self.train_files is not None or self.synthetic is None:
             return
         for split, n in (("train", self.synthetic.num_samples), ("val", self.num_val_samples)):
-            if n == 0:
+            if n == 0 or (split == "val" and self.val_files is not None):  # the user's held-out files instead
                 continue
             path, _ = self._synthetic_paths(split)
             spec = SyntheticSpec(**{**vars(self.synthetic), "num_samples": n})
@@ -170,6 +171,8 @@ class GroundingDataModule(LightningDataModule):
             self.prepare_data()  # idempotent; covers direct use outside a Trainer
             train, images = self._synthetic_paths("train")
             val, val_images = self._synthetic_paths("val") if self.num_val_samples else (None, None)
+            if self.val_files is not None:  # held-out files given: they are scored, not the synthetic split
+                val, val_images = self.val_files, self.val_images
         else:
             train, images = self.train_files, self.train_images
             val, val_images = self.val_files, self.val_images

@@ -194,6 +194,11 @@ def _turns(obj: dict, where: str) -> tuple[str, Any]:
     question = obj.get("problem", obj.get("question"))
     if not isinstance(question, str):
         raise DataError(f"{where}: a line needs 'conversations', or a string 'problem' (or 'question') field")
+    if "solution" not in obj:
+        near = [k for k in obj if k.lower() in SOLUTION_FIELD_LOOKALIKES]
+        if near:  # a label under another name would train as unlabelled (R1V-Free's layout) without a word
+            raise DataError(f"{where}: field {near[0]!r} is not read; the answer goes in field 'solution' (a string, or "
+                            "[category, [x1, y1, x2, y2]] pairs): rename the field, or remove it for unlabelled data")
     solution = obj.get("solution", "")
     if isinstance(solution, list):
         for k, pair in enumerate(solution):
@@ -321,6 +326,12 @@ def decode_line(raw: bytes, where: str, first: bool = False) -> str:
 # them and no 'image' would otherwise be read as a text-only question
 IMAGE_FIELD_LOOKALIKES = ("images", "image_path", "image_paths", "img", "imgs", "image_file", "file_name",
                           "filename", "image_name", "picture")
+
+
+# names other datasets give the answer of a 'problem' line (ours is 'solution'; a line without
+# one is unlabelled, as in R1V-Free)
+SOLUTION_FIELD_LOOKALIKES = ("answer", "answers", "solutions", "ground_truth", "groundtruth", "gt", "gt_answer",
+                             "bbox", "bboxes", "boxes", "target")
 
 
 def parse_line(line: str, path: str, lineno: int, folder: str, task: str = "default",
