@@ -85,7 +85,8 @@ class LitVR1CLI(LightningCLI):
         silently dropping every ``--model.*`` flag, e.g. ``results_path``). A broken file is
         reported by name (:func:`~lit_vr1.checkpoint.load_checkpoint_file`)."""
         argv = self._argv = list(sys.argv[1:] if args is None else args)
-        for path in _flag_values(argv, ("--config", "-c")):
+        LitVR1ArgumentParser.config_files = _flag_values(argv, ("--config", "-c"))
+        for path in LitVR1ArgumentParser.config_files:
             problem = config_file_problem(path)
             if problem:
                 parser.error(problem)

@@ -31,6 +31,7 @@ NOT_ACCEPTED = re.compile(r"^Option '([^']+)' is not accepted$")
 WRONG_TYPE = re.compile(r"^Expected a (.+?)\. Got value: (.*)$")
 ALTERNATIVE = re.compile(r"^- Expected a (.+)$")
 UNRECOGNIZED = re.compile(r"^unrecognized arguments: (.+)$")
+NOT_ACCEPTED_KEY = re.compile(r"^Subcommand '([^']+)' does not accept option '([^']+)'$")
 # lit-vr1's classes with their own ``--<key>.help`` (lit_vr1.cli.HELP_KEYS)
 HELP_FOR = {"lit_vr1.config.GRPOConfig": "--model.grpo.help", "lit_vr1.models.lora.LoraSpec": "--model.lora.help",
             "lit_vr1.models.tiny_parts.TinySpec": "--model.tiny_spec.help",
@@ -145,10 +146,38 @@ def _module_hint(text: str) -> str:
     return _did_you_mean(missing.group(2), [n for n in dir(module) if not n.startswith("_")])
 
 
-def condense(message: str, option_strings: list[str] = ()) -> str:
+def _file_holding(dotted: str, files: list[str]) -> str | None:
+    """The last of the YAML ``files`` that sets the nested key ``dotted`` (``trainer.max_stepz``)."""
+    import yaml
+
+    found = None
+    for path in files:
+        try:
+            with open(path) as f:
+                node = yaml.safe_load(f)
+        except (OSError, yaml.YAMLError):
+            continue
+        for part in dotted.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+            if node is None:
+                break
+        else:
+            found = path
+    return found
+
+
+def condense(message: str, option_strings: list[str] = (), config_files: list[str] = ()) -> str:
     """One message for jsonargparse's parse error ``message``: each problem with the key it
     concerns, alternatives close to a misspelled name (the class's options, or
-    ``option_strings`` for an unrecognized flag); an unstructured message comes back as is."""
+    ``option_strings`` for an unrecognized flag or config key, with the one of ``config_files``
+    that holds the key); an unstructured message comes back as is."""
+    key = NOT_ACCEPTED_KEY.match(message.strip())
+    if key:  # a config file's key (a flag would be 'unrecognized'): name it as a key, with the file
+        name = key.group(2)
+        keys = [f[2:] for f in option_strings if f.startswith("--")]
+        found = _file_holding(name, config_files)
+        return (f"{name}: not an option of lit-vr1 {key.group(1)}" + (f" (in config file {found})" if found else "")
+                + _did_you_mean(name, keys))
     unknown = UNRECOGNIZED.match(message.strip())
     if unknown:
         flags = unknown.group(1).split()
@@ -194,6 +223,8 @@ class LitVR1ArgumentParser(LightningArgumentParser):
     """Lightning's parser whose parse errors print as :func:`condense`'s message and a
     pointer to ``--help`` (exit 2), without the usage."""
 
+    config_files: list[str] = []  # the command line's --config files (set by LitVR1CLI before parsing)
+
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         from jsonargparse._common import debug_mode_active
 
@@ -202,7 +233,7 @@ class LitVR1ArgumentParser(LightningArgumentParser):
         parser = getattr(ex, "subcommand_parser", None) or self
         flags = [s for action in parser._actions for s in action.option_strings if s.startswith("--")]
         prog = parser.prog.replace(" [options]", "")
-        sys.stderr.write(f"lit-vr1: error: {condense(message, flags)}\n"
+        sys.stderr.write(f"lit-vr1: error: {condense(message, flags, self.config_files)}\n"
                          f"({prog} --help lists every option)\n")
         self.exit(2)
 

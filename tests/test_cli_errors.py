@@ -114,3 +114,14 @@ def test_a_yaml_syntax_error_names_the_config_file_line_and_column(text, expecte
         assert info.value.code == 2
         assert err.startswith(f"lit-vr1: error: config file {bad} is not valid YAML, {expected}")
         assert "<unicode string>" not in err and len(err.strip().splitlines()) == 2
+
+
+def test_a_misspelled_key_in_a_config_file_names_the_file_and_the_nearest_keys(tmp_path, capsys):
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("trainer:\n  max_stepz: 3\n")
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--config", "configs/quickstart.yaml", "--config", str(mine)])
+    err = capsys.readouterr().err
+    assert info.value.code == 2
+    assert err.startswith(f"lit-vr1: error: trainer.max_stepz: not an option of lit-vr1 fit (in config file {mine}); "
+                          "did you mean trainer.max_steps")
