@@ -88,6 +88,13 @@ class StepProgressBar(RichProgressBar):
         width = len(self.validation_description)
         return f"{text:{width}}" if width > len(text) else text
 
+    def get_metrics(self, trainer, pl_module) -> dict:
+        """Lightning's, without ``v_num`` (the logger's version, which the rich bar printed as a
+        metric, ``v_num: 0.000``; the log folder's name says it)."""
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)
+        return items
+
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         super().on_train_epoch_start(trainer, pl_module)
         self._show_steps(trainer)

@@ -303,13 +303,15 @@ def test_the_progress_bar_counts_steps_out_of_max_steps_after_a_resume_mid_epoch
             bar = next(c for c in trainer.callbacks if isinstance(c, StepProgressBar))
             task = bar.progress.tasks[bar.train_progress_bar_id]
             seen.append((trainer.global_step, task.completed, task.total))
+            assert "v_num" not in bar.get_metrics(trainer, pl_module)
 
     def run(max_steps, ckpt_path=None):
         torch.manual_seed(0)
         module = GRPOModule(model="tiny:qwen2_5_vl", rewards=[LengthReward()],
                             grpo=GRPOConfig(num_generations=2, max_completion_length=4))
         ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=1)
-        trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=max_steps, logger=False, enable_model_summary=False,
+        trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=max_steps, enable_model_summary=False,
+                            logger=L.pytorch.loggers.CSVLogger(tmp_path / "logs"),  # the bar's v_num comes from it
                             callbacks=[ckpt, StepProgressBar(), Look()])
         trainer.fit(module, DataLoader(samples[:8], batch_size=2, collate_fn=collate), ckpt_path=ckpt_path)
 
