@@ -70,7 +70,11 @@ class PredictionWriter(BasePredictionWriter):
             image = image.resize((image.width * self.scale, image.height * self.scale))
             draw = ImageDraw.Draw(image)
             for box, label, colour in truth_boxes(sample.solution) + [(b["bbox_2d"], b["label"], RED) for b in rec["boxes"]]:
+                # drawn within the picture (a box written past the edge shows at the edge; the JSONL keeps it as written)
+                w, h = image.width - 1, image.height - 1
                 x1, y1, x2, y2 = (v * self.scale for v in flatten_box(tuple(box)))
+                x1, x2 = (min(max(v, 0), w) for v in (x1, x2))
+                y1, y2 = (min(max(v, 0), h) for v in (y1, y2))
                 draw.rectangle([x1, y1, x2, y2], outline=colour, width=max(1, self.scale))
                 if label:
                     draw.text((x1 + 2, y1 + 1), label, fill=colour)

@@ -163,6 +163,12 @@ def test_prediction_writer_draws_the_parsed_boxes(tmp_path, samples):
     plain = Image.open(tmp_path / "images" / "a_b.png").convert("RGB").crop((0, h - 14, w, h))
     captioned = Image.open(tmp_path / "images" / "none.png").convert("RGB").crop((0, h - 14, w, h))
     assert list(captioned.getdata()) != list(plain.getdata())  # the caption's text along the bottom
+    # a box written past the picture's edge is drawn at the edge, and kept as written in the JSONL
+    past = {"id": "past", "boxes": [{"bbox_2d": [10, h - 5, 30, h + 40], "label": ""}]}
+    writer.write_on_batch_end(FakeTrainer(), None, [past], None, [sample], 0, 0)
+    edge = Image.open(tmp_path / "images" / "past.png").convert("RGB")
+    assert edge.getpixel((20, h - 1)) == (220, 0, 0)
+    assert f'"bbox_2d": [10, {h - 5}, 30, {h + 40}]' in (tmp_path / "predictions.jsonl").read_text()
 
 
 def test_ptst_switches_stage_at_the_configured_steps_and_survives_a_resume(samples, tmp_path):
