@@ -249,16 +249,12 @@ def strict_last_checkpoint(trainer) -> None:
     def parse(state_fn, ckpt_path, model_provided, model_connected):
         if ckpt_path is None and state_fn == "fit":
             refuse_earlier_checkpoints(trainer)
-        if ckpt_path == LAST_OR_NEW:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*there is no last checkpoint available.*")
-                return resolve(state_fn, "last", model_provided, model_connected)
-        if ckpt_path != "last":
+        if ckpt_path not in ("last", LAST_OR_NEW):
             return resolve(state_fn, ckpt_path, model_provided, model_connected)
-        with warnings.catch_warnings():  # said below, in one message
+        with warnings.catch_warnings():  # Lightning's warning: for "last" said below, in one message
             warnings.filterwarnings("ignore", message=".*there is no last checkpoint available.*")
-            resolved = resolve(state_fn, ckpt_path, model_provided, model_connected)
-        if resolved is None:
+            resolved = resolve(state_fn, "last", model_provided, model_connected)
+        if resolved is None and ckpt_path == "last":
             folders = sorted({str(cb.dirpath) for cb in trainer.checkpoint_callbacks if getattr(cb, "dirpath", None)})
             where = f" in {', '.join(folders)}" if folders else " (no ModelCheckpoint saves any)"
             if str(getattr(state_fn, "value", state_fn)) != "fit":  # validate, test, predict: nothing trained to read

@@ -33,7 +33,7 @@ from lit_vr1.checkpoint import (
     strict_last_checkpoint,
     use_atomic_checkpoints,
 )
-from lit_vr1.cli_errors import LitVR1ArgumentParser, config_file_problem
+from lit_vr1.cli_errors import LitVR1ArgumentParser, config_file_problem, yaml_value
 from lit_vr1.log_dirs import new_log_dirs, remove_unused_log_dirs
 from lit_vr1.quiet import quiet_cli_notices, quiet_known_notices, step_progress_bar  # noqa: E402
 from lit_vr1.trl_names import misplaced_trl_flag  # noqa: E402
@@ -196,34 +196,17 @@ def _flag_values(argv: list[str], flags: tuple[str, ...]) -> list[str]:
 
 def _flag_value(argv: list[str], flag: str) -> str | None:
     """The value of ``flag`` in ``argv`` (``--flag value`` or ``--flag=value``; the last wins)."""
-    value = None
-    for i, arg in enumerate(argv):
-        if arg == flag and i + 1 < len(argv):
-            value = argv[i + 1]
-        elif arg.startswith(flag + "="):
-            value = arg.split("=", 1)[1]
-    return value
+    values = _flag_values(argv, (flag,))
+    return values[-1] if values else None
 
 
 def _config_files_value(argv: list[str], keys: tuple[str, ...]):
     """The value at ``keys`` in the YAML files given with ``--config`` (the last file that sets
     it wins, as in parsing); None when none sets it or a file cannot be read."""
-    import yaml
-
     value = None
-    for i, arg in enumerate(argv):
-        path = argv[i + 1] if arg == "--config" and i + 1 < len(argv) else arg.split("=", 1)[1] \
-            if arg.startswith("--config=") else None
-        if path is None:
-            continue
-        try:
-            with open(path) as f:
-                node = yaml.safe_load(f)
-        except (OSError, yaml.YAMLError):
-            continue
-        for key in keys:
-            node = node.get(key) if isinstance(node, dict) else None
-        value = node if node is not None else value
+    for path in _flag_values(argv, ("--config", "-c")):
+        found = yaml_value(path, keys)
+        value = found if found is not None else value
     return value
 
 

@@ -146,24 +146,25 @@ def _module_hint(text: str) -> str:
     return _did_you_mean(missing.group(2), [n for n in dir(module) if not n.startswith("_")])
 
 
-def _file_holding(dotted: str, files: list[str]) -> str | None:
-    """The last of the YAML ``files`` that sets the nested key ``dotted`` (``trainer.max_stepz``)."""
+def yaml_value(path: str, keys: tuple[str, ...]):
+    """The value at the nested ``keys`` of the YAML file ``path``; None when it is not set or the
+    file cannot be read or parsed."""
     import yaml
 
-    found = None
-    for path in files:
-        try:
-            with open(path) as f:
-                node = yaml.safe_load(f)
-        except (OSError, yaml.YAMLError):
-            continue
-        for part in dotted.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-            if node is None:
-                break
-        else:
-            found = path
-    return found
+    try:
+        with open(path) as f:
+            node = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError):
+        return None
+    for key in keys:
+        node = node.get(key) if isinstance(node, dict) else None
+    return node
+
+
+def _file_holding(dotted: str, files: list[str]) -> str | None:
+    """The last of the YAML ``files`` that sets the nested key ``dotted`` (``trainer.max_stepz``)."""
+    holding = [path for path in files if yaml_value(path, tuple(dotted.split("."))) is not None]
+    return holding[-1] if holding else None
 
 
 def condense(message: str, option_strings: list[str] = (), config_files: list[str] = ()) -> str:

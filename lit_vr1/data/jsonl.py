@@ -194,11 +194,9 @@ def _turns(obj: dict, where: str) -> tuple[str, Any]:
     question = obj.get("problem", obj.get("question"))
     if not isinstance(question, str):
         raise DataError(f"{where}: a line needs 'conversations', or a string 'problem' (or 'question') field")
-    if "solution" not in obj:
-        near = [k for k in obj if k.lower() in SOLUTION_FIELD_LOOKALIKES]
-        if near:  # a label under another name would train as unlabelled (R1V-Free's layout) without a word
-            raise DataError(f"{where}: field {near[0]!r} is not read; the answer goes in field 'solution' (a string, or "
-                            "[category, [x1, y1, x2, y2]] pairs): rename the field, or remove it for unlabelled data")
+    # a label under another name would train as unlabelled (R1V-Free's layout) without a word
+    _refuse_misnamed(obj, "solution", SOLUTION_FIELD_LOOKALIKES, where, "the answer goes in field 'solution' (a string, "
+                     "or [category, [x1, y1, x2, y2]] pairs): rename the field, or remove it for unlabelled data")
     solution = obj.get("solution", "")
     if isinstance(solution, list):
         for k, pair in enumerate(solution):
@@ -334,6 +332,14 @@ SOLUTION_FIELD_LOOKALIKES = ("answer", "answers", "solutions", "ground_truth", "
                              "bbox", "bboxes", "boxes", "target")
 
 
+def _refuse_misnamed(obj: dict, field: str, lookalikes: tuple[str, ...], where: str, advice: str) -> None:
+    """A :class:`DataError` when ``obj`` lacks ``field`` but holds one of its ``lookalikes``."""
+    if field not in obj:
+        near = [k for k in obj if k.lower() in lookalikes]
+        if near:
+            raise DataError(f"{where}: field {near[0]!r} is not read; {advice}")
+
+
 def parse_line(line: str, path: str, lineno: int, folder: str, task: str = "default",
                check_boxes: bool = True, images_outside_folder: bool = False) -> Record:
     """Validate one JSONL line; raise :class:`DataError` naming ``path:lineno`` and the field.
@@ -351,11 +357,8 @@ def parse_line(line: str, path: str, lineno: int, folder: str, task: str = "defa
     if not human.replace("<image>", "").strip():
         raise DataError(f"{where}: {_field_of(obj, 'human')} is empty: the question has no text besides "
                         "<image> markers; write the question or remove the line")
-    if "image" not in obj:
-        near = [k for k in obj if k.lower() in IMAGE_FIELD_LOOKALIKES]
-        if near:
-            raise DataError(f"{where}: field {near[0]!r} is not read; the image path goes in field 'image' "
-                            "(a path or a list of paths, relative to the image folder): rename the field")
+    _refuse_misnamed(obj, "image", IMAGE_FIELD_LOOKALIKES, where, "the image path goes in field 'image' (a path or "
+                     "a list of paths, relative to the image folder): rename the field")
     raw = obj.get("image", [])
     names = [raw] if isinstance(raw, str) else raw
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
