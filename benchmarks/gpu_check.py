@@ -14,8 +14,10 @@ still returns what it measured):
   image processor), then GRPO at the 3B recipe's settings: ``bf16-mixed`` over float32
   weights, G=8, 2 prompts per device, 256 completion tokens (end-of-turn suppressed, so
   every completion has all of them), micro-batches of 4, beta 0.04, AdamW 1e-6; full
-  fine-tuning, frozen vision tower, and LoRA (r 16). Seconds per step, completion tokens/s,
-  peak GPU memory, and the step split into rollout / no-grad log-prob passes / update.
+  fine-tuning (decoding steps replayed from a CUDA graph, the default, and without it:
+  ``full_no_graph``), frozen vision tower, and LoRA (r 16). Seconds per step, completion
+  tokens/s, peak GPU memory, host memory, and the step split into rollout / no-grad log-prob
+  passes / update.
 - ``trl``: TRL's GRPOTrainer (its wheel carried) on the same model, prompts and work, in
   ``bf16`` over float32 weights, alternating with lit-vr1's full fine-tuning run, gradient
   checkpointing off on both sides (asserted inside TRL's run).
@@ -211,7 +213,8 @@ def prepare_work(root: Path, size: str, device: str, steps: int, warmup: int) ->
                 build_s=time.perf_counter() - t0)
 
 
-VARIANTS = {"full": {}, "frozen_vision": {"lit_options": {"freeze_vision": True}, "trl_freeze_vision": True},
+VARIANTS = {"full": {}, "full_no_graph": {"lit_options": {"cuda_graph": False}},
+            "frozen_vision": {"lit_options": {"freeze_vision": True}, "trl_freeze_vision": True},
             "lora": {"lora": True}}
 
 
@@ -221,8 +224,11 @@ def summary(res: dict, cfg: dict) -> dict:
     tokens = cfg["prompts"] * cfg["generations"] * cfg["completion"]
     out = {"step_s": res["step_s"], "completion_tokens_per_s": tokens / res["step_s"],
            "peak_gpu_mib": res.get("peak_gpu_mib"), "peak_rss_mib": res["peak_mib"],
-           "rollout_s": p["rollout"], "nograd_logprobs_s": p["nograd_logprobs"],
+           "rollout_s": p["rollout"], "rollout_ms_per_decoding_step": 1000 * p["rollout"] / cfg["completion"],
+           "nograd_logprobs_s": p["nograd_logprobs"],
            "update_s": res["step_s"] - p["rollout"] - p["nograd_logprobs"], "images_encoded": p["images_encoded"]}
+    if "graph_refused" in res["runs"][0]:
+        out["cuda_graph_refused"] = res["runs"][0]["graph_refused"]
     return {k: (round(v, 4) if isinstance(v, float) and math.isfinite(v) else v) for k, v in out.items()}
 
 
@@ -257,7 +263,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--size", choices=("3b", "tiny"), default="3b")
     ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     ap.add_argument("--parts", default="twins,grpo,trl")
-    ap.add_argument("--variants", default="full,lora,frozen_vision")
+    ap.add_argument("--variants", default="full,full_no_graph,lora,frozen_vision")
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--json", default="gpu_check.json")

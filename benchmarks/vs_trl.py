@@ -136,7 +136,8 @@ def run_lit(cfg: dict) -> dict:
     L.seed_everything(0, verbose=False)
     n = cfg["prompts"] * cfg["generations"]
     grpo = GRPOConfig(num_generations=cfg["generations"], max_completion_length=cfg["completion"], beta=cfg["beta"],
-                      micro_batch_size=cfg["micro"], loss_type="grpo", shared_prompt=opts.get("shared_prompt", True))
+                      micro_batch_size=cfg["micro"], loss_type="grpo", shared_prompt=opts.get("shared_prompt", True),
+                      cuda_graph=opts.get("cuda_graph", True))
     lora = None
     if cfg.get("lora"):
         from lit_vr1.models.lora import LoraSpec
@@ -179,7 +180,10 @@ def run_lit(cfg: dict) -> dict:
     trainer.fit(module, DataLoader(samples, batch_size=cfg["prompts"], collate_fn=list))
     tokens = n * cfg["completion"]
     assert lengths == [tokens] * len(times), f"a rollout ended early: completion tokens per rollout {lengths}"
+    from lit_vr1.decode_graph import REFUSED_ATTRIBUTE
+
     return {"step_s": times[cfg["warmup"]:], "tokens": tokens, "loaded_mib": loaded[0], "profile": prof.per_step(cfg["steps"]),
+            "graph_refused": getattr(module.policy, REFUSED_ATTRIBUTE, None),
             "effective_args": {"num_generations": grpo.num_generations, "max_completion_length": grpo.max_completion_length,
                                "beta": grpo.beta, "loss_type": grpo.loss_type, "micro_batch_size": grpo.micro_batch_size,
                                "gradient_checkpointing": module.gradient_checkpointing, "lr": 1e-5,

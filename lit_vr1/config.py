@@ -24,7 +24,8 @@ class SamplingConfig:
     """How completions are drawn. top_k=0 and top_p=1.0 switch those filters off;
     ``greedy`` decodes the argmax (evaluation). ``suppress_ids`` are tokens never
     generated (image and video placeholders: one in a completion would break the
-    image-token count of the next forward)."""
+    image-token count of the next forward). ``cuda_graph``: on CUDA, replay the decoding
+    step from a captured CUDA graph (``lit_vr1.decode_graph``)."""
 
     temperature: float = 1.0
     top_p: float = 1.0
@@ -32,6 +33,7 @@ class SamplingConfig:
     max_completion_length: int = 64
     greedy: bool = False
     suppress_ids: tuple[int, ...] = ()
+    cuda_graph: bool = True
 
     def scoring(self) -> SamplingConfig:
         """The distribution the loss scores these samples under: the same temperature and
@@ -85,6 +87,10 @@ class GRPOConfig:
         disable_dropout: set every dropout of the policy (LoRA's included) to 0, so that the
             old, reference and policy passes score the model the rollout sampled from (the
             ratio is exactly 1 until the weights move), as TRL's ``disable_dropout``.
+        cuda_graph: on CUDA, with shared prompts, decode over a fixed-size key/value cache and
+            replay each decoding step from a captured CUDA graph (``lit_vr1.decode_graph``):
+            the same samples, without launching every kernel from Python at every token. A
+            model that cannot be captured samples without it (one warning).
     """
 
     num_generations: int = 4
@@ -104,6 +110,7 @@ class GRPOConfig:
     gradient_clip_val: float | None = 1.0
     shared_prompt: bool = True
     disable_dropout: bool = True
+    cuda_graph: bool = True
 
     def __post_init__(self) -> None:
         refuse(problems_of(self), "model.grpo")
@@ -111,7 +118,7 @@ class GRPOConfig:
     def sampling(self, suppress_ids: tuple[int, ...] = ()) -> SamplingConfig:
         """What a rollout samples from now (read at each rollout)."""
         return SamplingConfig(self.temperature, self.top_p, self.top_k, self.max_completion_length,
-                              suppress_ids=suppress_ids)
+                              suppress_ids=suppress_ids, cuda_graph=self.cuda_graph)
 
 
 # -- field rules (each runs when a GRPOConfig is built) ----------------------------------------------

@@ -30,7 +30,7 @@ def sampling_logits(
     temperature: float = 1.0,
     top_k: int = 0,
     top_p: float = 1.0,
-    suppress_ids: tuple[int, ...] = (),
+    suppress_ids: tuple[int, ...] | Tensor = (),
 ) -> Tensor:
     """Logits of the distribution that sampling draws from: ``suppress_ids`` set to -inf
     (tokens that may never be generated, such as image placeholders), divided by ``temperature``,
@@ -46,8 +46,9 @@ def sampling_logits(
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     out = logits
-    if suppress_ids:
-        out = out.index_fill(-1, torch.tensor(suppress_ids, device=out.device), float("-inf"))
+    if len(suppress_ids):  # a tensor of them made once per rollout spares a copy to the device per step
+        ids = suppress_ids if isinstance(suppress_ids, Tensor) else torch.tensor(suppress_ids, device=out.device)
+        out = out.index_fill(-1, ids, float("-inf"))
     out = out / temperature if temperature != 1.0 else out
     vocab = out.shape[-1]
     if 0 < top_k < vocab:

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from transformers import DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from lit_vr1 import kv_cache
+from lit_vr1 import decode_graph, kv_cache
 from lit_vr1.config import SamplingConfig
 from lit_vr1.loss import sampling_logits, token_logprobs
 from lit_vr1.models import families
@@ -212,6 +212,17 @@ CHECK_EVERY = {"cpu": 1}
 CHECK_EVERY_DEFAULT = 8
 
 
+def ready_masks_allowed(model: nn.Module) -> bool:
+    """True when a decoding step may get a ready 4D boolean mask: SDPA attention and no
+    sliding-window layer (a ready mask would reach those unwindowed; eager attention adds the
+    mask to its scores, flash-attention takes 2D masks)."""
+    config = base_model(model).config
+    text = getattr(config, "text_config", None) or config
+    windowed = bool(getattr(text, "use_sliding_window", False)) or any(
+        kind != "full_attention" for kind in (getattr(text, "layer_types", None) or ()))
+    return getattr(config, "_attn_implementation", None) == "sdpa" and not windowed
+
+
 def decode_masks(model: nn.Module, prompt_mask: Tensor, width: int) -> Callable[[int], Tensor | None]:
     """``mask(length)``: the attention mask for a decoding step over ``length`` cached
     positions, for rows whose prompt mask is ``prompt_mask`` (N, Lp) and whose decoded
@@ -222,14 +233,9 @@ def decode_masks(model: nn.Module, prompt_mask: Tensor, width: int) -> Callable[
     sync): None when no row has padding (one check here: transformers then drops the mask), else
     the (N, 1, 1, length) boolean mask (True: attend; one query, so the causal part is all
     True). Other attention implementations (eager, flash-attention) and models with
-    sliding-window layers get the 2D mask."""
+    sliding-window layers get the 2D mask (see :func:`ready_masks_allowed`)."""
     full = torch.cat([prompt_mask, prompt_mask.new_ones(prompt_mask.shape[0], width)], dim=1)
-    config = base_model(model).config
-    text = getattr(config, "text_config", None) or config
-    windowed = bool(getattr(text, "use_sliding_window", False)) or any(
-        kind != "full_attention" for kind in (getattr(text, "layer_types", None) or ()))
-    # a ready 4D mask would reach sliding-window layers unwindowed: those get the 2D mask
-    if getattr(config, "_attn_implementation", None) != "sdpa" or windowed:
+    if not ready_masks_allowed(model):
         return lambda length: full[:, :length]
     if bool(prompt_mask.all()):
         return lambda length: None
@@ -239,42 +245,78 @@ def decode_masks(model: nn.Module, prompt_mask: Tensor, width: int) -> Callable[
 
 @torch.no_grad()
 def sample(model: nn.Module, prompt: dict[str, Tensor], group_size: int, cfg: SamplingConfig, eos_ids: list[int],
-           pad_id: int, features: ImageFeatures | None = None, with_logprobs: bool = False) -> Sampled:
+           pad_id: int, features: ImageFeatures | None = None, with_logprobs: bool = False,
+           static: bool | None = None) -> Sampled:
     """``group_size`` completions per prompt: one prefill of the P prompts, then a decode loop
-    over the N = P * group_size rows, into a cache that grows in place (:mod:`lit_vr1.kv_cache`)."""
+    over the N = P * group_size rows.
+
+    The decoding steps run over a cache that grows in place (:mod:`lit_vr1.kv_cache`) or, with
+    ``static`` (None: on CUDA with ``cfg.cuda_graph``, where the model allows it), over a
+    fixed-size cache, replayed from a captured CUDA graph on CUDA (:mod:`lit_vr1.decode_graph`)."""
+    device = prompt["input_ids"].device
     n_prompts = prompt["input_ids"].shape[0]
-    index = torch.arange(n_prompts, device=prompt["input_ids"].device).repeat_interleave(group_size)
+    index = torch.arange(n_prompts, device=device).repeat_interleave(group_size)
     feats = features.select(list(range(n_prompts))) if features is not None else None
     state = prompt_pass(model, prompt, feats).select(index)
-    kv_cache.reserve(state.cache, cfg.max_completion_length)  # decoded tokens are written in place, not concatenated
     logits, start = state.last_logits.float(), state.next_position
-    prompt_len = state.attention_mask.shape[1]
-    step_mask = decode_masks(model, state.attention_mask, cfg.max_completion_length)
-    every = CHECK_EVERY.get(logits.device.type, CHECK_EVERY_DEFAULT)
-    eos = torch.tensor(eos_ids, device=logits.device)
-    done = torch.zeros(index.numel(), dtype=torch.bool, device=logits.device)
+    prompt_len, width = state.attention_mask.shape[1], cfg.max_completion_length
+    decoder = _static_decoder(model, state, width, cfg.cuda_graph if static is None else static, static is None)
+    if decoder is None:
+        kv_cache.reserve(state.cache, width)  # decoded tokens are written in place, not concatenated
+        step_mask = decode_masks(model, state.attention_mask, width)
+    every = CHECK_EVERY.get(device.type, CHECK_EVERY_DEFAULT)
+    eos = torch.tensor(eos_ids, device=device)
+    suppress = torch.tensor(cfg.suppress_ids, dtype=torch.long, device=device)  # once: a copy to a GPU waits for it
+    done = torch.zeros(index.numel(), dtype=torch.bool, device=device)
     tokens, logps = [], []
-    for t in range(cfg.max_completion_length):
+    for t in range(width):
         if cfg.greedy:
-            dist = sampling_logits(logits, 1.0, 0, 1.0, cfg.suppress_ids)
+            dist = sampling_logits(logits, 1.0, 0, 1.0, suppress)
             tok = dist.argmax(dim=-1)
         else:
-            dist = sampling_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p, cfg.suppress_ids)
+            dist = sampling_logits(logits, cfg.temperature, cfg.top_k, cfg.top_p, suppress)
             tok = torch.multinomial(dist.softmax(dim=-1), num_samples=1).squeeze(1)
         tok = tok.masked_fill(done, pad_id)
         if with_logprobs:
             logps.append(token_logprobs(dist[:, None], tok[:, None])[:, 0].masked_fill(done, 0.0))
         tokens.append(tok)
         done = done | torch.isin(tok, eos)
-        if t == cfg.max_completion_length - 1 or ((t + 1) % every == 0 and bool(done.all())):
+        if t == width - 1 or ((t + 1) % every == 0 and bool(done.all())):
             break
+        if decoder is not None:
+            logits = decoder.step(tok, t)
+            continue
         out = model(input_ids=tok[:, None], attention_mask=step_mask(prompt_len + t + 1),
                     **with_cache(model, state.cache), use_cache=True,
                     position_ids=_text_positions(start + t, 1), logits_to_keep=1)
         logits = out.logits[:, -1].float()
+    if decoder is not None and decoder.refused:
+        decode_graph.note_refusal(model, decoder.refused)
     ids, keep, has_eos = end_at_eos(torch.stack(tokens, dim=1), eos_ids, pad_id)
     lp = torch.stack(logps, dim=1).masked_fill(keep == 0, 0.0) if with_logprobs else None
     if every > 1:  # steps decoded after every row had ended hold pads only: drop them
         width = max(1, int(keep.sum(dim=1).max()))
         ids, keep, lp = ids[:, :width], keep[:, :width], lp[:, :width] if lp is not None else None
     return Sampled(ids, keep, has_eos, lp)
+
+
+def _static_decoder(model: nn.Module, state: PromptPass, width: int, wanted: bool,
+                    auto: bool) -> decode_graph.StaticDecoder | None:
+    """The fixed-size-cache decoder for ``state`` (captured on CUDA), or None for the growing
+    cache: not ``wanted``, or (``auto``) off CUDA, or a model or cache it cannot serve."""
+    device = state.last_logits.device
+    if not wanted or width < 2 or not ready_masks_allowed(model):
+        if wanted and not auto and not ready_masks_allowed(model):
+            raise ValueError("the static decoding cache needs SDPA attention and no sliding-window layers")
+        return None
+    refusal = decode_graph.can_capture(model, device)
+    if auto and refusal is not None:
+        return None
+    write_at = torch.zeros(1, dtype=torch.long, device=device)
+    capacity = state.attention_mask.shape[1] + width
+    layers = decode_graph.static_cache(state.cache, capacity, write_at)
+    if layers is None:
+        return None
+    forward = decode_graph.model_forward(model, state.cache, with_cache(model, state.cache))
+    return decode_graph.StaticDecoder(forward, layers, write_at, state.attention_mask, state.next_position, capacity,
+                                      capture=refusal is None)
