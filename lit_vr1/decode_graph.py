@@ -59,8 +59,10 @@ class StaticLayer(DynamicLayer):
     def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
         if key_states.shape[-2] != 1:
             raise RuntimeError("the static decoding cache takes one token per step")
-        self.keys.index_copy_(2, self.write_at, key_states)
-        self.values.index_copy_(2, self.write_at, value_states)
+        # in the buffers' dtype: under autocast the prompt pass may have left float32 states where the
+        # step makes bf16 ones, and the growing cache's torch.cat promotes them to float32 likewise
+        self.keys.index_copy_(2, self.write_at, key_states.to(self.keys.dtype))
+        self.values.index_copy_(2, self.write_at, value_states.to(self.values.dtype))
         return self.keys, self.values
 
     def get_seq_length(self) -> int:
