@@ -1,4 +1,5 @@
-"""A run that fails before it logs a metric leaves no log folder behind.
+"""Log folders: a run that fails before it logs a metric leaves none behind, and a resumed
+run's metrics.csv holds the whole run.
 
 Lightning's file loggers pick their folder (``<save_dir>/<name>/version_N``) when a run
 starts, and the CLI writes ``config.yaml`` into it at setup, so a run refused by a check
@@ -7,7 +8,8 @@ used to leave an empty ``version_N`` (or one holding only ``config.yaml``), and 
 run's logs went to ``version_N+1``. :func:`new_log_dirs` notes the folders a run is about
 to create (the outermost one: ``logs/`` too when the run creates it); :func:`remove_unused_log_dirs`
 removes those that hold no metrics when it fails.
-A run that logged anything keeps its folder: its metrics are what a resume continues.
+A run that logged anything keeps its folder: its metrics are what a resume continues
+(:func:`carry_over_metrics` copies them, up to the checkpoint, into the resumed run's file).
 """
 
 from __future__ import annotations
@@ -52,3 +54,51 @@ def remove_unused_log_dirs(folders: list[str]) -> list[str]:
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
     return removed
+
+
+# -- a resumed run's metrics.csv starts with the checkpointed run's rows ------------------------------
+def metrics_file(trainer) -> str | None:
+    """The metrics.csv of ``trainer``'s CSV logger (None without one, or off rank 0)."""
+    from lightning.pytorch.loggers import CSVLogger
+
+    if trainer is None or trainer.global_rank != 0:
+        return None
+    for logger in trainer.loggers:
+        if isinstance(logger, CSVLogger):
+            return os.path.abspath(os.path.join(logger.log_dir, "metrics.csv"))
+    return None
+
+
+def carry_over_metrics(trainer, previous: str | None, step: int, redone_step: bool) -> int:
+    """Log into this run's CSV logger the rows of ``previous`` (the metrics.csv of the run
+    whose checkpoint this run resumed, at optimiser step ``step``) that the checkpoint holds:
+    rows up to ``step``, except, with ``redone_step``, training rows at ``step`` itself
+    (Lightning logs a batch's training metrics at the step count before its optimiser step,
+    so the resumed run logs that batch again). Returns the rows logged.
+
+    Lightning's CSV logger starts each run in a new ``version_N`` folder, so a resumed run's
+    metrics.csv began at its first resumed step: the whole curve was split over two files.
+    The killed run's file is left as it is."""
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    current = metrics_file(trainer)
+    if current is None or previous is None or os.path.abspath(previous) == current or not os.path.isfile(previous):
+        return 0
+    logger = next(lg for lg in trainer.loggers if isinstance(lg, CSVLogger))
+    carried = 0
+    with open(previous, newline="") as f:
+        for row in csv.DictReader(f):
+            try:
+                at = int(float(row.pop("step")))
+                values = {k: float(v) for k, v in row.items() if k and v not in ("", None)}
+            except (KeyError, TypeError, ValueError):
+                continue  # a line cut by the kill
+            if at > step or (redone_step and at == step and any(k.startswith("train/") for k in values)):
+                continue
+            logger.log_metrics(values, step=at)
+            carried += 1
+    if carried:
+        logger.save()
+    return carried

@@ -13,7 +13,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
-from lit_vr1 import parallel
+from lit_vr1 import log_dirs, parallel
 from lit_vr1.checkpoint import gather_rng_states, refuse_foreign_resume, set_rng_states, setting_differences
 from lit_vr1.checks import check_master_weights
 from lit_vr1.evaluate import PROMPTINGS, predict_answer, predict_detection, predict_rec
@@ -31,6 +31,7 @@ from lit_vr1.rules import enforce, one_of, refuse, rule
 EVAL_TASKS = ("rec", "detection", "answer")
 ANSWER_FIGURES = ("acc", "format", "tokens")  # eval_task "answer": what validation logs
 RNG_KEY = "lit_vr1_rng_states"  # checkpoint key: one dict of global RNG states per process
+METRICS_KEY = "lit_vr1_metrics_csv"  # checkpoint key: the run's metrics.csv, carried over by a resume
 ATTENTION = ("sdpa", "eager", "flash_attention_2")
 
 
@@ -351,6 +352,7 @@ class VLMModule(LightningModule):
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
         trainer = self._trainer
         checkpoint[RNG_KEY] = gather_rng_states(trainer.world_size if trainer is not None else 1)
+        checkpoint[METRICS_KEY] = log_dirs.metrics_file(trainer)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """A LoRA checkpoint holds the adapters only: the frozen base weights, already loaded
@@ -365,6 +367,7 @@ class VLMModule(LightningModule):
             refuse_foreign_resume("model", setting_differences(checkpoint.get("hyper_parameters") or {}, dict(self.hparams),
                                                                MODEL_IDENTITY, "model"))
         self._checkpoint_step = checkpoint.get("global_step")
+        self._resumed_metrics = checkpoint.get(METRICS_KEY)
         self._rng_to_restore = None
         states = checkpoint.get(RNG_KEY)
         trainer = self._trainer
@@ -382,6 +385,12 @@ class VLMModule(LightningModule):
         states, self._rng_to_restore = getattr(self, "_rng_to_restore", None), None
         if states is not None:
             set_rng_states(states)
+        previous, self._resumed_metrics = getattr(self, "_resumed_metrics", None), None
+        if previous is not None and self.trainer.ckpt_path is not None:
+            # the new version_N folder's metrics.csv begins with the checkpointed run's rows;
+            # under manual optimisation (GRPO) the training rows carry the step after the update
+            log_dirs.carry_over_metrics(self.trainer, previous, self.trainer.global_step,
+                                        redone_step=self.automatic_optimization)
 
 
 def release_optimizer_state(trainer) -> int:

@@ -110,15 +110,21 @@ def test_sigkill_then_ckpt_path_last_continues_exactly(tmp_path):
     resumed = tmp_path / "resumed"  # its own logs and rollouts, the killed run's checkpoints
     run(fit_command(resumed, ckpt, data, "--ckpt_path", "last"), tmp_path)
     after = per_step(resumed)
+    rows = [int(r["step"]) for p in glob.glob(str(resumed / "logs" / "version_*" / "metrics.csv"))
+            for r in csv.DictReader(open(p)) if r.get("train/loss")]
+    assert sorted(rows) == list(range(1, MAX_STEPS + 1))  # every step once, in one file
 
-    assert sorted(after) == list(range(resumed_from + 1, MAX_STEPS + 1))
+    # its metrics.csv starts with the killed run's rows up to the checkpoint; its rollouts are its own
+    assert sorted(after) == list(range(1, MAX_STEPS + 1))
+    assert {s for s in after if "completions" in after[s]} == set(range(resumed_from + 1, MAX_STEPS + 1))
     assert len({v["reward"] for v in reference.values()}) > 1  # rewards that vary: a real comparison
     for step, got in after.items():
         want = reference[step]
-        assert got["ids"] == want["ids"], step  # same prompts: the data order went on mid-epoch
-        assert got["completions"] == want["completions"], step  # same samples: the RNG states came back
-        assert got["totals"] == want["totals"] and got["reward"] == want["reward"], step
-        assert got["loss"] == want["loss"], step  # bit for bit: same weights, optimiser, schedule
+        assert got["reward"] == want["reward"] and got["loss"] == want["loss"], step  # bit for bit
+        if step > resumed_from:
+            assert got["ids"] == want["ids"], step  # same prompts: the data order went on mid-epoch
+            assert got["completions"] == want["completions"], step  # same samples: the RNG states came back
+            assert got["totals"] == want["totals"], step
     diffs = [abs(after[s]["loss"] - reference[s]["loss"]) for s in after]
     print(f"resumed from step {resumed_from}; steps {sorted(after)} compared; "
           f"losses {[after[s]['loss'] for s in after]} rewards {[after[s]['reward'] for s in after]}; "
@@ -319,3 +325,53 @@ def test_the_progress_bar_counts_steps_out_of_max_steps_after_a_resume_mid_epoch
     seen.clear()
     run(5, ckpt_path=str(tmp_path / "last.ckpt"))  # resumed at step 2 of an epoch of 4 batches
     assert seen == [(3, 3, 5), (4, 4, 5), (5, 5, 5)]
+
+
+def _metric_rows(path) -> list[tuple[int, str, float]]:
+    """(step, column, value) of every filled cell of a metrics.csv but the step's, in file order."""
+    out = []
+    for row in csv.DictReader(open(path)):
+        step = int(row.pop("step"))
+        out += [(step, k, float(v)) for k, v in row.items() if v != "" and "time/" not in k]
+    return out
+
+
+@pytest.mark.parametrize("kind", ["sft", "grpo"])
+def test_a_resumed_runs_metrics_csv_holds_the_whole_run(samples, tmp_path, kind):
+    """Lightning starts a resumed run's CSV log in a new version folder; lit-vr1 first copies the
+    checkpointed run's rows up to the checkpoint into it, so its metrics.csv holds every step
+    once, as an uninterrupted run's does (the same values: the resume is exact). SFT logs a
+    batch's rows at the step count before its update (0, 1, ...), GRPO after it (1, 2, ...):
+    the rows the resumed run logs again are left out either way."""
+    import lightning as L
+    from helpers import LengthReward, collate
+    from torch.utils.data import DataLoader
+
+    from lit_vr1.config import GRPOConfig
+    from lit_vr1.grpo import GRPOModule
+    from lit_vr1.sft import SFTModule
+
+    def run(root, max_steps, ckpt_dir, ckpt_path=None):
+        torch.manual_seed(0)
+        module = (SFTModule(model="tiny:qwen2_5_vl") if kind == "sft" else
+                  GRPOModule(model="tiny:qwen2_5_vl", rewards=[LengthReward()],
+                             grpo=GRPOConfig(num_generations=2, max_completion_length=4)))
+        ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=ckpt_dir, filename="{step}", save_top_k=-1,
+                                                   every_n_train_steps=1)
+        logger = L.pytorch.loggers.CSVLogger(root, name="logs")
+        trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=max_steps, enable_model_summary=False,
+                            enable_progress_bar=False, log_every_n_steps=1, logger=logger, callbacks=[ckpt])
+        # every batch the same two samples: a plain DataLoader restarts its epoch on a resume
+        loader = DataLoader(samples[:2] * 4, batch_size=2, collate_fn=collate)
+        trainer.fit(module, loader, ckpt_path=ckpt_path)
+        return Path(logger.log_dir) / "metrics.csv"
+
+    whole = _metric_rows(run(tmp_path / "whole", 4, tmp_path / "c0"))
+    killed = run(tmp_path / "run", 3, tmp_path / "c1")  # "killed" after step 3; step=2.ckpt resumed below
+    resumed = run(tmp_path / "run", 4, tmp_path / "c2", ckpt_path=str(tmp_path / "c1" / "step=2.ckpt"))
+    assert killed.parent.name == "version_0" and resumed.parent.name == "version_1"
+    got = _metric_rows(resumed)
+    steps = sorted({s for s, k, _ in got if k == "train/loss"})
+    assert steps == ([0, 1, 2, 3] if kind == "sft" else [1, 2, 3, 4])
+    assert sorted(got) == sorted(whole)  # each step once, with the uninterrupted run's values
+    assert {s for s, k, _ in _metric_rows(killed) if k == "train/loss"} == set(steps[:3])  # left as it was
