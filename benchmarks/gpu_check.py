@@ -1,6 +1,6 @@
 """The real regime on a GPU, in one prepared command (``bash benchmarks/gpu_check.sh``).
 
-    python benchmarks/gpu_check.py [--size 3b|tiny] [--device cuda|cpu] [--parts twins,grpo,trl]
+    python benchmarks/gpu_check.py [--size 3b|tiny] [--device cuda|cpu] [--parts twins,grpo,trl,profile]
                                    [--steps 2] [--warmup 1] [--json gpu_check.json] [--budget-s 420]
 
 Parts, each a section of the JSON (written again after every part, so a run cut short
@@ -18,6 +18,9 @@ still returns what it measured):
   ``full_no_graph``), frozen vision tower, and LoRA (r 16). Seconds per step, completion
   tokens/s, peak GPU memory, host memory, and the step split into rollout / no-grad log-prob
   passes / update.
+- ``profile``: one rollout of the 3B-shaped model with the captured decoding step and without,
+  under ``torch.profiler``: the operators and kernels that take the most device time, with
+  their calls per decoding step (where the rest of a decoding step goes).
 - ``trl``: TRL's GRPOTrainer (its wheel carried) on the same model, prompts and work, in
   ``bf16`` over float32 weights, alternating with lit-vr1's full fine-tuning run, gradient
   checkpointing off on both sides (asserted inside TRL's run).
@@ -254,6 +257,57 @@ def run_grpo(cfg: dict, variants: list[str], with_trl: bool, deadline: float) ->
     return out
 
 
+def profile_decode(cfg: dict, top: int = 15) -> dict:
+    """One rollout of the work's prompts (the policy in float32 under bf16 autocast on CUDA, as
+    in training), with the captured decoding step and without, each after a warm-up rollout,
+    under ``torch.profiler``: wall seconds, and the operators and kernels that took the most
+    device time (CPU time off CUDA), with their counts per decoding step. Where the decoding
+    step's time goes, for the next change to aim at."""
+    import dataclasses
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    from vs_trl import load_samples
+
+    from lit_vr1 import shared_prompt
+    from lit_vr1.config import SamplingConfig
+    from lit_vr1.generation import encode_prompts
+    from lit_vr1.models.loading import load_model, load_processor
+    from lit_vr1.models.precision import cached_autocast
+
+    device = cfg["device"]
+    processor = load_processor(cfg["model_dir"])
+    model = load_model(cfg["model_dir"], processor).to(device).eval()
+    samples = load_samples(cfg["data_dir"], cfg["prompts"])
+    prompt = {k: v.to(device) for k, v in encode_prompts(processor, samples)[0].items()}
+    eos, pad = processor.tokenizer.convert_tokens_to_ids("<|im_end|>"), processor.tokenizer.pad_token_id
+    steps = cfg["completion"]
+    base = SamplingConfig(max_completion_length=steps, suppress_ids=(eos,))  # every completion full length
+    on_cuda = device == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_cuda else [])
+    out = {}
+    def rollout(sampling: SamplingConfig) -> None:
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=on_cuda), cached_autocast(device):
+            shared_prompt.sample(model, prompt, cfg["generations"], sampling, [eos], pad)
+        if on_cuda:
+            torch.cuda.synchronize()
+
+    for name, graph in (("graph", True), ("eager", False)):
+        sampling = dataclasses.replace(base, cuda_graph=graph)
+        rollout(sampling)  # warm-up
+        t0 = time.perf_counter()
+        with profile(activities=activities) as prof:
+            rollout(sampling)
+        wall = time.perf_counter() - t0
+        key = "self_device_time_total" if on_cuda else "self_cpu_time_total"
+        events = sorted(prof.key_averages(), key=lambda e: getattr(e, key, 0) or 0, reverse=True)[:top]
+        out[name] = {"rollout_s": round(wall, 4), "ms_per_decoding_step": round(1000 * wall / steps, 3),
+                     "top": [{"name": e.key[:120], "ms": round((getattr(e, key, 0) or 0) / 1000, 3),
+                              "calls_per_step": round(e.count / steps, 2)} for e in events]}
+        print(f"decode profile {name}: {out[name]['rollout_s']} s, {out[name]['ms_per_decoding_step']} ms/step", flush=True)
+    return out
+
+
 def write(path: Path, result: dict) -> None:
     path.write_text(json.dumps(result, indent=1))
 
@@ -262,7 +316,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", choices=("3b", "tiny"), default="3b")
     ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
-    ap.add_argument("--parts", default="twins,grpo,trl")
+    ap.add_argument("--parts", default="twins,grpo,trl,profile")
     ap.add_argument("--variants", default="full,full_no_graph,lora,frozen_vision")
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=1)
@@ -281,12 +335,16 @@ def main(argv: list[str] | None = None) -> dict:
             result["twins"] = run_twins(args.device, root / "twins")
             result["twins_s"] = time.perf_counter() - t0
             write(path, result)
-        if "grpo" in parts or "trl" in parts:
+        if {"grpo", "trl", "profile"} & set(parts):
             cfg = prepare_work(root / "grpo", args.size, args.device, args.steps, args.warmup)
             result["model_build_s"] = cfg["build_s"]
-            variants = args.variants.split(",") if "grpo" in parts else ["full"]
-            result["grpo"] = run_grpo(cfg, variants, "trl" in parts, t0 + args.budget_s)
-            write(path, result)
+            if "grpo" in parts or "trl" in parts:
+                variants = args.variants.split(",") if "grpo" in parts else ["full"]
+                result["grpo"] = run_grpo(cfg, variants, "trl" in parts, t0 + args.budget_s)
+                write(path, result)
+            if "profile" in parts:
+                result["decode_profile"] = profile_decode(cfg)
+                write(path, result)
     result["total_s"] = time.perf_counter() - t0
     write(path, result)
     return result

@@ -289,6 +289,14 @@ def user_error(exc: BaseException) -> BaseException | None:
     return None
 
 
+def _interrupted() -> None:
+    """Ctrl-C: one message and exit 130 (128 + SIGINT), as a shell reports an interrupted command."""
+    print("\nlit-vr1: interrupted (Ctrl-C, exit 130); a fit resumes from its last checkpoint with --ckpt_path last "
+          "(the steps after it run again), or --ckpt_path last_or_new if none may have been saved yet",
+          file=sys.stderr)
+    sys.exit(130)
+
+
 def main(args: list[str] | None = None) -> None:
     """``lit-vr1``: the CLI, with lit-vr1's own errors printed as one message (exit 2).
     ``--traceback`` (anywhere on the command line) or ``LIT_VR1_TRACEBACK=1`` shows the
@@ -308,11 +316,18 @@ def main(args: list[str] | None = None) -> None:
         sys.argv[1:] = argv  # the command line itself, so that Lightning does not warn about args
     try:
         LitVR1CLI(args=None if args is None else argv)
+    except KeyboardInterrupt:  # Ctrl-C outside Lightning's loops (loading the model, the data): no traceback
+        _interrupted()
     except SIGTERMException:  # a SystemExit without a code: the process would exit 0, as if it had finished
         print("lit-vr1: stopped by SIGTERM (exit 143); resume from the last checkpoint with --ckpt_path last "
               "(the steps after it run again), or --ckpt_path last_or_new if none may have been saved yet",
               file=sys.stderr)
         sys.exit(143)
+    except SystemExit as stop:
+        # Ctrl-C inside fit / validate / test / predict: Lightning shuts down, then exits 1
+        if stop.code == 1 and isinstance(stop.__context__, KeyboardInterrupt):
+            _interrupted()
+        raise
     except Exception as exc:  # noqa: BLE001 - ours become one line, anything else is re-raised
         error = None if show_traceback else user_error(exc)
         if error is None:

@@ -176,3 +176,37 @@ def test_a_fit_stopped_by_sigterm_exits_143_not_0(monkeypatch, capsys):
         cli_module.main(["fit", "--config", "configs/quickstart.yaml"])
     assert info.value.code == 143
     assert "stopped by SIGTERM" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("where", ["loading", "fit"])
+def test_ctrl_c_exits_130_with_one_message(monkeypatch, capsys, where):
+    """Ctrl-C while the model loads (a KeyboardInterrupt through the CLI) or inside fit (Lightning
+    shuts down, then calls sys.exit(1) while handling the KeyboardInterrupt): exit 130 and one
+    line saying how to resume, not a traceback or Lightning's exit 1."""
+    import sys as system
+
+    import lit_vr1.cli as cli_module
+
+    def interrupted(*args, **kwargs):
+        if where == "loading":
+            raise KeyboardInterrupt
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            system.exit(1)
+
+    monkeypatch.setattr(cli_module, "LitVR1CLI", interrupted)
+    with pytest.raises(SystemExit) as info:
+        cli_module.main(["fit", "--config", "configs/quickstart.yaml"])
+    assert info.value.code == 130
+    err = capsys.readouterr().err
+    assert "interrupted (Ctrl-C, exit 130)" in err and "--ckpt_path last" in err and "Traceback" not in err
+
+
+def test_another_exit_1_is_left_alone(monkeypatch):
+    import lit_vr1.cli as cli_module
+
+    monkeypatch.setattr(cli_module, "LitVR1CLI", lambda *a, **k: sys.exit(1))
+    with pytest.raises(SystemExit) as info:
+        cli_module.main(["fit", "--config", "configs/quickstart.yaml"])
+    assert info.value.code == 1

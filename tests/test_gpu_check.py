@@ -73,3 +73,7 @@ def test_the_gpu_check_runs_every_part_at_toy_size_on_the_cpu(tmp_path):
         assert lit["step_s"] > 0 and lit["completion_tokens_per_s"] > 0 and lit["rollout_s"] > 0, lit
     assert result["grpo"]["full"]["trl"]["step_s"] > 0 and result["grpo"]["full"]["ratio_tokens_per_s"] > 0
     assert result["versions"]["torch"] and result["versions"]["trl"] == "1.16.0"
+    for name in ("graph", "eager"):  # the decode profile (on the CPU the graph is not captured)
+        profiled = result["decode_profile"][name]
+        assert profiled["rollout_s"] > 0 and len(profiled["top"]) > 3, profiled
+        assert any("linear" in e["name"] or "mm" in e["name"] for e in profiled["top"]), profiled["top"]

@@ -75,8 +75,9 @@ def per_step(out: Path) -> dict[int, dict]:
     return steps
 
 
-def kill_after_checkpoint(cmd: list[str], cwd: Path, ckpt: Path, timeout: float = 240.0) -> None:
-    """Start ``cmd`` and SIGKILL it as soon as ``ckpt`` exists."""
+def kill_after_checkpoint(cmd: list[str], cwd: Path, ckpt: Path, timeout: float = 240.0,
+                          sig: signal.Signals = signal.SIGKILL) -> str:
+    """Start ``cmd`` and send it ``sig`` as soon as ``ckpt`` exists; returns its stderr."""
     proc = subprocess.Popen(cmd, cwd=cwd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + timeout
     try:
@@ -85,10 +86,14 @@ def kill_after_checkpoint(cmd: list[str], cwd: Path, ckpt: Path, timeout: float 
                 pytest.fail(f"the run ended before {ckpt.name} was written: {proc.stderr.read()[-3000:]}")
             assert time.monotonic() < deadline, f"{ckpt.name} never appeared"
             time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGKILL)
+        os.kill(proc.pid, sig)
+        err = proc.communicate(timeout=timeout)[1]
     finally:
+        if proc.poll() is None:
+            proc.kill()
         proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    assert proc.returncode == (-signal.SIGKILL if sig == signal.SIGKILL else 130), err[-3000:]
+    return err
 
 
 def test_sigkill_then_ckpt_path_last_continues_exactly(tmp_path):
@@ -129,6 +134,15 @@ def test_sigkill_then_ckpt_path_last_continues_exactly(tmp_path):
     print(f"resumed from step {resumed_from}; steps {sorted(after)} compared; "
           f"losses {[after[s]['loss'] for s in after]} rewards {[after[s]['reward'] for s in after]}; "
           f"max |loss diff| {max(diffs)}")
+
+
+def test_ctrl_c_during_fit_exits_130_with_one_message_and_the_run_resumes(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    err = kill_after_checkpoint(fit_command(tmp_path / "run", ckpt, tmp_path / "data"), tmp_path,
+                                ckpt / "step=2.ckpt", sig=signal.SIGINT)
+    assert "lit-vr1: interrupted (Ctrl-C, exit 130)" in err and "Traceback" not in err, err[-3000:]
+    run(fit_command(tmp_path / "run", ckpt, tmp_path / "data", "--ckpt_path", "last"), tmp_path)
+    assert torch.load(ckpt / "last.ckpt", weights_only=False)["global_step"] == MAX_STEPS
 
 
 def test_a_fresh_fit_into_an_earlier_runs_checkpoints_is_refused_and_keeps_them(tmp_path):
