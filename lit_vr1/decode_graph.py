@@ -18,7 +18,11 @@ A CUDA graph records the step's kernels once and replays them with one launch
 Sampling (suppressed tokens, temperature, top-k / top-p, ``torch.multinomial``) stays outside
 the graph, so the random draws are the eager loop's. Off CUDA the same step runs eagerly
 (``tests/test_decode_graph.py`` checks on the CPU that it samples what the growing-cache loop
-samples); a capture the model refuses falls back to that eager step, with a warning.
+samples, bit for bit); on CUDA the graph replays exactly the eager static steps, while against
+the growing cache the attention kernel can differ (the whole buffer under a mask), so bf16
+logits may differ in their last bits: the same distribution, not always the same draws. A
+capture the model refuses falls back to that eager step, with a warning. FSDP2 and ZeRO-3
+models are not captured (their hooks gather weights on side streams at each forward).
 
 Under Lightning's mixed precision the rollout runs in ``precision.cached_autocast``: the trained
 weights' bf16 copies are cast before the capture (by the prefill and the first, eager step) and
@@ -38,7 +42,7 @@ from torch import Tensor, nn
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-REFUSED_ATTRIBUTE = "_lit_vr1_graph_refused"  # set on a model whose capture failed: not tried again
+REFUSED_ATTRIBUTE = "_lit_vr1_graph_refused"  # set on a model whose capture failed or was turned off
 
 
 class StaticLayer(DynamicLayer):
@@ -113,8 +117,8 @@ class StaticDecoder:
         self.token.copy_(token[:, None])
         self.write_at.fill_(self.prompt_len + t)
         torch.add(self.start, t, out=self.positions)
-        for layer in self.layers:
-            layer.length = self.prompt_len + t + 1
+        for layer in self.layers:  # what the growing cache would report before this step's update (only
+            layer.length = self.prompt_len + t  # eager steps read it; nothing in the captured forward may)
         if self.graph is not None:
             self.graph.replay()
             return self.logits
@@ -132,10 +136,13 @@ class StaticDecoder:
         torch.cuda.current_stream().wait_stream(side)
         self.capture = False
         graph = torch.cuda.CUDAGraph()
+        stream = torch.cuda.current_stream()
         try:
             with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 self.logits = self._step()
         except Exception as exc:  # noqa: BLE001 - the eager step still samples the same tokens
+            # a capture that fails in capture_end leaves the capture stream current: go back
+            torch.cuda.set_stream(stream)
             self.refused = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
             torch.cuda.synchronize()
             return logits
@@ -159,14 +166,23 @@ def can_capture(model: nn.Module, device: torch.device) -> str | None:
     if device.type != "cuda":
         return f"a {device.type} device (CUDA graphs need CUDA)"
     if getattr(model, REFUSED_ATTRIBUTE, None):
-        return f"an earlier capture failed ({getattr(model, REFUSED_ATTRIBUTE)})"
-    if any(type(p).__name__ == "DTensor" for p in model.parameters()):
-        return "sharded weights (FSDP2)"
+        return getattr(model, REFUSED_ATTRIBUTE)
+    # FSDP2's and ZeRO-3's hooks gather weights on side streams at each forward (also when the
+    # weights are gathered for the whole rollout, as lit-vr1 does): not capturable
+    if any(type(p).__name__ == "DTensor" or hasattr(p, "ds_id") for p in model.parameters()):
+        return "sharded weights (FSDP2 or ZeRO-3)"
+    if any(type(m).__name__.startswith("FSDP") for m in model.modules()):
+        return "an FSDP2-wrapped model"
     return None
+
+
+def turn_off(model: nn.Module, reason: str) -> None:
+    """Never capture ``model``'s decoding step (its rollouts, validation and predictions)."""
+    setattr(model, REFUSED_ATTRIBUTE, reason)
 
 
 def note_refusal(model: nn.Module, reason: str) -> None:
     """Remember (and say once) that ``model``'s decoding step could not be captured."""
-    setattr(model, REFUSED_ATTRIBUTE, reason)
+    setattr(model, REFUSED_ATTRIBUTE, f"an earlier capture failed ({reason})")
     warnings.warn(f"lit-vr1: the decoding step could not be captured as a CUDA graph ({reason}); "
                   "sampling goes on without it (model.grpo.cuda_graph: false turns the attempt off)", stacklevel=3)

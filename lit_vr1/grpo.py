@@ -16,7 +16,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from lit_vr1 import parallel
+from lit_vr1 import decode_graph, parallel
 from lit_vr1.checks import check_fit
 from lit_vr1.config import GRPOConfig
 from lit_vr1.loop import RolloutUpdateLoop, StepOutcome
@@ -79,6 +79,8 @@ class GRPOModule(VLMModule):
         super().configure_model()
         if self.config.disable_dropout:
             precision.disable_dropout(self.policy)
+        if not self.config.cuda_graph:  # rollouts, validation and predictions alike
+            decode_graph.turn_off(self.policy, "model.grpo.cuda_graph is false")
         if self.config.beta != 0.0 and self.lora is None:
             self.ref_model = copy.deepcopy(self.policy).eval()
             self.ref_model.requires_grad_(False)

@@ -69,12 +69,18 @@ def metrics_file(trainer) -> str | None:
     return None
 
 
-def carry_over_metrics(trainer, previous: str | None, step: int, redone_step: bool) -> int:
-    """Log into this run's CSV logger the rows of ``previous`` (the metrics.csv of the run
-    whose checkpoint this run resumed, at optimiser step ``step``) that the checkpoint holds:
-    rows up to ``step``, except, with ``redone_step``, training rows at ``step`` itself
-    (Lightning logs a batch's training metrics at the step count before its optimiser step,
-    so the resumed run logs that batch again). Returns the rows logged.
+def carry_over_metrics(trainer, previous: str | None, step: int, batches: int | None) -> int:
+    """Log into this run's CSV logger the rows of ``previous`` (the metrics.csv of the run whose
+    checkpoint this run resumed) that describe work the checkpoint holds; returns the rows logged.
+
+    The checkpoint was saved at optimiser step ``step`` in ``on_train_batch_end`` of the batch
+    Lightning counts as ``batches`` (its ``_batches_that_stepped``, saved before that batch's
+    increment). Rows Lightning logs (they carry ``epoch``) have that count as their step: a
+    batch's training row and the validation after it both at the batch's own count (logged
+    after the save; the checkpoint holds the batch, and the resumed run goes on with the next
+    one without validating again). lit-vr1's own training rows (GRPO's, without ``epoch``) carry
+    the optimiser step after their update. So: Lightning's rows up to ``batches``, lit-vr1's up
+    to ``step`` (``step - 1`` for Lightning's when the checkpoint does not say ``batches``).
 
     Lightning's CSV logger starts each run in a new ``version_N`` folder, so a resumed run's
     metrics.csv began at its first resumed step: the whole curve was split over two files.
@@ -95,10 +101,13 @@ def carry_over_metrics(trainer, previous: str | None, step: int, redone_step: bo
                 values = {k: float(v) for k, v in row.items() if k and v not in ("", None)}
             except (KeyError, TypeError, ValueError):
                 continue  # a line cut by the kill
-            if at > step or (redone_step and at == step and any(k.startswith("train/") for k in values)):
-                continue
-            logger.log_metrics(values, step=at)
-            carried += 1
+            if "epoch" not in values:  # lit-vr1's own rows
+                keep = at <= step
+            else:
+                keep = at <= (step - 1 if batches is None else batches)
+            if keep:
+                logger.log_metrics(values, step=at)
+                carried += 1
     if carried:
         logger.save()
     return carried

@@ -353,6 +353,9 @@ class VLMModule(LightningModule):
         trainer = self._trainer
         checkpoint[RNG_KEY] = gather_rng_states(trainer.world_size if trainer is not None else 1)
         checkpoint[METRICS_KEY] = log_dirs.metrics_file(trainer)
+        if trainer is not None:  # rows logged so far reach the files before the checkpoint does
+            for logger in trainer.loggers:
+                logger.save()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """A LoRA checkpoint holds the adapters only: the frozen base weights, already loaded
@@ -368,6 +371,9 @@ class VLMModule(LightningModule):
                                                                MODEL_IDENTITY, "model"))
         self._checkpoint_step = checkpoint.get("global_step")
         self._resumed_metrics = checkpoint.get(METRICS_KEY)
+        loops = checkpoint.get("loops") or {}
+        self._resumed_batches = ((loops.get("fit_loop") or {}).get("epoch_loop.state_dict") or {}).get(
+            "_batches_that_stepped")
         self._rng_to_restore = None
         states = checkpoint.get(RNG_KEY)
         trainer = self._trainer
@@ -387,10 +393,9 @@ class VLMModule(LightningModule):
             set_rng_states(states)
         previous, self._resumed_metrics = getattr(self, "_resumed_metrics", None), None
         if previous is not None and self.trainer.ckpt_path is not None:
-            # the new version_N folder's metrics.csv begins with the checkpointed run's rows;
-            # under manual optimisation (GRPO) the training rows carry the step after the update
+            # the new version_N folder's metrics.csv begins with the checkpointed run's rows
             log_dirs.carry_over_metrics(self.trainer, previous, self.trainer.global_step,
-                                        redone_step=self.automatic_optimization)
+                                        getattr(self, "_resumed_batches", None))
 
 
 def release_optimizer_state(trainer) -> int:

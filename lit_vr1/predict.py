@@ -12,6 +12,7 @@ from lit_vr1.config import SamplingConfig
 from lit_vr1.data.jsonl import Sample
 from lit_vr1.generation import generate
 from lit_vr1.models.families import vision_token_ids
+from lit_vr1.models.precision import cached_autocast
 from lit_vr1.rewards.boxes import predicted_boxes
 from lit_vr1.rollout import Rollout
 
@@ -23,8 +24,9 @@ def greedy_rollout(model: PreTrainedModel, processor: ProcessorMixin, samples: l
     cfg = SamplingConfig(max_completion_length=max_new_tokens, greedy=True, suppress_ids=vision_token_ids(processor))
     was_training = model.training
     model.eval()
-    try:
-        return generate(model, processor, samples, 1, cfg)
+    try:  # under mixed precision each weight cast to bf16 once for all the decoding steps
+        with cached_autocast(next(model.parameters()).device.type):
+            return generate(model, processor, samples, 1, cfg)
     finally:
         model.train(was_training)
 

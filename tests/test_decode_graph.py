@@ -126,3 +126,16 @@ def test_the_captured_graph_samples_what_the_eager_steps_sample_on_cuda(samples,
         decode_graph.can_capture = refuse
     assert torch.equal(graph.completion_ids, eager.completion_ids) and torch.equal(graph.logprobs, eager.logprobs)
     assert (graph.completion_ids == growing.completion_ids).float().mean() > 0.9
+
+
+def test_turning_it_off_in_the_grpo_config_reaches_every_sampling_of_the_policy():
+    """model.grpo.cuda_graph: false marks the policy, so validation and predict (which sample
+    with their own settings) do not capture either."""
+    from lit_vr1.grpo import GRPOModule
+
+    off = GRPOModule(model="tiny:qwen2_5_vl", grpo=GRPOConfig(cuda_graph=False, beta=0.0))
+    off.configure_model()
+    assert decode_graph.can_capture(off.policy, torch.device("cuda")) == "model.grpo.cuda_graph is false"
+    on = GRPOModule(model="tiny:qwen2_5_vl", grpo=GRPOConfig(beta=0.0))
+    on.configure_model()
+    assert decode_graph.can_capture(on.policy, torch.device("cuda")) is None

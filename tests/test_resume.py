@@ -354,9 +354,10 @@ def _metric_rows(path) -> list[tuple[int, str, float]]:
 def test_a_resumed_runs_metrics_csv_holds_the_whole_run(samples, tmp_path, kind):
     """Lightning starts a resumed run's CSV log in a new version folder; lit-vr1 first copies the
     checkpointed run's rows up to the checkpoint into it, so its metrics.csv holds every step
-    once, as an uninterrupted run's does (the same values: the resume is exact). SFT logs a
-    batch's rows at the step count before its update (0, 1, ...), GRPO after it (1, 2, ...):
-    the rows the resumed run logs again are left out either way."""
+    once, as an uninterrupted run's does (the same values: the resume is exact), validation after
+    every batch included. SFT's rows (Lightning's) carry the batch count before the update (0, 1,
+    ...), GRPO's training rows the optimiser step after it (1, 2, ...); the validation after the
+    checkpointed batch is not run again by the resumed run, and is copied."""
     import lightning as L
     from helpers import LengthReward, collate
     from torch.utils.data import DataLoader
@@ -367,17 +368,18 @@ def test_a_resumed_runs_metrics_csv_holds_the_whole_run(samples, tmp_path, kind)
 
     def run(root, max_steps, ckpt_dir, ckpt_path=None):
         torch.manual_seed(0)
-        module = (SFTModule(model="tiny:qwen2_5_vl") if kind == "sft" else
-                  GRPOModule(model="tiny:qwen2_5_vl", rewards=[LengthReward()],
+        module = (SFTModule(model="tiny:qwen2_5_vl", eval_max_new_tokens=8) if kind == "sft" else
+                  GRPOModule(model="tiny:qwen2_5_vl", rewards=[LengthReward()], eval_max_new_tokens=8,
                              grpo=GRPOConfig(num_generations=2, max_completion_length=4)))
         ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=ckpt_dir, filename="{step}", save_top_k=-1,
                                                    every_n_train_steps=1)
         logger = L.pytorch.loggers.CSVLogger(root, name="logs")
         trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=max_steps, enable_model_summary=False,
-                            enable_progress_bar=False, log_every_n_steps=1, logger=logger, callbacks=[ckpt])
+                            enable_progress_bar=False, log_every_n_steps=1, logger=logger, callbacks=[ckpt],
+                            val_check_interval=1, limit_val_batches=1, num_sanity_val_steps=0)
         # every batch the same two samples: a plain DataLoader restarts its epoch on a resume
         loader = DataLoader(samples[:2] * 4, batch_size=2, collate_fn=collate)
-        trainer.fit(module, loader, ckpt_path=ckpt_path)
+        trainer.fit(module, loader, DataLoader(samples[2:4], batch_size=2, collate_fn=collate), ckpt_path=ckpt_path)
         return Path(logger.log_dir) / "metrics.csv"
 
     whole = _metric_rows(run(tmp_path / "whole", 4, tmp_path / "c0"))
@@ -387,5 +389,6 @@ def test_a_resumed_runs_metrics_csv_holds_the_whole_run(samples, tmp_path, kind)
     got = _metric_rows(resumed)
     steps = sorted({s for s, k, _ in got if k == "train/loss"})
     assert steps == ([0, 1, 2, 3] if kind == "sft" else [1, 2, 3, 4])
+    assert sorted({s for s, k, _ in whole if k.startswith("val/")}) == [0, 1, 2, 3]  # validated after each batch
     assert sorted(got) == sorted(whole)  # each step once, with the uninterrupted run's values
     assert {s for s, k, _ in _metric_rows(killed) if k == "train/loss"} == set(steps[:3])  # left as it was
