@@ -19,8 +19,11 @@ import glob
 import os
 import pickle
 import random
+import signal
+import threading
 import warnings
 import zipfile
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -62,24 +65,48 @@ def remove_stale_temps(path: str) -> list[str]:
     return stale
 
 
+@contextlib.contextmanager
+def ctrl_c_after() -> Iterator[None]:
+    """Hold a Ctrl-C (SIGINT) that arrives inside the block until the block ends, then raise it.
+
+    A KeyboardInterrupt inside ``torch.save`` breaks its zip writer, which then fails with a
+    RuntimeError ("unexpected pos ...") that hides the interrupt: the run ended with a
+    traceback and exit 1 instead of Lightning's shutdown. Finishing the save first costs at
+    most one save's time and keeps the checkpoint. Outside the main thread (where signal
+    handlers cannot be set) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held:
+        raise KeyboardInterrupt
+
+
 def atomic_torch_save(obj: Any, path: str) -> None:
     """``torch.save(obj, path)`` that never leaves ``path`` half written: temp file, fsync,
-    ``os.replace``. On any error the temp file is removed and ``path`` is untouched."""
+    ``os.replace``. On any error the temp file is removed and ``path`` is untouched. A Ctrl-C
+    during the save stops the run once the file is written (:func:`ctrl_c_after`)."""
     path = os.path.abspath(path)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     remove_stale_temps(path)
     tmp = temp_path_for(path)
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
-    _fsync_dir(os.path.dirname(path))
+    with ctrl_c_after():
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(obj, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            raise
+        _fsync_dir(os.path.dirname(path))
 
 
 def _KEEP_STORAGE(storage, location):  # noqa: N802 - Lightning's default map_location: keep each storage where it is

@@ -392,3 +392,21 @@ def test_a_resumed_runs_metrics_csv_holds_the_whole_run(samples, tmp_path, kind)
     assert sorted({s for s, k, _ in whole if k.startswith("val/")}) == [0, 1, 2, 3]  # validated after each batch
     assert sorted(got) == sorted(whole)  # each step once, with the uninterrupted run's values
     assert {s for s, k, _ in _metric_rows(killed) if k == "train/loss"} == set(steps[:3])  # left as it was
+
+
+class _InterruptsWhilePickled:
+    """Sends this process a SIGINT when torch.save pickles it (a Ctrl-C in the middle of a save)."""
+
+    def __reduce__(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        return (dict, ())
+
+
+def test_ctrl_c_during_a_checkpoint_save_stops_after_the_file_is_whole(tmp_path):
+    """A KeyboardInterrupt inside torch.save broke its zip writer into a RuntimeError ("unexpected
+    pos"), a traceback and exit 1; the save now finishes, then the interrupt is raised."""
+    path = tmp_path / "last.ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        atomic_torch_save({"weights": torch.arange(100_000), "late": _InterruptsWhilePickled()}, str(path))
+    saved = torch.load(path, weights_only=False)
+    assert torch.equal(saved["weights"], torch.arange(100_000)) and saved["late"] == {}
