@@ -34,6 +34,7 @@ from lit_vr1.checkpoint import (
     use_atomic_checkpoints,
 )
 from lit_vr1.cli_errors import LitVR1ArgumentParser, config_file_problem, yaml_value
+from lit_vr1.entry import interrupted
 from lit_vr1.log_dirs import new_log_dirs, remove_unused_log_dirs
 from lit_vr1.quiet import quiet_cli_notices, quiet_known_notices, step_progress_bar  # noqa: E402
 from lit_vr1.trl_names import misplaced_trl_flag  # noqa: E402
@@ -289,14 +290,6 @@ def user_error(exc: BaseException) -> BaseException | None:
     return None
 
 
-def _interrupted() -> None:
-    """Ctrl-C: one message and exit 130 (128 + SIGINT), as a shell reports an interrupted command."""
-    print("\nlit-vr1: interrupted (Ctrl-C, exit 130); a fit resumes from its last checkpoint with --ckpt_path last "
-          "(the steps after it run again), or --ckpt_path last_or_new if none may have been saved yet",
-          file=sys.stderr)
-    sys.exit(130)
-
-
 def main(args: list[str] | None = None) -> None:
     """``lit-vr1``: the CLI, with lit-vr1's own errors printed as one message (exit 2).
     ``--traceback`` (anywhere on the command line) or ``LIT_VR1_TRACEBACK=1`` shows the
@@ -317,7 +310,7 @@ def main(args: list[str] | None = None) -> None:
     try:
         LitVR1CLI(args=None if args is None else argv)
     except KeyboardInterrupt:  # Ctrl-C outside Lightning's loops (loading the model, the data): no traceback
-        _interrupted()
+        interrupted()
     except SIGTERMException:  # a SystemExit without a code: the process would exit 0, as if it had finished
         print("lit-vr1: stopped by SIGTERM (exit 143); resume from the last checkpoint with --ckpt_path last "
               "(the steps after it run again), or --ckpt_path last_or_new if none may have been saved yet",
@@ -326,7 +319,7 @@ def main(args: list[str] | None = None) -> None:
     except SystemExit as stop:
         # Ctrl-C inside fit / validate / test / predict: Lightning shuts down, then exits 1
         if stop.code == 1 and isinstance(stop.__context__, KeyboardInterrupt):
-            _interrupted()
+            interrupted()
         raise
     except Exception as exc:  # noqa: BLE001 - ours become one line, anything else is re-raised
         error = None if show_traceback else user_error(exc)

@@ -98,7 +98,7 @@ def carry_over_metrics(trainer, previous: str | None, step: int, batches: int | 
         for row in csv.DictReader(f):
             try:
                 at = int(float(row.pop("step")))
-                values = {k: float(v) for k, v in row.items() if k and v not in ("", None)}
+                values = {k: _number(v) for k, v in row.items() if k and v not in ("", None)}
             except (KeyError, TypeError, ValueError):
                 continue  # a line cut by the kill
             if "epoch" not in values:  # lit-vr1's own rows
@@ -111,3 +111,11 @@ def carry_over_metrics(trainer, previous: str | None, step: int, batches: int | 
     if carried:
         logger.save()
     return carried
+
+
+def _number(text: str) -> int | float:
+    """A CSV cell as the number it was written from (``0`` stays an int, not ``0.0``)."""
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)

@@ -210,3 +210,25 @@ def test_another_exit_1_is_left_alone(monkeypatch):
     with pytest.raises(SystemExit) as info:
         cli_module.main(["fit", "--config", "configs/quickstart.yaml"])
     assert info.value.code == 1
+
+
+def test_ctrl_c_while_python_imports_the_libraries_gets_the_same_line(monkeypatch, capsys):
+    """The ``lit-vr1`` command (lit_vr1.entry) imports the CLI, and with it torch and Lightning,
+    for its first seconds: a Ctrl-C there printed the import's traceback."""
+    import builtins
+
+    from lit_vr1 import entry
+
+    real_import = builtins.__import__
+
+    def importing(name, globals=None, locals=None, fromlist=(), level=0):
+        if name == "lit_vr1" and fromlist and "cli" in fromlist:
+            raise KeyboardInterrupt
+        return real_import(name, globals, locals, fromlist, level)
+
+    monkeypatch.setattr(builtins, "__import__", importing)
+    with pytest.raises(SystemExit) as info:
+        entry.main()
+    assert info.value.code == 130
+    err = capsys.readouterr().err
+    assert "interrupted (Ctrl-C, exit 130)" in err and "Traceback" not in err
