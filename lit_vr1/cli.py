@@ -34,7 +34,7 @@ from lit_vr1.checkpoint import (
     use_atomic_checkpoints,
 )
 from lit_vr1.cli_errors import LitVR1ArgumentParser, config_file_problem, yaml_value
-from lit_vr1.entry import interrupted
+from lit_vr1.interrupt import interrupted
 from lit_vr1.log_dirs import new_log_dirs, remove_unused_log_dirs
 from lit_vr1.quiet import quiet_cli_notices, quiet_known_notices, step_progress_bar  # noqa: E402
 from lit_vr1.trl_names import misplaced_trl_flag  # noqa: E402

@@ -1,0 +1,16 @@
+"""What a Ctrl-C prints: one line on how to resume, and exit status 130 (128 + SIGINT), as a
+shell reports an interrupted command. Light on purpose: ``lit_vr1.entry`` uses it before
+torch and Lightning are imported."""
+
+from __future__ import annotations
+
+import sys
+
+INTERRUPTED = ("lit-vr1: interrupted (Ctrl-C, exit 130); a fit resumes from its last checkpoint with --ckpt_path last "
+               "(the steps after it run again), or --ckpt_path last_or_new if none may have been saved yet")
+
+
+def interrupted() -> None:
+    """Print the line and exit 130."""
+    print("\n" + INTERRUPTED, file=sys.stderr)
+    sys.exit(130)
