@@ -34,7 +34,7 @@ from lit_vr1.checkpoint import (
     use_atomic_checkpoints,
 )
 from lit_vr1.cli_errors import LitVR1ArgumentParser, config_file_problem, yaml_value
-from lit_vr1.interrupt import interrupted
+from lit_vr1.interrupt import RESUME_HINT, interrupted
 from lit_vr1.log_dirs import new_log_dirs, remove_unused_log_dirs
 from lit_vr1.quiet import quiet_cli_notices, quiet_known_notices, step_progress_bar  # noqa: E402
 from lit_vr1.trl_names import misplaced_trl_flag  # noqa: E402
@@ -312,8 +312,7 @@ def main(args: list[str] | None = None) -> None:
     except KeyboardInterrupt:  # Ctrl-C outside Lightning's loops (loading the model, the data): no traceback
         interrupted()
     except SIGTERMException:  # a SystemExit without a code: the process would exit 0, as if it had finished
-        print("lit-vr1: stopped by SIGTERM (exit 143); resume from the last checkpoint with --ckpt_path last "
-              "(the steps after it run again), or --ckpt_path last_or_new if none may have been saved yet",
+        print(f"lit-vr1: stopped by SIGTERM (exit 143); resume from the last checkpoint with {RESUME_HINT}",
               file=sys.stderr)
         sys.exit(143)
     except SystemExit as stop:

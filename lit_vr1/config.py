@@ -89,8 +89,10 @@ class GRPOConfig:
             ratio is exactly 1 until the weights move), as TRL's ``disable_dropout``.
         cuda_graph: on CUDA, with shared prompts, decode over a fixed-size key/value cache and
             replay each decoding step from a captured CUDA graph (``lit_vr1.decode_graph``):
-            the same samples, without launching every kernel from Python at every token. A
-            model that cannot be captured samples without it (one warning).
+            the same distribution, without launching every kernel from Python at every token
+            (bf16 logits may differ from the growing cache's in their last bits). A model that
+            cannot be captured samples without it (one warning); false also covers validation
+            and predict.
     """
 
     num_generations: int = 4

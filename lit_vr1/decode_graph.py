@@ -150,8 +150,9 @@ class StaticDecoder:
         return logits
 
 
-def model_forward(model: nn.Module, cache: DynamicCache, cache_argument: dict) -> Callable[..., Tensor]:
-    """The decoding forward of ``model`` over ``cache``: the last position's logits (N, V)."""
+def model_forward(model: nn.Module, cache_argument: dict) -> Callable[..., Tensor]:
+    """The decoding forward of ``model`` over the cache in ``cache_argument`` (``{name: cache}``):
+    the last position's logits (N, V)."""
 
     def forward(input_ids: Tensor, mask: Tensor, positions: Tensor) -> Tensor:
         out = model(input_ids=input_ids, attention_mask=mask, **cache_argument, use_cache=True,

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import sys
 
-INTERRUPTED = ("lit-vr1: interrupted (Ctrl-C, exit 130); a fit resumes from its last checkpoint with --ckpt_path last "
-               "(the steps after it run again), or --ckpt_path last_or_new if none may have been saved yet")
+RESUME_HINT = ("--ckpt_path last (the steps after it run again), or --ckpt_path last_or_new if none may have been "
+               "saved yet")
+INTERRUPTED = f"lit-vr1: interrupted (Ctrl-C, exit 130); a fit resumes from its last checkpoint with {RESUME_HINT}"
 
 
 def interrupted() -> None:

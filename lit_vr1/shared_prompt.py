@@ -305,9 +305,13 @@ def _static_decoder(model: nn.Module, state: PromptPass, width: int, wanted: boo
     """The fixed-size-cache decoder for ``state`` (captured on CUDA), or None for the growing
     cache: not ``wanted``, or (``auto``) off CUDA, or a model or cache it cannot serve."""
     device = state.last_logits.device
-    if not wanted or width < 2 or not ready_masks_allowed(model):
-        if wanted and not auto and not ready_masks_allowed(model):
+    if not wanted:
+        return None
+    if not ready_masks_allowed(model):
+        if not auto:
             raise ValueError("the static decoding cache needs SDPA attention and no sliding-window layers")
+        return None
+    if width < 2:
         return None
     refusal = decode_graph.can_capture(model, device)
     if auto and refusal is not None:
@@ -317,6 +321,6 @@ def _static_decoder(model: nn.Module, state: PromptPass, width: int, wanted: boo
     layers = decode_graph.static_cache(state.cache, capacity, write_at)
     if layers is None:
         return None
-    forward = decode_graph.model_forward(model, state.cache, with_cache(model, state.cache))
+    forward = decode_graph.model_forward(model, with_cache(model, state.cache))
     return decode_graph.StaticDecoder(forward, layers, write_at, state.attention_mask, state.next_position, capacity,
                                       capture=refusal is None)
