@@ -5,7 +5,8 @@
 # It installs the carried wheels, runs the CUDA-only tests (pytest -m cuda), then benchmarks/gpu_check.py:
 # each recipe's tiny twin on CUDA in its own precision, GRPO on a Qwen2.5-VL-3B-shaped model (full, frozen
 # vision, LoRA) and TRL's GRPOTrainer on the same work. Everything lands in $OUT (or ./gpu_out):
-# gpu_check.json (every figure and the versions), cuda_tests.log, gpu_check.log.
+# gpu_check.json (every figure and the versions), cuda_tests.log, gpu_check.log; and vision_chunks.json: the
+# 3B-wide vision tower's forward + backward with batched against per-chunk attention (benchmarks/vision_chunks.py).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-gpu_out}"
@@ -20,5 +21,6 @@ else
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/nvidia_smi.csv"
 timeout 120 python3 -m pytest -q -m cuda -p no:cacheprovider tests/test_numerics.py tests/test_strategies.py tests/test_decode_graph.py 2>&1 | tee "$OUT/cuda_tests.log"
+timeout 45 python3 benchmarks/vision_chunks.py --device cuda --depth 32 --images 8 --out "$OUT/vision_chunks.json" 2>&1 | tee "$OUT/vision_chunks.log"
 timeout 450 python3 benchmarks/gpu_check.py --json "$OUT/gpu_check.json" --budget-s 330 "$@" 2>&1 | tee "$OUT/gpu_check.log"
 echo "gpu_check: exit ${PIPESTATUS[0]}"

@@ -4,7 +4,7 @@
     python benchmarks/vs_trl.py [--prompts 4] [--generations 8] [--completion 64] [--image 224]
                                 [--beta 0.04] [--steps 4] [--warmup 1] [--repeats 2] [--micro 8]
                                 [--lit-options shared_prompt=false,freeze_vision=true] [--trl-freeze-vision]
-                                [--sweep generations=4,8,16] [--trainers lit,trl] [--profile]
+                                [--sweep generations=4,8,16] [--trainers lit,trl] [--flops]
 
 Both trainers load the very same tiny random Qwen2.5-VL with the proportions of the real
 3B (``benchmarks/bench_model.py``), get the same synthetic prompts (one image each, resized
@@ -48,6 +48,41 @@ def peak_mib() -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024  # kB
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux: the best there is
+
+
+class FlopCount:
+    """The arithmetic of one step, counted by torch's FlopCounterMode (matrix products,
+    convolutions, attention; elementwise work is not counted), over the first warm-up step (its
+    time is not measured). The CPU's SDPA kernels are counted with the formulas of the GPU's."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled, self.mode, self.total = enabled, None, None
+
+    def start(self) -> None:
+        if not self.enabled or self.total is not None or self.mode is not None:
+            return
+        import torch
+        from torch.utils.flop_counter import FlopCounterMode, flop_registry
+
+        def as_is(formula):  # a registered formula already reads shapes: not to be wrapped again
+            def counted(*args, **kwargs):
+                return formula(*args, **kwargs)
+
+            counted._get_raw = True
+            return counted
+
+        aten = torch.ops.aten
+        cpu = {aten._scaled_dot_product_flash_attention_for_cpu:
+               as_is(flop_registry[aten._scaled_dot_product_flash_attention]),
+               aten._scaled_dot_product_flash_attention_for_cpu_backward:
+               as_is(flop_registry[aten._scaled_dot_product_flash_attention_backward])}
+        self.mode = FlopCounterMode(display=False, custom_mapping=cpu)
+        self.mode.__enter__()
+
+    def stop(self) -> None:
+        if self.mode is not None:
+            self.mode.__exit__(None, None, None)
+            self.total, self.mode = self.mode.get_total_flops(), None
 
 
 def versions() -> dict:
@@ -163,13 +198,17 @@ def run_lit(cfg: dict) -> dict:
         def on_train_batch_start(self, *a):
             if len(times) == cfg["warmup"]:
                 prof.reset()
+            if not times:
+                flops.start()
             self.t = time.perf_counter()
 
         def on_train_batch_end(self, trainer, pl_module, *a):
             times.append(time.perf_counter() - self.t)
+            flops.stop()
             lengths.append(int(pl_module.loop.last_rollout.completion_mask.sum()))
 
     lengths: list[int] = []
+    flops = FlopCount(cfg.get("flops", False))
     prof = Profile()
     prof.wrap(loop, "rollout", "rollout")
     prof.wrap(loop, "prepare_logprobs", "nograd_logprobs")
@@ -183,6 +222,7 @@ def run_lit(cfg: dict) -> dict:
     from lit_vr1.decode_graph import REFUSED_ATTRIBUTE
 
     return {"step_s": times[cfg["warmup"]:], "tokens": tokens, "loaded_mib": loaded[0], "profile": prof.per_step(cfg["steps"]),
+            "flops": flops.total,
             "graph_refused": getattr(module.policy, REFUSED_ATTRIBUTE, None),
             "effective_args": {"num_generations": grpo.num_generations, "max_completion_length": grpo.max_completion_length,
                                "beta": grpo.beta, "loss_type": grpo.loss_type, "micro_batch_size": grpo.micro_batch_size,
@@ -285,15 +325,19 @@ def run_trl(cfg: dict) -> dict:
         disable_tqdm=True,
     )
     times = []
+    flops = FlopCount(cfg.get("flops", False))
 
     class Timer(TrainerCallback):
         def on_step_begin(self, *a, **k):
             if len(times) == cfg["warmup"]:
                 prof.reset()
+            if not times:
+                flops.start()
             self.t = time.perf_counter()
 
         def on_step_end(self, *a, **k):
             times.append(time.perf_counter() - self.t)
+            flops.stop()
 
     trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=data, processing_class=processor,
                           callbacks=[Timer()], peft_config=peft_config)
@@ -315,7 +359,7 @@ def run_trl(cfg: dict) -> dict:
     effective = {k: getattr(trainer.args, k, None) for k in keys}
     effective["model_is_gradient_checkpointing"] = checkpointing
     return {"step_s": times[cfg["warmup"]:], "tokens": n * cfg["completion"], "loaded_mib": loaded,
-            "profile": prof.per_step(cfg["steps"]), "effective_args": effective}
+            "profile": prof.per_step(cfg["steps"]), "flops": flops.total, "effective_args": effective}
 
 
 # -- parent ---------------------------------------------------------------------------------
@@ -361,7 +405,8 @@ def measure(cfg: dict, trainers: list[str], repeats: int) -> dict:
                   "peak_mib_per_run": [r["peak_mib"] for r in rs],
                   **({"peak_gpu_mib": statistics.median(r["peak_gpu_mib"] for r in rs)} if "peak_gpu_mib" in rs[0] else {}),
                   "loaded_mib": statistics.median(r["loaded_mib"] for r in rs),
-                  "profile": {k: statistics.median(r["profile"][k] for r in rs) for k in rs[0]["profile"]}, "runs": rs}
+                  "profile": {k: statistics.median(r["profile"][k] for r in rs) for k in rs[0]["profile"]},
+                  "flops_per_step": rs[0].get("flops"), "runs": rs}
     return out
 
 
@@ -382,7 +427,7 @@ HEADER = ("| setting | lit-vr1 s/step (run medians) | lit-vr1 tok/s | lit-vr1 pe
 
 
 PROFILE_HEADER = ("| setting | trainer | step s | rollout s | no-grad log-prob passes s | rest (policy fwd+bwd, optimiser) s "
-                  "| vision forward s | images encoded |\n|---|---|---|---|---|---|---|---|")
+                  "| vision forward s | images encoded | GFLOP per step |\n|---|---|---|---|---|---|---|---|---|")
 
 
 def profile_rows(label: str, res: dict) -> list[str]:
@@ -390,8 +435,9 @@ def profile_rows(label: str, res: dict) -> list[str]:
     for name, r in res.items():
         p = r["profile"]
         rest = r["step_s"] - p["rollout"] - p["nograd_logprobs"]
+        gflop = f"{r['flops_per_step'] / 1e9:.1f}" if r.get("flops_per_step") else ""
         rows.append(f"| {label} | {name} | {r['step_s']:.2f} | {p['rollout']:.2f} | {p['nograd_logprobs']:.2f} | {rest:.2f} "
-                    f"| {p['vision_forward']:.2f} | {p['images_encoded']:.0f} |")
+                    f"| {p['vision_forward']:.2f} | {p['images_encoded']:.0f} | {gflop} |")
     return rows
 
 
@@ -438,11 +484,14 @@ def main() -> None:
     p.add_argument("--trl-freeze-vision", action="store_true", help="freeze TRL's vision tower too")
     p.add_argument("--trainers", default="lit,trl")
     p.add_argument("--sweep", default="", help="one setting over values, e.g. generations=4,8,16 or image=112,224,448")
+    p.add_argument("--flops", action="store_true", help="count each trainer's arithmetic over its first (untimed) "
+                   "warm-up step (torch's FlopCounterMode: matrix products, convolutions, attention)")
     p.add_argument("--json", default=None)
     a = p.parse_args()
     base = {k: getattr(a, k) for k in ("prompts", "generations", "completion", "image", "beta", "steps", "warmup",
                                        "micro")}
     base["lit_options"], base["trl_freeze_vision"] = parse_options(a.lit_options), a.trl_freeze_vision
+    base["flops"] = a.flops
     key, values = (a.sweep.split("=") + [""])[:2] if a.sweep else ("generations", str(a.generations))
     results, profiles = [], []
     print(HEADER)

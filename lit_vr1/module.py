@@ -19,7 +19,7 @@ from lit_vr1.checks import check_master_weights
 from lit_vr1.evaluate import PROMPTINGS, predict_answer, predict_detection, predict_rec
 from lit_vr1.metrics.detection import DetectionMetrics
 from lit_vr1.metrics.rec import RECMetrics
-from lit_vr1.models import freeze, precision, swiglu
+from lit_vr1.models import freeze, precision, swiglu, vision_attention
 from lit_vr1.models.families import BOX_FRAMES, base_model, family_of
 from lit_vr1.models.loading import load_model, load_processor
 from lit_vr1.models.lora import LoraSpec, apply_lora, save_merged
@@ -216,6 +216,7 @@ class VLMModule(LightningModule):
             self.policy = load_model(self.model_name, self.processor, self.dtype_name, self.attn_implementation,
                                      self.seed, self.tiny_spec).train()
             swiglu.recompute_silu(self.policy)  # one MLP-width activation less per layer, same bits
+            vision_attention.batch_chunks(self.policy)  # one SDPA call per chunk length, same bits
             if self.float32_lm_head and not precision.float32_head(self.policy):
                 rank_zero_warn(f"model.float32_lm_head: the output layer of {self.model_name} is a "
                                f"{type(self.policy.get_output_embeddings()).__name__}, not an nn.Linear; it keeps "
@@ -367,8 +368,11 @@ class VLMModule(LightningModule):
             checkpoint["state_dict"] = {**frozen, **state}
         trainer = self._trainer
         if trainer is not None and trainer.state.fn == "fit":  # a resume: the same model, or an error
-            refuse_foreign_resume("model", setting_differences(checkpoint.get("hyper_parameters") or {}, dict(self.hparams),
-                                                               MODEL_IDENTITY, "model"))
+            model = setting_differences(checkpoint.get("hyper_parameters") or {}, dict(self.hparams), MODEL_IDENTITY,
+                                        "model")
+            data = data_differences(trainer, checkpoint)  # named here too: the data module's own check runs later
+            what = " and ".join(w for w, d in (("model", model), ("training data", data)) if d)
+            refuse_foreign_resume(what, model + data)
         self._checkpoint_step = checkpoint.get("global_step")
         self._resumed_metrics = checkpoint.get(METRICS_KEY)
         loops = checkpoint.get("loops") or {}
@@ -396,6 +400,16 @@ class VLMModule(LightningModule):
             # the new version_N folder's metrics.csv begins with the checkpointed run's rows
             log_dirs.carry_over_metrics(self.trainer, previous, self.trainer.global_step,
                                         getattr(self, "_resumed_batches", None))
+
+
+def data_differences(trainer, checkpoint: dict) -> list[str]:
+    """The data module's identity settings that differ from those a checkpoint saved
+    (:meth:`~lit_vr1.data.datamodule.GroundingDataModule.data_identity`); none for a data
+    module without one."""
+    datamodule = getattr(trainer, "datamodule", None)
+    identity = getattr(datamodule, "data_identity", None)
+    saved = (checkpoint.get(type(datamodule).__qualname__) or {}).get("data") if identity else None
+    return setting_differences(saved, identity(), tuple(saved), "data") if saved else []
 
 
 def release_optimizer_state(trainer) -> int:

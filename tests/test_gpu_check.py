@@ -31,7 +31,7 @@ def _names(path: str) -> set[str]:
 
 def _imported_distributions() -> set[str]:
     files = [*ROOT.glob("lit_vr1/**/*.py"), *ROOT.glob("callbacks/*.py"), ROOT / "benchmarks" / "gpu_check.py",
-             ROOT / "benchmarks" / "vs_trl.py"]
+             ROOT / "benchmarks" / "vs_trl.py", ROOT / "benchmarks" / "vision_chunks.py"]
     modules = set()
     for file in files:
         for node in ast.walk(ast.parse(file.read_text())):

@@ -80,6 +80,15 @@ def test_a_resume_with_another_model_is_refused_naming_what_differs(trained):
     assert "another model" in proc.stderr and "model.freeze_vision: False in the checkpoint, True now" in proc.stderr
 
 
+def test_a_resume_with_another_model_and_other_data_names_both(trained):
+    both = small(trained / "run_a", trained / "data_b", "--data.init_args.synthetic.seed=7",
+                 "--model.init_args.freeze_vision=true")
+    proc = lit_vr1(trained, "fit", *both, "--trainer.max_steps=3", "--ckpt_path", "last")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "another model and training data" in proc.stderr
+    assert "model.freeze_vision: False in the checkpoint, True now" in proc.stderr and "'seed': 7" in proc.stderr
+
+
 def test_a_lora_fit_without_held_out_data_prints_no_notices(tmp_path):
     """No held-out data: the fit validates nothing and says nothing of it (Lightning warned
     of an empty loader); peft's deprecated transformers call is not the user's to fix."""
