@@ -485,9 +485,12 @@ def main() -> None:
     p.add_argument("--trainers", default="lit,trl")
     p.add_argument("--sweep", default="", help="one setting over values, e.g. generations=4,8,16 or image=112,224,448")
     p.add_argument("--flops", action="store_true", help="count each trainer's arithmetic over its first (untimed) "
-                   "warm-up step (torch's FlopCounterMode: matrix products, convolutions, attention)")
+                   "warm-up step (torch's FlopCounterMode: matrix products, convolutions, attention); on the CPU "
+                   "(on CUDA lit-vr1's decoding steps replay a captured graph, which dispatches nothing to count)")
     p.add_argument("--json", default=None)
     a = p.parse_args()
+    if a.flops and a.warmup < 1:
+        p.error("--flops counts the first warm-up step, so that no timed step pays for the counting: --warmup 1 or more")
     base = {k: getattr(a, k) for k in ("prompts", "generations", "completion", "image", "beta", "steps", "warmup",
                                        "micro")}
     base["lit_options"], base["trl_freeze_vision"] = parse_options(a.lit_options), a.trl_freeze_vision

@@ -216,7 +216,7 @@ class VLMModule(LightningModule):
             self.policy = load_model(self.model_name, self.processor, self.dtype_name, self.attn_implementation,
                                      self.seed, self.tiny_spec).train()
             swiglu.recompute_silu(self.policy)  # one MLP-width activation less per layer, same bits
-            vision_attention.batch_chunks(self.policy)  # one SDPA call per chunk length, same bits
+            vision_attention.batch_chunks(self.policy)  # one SDPA call per run of equal chunks
             if self.float32_lm_head and not precision.float32_head(self.policy):
                 rank_zero_warn(f"model.float32_lm_head: the output layer of {self.model_name} is a "
                                f"{type(self.policy.get_output_embeddings()).__name__}, not an nn.Linear; it keeps "

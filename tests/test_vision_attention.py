@@ -6,6 +6,7 @@ import pickle
 
 import pytest
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from lit_vr1.data.jsonl import JsonlDataset
@@ -119,3 +120,21 @@ def test_training_modules_patch_their_policy():
     module.configure_model()
     blocks = module.policy.model.visual.blocks
     assert all(b.attn.forward.func is vision_attention._forward for b in blocks)
+
+
+def test_runs_of_equal_chunks():
+    assert vision_attention.runs([64, 64, 32, 64, 64, 32, 16]) == [(0, 2, 64), (128, 1, 32), (160, 2, 64),
+                                                                    (288, 1, 32), (320, 1, 16)]
+
+
+def test_a_class_of_another_shape_keeps_its_forward():
+    class Qwen2_5_VLVisionAttention(nn.Module):  # the name, but not transformers' class
+        def __init__(self):
+            super().__init__()
+            self.qkv, self.proj = nn.Linear(4, 12), nn.Linear(4, 4)
+
+        def forward(self, hidden_states, cu_seqlens, position_embeddings=None):
+            return hidden_states
+
+    module = Qwen2_5_VLVisionAttention()
+    assert vision_attention.batch_chunks(nn.Sequential(module)) == 0 and "forward" not in vars(module)
