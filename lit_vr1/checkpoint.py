@@ -248,11 +248,20 @@ def _plain(value: Any) -> Any:
 
 def setting_differences(saved: dict, current: dict, keys: tuple[str, ...], prefix: str) -> list[str]:
     """``prefix.key: <saved> in the checkpoint, <current> now`` for each of ``keys`` whose
-    value differs between a checkpoint's saved settings and the current run's."""
+    value differs between a checkpoint's saved settings and the current run's; settings that
+    are dicts on both sides (``data.synthetic``) are compared key by key
+    (``data.synthetic.seed: 0 in the checkpoint, 7 now``)."""
     out = []
     for key in keys:
-        if key in saved and _plain(saved[key]) != _plain(current.get(key)):
-            out.append(f"{prefix}.{key}: {_plain(saved[key])!r} in the checkpoint, {_plain(current.get(key))!r} now")
+        if key not in saved:
+            continue
+        old, new = _plain(saved[key]), _plain(current.get(key))
+        if old == new:
+            continue
+        if isinstance(old, dict) and isinstance(new, dict):
+            out += setting_differences(old, new, tuple(dict.fromkeys([*old, *new])), f"{prefix}.{key}")
+        else:
+            out.append(f"{prefix}.{key}: {old!r} in the checkpoint, {new!r} now")
     return out
 
 
