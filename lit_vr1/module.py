@@ -404,12 +404,11 @@ class VLMModule(LightningModule):
 
 def data_differences(trainer, checkpoint: dict) -> list[str]:
     """The data module's identity settings that differ from those a checkpoint saved
-    (:meth:`~lit_vr1.data.datamodule.GroundingDataModule.data_identity`); none for a data
-    module without one."""
+    (:meth:`~lit_vr1.data.datamodule.GroundingDataModule.identity_differences`, on the data
+    module's part of the checkpoint); none for a data module without them."""
     datamodule = getattr(trainer, "datamodule", None)
-    identity = getattr(datamodule, "data_identity", None)
-    saved = (checkpoint.get(type(datamodule).__qualname__) or {}).get("data") if identity else None
-    return setting_differences(saved, identity(), tuple(saved), "data") if saved else []
+    differences = getattr(datamodule, "identity_differences", None)
+    return differences(checkpoint.get(type(datamodule).__qualname__) or {}) if differences else []
 
 
 def release_optimizer_state(trainer) -> int:

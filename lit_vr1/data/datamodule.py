@@ -253,10 +253,15 @@ class GroundingDataModule(LightningDataModule):
             state["train_position"] = position
         return state
 
-    def load_state_dict(self, state_dict: dict) -> None:
+    def identity_differences(self, state_dict: dict) -> list[str]:
+        """The settings of :meth:`data_identity` that differ from those saved in ``state_dict``
+        (this data module's part of a checkpoint), each as ``data.<key>: ... now``."""
         saved = state_dict.get("data")
-        if saved is not None and self.trainer is not None and self.trainer.state.fn == "fit":  # a resume
-            refuse_foreign_resume("training data", setting_differences(saved, self.data_identity(), tuple(saved), "data"))
+        return setting_differences(saved, self.data_identity(), tuple(saved), "data") if saved else []
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if self.trainer is not None and self.trainer.state.fn == "fit":  # a resume
+            refuse_foreign_resume("training data", self.identity_differences(state_dict))
         self._resume_position = state_dict.get("train_position")
 
     def held_out(self) -> Dataset | None:
