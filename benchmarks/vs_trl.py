@@ -5,6 +5,7 @@
                                 [--beta 0.04] [--steps 4] [--warmup 1] [--repeats 2] [--micro 8]
                                 [--lit-options shared_prompt=false,freeze_vision=true] [--trl-freeze-vision]
                                 [--sweep generations=4,8,16] [--trainers lit,trl] [--flops]
+                                [--trl-keep-freed-memory]
 
 Both trainers load the very same tiny random Qwen2.5-VL with the proportions of the real
 3B (``benchmarks/bench_model.py``), get the same synthetic prompts (one image each, resized
@@ -23,6 +24,10 @@ the range of the runs' medians), completion tokens per second (P x G x T / that 
 peak resident memory (each process's own VmHWM, median over runs), and lit-vr1 / TRL
 ratios. Every rollout of both is checked to be P x G x T tokens. ``--json`` writes every
 figure, the versions and both trainers' effective arguments.
+
+lit-vr1's process keeps freed memory mapped for reuse (``lit_vr1/allocator.py``), as every
+lit-vr1 run does (``LIT_VR1_KEEP_FREED_MEMORY=0`` turns it off); TRL's keeps glibc's defaults
+unless ``--trl-keep-freed-memory`` starts it with the same thresholds. The JSON records which.
 """
 
 from __future__ import annotations
@@ -372,13 +377,30 @@ def child_main(trainer: str, cfg_json: str) -> None:
     out = (run_lit if trainer == "lit" else run_trl)(cfg)
     out["peak_mib"] = peak_mib()
     out["versions"] = versions()
+    out["keep_freed_memory"] = freed_memory_kept(trainer)
     if cfg.get("device") == "cuda":
         out["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
     print("RESULT " + json.dumps(out), flush=True)
 
 
+# glibc's thresholds as lit_vr1.allocator sets them, given to TRL's process by --trl-keep-freed-memory
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
+
+
+def freed_memory_kept(trainer: str) -> bool:
+    """Whether this child keeps freed memory mapped (lit-vr1: its allocator module did it;
+    TRL: the environment set glibc's thresholds before the process started)."""
+    if trainer == "lit":
+        from lit_vr1 import allocator
+
+        return allocator.applied()
+    return all(os.environ.get(k) == v for k, v in MALLOC_ENV.items())
+
+
 def run_child(trainer: str, cfg: dict) -> dict:
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
+    if trainer == "trl" and cfg.get("trl_keep_freed_memory"):
+        env.update(MALLOC_ENV)
     proc = subprocess.run([sys.executable, __file__, "--child", trainer, json.dumps(cfg)], capture_output=True,
                           text=True, env=env)
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
@@ -482,6 +504,10 @@ def main() -> None:
                    "preallocated_cache; "
                    "e.g. shared_prompt=false or freeze_vision=true,reuse_features=false")
     p.add_argument("--trl-freeze-vision", action="store_true", help="freeze TRL's vision tower too")
+    p.add_argument("--trl-keep-freed-memory", action="store_true",
+                   help="start TRL's process with glibc's thresholds that lit-vr1 sets for itself "
+                        "(lit_vr1/allocator.py; MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_ 1 GiB); "
+                        "LIT_VR1_KEEP_FREED_MEMORY=0 in the environment turns lit-vr1's off")
     p.add_argument("--trainers", default="lit,trl")
     p.add_argument("--sweep", default="", help="one setting over values, e.g. generations=4,8,16 or image=112,224,448")
     p.add_argument("--flops", action="store_true", help="count each trainer's arithmetic over its first (untimed) "
@@ -494,7 +520,7 @@ def main() -> None:
     base = {k: getattr(a, k) for k in ("prompts", "generations", "completion", "image", "beta", "steps", "warmup",
                                        "micro")}
     base["lit_options"], base["trl_freeze_vision"] = parse_options(a.lit_options), a.trl_freeze_vision
-    base["flops"] = a.flops
+    base["flops"], base["trl_keep_freed_memory"] = a.flops, a.trl_keep_freed_memory
     key, values = (a.sweep.split("=") + [""])[:2] if a.sweep else ("generations", str(a.generations))
     results, profiles = [], []
     print(HEADER)

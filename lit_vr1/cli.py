@@ -26,6 +26,7 @@ from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from lit_vr1 import allocator
 from lit_vr1.checkpoint import (
     checkpoints_under_root,
     flush_csv_every_step,
@@ -34,6 +35,7 @@ from lit_vr1.checkpoint import (
     use_atomic_checkpoints,
 )
 from lit_vr1.cli_errors import LitVR1ArgumentParser, config_file_problem, yaml_value
+from lit_vr1.config_keys import unknown_keys
 from lit_vr1.interrupt import RESUME_HINT, interrupted
 from lit_vr1.log_dirs import new_log_dirs, remove_unused_log_dirs
 from lit_vr1.quiet import quiet_cli_notices, quiet_known_notices, step_progress_bar  # noqa: E402
@@ -92,6 +94,9 @@ class LitVR1CLI(LightningCLI):
             if problem:
                 parser.error(problem)
         subcommand = next((a for a in argv if a in self.subcommands()), None)
+        if subcommand:
+            dests = [a.dest for a in self._subcommand_parsers[subcommand]._actions]
+            LitVR1ArgumentParser.unknown_keys = unknown_keys(LitVR1ArgumentParser.config_files, dests, subcommand)
         ckpt_path = _flag_value(argv, "--ckpt_path")
         if subcommand and ckpt_path and Path(ckpt_path).is_file():
             hparams = checkpoint_model_settings(ckpt_path)
@@ -295,6 +300,7 @@ def main(args: list[str] | None = None) -> None:
     ``--traceback`` (anywhere on the command line) or ``LIT_VR1_TRACEBACK=1`` shows the
     full traceback instead."""
     argv = list(sys.argv[1:] if args is None else args)
+    allocator.keep_freed_memory()  # before the first tensor: freed memory stays mapped for reuse
     show_traceback = TRACEBACK_FLAG in argv or os.environ.get(TRACEBACK_ENV, "") not in ("", "0")
     argv = [a for a in argv if a != TRACEBACK_FLAG]
     text = option_help(argv)

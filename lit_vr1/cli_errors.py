@@ -225,6 +225,9 @@ class LitVR1ArgumentParser(LightningArgumentParser):
     pointer to ``--help`` (exit 2), without the usage."""
 
     config_files: list[str] = []  # the command line's --config files (set by LitVR1CLI before parsing)
+    # every unknown key of those files (lit_vr1.config_keys, set by LitVR1CLI before parsing): printed
+    # together when jsonargparse's own error is about one of them
+    unknown_keys: list = []
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         from jsonargparse._common import debug_mode_active
@@ -234,8 +237,12 @@ class LitVR1ArgumentParser(LightningArgumentParser):
         parser = getattr(ex, "subcommand_parser", None) or self
         flags = [s for action in parser._actions for s in action.option_strings if s.startswith("--")]
         prog = parser.prog.replace(" [options]", "")
-        sys.stderr.write(f"lit-vr1: error: {condense(message, flags, self.config_files)}\n"
-                         f"({prog} --help lists every option)\n")
+        text = condense(message, flags, self.config_files)
+        keys = [u for u in self.unknown_keys if text.startswith(f"{u.key}:")]
+        if keys and len(self.unknown_keys) > 1:  # the parser agrees about one: all of them in one message
+            text = f"{len(self.unknown_keys)} keys of the config files are not options:\n  " + "\n  ".join(
+                u.message() for u in self.unknown_keys)
+        sys.stderr.write(f"lit-vr1: error: {text}\n({prog} --help lists every option)\n")
         self.exit(2)
 
 

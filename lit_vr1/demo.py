@@ -54,6 +54,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
+from lit_vr1 import allocator  # noqa: E402
 from lit_vr1.cli import LitVR1CLI  # noqa: E402
 from lit_vr1.data.jsonl import JsonlDataset  # noqa: E402
 from lit_vr1.demo_detection import (  # noqa: E402
@@ -453,6 +454,7 @@ def main(argv: list[str] | None = None) -> dict:
                          "--no-validation skips it in every fit: the models come out bit-identical (validation is "
                          "greedy and draws no random numbers) and the report scores each of them all the same")
     args = ap.parse_args(argv)
+    allocator.keep_freed_memory()  # the report's decoding too, not only the fits
     try:
         shifts = parse_shifts(args.ood)
     except ValueError as err:

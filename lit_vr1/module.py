@@ -13,7 +13,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
-from lit_vr1 import log_dirs, parallel
+from lit_vr1 import allocator, log_dirs, parallel
 from lit_vr1.checkpoint import gather_rng_states, refuse_foreign_resume, set_rng_states, setting_differences
 from lit_vr1.checks import check_master_weights
 from lit_vr1.evaluate import PROMPTINGS, predict_answer, predict_detection, predict_rec
@@ -211,6 +211,7 @@ class VLMModule(LightningModule):
 
     def configure_model(self) -> None:
         """Build the policy (once; strategies may shard it afterwards)."""
+        allocator.keep_freed_memory()  # freed activations stay mapped for the next step (same bits)
         if self.policy is None:
             # from_pretrained returns a model in eval mode, and Lightning keeps each module's mode
             self.policy = load_model(self.model_name, self.processor, self.dtype_name, self.attn_implementation,

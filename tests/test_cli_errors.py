@@ -125,3 +125,49 @@ def test_a_misspelled_key_in_a_config_file_names_the_file_and_the_nearest_keys(t
     assert info.value.code == 2
     assert err.startswith(f"lit-vr1: error: trainer.max_stepz: not an option of lit-vr1 fit (in config file {mine}); "
                           "did you mean trainer.max_steps")
+
+
+def test_every_misspelled_key_of_the_config_files_in_one_message(tmp_path, capsys):
+    one, two = tmp_path / "one.yaml", tmp_path / "two.yaml"
+    one.write_text("trainer:\n  max_stepz: 3\nmodel:\n  class_path: lit_vr1.grpo.GRPOModule\n  init_args:\n"
+                   "    grpo:\n      num_generation: 4\n")
+    two.write_text("data:\n  init_args:\n"  # its class_path from quickstart.yaml
+                   "    batch_sise: 2\n    synthetic:\n      sead: 3\nseed_everythin: 1\n")
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--config", "configs/quickstart.yaml", "--config", str(one), "--config", str(two)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 2
+    assert err[0] == "lit-vr1: error: 5 keys of the config files are not options:"
+    assert err[1:6] == [
+        f"  trainer.max_stepz: not an option of lit-vr1 fit (in config file {one}); did you mean trainer.max_steps"
+        " or trainer.max_time?",
+        f"  model.grpo.num_generation: not an option of GRPOConfig (in config file {one}); did you mean "
+        "num_generations or num_iterations? (--model.grpo.help lists them)",
+        f"  data.batch_sise: not an option of GroundingDataModule (in config file {two}); did you mean batch_size or "
+        "val_batch_size? (--data.help lists them)",
+        f"  data.synthetic.sead: not an option of SyntheticSpec (in config file {two}); did you mean seed? "
+        "(--data.synthetic.help lists them)",
+        f"  seed_everythin: not an option of lit-vr1 fit (in config file {two}); did you mean seed_everything?",
+    ]
+    assert err[6:] == ["(lit-vr1 fit --help lists every option)"]
+
+
+def test_the_shipped_configs_have_no_unknown_key():
+    import glob
+
+    from lit_vr1.cli import LitVR1CLI
+    from lit_vr1.config_keys import unknown_keys
+
+    found = {}
+
+    class Probe(LitVR1CLI):
+        def parse_arguments(self, parser, args):
+            dests = [a.dest for a in self._subcommand_parsers["fit"]._actions]
+            assert "trainer.max_steps" in dests and "model" in dests
+            for path in sorted(glob.glob("configs/*.yaml")):
+                found[path] = unknown_keys([path], dests, "fit")
+            raise SystemExit(0)
+
+    with pytest.raises(SystemExit):
+        Probe(args=["fit"])
+    assert len(found) >= 10 and not any(found.values()), found
