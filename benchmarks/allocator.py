@@ -35,6 +35,7 @@ def child(recipe: str, steps: int, warmup: int, threads: int, data: str) -> dict
     import torch
     from lightning.pytorch import Callback
 
+    from lit_vr1 import allocator
     from lit_vr1.cli import LitVR1CLI
 
     torch.set_num_threads(threads)
@@ -62,7 +63,8 @@ def child(recipe: str, steps: int, warmup: int, threads: int, data: str) -> dict
     return {"s_per_step": (clock.ends[last] - clock.ends[first]) / (last - first),
             "sys_s_per_step": (clock.cpu[last].system - clock.cpu[first].system) / (last - first),
             "user_s_per_step": (clock.cpu[last].user - clock.cpu[first].user) / (last - first),
-            "peak_rss_mib": hwm / 1024, "keep_freed_memory": os.environ.get("LIT_VR1_KEEP_FREED_MEMORY")}
+            "peak_rss_mib": hwm / 1024, "keep_freed_memory": allocator.applied(),
+            "mmap_threshold": allocator.mmap_threshold()}
 
 
 def run_child(recipe: str, keep: bool, a: argparse.Namespace, data: str) -> dict:
@@ -73,7 +75,11 @@ def run_child(recipe: str, keep: bool, a: argparse.Namespace, data: str) -> dict
                          env=env, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise SystemExit(f"{recipe} child failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    if result["keep_freed_memory"] != keep:
+        raise SystemExit(f"{recipe} child: keep_freed_memory is {result['keep_freed_memory']}, asked {keep} "
+                         "(refused by this C library?)")
+    return result
 
 
 def main() -> None:

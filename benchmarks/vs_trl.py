@@ -26,7 +26,7 @@ ratios. Every rollout of both is checked to be P x G x T tokens. ``--json`` writ
 figure, the versions and both trainers' effective arguments.
 
 lit-vr1's process keeps freed memory mapped for reuse (``lit_vr1/allocator.py``), as every
-lit-vr1 run does (``LIT_VR1_KEEP_FREED_MEMORY=0`` turns it off); TRL's keeps glibc's defaults
+lit-vr1 run on the CPU does (``LIT_VR1_KEEP_FREED_MEMORY=0`` turns it off); TRL's keeps glibc's defaults
 unless ``--trl-keep-freed-memory`` starts it with the same thresholds. The JSON records which.
 """
 

@@ -3,21 +3,23 @@
 A training step on the CPU allocates and frees the same activations every step. glibc's
 malloc serves a block above its mmap threshold (128 KiB at start, raised by itself up to
 32 MiB) with a fresh ``mmap`` and unmaps it on ``free``, and trims freed memory at the top of
-its heap above 128 KiB; either way the next step's tensors land on pages the kernel must
-fault in and zero again, one fault per 4 KiB page. On this project's tiny models that was
-about a quarter of the wall time of an SFT step (system time 0.05-0.10 s of 0.22-0.27 s).
+its heap above twice that threshold; either way the next step's tensors land on pages the
+kernel must fault in and zero again, one fault per 4 KiB page.
 
 :func:`keep_freed_memory` raises both thresholds (``mallopt(M_MMAP_THRESHOLD)`` and
 ``mallopt(M_TRIM_THRESHOLD)``, glibc's ``mallopt(3)``; the same as the environment variables
-``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` set before the process starts), so
-blocks up to ``threshold`` come from the heap and freed ones stay mapped for reuse. Nothing
+``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` set before the process starts) to
+1 GiB, so blocks up to that size come from the heap and freed ones stay mapped for reuse (a
+glibc that caps the mmap threshold at 32 MiB, as older releases do, gets 32 MiB). Nothing
 numeric changes: the same arithmetic on the same values, only where the memory comes from.
-The price: memory a run freed stays counted in its resident size (at most ``threshold`` of it
-at the heap's top) until the process ends; its peak does not rise (measured, see the README).
-
-lit-vr1 calls it when a module builds its model (:meth:`lit_vr1.module.VLMModule.configure_model`),
-in ``lit-vr1`` commands and in the demo. ``LIT_VR1_KEEP_FREED_MEMORY=0`` turns it off; outside
-Linux with glibc (macOS, musl) it does nothing.
+Measured on this project's tiny models (README, the technique table): the system time of a
+step halves, its wall time moves by 1.00x-1.19x, the process's peak by under 1%. The price:
+memory a run freed stays in its resident size until the process ends, and the heap can
+fragment; so lit-vr1 applies it to CPU runs only, where host memory is the activations
+(:meth:`lit_vr1.module.VLMModule.configure_model` under a CPU accelerator, and the demo). A GPU
+run's host memory holds weights on their way to the device, which should go back.
+``LIT_VR1_KEEP_FREED_MEMORY=0`` turns it off; outside Linux with glibc (macOS, musl) it does
+nothing, and under a preloaded allocator (jemalloc, tcmalloc) it sets glibc's unused settings.
 """
 
 from __future__ import annotations
@@ -29,9 +31,11 @@ import sys
 M_TRIM_THRESHOLD = -1  # malloc.h
 M_MMAP_THRESHOLD = -3
 THRESHOLD = 1 << 30  # 1 GiB
+CAPPED = 32 << 20  # the largest mmap threshold older glibc releases accept (HEAP_MAX_SIZE / 2)
 ENV = "LIT_VR1_KEEP_FREED_MEMORY"
 
 _applied: bool | None = None
+_mmap_threshold: int | None = None
 
 
 def _mallopt():
@@ -52,18 +56,30 @@ def applied() -> bool:
     return bool(_applied)
 
 
+def mmap_threshold() -> int | None:
+    """The mmap threshold :func:`keep_freed_memory` set (bytes), or None."""
+    return _mmap_threshold if _applied else None
+
+
 def keep_freed_memory(threshold: int = THRESHOLD) -> bool:
     """Set glibc's mmap and trim thresholds to ``threshold`` bytes for the rest of the process
-    (once; later calls return the first call's answer). True when both were set; False when
-    turned off by ``LIT_VR1_KEEP_FREED_MEMORY=0``, outside glibc, or refused by it."""
-    global _applied
+    (the mmap threshold to 32 MiB where glibc refuses more; once: later calls return the first
+    call's answer). True when both were set; False when turned off by
+    ``LIT_VR1_KEEP_FREED_MEMORY=0``, outside glibc, or refused by it."""
+    global _applied, _mmap_threshold
     if _applied is not None:
         return _applied
     mallopt = None if os.environ.get(ENV, "1").strip() == "0" else _mallopt()
     if mallopt is None:
         _applied = False
-    else:
+        return _applied
+    if hasattr(mallopt, "argtypes"):
         mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-        value = min(threshold, 2**31 - 1)
-        _applied = bool(mallopt(M_MMAP_THRESHOLD, value)) and bool(mallopt(M_TRIM_THRESHOLD, value))
+    value = min(threshold, 2**31 - 1)
+    for candidate in (value, min(value, CAPPED)):
+        if mallopt(M_MMAP_THRESHOLD, candidate):
+            _mmap_threshold = candidate
+            break
+    trimmed = bool(mallopt(M_TRIM_THRESHOLD, value))
+    _applied = _mmap_threshold is not None and trimmed
     return _applied

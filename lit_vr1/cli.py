@@ -26,7 +26,6 @@ from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from lit_vr1 import allocator
 from lit_vr1.checkpoint import (
     checkpoints_under_root,
     flush_csv_every_step,
@@ -94,9 +93,15 @@ class LitVR1CLI(LightningCLI):
             if problem:
                 parser.error(problem)
         subcommand = next((a for a in argv if a in self.subcommands()), None)
-        if subcommand:
-            dests = [a.dest for a in self._subcommand_parsers[subcommand]._actions]
-            LitVR1ArgumentParser.unknown_keys = unknown_keys(LitVR1ArgumentParser.config_files, dests, subcommand)
+        LitVR1ArgumentParser.unknown_keys = []
+        sub_parser = getattr(self, "_subcommand_parsers", {}).get(subcommand)
+        if sub_parser is not None:  # the keys of the subcommand's config files, all at once
+            after = argv[argv.index(subcommand) + 1:]
+            dests = [a.dest for a in sub_parser._actions]
+            class_flags = [s for s in ("model", "data") if any(a == f"--{s}" or a.startswith((f"--{s}=", f"--{s}.class_path"))
+                                                              for a in after)]
+            LitVR1ArgumentParser.unknown_keys = unknown_keys(_flag_values(after, ("--config", "-c")), dests, subcommand,
+                                                             class_flags)
         ckpt_path = _flag_value(argv, "--ckpt_path")
         if subcommand and ckpt_path and Path(ckpt_path).is_file():
             hparams = checkpoint_model_settings(ckpt_path)
@@ -300,7 +305,6 @@ def main(args: list[str] | None = None) -> None:
     ``--traceback`` (anywhere on the command line) or ``LIT_VR1_TRACEBACK=1`` shows the
     full traceback instead."""
     argv = list(sys.argv[1:] if args is None else args)
-    allocator.keep_freed_memory()  # before the first tensor: freed memory stays mapped for reuse
     show_traceback = TRACEBACK_FLAG in argv or os.environ.get(TRACEBACK_ENV, "") not in ("", "0")
     argv = [a for a in argv if a != TRACEBACK_FLAG]
     text = option_help(argv)

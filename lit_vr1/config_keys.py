@@ -90,34 +90,50 @@ def _walk_class(prefix: str, cls: type, owner: str, values: dict, file: str, hel
                                    f" ({hint} lists them)" if hint else "")
 
 
+# jsonargparse's own keys beside a class's arguments
+RESERVED = frozenset({"class_path", "init_args", "dict_kwargs", "__path__"})
+
+
 def _walk_section(section: str, node: dict, file: str, class_path: str | None) -> Iterable[UnknownKey]:
     """``model`` / ``data``: ``init_args`` (or the arguments beside ``class_path``) against the
-    class the files name last (a file that only overrides arguments inherits it)."""
+    class in effect when the file is read (a file that only overrides arguments inherits it)."""
     class_path = node.get("class_path", class_path)
     cls = _resolve(class_path) if isinstance(class_path, str) and "." in class_path else None
     if cls is None:
         return
-    args = node.get("init_args", {k: v for k, v in node.items() if k != "class_path"})
+    args = node["init_args"] if "init_args" in node else {k: v for k, v in node.items() if k not in RESERVED}
     if not isinstance(args, dict):
         return
     hint = HELP_FOR.get(class_path)
     yield from _walk_class(section, cls, cls.__name__, args, file, f" ({hint} lists them)" if hint else "")
 
 
-def unknown_keys(files: list[str], dests: list[str], subcommand: str) -> list[UnknownKey]:
-    """The keys of the YAML ``files`` that the parser of ``subcommand`` will not accept, judged
-    against its option names ``dests`` (``trainer.max_steps``, ``model``, ...) and, under
-    ``model`` and ``data``, their classes. A file that cannot be read is skipped (the parser
-    reports it)."""
+def _classes_in_effect(files: list[str], section: str, flag_sets_class: bool) -> list[str | None]:
+    """For each file, the ``class_path`` of ``section`` in effect when it is read; None where a
+    later file (or a command-line flag) names another class, since jsonargparse then drops the
+    arguments given for the earlier one: those are not judged."""
+    named = [yaml_value(file, (section, "class_path")) for file in files]
+    out: list[str | None] = []
+    current = None
+    for i, name in enumerate(named):
+        current = name if isinstance(name, str) else current
+        later = [n for n in named[i + 1:] if isinstance(n, str)]
+        out.append(None if flag_sets_class or any(n != current for n in later) else current)
+    return out
+
+
+def unknown_keys(files: list[str], dests: list[str], subcommand: str,
+                 class_flags: Iterable[str] = ()) -> list[UnknownKey]:
+    """The keys of the YAML ``files`` (the subcommand's ``--config`` files, in order) that the
+    parser of ``subcommand`` will not accept, judged against its option names ``dests``
+    (``trainer.max_steps``, ``model``, ...) and, under ``model`` and ``data``, their classes
+    (``class_flags``: the sections whose class a command-line flag sets, not judged). A file
+    that cannot be read is skipped (the parser reports it)."""
     top = {d.split(".", 1)[0] for d in dests}
     trainer = [d.split(".", 1)[1] for d in dests if d.startswith("trainer.")]
     found: list[UnknownKey] = []
-    class_paths = {}
-    for file in files:
-        for section in ("model", "data"):
-            named = yaml_value(file, (section, "class_path"))
-            class_paths[section] = named if isinstance(named, str) else class_paths.get(section)
-    for file in files:
+    classes = {section: _classes_in_effect(files, section, section in set(class_flags)) for section in ("model", "data")}
+    for i, file in enumerate(files):
         config = yaml_value(file, ())
         if not isinstance(config, dict):
             continue
@@ -128,6 +144,6 @@ def unknown_keys(files: list[str], dests: list[str], subcommand: str) -> list[Un
                 found += [UnknownKey(f"trainer.{k}", f"lit-vr1 {subcommand}", file,
                                      _did_you_mean(f"trainer.{k}", [f"trainer.{t}" for t in trainer]), "")
                           for k in value if k not in trainer]
-            elif key in ("model", "data") and isinstance(value, dict):
-                found += list(_walk_section(key, value, file, class_paths[key]))
+            elif key in ("model", "data") and isinstance(value, dict) and classes[key][i] is not None:
+                found += list(_walk_section(key, value, file, classes[key][i]))
     return found

@@ -10,6 +10,7 @@ import os
 import torch
 import torchmetrics
 from lightning.pytorch import LightningModule
+from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
@@ -211,7 +212,8 @@ class VLMModule(LightningModule):
 
     def configure_model(self) -> None:
         """Build the policy (once; strategies may shard it afterwards)."""
-        allocator.keep_freed_memory()  # freed activations stay mapped for the next step (same bits)
+        if isinstance(getattr(self._trainer, "accelerator", None), CPUAccelerator):
+            allocator.keep_freed_memory()  # a CPU run's freed activations stay mapped for the next step (same bits)
         if self.policy is None:
             # from_pretrained returns a model in eval mode, and Lightning keeps each module's mode
             self.policy = load_model(self.model_name, self.processor, self.dtype_name, self.attn_implementation,

@@ -171,3 +171,22 @@ def test_the_shipped_configs_have_no_unknown_key():
     with pytest.raises(SystemExit):
         Probe(args=["fit"])
     assert len(found) >= 10 and not any(found.values()), found
+
+
+def test_keys_jsonargparse_accepts_are_not_reported(tmp_path, capsys):
+    """A config before the subcommand, ``dict_kwargs`` beside ``init_args``, arguments of a class a
+    later file replaces: none is listed, only the two real typos."""
+    top, kwargs, replaced, typos = (tmp_path / f"{n}.yaml" for n in ("top", "kwargs", "replaced", "typos"))
+    top.write_text("fit:\n  trainer:\n    max_steps: 2\n")
+    kwargs.write_text("model:\n  class_path: lit_vr1.grpo.GRPOModule\n  dict_kwargs: {}\n  init_args:\n    seed: 1\n")
+    replaced.write_text("model:\n  init_args:\n    grpo:\n      num_generations: 4\n")  # GRPOModule's, dropped below
+    typos.write_text("model:\n  class_path: lit_vr1.sft.SFTModule\n  init_args:\n    seedd: 1\n"
+                     "trainer:\n  max_stepz: 3\n")
+    with pytest.raises(SystemExit) as info:
+        main(["--config", str(top), "fit", "--config", "configs/quickstart.yaml", "--config", str(kwargs),
+              "--config", str(replaced), "--config", str(typos)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 2
+    assert err[0] == "lit-vr1: error: 2 keys of the config files are not options:", err
+    assert [line.split(":")[0].strip() for line in err[1:3]] == ["model.seedd", "trainer.max_stepz"]
+    assert "SFTModule" in err[1]
