@@ -13,13 +13,14 @@ kernel must fault in and zero again, one fault per 4 KiB page.
 glibc that caps the mmap threshold at 32 MiB, as older releases do, gets 32 MiB). Nothing
 numeric changes: the same arithmetic on the same values, only where the memory comes from.
 Measured on this project's tiny models (README, the technique table): the system time of a
-step halves, its wall time moves by 1.00x-1.19x, the process's peak by under 1%. The price:
-memory a run freed stays in its resident size until the process ends, and the heap can
-fragment; so lit-vr1 applies it to CPU runs only, where host memory is the activations
-(:meth:`lit_vr1.module.VLMModule.configure_model` under a CPU accelerator, and the demo). A GPU
-run's host memory holds weights on their way to the device, which should go back.
-``LIT_VR1_KEEP_FREED_MEMORY=0`` turns it off; outside Linux with glibc (macOS, musl) it does
-nothing, and under a preloaded allocator (jemalloc, tcmalloc) it sets glibc's unused settings.
+step halves, its wall time moved by 1.00x-1.19x, a one-stage fit's peak by under 1%, but the
+detection demo's process (SFT, GRPO, the control and the report one after another) peaked
+7.6% higher: memory freed by one stage stays in the resident size and the heap fragments. So
+it is off unless asked for: ``LIT_VR1_KEEP_FREED_MEMORY=1`` turns it on for CPU runs
+(:meth:`lit_vr1.module.VLMModule.configure_model` under a CPU accelerator, and the demo); a
+GPU run's host memory holds weights on their way to the device, which should go back, so it is
+never applied there. Outside Linux with glibc (macOS, musl) it does nothing, and under a
+preloaded allocator (jemalloc, tcmalloc) it sets glibc's unused settings.
 """
 
 from __future__ import annotations
@@ -64,12 +65,12 @@ def mmap_threshold() -> int | None:
 def keep_freed_memory(threshold: int = THRESHOLD) -> bool:
     """Set glibc's mmap and trim thresholds to ``threshold`` bytes for the rest of the process
     (the mmap threshold to 32 MiB where glibc refuses more; once: later calls return the first
-    call's answer). True when both were set; False when turned off by
-    ``LIT_VR1_KEEP_FREED_MEMORY=0``, outside glibc, or refused by it."""
+    call's answer). True when both were set; False unless ``LIT_VR1_KEEP_FREED_MEMORY=1``,
+    outside glibc, or refused by it."""
     global _applied, _mmap_threshold
     if _applied is not None:
         return _applied
-    mallopt = None if os.environ.get(ENV, "1").strip() == "0" else _mallopt()
+    mallopt = _mallopt() if os.environ.get(ENV, "0").strip() == "1" else None
     if mallopt is None:
         _applied = False
         return _applied

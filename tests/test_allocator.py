@@ -36,7 +36,7 @@ FAULTS = textwrap.dedent("""
 
 def _faults(mode: str, **env) -> dict:
     out = subprocess.run([sys.executable, "-c", FAULTS, mode], capture_output=True, text=True, check=True,
-                         env={**os.environ, **env})
+                         env={**os.environ, allocator.ENV: "1", **env})
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -54,12 +54,13 @@ def test_kept_memory_is_reused_without_page_faults():
 
 
 @needs_glibc
-def test_the_environment_turns_it_off():
-    off = _faults("keep", **{allocator.ENV: "0"})
-    assert off["kept"] is False
+def test_off_unless_the_environment_asks():
+    assert _faults("keep", **{allocator.ENV: "0"})["kept"] is False
+    assert _faults("keep", **{allocator.ENV: ""})["kept"] is False
 
 
 def test_once_per_process(monkeypatch):
+    monkeypatch.setenv(allocator.ENV, "1")
     calls = []
     monkeypatch.setattr(allocator, "_applied", None)
     monkeypatch.setattr(allocator, "_mallopt", lambda: (lambda option, value: calls.append((option, value)) or 1))
@@ -70,6 +71,7 @@ def test_once_per_process(monkeypatch):
 
 
 def test_a_glibc_that_caps_the_mmap_threshold_gets_its_cap(monkeypatch):
+    monkeypatch.setenv(allocator.ENV, "1")
     calls = []
 
     def capped(option, value):  # older glibc: mmap thresholds above 32 MiB refused
@@ -84,6 +86,7 @@ def test_a_glibc_that_caps_the_mmap_threshold_gets_its_cap(monkeypatch):
 
 
 def test_refused_or_absent_is_false(monkeypatch):
+    monkeypatch.setenv(allocator.ENV, "1")
     monkeypatch.setattr(allocator, "_applied", None)
     monkeypatch.setattr(allocator, "_mallopt", lambda: (lambda option, value: 0))
     assert allocator.keep_freed_memory() is False and not allocator.applied()
