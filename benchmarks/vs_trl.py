@@ -505,9 +505,9 @@ def main() -> None:
                    "e.g. shared_prompt=false or freeze_vision=true,reuse_features=false")
     p.add_argument("--trl-freeze-vision", action="store_true", help="freeze TRL's vision tower too")
     p.add_argument("--trl-keep-freed-memory", action="store_true",
-                   help="start TRL's process with glibc's thresholds that lit-vr1 sets for itself with LIT_VR1_KEEP_FREED_MEMORY=1 "
-                        "(lit_vr1/allocator.py; MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_ 1 GiB); "
-                        "LIT_VR1_KEEP_FREED_MEMORY=1 in the environment turns lit-vr1's on")
+                   help="start TRL's process with the glibc thresholds lit-vr1 sets for itself under "
+                        "LIT_VR1_KEEP_FREED_MEMORY=1 (lit_vr1/allocator.py; MALLOC_MMAP_THRESHOLD_ and "
+                        "MALLOC_TRIM_THRESHOLD_ 1 GiB); that variable in the environment turns lit-vr1's on")
     p.add_argument("--trainers", default="lit,trl")
     p.add_argument("--sweep", default="", help="one setting over values, e.g. generations=4,8,16 or image=112,224,448")
     p.add_argument("--flops", action="store_true", help="count each trainer's arithmetic over its first (untimed) "

@@ -290,12 +290,20 @@ def strict_last_checkpoint(trainer) -> None:
         with warnings.catch_warnings():  # Lightning's warning: for "last" said below, in one message
             warnings.filterwarnings("ignore", message=".*there is no last checkpoint available.*")
             resolved = resolve(state_fn, "last", model_provided, model_connected)
+        if resolved is None and ckpt_path == LAST_OR_NEW and state_fn == "fit":
+            refuse_earlier_checkpoints(trainer)  # checkpoints but no last.ckpt: not a fresh start either
         if resolved is None and ckpt_path == "last":
             folders = sorted({str(cb.dirpath) for cb in trainer.checkpoint_callbacks if getattr(cb, "dirpath", None)})
             where = f" in {', '.join(folders)}" if folders else " (no ModelCheckpoint saves any)"
             if str(getattr(state_fn, "value", state_fn)) != "fit":  # validate, test, predict: nothing trained to read
                 raise CheckpointError(f"--ckpt_path last: there is no checkpoint{where}; train one first (lit-vr1 fit "
                                       "with the same --trainer.default_root_dir), or give a checkpoint file's path")
+            others = [os.path.join(d, f) for d in folders if os.path.isdir(d)
+                      for f in os.listdir(d) if f.endswith(".ckpt")]
+            if others:  # checkpoints, but none named last (a ModelCheckpoint without save_last)
+                newest = max(others, key=os.path.getmtime)
+                raise CheckpointError(f"--ckpt_path last: there is no last.ckpt{where} (its ModelCheckpoint does not "
+                                      f"save_last); resume from its newest checkpoint with --ckpt_path {newest}")
             raise CheckpointError(f"--ckpt_path last: there is no checkpoint to resume from{where}; to start fresh "
                                   f"leave out --ckpt_path, or pass --ckpt_path {LAST_OR_NEW} to resume only when "
                                   "a checkpoint exists")
@@ -313,8 +321,13 @@ def refuse_earlier_checkpoints(trainer) -> None:
         found = sorted(f for f in os.listdir(folder) if f.endswith(".ckpt")) if os.path.isdir(folder) else []
         if found:
             listed = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+            if any(f.startswith("last") for f in found):
+                resume = "--ckpt_path last"
+            else:  # no last.ckpt (a ModelCheckpoint without save_last): "last" would find nothing
+                newest = max(found, key=lambda f: os.path.getmtime(os.path.join(folder, f)))
+                resume = f"--ckpt_path {os.path.join(folder, newest)} (there is no last.ckpt)"
             raise CheckpointError(f"{folder} already holds an earlier run's checkpoints ({listed}): resume that run "
-                                  f"with --ckpt_path last, start this one in another folder with "
+                                  f"with {resume}, start this one in another folder with "
                                   f"--trainer.default_root_dir=<dir>, or delete {folder}")
 
 

@@ -238,12 +238,21 @@ class LitVR1ArgumentParser(LightningArgumentParser):
         flags = [s for action in parser._actions for s in action.option_strings if s.startswith("--")]
         prog = parser.prog.replace(" [options]", "")
         text = condense(message, flags, self.config_files)
-        keys = [u for u in self.unknown_keys if text.startswith(f"{u.key}:")]
-        if keys and len(self.unknown_keys) > 1:  # the parser agrees about one: all of them in one message
-            text = f"{len(self.unknown_keys)} keys of the config files are not options:\n  " + "\n  ".join(
-                u.message() for u in self.unknown_keys)
+        if self._about_unknown_keys(text):  # the parser agrees about one: each with its file, all at once
+            found = self.unknown_keys
+            text = found[0].message() if len(found) == 1 else (
+                f"{len(found)} keys of the config files are not options:\n  " + "\n  ".join(u.message() for u in found))
         sys.stderr.write(f"lit-vr1: error: {text}\n({prog} --help lists every option)\n")
         self.exit(2)
+
+    def _about_unknown_keys(self, text: str) -> bool:
+        """Whether the condensed parse error ``text`` concerns a key :mod:`lit_vr1.config_keys`
+        found (that key, or a section holding it: ``model.optimizer: Type typing.Callable...``)."""
+        head = re.match(r"^([A-Za-z_][\w.]*):", text)
+        if not head:
+            return False
+        key = head.group(1)
+        return any(u.path == key or u.path.startswith(f"{key}.") for u in self.unknown_keys)
 
 
 def config_file_problem(path: str) -> str | None:

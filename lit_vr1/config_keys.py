@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import re
 import typing
 from collections.abc import Iterable
 
@@ -29,9 +30,16 @@ class UnknownKey:
     file: str
     hint: str  # "; did you mean max_steps?" or ""
     help: str  # " (--model.help lists them)" or ""
+    problem: str = ""  # instead of "not an option of <owner>"
 
     def message(self) -> str:
-        return f"{self.key}: not an option of {self.owner} (in config file {self.file}){self.hint}{self.help}"
+        problem = self.problem or f"not an option of {self.owner}"
+        return f"{self.key}: {problem} (in config file {self.file}){self.hint}{self.help}"
+
+    @property
+    def path(self) -> str:
+        """The key without list positions (``model.rewards.treshold``), as jsonargparse names it."""
+        return re.sub(r"\[\d+\]", "", self.key)
 
 
 def _resolve(class_path: str):
@@ -50,23 +58,36 @@ def _dataclass_of(annotation) -> type | None:
     return found[0] if len(found) == 1 else None
 
 
-def _annotations(cls: type) -> dict[str, object]:
-    """The ``__init__`` parameters' types along the MRO (as :func:`_class_options` walks it)."""
+# packages whose classes pass ``**kwargs`` only up to their parents' ``__init__``
+OWN = ("lit_vr1.", "callbacks.")
+
+
+def _annotations(cls: type) -> dict[str, object] | None:
+    """The ``__init__`` parameters' types along the MRO (one of lit-vr1's classes passing
+    ``**kwargs`` up accepts its parents'); None for another package's class that takes
+    ``**kwargs`` (a strategy handing them to DDP, a logger to its client: keys this walk cannot
+    see) or whose chain never closes: its keys are not judged."""
     out: dict[str, object] = {}
     for klass in inspect.getmro(cls):
         init = klass.__dict__.get("__init__")
         if init is None:
             continue
         try:
+            params = inspect.signature(init).parameters.values()
+        except (TypeError, ValueError):
+            return None
+        try:
             hints = typing.get_type_hints(init)
         except Exception:  # an annotation that does not evaluate here: judged by name only
             hints = {}
-        params = inspect.signature(init).parameters.values()
         for p in params:
-            out.setdefault(p.name, hints.get(p.name))
+            if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name != "self":
+                out.setdefault(p.name, hints.get(p.name))
         if not any(p.kind == p.VAR_KEYWORD for p in params):
-            break
-    return out
+            return out
+        if not klass.__module__.startswith(OWN):
+            return None
+    return None
 
 
 def _walk_class(prefix: str, cls: type, owner: str, values: dict, file: str, help_: str) -> Iterable[UnknownKey]:
@@ -78,16 +99,29 @@ def _walk_class(prefix: str, cls: type, owner: str, values: dict, file: str, hel
             pass
     else:
         known = _annotations(cls)
+        if known is None:
+            return
     for key, value in values.items():
         if key not in known:
             yield UnknownKey(f"{prefix}.{key}", owner, file, _did_you_mean(key, list(known)), help_)
             continue
+        yield from _walk_value(f"{prefix}.{key}", value, file)
         inner = _dataclass_of(known[key])
-        if inner is not None and isinstance(value, dict):
+        if inner is not None and isinstance(value, dict) and "class_path" not in value:
             name = f"{inner.__module__}.{inner.__qualname__}"
             hint = HELP_FOR.get(name)
             yield from _walk_class(f"{prefix}.{key}", inner, inner.__name__, value, file,
                                    f" ({hint} lists them)" if hint else "")
+
+
+def _walk_value(prefix: str, value, file: str) -> Iterable[UnknownKey]:
+    """A ``class_path`` dict (an optimizer, a reward, a callback, a logger), or a list of them."""
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            if isinstance(item, dict) and "class_path" in item:
+                yield from _walk_section(f"{prefix}[{i}]", item, file, None)
+    elif isinstance(value, dict) and "class_path" in value:
+        yield from _walk_section(prefix, value, file, None)
 
 
 # jsonargparse's own keys beside a class's arguments
@@ -101,10 +135,15 @@ def _walk_section(section: str, node: dict, file: str, class_path: str | None) -
     cls = _resolve(class_path) if isinstance(class_path, str) and "." in class_path else None
     if cls is None:
         return
-    args = node["init_args"] if "init_args" in node else {k: v for k, v in node.items() if k not in RESERVED}
+    beside = [k for k in node if k not in RESERVED]
+    if "init_args" in node:  # an argument beside init_args is not read: an indentation slip
+        for key in beside:
+            yield UnknownKey(f"{section}.{key}", cls.__name__, file, f"; indent it under {section}.init_args", "",
+                             problem="beside init_args, where it is not read")
+    args = node["init_args"] if "init_args" in node else {k: node[k] for k in beside}
     if not isinstance(args, dict):
         return
-    hint = HELP_FOR.get(class_path)
+    hint = HELP_FOR.get(class_path) if isinstance(class_path, str) else None
     yield from _walk_class(section, cls, cls.__name__, args, file, f" ({hint} lists them)" if hint else "")
 
 
@@ -144,6 +183,9 @@ def unknown_keys(files: list[str], dests: list[str], subcommand: str,
                 found += [UnknownKey(f"trainer.{k}", f"lit-vr1 {subcommand}", file,
                                      _did_you_mean(f"trainer.{k}", [f"trainer.{t}" for t in trainer]), "")
                           for k in value if k not in trainer]
+                for k, v in value.items():
+                    if k in trainer:
+                        found += list(_walk_value(f"trainer.{k}", v, file))
             elif key in ("model", "data") and isinstance(value, dict) and classes[key][i] is not None:
                 found += list(_walk_section(key, value, file, classes[key][i]))
     return found

@@ -11,7 +11,7 @@ import torch
 from transformers import ProcessorMixin
 
 from lit_vr1.config import SamplingConfig
-from lit_vr1.data.jsonl import Sample, solution_text
+from lit_vr1.data.jsonl import DataError, Sample, solution_text
 from lit_vr1.generation import encode_prompts, end_of_turn_id, image_layout
 from lit_vr1.module import VLMModule
 from lit_vr1.rollout import Rollout
@@ -43,7 +43,13 @@ def teacher_forced(processor: ProcessorMixin, samples: list[Sample], answers: li
 def answer_nll(policy, processor, batch: list[Sample], device: torch.device | str) -> tuple[torch.Tensor, int]:
     """Mean negative log-likelihood of the answer tokens (each sample's solution, then the
     end-of-turn token) after the prompt exactly as the rollout encodes it, and their count."""
-    r = teacher_forced(processor, batch, [solution_text(s.solution) for s in batch], device=device)
+    answers = [solution_text(s.solution) for s in batch]
+    for s, answer in zip(batch, answers):
+        if not answer.strip():  # label-free rows: SFT would teach the end-of-turn token alone
+            raise DataError(f"{s.source}: sample '{s.id}' has no answer (field 'solution' is empty or missing): "
+                            "supervised steps (SFT, callbacks.ColdStart) teach the answer, so give them labelled "
+                            "rows; unlabelled questions suit label-free GRPO (a judge's reward)")
+    r = teacher_forced(processor, batch, answers, device=device)
     logp = logprobs(policy, r, grad=torch.is_grad_enabled())
     mask = r.completion_mask.to(logp.dtype)
     n = int(mask.sum())

@@ -164,7 +164,7 @@ def test_the_shipped_configs_have_no_unknown_key():
         def parse_arguments(self, parser, args):
             dests = [a.dest for a in self._subcommand_parsers["fit"]._actions]
             assert "trainer.max_steps" in dests and "model" in dests
-            for path in sorted(glob.glob("configs/*.yaml")):
+            for path in sorted(glob.glob("configs/**/*.yaml", recursive=True)):
                 found[path] = unknown_keys([path], dests, "fit")
             raise SystemExit(0)
 
@@ -190,3 +190,32 @@ def test_keys_jsonargparse_accepts_are_not_reported(tmp_path, capsys):
     assert err[0] == "lit-vr1: error: 2 keys of the config files are not options:", err
     assert [line.split(":")[0].strip() for line in err[1:3]] == ["model.seedd", "trainer.max_stepz"]
     assert "SFTModule" in err[1]
+
+
+def test_typos_in_rewards_callbacks_and_the_optimizer_and_a_slipped_indent(tmp_path, capsys):
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("trainer:\n  callbacks:\n    - class_path: callbacks.ColdStart\n      init_args:\n        stepz: 10\n"
+                    "model:\n  grpo:\n    beta: 0.1\n  init_args:\n    rewards:\n"
+                    "      - class_path: lit_vr1.rewards.IoUReward\n        init_args:\n          treshold: 0.5\n"
+                    "    optimizer:\n      class_path: torch.optim.AdamW\n      init_args:\n        lrr: 0.1\n")
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--config", "configs/quickstart.yaml", "--config", str(mine)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 2
+    assert err[0] == "lit-vr1: error: 4 keys of the config files are not options:", err
+    assert err[1:5] == [
+        f"  trainer.callbacks[0].stepz: not an option of ColdStart (in config file {mine}); did you mean steps?",
+        f"  model.grpo: beside init_args, where it is not read (in config file {mine}); indent it under "
+        "model.init_args",
+        f"  model.rewards[0].treshold: not an option of IoUReward (in config file {mine}); did you mean threshold?",
+        f"  model.optimizer.lrr: not an option of AdamW (in config file {mine}); did you mean lr?",
+    ]
+
+
+def test_a_class_that_hands_its_kwargs_on_is_not_judged(tmp_path):
+    from lit_vr1.config_keys import unknown_keys
+
+    mine = tmp_path / "mine.yaml"  # WandbLogger passes unknown keys to wandb.init: nothing to judge them by
+    mine.write_text("trainer:\n  logger:\n    class_path: lightning.pytorch.loggers.WandbLogger\n    init_args:\n"
+                    "      entity: me\n      mode: offline\n")
+    assert unknown_keys([str(mine)], ["trainer.logger", "trainer.max_steps"], "fit") == []

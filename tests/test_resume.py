@@ -160,6 +160,30 @@ def test_a_fresh_fit_into_an_earlier_runs_checkpoints_is_refused_and_keeps_them(
     assert {p.name: p.read_bytes() for p in ckpt.iterdir()} == before  # nothing written, nothing deleted
 
 
+def test_checkpoints_without_last_ckpt_are_named_by_every_refusal(tmp_path):
+    """A ModelCheckpoint without save_last: the advice names the newest checkpoint's file (the
+    "--ckpt_path last" it used to give found nothing), and last_or_new does not start a second run
+    beside the first one's checkpoints."""
+    data, ckpt = tmp_path / "data", tmp_path / "ckpt"
+    no_last = [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                "init_args": {"dirpath": str(ckpt), "filename": "{step}", "every_n_train_steps": 1, "save_top_k": -1}}]
+    flag = f"--trainer.callbacks={json.dumps(no_last)}"
+    run(fit_command(tmp_path / "first", ckpt, data, "--trainer.max_steps=2", flag), tmp_path)
+    before = {p.name: p.read_bytes() for p in ckpt.iterdir()}
+    assert sorted(before) == ["step=1.ckpt", "step=2.ckpt"]
+
+    def refused(*extra: str) -> str:
+        proc = subprocess.run(fit_command(tmp_path / "again", ckpt, data, "--trainer.max_steps=3", flag, *extra),
+                              cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        return proc.stderr
+
+    assert f"resume that run with --ckpt_path {ckpt / 'step=2.ckpt'} (there is no last.ckpt)" in refused()
+    assert f"resume from its newest checkpoint with --ckpt_path {ckpt / 'step=2.ckpt'}" in refused("--ckpt_path=last")
+    assert f"--ckpt_path {ckpt / 'step=2.ckpt'}" in refused("--ckpt_path=last_or_new")
+    assert {p.name: p.read_bytes() for p in ckpt.iterdir()} == before  # nothing written, nothing deleted
+
+
 # -- atomic writes ------------------------------------------------------------------------------
 class Boom(RuntimeError):
     pass

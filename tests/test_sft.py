@@ -91,3 +91,20 @@ print(ModelSummary(module).total_parameters > 0)
                           env=dict(os.environ, PYTHONPATH=str(root)))
     assert proc.returncode == 0 and proc.stdout.strip() == "True", proc.stderr[-2000:]
     assert "not supported by the model summary" not in proc.stderr
+
+
+def test_rows_without_an_answer_are_refused_with_their_file_and_line(samples):
+    """Label-free rows (solution "") would train the end-of-turn token alone, silently."""
+    import dataclasses
+
+    import pytest
+
+    from lit_vr1.data.jsonl import DataError
+
+    module = SFTModule(model="tiny:qwen2_5_vl")
+    module.configure_model()
+    unlabelled = dataclasses.replace(samples[1], solution="")
+    with pytest.raises(DataError) as info:
+        module.sft_loss([samples[0], unlabelled])
+    assert str(info.value).startswith(f"{unlabelled.source}: sample '{unlabelled.id}' has no answer")
+    assert ":" in unlabelled.source  # file:line
