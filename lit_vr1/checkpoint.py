@@ -19,6 +19,7 @@ import glob
 import os
 import pickle
 import random
+import re
 import signal
 import threading
 import warnings
@@ -30,6 +31,7 @@ import numpy as np
 import torch
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_warn
 
 TEMP_MARK = ".tmp-"
 
@@ -277,8 +279,10 @@ def refuse_foreign_resume(what: str, differences: list[str]) -> None:
 def strict_last_checkpoint(trainer) -> None:
     """Make ``ckpt_path="last"`` an error when there is no checkpoint to resume (Lightning
     warns and trains from scratch), and accept ``ckpt_path="last_or_new"``: resume from the
-    last checkpoint when there is one, else start fresh. Resolution is Lightning's own
-    (the ModelCheckpoint folders, once the Trainer has set them up)."""
+    last checkpoint when there is one (in a folder without ``last.ckpt``, a ModelCheckpoint
+    without ``save_last``, from the newest checkpoint, with a warning), else start fresh.
+    Resolution is Lightning's own (the ModelCheckpoint folders, once the Trainer has set them
+    up); without ``last.ckpt``, every refusal names the newest checkpoint."""
     connector = trainer._checkpoint_connector
     resolve = connector._parse_ckpt_path
 
@@ -290,26 +294,59 @@ def strict_last_checkpoint(trainer) -> None:
         with warnings.catch_warnings():  # Lightning's warning: for "last" said below, in one message
             warnings.filterwarnings("ignore", message=".*there is no last checkpoint available.*")
             resolved = resolve(state_fn, "last", model_provided, model_connected)
-        if resolved is None and ckpt_path == LAST_OR_NEW and state_fn == "fit":
-            refuse_earlier_checkpoints(trainer)  # checkpoints but no last.ckpt: not a fresh start either
-        if resolved is None and ckpt_path == "last":
-            folders = sorted({str(cb.dirpath) for cb in trainer.checkpoint_callbacks if getattr(cb, "dirpath", None)})
-            where = f" in {', '.join(folders)}" if folders else " (no ModelCheckpoint saves any)"
-            if str(getattr(state_fn, "value", state_fn)) != "fit":  # validate, test, predict: nothing trained to read
-                raise CheckpointError(f"--ckpt_path last: there is no checkpoint{where}; train one first (lit-vr1 fit "
-                                      "with the same --trainer.default_root_dir), or give a checkpoint file's path")
-            others = [os.path.join(d, f) for d in folders if os.path.isdir(d)
-                      for f in os.listdir(d) if f.endswith(".ckpt")]
-            if others:  # checkpoints, but none named last (a ModelCheckpoint without save_last)
-                newest = max(others, key=os.path.getmtime)
-                raise CheckpointError(f"--ckpt_path last: there is no last.ckpt{where} (its ModelCheckpoint does not "
-                                      f"save_last); resume from its newest checkpoint with --ckpt_path {newest}")
+        if resolved is not None:
+            return resolved
+        folders = _checkpoint_folders(trainer)
+        newest = newest_checkpoint(folders)
+        where = f" in {', '.join(folders)}" if folders else " (no ModelCheckpoint saves any)"
+        fit = str(getattr(state_fn, "value", state_fn)) == "fit"
+        if ckpt_path == LAST_OR_NEW and fit and newest is not None:
+            # checkpoints but no last.ckpt (a ModelCheckpoint without save_last): a job that restarts
+            # itself resumes from the newest one (refuse_foreign_resume still guards another run's)
+            rank_zero_warn(f"--ckpt_path {LAST_OR_NEW}: there is no last.ckpt{where}; resuming from the newest "
+                           f"checkpoint, {newest}")
+            return newest
+        if ckpt_path == "last" and newest is not None:  # checkpoints, but none named last
+            raise CheckpointError(f"--ckpt_path last: there is no last.ckpt{where} (its ModelCheckpoint does not "
+                                  f"save_last); {'resume' if fit else 'read'} its newest checkpoint with "
+                                  f"--ckpt_path {newest}")
+        if ckpt_path == "last" and not fit:  # validate, test, predict: nothing trained to read
+            raise CheckpointError(f"--ckpt_path last: there is no checkpoint{where}; train one first (lit-vr1 fit "
+                                  "with the same --trainer.default_root_dir), or give a checkpoint file's path")
+        if ckpt_path == "last":
             raise CheckpointError(f"--ckpt_path last: there is no checkpoint to resume from{where}; to start fresh "
                                   f"leave out --ckpt_path, or pass --ckpt_path {LAST_OR_NEW} to resume only when "
                                   "a checkpoint exists")
-        return resolved
+        return None
 
     connector._parse_ckpt_path = parse
+
+
+def _checkpoint_folders(trainer) -> list[str]:
+    return sorted({str(cb.dirpath) for cb in trainer.checkpoint_callbacks if getattr(cb, "dirpath", None)})
+
+
+def _natural(name: str) -> list:
+    """``step=10.ckpt`` after ``step=9.ckpt``: digits compared as numbers."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name)]
+
+
+def newest_checkpoint(folders: list[str]) -> str | None:
+    """The most recently written ``.ckpt`` in ``folders`` (by modification time, then by the
+    name with its numbers compared as numbers, for equal times); None when there is none. A
+    file removed meanwhile (a top-k rotation) is passed over."""
+    stamped = []
+    for folder in folders:
+        for name in os.listdir(folder) if os.path.isdir(folder) else []:
+            if name.endswith(".ckpt"):
+                try:
+                    stamped.append((os.path.getmtime(os.path.join(folder, name)), _natural(name), folder, name))
+                except OSError:
+                    continue
+    if not stamped:
+        return None
+    *_, folder, name = max(stamped)
+    return os.path.join(folder, name)
 
 
 def refuse_earlier_checkpoints(trainer) -> None:
@@ -317,15 +354,14 @@ def refuse_earlier_checkpoints(trainer) -> None:
     checkpoints is an error: Lightning would save this run's as ``last-v1.ckpt`` beside the old
     ``last.ckpt``, and every later ``validate``/``predict``/export of ``last.ckpt`` would read the
     earlier run without a word. Nothing is deleted: the message says how to resume, move or clear."""
-    for folder in sorted({str(cb.dirpath) for cb in trainer.checkpoint_callbacks if getattr(cb, "dirpath", None)}):
+    for folder in _checkpoint_folders(trainer):
         found = sorted(f for f in os.listdir(folder) if f.endswith(".ckpt")) if os.path.isdir(folder) else []
         if found:
             listed = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
             if any(f.startswith("last") for f in found):
                 resume = "--ckpt_path last"
             else:  # no last.ckpt (a ModelCheckpoint without save_last): "last" would find nothing
-                newest = max(found, key=lambda f: os.path.getmtime(os.path.join(folder, f)))
-                resume = f"--ckpt_path {os.path.join(folder, newest)} (there is no last.ckpt)"
+                resume = f"--ckpt_path {newest_checkpoint([folder])} (there is no last.ckpt)"
             raise CheckpointError(f"{folder} already holds an earlier run's checkpoints ({listed}): resume that run "
                                   f"with {resume}, start this one in another folder with "
                                   f"--trainer.default_root_dir=<dir>, or delete {folder}")

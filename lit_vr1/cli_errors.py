@@ -238,21 +238,29 @@ class LitVR1ArgumentParser(LightningArgumentParser):
         flags = [s for action in parser._actions for s in action.option_strings if s.startswith("--")]
         prog = parser.prog.replace(" [options]", "")
         text = condense(message, flags, self.config_files)
-        if self._about_unknown_keys(text):  # the parser agrees about one: each with its file, all at once
+        about = self._about_unknown_keys(text)
+        if about:  # the parser agrees about one: each with its file, all at once
             found = self.unknown_keys
-            text = found[0].message() if len(found) == 1 else (
+            listed = found[0].message() if len(found) == 1 else (
                 f"{len(found)} keys of the config files are not options:\n  " + "\n  ".join(u.message() for u in found))
+            # the parser's own error concerns a section holding them, not one of them: it is kept too
+            text = listed if about == "key" else f"{listed}\n  {text}"
         sys.stderr.write(f"lit-vr1: error: {text}\n({prog} --help lists every option)\n")
         self.exit(2)
 
-    def _about_unknown_keys(self, text: str) -> bool:
-        """Whether the condensed parse error ``text`` concerns a key :mod:`lit_vr1.config_keys`
-        found (that key, or a section holding it: ``model.optimizer: Type typing.Callable...``)."""
+    def _about_unknown_keys(self, text: str) -> str:
+        """What the condensed parse error ``text`` concerns among the keys :mod:`lit_vr1.config_keys`
+        found: "key" (one of them), "section" (a section holding one: ``model.optimizer: Type
+        typing.Callable...``, which may also be about something else there) or ""."""
         head = re.match(r"^([A-Za-z_][\w.]*):", text)
         if not head:
-            return False
+            return ""
         key = head.group(1)
-        return any(u.path == key or u.path.startswith(f"{key}.") for u in self.unknown_keys)
+        paths = {u.path for u in self.unknown_keys}
+        refused = re.search(r"Option '([\w$]+)' is not accepted", text)  # the section's message names the key
+        if key in paths or (refused and f"{key}.{refused.group(1)}" in paths):
+            return "key"
+        return "section" if any(p.startswith(f"{key}.") for p in paths) else ""
 
 
 def config_file_problem(path: str) -> str | None:

@@ -45,9 +45,10 @@ class UnknownKey:
 def _resolve(class_path: str):
     module, _, name = class_path.rpartition(".")
     try:
-        return getattr(__import__(module, fromlist=[name]), name)
-    except (ImportError, AttributeError, ValueError):
+        found = getattr(__import__(module, fromlist=[name]), name)
+    except Exception:  # not importable here (or it raises on import): jsonargparse reports it
         return None
+    return found if inspect.isclass(found) else None  # a function returning the class: not judged
 
 
 def _dataclass_of(annotation) -> type | None:
@@ -125,7 +126,7 @@ def _walk_value(prefix: str, value, file: str) -> Iterable[UnknownKey]:
 
 
 # jsonargparse's own keys beside a class's arguments
-RESERVED = frozenset({"class_path", "init_args", "dict_kwargs", "__path__"})
+RESERVED = frozenset({"class_path", "init_args", "dict_kwargs", "__path__", "$schema"})
 
 
 def _walk_section(section: str, node: dict, file: str, class_path: str | None) -> Iterable[UnknownKey]:
@@ -177,7 +178,7 @@ def unknown_keys(files: list[str], dests: list[str], subcommand: str,
         if not isinstance(config, dict):
             continue
         for key, value in config.items():
-            if key not in top:
+            if key not in top and key not in RESERVED:
                 found.append(UnknownKey(key, f"lit-vr1 {subcommand}", file, _did_you_mean(key, sorted(top)), ""))
             elif key == "trainer" and isinstance(value, dict):
                 found += [UnknownKey(f"trainer.{k}", f"lit-vr1 {subcommand}", file,

@@ -212,10 +212,31 @@ def test_typos_in_rewards_callbacks_and_the_optimizer_and_a_slipped_indent(tmp_p
     ]
 
 
-def test_a_class_that_hands_its_kwargs_on_is_not_judged(tmp_path):
+def test_what_the_walk_cannot_judge_is_left_to_jsonargparse(tmp_path):
     from lit_vr1.config_keys import unknown_keys
 
-    mine = tmp_path / "mine.yaml"  # WandbLogger passes unknown keys to wandb.init: nothing to judge them by
-    mine.write_text("trainer:\n  logger:\n    class_path: lightning.pytorch.loggers.WandbLogger\n    init_args:\n"
-                    "      entity: me\n      mode: offline\n")
-    assert unknown_keys([str(mine)], ["trainer.logger", "trainer.max_steps"], "fit") == []
+    dests = ["trainer.logger", "trainer.max_steps", "trainer.callbacks", "model"]
+    judged = tmp_path / "judged.yaml"  # CSVLogger takes no **kwargs: its keys are judged
+    judged.write_text("trainer:\n  logger:\n    class_path: lightning.pytorch.loggers.CSVLogger\n    init_args:\n"
+                      "      save_dirr: x\n")
+    assert [u.key for u in unknown_keys([str(judged)], dests, "fit")] == ["trainer.logger.save_dirr"]
+    handed_on = tmp_path / "handed_on.yaml"  # WandbLogger passes unknown keys to wandb.init: nothing to judge by
+    handed_on.write_text("trainer:\n  logger:\n    class_path: lightning.pytorch.loggers.WandbLogger\n"
+                         "    init_args:\n      entity: me\n      mode: offline\n")
+    assert unknown_keys([str(handed_on)], dests, "fit") == []
+    made = tmp_path / "made.yaml"  # a class_path naming a function that returns the class, and jsonargparse's $schema
+    made.write_text("$schema: x.json\ntrainer:\n  callbacks:\n    - class_path: lit_vr1.data.synthetic.write_synthetic\n"
+                    "      init_args:\n        anything: 1\nmodel:\n  $schema: y.json\n"
+                    "  class_path: lit_vr1.grpo.GRPOModule\n  init_args:\n    seed: 1\n")
+    assert unknown_keys([str(made)], dests, "fit") == []
+
+
+def test_a_section_error_of_its_own_is_kept_beside_the_list(tmp_path, capsys):
+    mine = tmp_path / "mine.yaml"  # a misspelled reward class and a misspelled key of another reward
+    mine.write_text("model:\n  init_args:\n    rewards:\n      - class_path: lit_vr1.rewards.RecJsonFormatt\n"
+                    "      - class_path: lit_vr1.rewards.IoUReward\n        init_args:\n          treshold: 0.5\n")
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", "configs/quickstart.yaml", "--config", str(mine)])
+    err = capsys.readouterr().err
+    assert f"model.rewards[1].treshold: not an option of IoUReward (in config file {mine})" in err
+    assert "no attribute 'RecJsonFormatt'; did you mean RecJsonFormat?" in err

@@ -162,8 +162,8 @@ def test_a_fresh_fit_into_an_earlier_runs_checkpoints_is_refused_and_keeps_them(
 
 def test_checkpoints_without_last_ckpt_are_named_by_every_refusal(tmp_path):
     """A ModelCheckpoint without save_last: the advice names the newest checkpoint's file (the
-    "--ckpt_path last" it used to give found nothing), and last_or_new does not start a second run
-    beside the first one's checkpoints."""
+    "--ckpt_path last" it used to give found nothing), and last_or_new resumes from it instead of
+    starting a second run beside the first one's checkpoints."""
     data, ckpt = tmp_path / "data", tmp_path / "ckpt"
     no_last = [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
                 "init_args": {"dirpath": str(ckpt), "filename": "{step}", "every_n_train_steps": 1, "save_top_k": -1}}]
@@ -179,9 +179,28 @@ def test_checkpoints_without_last_ckpt_are_named_by_every_refusal(tmp_path):
         return proc.stderr
 
     assert f"resume that run with --ckpt_path {ckpt / 'step=2.ckpt'} (there is no last.ckpt)" in refused()
-    assert f"resume from its newest checkpoint with --ckpt_path {ckpt / 'step=2.ckpt'}" in refused("--ckpt_path=last")
-    assert f"--ckpt_path {ckpt / 'step=2.ckpt'}" in refused("--ckpt_path=last_or_new")
+    assert f"save_last); resume its newest checkpoint with --ckpt_path {ckpt / 'step=2.ckpt'}" in refused("--ckpt_path=last")
     assert {p.name: p.read_bytes() for p in ckpt.iterdir()} == before  # nothing written, nothing deleted
+    # a job that restarts itself: last_or_new resumes from the newest checkpoint, with a warning
+    proc = subprocess.run(fit_command(tmp_path / "again", ckpt, data, "--trainer.max_steps=3", flag,
+                                      "--ckpt_path=last_or_new"),
+                          cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"there is no last.ckpt in {ckpt}; resuming from the newest checkpoint, {ckpt / 'step=2.ckpt'}" in proc.stderr
+    assert sorted(p.name for p in ckpt.iterdir()) == ["step=1.ckpt", "step=2.ckpt", "step=3.ckpt"]
+    assert torch.load(ckpt / "step=3.ckpt", weights_only=False)["global_step"] == 3  # one step more, not three
+
+
+def test_the_newest_checkpoint_is_the_last_written_then_the_highest_number(tmp_path):
+    from lit_vr1.checkpoint import newest_checkpoint
+
+    assert newest_checkpoint([str(tmp_path / "none")]) is None
+    for name in ("step=9.ckpt", "step=10.ckpt", "step=2.ckpt"):
+        (tmp_path / name).write_bytes(b"")
+        os.utime(tmp_path / name, (1000, 1000))  # equal times (a coarse clock): the numbers decide
+    assert newest_checkpoint([str(tmp_path)]) == str(tmp_path / "step=10.ckpt")
+    os.utime(tmp_path / "step=2.ckpt", (2000, 2000))
+    assert newest_checkpoint([str(tmp_path)]) == str(tmp_path / "step=2.ckpt")
 
 
 # -- atomic writes ------------------------------------------------------------------------------
