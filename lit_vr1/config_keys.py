@@ -4,8 +4,11 @@ jsonargparse stops at the first key it does not know, so a config file with thre
 takes three runs to mend. :func:`unknown_keys` walks the YAML files the way the parser will
 read them (``trainer.*`` against the Trainer's options, ``model`` / ``data`` against the
 ``__init__`` of their ``class_path``, a dataclass-typed argument such as ``model.grpo`` or
-``data.synthetic`` against its fields) and lists each unknown key with its file and the
-nearest known names. The CLI prints the list when jsonargparse's own error is one of them
+``data.synthetic`` against its fields, every ``class_path`` entry inside them, such as
+``model.rewards[0]``, ``model.optimizer`` or ``trainer.callbacks[1]``, against its class, and a
+key beside ``init_args`` as an indentation slip) and lists each unknown key with its file and
+the nearest known names. Another package's class that takes ``**kwargs`` and a ``class_path``
+naming a function are not judged. The CLI prints the list when jsonargparse's own error is one of them
 (:class:`lit_vr1.cli_errors.LitVR1ArgumentParser`), so a key this walk cannot judge never
 produces a message of its own.
 """
