@@ -151,11 +151,12 @@ def _walk_section(section: str, node: dict, file: str, class_path: str | None) -
     yield from _walk_class(section, cls, cls.__name__, args, file, f" ({hint} lists them)" if hint else "")
 
 
-def _classes_in_effect(files: list[str], section: str, flag_sets_class: bool) -> list[str | None]:
-    """For each file, the ``class_path`` of ``section`` in effect when it is read; None where a
-    later file (or a command-line flag) names another class, since jsonargparse then drops the
-    arguments given for the earlier one: those are not judged."""
-    named = [yaml_value(file, (section, "class_path")) for file in files]
+def _classes_in_effect(configs: list, section: str, flag_sets_class: bool) -> list[str | None]:
+    """For each parsed config file, the ``class_path`` of ``section`` in effect when it is read;
+    None where a later file (or a command-line flag) names another class, since jsonargparse then
+    drops the arguments given for the earlier one: those are not judged."""
+    named = [c[section].get("class_path") if isinstance(c, dict) and isinstance(c.get(section), dict) else None
+             for c in configs]
     out: list[str | None] = []
     current = None
     for i, name in enumerate(named):
@@ -175,9 +176,9 @@ def unknown_keys(files: list[str], dests: list[str], subcommand: str,
     top = {d.split(".", 1)[0] for d in dests}
     trainer = [d.split(".", 1)[1] for d in dests if d.startswith("trainer.")]
     found: list[UnknownKey] = []
-    classes = {section: _classes_in_effect(files, section, section in set(class_flags)) for section in ("model", "data")}
-    for i, file in enumerate(files):
-        config = yaml_value(file, ())
+    configs = [yaml_value(file, ()) for file in files]  # each file read once
+    classes = {section: _classes_in_effect(configs, section, section in set(class_flags)) for section in ("model", "data")}
+    for i, (file, config) in enumerate(zip(files, configs)):
         if not isinstance(config, dict):
             continue
         for key, value in config.items():
