@@ -88,6 +88,7 @@ class LitVR1CLI(LightningCLI):
         reported by name (:func:`~lit_vr1.checkpoint.load_checkpoint_file`)."""
         argv = self._argv = list(sys.argv[1:] if args is None else args)
         LitVR1ArgumentParser.config_files = _flag_values(argv, ("--config", "-c"))
+        LitVR1ArgumentParser.flag_keys = flag_keys(argv)
         for path in LitVR1ArgumentParser.config_files:
             problem = config_file_problem(path)
             if problem:
@@ -203,6 +204,13 @@ def _flag_values(argv: list[str], flags: tuple[str, ...]) -> list[str]:
         elif "=" in arg and arg.split("=", 1)[0] in flags:
             values.append(arg.split("=", 1)[1])
     return values
+
+
+def flag_keys(argv: list[str]) -> set[str]:
+    """The keys ``argv``'s flags set, without ``init_args`` (``--model.init_args.grpo.beta=0``
+    -> ``model.grpo.beta``); ``--config`` and ``--help`` left out."""
+    keys = {a[2:].split("=", 1)[0].replace(".init_args.", ".") for a in argv if a.startswith("--")}
+    return keys - {"config", "help", "print_config"}
 
 
 def _flag_value(argv: list[str], flag: str) -> str | None:

@@ -161,10 +161,40 @@ def yaml_value(path: str, keys: tuple[str, ...]):
     return node
 
 
+def _set_in(node, keys: list[str]) -> bool:
+    """Whether the parsed YAML ``node`` sets the nested ``keys``, a class's arguments read
+    under its ``init_args`` or beside its ``class_path`` alike."""
+    for key in keys:
+        if not isinstance(node, dict):
+            return False
+        if key in node:
+            node = node[key]
+        elif isinstance(node.get("init_args"), dict) and key in node["init_args"]:
+            node = node["init_args"][key]
+        else:
+            return False
+    return node is not None
+
+
 def _file_holding(dotted: str, files: list[str]) -> str | None:
-    """The last of the YAML ``files`` that sets the nested key ``dotted`` (``trainer.max_stepz``)."""
-    holding = [path for path in files if yaml_value(path, tuple(dotted.split("."))) is not None]
+    """The last of the YAML ``files`` that sets the nested key ``dotted`` (``trainer.max_stepz``,
+    ``model.grpo.num_generations`` for ``model: {init_args: {grpo: ...}}``)."""
+    holding = [path for path in files if _set_in(yaml_value(path, ()), dotted.split("."))]
     return holding[-1] if holding else None
+
+
+def name_config_files(text: str, files: list[str], flag_keys: set[str]) -> str:
+    """Each line of a condensed error ``text`` about a key (``data.batch_size: expected int, got
+    'two'``) that a config file sets and no flag does, with that file: "(in config file F)"."""
+    lines = text.split("\n  ")
+    for i, line in enumerate(lines):
+        head = re.match(r"^([A-Za-z_][\w.]*):", line)
+        if not head or "(in config file" in line or head.group(1) in flag_keys:
+            continue
+        found = _file_holding(head.group(1), files)
+        if found:
+            lines[i] = f"{line} (in config file {found})"
+    return "\n  ".join(lines)
 
 
 def condense(message: str, option_strings: list[str] = (), config_files: list[str] = ()) -> str:
@@ -225,6 +255,7 @@ class LitVR1ArgumentParser(LightningArgumentParser):
     pointer to ``--help`` (exit 2), without the usage."""
 
     config_files: list[str] = []  # the command line's --config files (set by LitVR1CLI before parsing)
+    flag_keys: set[str] = set()  # the keys the command line's flags set (``model.grpo.beta``), which win over the files
     # every unknown key of those files (lit_vr1.config_keys, set by LitVR1CLI before parsing): printed
     # together when jsonargparse's own error is about one of them
     unknown_keys: list = []
@@ -244,7 +275,9 @@ class LitVR1ArgumentParser(LightningArgumentParser):
             listed = found[0].message() if len(found) == 1 else (
                 f"{len(found)} keys of the config files are not options:\n  " + "\n  ".join(u.message() for u in found))
             # the parser's own error concerns a section holding them, not one of them: it is kept too
-            text = listed if about == "key" else f"{listed}\n  {text}"
+            text = listed if about == "key" else f"{listed}\n  {name_config_files(text, self.config_files, self.flag_keys)}"
+        else:  # a value of the wrong type in a config file: which file
+            text = name_config_files(text, self.config_files, self.flag_keys)
         sys.stderr.write(f"lit-vr1: error: {text}\n({prog} --help lists every option)\n")
         self.exit(2)
 

@@ -22,6 +22,7 @@ import typing
 from collections.abc import Iterable
 
 from lit_vr1.cli_errors import HELP_FOR, _did_you_mean, yaml_value
+from lit_vr1.trl_names import trl_hint
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +44,16 @@ class UnknownKey:
     def path(self) -> str:
         """The key without list positions (``model.rewards.treshold``), as jsonargparse names it."""
         return re.sub(r"\[\d+\]", "", self.key)
+
+
+def _unknown(key: str, owner: str, file: str, hint: str, help_: str, value=None) -> UnknownKey:
+    """An unknown key; one that is a TRL setting's name (``max_grad_norm``) says where that
+    setting lives in lit-vr1 instead of offering the nearest names."""
+    trl = trl_hint(key, None if isinstance(value, (dict, list)) or value is None else str(value))
+    if trl:
+        return UnknownKey(key, owner, file, f"; {trl}", "",
+                          problem=f"TRL's {key.rsplit('.', 1)[-1]} is not a lit-vr1 option there")
+    return UnknownKey(key, owner, file, hint, help_)
 
 
 def _resolve(class_path: str):
@@ -107,7 +118,7 @@ def _walk_class(prefix: str, cls: type, owner: str, values: dict, file: str, hel
             return
     for key, value in values.items():
         if key not in known:
-            yield UnknownKey(f"{prefix}.{key}", owner, file, _did_you_mean(key, list(known)), help_)
+            yield _unknown(f"{prefix}.{key}", owner, file, _did_you_mean(key, list(known)), help_, value)
             continue
         yield from _walk_value(f"{prefix}.{key}", value, file)
         inner = _dataclass_of(known[key])
@@ -183,11 +194,11 @@ def unknown_keys(files: list[str], dests: list[str], subcommand: str,
             continue
         for key, value in config.items():
             if key not in top and key not in RESERVED:
-                found.append(UnknownKey(key, f"lit-vr1 {subcommand}", file, _did_you_mean(key, sorted(top)), ""))
+                found.append(_unknown(key, f"lit-vr1 {subcommand}", file, _did_you_mean(key, sorted(top)), "", value))
             elif key == "trainer" and isinstance(value, dict):
-                found += [UnknownKey(f"trainer.{k}", f"lit-vr1 {subcommand}", file,
-                                     _did_you_mean(f"trainer.{k}", [f"trainer.{t}" for t in trainer]), "")
-                          for k in value if k not in trainer]
+                found += [_unknown(f"trainer.{k}", f"lit-vr1 {subcommand}", file,
+                                   _did_you_mean(f"trainer.{k}", [f"trainer.{t}" for t in trainer]), "", v)
+                          for k, v in value.items() if k not in trainer]
                 for k, v in value.items():
                     if k in trainer:
                         found += list(_walk_value(f"trainer.{k}", v, file))

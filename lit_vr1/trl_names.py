@@ -30,20 +30,30 @@ TRL_NAMES: dict[str, tuple[tuple[str, ...], str]] = {
 EXAMPLE_VALUES = {"learning_rate": "1e-6", "max_grad_norm": "1.0"}
 
 
+def trl_hint(key: str, value: str | None = None) -> str | None:
+    """Where TRL's setting lives in lit-vr1 when the dotted ``key`` (``model.grpo.max_grad_norm``,
+    without ``init_args``) ends in a TRL name that lit-vr1 does not take there: "use ...", with
+    ``value`` (the user's own, else an example) written into the hint; else None."""
+    key = key.replace(".init_args.", ".").replace(".dict_kwargs.", ".")
+    name = key.rsplit(".", 1)[-1]
+    if name not in TRL_NAMES or key.startswith("model.optimizer."):
+        return None
+    valid, hint = TRL_NAMES[name]
+    if key in valid:
+        return None
+    return "use " + hint.replace("{value}", value if value not in (None, "") else EXAMPLE_VALUES.get(name, ""))
+
+
 def misplaced_trl_flag(argv: list[str]) -> str | None:
     """A message for the first flag of ``argv`` that names a TRL setting where lit-vr1 does
     not take it (``--model.grpo.max_prompt_length``), saying where it lives; else None."""
     for i, arg in enumerate(argv):
         if not arg.startswith("--"):
             continue
-        key = arg[2:].split("=", 1)[0].replace(".init_args.", ".").replace(".dict_kwargs.", ".")
-        name = key.rsplit(".", 1)[-1]
-        if name not in TRL_NAMES:
-            continue
-        valid, hint = TRL_NAMES[name]
-        if key not in valid and not key.startswith("model.optimizer."):
-            value = arg.split("=", 1)[1] if "=" in arg else (
-                argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith("--") else None)
-            hint = hint.replace("{value}", value or EXAMPLE_VALUES.get(name, ""))
-            return f"--{arg[2:].split('=', 1)[0]}: TRL's {name} is not a lit-vr1 option there; use {hint}"
+        key = arg[2:].split("=", 1)[0]
+        value = arg.split("=", 1)[1] if "=" in arg else (
+            argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith("--") else None)
+        hint = trl_hint(key, value)
+        if hint:
+            return f"--{key}: TRL's {key.rsplit('.', 1)[-1]} is not a lit-vr1 option there; {hint}"
     return None

@@ -240,3 +240,48 @@ def test_a_section_error_of_its_own_is_kept_beside_the_list(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"model.rewards[1].treshold: not an option of IoUReward (in config file {mine})" in err
     assert "no attribute 'RecJsonFormatt'; did you mean RecJsonFormat?" in err
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("trainer:\n  precision: bf17\n", "trainer.precision: got 'bf17'; expected int or one of"),
+    ("model:\n  init_args:\n    grpo:\n      num_generations: eight\n",
+     "model.grpo.num_generations: expected int, got 'eight'"),
+    ("data:\n  batch_size: two\n", "data.batch_size: expected int, got 'two'"),  # beside class_path: read alike
+])
+def test_a_value_of_the_wrong_type_in_a_config_file_names_the_file(text, expected, tmp_path, capsys):
+    mine, other = tmp_path / "mine.yaml", tmp_path / "other.yaml"
+    mine.write_text(text)
+    other.write_text("trainer:\n  max_steps: 2\n")
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--config", "configs/quickstart.yaml", "--config", str(mine), "--config", str(other)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 2
+    assert err[0].startswith(f"lit-vr1: error: {expected}") and err[0].endswith(f" (in config file {mine})"), err
+    assert len(err) == 2
+
+
+def test_a_value_of_the_wrong_type_given_as_a_flag_names_no_file(tmp_path, capsys):
+    """The flag wins over the file that sets the same key, so the error is the flag's."""
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("model:\n  init_args:\n    grpo:\n      num_generations: 4\n")
+    for flag in ("--model.grpo.num_generations=eight", "--model.init_args.grpo.num_generations=eight"):
+        with pytest.raises(SystemExit):
+            main(["fit", "--config", "configs/quickstart.yaml", "--config", str(mine), flag])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[0] == "lit-vr1: error: model.grpo.num_generations: expected int, got 'eight'", err
+
+
+def test_trl_setting_names_in_a_config_file_say_where_the_setting_lives(tmp_path, capsys):
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("trainer:\n  max_grad_norm: 0.5\nmodel:\n  init_args:\n    grpo:\n      learning_rate: 1.0e-6\n"
+                    "      num_generation: 4\n")
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--config", "configs/quickstart.yaml", "--config", str(mine)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 2
+    assert err[0] == "lit-vr1: error: 3 keys of the config files are not options:", err
+    assert err[1] == (f"  trainer.max_grad_norm: TRL's max_grad_norm is not a lit-vr1 option there (in config file "
+                      f"{mine}); use --model.grpo.gradient_clip_val=0.5")
+    assert err[2].startswith(f"  model.grpo.learning_rate: TRL's learning_rate is not a lit-vr1 option there (in config "
+                             f"file {mine}); use the optimiser's lr: --model.optimizer.init_args.lr=1e-06")
+    assert err[3].startswith("  model.grpo.num_generation: not an option of GRPOConfig")  # not a TRL name: nearest names
