@@ -10,7 +10,9 @@ loss as :class:`lit_vr1.sft.SFTModule`) with its own AdamW and cosine decay, on 
 drawn from the training set with its own seeded generator (the GRPO data order and the
 global RNG are untouched). The reference model is then reset to the warmed-up policy, so
 the KL term anchors GRPO to it. A resumed fit (``global_step > 0``) skips it: the
-checkpoint holds the trained weights.
+checkpoint holds the trained weights. Rows without an answer are refused at fit start
+(before the sanity check and the first step), every one listed, as
+:class:`lit_vr1.sft.SFTModule` does.
 
 YAML: ``trainer.callbacks: [{class_path: callbacks.ColdStart, init_args: {steps: 150}}]``.
 """
@@ -25,7 +27,7 @@ from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from lit_vr1.sft import answer_nll
+from lit_vr1.sft import answer_nll, check_answers, training_records
 
 
 class ColdStart(Callback):
@@ -42,6 +44,12 @@ class ColdStart(Callback):
                              f"lr={lr}, batch_size={batch_size}")
         self.steps, self.lr, self.batch_size, self.seed = steps, lr, batch_size, seed
         self.losses: list[float] = []
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        """Refuse the training set's rows without an answer now, all of them listed, rather
+        than at the warm-up batch that draws one; a resumed fit skips the warm-up, and this."""
+        if trainer.ckpt_path is None:
+            check_answers(training_records(trainer))
 
     def on_train_start(self, trainer, pl_module) -> None:
         if trainer.global_step > 0:

@@ -2,16 +2,20 @@
 
 The answer (the data's "gpt" turn, then the end-of-turn token) is scored after the
 very prompt the GRPO rollout uses, so SFT teaches exactly the format GRPO samples in.
-The loss is the mean negative log-likelihood over assistant tokens only.
+The loss is the mean negative log-likelihood over assistant tokens only. Rows without an
+answer (label-free data) are refused at fit start, every one listed (:func:`check_answers`
+over the training set's records), and again in any batch that holds one.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from transformers import ProcessorMixin
 
 from lit_vr1.config import SamplingConfig
-from lit_vr1.data.jsonl import DataError, Sample, solution_text
+from lit_vr1.data.jsonl import DataError, Sample, rows_message, solution_text
 from lit_vr1.generation import encode_prompts, end_of_turn_id, image_layout
 from lit_vr1.module import VLMModule
 from lit_vr1.rollout import Rollout
@@ -40,15 +44,47 @@ def teacher_forced(processor: ProcessorMixin, samples: list[Sample], answers: li
                    contexts=[], scoring=SamplingConfig(), image_rows=image_rows)
 
 
+def no_answer_message(source: str, sample_id: str) -> str:
+    """Why a row without an answer is refused by supervised steps, naming its "file:line"."""
+    return (f"{source}: sample '{sample_id}' has no answer (field 'solution' is empty or missing): supervised "
+            "steps (SFT, callbacks.ColdStart) teach the answer, so give them labelled rows; unlabelled questions "
+            "suit label-free GRPO (a judge's reward)")
+
+
+def has_answer(solution: Any) -> bool:
+    """Whether a solution gives supervised steps an answer to teach (:func:`solution_text`
+    not blank): a string with text; a list of [category, box] pairs always does ("[]" for
+    an image without objects)."""
+    return not isinstance(solution, str) or bool(solution.strip())
+
+
+def check_answers(rows: list[Any] | None) -> None:
+    """Refuse rows (records or samples: ``solution``, ``source``, ``id``) without an answer
+    (label-free rows: SFT would teach the end-of-turn token alone) with one
+    :class:`DataError` listing them all (:func:`~lit_vr1.data.jsonl.rows_message`); None
+    (no JSONL records to check) passes."""
+    bad = [r for r in rows or [] if not has_answer(r.solution)]
+    if bad:
+        raise DataError(rows_message([no_answer_message(r.source, r.id) for r in bad], [r.source for r in bad],
+                                     "rows without an answer", "give each an answer in field 'solution', or remove "
+                                     "them; unlabelled questions suit label-free GRPO"))
+
+
+def training_records(trainer: Any) -> list[Any] | None:
+    """The records of the fit's training set when it is a JSONL dataset (the data module's
+    ``train_set``, e.g. :class:`~lit_vr1.data.jsonl.JsonlDataset`, synthetic data included);
+    None when there is none to read (a plain DataLoader, another kind of dataset)."""
+    train_set = getattr(getattr(trainer, "datamodule", None), "train_set", None)
+    return getattr(train_set, "records", None)
+
+
 def answer_nll(policy, processor, batch: list[Sample], device: torch.device | str) -> tuple[torch.Tensor, int]:
     """Mean negative log-likelihood of the answer tokens (each sample's solution, then the
-    end-of-turn token) after the prompt exactly as the rollout encodes it, and their count."""
+    end-of-turn token) after the prompt exactly as the rollout encodes it, and their count.
+    A batch holding rows without an answer is refused (:func:`check_answers`; the fit-start
+    check lists them all before, this is the backstop for data read otherwise)."""
+    check_answers(batch)
     answers = [solution_text(s.solution) for s in batch]
-    for s, answer in zip(batch, answers):
-        if not answer.strip():  # label-free rows: SFT would teach the end-of-turn token alone
-            raise DataError(f"{s.source}: sample '{s.id}' has no answer (field 'solution' is empty or missing): "
-                            "supervised steps (SFT, callbacks.ColdStart) teach the answer, so give them labelled "
-                            "rows; unlabelled questions suit label-free GRPO (a judge's reward)")
     r = teacher_forced(processor, batch, answers, device=device)
     logp = logprobs(policy, r, grad=torch.is_grad_enabled())
     mask = r.completion_mask.to(logp.dtype)
@@ -68,6 +104,11 @@ class SFTModule(VLMModule):
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+
+    def on_fit_start(self) -> None:
+        """Refuse the training set's rows without an answer before the first step, all of
+        them listed (not when a batch holding one is reached, deep into the run)."""
+        check_answers(training_records(self.trainer))
 
     def sft_loss(self, batch: list[Sample]) -> tuple[torch.Tensor, int]:
         """Mean NLL of the answer tokens and their count."""

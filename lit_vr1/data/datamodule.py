@@ -74,10 +74,11 @@ class GroundingDataModule(LightningDataModule):
             The loaders draw from their own generators, never from the global RNG, so
             validating more or less often does not change the training order or the
             rollouts' sampling.
-        bad_rows: "raise" (default: the first bad row stops the run with its file, line and
-            field) or "skip": bad rows are left out, counted and reported at the end of every
-            training epoch (a warning on rank 0 with their ids and reasons, the metric
-            ``data/skipped_rows``, and every row in ``skipped_rows.jsonl`` in the log
+        bad_rows: "raise" (default: every row is checked, then the run stops with one error
+            listing the bad rows, each with its file, line and field: the first 10 and a
+            count of the rest) or "skip": bad rows are left out, counted and reported at the
+            end of every training epoch (a warning on rank 0 with their ids and reasons, the
+            metric ``data/skipped_rows``, and every row in ``skipped_rows.jsonl`` in the log
             directory). A row whose image fails to decode at load time is replaced in its
             batch by the next row that loads, so batches keep their size (see
             ``lit_vr1.data.jsonl``).

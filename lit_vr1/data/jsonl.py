@@ -10,6 +10,9 @@ Vision-R1 detection (solution: [category, [x1, y1, x2, y2]] pairs in original pi
     {"id": 1, "image": "a.jpg", "problem": "...", "solution": [["cat", [10, 20, 50, 60]]],
      "width": 640, "height": 480, "num_instances": 1}
 
+REC with a ``problem`` line: its one box may be given as a list of four numbers,
+``"solution": [10, 20, 50, 60]``, read as the REC string form ``"[10, 20, 50, 60]"``.
+
 label-free (R1V-Free: a question and an image, no solution)::
 
     {"id": 1, "image": "a.jpg", "problem": "..."}
@@ -18,7 +21,10 @@ Any line may carry ``"reward_method": "..."``: the task its rewards are routed b
 (overriding its file's). Several files and image folders are given ':'-separated, one
 folder per file.
 
-Bad data, and where it is caught (every message names the file, the line and the field):
+Bad data, and where it is caught (every message names the file, the line and the field).
+With ``bad_rows="raise"`` the checks at build time still check every row, then one
+:class:`DataError` lists the bad rows (:func:`rows_message`: a single row's own message,
+or a count and the first :data:`LISTED_ROWS`); a row that fails to load stops alone:
 
 - when the dataset is built, for every line (cheap: no image is decoded): not valid JSON,
   missing or ill-typed fields, an empty question (nothing but ``<image>`` markers and
@@ -89,7 +95,7 @@ class SkippedRow:
 def bad_rows_known(value: str) -> str | None:
     if value in BAD_ROWS:
         return None
-    return (f"data.bad_rows={value!r} is not valid; choose raise (stop at the first bad row) "
+    return (f"data.bad_rows={value!r} is not valid; choose raise (stop, listing every bad row) "
             "or skip (leave bad rows out, counted and reported each epoch)")
 
 
@@ -97,6 +103,29 @@ def check_bad_rows(value: str) -> str:
     """``value`` if it is a known ``data.bad_rows`` mode; a clear error otherwise."""
     enforce(bad_rows_known(value))
     return value
+
+
+# a message about several bad rows lists at most this many of them
+LISTED_ROWS = 10
+SKIP_ADVICE = "fix them, or set data.bad_rows=skip to leave them out"
+
+
+def file_of(source: str) -> str:
+    """The file of a row's "file:line" source."""
+    return source.rsplit(":", 1)[0]
+
+
+def rows_message(reasons: list[str], sources: list[str], what: str = "bad rows", advice: str = SKIP_ADVICE) -> str:
+    """One message for the bad rows of a check: ``reasons`` are the rows' own messages (each
+    naming its "file:line"), ``sources`` their "file:line". A single row: its message as it
+    is. Several: "N <what> in <files> (<advice>):", then the first :data:`LISTED_ROWS`
+    messages and "... and M more", each on its own indented line."""
+    if len(reasons) == 1:
+        return reasons[0]
+    files = ", ".join(dict.fromkeys(file_of(s) for s in sources))
+    listed = reasons[:LISTED_ROWS]
+    more = [f"... and {len(reasons) - len(listed)} more"] if len(reasons) > len(listed) else []
+    return "\n  ".join([f"{len(reasons)} {what} in {files} ({advice}):", *listed, *more])
 
 
 @dataclass
@@ -195,21 +224,49 @@ def _turns(obj: dict, where: str) -> tuple[str, Any]:
     if not isinstance(question, str):
         raise DataError(f"{where}: a line needs 'conversations', or a string 'problem' (or 'question') field")
     # a label under another name would train as unlabelled (R1V-Free's layout) without a word
-    _refuse_misnamed(obj, "solution", SOLUTION_FIELD_LOOKALIKES, where, "the answer goes in field 'solution' (a string, "
-                     "or [category, [x1, y1, x2, y2]] pairs): rename the field, or remove it for unlabelled data")
+    _refuse_misnamed(obj, "solution", SOLUTION_FIELD_LOOKALIKES, where, f"the answer goes in field 'solution' "
+                     f"({SOLUTION_FORMS}): rename the field, or remove it for unlabelled data")
     solution = obj.get("solution", "")
-    if isinstance(solution, list):
+    if isinstance(solution, list) and solution and all(_is_number(v) for v in solution):
+        solution = _box_solution(solution, obj.get("num_instances"), where)
+    elif isinstance(solution, list):
         for k, pair in enumerate(solution):
             ok = (isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str) and isinstance(pair[1], list)
-                  and len(pair[1]) == 4 and all(isinstance(v, (int, float)) for v in pair[1]))
+                  and len(pair[1]) == 4 and all(_is_number(v) for v in pair[1]))
             if not ok:
-                raise DataError(f"{where}: field 'solution' item {k + 1} must be [category, [x1, y1, x2, y2]], got {pair!r}")
+                raise DataError(f"{where}: field 'solution' item {k + 1} must be [category, [x1, y1, x2, y2]], got "
+                                f"{pair!r}; a 'solution' list is {SOLUTION_LISTS}")
         n = obj.get("num_instances")
         if n is not None and n != len(solution):
             raise DataError(f"{where}: field 'num_instances' is {n} but 'solution' lists {len(solution)} objects")
     elif not isinstance(solution, str):
-        raise DataError(f"{where}: field 'solution' must be a string or a list of [category, box] pairs")
+        raise DataError(f"{where}: field 'solution' must be {SOLUTION_FORMS}, got {type(solution).__name__}")
     return question, solution
+
+
+# the forms a 'problem' line's solution may take, for messages
+SOLUTION_LISTS = "one box [x1, y1, x2, y2] of four numbers, or [category, [x1, y1, x2, y2]] pairs"
+SOLUTION_FORMS = f"a string, {SOLUTION_LISTS}"
+
+
+def _is_number(value: Any) -> bool:
+    """A JSON number (booleans are not numbers)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _box_solution(values: list, num_instances: Any, where: str) -> str:
+    """A solution given as one box, a list of numbers ``[x1, y1, x2, y2]``, as the REC string
+    form ``"[x1, y1, x2, y2]"``, which the REC rewards, SFT and the box checks read (so it is
+    scored and checked against the image exactly as the string would be)."""
+    if len(values) != 4:
+        raise DataError(f"{where}: field 'solution' is a list of {len(values)} numbers; a box is [x1, y1, x2, y2] "
+                        f"(four numbers); a 'solution' list is {SOLUTION_LISTS}")
+    if not all(math.isfinite(v) for v in _floats(values)):
+        raise DataError(f"{where}: field 'solution' box {values} has a coordinate that is not a finite number; "
+                        "a box is [x1, y1, x2, y2] in pixels of the original image")
+    if num_instances is not None and num_instances != 1:
+        raise DataError(f"{where}: field 'num_instances' is {num_instances} but 'solution' is one box")
+    return json.dumps(values)
 
 
 def _field_of(obj: dict, turn: str) -> str:
@@ -429,16 +486,20 @@ def read_records(data_files: str, image_folders: str, reward_methods: str | None
                  check_boxes: bool = True, images_outside_folder: bool = False,
                  names: tuple[str, ...] = ARG_NAMES) -> tuple[list[Record], list[SkippedRow]]:
     """Every record of every ':'-separated file, validated, with its task; and the rows
-    left out (``bad_rows="skip"``; with "raise" the first bad row raises :class:`DataError`).
-    A missing data file, or no usable row at all, raises in both modes."""
+    left out (``bad_rows="skip"``). With "raise" every line is still read and checked, then
+    one :class:`DataError` lists the bad rows (:func:`rows_message`). A missing data file or
+    image folder (checked before any line), or no usable row at all, raises in both modes."""
     check_bad_rows(bad_rows)
     records: list[Record] = []
     skipped: list[SkippedRow] = []
+    sources: list[str] = []  # the "file:line" of each row in skipped
     tasks = file_tasks(data_files, reward_methods, names)
-    for (path, folder), task in zip(pair_files(data_files, image_folders, names), tasks):
+    pairs = pair_files(data_files, image_folders, names)
+    for path, folder in pairs:
         enforce(data_files_exist(path, names), DataError)
         if not images_outside_folder:  # every image lies in the folder: a missing one fails each line alike
             enforce(image_folder_exists(folder, names), DataError)
+    for (path, folder), task in zip(pairs, tasks):
         with open(path, "rb") as f:
             for lineno, raw in enumerate(f, start=1):
                 where = f"{path}:{lineno}"
@@ -449,9 +510,10 @@ def read_records(data_files: str, image_folders: str, reward_methods: str | None
                         continue
                     records.append(parse_line(line, path, lineno, folder, task, check_boxes, images_outside_folder))
                 except DataError as e:
-                    if bad_rows == "raise":
-                        raise
                     skipped.append(SkippedRow(_line_id(line, where), str(e)))
+                    sources.append(where)
+    if skipped and bad_rows == "raise":
+        raise DataError(rows_message([r.reason for r in skipped], sources))
     if not records:
         detail = f" ({len(skipped)} bad row(s) skipped; the first: {skipped[0].reason})" if skipped else ""
         raise DataError(f"no samples found in {data_files}{detail}")
@@ -498,9 +560,10 @@ class JsonlDataset(Dataset):
         image_folders: ':'-separated folders, one per data file.
         template: prompt template name (see ``lit_vr1.data.prompts.TEMPLATES``).
         reward_methods: ':'-separated task of each file (see :func:`file_tasks`).
-        bad_rows: "raise" (the first bad row stops with its file, line and field) or
-            "skip" (bad rows are left out and listed in :attr:`skipped`; one that fails
-            at load time is replaced by the next row that loads, see the module docstring).
+        bad_rows: "raise" (every row is checked, then one error lists the bad rows, each
+            with its file, line and field) or "skip" (bad rows are left out and listed in
+            :attr:`skipped`; one that fails at load time is replaced by the next row that
+            loads, see the module docstring).
         check_boxes: check the ground-truth boxes (area, inside the image).
         images_outside_folder: accept image paths that resolve outside their image folder.
         names: how messages name ``data_files``, ``image_folders`` and ``reward_methods``
@@ -526,8 +589,9 @@ class JsonlDataset(Dataset):
     def check_prompt_lengths(self, processor: Any, max_prompt_length: int) -> list[SkippedRow]:
         """Refuse (or, in skip mode, drop) every row whose prompt is longer than
         ``max_prompt_length`` tokens, image tokens included (:func:`prompt_length`); never
-        truncates. Returns the rows dropped by this call."""
-        keep, dropped = [], []
+        truncates. Under "raise", every row is measured, then one :class:`DataError` lists
+        the long ones (:func:`rows_message`). Returns the rows dropped by this call."""
+        keep, dropped, sources = [], [], []
         for r in self.records:
             n = prompt_length(processor, r, self.template)
             if n <= max_prompt_length:
@@ -536,9 +600,12 @@ class JsonlDataset(Dataset):
             msg = (f"{r.source}: the prompt (field 'image' and the question) is {n} tokens with its image tokens, "
                    f"over data.max_prompt_length={max_prompt_length}; prompts are never truncated (a cut inside image "
                    "tokens breaks the input): raise max_prompt_length, lower model.max_pixels, or remove the line")
-            if self.bad_rows == "raise":
-                raise DataError(msg)
             dropped.append(SkippedRow(r.id, msg))
+            sources.append(r.source)
+        if dropped and self.bad_rows == "raise":
+            raise DataError(rows_message([d.reason for d in dropped], sources, f"rows over data.max_prompt_length="
+                                         f"{max_prompt_length}", "shorten them, raise max_prompt_length, lower "
+                                         "model.max_pixels, or set data.bad_rows=skip to leave them out"))
         if not keep:
             raise DataError(f"every row is over data.max_prompt_length={max_prompt_length}; the first: {dropped[0].reason}")
         self.records = keep
