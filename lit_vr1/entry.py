@@ -14,3 +14,7 @@ def main() -> None:
     except KeyboardInterrupt:
         interrupted()
     cli.main()
+
+
+if __name__ == "__main__":  # python -m lit_vr1.entry
+    main()

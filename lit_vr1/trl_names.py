@@ -3,8 +3,8 @@ the README's table). Checked against TRL 1.16.0's ``trl/trainer/grpo_config.py``
 
 from __future__ import annotations
 
-# name -> (the flags that take it here, what to write instead). Only names that are no lit-vr1
-# option anywhere else (seed, max_steps, gradient_checkpointing, output_dir are: left to the parser)
+# name -> (the flags that take it here, what to write instead; a name these list is left to the
+# parser there). ``seed`` is an option in too many places to list: left to the parser
 TRL_NAMES: dict[str, tuple[tuple[str, ...], str]] = {
     "max_prompt_length": (("data.max_prompt_length",),
                           "--data.max_prompt_length=N (a longer prompt is refused or skipped, never truncated)"),
@@ -25,6 +25,17 @@ TRL_NAMES: dict[str, tuple[tuple[str, ...], str]] = {
     "logging_steps": ((), "--trainer.log_every_n_steps"),
     "save_steps": ((), "ModelCheckpoint's every_n_train_steps in trainer.callbacks"),
     "bf16": ((), "--trainer.precision=bf16-mixed (weights stay float32: --model.dtype=float32)"),
+    "max_steps": (("trainer.max_steps",), "--trainer.max_steps={value}"),
+    "output_dir": (("trainer.callbacks.output_dir",), "--trainer.default_root_dir={value} (checkpoints and logs)"),
+    "gradient_checkpointing": (("model.gradient_checkpointing",),
+                               "--model.gradient_checkpointing={value} (off by default here; TRL's default is on)"),
+    "use_vllm": ((), "no vLLM here: lit-vr1 samples with the policy itself, in the training processes (no "
+                     "server to start); remove it"),
+    "report_to": ((), "a logger: --trainer.logger=lightning.pytorch.loggers.WandbLogger (a CSV file is the default)"),
+    "eval_steps": ((), "--trainer.val_check_interval={value}"),
+    "save_total_limit": ((), "ModelCheckpoint's save_top_k in trainer.callbacks"),
+    "lr_scheduler_type": ((), "a scheduler class: model.init_args.lr_scheduler: {class_path: "
+                              "torch.optim.lr_scheduler.CosineAnnealingLR, init_args: {T_max: <steps>}}"),
 }
 # the value a hint shows when the flag came without one ({value} in a hint is the user's own)
 EXAMPLE_VALUES = {"learning_rate": "1e-6", "max_grad_norm": "1.0"}
@@ -41,7 +52,8 @@ def trl_hint(key: str, value: str | None = None) -> str | None:
     valid, hint = TRL_NAMES[name]
     if key in valid:
         return None
-    return "use " + hint.replace("{value}", value if value not in (None, "") else EXAMPLE_VALUES.get(name, ""))
+    hint = hint.replace("{value}", value if value not in (None, "") else EXAMPLE_VALUES.get(name, ""))
+    return hint if hint.startswith("no ") else f"use {hint}"
 
 
 def misplaced_trl_flag(argv: list[str]) -> str | None:

@@ -137,7 +137,15 @@ def test_a_trl_name_in_the_wrong_place_says_where_it_lives(tmp_path):
     # names that are lit-vr1 options somewhere are left to the parser
 
     assert misplaced_trl_flag(["--data.init_args.synthetic.seed=7", "--trainer.max_steps=3",
-                               "--model.gradient_checkpointing=true", "--data.max_prompt_length=9"]) is None
+                               "--model.gradient_checkpointing=true", "--data.max_prompt_length=9",
+                               "--model.init_args.gradient_checkpointing=false",
+                               "--trainer.callbacks.init_args.output_dir=p"]) is None
+    # ... and where they are not, the hint names the place
+    assert misplaced_trl_flag(["--model.grpo.max_steps=3"]).endswith("use --trainer.max_steps=3")
+    assert "--trainer.default_root_dir=runs/x" in misplaced_trl_flag(["--output_dir", "runs/x"])
+    assert "no vLLM here" in misplaced_trl_flag(["--model.grpo.use_vllm=true"])
+    assert "--trainer.gradient_checkpointing: TRL's gradient_checkpointing" in misplaced_trl_flag(
+        ["--trainer.gradient_checkpointing=false"])
 
 
 def test_lit_vr1_options_are_discoverable_from_the_command_line(tmp_path):
