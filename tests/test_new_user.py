@@ -15,9 +15,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def lit_vr1(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+def lit_vr1(cwd: Path, *args: str, module: str = "lit_vr1.cli") -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "lit_vr1.cli", *args], cwd=cwd, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=300)
 
 
@@ -127,7 +127,8 @@ def test_a_trl_name_in_the_wrong_place_says_where_it_lives(tmp_path):
     proc = lit_vr1(tmp_path, "fit", "--config", str(ROOT / "configs/quickstart.yaml"),
                    "--model.grpo.max_prompt_length=100")
     assert proc.returncode == 2 and "--data.max_prompt_length" in proc.stderr
-    proc = lit_vr1(tmp_path, "fit", "--config", str(ROOT / "configs/quickstart.yaml"), "--model.grpo.learning_rate=3e-5")
+    proc = lit_vr1(tmp_path, "fit", "--config", str(ROOT / "configs/quickstart.yaml"), "--model.grpo.learning_rate=3e-5",
+                   module="lit_vr1")  # python -m lit_vr1: the same command
     assert proc.returncode == 2 and "--model.optimizer.init_args.lr=3e-5 " in proc.stderr  # the value typed
     from lit_vr1.trl_names import misplaced_trl_flag
 
