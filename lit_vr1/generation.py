@@ -131,11 +131,13 @@ def generate(
                                                                   with_sampling_logprobs)
     frame = box_frame or families.family_of(processor).box_frame
     lengths = mask.sum(dim=1).tolist()
+    ids = comp.tolist()  # each completion's token ids for the rewards, cut at its end of turn below
     first_image = [sum(per_prompt[:i]) for i in range(len(per_prompt))]
     contexts = [SampleContext.of(samples[row // num_generations],
                                  input_sizes=sizes[first_image[p]:first_image[p] + per_prompt[p]],
                                  completion_length=int(lengths[row]), truncated=not bool(has_eos[row]),
-                                 global_step=global_step, box_frame=frame)
+                                 global_step=global_step, box_frame=frame,
+                                 completion_ids=ids[row][:int(lengths[row])])
                 for row in range(comp.shape[0]) for p in [row // num_generations]]
     return Rollout(
         prompt=prompt, images_per_row=per_prompt, completion_ids=comp, completion_mask=mask, truncated=~has_eos,

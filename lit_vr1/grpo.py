@@ -23,6 +23,7 @@ from lit_vr1.loop import RolloutUpdateLoop, StepOutcome
 from lit_vr1.models import precision
 from lit_vr1.module import VLMModule
 from lit_vr1.rewards.base import Reward
+from lit_vr1.rewards.function import as_rewards
 from lit_vr1.rewards.rec import IoUReward, RecJsonFormat
 
 SKIPPED_KEY = "lit_vr1_skipped_steps"  # checkpoint key of the skipped-step counters
@@ -34,7 +35,10 @@ class GRPOModule(VLMModule):
 
     Args:
         rewards: reward functions with their weights (``class_path`` in YAML);
-            default: REC IoU + 0.5 x REC JSON format.
+            default: REC IoU + 0.5 x REC JSON format. From Python a plain function
+            (``def my_reward(completions, **kwargs)``, TRL's ``reward_funcs``) is wrapped in a
+            :class:`~lit_vr1.rewards.FunctionReward` named after it; anything else that is not a
+            :class:`~lit_vr1.rewards.Reward` is refused here, named by its position.
         grpo: the algorithm's knobs (see :class:`~lit_vr1.config.GRPOConfig`).
         **kwargs: model, optimizer, lr_scheduler, min_pixels, max_pixels, dtype,
             float32_lm_head, attn_implementation, seed, tiny_spec, freeze_vision, freeze_merger,
@@ -55,7 +59,7 @@ class GRPOModule(VLMModule):
         super().__init__(**kwargs)
         self.save_hyperparameters(ignore=["rewards", "optimizer", "lr_scheduler"])
         self.automatic_optimization = False
-        self.rewards = rewards if rewards is not None else [IoUReward(), RecJsonFormat(weight=0.5)]
+        self.rewards = as_rewards(rewards) if rewards is not None else [IoUReward(), RecJsonFormat(weight=0.5)]
         self.config = grpo or GRPOConfig()
         self.ref_model: torch.nn.Module | None = None
         self.loop = RolloutUpdateLoop(self, self.config)
@@ -181,7 +185,8 @@ class GRPOModule(VLMModule):
         if bad:
             return f"loss {loss}, gradient norm {grad_norm}: not finite on every process"
         if not tokens:
-            return NOTHING_SCORED + " on any process (every reward nan: not applicable or failed)"
+            return NOTHING_SCORED + (" on any process (no reward gave a finite value: each was nan, not applicable or "
+                                     "failed, or infinite)")
         return None
 
     def record_skip(self, reason: str) -> None:
@@ -193,7 +198,8 @@ class GRPOModule(VLMModule):
         rank_zero_warn(f"step {self.global_step}: {reason}; the optimiser step is skipped "
                        f"({self.skipped_steps} skipped so far)")
         if self.skips_in_a_row >= self.max_skips_in_a_row:
-            what = ("Check the rewards: a judge server that is down, or rewards that apply to none of the data's tasks."
+            what = ("Check the rewards: a judge server that is down, rewards that apply to none of the data's tasks, "
+                    "or rewards that return nan or inf (train/reward/<name>/errors and /nonfinite count them)."
                     if reason.startswith(NOTHING_SCORED) else "Training has diverged. Lower the learning rate, set "
                     "model.grpo.gradient_clip_val, or resume from an earlier checkpoint.")
             raise FloatingPointError(f"{self.skips_in_a_row} optimiser steps in a row were skipped (the last at global "

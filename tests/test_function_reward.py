@@ -63,7 +63,8 @@ def test_a_function_from_a_file_gets_trl_style_fields(user_module, tmp_path, mon
     assert scores.per_reward[0, :2].tolist() == [1.0, 0.0] and math.isnan(float(scores.per_reward[0, 2]))
     assert scores.total.tolist() == [2.0, 0.0, 0.0] and scores.unscored.tolist() == [False, False, True]
     got = json.loads(seen.read_text().splitlines()[0])
-    assert got["keys"] == sorted(FIELDS) and got["step"] == 3 and got["n"] == 3
+    # lit-vr1's fields, and each metadata key (the data line's other fields) as its own keyword list
+    assert got["keys"] == sorted({*FIELDS, "difficulty"}) and got["step"] == 3 and got["n"] == 3
 
 
 def test_module_paths_declared_names_routing_and_errors(user_module):
@@ -108,6 +109,8 @@ def test_function_reward_through_the_cli(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     calls = [json.loads(line) for line in seen.read_text().splitlines()]
     assert len(calls) == 2 and [c["step"] for c in calls] == [0, 1]  # one call per rollout batch, with the step
-    assert all(c["n"] == 8 and c["keys"] == sorted(FIELDS) for c in calls)  # 2 prompts x 4 completions
+    # 2 prompts x 4 completions; lit-vr1's fields and the rollout's token ids (the synthetic rows' metadata
+    # columns come as keywords too)
+    assert all(c["n"] == 8 and {*FIELDS, "completion_ids"} <= set(c["keys"]) for c in calls), calls[0]["keys"]
     metrics = next(out.glob("logs/version_*/metrics.csv")).read_text()
     assert "train/reward/short_answer/mean" in metrics

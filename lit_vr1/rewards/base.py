@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image
 from torch import Tensor
 
@@ -39,6 +40,10 @@ class SampleContext:
     box_frame: the frame the policy writes boxes in (the module's ``box_frame``, by default
         its model family's: Qwen2.5-VL input_pixels; Qwen2-VL, Qwen3-VL, InternVL norm1000);
         box rewards without a ``box_frame`` of their own read it.
+    messages: the prompt's chat turns as the processor templated them (``[{"role": "user",
+        "content": [{"type": "image"}, {"type": "text", "text": ...}]}]``); [] when unknown.
+    completion_ids: the completion's token ids up to and including its end of turn, without
+        padding; None where the rollout did not record them.
     """
 
     id: str
@@ -54,19 +59,23 @@ class SampleContext:
     task: str = "default"
     source: str = ""
     box_frame: str | None = None
+    messages: list[dict] = field(default_factory=list)
+    completion_ids: list[int] | None = None
 
     @classmethod
     def of(cls, sample: Any, *, input_sizes: list[tuple[int, int]], completion_length: int = 0,
-           truncated: bool = False, global_step: int = 0, box_frame: str | None = None) -> SampleContext:
+           truncated: bool = False, global_step: int = 0, box_frame: str | None = None,
+           completion_ids: list[int] | None = None) -> SampleContext:
         """The context of one completion of ``sample`` (a :class:`lit_vr1.data.jsonl.Sample`):
-        the text of its last message, its solution, images, sizes, metadata, task and
-        source, with what the rollout adds (``input_sizes`` of its images at the model input,
-        the completion's length and truncation, the step, the policy's box frame)."""
+        the text of its last message, its messages, solution, images, sizes, metadata, task
+        and source, with what the rollout adds (``input_sizes`` of its images at the model
+        input, the completion's length, truncation and token ids, the step, the policy's box frame)."""
         prompt = next(item["text"] for item in sample.messages[-1]["content"] if item["type"] == "text")
         return cls(id=sample.id, prompt=prompt, solution=sample.solution, images=sample.images,
                    image_sizes=sample.image_sizes, input_sizes=input_sizes, metadata=sample.metadata,
                    completion_length=completion_length, truncated=truncated, global_step=global_step,
-                   task=sample.task, source=sample.source, box_frame=box_frame)
+                   task=sample.task, source=sample.source, box_frame=box_frame, messages=sample.messages,
+                   completion_ids=completion_ids)
 
     @property
     def image_size(self) -> tuple[int, int] | None:
@@ -81,6 +90,28 @@ class SampleContext:
 
 class RewardError(RuntimeError):
     """A reward raised; the message names the reward and the sample."""
+
+
+def where(ctx: SampleContext) -> str:
+    """`` (file:line)`` of a sample for messages, "" when unknown."""
+    return f" ({ctx.source})" if ctx.source else ""
+
+
+def warn_once(reward: Reward, key: str, message: str) -> None:
+    """Warn ``message`` (rank zero) the first time ``reward`` meets ``key``, never again."""
+    warned = reward.__dict__.setdefault("_warned", set())  # also for subclasses that skip Reward.__init__
+    if key not in warned:
+        warned.add(key)
+        rank_zero_warn(message + " (shown once for this reward)")
+
+
+def masked_error_message(reward: Reward, ctx: SampleContext, exc: Exception, count: int = 1) -> str:
+    """The warning of a reward's first failure masked by ``on_error="nan"``."""
+    what = f"on sample {ctx.id!r}{where(ctx)}" if count == 1 else (
+        f"on a batch of {count} completions (first sample {ctx.id!r}{where(ctx)})")
+    return (f"reward {reward.name!r} raised {what}: {type(exc).__name__}: {exc}{reward.error_hint(exc)}. "
+            f"With on_error='nan' its failures are masked: the failing completions get nan (left out of the sum) "
+            f"and are counted in train/reward/{reward.name}/errors; set on_error: raise to stop at the first one")
 
 
 @rule("model.rewards.init_args.on_error", "config")
@@ -122,6 +153,10 @@ class Reward:
         """Called at fit start: raise :class:`RewardError` when the reward cannot work (a
         server that does not answer). Rule-based rewards are always ready."""
 
+    def error_hint(self, exc: Exception) -> str:
+        """Text added to the message of ``exc`` raised by :meth:`score` (what to change); "" by default."""
+        return ""
+
     def applies(self, ctx: SampleContext) -> bool:
         return self.tasks is None or ctx.task in self.tasks
 
@@ -134,9 +169,10 @@ class Reward:
 
     def _fail(self, ctx: SampleContext, exc: Exception) -> float:
         if self.on_error == "raise":
-            where = f" ({ctx.source})" if ctx.source else ""
-            raise RewardError(f"reward {self.name!r} raised on sample {ctx.id!r}{where}: {type(exc).__name__}: {exc}") from exc
+            raise RewardError(f"reward {self.name!r} raised on sample {ctx.id!r}{where(ctx)}: {type(exc).__name__}: "
+                              f"{exc}{self.error_hint(exc)}") from exc
         self.errors += 1
+        warn_once(self, "errors", masked_error_message(self, ctx, exc))
         return math.nan
 
     def __call__(self, completions: list[str], contexts: list[SampleContext]) -> list[float]:
@@ -157,10 +193,11 @@ class Reward:
             if not self.rescore_singly:
                 if self.on_error == "raise":
                     first = ctxs[0]
-                    where = f" ({first.source})" if first.source else ""
                     raise RewardError(f"reward {self.name!r} raised on a batch of {len(comps)} completions (first sample "
-                                      f"{first.id!r}{where}): {type(exc).__name__}: {exc}") from exc
+                                      f"{first.id!r}{where(first)}): {type(exc).__name__}: {exc}"
+                                      f"{self.error_hint(exc)}") from exc
                 self.errors += len(comps)
+                warn_once(self, "errors", masked_error_message(self, ctxs[0], exc, len(comps)))
                 return out
             values = []
             for comp, ctx in zip(comps, ctxs):
@@ -198,21 +235,27 @@ class RewardScores:
             self.unscored = torch.isnan(self.per_reward).all(dim=0)
 
     def stats(self) -> dict[str, float]:
-        """Mean and std of each reward over the completions where it applied, and of the total."""
+        """Mean and std of each reward over the completions where it applied, and of the total;
+        nan (which the loggers leave out) where there is no value: the std of one value is 0."""
         out: dict[str, float] = {}
         for i, (name, row) in enumerate(zip(self.names, self.per_reward)):
             valid = row[~torch.isnan(row)]
             out[f"reward/{name}/mean"] = float(valid.mean()) if valid.numel() else math.nan
-            out[f"reward/{name}/std"] = float(valid.std()) if valid.numel() > 1 else 0.0
+            out[f"reward/{name}/std"] = spread(valid)
             if self.errors and self.errors[i]:
                 out[f"reward/{name}/errors"] = float(self.errors[i])
             if self.nonfinite and self.nonfinite[i]:
                 out[f"reward/{name}/nonfinite"] = float(self.nonfinite[i])
         scored = self.total[~self.unscored]
         out["reward/total/mean"] = float(scored.mean()) if scored.numel() else math.nan
-        out["reward/total/std"] = float(scored.std()) if scored.numel() > 1 else 0.0
+        out["reward/total/std"] = spread(scored)
         out["reward/unscored"] = float(self.unscored.sum())
         return out
+
+
+def spread(values: Tensor) -> float:
+    """The std of ``values``: nan for none (nothing to log), 0 for one."""
+    return float(values.std()) if values.numel() > 1 else 0.0 if values.numel() else math.nan
 
 
 @rule("model.rewards", "first_step")
@@ -227,15 +270,51 @@ def reward_names_distinct(rewards: list[Reward]) -> str | None:
     return f"two rewards share the name(s) {', '.join(dup)}: give each a distinct `name`" if dup else None
 
 
+UNSCORED_ROLLOUTS_WARNING = 3  # rollouts in a row a reward returns nan for all it is routed to before a warning
+
+
+def watch_rollout(reward: Reward, values: Tensor, contexts: list[SampleContext], new_errors: int) -> None:
+    """Warn (once per reward) about what a rollout's scores hide: an infinite value (masked and
+    counted as ``nonfinite``), and a reward that returned nan for every completion routed to it
+    (by ``tasks``) in :data:`UNSCORED_ROLLOUTS_WARNING` rollouts in a row, so scores nothing. A
+    rollout holding no sample of the reward's tasks, or one whose nans are failures (counted as
+    ``errors``, warned at the first), neither counts nor resets the run of rollouts."""
+    routed = torch.tensor([reward.applies(c) for c in contexts], dtype=torch.bool)
+    inf = torch.isinf(values) & routed
+    if inf.any():
+        i = int(inf.nonzero()[0])
+        warn_once(reward, "nonfinite", f"reward {reward.name!r} returned {float(values[i])} on sample "
+                  f"{contexts[i].id!r}{where(contexts[i])}: infinite values are masked like nan (left out of the sum) "
+                  f"and counted in train/reward/{reward.name}/nonfinite; return finite numbers (nan or None: not "
+                  "applicable)")
+    if torch.isfinite(values[routed]).any():
+        reward.__dict__["_nan_rollouts"] = 0
+        return
+    if not routed.any() or new_errors or inf.any():
+        return
+    in_a_row = reward.__dict__.get("_nan_rollouts", 0) + 1
+    reward.__dict__["_nan_rollouts"] = in_a_row
+    if in_a_row >= UNSCORED_ROLLOUTS_WARNING:
+        first = contexts[int(routed.nonzero()[0])]
+        warn_once(reward, "unscored", f"reward {reward.name!r} returned nan (not applicable) for every completion routed "
+                  f"to it in {in_a_row} rollouts in a row (the last: {int(routed.sum())} completions, e.g. sample "
+                  f"{first.id!r}{where(first)}): it scores nothing, adds nothing to the training signal and logs no "
+                  f"train/reward/{reward.name}/mean. If it applies to some tasks only, route it with tasks: [...] "
+                  "(the samples' reward_method) instead of returning nan; otherwise check what it reads (a field the "
+                  "data lacks, an answer format the model does not write)")
+
+
 def score_all(rewards: list[Reward], completions: list[str], contexts: list[SampleContext]) -> RewardScores:
     """Run every reward and form the weighted sum, skipping nan entries (a completion no
     reward applies to gets 0, and is marked unscored). Infinite values are masked like nan
-    and counted."""
+    and counted. What the scores hide is warned once per reward (see :func:`watch_rollout`)."""
     enforce(rewards_not_empty(rewards))
     enforce(reward_names_distinct(rewards))
     names = [r.name for r in rewards]
     before = [r.errors for r in rewards]
     per_reward = torch.stack([torch.tensor(r(completions, contexts), dtype=torch.float32) for r in rewards])
+    for r, row, b in zip(rewards, per_reward, before):
+        watch_rollout(r, row, contexts, r.errors - b)
     inf = torch.isinf(per_reward)
     per_reward = per_reward.masked_fill(inf, math.nan)
     weights = torch.tensor([r.weight for r in rewards], dtype=torch.float32).unsqueeze(1)

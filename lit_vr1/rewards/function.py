@@ -1,10 +1,12 @@
 """Your own reward as a plain function, written as for TRL's GRPOTrainer.
 
-A TRL reward is ``def my_reward(completions, **kwargs) -> list[float]``: it gets the
-completions of a batch and, as keyword lists, the prompts and the data's columns.
-:class:`FunctionReward` calls such a function with the fields below and treats what it
-returns like any built-in reward: ``None`` or ``nan`` means "not applicable here", routing
-by ``tasks``, ``weight``, ``name`` and ``on_error`` behave the same.
+A TRL reward is ``def my_reward(completions, **kwargs) -> list[float]``; TRL calls it with
+keywords only: ``prompts``, ``completions``, ``completion_ids``, ``trainer_state`` and each
+other column of the data as a list with one entry per completion.
+:class:`FunctionReward` calls such a function the same way (see :func:`call_plan` for how
+it tells a TRL signature from lit-vr1's older "completions first, by position") and treats
+what it returns like any built-in reward: ``None`` or ``nan`` means "not applicable here",
+routing by ``tasks``, ``weight``, ``name`` and ``on_error`` behave the same.
 
 In YAML::
 
@@ -14,6 +16,10 @@ In YAML::
           init_args:
             fn: my_rewards.py:short_answer   # or my_package.rewards.short_answer
             weight: 0.5
+            completions: chat                # TRL's conversational form (default: text)
+
+In Python a plain function in ``GRPOModule(rewards=[...])`` is wrapped in a
+:class:`FunctionReward` (see :func:`as_rewards`).
 """
 
 from __future__ import annotations
@@ -23,14 +29,34 @@ import importlib.util
 import inspect
 import math
 import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
+
+import torch
 
 from lit_vr1.rewards.base import Reward, SampleContext
 
-# the keyword lists a function receives, one entry per completion (``step`` is one int)
-FIELDS = ("prompts", "solution", "image_sizes", "input_sizes", "task", "ids", "sources", "completion_lengths",
-          "truncated", "metadata", "step")
+# the keyword lists a function receives, one entry per completion (``step`` is one int,
+# ``trainer_state`` one :class:`TrainerState`); ``completion_ids`` too when the rollout recorded them
+FIELDS = ("prompts", "solution", "images", "image_sizes", "input_sizes", "task", "ids", "sources",
+          "completion_lengths", "truncated", "metadata", "step", "trainer_state")
+COMPLETION_IDS = "completion_ids"
+COMPLETIONS_FORMS = ("text", "chat")
+# names never taken by a data column (each column of ``metadata`` is passed as its own keyword list otherwise)
+RESERVED = (*FIELDS, COMPLETION_IDS, "completions")
+CHAT_HINT = "string indices must be integers"  # the TypeError of chat-style code given text
+
+
+@dataclass(frozen=True)
+class TrainerState:
+    """What a reward function gets as ``trainer_state``: ``global_step``, the optimiser steps
+    applied so far (0 during the first rollout). TRL passes its ``transformers.TrainerState``,
+    whose ``global_step`` is what reward schedules read; its other fields (``epoch``,
+    ``max_steps``, ``log_history``, ...) are not here."""
+
+    global_step: int = 0
 
 
 def load_function(spec: str) -> Callable[..., Any]:
@@ -68,13 +94,35 @@ def load_function(spec: str) -> Callable[..., Any]:
     return fn
 
 
-def function_kwargs(contexts: list[SampleContext]) -> dict[str, Any]:
+def data_columns(contexts: list[SampleContext], taken: Iterable[str]) -> dict[str, list[Any]]:
+    """Each key of the samples' ``metadata`` (the data line's other fields) as a list with one
+    entry per completion (None where a sample lacks it), in order of first appearance; keys in
+    ``taken`` (the names already passed) are left out: they stay in ``metadata``."""
+    taken = set(taken)
+    keys = dict.fromkeys(k for c in contexts for k in c.metadata if k not in taken)
+    return {k: [c.metadata.get(k) for c in contexts] for k in keys}
+
+
+def chat_prompt(ctx: SampleContext) -> list[dict]:
+    """The prompt as TRL's conversational form: the sample's chat turns (image items without
+    the image), or one user turn holding the prompt text when they are not known."""
+    if ctx.messages:
+        return [dict(m, content=[dict(item) for item in m["content"]] if isinstance(m["content"], list)
+                     else m["content"]) for m in ctx.messages]
+    return [{"role": "user", "content": [{"type": "text", "text": ctx.prompt}]}]
+
+
+def function_kwargs(contexts: list[SampleContext], form: str = "text") -> dict[str, Any]:
     """The keyword arguments a TRL-style reward function gets for a batch: per completion
-    lists of the prompt, solution, image sizes, task, sample id, "file:line", token count,
-    truncation flag and metadata dict; ``step`` is the optimiser step (one int)."""
-    return {
-        "prompts": [c.prompt for c in contexts],
+    lists of the prompt (its text; with ``form="chat"`` its chat turns), solution, images
+    (PIL), image sizes, task, sample id, "file:line", token count, truncation flag and
+    metadata dict; ``step`` is the optimiser step (one int) and ``trainer_state`` a
+    :class:`TrainerState`; ``completion_ids`` when every context carries them."""
+    step = contexts[0].global_step if contexts else 0
+    out = {
+        "prompts": [chat_prompt(c) if form == "chat" else c.prompt for c in contexts],
         "solution": [c.solution for c in contexts],
+        "images": [list(c.images) for c in contexts],
         "image_sizes": [list(c.image_sizes) for c in contexts],
         "input_sizes": [list(c.input_sizes) for c in contexts],
         "task": [c.task for c in contexts],
@@ -83,47 +131,160 @@ def function_kwargs(contexts: list[SampleContext]) -> dict[str, Any]:
         "completion_lengths": [c.completion_length for c in contexts],
         "truncated": [c.truncated for c in contexts],
         "metadata": [dict(c.metadata) for c in contexts],
-        "step": contexts[0].global_step if contexts else 0,
+        "step": step,
+        "trainer_state": TrainerState(global_step=step),
     }
+    if contexts and all(c.completion_ids is not None for c in contexts):
+        out[COMPLETION_IDS] = [list(c.completion_ids) for c in contexts]
+    return out
+
+
+def completion_items(completions: list[str], form: str) -> list[Any]:
+    """The completions as the function gets them: texts, or with ``form="chat"`` TRL's
+    conversational form, one assistant turn each: ``[{"role": "assistant", "content": text}]``."""
+    if form == "chat":
+        return [[{"role": "assistant", "content": text}] for text in completions]
+    return list(completions)
+
+
+@dataclass(frozen=True)
+class CallPlan:
+    """How a function is called: ``by_keyword`` (``completions=`` as TRL does) or the
+    completions as the first positional argument (``positional``: that parameter's name);
+    ``takes_all``: it has ``**kwargs``; ``names``: the keywords it declares."""
+
+    by_keyword: bool
+    takes_all: bool
+    names: frozenset[str]
+    positional: str | None = None
+
+
+def call_plan(fn: Callable[..., Any]) -> CallPlan:
+    """How :class:`FunctionReward` calls ``fn``. The completions go by keyword
+    (``completions=``, as TRL calls) when ``fn`` has a parameter named ``completions`` (not
+    positional-only), when its first positional parameter is one of the names passed by
+    keyword (``prompts``, ``completion_ids``, ``solution``, ...: TRL's ``f(prompts, **kw)``),
+    or when it has no positional parameter (``f(**kwargs)``, ``f(*args, **kwargs)``).
+    Otherwise they go first by position, whatever that parameter's name (``f(texts)``,
+    ``f(comps, **kw)``: lit-vr1's older style). A callable whose signature cannot be read
+    gets the completions by position and nothing else."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return CallPlan(by_keyword=False, takes_all=False, names=frozenset())
+    kind = inspect.Parameter
+    takes_all = any(p.kind is kind.VAR_KEYWORD for p in params)
+    names = frozenset(p.name for p in params if p.kind in (kind.POSITIONAL_OR_KEYWORD, kind.KEYWORD_ONLY))
+    first = next((p for p in params if p.kind in (kind.POSITIONAL_ONLY, kind.POSITIONAL_OR_KEYWORD)), None)
+    if "completions" in names:
+        return CallPlan(True, takes_all, names)
+    if first is None:
+        return CallPlan(takes_all, takes_all, names)
+    if first.kind is kind.POSITIONAL_OR_KEYWORD and first.name in RESERVED:
+        return CallPlan(True, takes_all, names)
+    return CallPlan(False, takes_all, names - {first.name}, positional=first.name)
+
+
+def chat_hint(exc: Exception) -> str:
+    """What to set when ``exc`` is the sign of code that reads chat messages but got text."""
+    if isinstance(exc, TypeError) and CHAT_HINT in str(exc):
+        return ("; the function seems to read chat messages (completion[0]['content'], as TRL gives a conversational "
+                "dataset's completions, and every VLM dataset is one): set completions: chat in its init_args "
+                "(FunctionReward(..., completions='chat'))")
+    return ""
 
 
 class FunctionReward(Reward):
-    """A reward computed by your function ``fn(completions, **kwargs) -> list[float]``.
+    """A reward computed by your function, written as for TRL's GRPOTrainer:
+    ``fn(completions, **kwargs) -> list[float]`` (or ``fn(prompts, completions,
+    completion_ids, **kwargs)``, ``fn(completions, solution, **kwargs)``, ...).
 
-    ``kwargs`` holds the lists of :func:`function_kwargs` (``prompts``, ``solution``,
-    ``image_sizes``, ``input_sizes``, ``task``, ``ids``, ``sources``,
-    ``completion_lengths``, ``truncated``, ``metadata``) and ``step``; a function that
-    does not take ``**kwargs`` gets only the names it declares. It must return one number
-    (or None, meaning not applicable) per completion; a wrong length, a non-number, or an
-    exception is an error under the ``on_error`` rule, named with the reward and sample.
+    The function gets ``completions`` (by keyword, or by position for a function whose first
+    parameter has another name, see :func:`call_plan`), the lists of :func:`function_kwargs`
+    (``prompts``, ``solution``, ``images``, ``image_sizes``, ``input_sizes``, ``task``,
+    ``ids``, ``sources``, ``completion_lengths``, ``truncated``, ``metadata``), ``step``,
+    ``trainer_state`` (a :class:`TrainerState`: ``global_step``) and ``completion_ids`` when
+    the rollout recorded them; and each key of the samples' ``metadata`` (the data line's
+    other fields, TRL's dataset columns) as its own list, unless its name is one of those
+    (it then stays in ``metadata`` only; see :func:`data_columns`). A function that does not
+    take ``**kwargs`` gets only the names it declares. It must return one number (or None,
+    meaning not applicable) per completion; a wrong length, a non-number, or an exception is
+    an error under the ``on_error`` rule, named with the reward and sample.
 
     Args:
         fn: the function, or where it lives: "my_rewards.py:my_reward" (a file),
             "my_package.rewards.my_reward" or "my_package.rewards:my_reward" (a module).
+        completions: "text" (default): each completion is its text, each prompt its text;
+            "chat": TRL's conversational form, each completion ``[{"role": "assistant",
+            "content": text}]`` and each prompt its chat turns (code that reads
+            ``completion[0]["content"]``).
         **kwargs: ``weight``, ``name`` (default: the function's name), ``tasks``,
             ``on_error`` of :class:`Reward`.
     """
 
     default_name = "function"
 
-    def __init__(self, fn: str | Callable[..., Any], **kwargs: Any) -> None:
+    def __init__(self, fn: str | Callable[..., Any], completions: Literal["text", "chat"] = "text",
+                 **kwargs: Any) -> None:
         func = load_function(fn) if isinstance(fn, str) else fn
-        if not callable(func):
-            raise ValueError(f"FunctionReward: fn={fn!r} is not callable")
+        if not callable(func) or isinstance(func, type):
+            raise ValueError(f"FunctionReward: fn={fn!r} is not a function; give a function or where it lives, "
+                             "e.g. my_rewards.py:my_reward")
+        if completions not in COMPLETIONS_FORMS:
+            raise ValueError(f"FunctionReward: completions={completions!r} is not valid; choose one of "
+                             f"{', '.join(COMPLETIONS_FORMS)} (chat: TRL's conversational form)")
         if kwargs.get("name") is None:  # the CLI passes name=None explicitly
             kwargs["name"] = getattr(func, "__name__", None)
         super().__init__(**kwargs)
         self.fn = func
+        self.completions = completions
         self.spec = fn if isinstance(fn, str) else f"{getattr(func, '__module__', '?')}.{getattr(func, '__name__', '?')}"
-        params = inspect.signature(func).parameters.values()
-        self._takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
-        self._names = {p.name for p in params}
+        self.plan = call_plan(func)
+
+    def arguments(self, completions: list[str], contexts: list[SampleContext]) -> tuple[list[Any], dict[str, Any]]:
+        """(positional, keyword) arguments of the call for one batch, see :func:`call_plan`."""
+        plan = self.plan
+        items = completion_items(completions, self.completions)
+        kwargs = function_kwargs(contexts, self.completions)
+        kwargs.update(data_columns(contexts, {*RESERVED, *([plan.positional] if plan.positional else [])}))
+        if plan.by_keyword:
+            kwargs["completions"] = items
+        if not plan.takes_all:
+            kwargs = {k: v for k, v in kwargs.items() if k in plan.names}
+        return ([] if plan.by_keyword else [items]), kwargs
+
+    def check_call(self, args: list[Any], kwargs: dict[str, Any]) -> None:
+        """Raise a TypeError saying what the function is given when its signature cannot take it."""
+        try:
+            signature = inspect.signature(self.fn)
+        except (TypeError, ValueError):
+            return
+        try:
+            signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            how = "by keyword (completions=...)" if self.plan.by_keyword else "as its first argument"
+            given = ", ".join(sorted(set(kwargs) - {"completions"}))
+            note = ""
+            if COMPLETION_IDS in self.plan.names and COMPLETION_IDS not in kwargs:
+                note = ("; completion_ids are not recorded by this rollout: give the parameter a default "
+                        "(completion_ids=None) or read completion_lengths")
+            raise TypeError(f"{self.spec} cannot be called as FunctionReward calls it ({exc}): it gets the completions "
+                            f"{how} and the keywords {given or 'none'}{note}") from None
+
+    def error_hint(self, exc: Exception) -> str:
+        return chat_hint(exc) if self.completions == "text" else ""
 
     def score(self, completions: list[str], contexts: list[SampleContext]) -> list[float]:
-        kwargs = function_kwargs(contexts)
-        if not self._takes_all:
-            kwargs = {k: v for k, v in kwargs.items() if k in self._names}
-        values = self.fn(list(completions), **kwargs)
+        args, kwargs = self.arguments(completions, contexts)
+        self.check_call(args, kwargs)
+        values = self.fn(*args, **kwargs)
+        if inspect.isawaitable(values):
+            close = getattr(values, "close", None)
+            if close is not None:
+                close()  # never awaited: no "coroutine was never awaited" warning
+            raise TypeError(f"{self.spec} is async; FunctionReward calls plain functions: make it a plain def")
+        if hasattr(values, "tolist") and not isinstance(values, (list, tuple)):
+            values = values.tolist()  # a numpy array or a tensor, as TRL takes
         if not isinstance(values, (list, tuple)):
             raise TypeError(f"{self.spec} returned {type(values).__name__}; return a list with one float per completion")
         out = []
@@ -135,3 +296,35 @@ class FunctionReward(Reward):
             else:
                 out.append(float(v))  # bools and numpy / torch scalars too
         return out
+
+
+def as_rewards(items: Any, where: str = "model.rewards") -> list[Reward]:
+    """The rewards of ``items`` (a list, or one reward or function): each
+    :class:`~lit_vr1.rewards.base.Reward` as it is, each plain function (TRL's
+    ``reward_funcs`` habit) wrapped in a :class:`FunctionReward` named after it. Anything else
+    is refused with its position (``model.rewards[1]``)."""
+    if isinstance(items, Reward) or (callable(items) and not isinstance(items, type)):
+        items = [items]
+    if isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
+        raise TypeError(f"{where}: {items!r} is not a list of rewards: give a list of lit_vr1.rewards.Reward "
+                        "or functions")
+    return [as_reward(item, f"{where}[{i}]") for i, item in enumerate(items)]
+
+
+def as_reward(item: Any, where: str) -> Reward:
+    """One entry of :func:`as_rewards`: a Reward as it is, a function wrapped, else a TypeError."""
+    if isinstance(item, Reward):
+        return item
+    if isinstance(item, type):
+        what = f"the class {item.__name__}, not an instance: write {item.__name__}()" if issubclass(item, Reward) else \
+            f"a class ({item.__name__})"
+        raise TypeError(f"{where}: {what}; give a lit_vr1.rewards.Reward or a function")
+    if isinstance(item, torch.nn.Module):
+        raise TypeError(f"{where}: a {type(item).__name__} model is not a reward (TRL's reward models are not read "
+                        "here): give a lit_vr1.rewards.Reward (a yes/no judge: RewardModelReward(model=...)) or a "
+                        "function that calls your model")
+    if callable(item):
+        return FunctionReward(fn=item)
+    extra = (f" (a function by name: FunctionReward(fn={item!r}))" if isinstance(item, str) else "")
+    raise TypeError(f"{where}: {item!r} ({type(item).__name__}) is not a reward: give a lit_vr1.rewards.Reward or a "
+                    f"function{extra}")
