@@ -276,6 +276,196 @@ def refuse_foreign_resume(what: str, differences: list[str]) -> None:
                               "(leave out --ckpt_path) under another trainer.default_root_dir")
 
 
+def refuse_changed_resume(groups: dict[str, list[str]]) -> None:
+    """:func:`refuse_foreign_resume` of every group of differences at once, the groups with
+    differences named together: ``{"model": [...], "training data": [], "training order":
+    [...]}`` -> "another model and training order: ..."."""
+    named = [what for what, differences in groups.items() if differences]
+    refuse_foreign_resume(" and ".join(named), [d for differences in groups.values() for d in differences])
+
+
+# -- the optimiser and LR scheduler of a resume ---------------------------------------------------
+OPTIMISERS_KEY = "lit_vr1_optimisers"  # checkpoint key: the classes of the run's optimisers and LR schedulers
+OPTIMISER_FLAG, SCHEDULER_FLAG = "model.optimizer", "model.lr_scheduler"
+# what an LR scheduler's state_dict holds besides its settings: how far it has stepped, and the
+# learning rates it started from (the optimiser's configured ones, compared there as its lr)
+SCHEDULER_PROGRESS = frozenset({"last_epoch", "_step_count", "_last_lr", "_get_lr_called_within_step", "_is_initial",
+                                "verbose", "best", "num_bad_epochs", "cooldown_counter", "base_lrs"})
+# param group entries that are not hyperparameters (the parameters themselves, and their names)
+NOT_SETTINGS = frozenset({"params", "param_names"})
+
+
+def class_name(obj: Any) -> str:
+    """``module.Class`` of ``obj`` (what a ``class_path`` may say)."""
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
+def optimiser_classes(optimizers: list, schedulers: list) -> dict[str, list[str]]:
+    """The classes of a run's optimisers and LR schedulers, saved in its checkpoints under
+    :data:`OPTIMISERS_KEY` (Lightning saves their states, not what they are)."""
+    return {"optimizer": [class_name(o) for o in optimizers], "lr_scheduler": [class_name(s) for s in schedulers]}
+
+
+def _value(value: Any) -> Any:
+    """A hyperparameter as plain data: tensors as numbers (or lists), tuples as lists."""
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _value(v) for k, v in value.items()}
+    return value
+
+
+def group_settings(group: dict) -> dict:
+    """The configured hyperparameters of one optimiser param group, as plain data: every entry
+    but the parameters; the learning rate as configured (``initial_lr``, which an LR scheduler
+    sets when it is built, rather than the ``lr`` it moves at every step); momentum left out
+    where a scheduler cycles it (CyclicLR, OneCycleLR: its bounds, ``base_momentum`` and
+    ``max_momentum``, are the settings)."""
+    out = {k: _value(v) for k, v in group.items() if k not in NOT_SETTINGS | {"initial_lr"}}
+    if "initial_lr" in group:
+        out["lr"] = _value(group["initial_lr"])
+    if "base_momentum" in group:
+        out.pop("momentum", None)
+        out.pop("betas", None)
+    return out
+
+
+def scheduler_settings(state: dict) -> dict:
+    """The settings in an LR scheduler's ``state_dict``: everything but its progress
+    (:data:`SCHEDULER_PROGRESS`), with the schedulers a SequentialLR / ChainedScheduler holds
+    reduced the same way."""
+    out = {}
+    for key, value in state.items():
+        if key in SCHEDULER_PROGRESS:
+            continue
+        if key == "_schedulers" and isinstance(value, list):
+            value = [scheduler_settings(s) if isinstance(s, dict) else s for s in value]
+        out[key] = _value(value)
+    return out
+
+
+def optimiser_settings(param_groups: list[list[dict]], scheduler_states: list[dict],
+                       classes: dict[str, list[str]] | None = None) -> dict:
+    """What a run's optimisers and LR schedulers were configured with, as plain data: their
+    classes (None where unknown: a checkpoint written before lit-vr1 saved them), each
+    optimiser's param groups (:func:`group_settings`) and each scheduler's settings
+    (:func:`scheduler_settings`)."""
+    classes = classes or {}
+    return {"optimizer": classes.get("optimizer"), "lr_scheduler": classes.get("lr_scheduler"),
+            "param_groups": [[group_settings(g) for g in groups] for groups in param_groups],
+            "schedulers": [scheduler_settings(s) for s in scheduler_states]}
+
+
+def checkpoint_optimiser_settings(checkpoint: dict) -> dict | None:
+    """:func:`optimiser_settings` of the optimisers and schedulers a checkpoint holds (their
+    ``optimizer_states`` param groups and ``lr_schedulers``); None when it holds no optimiser
+    state Lightning restores (weights only; DeepSpeed, which restores its own)."""
+    states = checkpoint.get("optimizer_states")
+    if not states or not all(isinstance(s, dict) and isinstance(s.get("param_groups"), list) for s in states):
+        return None
+    return optimiser_settings([s["param_groups"] for s in states], list(checkpoint.get("lr_schedulers") or []),
+                              checkpoint.get(OPTIMISERS_KEY))
+
+
+def built_optimiser_settings(optimizers: list, schedulers: list) -> dict:
+    """:func:`optimiser_settings` of optimisers and schedulers just built (before a resume
+    restores their states)."""
+    return optimiser_settings([o.param_groups for o in optimizers], [s.state_dict() for s in schedulers],
+                              optimiser_classes(optimizers, schedulers))
+
+
+def _nth(flag: str, i: int, count: int) -> str:
+    return flag if count == 1 else f"{flag}[{i}]"
+
+
+def _setting_differences(old: Any, new: Any, name: str) -> list[str]:
+    """``name: <old> in the checkpoint, <new> now`` for each setting that differs, dicts
+    compared key by key over the keys both hold (a key only one side has is a torch version's,
+    not a setting changed), lists of dicts item by item."""
+    if old == new:
+        return []
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for key in old if key in new for d in _setting_differences(old[key], new[key],
+                                                                              f"{name}.{key.lstrip('_')}")]
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new) and \
+            all(isinstance(v, dict) for v in old + new):
+        return [d for i, (a, b) in enumerate(zip(old, new)) for d in _setting_differences(a, b, f"{name}[{i}]")]
+    return [f"{name}: {old!r} in the checkpoint, {new!r} now"]
+
+
+def _class_differences(saved: list[str] | None, now: list[str], flag: str) -> list[str]:
+    if saved is None or saved == now:
+        return []
+    if len(saved) != len(now):
+        return [f"{flag}: {', '.join(saved) or None} in the checkpoint, {', '.join(now) or None} now"]
+    return [f"{_nth(flag, i, len(now))}.class_path: {a} in the checkpoint, {b} now"
+            for i, (a, b) in enumerate(zip(saved, now)) if a != b]
+
+
+def _same_class(classes: dict, key: str, i: int) -> bool:
+    saved, now = classes["saved"][key], classes["now"][key]
+    return saved is None or now is None or saved[i] == now[i]
+
+
+def optimiser_differences(saved: dict, now: dict, own_keys: list[set[str]] | None = None) -> list[str]:
+    """The settings that differ between two :func:`optimiser_settings` (a checkpoint's and the
+    resumed run's), each named as its flag: ``model.optimizer.init_args.lr: 0.0003 in the
+    checkpoint, 0.1 now``, ``model.optimizer.class_path: ...``, ``model.lr_scheduler.init_args.T_max:
+    ...``. ``own_keys``: each optimiser's own hyperparameters (its ``defaults``); other param
+    group entries were put there by a scheduler (OneCycleLR's ``max_lr``) and are named as its.
+    The settings of an optimiser or scheduler whose class changed are not compared."""
+    out = _class_differences(saved["optimizer"], now["optimizer"], OPTIMISER_FLAG)
+    out += _class_differences(saved["lr_scheduler"], now["lr_scheduler"], SCHEDULER_FLAG)
+    classes = {"saved": saved, "now": now}
+    old_optimisers, new_optimisers = saved["param_groups"], now["param_groups"]
+    if len(old_optimisers) != len(new_optimisers):
+        if saved["optimizer"] is None:
+            out.append(f"{OPTIMISER_FLAG}: {len(old_optimisers)} optimiser(s) in the checkpoint, "
+                       f"{len(new_optimisers)} now")
+        old_optimisers = new_optimisers = []
+    for i, (old, new) in enumerate(zip(old_optimisers, new_optimisers)):
+        if not _same_class(classes, "optimizer", i):
+            continue
+        flag = _nth(OPTIMISER_FLAG, i, len(new_optimisers))
+        if len(old) != len(new):
+            out.append(f"{flag}: {len(old)} param group(s) in the checkpoint, {len(new)} now")
+            continue
+        own = own_keys[i] if own_keys is not None else {k for group in new for k in group}
+        for g, (a, b) in enumerate(zip(old, new)):
+            where = "" if len(new) == 1 else f" (param group {g})"
+            for key in (k for k in a if k in b and a[k] != b[k]):
+                owner = f"{flag}.init_args" if key in own else f"{SCHEDULER_FLAG}.init_args"
+                out += [d + where for d in _setting_differences(a[key], b[key], f"{owner}.{key}")]
+    old_schedulers, new_schedulers = saved["schedulers"], now["schedulers"]
+    if len(old_schedulers) != len(new_schedulers):
+        if saved["lr_scheduler"] is None:
+            out.append(f"{SCHEDULER_FLAG}: {len(old_schedulers)} scheduler(s) in the checkpoint, "
+                       f"{len(new_schedulers)} now")
+        return out
+    for i, (a, b) in enumerate(zip(old_schedulers, new_schedulers)):
+        if _same_class(classes, "lr_scheduler", i):
+            out += _setting_differences(a, b, f"{_nth(SCHEDULER_FLAG, i, len(new_schedulers))}.init_args")
+    return out
+
+
+def refuse_optimiser_change(differences: list[str], ckpt_path: str | None) -> None:
+    """Raise :class:`CheckpointError` when a resume configures its optimiser or LR scheduler
+    otherwise than the checkpoint's run did (:func:`optimiser_differences`): Lightning would
+    restore the checkpoint's optimiser and scheduler states over the new settings (the learning
+    rate included), and the run would train with the old ones while its config says the new."""
+    if not differences:
+        return
+    ckpt = ckpt_path or "<checkpoint>"
+    raise CheckpointError(
+        "the checkpoint to resume was written with other optimiser settings, which a resume cannot change (the "
+        "checkpoint's optimiser and scheduler states would replace them, learning rate included): "
+        + "; ".join(differences) + ". Resume without the change; or, to go on with new optimiser settings, start a "
+        f"new run from the checkpoint's weights: python -m lit_vr1.export {ckpt} <dir>, then fit with "
+        "--model.init_args.model=<dir> and without --ckpt_path, under another trainer.default_root_dir (its step "
+        "count, optimiser state and schedule start afresh)")
+
 def strict_last_checkpoint(trainer) -> None:
     """Make ``ckpt_path="last"`` an error when there is no checkpoint to resume (Lightning
     warns and trains from scratch), and accept ``ckpt_path="last_or_new"``: resume from the
@@ -387,6 +577,31 @@ def flush_csv_every_step(trainer) -> None:
     for logger in trainer.loggers:
         if isinstance(logger, CSVLogger):
             logger._flush_logs_every_n_steps = 1  # the value of its flush_logs_every_n_steps argument
+
+
+def resumable(trainer):
+    """``trainer`` (built in Python) with the checkpointing the ``lit-vr1`` CLI gives its own,
+    returned: its ModelCheckpoints without a ``dirpath`` save under
+    ``<default_root_dir>/checkpoints`` (:func:`checkpoints_under_root`; Lightning's default is the
+    logger's ``version_N`` folder, new for every Trainer, so a second Trainer's ``ckpt_path="last"``
+    found nothing and trained from scratch), ``ckpt_path="last"`` is an error when there is no
+    checkpoint and ``"last_or_new"`` resumes only when there is one (:func:`strict_last_checkpoint`),
+    saves are atomic (:func:`use_atomic_checkpoints`), CSV metrics are written every step
+    (:func:`flush_csv_every_step`) and the progress bar counts optimiser steps out of
+    ``max_steps``, also after a resume (``lit_vr1.quiet.step_progress_bar``)::
+
+        trainer = resumable(Trainer(default_root_dir="runs/nb", max_steps=6,
+                                    callbacks=[ModelCheckpoint(every_n_train_steps=2, save_last=True)]))
+        trainer.fit(module, data, ckpt_path="last")
+    """
+    from lit_vr1.quiet import step_progress_bar
+
+    checkpoints_under_root(trainer)
+    step_progress_bar(trainer)
+    use_atomic_checkpoints(trainer)
+    strict_last_checkpoint(trainer)
+    flush_csv_every_step(trainer)
+    return trainer
 
 
 # -- random generators -------------------------------------------------------------------------

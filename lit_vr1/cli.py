@@ -26,18 +26,12 @@ from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from lit_vr1.checkpoint import (
-    checkpoints_under_root,
-    flush_csv_every_step,
-    load_checkpoint_file,
-    strict_last_checkpoint,
-    use_atomic_checkpoints,
-)
+from lit_vr1.checkpoint import load_checkpoint_file, resumable
 from lit_vr1.cli_errors import LitVR1ArgumentParser, config_file_problem, yaml_value
 from lit_vr1.config_keys import unknown_keys
 from lit_vr1.interrupt import RESUME_HINT, interrupted
 from lit_vr1.log_dirs import new_log_dirs, remove_unused_log_dirs
-from lit_vr1.quiet import quiet_cli_notices, quiet_known_notices, step_progress_bar  # noqa: E402
+from lit_vr1.quiet import quiet_cli_notices, quiet_known_notices  # noqa: E402
 from lit_vr1.trl_names import misplaced_trl_flag  # noqa: E402
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -65,20 +59,13 @@ class LitVR1CLI(LightningCLI):
         )
 
     def instantiate_trainer(self, **kwargs):
-        """The Trainer, its single-file checkpoints made atomic (see ``use_atomic_checkpoints``),
-        ``--ckpt_path last`` strict (:func:`~lit_vr1.checkpoint.strict_last_checkpoint`) and
-        CSV metrics written at every step (:func:`~lit_vr1.checkpoint.flush_csv_every_step`),
-        and checkpoints without a ``dirpath`` under ``<default_root_dir>/checkpoints``
-        (:func:`~lit_vr1.checkpoint.checkpoints_under_root`)."""
+        """The Trainer made :func:`~lit_vr1.checkpoint.resumable`: its single-file checkpoints
+        atomic, ``--ckpt_path last`` strict, CSV metrics written at every step, checkpoints
+        without a ``dirpath`` under ``<default_root_dir>/checkpoints``, the bar counting steps."""
         trainer = super().instantiate_trainer(**kwargs)
         if getattr(self, "subcommand", None) == "predict":
             default_prediction_writer(trainer)
-        checkpoints_under_root(trainer)
-        step_progress_bar(trainer)
-        use_atomic_checkpoints(trainer)
-        strict_last_checkpoint(trainer)
-        flush_csv_every_step(trainer)
-        return trainer
+        return resumable(trainer)
 
     def parse_arguments(self, parser, args) -> None:
         """With ``--ckpt_path <file>``, the model settings saved in the checkpoint become the

@@ -15,7 +15,18 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 from lit_vr1 import allocator, log_dirs, parallel
-from lit_vr1.checkpoint import gather_rng_states, refuse_foreign_resume, set_rng_states, setting_differences
+from lit_vr1.checkpoint import (
+    OPTIMISERS_KEY,
+    built_optimiser_settings,
+    checkpoint_optimiser_settings,
+    gather_rng_states,
+    optimiser_classes,
+    optimiser_differences,
+    refuse_changed_resume,
+    refuse_optimiser_change,
+    set_rng_states,
+    setting_differences,
+)
 from lit_vr1.checks import check_master_weights
 from lit_vr1.evaluate import PROMPTINGS, predict_answer, predict_detection, predict_rec
 from lit_vr1.metrics.detection import DetectionMetrics
@@ -240,9 +251,23 @@ class VLMModule(LightningModule):
         params = [p for p in self.policy.parameters() if p.requires_grad]
         check_master_weights(params, self)  # the weights as the precision plugin left them
         opt = self.optimizer_factory(params)
-        if self.scheduler_factory is None:
+        scheduler = None if self.scheduler_factory is None else self.scheduler_factory(opt)
+        self._refuse_optimiser_change([opt], [] if scheduler is None else [scheduler])
+        if scheduler is None:
             return opt
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "step"}}
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _refuse_optimiser_change(self, optimizers: list, schedulers: list) -> None:
+        """On a resume, refuse optimisers or schedulers configured otherwise than the checkpoint's
+        (:func:`~lit_vr1.checkpoint.optimiser_differences`), before Lightning restores the
+        checkpoint's states over them (which would train on with the old settings, the learning
+        rate included, without a word). Compared once, with what ``on_load_checkpoint`` kept."""
+        saved, self._resumed_optimisers = getattr(self, "_resumed_optimisers", None), None
+        if saved is None:
+            return
+        differences = optimiser_differences(saved, built_optimiser_settings(optimizers, schedulers),
+                                            [set(o.defaults) for o in optimizers])
+        refuse_optimiser_change(differences, self.trainer.ckpt_path)
 
     # -- validation and test: greedy REC ---------------------------------------------------------
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -356,6 +381,9 @@ class VLMModule(LightningModule):
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
         trainer = self._trainer
         checkpoint[RNG_KEY] = gather_rng_states(trainer.world_size if trainer is not None else 1)
+        if trainer is not None:  # what they are: a resume that configures others is refused
+            checkpoint[OPTIMISERS_KEY] = optimiser_classes(trainer.optimizers,
+                                                           [c.scheduler for c in trainer.lr_scheduler_configs])
         checkpoint[METRICS_KEY] = log_dirs.metrics_file(trainer)
         if trainer is not None:  # rows logged so far reach the files before the checkpoint does
             for logger in trainer.loggers:
@@ -370,12 +398,14 @@ class VLMModule(LightningModule):
             frozen = {k: v for k, v in self.state_dict().items() if k not in state}
             checkpoint["state_dict"] = {**frozen, **state}
         trainer = self._trainer
+        self._resumed_optimisers = None
         if trainer is not None and trainer.state.fn == "fit":  # a resume: the same model, or an error
             model = setting_differences(checkpoint.get("hyper_parameters") or {}, dict(self.hparams), MODEL_IDENTITY,
                                         "model")
-            data = data_differences(trainer, checkpoint)  # named here too: the data module's own check runs later
-            what = " and ".join(w for w, d in (("model", model), ("training data", data)) if d)
-            refuse_foreign_resume(what, model + data)
+            # named here too: the data module's own check runs later
+            refuse_changed_resume({"model": model, **data_differences(trainer, checkpoint)})
+            if not trainer.strategy.restore_checkpoint_after_setup:  # else the optimisers are built and restored
+                self._resumed_optimisers = checkpoint_optimiser_settings(checkpoint)  # for configure_optimizers
         self._checkpoint_step = checkpoint.get("global_step")
         self._resumed_metrics = checkpoint.get(METRICS_KEY)
         loops = checkpoint.get("loops") or {}
@@ -405,13 +435,14 @@ class VLMModule(LightningModule):
                                         getattr(self, "_resumed_batches", None))
 
 
-def data_differences(trainer, checkpoint: dict) -> list[str]:
-    """The data module's identity settings that differ from those a checkpoint saved
-    (:meth:`~lit_vr1.data.datamodule.GroundingDataModule.identity_differences`, on the data
-    module's part of the checkpoint); none for a data module without them."""
+def data_differences(trainer, checkpoint: dict) -> dict[str, list[str]]:
+    """The data module's settings that differ from those a checkpoint saved, on the data
+    module's part of the checkpoint: ``{"training data": ..., "training order": ...}``
+    (:meth:`~lit_vr1.data.datamodule.GroundingDataModule.resume_differences`); none for a data
+    module without them."""
     datamodule = getattr(trainer, "datamodule", None)
-    differences = getattr(datamodule, "identity_differences", None)
-    return differences(checkpoint.get(type(datamodule).__qualname__) or {}) if differences else []
+    differences = getattr(datamodule, "resume_differences", None)
+    return differences(checkpoint.get(type(datamodule).__qualname__) or {}) if differences else {}
 
 
 def release_optimizer_state(trainer) -> int:

@@ -12,14 +12,44 @@ from lightning.pytorch import Callback, LightningDataModule
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from lit_vr1.checkpoint import refuse_foreign_resume, setting_differences
+from lit_vr1.checkpoint import refuse_changed_resume, setting_differences
 from lit_vr1.data.jsonl import JsonlDataset, Sample, SkippedRow, check_bad_rows
-from lit_vr1.rules import enforce, rule
 from lit_vr1.data.sampler import ResumableSampler, place_sampler, train_position
 from lit_vr1.data.synthetic import SyntheticSpec, write_synthetic
+from lit_vr1.rules import enforce, rule
 
 # a report lists at most this many ids and this many reasons (the full list goes to a file)
 REPORT_IDS, REPORT_REASONS = 50, 5
+# the ':'-separated arguments that list task names (the others list paths)
+NAME_LISTS = ("reward_methods", "val_reward_methods")
+
+
+def joined(name: str, value: Any) -> str | None:
+    """``value`` of the ':'-separated argument ``name`` as the string the data module keeps
+    (so its hyperparameters and the CLI see strings): a string as it is, a path (``pathlib.Path``)
+    as its string, a list or tuple of them joined with ':'; None stays None. Anything else, an
+    empty list, or an item that holds ':' (the separator) is refused, naming the argument."""
+    names = name in NAME_LISTS
+    what = ("give a task name, a ':'-separated string of them, or a list of them" if names else
+            "give a path, a ':'-separated string of paths, or a list of paths")
+    item_types = (str,) if names else (str, os.PathLike)
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, item_types):
+        return os.fspath(value)
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, item_types) for v in value):
+        inner = {type(v).__name__ for v in value if not isinstance(v, item_types)} \
+            if isinstance(value, (list, tuple)) else set()
+        got = f"a {type(value).__name__} holding {', '.join(sorted(inner))}" if inner else type(value).__name__
+        raise TypeError(f"data.{name}: got {got}; {what}")
+    if not value:
+        raise TypeError(f"data.{name}: got an empty {type(value).__name__}; {what}, or leave it unset (None)")
+    parts = [os.fspath(v) for v in value]
+    for part in parts:
+        if ":" in part:
+            raise TypeError(f"data.{name}: {part!r} holds ':', which separates the items; rename it, or give "
+                            "the items as a ':'-separated string yourself")
+    return ":".join(parts)
 
 
 def collate(samples: list[Sample]) -> list[Sample]:
@@ -124,6 +154,12 @@ class GroundingDataModule(LightningDataModule):
         enforce(max_prompt_length_positive(max_prompt_length))
         self.max_prompt_length, self.check_boxes = max_prompt_length, check_boxes
         self.images_outside_folder = images_outside_folder
+        # paths and lists of them from Python, kept as the ':'-separated strings the CLI gives
+        train_files, train_images = joined("train_files", train_files), joined("train_images", train_images)
+        val_files, val_images = joined("val_files", val_files), joined("val_images", val_images)
+        predict_files, predict_images = joined("predict_files", predict_files), joined("predict_images", predict_images)
+        reward_methods = joined("reward_methods", reward_methods)
+        val_reward_methods = joined("val_reward_methods", val_reward_methods)
         self.processor: Any = None  # for max_prompt_length: the module's, or one given to use_processor
         enforce(train_data_given(train_files, synthetic))
         enforce(train_images_given(train_files, train_images))
@@ -144,6 +180,7 @@ class GroundingDataModule(LightningDataModule):
         self.train_set: JsonlDataset | None = None
         self.val_set: JsonlDataset | None = None
         self._resume_position: dict | None = None  # from a checkpoint, for the next train_dataloader
+        self._train_sampler: ResumableSampler | None = None  # the last train_dataloader's
 
     def _synthetic_paths(self, split: str) -> tuple[str, str]:
         root = Path(self.synthetic_dir)
@@ -233,6 +270,7 @@ class GroundingDataModule(LightningDataModule):
                                    rank=trainer.global_rank if trainer else 0)
         place_sampler(sampler, self._resume_position)
         self._resume_position = None
+        self._train_sampler = sampler
         return DataLoader(
             self.train_set, batch_size=self.batch_size, sampler=sampler, collate_fn=collate,
             num_workers=self.num_workers, drop_last=True, generator=self._generator(),
@@ -245,11 +283,35 @@ class GroundingDataModule(LightningDataModule):
                 "synthetic": vars(self.synthetic) if self.synthetic is not None and self.train_files is None else None,
                 "template": self.template, "reward_methods": self.reward_methods}
 
+    def training_order(self) -> dict:
+        """What decides which samples come next after a mid-epoch resume, besides the data
+        (:meth:`data_identity`): the resume skips the batches of the epoch trained so far, so
+        they must be batches of the same size, in the same order (drawn from the shuffle
+        seed), split over as many processes, of the same rows. ``num_workers`` does not
+        matter: the order is drawn by the sampler, in the main process."""
+        trainer = self.trainer
+        sampler = self._train_sampler
+        return {"batch_size": self.batch_size,
+                "shuffle_seed": sampler.seed if sampler is not None else self._generator().initial_seed(),
+                "processes": trainer.world_size if trainer is not None else 1,
+                "rows": len(self.train_set) if self.train_set is not None else None}
+
+    def _position(self) -> dict | None:
+        """``train_position`` of the fit, an epoch trained to its end given as the start of the
+        next one (where the sampler resumes it), so that only a checkpoint taken mid-epoch says
+        ``batches_done`` > 0."""
+        position = train_position(self.trainer)
+        sampler = self._train_sampler
+        if position and sampler is not None and position["batches_done"] >= sampler.num_samples // sampler.batch_size:
+            position = {"epoch": position["epoch"] + 1, "batches_done": 0}
+        return position
+
     def state_dict(self) -> dict:
         """Saved in checkpoints: where the fit stands in the training data (see
-        ``train_position``) and which data it is (:meth:`data_identity`)."""
-        position = train_position(self.trainer)
-        state: dict = {"data": self.data_identity()}
+        ``train_position``), which data it is (:meth:`data_identity`) and in what order it
+        is trained (:meth:`training_order`)."""
+        position = self._position()
+        state: dict = {"data": self.data_identity(), "order": self.training_order()}
         if position:
             state["train_position"] = position
         return state
@@ -260,9 +322,29 @@ class GroundingDataModule(LightningDataModule):
         saved = state_dict.get("data")
         return setting_differences(saved, self.data_identity(), tuple(saved), "data") if saved else []
 
+    def order_differences(self, state_dict: dict) -> list[str]:
+        """For a checkpoint taken mid-epoch, the settings of :meth:`training_order` that differ
+        from those saved in ``state_dict``, each named as its flag (a resume would skip other
+        samples than those trained, and train some twice and others never); none for a
+        checkpoint taken at the end of an epoch, or one that did not save them."""
+        saved, position = state_dict.get("order"), state_dict.get("train_position") or {}
+        if not saved or not position.get("batches_done"):
+            return []
+        now = self.training_order()
+        where = f"the checkpoint is {position['batches_done']} batches into epoch {position['epoch']}"
+        return [f"{order_flag(key, self.shuffle_seed)}: {saved[key]!r} in the checkpoint, {now[key]!r} now ({where}"
+                + (f"; data.shuffle_seed={saved[key]} goes on in its order)" if key == "shuffle_seed" else ")")
+                for key in saved if key in now and None not in (saved[key], now[key]) and saved[key] != now[key]]
+
+    def resume_differences(self, state_dict: dict) -> dict[str, list[str]]:
+        """What a resume from ``state_dict`` (this data module's part of a checkpoint) would
+        change: ``{"training data": identity_differences, "training order": order_differences}``."""
+        return {"training data": self.identity_differences(state_dict),
+                "training order": self.order_differences(state_dict)}
+
     def load_state_dict(self, state_dict: dict) -> None:
         if self.trainer is not None and self.trainer.state.fn == "fit":  # a resume
-            refuse_foreign_resume("training data", self.identity_differences(state_dict))
+            refuse_changed_resume(self.resume_differences(state_dict))
         self._resume_position = state_dict.get("train_position")
 
     def held_out(self) -> Dataset | None:
@@ -354,6 +436,15 @@ class SkippedRowsReport(Callback):
         rank_zero_warn(f"data.bad_rows=skip: epoch {report['epoch']} left out {len(rows)} row(s) "
                        f"({len(report['at_build'])} when the data was read, {len(report['at_load'])} at load time, "
                        f"replaced in their batches): ids {ids}{where}. First reasons:\n  {reasons}")
+
+
+def order_flag(key: str, shuffle_seed: int | None) -> str:
+    """How a message names a setting of :meth:`GroundingDataModule.training_order`."""
+    return {"batch_size": "data.batch_size",
+            "shuffle_seed": "data.shuffle_seed" if shuffle_seed is not None else
+            "data.shuffle_seed (unset: seed_everything's seed, a random one without it)",
+            "processes": "processes (trainer.devices x trainer.num_nodes)",
+            "rows": "training rows (data files changed, or other rows left out by data.bad_rows=skip)"}[key]
 
 
 def flag_names(split: str) -> tuple[str, str, str]:
