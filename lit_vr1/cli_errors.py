@@ -189,9 +189,10 @@ def name_config_files(text: str, files: list[str], flag_keys: set[str]) -> str:
     lines = text.split("\n  ")
     for i, line in enumerate(lines):
         head = re.match(r"^([A-Za-z_][\w.]*):", line)
-        if not head or "(in config file" in line or head.group(1) in flag_keys:
-            continue
-        found = _file_holding(head.group(1), files)
+        key = head.group(1) if head else ""
+        if not head or "(in config file" in line or any(key == k or key.startswith(f"{k}.") for k in flag_keys):
+            continue  # a flag sets it, or a section holding it (--model.grpo='{...}'): the flag's error
+        found = _file_holding(key, files)
         if found:
             lines[i] = f"{line} (in config file {found})"
     return "\n  ".join(lines)

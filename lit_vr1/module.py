@@ -14,19 +14,8 @@ from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
-from lit_vr1 import allocator, log_dirs, parallel
-from lit_vr1.checkpoint import (
-    OPTIMISERS_KEY,
-    built_optimiser_settings,
-    checkpoint_optimiser_settings,
-    gather_rng_states,
-    optimiser_classes,
-    optimiser_differences,
-    refuse_changed_resume,
-    refuse_optimiser_change,
-    set_rng_states,
-    setting_differences,
-)
+from lit_vr1 import allocator, log_dirs, parallel, resume_optimisers
+from lit_vr1.checkpoint import gather_rng_states, refuse_changed_resume, set_rng_states, setting_differences
 from lit_vr1.checks import check_master_weights
 from lit_vr1.evaluate import PROMPTINGS, predict_answer, predict_detection, predict_rec
 from lit_vr1.metrics.detection import DetectionMetrics
@@ -252,22 +241,27 @@ class VLMModule(LightningModule):
         check_master_weights(params, self)  # the weights as the precision plugin left them
         opt = self.optimizer_factory(params)
         scheduler = None if self.scheduler_factory is None else self.scheduler_factory(opt)
-        self._refuse_optimiser_change([opt], [] if scheduler is None else [scheduler])
+        # as configured, before a resume restores the checkpoint's states over them
+        self._configured_optimisers = (self.trainer, resume_optimisers.configured([opt], [scheduler] if scheduler else []))
+        pending, self._resumed_optimisers = getattr(self, "_resumed_optimisers", None), None
+        if pending is not None and self.trainer.ckpt_path:  # on_load_checkpoint ran first (one device, DDP)
+            self._refuse_optimiser_change(pending)
         if scheduler is None:
             return opt
         return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def _refuse_optimiser_change(self, optimizers: list, schedulers: list) -> None:
-        """On a resume, refuse optimisers or schedulers configured otherwise than the checkpoint's
-        (:func:`~lit_vr1.checkpoint.optimiser_differences`), before Lightning restores the
-        checkpoint's states over them (which would train on with the old settings, the learning
-        rate included, without a word). Compared once, with what ``on_load_checkpoint`` kept."""
-        saved, self._resumed_optimisers = getattr(self, "_resumed_optimisers", None), None
-        if saved is None:
-            return
-        differences = optimiser_differences(saved, built_optimiser_settings(optimizers, schedulers),
-                                            [set(o.defaults) for o in optimizers])
-        refuse_optimiser_change(differences, self.trainer.ckpt_path)
+    def _configured(self) -> dict | None:
+        """This fit's optimisers and schedulers as configured (:mod:`lit_vr1.resume_optimisers`);
+        None before :meth:`configure_optimizers` has run for the current trainer."""
+        trainer, settings = getattr(self, "_configured_optimisers", (None, None))
+        return settings if trainer is not None and trainer is self._trainer else None
+
+    def _refuse_optimiser_change(self, saved: dict) -> None:
+        """Refuse a resume whose optimisers or schedulers are configured otherwise than the
+        checkpoint's run's (:func:`lit_vr1.resume_optimisers.differences`): Lightning would
+        restore the checkpoint's states over them and train on with the old settings, the
+        learning rate included, without a word."""
+        resume_optimisers.refuse_change(resume_optimisers.differences(saved, self._configured()), self.trainer.ckpt_path)
 
     # -- validation and test: greedy REC ---------------------------------------------------------
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -381,9 +375,8 @@ class VLMModule(LightningModule):
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
         trainer = self._trainer
         checkpoint[RNG_KEY] = gather_rng_states(trainer.world_size if trainer is not None else 1)
-        if trainer is not None:  # what they are: a resume that configures others is refused
-            checkpoint[OPTIMISERS_KEY] = optimiser_classes(trainer.optimizers,
-                                                           [c.scheduler for c in trainer.lr_scheduler_configs])
+        if self._configured() is not None:  # a resume that configures others is refused
+            checkpoint[resume_optimisers.KEY] = self._configured()
         checkpoint[METRICS_KEY] = log_dirs.metrics_file(trainer)
         if trainer is not None:  # rows logged so far reach the files before the checkpoint does
             for logger in trainer.loggers:
@@ -404,8 +397,11 @@ class VLMModule(LightningModule):
                                         "model")
             # named here too: the data module's own check runs later
             refuse_changed_resume({"model": model, **data_differences(trainer, checkpoint)})
-            if not trainer.strategy.restore_checkpoint_after_setup:  # else the optimisers are built and restored
-                self._resumed_optimisers = checkpoint_optimiser_settings(checkpoint)  # for configure_optimizers
+            saved = checkpoint.get(resume_optimisers.KEY)
+            if self._configured() is not None:  # built already (DeepSpeed, FSDP2 restore after setup)
+                self._refuse_optimiser_change(saved)
+            else:  # compared when configure_optimizers builds them
+                self._resumed_optimisers = saved
         self._checkpoint_step = checkpoint.get("global_step")
         self._resumed_metrics = checkpoint.get(METRICS_KEY)
         loops = checkpoint.get("loops") or {}

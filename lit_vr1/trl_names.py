@@ -26,7 +26,7 @@ TRL_NAMES: dict[str, tuple[tuple[str, ...], str]] = {
     "save_steps": ((), "ModelCheckpoint's every_n_train_steps in trainer.callbacks"),
     "bf16": ((), "--trainer.precision=bf16-mixed (weights stay float32: --model.dtype=float32)"),
     "max_steps": (("trainer.max_steps",), "--trainer.max_steps={value}"),
-    "output_dir": (("trainer.callbacks.output_dir",), "--trainer.default_root_dir={value} (checkpoints and logs)"),
+    "output_dir": ((), "--trainer.default_root_dir={value} (checkpoints and logs)"),
     "gradient_checkpointing": (("model.gradient_checkpointing",),
                                "--model.gradient_checkpointing={value} (off by default here; TRL's default is on)"),
     "use_vllm": ((), "no vLLM here: lit-vr1 samples with the policy itself, in the training processes (no "
@@ -37,6 +37,10 @@ TRL_NAMES: dict[str, tuple[tuple[str, ...], str]] = {
     "lr_scheduler_type": ((), "a scheduler class: model.init_args.lr_scheduler: {class_path: "
                               "torch.optim.lr_scheduler.CosineAnnealingLR, init_args: {T_max: <steps>}}"),
 }
+# where a TRL name is answered: the command's top level, the Trainer's own options and lit-vr1's
+# sections; an option of another class (a scheduler's max_steps, a callback's output_dir) is its own
+OWN_SECTIONS = frozenset({"", "trainer", "model", "data", "model.grpo", "model.lora", "model.tiny_spec",
+                          "data.synthetic"})
 # the value a hint shows when the flag came without one ({value} in a hint is the user's own)
 EXAMPLE_VALUES = {"learning_rate": "1e-6", "max_grad_norm": "1.0"}
 
@@ -46,8 +50,8 @@ def trl_hint(key: str, value: str | None = None) -> str | None:
     without ``init_args``) ends in a TRL name that lit-vr1 does not take there: "use ...", with
     ``value`` (the user's own, else an example) written into the hint; else None."""
     key = key.replace(".init_args.", ".").replace(".dict_kwargs.", ".")
-    name = key.rsplit(".", 1)[-1]
-    if name not in TRL_NAMES or key.startswith("model.optimizer."):
+    parent, _, name = key.rpartition(".")
+    if name not in TRL_NAMES or parent not in OWN_SECTIONS:
         return None
     valid, hint = TRL_NAMES[name]
     if key in valid:

@@ -282,22 +282,25 @@ class Const(Reward):
         return [1.0] * len(completions)
 
 
-def test_a_reward_that_returns_nan_for_all_it_is_routed_to_warns_once_after_three_rollouts():
+def test_a_reward_that_returns_nan_for_all_it_is_routed_to_warns_once_after_three_rollouts_and_64_completions():
     import warnings
 
-    never, const = Never(), Const()
+    never, few, const = Never(), Never(name="few"), Const()
+    completions, contexts = ["a"] * 32, [ctx(i) for i in range(32)]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        for _ in range(5):  # 5 rollouts in a row, but 10 completions: a few prompts it does not apply to
+            score_all([few, const], ["a", "b"], [ctx(0), ctx(1)])
         for _ in range(2):
-            score_all([never, const], ["a", "b"], [ctx(0), ctx(1)])
+            score_all([never, const], completions, contexts)
         assert not caught  # two rollouts: not yet
-        score_all([never, const], ["a", "b"], [ctx(0), ctx(1)])
+        score_all([never, const], completions, contexts)
         for _ in range(3):
-            score_all([never, const], ["a", "b"], [ctx(0), ctx(1)])
+            score_all([never, const], completions, contexts)
     texts = [str(w.message) for w in caught]
     assert len(texts) == 1 and texts[0].startswith("reward 'never' returned nan (not applicable) for every completion "
-                                                   "routed to it in 3 rollouts in a row (the last: 2 completions, e.g. "
-                                                   "sample 's0' (data.jsonl:1))")
+                                                   "routed to it in 3 rollouts in a row (96 completions; e.g. "
+                                                   "sample 's0' (data.jsonl:1))"), texts
     assert "route it with tasks" in texts[0] and "shown once" in texts[0]
 
 
@@ -361,3 +364,23 @@ def test_a_rollout_records_each_completions_token_ids_up_to_its_end(tiny_qwen25,
         n = int(rollout.completion_mask[row].sum())
         assert ctx.completion_ids == rollout.completion_ids[row, :n].tolist() and len(ctx.completion_ids) == n
         assert processor.decode(ctx.completion_ids, skip_special_tokens=True) == rollout.completions[row]
+
+
+def test_a_wrapper_taking_args_gets_the_completions_first_and_a_default_is_kept():
+    """A decorator's ``wrapper(*args, **kwargs)`` around an older-style reward passes the
+    completions on by position, as before; a data column named like a parameter with a default
+    does not replace the default."""
+    def texts_reward(texts):
+        return [float(len(t)) for t in texts]
+
+    def wrapper(*args, **kwargs):  # no functools.wraps
+        return texts_reward(*args)
+
+    contexts = [SampleContext(id="a", prompt="p", solution="", image_sizes=[], input_sizes=[], metadata={"weight": 3})]
+    assert FunctionReward(fn=wrapper, name="wrapped")(["abcd"], contexts) == [4.0]
+
+    def weighted(completions, weight=1.0, **kwargs):
+        return [weight * len(c) for c in completions]
+
+    assert FunctionReward(fn=weighted)(["ab"], contexts) == [2.0]  # the row's "weight" stays in metadata
+    assert call_plan(lambda **kw: []).by_keyword and not call_plan(lambda *a, **kw: []).by_keyword

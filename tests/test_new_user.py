@@ -140,7 +140,9 @@ def test_a_trl_name_in_the_wrong_place_says_where_it_lives(tmp_path):
     assert misplaced_trl_flag(["--data.init_args.synthetic.seed=7", "--trainer.max_steps=3",
                                "--model.gradient_checkpointing=true", "--data.max_prompt_length=9",
                                "--model.init_args.gradient_checkpointing=false",
-                               "--trainer.callbacks.init_args.output_dir=p"]) is None
+                               "--trainer.callbacks.init_args.output_dir=p",
+                               "--model.init_args.lr_scheduler.init_args.max_steps=100",
+                               "--trainer.logger.init_args.report_to=x", "--model.optimizer.lr=1"]) is None
     # ... and where they are not, the hint names the place
     assert misplaced_trl_flag(["--model.grpo.max_steps=3"]).endswith("use --trainer.max_steps=3")
     assert "--trainer.default_root_dir=runs/x" in misplaced_trl_flag(["--output_dir", "runs/x"])

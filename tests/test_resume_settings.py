@@ -17,45 +17,37 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
-from lit_vr1.checkpoint import (
-    OPTIMISERS_KEY,
-    CheckpointError,
-    built_optimiser_settings,
-    checkpoint_optimiser_settings,
-    optimiser_differences,
-    resumable,
-)
+from lit_vr1.checkpoint import CheckpointError, resumable
 from lit_vr1.data.datamodule import GroundingDataModule, collate
 from lit_vr1.data.synthetic import SyntheticSpec
+from lit_vr1.resume_optimisers import KEY, configured, differences
 from tests.test_new_user import lit_vr1, small
 
 
 # -- the optimiser's settings, as compared --------------------------------------------------------
-def _built(optimizer, scheduler=None, params=None):
-    params = params or [torch.nn.Parameter(torch.ones(3))]
-    opt = optimizer(params)
-    sched = scheduler(opt) if scheduler else None
-    return opt, sched
+def _built(optimizer, scheduler=None):
+    opt = optimizer([torch.nn.Parameter(torch.ones(3))])
+    return opt, scheduler(opt) if scheduler else None
 
 
-def _trained_checkpoint(opt, sched, steps: int = 3) -> dict:
-    """What Lightning saves of them (param groups, scheduler state), after ``steps`` steps."""
+def _saved(optimizer, scheduler=None, steps: int = 7) -> dict:
+    """What a run saves in its checkpoints (its settings as built), then ``steps`` steps that
+    move its learning rate, momentum and scheduler state: none of that is compared."""
+    opt, sched = _built(optimizer, scheduler)
+    saved = configured([opt], [sched] if sched else [])
     for _ in range(steps):
         opt.param_groups[0]["params"][0].grad = torch.ones(3)
         opt.step()
-        if sched is not None:
+        if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            sched.step(1.0)  # no improvement: the rate is cut
+        elif sched is not None:
             sched.step()
-    schedulers = [sched] if sched is not None else []
-    checkpoint = {"optimizer_states": [opt.state_dict()], "lr_schedulers": [s.state_dict() for s in schedulers]}
-    checkpoint[OPTIMISERS_KEY] = {"optimizer": [f"{type(opt).__module__}.{type(opt).__qualname__}"],
-                                  "lr_scheduler": [f"{type(s).__module__}.{type(s).__qualname__}" for s in schedulers]}
-    return checkpoint
+    return saved
 
 
-def _differences(checkpoint: dict, optimizer, scheduler=None) -> list[str]:
+def _differences(saved: dict, optimizer, scheduler=None) -> list[str]:
     opt, sched = _built(optimizer, scheduler)
-    return optimiser_differences(checkpoint_optimiser_settings(checkpoint),
-                                 built_optimiser_settings([opt], [sched] if sched else []), [set(opt.defaults)])
+    return differences(saved, configured([opt], [sched] if sched else []))
 
 
 def adamw(lr=3e-4, **kw):
@@ -67,18 +59,32 @@ def cosine(t_max=10):
 
 
 def test_the_configured_learning_rate_is_compared_not_the_one_the_scheduler_decayed():
-    saved = _trained_checkpoint(*_built(adamw(), cosine()))
-    assert saved["optimizer_states"][0]["param_groups"][0]["lr"] < 3e-4  # decayed over 3 steps
+    saved = _saved(adamw(), cosine())
     assert _differences(saved, adamw(), cosine()) == []
     warmup = lambda o: torch.optim.lr_scheduler.LinearLR(o, start_factor=0.1, total_iters=5)  # noqa: E731
-    assert _differences(_trained_checkpoint(*_built(adamw(), warmup)), adamw(), warmup) == []  # built at 0.1 x lr
-    assert _differences(_trained_checkpoint(*_built(adamw())), adamw()) == []  # no scheduler: the lr as it is
+    assert _differences(_saved(adamw(), warmup), adamw(), warmup) == []  # built at 0.1 x lr
+    assert _differences(_saved(adamw()), adamw()) == []  # no scheduler
     assert _differences(saved, adamw(lr=0.1), cosine()) == [
         "model.optimizer.init_args.lr: 0.0003 in the checkpoint, 0.1 now"]
+    assert _differences(_saved(adamw(), warmup), adamw(lr=0.1), warmup) == [
+        "model.optimizer.init_args.lr: 0.0003 in the checkpoint, 0.1 now"]  # as configured, not x 0.1
+
+
+@pytest.mark.parametrize("scheduler", [
+    lambda o: torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(o, T_0=3, T_mult=2),  # its period grows
+    lambda o: torch.optim.lr_scheduler.ReduceLROnPlateau(o, patience=0),  # it cuts the rate
+    lambda o: torch.optim.lr_scheduler.SequentialLR(o, [torch.optim.lr_scheduler.LinearLR(o, 0.1, total_iters=2),
+                                                        torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=5)], [2]),
+    lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda step: 0.9 ** step),
+    lambda o: torch.optim.lr_scheduler.CyclicLR(o, 1e-4, 1e-3, step_size_up=2),
+])
+def test_what_training_moves_is_never_a_change(scheduler):
+    optimizer = lambda p: torch.optim.SGD(p, lr=3e-4, momentum=0.9)  # noqa: E731
+    assert _differences(_saved(optimizer, scheduler), optimizer, scheduler) == []
 
 
 def test_every_changed_optimiser_and_scheduler_setting_is_named_as_its_flag():
-    saved = _trained_checkpoint(*_built(adamw(), cosine()))
+    saved = _saved(adamw(), cosine())
     assert _differences(saved, adamw(lr=0.1, weight_decay=0.0, betas=(0.9, 0.95), eps=1e-6), cosine(20)) == [
         "model.optimizer.init_args.lr: 0.0003 in the checkpoint, 0.1 now",
         "model.optimizer.init_args.betas: [0.9, 0.999] in the checkpoint, [0.9, 0.95] now",
@@ -90,26 +96,18 @@ def test_every_changed_optimiser_and_scheduler_setting_is_named_as_its_flag():
         "model.optimizer.class_path: torch.optim.adamw.AdamW in the checkpoint, torch.optim.sgd.SGD now"]
     assert _differences(saved, adamw()) == [
         "model.lr_scheduler: torch.optim.lr_scheduler.CosineAnnealingLR in the checkpoint, None now"]
-    sgd_saved = _trained_checkpoint(*_built(sgd))
-    assert _differences(sgd_saved, lambda p: torch.optim.SGD(p, lr=3e-4, momentum=0.5)) == [
+    assert _differences(_saved(sgd), lambda p: torch.optim.SGD(p, lr=3e-4, momentum=0.5)) == [
         "model.optimizer.init_args.momentum: 0.9 in the checkpoint, 0.5 now"]
-    # a checkpoint written before the classes were saved: the settings still are compared
-    del saved[OPTIMISERS_KEY]
-    assert _differences(saved, adamw(lr=0.1)) == ["model.optimizer.init_args.lr: 0.0003 in the checkpoint, 0.1 now",
-                                                 "model.lr_scheduler: 1 scheduler(s) in the checkpoint, 0 now"]
-
-
-def test_momentum_a_scheduler_cycles_is_no_change_its_bounds_are():
     cycle = lambda o: torch.optim.lr_scheduler.OneCycleLR(o, max_lr=0.01, total_steps=10)  # noqa: E731
-    saved = _trained_checkpoint(*_built(adamw(), cycle))
-    assert saved["optimizer_states"][0]["param_groups"][0]["betas"][0] != 0.95  # moved by the schedule
-    assert _differences(saved, adamw(), cycle) == []
     other = lambda o: torch.optim.lr_scheduler.OneCycleLR(o, max_lr=0.02, total_steps=10)  # noqa: E731
-    assert "model.lr_scheduler.init_args.max_lr: 0.01 in the checkpoint, 0.02 now" in _differences(saved, adamw(), other)
+    assert "model.lr_scheduler.init_args.max_lr: 0.01 in the checkpoint, 0.02 now" in _differences(
+        _saved(adamw(), cycle), adamw(), other)
 
 
-def test_a_checkpoint_without_optimiser_state_compares_nothing():
-    assert checkpoint_optimiser_settings({"state_dict": {}}) is None  # weights only, or DeepSpeed's own
+def test_a_checkpoint_that_saved_no_settings_is_not_judged():
+    now = configured(*map(lambda x: [x], _built(adamw(), cosine())))
+    assert differences(None, now) == []  # weights only, or written before the settings were saved
+    assert differences({"optimizer": ["torch.optim.adamw.AdamW"], "lr_scheduler": []}, now) == []  # classes only
 
 
 # -- resumes with a Trainer: GRPO (manual optimisation) and SFT (automatic) ---------------------------
@@ -141,8 +139,8 @@ def test_a_resume_with_a_new_learning_rate_or_schedule_is_refused_and_one_withou
     loader = DataLoader(samples[:8], batch_size=2, collate_fn=collate)
     _fit(_module(kind, t_max=10), loader, tmp_path, 2)
     saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)
-    assert saved[OPTIMISERS_KEY] == {"optimizer": ["torch.optim.adamw.AdamW"],
-                                     "lr_scheduler": ["torch.optim.lr_scheduler.CosineAnnealingLR"]}
+    assert saved[KEY]["optimizer"] == ["torch.optim.adamw.AdamW"]
+    assert saved[KEY]["lr_scheduler"] == ["torch.optim.lr_scheduler.CosineAnnealingLR"]
     with pytest.raises(CheckpointError) as refused:
         _fit(_module(kind, lr=0.1, t_max=20), loader, tmp_path, 3, ckpt_path="last")
     message = str(refused.value)

@@ -270,13 +270,16 @@ def reward_names_distinct(rewards: list[Reward]) -> str | None:
     return f"two rewards share the name(s) {', '.join(dup)}: give each a distinct `name`" if dup else None
 
 
-UNSCORED_ROLLOUTS_WARNING = 3  # rollouts in a row a reward returns nan for all it is routed to before a warning
+# a reward that returns nan for every completion routed to it over this many rollouts in a row, and
+# this many completions, is warned about (a few prompts in a row it does not apply to are no sign)
+UNSCORED_ROLLOUTS_WARNING, UNSCORED_COMPLETIONS_WARNING = 3, 64
 
 
 def watch_rollout(reward: Reward, values: Tensor, contexts: list[SampleContext], new_errors: int) -> None:
     """Warn (once per reward) about what a rollout's scores hide: an infinite value (masked and
     counted as ``nonfinite``), and a reward that returned nan for every completion routed to it
-    (by ``tasks``) in :data:`UNSCORED_ROLLOUTS_WARNING` rollouts in a row, so scores nothing. A
+    (by ``tasks``) in :data:`UNSCORED_ROLLOUTS_WARNING` rollouts in a row holding at least
+    :data:`UNSCORED_COMPLETIONS_WARNING` such completions, so scores nothing. A
     rollout holding no sample of the reward's tasks, or one whose nans are failures (counted as
     ``errors``, warned at the first), neither counts nor resets the run of rollouts."""
     routed = torch.tensor([reward.applies(c) for c in contexts], dtype=torch.bool)
@@ -288,16 +291,17 @@ def watch_rollout(reward: Reward, values: Tensor, contexts: list[SampleContext],
                   f"and counted in train/reward/{reward.name}/nonfinite; return finite numbers (nan or None: not "
                   "applicable)")
     if torch.isfinite(values[routed]).any():
-        reward.__dict__["_nan_rollouts"] = 0
+        reward.__dict__["_nan_rollouts"] = (0, 0)
         return
     if not routed.any() or new_errors or inf.any():
         return
-    in_a_row = reward.__dict__.get("_nan_rollouts", 0) + 1
-    reward.__dict__["_nan_rollouts"] = in_a_row
-    if in_a_row >= UNSCORED_ROLLOUTS_WARNING:
+    in_a_row, completions = reward.__dict__.get("_nan_rollouts", (0, 0))
+    in_a_row, completions = in_a_row + 1, completions + int(routed.sum())
+    reward.__dict__["_nan_rollouts"] = (in_a_row, completions)
+    if in_a_row >= UNSCORED_ROLLOUTS_WARNING and completions >= UNSCORED_COMPLETIONS_WARNING:
         first = contexts[int(routed.nonzero()[0])]
         warn_once(reward, "unscored", f"reward {reward.name!r} returned nan (not applicable) for every completion routed "
-                  f"to it in {in_a_row} rollouts in a row (the last: {int(routed.sum())} completions, e.g. sample "
+                  f"to it in {in_a_row} rollouts in a row ({completions} completions; e.g. sample "
                   f"{first.id!r}{where(first)}): it scores nothing, adds nothing to the training signal and logs no "
                   f"train/reward/{reward.name}/mean. If it applies to some tasks only, route it with tasks: [...] "
                   "(the samples' reward_method) instead of returning nan; otherwise check what it reads (a field the "

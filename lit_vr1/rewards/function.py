@@ -151,12 +151,16 @@ def completion_items(completions: list[str], form: str) -> list[Any]:
 class CallPlan:
     """How a function is called: ``by_keyword`` (``completions=`` as TRL does) or the
     completions as the first positional argument (``positional``: that parameter's name);
-    ``takes_all``: it has ``**kwargs``; ``names``: the keywords it declares."""
+    ``takes_all``: it has ``**kwargs``; ``names``: the keywords it declares; ``defaulted``: those
+    with a default value (a data column of the same name does not replace it); ``signature``:
+    None when it cannot be read."""
 
     by_keyword: bool
     takes_all: bool
     names: frozenset[str]
     positional: str | None = None
+    defaulted: frozenset[str] = frozenset()
+    signature: inspect.Signature | None = None
 
 
 def call_plan(fn: Callable[..., Any]) -> CallPlan:
@@ -164,25 +168,30 @@ def call_plan(fn: Callable[..., Any]) -> CallPlan:
     (``completions=``, as TRL calls) when ``fn`` has a parameter named ``completions`` (not
     positional-only), when its first positional parameter is one of the names passed by
     keyword (``prompts``, ``completion_ids``, ``solution``, ...: TRL's ``f(prompts, **kw)``),
-    or when it has no positional parameter (``f(**kwargs)``, ``f(*args, **kwargs)``).
-    Otherwise they go first by position, whatever that parameter's name (``f(texts)``,
-    ``f(comps, **kw)``: lit-vr1's older style). A callable whose signature cannot be read
-    gets the completions by position and nothing else."""
+    or when it takes keywords only (``f(**kwargs)``). Otherwise they go first by position,
+    whatever that parameter's name (``f(texts)``, ``f(comps, **kw)``, and ``f(*args, **kwargs)``
+    such as a decorator's wrapper: lit-vr1's older style). A callable whose signature cannot be
+    read gets the completions by position and nothing else."""
     try:
-        params = list(inspect.signature(fn).parameters.values())
+        signature = inspect.signature(fn)
     except (TypeError, ValueError):
         return CallPlan(by_keyword=False, takes_all=False, names=frozenset())
+    params = list(signature.parameters.values())
     kind = inspect.Parameter
     takes_all = any(p.kind is kind.VAR_KEYWORD for p in params)
-    names = frozenset(p.name for p in params if p.kind in (kind.POSITIONAL_OR_KEYWORD, kind.KEYWORD_ONLY))
+    named = [p for p in params if p.kind in (kind.POSITIONAL_OR_KEYWORD, kind.KEYWORD_ONLY)]
+    names = frozenset(p.name for p in named)
+    plan = dict(takes_all=takes_all, signature=signature,
+                defaulted=frozenset(p.name for p in named if p.default is not p.empty))
     first = next((p for p in params if p.kind in (kind.POSITIONAL_ONLY, kind.POSITIONAL_OR_KEYWORD)), None)
     if "completions" in names:
-        return CallPlan(True, takes_all, names)
+        return CallPlan(True, names=names, **plan)
     if first is None:
-        return CallPlan(takes_all, takes_all, names)
+        var_positional = any(p.kind is kind.VAR_POSITIONAL for p in params)
+        return CallPlan(takes_all and not var_positional, names=names, **plan)
     if first.kind is kind.POSITIONAL_OR_KEYWORD and first.name in RESERVED:
-        return CallPlan(True, takes_all, names)
-    return CallPlan(False, takes_all, names - {first.name}, positional=first.name)
+        return CallPlan(True, names=names, **plan)
+    return CallPlan(False, names=names - {first.name}, positional=first.name, **plan)
 
 
 def chat_hint(exc: Exception) -> str:
@@ -205,8 +214,9 @@ class FunctionReward(Reward):
     ``ids``, ``sources``, ``completion_lengths``, ``truncated``, ``metadata``), ``step``,
     ``trainer_state`` (a :class:`TrainerState`: ``global_step``) and ``completion_ids`` when
     the rollout recorded them; and each key of the samples' ``metadata`` (the data line's
-    other fields, TRL's dataset columns) as its own list, unless its name is one of those
-    (it then stays in ``metadata`` only; see :func:`data_columns`). A function that does not
+    other fields, TRL's dataset columns) as its own list, unless its name is one of those or a
+    parameter the function declares with a default (it then stays in ``metadata`` only; see
+    :func:`data_columns`). A function that does not
     take ``**kwargs`` gets only the names it declares. It must return one number (or None,
     meaning not applicable) per completion; a wrong length, a non-number, or an exception is
     an error under the ``on_error`` rule, named with the reward and sample.
@@ -246,7 +256,7 @@ class FunctionReward(Reward):
         plan = self.plan
         items = completion_items(completions, self.completions)
         kwargs = function_kwargs(contexts, self.completions)
-        kwargs.update(data_columns(contexts, {*RESERVED, *([plan.positional] if plan.positional else [])}))
+        kwargs.update(data_columns(contexts, {*RESERVED, *plan.defaulted, *([plan.positional] if plan.positional else [])}))
         if plan.by_keyword:
             kwargs["completions"] = items
         if not plan.takes_all:
@@ -255,12 +265,10 @@ class FunctionReward(Reward):
 
     def check_call(self, args: list[Any], kwargs: dict[str, Any]) -> None:
         """Raise a TypeError saying what the function is given when its signature cannot take it."""
-        try:
-            signature = inspect.signature(self.fn)
-        except (TypeError, ValueError):
+        if self.plan.signature is None:
             return
         try:
-            signature.bind(*args, **kwargs)
+            self.plan.signature.bind(*args, **kwargs)
         except TypeError as exc:
             how = "by keyword (completions=...)" if self.plan.by_keyword else "as its first argument"
             given = ", ".join(sorted(set(kwargs) - {"completions"}))
