@@ -76,6 +76,7 @@ class LitVR1CLI(LightningCLI):
         argv = self._argv = list(sys.argv[1:] if args is None else args)
         LitVR1ArgumentParser.config_files = _flag_values(argv, ("--config", "-c"))
         LitVR1ArgumentParser.flag_keys = flag_keys(argv)
+        LitVR1ArgumentParser.start_dir = os.getcwd()
         for path in LitVR1ArgumentParser.config_files:
             problem = config_file_problem(path)
             if problem:

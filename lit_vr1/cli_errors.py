@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
+import os
 import re
 import sys
 from typing import NoReturn
@@ -178,8 +179,11 @@ def _set_in(node, keys: list[str]) -> bool:
 
 def _file_holding(dotted: str, files: list[str]) -> str | None:
     """The last of the YAML ``files`` that sets the nested key ``dotted`` (``trainer.max_stepz``,
-    ``model.grpo.num_generations`` for ``model: {init_args: {grpo: ...}}``)."""
-    holding = [path for path in files if _set_in(yaml_value(path, ()), dotted.split("."))]
+    ``model.grpo.num_generations`` for ``model: {init_args: {grpo: ...}}``), as the user named it;
+    a relative path is read from the directory the command started in (jsonargparse moves into a
+    config file's directory while it parses the file, and may raise from there)."""
+    base = LitVR1ArgumentParser.start_dir or os.getcwd()
+    holding = [path for path in files if _set_in(yaml_value(os.path.join(base, path), ()), dotted.split("."))]
     return holding[-1] if holding else None
 
 
@@ -257,6 +261,7 @@ class LitVR1ArgumentParser(LightningArgumentParser):
 
     config_files: list[str] = []  # the command line's --config files (set by LitVR1CLI before parsing)
     flag_keys: set[str] = set()  # the keys the command line's flags set (``model.grpo.beta``), which win over the files
+    start_dir: str | None = None  # where the command started: config_files are relative to it
     # every unknown key of those files (lit_vr1.config_keys, set by LitVR1CLI before parsing): printed
     # together when jsonargparse's own error is about one of them
     unknown_keys: list = []

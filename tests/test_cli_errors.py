@@ -285,3 +285,18 @@ def test_trl_setting_names_in_a_config_file_say_where_the_setting_lives(tmp_path
     assert err[2].startswith(f"  model.grpo.learning_rate: TRL's learning_rate is not a lit-vr1 option there (in config "
                              f"file {mine}); use the optimiser's lr: --model.optimizer.init_args.lr=1e-06")
     assert err[3].startswith("  model.grpo.num_generation: not an option of GRPOConfig")  # not a TRL name: nearest names
+
+
+def test_a_config_file_in_a_folder_is_named_by_the_path_given(tmp_path, monkeypatch, capsys):
+    """jsonargparse parses a file from inside its folder; the file is still found and named as given."""
+    from pathlib import Path
+
+    quickstart = str(Path("configs/quickstart.yaml").resolve())
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "bad.yaml").write_text("model:\n  init_args:\n    grpo:\n      num_generations: eight\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", quickstart, "--config", "mine/bad.yaml"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0] == ("lit-vr1: error: model.grpo.num_generations: expected int, got 'eight' "
+                      "(in config file mine/bad.yaml)"), err
