@@ -45,10 +45,11 @@ class ColdStart(Callback):
         self.steps, self.lr, self.batch_size, self.seed = steps, lr, batch_size, seed
         self.losses: list[float] = []
 
-    def on_fit_start(self, trainer, pl_module) -> None:
-        """Refuse the training set's rows without an answer now, all of them listed, rather
-        than at the warm-up batch that draws one; a resumed fit skips the warm-up, and this."""
-        if trainer.ckpt_path is None:
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        """At fit start, before the model is built: refuse the training set's rows without an
+        answer, all of them listed, rather than at the warm-up batch that draws one; a resumed
+        fit skips the warm-up, and this."""
+        if stage == "fit" and trainer.ckpt_path is None:
             check_answers(training_records(trainer))
 
     def on_train_start(self, trainer, pl_module) -> None:

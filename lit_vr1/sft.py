@@ -105,10 +105,11 @@ class SFTModule(VLMModule):
         super().__init__(**kwargs)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
 
-    def on_fit_start(self) -> None:
-        """Refuse the training set's rows without an answer before the first step, all of
-        them listed (not when a batch holding one is reached, deep into the run)."""
-        check_answers(training_records(self.trainer))
+    def setup(self, stage: str) -> None:
+        """At fit start, before the model is built: refuse the training set's rows without an
+        answer, all of them listed (not when a batch holding one is reached, deep into the run)."""
+        if stage == "fit":
+            check_answers(training_records(self.trainer))
 
     def sft_loss(self, batch: list[Sample]) -> tuple[torch.Tensor, int]:
         """Mean NLL of the answer tokens and their count."""
