@@ -33,6 +33,7 @@ WRONG_TYPE = re.compile(r"^Expected a (.+?)\. Got value: (.*)$")
 ALTERNATIVE = re.compile(r"^- Expected a (.+)$")
 UNRECOGNIZED = re.compile(r"^unrecognized arguments: (.+)$")
 NOT_ACCEPTED_KEY = re.compile(r"^Subcommand '([^']+)' does not accept option '([^']+)'$")
+KEY_HEAD = re.compile(r"^([A-Za-z_][\w.]*):")  # the key a condensed error line is about
 # lit-vr1's classes with their own ``--<key>.help`` (lit_vr1.cli.HELP_KEYS)
 HELP_FOR = {"lit_vr1.config.GRPOConfig": "--model.grpo.help", "lit_vr1.models.lora.LoraSpec": "--model.lora.help",
             "lit_vr1.models.tiny_parts.TinySpec": "--model.tiny_spec.help",
@@ -192,7 +193,7 @@ def name_config_files(text: str, files: list[str], flag_keys: set[str]) -> str:
     'two'``) that a config file sets and no flag does, with that file: "(in config file F)"."""
     lines = text.split("\n  ")
     for i, line in enumerate(lines):
-        head = re.match(r"^([A-Za-z_][\w.]*):", line)
+        head = KEY_HEAD.match(line)
         key = head.group(1) if head else ""
         if not head or "(in config file" in line or any(key == k or key.startswith(f"{k}.") for k in flag_keys):
             continue  # a flag sets it, or a section holding it (--model.grpo='{...}'): the flag's error
@@ -276,14 +277,14 @@ class LitVR1ArgumentParser(LightningArgumentParser):
         prog = parser.prog.replace(" [options]", "")
         text = condense(message, flags, self.config_files)
         about = self._about_unknown_keys(text)
+        if about != "key":  # a value of the wrong type in a config file: which file
+            text = name_config_files(text, self.config_files, self.flag_keys)
         if about:  # the parser agrees about one: each with its file, all at once
             found = self.unknown_keys
             listed = found[0].message() if len(found) == 1 else (
                 f"{len(found)} keys of the config files are not options:\n  " + "\n  ".join(u.message() for u in found))
             # the parser's own error concerns a section holding them, not one of them: it is kept too
-            text = listed if about == "key" else f"{listed}\n  {name_config_files(text, self.config_files, self.flag_keys)}"
-        else:  # a value of the wrong type in a config file: which file
-            text = name_config_files(text, self.config_files, self.flag_keys)
+            text = listed if about == "key" else f"{listed}\n  {text}"
         sys.stderr.write(f"lit-vr1: error: {text}\n({prog} --help lists every option)\n")
         self.exit(2)
 
@@ -291,7 +292,7 @@ class LitVR1ArgumentParser(LightningArgumentParser):
         """What the condensed parse error ``text`` concerns among the keys :mod:`lit_vr1.config_keys`
         found: "key" (one of them), "section" (a section holding one: ``model.optimizer: Type
         typing.Callable...``, which may also be about something else there) or ""."""
-        head = re.match(r"^([A-Za-z_][\w.]*):", text)
+        head = KEY_HEAD.match(text)
         if not head:
             return ""
         key = head.group(1)

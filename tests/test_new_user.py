@@ -34,12 +34,17 @@ def small(root: Path, data: Path, *extra: str) -> list[str]:
             " init_args: {save_last: true, every_n_train_steps: 1}}]", *extra]
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def train_small(tmp_path_factory, run: str) -> Path:
+    """A folder holding ``run``: two steps of :func:`small` trained by the command, its data beside."""
     work = tmp_path_factory.mktemp("trained")
-    proc = lit_vr1(work, "fit", *small(work / "run_a", work / "data"))
+    proc = lit_vr1(work, "fit", *small(work / run, work / "data"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     return work
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    return train_small(tmp_path_factory, "run_a")
 
 
 def test_checkpoints_live_under_the_run_root(trained):

@@ -21,7 +21,7 @@ from lit_vr1.checkpoint import CheckpointError, resumable
 from lit_vr1.data.datamodule import GroundingDataModule, collate
 from lit_vr1.data.synthetic import SyntheticSpec
 from lit_vr1.resume_optimisers import KEY, configured, differences
-from tests.test_new_user import lit_vr1, small
+from tests.test_new_user import lit_vr1, small, train_small
 
 
 # -- the optimiser's settings, as compared --------------------------------------------------------
@@ -281,10 +281,7 @@ def test_a_resumable_trainer_resumes_from_python_and_its_metrics_go_on(tmp_path)
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """Two steps of the quickstart (8 batches of 2 per epoch: its checkpoints are mid-epoch)."""
-    work = tmp_path_factory.mktemp("trained")
-    proc = lit_vr1(work, "fit", *small(work / "run", work / "data"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return work
+    return train_small(tmp_path_factory, "run")
 
 
 def test_the_cli_refuses_a_resume_with_a_new_learning_rate_and_keeps_no_log_folder(trained):

@@ -257,15 +257,18 @@ class GroundingDataModule(LightningDataModule):
         return DataLoader(self.predict_set, batch_size=self.val_batch_size, collate_fn=collate,
                           num_workers=self.num_workers)
 
+    def _shuffle_seed(self) -> int:
+        """``data.shuffle_seed``, or the process's torch seed (``seed_everything``'s) when unset."""
+        return (torch.initial_seed() if self.shuffle_seed is None else self.shuffle_seed) % 2**63
+
     def _generator(self) -> torch.Generator:
-        seed = torch.initial_seed() if self.shuffle_seed is None else self.shuffle_seed
-        return torch.Generator().manual_seed(seed % 2**63)
+        return torch.Generator().manual_seed(self._shuffle_seed())
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled by a :class:`ResumableSampler` (one seeded order per epoch, split across
         processes), which a resumed fit continues where its checkpoint was taken."""
         trainer = self.trainer
-        sampler = ResumableSampler(self.train_set, self.batch_size, self._generator().initial_seed(),
+        sampler = ResumableSampler(self.train_set, self.batch_size, self._shuffle_seed(),
                                    num_replicas=trainer.world_size if trainer else 1,
                                    rank=trainer.global_rank if trainer else 0)
         place_sampler(sampler, self._resume_position)
@@ -292,7 +295,7 @@ class GroundingDataModule(LightningDataModule):
         trainer = self.trainer
         sampler = self._train_sampler
         return {"batch_size": self.batch_size,
-                "shuffle_seed": sampler.seed if sampler is not None else self._generator().initial_seed(),
+                "shuffle_seed": sampler.seed if sampler is not None else self._shuffle_seed(),
                 "processes": trainer.world_size if trainer is not None else 1,
                 "rows": len(self.train_set) if self.train_set is not None else None}
 
