@@ -16,9 +16,10 @@ from typing import Literal
 import torch
 
 from lit_vr1.loss import LOSS_TYPES, SCALE_REWARDS
-from lit_vr1.rules import one_of, problems_of, refuse, rule
+from lit_vr1.rules import named_fields_only, one_of, problems_of, refuse, rule
 
 
+@named_fields_only
 @dataclass
 class SamplingConfig:
     """How completions are drawn. top_k=0 and top_p=1.0 switch those filters off;
@@ -44,6 +45,7 @@ class SamplingConfig:
                               suppress_ids=self.suppress_ids)
 
 
+@named_fields_only
 @dataclass
 class GRPOConfig:
     """Every knob of the GRPO algorithm (TRL's GRPOConfig name in brackets where it differs).

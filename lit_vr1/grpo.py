@@ -27,6 +27,7 @@ from lit_vr1.rewards.function import as_rewards
 from lit_vr1.rewards.rec import IoUReward, RecJsonFormat
 
 SKIPPED_KEY = "lit_vr1_skipped_steps"  # checkpoint key of the skipped-step counters
+REWARDS_KEY = "lit_vr1_rewards"  # checkpoint key of the rewards the run scored with (see reward_list)
 NOTHING_SCORED = "no completion of the mini-batch was scored"
 
 
@@ -52,6 +53,7 @@ class GRPOModule(VLMModule):
     run with skips reads more batches to reach ``max_steps``.
     """
 
+    eval_rows_at_optimiser_step = True  # validation rows beside the training row of the step evaluated
     max_skips_in_a_row = 10  # skipped steps with no applied one between them before the fit stops
     tied_rollouts_warning = 10  # rollouts in a row with every group tied before the fit warns (once)
 
@@ -256,12 +258,14 @@ class GRPOModule(VLMModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)
         checkpoint[SKIPPED_KEY] = {"skipped_steps": self.skipped_steps, "skips_in_a_row": self.skips_in_a_row}
+        checkpoint[REWARDS_KEY] = reward_list(self.rewards)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
         saved = checkpoint.get(SKIPPED_KEY, {})
         self.skipped_steps = int(saved.get("skipped_steps", 0))
         self.skips_in_a_row = int(saved.get("skips_in_a_row", 0))
+        warn_changed_rewards(checkpoint.get(REWARDS_KEY), reward_list(self.rewards))
 
     def log_step(self, metrics: dict[str, float]) -> None:
         """Send one optimiser step's statistics to every logger at the current global step
@@ -275,3 +279,21 @@ class GRPOModule(VLMModule):
         for logger in self.loggers:
             logger.log_metrics({"train/" + k: v for k, v in metrics.items() if not math.isnan(v)}, step=self.global_step)
         self.log("loss", metrics["loss"], prog_bar=True, logger=False)
+
+
+def reward_list(rewards: list[Reward]) -> list[str]:
+    """The rewards a run scores with, as checkpoints record them: ``name (Class, weight w)``."""
+    return [f"{r.name} ({type(r).__name__}, weight {r.weight:g})" for r in rewards]
+
+
+def warn_changed_rewards(saved: list[str] | None, now: list[str]) -> None:
+    """Warn when a module loads a checkpoint whose run scored with other rewards: rewards are
+    not hyperparameters (they hold functions and clients), so ``GRPOModule.load_from_checkpoint``
+    without ``rewards=`` builds the default ones, and a resume with other rewards in its config
+    trains on another objective. Either may be meant; neither should pass unsaid."""
+    if saved is None or list(saved) == now:
+        return
+    rank_zero_warn(f"this checkpoint's run scored with [{'; '.join(saved)}]; this module scores with "
+                   f"[{'; '.join(now)}]. To go on as the run did, give the same rewards (GRPOModule.load_from_checkpoint"
+                   "(path, rewards=[...]), or the run's config.yaml's model.init_args.rewards)")
+

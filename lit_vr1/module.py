@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 
 import torch
@@ -159,6 +160,13 @@ class VLMModule(LightningModule):
             ``model`` when loading), and ``export_dir`` gets the merged model.
     """
 
+    # Where a fit's validation figures land in the loggers: False, at Lightning's batch count
+    # (its convention, which SFT's training rows follow: a batch's training row and the
+    # validation after it share a step); True, at the optimiser step (``global_step``), for a
+    # module that logs its own training rows there (GRPO), so that the validation after step k
+    # sits on step k's row and not on step k-1's.
+    eval_rows_at_optimiser_step = False
+
     def __init__(
         self,
         model: str = "tiny:qwen2_5_vl",
@@ -291,7 +299,7 @@ class VLMModule(LightningModule):
             preds = predict_rec(self.policy, self.processor, batch, self.eval_max_new_tokens, self.box_frame)
         self.val_metrics.update(torch.tensor([p.iou for p in preds]))
         fmt = torch.tensor([float(p.format_ok) for p in preds]).mean()
-        self.log(f"{split}/format", fmt, batch_size=len(batch), sync_dist=True)
+        self.log(f"{split}/format", fmt, batch_size=len(batch), sync_dist=True, logger=not self._rows_at_optimiser_step())
 
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end("val")
@@ -303,8 +311,7 @@ class VLMModule(LightningModule):
         if self.eval_task == "answer":
             figures = {key: float(metric.compute()) for key, metric in self.answer_metrics.items()}
             figures["n"] = int(figures["n"])
-            for key in ANSWER_FIGURES:
-                self.log(f"{split}/{key}", figures[key], prog_bar=key == "acc")
+            self._log_eval({f"{split}/{key}": figures[key] for key in ANSWER_FIGURES}, prog_bar=f"{split}/acc")
             for metric in self.answer_metrics.values():
                 metric.reset()
             if self.results_path and not self.trainer.sanity_checking:
@@ -312,21 +319,40 @@ class VLMModule(LightningModule):
             return
         if self.eval_task == "detection":
             det = self.det_metrics.compute()
-            for key in ("map", "map_50", "map_75"):
-                self.log(f"{split}/{key}", det[key], prog_bar=key == "map")
+            self._log_eval({f"{split}/{key}": det[key] for key in ("map", "map_50", "map_75")}, prog_bar=f"{split}/map")
             self.det_metrics.reset()
             if self.results_path and not self.trainer.sanity_checking:
                 self._write_results(split, {k: float(det[k]) for k in ("map", "map_50", "map_75")}
                                     | {"n": int(det["images"]), "prompting": self.detection_prompting})
             return
         out = self.val_metrics.compute()
-        self.log(f"{split}/acc50", out["acc50"], prog_bar=True)
-        self.log(f"{split}/miou", out["miou"], prog_bar=True)
+        fmt = self.trainer.callback_metrics.get(f"{split}/format")
+        self._log_eval({f"{split}/acc50": out["acc50"], f"{split}/miou": out["miou"]},
+                       prog_bar=(f"{split}/acc50", f"{split}/miou"), also={f"{split}/format": fmt})
         self.val_metrics.reset()
         if self.results_path and not self.trainer.sanity_checking:
-            fmt = self.trainer.callback_metrics.get(f"{split}/format")
             self._write_results(split, {"acc50": float(out["acc50"]), "miou": float(out["miou"]),
                                         "format": None if fmt is None else float(fmt), "n": int(out["n"])})
+
+    def _rows_at_optimiser_step(self) -> bool:
+        """Whether this evaluation's figures go to the loggers at ``global_step`` (see
+        :attr:`eval_rows_at_optimiser_step`) rather than at Lightning's batch count."""
+        return (self.eval_rows_at_optimiser_step and self.trainer.state.fn == "fit"
+                and not self.trainer.sanity_checking)
+
+    def _log_eval(self, figures: dict, prog_bar: str | tuple[str, ...], also: dict | None = None) -> None:
+        """Log an evaluation's figures: through Lightning (callback metrics, the progress bar,
+        and its loggers at its batch count), or, for a module whose training rows carry the
+        optimiser step, to the loggers here at ``global_step``, beside the training row of the
+        step evaluated. ``also``: figures Lightning already holds (logged per batch) that the
+        row needs too."""
+        ours = self._rows_at_optimiser_step()
+        for name, value in figures.items():
+            self.log(name, value, prog_bar=name in prog_bar, logger=not ours)
+        if ours:
+            row = {k: float(v) for k, v in (figures | (also or {})).items() if v is not None}
+            for logger in self.loggers:
+                logger.log_metrics({k: v for k, v in row.items() if not math.isnan(v)}, step=self.global_step)
 
     def _evaluated_step(self) -> int:
         """The optimiser step of the weights evaluated: the fit's own step while training; the

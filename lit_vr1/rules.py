@@ -34,6 +34,46 @@ class ConfigError(ValueError):
     """The configuration cannot train; the message lists every problem with its flag."""
 
 
+class UnknownFieldError(TypeError):
+    """A settings class built from Python with a keyword it does not have (a TypeError, as the
+    dataclass's own refusal was); the message names the closest fields, or where a TRL setting
+    of that name lives."""
+
+
+def named_fields_only(cls):
+    """Class decorator for a settings dataclass: keywords it has no field for are refused, all
+    at once, each with the closest field names (``num_generation`` -> ``num_generations``) or,
+    for a TRL GRPOConfig name, where that setting lives here. The dataclass's own refusal was
+    "__init__() got an unexpected keyword argument" for the first one only."""
+    import dataclasses
+    import difflib
+    import functools
+
+    from lit_vr1.trl_names import PYTHON_HINTS
+
+    init = cls.__init__
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+
+    @functools.wraps(init)
+    def checked_init(self, *args, **kwargs):
+        unknown = [k for k in kwargs if k not in names]
+        if unknown:
+            lines = []
+            for key in unknown:
+                if key in PYTHON_HINTS:
+                    lines.append(f"{key}: TRL's {key} is not a {cls.__name__} field; use {PYTHON_HINTS[key]}")
+                else:
+                    close = difflib.get_close_matches(key, names, n=3, cutoff=0.6)
+                    lines.append(f"{key}: not a {cls.__name__} field" +
+                                 (f"; did you mean {' or '.join(close)}?" if close else f" (its fields: {', '.join(names)})"))
+            raise UnknownFieldError(lines[0] if len(lines) == 1 else
+                                    f"{len(lines)} unknown keywords for {cls.__name__}:\n" + "\n".join(f"  {x}" for x in lines))
+        init(self, *args, **kwargs)
+
+    cls.__init__ = checked_init
+    return cls
+
+
 @dataclass(frozen=True)
 class Rule:
     """One configuration rule: its name (the function's), the flag it is about, when it

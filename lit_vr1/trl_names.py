@@ -37,6 +37,32 @@ TRL_NAMES: dict[str, tuple[tuple[str, ...], str]] = {
     "lr_scheduler_type": ((), "a scheduler class: model.init_args.lr_scheduler: {class_path: "
                               "torch.optim.lr_scheduler.CosineAnnealingLR, init_args: {T_max: <steps>}}"),
 }
+# the same settings as a Python user writes them (GRPOConfig(learning_rate=...) is refused with this)
+PYTHON_HINTS: dict[str, str] = {
+    "max_prompt_length": "GroundingDataModule(max_prompt_length=N)",
+    "learning_rate": "the optimiser's lr: GRPOModule(optimizer=lambda params: torch.optim.AdamW(params, lr=1e-6))",
+    "max_grad_norm": "GRPOConfig(gradient_clip_val=1.0)",
+    "per_device_train_batch_size": "GRPOConfig(micro_batch_size=N) (completions per forward/backward); prompts per "
+                                   "rollout are GroundingDataModule(batch_size=N), each with G completions",
+    "gradient_accumulation_steps": "GRPOConfig(mini_batch_size=N) (completions per optimiser step) with "
+                                   "micro_batch_size: mini / micro forward passes per step",
+    "steps_per_generation": "GRPOConfig(mini_batch_size=N): a rollout's completions are split into optimiser steps "
+                            "of mini_batch_size each",
+    "generation_batch_size": "GroundingDataModule(batch_size=N) (prompts per rollout) x GRPOConfig(num_generations)",
+    "reward_weights": "each reward's own weight: IoUReward(weight=0.5)",
+    "num_train_epochs": "Trainer(max_epochs=N)",
+    "max_steps": "Trainer(max_steps=N)",
+    "logging_steps": "Trainer(log_every_n_steps=N)",
+    "save_steps": "ModelCheckpoint(every_n_train_steps=N) in Trainer(callbacks=[...])",
+    "bf16": "Trainer(precision=\"bf16-mixed\") (weights stay float32)",
+    "output_dir": "Trainer(default_root_dir=...) (checkpoints and logs)",
+    "gradient_checkpointing": "GRPOModule(gradient_checkpointing=True) (off by default here; TRL's default is on)",
+    "use_vllm": "no vLLM here: lit-vr1 samples with the policy itself; remove it",
+    "report_to": "a logger: Trainer(logger=WandbLogger(...)) (Lightning's loggers)",
+    "eval_steps": "Trainer(val_check_interval=N)",
+    "save_total_limit": "ModelCheckpoint(save_top_k=N)",
+    "lr_scheduler_type": "GRPOModule(lr_scheduler=lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max))",
+}
 # where a TRL name is answered: the command's top level, the Trainer's own options and lit-vr1's
 # sections; an option of another class (a scheduler's max_steps, a callback's output_dir) is its own
 OWN_SECTIONS = frozenset({"", "trainer", "model", "data", "model.grpo", "model.lora", "model.tiny_spec",

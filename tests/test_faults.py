@@ -146,7 +146,9 @@ def test_on_error_nan_masks_the_failing_sample_counts_it_and_trains_on(samples):
     module = make_module(rewards=[LengthReward(), FailsOn(bad.id, on_error="nan")])
     logger = fit(module, samples[:4], max_steps=2)
     assert module.trainer.global_step == 2
-    assert logged(logger, "train/reward/fragile/errors") == [2.0]  # the sample's G=2 completions, in step 2
+    # the sample's G=2 completions, in step 2; 0 (not a blank) in step 1
+    assert logged(logger, "train/reward/fragile/errors") == [0.0, 2.0]
+    assert logged(logger, "train/reward/length/errors") == [0.0, 0.0]
     assert all(math.isfinite(v) for v in logged(logger, "train/loss"))
 
 
@@ -199,3 +201,20 @@ def test_trainer_stops_at_max_steps_of_applied_updates(samples):
 
     trainer.fit(module, DataLoader(samples[:8], batch_size=2, collate_fn=collate))
     assert probe.changed == [False, True, True] and trainer.global_step == 2
+
+
+def test_loading_a_checkpoint_with_other_rewards_says_which_the_run_used(samples, tmp_path):
+    """Rewards are not hyperparameters: load_from_checkpoint without rewards= builds the default
+    IoU + format, which would train another objective without a word."""
+    module = make_module(rewards=[LengthReward(weight=2.0)])
+    fit(module, samples[:2], max_steps=1)
+    path = str(tmp_path / "last.ckpt")
+    module.trainer.save_checkpoint(path)
+    with pytest.warns(UserWarning, match=r"this checkpoint's run scored with \[length \(LengthReward, weight 2\)\]; "
+                                         r"this module scores with \[iou \(IoUReward, weight 1\); rec_format"):
+        GRPOModule.load_from_checkpoint(path, weights_only=False)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        GRPOModule.load_from_checkpoint(path, weights_only=False, rewards=[LengthReward(weight=2.0)])

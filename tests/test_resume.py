@@ -399,8 +399,9 @@ def test_a_resumed_runs_metrics_csv_holds_the_whole_run(samples, tmp_path, kind)
     checkpointed run's rows up to the checkpoint into it, so its metrics.csv holds every step
     once, as an uninterrupted run's does (the same values: the resume is exact), validation after
     every batch included. SFT's rows (Lightning's) carry the batch count before the update (0, 1,
-    ...), GRPO's training rows the optimiser step after it (1, 2, ...); the validation after the
-    checkpointed batch is not run again by the resumed run, and is copied."""
+    ...), GRPO's training rows the optimiser step after it (1, 2, ...), and each validation row
+    the training row's step; the validation after the checkpointed batch is not run again by the
+    resumed run, and is copied."""
     import lightning as L
     from helpers import LengthReward, collate
     from torch.utils.data import DataLoader
@@ -432,7 +433,10 @@ def test_a_resumed_runs_metrics_csv_holds_the_whole_run(samples, tmp_path, kind)
     got = _metric_rows(resumed)
     steps = sorted({s for s, k, _ in got if k == "train/loss"})
     assert steps == ([0, 1, 2, 3] if kind == "sft" else [1, 2, 3, 4])
-    assert sorted({s for s, k, _ in whole if k.startswith("val/")}) == [0, 1, 2, 3]  # validated after each batch
+    # validated after each batch, on the row of the training step it follows (SFT's batch count, GRPO's
+    # optimiser step), with the format rate beside the IoU figures
+    for key in ("val/acc50", "val/miou", "val/format"):
+        assert sorted({s for s, k, _ in whole if k == key}) == steps
     assert sorted(got) == sorted(whole)  # each step once, with the uninterrupted run's values
     assert {s for s, k, _ in _metric_rows(killed) if k == "train/loss"} == set(steps[:3])  # left as it was
 

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from lit_vr1.data.prompts import DEFAULT_JUDGE_PROMPT
-from lit_vr1.rules import one_of, problems_of, refuse, rule
+from lit_vr1.rules import named_fields_only, one_of, problems_of, refuse, rule
 
 COLOURS = ["red", "green", "blue", "yellow", "purple", "orange"]
 RGB = {
@@ -35,6 +35,7 @@ BACKGROUNDS = ("gradient", "plain")
 Placed = list[tuple[tuple[int, int, int, int], str, str]]
 
 
+@named_fields_only
 @dataclass
 class SyntheticSpec:
     """What the generator draws.

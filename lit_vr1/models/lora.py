@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from lit_vr1.models.families import base_model, find_family
-from lit_vr1.rules import enforce, rule
+from lit_vr1.rules import enforce, named_fields_only, rule
 
 LORA_OPTION = "model.lora.target_modules"
 
@@ -35,6 +35,7 @@ LANGUAGE_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up
 DEFAULT_TARGETS = r"(.*\.)?language_model\.(.*\.)?(" + "|".join(LANGUAGE_PROJECTIONS) + r")"
 
 
+@named_fields_only
 @dataclass
 class LoraSpec:
     """Low-rank adapters (peft LoRA) on the policy; every other weight is frozen.

@@ -236,15 +236,17 @@ class RewardScores:
 
     def stats(self) -> dict[str, float]:
         """Mean and std of each reward over the completions where it applied, and of the total;
-        nan (which the loggers leave out) where there is no value: the std of one value is 0."""
+        nan (which the loggers leave out) where there is no value: the std of one value is 0.
+        Each reward's masked failures (``errors``) and inf values (``nonfinite``) of the batch,
+        0 included."""
         out: dict[str, float] = {}
         for i, (name, row) in enumerate(zip(self.names, self.per_reward)):
             valid = row[~torch.isnan(row)]
             out[f"reward/{name}/mean"] = float(valid.mean()) if valid.numel() else math.nan
             out[f"reward/{name}/std"] = spread(valid)
-            if self.errors and self.errors[i]:
+            if self.errors:  # 0 on a step without failures: a column with no blanks, a curve with no gaps
                 out[f"reward/{name}/errors"] = float(self.errors[i])
-            if self.nonfinite and self.nonfinite[i]:
+            if self.nonfinite:
                 out[f"reward/{name}/nonfinite"] = float(self.nonfinite[i])
         scored = self.total[~self.unscored]
         out["reward/total/mean"] = float(scored.mean()) if scored.numel() else math.nan
