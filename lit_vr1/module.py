@@ -337,8 +337,7 @@ class VLMModule(LightningModule):
     def _rows_at_optimiser_step(self) -> bool:
         """Whether this evaluation's figures go to the loggers at ``global_step`` (see
         :attr:`eval_rows_at_optimiser_step`) rather than at Lightning's batch count."""
-        return (self.eval_rows_at_optimiser_step and self.trainer.state.fn == "fit"
-                and not self.trainer.sanity_checking)
+        return self.eval_rows_at_optimiser_step and self.trainer.state.fn == "fit"
 
     def _log_eval(self, figures: dict, prog_bar: str | tuple[str, ...], also: dict | None = None) -> None:
         """Log an evaluation's figures: through Lightning (callback metrics, the progress bar,
@@ -349,7 +348,7 @@ class VLMModule(LightningModule):
         ours = self._rows_at_optimiser_step()
         for name, value in figures.items():
             self.log(name, value, prog_bar=name in prog_bar, logger=not ours)
-        if ours:
+        if ours and not self.trainer.sanity_checking:  # Lightning logs no sanity check either
             row = {k: float(v) for k, v in (figures | (also or {})).items() if v is not None}
             for logger in self.loggers:
                 logger.log_metrics({k: v for k, v in row.items() if not math.isnan(v)}, step=self.global_step)
