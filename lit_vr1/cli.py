@@ -177,10 +177,18 @@ def option_help(argv: list[str]) -> str | None:
         parser = ArgumentParser(prog=f"lit-vr1 fit --{key}", description=(cls.__doc__ or "").split("\n\n")[0])
         parser.add_class_arguments(cls, nested_key=None, fail_untyped=False)
         text = parser.format_help()
-        hint = f"\nIn YAML: {key}: {{class_path: {picked}, init_args: {{...}}}}\n" if key in ("model", "data",
-                                                                                            "model.rewards") else ""
-        return text + hint
+        return text + _yaml_hint(key, picked)
     return None
+
+
+def _yaml_hint(key: str, class_path: str) -> str:
+    """How the class picked by ``--<key>.help`` is written in a config file."""
+    entry = f"{{class_path: {class_path}, init_args: {{...}}}}"
+    if key in ("model", "data"):
+        return f"\nIn YAML: {key}: {entry}\n"
+    if key == "model.rewards":  # a list: one given anew replaces a config's whole list
+        return f"\nIn YAML, under model.init_args: rewards: [{entry}, ...] (a list: every reward the run scores with)\n"
+    return ""
 
 
 def _flag_values(argv: list[str], flags: tuple[str, ...]) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -164,3 +165,8 @@ def test_lit_vr1_options_are_discoverable_from_the_command_line(tmp_path):
         assert proc.returncode == 0 and expect in proc.stdout, (flags, proc.stdout[-500:], proc.stderr[-500:])
     assert "lit-vr1's own options" in lit_vr1(tmp_path, "fit", "--help").stdout
     assert "fewest pixels an image is resized to" in lit_vr1(tmp_path, "fit", "--model.help").stdout
+    # a reward is written as a list entry, named after its function by default
+    reward_help = lit_vr1(tmp_path, "fit", "--model.rewards.help", "FunctionReward").stdout
+    assert "In YAML, under model.init_args: rewards: [{class_path: lit_vr1.rewards.FunctionReward, " in reward_help
+    assert re.search(r"its\s+function's\s+name", reward_help)
+    assert "In YAML: model: {class_path: lit_vr1.grpo.GRPOModule" in lit_vr1(tmp_path, "fit", "--model.help").stdout

@@ -124,7 +124,8 @@ class Reward:
 
     Args:
         weight: factor of this reward in the total.
-        name: key under which it is logged (default: the class's ``default_name``).
+        name: key under which it is logged (default: the class's ``default_name``; a
+            FunctionReward's: its function's name).
         tasks: the sample tasks this reward scores (None: all); others get nan.
         on_error: "raise" (default): a reward that raises stops the run with an error
             naming the reward and the sample; "nan": the failing completions get nan,
