@@ -334,3 +334,19 @@ def check_fit(module: Any) -> None:
     with every problem. Called from ``GRPOModule.setup("fit")``: after the data module is set
     up, before ``configure_model`` builds (or downloads) a model."""
     check(fit_setup(module))
+
+
+def check_trainer(module: Any, trainer: Any) -> None:
+    """The rules about the Trainer under manual optimisation (:func:`no_trainer_gradient_clip`,
+    :func:`no_trainer_accumulation`), for ``module`` before ``trainer.fit`` is called: Lightning
+    checks both at the start of a fit, before any setup hook runs, and stops with its own
+    exception (a traceback under the CLI, and no word of GRPO's settings). The CLI calls this
+    first (``LitVR1CLI.before_fit``); :func:`check_fit` runs the same rules again from Python."""
+    grpo = getattr(module, "config", None) if not getattr(module, "automatic_optimization", True) else None
+    setup = FitSetup(grpo=grpo, trainer_clip=getattr(trainer, "gradient_clip_val", None) if grpo is not None else None,
+                     trainer_accumulation=getattr(trainer, "accumulate_grad_batches", 1) if grpo is not None else 1)
+    found = [p for p in (no_trainer_gradient_clip(setup), no_trainer_accumulation(setup)) if p]
+    if found:
+        lines = "\n".join(f"  - {p}" for p in found)
+        raise ConfigError(found[0] if len(found) == 1 else
+                          f"{len(found)} problem(s) in the configuration; fix them and start again:\n{lines}")

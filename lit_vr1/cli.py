@@ -118,6 +118,13 @@ class LitVR1CLI(LightningCLI):
             remove_unused_log_dirs(fresh)
             raise
 
+    def before_fit(self) -> None:
+        """The Trainer's settings that manual optimisation cannot take, refused with GRPO's own
+        (:func:`~lit_vr1.checks.check_trainer`) before Lightning refuses them with a traceback."""
+        from lit_vr1.checks import check_trainer
+
+        check_trainer(self.model, self.trainer)
+
     def before_instantiate_classes(self) -> None:
         """The loggers follow ``--trainer.default_root_dir`` (:func:`loggers_follow_root`)."""
         config = self.config[self.subcommand] if self.subcommand else self.config

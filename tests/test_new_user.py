@@ -170,3 +170,16 @@ def test_lit_vr1_options_are_discoverable_from_the_command_line(tmp_path):
     assert "In YAML, under model.init_args: rewards: [{class_path: lit_vr1.rewards.FunctionReward, " in reward_help
     assert re.search(r"its\s+function's\s+name", reward_help)
     assert "In YAML: model: {class_path: lit_vr1.grpo.GRPOModule" in lit_vr1(tmp_path, "fit", "--model.help").stdout
+
+
+def test_the_trainers_clip_and_accumulation_are_answered_with_grpos_own_before_lightning_refuses(tmp_path):
+    """Lightning refuses both under manual optimisation at the start of a fit, before any setup
+    hook, with its own traceback; the CLI says where GRPO takes them, in one message."""
+    proc = lit_vr1(tmp_path, "fit", *small(tmp_path / "run", tmp_path / "data"), "--trainer.accumulate_grad_batches=2",
+                   "--trainer.gradient_clip_val=0.5")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "trainer.gradient_clip_val=0.5: GRPO steps its optimiser itself" in proc.stderr
+    assert "set model.grpo.gradient_clip_val=0.5" in proc.stderr
+    assert "trainer.accumulate_grad_batches=2: GRPO accumulates micro-batches itself" in proc.stderr
+    assert "MisconfigurationException" not in proc.stderr
+    assert not (tmp_path / "run" / "logs").exists()  # refused before anything was logged
