@@ -17,7 +17,15 @@ from lit_vr1.data.jsonl import Sample
 from lit_vr1.data.prompts import build_messages
 from lit_vr1.predict import greedy_rollout, predict_records
 from lit_vr1.rewards.accuracy import answer_text, is_correct
-from lit_vr1.rewards.boxes import Box, ParsedBox, first_box, is_degenerate, solution_boxes, to_original
+from lit_vr1.rewards.boxes import (
+    Box,
+    ParsedBox,
+    box_solution_problem,
+    first_box,
+    is_degenerate,
+    solution_boxes,
+    to_original,
+)
 from lit_vr1.rewards.rec import RecJsonFormat, rec_ious, think_answer_ok
 
 
@@ -192,3 +200,31 @@ def predict_detection(model: PreTrainedModel, processor: ProcessorMixin, samples
             preds[i].extend(ParsedBox(tuple(b["bbox_2d"]), category if category is not None else b["label"])
                             for b in rec["boxes"])
     return preds, [solution_boxes(s.solution) for s in samples]
+
+
+def eval_solution_problem(eval_task: str, record) -> str | None:
+    """Why the held-out row ``record`` cannot be scored by validation's ``eval_task``, or None:
+    "rec" needs a box, "detection" boxes or [] (an image without objects), "answer" an answer."""
+    if eval_task == "answer":
+        answer = record.solution
+        ok = answer is not None and (not isinstance(answer, str) or answer.strip())
+        return None if ok else "has no answer to compare with: field 'solution' is empty or missing"
+    return box_solution_problem(record, empty_ok=eval_task == "detection")
+
+
+def check_eval_solutions(eval_task: str, val_set) -> list:
+    """Every held-out row validation cannot score (:func:`eval_solution_problem`), refused all
+    at once, or left out under ``data.bad_rows=skip``, at the start of a fit, validate or test:
+    before, the first validation to reach one stopped with "sample ...: holds no box" and no
+    file or line. A held-out set that is not a JSONL dataset is not read. Returns the rows left out."""
+    if not hasattr(val_set, "check_rows"):
+        return []
+
+    def problem(record) -> str | None:
+        found = eval_solution_problem(eval_task, record)
+        return f"{record.source}: {found} (held-out rows are scored as model.eval_task={eval_task})" if found else None
+
+    return val_set.check_rows(problem, "held-out rows validation cannot score",
+                              "fix or remove them, or set data.bad_rows=skip to leave them out",
+                              "no held-out row can be scored")
+

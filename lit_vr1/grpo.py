@@ -22,13 +22,13 @@ from lit_vr1.config import GRPOConfig
 from lit_vr1.loop import RolloutUpdateLoop, StepOutcome
 from lit_vr1.models import precision
 from lit_vr1.module import VLMModule
-from lit_vr1.rewards.base import Reward
+from lit_vr1.rewards.base import Reward, SampleContext
 from lit_vr1.rewards.function import as_rewards
 from lit_vr1.rewards.rec import IoUReward, RecJsonFormat
 
 SKIPPED_KEY = "lit_vr1_skipped_steps"  # checkpoint key of the skipped-step counters
 REWARDS_KEY = "lit_vr1_rewards"  # checkpoint key of the rewards the run scored with (see reward_list)
-NOTHING_SCORED = "no completion of the mini-batch was scored"
+NOTHING_SCORED = "no completion of the mini-batch counts in the loss"
 
 
 class GRPOModule(VLMModule):
@@ -93,8 +93,10 @@ class GRPOModule(VLMModule):
         parallel.shard(self)  # FSDP2 under ModelParallelStrategy; nothing otherwise
 
     def setup(self, stage: str) -> None:
+        super().setup(stage)
         if stage == "fit":
             check_fit(self)  # every fit-time and strategy rule, each problem listed
+            check_solutions(self.rewards, getattr(getattr(self.trainer, "datamodule", None), "train_set", None))
             for reward in self.rewards:  # a judge that is not running: say so now, not at the first rollout
                 reward.check_ready()
 
@@ -187,8 +189,12 @@ class GRPOModule(VLMModule):
         if bad:
             return f"loss {loss}, gradient norm {grad_norm}: not finite on every process"
         if not tokens:
-            return NOTHING_SCORED + (" on any process (no reward gave a finite value: each was nan, not applicable or "
-                                     "failed, or infinite)")
+            unscored = "no reward gave a finite value: each was nan, not applicable or failed, or infinite"
+            if getattr(getattr(self, "config", None), "mask_truncated_completions", False):
+                return (f"{NOTHING_SCORED} on any process: each completion was unscored ({unscored}) or truncated, "
+                        "and model.grpo.mask_truncated_completions=true leaves truncated ones out of the loss "
+                        "(train/completion/truncated_frac; raise model.grpo.max_completion_length)")
+            return f"{NOTHING_SCORED} on any process ({unscored})"
         return None
 
     def record_skip(self, reason: str) -> None:
@@ -201,7 +207,8 @@ class GRPOModule(VLMModule):
                        f"({self.skipped_steps} skipped so far)")
         if self.skips_in_a_row >= self.max_skips_in_a_row:
             what = ("Check the rewards: a judge server that is down, rewards that apply to none of the data's tasks, "
-                    "or rewards that return nan or inf (train/reward/<name>/errors and /nonfinite count them)."
+                    "or rewards that return nan or inf (train/reward/<name>/errors and /nonfinite count them); or, "
+                    "with model.grpo.mask_truncated_completions, completions that all reach max_completion_length."
                     if reason.startswith(NOTHING_SCORED) else "Training has diverged. Lower the learning rate, set "
                     "model.grpo.gradient_clip_val, or resume from an earlier checkpoint.")
             raise FloatingPointError(f"{self.skips_in_a_row} optimiser steps in a row were skipped (the last at global "
@@ -296,4 +303,27 @@ def warn_changed_rewards(saved: list[str] | None, now: list[str]) -> None:
     rank_zero_warn(f"this checkpoint's run scored with [{'; '.join(saved)}]; this module scores with "
                    f"[{'; '.join(now)}]. To go on as the run did, give the same rewards (GRPOModule.load_from_checkpoint"
                    "(path, rewards=[...]), or the run's config.yaml's model.init_args.rewards)")
+
+
+def check_solutions(rewards: list[Reward], train_set) -> list:
+    """Every training row whose solution a reward that applies to it cannot score (a REC
+    answer without a box for the IoU reward, see :meth:`Reward.solution_problem`), refused
+    all at once, or left out under ``data.bad_rows=skip`` (``JsonlDataset.check_rows``);
+    before, the first rollout to reach such a row stopped the run. A training set that is not
+    a JSONL dataset (a plain DataLoader) is not read. Returns the rows left out."""
+    if not hasattr(train_set, "check_rows"):
+        return []
+
+    def problem(record) -> str | None:
+        ctx = SampleContext(id=record.id, prompt=record.question, solution=record.solution, metadata=record.metadata,
+                            task=record.task, source=record.source, image_sizes=list(record.image_sizes))
+        for reward in rewards:
+            found = reward.applies(ctx) and reward.solution_problem(ctx)
+            if found:
+                return f"{record.source}: {found} (reward {reward.name!r} scores this row)"
+        return None
+
+    return train_set.check_rows(problem, "rows whose solution a reward cannot score",
+                                "fix or remove them, or set data.bad_rows=skip to leave them out",
+                                "no training row has a solution the rewards can score")
 

@@ -18,7 +18,7 @@ from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from lit_vr1 import allocator, log_dirs, parallel, resume_optimisers
 from lit_vr1.checkpoint import gather_rng_states, refuse_changed_resume, set_rng_states, setting_differences
 from lit_vr1.checks import check_master_weights
-from lit_vr1.evaluate import PROMPTINGS, predict_answer, predict_detection, predict_rec
+from lit_vr1.evaluate import PROMPTINGS, check_eval_solutions, predict_answer, predict_detection, predict_rec
 from lit_vr1.metrics.detection import DetectionMetrics
 from lit_vr1.metrics.rec import RECMetrics
 from lit_vr1.models import freeze, precision, swiglu, vision_attention
@@ -270,6 +270,14 @@ class VLMModule(LightningModule):
         restore the checkpoint's states over them and train on with the old settings, the
         learning rate included, without a word."""
         resume_optimisers.refuse_change(resume_optimisers.differences(saved, self._configured()), self.trainer.ckpt_path)
+
+    def setup(self, stage: str) -> None:
+        """At the start of a fit, validate or test, before the model is built: the held-out rows
+        validation cannot score (:func:`~lit_vr1.evaluate.check_eval_solutions`), all listed."""
+        limit = {"fit": "limit_val_batches", "validate": "limit_val_batches", "test": "limit_test_batches"}.get(stage)
+        if limit and getattr(self.trainer, limit, None) != 0:  # 0: no held-out row is scored
+            datamodule = getattr(self.trainer, "datamodule", None)
+            check_eval_solutions(self.eval_task, getattr(datamodule, "val_set", None))
 
     # -- validation and test: greedy REC ---------------------------------------------------------
     def validation_step(self, batch, batch_idx: int) -> None:

@@ -108,6 +108,7 @@ class SFTModule(VLMModule):
     def setup(self, stage: str) -> None:
         """At fit start, before the model is built: refuse the training set's rows without an
         answer, all of them listed (not when a batch holding one is reached, deep into the run)."""
+        super().setup(stage)
         if stage == "fit":
             check_answers(training_records(self.trainer))
 

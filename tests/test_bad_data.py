@@ -63,6 +63,11 @@ BAD_AT_BUILD = [
      r"data\.jsonl:2: field 'solution' item 2 \[10, 10, 5, 20\] has no area"),
     (vr1(9, [["cat", [0, 0, 41.5, 30]]]), r"data\.jsonl:2: field 'solution' item 1 \[0, 0, 41\.5, 30\] lies outside the 40x30"),
     (vr1(9, [["cat", [-3, 0, 10, 10]]]), r"data\.jsonl:2: field 'solution' item 1 .* lies outside"),
+    (rec(9, gpt="[0.44, 0.47, 0.86, 0.89]"),
+     r"data\.jsonl:2: field 'conversations' \(gpt turn\) box 1 \[0\.44, 0\.47, 0\.86, 0\.89\] lies within the first "
+     r"pixel of the 40x30 image: this looks like 0-1 units; boxes must be in pixels of the original image \(x times 40, "
+     r"y times 30\)"),
+    (vr1(9, [["cat", [0.1, 0.2, 0.5, 0.9]]]), r"data\.jsonl:2: field 'solution' item 1 .* looks like 0-1 units"),
     (rec(9).replace('"image":', '"images":'),
      r"data\.jsonl:2: field 'images' is not read; the image path goes in field 'image'"),
     (vr1(9, [["cat", [1, 2, 10, 12]]]).replace('"solution":', '"answer":'),
@@ -73,7 +78,7 @@ BAD_AT_BUILD = [
 @pytest.mark.parametrize("line, message", BAD_AT_BUILD, ids=[
     "malformed_json", "missing_field", "missing_image", "corrupt_image_header", "aspect_ratio", "empty_human_turn",
     "empty_problem", "rec_zero_area", "rec_out_of_image", "vr1_zero_area", "vr1_out_of_image", "vr1_negative",
-    "image_field_misspelled", "solution_field_misspelled"])
+    "rec_unit_box", "vr1_unit_box", "image_field_misspelled", "solution_field_misspelled"])
 def test_bad_rows_fail_when_the_data_is_read_naming_file_line_field(tmp_path, line, message):
     f, d = write(tmp_path, [rec(1), line, rec(3)])
     with pytest.raises(DataError, match=message):

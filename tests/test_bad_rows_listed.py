@@ -247,3 +247,74 @@ def test_labelled_and_synthetic_training_sets_pass_the_answer_check(tmp_path):
     with pytest.raises(DataError) as info:  # the per-batch backstop still refuses a batch holding one
         check_answers([SimpleNamespace(solution="", source="x.jsonl:1", id="1")])
     assert str(info.value) == NO_ANSWER.format("x.jsonl", 1, 1)
+
+
+# -- GRPO: a solution its rewards cannot score is found at fit start ---------------------------------
+def test_grpo_lists_rec_rows_whose_answer_holds_no_box_before_the_model_is_built(tmp_path):
+    """Before, the first rollout to reach such a row stopped the run ("holds no box"), deep into
+    it, and data.bad_rows=skip did not skip it."""
+    from lit_vr1.config import GRPOConfig
+    from lit_vr1.grpo import GRPOModule
+
+    lines = [rec(1), rec(2, gpt="The circle is at (4,5)-(9,10)."), rec(3), rec(4, gpt="top left"), rec(5)]
+    f, d = write(tmp_path, lines)
+    module = GRPOModule(model="tiny:qwen2_5_vl", grpo=GRPOConfig(num_generations=2, max_completion_length=4))
+    with pytest.raises(DataError) as info:
+        _trainer(tmp_path).fit(module, GroundingDataModule(train_files=f, train_images=d, batch_size=1))
+    rows = str(info.value).split("\n  ")
+    assert rows[0] == (f"2 rows whose solution a reward cannot score in {f} (fix or remove them, or set "
+                       "data.bad_rows=skip to leave them out):")
+    assert rows[1] == (f"{f}:2: solution 'The circle is at (4,5)-(9,10).' holds no box; a box is [x1, y1, x2, y2] in "
+                       "pixels of the image (reward 'iou' scores this row)")
+    assert rows[2].startswith(f"{f}:4: solution 'top left' holds no box")
+    assert module.policy is None  # refused before the model was built
+
+
+def test_with_bad_rows_skip_they_are_left_out_and_reported(tmp_path):
+    from lit_vr1.data.jsonl import Record
+    from lit_vr1.grpo import check_solutions
+    from lit_vr1.rewards import DetectionMAP, IoUReward
+
+    def detection(i, solution):
+        return json.dumps({**json.loads(vr1(i, solution)), "reward_method": "detection"})
+
+    lines = [rec(1), rec(2, gpt="top left"), detection(3, []), detection(4, "no objects here")]
+    f, d = write(tmp_path, lines)
+    ds = JsonlDataset(f, d, bad_rows="skip")
+    dropped = check_solutions([IoUReward(tasks=["default"]), DetectionMAP(tasks=["detection"])], ds)
+    assert [r.id for r in dropped] == ["2", "4"] and [r.id for r in ds.records] == ["1", "3"]
+    assert ds.skipped[-2:] == dropped
+    # a detection row without objects ([]) passes its box reward; routing decides which reward reads a row
+    detection = Record("x", [], "q", [], "d.jsonl:1", task="detection")
+    assert DetectionMAP().solution_problem(detection) is None and IoUReward().solution_problem(detection)
+    assert check_solutions([IoUReward()], object()) == []  # not a JSONL dataset: not read
+
+
+@pytest.mark.parametrize("eval_task, line, problem", [
+    ("rec", rec(2, gpt="top left"), "solution 'top left' holds no box; a box is [x1, y1, x2, y2] in pixels of the image"),
+    ("detection", vr1(2, "a cat on the left"), "solution 'a cat on the left' holds no box; for an image without "
+                                               "objects give [] or metadata num_instances: 0"),
+    ("answer", vr1(2, " "), "has no answer to compare with: field 'solution' is empty or missing"),
+])
+def test_held_out_rows_validation_cannot_score_are_named_at_the_start(tmp_path, eval_task, line, problem):
+    """Before, the first validation to reach one stopped with "sample '2': solution ... holds no
+    box", without file or line (under validate), or after the steps before it (under fit)."""
+    from lit_vr1.sft import SFTModule
+
+    train, d = write(tmp_path, [rec(1), rec(3)], "train")
+    val, _ = write(tmp_path, [rec(1) if eval_task != "answer" else vr1(1, "3"), line], "val")
+    data = GroundingDataModule(train_files=train, train_images=d, val_files=val, val_images=d, batch_size=1)
+    module = SFTModule(model="tiny:qwen2_5_vl", eval_task=eval_task)
+    with pytest.raises(DataError) as info:
+        _trainer(tmp_path).validate(module, data)
+    assert str(info.value) == f"{val}:2: {problem} (held-out rows are scored as model.eval_task={eval_task})"
+    assert module.policy is None
+
+
+def test_with_bad_rows_skip_such_held_out_rows_are_left_out(tmp_path):
+    from lit_vr1.evaluate import check_eval_solutions
+
+    f, d = write(tmp_path, [rec(1), rec(2, gpt="top left"), rec(3)])
+    ds = JsonlDataset(f, d, bad_rows="skip")
+    assert [r.id for r in check_eval_solutions("rec", ds)] == ["2"] and [r.id for r in ds.records] == ["1", "3"]
+    assert check_eval_solutions("rec", None) == []

@@ -347,6 +347,12 @@ def test_the_skip_message_covers_infinite_rewards():
     learner = SimpleNamespace(reduce_sum=lambda t: t, device="cpu")
     reason = GRPOModule._skip_reason(learner, 0.0, 0.0, False)
     assert "no reward gave a finite value: each was nan, not applicable or failed, or infinite" in reason
+    assert "truncated" not in reason
+    # with truncated completions left out of the loss, that is named too
+    learner.config = SimpleNamespace(mask_truncated_completions=True)
+    reason = GRPOModule._skip_reason(learner, 0.0, 0.0, False)
+    assert ("each completion was unscored (no reward gave a finite value" in reason
+            and "model.grpo.mask_truncated_completions=true leaves truncated ones out of the loss" in reason)
 
 
 def test_a_rollout_records_each_completions_token_ids_up_to_its_end(tiny_qwen25, samples):

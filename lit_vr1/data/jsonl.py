@@ -76,6 +76,7 @@ MAX_ASPECT = 200
 # A ground-truth box may reach this many pixels beyond the image (rounding in annotation
 # tools); further out it is an error.
 BOX_SLACK = 1.0
+UNIT_BOX_MIN_SIDE = 4  # a box inside the first pixel of a larger image is taken for 0-1 units
 BAD_ROWS = ("raise", "skip")
 
 
@@ -332,8 +333,9 @@ def _floats(box: Any) -> tuple[float, ...]:
 
 def check_solution_boxes(solution: Any, field: str, image_size: tuple[int, int] | None, where: str) -> None:
     """Refuse ground-truth boxes with no area (x2 <= x1 or y2 <= y1, or a non-finite
-    coordinate) and boxes outside the first image by more than :data:`BOX_SLACK` pixels
-    (x1, y1 < -1 or x2 > width + 1, y2 > height + 1). Boxes are (x1, y1, x2, y2) in the
+    coordinate), boxes outside the first image by more than :data:`BOX_SLACK` pixels
+    (x1, y1 < -1 or x2 > width + 1, y2 > height + 1: 0-1000 units, mostly) and boxes inside
+    its first pixel (x2, y2 <= 1) on an image over :data:`UNIT_BOX_MIN_SIDE` px (0-1 units). Boxes are (x1, y1, x2, y2) in the
     original image's pixels; messages count items and boxes from 1, as lines are. Vision-R1's [category, box] lists are always checked; a string
     solution only when it is written as boxes (see :func:`_is_box_answer`)."""
     if isinstance(solution, list):
@@ -353,6 +355,10 @@ def check_solution_boxes(solution: Any, field: str, image_size: tuple[int, int] 
         if x1 < -BOX_SLACK or y1 < -BOX_SLACK or x2 > w + BOX_SLACK or y2 > h + BOX_SLACK:
             raise DataError(f"{where}: {field} {name} {raw} lies outside the {w}x{h} image (by more than "
                             f"{BOX_SLACK:g} px); boxes must be in pixels of the original image (not 0-1000 or 0-1 units)")
+        if x2 <= 1 and y2 <= 1 and max(w, h) > UNIT_BOX_MIN_SIDE:  # inside the image, but within its first pixel
+            raise DataError(f"{where}: {field} {name} {raw} lies within the first pixel of the {w}x{h} image: this "
+                            f"looks like 0-1 units; boxes must be in pixels of the original image (x times {w}, "
+                            f"y times {h})")
 
 
 def _load_json(line: str, where: str) -> Any:
@@ -589,25 +595,38 @@ class JsonlDataset(Dataset):
     def check_prompt_lengths(self, processor: Any, max_prompt_length: int) -> list[SkippedRow]:
         """Refuse (or, in skip mode, drop) every row whose prompt is longer than
         ``max_prompt_length`` tokens, image tokens included (:func:`prompt_length`); never
-        truncates. Under "raise", every row is measured, then one :class:`DataError` lists
-        the long ones (:func:`rows_message`). Returns the rows dropped by this call."""
-        keep, dropped, sources = [], [], []
-        for r in self.records:
+        truncates (see :meth:`check_rows`). Returns the rows dropped by this call."""
+        def too_long(r: Record) -> str | None:
             n = prompt_length(processor, r, self.template)
             if n <= max_prompt_length:
+                return None
+            return (f"{r.source}: the prompt (field 'image' and the question) is {n} tokens with its image tokens, "
+                    f"over data.max_prompt_length={max_prompt_length}; prompts are never truncated (a cut inside image "
+                    "tokens breaks the input): raise max_prompt_length, lower model.max_pixels, or remove the line")
+
+        return self.check_rows(too_long, f"rows over data.max_prompt_length={max_prompt_length}",
+                               "shorten them, raise max_prompt_length, lower model.max_pixels, or set data.bad_rows=skip "
+                               "to leave them out", f"every row is over data.max_prompt_length={max_prompt_length}")
+
+    def check_rows(self, problem: Any, what: str, advice: str, all_bad: str) -> list[SkippedRow]:
+        """Refuse (or, in skip mode, drop) every row for which ``problem(record)`` returns a
+        message (naming the row's "file:line"). Under "raise", every row is checked, then one
+        :class:`DataError` lists the bad ones (:func:`rows_message`, with ``what`` and
+        ``advice``); under "skip" they leave the dataset and join :attr:`skipped`, and a
+        dataset left empty is an error (``all_bad``, then the first reason). Returns the rows
+        dropped by this call."""
+        keep, dropped, sources = [], [], []
+        for r in self.records:
+            reason = problem(r)
+            if reason is None:
                 keep.append(r)
                 continue
-            msg = (f"{r.source}: the prompt (field 'image' and the question) is {n} tokens with its image tokens, "
-                   f"over data.max_prompt_length={max_prompt_length}; prompts are never truncated (a cut inside image "
-                   "tokens breaks the input): raise max_prompt_length, lower model.max_pixels, or remove the line")
-            dropped.append(SkippedRow(r.id, msg))
+            dropped.append(SkippedRow(r.id, reason))
             sources.append(r.source)
         if dropped and self.bad_rows == "raise":
-            raise DataError(rows_message([d.reason for d in dropped], sources, f"rows over data.max_prompt_length="
-                                         f"{max_prompt_length}", "shorten them, raise max_prompt_length, lower "
-                                         "model.max_pixels, or set data.bad_rows=skip to leave them out"))
+            raise DataError(rows_message([d.reason for d in dropped], sources, what, advice))
         if not keep:
-            raise DataError(f"every row is over data.max_prompt_length={max_prompt_length}; the first: {dropped[0].reason}")
+            raise DataError(f"{all_bad}; the first: {dropped[0].reason}")
         self.records = keep
         self.skipped.extend(dropped)
         return dropped

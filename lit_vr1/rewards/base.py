@@ -161,6 +161,13 @@ class Reward:
     def applies(self, ctx: SampleContext) -> bool:
         return self.tasks is None or ctx.task in self.tasks
 
+    def solution_problem(self, ctx: SampleContext) -> str | None:
+        """Why this reward could not score any completion of the sample ``ctx`` (its solution
+        holds nothing the reward compares with: no box for a box reward), or None. Asked of
+        every training row the reward applies to at fit start (``GRPOModule.setup``), so a
+        bad row is refused (or skipped) before training, not when a rollout reaches it."""
+        return None
+
     def _checked(self, completions: list[str], contexts: list[SampleContext]) -> list[float]:
         values = self.score(completions, contexts)
         if len(values) != len(completions):  # a broken reward, not a bad sample: no sample is blamed

@@ -279,3 +279,41 @@ def solution_boxes(solution: Any) -> list[ParsedBox]:
     if isinstance(solution, str):
         return parse_boxes(solution, keep_degenerate=True)
     return _boxes_from_json(solution)
+
+
+FENCED_RE = re.compile(r"```(?:json)?\s*(.*?)\s*```", re.DOTALL)
+
+
+def is_empty_solution(solution: Any) -> bool:
+    """Whether a solution says "no objects": None, an empty list or dict, or a string that is
+    empty or the JSON ``[]`` / ``{}`` (inside <answer> tags or a fenced block too)."""
+    if solution is None:
+        return True
+    if isinstance(solution, (list, tuple, dict)):
+        return len(solution) == 0
+    if isinstance(solution, str):
+        text = answer_text(solution).strip()
+        fenced = FENCED_RE.fullmatch(text)
+        text = fenced.group(1).strip() if fenced else text
+        if not text:
+            return True
+        try:
+            return json.loads(text) in ([], {})
+        except (json.JSONDecodeError, ValueError):
+            return False
+    return False
+
+
+def box_solution_problem(ctx: Any, empty_ok: bool) -> str | None:
+    """Why the solution of ``ctx`` (a :class:`~lit_vr1.rewards.base.SampleContext`, or
+    anything with ``solution`` and ``metadata``) gives a box reward nothing to compare with,
+    or None: it holds no box, and is not an image without objects (``empty_ok``: detection,
+    where [] or ``metadata num_instances: 0`` says so; REC always names one object)."""
+    if solution_boxes(ctx.solution):
+        return None
+    if empty_ok and (is_empty_solution(ctx.solution) or (getattr(ctx, "metadata", None) or {}).get("num_instances") == 0):
+        return None
+    text = repr(ctx.solution) if not isinstance(ctx.solution, str) else repr(ctx.solution[:200])
+    return (f"solution {text} holds no box" + ("; for an image without objects give [] or metadata num_instances: 0"
+                                                if empty_ok else "; a box is [x1, y1, x2, y2] in pixels of the image"))
+

@@ -20,7 +20,15 @@ import numpy as np
 import torch
 
 from lit_vr1.rewards.base import Reward, SampleContext
-from lit_vr1.rewards.boxes import Box, ParsedBox, check_optional_frame, frame_of, predicted_boxes, solution_boxes
+from lit_vr1.rewards.boxes import (
+    Box,
+    ParsedBox,
+    box_solution_problem,
+    check_optional_frame,
+    frame_of,
+    predicted_boxes,
+    solution_boxes,
+)
 
 MAP_METRICS = ("map", "map_50", "map_75")
 MAP_BACKENDS = ("pycocotools", "faster_coco_eval")  # torchmetrics' COCO backends
@@ -214,6 +222,9 @@ class _DetectionReward(Reward):
     def __init__(self, box_frame: str | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         self.box_frame = check_optional_frame(box_frame)
+
+    def solution_problem(self, ctx: SampleContext) -> str | None:
+        return box_solution_problem(ctx, empty_ok=True)
 
     def boxes(self, completion: str, ctx: SampleContext) -> tuple[list[ParsedBox], list[ParsedBox]]:
         """(predicted, ground truth) boxes of one completion, both in original pixels. Every

@@ -12,6 +12,7 @@ from torchmetrics.functional.detection import intersection_over_union
 from lit_vr1.rewards.base import Reward, SampleContext
 from lit_vr1.rewards.boxes import (
     answer_text,
+    box_solution_problem,
     check_optional_frame,
     first_box,
     frame_of,
@@ -107,6 +108,9 @@ class IoUReward(Reward):
         self.threshold = threshold
         self.zero_below, self.one_above = zero_below, one_above
         self.box_frame = box_frame
+
+    def solution_problem(self, ctx: SampleContext) -> str | None:
+        return box_solution_problem(ctx, empty_ok=False)
 
     def score(self, completions: list[str], contexts: list[SampleContext]) -> list[float]:
         if not getattr(self, "_warned_multi", False):

@@ -26,7 +26,6 @@ from __future__ import annotations
 import bisect
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
 
@@ -37,9 +36,11 @@ from torchmetrics.functional.detection import generalized_intersection_over_unio
 
 from lit_vr1.rewards.base import Reward, SampleContext
 from lit_vr1.rewards.boxes import (
+    FENCED_RE,
     Box,
     ParsedBox,
     answer_text,
+    box_solution_problem,
     check_optional_frame,
     frame_of,
     is_degenerate,
@@ -50,7 +51,6 @@ from lit_vr1.rewards.boxes import (
 )
 from lit_vr1.rewards.rec import think_answer_ok
 
-FENCED_RE = re.compile(r"```(?:json)?\s*(.*?)\s*```", re.DOTALL)
 TEMPLATES = ("bbox_2d_json", "label_box_pairs")
 
 
@@ -323,24 +323,6 @@ def released_boxes(completion: str, ctx: SampleContext, frame: str) -> list[Pars
 # --------------------------------------------------------------------------- ground truth
 
 
-def _is_empty_solution(solution: Any) -> bool:
-    if solution is None:
-        return True
-    if isinstance(solution, (list, tuple, dict)):
-        return len(solution) == 0
-    if isinstance(solution, str):
-        text = answer_text(solution).strip()
-        fenced = FENCED_RE.fullmatch(text)
-        text = fenced.group(1).strip() if fenced else text
-        if not text:
-            return True
-        try:
-            return json.loads(text) in ([], {})
-        except (json.JSONDecodeError, ValueError):
-            return False
-    return False
-
-
 def ground_truth(ctx: SampleContext) -> list[ParsedBox]:
     """The sample's ground-truth boxes (original pixels); [] for an image without objects.
 
@@ -349,11 +331,10 @@ def ground_truth(ctx: SampleContext) -> list[ParsedBox]:
     none of these and holds no box is a data error and raises."""
     if ctx.metadata.get("num_instances") == 0:
         return []
-    boxes = solution_boxes(ctx.solution)
-    if not boxes and not _is_empty_solution(ctx.solution):
-        raise ValueError(f"sample {ctx.id!r}: solution {str(ctx.solution)[:200]!r} holds no box; for an image "
-                         "without objects give [] or metadata num_instances: 0")
-    return boxes
+    problem = box_solution_problem(ctx, empty_ok=True)
+    if problem:
+        raise ValueError(f"sample {ctx.id!r}: {problem}")
+    return solution_boxes(ctx.solution)
 
 
 # --------------------------------------------------------------------------- rewards
@@ -377,6 +358,9 @@ class _MatchedBoxReward(Reward):
         self.box_frame = check_optional_frame(box_frame)
         self.match_labels = bool(match_labels)
         self.variant = variant
+
+    def solution_problem(self, ctx: SampleContext) -> str | None:
+        return box_solution_problem(ctx, empty_ok=True)
 
     def _matched(self, completion: str, ctx: SampleContext) -> tuple[list[float], int, int, ThresholdStage]:
         """(matched overlaps, P, G, stage): IoUs of the valid Hungarian pairs (paper), or the
@@ -530,6 +514,9 @@ class DualFormat(Reward):
         self.box_frame = check_optional_frame(box_frame)
         self.check_bounds = bool(check_bounds)
         self.require_think = bool(require_think)
+
+    def solution_problem(self, ctx: SampleContext) -> str | None:
+        return box_solution_problem(ctx, empty_ok=True)
 
     def _extent(self, ctx: SampleContext) -> tuple[float, float] | None:
         if not self.check_bounds:
