@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from lightning.pytorch import LightningDataModule, LightningModule
@@ -311,6 +312,19 @@ def user_error(exc: BaseException) -> BaseException | None:
     return None
 
 
+OWN_DIRS = (PACKAGE_DIR, PACKAGE_DIR.parent / "callbacks")  # where lit-vr1's own warnings come from
+
+
+def one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """How the command prints a warning: lit-vr1's own as ``lit-vr1: warning: <message>``,
+    another package's with its file, line and category; without the source line Python
+    appends, which showed the warning call itself (``rank_zero_warn(``), nothing of the user's."""
+    path = Path(filename).resolve()
+    if any(path.is_relative_to(d) for d in OWN_DIRS):
+        return f"lit-vr1: warning: {message}\n"
+    return f"{filename}:{lineno}: {category.__name__}: {message}\n"
+
+
 def main(args: list[str] | None = None) -> None:
     """``lit-vr1``: the CLI, with lit-vr1's own errors printed as one message (exit 2).
     ``--traceback`` (anywhere on the command line) or ``LIT_VR1_TRACEBACK=1`` shows the
@@ -328,6 +342,8 @@ def main(args: list[str] | None = None) -> None:
         sys.exit(2)
     if args is None:
         sys.argv[1:] = argv  # the command line itself, so that Lightning does not warn about args
+    if not show_traceback:
+        warnings.formatwarning = one_line_warning
     try:
         LitVR1CLI(args=None if args is None else argv)
     except KeyboardInterrupt:  # Ctrl-C outside Lightning's loops (loading the model, the data): no traceback

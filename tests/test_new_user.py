@@ -183,3 +183,14 @@ def test_the_trainers_clip_and_accumulation_are_answered_with_grpos_own_before_l
     assert "trainer.accumulate_grad_batches=2: GRPO accumulates micro-batches itself" in proc.stderr
     assert "MisconfigurationException" not in proc.stderr
     assert not (tmp_path / "run" / "logs").exists()  # refused before anything was logged
+
+
+def test_warnings_print_as_one_line_under_the_command():
+    """Python's format added the source line of the warning call (``rank_zero_warn(``)."""
+    from lit_vr1 import grpo
+    from lit_vr1.cli import one_line_warning
+
+    ours = one_line_warning(UserWarning("step 3: skipped"), UserWarning, grpo.__file__, 200, "rank_zero_warn(")
+    assert ours == "lit-vr1: warning: step 3: skipped\n"
+    theirs = one_line_warning(FutureWarning("old"), FutureWarning, torch.__file__, 7, "warnings.warn(")
+    assert theirs == f"{torch.__file__}:7: FutureWarning: old\n"
