@@ -185,7 +185,7 @@ def check_master_weights(params: list, module: Any) -> None:
 # -- the Trainer under manual optimisation (Lightning refuses both too, with its own words) -------------
 @rule("trainer.gradient_clip_val", "fit", on="FitSetup")
 def no_trainer_gradient_clip(s: FitSetup) -> str | None:
-    if s.grpo is None or s.trainer_clip is None:
+    if s.grpo is None or not s.trainer_clip:  # None or 0: no clipping asked (Lightning refuses only > 0)
         return None
     return (f"trainer.gradient_clip_val={s.trainer_clip}: GRPO steps its optimiser itself (manual optimisation), "
             f"so the Trainer cannot clip; set model.grpo.gradient_clip_val={s.trainer_clip} and leave "

@@ -95,8 +95,9 @@ class GRPOModule(VLMModule):
     def setup(self, stage: str) -> None:
         super().setup(stage)
         if stage == "fit":
-            check_fit(self)  # every fit-time and strategy rule, each problem listed
+            # first: under data.bad_rows=skip it may leave rows out, which the row-count rule must see
             check_solutions(self.rewards, getattr(getattr(self.trainer, "datamodule", None), "train_set", None))
+            check_fit(self)  # every fit-time and strategy rule, each problem listed
             for reward in self.rewards:  # a judge that is not running: say so now, not at the first rollout
                 reward.check_ready()
 
@@ -309,7 +310,8 @@ def check_solutions(rewards: list[Reward], train_set) -> list:
     """Every training row whose solution a reward that applies to it cannot score (a REC
     answer without a box for the IoU reward, see :meth:`Reward.solution_problem`), refused
     all at once, or left out under ``data.bad_rows=skip`` (``JsonlDataset.check_rows``);
-    before, the first rollout to reach such a row stopped the run. A training set that is not
+    before, the first rollout to reach such a row stopped the run. A reward with
+    ``on_error="nan"`` is not asked: its failures are masked and counted, as chosen. A training set that is not
     a JSONL dataset (a plain DataLoader) is not read. Returns the rows left out."""
     if not hasattr(train_set, "check_rows"):
         return []
@@ -317,8 +319,8 @@ def check_solutions(rewards: list[Reward], train_set) -> list:
     def problem(record) -> str | None:
         ctx = SampleContext(id=record.id, prompt=record.question, solution=record.solution, metadata=record.metadata,
                             task=record.task, source=record.source, image_sizes=list(record.image_sizes))
-        for reward in rewards:
-            found = reward.applies(ctx) and reward.solution_problem(ctx)
+        for reward in rewards:  # on_error="nan": the user chose to mask and count what it cannot score
+            found = reward.on_error != "nan" and reward.applies(ctx) and reward.solution_problem(ctx)
             if found:
                 return f"{record.source}: {found} (reward {reward.name!r} scores this row)"
         return None

@@ -318,3 +318,32 @@ def test_with_bad_rows_skip_such_held_out_rows_are_left_out(tmp_path):
     ds = JsonlDataset(f, d, bad_rows="skip")
     assert [r.id for r in check_eval_solutions("rec", ds)] == ["2"] and [r.id for r in ds.records] == ["1", "3"]
     assert check_eval_solutions("rec", None) == []
+
+
+def test_ovd_negatives_and_masking_rewards_are_not_refused(tmp_path):
+    """VLM-R1's OVD data answers an image without the object <answer>None</answer>: no objects,
+    not a row without boxes. A reward with on_error="nan" masks and counts what it cannot score."""
+    from lit_vr1.evaluate import check_eval_solutions
+    from lit_vr1.grpo import check_solutions
+    from lit_vr1.rewards import DetectionMAP, IoUReward, ODLength
+
+    lines = [vr1(1, "<answer>None</answer>"), vr1(2, '<answer>[{"bbox_2d": [1, 2, 10, 12], "label": "cat"}]</answer>'),
+             vr1(3, "none"), vr1(4, "NULL")]
+    f, d = write(tmp_path, lines)
+    ds = JsonlDataset(f, d)
+    assert check_solutions([DetectionMAP(), ODLength()], ds) == [] and check_eval_solutions("detection", ds) == []
+    assert len(ds.records) == 4
+    assert check_solutions([IoUReward(on_error="nan")], ds) == []
+    with pytest.raises(DataError, match="3 rows whose solution a reward cannot score"):
+        check_solutions([IoUReward()], ds)
+
+
+def test_a_trainer_clip_of_zero_asks_for_no_clipping_and_is_not_refused():
+    from types import SimpleNamespace
+
+    from lit_vr1.checks import check_trainer
+
+    module = SimpleNamespace(config=object(), automatic_optimization=False)
+    check_trainer(module, SimpleNamespace(gradient_clip_val=0, accumulate_grad_batches=1))
+    with pytest.raises(Exception, match="trainer.gradient_clip_val=0.5"):
+        check_trainer(module, SimpleNamespace(gradient_clip_val=0.5, accumulate_grad_batches=1))

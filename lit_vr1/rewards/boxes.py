@@ -284,9 +284,13 @@ def solution_boxes(solution: Any) -> list[ParsedBox]:
 FENCED_RE = re.compile(r"```(?:json)?\s*(.*?)\s*```", re.DOTALL)
 
 
+NO_OBJECTS_WORDS = ("none", "null")  # VLM-R1's OVD data answers an image without the object <answer>None</answer>
+
+
 def is_empty_solution(solution: Any) -> bool:
     """Whether a solution says "no objects": None, an empty list or dict, or a string that is
-    empty or the JSON ``[]`` / ``{}`` (inside <answer> tags or a fenced block too)."""
+    empty, the JSON ``[]`` / ``{}`` or the word None (VLM-R1's OVD negatives; any case),
+    inside <answer> tags or a fenced block too."""
     if solution is None:
         return True
     if isinstance(solution, (list, tuple, dict)):
@@ -295,7 +299,7 @@ def is_empty_solution(solution: Any) -> bool:
         text = answer_text(solution).strip()
         fenced = FENCED_RE.fullmatch(text)
         text = fenced.group(1).strip() if fenced else text
-        if not text:
+        if not text or text.lower() in NO_OBJECTS_WORDS:
             return True
         try:
             return json.loads(text) in ([], {})
