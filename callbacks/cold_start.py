@@ -74,7 +74,8 @@ class ColdStart(Callback):
                 perm, start = torch.randperm(len(data), generator=order), 0
             batch = [data[int(i)] for i in perm[start:start + self.batch_size]]
             start += self.batch_size
-            loss, _ = answer_nll(policy, pl_module.processor, batch, pl_module.device)
+            loss, _ = answer_nll(policy, pl_module.processor, batch, pl_module.device,
+                                 getattr(pl_module, "box_frame", None))
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()

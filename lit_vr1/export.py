@@ -34,6 +34,7 @@ def load_module(ckpt_path: str):
     module = parser.instantiate(config).model
     module.configure_model()
     checkpoint = load_checkpoint_file(ckpt_path, map_location="cpu")
+    checkpoint.pop("lit_vr1_rewards", None)  # grpo.REWARDS_KEY: an export scores nothing, so nothing to warn of
     module.on_load_checkpoint(checkpoint)
     module.load_state_dict(checkpoint["state_dict"])
     return module

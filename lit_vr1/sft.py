@@ -15,20 +15,25 @@ import torch
 from transformers import ProcessorMixin
 
 from lit_vr1.config import SamplingConfig
-from lit_vr1.data.jsonl import DataError, Sample, rows_message, solution_text
+from lit_vr1.data.jsonl import DataError, Sample, is_box_answer, rows_message, solution_text
 from lit_vr1.generation import encode_prompts, end_of_turn_id, image_layout
+from lit_vr1.models.families import family_of
 from lit_vr1.module import VLMModule
+from lit_vr1.rewards.boxes import answer_in_frame
 from lit_vr1.rollout import Rollout
 from lit_vr1.scoring import logprobs
 
 
 def teacher_forced(processor: ProcessorMixin, samples: list[Sample], answers: list[str],
-                   device: torch.device | str = "cpu") -> Rollout:
+                   device: torch.device | str = "cpu", box_frame: str | None = None) -> Rollout:
     """A rollout whose completions are given texts (each followed by the end-of-turn token),
     scored at temperature 1: the prompts are encoded exactly as for generation, the answers
-    tokenised on their own, as generation produces them."""
+    tokenised on their own, as generation produces them. Box answers (written in original
+    pixels, as solutions are) are taught in ``box_frame`` (None: the model family's), the
+    frame the rewards and evaluation read the model's boxes in (:func:`answers_in_frame`)."""
     prompt, per_row = encode_prompts(processor, samples)
-    image_rows, _ = image_layout(processor, prompt, [size for s in samples for size in s.image_sizes])
+    image_rows, input_sizes = image_layout(processor, prompt, [size for s in samples for size in s.image_sizes])
+    answers = answers_in_frame(answers, samples, per_row, input_sizes, box_frame or family_of(processor).box_frame)
     tok = processor.tokenizer
     eos = end_of_turn_id(processor)
     ids = [tok(a, add_special_tokens=False).input_ids + [eos] for a in answers]
@@ -42,6 +47,20 @@ def teacher_forced(processor: ProcessorMixin, samples: list[Sample], answers: li
     return Rollout(prompt=prompt, images_per_row=per_row, completion_ids=comp.to(device), completion_mask=mask.to(device),
                    truncated=torch.zeros(len(ids), dtype=torch.bool, device=device), completions=list(answers),
                    contexts=[], scoring=SamplingConfig(), image_rows=image_rows)
+
+
+def answers_in_frame(answers: list[str], samples: list[Sample], per_row: list[int],
+                     input_sizes: list[tuple[int, int]], frame: str) -> list[str]:
+    """Each answer written as boxes (:func:`~lit_vr1.data.jsonl.is_box_answer`) with its boxes
+    mapped from the first image's original pixels to ``frame`` at the size the model sees that
+    image (:func:`~lit_vr1.rewards.boxes.answer_in_frame`); other answers as they are."""
+    firsts = [sum(per_row[:i]) for i in range(len(per_row))]
+    out = []
+    for answer, sample, first, n in zip(answers, samples, firsts, per_row):
+        if n and input_sizes and is_box_answer(answer):
+            answer = answer_in_frame(answer, frame, input_sizes[first], sample.image_sizes[0])
+        out.append(answer)
+    return out
 
 
 def no_answer_message(source: str, sample_id: str) -> str:
@@ -78,14 +97,15 @@ def training_records(trainer: Any) -> list[Any] | None:
     return getattr(train_set, "records", None)
 
 
-def answer_nll(policy, processor, batch: list[Sample], device: torch.device | str) -> tuple[torch.Tensor, int]:
+def answer_nll(policy, processor, batch: list[Sample], device: torch.device | str,
+               box_frame: str | None = None) -> tuple[torch.Tensor, int]:
     """Mean negative log-likelihood of the answer tokens (each sample's solution, then the
     end-of-turn token) after the prompt exactly as the rollout encodes it, and their count.
     A batch holding rows without an answer is refused (:func:`check_answers`; the fit-start
     check lists them all before, this is the backstop for data read otherwise)."""
     check_answers(batch)
     answers = [solution_text(s.solution) for s in batch]
-    r = teacher_forced(processor, batch, answers, device=device)
+    r = teacher_forced(processor, batch, answers, device=device, box_frame=box_frame)
     logp = logprobs(policy, r, grad=torch.is_grad_enabled())
     mask = r.completion_mask.to(logp.dtype)
     n = int(mask.sum())
@@ -114,7 +134,7 @@ class SFTModule(VLMModule):
 
     def sft_loss(self, batch: list[Sample]) -> tuple[torch.Tensor, int]:
         """Mean NLL of the answer tokens and their count."""
-        return answer_nll(self.policy, self.processor, batch, self.device)
+        return answer_nll(self.policy, self.processor, batch, self.device, self.box_frame)
 
     def training_step(self, batch: list[Sample], batch_idx: int) -> torch.Tensor:
         loss, n = self.sft_loss(batch)

@@ -218,3 +218,9 @@ def test_loading_a_checkpoint_with_other_rewards_says_which_the_run_used(samples
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         GRPOModule.load_from_checkpoint(path, weights_only=False, rewards=[LengthReward(weight=2.0)])
+        from lit_vr1.export import load_module
+
+        saved = torch.load(path, weights_only=False)  # as the CLI saves it: with the module's class path
+        saved["hyper_parameters"]["_class_path"] = "lit_vr1.grpo.GRPOModule"
+        torch.save(saved, path)
+        load_module(path)  # an export scores nothing: no word of rewards

@@ -317,7 +317,7 @@ def upscaled_size(size: tuple[int, int]) -> tuple[int, int]:
             MIN_SIDE if h == short else max(MIN_SIDE, round(h * scale)))
 
 
-def _is_box_answer(text: str) -> bool:
+def is_box_answer(text: str) -> bool:
     """Whether a string solution is written as boxes: JSON ``bbox_2d``/``bbox`` items, or
     one bracketed quadruple of numbers (VLM-R1 REC)."""
     ans = answer_text(text).strip()
@@ -337,10 +337,10 @@ def check_solution_boxes(solution: Any, field: str, image_size: tuple[int, int] 
     (x1, y1 < -1 or x2 > width + 1, y2 > height + 1: 0-1000 units, mostly) and boxes inside
     its first pixel (x2, y2 <= 1) on an image over :data:`UNIT_BOX_MIN_SIDE` px (0-1 units). Boxes are (x1, y1, x2, y2) in the
     original image's pixels; messages count items and boxes from 1, as lines are. Vision-R1's [category, box] lists are always checked; a string
-    solution only when it is written as boxes (see :func:`_is_box_answer`)."""
+    solution only when it is written as boxes (see :func:`is_box_answer`)."""
     if isinstance(solution, list):
         boxes = [(f"item {k}", pair[1]) for k, pair in enumerate(solution, start=1)]
-    elif isinstance(solution, str) and _is_box_answer(solution):
+    elif isinstance(solution, str) and is_box_answer(solution):
         boxes = [(f"box {k}", list(b.box)) for k, b in enumerate(solution_boxes(solution), start=1)]
     else:
         return

@@ -248,6 +248,43 @@ def to_original(box: Box, frame: str, input_size: tuple[int, int], original_size
     return rescale_box(box, (1, 1), original_size)
 
 
+def from_original(box: Box, frame: str, input_size: tuple[int, int], original_size: tuple[int, int]) -> Box:
+    """The inverse of :func:`to_original`: a box in original-image pixels as written in ``frame``."""
+    check_frame(frame)
+    if frame == "input_pixels":
+        return rescale_box(box, original_size, input_size)
+    if frame == "original_pixels":
+        return box
+    if frame == "norm1000":
+        return rescale_box(box, original_size, (1000, 1000))
+    return rescale_box(box, original_size, (1, 1))
+
+
+def answer_in_frame(text: str, frame: str, input_size: tuple[int, int] | None,
+                    original_size: tuple[int, int] | None) -> str:
+    """A box answer written in original-image pixels (a solution, as the data give it) with
+    every bracketed quadruple ``[x1, y1, x2, y2]`` rewritten in ``frame``, the frame the model
+    writes and the rewards and evaluation read (Qwen2.5-VL: pixels of the resized input):
+    what supervised steps must teach, or a model trained on images the processor resizes
+    learns original pixels that everything downstream reads as input pixels. Pixel and
+    0-1000 coordinates are rounded to integers (as Qwen-VL writes them), 0-1 to 3 decimals.
+    Unchanged where the frame's mapping is the identity (original pixels; input pixels of an
+    image the processor did not resize) or the image size is unknown."""
+    if frame == "original_pixels" or original_size is None:
+        return text
+    if frame == "input_pixels" and (input_size is None or tuple(input_size) == tuple(original_size)):
+        return text
+
+    def write(v: float) -> str:
+        return f"{round(v, 3):g}" if frame == "norm1" else str(int(round(v)))
+
+    def convert(match: re.Match) -> str:
+        box = from_original(tuple(float(g) for g in match.groups()), frame, input_size, original_size)
+        return "[" + ", ".join(write(v) for v in box) + "]"
+
+    return QUAD_RE.sub(convert, text)
+
+
 def predicted_boxes(completion: str, image_size: tuple[int, int] | None, input_size: tuple[int, int] | None,
                     frame: str, keep_degenerate: bool = False) -> list[ParsedBox]:
     """A completion's boxes in original-image pixels, in the order written.
