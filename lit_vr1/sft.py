@@ -51,13 +51,14 @@ def teacher_forced(processor: ProcessorMixin, samples: list[Sample], answers: li
 
 def answers_in_frame(answers: list[str], samples: list[Sample], per_row: list[int],
                      input_sizes: list[tuple[int, int]], frame: str) -> list[str]:
-    """Each answer written as boxes (:func:`~lit_vr1.data.jsonl.is_box_answer`) with its boxes
+    """Each answer written as boxes (:func:`~lit_vr1.data.jsonl.is_box_answer`; not where the
+    data say such answers are not boxes, ``data.check_boxes: false``) with its boxes
     mapped from the first image's original pixels to ``frame`` at the size the model sees that
     image (:func:`~lit_vr1.rewards.boxes.answer_in_frame`); other answers as they are."""
     firsts = [sum(per_row[:i]) for i in range(len(per_row))]
     out = []
     for answer, sample, first, n in zip(answers, samples, firsts, per_row):
-        if n and input_sizes and is_box_answer(answer):
+        if n and input_sizes and getattr(sample, "box_answers", True) and is_box_answer(answer):
             answer = answer_in_frame(answer, frame, input_sizes[first], sample.image_sizes[0])
         out.append(answer)
     return out

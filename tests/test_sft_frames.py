@@ -16,12 +16,12 @@ from lit_vr1.rewards.boxes import answer_in_frame, from_original, predicted_boxe
 from lit_vr1.sft import teacher_forced
 
 
-def dataset(tmp_path, size: int, answers: list[str]) -> JsonlDataset:
+def dataset(tmp_path, size: int, answers: list[str], check_boxes: bool = True) -> JsonlDataset:
     Image.new("RGB", (size, size), (90, 90, 90)).save(tmp_path / "a.png")
     rows = [{"id": i, "image": "a.png", "conversations": [{"from": "human", "value": "<image>Where is it?"},
                                                           {"from": "gpt", "value": a}]} for i, a in enumerate(answers)]
     (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    return JsonlDataset(str(tmp_path / "d.jsonl"), str(tmp_path))
+    return JsonlDataset(str(tmp_path / "d.jsonl"), str(tmp_path), check_boxes=check_boxes)
 
 
 @pytest.mark.parametrize("frame", ["input_pixels", "norm1000", "norm1", "original_pixels"])
@@ -75,3 +75,12 @@ def test_the_demos_answers_are_taught_as_written(tmp_path):
         assert all(is_box_answer(a) for a in answers)  # box answers, which a resize would rewrite
         processor = build_processor("qwen2_5_vl", TinySpec(min_pixels=canvas * canvas, max_pixels=canvas * canvas))
         assert teacher_forced(processor, samples, answers).completions == answers
+
+
+def test_answers_the_data_say_are_not_boxes_are_taught_as_written(tmp_path):
+    """data.check_boxes: false is for answers that are lists of four numbers but not boxes."""
+    processor = build_processor("qwen2_5_vl", TinySpec(min_pixels=3136, max_pixels=3136))
+    answers = ["[10, 12, 40, 44]"]
+    ds = dataset(tmp_path, 64, answers, check_boxes=False)
+    assert teacher_forced(processor, [ds[0]], answers).completions == answers
+

@@ -153,7 +153,9 @@ class Sample:
     in original-image pixels), Vision-R1's list of [category, box] pairs, or "" for
     label-free data. task: the reward routing key. original_sizes: the images' sizes in
     the files when they were upscaled (None: as decoded). skipped: rows that failed to load
-    and that this sample stands in for (``bad_rows="skip"``).
+    and that this sample stands in for (``bad_rows="skip"``). box_answers: whether an answer
+    written as boxes holds boxes (``data.check_boxes``; False for answers that are lists of
+    four numbers but not boxes): supervised steps map boxes to the model's box frame.
     """
 
     id: str
@@ -166,6 +168,7 @@ class Sample:
     task: str = "default"
     original_sizes: list[tuple[int, int]] | None = None
     skipped: list[SkippedRow] = field(default_factory=list)
+    box_answers: bool = True
 
     @property
     def image_sizes(self) -> list[tuple[int, int]]:
@@ -585,6 +588,7 @@ class JsonlDataset(Dataset):
                  images_outside_folder: bool = False, names: tuple[str, ...] = ARG_NAMES) -> None:
         self.template = check_template(template)
         self.bad_rows = check_bad_rows(bad_rows)
+        self.check_boxes = check_boxes
         self.records, self.skipped = read_records(data_files, image_folders, reward_methods, bad_rows, check_boxes,
                                                   images_outside_folder, names)
         self.failed: dict[int, SkippedRow] = {}  # rows that failed to load in this process (skip mode)
@@ -650,7 +654,7 @@ class JsonlDataset(Dataset):
             images = [im if im.size == size else im.resize(size, Image.Resampling.BICUBIC) for im, size in zip(images, wanted)]
         messages = build_messages(r.question, len(images), self.template)
         return Sample(r.id, images, messages, r.question, r.solution, r.source, dict(r.metadata), r.task,
-                      original_sizes=originals if upscaled else None)
+                      original_sizes=originals if upscaled else None, box_answers=self.check_boxes)
 
     def __getitem__(self, idx: int) -> Sample:
         if self.bad_rows == "raise":
