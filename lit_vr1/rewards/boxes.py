@@ -231,6 +231,13 @@ def check_frame(frame: str) -> str:
     return frame
 
 
+def frame_extent(frame: str, input_size: tuple[int, int]) -> tuple[float, float] | None:
+    """(width, height) of the coordinate space of ``frame``: the model input's for
+    "input_pixels", 1000 x 1000 for "norm1000", 1 x 1 for "norm1"; None for "original_pixels"."""
+    check_frame(frame)
+    return {"input_pixels": input_size, "norm1000": (1000, 1000), "norm1": (1, 1)}.get(frame)
+
+
 def to_original(box: Box, frame: str, input_size: tuple[int, int], original_size: tuple[int, int]) -> Box:
     """Map a predicted box written in ``frame`` to original-image pixels.
 
@@ -238,26 +245,14 @@ def to_original(box: Box, frame: str, input_size: tuple[int, int], original_size
     "original_pixels" (already original), "norm1000" (0-1000, Qwen2-VL and InternVL),
     "norm1" (0-1). Sizes are (width, height).
     """
-    check_frame(frame)
-    if frame == "input_pixels":
-        return rescale_box(box, input_size, original_size)
-    if frame == "original_pixels":
-        return box
-    if frame == "norm1000":
-        return rescale_box(box, (1000, 1000), original_size)
-    return rescale_box(box, (1, 1), original_size)
+    extent = frame_extent(frame, input_size)
+    return box if extent is None else rescale_box(box, extent, original_size)
 
 
 def from_original(box: Box, frame: str, input_size: tuple[int, int], original_size: tuple[int, int]) -> Box:
     """The inverse of :func:`to_original`: a box in original-image pixels as written in ``frame``."""
-    check_frame(frame)
-    if frame == "input_pixels":
-        return rescale_box(box, original_size, input_size)
-    if frame == "original_pixels":
-        return box
-    if frame == "norm1000":
-        return rescale_box(box, original_size, (1000, 1000))
-    return rescale_box(box, original_size, (1, 1))
+    extent = frame_extent(frame, input_size)
+    return box if extent is None else rescale_box(box, original_size, extent)
 
 
 def answer_in_frame(text: str, frame: str, input_size: tuple[int, int] | None,
