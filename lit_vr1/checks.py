@@ -22,7 +22,7 @@ from typing import Any
 
 from lit_vr1 import parallel
 from lit_vr1.models.precision import half_trainable
-from lit_vr1.rules import ConfigError, enforce, problems_of, rule
+from lit_vr1.rules import ConfigError, enforce, problems_of, refuse, rule
 
 
 @dataclass
@@ -345,8 +345,4 @@ def check_trainer(module: Any, trainer: Any) -> None:
     grpo = getattr(module, "config", None) if not getattr(module, "automatic_optimization", True) else None
     setup = FitSetup(grpo=grpo, trainer_clip=getattr(trainer, "gradient_clip_val", None) if grpo is not None else None,
                      trainer_accumulation=getattr(trainer, "accumulate_grad_batches", 1) if grpo is not None else 1)
-    found = [p for p in (no_trainer_gradient_clip(setup), no_trainer_accumulation(setup)) if p]
-    if found:
-        lines = "\n".join(f"  - {p}" for p in found)
-        raise ConfigError(found[0] if len(found) == 1 else
-                          f"{len(found)} problem(s) in the configuration; fix them and start again:\n{lines}")
+    refuse([p for p in (no_trainer_gradient_clip(setup), no_trainer_accumulation(setup)) if p])

@@ -284,8 +284,7 @@ class GRPOModule(VLMModule):
             t = self.trainer.strategy.reduce(t, reduce_op="mean")
             metrics = dict(zip(keys, t.tolist()))
         self.last_metrics = metrics
-        for logger in self.loggers:
-            logger.log_metrics({"train/" + k: v for k, v in metrics.items() if not math.isnan(v)}, step=self.global_step)
+        self.log_row({"train/" + k: v for k, v in metrics.items()})
         self.log("loss", metrics["loss"], prog_bar=True, logger=False)
 
 

@@ -319,7 +319,7 @@ class VLMModule(LightningModule):
         if self.eval_task == "answer":
             figures = {key: float(metric.compute()) for key, metric in self.answer_metrics.items()}
             figures["n"] = int(figures["n"])
-            self._log_eval({f"{split}/{key}": figures[key] for key in ANSWER_FIGURES}, prog_bar=f"{split}/acc")
+            self._log_eval({f"{split}/{key}": figures[key] for key in ANSWER_FIGURES}, prog_bar=(f"{split}/acc",))
             for metric in self.answer_metrics.values():
                 metric.reset()
             if self.results_path and not self.trainer.sanity_checking:
@@ -327,7 +327,7 @@ class VLMModule(LightningModule):
             return
         if self.eval_task == "detection":
             det = self.det_metrics.compute()
-            self._log_eval({f"{split}/{key}": det[key] for key in ("map", "map_50", "map_75")}, prog_bar=f"{split}/map")
+            self._log_eval({f"{split}/{key}": det[key] for key in ("map", "map_50", "map_75")}, prog_bar=(f"{split}/map",))
             self.det_metrics.reset()
             if self.results_path and not self.trainer.sanity_checking:
                 self._write_results(split, {k: float(det[k]) for k in ("map", "map_50", "map_75")}
@@ -347,7 +347,7 @@ class VLMModule(LightningModule):
         :attr:`eval_rows_at_optimiser_step`) rather than at Lightning's batch count."""
         return self.eval_rows_at_optimiser_step and self.trainer.state.fn == "fit"
 
-    def _log_eval(self, figures: dict, prog_bar: str | tuple[str, ...], also: dict | None = None) -> None:
+    def _log_eval(self, figures: dict, prog_bar: tuple[str, ...], also: dict | None = None) -> None:
         """Log an evaluation's figures: through Lightning (callback metrics, the progress bar,
         and its loggers at its batch count), or, for a module whose training rows carry the
         optimiser step, to the loggers here at ``global_step``, beside the training row of the
@@ -357,9 +357,12 @@ class VLMModule(LightningModule):
         for name, value in figures.items():
             self.log(name, value, prog_bar=name in prog_bar, logger=not ours)
         if ours and not self.trainer.sanity_checking:  # Lightning logs no sanity check either
-            row = {k: float(v) for k, v in (figures | (also or {})).items() if v is not None}
-            for logger in self.loggers:
-                logger.log_metrics({k: v for k, v in row.items() if not math.isnan(v)}, step=self.global_step)
+            self.log_row({k: float(v) for k, v in (figures | (also or {})).items() if v is not None})
+
+    def log_row(self, row: dict[str, float]) -> None:
+        """Send ``row`` to every logger at the current optimiser step, nan values left out."""
+        for logger in self.loggers:
+            logger.log_metrics({k: v for k, v in row.items() if not math.isnan(v)}, step=self.global_step)
 
     def _evaluated_step(self) -> int:
         """The optimiser step of the weights evaluated: the fit's own step while training; the
