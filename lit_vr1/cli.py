@@ -30,7 +30,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lit_vr1.checkpoint import load_checkpoint_file, resumable
 from lit_vr1.cli_errors import LitVR1ArgumentParser, config_file_problem, yaml_value
 from lit_vr1.config_keys import unknown_keys
-from lit_vr1.interrupt import RESUME_HINT, interrupted
+from lit_vr1.interrupt import RESUME_HINT, RESUME_LAST, interrupted
 from lit_vr1.log_dirs import new_log_dirs, remove_unused_log_dirs
 from lit_vr1.quiet import quiet_cli_notices, quiet_known_notices  # noqa: E402
 from lit_vr1.trl_names import misplaced_trl_flag  # noqa: E402
@@ -115,8 +115,10 @@ class LitVR1CLI(LightningCLI):
         fresh = new_log_dirs(self.trainer)
         try:
             super()._run_subcommand(subcommand)
-        except BaseException:
+        except BaseException as exc:
             remove_unused_log_dirs(fresh)
+            if subcommand == "fit" and self.trainer.global_step > 0 and isinstance(exc, Exception):
+                exc.add_note(resume_note(self.trainer))  # Ctrl-C and SIGTERM say it themselves
             raise
 
     def before_fit(self) -> None:
@@ -294,6 +296,17 @@ def _raised_in_package(exc: BaseException) -> bool:
     return last is not None and Path(last.tb_frame.f_code.co_filename).resolve().is_relative_to(PACKAGE_DIR)
 
 
+def resume_note(trainer) -> str:
+    """What a fit that failed after some optimiser steps can resume from (printed under its error)."""
+    stopped = f"the fit stopped after optimiser step {trainer.global_step}"
+    saved = [p for cb in trainer.checkpoint_callbacks for p in (cb.last_model_path, cb.best_model_path) if p]
+    if not trainer.checkpoint_callbacks:
+        return f"{stopped} and saved no checkpoint (no ModelCheckpoint in trainer.callbacks): a new fit starts over"
+    if not saved:
+        return f"{stopped} before its first checkpoint: a new fit starts over"
+    return f"{stopped}; once the cause is mended, it resumes from {saved[0]} with {RESUME_LAST}"
+
+
 def user_error(exc: BaseException) -> BaseException | None:
     """The error a user should read: the first exception in ``exc``'s chain (causes and
     contexts, outermost first) that lit-vr1 raised on purpose (a ``ValueError`` or
@@ -362,6 +375,8 @@ def main(args: list[str] | None = None) -> None:
         if error is None:
             raise
         message = str(error).strip() or type(error).__name__
+        for note in getattr(exc, "__notes__", []):
+            message += f"\n{note}"
         print(f"lit-vr1: error: {message}\n(run again with {TRACEBACK_FLAG} or {TRACEBACK_ENV}=1 for the traceback)",
               file=sys.stderr)
         sys.exit(2)

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import sys
 
-RESUME_HINT = ("--ckpt_path last (the steps after it run again), or --ckpt_path last_or_new if none may have been "
-               "saved yet")
+RESUME_LAST = "--ckpt_path last (the steps after it run again)"
+RESUME_HINT = f"{RESUME_LAST}, or --ckpt_path last_or_new if none may have been saved yet"
 INTERRUPTED = f"lit-vr1: interrupted (Ctrl-C, exit 130); a fit resumes from its last checkpoint with {RESUME_HINT}"
 
 

@@ -38,6 +38,11 @@ USER_MODULE = textwrap.dedent('''
 
     def text_values(completions, **kwargs):
         return ["high" for _ in completions]
+
+    def fails_at_step_2(completions, **kwargs):
+        if kwargs["step"] >= 2:
+            raise KeyError("solution has no 'bbox'")
+        return [0.5] * len(completions)
 ''')
 
 
@@ -114,3 +119,34 @@ def test_function_reward_through_the_cli(tmp_path):
     assert all(c["n"] == 8 and {*FIELDS, "completion_ids"} <= set(c["keys"]) for c in calls), calls[0]["keys"]
     metrics = next(out.glob("logs/version_*/metrics.csv")).read_text()
     assert "train/reward/short_answer/mean" in metrics
+
+
+@pytest.mark.parametrize("every", [1, 0], ids=["checkpointed", "no_checkpoint_yet"])
+def test_a_reward_failing_mid_fit_says_how_to_resume(tmp_path, every):
+    """A reward that fails after optimiser steps were applied (a judge gone, a solution it cannot
+    read): one message naming the reward, and after it the step reached and how to resume."""
+    (tmp_path / "my_rewards.py").write_text(USER_MODULE)
+    out = tmp_path / "run"
+    rewards = "[{class_path: lit_vr1.rewards.FunctionReward, init_args: {fn: my_rewards.py:fails_at_step_2}}]"
+    cmd = [
+        sys.executable, "-m", "lit_vr1.cli", "fit", "--config", str(ROOT / "configs/quickstart.yaml"),
+        "--trainer.max_steps=4", "--trainer.limit_val_batches=0", f"--trainer.default_root_dir={out}",
+        f"--trainer.logger.init_args.save_dir={out}", f"--data.init_args.synthetic_dir={tmp_path / 'data'}",
+        "--data.init_args.synthetic.num_samples=8", "--data.init_args.num_val_samples=4",
+        "--data.init_args.batch_size=2", "--model.init_args.grpo.max_completion_length=4",
+        "--model.init_args.grpo.num_generations=2", "--trainer.enable_progress_bar=false",
+        f"--model.init_args.rewards={rewards}",
+        "--trainer.callbacks=[]" if not every else "--trainer.callbacks=[{class_path: lightning.pytorch.callbacks."
+        "ModelCheckpoint, init_args: {every_n_train_steps: 1, save_last: true}}]",
+    ]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    err = proc.stderr
+    assert "Traceback" not in err, err[-3000:]
+    assert "lit-vr1: error: reward 'fails_at_step_2' raised" in err and "KeyError" in err, err[-3000:]
+    if every:
+        assert (f"the fit stopped after optimiser step 2; once the cause is mended, it resumes from "
+                f"{out / 'checkpoints' / 'last.ckpt'} with --ckpt_path last (the steps") in err, err[-3000:]
+    else:  # Lightning's own ModelCheckpoint saves at the epoch's end
+        assert "the fit stopped after optimiser step 2 before its first checkpoint: a new fit starts over" in err

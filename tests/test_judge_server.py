@@ -273,3 +273,18 @@ def test_soak_fifty_clients_good_slow_oversized_and_malformed(judge):
         assert resp.status == 200
     print(f"soak: {sum(map(len, outcomes.values()))} requests ({len(outcomes['good'])} good), server memory "
           f"{before:.0f} -> {after:.0f} MiB")
+
+
+def test_the_api_builds_without_litserve_s_batching_warning():
+    """batch / unbatch exist for --max-batch-size > 1; at 1 (the default) LitServe never calls them,
+    and its warning that max_batch_size was not set printed at every judge start."""
+    import warnings
+
+    from lit_vr1.rewards.serve import JudgeAPI
+
+    for size in (1, 4):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            api = JudgeAPI("tiny:qwen2_5_vl", max_batch_size=size)
+        assert api.max_batch_size == size
+        assert not [w for w in caught if "max_batch_size" in str(w.message)], [str(w.message) for w in caught]

@@ -54,6 +54,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -337,7 +338,11 @@ class JudgeAPI(ls.LitAPI):
     def __init__(self, model: str, device: str = "cpu", dtype: str = "float32", batch_size: int = 8,
                  min_pixels: int | None = None, max_pixels: int | None = None, limits: Limits = Limits(),
                  max_batch_size: int = 1, batch_timeout: float = 0.0, think_tokens: int = 0) -> None:
-        super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path=SCORE_PATH)
+        with warnings.catch_warnings():
+            # batch / unbatch serve max_batch_size > 1 and are never called at 1, LitServe's default: its
+            # "max_batch_size parameter was not set" at every start says nothing here
+            warnings.filterwarnings("ignore", message=".*max_batch_size parameter was not set")
+            super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path=SCORE_PATH)
         self.scorer_args = dict(model=model, device=device, dtype=dtype, batch_size=batch_size,
                                 min_pixels=min_pixels, max_pixels=max_pixels, think_tokens=think_tokens)
         self.model_name, self.limits = model, limits
