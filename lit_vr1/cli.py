@@ -110,8 +110,8 @@ class LitVR1CLI(LightningCLI):
         """Done in :meth:`parse_arguments`, before the flags rather than over them."""
 
     def _run_subcommand(self, subcommand: str) -> None:
-        """Run it; a run that fails before logging a metric removes the log folder it made
-        (:mod:`lit_vr1.log_dirs`), so the next run's logs take its place."""
+        """Run it; a run that fails before logging a metric, and a prediction, remove the log folder
+        they made (:mod:`lit_vr1.log_dirs`), so the next run's logs take its place."""
         fresh = new_log_dirs(self.trainer)
         try:
             super()._run_subcommand(subcommand)
@@ -120,6 +120,8 @@ class LitVR1CLI(LightningCLI):
             if subcommand == "fit" and self.trainer.global_step > 0 and isinstance(exc, Exception):
                 exc.add_note(resume_note(self.trainer))  # Ctrl-C and SIGTERM say it themselves
             raise
+        if subcommand == "predict":  # logs no metric: its folder would be an empty version_N among a run's logs
+            remove_unused_log_dirs(fresh)
 
     def before_fit(self) -> None:
         """The Trainer's settings that manual optimisation cannot take, refused with GRPO's own

@@ -134,6 +134,14 @@ def test_predict_through_the_cli_writes_jsonl_and_pngs_for_three_images(tmp_path
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len((root / "predictions" / "predictions.jsonl").read_text().splitlines()) == 3
+    # with the config's CSV logger, into a training run's root: no empty logs/version_N among the run's logs
+    (root / "logs" / "version_0").mkdir(parents=True)
+    (root / "logs" / "version_0" / "metrics.csv").write_text("step,train/loss\n1,0.5\n")
+    logged = [a for a in plain if a != "--trainer.logger=false"]
+    proc = subprocess.run(logged, cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in (root / "logs").iterdir()) == ["version_0"]
 
 
 def test_prediction_writer_draws_the_parsed_boxes(tmp_path, samples):
