@@ -22,7 +22,7 @@ from typing import Any
 
 from lit_vr1 import parallel
 from lit_vr1.models.precision import half_trainable
-from lit_vr1.rules import ConfigError, enforce, problems_of, refuse, rule
+from lit_vr1.rules import ConfigError, enforce, problems_of, refuse, rule  # noqa: F401 - ConfigError: checks.ConfigError
 
 
 @dataclass
@@ -280,10 +280,7 @@ def problems(setup: FitSetup) -> list[str]:
 
 def check(setup: FitSetup) -> None:
     """Raise :class:`ConfigError` listing every problem of ``setup`` (nothing when none)."""
-    found = problems(setup)
-    if found:
-        lines = "\n".join(f"  - {p}" for p in found)
-        raise ConfigError(f"{len(found)} problem(s) in the configuration; fix them and start again:\n{lines}")
+    refuse(problems(setup))
 
 
 def _group_sizes(grpo: Any, callbacks: list[Any]) -> list[int]:
