@@ -9,7 +9,8 @@ quickstart and for experiments: ``steps`` optimiser steps of answer-token NLL (t
 loss as :class:`lit_vr1.sft.SFTModule`) with its own AdamW and cosine decay, on batches
 drawn from the training set with its own seeded generator (the GRPO data order and the
 global RNG are untouched). The reference model is then reset to the warmed-up policy, so
-the KL term anchors GRPO to it. A resumed fit (``global_step > 0``) skips it: the
+the KL term anchors GRPO to it (with LoRA: the reference runs with the warm-up's adapters,
+not the base's). A resumed fit (``global_step > 0``) skips it: the
 checkpoint holds the trained weights. Rows without an answer are refused at fit start
 (before the sanity check and the first step), every one listed, as
 :class:`lit_vr1.sft.SFTModule` does.
@@ -83,7 +84,9 @@ class ColdStart(Callback):
             opt.zero_grad(set_to_none=True)
             self.losses.append(float(loss.detach()))
         policy.train(was_training)
-        if getattr(pl_module, "ref_model", None) is not None:
+        if hasattr(pl_module, "reset_reference"):  # GRPOModule: with LoRA too (the reference's adapters)
+            pl_module.reset_reference()
+        elif getattr(pl_module, "ref_model", None) is not None:
             pl_module.ref_model.load_state_dict(policy.state_dict())
         rank_zero_info(f"ColdStart: {self.steps} supervised steps in {time.perf_counter() - t0:.0f} s, answer-token NLL "
                        f"{self.losses[0]:.3f} -> {self.losses[-1]:.3f}")

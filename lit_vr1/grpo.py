@@ -28,6 +28,7 @@ from lit_vr1.rewards.rec import IoUReward, RecJsonFormat
 
 SKIPPED_KEY = "lit_vr1_skipped_steps"  # checkpoint key of the skipped-step counters
 REWARDS_KEY = "lit_vr1_rewards"  # checkpoint key of the rewards the run scored with (see reward_list)
+REFERENCE_KEY = "lit_vr1_reference_weights"  # with LoRA: the reference's adapters (see reset_reference)
 NOTHING_SCORED = "no completion of the mini-batch counts in the loss"
 
 
@@ -64,6 +65,8 @@ class GRPOModule(VLMModule):
         self.rewards = as_rewards(rewards) if rewards is not None else [IoUReward(), RecJsonFormat(weight=0.5)]
         self.config = grpo or GRPOConfig()
         self.ref_model: torch.nn.Module | None = None
+        # with LoRA: the trainable weights the reference runs with (None: the base, adapters disabled)
+        self.reference_weights: dict[str, Tensor] | None = None
         self.loop = RolloutUpdateLoop(self, self.config)
         self.skipped_steps = 0  # optimiser steps skipped for a non-finite loss or grad norm (whole run)
         self.skips_in_a_row = 0
@@ -108,15 +111,47 @@ class GRPOModule(VLMModule):
         with parallel.gathered_for_generation(self), precision.cached_autocast(self.device.type):
             yield
 
+    def reset_reference(self) -> None:
+        """Make the reference the policy as it is now (``callbacks.ColdStart`` after its warm-up,
+        so that the KL term anchors GRPO to the warmed-up model). Without LoRA the reference copy
+        takes the policy's weights; with LoRA the reference is the policy run with a copy of its
+        trainable weights as they are now (the warm-up's adapters), kept in checkpoints, instead
+        of the base with its adapters disabled."""
+        if self.lora is None:
+            if self.ref_model is not None:
+                self.ref_model.load_state_dict(self.policy.state_dict())
+            return
+        self.reference_weights = {n: p.detach().clone() for n, p in self.policy.named_parameters() if p.requires_grad}
+
+    @contextlib.contextmanager
+    def _reference_weights_in_place(self) -> Iterator[None]:
+        """The policy's trainable weights replaced by :attr:`reference_weights` for the block, then
+        put back bit for bit (copies of the adapters only; no autograd graph is alive here, and
+        Lightning's autocast keeps no weight cache that could hold the trained values)."""
+        params = dict(self.policy.named_parameters())
+        trained = {n: params[n].detach().clone() for n in self.reference_weights}
+        with torch.no_grad():
+            for n, w in self.reference_weights.items():
+                params[n].copy_(w)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for n, w in trained.items():
+                    params[n].copy_(w)
+
     @contextlib.contextmanager
     def reference_context(self) -> Iterator[torch.nn.Module]:
         """Yields the reference model, in eval mode, with no gradient (with LoRA: the policy
-        itself, its adapters disabled)."""
+        itself, its adapters disabled, or after :meth:`reset_reference` run with the adapters
+        it had then)."""
         if self.lora is not None and self.policy is not None:
             was_training = self.policy.training
             self.policy.eval()
+            weights = (self._reference_weights_in_place() if self.reference_weights is not None
+                       else self.policy.disable_adapter())
             try:
-                with torch.no_grad(), self.policy.disable_adapter():
+                with torch.no_grad(), weights:
                     yield self.policy
             finally:
                 self.policy.train(was_training)
@@ -267,12 +302,15 @@ class GRPOModule(VLMModule):
         super().on_save_checkpoint(checkpoint)
         checkpoint[SKIPPED_KEY] = {"skipped_steps": self.skipped_steps, "skips_in_a_row": self.skips_in_a_row}
         checkpoint[REWARDS_KEY] = reward_list(self.rewards)
+        if self.reference_weights is not None:
+            checkpoint[REFERENCE_KEY] = self.reference_weights
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
         saved = checkpoint.get(SKIPPED_KEY, {})
         self.skipped_steps = int(saved.get("skipped_steps", 0))
         self.skips_in_a_row = int(saved.get("skips_in_a_row", 0))
+        self.reference_weights = checkpoint.get(REFERENCE_KEY)
         warn_changed_rewards(checkpoint.get(REWARDS_KEY), reward_list(self.rewards))
 
     def log_step(self, metrics: dict[str, float]) -> None:

@@ -225,3 +225,48 @@ def test_cli_parses_lora_options(monkeypatch):
     assert ParseOnly(["--config", "configs/quickstart.yaml"]).config.model.init_args.lora is None
     with pytest.raises(SystemExit):
         ParseOnly(["--config", "configs/quickstart.yaml", "--model.init_args.lora.bias=some"])
+
+
+# -- the reference after a cold start -----------------------------------------------------------
+def test_reference_weights_stand_in_for_the_adapters_and_are_put_back(trained):
+    module = trained["module"]
+    now = adapters(module)
+    module.reference_weights = {n: torch.zeros_like(p) for n, p in module.policy.named_parameters() if p.requires_grad}
+    try:
+        with module.reference_context() as ref:
+            assert ref is module.policy and not ref.training
+            assert all(torch.count_nonzero(p) == 0 for n, p in ref.named_parameters() if "lora_" in n)
+    finally:
+        module.reference_weights = None
+    after = adapters(module)
+    assert all(torch.equal(after[k], now[k]) for k in now)  # bit for bit
+
+
+def test_cold_start_makes_the_warmed_up_adapters_the_reference(tmp_path):
+    """With LoRA the reference was the base with its adapters disabled, so after ColdStart's
+    warm-up the KL term pulled GRPO back to the untrained model (kl 0.029 at the first step,
+    where it is 0 without LoRA). Now the reference runs with the warm-up's adapters, and a
+    checkpoint keeps them for a resume."""
+    from callbacks import ColdStart
+    from lit_vr1.data.datamodule import GroundingDataModule
+    from lit_vr1.data.synthetic import SyntheticSpec
+
+    seed_everything(0)
+    module = make_module(lora=SPEC)
+    data = GroundingDataModule(synthetic=SyntheticSpec(num_samples=8, canvas=56, max_shapes=1),
+                               synthetic_dir=str(tmp_path / "data"), batch_size=1, num_val_samples=0)
+    seen = AdaptersAtStart()  # after ColdStart (which runs first, in on_train_start)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    trainer(tmp_path, 1, [ColdStart(steps=4, lr=5e-3, batch_size=2), seen, ckpt]).fit(module, data)
+    assert module.last_metrics["kl"] == 0.0  # the first step's policy is its reference
+    ref = module.reference_weights
+    warm = {k.removeprefix("policy."): v for k, v in seen.adapters.items()}
+    assert ref is not None and set(ref) == set(warm)
+    assert all(torch.equal(ref[k], warm[k]) for k in ref)  # the warm-up's adapters, not the base's
+    assert any(torch.count_nonzero(v) for k, v in ref.items() if "lora_B" in k)  # the warm-up moved them
+    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)["lit_vr1_reference_weights"]
+    assert all(torch.equal(saved[k], ref[k]) for k in ref)
+    resumed = make_module(lora=SPEC)
+    trainer(tmp_path / "resume", 2, []).fit(resumed, data, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"),
+                                            weights_only=False)
+    assert all(torch.equal(resumed.reference_weights[k], ref[k]) for k in ref)
