@@ -161,6 +161,28 @@ def check_checkpoint_file(path: str) -> None:
 LOAD_ERRORS = (Exception,)
 
 
+def allow_saved_settings() -> None:
+    """Let a weights-only load read the settings objects lit-vr1's modules and data module keep
+    among their hyperparameters when built from Python (``GRPOConfig``, ``LoraSpec``, ``TinySpec``,
+    ``SyntheticSpec``, paths; the CLI saves plain values): without them the export and a resume
+    refused the package's own Python checkpoints. Idempotent."""
+    import pathlib
+
+    import lit_vr1.config  # noqa: F401 - registers GRPOConfig
+    import lit_vr1.models.lora  # noqa: F401 - registers LoraSpec
+    import lit_vr1.models.tiny_parts  # noqa: F401 - registers TinySpec
+    from lit_vr1.data.synthetic import SyntheticSpec
+
+    torch.serialization.add_safe_globals([SyntheticSpec, pathlib.Path, pathlib.PosixPath, pathlib.WindowsPath,
+                                          pathlib.PurePosixPath, pathlib.PureWindowsPath])
+
+
+def refused_global(exc: BaseException) -> str | None:
+    """The class a weights-only load refused (``Unsupported global: GLOBAL a.b.C ...``), if named."""
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+    return found.group(1) if found else None
+
+
 def load_failure(path: str, exc: BaseException) -> CheckpointError | None:
     """The error to raise when loading ``path`` failed with ``exc``: the file diagnosed by
     :func:`check_checkpoint_file` (raised from here when it is broken); for an intact file
@@ -169,8 +191,12 @@ def load_failure(path: str, exc: BaseException) -> CheckpointError | None:
     None when the file is intact and the failure is another one (re-raise ``exc``)."""
     check_checkpoint_file(path)
     if isinstance(exc, pickle.UnpicklingError):
-        return CheckpointError(f"checkpoint {path} holds objects a weights-only load refuses; it was not written by "
-                               "lit-vr1 or has been altered")
+        name = refused_global(exc)
+        what = f"an object of {name}" if name else "objects"
+        return CheckpointError(f"checkpoint {path} holds {what}, which a weights-only load refuses: lit-vr1 loads only "
+                               "the types its own runs save, never unsafely (a load that takes any object runs "
+                               "whatever code the file holds); a class of your own among the hyperparameters can be "
+                               "allowed with torch.serialization.add_safe_globals([...]) before loading")
     return None
 
 
@@ -178,6 +204,7 @@ def load_checkpoint_file(path: str, map_location: Any = None, weights_only: bool
     """``torch.load`` of a checkpoint, a :class:`CheckpointError` naming the file when it
     cannot be loaded (:func:`load_failure`). The file is diagnosed only when the load fails,
     so an intact checkpoint is read once."""
+    allow_saved_settings()
     try:
         return torch.load(path, map_location=map_location, weights_only=weights_only)
     except LOAD_ERRORS as exc:
@@ -204,6 +231,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path: _PATH, map_location: Any = _KEEP_STORAGE, weights_only: bool | None = None) -> dict:
         """Lightning's load, with a broken local file reported as a :class:`CheckpointError`."""
+        allow_saved_settings()
         if not _is_local(str(path)):
             return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
         try:

@@ -279,10 +279,14 @@ def no_bar_when_disabled(config) -> None:
 
 def checkpoint_model_settings(path: str) -> dict | None:
     """``{"class_path", "init_args"}`` of the LightningModule saved in a checkpoint (its
-    ``save_hyperparameters``), or None when it saved none."""
-    hparams = dict(load_checkpoint_file(path, map_location="cpu").get("hyper_parameters") or {})
+    ``save_hyperparameters``; the class as the CLI records it, or as the module records it
+    from Python), or None when it saved none."""
+    from lit_vr1.module import CLASS_KEY
+
+    checkpoint = load_checkpoint_file(path, map_location="cpu")
+    hparams = dict(checkpoint.get("hyper_parameters") or {})
     hparams.pop("_instantiator", None)
-    class_path = hparams.pop("_class_path", None)
+    class_path = hparams.pop("_class_path", None) or checkpoint.get(CLASS_KEY)
     if not hparams or class_path is None:
         return None
     return {"class_path": class_path, "init_args": hparams}

@@ -16,7 +16,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 from lit_vr1 import allocator, log_dirs, parallel, resume_optimisers
-from lit_vr1.checkpoint import gather_rng_states, refuse_changed_resume, set_rng_states, setting_differences
+from lit_vr1.checkpoint import allow_saved_settings, gather_rng_states, refuse_changed_resume, set_rng_states, setting_differences
 from lit_vr1.checks import check_master_weights
 from lit_vr1.evaluate import PROMPTINGS, check_eval_solutions, predict_answer, predict_detection, predict_rec
 from lit_vr1.metrics.detection import DetectionMetrics
@@ -34,10 +34,12 @@ EVAL_TASKS = ("rec", "detection", "answer")
 ANSWER_FIGURES = ("acc", "format", "tokens")  # eval_task "answer": what validation logs
 RNG_KEY = "lit_vr1_rng_states"  # checkpoint key: one dict of global RNG states per process
 METRICS_KEY = "lit_vr1_metrics_csv"  # checkpoint key: the run's metrics.csv, carried over by a resume
+CLASS_KEY = "lit_vr1_module_class"  # checkpoint key: the module's class (the CLI's hparams name it; Python's do not)
 ATTENTION = ("sdpa", "eager", "flash_attention_2")
 
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
+allow_saved_settings()  # load_from_checkpoint and Lightning's own loads read Python-built settings
 # what makes a checkpoint this run's model: a resume with any of these changed is refused
 MODEL_IDENTITY = ("model", "tiny_spec", "lora", "freeze_vision", "freeze_merger")
 
@@ -414,6 +416,7 @@ class VLMModule(LightningModule):
         if self._configured() is not None:  # a resume that configures others is refused
             checkpoint[resume_optimisers.KEY] = self._configured()
         checkpoint[METRICS_KEY] = log_dirs.metrics_file(trainer)
+        checkpoint[CLASS_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
         if trainer is not None:  # rows logged so far reach the files before the checkpoint does
             for logger in trainer.loggers:
                 logger.save()

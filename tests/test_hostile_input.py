@@ -193,12 +193,26 @@ def test_random_bytes_are_always_reported_as_a_broken_checkpoint(tmp_path):
             assert str(noise) in str(info.value) and str(good) in str(info.value), seed
 
 
-def test_a_checkpoint_with_code_in_it_is_refused_without_unsafe_advice(tmp_path):
+class Payload:
+    """Unpickled, it would call print: code a checkpoint must never run."""
+
+    def __reduce__(self):
+        return (print, ("this ran",))
+
+
+def test_a_checkpoint_with_code_in_it_is_refused_without_unsafe_advice(tmp_path, capsys):
     path = tmp_path / "evil.ckpt"
-    torch.save({"global_step": 1, "payload": Path("x")}, path)  # an object a weights-only load refuses
-    with pytest.raises(CheckpointError) as info:
-        AtomicCheckpointIO().load_checkpoint(str(path))
-    assert "weights-only load refuses" in str(info.value) and "weights_only=False" not in str(info.value)
+    torch.save({"global_step": 1, "payload": Payload()}, path)  # an object a weights-only load refuses
+    for load in (load_checkpoint_file, AtomicCheckpointIO().load_checkpoint):
+        with pytest.raises(CheckpointError) as info:
+            load(str(path))
+        message = str(info.value)
+        assert "weights-only load refuses" in message and "an object of print" in message, message
+        assert "weights_only=False" not in message
+    assert "this ran" not in capsys.readouterr().out
+    # the settings lit-vr1's modules save from Python are read (paths among them)
+    torch.save({"global_step": 1, "root": Path("runs/x")}, path)
+    assert load_checkpoint_file(str(path))["root"] == Path("runs/x")
 
 
 def test_cli_resume_from_a_corrupt_last_ckpt_is_one_message(tmp_path):

@@ -168,7 +168,7 @@ def test_checkpoint_holds_only_the_adapters(trained):
 
 def test_load_from_checkpoint_restores_the_adapters_exactly(trained, samples):
     module = trained["module"]
-    loaded = GRPOModule.load_from_checkpoint(trained["ckpt"], weights_only=False, rewards=[LengthReward()])
+    loaded = GRPOModule.load_from_checkpoint(trained["ckpt"], weights_only=True, rewards=[LengthReward()])
     assert loaded.lora == SPEC and loaded.ref_model is None
     got, want = adapters(loaded), adapters(module)
     assert got.keys() == want.keys()
@@ -188,7 +188,7 @@ def test_resume_restores_the_adapters_and_goes_on(trained):
     module = trained["module"]
     resumed, seen = make_module(lora=SPEC), AdaptersAtStart()
     trainer(trained["root"] / "resume", 3, [seen]).fit(resumed, trained["loader"], ckpt_path=trained["ckpt"],
-                                                 weights_only=False)  # hparams hold GRPOConfig
+                                                 weights_only=True)  # hparams hold GRPOConfig and LoraSpec
     want = adapters(module)
     assert seen.step == 2 and seen.adapters.keys() == want.keys()
     assert all(torch.equal(seen.adapters[k], want[k]) for k in want)
@@ -268,5 +268,21 @@ def test_cold_start_makes_the_warmed_up_adapters_the_reference(tmp_path):
     assert all(torch.equal(saved[k], ref[k]) for k in ref)
     resumed = make_module(lora=SPEC)
     trainer(tmp_path / "resume", 2, []).fit(resumed, data, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"),
-                                            weights_only=False)
+                                            weights_only=True)  # the data module's hparams: SyntheticSpec, paths
     assert all(torch.equal(resumed.reference_weights[k], ref[k]) for k in ref)
+
+
+def test_the_export_command_reads_a_checkpoint_written_from_python(trained, tmp_path):
+    """A Python fit's hyperparameters hold GRPOConfig and LoraSpec objects (the CLI's hold plain
+    values and the class path): the export refused them as objects a weights-only load refuses,
+    then found no class to build. Now it writes the merged model."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "hf"
+    proc = subprocess.run([sys.executable, "-m", "lit_vr1.export", trained["ckpt"], str(out)], capture_output=True,
+                          text=True, timeout=300, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    processor = trained["module"].processor
+    exported, merged = load_model(str(out), processor), load_model(trained["merged"], processor)
+    assert all(torch.equal(a, b) for a, b in zip(exported.state_dict().values(), merged.state_dict().values()))
