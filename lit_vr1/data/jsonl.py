@@ -64,9 +64,10 @@ from typing import Any
 from PIL import Image
 from torch.utils.data import Dataset
 
+from lit_vr1.data import images
 from lit_vr1.data.prompts import build_messages, check_template
-from lit_vr1.rules import enforce, rule
 from lit_vr1.rewards.boxes import QUAD_RE, answer_text, solution_boxes
+from lit_vr1.rules import enforce, rule
 
 # Images with a shorter side under this many pixels are upscaled to it (the Qwen-VL patch
 # merge needs 28 x 28 pixels; VLM-R1 upscales the same way).
@@ -293,14 +294,17 @@ def check_inside(name: str, path: str, folder: str, where: str) -> None:
 
 
 def read_image_size(path: str, where: str) -> tuple[int, int]:
-    """(width, height) from the image file's header (no pixel is decoded); a
-    :class:`DataError` naming ``where`` when PIL cannot identify the file."""
+    """(width, height) of the image as a viewer shows it (its EXIF orientation applied, see
+    :mod:`lit_vr1.data.images`), from the file's header (no pixel is decoded); a
+    :class:`DataError` naming ``where`` when PIL cannot identify the file or read its pixels."""
     try:
         with Image.open(path) as im:
-            size = im.size
+            size, problem = images.displayed_size(im), images.mode_problem(im)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise DataError(f"{where}: field 'image': {path} is not an image PIL can read ({e}); "
                         "replace the file or remove the line") from None
+    if problem:
+        raise DataError(f"{where}: field 'image': {path}: {problem}; or remove the line")
     w, h = size
     if min(w, h) < 1 or max(w, h) / min(w, h) > MAX_ASPECT:
         raise DataError(f"{where}: field 'image': {path} is {w}x{h}, an aspect ratio above {MAX_ASPECT}, which the "
@@ -445,8 +449,14 @@ def parse_line(line: str, path: str, lineno: int, folder: str, task: str = "defa
                         "stands), or none (the images then go before the text)")
     declared = (obj.get("width"), obj.get("height"))
     if sizes and declared != (None, None) and tuple(declared) != sizes[0]:
+        turned = ""
+        with Image.open(paths[0]) as im:
+            if tuple(declared) == im.size:
+                turned = (f" as a viewer shows it (its EXIF orientation {images.orientation(im)} turns the stored "
+                          f"{im.size[0]}x{im.size[1]} pixels upright; lit-vr1 reads the upright image, where a "
+                          "labelling tool draws the boxes: give its size and boxes, or save the pixels upright)")
         raise DataError(f"{where}: fields 'width', 'height' say {declared[0]}x{declared[1]} but image {paths[0]} "
-                        f"is {sizes[0][0]}x{sizes[0][1]}; the solution's boxes would be in another frame")
+                        f"is {sizes[0][0]}x{sizes[0][1]}{turned}; the solution's boxes would be in another frame")
     if check_boxes:
         check_solution_boxes(solution, _field_of(obj, "gpt"), sizes[0] if sizes else None, where)
     method = obj.get("reward_method", task)
@@ -639,21 +649,20 @@ class JsonlDataset(Dataset):
         """Decode row ``idx``; a :class:`DataError` naming the file, line and image when
         an image cannot be decoded."""
         r = self.records[idx]
-        images = []
+        pixels: list[Image.Image] = []
         for p in r.image_paths:
             try:
-                with Image.open(p) as im:
-                    images.append(im.convert("RGB"))
+                pixels.append(images.open_image(p))  # upright, transparency on white, 16-bit scaled
             except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
                 raise DataError(f"{r.source}: field 'image': {p} cannot be decoded ({e}); "
                                 "replace the file or remove the line") from None
-        originals = [im.size for im in images]
+        originals = [im.size for im in pixels]
         wanted = [upscaled_size(size) for size in originals]
         upscaled = wanted != originals
         if upscaled:
-            images = [im if im.size == size else im.resize(size, Image.Resampling.BICUBIC) for im, size in zip(images, wanted)]
-        messages = build_messages(r.question, len(images), self.template)
-        return Sample(r.id, images, messages, r.question, r.solution, r.source, dict(r.metadata), r.task,
+            pixels = [im if im.size == size else im.resize(size, Image.Resampling.BICUBIC) for im, size in zip(pixels, wanted)]
+        messages = build_messages(r.question, len(pixels), self.template)
+        return Sample(r.id, pixels, messages, r.question, r.solution, r.source, dict(r.metadata), r.task,
                       original_sizes=originals if upscaled else None, box_answers=self.check_boxes)
 
     def __getitem__(self, idx: int) -> Sample:

@@ -60,8 +60,9 @@ from typing import Any
 
 import litserve as ls
 from fastapi import HTTPException
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
+from lit_vr1.data import images
 from lit_vr1.rewards.reward_model import KEY_ENV, ScoreItem
 
 SCORE_PATH, CHAT_PATH = "/score", "/v1/chat/completions"
@@ -115,9 +116,12 @@ def open_image(data: bytes, where: str, limits: Limits, decode: bool) -> Image.I
         raise BadRequest(f"{where} is {width}x{height} = {width * height} pixels, over the limit of "
                          f"{limits.max_image_pixels}; send a smaller image")
     if decode:
+        problem = images.mode_problem(image)
+        if problem:
+            raise BadRequest(f"{where} has mode {image.mode}: {problem}")
         try:
             image.load()
-            image = image.convert("RGB")
+            image = images.to_rgb(ImageOps.exif_transpose(image))  # as the training data is read
         except (OSError, ValueError, Image.DecompressionBombError) as e:
             raise BadRequest(f"{where} cannot be decoded: {e}") from None
     return image
