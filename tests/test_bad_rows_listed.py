@@ -347,3 +347,26 @@ def test_a_trainer_clip_of_zero_asks_for_no_clipping_and_is_not_refused():
     check_trainer(module, SimpleNamespace(gradient_clip_val=0, accumulate_grad_batches=1))
     with pytest.raises(Exception, match="trainer.gradient_clip_val=0.5"):
         check_trainer(module, SimpleNamespace(gradient_clip_val=0.5, accumulate_grad_batches=1))
+
+
+def test_a_detection_row_without_a_solution_is_not_an_image_without_objects(tmp_path):
+    """A detection row whose 'solution' field was missing read as "" and passed as an image
+    without objects: every completion that wrote no box, gibberish included, scored full
+    reward. Only an explicit [] / None / num_instances 0 says "no objects" now."""
+    from lit_vr1.grpo import check_solutions
+    from lit_vr1.rewards import DetectionMAP
+
+    def detection(i, **fields):
+        row = {"id": str(i), "image": "a.png", "problem": "<image>Find every cat.", "reward_method": "detection"}
+        return json.dumps({**row, **fields})
+
+    lines = [detection(1, solution=[["cat", [1, 2, 10, 12]]]), detection(2), detection(3, solution=[]),
+             detection(4, solution="<answer>None</answer>"), detection(5, solution=""),
+             detection(6, solution=[], num_instances=0)]
+    f, d = write(tmp_path, lines)
+    with pytest.raises(DataError) as info:
+        check_solutions([DetectionMAP(tasks=["detection"])], JsonlDataset(f, d))
+    rows = str(info.value).split("\n  ")[1:]
+    assert [r.split(": ", 1)[0] for r in rows] == [f"{f}:2", f"{f}:5"]
+    assert rows[0] == (f"{f}:2: no solution (field 'solution' missing or empty); for an image without objects give [] "
+                       "or metadata num_instances: 0 (reward 'map' scores this row)")

@@ -321,8 +321,10 @@ NO_OBJECTS_WORDS = ("none", "null")  # VLM-R1's OVD data answers an image withou
 
 def is_empty_solution(solution: Any) -> bool:
     """Whether a solution says "no objects": None, an empty list or dict, or a string that is
-    empty, the JSON ``[]`` / ``{}`` or the word None (VLM-R1's OVD negatives; any case),
-    inside <answer> tags or a fenced block too."""
+    the JSON ``[]`` / ``{}`` or the word None (VLM-R1's OVD negatives; any case), inside
+    <answer> tags or a fenced block too. An empty string is not: it is what a row without a
+    ``solution`` field reads as (a missing label), and scored as an image without objects it
+    gave full reward to any completion that wrote no box."""
     if solution is None:
         return True
     if isinstance(solution, (list, tuple, dict)):
@@ -331,7 +333,9 @@ def is_empty_solution(solution: Any) -> bool:
         text = answer_text(solution).strip()
         fenced = FENCED_RE.fullmatch(text)
         text = fenced.group(1).strip() if fenced else text
-        if not text or text.lower() in NO_OBJECTS_WORDS:
+        if not text:
+            return False
+        if text.lower() in NO_OBJECTS_WORDS:
             return True
         try:
             return json.loads(text) in ([], {})
@@ -350,6 +354,7 @@ def box_solution_problem(ctx: Any, empty_ok: bool) -> str | None:
     if empty_ok and (is_empty_solution(ctx.solution) or (getattr(ctx, "metadata", None) or {}).get("num_instances") == 0):
         return None
     text = repr(ctx.solution) if not isinstance(ctx.solution, str) else repr(ctx.solution[:200])
-    return (f"solution {text} holds no box" + ("; for an image without objects give [] or metadata num_instances: 0"
-                                                if empty_ok else "; a box is [x1, y1, x2, y2] in pixels of the image"))
+    what = "no solution (field 'solution' missing or empty)" if ctx.solution == "" else f"solution {text} holds no box"
+    return what + ("; for an image without objects give [] or metadata num_instances: 0" if empty_ok
+                   else "; a box is [x1, y1, x2, y2] in pixels of the image")
 
