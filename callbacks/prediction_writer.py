@@ -11,6 +11,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 from PIL import ImageDraw
 
+from lit_vr1.data.jsonl import loaded
 from lit_vr1.rewards.boxes import flatten_box, solution_boxes
 
 RED, GREEN = (220, 0, 0), (0, 170, 0)
@@ -63,7 +64,7 @@ class PredictionWriter(BasePredictionWriter):
                 f.write(json.dumps(rec) + "\n")
         if not self.draw:
             return
-        for rec, sample in zip(prediction, batch):
+        for rec, sample in zip(prediction, loaded(batch)):  # the rows predicted (failed ones left out)
             if not sample.images:
                 continue
             image = sample.images[0].convert("RGB")

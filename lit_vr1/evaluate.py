@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from transformers import PreTrainedModel, ProcessorMixin
 
-from lit_vr1.data.jsonl import Sample
+from lit_vr1.data.jsonl import Sample, loaded
 from lit_vr1.data.prompts import build_messages
 from lit_vr1.predict import greedy_rollout, predict_records
 from lit_vr1.rewards.accuracy import answer_text, is_correct
@@ -108,7 +108,9 @@ def predict_answer(model: PreTrainedModel, processor: ProcessorMixin, samples: l
 
 
 def in_batches(predict, samples: list[Sample], batch_size: int) -> list:
-    """``predict(batch)`` over all ``samples``, ``batch_size`` at a time, the results joined."""
+    """``predict(batch)`` over all ``samples``, ``batch_size`` at a time, the results joined
+    (rows that failed to load under ``data.bad_rows=skip`` left out)."""
+    samples = loaded(samples)
     out: list = []
     for i in range(0, len(samples), batch_size):
         out.extend(predict(samples[i : i + batch_size]))

@@ -18,6 +18,7 @@ from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from lit_vr1 import allocator, log_dirs, parallel, resume_optimisers
 from lit_vr1.checkpoint import allow_saved_settings, gather_rng_states, refuse_changed_resume, set_rng_states, setting_differences
 from lit_vr1.checks import check_master_weights
+from lit_vr1.data.jsonl import loaded
 from lit_vr1.evaluate import PROMPTINGS, check_eval_solutions, predict_answer, predict_detection, predict_rec
 from lit_vr1.metrics.detection import DetectionMetrics
 from lit_vr1.metrics.rec import RECMetrics
@@ -291,6 +292,9 @@ class VLMModule(LightningModule):
         self._eval_step(batch, "test")
 
     def _eval_step(self, batch, split: str) -> None:
+        batch = loaded(batch)  # rows that failed to load under data.bad_rows=skip: left out, reported
+        if not batch:
+            return
         if self.eval_task == "answer":
             with parallel.gathered_for_generation(self):
                 preds = predict_answer(self.policy, self.processor, batch, self.eval_max_new_tokens)
@@ -389,6 +393,9 @@ class VLMModule(LightningModule):
     def predict_step(self, batch, batch_idx: int) -> list[dict]:
         """Greedy answers with their parsed boxes in original pixels (see ``lit_vr1.predict``);
         ``callbacks.PredictionWriter`` writes them as JSONL and PNGs."""
+        batch = loaded(batch)  # rows that failed to load under data.bad_rows=skip: left out, reported
+        if not batch:
+            return []
         with parallel.gathered_for_generation(self):
             return predict_records(self.policy, self.processor, batch, self.eval_max_new_tokens, self.box_frame)
 

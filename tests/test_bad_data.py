@@ -242,3 +242,49 @@ def test_skip_mode_reports_count_ids_and_reasons_at_the_end_of_each_epoch(tmp_pa
     assert f"ids {f}:2, 3, 7, 4" in texts[0] and "truncated.png cannot be decoded" in texts[0]
     rows = [json.loads(x) for x in (tmp_path / "skipped_rows.jsonl").read_text().splitlines()]
     assert len(rows) == 8 and {r["id"] for r in rows} == {f"{f}:2", "3", "4", "7"}
+
+
+def test_held_out_rows_that_fail_to_load_are_left_out_not_replaced_and_reported(tmp_path):
+    """A held-out row whose image failed to load was replaced by the next row that loads, so
+    validate scored that row twice (n 14 of 13 loadable rows in a new user's run) and said
+    nothing of the rows it left out."""
+    from lit_vr1.sft import SFTModule
+
+    lines = [rec(1), rec(2, image="truncated.png"), rec(3), rec(4, image="gone.png"), rec(5, image="truncated.png")]
+    f, d = write(tmp_path, lines)
+    dm = GroundingDataModule(train_files=f, train_images=d, val_files=f, val_images=d, bad_rows="skip",
+                             val_batch_size=2)
+    module = SFTModule(model="tiny:qwen2_5_vl", eval_max_new_tokens=2, results_path=str(tmp_path / "eval.json"))
+    trainer = Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, default_root_dir=tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.validate(module, dm)
+    assert json.loads((tmp_path / "eval.json").read_text())[-1]["n"] == 2  # rows 1 and 3, once each
+    texts = [str(w.message) for w in caught if "data.bad_rows=skip" in str(w.message)]
+    assert len(texts) == 1 and "validate left out 3 row(s) (1 when the data was read, 2 at load time, left out of " \
+                               "their batches): ids 4, 2, 5" in texts[0], texts
+    train = JsonlDataset(f, d, bad_rows="skip")  # training keeps its batch size: the next row stands in
+    assert train[1].id == "3" and [r.id for r in train[1].skipped] == ["2"]
+
+
+def test_predict_leaves_out_rows_that_fail_to_load_and_draws_the_right_boxes(tmp_path):
+    from callbacks import PredictionWriter
+    from lit_vr1.sft import SFTModule
+
+    lines = [rec(1), rec(2, image="truncated.png"), rec(3)]
+    f, d = write(tmp_path, lines)
+    dm = GroundingDataModule(train_files=f, train_images=d, predict_files=f, predict_images=d, bad_rows="skip",
+                             val_batch_size=3)
+    module = SFTModule(model="tiny:qwen2_5_vl", eval_max_new_tokens=2)
+    out = tmp_path / "pred"
+    trainer = Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, default_root_dir=tmp_path,
+                      callbacks=[PredictionWriter(output_dir=str(out))])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.predict(module, dm)
+    rows = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["1", "3"]
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["1.png", "3.png"]
+    assert any("predict left out 1 row(s)" in str(w.message) and "ids 2" in str(w.message) for w in caught)

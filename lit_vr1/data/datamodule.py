@@ -13,7 +13,7 @@ from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from lit_vr1.checkpoint import refuse_changed_resume, setting_differences
-from lit_vr1.data.jsonl import JsonlDataset, Sample, SkippedRow, check_bad_rows
+from lit_vr1.data.jsonl import FailedRow, JsonlDataset, Sample, SkippedRow, check_bad_rows
 from lit_vr1.data.sampler import ResumableSampler, place_sampler, train_position
 from lit_vr1.data.synthetic import SyntheticSpec, write_synthetic
 from lit_vr1.rules import enforce, rule
@@ -52,8 +52,11 @@ def joined(name: str, value: Any) -> str | None:
     return ":".join(parts)
 
 
-def collate(samples: list[Sample]) -> list[Sample]:
-    """Batches stay lists of samples: the module's processor turns them into tensors."""
+def collate(samples: list[Sample | FailedRow]) -> list[Sample | FailedRow]:
+    """Batches stay lists of samples: the module's processor turns them into tensors. A held-out
+    row that failed to load stays in its batch as a :class:`~lit_vr1.data.jsonl.FailedRow`
+    (what it carries reaches :class:`SkippedRowsReport`), which the evaluation and prediction
+    steps leave out (:func:`~lit_vr1.data.jsonl.loaded`)."""
     return samples
 
 
@@ -204,6 +207,7 @@ class GroundingDataModule(LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if stage == "predict":
+            self._add_skipped_rows_report()
             return  # predict reads only data.predict_files (see predict_dataloader)
         if self.train_files is None:
             self.prepare_data()  # idempotent; covers direct use outside a Trainer
@@ -218,8 +222,12 @@ class GroundingDataModule(LightningDataModule):
             self.train_set = self._dataset(train, images, self.reward_methods, "train")
         if self.val_set is None and val is not None:
             self.val_set = self._dataset(val, val_images, self.val_reward_methods, "val")
+            self.val_set.replace_failed = False  # a stand-in row would be scored twice
         if self.trainer is not None and stage == "fit" and self.val_set is None:
             self.trainer.limit_val_batches = 0  # no held-out data: the fit validates nothing (and says nothing of it)
+        self._add_skipped_rows_report()
+
+    def _add_skipped_rows_report(self) -> None:
         if self.trainer is not None and self.bad_rows == "skip":
             if not any(isinstance(c, SkippedRowsReport) for c in self.trainer.callbacks):
                 self.trainer.callbacks.append(SkippedRowsReport(self))
@@ -254,6 +262,7 @@ class GroundingDataModule(LightningDataModule):
                                             bad_rows=self.bad_rows, check_boxes=self.check_boxes,
                                             images_outside_folder=self.images_outside_folder,
                                             names=flag_names("predict"))
+            self.predict_set.replace_failed = False  # a stand-in row would be predicted twice
         return DataLoader(self.predict_set, batch_size=self.val_batch_size, collate_fn=collate,
                           num_workers=self.num_workers)
 
@@ -401,7 +410,7 @@ class SkippedRowsReport(Callback):
         self.reports: list[dict] = []  # one per epoch: {"epoch", "at_build", "at_load"}
 
     def _collect(self, batch: Any) -> None:
-        for sample in batch if isinstance(batch, list) else []:
+        for sample in batch if isinstance(batch, list) else []:  # FailedRow entries carry theirs too
             self.at_load.extend(getattr(sample, "skipped", []))
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
@@ -409,6 +418,35 @@ class SkippedRowsReport(Callback):
 
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
         self._collect(batch)
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self._collect(batch)
+
+    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self._collect(batch)
+
+    def _report_alone(self, trainer, what: str, held_out: list[SkippedRow]) -> None:
+        """``validate``, ``test`` and ``predict`` (no training epoch to report at): the rows they
+        left out, once, at their end."""
+        at_load = list({(r.id, r.reason): r for r in _gather(self.at_load)}.values())
+        self.at_load = []
+        report = {"epoch": what, "at_build": held_out, "at_load": at_load}
+        self.reports.append(report)
+        if held_out or at_load:
+            self._warn(report, trainer.log_dir)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if getattr(trainer.state.fn, "value", None) == "validate":
+            val_set = self.datamodule.val_set
+            self._report_alone(trainer, "validate", list(val_set.skipped) if val_set is not None else [])
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        val_set = self.datamodule.val_set
+        self._report_alone(trainer, "test", list(val_set.skipped) if val_set is not None else [])
+
+    def on_predict_end(self, trainer, pl_module) -> None:
+        predict_set = self.datamodule.predict_set
+        self._report_alone(trainer, "predict", list(predict_set.skipped) if predict_set is not None else [])
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         at_build = self.datamodule.skipped_at_build()
@@ -436,9 +474,12 @@ class SkippedRowsReport(Callback):
                     for r in report[kind]:
                         f.write(json.dumps({"epoch": report["epoch"], "when": kind, "id": r.id, "reason": r.reason}) + "\n")
             where = f"; every row in {path}"
-        rank_zero_warn(f"data.bad_rows=skip: epoch {report['epoch']} left out {len(rows)} row(s) "
+        when = (f"epoch {report['epoch']}" if isinstance(report["epoch"], int) else report["epoch"])
+        loaded = ("replaced in their batches by other rows; held-out rows left out" if isinstance(report["epoch"], int)
+                  else "left out of their batches")
+        rank_zero_warn(f"data.bad_rows=skip: {when} left out {len(rows)} row(s) "
                        f"({len(report['at_build'])} when the data was read, {len(report['at_load'])} at load time, "
-                       f"replaced in their batches): ids {ids}{where}. First reasons:\n  {reasons}")
+                       f"{loaded}): ids {ids}{where}. First reasons:\n  {reasons}")
 
 
 def order_flag(key: str, shuffle_seed: int | None) -> str:

@@ -93,6 +93,21 @@ class SkippedRow:
     reason: str
 
 
+@dataclass
+class FailedRow:
+    """What a held-out or prediction set returns for a row whose image fails to load under
+    ``bad_rows="skip"``: evaluation and prediction leave it out, where
+    a training set puts the next row that loads in its place; that row would be scored twice.
+    It stays in its batch, carrying ``skipped`` to the report, and :func:`loaded` drops it."""
+
+    skipped: list[SkippedRow]
+
+
+def loaded(samples: list) -> list[Sample]:
+    """The samples of a batch that loaded (:class:`FailedRow` entries left out)."""
+    return [s for s in samples if not isinstance(s, FailedRow)]
+
+
 @rule("data.bad_rows", "config")
 def bad_rows_known(value: str) -> str | None:
     if value in BAD_ROWS:
@@ -582,7 +597,8 @@ class JsonlDataset(Dataset):
         bad_rows: "raise" (every row is checked, then one error lists the bad rows, each
             with its file, line and field) or "skip" (bad rows are left out and listed in
             :attr:`skipped`; one that fails at load time is replaced by the next row that
-            loads, see the module docstring).
+            loads, see the module docstring; with ``replace_failed`` False it is left out of
+            its batch instead, as a :class:`FailedRow`).
         check_boxes: check the ground-truth boxes (area, inside the image).
         images_outside_folder: accept image paths that resolve outside their image folder.
         names: how messages name ``data_files``, ``image_folders`` and ``reward_methods``
@@ -591,7 +607,12 @@ class JsonlDataset(Dataset):
     Attributes:
         skipped: rows left out when the dataset was built (and by
             :meth:`check_prompt_lengths`), with the reason of each.
+        replace_failed: under ``bad_rows="skip"``, put the next row that loads in the place of
+            one that fails (True: training keeps its batch size) or leave it out (False: the data
+            module's held-out and prediction sets, where a stand-in would be scored twice).
     """
+
+    replace_failed = True
 
     def __init__(self, data_files: str, image_folders: str, template: str = "plain",
                  reward_methods: str | None = None, bad_rows: str = "raise", check_boxes: bool = True,
@@ -665,9 +686,16 @@ class JsonlDataset(Dataset):
         return Sample(r.id, pixels, messages, r.question, r.solution, r.source, dict(r.metadata), r.task,
                       original_sizes=originals if upscaled else None, box_answers=self.check_boxes)
 
-    def __getitem__(self, idx: int) -> Sample:
+    def __getitem__(self, idx: int) -> Sample | FailedRow:
         if self.bad_rows == "raise":
             return self.load(idx)
+        if not self.replace_failed:
+            if idx not in self.failed:
+                try:
+                    return self.load(idx)
+                except DataError as e:
+                    self.failed[idx] = SkippedRow(self.records[idx].id, str(e))
+            return FailedRow([self.failed[idx]])
         skipped: list[SkippedRow] = []
         for k in range(len(self.records)):
             j = (idx + k) % len(self.records)
