@@ -18,11 +18,14 @@ class MergedExport(Callback):
 
     Args:
         dirpath: directory to write (created if missing; files in it are overwritten).
+        dtype: the saved weights' dtype (``float32``, ``bfloat16``, ...; default: the policy's
+            own). Merging into bf16 weights rounds the adapters' update (a warning says how
+            much when it matters); ``float32`` keeps it whole.
     """
 
-    def __init__(self, dirpath: str) -> None:
-        self.dirpath = dirpath
+    def __init__(self, dirpath: str, dtype: str | None = None) -> None:
+        self.dirpath, self.dtype = dirpath, dtype
 
     @rank_zero_only
     def on_fit_end(self, trainer, pl_module) -> None:
-        save_merged(pl_module.policy, self.dirpath, pl_module.processor)
+        save_merged(pl_module.policy, self.dirpath, pl_module.processor, dtype=self.dtype)

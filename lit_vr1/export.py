@@ -44,13 +44,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m lit_vr1.export", description=__doc__.split("\n")[0])
     parser.add_argument("checkpoint", help="a .ckpt written by lit-vr1 fit")
     parser.add_argument("out_dir", help="the Hugging Face model folder to write")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                        help="the saved weights' dtype (default: the model's own; float32 keeps a LoRA update that a "
+                             "bf16 merge would round away)")
     args = parser.parse_args(argv)
     try:
         module = load_module(args.checkpoint)
     except ValueError as e:  # a broken file, a missing base model: one message
         print(f"lit-vr1 export: error: {e}", file=sys.stderr)
         sys.exit(2)
-    module.export(args.out_dir)
+    module.export(args.out_dir, dtype=args.dtype)
     print(f"wrote {args.out_dir} (load it with AutoModelForImageTextToText.from_pretrained or model: {args.out_dir})")
 
 

@@ -406,9 +406,12 @@ class VLMModule(LightningModule):
         release_optimizer_state(self.trainer)
 
     @rank_zero_only
-    def export(self, path: str) -> None:
-        """Save the policy and processor with ``save_pretrained`` (loadable by name/path)."""
-        save_merged(self.policy, path, self.processor)  # adapters, if any, merged in
+    def export(self, path: str, dtype: str | None = None) -> None:
+        """Save the policy and processor with ``save_pretrained`` (loadable by name/path), LoRA
+        adapters merged in; ``dtype`` (``"float32"``, ...; default: the policy's own) is the
+        saved weights' (a bf16 merge that rounds the adapters' update away warns, see
+        :func:`lit_vr1.models.lora.save_merged`)."""
+        save_merged(self.policy, path, self.processor, dtype=dtype)
 
     # -- checkpoints: with LoRA only the trainable weights; every process's RNG states -----------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
