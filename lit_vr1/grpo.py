@@ -21,7 +21,7 @@ from lit_vr1.checks import check_fit
 from lit_vr1.config import GRPOConfig
 from lit_vr1.loop import RolloutUpdateLoop, StepOutcome
 from lit_vr1.models import precision
-from lit_vr1.module import VLMModule
+from lit_vr1.module import VLMModule, module_settings, settings_object
 from lit_vr1.rewards.base import Reward, SampleContext
 from lit_vr1.rewards.function import as_rewards
 from lit_vr1.rewards.rec import IoUReward, RecJsonFormat
@@ -59,6 +59,10 @@ class GRPOModule(VLMModule):
     tied_rollouts_warning = 10  # rollouts in a row with every group tied before the fit warns (once)
 
     def __init__(self, rewards: list[Reward] | None = None, grpo: GRPOConfig | None = None, **kwargs) -> None:
+        kwargs = module_settings(type(self).__name__, kwargs, {
+            f.name: f"a GRPOConfig field: {type(self).__name__}(grpo=GRPOConfig({f.name}=...))"
+            for f in dataclasses.fields(GRPOConfig)})
+        grpo = settings_object(grpo, GRPOConfig, "grpo")
         super().__init__(**kwargs)
         self.save_hyperparameters(ignore=["rewards", "optimizer", "lr_scheduler"])
         self.automatic_optimization = False

@@ -3,7 +3,9 @@ greedy REC validation, and exporting the trained model as a ``save_pretrained`` 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
+import inspect
 import json
 import math
 import os
@@ -29,7 +31,7 @@ from lit_vr1.models.lora import LoraSpec, apply_lora, save_merged
 from lit_vr1.models.tiny_parts import TinySpec
 from lit_vr1.predict import predict_records
 from lit_vr1.quiet import quiet_known_notices
-from lit_vr1.rules import enforce, one_of, refuse, rule
+from lit_vr1.rules import enforce, one_of, refuse, refuse_unknown_keywords, rule
 
 EVAL_TASKS = ("rec", "detection", "answer")
 ANSWER_FIGURES = ("acc", "format", "tokens")  # eval_task "answer": what validation logs
@@ -104,8 +106,55 @@ def check_attention(name: str) -> str:
     return name
 
 
+def model_name_given(model) -> str:
+    """``model`` as the name or path the module loads (a ``Path`` is taken as its text); a model
+    object is refused: the module builds its policy (and its reference) itself, from a name."""
+    if isinstance(model, os.PathLike):
+        return os.fspath(model)
+    if not isinstance(model, str):
+        raise TypeError(f"model takes a name or a path (a hub name, a save_pretrained folder, or tiny:qwen2_5_vl), "
+                        f"not a {type(model).__name__} object: save yours with .save_pretrained(folder) (and its "
+                        "processor's) and give the folder")
+    return model
+
+
 def default_optimizer(params) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=1e-5, weight_decay=0.0)
+
+
+def module_keywords() -> list[str]:
+    """The keywords :class:`VLMModule` takes (what ``GRPOModule`` / ``SFTModule`` pass on)."""
+    return [n for n in inspect.signature(VLMModule.__init__).parameters if n != "self"]
+
+
+def refuse_unknown_module_keywords(owner: str, given, elsewhere: dict[str, str] | None = None) -> None:
+    """Every keyword of ``given`` that the module does not take, refused at once with the closest
+    names or where it belongs (Python's own error named the first one only, as
+    ``VLMModule.__init__() got an unexpected keyword argument``)."""
+    lora = {f.name: f"a LoraSpec field: {owner}(lora=LoraSpec({f.name}=...))" for f in dataclasses.fields(LoraSpec)}
+    refuse_unknown_keywords(owner, given, module_keywords(), "keyword", {**lora, **(elsewhere or {})})
+
+
+def module_settings(owner: str, kwargs: dict, elsewhere: dict[str, str] | None = None) -> dict:
+    """``kwargs`` for :class:`VLMModule` checked (:func:`refuse_unknown_module_keywords`), with a
+    dict for ``lora`` / ``tiny_spec`` read as its settings class, so that the hyperparameters a
+    checkpoint saves are the same however they were given."""
+    refuse_unknown_module_keywords(owner, kwargs, elsewhere)
+    out = dict(kwargs)
+    for key, cls in (("lora", LoraSpec), ("tiny_spec", TinySpec)):
+        if key in out:
+            out[key] = settings_object(out[key], cls, key)
+    return out
+
+
+def settings_object(value, cls, flag: str):
+    """``value`` as a ``cls`` settings object: a dict is read as its keywords (checked as the class
+    checks them); anything else but ``cls`` or None is refused naming ``flag``."""
+    if isinstance(value, dict):
+        return cls(**value)
+    if value is not None and not isinstance(value, cls):
+        raise TypeError(f"{flag}: expected a {cls.__name__} (or a dict of its fields), got {type(value).__name__}")
+    return value
 
 
 class VLMModule(LightningModule):
@@ -195,6 +244,13 @@ class VLMModule(LightningModule):
     ) -> None:
         super().__init__()
         quiet_known_notices()
+        model = model_name_given(model)
+        if isinstance(optimizer, torch.optim.Optimizer) or not callable(optimizer):
+            raise TypeError(f"optimizer takes a factory that builds the optimiser from the parameters to train, e.g. "
+                            f"optimizer=lambda params: torch.optim.AdamW(params, lr=1e-5); got {type(optimizer).__name__}"
+                            " (the module decides which parameters train: LoRA adapters, a frozen tower)")
+        tiny_spec = settings_object(tiny_spec, TinySpec, "tiny_spec")
+        lora = settings_object(lora, LoraSpec, "lora")
         refuse([p for p in (box_frame_known(box_frame), dtype_known(dtype), *attention_problems(attn_implementation),
                             eval_task_known(eval_task), detection_prompting_known(detection_prompting)) if p],
                "the model's settings")

@@ -40,34 +40,52 @@ class UnknownFieldError(TypeError):
     of that name lives."""
 
 
+def unknown_keyword_lines(owner: str, unknown: list[str], names: list[str], what: str = "field",
+                          elsewhere: dict[str, str] | None = None) -> list[str]:
+    """One line per keyword of ``unknown`` that ``owner`` does not take: where it belongs
+    (``elsewhere``: keyword -> advice), TRL's Python form, or the closest of ``names``."""
+    import difflib
+
+    from lit_vr1.trl_names import PYTHON_HINTS
+
+    lines = []
+    for key in unknown:
+        if elsewhere and key in elsewhere:
+            lines.append(f"{key}: not a {owner} {what}; {elsewhere[key]}")
+        elif key in PYTHON_HINTS:
+            lines.append(f"{key}: TRL's {key} is not a {owner} {what}; use {PYTHON_HINTS[key]}")
+        else:
+            close = difflib.get_close_matches(key, names, n=3, cutoff=0.6)
+            lines.append(f"{key}: not a {owner} {what}" +
+                         (f"; did you mean {' or '.join(close)}?" if close else f" (its {what}s: {', '.join(names)})"))
+    return lines
+
+
+def refuse_unknown_keywords(owner: str, given, names: list[str], what: str = "field",
+                            elsewhere: dict[str, str] | None = None) -> None:
+    """Raise :class:`UnknownFieldError` listing every keyword of ``given`` not in ``names``."""
+    unknown = [k for k in given if k not in names]
+    if not unknown:
+        return
+    lines = unknown_keyword_lines(owner, unknown, names, what, elsewhere)
+    raise UnknownFieldError(lines[0] if len(lines) == 1 else
+                            f"{len(lines)} unknown keywords for {owner}:\n" + "\n".join(f"  {x}" for x in lines))
+
+
 def named_fields_only(cls):
     """Class decorator for a settings dataclass: keywords it has no field for are refused, all
     at once, each with the closest field names (``num_generation`` -> ``num_generations``) or,
     for a TRL GRPOConfig name, where that setting lives here. The dataclass's own refusal was
     "__init__() got an unexpected keyword argument" for the first one only."""
     import dataclasses
-    import difflib
     import functools
-
-    from lit_vr1.trl_names import PYTHON_HINTS
 
     init = cls.__init__
     names = [f.name for f in dataclasses.fields(cls) if f.init]
 
     @functools.wraps(init)
     def checked_init(self, *args, **kwargs):
-        unknown = [k for k in kwargs if k not in names]
-        if unknown:
-            lines = []
-            for key in unknown:
-                if key in PYTHON_HINTS:
-                    lines.append(f"{key}: TRL's {key} is not a {cls.__name__} field; use {PYTHON_HINTS[key]}")
-                else:
-                    close = difflib.get_close_matches(key, names, n=3, cutoff=0.6)
-                    lines.append(f"{key}: not a {cls.__name__} field" +
-                                 (f"; did you mean {' or '.join(close)}?" if close else f" (its fields: {', '.join(names)})"))
-            raise UnknownFieldError(lines[0] if len(lines) == 1 else
-                                    f"{len(lines)} unknown keywords for {cls.__name__}:\n" + "\n".join(f"  {x}" for x in lines))
+        refuse_unknown_keywords(cls.__name__, kwargs, names)
         init(self, *args, **kwargs)
 
     cls.__init__ = checked_init

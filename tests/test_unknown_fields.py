@@ -39,3 +39,59 @@ def test_known_fields_and_positional_arguments_still_build():
 
 def test_every_trl_name_the_cli_answers_has_a_python_answer():
     assert set(TRL_NAMES) == set(PYTHON_HINTS)
+
+
+# -- the modules built from Python (a notebook's mistakes) ---------------------------------------
+def test_a_module_names_every_unknown_keyword_and_where_it_belongs():
+    """Python's own refusal named the first keyword only, and the base class:
+    "VLMModule.__init__() got an unexpected keyword argument 'freeze_visoin'"."""
+    from lit_vr1.grpo import GRPOModule
+    from lit_vr1.sft import SFTModule
+
+    with pytest.raises(UnknownFieldError) as err:
+        GRPOModule(model="tiny:qwen2_5_vl", freeze_visoin=True, num_generations=8, r=8, learning_rate=1e-6)
+    msg = str(err.value)
+    assert msg.startswith("4 unknown keywords for GRPOModule:")
+    assert "freeze_visoin: not a GRPOModule keyword; did you mean freeze_vision?" in msg
+    assert "num_generations: not a GRPOModule keyword; a GRPOConfig field: GRPOModule(grpo=GRPOConfig(" in msg
+    assert "r: not a GRPOModule keyword; a LoraSpec field: GRPOModule(lora=LoraSpec(r=...))" in msg
+    assert "learning_rate: TRL's learning_rate is not a GRPOModule keyword; use the optimiser's lr" in msg
+    with pytest.raises(UnknownFieldError, match="export_dri: not a SFTModule keyword; did you mean export_dir"):
+        SFTModule(model="tiny:qwen2_5_vl", export_dri="out")
+
+
+def test_settings_given_as_dicts_are_read_as_their_classes():
+    """A dict for grpo / lora / tiny_spec / synthetic was accepted, then failed deep in fit
+    ("'dict' object has no attribute 'num_generations'")."""
+    from lit_vr1.data.datamodule import GroundingDataModule
+    from lit_vr1.grpo import GRPOModule
+    from lit_vr1.models.tiny import TinySpec
+
+    module = GRPOModule(model="tiny:qwen2_5_vl", grpo={"num_generations": 2}, lora={"r": 4},
+                        tiny_spec={"num_layers": 2})
+    assert module.config == GRPOConfig(num_generations=2) and module.lora == LoraSpec(r=4)
+    assert module.tiny_spec == TinySpec(num_layers=2)
+    assert module.hparams["lora"] == LoraSpec(r=4) and module.hparams["grpo"] == GRPOConfig(num_generations=2)
+    data = GroundingDataModule(synthetic={"num_samples": 8, "canvas": 56})
+    assert data.synthetic == SyntheticSpec(num_samples=8, canvas=56)
+    with pytest.raises(UnknownFieldError, match="num_generatoins: not a GRPOConfig field; did you mean num_generations"):
+        GRPOModule(model="tiny:qwen2_5_vl", grpo={"num_generatoins": 2})
+    with pytest.raises(TypeError, match="lora: expected a LoraSpec \\(or a dict of its fields\\), got int"):
+        GRPOModule(model="tiny:qwen2_5_vl", lora=4)
+
+
+def test_an_optimizer_object_or_a_model_object_gets_what_to_give_instead():
+    import torch
+
+    from lit_vr1.grpo import GRPOModule
+
+    params = [torch.nn.Parameter(torch.zeros(1))]
+    with pytest.raises(TypeError, match=r"optimizer takes a factory .* optimizer=lambda params: torch\.optim\.AdamW\("
+                                        r"params, lr=1e-5\); got AdamW"):
+        GRPOModule(model="tiny:qwen2_5_vl", optimizer=torch.optim.AdamW(params, lr=1e-5))
+    with pytest.raises(TypeError, match=r"model takes a name or a path .* not a Linear object: save yours with "
+                                        r"\.save_pretrained\(folder\)"):
+        GRPOModule(model=torch.nn.Linear(1, 1))
+    from pathlib import Path
+
+    assert GRPOModule(model=Path("tiny:qwen2_5_vl")).model_name == "tiny:qwen2_5_vl"

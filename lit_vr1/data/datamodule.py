@@ -163,6 +163,10 @@ class GroundingDataModule(LightningDataModule):
         predict_files, predict_images = joined("predict_files", predict_files), joined("predict_images", predict_images)
         reward_methods = joined("reward_methods", reward_methods)
         val_reward_methods = joined("val_reward_methods", val_reward_methods)
+        if isinstance(synthetic, dict):  # from Python: a dict of its fields, checked as SyntheticSpec checks them
+            synthetic = SyntheticSpec(**synthetic)
+        elif synthetic is not None and not isinstance(synthetic, SyntheticSpec):
+            raise TypeError(f"synthetic: expected a SyntheticSpec (or a dict of its fields), got {type(synthetic).__name__}")
         self.processor: Any = None  # for max_prompt_length: the module's, or one given to use_processor
         enforce(train_data_given(train_files, synthetic))
         enforce(train_images_given(train_files, train_images))
