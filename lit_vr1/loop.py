@@ -228,7 +228,9 @@ class RolloutUpdateLoop:
         rollout = self.rollout(samples)
         t_rollout = time.perf_counter() - t0
 
+        t_score = time.perf_counter()
         scores = self.score(rollout)
+        t_rewards = time.perf_counter() - t_score
         reduce_sum = m.reduce_sum if m.world_size > 1 else None
         adv = rollout_advantages(scores, rollout.group_size, cfg.scale_rewards, reduce_sum)
         device = rollout.completion_ids.device
@@ -254,6 +256,7 @@ class RolloutUpdateLoop:
             "completion/length_max": float(lengths.max()),
             "completion/truncated_frac": float(rollout.truncated.float().mean()),
             "time/rollout_s": t_rollout,
+            "time/rewards_s": t_rewards,  # every reward of the rollout (a slow judge or function shows here)
         }
         for iteration, order in enumerate(orders):
             for rows in chunks(order, mini):

@@ -150,3 +150,33 @@ def test_a_reward_failing_mid_fit_says_how_to_resume(tmp_path, every):
                 f"{out / 'checkpoints' / 'last.ckpt'} with --ckpt_path last (the steps") in err, err[-3000:]
     else:  # Lightning's own ModelCheckpoint saves at the epoch's end
         assert "the fit stopped after optimiser step 2 before its first checkpoint: a new fit starts over" in err
+
+
+def test_a_per_sample_score_function_as_verl_writes_it_is_refused_when_built_with_the_wrapper():
+    """verl's compute_score(data_source, solution_str, ground_truth, extra_info) failed at the first
+    rollout, after the model was built, with "... and the keywords none"."""
+    def compute_score(data_source, solution_str, ground_truth, extra_info=None):
+        return float(solution_str == ground_truth)
+
+    with pytest.raises(TypeError) as info:
+        FunctionReward(fn=compute_score)
+    msg = str(info.value)
+    assert "takes (data_source, solution_str, ground_truth), a per-sample score function as verl and EasyR1" in msg
+    assert "def my_reward(completions, solution, **kwargs): return [compute_score(c, s) for c, s in zip(" in msg
+
+    def easy_r1(predict_str, ground_truth):
+        return 1.0
+
+    with pytest.raises(TypeError, match=r"takes \(predict_str, ground_truth\)"):
+        FunctionReward(fn=easy_r1)
+    # a TRL-style function with a data column named ground_truth is fine
+    assert FunctionReward(fn=lambda completions, ground_truth, **kw: [0.0] * len(completions), name="gt")
+
+
+def test_a_function_that_cannot_take_the_call_says_what_it_gets_in_english():
+    def needs_more(completions, answer_key):
+        return [0.0] * len(completions)
+
+    reward = FunctionReward(fn=needs_more)
+    with pytest.raises(RewardError, match=r"it gets the completions by keyword \(completions=\.\.\.\) and no other keyword"):
+        reward(["a"], [SampleContext(id="s", prompt="q", solution="x")])

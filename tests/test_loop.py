@@ -100,7 +100,7 @@ def test_every_required_statistic_is_logged(samples):
     for key in (
         "reward/length/mean", "reward/length/std", "reward/total/mean", "reward/total/std", "advantage/mean",
         "advantage/std", "kl", "clip_low", "clip_high", "completion/length_mean", "completion/length_max",
-        "groups_tied_frac", "entropy", "time/rollout_s", "time/update_s", "loss", "grad_norm", "lr",
+        "groups_tied_frac", "entropy", "time/rollout_s", "time/rewards_s", "time/update_s", "loss", "grad_norm", "lr",
     ):
         assert "train/" + key in row, key
 
@@ -183,3 +183,22 @@ def test_statistics_are_read_once_per_step_not_per_micro_batch(samples, monkeypa
         counts[micro] = _host_reads_in_update(make(beta=0.04, loss_type="dapo", micro_batch_size=micro), samples,
                                               monkeypatch)
     assert counts[None] == counts[1] == 1, counts
+
+
+def test_the_rewards_time_is_logged(samples):
+    """A slow reward (a judge, a function calling out) showed nowhere: the rollout's and the
+    update's times did not include it."""
+    import time
+
+    class Slow(LengthReward):
+        default_name = "slow"
+
+        def score(self, completions, contexts):
+            time.sleep(0.3)
+            return super().score(completions, contexts)
+
+    seed_everything(0)
+    module = make()
+    module.rewards = [Slow()]
+    row = train_rows(fit(module, samples[:2], max_steps=1))[0]
+    assert row["train/time/rewards_s"] >= 0.3

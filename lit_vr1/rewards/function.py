@@ -194,6 +194,23 @@ def call_plan(fn: Callable[..., Any]) -> CallPlan:
     return CallPlan(False, names=names - {first.name}, positional=first.name, **plan)
 
 
+# the completion's parameter in verl's compute_score(data_source, solution_str, ground_truth,
+# extra_info) and EasyR1's per-sample compute_score(predict_str, ground_truth): one completion per call
+PER_SAMPLE_NAMES = ("solution_str", "predict_str")
+
+
+def per_sample_signature(plan: CallPlan) -> str | None:
+    """The required parameters that mark a per-sample score function (verl's, EasyR1's), which
+    FunctionReward cannot call with its batch lists, or None."""
+    if plan.signature is None:
+        return None
+    required = [p.name for p in plan.signature.parameters.values()
+                if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if any(name in PER_SAMPLE_NAMES for name in required):
+        return f"({', '.join(required)})"
+    return None
+
+
 def chat_hint(exc: Exception) -> str:
     """What to set when ``exc`` is the sign of code that reads chat messages but got text."""
     if isinstance(exc, TypeError) and CHAT_HINT in str(exc):
@@ -250,6 +267,14 @@ class FunctionReward(Reward):
         self.completions = completions
         self.spec = fn if isinstance(fn, str) else f"{getattr(func, '__module__', '?')}.{getattr(func, '__name__', '?')}"
         self.plan = call_plan(func)
+        per_sample = per_sample_signature(self.plan)
+        if per_sample:
+            raise TypeError(f"FunctionReward: {self.spec} takes {per_sample}, a per-sample score function as verl and "
+                            "EasyR1 call it (one completion and its answer at a time); FunctionReward calls a TRL-style "
+                            "function once per batch: fn(completions, **kwargs) -> list of floats, the answers in "
+                            "kwargs['solution']. Wrap it: def my_reward(completions, solution, **kwargs): return "
+                            f"[{getattr(func, '__name__', 'score')}(c, s) for c, s in zip(completions, solution)] "
+                            "(with its other arguments as it needs them)")
 
     def arguments(self, completions: list[str], contexts: list[SampleContext]) -> tuple[list[Any], dict[str, Any]]:
         """(positional, keyword) arguments of the call for one batch, see :func:`call_plan`."""
@@ -276,8 +301,9 @@ class FunctionReward(Reward):
             if COMPLETION_IDS in self.plan.names and COMPLETION_IDS not in kwargs:
                 note = ("; completion_ids are not recorded by this rollout: give the parameter a default "
                         "(completion_ids=None) or read completion_lengths")
+            keywords = f"the keywords {given}" if given else "no other keyword"
             raise TypeError(f"{self.spec} cannot be called as FunctionReward calls it ({exc}): it gets the completions "
-                            f"{how} and the keywords {given or 'none'}{note}") from None
+                            f"{how} and {keywords}{note}") from None
 
     def error_hint(self, exc: Exception) -> str:
         return chat_hint(exc) if self.completions == "text" else ""
