@@ -288,3 +288,34 @@ def test_predict_leaves_out_rows_that_fail_to_load_and_draws_the_right_boxes(tmp
     assert [r["id"] for r in rows] == ["1", "3"]
     assert sorted(p.name for p in (out / "images").iterdir()) == ["1.png", "3.png"]
     assert any("predict left out 1 row(s)" in str(w.message) and "ids 2" in str(w.message) for w in caught)
+
+
+def test_rows_whose_images_dwarf_the_others_are_reported_without_a_prompt_limit(tmp_path):
+    """Without data.max_prompt_length nothing was said of a 3000x2000 photo among small images:
+    7,623 tokens where the others have 20, in every rollout of it, silently."""
+    from PIL import Image
+
+    from lit_vr1.models.loading import load_processor
+
+    folder = tmp_path / "img"
+    folder.mkdir()
+    Image.new("RGB", (56, 56), (200, 30, 30)).save(folder / "small.png")
+    Image.new("RGB", (3000, 2000), (30, 30, 200)).save(folder / "photo.png")
+    f = tmp_path / "data.jsonl"
+    f.write_text("\n".join([rec(i, image="small.png") for i in range(1, 6)] + [rec(6, image="photo.png")]) + "\n")
+    processor = load_processor("tiny:qwen2_5_vl", max_pixels=6_000_000)
+
+    def setup(**kwargs):
+        dm = GroundingDataModule(train_files=str(f), train_images=str(folder), **kwargs)
+        dm.use_processor(processor)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            dm.setup("fit")
+        return [str(w.message) for w in caught if "image tokens" in str(w.message)]
+
+    texts = setup()
+    assert len(texts) == 1 and "data.train_files: 1 row(s) with images of far more tokens than the median row's" in texts[0]
+    assert f"at {f}:6 (3000x2000 px)" in texts[0] and "model.max_pixels caps" in texts[0]
+    assert setup(max_prompt_length=100_000) == []  # a limit given: it is the check
+    processor = load_processor("tiny:qwen2_5_vl")  # the tiny processor's own cap: no outlier
+    assert setup() == []

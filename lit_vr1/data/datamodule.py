@@ -13,7 +13,7 @@ from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from lit_vr1.checkpoint import refuse_changed_resume, setting_differences
-from lit_vr1.data.jsonl import FailedRow, JsonlDataset, Sample, SkippedRow, check_bad_rows
+from lit_vr1.data.jsonl import FailedRow, JsonlDataset, Sample, SkippedRow, check_bad_rows, image_token_outlier
 from lit_vr1.data.sampler import ResumableSampler, place_sampler, train_position
 from lit_vr1.data.synthetic import SyntheticSpec, write_synthetic
 from lit_vr1.rules import enforce, rule
@@ -244,13 +244,17 @@ class GroundingDataModule(LightningDataModule):
     def _dataset(self, files: str, images: str, reward_methods: str | None, split: str) -> JsonlDataset:
         ds = JsonlDataset(files, images, self.template, reward_methods, self.bad_rows, self.check_boxes,
                           self.images_outside_folder, flag_names(split))
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        processor = self.processor or getattr(module, "processor", None)
         if self.max_prompt_length is not None:
-            module = self.trainer.lightning_module if self.trainer is not None else None
-            processor = self.processor or getattr(module, "processor", None)
             if processor is None:
                 raise ValueError("data.max_prompt_length needs the model's processor to count tokens: train with a "
                                  "lit-vr1 module (it has one), or call datamodule.use_processor(processor) first")
             ds.check_prompt_lengths(processor, self.max_prompt_length)
+        elif processor is not None:  # no limit: say so when a few images dwarf the rest
+            outlier = image_token_outlier(processor, ds.records, flag_names(split)[0])
+            if outlier:
+                rank_zero_warn(outlier)
         return ds
 
     def skipped_at_build(self) -> list[SkippedRow]:

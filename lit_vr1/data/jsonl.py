@@ -563,6 +563,49 @@ def _line_id(line: str, where: str) -> str:
     return str(obj["id"]) if isinstance(obj, dict) and "id" in obj else where
 
 
+OUTLIER_RATIO, OUTLIER_MIN_TOKENS = 4, 1024  # image tokens: a prompt this far over the median is reported
+
+
+def image_tokens(processor: Any, records: list[Record]) -> list[int] | None:
+    """Image tokens of each record's images at the processor's min / max pixels, from the sizes
+    read at load (no image decoded, no text templated); None when the processor cannot count."""
+    count = getattr(processor, "_get_num_multimodal_tokens", None)
+    if count is None:
+        return None
+    from lit_vr1.models.families import find_family
+
+    family = find_family(processor)
+    out = []
+    for r in records:
+        if not r.image_sizes:
+            out.append(0)
+            continue
+        counted = count(image_sizes=[(h, w) for w, h in (upscaled_size(size) for size in r.image_sizes)])
+        out.append(sum(family.images.placeholder_tokens(processor, counted) if family else counted.num_image_tokens))
+    return out
+
+
+def image_token_outlier(processor: Any, records: list[Record], what: str) -> str | None:
+    """A warning when one row's images cost far more tokens than the others' (a phone photo
+    among thumbnails under Qwen's default max_pixels: about 15,000 tokens in every rollout of it),
+    naming the row and its image size, or None."""
+    tokens = image_tokens(processor, records)
+    if not tokens:
+        return None
+    ranked = sorted(tokens)
+    median = ranked[len(ranked) // 2]
+    worst = max(range(len(tokens)), key=tokens.__getitem__)
+    if tokens[worst] < OUTLIER_MIN_TOKENS or tokens[worst] < OUTLIER_RATIO * max(median, 1):
+        return None
+    r = records[worst]
+    sizes = ", ".join(f"{w}x{h}" for w, h in r.image_sizes)
+    over = sum(t >= OUTLIER_RATIO * max(median, 1) and t >= OUTLIER_MIN_TOKENS for t in tokens)
+    return (f"{what}: {over} row(s) with images of far more tokens than the median row's {median}: the most, "
+            f"{tokens[worst]} image tokens, at {r.source} ({sizes} px). Each such prompt costs its memory and time in "
+            "every rollout and pass (an out-of-memory error on a GPU); model.max_pixels caps an image's tokens, and "
+            "data.max_prompt_length refuses long prompts (or leaves them out under data.bad_rows=skip)")
+
+
 def prompt_length(processor: Any, record: Record, template: str) -> int:
     """Tokens of a record's prompt as the processor encodes it for generation: the chat
     template's text tokens, with each image placeholder counted as the number of tokens the
