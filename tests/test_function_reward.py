@@ -80,7 +80,8 @@ def test_module_paths_declared_names_routing_and_errors(user_module):
     assert out[0] == 1.0 and math.isnan(out[1])  # the function declares prompts only; routing by task
     # a wrong count is the function's fault: reported with the batch's counts, no sample blamed
     for on_error in ("raise", "nan"):
-        with pytest.raises(RewardError, match=r"'wrong_length' returned 3 values for 2 completions; a reward returns one"):
+        with pytest.raises(RewardError, match=r"'wrong_length' \(my_rewards\.py:wrong_length\) returned 3 values for 2 "
+                                             r"completions; a reward returns one"):
             FunctionReward(fn="my_rewards.py:wrong_length", on_error=on_error)(["a", "b"], [ctx(0), ctx(1)])
     with pytest.raises(RewardError, match="return floats"):
         FunctionReward(fn="my_rewards.py:text_values")(["a"], [ctx(0)])
@@ -89,7 +90,9 @@ def test_module_paths_declared_names_routing_and_errors(user_module):
     # a plain callable works too (notebooks)
     assert FunctionReward(fn=lambda completions, **kw: [0.5] * len(completions), name="half")(["a"], [ctx()]) == [0.5]
     for spec, msg in [("nowhere.py:f", "does not exist"), ("no_such_module.f", "cannot import"),
-                      ("my_rewards.py:missing", "no function 'missing'"), ("", "must name a function")]:
+                      ("my_rewards.py:missing", "no function 'missing'"), ("", "must name a function"),
+                      ("my_rewards.py:short_answr", r"no function 'short_answr'; did you mean short_answer\?"),
+                      ("my_rewards.py", r"names a file but no function in it: add :<function>, e\.g\. my_rewards\.py:")]:
         with pytest.raises(ValueError, match=msg):
             FunctionReward(fn=spec)
 

@@ -171,8 +171,11 @@ class Reward:
     def _checked(self, completions: list[str], contexts: list[SampleContext]) -> list[float]:
         values = self.score(completions, contexts)
         if len(values) != len(completions):  # a broken reward, not a bad sample: no sample is blamed
-            raise RewardError(f"reward {self.name!r} returned {len(values)} values for {len(completions)} completions; "
-                              "a reward returns one value per completion, in order (nan where it does not apply)")
+            spec = getattr(self, "spec", None)  # a FunctionReward: where its function lives
+            raise RewardError(f"reward {self.name!r}{f' ({spec})' if spec else ''} returned {len(values)} values for "
+                              f"{len(completions)} completions; a reward returns one value per completion, in order "
+                              "(None or nan where it does not apply). A broken reward, not a bad sample: it stops "
+                              "the run under on_error=nan too")
         return [float(v) for v in values]
 
     def _fail(self, ctx: SampleContext, exc: Exception) -> float:

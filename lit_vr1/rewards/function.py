@@ -24,6 +24,7 @@ In Python a plain function in ``GRPOModule(rewards=[...])`` is wrapped in a
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.util
 import inspect
@@ -70,6 +71,9 @@ def load_function(spec: str) -> Callable[..., Any]:
         module_part, _, name = spec.rpartition(":")
     else:
         module_part, _, name = spec.rpartition(".")
+        if name == "py":  # "my_rewards.py": a file without the function's name
+            raise ValueError(f"FunctionReward: fn={spec!r} names a file but no function in it: add :<function>, "
+                             f"e.g. {spec}:my_reward")
     if not module_part or not name:
         raise ValueError(f"FunctionReward: fn={spec!r} must be module.function, module:function or file.py:function")
     if module_part.endswith(".py"):
@@ -90,7 +94,12 @@ def load_function(spec: str) -> Callable[..., Any]:
             raise ValueError(f"FunctionReward: fn={spec!r}: cannot import module {module_part!r} ({exc})") from exc
     fn = getattr(module, name, None)
     if not callable(fn):
-        raise ValueError(f"FunctionReward: fn={spec!r}: module {module_part!r} has no function {name!r}")
+        functions = [k for k, v in vars(module).items() if callable(v) and not k.startswith("_")
+                     and getattr(v, "__module__", None) == module.__name__]
+        close = difflib.get_close_matches(name, functions, n=3, cutoff=0.6)
+        hint = f"; did you mean {' or '.join(close)}?" if close else (
+            f" (its functions: {', '.join(functions)})" if functions else "")
+        raise ValueError(f"FunctionReward: fn={spec!r}: module {module_part!r} has no function {name!r}{hint}")
     return fn
 
 
