@@ -30,7 +30,7 @@ from lit_vr1.models.loading import load_model, load_processor
 from lit_vr1.models.lora import LoraSpec, apply_lora, save_merged
 from lit_vr1.models.tiny_parts import TinySpec
 from lit_vr1.predict import predict_records
-from lit_vr1.quiet import quiet_known_notices
+from lit_vr1.quiet import add_notice_filters, remove_notice_filters
 from lit_vr1.rules import enforce, one_of, refuse, refuse_unknown_keywords, rule
 
 EVAL_TASKS = ("rec", "detection", "answer")
@@ -243,7 +243,7 @@ class VLMModule(LightningModule):
         float32_lm_head: bool = True,
     ) -> None:
         super().__init__()
-        quiet_known_notices()
+        self._notice_filters: list[tuple] = []  # Lightning notices silenced from setup to teardown (lit_vr1.quiet)
         model = model_name_given(model)
         if isinstance(optimizer, torch.optim.Optimizer) or not callable(optimizer):
             raise TypeError(f"optimizer takes a factory that builds the optimiser from the parameters to train, e.g. "
@@ -332,11 +332,18 @@ class VLMModule(LightningModule):
 
     def setup(self, stage: str) -> None:
         """At the start of a fit, validate or test, before the model is built: the held-out rows
-        validation cannot score (:func:`~lit_vr1.evaluate.check_eval_solutions`), all listed."""
+        validation cannot score (:func:`~lit_vr1.evaluate.check_eval_solutions`), all listed.
+        Lightning's notices that do not apply to lit-vr1 are silenced until :meth:`teardown`."""
+        if not self._notice_filters:
+            self._notice_filters = add_notice_filters()
         limit = {"fit": "limit_val_batches", "validate": "limit_val_batches", "test": "limit_test_batches"}.get(stage)
         if limit and getattr(self.trainer, limit, None) != 0:  # 0: no held-out row is scored
             datamodule = getattr(self.trainer, "datamodule", None)
             check_eval_solutions(self.eval_task, getattr(datamodule, "val_set", None))
+
+    def teardown(self, stage: str) -> None:
+        remove_notice_filters(self._notice_filters)
+        self._notice_filters = []
 
     # -- validation and test: greedy REC ---------------------------------------------------------
     def validation_step(self, batch, batch_idx: int) -> None:

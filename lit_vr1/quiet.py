@@ -59,15 +59,44 @@ _installed = False
 
 
 def quiet_known_notices() -> None:
-    """Install the filters (once per process)."""
+    """Install the filters for the rest of the process (the ``lit-vr1`` command; once)."""
     global _installed
     if _installed:
         return
     for pattern in NOTICES:
         warnings.filterwarnings("ignore", message=pattern)
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
-        logging.getLogger(name).addFilter(_DropTips())
+    _drop_tips()
     _installed = True
+
+
+def _drop_tips() -> None:
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropTips) for f in logger.filters):
+            logger.addFilter(_DropTips())
+
+
+def add_notice_filters() -> list[tuple]:
+    """The filters for one run of a lit-vr1 module from Python (its ``setup``), returned so that
+    :func:`remove_notice_filters` takes them out at its ``teardown``: a notebook's other models
+    keep Lightning's notices. Nothing when the command installed them for the process."""
+    if _installed:
+        return []
+    added = []
+    for pattern in NOTICES:
+        warnings.filterwarnings("ignore", message=pattern)
+        added.append(warnings.filters[0])
+    _drop_tips()
+    return added
+
+
+def remove_notice_filters(added: list[tuple]) -> None:
+    """Take out the filters :func:`add_notice_filters` put in (those still there)."""
+    for entry in added:
+        if entry in warnings.filters:
+            warnings.filters.remove(entry)
+    if added:
+        getattr(warnings, "_filters_mutated", lambda: None)()  # warnings' caches see the change
 
 
 def quiet_cli_notices(subcommand: str | None) -> None:
