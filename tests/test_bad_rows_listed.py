@@ -370,3 +370,19 @@ def test_a_detection_row_without_a_solution_is_not_an_image_without_objects(tmp_
     assert [r.split(": ", 1)[0] for r in rows] == [f"{f}:2", f"{f}:5"]
     assert rows[0] == (f"{f}:2: no solution (field 'solution' missing or empty); for an image without objects give [] "
                        "or metadata num_instances: 0 (reward 'map' scores this row)")
+
+
+def test_the_detection_rewards_never_score_a_row_without_a_solution():
+    """check_solutions does not ask a reward with on_error=nan, nor a dataset that is not JSONL:
+    scored, such a row gave mAP 1.0 to any completion without a box."""
+    from lit_vr1.rewards import DetectionMAP, ODLength
+    from lit_vr1.rewards.base import RewardError, SampleContext
+
+    ctx = SampleContext(id="d7", prompt="Find every cat.", solution="", image_sizes=[(64, 64)], task="detection")
+    for reward in (DetectionMAP(), ODLength()):
+        with pytest.raises(RewardError, match="no solution \\(field 'solution' missing or empty\\)"):
+            reward(["I see nothing", "gibberish"], [ctx, ctx])
+        masked = type(reward)(on_error="nan")(["I see nothing", "gibberish"], [ctx, ctx])
+        assert all(v != v for v in masked)  # nan: left out, counted, never 1.0
+    empty = SampleContext(id="d8", prompt="Find every cat.", solution="[]", image_sizes=[(64, 64)], task="detection")
+    assert DetectionMAP()(["[]"], [empty]) == [1.0]  # an image without objects, said so

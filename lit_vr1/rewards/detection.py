@@ -233,6 +233,9 @@ class _DetectionReward(Reward):
         frame = frame_of(self.box_frame, ctx)
         if ctx.image_size is None and frame != "original_pixels":
             raise ValueError(f"box_frame={frame!r} needs the image size, and the sample has no image")
+        problem = box_solution_problem(ctx, empty_ok=True)  # a row without a solution is not an image without objects
+        if problem:
+            raise ValueError(f"sample {ctx.id!r}: {problem}")
         preds = predicted_boxes(completion, ctx.image_size, ctx.input_size, frame, keep_degenerate=True)
         return preds, solution_boxes(ctx.solution)
 

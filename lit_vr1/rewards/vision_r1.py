@@ -327,8 +327,9 @@ def ground_truth(ctx: SampleContext) -> list[ParsedBox]:
     """The sample's ground-truth boxes (original pixels); [] for an image without objects.
 
     An image has no objects when ``ctx.metadata["num_instances"] == 0`` (Vision-R1's data
-    field) or the solution is an empty list (``[]``, ``"[]"``, ``""``). A solution that is
-    none of these and holds no box is a data error and raises."""
+    field) or the solution is an empty list (``[]``, ``"[]"``) or the word None. A solution
+    that is none of these and holds no box (an empty string: a row without one) is a data
+    error and raises."""
     if ctx.metadata.get("num_instances") == 0:
         return []
     problem = box_solution_problem(ctx, empty_ok=True)
