@@ -60,7 +60,7 @@ from typing import Any
 
 import litserve as ls
 from fastapi import HTTPException
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from lit_vr1.data import images
 from lit_vr1.rewards.reward_model import KEY_ENV, ScoreItem
@@ -120,8 +120,9 @@ def open_image(data: bytes, where: str, limits: Limits, decode: bool) -> Image.I
         if problem:
             raise BadRequest(f"{where} has mode {image.mode}: {problem}")
         try:
+            turn = images.UPRIGHT.get(images.orientation(image))  # from the header, as the training data is read
             image.load()
-            image = images.to_rgb(ImageOps.exif_transpose(image))  # as the training data is read
+            image = images.to_rgb(image.transpose(turn) if turn is not None else image)
         except (OSError, ValueError, Image.DecompressionBombError) as e:
             raise BadRequest(f"{where} cannot be decoded: {e}") from None
     return image
