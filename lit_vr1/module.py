@@ -136,14 +136,27 @@ def refuse_unknown_module_keywords(owner: str, given, elsewhere: dict[str, str] 
 
 
 def module_settings(owner: str, kwargs: dict, elsewhere: dict[str, str] | None = None) -> dict:
-    """``kwargs`` for :class:`VLMModule` checked (:func:`refuse_unknown_module_keywords`), with a
-    dict for ``lora`` / ``tiny_spec`` read as its settings class, so that the hyperparameters a
-    checkpoint saves are the same however they were given."""
+    """``kwargs`` for :class:`VLMModule` checked (:func:`refuse_unknown_module_keywords`), a path
+    for ``model`` given as its text (what ``save_hyperparameters`` records from the caller's frame)."""
     refuse_unknown_module_keywords(owner, kwargs, elsewhere)
     out = dict(kwargs)
-    for key, cls in (("lora", LoraSpec), ("tiny_spec", TinySpec)):
-        if key in out:
-            out[key] = settings_object(out[key], cls, key)
+    if isinstance(out.get("model"), os.PathLike):
+        out["model"] = os.fspath(out["model"])
+    return out
+
+
+def plain_settings(hparams: dict) -> dict:
+    """``hparams`` as plain values, the form the CLI records: a settings object (``GRPOConfig``,
+    ``LoraSpec``, ``TinySpec``) as the dict of its fields, a path for ``model`` as its text. A
+    checkpoint saves them so, however the module was given them (from Python, or through a
+    subclass whose own ``__init__`` frame ``save_hyperparameters`` reads last), and a resume
+    compares them so: the export and ``--ckpt_path`` read them back."""
+    out = dict(hparams)
+    for key in ("lora", "tiny_spec", "grpo"):
+        if dataclasses.is_dataclass(out.get(key)) and not isinstance(out[key], type):
+            out[key] = dataclasses.asdict(out[key])
+    if isinstance(out.get("model"), os.PathLike):
+        out["model"] = os.fspath(out["model"])
     return out
 
 
@@ -489,7 +502,11 @@ class VLMModule(LightningModule):
         if self._configured() is not None:  # a resume that configures others is refused
             checkpoint[resume_optimisers.KEY] = self._configured()
         checkpoint[METRICS_KEY] = log_dirs.metrics_file(trainer)
-        checkpoint[CLASS_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
+        if "hyper_parameters" in checkpoint:
+            checkpoint["hyper_parameters"] = plain_settings(checkpoint["hyper_parameters"])
+        cls = type(self)
+        if cls.__module__ != "__main__" and "<locals>" not in cls.__qualname__:  # importable by name elsewhere
+            checkpoint[CLASS_KEY] = f"{cls.__module__}.{cls.__qualname__}"
         if trainer is not None:  # rows logged so far reach the files before the checkpoint does
             for logger in trainer.loggers:
                 logger.save()
@@ -505,7 +522,8 @@ class VLMModule(LightningModule):
         trainer = self._trainer
         self._resumed_optimisers = None
         if trainer is not None and trainer.state.fn == "fit":  # a resume: the same model, or an error
-            model = setting_differences(checkpoint.get("hyper_parameters") or {}, dict(self.hparams), MODEL_IDENTITY,
+            model = setting_differences(plain_settings(checkpoint.get("hyper_parameters") or {}),
+                                        plain_settings(dict(self.hparams)), MODEL_IDENTITY,
                                         "model")
             # named here too: the data module's own check runs later
             refuse_changed_resume({"model": model, **data_differences(trainer, checkpoint)})

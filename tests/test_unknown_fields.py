@@ -71,7 +71,6 @@ def test_settings_given_as_dicts_are_read_as_their_classes():
                         tiny_spec={"num_layers": 2})
     assert module.config == GRPOConfig(num_generations=2) and module.lora == LoraSpec(r=4)
     assert module.tiny_spec == TinySpec(num_layers=2)
-    assert module.hparams["lora"] == LoraSpec(r=4) and module.hparams["grpo"] == GRPOConfig(num_generations=2)
     data = GroundingDataModule(synthetic={"num_samples": 8, "canvas": 56})
     assert data.synthetic == SyntheticSpec(num_samples=8, canvas=56)
     with pytest.raises(UnknownFieldError, match="num_generatoins: not a GRPOConfig field; did you mean num_generations"):
@@ -95,3 +94,25 @@ def test_an_optimizer_object_or_a_model_object_gets_what_to_give_instead():
     from pathlib import Path
 
     assert GRPOModule(model=Path("tiny:qwen2_5_vl")).model_name == "tiny:qwen2_5_vl"
+
+
+def test_a_checkpoint_records_settings_as_plain_values_however_they_were_given():
+    """A model given as a Path (or settings through a user's subclass) reached the checkpoint's
+    hyperparameters as objects, which the export and --ckpt_path refused."""
+    from pathlib import Path
+
+    from lit_vr1.grpo import GRPOModule
+    from lit_vr1.module import CLASS_KEY
+
+    class Mine(GRPOModule):  # a subclass defined where it cannot be imported by name (<locals>)
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+
+    for module in (GRPOModule(model=Path("tiny:qwen2_5_vl"), grpo=GRPOConfig(num_generations=2), lora={"r": 4}),
+                   Mine(model="tiny:qwen2_5_vl", grpo={"num_generations": 2}, lora=LoraSpec(r=4))):
+        checkpoint = {"hyper_parameters": dict(module.hparams), "state_dict": {}}
+        module.on_save_checkpoint(checkpoint)
+        saved = checkpoint["hyper_parameters"]
+        assert saved["model"] == "tiny:qwen2_5_vl" and saved["grpo"]["num_generations"] == 2, saved
+        assert saved["lora"]["r"] == 4 and isinstance(saved["lora"], dict)
+        assert checkpoint.get(CLASS_KEY) == (None if isinstance(module, Mine) else "lit_vr1.grpo.GRPOModule")
