@@ -125,19 +125,34 @@ class GRPOModule(VLMModule):
             if self.ref_model is not None:
                 self.ref_model.load_state_dict(self.policy.state_dict())
             return
+        if self.config.beta == 0.0:
+            return  # no reference pass
+        self._refuse_sharded_reference_weights()
         self.reference_weights = {n: p.detach().clone() for n, p in self.policy.named_parameters() if p.requires_grad}
+
+    def _refuse_sharded_reference_weights(self) -> None:
+        if parallel.is_fsdp(self.policy) or parallel.deepspeed_engine(self) is not None:
+            raise RuntimeError(
+                "LoRA with a cold-start reference (callbacks.ColdStart, or a checkpoint of such a run) runs on one "
+                "device or under DDP only: under FSDP2 or DeepSpeed the reference's adapters would be written into "
+                "sharded weights. Run the cold start as its own SFT with model.export_dir, then start GRPO with "
+                "LoRA from that model (its base is then the reference)")
 
     @contextlib.contextmanager
     def _reference_weights_in_place(self) -> Iterator[None]:
         """The policy's trainable weights replaced by :attr:`reference_weights` for the block, then
         put back bit for bit (copies of the adapters only; no autograd graph is alive here, and
         Lightning's autocast keeps no weight cache that could hold the trained values)."""
+        self._refuse_sharded_reference_weights()
         params = dict(self.policy.named_parameters())
+        for n, w in self.reference_weights.items():
+            if w.device != params[n].device:  # loaded from a checkpoint onto the saving process's device
+                self.reference_weights[n] = w.to(params[n].device)
         trained = {n: params[n].detach().clone() for n in self.reference_weights}
-        with torch.no_grad():
-            for n, w in self.reference_weights.items():
-                params[n].copy_(w)
         try:
+            with torch.no_grad():
+                for n, w in self.reference_weights.items():
+                    params[n].copy_(w)
             yield
         finally:
             with torch.no_grad():

@@ -325,3 +325,27 @@ def test_a_bf16_merge_that_rounds_the_update_away_warns_and_float32_keeps_it(tmp
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert save_merged(policy, str(tmp_path / "big"), processor).lost < 0.02
+
+
+def test_a_cold_start_reference_is_refused_under_sharding_and_not_kept_without_a_reference(trained, monkeypatch):
+    """Under FSDP2 the in-place swap wrote into sharded weights (a root-owned adapter's reference
+    values leaked into the update's forward; mixed DTensor copies raised)."""
+    from lit_vr1 import parallel
+
+    module = trained["module"]
+    with monkeypatch.context() as patch:
+        patch.setattr(parallel, "is_fsdp", lambda model: True)
+        with pytest.raises(RuntimeError, match="runs on one device or under DDP only"):
+            module.reset_reference()
+        module.reference_weights = adapters(module)
+        try:
+            with pytest.raises(RuntimeError, match="runs on one device or under DDP only"):
+                with module.reference_context():
+                    pass
+        finally:
+            module.reference_weights = None
+    no_kl = make_module(lora=SPEC)
+    no_kl.config.beta = 0.0
+    no_kl.configure_model()
+    no_kl.reset_reference()
+    assert no_kl.reference_weights is None  # beta 0: no reference pass, nothing to keep
