@@ -27,7 +27,7 @@ from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from lit_vr1.checkpoint import load_checkpoint_file, resumable
+from lit_vr1.checkpoint import load_checkpoint_file, newest_checkpoint, resumable
 from lit_vr1.cli_errors import LitVR1ArgumentParser, config_file_problem, yaml_value
 from lit_vr1.config_keys import unknown_keys
 from lit_vr1.interrupt import RESUME_HINT, RESUME_LAST, interrupted
@@ -305,12 +305,17 @@ def _raised_in_package(exc: BaseException) -> bool:
 def resume_note(trainer) -> str:
     """What a fit that failed after some optimiser steps can resume from (printed under its error)."""
     stopped = f"the fit stopped after optimiser step {trainer.global_step}"
-    saved = [p for cb in trainer.checkpoint_callbacks for p in (cb.last_model_path, cb.best_model_path) if p]
     if not trainer.checkpoint_callbacks:
         return f"{stopped} and saved no checkpoint (no ModelCheckpoint in trainer.callbacks): a new fit starts over"
-    if not saved:
+    last = next((cb.last_model_path for cb in trainer.checkpoint_callbacks if cb.last_model_path), None)
+    if last:
+        return f"{stopped}; once the cause is mended, it resumes from {last} with {RESUME_LAST}"
+    folders = [cb.dirpath for cb in trainer.checkpoint_callbacks if cb.dirpath]
+    newest = newest_checkpoint(folders) if any(cb.best_model_path for cb in trainer.checkpoint_callbacks) else None
+    if newest is None:
         return f"{stopped} before its first checkpoint: a new fit starts over"
-    return f"{stopped}; once the cause is mended, it resumes from {saved[0]} with {RESUME_LAST}"
+    return (f"{stopped}; once the cause is mended, it resumes from its newest checkpoint with --ckpt_path {newest} "
+            "(the steps after it run again)")
 
 
 def user_error(exc: BaseException) -> BaseException | None:

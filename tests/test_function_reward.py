@@ -124,7 +124,7 @@ def test_function_reward_through_the_cli(tmp_path):
     assert "train/reward/short_answer/mean" in metrics
 
 
-@pytest.mark.parametrize("every", [1, 0], ids=["checkpointed", "no_checkpoint_yet"])
+@pytest.mark.parametrize("every", [1, 0, "no_last"], ids=["checkpointed", "no_checkpoint_yet", "no_last_ckpt"])
 def test_a_reward_failing_mid_fit_says_how_to_resume(tmp_path, every):
     """A reward that fails after optimiser steps were applied (a judge gone, a solution it cannot
     read): one message naming the reward, and after it the step reached and how to resume."""
@@ -140,7 +140,7 @@ def test_a_reward_failing_mid_fit_says_how_to_resume(tmp_path, every):
         "--model.init_args.grpo.num_generations=2", "--trainer.enable_progress_bar=false",
         f"--model.init_args.rewards={rewards}",
         "--trainer.callbacks=[]" if not every else "--trainer.callbacks=[{class_path: lightning.pytorch.callbacks."
-        "ModelCheckpoint, init_args: {every_n_train_steps: 1, save_last: true}}]",
+        f"ModelCheckpoint, init_args: {{every_n_train_steps: 1, save_last: {str(every == 1).lower()}}}}}]",
     ]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
@@ -148,9 +148,12 @@ def test_a_reward_failing_mid_fit_says_how_to_resume(tmp_path, every):
     err = proc.stderr
     assert "Traceback" not in err, err[-3000:]
     assert "lit-vr1: error: reward 'fails_at_step_2' raised" in err and "KeyError" in err, err[-3000:]
-    if every:
+    if every == 1:
         assert (f"the fit stopped after optimiser step 2; once the cause is mended, it resumes from "
                 f"{out / 'checkpoints' / 'last.ckpt'} with --ckpt_path last (the steps") in err, err[-3000:]
+    elif every:  # no last.ckpt: --ckpt_path last would be refused, so the file is named
+        assert (f"the fit stopped after optimiser step 2; once the cause is mended, it resumes from its newest "
+                f"checkpoint with --ckpt_path {out / 'checkpoints' / 'epoch=0-step=2.ckpt'} (the steps") in err, err[-3000:]
     else:  # Lightning's own ModelCheckpoint saves at the epoch's end
         assert "the fit stopped after optimiser step 2 before its first checkpoint: a new fit starts over" in err
 
