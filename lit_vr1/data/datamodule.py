@@ -226,10 +226,17 @@ class GroundingDataModule(LightningDataModule):
             self.train_set = self._dataset(train, images, self.reward_methods, "train")
         if self.val_set is None and val is not None:
             self.val_set = self._dataset(val, val_images, self.val_reward_methods, "val")
-            self.val_set.replace_failed = False  # a stand-in row would be scored twice
+            self.val_set.replace_failed = self._processes() > 1  # one process: a stand-in would be scored twice
         if self.trainer is not None and stage == "fit" and self.val_set is None:
             self.trainer.limit_val_batches = 0  # no held-out data: the fit validates nothing (and says nothing of it)
         self._add_skipped_rows_report()
+
+    def _processes(self) -> int:
+        """Processes of the run. Under several, a held-out row that fails to load is replaced, as a
+        training row is: every process must run every evaluation batch (a process left with an empty
+        one would skip the collectives the others wait in), and the distributed sampler already
+        repeats rows to give each process as many."""
+        return self.trainer.world_size if self.trainer is not None else 1
 
     def _add_skipped_rows_report(self) -> None:
         if self.trainer is not None and self.bad_rows == "skip":
@@ -270,7 +277,7 @@ class GroundingDataModule(LightningDataModule):
                                             bad_rows=self.bad_rows, check_boxes=self.check_boxes,
                                             images_outside_folder=self.images_outside_folder,
                                             names=flag_names("predict"))
-            self.predict_set.replace_failed = False  # a stand-in row would be predicted twice
+            self.predict_set.replace_failed = self._processes() > 1  # one process: a stand-in would be predicted twice
         return DataLoader(self.predict_set, batch_size=self.val_batch_size, collate_fn=collate,
                           num_workers=self.num_workers)
 
