@@ -314,7 +314,7 @@ def test_rows_whose_images_dwarf_the_others_are_reported_without_a_prompt_limit(
         return [str(w.message) for w in caught if "image tokens" in str(w.message)]
 
     texts = setup()
-    assert len(texts) == 1 and "data.train_files: 1 row(s) with images of far more tokens than the median row's" in texts[0]
+    assert len(texts) == 1 and "data.train_files: 1 row(s) with images of far more tokens than the median image row" in texts[0]
     assert f"at {f}:6 (3000x2000 px)" in texts[0] and "model.max_pixels caps" in texts[0]
     assert setup(max_prompt_length=100_000) == []  # a limit given: it is the check
     processor = load_processor("tiny:qwen2_5_vl")  # the tiny processor's own cap: no outlier

@@ -575,14 +575,17 @@ def image_tokens(processor: Any, records: list[Record]) -> list[int] | None:
     from lit_vr1.models.families import find_family
 
     family = find_family(processor)
-    out = []
-    for r in records:
-        if not r.image_sizes:
-            out.append(0)
-            continue
-        counted = count(image_sizes=[(h, w) for w, h in (upscaled_size(size) for size in r.image_sizes)])
-        out.append(sum(family.images.placeholder_tokens(processor, counted) if family else counted.num_image_tokens))
-    return out
+    by_size: dict[tuple[int, int], int] = {}  # data sets hold few distinct sizes: each counted once
+
+    def tokens(size: tuple[int, int]) -> int:
+        if size not in by_size:
+            w, h = upscaled_size(size)
+            counted = count(image_sizes=[(h, w)])
+            by_size[size] = sum(family.images.placeholder_tokens(processor, counted) if family
+                                else counted.num_image_tokens)
+        return by_size[size]
+
+    return [sum(tokens(size) for size in r.image_sizes) for r in records]
 
 
 def image_token_outlier(processor: Any, records: list[Record], what: str) -> str | None:
@@ -590,17 +593,17 @@ def image_token_outlier(processor: Any, records: list[Record], what: str) -> str
     among thumbnails under Qwen's default max_pixels: about 15,000 tokens in every rollout of it),
     naming the row and its image size, or None."""
     tokens = image_tokens(processor, records)
-    if not tokens:
+    with_images = sorted(t for t in tokens or [] if t > 0)  # text-only rows do not make every image an outlier
+    if not with_images:
         return None
-    ranked = sorted(tokens)
-    median = ranked[len(ranked) // 2]
+    median = with_images[len(with_images) // 2]
     worst = max(range(len(tokens)), key=tokens.__getitem__)
     if tokens[worst] < OUTLIER_MIN_TOKENS or tokens[worst] < OUTLIER_RATIO * max(median, 1):
         return None
     r = records[worst]
     sizes = ", ".join(f"{w}x{h}" for w, h in r.image_sizes)
     over = sum(t >= OUTLIER_RATIO * max(median, 1) and t >= OUTLIER_MIN_TOKENS for t in tokens)
-    return (f"{what}: {over} row(s) with images of far more tokens than the median row's {median}: the most, "
+    return (f"{what}: {over} row(s) with images of far more tokens than the median image row's {median}: the most, "
             f"{tokens[worst]} image tokens, at {r.source} ({sizes} px). Each such prompt costs its memory and time in "
             "every rollout and pass (an out-of-memory error on a GPU); model.max_pixels caps an image's tokens, and "
             "data.max_prompt_length refuses long prompts (or leaves them out under data.bad_rows=skip)")

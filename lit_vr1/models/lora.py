@@ -235,7 +235,7 @@ def merged_state_dict(model: nn.Module, device: str | torch.device = "cpu", dtyp
         merged[f"{name}.weight"] = rounded.to(device)
     if loss is not None:
         loss.append(MergeLoss(math.sqrt(lost_sq / update_sq) if update_sq > 0 else 0.0,
-                              dtype or next(iter(merged.values())).dtype if merged else torch.float32))
+                              (dtype or next(iter(merged.values())).dtype) if merged else torch.float32))
     out: dict[str, torch.Tensor] = {}
     for key, value in base.state_dict().items():
         if "lora_" in key:
@@ -256,7 +256,10 @@ def save_merged(model: nn.Module, path: str, processor=None, dtype: str | torch.
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     target = base_model(model) if is_lora(model) else model
     found: list[MergeLoss] = []
-    target.save_pretrained(path, state_dict=merged_state_dict(model, dtype=dtype, loss=found))
+    if is_lora(model) or dtype is not None:
+        target.save_pretrained(path, state_dict=merged_state_dict(model, dtype=dtype, loss=found))
+    else:  # nothing to merge or cast: the model writes its own weights (no copy of them all in host memory)
+        target.save_pretrained(path)
     if dtype is not None:  # save_pretrained records the live model's dtype: from_pretrained(dtype="auto") reads this
         config_path = os.path.join(path, "config.json")
         with open(config_path) as f:
@@ -272,6 +275,7 @@ def save_merged(model: nn.Module, path: str, processor=None, dtype: str | torch.
         warnings.warn(f"{path}: merging the LoRA adapters into {kind} weights rounded away {loss.lost:.0%} of their "
                       f"update (its norm; an update far below a weight's last {kind} bit is lost): the saved model is "
                       "closer to the base than the trained policy. Export in float32 (python -m lit_vr1.export "
-                      "--dtype float32, MergedExport(dtype='float32'), module.export(path, dtype='float32')), or keep "
-                      "the adapters apart (policy.save_pretrained(path) writes them alone)", stacklevel=2)
+                      "--dtype float32, MergedExport(dtype='float32'), module.export(path, dtype='float32'); "
+                      "model.export_dir writes the policy's dtype: use MergedExport instead), or keep the adapters "
+                      "apart (policy.save_pretrained(path) writes them alone)", stacklevel=2)
     return loss
