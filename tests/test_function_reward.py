@@ -97,21 +97,26 @@ def test_module_paths_declared_names_routing_and_errors(user_module):
             FunctionReward(fn=spec)
 
 
+def tiny_fit(tmp_path, out, rewards: str, max_steps: int, length: int, generations: int, callbacks: str) -> list[str]:
+    """``lit-vr1 fit`` of the quickstart over 8 synthetic images in ``tmp_path``, logs in ``out``."""
+    return [
+        sys.executable, "-m", "lit_vr1.cli", "fit", "--config", str(ROOT / "configs/quickstart.yaml"),
+        f"--trainer.max_steps={max_steps}", "--trainer.limit_val_batches=0", f"--trainer.default_root_dir={out}",
+        f"--trainer.logger.init_args.save_dir={out}", f"--data.init_args.synthetic_dir={tmp_path / 'data'}",
+        "--data.init_args.synthetic.num_samples=8", "--data.init_args.num_val_samples=4",
+        "--data.init_args.batch_size=2", f"--model.init_args.grpo.max_completion_length={length}",
+        f"--model.init_args.grpo.num_generations={generations}", f"--trainer.callbacks={callbacks}",
+        "--trainer.enable_progress_bar=false", f"--model.init_args.rewards={rewards}",
+    ]
+
+
 def test_function_reward_through_the_cli(tmp_path):
     (tmp_path / "my_rewards.py").write_text(USER_MODULE)
     seen = tmp_path / "seen.jsonl"
     out = tmp_path / "run"
     rewards = ("[{class_path: lit_vr1.rewards.FunctionReward, init_args: {fn: my_rewards.py:short_answer, "
                "weight: 1.0}}, {class_path: lit_vr1.rewards.IoUReward}]")
-    cmd = [
-        sys.executable, "-m", "lit_vr1.cli", "fit", "--config", str(ROOT / "configs/quickstart.yaml"),
-        "--trainer.max_steps=2", "--trainer.limit_val_batches=0", f"--trainer.default_root_dir={out}",
-        f"--trainer.logger.init_args.save_dir={out}", f"--data.init_args.synthetic_dir={tmp_path / 'data'}",
-        "--data.init_args.synthetic.num_samples=8", "--data.init_args.num_val_samples=4",
-        "--data.init_args.batch_size=2", "--model.init_args.grpo.max_completion_length=8",
-        "--model.init_args.grpo.num_generations=4", "--trainer.callbacks=[]", "--trainer.enable_progress_bar=false",
-        f"--model.init_args.rewards={rewards}",
-    ]
+    cmd = tiny_fit(tmp_path, out, rewards, max_steps=2, length=8, generations=4, callbacks="[]")
     env = dict(os.environ, PYTHONPATH=str(ROOT), SEEN_KWARGS=str(seen))
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -131,17 +136,9 @@ def test_a_reward_failing_mid_fit_says_how_to_resume(tmp_path, every):
     (tmp_path / "my_rewards.py").write_text(USER_MODULE)
     out = tmp_path / "run"
     rewards = "[{class_path: lit_vr1.rewards.FunctionReward, init_args: {fn: my_rewards.py:fails_at_step_2}}]"
-    cmd = [
-        sys.executable, "-m", "lit_vr1.cli", "fit", "--config", str(ROOT / "configs/quickstart.yaml"),
-        "--trainer.max_steps=4", "--trainer.limit_val_batches=0", f"--trainer.default_root_dir={out}",
-        f"--trainer.logger.init_args.save_dir={out}", f"--data.init_args.synthetic_dir={tmp_path / 'data'}",
-        "--data.init_args.synthetic.num_samples=8", "--data.init_args.num_val_samples=4",
-        "--data.init_args.batch_size=2", "--model.init_args.grpo.max_completion_length=4",
-        "--model.init_args.grpo.num_generations=2", "--trainer.enable_progress_bar=false",
-        f"--model.init_args.rewards={rewards}",
-        "--trainer.callbacks=[]" if not every else "--trainer.callbacks=[{class_path: lightning.pytorch.callbacks."
-        f"ModelCheckpoint, init_args: {{every_n_train_steps: 1, save_last: {str(every == 1).lower()}}}}}]",
-    ]
+    checkpoints = "[]" if not every else ("[{class_path: lightning.pytorch.callbacks.ModelCheckpoint, init_args: "
+                                          f"{{every_n_train_steps: 1, save_last: {str(every == 1).lower()}}}}}]")
+    cmd = tiny_fit(tmp_path, out, rewards, max_steps=4, length=4, generations=2, callbacks=checkpoints)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr[-3000:]
