@@ -55,18 +55,25 @@ class _DropTips(logging.Filter):
         return not str(record.getMessage()).startswith("💡 Tip:")
 
 
-_installed = False
+def _silenced(pattern: str) -> bool:
+    """Whether an "ignore" filter for ``pattern`` is in place now (a process-wide flag would not
+    see filters restored by ``warnings.catch_warnings``, pytest's included)."""
+    return any(f[0] == "ignore" and f[1] is not None and f[1].pattern == pattern for f in warnings.filters)
+
+
+def _add_filters() -> list[tuple]:
+    added = []
+    for pattern in NOTICES:
+        if not _silenced(pattern):
+            warnings.filterwarnings("ignore", message=pattern)
+            added.append(warnings.filters[0])
+    _drop_tips()
+    return added
 
 
 def quiet_known_notices() -> None:
-    """Install the filters for the rest of the process (the ``lit-vr1`` command; once)."""
-    global _installed
-    if _installed:
-        return
-    for pattern in NOTICES:
-        warnings.filterwarnings("ignore", message=pattern)
-    _drop_tips()
-    _installed = True
+    """Install the filters for the rest of the process (the ``lit-vr1`` command)."""
+    _add_filters()
 
 
 def _drop_tips() -> None:
@@ -79,15 +86,8 @@ def _drop_tips() -> None:
 def add_notice_filters() -> list[tuple]:
     """The filters for one run of a lit-vr1 module from Python (its ``setup``), returned so that
     :func:`remove_notice_filters` takes them out at its ``teardown``: a notebook's other models
-    keep Lightning's notices. Nothing when the command installed them for the process."""
-    if _installed:
-        return []
-    added = []
-    for pattern in NOTICES:
-        warnings.filterwarnings("ignore", message=pattern)
-        added.append(warnings.filters[0])
-    _drop_tips()
-    return added
+    keep Lightning's notices. Those already in place (the command's) are left as they are."""
+    return _add_filters()
 
 
 def remove_notice_filters(added: list[tuple]) -> None:

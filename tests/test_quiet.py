@@ -34,6 +34,10 @@ def lit_filters() -> list:
 
 
 def test_notices_are_silenced_during_a_lit_vr1_fit_and_back_after_it(tmp_path):
+    from lit_vr1.quiet import quiet_known_notices
+
+    with warnings.catch_warnings():  # the command's filters, installed then restored away (pytest does so per test)
+        quiet_known_notices()
     module = GRPOModule(model="tiny:qwen2_5_vl", rewards=[LengthReward()],
                         grpo=GRPOConfig(num_generations=2, max_completion_length=4, beta=0.04))
     data = GroundingDataModule(synthetic=SyntheticSpec(num_samples=4, canvas=56, max_shapes=1),
