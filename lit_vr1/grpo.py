@@ -21,10 +21,11 @@ from lit_vr1.checks import check_fit
 from lit_vr1.config import GRPOConfig
 from lit_vr1.loop import RolloutUpdateLoop, StepOutcome
 from lit_vr1.models import precision
-from lit_vr1.module import VLMModule, module_settings, settings_object
+from lit_vr1.module import VLMModule, refuse_unknown_module_keywords
 from lit_vr1.rewards.base import Reward, SampleContext
 from lit_vr1.rewards.function import as_rewards
 from lit_vr1.rewards.rec import IoUReward, RecJsonFormat
+from lit_vr1.rules import settings_object
 
 SKIPPED_KEY = "lit_vr1_skipped_steps"  # checkpoint key of the skipped-step counters
 REWARDS_KEY = "lit_vr1_rewards"  # checkpoint key of the rewards the run scored with (see reward_list)
@@ -59,7 +60,7 @@ class GRPOModule(VLMModule):
     tied_rollouts_warning = 10  # rollouts in a row with every group tied before the fit warns (once)
 
     def __init__(self, rewards: list[Reward] | None = None, grpo: GRPOConfig | None = None, **kwargs) -> None:
-        kwargs = module_settings(type(self).__name__, kwargs, {
+        refuse_unknown_module_keywords(type(self).__name__, kwargs, {
             f.name: f"a GRPOConfig field: {type(self).__name__}(grpo=GRPOConfig({f.name}=...))"
             for f in dataclasses.fields(GRPOConfig)})
         grpo = settings_object(grpo, GRPOConfig, "grpo")

@@ -31,7 +31,7 @@ from lit_vr1.models.lora import LoraSpec, apply_lora, save_merged
 from lit_vr1.models.tiny_parts import TinySpec
 from lit_vr1.predict import predict_records
 from lit_vr1.quiet import add_notice_filters, remove_notice_filters
-from lit_vr1.rules import enforce, one_of, refuse, refuse_unknown_keywords, rule
+from lit_vr1.rules import enforce, one_of, refuse, refuse_unknown_keywords, rule, settings_object
 
 EVAL_TASKS = ("rec", "detection", "answer")
 ANSWER_FIGURES = ("acc", "format", "tokens")  # eval_task "answer": what validation logs
@@ -135,16 +135,6 @@ def refuse_unknown_module_keywords(owner: str, given, elsewhere: dict[str, str] 
     refuse_unknown_keywords(owner, given, module_keywords(), "keyword", {**lora, **(elsewhere or {})})
 
 
-def module_settings(owner: str, kwargs: dict, elsewhere: dict[str, str] | None = None) -> dict:
-    """``kwargs`` for :class:`VLMModule` checked (:func:`refuse_unknown_module_keywords`), a path
-    for ``model`` given as its text (what ``save_hyperparameters`` records from the caller's frame)."""
-    refuse_unknown_module_keywords(owner, kwargs, elsewhere)
-    out = dict(kwargs)
-    if isinstance(out.get("model"), os.PathLike):
-        out["model"] = os.fspath(out["model"])
-    return out
-
-
 def plain_settings(hparams: dict) -> dict:
     """``hparams`` as plain values, the form the CLI records: a settings object (``GRPOConfig``,
     ``LoraSpec``, ``TinySpec``) as the dict of its fields, a path for ``model`` as its text. A
@@ -158,16 +148,6 @@ def plain_settings(hparams: dict) -> dict:
     if isinstance(out.get("model"), os.PathLike):
         out["model"] = os.fspath(out["model"])
     return out
-
-
-def settings_object(value, cls, flag: str):
-    """``value`` as a ``cls`` settings object: a dict is read as its keywords (checked as the class
-    checks them); anything else but ``cls`` or None is refused naming ``flag``."""
-    if isinstance(value, dict):
-        return cls(**value)
-    if value is not None and not isinstance(value, cls):
-        raise TypeError(f"{flag}: expected a {cls.__name__} (or a dict of its fields), got {type(value).__name__}")
-    return value
 
 
 class VLMModule(LightningModule):

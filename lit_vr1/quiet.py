@@ -61,7 +61,11 @@ def _silenced(pattern: str) -> bool:
     return any(f[0] == "ignore" and f[1] is not None and f[1].pattern == pattern for f in warnings.filters)
 
 
-def _add_filters() -> list[tuple]:
+def add_notice_filters() -> list[tuple]:
+    """Put in the filters not in place now; returned so that :func:`remove_notice_filters` takes
+    them out again: a module run from Python silences the notices from its ``setup`` to its
+    ``teardown`` only, so a notebook's other models keep them. Those already in place (the
+    command's) are left as they are."""
     added = []
     for pattern in NOTICES:
         if not _silenced(pattern):
@@ -73,7 +77,7 @@ def _add_filters() -> list[tuple]:
 
 def quiet_known_notices() -> None:
     """Install the filters for the rest of the process (the ``lit-vr1`` command)."""
-    _add_filters()
+    add_notice_filters()
 
 
 def _drop_tips() -> None:
@@ -81,13 +85,6 @@ def _drop_tips() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropTips) for f in logger.filters):
             logger.addFilter(_DropTips())
-
-
-def add_notice_filters() -> list[tuple]:
-    """The filters for one run of a lit-vr1 module from Python (its ``setup``), returned so that
-    :func:`remove_notice_filters` takes them out at its ``teardown``: a notebook's other models
-    keep Lightning's notices. Those already in place (the command's) are left as they are."""
-    return _add_filters()
 
 
 def remove_notice_filters(added: list[tuple]) -> None:

@@ -72,6 +72,16 @@ def refuse_unknown_keywords(owner: str, given, names: list[str], what: str = "fi
                             f"{len(lines)} unknown keywords for {owner}:\n" + "\n".join(f"  {x}" for x in lines))
 
 
+def settings_object(value, cls, flag: str):
+    """``value`` as a ``cls`` settings object: a dict is read as its keywords (checked as the class
+    checks them); anything else but ``cls`` or None is refused naming ``flag``."""
+    if isinstance(value, dict):
+        return cls(**value)
+    if value is not None and not isinstance(value, cls):
+        raise TypeError(f"{flag}: expected a {cls.__name__} (or a dict of its fields), got {type(value).__name__}")
+    return value
+
+
 def named_fields_only(cls):
     """Class decorator for a settings dataclass: keywords it has no field for are refused, all
     at once, each with the closest field names (``num_generation`` -> ``num_generations``) or,

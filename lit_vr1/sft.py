@@ -18,7 +18,7 @@ from lit_vr1.config import SamplingConfig
 from lit_vr1.data.jsonl import DataError, Sample, is_box_answer, rows_message, solution_text
 from lit_vr1.generation import encode_prompts, end_of_turn_id, image_layout
 from lit_vr1.models.families import family_of
-from lit_vr1.module import VLMModule, module_settings
+from lit_vr1.module import VLMModule, refuse_unknown_module_keywords
 from lit_vr1.rewards.boxes import answer_in_frame
 from lit_vr1.rollout import Rollout
 from lit_vr1.scoring import logprobs
@@ -123,7 +123,7 @@ class SFTModule(VLMModule):
     """
 
     def __init__(self, **kwargs) -> None:
-        kwargs = module_settings(type(self).__name__, kwargs)
+        refuse_unknown_module_keywords(type(self).__name__, kwargs)
         super().__init__(**kwargs)
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
 

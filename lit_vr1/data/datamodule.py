@@ -16,7 +16,7 @@ from lit_vr1.checkpoint import refuse_changed_resume, setting_differences
 from lit_vr1.data.jsonl import FailedRow, JsonlDataset, Sample, SkippedRow, check_bad_rows, image_token_outlier
 from lit_vr1.data.sampler import ResumableSampler, place_sampler, train_position
 from lit_vr1.data.synthetic import SyntheticSpec, write_synthetic
-from lit_vr1.rules import enforce, rule
+from lit_vr1.rules import enforce, rule, settings_object
 
 # a report lists at most this many ids and this many reasons (the full list goes to a file)
 REPORT_IDS, REPORT_REASONS = 50, 5
@@ -163,10 +163,7 @@ class GroundingDataModule(LightningDataModule):
         predict_files, predict_images = joined("predict_files", predict_files), joined("predict_images", predict_images)
         reward_methods = joined("reward_methods", reward_methods)
         val_reward_methods = joined("val_reward_methods", val_reward_methods)
-        if isinstance(synthetic, dict):  # from Python: a dict of its fields, checked as SyntheticSpec checks them
-            synthetic = SyntheticSpec(**synthetic)
-        elif synthetic is not None and not isinstance(synthetic, SyntheticSpec):
-            raise TypeError(f"synthetic: expected a SyntheticSpec (or a dict of its fields), got {type(synthetic).__name__}")
+        synthetic = settings_object(synthetic, SyntheticSpec, "synthetic")  # from Python a dict may stand for it
         self.processor: Any = None  # for max_prompt_length: the module's, or one given to use_processor
         enforce(train_data_given(train_files, synthetic))
         enforce(train_images_given(train_files, train_images))
@@ -440,14 +437,18 @@ class SkippedRowsReport(Callback):
     def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
         self._collect(batch)
 
+    def _take_at_load(self) -> list[SkippedRow]:
+        """The distinct rows that failed to load since the last report, on every process; cleared."""
+        rows = list({(r.id, r.reason): r for r in _gather(self.at_load)}.values())
+        self.at_load = []
+        return rows
+
     def _report_alone(self, trainer, what: str, held_out: list[SkippedRow]) -> None:
         """``validate``, ``test`` and ``predict`` (no training epoch to report at): the rows they
         left out, once, at their end."""
-        at_load = list({(r.id, r.reason): r for r in _gather(self.at_load)}.values())
-        self.at_load = []
-        report = {"epoch": what, "at_build": held_out, "at_load": at_load}
+        report = {"epoch": what, "at_build": held_out, "at_load": self._take_at_load()}
         self.reports.append(report)
-        if held_out or at_load:
+        if held_out or report["at_load"]:
             self._warn(report, trainer.log_dir)
 
     def on_validation_end(self, trainer, pl_module) -> None:
@@ -465,8 +466,7 @@ class SkippedRowsReport(Callback):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         at_build = self.datamodule.skipped_at_build()
-        at_load = list({(r.id, r.reason): r for r in _gather(self.at_load)}.values())
-        self.at_load = []
+        at_load = self._take_at_load()
         report = {"epoch": trainer.current_epoch, "at_build": at_build, "at_load": at_load}
         self.reports.append(report)
         # the same value on every process (gathered above); sync_dist only keeps Lightning from warning
