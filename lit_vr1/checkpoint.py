@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 TEMP_MARK = ".tmp-"
 
@@ -353,9 +353,47 @@ def strict_last_checkpoint(trainer) -> None:
             raise CheckpointError(f"--ckpt_path last: there is no checkpoint to resume from{where}; to start fresh "
                                   f"leave out --ckpt_path, or pass --ckpt_path {LAST_OR_NEW} to resume only when "
                                   "a checkpoint exists")
+        if fit:
+            rank_zero_info(f"--ckpt_path {LAST_OR_NEW}: no checkpoint{where} yet; the run starts from the beginning")
         return None
 
-    connector._parse_ckpt_path = parse
+    def parse_and_overwrite(state_fn, ckpt_path, model_provided, model_connected):
+        resolved = parse(state_fn, ckpt_path, model_provided, model_connected)
+        if resolved is not None and str(getattr(state_fn, "value", state_fn)) == "fit":
+            overwrite_on_resume(trainer, str(resolved))
+        return resolved
+
+    connector._parse_ckpt_path = parse_and_overwrite
+
+
+STEP_IN_NAME = re.compile(r"step=(\d+)")
+
+
+def overwrite_on_resume(trainer, ckpt_path: str) -> None:
+    """A resumed fit writes its checkpoints under their own names: ``last.ckpt`` and
+    ``...step=N.ckpt`` are replaced, not kept beside ``last-v1.ckpt`` / ``...step=N-v1.ckpt``.
+    Lightning versions a name that exists unless its ModelCheckpoint's restored state says it
+    wrote it, so a resume whose ModelCheckpoint was configured otherwise (a new
+    ``every_n_train_steps``: another state key, nothing restored) left ``last.ckpt`` at the old
+    step while the run went on in ``last-v1.ckpt``, and export / validate of ``last.ckpt`` read
+    the old weights. A resume from an earlier checkpoint than the folder's newest (a rollback)
+    says which later checkpoints of the abandoned run this one will replace as it reaches them."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    for callback in trainer.checkpoint_callbacks:
+        if isinstance(callback, ModelCheckpoint):
+            callback._enable_version_counter = False
+    found = STEP_IN_NAME.search(os.path.basename(ckpt_path))
+    if found is None:
+        return
+    later = sorted((f for folder in _checkpoint_folders(trainer) if os.path.isdir(folder) for f in os.listdir(folder)
+                    if (m := STEP_IN_NAME.search(f)) and int(m.group(1)) > int(found.group(1)) and f.endswith(".ckpt")),
+                   key=_natural)
+    if later:
+        listed = ", ".join(later[:3]) + (f" and {len(later) - 3} more" if len(later) > 3 else "")
+        rank_zero_warn(f"resuming from step {found.group(1)} while the checkpoint folder holds later checkpoints of the "
+                       f"run that went on ({listed}): this run replaces them as it reaches their steps (and "
+                       "last.ckpt at its first save); move them first to keep them")
 
 
 def _checkpoint_folders(trainer) -> list[str]:

@@ -17,10 +17,12 @@ smaller mini-batch, which is normalised by its own size.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from lit_vr1 import parallel
+from lit_vr1.loop import rollout_steps
 from lit_vr1.models.precision import half_trainable
 from lit_vr1.rules import ConfigError, enforce, problems_of, refuse, rule  # noqa: F401 - ConfigError: checks.ConfigError
 
@@ -40,6 +42,9 @@ class FitSetup:
     config ({} otherwise). tensor_parallel: ModelParallelStrategy's tensor-parallel size (1
     otherwise). export_dir: ``model.export_dir``. trainer_clip, trainer_accumulation: the
     Trainer's ``gradient_clip_val`` and ``accumulate_grad_batches`` (GRPO has its own).
+    box_frame: the frame the policy writes boxes in (``model.box_frame``, by default its family's).
+    reward_frames: (position in ``model.rewards``, class name, frame) of each reward that names
+    a ``box_frame`` of its own. checkpoint_every: each ModelCheckpoint's ``every_n_train_steps``.
     """
 
     grpo: Any = None
@@ -58,6 +63,9 @@ class FitSetup:
     export_dir: str | None = None
     trainer_clip: float | None = None
     trainer_accumulation: int = 1
+    box_frame: str | None = None
+    reward_frames: list[tuple[int, str, str]] = field(default_factory=list)
+    checkpoint_every: list[int] = field(default_factory=list)
 
 
 def _grpo(setup: FitSetup, name: str) -> Any:
@@ -273,6 +281,45 @@ def deepspeed_release_knows_unmanaged_accumulation(s: FitSetup) -> str | None:
 
 
 # -- the entry point -------------------------------------------------------------------------------------
+@rule("model.rewards", "fit", on="FitSetup")
+def rewards_read_the_policy_frame(s: FitSetup) -> str | None:
+    # a reward pinned to another frame scores every right box as wrong (a Qwen2-VL model writes
+    # 0-1000 units; read as Qwen2.5-VL input pixels its boxes miss), while SFT, ColdStart and
+    # validation use the policy's frame
+    off = [(i, name, frame) for i, name, frame in s.reward_frames if s.box_frame is not None and frame != s.box_frame]
+    if not off:
+        return None
+    listed = ", ".join(f"model.rewards[{i}] ({name}) box_frame={frame}" for i, name, frame in off)
+    return (f"{listed}: the policy writes boxes in {s.box_frame} (model.box_frame, by default its model family's), "
+            "which validation and the cold start use too; remove the reward's box_frame (a box reward reads the "
+            "policy's frame by default), or set model.box_frame if the model writes another frame")
+
+
+def steps_per_rollout(s: FitSetup) -> list[int]:
+    """The optimiser steps a rollout takes, for each G of the fit (unknown batch size: none)."""
+    if s.grpo is None or s.batch_size is None or s.batch_size < 1:
+        return []
+    return sorted({rollout_steps(s.batch_size * g, s.grpo.mini_batch_size, s.grpo.num_iterations)[1]
+                   for g in s.group_sizes if g >= 1})
+
+
+@rule("trainer.callbacks", "fit", on="FitSetup")
+def checkpoints_on_rollout_ends(s: FitSetup) -> str | None:
+    # Lightning looks at every_n_train_steps only when a training batch ends, and a GRPO batch (one
+    # rollout) takes k optimiser steps, so global_step goes k at a time: N=5 with k=2 saved at steps
+    # 10, 20, ... and a run killed at step 9 had no checkpoint at all
+    ks = steps_per_rollout(s)
+    bad = [n for n in s.checkpoint_every if n > 0 for k in ks if n % k and k % n]
+    if not bad:
+        return None
+    k = next(k for k in ks if bad[0] % k and k % bad[0])
+    near = sorted({max(k, bad[0] // k * k), (bad[0] // k + 1) * k})
+    return (f"trainer.callbacks: ModelCheckpoint(every_n_train_steps={bad[0]}) is not a multiple of the {k} optimiser "
+            "steps each rollout takes (data.batch_size x G completions, model.grpo.mini_batch_size per step, "
+            f"num_iterations passes): Lightning checks it when a rollout ends, at steps {k}, {2 * k}, {3 * k}, ..., "
+            f"so it would save only every {math.lcm(bad[0], k)} steps; give {' or '.join(map(str, near))}")
+
+
 def problems(setup: FitSetup) -> list[str]:
     """The problem text of every fit rule that ``setup`` breaks, in declaration order."""
     return problems_of(setup, "fit")
@@ -323,6 +370,11 @@ def fit_setup(module: Any) -> FitSetup:
         export_dir=getattr(module, "export_dir", None),
         trainer_clip=getattr(trainer, "gradient_clip_val", None) if grpo is not None else None,
         trainer_accumulation=getattr(trainer, "accumulate_grad_batches", 1) if grpo is not None else 1,
+        box_frame=getattr(module, "box_frame", None),
+        checkpoint_every=[getattr(cb, "_every_n_train_steps", 0) or 0 for cb in callbacks
+                          if type(cb).__name__ == "ModelCheckpoint" or hasattr(cb, "_every_n_train_steps")],
+        reward_frames=[(i, type(r).__name__, r.box_frame) for i, r in enumerate(getattr(module, "rewards", None) or [])
+                       if getattr(r, "box_frame", None) is not None],
     )
 
 

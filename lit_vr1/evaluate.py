@@ -26,6 +26,7 @@ from lit_vr1.rewards.boxes import (
     solution_boxes,
     to_original,
 )
+from lit_vr1.rewards.detection import normalize_label
 from lit_vr1.rewards.rec import RecJsonFormat, rec_ious, think_answer_ok
 
 
@@ -182,8 +183,11 @@ def detection_prompts(samples: list[Sample], prompting: str = "all",
         return [(i, s, None) for i, s in enumerate(samples)]
     out = []
     for i, s in enumerate(samples):
-        categories = list(dict.fromkeys(b.label for b in solution_boxes(s.solution)))
-        for c in categories:
+        # one prompt per category as the scoring tells them apart ("Red Box " is "red box"), named as its first box names it
+        categories: dict[str, str] = {}
+        for b in solution_boxes(s.solution):
+            categories.setdefault(normalize_label(b.label), b.label.strip())
+        for c in categories.values():
             question = template.format(category=c)
             out.append((i, replace(s, question=question, messages=build_messages(question, len(s.images))), c))
     return out
@@ -212,6 +216,20 @@ def eval_solution_problem(eval_task: str, record) -> str | None:
         ok = answer is not None and (not isinstance(answer, str) or answer.strip())
         return None if ok else "has no answer to compare with: field 'solution' is empty or missing"
     return box_solution_problem(record, empty_ok=eval_task == "detection")
+
+
+def several_boxes_note(eval_task: str, val_set) -> str | None:
+    """A note when REC validation (``eval_task="rec"``: the first box of each answer, against
+    the first of the solution) meets held-out rows whose solution holds several boxes, which
+    it would score as if each held one object; None otherwise."""
+    if eval_task != "rec":
+        return None
+    rows = [r for r in getattr(val_set, "records", None) or [] if len(solution_boxes(r.solution)) > 1]
+    if not rows:
+        return None
+    return (f"{len(rows)} held-out row(s) hold several boxes (the first: {rows[0].source}), and model.eval_task=rec "
+            "scores the first box of each answer against the first of the solution (Acc@0.5, mean IoU); for "
+            "detection data set model.eval_task=detection (COCO mAP / AP50 over every box)")
 
 
 def check_eval_solutions(eval_task: str, val_set) -> list:

@@ -17,7 +17,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from lit_vr1 import decode_graph, parallel
-from lit_vr1.checks import check_fit
+from lit_vr1.checkpoint import CheckpointError
+from lit_vr1.checks import check_fit, fit_setup, steps_per_rollout
 from lit_vr1.config import GRPOConfig
 from lit_vr1.loop import RolloutUpdateLoop, StepOutcome
 from lit_vr1.models import precision
@@ -106,6 +107,9 @@ class GRPOModule(VLMModule):
             # first: under data.bad_rows=skip it may leave rows out, which the row-count rule must see
             check_solutions(self.rewards, getattr(getattr(self.trainer, "datamodule", None), "train_set", None))
             check_fit(self)  # every fit-time and strategy rule, each problem listed
+            note = max_steps_note(self.trainer.max_steps, steps_per_rollout(fit_setup(self)))
+            if note:
+                rank_zero_warn(note)
             for reward in self.rewards:  # a judge that is not running: say so now, not at the first rollout
                 reward.check_ready()
 
@@ -326,12 +330,38 @@ class GRPOModule(VLMModule):
             checkpoint[REFERENCE_KEY] = self.reference_weights
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._match_reference(checkpoint)
         super().on_load_checkpoint(checkpoint)
         saved = checkpoint.get(SKIPPED_KEY, {})
         self.skipped_steps = int(saved.get("skipped_steps", 0))
         self.skips_in_a_row = int(saved.get("skips_in_a_row", 0))
         self.reference_weights = checkpoint.get(REFERENCE_KEY)
         warn_changed_rewards(checkpoint.get(REWARDS_KEY), reward_list(self.rewards))
+
+    def _match_reference(self, checkpoint: dict) -> None:
+        """A checkpoint written with a reference model (beta != 0) loaded into a module without
+        one (beta 0), or the other way round: a resume is refused naming ``model.grpo.beta``
+        (before, strict loading stopped it with a traceback of every reference key); validate,
+        test and predict, which never run the reference, load the policy alone."""
+        state = checkpoint.get("state_dict") or {}
+        saved = any(k.startswith("ref_model.") for k in state)
+        if saved == (self.ref_model is not None) or self.lora is not None:
+            return
+        trainer = self._trainer
+        if trainer is not None and trainer.state.fn == "fit":
+            grpo = (checkpoint.get("hyper_parameters") or {}).get("grpo")
+            was = grpo.get("beta") if isinstance(grpo, dict) else getattr(grpo, "beta", None)
+            then = f"beta {was!r}" if was is not None else "a beta" + (" other than 0" if saved else " of 0")
+            raise CheckpointError(
+                f"model.grpo.beta: the checkpoint's run trained {'with' if saved else 'without'} a reference model "
+                f"({then}) and this run has {'none' if saved else 'one'} (beta {self.config.beta!r}); a resume goes on "
+                "with the run's own beta: give it, or start a new fit from the exported model (python -m "
+                "lit_vr1.export) with the new one")
+        if saved:
+            checkpoint["state_dict"] = {k: v for k, v in state.items() if not k.startswith("ref_model.")}
+        else:  # the reference as this module built it (the model it was loaded from)
+            checkpoint["state_dict"] = {**{k: v for k, v in self.state_dict().items() if k.startswith("ref_model.")},
+                                        **state}
 
     def log_step(self, metrics: dict[str, float]) -> None:
         """Send one optimiser step's statistics to every logger at the current global step
@@ -344,6 +374,18 @@ class GRPOModule(VLMModule):
         self.last_metrics = metrics
         self.log_row({"train/" + k: v for k, v in metrics.items()})
         self.log("loss", metrics["loss"], prog_bar=True, logger=False)
+
+
+def max_steps_note(max_steps: int, steps: list[int]) -> str | None:
+    """A note when ``max_steps`` ends inside a rollout of ``steps`` optimiser steps (one value:
+    the fit's G does not change), else None."""
+    if len(steps) != 1 or steps[0] < 2 or max_steps is None or max_steps <= 0 or max_steps % steps[0] == 0:
+        return None
+    k = steps[0]
+    return (f"trainer.max_steps={max_steps} ends inside a rollout (each takes {k} optimiser steps): the remaining "
+            f"{k - max_steps % k} step(s) of that rollout are not trained, and a resume of this run with more steps starts a new "
+            f"rollout where one run would have finished that one (not the same run); give a multiple of {k} "
+            f"({' or '.join(map(str, sorted({max_steps // k * k or k, (max_steps // k + 1) * k})))})")
 
 
 def reward_list(rewards: list[Reward]) -> list[str]:

@@ -101,6 +101,14 @@ def group_order(n: int, group_size: int, generator: torch.Generator | None) -> T
     return (groups[:, None] * group_size + torch.arange(group_size)[None]).flatten()
 
 
+def rollout_steps(n: int, mini_batch_size: int | None, num_iterations: int) -> tuple[int, int]:
+    """(mini-batch size, optimiser steps) of a rollout of ``n`` completions: ``num_iterations``
+    passes over it, each cut into mini-batches of ``mini_batch_size`` (None: the whole rollout),
+    one optimiser step each."""
+    mini = min(mini_batch_size or n, n)
+    return mini, num_iterations * math.ceil(n / mini)
+
+
 def rollout_advantages(scores: RewardScores, group_size: int, scale: str,
                        reduce_sum: Callable[[Tensor], Tensor] | None = None) -> Advantages:
     """Group advantages of a rollout's scored completions (unscored ones left out, see
@@ -153,8 +161,7 @@ class RolloutUpdateLoop:
 
     def steps_per_rollout(self, n: int) -> tuple[int, int]:
         """(mini-batch size, number of optimiser steps) for a rollout of n completions."""
-        mini = min(self.config.mini_batch_size or n, n)
-        return mini, self.config.num_iterations * math.ceil(n / mini)
+        return rollout_steps(n, self.config.mini_batch_size, self.config.num_iterations)
 
     def use_shared_prompt(self) -> bool:
         """Whether the shared-prompt passes run (asked for and supported by the policy)."""

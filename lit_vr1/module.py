@@ -15,13 +15,13 @@ import torchmetrics
 from lightning.pytorch import LightningModule
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 
 from lit_vr1 import allocator, log_dirs, parallel, resume_optimisers
 from lit_vr1.checkpoint import allow_saved_settings, gather_rng_states, refuse_changed_resume, set_rng_states, setting_differences
 from lit_vr1.checks import check_master_weights
 from lit_vr1.data.jsonl import loaded
-from lit_vr1.evaluate import PROMPTINGS, check_eval_solutions, predict_answer, predict_detection, predict_rec
+from lit_vr1.evaluate import PROMPTINGS, check_eval_solutions, predict_answer, predict_detection, predict_rec, several_boxes_note
 from lit_vr1.metrics.detection import DetectionMetrics
 from lit_vr1.metrics.rec import RECMetrics
 from lit_vr1.models import freeze, precision, swiglu, vision_attention
@@ -330,9 +330,17 @@ class VLMModule(LightningModule):
         if not self._notice_filters:
             self._notice_filters = add_notice_filters()
         limit = {"fit": "limit_val_batches", "validate": "limit_val_batches", "test": "limit_test_batches"}.get(stage)
+        if stage in ("validate", "test") and getattr(self.trainer, limit, None) == 0:  # Lightning would score nothing, silently
+            command = getattr(stage, "value", stage)
+            raise ValueError(f"lit-vr1 {command} has nothing to score: trainer.{limit} is 0 (a config that turns "
+                             "validation off in fits, as the tiny twins do, turns it off here too); give "
+                             f"--trainer.{limit}=1.0 to score every held-out row")
         if limit and getattr(self.trainer, limit, None) != 0:  # 0: no held-out row is scored
-            datamodule = getattr(self.trainer, "datamodule", None)
-            check_eval_solutions(self.eval_task, getattr(datamodule, "val_set", None))
+            val_set = getattr(getattr(self.trainer, "datamodule", None), "val_set", None)
+            check_eval_solutions(self.eval_task, val_set)
+            note = several_boxes_note(self.eval_task, val_set)
+            if note:
+                rank_zero_warn(note)
 
     def teardown(self, stage: str) -> None:
         remove_notice_filters(self._notice_filters)
@@ -507,6 +515,8 @@ class VLMModule(LightningModule):
                                         "model")
             # named here too: the data module's own check runs later
             refuse_changed_resume({"model": model, **data_differences(trainer, checkpoint)})
+            rank_zero_info(f"resuming after optimiser step {checkpoint.get('global_step')} (epoch "
+                           f"{checkpoint.get('epoch')}) from {trainer.ckpt_path}")
             saved = checkpoint.get(resume_optimisers.KEY)
             if self._configured() is not None:  # built already (DeepSpeed, FSDP2 restore after setup)
                 self._refuse_optimiser_change(saved)

@@ -53,7 +53,9 @@ def unknown_keyword_lines(owner: str, unknown: list[str], names: list[str], what
         if elsewhere and key in elsewhere:
             lines.append(f"{key}: not a {owner} {what}; {elsewhere[key]}")
         elif key in PYTHON_HINTS:
-            lines.append(f"{key}: TRL's {key} is not a {owner} {what}; use {PYTHON_HINTS[key]}")
+            hint = PYTHON_HINTS[key]
+            lines.append(f"{key}: TRL's {key} is not a {owner} {what}; "
+                         + (hint if hint.startswith(("no ", "nothing")) else f"use {hint}"))
         else:
             close = difflib.get_close_matches(key, names, n=3, cutoff=0.6)
             lines.append(f"{key}: not a {owner} {what}" +

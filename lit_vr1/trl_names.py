@@ -4,8 +4,11 @@ the README's table). Checked against TRL 1.16.0's ``trl/trainer/grpo_config.py``
 from __future__ import annotations
 
 # name -> (the flags that take it here, what to write instead; a name these list is left to the
-# parser there). ``seed`` is an option in too many places to list: left to the parser
+# parser there)
 TRL_NAMES: dict[str, tuple[tuple[str, ...], str]] = {
+    "seed": (("seed_everything", "model.seed", "data.synthetic.seed"),
+             "--seed_everything={value} (the run's seed: weights, data order, sampling; model.seed seeds a tiny "
+             "model's random weights)"),
     "max_prompt_length": (("data.max_prompt_length",),
                           "--data.max_prompt_length=N (a longer prompt is refused or skipped, never truncated)"),
     "learning_rate": ((), "the optimiser's lr: --model.optimizer.init_args.lr={value} (YAML: model.init_args.optimizer: "
@@ -22,7 +25,8 @@ TRL_NAMES: dict[str, tuple[tuple[str, ...], str]] = {
     "reward_weights": ((), "each reward's own weight: model.init_args.rewards: [{class_path: ..., init_args: "
                            "{weight: 0.5}}]"),
     "num_train_epochs": ((), "--trainer.max_epochs"),
-    "logging_steps": ((), "--trainer.log_every_n_steps"),
+    "logging_steps": ((), "nothing: GRPO logs every optimiser step (trainer.log_every_n_steps paces SFT's rows only); "
+                          "remove it"),
     "save_steps": ((), "ModelCheckpoint's every_n_train_steps in trainer.callbacks"),
     "bf16": ((), "--trainer.precision=bf16-mixed (weights stay float32: --model.dtype=float32)"),
     "max_steps": (("trainer.max_steps",), "--trainer.max_steps={value}"),
@@ -39,6 +43,8 @@ TRL_NAMES: dict[str, tuple[tuple[str, ...], str]] = {
 }
 # the same settings as a Python user writes them (GRPOConfig(learning_rate=...) is refused with this)
 PYTHON_HINTS: dict[str, str] = {
+    "seed": "lightning.seed_everything(N) before building the module (the run's seed; GRPOModule(seed=N) seeds a tiny "
+            "model's random weights)",
     "max_prompt_length": "GroundingDataModule(max_prompt_length=N)",
     "learning_rate": "the optimiser's lr: GRPOModule(optimizer=lambda params: torch.optim.AdamW(params, lr=1e-6))",
     "max_grad_norm": "GRPOConfig(gradient_clip_val=1.0)",
@@ -52,7 +58,7 @@ PYTHON_HINTS: dict[str, str] = {
     "reward_weights": "each reward's own weight: IoUReward(weight=0.5)",
     "num_train_epochs": "Trainer(max_epochs=N)",
     "max_steps": "Trainer(max_steps=N)",
-    "logging_steps": "Trainer(log_every_n_steps=N)",
+    "logging_steps": "nothing: GRPO logs every optimiser step (Trainer(log_every_n_steps=N) paces SFT's rows only)",
     "save_steps": "ModelCheckpoint(every_n_train_steps=N) in Trainer(callbacks=[...])",
     "bf16": "Trainer(precision=\"bf16-mixed\") (weights stay float32)",
     "output_dir": "Trainer(default_root_dir=...) (checkpoints and logs)",
@@ -63,12 +69,15 @@ PYTHON_HINTS: dict[str, str] = {
     "save_total_limit": "ModelCheckpoint(save_top_k=N)",
     "lr_scheduler_type": "GRPOModule(lr_scheduler=lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max))",
 }
+# TRL GRPOConfig names that are lit-vr1 GRPOConfig fields too: answered with model.grpo wherever else they are put
+GRPO_FIELDS = ("num_generations", "beta", "epsilon", "epsilon_high", "temperature", "top_p", "top_k",
+               "max_completion_length", "num_iterations", "loss_type", "scale_rewards", "mask_truncated_completions")
 # where a TRL name is answered: the command's top level, the Trainer's own options and lit-vr1's
 # sections; an option of another class (a scheduler's max_steps, a callback's output_dir) is its own
 OWN_SECTIONS = frozenset({"", "trainer", "model", "data", "model.grpo", "model.lora", "model.tiny_spec",
                           "data.synthetic"})
 # the value a hint shows when the flag came without one ({value} in a hint is the user's own)
-EXAMPLE_VALUES = {"learning_rate": "1e-6", "max_grad_norm": "1.0"}
+EXAMPLE_VALUES = {"learning_rate": "1e-6", "max_grad_norm": "1.0", "seed": "0"}
 
 
 def trl_hint(key: str, value: str | None = None) -> str | None:
@@ -77,13 +86,17 @@ def trl_hint(key: str, value: str | None = None) -> str | None:
     ``value`` (the user's own, else an example) written into the hint; else None."""
     key = key.replace(".init_args.", ".").replace(".dict_kwargs.", ".")
     parent, _, name = key.rpartition(".")
-    if name not in TRL_NAMES or parent not in OWN_SECTIONS:
+    if parent not in OWN_SECTIONS:
+        return None
+    if name in GRPO_FIELDS and parent != "model.grpo":  # --model.beta, --trainer.num_generations, --temperature
+        return f"use --model.grpo.{name}" + (f"={value}" if value not in (None, "") else "") + " (a GRPOConfig field)"
+    if name not in TRL_NAMES:
         return None
     valid, hint = TRL_NAMES[name]
     if key in valid:
         return None
     hint = hint.replace("{value}", value if value not in (None, "") else EXAMPLE_VALUES.get(name, ""))
-    return hint if hint.startswith("no ") else f"use {hint}"
+    return hint if hint.startswith(("no ", "nothing")) else f"use {hint}"
 
 
 def misplaced_trl_flag(argv: list[str]) -> str | None:

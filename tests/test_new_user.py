@@ -155,6 +155,17 @@ def test_a_trl_name_in_the_wrong_place_says_where_it_lives(tmp_path):
     assert "no vLLM here" in misplaced_trl_flag(["--model.grpo.use_vllm=true"])
     assert "--trainer.gradient_checkpointing: TRL's gradient_checkpointing" in misplaced_trl_flag(
         ["--trainer.gradient_checkpointing=false"])
+    # GRPOConfig's TRL names anywhere but model.grpo (they got "did you mean --trainer.num_nodes?" before)
+    for flag in ("--num_generations=4", "--trainer.num_generations=4", "--model.init_args.num_generations=4",
+                 "--data.num_generations=4"):
+        assert misplaced_trl_flag([flag]).endswith("use --model.grpo.num_generations=4 (a GRPOConfig field)"), flag
+    assert misplaced_trl_flag(["--model.beta", "0"]).endswith("use --model.grpo.beta=0 (a GRPOConfig field)")
+    assert misplaced_trl_flag(["--model.grpo.beta=0", "--model.init_args.grpo.temperature=0.7"]) is None
+    for flag in ("--seed=1", "--trainer.seed=1", "--model.grpo.seed=1"):
+        assert "use --seed_everything=1 (the run's seed" in misplaced_trl_flag([flag]), flag
+    assert misplaced_trl_flag(["--seed_everything=1", "--model.seed=1"]) is None
+    # logging_steps has no equivalent: GRPO logs every optimiser step (log_every_n_steps did nothing there)
+    assert "nothing: GRPO logs every optimiser step" in misplaced_trl_flag(["--trainer.logging_steps=5"])
 
 
 def test_lit_vr1_options_are_discoverable_from_the_command_line(tmp_path):

@@ -412,14 +412,17 @@ class SkippedRowsReport(Callback):
 
     At the end of every training epoch: the metric ``data/skipped_rows`` (rows left out
     when the data was built, plus the distinct rows that failed to load this epoch on any
-    process), a warning on rank 0 with their ids and first reasons, and every row appended
-    to ``skipped_rows.jsonl`` in the Trainer's log directory (when it has one).
+    process). The rows not reported before (the first epoch's, then a row that fails for the
+    first time) are warned of on rank 0 with their ids and first reasons, and appended to
+    ``skipped_rows.jsonl`` in the Trainer's log directory (when it has one) with the epoch:
+    a row left out every epoch is listed once.
     """
 
     def __init__(self, datamodule: GroundingDataModule) -> None:
         self.datamodule = datamodule
         self.at_load: list[SkippedRow] = []
         self.reports: list[dict] = []  # one per epoch: {"epoch", "at_build", "at_load"}
+        self.reported: set[tuple[str, str, str]] = set()  # (when, id, reason) of the rows warned of
 
     def _collect(self, batch: Any) -> None:
         for sample in batch if isinstance(batch, list) else []:  # FailedRow entries carry theirs too
@@ -448,8 +451,7 @@ class SkippedRowsReport(Callback):
         left out, once, at their end."""
         report = {"epoch": what, "at_build": held_out, "at_load": self._take_at_load()}
         self.reports.append(report)
-        if held_out or report["at_load"]:
-            self._warn(report, trainer.log_dir)
+        self._warn_new(report, trainer.log_dir)
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if getattr(trainer.state.fn, "value", None) == "validate":
@@ -471,8 +473,16 @@ class SkippedRowsReport(Callback):
         self.reports.append(report)
         # the same value on every process (gathered above); sync_dist only keeps Lightning from warning
         pl_module.log("data/skipped_rows", float(len(at_build) + len(at_load)), logger=True, sync_dist=True)
-        if at_build or at_load:
-            self._warn(report, trainer.log_dir)  # log_dir is a collective under DDP: asked on every rank
+        self._warn_new(report, trainer.log_dir)
+
+    def _warn_new(self, report: dict, log_dir: str | None) -> None:
+        """Warn of (and write down) the rows of ``report`` not warned of before; ``log_dir`` is
+        asked of the Trainer on every rank (a collective under DDP)."""
+        new = {kind: [r for r in report[kind] if (kind, r.id, r.reason) not in self.reported]
+               for kind in ("at_build", "at_load")}
+        self.reported.update((kind, r.id, r.reason) for kind, rows in new.items() for r in rows)
+        if new["at_build"] or new["at_load"]:
+            self._warn({**report, **new}, log_dir)
 
     @rank_zero_only
     def _warn(self, report: dict, log_dir: str | None) -> None:
@@ -490,11 +500,15 @@ class SkippedRowsReport(Callback):
                         f.write(json.dumps({"epoch": report["epoch"], "when": kind, "id": r.id, "reason": r.reason}) + "\n")
             where = f"; every row in {path}"
         when = (f"epoch {report['epoch']}" if isinstance(report["epoch"], int) else report["epoch"])
-        loaded = ("replaced in their batches by other rows; held-out rows left out" if isinstance(report["epoch"], int)
-                  else "left out of their batches")
+        loaded = ""
+        if report["at_load"]:
+            held_out = "; held-out rows left out" if self.datamodule.val_set is not None else ""
+            loaded = (f", {len(report['at_load'])} at load time, "
+                      + (f"training rows replaced in their batches by other rows{held_out}"
+                         if isinstance(report["epoch"], int) else "left out of their batches"))
         rank_zero_warn(f"data.bad_rows=skip: {when} left out {len(rows)} row(s) "
-                       f"({len(report['at_build'])} when the data was read, {len(report['at_load'])} at load time, "
-                       f"{loaded}): ids {ids}{where}. First reasons:\n  {reasons}")
+                       f"({len(report['at_build'])} when the data was read{loaded}): ids {ids}{where}. "
+                       f"First reasons:\n  {reasons}")
 
 
 def order_flag(key: str, shuffle_seed: int | None) -> str:

@@ -66,6 +66,7 @@ from torch.utils.data import Dataset
 
 from lit_vr1.data import images
 from lit_vr1.data.prompts import build_messages, check_template
+from lit_vr1.data.solution_keys import solution_key_problem
 from lit_vr1.rewards.boxes import QUAD_RE, answer_text, solution_boxes
 from lit_vr1.rules import enforce, rule
 
@@ -368,7 +369,10 @@ def check_solution_boxes(solution: Any, field: str, image_size: tuple[int, int] 
         return
     for name, raw in boxes:
         x1, y1, x2, y2 = _floats(raw)
-        if not all(math.isfinite(v) for v in (x1, y1, x2, y2)) or x2 <= x1 or y2 <= y1:
+        if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
+            raise DataError(f"{where}: {field} {name} {raw} has a coordinate that is not a finite number: a box is "
+                            "[x1, y1, x2, y2] in pixels of the original image")
+        if x2 <= x1 or y2 <= y1:
             raise DataError(f"{where}: {field} {name} {raw} has no area: a box is [x1, y1, x2, y2] with "
                             "x1 < x2 and y1 < y2, in pixels of the original image")
         if image_size is None:
@@ -463,6 +467,11 @@ def parse_line(line: str, path: str, lineno: int, folder: str, task: str = "defa
                         f"{len(paths)} image(s); write one marker per image (each image goes where its marker "
                         "stands), or none (the images then go before the text)")
     declared = (obj.get("width"), obj.get("height"))
+    typed = [f"'{k}' is {v!r}" for k, v in zip(("width", "height"), declared)
+             if v is not None and (isinstance(v, bool) or not (isinstance(v, int) or isinstance(v, float) and v.is_integer()))]
+    if typed:
+        raise DataError(f"{where}: field {' and field '.join(typed)}; give the image's size in pixels as integers "
+                        "(\"width\": 640), or leave the fields out")
     if sizes and declared != (None, None) and tuple(declared) != sizes[0]:
         turned = ""
         with Image.open(paths[0]) as im:
@@ -473,6 +482,9 @@ def parse_line(line: str, path: str, lineno: int, folder: str, task: str = "defa
         raise DataError(f"{where}: fields 'width', 'height' say {declared[0]}x{declared[1]} but image {paths[0]} "
                         f"is {sizes[0][0]}x{sizes[0][1]}{turned}; the solution's boxes would be in another frame")
     if check_boxes:
+        key_problem = solution_key_problem(solution, _field_of(obj, "gpt"))
+        if key_problem:
+            raise DataError(f"{where}: {key_problem}")
         check_solution_boxes(solution, _field_of(obj, "gpt"), sizes[0] if sizes else None, where)
     method = obj.get("reward_method", task)
     if not isinstance(method, str) or not method:

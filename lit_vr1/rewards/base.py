@@ -21,6 +21,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image
 from torch import Tensor
 
+from lit_vr1.data.prompts import IMAGE_MARKER
 from lit_vr1.rules import enforce, rule
 
 ON_ERROR = ("raise", "nan")
@@ -70,8 +71,7 @@ class SampleContext:
         the text of its last message, its messages, solution, images, sizes, metadata, task
         and source, with what the rollout adds (``input_sizes`` of its images at the model
         input, the completion's length, truncation and token ids, the step, the policy's box frame)."""
-        prompt = next(item["text"] for item in sample.messages[-1]["content"] if item["type"] == "text")
-        return cls(id=sample.id, prompt=prompt, solution=sample.solution, images=sample.images,
+        return cls(id=sample.id, prompt=prompt_text(sample.messages), solution=sample.solution, images=sample.images,
                    image_sizes=sample.image_sizes, input_sizes=input_sizes, metadata=sample.metadata,
                    completion_length=completion_length, truncated=truncated, global_step=global_step,
                    task=sample.task, source=sample.source, box_frame=box_frame, messages=sample.messages,
@@ -86,6 +86,20 @@ class SampleContext:
     def input_size(self) -> tuple[int, int] | None:
         """(width, height) the model saw the first image at (the original when unknown)."""
         return self.input_sizes[0] if self.input_sizes else self.image_size
+
+
+def prompt_text(messages: list[dict]) -> str:
+    """The question of a prompt's last turn as text: its text when the images all come first
+    (the common layout: ``<image>`` markers at the start, or none), else every part in order
+    with each image as an ``<image>`` marker ("<image> and <image>: which is larger?"), so that
+    a question about several images reaches rewards and judges whole."""
+    content = messages[-1]["content"] if messages else []
+    parts = [item.get("text", "") if item.get("type") == "text" else IMAGE_MARKER for item in content]
+    texts = [p for item, p in zip(content, parts) if item.get("type") == "text"]
+    first_text = next((i for i, item in enumerate(content) if item.get("type") == "text"), len(content))
+    if len(texts) == 1 and all(item.get("type") == "text" for item in content[first_text:]):
+        return texts[0]
+    return "".join(parts)
 
 
 class RewardError(RuntimeError):
