@@ -22,6 +22,7 @@ import random
 import re
 import signal
 import threading
+import time
 import warnings
 import zipfile
 from collections.abc import Iterator
@@ -367,11 +368,64 @@ def strict_last_checkpoint(trainer) -> None:
 
 
 STEP_IN_NAME = re.compile(r"step=(\d+)")
+ROLLOUT_END_SAVES = "_lit_vr1_rollout_end_saves"  # set on a ModelCheckpoint whose hook save_at_rollout_ends wrapped
+LIGHTNING_SAVE_PARTS = ("_should_skip_saving_checkpoint", "_monitor_candidates", "_save_topk_checkpoint",
+                        "_save_last_checkpoint")
+
+
+def save_at_rollout_ends(trainer) -> None:
+    """Make each ModelCheckpoint's ``every_n_train_steps`` N save at the first training-batch end
+    at or after every multiple of N. Lightning saves only when ``global_step`` is a multiple of N
+    at a batch end, and a GRPO batch (one rollout) may take several optimiser steps: with 2 a
+    rollout, N=5 saved at steps 10, 20, ... (a run killed at step 9 had nothing to resume from), and
+    after one skipped step (non-finite loss) N=4 would never save again. Where Lightning saves
+    itself, it still does; once per Trainer (idempotent)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    for callback in trainer.checkpoint_callbacks:
+        if not isinstance(callback, ModelCheckpoint) or getattr(callback, ROLLOUT_END_SAVES, False):
+            continue
+        if not all(hasattr(callback, part) for part in LIGHTNING_SAVE_PARTS):  # another Lightning: its own rule
+            continue
+        _wrap_batch_end(callback)
+
+
+def _wrap_batch_end(callback) -> None:
+    lightning_hook = callback.on_train_batch_end
+    seen = {"step": None}
+
+    def on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx):
+        n, step = callback._every_n_train_steps, trainer.global_step
+        last = seen["step"] if seen["step"] is not None else step - 1
+        seen["step"] = step
+        if n > 1 and step % n and step // n > last // n:  # a multiple of n was stepped over inside this batch
+            if callback._should_skip_saving_checkpoint(trainer):
+                return
+            candidates = callback._monitor_candidates(trainer)
+            if callback.monitor is not None and callback.monitor not in candidates:
+                callback._defer_save_until_validation = True  # Lightning's own rule for a metric not logged yet
+                return
+            callback._save_topk_checkpoint(trainer, candidates)
+            callback._save_last_checkpoint(trainer, candidates)
+            callback._last_time_checked = time.monotonic()
+            return
+        lightning_hook(trainer, pl_module, outputs, batch, batch_idx)
+
+    def on_train_start(trainer, pl_module):  # a resume starts from the checkpoint's step
+        seen["step"] = trainer.global_step
+        return lightning_start(trainer, pl_module)
+
+    lightning_start = callback.on_train_start
+    callback.on_train_batch_end = on_train_batch_end
+    callback.on_train_start = on_train_start
+    setattr(callback, ROLLOUT_END_SAVES, True)
 
 
 def overwrite_on_resume(trainer, ckpt_path: str) -> None:
     """A resumed fit writes its checkpoints under their own names: ``last.ckpt`` and
-    ``...step=N.ckpt`` are replaced, not kept beside ``last-v1.ckpt`` / ``...step=N-v1.ckpt``.
+    ``...step=N.ckpt`` are replaced, not kept beside ``last-v1.ckpt`` / ``...step=N-v1.ckpt``
+    (a ModelCheckpoint whose file names hold no step, e.g. a monitored ``best``, keeps Lightning's
+    versions, so an earlier run's best file is never overwritten).
     Lightning versions a name that exists unless its ModelCheckpoint's restored state says it
     wrote it, so a resume whose ModelCheckpoint was configured otherwise (a new
     ``every_n_train_steps``: another state key, nothing restored) left ``last.ckpt`` at the old
@@ -381,8 +435,13 @@ def overwrite_on_resume(trainer, ckpt_path: str) -> None:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     for callback in trainer.checkpoint_callbacks:
-        if isinstance(callback, ModelCheckpoint):
+        if not isinstance(callback, ModelCheckpoint):
+            continue
+        if callback.filename is None or "step" in callback.filename:  # one name per step: the new run's replaces it
             callback._enable_version_counter = False
+        last = callback.format_checkpoint_name({}, callback.CHECKPOINT_NAME_LAST) if callback.dirpath else None
+        if last and not callback.last_model_path and os.path.isfile(last):  # the run's last.ckpt, whatever the state says
+            callback.last_model_path = last
     found = STEP_IN_NAME.search(os.path.basename(ckpt_path))
     if found is None:
         return

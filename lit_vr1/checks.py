@@ -17,7 +17,6 @@ smaller mini-batch, which is normalised by its own size.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,7 +43,7 @@ class FitSetup:
     Trainer's ``gradient_clip_val`` and ``accumulate_grad_batches`` (GRPO has its own).
     box_frame: the frame the policy writes boxes in (``model.box_frame``, by default its family's).
     reward_frames: (position in ``model.rewards``, class name, frame) of each reward that names
-    a ``box_frame`` of its own. checkpoint_every: each ModelCheckpoint's ``every_n_train_steps``.
+    a ``box_frame`` of its own.
     """
 
     grpo: Any = None
@@ -65,7 +64,6 @@ class FitSetup:
     trainer_accumulation: int = 1
     box_frame: str | None = None
     reward_frames: list[tuple[int, str, str]] = field(default_factory=list)
-    checkpoint_every: list[int] = field(default_factory=list)
 
 
 def _grpo(setup: FitSetup, name: str) -> Any:
@@ -303,23 +301,6 @@ def steps_per_rollout(s: FitSetup) -> list[int]:
                    for g in s.group_sizes if g >= 1})
 
 
-@rule("trainer.callbacks", "fit", on="FitSetup")
-def checkpoints_on_rollout_ends(s: FitSetup) -> str | None:
-    # Lightning looks at every_n_train_steps only when a training batch ends, and a GRPO batch (one
-    # rollout) takes k optimiser steps, so global_step goes k at a time: N=5 with k=2 saved at steps
-    # 10, 20, ... and a run killed at step 9 had no checkpoint at all
-    ks = steps_per_rollout(s)
-    bad = [n for n in s.checkpoint_every if n > 0 for k in ks if n % k and k % n]
-    if not bad:
-        return None
-    k = next(k for k in ks if bad[0] % k and k % bad[0])
-    near = sorted({max(k, bad[0] // k * k), (bad[0] // k + 1) * k})
-    return (f"trainer.callbacks: ModelCheckpoint(every_n_train_steps={bad[0]}) is not a multiple of the {k} optimiser "
-            "steps each rollout takes (data.batch_size x G completions, model.grpo.mini_batch_size per step, "
-            f"num_iterations passes): Lightning checks it when a rollout ends, at steps {k}, {2 * k}, {3 * k}, ..., "
-            f"so it would save only every {math.lcm(bad[0], k)} steps; give {' or '.join(map(str, near))}")
-
-
 def problems(setup: FitSetup) -> list[str]:
     """The problem text of every fit rule that ``setup`` breaks, in declaration order."""
     return problems_of(setup, "fit")
@@ -371,8 +352,6 @@ def fit_setup(module: Any) -> FitSetup:
         trainer_clip=getattr(trainer, "gradient_clip_val", None) if grpo is not None else None,
         trainer_accumulation=getattr(trainer, "accumulate_grad_batches", 1) if grpo is not None else 1,
         box_frame=getattr(module, "box_frame", None),
-        checkpoint_every=[getattr(cb, "_every_n_train_steps", 0) or 0 for cb in callbacks
-                          if type(cb).__name__ == "ModelCheckpoint" or hasattr(cb, "_every_n_train_steps")],
         reward_frames=[(i, type(r).__name__, r.box_frame) for i, r in enumerate(getattr(module, "rewards", None) or [])
                        if getattr(r, "box_frame", None) is not None],
     )

@@ -17,7 +17,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from lit_vr1 import decode_graph, parallel
-from lit_vr1.checkpoint import CheckpointError
+from lit_vr1.checkpoint import CheckpointError, save_at_rollout_ends
 from lit_vr1.checks import check_fit, fit_setup, steps_per_rollout
 from lit_vr1.config import GRPOConfig
 from lit_vr1.loop import RolloutUpdateLoop, StepOutcome
@@ -107,6 +107,7 @@ class GRPOModule(VLMModule):
             # first: under data.bad_rows=skip it may leave rows out, which the row-count rule must see
             check_solutions(self.rewards, getattr(getattr(self.trainer, "datamodule", None), "train_set", None))
             check_fit(self)  # every fit-time and strategy rule, each problem listed
+            save_at_rollout_ends(self.trainer)  # every_n_train_steps met when a rollout steps over its multiple
             note = max_steps_note(self.trainer.max_steps, steps_per_rollout(fit_setup(self)))
             if note:
                 rank_zero_warn(note)
@@ -343,20 +344,27 @@ class GRPOModule(VLMModule):
         one (beta 0), or the other way round: a resume is refused naming ``model.grpo.beta``
         (before, strict loading stopped it with a traceback of every reference key); validate,
         test and predict, which never run the reference, load the policy alone."""
-        state = checkpoint.get("state_dict") or {}
-        saved = any(k.startswith("ref_model.") for k in state)
+        grpo = (checkpoint.get("hyper_parameters") or {}).get("grpo")
+        was = grpo.get("beta") if isinstance(grpo, dict) else getattr(grpo, "beta", None)
+        if "state_dict" in checkpoint:
+            state = checkpoint["state_dict"]
+            saved = any(k.startswith("ref_model.") for k in state)
+        elif was is not None:  # FSDP2 and DeepSpeed load the weights themselves: the run's beta tells
+            state, saved = None, was != 0
+        else:
+            return
         if saved == (self.ref_model is not None) or self.lora is not None:
             return
         trainer = self._trainer
         if trainer is not None and trainer.state.fn == "fit":
-            grpo = (checkpoint.get("hyper_parameters") or {}).get("grpo")
-            was = grpo.get("beta") if isinstance(grpo, dict) else getattr(grpo, "beta", None)
             then = f"beta {was!r}" if was is not None else "a beta" + (" other than 0" if saved else " of 0")
             raise CheckpointError(
                 f"model.grpo.beta: the checkpoint's run trained {'with' if saved else 'without'} a reference model "
                 f"({then}) and this run has {'none' if saved else 'one'} (beta {self.config.beta!r}); a resume goes on "
                 "with the run's own beta: give it, or start a new fit from the exported model (python -m "
                 "lit_vr1.export) with the new one")
+        if state is None:
+            return
         if saved:
             checkpoint["state_dict"] = {k: v for k, v in state.items() if not k.startswith("ref_model.")}
         else:  # the reference as this module built it (the model it was loaded from)

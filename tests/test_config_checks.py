@@ -76,11 +76,6 @@ FIT_CASES = {
         mp.setattr(parallel, "deepspeed_knows_unmanaged_accumulation", lambda: False),
         _strategy_setup(_deepspeed_stub({"managed_gradient_accumulation": False}), gradient_clip_val=None,
                         micro_batch_size=2))[1:] + ("pip install -U deepspeed",),
-    "checkpoints_on_rollout_ends": lambda mp: (
-        FitSetup(GRPOConfig(num_generations=4, mini_batch_size=4), [4], 2, 100, checkpoint_every=[1, 4, 5]),
-        "ModelCheckpoint(every_n_train_steps=5) is not a multiple of the 2 optimiser steps each rollout takes "
-        "(data.batch_size x G completions, model.grpo.mini_batch_size per step, num_iterations passes): Lightning "
-        "checks it when a rollout ends, at steps 2, 4, 6, ..., so it would save only every 10 steps; give 4 or 6"),
     "rewards_read_the_policy_frame": lambda mp: (
         FitSetup(box_frame="norm1000", reward_frames=[(1, "LocalizationPrecision", "input_pixels")]),
         "model.rewards[1] (LocalizationPrecision) box_frame=input_pixels: the policy writes boxes in norm1000"),

@@ -5,6 +5,8 @@ several optimiser steps (else refused), written under their own names on a resum
 
 from __future__ import annotations
 
+import re
+
 import torch
 
 from tests.test_new_user import lit_vr1, small
@@ -17,20 +19,22 @@ def _checkpoint(every: int, last: bool = True) -> str:
             f"{{save_last: {str(last).lower()}, every_n_train_steps: {every}, save_top_k: -1}}}}]")
 
 
-def test_every_n_train_steps_that_rollouts_step_over_is_refused_before_training(tmp_path):
-    # global_step goes 2 at a time here: every 3 steps would have saved at 6, 12, ... and a kill at step 5 lost all
+def _saved_steps(root) -> list[int]:
+    return sorted(int(re.search(r"step=(\d+)", p.name).group(1)) for p in (root / "checkpoints").glob("*step=*.ckpt"))
+
+
+def test_every_n_train_steps_saves_at_the_first_rollout_end_past_each_multiple(tmp_path):
+    # global_step goes 2 at a time here: Lightning alone saved every 3 steps at 6, 12, ... (and every 5 at 10, 20, ...:
+    # a kill at step 9 left nothing to resume from); now at 4 (past 3) and 6
     proc = lit_vr1(tmp_path, "fit", *small(tmp_path / "run", tmp_path / "data"), *TWO_STEPS_A_ROLLOUT, _checkpoint(3),
-                   "--trainer.max_steps=4")
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "trainer.callbacks: ModelCheckpoint(every_n_train_steps=3) is not a multiple of the 2 optimiser steps each " \
-           "rollout takes" in proc.stderr and "give 2 or 4" in proc.stderr, proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr and not (tmp_path / "run" / "checkpoints").exists()
-    # a multiple saves where asked; 1 (every rollout end) too
-    proc = lit_vr1(tmp_path, "fit", *small(tmp_path / "ok", tmp_path / "data"), *TWO_STEPS_A_ROLLOUT, _checkpoint(2),
-                   "--trainer.max_steps=4")
+                   "--trainer.max_steps=6")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert sorted(p.name for p in (tmp_path / "ok" / "checkpoints").glob("*.ckpt")) == [
-        "epoch=0-step=2.ckpt", "epoch=0-step=4.ckpt", "last.ckpt"]
+    assert _saved_steps(tmp_path / "run") == [4, 6] and (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+    # a resume goes on from the checkpoint's step: the next multiple (9) is met at step 10
+    proc = lit_vr1(tmp_path, "fit", *small(tmp_path / "run", tmp_path / "data"), *TWO_STEPS_A_ROLLOUT, _checkpoint(3),
+                   "--trainer.max_steps=10", "--ckpt_path", "last")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert _saved_steps(tmp_path / "run") == [4, 6, 10]
 
 
 def test_a_resume_with_another_checkpoint_setting_replaces_last_ckpt(tmp_path):
@@ -77,3 +81,28 @@ def test_a_max_steps_inside_a_rollout_is_warned_of():
     assert max_steps_note(5, [2]).endswith("give a multiple of 2 (4 or 6)")
     assert max_steps_note(3, [4]).endswith("give a multiple of 4 (4)")  # one choice named once
     assert [max_steps_note(4, [2]), max_steps_note(5, [1]), max_steps_note(-1, [2]), max_steps_note(5, [2, 3])] == [None] * 4
+
+
+def test_the_reference_check_reads_the_runs_beta_where_the_strategy_loads_the_weights_itself():
+    from types import SimpleNamespace as NS
+
+    import pytest
+
+    from lit_vr1.checkpoint import CheckpointError
+    from lit_vr1.grpo import GRPOModule
+
+    def module(beta):  # what _match_reference reads of a GRPOModule in a fit
+        return NS(ref_model=object() if beta else None, lora=None, _trainer=NS(state=NS(fn="fit")), config=NS(beta=beta))
+
+    # FSDP2 and DeepSpeed hand on_load_checkpoint no state_dict: the same beta resumes (it was refused, every time)
+    sharded = {"hyper_parameters": {"grpo": {"beta": 0.04}}}
+    GRPOModule._match_reference(module(0.04), sharded)
+    with pytest.raises(CheckpointError, match=r"model\.grpo\.beta: the checkpoint's run trained with a reference model "
+                                              r"\(beta 0\.04\) and this run has none \(beta 0\.0\)"):
+        GRPOModule._match_reference(module(0.0), sharded)
+    # a single-file checkpoint of a beta-0 run, resumed with a reference: the other direction
+    single = {"hyper_parameters": {"grpo": {"beta": 0.0}}, "state_dict": {"policy.w": 1}}
+    with pytest.raises(CheckpointError, match=r"trained without a reference model \(beta 0\.0\) and this run has one "
+                                              r"\(beta 0\.04\)"):
+        GRPOModule._match_reference(module(0.04), single)
+    GRPOModule._match_reference(module(0.0), single)  # the same beta: nothing to say

@@ -482,7 +482,8 @@ class SkippedRowsReport(Callback):
                for kind in ("at_build", "at_load")}
         self.reported.update((kind, r.id, r.reason) for kind, rows in new.items() for r in rows)
         if new["at_build"] or new["at_load"]:
-            self._warn({**report, **new}, log_dir)
+            earlier = len(new["at_build"]) + len(new["at_load"]) < len(report["at_build"]) + len(report["at_load"])
+            self._warn({**report, **new, "earlier": earlier}, log_dir)
 
     @rank_zero_only
     def _warn(self, report: dict, log_dir: str | None) -> None:
@@ -506,7 +507,8 @@ class SkippedRowsReport(Callback):
             loaded = (f", {len(report['at_load'])} at load time, "
                       + (f"training rows replaced in their batches by other rows{held_out}"
                          if isinstance(report["epoch"], int) else "left out of their batches"))
-        rank_zero_warn(f"data.bad_rows=skip: {when} left out {len(rows)} row(s) "
+        fresh = " not reported before" if report.get("earlier") else ""  # the others were warned of already
+        rank_zero_warn(f"data.bad_rows=skip: {when} left out {len(rows)} row(s){fresh} "
                        f"({len(report['at_build'])} when the data was read{loaded}): ids {ids}{where}. "
                        f"First reasons:\n  {reasons}")
 

@@ -10,21 +10,20 @@ read without a word, but wrongly:
   labelled answer scored mAP 0;
 - a ``bbox_2d`` of five numbers: the row read as one without a box.
 
-Vision-R1's ``[category, box]`` pairs with an empty category are refused likewise.
-:func:`solution_key_problem` says what is wrong with the item and what to write.
+Only items with a box key are read (other JSON answers are not boxes; ``data.check_boxes:
+false`` turns every box check off). :func:`solution_key_problem` says what is wrong with the
+item and what to write.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
-from lit_vr1.rewards.boxes import answer_text
+from lit_vr1.rewards.boxes import unfenced_answer
 
 # keys other datasets give an object's category (ours, Qwen2.5-VL's and VLM-R1's is "label")
 LABEL_LOOKALIKES = ("category", "category_name", "class", "class_name", "cls", "name", "labels", "categories")
-FENCED = re.compile(r"```(?:json)?\s*(.*?)\s*```", re.DOTALL)
 
 
 def decoded_items(solution: Any) -> list | None:
@@ -35,9 +34,7 @@ def decoded_items(solution: Any) -> list | None:
         return solution
     if not isinstance(solution, str):
         return None
-    text = answer_text(solution).strip()
-    fenced = FENCED.fullmatch(text)
-    text = fenced.group(1) if fenced else text
+    text = unfenced_answer(solution)
     if not text.startswith(("[", "{")):
         return None
     try:
@@ -48,12 +45,11 @@ def decoded_items(solution: Any) -> list | None:
 
 
 def item_problem(item: Any) -> str | None:
-    """What is wrong with one item of a box answer, or None (items that are not objects or
-    [category, box] pairs are left to the box checks)."""
-    if isinstance(item, list) and len(item) == 2 and isinstance(item[0], str):
-        return None if item[0].strip() else ("has an empty category; Vision-R1's pairs are [category, [x1, y1, x2, "
-                                             "y2]] and the rewards match boxes by category")
-    if not isinstance(item, dict):
+    """What is wrong with one item of a box answer, or None. Only objects with a box key
+    (``bbox_2d`` or ``bbox``) are read: other JSON answers (``{"name": "Alice"}``) are not boxes,
+    and Vision-R1's [category, box] pairs are left to the box checks (an empty category is a
+    class-agnostic box, which precision, recall and IoU score without labels)."""
+    if not isinstance(item, dict) or not ("bbox_2d" in item or "bbox" in item):
         return None
     if "bbox" in item and "bbox_2d" not in item:
         return ("gives its box under 'bbox', COCO's key for [x, y, width, height]; lit-vr1 reads [x1, y1, x2, y2] "

@@ -316,6 +316,14 @@ def solution_boxes(solution: Any) -> list[ParsedBox]:
 FENCED_RE = re.compile(r"```(?:json)?\s*(.*?)\s*```", re.DOTALL)
 
 
+def unfenced_answer(text: str) -> str:
+    """The answer of a solution string: inside its last ``<answer>`` tags (:func:`answer_text`),
+    stripped, without a fenced block's ```` ``` ```` / ```` ```json ```` marks."""
+    text = answer_text(text).strip()
+    fenced = FENCED_RE.fullmatch(text)
+    return fenced.group(1).strip() if fenced else text
+
+
 NO_OBJECTS_WORDS = ("none", "null")  # VLM-R1's OVD data answers an image without the object <answer>None</answer>
 
 
@@ -330,9 +338,7 @@ def is_empty_solution(solution: Any) -> bool:
     if isinstance(solution, (list, tuple, dict)):
         return len(solution) == 0
     if isinstance(solution, str):
-        text = answer_text(solution).strip()
-        fenced = FENCED_RE.fullmatch(text)
-        text = fenced.group(1).strip() if fenced else text
+        text = unfenced_answer(solution)
         if not text:
             return False
         if text.lower() in NO_OBJECTS_WORDS:
