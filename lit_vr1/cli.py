@@ -117,8 +117,8 @@ class LitVR1CLI(LightningCLI):
             super()._run_subcommand(subcommand)
         except BaseException as exc:
             remove_unused_log_dirs(fresh)
-            if subcommand == "fit" and self.trainer.global_step > 0 and isinstance(exc, Exception):
-                exc.add_note(resume_note(self.trainer))  # Ctrl-C and SIGTERM say it themselves
+            if subcommand == "fit" and self.trainer.global_step > 0:  # errors, Ctrl-C and SIGTERM alike
+                exc.add_note(resume_note(self.trainer, failed=isinstance(exc, Exception)))
             raise
         if subcommand == "predict":  # logs no metric: its folder would be an empty version_N among a run's logs
             remove_unused_log_dirs(fresh)
@@ -302,19 +302,25 @@ def _raised_in_package(exc: BaseException) -> bool:
     return last is not None and Path(last.tb_frame.f_code.co_filename).resolve().is_relative_to(PACKAGE_DIR)
 
 
-def resume_note(trainer) -> str:
-    """What a fit that failed after some optimiser steps can resume from (printed under its error)."""
+def _notes(exc: BaseException) -> list[str]:
+    return list(getattr(exc, "__notes__", []))
+
+
+def resume_note(trainer, failed: bool = True) -> str:
+    """What a fit that failed (or was stopped: ``failed`` False) after some optimiser steps can
+    resume from (printed under its error or its stop)."""
     stopped = f"the fit stopped after optimiser step {trainer.global_step}"
+    mended = "once the cause is mended, " if failed else ""
     if not trainer.checkpoint_callbacks:
         return f"{stopped} and saved no checkpoint (no ModelCheckpoint in trainer.callbacks): a new fit starts over"
     last = next((cb.last_model_path for cb in trainer.checkpoint_callbacks if cb.last_model_path), None)
     if last:
-        return f"{stopped}; once the cause is mended, it resumes from {last} with {RESUME_LAST}"
+        return f"{stopped}; {mended}it resumes from {last} with {RESUME_LAST}"
     folders = [cb.dirpath for cb in trainer.checkpoint_callbacks if cb.dirpath]
     newest = newest_checkpoint(folders) if any(cb.best_model_path for cb in trainer.checkpoint_callbacks) else None
     if newest is None:
         return f"{stopped} before its first checkpoint: a new fit starts over"
-    return (f"{stopped}; once the cause is mended, it resumes from its newest checkpoint with --ckpt_path {newest} "
+    return (f"{stopped}; {mended}it resumes from its newest checkpoint with --ckpt_path {newest} "
             "(the steps after it run again)")
 
 
@@ -370,16 +376,16 @@ def main(args: list[str] | None = None) -> None:
         warnings.formatwarning = one_line_warning
     try:
         LitVR1CLI(args=None if args is None else argv)
-    except KeyboardInterrupt:  # Ctrl-C outside Lightning's loops (loading the model, the data): no traceback
-        interrupted()
-    except SIGTERMException:  # a SystemExit without a code: the process would exit 0, as if it had finished
-        print(f"lit-vr1: stopped by SIGTERM (exit 143); resume from the last checkpoint with {RESUME_HINT}",
-              file=sys.stderr)
+    except KeyboardInterrupt as stop:  # Ctrl-C outside Lightning's loops (loading the model, the data): no traceback
+        interrupted(_notes(stop))
+    except SIGTERMException as stop:  # a SystemExit without a code: the process would exit 0, as if it had finished
+        print(f"lit-vr1: stopped by SIGTERM (exit 143); resume from the last checkpoint with {RESUME_HINT}"
+              + "".join(f"\n{note}" for note in _notes(stop)), file=sys.stderr)
         sys.exit(143)
     except SystemExit as stop:
         # Ctrl-C inside fit / validate / test / predict: Lightning shuts down, then exits 1
         if stop.code == 1 and isinstance(stop.__context__, KeyboardInterrupt):
-            interrupted()
+            interrupted(_notes(stop))
         raise
     except Exception as exc:  # noqa: BLE001 - ours become one line, anything else is re-raised
         error = None if show_traceback else user_error(exc)

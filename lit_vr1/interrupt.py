@@ -11,7 +11,7 @@ RESUME_HINT = f"{RESUME_LAST}, or --ckpt_path last_or_new if none may have been 
 INTERRUPTED = f"lit-vr1: interrupted (Ctrl-C, exit 130); a fit resumes from its last checkpoint with {RESUME_HINT}"
 
 
-def interrupted() -> None:
-    """Print the line and exit 130."""
-    print("\n" + INTERRUPTED, file=sys.stderr)
+def interrupted(notes: list[str] | None = None) -> None:
+    """Print the line (and ``notes``: where the fit stopped and what it resumes from) and exit 130."""
+    print("\n" + INTERRUPTED + "".join(f"\n{note}" for note in notes or []), file=sys.stderr)
     sys.exit(130)

@@ -8,6 +8,7 @@ import csv
 import glob
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -141,6 +142,9 @@ def test_ctrl_c_during_fit_exits_130_with_one_message_and_the_run_resumes(tmp_pa
     err = kill_after_checkpoint(fit_command(tmp_path / "run", ckpt, tmp_path / "data"), tmp_path,
                                 ckpt / "step=2.ckpt", sig=signal.SIGINT)
     assert "lit-vr1: interrupted (Ctrl-C, exit 130)" in err and "Traceback" not in err, err[-3000:]
+    # where it stopped and the file it resumes from, as a failed fit says
+    assert re.search(r"the fit stopped after optimiser step \d; it resumes from .*last\.ckpt with --ckpt_path last", err), \
+        err[-3000:]
     run(fit_command(tmp_path / "run", ckpt, tmp_path / "data", "--ckpt_path", "last"), tmp_path)
     assert torch.load(ckpt / "last.ckpt", weights_only=False)["global_step"] == MAX_STEPS
 
