@@ -55,7 +55,10 @@ class PredictionWriter(BasePredictionWriter):
         open(self._jsonl(trainer), "w").close()  # a new prediction run starts a new file
 
     def on_predict_end(self, trainer, pl_module) -> None:
-        rank_zero_info(f"PredictionWriter: answers in {self._jsonl(trainer)}"
+        where = (self._jsonl(trainer) if trainer.world_size == 1 else  # one file per process, each of its rows
+                 os.path.join(self.output_dir, f"predictions.rank{{0..{trainer.world_size - 1}}}.jsonl") +
+                 " (one per process)")
+        rank_zero_info(f"PredictionWriter: answers in {where}"
                        + (f", pictures in {os.path.join(self.output_dir, 'images')}" if self.draw else ""))
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx) -> None:

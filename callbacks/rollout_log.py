@@ -10,6 +10,13 @@ import os
 from lightning.pytorch import Callback
 
 
+def fit_batch_index(trainer) -> int:
+    """The training batch's index over the whole fit (not the epoch's: a count per epoch started
+    again at every epoch, so every 3rd batch logged batches 1, 4, 5, 8, 9 of 4-batch epochs;
+    restored on a resume with the loop's progress)."""
+    return trainer.fit_loop.epoch_loop.total_batch_idx
+
+
 def rollout_records(module, step: int, rank: int) -> list[dict]:
     """One dict per completion of the module's last rollout: ids, texts, every reward
     (None where not applicable), the total, the advantage, length and truncation."""
@@ -42,7 +49,8 @@ class RolloutLog(Callback):
             that checkpoint (work the killed run did not save) from its own file and from
             the file the checkpointed run wrote (recorded in the checkpoint), so no step
             appears twice.
-        every_n_steps: training batches between two logged rollouts (1: all of them).
+        every_n_steps: training batches (rollouts) between two logged rollouts, counted over the whole
+            fit (1: all of them).
     """
 
     def __init__(self, path: str = "rollouts.jsonl", every_n_steps: int = 1) -> None:
@@ -80,7 +88,7 @@ class RolloutLog(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loop = getattr(pl_module, "loop", None)
-        if batch_idx % self.every_n_steps or loop is None or loop.last_rollout is None:
+        if fit_batch_index(trainer) % self.every_n_steps or loop is None or loop.last_rollout is None:
             return
         path = self._written if getattr(self, "_written", None) else self.resolved_path(trainer)
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

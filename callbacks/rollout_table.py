@@ -11,6 +11,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from rich.console import Console
 from rich.table import Table
 
+from callbacks.rollout_log import fit_batch_index
+
 
 def rollout_rows(module, num_samples: int) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the module's last rollout (first ``num_samples`` completions)."""
@@ -33,7 +35,7 @@ class RolloutTable(Callback):
     """Print and log a table of rollouts.
 
     Args:
-        every_n_steps: training batches between two tables.
+        every_n_steps: training batches (rollouts) between two tables, counted over the whole fit.
         num_samples: completions per table.
         max_chars: completions are cut to this many characters on the console.
     """
@@ -46,7 +48,8 @@ class RolloutTable(Callback):
 
     @rank_zero_only
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if batch_idx % self.every_n_steps or getattr(pl_module, "loop", None) is None or pl_module.loop.last_rollout is None:
+        loop = getattr(pl_module, "loop", None)
+        if fit_batch_index(trainer) % self.every_n_steps or loop is None or loop.last_rollout is None:
             return
         header, rows = rollout_rows(pl_module, self.num_samples)
         table = Table(title=f"rollouts at step {trainer.global_step}", show_lines=True)

@@ -156,7 +156,7 @@ class VLMModule(LightningModule):
     Args:
         model: checkpoint name or path (``Qwen/Qwen2.5-VL-3B-Instruct``, a
             ``save_pretrained`` directory) or a tiny random model (``tiny:qwen2_5_vl``,
-            ``tiny:qwen2_vl``).
+            ``tiny:qwen2_vl``, ``tiny:qwen3_vl``, ``tiny:internvl``).
         optimizer: optimiser factory (``class_path`` in YAML); AdamW(lr=1e-5) by default.
         lr_scheduler: scheduler factory, stepped after every optimiser step.
         min_pixels: fewest pixels an image is resized to before the vision tower
@@ -530,7 +530,7 @@ class VLMModule(LightningModule):
         self._rng_to_restore = None
         states = checkpoint.get(RNG_KEY)
         trainer = self._trainer
-        if states and trainer is not None:
+        if states and trainer is not None and trainer.state.fn == "fit":  # validate / predict decode greedily
             rank, world = trainer.global_rank, trainer.world_size
             if len(states) != world:
                 rank_zero_warn(f"the checkpoint holds the RNG states of {len(states)} process(es) but this run has "

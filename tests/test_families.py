@@ -190,3 +190,22 @@ def test_box_rewards_read_the_policys_frame_unless_they_name_one(tiny, frame, sa
     assert IoUReward(box_frame="input_pixels")([answer], [ctx]) == [0.0]  # a reward's own frame wins
     ctx.solution = '[{"bbox_2d": [100, 50, 200, 100], "label": "x"}]'
     assert DetectionMAP()([answer], [ctx]) == pytest.approx([1.0])
+
+
+def test_pixel_bounds_that_hold_no_image_of_the_familys_token_size_are_warned_of():
+    import warnings
+
+    from lit_vr1.models.families.qwen2_vl import pixel_bounds_note
+    from lit_vr1.models.loading import load_processor
+
+    # the tiny twins' 56 x 56 bounds suit Qwen2.5-VL's 28 px tokens; Qwen3-VL's are 32 px, and it was fed 32 x 32
+    assert pixel_bounds_note(3136, 3136, 28) is None and pixel_bounds_note(3136, 1003520, 32) is None
+    assert pixel_bounds_note(4096, 4096, 32) is None and pixel_bounds_note(None, 3136, 32) is None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_processor("tiny:qwen3_vl", 3136, 3136)
+        load_processor("tiny:qwen2_5_vl", 3136, 3136)
+    notes = [str(w.message) for w in caught if "min_pixels" in str(w.message)]
+    assert notes == ["model.min_pixels=3136 and model.max_pixels=3136 hold no square image whose sides are multiples "
+                     "of 32 px (this model's image-token size): images are fed under min_pixels (a square one at "
+                     "32x32); give bounds around a square of 32 px multiples (1024, 4096, ...)"], notes

@@ -288,3 +288,40 @@ def test_the_api_builds_without_litserve_s_batching_warning():
             api = JudgeAPI("tiny:qwen2_5_vl", max_batch_size=size)
         assert api.max_batch_size == size
         assert not [w for w in caught if "max_batch_size" in str(w.message)], [str(w.message) for w in caught]
+
+
+@pytest.mark.parametrize("sig, to_group", [("SIGTERM", False), ("SIGINT", True)], ids=["sigterm_to_the_server",
+                                                                                       "ctrl_c_to_the_group"])
+def test_one_signal_stops_the_server_and_its_worker_and_frees_the_port(sig, to_group):
+    """A SIGTERM to the server left its LitServe worker (the model) listening on the port; a Ctrl-C
+    to the process group left the main process up, answering /health with errors."""
+    import os
+    import signal as signals
+
+    with launch("tiny:qwen2_5_vl") as served:
+        port = int(served.url.rsplit(":", 1)[1])
+        (os.killpg if to_group else os.kill)(served.pid, getattr(signals, sig))
+        deadline = time.monotonic() + 20
+        while _running_in_group(served.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _running_in_group(served.pid), f"a process of the judge server's group outlived its {sig}"
+        with socket.socket() as probe:  # the port is free again: a new server can listen on it (as uvicorn binds)
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(("127.0.0.1", port))
+            probe.listen()
+
+
+def _running_in_group(pgid: int) -> list[int]:
+    """The processes of group ``pgid`` that still run (exited ones not yet reaped are left out)."""
+    import os
+
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":  # state, ppid, pgrp
+                found.append(int(entry))
+    return found

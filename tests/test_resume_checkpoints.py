@@ -106,3 +106,15 @@ def test_the_reference_check_reads_the_runs_beta_where_the_strategy_loads_the_we
                                               r"\(beta 0\.04\)"):
         GRPOModule._match_reference(module(0.04), single)
     GRPOModule._match_reference(module(0.0), single)  # the same beta: nothing to say
+
+
+def test_rollout_logs_every_n_steps_count_over_the_whole_fit_not_each_epoch(tmp_path):
+    import json
+
+    log = tmp_path / "rollouts.jsonl"
+    callbacks = ("--trainer.callbacks=[{class_path: callbacks.RolloutLog, init_args: "
+                 f"{{path: {log}, every_n_steps: 3}}}}]")
+    proc = lit_vr1(tmp_path, "fit", *small(tmp_path / "run", tmp_path / "data"), callbacks, "--trainer.max_steps=10")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    steps = sorted({json.loads(line)["step"] for line in log.read_text().splitlines()})
+    assert steps == [1, 4, 7, 10], steps  # 8 batches an epoch: the count per epoch logged 1, 4, 7, 9

@@ -45,6 +45,7 @@ import glob
 import io
 import ipaddress
 import json
+import multiprocessing
 import os
 import signal
 import socket
@@ -503,8 +504,28 @@ def main(argv: list[str] | None = None) -> None:
     server = ls.LitServer(api, accelerator="cpu", devices=1, timeout=args.request_timeout_s,
                           middlewares=[(Guard, {"limits": limits, "api_key": api_key})],
                           model_metadata={"model": args.model}, disable_openapi_url=True)
+    stop_workers_with_the_server()
     server.run(host=args.host, port=args.port, generate_client_file=False, num_api_servers=1,
                api_server_worker_type="thread")
+
+
+def stop_workers_with_the_server() -> None:
+    """SIGTERM and SIGINT stop the server and its LitServe worker processes at once. Left to
+    themselves, a SIGTERM ended the main process and left its worker (the model) listening on
+    the port, and a Ctrl-C to the process group ended the worker first and left the main
+    process answering /health with errors, the port held."""
+
+    def stop(signum, frame) -> None:
+        for child in multiprocessing.active_children():
+            with contextlib.suppress(OSError):
+                child.kill()
+        for child in multiprocessing.active_children():
+            child.join(timeout=5)
+        print(f"lit-vr1 judge server: stopped by {signal.Signals(signum).name}", file=sys.stderr, flush=True)
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ patches, resized to multiples of 28 between min_pixels and max_pixels."""
 
 from __future__ import annotations
 
+import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +52,25 @@ class GridImages:
         if max_pixels is not None:
             size["longest_edge"] = max_pixels
         ip.size = size
+        note = pixel_bounds_note(min_pixels, max_pixels, int(ip.patch_size) * int(getattr(ip, "merge_size", 1)))
+        if note:
+            warnings.warn(note, stacklevel=2)
+
+
+def pixel_bounds_note(min_pixels: int | None, max_pixels: int | None, factor: int) -> str | None:
+    """A note when no square image fits between ``min_pixels`` and ``max_pixels`` at the sides the
+    processor resizes to (multiples of ``factor``: 28 for Qwen2-VL / Qwen2.5-VL, 32 for Qwen3-VL),
+    so images are fed smaller than min_pixels (the tiny twins' 3136 = 56 x 56 gave Qwen3-VL
+    32 x 32, one image token); None when one fits or a bound is unset."""
+    if min_pixels is None or max_pixels is None or min_pixels > max_pixels:
+        return None
+    k = max(1, math.isqrt(max_pixels // (factor * factor)))
+    if (k * factor) ** 2 >= min_pixels:
+        return None
+    fits = ", ".join(str((j * factor) ** 2) for j in (k, k + 1))
+    return (f"model.min_pixels={min_pixels} and model.max_pixels={max_pixels} hold no square image whose sides are "
+            f"multiples of {factor} px (this model's image-token size): images are fed under min_pixels (a square one "
+            f"at {k * factor}x{k * factor}); give bounds around a square of {factor} px multiples ({fits}, ...)")
 
 
 QWEN2_VL = Family(
