@@ -30,6 +30,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lit_vr1.checkpoint import load_checkpoint_file, newest_checkpoint, resumable
 from lit_vr1.cli_errors import LitVR1ArgumentParser, config_file_problem, yaml_value
 from lit_vr1.config_keys import unknown_keys
+from lit_vr1.config_lists import replace_lists_whole  # noqa: E402
 from lit_vr1.interrupt import RESUME_HINT, RESUME_LAST, interrupted
 from lit_vr1.log_dirs import new_log_dirs, remove_unused_log_dirs
 from lit_vr1.quiet import quiet_cli_notices, quiet_known_notices  # noqa: E402
@@ -366,6 +367,7 @@ def main(args: list[str] | None = None) -> None:
     if text is not None:
         print(text, end="")
         sys.exit(0)
+    argv = replace_lists_whole(argv)  # a list of classes given again replaces the earlier one whole
     misplaced = misplaced_trl_flag(argv)
     if misplaced is not None:
         print(f"lit-vr1: error: {misplaced}", file=sys.stderr)
