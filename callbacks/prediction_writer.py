@@ -52,6 +52,7 @@ class PredictionWriter(BasePredictionWriter):
 
     def on_predict_start(self, trainer, pl_module) -> None:
         os.makedirs(os.path.join(self.output_dir, "images"), exist_ok=True)
+        self._drawn: dict[str, int] = {}  # picture names drawn in this run, and how often
         open(self._jsonl(trainer), "w").close()  # a new prediction run starts a new file
 
     def on_predict_end(self, trainer, pl_module) -> None:
@@ -84,5 +85,13 @@ class PredictionWriter(BasePredictionWriter):
                     draw.text((x1 + 2, y1 + 1), label, fill=colour)
             if not rec["boxes"]:
                 draw.text((2, image.height - 12), "no box parsed", fill=RED)
-            safe = re.sub(r"[^A-Za-z0-9_.-]", "_", str(rec["id"]))
-            image.save(os.path.join(self.output_dir, "images", f"{safe}.png"))
+            image.save(self._picture_path(trainer, rec["id"]))
+
+    def _picture_path(self, trainer, row_id) -> str:
+        """``images/<id>.png``; a name this process drew already in this prediction run (two rows
+        with one id, or ids alike once made safe) gets ``-2``, ``-3``, ... rather than replacing
+        that picture."""
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", str(row_id))
+        count = self._drawn.get(safe, 0) + 1
+        self._drawn[safe] = count
+        return os.path.join(self.output_dir, "images", f"{safe}.png" if count == 1 else f"{safe}-{count}.png")

@@ -177,6 +177,9 @@ def test_prediction_writer_draws_the_parsed_boxes(tmp_path, samples):
     edge = Image.open(tmp_path / "images" / "past.png").convert("RGB")
     assert edge.getpixel((20, h - 1)) == (220, 0, 0)
     assert f'"bbox_2d": [10, {h - 5}, 30, {h + 40}]' in (tmp_path / "predictions.jsonl").read_text()
+    # a second row with an id drawn already gets its own picture (it replaced the first before)
+    writer.write_on_batch_end(FakeTrainer(), None, [{**rec, "id": "a/b"}, {**rec, "id": "a_b"}], None, [sample] * 2, 0, 0)
+    assert sorted(p.name for p in (tmp_path / "images").glob("a_b*.png")) == ["a_b-2.png", "a_b-3.png", "a_b.png"]
 
 
 def test_ptst_switches_stage_at_the_configured_steps_and_survives_a_resume(samples, tmp_path):
