@@ -357,11 +357,14 @@ def fit_setup(module: Any) -> FitSetup:
     )
 
 
-def check_fit(module: Any) -> None:
+def check_fit(module: Any) -> FitSetup:
     """Run every fit-time and strategy rule for ``module``'s fit; raise :class:`ConfigError`
-    with every problem. Called from ``GRPOModule.setup("fit")``: after the data module is set
-    up, before ``configure_model`` builds (or downloads) a model."""
-    check(fit_setup(module))
+    with every problem, else return the :class:`FitSetup` checked. Called from
+    ``GRPOModule.setup("fit")``: after the data module is set up, before ``configure_model``
+    builds (or downloads) a model."""
+    setup = fit_setup(module)
+    check(setup)
+    return setup
 
 
 def check_trainer(module: Any, trainer: Any) -> None:

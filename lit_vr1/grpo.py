@@ -18,7 +18,7 @@ from torch import Tensor
 
 from lit_vr1 import decode_graph, parallel
 from lit_vr1.checkpoint import CheckpointError, save_at_rollout_ends
-from lit_vr1.checks import check_fit, fit_setup, steps_per_rollout
+from lit_vr1.checks import check_fit, steps_per_rollout
 from lit_vr1.config import GRPOConfig
 from lit_vr1.loop import RolloutUpdateLoop, StepOutcome
 from lit_vr1.models import precision
@@ -106,9 +106,9 @@ class GRPOModule(VLMModule):
         if stage == "fit":
             # first: under data.bad_rows=skip it may leave rows out, which the row-count rule must see
             check_solutions(self.rewards, getattr(getattr(self.trainer, "datamodule", None), "train_set", None))
-            check_fit(self)  # every fit-time and strategy rule, each problem listed
+            setup = check_fit(self)  # every fit-time and strategy rule, each problem listed
             save_at_rollout_ends(self.trainer)  # every_n_train_steps met when a rollout steps over its multiple
-            note = max_steps_note(self.trainer.max_steps, steps_per_rollout(fit_setup(self)))
+            note = max_steps_note(self.trainer.max_steps, steps_per_rollout(setup))
             if note:
                 rank_zero_warn(note)
             for reward in self.rewards:  # a judge that is not running: say so now, not at the first rollout

@@ -46,16 +46,14 @@ def unknown_keyword_lines(owner: str, unknown: list[str], names: list[str], what
     (``elsewhere``: keyword -> advice), TRL's Python form, or the closest of ``names``."""
     import difflib
 
-    from lit_vr1.trl_names import PYTHON_HINTS
+    from lit_vr1.trl_names import PYTHON_HINTS, advice
 
     lines = []
     for key in unknown:
         if elsewhere and key in elsewhere:
             lines.append(f"{key}: not a {owner} {what}; {elsewhere[key]}")
         elif key in PYTHON_HINTS:
-            hint = PYTHON_HINTS[key]
-            lines.append(f"{key}: TRL's {key} is not a {owner} {what}; "
-                         + (hint if hint.startswith(("no ", "nothing")) else f"use {hint}"))
+            lines.append(f"{key}: TRL's {key} is not a {owner} {what}; {advice(PYTHON_HINTS[key])}")
         else:
             close = difflib.get_close_matches(key, names, n=3, cutoff=0.6)
             lines.append(f"{key}: not a {owner} {what}" +

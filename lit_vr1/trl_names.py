@@ -95,7 +95,12 @@ def trl_hint(key: str, value: str | None = None) -> str | None:
     valid, hint = TRL_NAMES[name]
     if key in valid:
         return None
-    hint = hint.replace("{value}", value if value not in (None, "") else EXAMPLE_VALUES.get(name, ""))
+    return advice(hint.replace("{value}", value if value not in (None, "") else EXAMPLE_VALUES.get(name, "")))
+
+
+def advice(hint: str) -> str:
+    """A hint as the advice a message gives: "use <hint>", unless it says there is no such
+    setting here ("no vLLM here: ...", "nothing: ...")."""
     return hint if hint.startswith(("no ", "nothing")) else f"use {hint}"
 
 

@@ -94,12 +94,9 @@ def prompt_text(messages: list[dict]) -> str:
     with each image as an ``<image>`` marker ("<image> and <image>: which is larger?"), so that
     a question about several images reaches rewards and judges whole."""
     content = messages[-1]["content"] if messages else []
-    parts = [item.get("text", "") if item.get("type") == "text" else IMAGE_MARKER for item in content]
-    texts = [p for item, p in zip(content, parts) if item.get("type") == "text"]
-    first_text = next((i for i, item in enumerate(content) if item.get("type") == "text"), len(content))
-    if len(texts) == 1 and all(item.get("type") == "text" for item in content[first_text:]):
-        return texts[0]
-    return "".join(parts)
+    if content and content[-1].get("type") == "text" and all(item.get("type") != "text" for item in content[:-1]):
+        return content[-1]["text"]  # images (if any), then the one text
+    return "".join(item.get("text", "") if item.get("type") == "text" else IMAGE_MARKER for item in content)
 
 
 class RewardError(RuntimeError):
