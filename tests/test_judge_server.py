@@ -28,14 +28,15 @@ from lit_vr1.rewards.serve import launch
 
 KEY = "test-token"
 BODY_TIMEOUT_S = 2.0
-MAX_ITEMS, MAX_TEXT, MAX_PIXELS = 16, 4000, 512 * 512
+MAX_ITEMS, MAX_TEXT, MAX_PIXELS, MAX_IMAGES = 16, 4000, 512 * 512, 3
 QUESTION = "What colour is the square?"
 
 
 @pytest.fixture(scope="module")
 def judge():
     args = ["--api-key", KEY, "--body-timeout-s", str(BODY_TIMEOUT_S), "--max-items", str(MAX_ITEMS),
-            "--max-text-chars", str(MAX_TEXT), "--max-image-pixels", str(MAX_PIXELS), "--batch-size", "4"]
+            "--max-text-chars", str(MAX_TEXT), "--max-image-pixels", str(MAX_PIXELS),
+            "--max-images", str(MAX_IMAGES), "--batch-size", "4"]
     with launch("tiny:qwen2_5_vl", *args) as served:
         yield served
 
@@ -119,6 +120,46 @@ def test_both_protocols_equal_the_in_process_judge(judge, scorer):
     assert max(abs(a - b) for a, b in zip(local, remote)) < 1e-5
     assert max(abs(a - b) for a, b in zip(local, chat)) < 1e-5
     assert len({round(s, 6) for s in local}) > 1
+
+
+def test_a_question_with_several_images_is_judged_on_all_of_them(judge, scorer):
+    """A two-image question reaches the judge with both images, in order, by every route (before,
+    the judge was shown the first image only); a one-image question is sent as before."""
+    red, blue = (Image.new("RGB", (56, 56), c) for c in ("red", "blue"))
+    comps = ["<answer>the left one</answer>"] * 3
+    ctxs = [SampleContext(id="two", prompt=f"<image> and <image>: {QUESTION}", solution=None, images=pair)
+            for pair in ([red, blue], [blue, red], [red])]
+    local = RewardModelReward(scorer=scorer)(comps, ctxs)
+    assert len({round(s, 6) for s in local}) == 3  # the second image and the order both count
+    alone = scorer.score([ScoreItem(ctxs[0].prompt, "the left one", [red])])
+    assert abs(alone[0] - local[2]) < 1e-6
+    ours = RemoteRewardModel(judge.url + "/score", api_key=KEY)
+    openai = RemoteRewardModel(judge.url + "/v1/chat/completions", protocol="openai", api_key=KEY, model="judge")
+    assert max(abs(a - b) for a, b in zip(local, ours(comps, ctxs))) < 1e-5
+    assert max(abs(a - b) for a, b in zip(local, openai(comps, ctxs))) < 1e-5
+
+
+def test_images_per_item_are_bounded_and_given_one_way(judge):
+    url = judge.url + "/score"
+    small = encode_image(Image.new("RGB", (56, 56), "red"))
+
+    def one(**pictures) -> tuple[int, dict]:
+        return post(url, json.dumps({"items": [{"question": "q", "answer": "a", **pictures}]}).encode())
+
+    status, data = one(images=[small] * (MAX_IMAGES + 1))
+    assert status == 400 and f"items[0] has {MAX_IMAGES + 1} images, over the limit of {MAX_IMAGES}" in data["error"]
+    status, data = one(image=small, images=[small])
+    assert status == 400 and 'both "image" and "images"' in data["error"]
+    status, data = one(images=small)
+    assert status == 400 and "items[0].images must be a list" in data["error"]
+    status, data = one(images=[small, "@@@"])
+    assert status == 400 and "items[0].images[1] is not a base64" in data["error"]
+    assert one(images=[small, small])[0] == 200
+    chat = {"model": "m", "messages": [{"role": "user", "content": [
+        *[{"type": "image_url", "image_url": {"url": f"data:image/png;base64,{small}"}}] * (MAX_IMAGES + 1),
+        {"type": "text", "text": "q"}]}]}
+    status, data = post(judge.url + "/v1/chat/completions", json.dumps(chat).encode())
+    assert status == 400 and f"over the limit of {MAX_IMAGES}" in data["error"]
 
 
 def test_health_is_open_everything_else_needs_the_token(judge):

@@ -10,7 +10,7 @@ public training script turns the scalar into a 0/1 accuracy reward (positive sco
 (the paper's ablations, any score normalisation) in the sources we could read.
 
 Here the judge is a generative vision-language model asked a yes/no question:
-:class:`JudgeScorer` shows the image, the question and the candidate answer and reads
+:class:`JudgeScorer` shows the question's images, the question and the candidate answer and reads
 the probability of "yes" against "no" for the next token, giving a score in [0, 1].
 With ``think_tokens`` the judge first writes its own reasoning (greedy, up to
 ``</think>``) and the verdict is read right after it: a generative verifier with a
@@ -44,7 +44,7 @@ import urllib.request
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -62,16 +62,25 @@ KEY_ENV = "LIT_VR1_JUDGE_KEY"  # the judge server's token, read by the client an
 
 @dataclass
 class ScoreItem:
-    """One thing to judge: the question, the extracted answer and the image (or None)."""
+    """One thing to judge: the question, the extracted answer and the question's images, in
+    order (none for a text-only question; an image alone is taken as a list of one)."""
 
     question: str
     answer: str
-    image: Image.Image | None = None
+    images: list[Image.Image] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.images is None:
+            self.images = []
+        elif isinstance(self.images, Image.Image):
+            self.images = [self.images]
+        else:
+            self.images = list(self.images)
 
 
 def items_for(completions: list[str], contexts: list[SampleContext]) -> list[ScoreItem]:
-    """(prompt, answer in the last <answer> tags, first image) of each completion."""
-    return [ScoreItem(ctx.prompt, answer_text(comp).strip(), ctx.images[0] if ctx.images else None)
+    """(prompt, answer in the last <answer> tags, every image of the prompt) of each completion."""
+    return [ScoreItem(ctx.prompt, answer_text(comp).strip(), list(ctx.images or []))
             for comp, ctx in zip(completions, contexts)]
 
 
@@ -111,7 +120,7 @@ class JudgeScorer:
     """A vision-language model used as a yes/no judge.
 
     The prompt (``prompt_template`` with ``{question}`` and ``{answer}``, preceded by the
-    image when there is one) goes through the model's chat template with the generation
+    question's images, in order) goes through the model's chat template with the generation
     prompt; the score is p(yes) / (p(yes) + p(no)) of the first answer token, computed
     as sigmoid(logsumexp(yes logits) - logsumexp(no logits)), so it lies in [0, 1].
 
@@ -208,17 +217,17 @@ class JudgeScorer:
         return self.prompt_template.format(question=self.clean(item.question), answer=self.clean(item.answer))
 
     @torch.no_grad()
-    def _yes_no(self, prompts: list[str], images: list[Image.Image | None]) -> tuple[Tensor, Tensor, Tensor]:
+    def _yes_no(self, prompts: list[str], images: list[list[Image.Image]]) -> tuple[Tensor, Tensor, Tensor]:
         """(logsumexp of the yes logits, of the no logits, over the whole vocabulary) of the
-        verdict token after each prompt (chat-templated, image first): the first answer token,
-        or with ``think_tokens`` the token after the judge's own reasoning."""
+        verdict token after each prompt (chat-templated, its images first, in order): the first
+        answer token, or with ``think_tokens`` the token after the judge's own reasoning."""
         texts = []
-        for prompt, image in zip(prompts, images):
-            content: list[dict[str, str]] = [{"type": "image"}] if image is not None else []
+        for prompt, shown in zip(prompts, images):
+            content: list[dict[str, str]] = [{"type": "image"} for _ in shown]
             content.append({"type": "text", "text": prompt})
             texts.append(self.processor.apply_chat_template([{"role": "user", "content": content}],
                                                             add_generation_prompt=True, tokenize=False))
-        pixels = [im.convert("RGB") for im in images if im is not None]
+        pixels = [im.convert("RGB") for shown in images for im in shown]
         enc = self.processor(text=texts, images=pixels or None, padding=True, padding_side="left", return_tensors="pt")
         enc = {k: v.to(self.device) for k, v in enc.items()}
         if self.think_tokens:
@@ -266,7 +275,7 @@ class JudgeScorer:
             out[key] = grown
         return out
 
-    def _batches(self, prompts: list[str], images: list[Image.Image | None]):
+    def _batches(self, prompts: list[str], images: list[list[Image.Image]]):
         if self.model.training:
             self.model.eval()
         for start in range(0, len(prompts), self.batch_size):
@@ -275,13 +284,13 @@ class JudgeScorer:
     def score(self, items: list[ScoreItem]) -> list[float]:
         """p(yes) / (p(yes) + p(no)) of each item, in batches of ``batch_size``."""
         out: list[float] = []
-        for yes, no, _ in self._batches([self.prompt_text(it) for it in items], [it.image for it in items]):
+        for yes, no, _ in self._batches([self.prompt_text(it) for it in items], [it.images for it in items]):
             out.extend(torch.sigmoid(yes - no).cpu().tolist())
         return out
 
-    def yes_no_logprobs(self, prompts: list[str], images: list[Image.Image | None]) -> tuple[list[float], list[float]]:
-        """log p(yes) and log p(no) (over the whole vocabulary) of each ready-made prompt:
-        what the OpenAI chat protocol returns. The whole prompt comes from the client, so all
+    def yes_no_logprobs(self, prompts: list[str], images: list[list[Image.Image]]) -> tuple[list[float], list[float]]:
+        """log p(yes) and log p(no) (over the whole vocabulary) of each ready-made prompt with
+        its images: what the OpenAI chat protocol returns. The whole prompt comes from the client, so all
         of it is :meth:`clean` ed. sigmoid(yes - no) equals :meth:`score`."""
         yes_out: list[float] = []
         no_out: list[float] = []
@@ -298,7 +307,7 @@ def _binarised(scores: list[float], threshold: float | None) -> list[float]:
 
 
 class RewardModelReward(Reward):
-    """The judge's score of (question, answer in <answer> tags, first image), in-process.
+    """The judge's score of (question, answer in <answer> tags, the question's images), in-process.
 
     Args:
         model, device, dtype, batch_size, prompt_template, yes_token, no_token,
@@ -398,18 +407,19 @@ def parse_chat_logprobs(body: bytes, yes_words: Sequence[str], no_words: Sequenc
 
 
 class RemoteRewardModel(Reward):
-    """Scores of (question, answer in <answer> tags, first image) from a judge served over
+    """Scores of (question, answer in <answer> tags, the question's images) from a judge served over
     HTTP: ``python -m lit_vr1.rewards.serve`` (LitServe), or any server speaking OpenAI's
     chat protocol with log-probabilities (vLLM, SGLang). Standard library only
     (``http.client``).
 
     ``protocol="lit-vr1"`` (default): each batch of ``batch_size`` completions is one
     ``POST url`` (``.../score``) with JSON ``{"items": [{"question", "answer", "image":
-    base64 PNG or null}]}``, answered by ``{"scores": [one number per item]}``.
+    base64 PNG or null}]}`` (a question with several images: ``"images": [base64 PNG, ...]``
+    instead of ``"image"``), answered by ``{"scores": [one number per item]}``.
 
     ``protocol="openai"``: each completion is one ``POST url``
     (``.../v1/chat/completions``) with the judge prompt (``prompt_template`` filled with
-    the question and the answer) and the image as a ``data:`` URL, ``max_tokens: 1``,
+    the question and the answer) and each image as a ``data:`` URL, ``max_tokens: 1``,
     ``logprobs: true`` and ``top_logprobs``; the score is p(yes) / (p(yes) + p(no)) read
     from the first token's top log-probabilities (:func:`parse_chat_logprobs`). The
     requests of a batch go out ``batch_size`` at a time, in parallel. Against
@@ -495,8 +505,18 @@ class RemoteRewardModel(Reward):
                 cache[id(img)] = encode_image(img)
             return cache[id(img)]
 
+        def shown(item: ScoreItem) -> dict[str, Any]:
+            """The protocol item; one image (or none) as ``image``, which servers older than
+            multi-image judging read, several as ``images``."""
+            out: dict[str, Any] = {"question": item.question, "answer": item.answer}
+            if len(item.images) > 1:
+                out["images"] = [image(im) for im in item.images]
+            else:
+                out["image"] = image(item.images[0]) if item.images else None
+            return out
+
         def judge(found: list[ScoreItem]) -> list[float]:
-            items = [{"question": it.question, "answer": it.answer, "image": image(it.image)} for it in found]
+            items = [shown(it) for it in found]
             out: list[float] = []
             for start in range(0, len(items), self.batch_size):
                 chunk = items[start:start + self.batch_size]
@@ -535,9 +555,9 @@ class RemoteRewardModel(Reward):
 
     def chat_body(self, item: dict[str, Any]) -> bytes:
         """The OpenAI chat request judging one protocol item."""
-        content: list[dict[str, Any]] = []
-        if item["image"] is not None:
-            content.append({"type": "image_url", "image_url": {"url": f"data:image/png;base64,{item['image']}"}})
+        pictures = item["images"] if "images" in item else [item["image"]] if item.get("image") is not None else []
+        content: list[dict[str, Any]] = [{"type": "image_url", "image_url": {"url": f"data:image/png;base64,{b64}"}}
+                                         for b64 in pictures]
         content.append({"type": "text", "text": self.prompt_template.format(question=item["question"],
                                                                              answer=item["answer"])})
         return json.dumps({"model": self.model, "messages": [{"role": "user", "content": content}], "max_tokens": 1,

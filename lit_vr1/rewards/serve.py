@@ -8,10 +8,11 @@ middleware, :class:`Guard`) makes hostile clients harmless before a request reac
 model. Two protocols, one model:
 
 * ``POST /score`` with ``{"items": [{"question": str, "answer": str, "image": base64 image or null}]}``
+  (a question with several images: ``"images": [base64 image, ...]`` in place of ``"image"``)
   -> ``200 {"scores": [p(yes) / (p(yes) + p(no)), one per item]}``
   (what :class:`~lit_vr1.rewards.reward_model.RemoteRewardModel` speaks by default);
 * ``POST /v1/chat/completions``, OpenAI's chat protocol: one user message holding the
-  judge prompt as text and at most one image (``image_url`` with a ``data:`` URL);
+  judge prompt as text and its images (``image_url`` parts with ``data:`` URLs, shown in order);
   ``logprobs: true`` -> the answer "yes" or "no" with the log-probabilities of both
   (``RemoteRewardModel(protocol="openai")`` speaks it, and so do vLLM and SGLang, so a
   7B judge can run there instead, unchanged on the client side);
@@ -22,9 +23,9 @@ What the guard enforces (each a status code and a JSON ``{"error": ...}`` body):
 Content-Length required (411), a number >= 0 (400), at most ``--max-body-mb`` (413); the
 whole body within ``--body-timeout-s`` (408: a client that announces 1000 bytes and
 sends 13 cannot hold the server), all of it (400 when the client closes early); at most
-``--max-items`` items, ``--max-text-chars`` characters of question plus answer per item
-and ``--max-image-pixels`` pixels per image, read from the image header before anything
-is decoded (400); a token (``Authorization: Bearer <token>`` or ``X-API-Key``) on every
+``--max-items`` items, ``--max-text-chars`` characters of question plus answer per item,
+``--max-images`` images per item and ``--max-image-pixels`` pixels per image, read from the
+image header before anything is decoded (400); a token (``Authorization: Bearer <token>`` or ``X-API-Key``) on every
 path but ``/health`` when the server has one (401). A server bound to anything but
 loopback refuses to start without a token (``--api-key`` or ``LIT_VR1_JUDGE_KEY``).
 uvicorn queues up to 2048 pending connections. Work per request is bounded by the item,
@@ -79,6 +80,7 @@ class Limits:
     max_items: int = 64
     max_text_chars: int = 16_000
     max_image_pixels: int = 4096 * 4096
+    max_images: int = 8  # per item (a /score item, a chat request)
 
 
 class BadRequest(ValueError):
@@ -150,25 +152,38 @@ def parse_score_request(data: Any, limits: Limits, decode: bool = True) -> list[
         if len(question) + len(answer) > limits.max_text_chars:
             raise BadRequest(f"items[{i}] has {len(question) + len(answer)} characters of question and answer, over "
                              f"the limit of {limits.max_text_chars}")
-        image = raw.get("image")
-        if image is not None:
-            image = open_image(_image_bytes(image, f"items[{i}].image"), f"items[{i}].image", limits, decode)
-        items.append(ScoreItem(question, answer, image))
+        items.append(ScoreItem(question, answer, _item_images(raw, f"items[{i}]", limits, decode)))
     return items
+
+
+def _item_images(raw: dict, where: str, limits: Limits, decode: bool) -> list[Image.Image]:
+    """The images of one /score item: ``image`` (one, or null) or ``images`` (a list), not both."""
+    if raw.get("image") is not None and raw.get("images") is not None:
+        raise BadRequest(f"{where} has both \"image\" and \"images\"; send one image as \"image\", several as \"images\"")
+    if raw.get("images") is None:
+        one = raw.get("image")
+        return [] if one is None else [open_image(_image_bytes(one, f"{where}.image"), f"{where}.image", limits, decode)]
+    many = raw["images"]
+    if not isinstance(many, list):
+        raise BadRequest(f"{where}.images must be a list of base64 images")
+    if len(many) > limits.max_images:
+        raise BadRequest(f"{where} has {len(many)} images, over the limit of {limits.max_images} per item")
+    return [open_image(_image_bytes(b64, f"{where}.images[{k}]"), f"{where}.images[{k}]", limits, decode)
+            for k, b64 in enumerate(many)]
 
 
 @dataclass
 class ChatPrompt:
-    """One OpenAI chat request reduced to what the judge reads: the prompt text, the image."""
+    """One OpenAI chat request reduced to what the judge reads: the prompt text, its images."""
 
     text: str
-    image: Image.Image | None
+    images: list[Image.Image]
     model: str
 
 
 def parse_chat_request(data: Any, limits: Limits, decode: bool = True) -> ChatPrompt:
     """The judge prompt of an OpenAI ``/v1/chat/completions`` body: one user message whose
-    content is a string or parts of type ``text`` and (at most one) ``image_url``."""
+    content is a string or parts of type ``text`` and ``image_url`` (at most ``max_images``)."""
     if not isinstance(data, dict) or not isinstance(data.get("messages"), list) or not data["messages"]:
         raise BadRequest('body must be a JSON object with a non-empty list "messages"')
     users = [m for m in data["messages"] if isinstance(m, dict) and m.get("role") == "user"]
@@ -192,12 +207,12 @@ def parse_chat_request(data: Any, limits: Limits, decode: bool = True) -> ChatPr
                                      limits, decode))
         else:
             raise BadRequest(f"content[{k}] has type {kind!r}; the judge reads text and image_url parts")
-    if len(images) > 1:
-        raise BadRequest(f"{len(images)} images; the judge reads at most one per request")
+    if len(images) > limits.max_images:
+        raise BadRequest(f"{len(images)} images, over the limit of {limits.max_images} per request")
     text = "\n".join(texts)
     if not text.strip() or len(text) > limits.max_text_chars:
         raise BadRequest(f"the prompt must have 1 to {limits.max_text_chars} characters, got {len(text)}")
-    return ChatPrompt(text, images[0] if images else None, str(data.get("model", "")))
+    return ChatPrompt(text, images, str(data.get("model", "")))
 
 
 def chat_response(prompt: ChatPrompt, logp_yes: float, logp_no: float, model_name: str, top: int) -> dict:
@@ -373,7 +388,7 @@ class JudgeAPI(ls.LitAPI):
         return outputs
 
     def _chat(self, prompt: ChatPrompt) -> dict:
-        logp_yes, logp_no = self.scorer.yes_no_logprobs([prompt.text], [prompt.image])
+        logp_yes, logp_no = self.scorer.yes_no_logprobs([prompt.text], [prompt.images])
         return chat_response(prompt, logp_yes[0], logp_no[0], self.model_name, top=2)
 
     def predict(self, decoded):
@@ -486,6 +501,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-items", type=int, default=Limits.max_items)
     parser.add_argument("--max-text-chars", type=int, default=Limits.max_text_chars)
     parser.add_argument("--max-image-pixels", type=int, default=Limits.max_image_pixels)
+    parser.add_argument("--max-images", type=int, default=Limits.max_images, help="images per item")
     parser.add_argument("--max-body-mb", type=float, default=Limits.max_body_bytes / 2**20)
     parser.add_argument("--body-timeout-s", type=float, default=Limits.body_timeout_s)
     parser.add_argument("--request-timeout-s", type=float, default=60.0, help="queue wait before a 504")
@@ -497,7 +513,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--host {args.host} opens the judge to the network: give a token with --api-key or {KEY_ENV} "
                      "(clients send it as Authorization: Bearer <token>)")
     limits = Limits(max_body_bytes=int(args.max_body_mb * 2**20), body_timeout_s=args.body_timeout_s,
-                    max_items=args.max_items, max_text_chars=args.max_text_chars, max_image_pixels=args.max_image_pixels)
+                    max_items=args.max_items, max_text_chars=args.max_text_chars, max_image_pixels=args.max_image_pixels,
+                    max_images=args.max_images)
     api = JudgeAPI(args.model, args.device, args.dtype, args.batch_size, args.min_pixels, args.max_pixels, limits,
                    args.max_batch_size, args.batch_timeout, args.think_tokens)
     # LitServe's "cpu" leaves devices alone: the scorer itself goes to --device (cuda:1, ...)
