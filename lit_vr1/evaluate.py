@@ -136,7 +136,12 @@ def summarise(predictions: list[Prediction]) -> EvalResult:
 
 def evaluate(model: PreTrainedModel, processor: ProcessorMixin, samples: list[Sample], batch_size: int = 32,
              max_new_tokens: int = 64, box_frame: str = "input_pixels") -> EvalResult:
-    """Greedy REC evaluation of ``model`` over all ``samples``."""
+    """Greedy REC evaluation of ``model`` over all ``samples`` (a ValueError for none: a score of
+    no sample is no score)."""
+    samples = list(samples)
+    if not samples:
+        raise ValueError("evaluate(): no samples to score (an empty list); give held-out samples, e.g. "
+                         "list(datamodule.held_out())")
     return summarise(in_batches(lambda batch: predict_rec(model, processor, batch, max_new_tokens, box_frame),
                                 samples, batch_size))
 

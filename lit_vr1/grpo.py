@@ -23,7 +23,7 @@ from lit_vr1.config import GRPOConfig
 from lit_vr1.loop import RolloutUpdateLoop, StepOutcome
 from lit_vr1.models import precision
 from lit_vr1.module import VLMModule, refuse_unknown_module_keywords
-from lit_vr1.rewards.base import Reward, SampleContext
+from lit_vr1.rewards.base import Reward, SampleContext, forget_warnings
 from lit_vr1.rewards.function import as_rewards
 from lit_vr1.rewards.rec import IoUReward, RecJsonFormat
 from lit_vr1.rules import settings_object
@@ -104,8 +104,12 @@ class GRPOModule(VLMModule):
     def setup(self, stage: str) -> None:
         super().setup(stage)
         if stage == "fit":
+            train_set = getattr(getattr(self.trainer, "datamodule", None), "train_set", None)
             # first: under data.bad_rows=skip it may leave rows out, which the row-count rule must see
-            check_solutions(self.rewards, getattr(getattr(self.trainer, "datamodule", None), "train_set", None))
+            check_solutions(self.rewards, train_set)
+            check_routing(self.rewards, train_set)
+            for reward in self.rewards:  # a reward object reused from an earlier fit warns afresh
+                forget_warnings(reward)
             setup = check_fit(self)  # every fit-time and strategy rule, each problem listed
             save_at_rollout_ends(self.trainer)  # every_n_train_steps met when a rollout steps over its multiple
             note = max_steps_note(self.trainer.max_steps, steps_per_rollout(setup))
@@ -411,6 +415,42 @@ def warn_changed_rewards(saved: list[str] | None, now: list[str]) -> None:
     rank_zero_warn(f"this checkpoint's run scored with [{'; '.join(saved)}]; this module scores with "
                    f"[{'; '.join(now)}]. To go on as the run did, give the same rewards (GRPOModule.load_from_checkpoint"
                    "(path, rewards=[...]), or the run's config.yaml's model.init_args.rewards)")
+
+
+def check_routing(rewards: list[Reward], train_set) -> None:
+    """The rewards' ``tasks`` against the training rows' tasks (their file's ``data.reward_methods``
+    entry, or a row's own ``reward_method``; "default" without either). When no reward scores any
+    row, every completion is unscored, every step is skipped and the run stops after ten of them
+    with a FloatingPointError: refused here, naming both sides. Rows no reward scores (they add
+    nothing to any update) and a reward that scores no row (a recipe's reward for another task)
+    are warned of. A training set without records (a plain DataLoader) is not read."""
+    records = getattr(train_set, "records", None)
+    if not records or not rewards:
+        return
+    tasks: dict[str, int] = {}
+    for record in records:
+        tasks[record.task] = tasks.get(record.task, 0) + 1
+
+    def scores(reward: Reward, task: str) -> bool:
+        return reward.tasks is None or task in reward.tasks
+
+    def routed(reward: Reward) -> str:
+        return f"{reward.name!r} (tasks {reward.tasks})" if reward.tasks is not None else f"{reward.name!r} (every task)"
+
+    rows = ", ".join(f"{task!r} ({n} rows)" for task, n in tasks.items())
+    unscored = {task: n for task, n in tasks.items() if not any(scores(r, task) for r in rewards)}
+    how = ("set each reward's tasks to the rows' (or leave tasks unset: every row), or give the rows their task with "
+           "data.reward_methods (one per train file) or a row's own reward_method field")
+    if len(unscored) == len(tasks):
+        raise ValueError(f"no reward scores any training row: the rows' tasks are {rows}, and the rewards score "
+                         f"{'; '.join(routed(r) for r in rewards)}; {how}")
+    if unscored:
+        rank_zero_warn(f"{sum(unscored.values())} training rows are scored by no reward (task(s) "
+                       f"{', '.join(map(repr, unscored))}): their completions are left out of every update; {how}")
+    for reward in rewards:
+        if not any(scores(reward, task) for task in tasks):
+            rank_zero_warn(f"reward {routed(reward)} scores none of the training rows (their tasks: {rows}); it will "
+                           "log nothing this run")
 
 
 def check_solutions(rewards: list[Reward], train_set) -> list:

@@ -30,7 +30,7 @@ from lit_vr1.models.loading import load_model, load_processor
 from lit_vr1.models.lora import LoraSpec, apply_lora, save_merged
 from lit_vr1.models.tiny_parts import TinySpec
 from lit_vr1.predict import predict_records
-from lit_vr1.quiet import add_notice_filters, remove_notice_filters
+from lit_vr1.quiet import add_notice_filters, notices_back_on_error, remove_notice_filters
 from lit_vr1.rules import enforce, one_of, refuse, refuse_unknown_keywords, rule, settings_object
 
 EVAL_TASKS = ("rec", "detection", "answer")
@@ -329,6 +329,7 @@ class VLMModule(LightningModule):
         Lightning's notices that do not apply to lit-vr1 are silenced until :meth:`teardown`."""
         if not self._notice_filters:
             self._notice_filters = add_notice_filters()
+        notices_back_on_error(self._trainer)  # Lightning skips teardown when the run raises
         limit = {"fit": "limit_val_batches", "validate": "limit_val_batches", "test": "limit_test_batches"}.get(stage)
         if stage in ("validate", "test") and getattr(self.trainer, limit, None) == 0:  # Lightning would score nothing, silently
             command = getattr(stage, "value", stage)
@@ -343,6 +344,10 @@ class VLMModule(LightningModule):
                 rank_zero_warn(note)
 
     def teardown(self, stage: str) -> None:
+        self.remove_notices()
+
+    def remove_notices(self) -> None:
+        """Take out the notice filters :meth:`setup` put in (at teardown, or when the run raised)."""
         remove_notice_filters(self._notice_filters)
         self._notice_filters = []
 
@@ -474,7 +479,11 @@ class VLMModule(LightningModule):
         """Save the policy and processor with ``save_pretrained`` (loadable by name/path), LoRA
         adapters merged in; ``dtype`` (``"float32"``, ...; default: the policy's own) is the
         saved weights' (a bf16 merge that rounds the adapters' update away warns, see
-        :func:`lit_vr1.models.lora.save_merged`)."""
+        :func:`lit_vr1.models.lora.save_merged`); a ValueError before the model is built."""
+        if self.policy is None:
+            raise ValueError(f"export({path!r}): this module has no model yet: it is built when a Trainer runs it (fit, "
+                             "validate, predict) or by module.configure_model(); export a fitted module, or load one "
+                             f"with {type(self).__name__}.load_from_checkpoint(path)")
         save_merged(self.policy, path, self.processor, dtype=dtype)
 
     # -- checkpoints: with LoRA only the trainable weights; every process's RNG states -----------

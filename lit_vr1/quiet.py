@@ -35,7 +35,7 @@ from __future__ import annotations
 import logging
 import warnings
 
-from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.callbacks import Callback, RichProgressBar
 
 NOTICES = (
     r"Found \d+ module\(s\) in eval mode at the start of training",
@@ -94,6 +94,24 @@ def remove_notice_filters(added: list[tuple]) -> None:
             warnings.filters.remove(entry)
     if added:
         getattr(warnings, "_filters_mutated", lambda: None)()  # warnings' caches see the change
+
+
+class NoticesBackOnError(Callback):
+    """Lightning skips the modules' ``teardown`` when a fit, validation or prediction raises or is
+    interrupted (a notebook's stop button): this callback, which a module's ``setup`` adds, takes
+    the module's notice filters out then, as ``teardown`` would have (before, they stayed in place
+    for the rest of the kernel)."""
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        forget = getattr(pl_module, "remove_notices", None)
+        if forget is not None:
+            forget()
+
+
+def notices_back_on_error(trainer) -> None:
+    """Add :class:`NoticesBackOnError` to ``trainer``'s callbacks once."""
+    if trainer is not None and not any(isinstance(c, NoticesBackOnError) for c in trainer.callbacks):
+        trainer.callbacks.append(NoticesBackOnError())
 
 
 def quiet_cli_notices(subcommand: str | None) -> None:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from lit_vr1.rewards import FunctionReward, IoUReward, Reward, RewardError, score_all
-from lit_vr1.rewards.base import SampleContext
+from lit_vr1.rewards.base import BrokenReward, SampleContext
 from lit_vr1.rewards.function import FIELDS, TrainerState, as_rewards, call_plan
 
 MESSAGES = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "find the cat"}]}]
@@ -94,9 +94,9 @@ def test_completion_ids_and_trainer_state():
     assert FunctionReward(fn=fn)(["a", "b"], [ctx(0, step=7, ids=[1, 2]), ctx(1, step=7, ids=[3])]) == [0.7, 0.7]
     assert seen == {"ids": [[1, 2], [3]], "state": TrainerState(global_step=7), "step": 7}
     # contexts without token ids: no completion_ids keyword; a function that needs them is told why
-    with pytest.raises(RewardError, match=r"'fn' raised on sample 's0' \(data.jsonl:1\).*missing a required argument: "
-                                          r"'completion_ids'.*completion_ids are not recorded by this rollout"):
-        FunctionReward(fn=fn)(["a"], [ctx(0)])
+    with pytest.raises(BrokenReward, match=r"reward 'fn': .*missing a required argument: "
+                                           r"'completion_ids'.*completion_ids are not recorded by this rollout"):
+        FunctionReward(fn=fn, on_error="nan")(["a"], [ctx(0)])  # a broken reward: masked by nothing
     got = []
     FunctionReward(fn=lambda completions, **kw: got.append(sorted(kw)) or [1.0])(["a"], [ctx(0)])
     assert got == [sorted(FIELDS)]
@@ -172,8 +172,63 @@ def test_numpy_and_tensor_results_are_taken_as_trl_takes_them():
     async def remote(completions, **kw):
         return [1.0] * len(completions)
 
-    with pytest.raises(RewardError, match="is async; FunctionReward calls plain functions"):
-        FunctionReward(fn=remote)(["a"], [ctx()])
+    with pytest.raises(TypeError, match="is async; FunctionReward calls plain functions"):
+        FunctionReward(fn=remote)  # refused when built, as the README says
+
+    class AsyncCall:
+        async def __call__(self, completions, **kw):
+            return [1.0] * len(completions)
+
+    with pytest.raises(TypeError, match="is async"):
+        FunctionReward(fn=AsyncCall())
+
+
+def returns(value):
+    def fn(completions, **kwargs):
+        return value(len(completions)) if callable(value) else value
+    return fn
+
+
+@pytest.mark.parametrize("value, message", [
+    (0.5, r"returned float; return a list"),
+    ("0.5", r"returned str; return a list"),
+    (None, r"returned NoneType; return a list"),
+    (lambda n: (x for x in [1.0] * n), r"returned generator; return a list"),
+    (lambda n: __import__("numpy").ones((n, 1)), r"returned an array of shape \(2, 1\); return one number per completion"),
+    (lambda n: torch.ones(1, n), r"returned an array of shape \(1, 2\)"),
+    (lambda n: [1.0] * (n + 1), r"returned 3 values for 2 completions"),
+])
+def test_a_broken_function_stops_the_run_under_on_error_nan_too(value, message):
+    """What no sample can cause (a return that is not one number per completion, a call the
+    function cannot take, async) is a broken reward: masking it with on_error='nan' would train the
+    whole run without it, under a warning that blamed a data row."""
+    reward = FunctionReward(fn=returns(value), name="broken", on_error="nan")
+    with pytest.raises(BrokenReward, match=message) as info:
+        reward(["a", "b"], [ctx(0), ctx(1)])
+    assert "not a bad sample" in str(info.value) and "sample 's0'" not in str(info.value)
+    assert reward.errors == 0
+
+
+def test_a_reward_weight_must_be_a_finite_number():
+    for weight in (float("nan"), float("inf"), -float("inf"), "0.5", True):
+        with pytest.raises(ValueError, match=r"reward 'lenr': weight=.* is not a finite number"):
+            FunctionReward(fn=lambda completions, **kw: [0.0] * len(completions), name="lenr", weight=weight)
+    assert FunctionReward(fn=returns([1.0]), weight=0).weight == 0.0
+
+
+def test_a_callable_object_or_partial_is_named_after_what_it_calls():
+    import functools
+
+    class LengthScore:
+        def __call__(self, completions, **kwargs):
+            return [len(c) / 10 for c in completions]
+
+    def scaled(completions, factor, **kwargs):
+        return [factor] * len(completions)
+
+    assert FunctionReward(fn=LengthScore()).name == "LengthScore"
+    assert FunctionReward(fn=functools.partial(scaled, factor=2.0)).name == "scaled"
+    assert FunctionReward(fn=LengthScore())(["ab"], [ctx()]) == [0.2]
 
 
 # -- plain functions in rewards=[...] ---------------------------------------------------------------

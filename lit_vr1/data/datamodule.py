@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -92,7 +93,10 @@ class GroundingDataModule(LightningDataModule):
         num_workers: DataLoader workers.
         synthetic: draw shapes data with this spec when ``train_files`` is unset.
         synthetic_dir: where the synthetic JSONL and PNGs are written (reused when drawn
-            with the same spec, redrawn otherwise).
+            with the same spec, redrawn otherwise). None (default): a folder of this spec's own,
+            ``data/synthetic/<task>-<canvas>px-<hash of the spec>``, so that two data modules
+            with other specs (a notebook's) never draw into one folder; a data module whose
+            folder another redrew since it read it refuses to go on.
         num_val_samples: size of the synthetic held-out split (0: none; unused with ``val_files``).
         val_batch_size: prompts per validation batch (greedy decoding; None: ``batch_size``).
         reward_methods: ':'-separated task of each train file (VLM-R1's ``--reward_method``;
@@ -137,7 +141,7 @@ class GroundingDataModule(LightningDataModule):
         batch_size: int = 2,
         num_workers: int = 0,
         synthetic: SyntheticSpec | None = None,
-        synthetic_dir: str = "data/synthetic",
+        synthetic_dir: str | None = None,
         num_val_samples: int = 64,
         val_batch_size: int | None = None,
         shuffle_seed: int | None = None,
@@ -174,6 +178,7 @@ class GroundingDataModule(LightningDataModule):
         self.num_workers = num_workers
         self.synthetic = synthetic
         self.synthetic_dir = synthetic_dir
+        self._drawn: dict[str, str] = {}  # split -> the spec stamp this module read its rows under
         self.num_val_samples = num_val_samples
         self.val_batch_size = val_batch_size or batch_size
         self.shuffle_seed = shuffle_seed
@@ -185,6 +190,33 @@ class GroundingDataModule(LightningDataModule):
         self.val_set: JsonlDataset | None = None
         self._resume_position: dict | None = None  # from a checkpoint, for the next train_dataloader
         self._train_sampler: ResumableSampler | None = None  # the last train_dataloader's
+
+    @property
+    def synthetic_dir(self) -> str:
+        """The synthetic data's folder: the one given, else :func:`default_synthetic_dir`."""
+        if self._synthetic_dir is not None or self.synthetic is None:
+            return self._synthetic_dir
+        return default_synthetic_dir(self.synthetic, self.num_val_samples)
+
+    @synthetic_dir.setter
+    def synthetic_dir(self, value: str | None) -> None:
+        self._synthetic_dir = None if value is None else str(value)
+
+    def _stamp(self, split: str) -> Path:
+        return Path(self.synthetic_dir) / f"{split}.spec.json"
+
+    def check_not_redrawn(self) -> None:
+        """Refuse to go on when the synthetic folder this module read its rows from was redrawn
+        since with another spec (another data module or run given the same ``synthetic_dir``):
+        its rows' boxes would be read against the other spec's images, silently."""
+        for split, stamp in self._drawn.items():
+            path = self._stamp(split)
+            now = path.read_text() if path.is_file() else None
+            if now != stamp:
+                raise ValueError(f"{self.synthetic_dir}: its {split} split was drawn again with another spec (by another "
+                                 "data module or run given the same data.synthetic_dir) after this data module read it: "
+                                 "its rows no longer match the images there; give each data module its own "
+                                 "synthetic_dir (or leave it unset: a folder per spec), then build this one again")
 
     def _synthetic_paths(self, split: str) -> tuple[str, str]:
         root = Path(self.synthetic_dir)
@@ -199,7 +231,7 @@ class GroundingDataModule(LightningDataModule):
                 continue
             path, _ = self._synthetic_paths(split)
             spec = SyntheticSpec(**{**vars(self.synthetic), "num_samples": n})
-            stamp = Path(self.synthetic_dir) / f"{split}.spec.json"
+            stamp = self._stamp(split)
             wanted = json.dumps(vars(spec), sort_keys=True)
             # Reuse what is on disk only when it was drawn with this very spec.
             if not (os.path.isfile(path) and stamp.is_file() and stamp.read_text() == wanted):
@@ -221,12 +253,22 @@ class GroundingDataModule(LightningDataModule):
             val, val_images = self.val_files, self.val_images
         if self.train_set is None:
             self.train_set = self._dataset(train, images, self.reward_methods, "train")
+            self._remember_stamp("train", train)
         if self.val_set is None and val is not None:
             self.val_set = self._dataset(val, val_images, self.val_reward_methods, "val")
+            self._remember_stamp("val", val)
             self.val_set.replace_failed = self._processes() > 1  # one process: a stand-in would be scored twice
+        self.check_not_redrawn()
         if self.trainer is not None and stage == "fit" and self.val_set is None:
             self.trainer.limit_val_batches = 0  # no held-out data: the fit validates nothing (and says nothing of it)
         self._add_skipped_rows_report()
+
+    def _remember_stamp(self, split: str, path: str) -> None:
+        """The spec stamp of the synthetic ``split`` this module read its rows under (none for files of the user's)."""
+        if self.train_files is None and self.synthetic is not None and path == self._synthetic_paths(split)[0]:
+            stamp = self._stamp(split)
+            if stamp.is_file():
+                self._drawn[split] = stamp.read_text()
 
     def _processes(self) -> int:
         """Processes of the run. Under several, a held-out row that fails to load is replaced, as a
@@ -288,6 +330,7 @@ class GroundingDataModule(LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         """Shuffled by a :class:`ResumableSampler` (one seeded order per epoch, split across
         processes), which a resumed fit continues where its checkpoint was taken."""
+        self.check_not_redrawn()
         trainer = self.trainer
         sampler = ResumableSampler(self.train_set, self.batch_size, self._shuffle_seed(),
                                    num_replicas=trainer.world_size if trainer else 1,
@@ -371,9 +414,19 @@ class GroundingDataModule(LightningDataModule):
             refuse_changed_resume(self.resume_differences(state_dict))
         self._resume_position = state_dict.get("train_position")
 
-    def held_out(self) -> Dataset | None:
-        """The validation set, or its seeded subset of ``val_subset`` samples."""
-        if self.val_set is None or self.val_subset is None or self.val_subset >= len(self.val_set):
+    def held_out(self) -> Dataset:
+        """The validation set, or its seeded subset of ``val_subset`` samples; a ValueError saying
+        why when there is none (no held-out data configured, or the module not set up yet)."""
+        self.check_not_redrawn()
+        if self.val_set is None:
+            if self.train_files is None and not self.num_val_samples and self.val_files is None:
+                why = "num_val_samples=0 (the synthetic data's held-out split is empty): give num_val_samples > 0"
+            elif self.train_files is not None and self.val_files is None:
+                why = "val_files is not set: give held-out JSONL files with val_files and val_images"
+            else:
+                why = "it is read in setup: call data.setup('fit') first (Trainer.fit does)"
+            raise ValueError(f"GroundingDataModule.held_out(): no held-out data; {why}")
+        if self.val_subset is None or self.val_subset >= len(self.val_set):
             return self.val_set
         order = torch.randperm(len(self.val_set), generator=torch.Generator().manual_seed(self.subset_seed))
         return Subset(self.val_set, sorted(order[: self.val_subset].tolist()))
@@ -395,6 +448,13 @@ class GroundingDataModule(LightningDataModule):
         # its own generator too: creating a loader's iterator draws a worker seed from it
         return DataLoader(self.held_out(), batch_size=self.val_batch_size, collate_fn=collate,
                           num_workers=self.num_workers, generator=self._generator())
+
+
+def default_synthetic_dir(spec: SyntheticSpec, num_val_samples: int) -> str:
+    """``data/synthetic/<task>-<canvas>px-<10 hex digits of the spec's hash>``: one folder per spec
+    (the held-out split's size included), in the working directory."""
+    key = json.dumps({**vars(spec), "num_val_samples": num_val_samples}, sort_keys=True)
+    return str(Path("data") / "synthetic" / f"{spec.task}-{spec.canvas}px-{hashlib.sha1(key.encode()).hexdigest()[:10]}")
 
 
 def _gather(rows: list[SkippedRow]) -> list[SkippedRow]:

@@ -9,7 +9,7 @@ thresholds), ``accuracy`` (exact/numeric/choice/yes-no/math, HFRRF), ``length``
 """
 
 from lit_vr1.rewards.accuracy import HFRRF, Accuracy
-from lit_vr1.rewards.base import Reward, RewardError, RewardScores, SampleContext, score_all
+from lit_vr1.rewards.base import BrokenReward, Reward, RewardError, RewardScores, SampleContext, score_all
 from lit_vr1.rewards.detection import DetectionMAP, DetectionWeightedSum, ODLength
 from lit_vr1.rewards.function import FunctionReward
 from lit_vr1.rewards.length import CosineLength, RepetitionPenalty
@@ -18,8 +18,8 @@ from lit_vr1.rewards.reward_model import RemoteRewardModel, RewardModelReward
 from lit_vr1.rewards.vision_r1 import DualFormat, LocalizationPrecision, LocalizationRecall, ThresholdSchedule
 
 __all__ = [
-    "HFRRF", "Accuracy", "CosineLength", "DetectionMAP", "DetectionWeightedSum", "DualFormat", "FunctionReward", "IoUReward",
-    "LocalizationPrecision", "LocalizationRecall", "ODLength", "RecJsonFormat", "RemoteRewardModel", "RepetitionPenalty",
-    "Reward", "RewardError", "RewardModelReward", "RewardScores", "SampleContext", "ThinkAnswerFormat", "ThresholdSchedule",
-    "score_all",
+    "HFRRF", "Accuracy", "BrokenReward", "CosineLength", "DetectionMAP", "DetectionWeightedSum", "DualFormat",
+    "FunctionReward", "IoUReward", "LocalizationPrecision", "LocalizationRecall", "ODLength", "RecJsonFormat",
+    "RemoteRewardModel", "RepetitionPenalty", "Reward", "RewardError", "RewardModelReward", "RewardScores",
+    "SampleContext", "ThinkAnswerFormat", "ThresholdSchedule", "score_all",
 ]

@@ -103,6 +103,14 @@ class RewardError(RuntimeError):
     """A reward raised; the message names the reward and the sample."""
 
 
+class BrokenReward(RewardError):
+    """A reward that cannot work on any sample (it returns the wrong number of values or not a
+    list, cannot take the call, is async): it stops the run under ``on_error="nan"`` too, since
+    masking it would train the whole run without it, and no sample is blamed."""
+
+    SUFFIX = ". A broken reward, not a bad sample: it stops the run under on_error=nan too"
+
+
 def where(ctx: SampleContext) -> str:
     """`` (file:line)`` of a sample for messages, "" when unknown."""
     return f" ({ctx.source})" if ctx.source else ""
@@ -116,6 +124,13 @@ def warn_once(reward: Reward, key: str, message: str) -> None:
         rank_zero_warn(message + " (shown once for this reward)")
 
 
+def forget_warnings(reward: Reward) -> None:
+    """The reward's once-per-reward warnings and its count of unscored rollouts start afresh
+    (each fit: a reward object reused from an earlier fit in a notebook warns again)."""
+    reward.__dict__.pop("_warned", None)
+    reward.__dict__.pop("_nan_rollouts", None)
+
+
 def masked_error_message(reward: Reward, ctx: SampleContext, exc: Exception, count: int = 1) -> str:
     """The warning of a reward's first failure masked by ``on_error="nan"``."""
     what = f"on sample {ctx.id!r}{where(ctx)}" if count == 1 else (
@@ -123,6 +138,19 @@ def masked_error_message(reward: Reward, ctx: SampleContext, exc: Exception, cou
     return (f"reward {reward.name!r} raised {what}: {type(exc).__name__}: {exc}{reward.error_hint(exc)}. "
             f"With on_error='nan' its failures are masked: the failing completions get nan (left out of the sum) "
             f"and are counted in train/reward/{reward.name}/errors; set on_error: raise to stop at the first one")
+
+
+def finite_weight(weight: Any, name: str) -> float:
+    """``weight`` as a float, refused unless it is a finite number: a nan weight zeroes every total
+    (no advantage, no gradient) and an infinite one turns the totals into inf, both silently."""
+    try:
+        value = float(weight)
+    except (TypeError, ValueError):
+        value = math.nan
+    if isinstance(weight, (bool, str, bytes)) or not math.isfinite(value):
+        raise ValueError(f"reward {name!r}: weight={weight!r} is not a finite number; a reward's weight is its factor "
+                         "in the total (0 turns it off and keeps it logged)")
+    return value
 
 
 @rule("model.rewards.init_args.on_error", "config")
@@ -152,8 +180,8 @@ class Reward:
     def __init__(self, weight: float = 1.0, name: str | None = None, tasks: list[str] | None = None,
                  on_error: Literal["raise", "nan"] = "raise") -> None:
         enforce(reward_on_error_known(on_error))
-        self.weight = float(weight)
         self.name = name or self.default_name
+        self.weight = finite_weight(weight, self.name)
         self.tasks = [tasks] if isinstance(tasks, str) else list(tasks) if tasks is not None else None
         self.on_error = on_error
         self.errors = 0  # completions whose scoring raised, over the whole run
@@ -183,10 +211,9 @@ class Reward:
         values = self.score(completions, contexts)
         if len(values) != len(completions):  # a broken reward, not a bad sample: no sample is blamed
             spec = getattr(self, "spec", None)  # a FunctionReward: where its function lives
-            raise RewardError(f"reward {self.name!r}{f' ({spec})' if spec else ''} returned {len(values)} values for "
-                              f"{len(completions)} completions; a reward returns one value per completion, in order "
-                              "(None or nan where it does not apply). A broken reward, not a bad sample: it stops "
-                              "the run under on_error=nan too")
+            raise BrokenReward(f"reward {self.name!r}{f' ({spec})' if spec else ''} returned {len(values)} values for "
+                               f"{len(completions)} completions; a reward returns one value per completion, in order "
+                               f"(None or nan where it does not apply){BrokenReward.SUFFIX}")
         return [float(v) for v in values]
 
     def _fail(self, ctx: SampleContext, exc: Exception) -> float:
@@ -313,7 +340,7 @@ def watch_rollout(reward: Reward, values: Tensor, contexts: list[SampleContext],
         warn_once(reward, "nonfinite", f"reward {reward.name!r} returned {float(values[i])} on sample "
                   f"{contexts[i].id!r}{where(contexts[i])}: infinite values are masked like nan (left out of the sum) "
                   f"and counted in train/reward/{reward.name}/nonfinite; return finite numbers (nan or None: not "
-                  "applicable)")
+                  "applicable; a number beyond float32's +-3.4e38 reads as inf too)")
     if torch.isfinite(values[routed]).any():
         reward.__dict__["_nan_rollouts"] = (0, 0)
         return

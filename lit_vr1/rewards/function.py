@@ -37,7 +37,7 @@ from typing import Any, Callable, Literal
 
 import torch
 
-from lit_vr1.rewards.base import Reward, SampleContext
+from lit_vr1.rewards.base import BrokenReward, Reward, SampleContext
 
 # the keyword lists a function receives, one entry per completion (``step`` is one int,
 # ``trainer_state`` one :class:`TrainerState`); ``completion_ids`` too when the rollout recorded them
@@ -244,8 +244,11 @@ class FunctionReward(Reward):
     parameter the function declares with a default (it then stays in ``metadata`` only; see
     :func:`data_columns`). A function that does not
     take ``**kwargs`` gets only the names it declares. It must return one number (or None,
-    meaning not applicable) per completion; a wrong length, a non-number, or an exception is
-    an error under the ``on_error`` rule, named with the reward and sample.
+    meaning not applicable) per completion; a non-number or an exception is an error under the
+    ``on_error`` rule, named with the reward and sample; a wrong length, a return that is not
+    a list (or 1-D array), a call the function cannot take, or an ``async def`` is a broken
+    reward (:class:`~lit_vr1.rewards.base.BrokenReward`), which stops the run under
+    ``on_error="nan"`` too.
 
     Args:
         fn: the function, or where it lives: "my_rewards.py:my_reward" (a file),
@@ -270,11 +273,15 @@ class FunctionReward(Reward):
             raise ValueError(f"FunctionReward: completions={completions!r} is not valid; choose one of "
                              f"{', '.join(COMPLETIONS_FORMS)} (chat: TRL's conversational form)")
         if kwargs.get("name") is None:  # the CLI passes name=None explicitly
-            kwargs["name"] = getattr(func, "__name__", None)
+            kwargs["name"] = function_name(func)
         super().__init__(**kwargs)
         self.fn = func
         self.completions = completions
-        self.spec = fn if isinstance(fn, str) else f"{getattr(func, '__module__', '?')}.{getattr(func, '__name__', '?')}"
+        self.spec = fn if isinstance(fn, str) else f"{getattr(func, '__module__', None) or type(func).__module__}." \
+                                                   f"{function_name(func)}"
+        if is_async(func):
+            raise TypeError(f"FunctionReward: {self.spec} is async; FunctionReward calls plain functions (one call per "
+                            "rollout batch): make it a plain def")
         self.plan = call_plan(func)
         per_sample = per_sample_signature(self.plan)
         if per_sample:
@@ -298,7 +305,7 @@ class FunctionReward(Reward):
         return ([] if plan.by_keyword else [items]), kwargs
 
     def check_call(self, args: list[Any], kwargs: dict[str, Any]) -> None:
-        """Raise a TypeError saying what the function is given when its signature cannot take it."""
+        """Raise :class:`BrokenReward` saying what the function is given when its signature cannot take it."""
         if self.plan.signature is None:
             return
         try:
@@ -311,8 +318,8 @@ class FunctionReward(Reward):
                 note = ("; completion_ids are not recorded by this rollout: give the parameter a default "
                         "(completion_ids=None) or read completion_lengths")
             keywords = f"the keywords {given}" if given else "no other keyword"
-            raise TypeError(f"{self.spec} cannot be called as FunctionReward calls it ({exc}): it gets the completions "
-                            f"{how} and {keywords}{note}") from None
+            raise BrokenReward(f"reward {self.name!r}: {self.spec} cannot be called as FunctionReward calls it ({exc}): "
+                               f"it gets the completions {how} and {keywords}{note}{BrokenReward.SUFFIX}") from None
 
     def error_hint(self, exc: Exception) -> str:
         return chat_hint(exc) if self.completions == "text" else ""
@@ -325,11 +332,17 @@ class FunctionReward(Reward):
             close = getattr(values, "close", None)
             if close is not None:
                 close()  # never awaited: no "coroutine was never awaited" warning
-            raise TypeError(f"{self.spec} is async; FunctionReward calls plain functions: make it a plain def")
+            raise BrokenReward(f"reward {self.name!r}: {self.spec} returned an awaitable (it is async); FunctionReward "
+                               f"calls plain functions: make it a plain def{BrokenReward.SUFFIX}")
+        shape = getattr(values, "shape", None)
+        if shape is not None and len(shape) != 1 and not isinstance(values, (list, tuple)):
+            raise BrokenReward(f"reward {self.name!r}: {self.spec} returned an array of shape {tuple(shape)}; return one "
+                               f"number per completion (a list or a 1-D array of {len(completions)}){BrokenReward.SUFFIX}")
         if hasattr(values, "tolist") and not isinstance(values, (list, tuple)):
             values = values.tolist()  # a numpy array or a tensor, as TRL takes
         if not isinstance(values, (list, tuple)):
-            raise TypeError(f"{self.spec} returned {type(values).__name__}; return a list with one float per completion")
+            raise BrokenReward(f"reward {self.name!r}: {self.spec} returned {type(values).__name__}; return a list with "
+                               f"one float per completion{BrokenReward.SUFFIX}")
         out = []
         for v in values:
             if v is None:
@@ -339,6 +352,19 @@ class FunctionReward(Reward):
             else:
                 out.append(float(v))  # bools and numpy / torch scalars too
         return out
+
+
+def function_name(func: Callable[..., Any]) -> str:
+    """The name a function's reward is logged under: its ``__name__``; a ``functools.partial``'s
+    function's; a callable object's class name."""
+    while hasattr(func, "func") and callable(func.func) and not hasattr(func, "__name__"):
+        func = func.func  # functools.partial
+    return getattr(func, "__name__", None) or type(func).__name__
+
+
+def is_async(func: Callable[..., Any]) -> bool:
+    """Whether calling ``func`` gives a coroutine (an ``async def``, or an object whose ``__call__`` is one)."""
+    return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(type(func).__call__)
 
 
 def as_rewards(items: Any, where: str = "model.rewards") -> list[Reward]:

@@ -1,0 +1,116 @@
+"""What a notebook user meets from Python, one kernel and several fits: data modules that do not
+draw over each other, notices and warnings that come back, clear errors for what is not there
+yet, and rewards routed to no row refused before any step."""
+
+import warnings
+
+import pytest
+from helpers import LengthReward
+from lightning.pytorch import Trainer
+
+from lit_vr1.config import GRPOConfig
+from lit_vr1.data.datamodule import GroundingDataModule
+from lit_vr1.data.synthetic import SyntheticSpec
+from lit_vr1.evaluate import evaluate
+from lit_vr1.grpo import GRPOModule
+from lit_vr1.quiet import NOTICES
+from lit_vr1.rewards import FunctionReward, IoUReward
+
+
+def trainer(tmp_path, steps: int = 1) -> Trainer:
+    return Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_checkpointing=False,
+                   enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+
+
+def module(rewards) -> GRPOModule:
+    return GRPOModule(model="tiny:qwen2_5_vl", rewards=rewards, min_pixels=3136, max_pixels=3136,
+                      grpo=GRPOConfig(num_generations=2, max_completion_length=4, beta=0.0))
+
+
+def data(tmp_path, **kw) -> GroundingDataModule:
+    spec = dict(num_samples=4, canvas=56, max_shapes=1)
+    spec.update(kw.pop("spec", {}))
+    return GroundingDataModule(synthetic=SyntheticSpec(**spec), template="plain", batch_size=2,
+                               num_val_samples=kw.pop("num_val_samples", 0), **kw)
+
+
+def test_two_data_modules_with_other_specs_keep_their_own_images(tmp_path, monkeypatch):
+    """The default folder is the spec's own: before, both drew into data/synthetic and the first
+    module read the second's images with its own boxes, without a word."""
+    monkeypatch.chdir(tmp_path)
+    a = data(tmp_path, num_val_samples=4)
+    a.setup("fit")
+    b = data(tmp_path, num_val_samples=4, spec={"canvas": 112, "seed": 3})
+    b.setup("fit")
+    assert a.synthetic_dir != b.synthetic_dir and a.synthetic_dir.startswith("data/synthetic/rec-56px-")
+    assert {s.images[0].size for s in a.held_out()} == {(56, 56)}
+    assert {s.images[0].size for s in b.held_out()} == {(112, 112)}
+    assert data(tmp_path, num_val_samples=4).synthetic_dir == a.synthetic_dir  # the same spec reuses its folder
+
+
+def test_a_shared_folder_redrawn_by_another_module_is_refused(tmp_path):
+    shared = str(tmp_path / "shared")
+    a = data(tmp_path, num_val_samples=4, synthetic_dir=shared)
+    a.setup("fit")
+    b = data(tmp_path, num_val_samples=4, synthetic_dir=shared, spec={"canvas": 112, "seed": 3})
+    b.setup("fit")
+    assert {s.images[0].size for s in b.held_out()} == {(112, 112)}
+    with pytest.raises(ValueError, match=r"shared: its (train|val) split was drawn again with another spec"):
+        a.held_out()
+    with pytest.raises(ValueError, match="drawn again"):
+        a.train_dataloader()
+
+
+def test_held_out_without_held_out_data_says_why(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"num_val_samples=0 .*give num_val_samples > 0"):
+        data(tmp_path).held_out()
+    with pytest.raises(ValueError, match=r"call data.setup\('fit'\) first"):
+        data(tmp_path, num_val_samples=4).held_out()
+    with pytest.raises(ValueError, match="no samples to score"):
+        evaluate(None, None, [])
+
+
+def test_export_before_the_model_is_built_says_so(tmp_path):
+    with pytest.raises(ValueError, match="has no model yet"):
+        module([LengthReward()]).export(str(tmp_path / "out"))
+
+
+def test_rewards_routed_to_no_training_row_are_refused_before_any_step(tmp_path, monkeypatch):
+    """The synthetic rows' task is "default": IoUReward(tasks=["rec"]) scored none of them, every
+    step was skipped and the fit died ten steps later in a FloatingPointError."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"no reward scores any training row: the rows' tasks are 'default' \(4 rows\), "
+                                         r"and the rewards score 'iou' \(tasks \['rec'\]\)"):
+        trainer(tmp_path).fit(module([IoUReward(tasks=["rec"])]), data(tmp_path))
+    with pytest.warns(UserWarning, match=r"reward 'iou' \(tasks \['math'\]\) scores none of the training rows"):
+        trainer(tmp_path).fit(module([LengthReward(), IoUReward(tasks=["math"])]), data(tmp_path))
+
+
+def test_a_fit_that_raises_takes_its_notice_filters_out(tmp_path, monkeypatch):
+    """Lightning skips teardown when a fit raises (or a notebook's stop button interrupts it): the
+    notices it silenced stayed silenced for the rest of the kernel."""
+    monkeypatch.chdir(tmp_path)
+
+    def boom(completions, **kwargs):
+        raise RuntimeError("a bug in my reward")
+
+    def ours():
+        return [f for f in warnings.filters if f[0] == "ignore" and f[1] is not None and f[1].pattern in NOTICES]
+
+    before = ours()
+    with pytest.raises(Exception, match="a bug in my reward"):
+        trainer(tmp_path).fit(module([boom]), data(tmp_path))
+    assert ours() == before
+
+
+def test_a_reward_reused_in_a_second_fit_warns_again(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+    def flaky(completions, **kwargs):
+        raise ValueError("a service it calls is down")
+
+    reward = FunctionReward(fn=flaky, on_error="nan")
+    for _ in range(2):  # before, the second fit said nothing of its failures
+        with pytest.warns(UserWarning, match=r"reward 'flaky' raised"):
+            trainer(tmp_path).fit(module([LengthReward(), reward]), data(tmp_path))
