@@ -23,6 +23,7 @@ from lit_vr1.config import GRPOConfig
 from lit_vr1.loop import RolloutUpdateLoop, StepOutcome
 from lit_vr1.models import precision
 from lit_vr1.module import VLMModule, refuse_unknown_module_keywords
+from lit_vr1.rewards.accuracy import HFRRF, Accuracy
 from lit_vr1.rewards.base import Reward, SampleContext, forget_warnings
 from lit_vr1.rewards.function import as_rewards
 from lit_vr1.rewards.rec import IoUReward, RecJsonFormat
@@ -311,6 +312,14 @@ class GRPOModule(VLMModule):
         stats = self.loop.run(batch)
         self.log("reward", stats["reward/total/mean"], prog_bar=True, logger=False, batch_size=len(batch))
         self.warn_when_nothing_to_learn(stats["groups_tied_frac"], stats["reward/total/mean"])
+
+    def answer_mode(self) -> str:
+        """``eval_answer_mode``, else the mode of the first reward that matches answers
+        (:class:`~lit_vr1.rewards.Accuracy`, :class:`~lit_vr1.rewards.HFRRF`), else "numeric":
+        validation scores answers as training rewards them."""
+        if self.eval_answer_mode is not None:
+            return self.eval_answer_mode
+        return next((r.mode for r in self.rewards if isinstance(r, (Accuracy, HFRRF))), "numeric")
 
     def warn_when_nothing_to_learn(self, tied_frac: float, reward: float) -> None:
         """Warn once when ``tied_rollouts_warning`` rollouts in a row had every group tied

@@ -78,6 +78,13 @@ def box_frame_known(frame: str | None) -> str | None:
     return None if frame is None else one_of("model.box_frame", frame, BOX_FRAMES)
 
 
+@rule("model.eval_answer_mode", "config")
+def eval_answer_mode_known(mode: str | None) -> str | None:
+    from lit_vr1.rewards.accuracy import MODES
+
+    return None if mode is None else one_of("model.eval_answer_mode", mode, MODES)
+
+
 @rule("model.eval_task", "config")
 def eval_task_known(task: str) -> str | None:
     return one_of("model.eval_task", task, EVAL_TASKS)
@@ -193,6 +200,11 @@ class VLMModule(LightningModule):
             ``eval_max_new_tokens`` high enough for all the boxes) or "answer" (questions with a
             text answer: accuracy as Vision-R1's HFRRF counts it, the think/answer layout and
             the right number, plus the layout rate and the mean answer length in tokens).
+        eval_answer_mode: how validation / test match an answer with its solution under
+            ``eval_task: answer``, a mode of :class:`~lit_vr1.rewards.Accuracy` ("exact",
+            "numeric", "choice", "yes_no", "math"); None (default): a GRPO module's first
+            Accuracy / HFRRF reward's mode (validation scores what training rewards), else
+            "numeric".
         detection_prompting: "all" (COCO style: each sample's own prompt naming all its
             categories) or "per_category" (ODINW style: one prompt per category present).
         results_path: when set, every validation / test appends its figures (REC: Acc@0.5, mean
@@ -232,6 +244,7 @@ class VLMModule(LightningModule):
         lora: LoraSpec | None = None,
         results_path: str | None = None,
         eval_task: str = "rec",
+        eval_answer_mode: str | None = None,
         detection_prompting: str = "all",
         float32_lm_head: bool = True,
     ) -> None:
@@ -245,7 +258,8 @@ class VLMModule(LightningModule):
         tiny_spec = settings_object(tiny_spec, TinySpec, "tiny_spec")
         lora = settings_object(lora, LoraSpec, "lora")
         refuse([p for p in (box_frame_known(box_frame), dtype_known(dtype), *attention_problems(attn_implementation),
-                            eval_task_known(eval_task), detection_prompting_known(detection_prompting)) if p],
+                            eval_task_known(eval_task), detection_prompting_known(detection_prompting),
+                            eval_answer_mode_known(eval_answer_mode)) if p],
                "the model's settings")
         self.model_name = model
         self.optimizer_factory = optimizer
@@ -262,6 +276,7 @@ class VLMModule(LightningModule):
         self.results_path = results_path
         self.float32_lm_head = float32_lm_head
         self.eval_task, self.detection_prompting = eval_task, detection_prompting
+        self.eval_answer_mode = eval_answer_mode
         self.det_metrics = DetectionMetrics()
         self.processor = load_processor(model, min_pixels, max_pixels, seed, tiny_spec)
         self.box_frame = box_frame or family_of(self.processor).box_frame
@@ -343,6 +358,10 @@ class VLMModule(LightningModule):
             if note:
                 rank_zero_warn(note)
 
+    def answer_mode(self) -> str:
+        """The mode validation and test match answers in (``eval_answer_mode``, else "numeric")."""
+        return self.eval_answer_mode or "numeric"
+
     def teardown(self, stage: str) -> None:
         self.remove_notices()
 
@@ -366,7 +385,7 @@ class VLMModule(LightningModule):
             return
         if self.eval_task == "answer":
             with parallel.gathered_for_generation(self):
-                preds = predict_answer(self.policy, self.processor, batch, self.eval_max_new_tokens)
+                preds = predict_answer(self.policy, self.processor, batch, self.eval_max_new_tokens, self.answer_mode())
             for key, values in (("acc", [p.correct for p in preds]), ("format", [p.format_ok for p in preds]),
                                 ("tokens", [p.tokens for p in preds])):
                 self.answer_metrics[key].update(torch.tensor(values, dtype=torch.float32))

@@ -146,14 +146,19 @@ def test_a_flat_box_solution_is_read_and_scored_as_the_string_form(tmp_path):
                        r"\[x1, y1, x2, y2\]\] pairs$"),
     ([True, 0, 10, 10], r"data\.jsonl:2: field 'solution' item 1 must be \[category, \[x1, y1, x2, y2\]\], got True"),
     ([["cat", [False, 0, 10, 10]]], r"data\.jsonl:2: field 'solution' item 1 must be \[category, "),
-    (7, r"data\.jsonl:2: field 'solution' must be a string, one box \[x1, y1, x2, y2\] of four numbers, or "
-        r"\[category, \[x1, y1, x2, y2\]\] pairs, got int"),
+    ({"value": 7}, r"data\.jsonl:2: field 'solution' must be a string, a number, one box \[x1, y1, x2, y2\] of four "
+                   r"numbers, or \[category, \[x1, y1, x2, y2\]\] pairs, got dict"),
 ], ids=["outside_image", "no_area", "not_finite", "three_numbers", "category_first", "boolean", "boolean_in_pair",
-        "a_number"])
+        "an_object"])
 def test_a_flat_box_is_checked_and_other_lists_say_the_accepted_forms(tmp_path, solution, message):
     f, d = write(tmp_path, [vr1(1, [1, 2, 30, 20]), vr1(2, solution)])
     with pytest.raises(DataError, match=message):
         JsonlDataset(f, d)
+
+
+def test_a_numeric_answer_given_as_a_json_number_is_its_text(tmp_path):
+    f, d = write(tmp_path, [vr1(1, 12), vr1(2, 0.75)])
+    assert [r.solution for r in JsonlDataset(f, d).records] == ["12", "0.75"]
 
 
 def test_a_flat_box_counts_one_instance_and_passes_unchecked_with_check_boxes_off(tmp_path):

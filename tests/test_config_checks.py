@@ -212,6 +212,7 @@ EXISTING = {
     "flash_attention_needs_cuda": _flash_on_cpu,
     "box_frame_known": lambda mp: _module(box_frame="pixels"),
     "eval_task_known": lambda mp: _module(eval_task="vqa"),
+    "eval_answer_mode_known": lambda mp: _module(eval_answer_mode="maths"),
     "detection_prompting_known": lambda mp: _module(detection_prompting="x"),
     "rewards_not_empty": lambda mp: __import__("lit_vr1.rewards.base", fromlist=["x"]).score_all([], [], []),
     "reward_names_distinct": lambda mp: __import__("lit_vr1.rewards.base", fromlist=["x"]).score_all(

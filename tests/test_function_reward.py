@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -165,13 +166,22 @@ def test_a_per_sample_score_function_as_verl_writes_it_is_refused_when_built_wit
         FunctionReward(fn=compute_score)
     msg = str(info.value)
     assert "takes (data_source, solution_str, ground_truth), a per-sample score function as verl and EasyR1" in msg
-    assert "def my_reward(completions, solution, **kwargs): return [compute_score(c, s) for c, s in zip(" in msg
+    # the wrapper the message writes runs as written, with verl's arguments in their places (the first
+    # version wrote EasyR1's two-argument call for verl's function too)
+    namespace = {"compute_score": lambda data_source, solution_str, ground_truth, extra_info=None:
+                 float(solution_str == ground_truth) + (data_source == "geo") + 10 * (extra_info == {"k": 1})}
+    exec(re.search(r"Wrap it: (def my_reward.*\]) \(", msg).group(1), namespace)
+    got = namespace["my_reward"](["2", "3"], ["2", "2"], data_source=["geo", "x"], metadata=[{"k": 1}, {}])
+    assert got == [12.0, 0.0]
 
     def easy_r1(predict_str, ground_truth):
-        return 1.0
+        return float(predict_str == ground_truth)
 
-    with pytest.raises(TypeError, match=r"takes \(predict_str, ground_truth\)"):
+    with pytest.raises(TypeError, match=r"takes \(predict_str, ground_truth\)") as info:
         FunctionReward(fn=easy_r1)
+    namespace = {"easy_r1": easy_r1}
+    exec(re.search(r"Wrap it: (def my_reward.*\]) \(", str(info.value)).group(1), namespace)
+    assert namespace["my_reward"](["2", "3"], ["2", "2"]) == [1.0, 0.0]
     # a TRL-style function with a data column named ground_truth is fine
     assert FunctionReward(fn=lambda completions, ground_truth, **kw: [0.0] * len(completions), name="gt")
 

@@ -243,7 +243,9 @@ def _turns(obj: dict, where: str) -> tuple[str, Any]:
         return human, gpt
     question = obj.get("problem", obj.get("question"))
     if not isinstance(question, str):
-        raise DataError(f"{where}: a line needs 'conversations', or a string 'problem' (or 'question') field")
+        hint = (" (verl's 'prompt' is not read: put the question's text in 'problem', with an <image> marker where "
+                "each image goes)" if "prompt" in obj and "problem" not in obj and "question" not in obj else "")
+        raise DataError(f"{where}: a line needs 'conversations', or a string 'problem' (or 'question') field{hint}")
     # a label under another name would train as unlabelled (R1V-Free's layout) without a word
     _refuse_misnamed(obj, "solution", SOLUTION_FIELD_LOOKALIKES, where, f"the answer goes in field 'solution' "
                      f"({SOLUTION_FORMS}): rename the field, or remove it for unlabelled data")
@@ -260,6 +262,8 @@ def _turns(obj: dict, where: str) -> tuple[str, Any]:
         n = obj.get("num_instances")
         if n is not None and n != len(solution):
             raise DataError(f"{where}: field 'num_instances' is {n} but 'solution' lists {len(solution)} objects")
+    elif _is_number(solution):  # a numeric answer written as a JSON number: its text, as the gpt turn holds it
+        solution = json.dumps(solution)
     elif not isinstance(solution, str):
         raise DataError(f"{where}: field 'solution' must be {SOLUTION_FORMS}, got {type(solution).__name__}")
     return question, solution
@@ -267,7 +271,7 @@ def _turns(obj: dict, where: str) -> tuple[str, Any]:
 
 # the forms a 'problem' line's solution may take, for messages
 SOLUTION_LISTS = "one box [x1, y1, x2, y2] of four numbers, or [category, [x1, y1, x2, y2]] pairs"
-SOLUTION_FORMS = f"a string, {SOLUTION_LISTS}"
+SOLUTION_FORMS = f"a string, a number, {SOLUTION_LISTS}"
 
 
 def _is_number(value: Any) -> bool:
@@ -418,7 +422,7 @@ IMAGE_FIELD_LOOKALIKES = ("images", "image_path", "image_paths", "img", "imgs", 
 # names other datasets give the answer of a 'problem' line (ours is 'solution'; a line without
 # one is unlabelled, as in R1V-Free)
 SOLUTION_FIELD_LOOKALIKES = ("answer", "answers", "solutions", "ground_truth", "groundtruth", "gt", "gt_answer",
-                             "bbox", "bboxes", "boxes", "target")
+                             "bbox", "bboxes", "boxes", "target", "reward_model")  # verl: reward_model.ground_truth
 
 
 def _refuse_misnamed(obj: dict, field: str, lookalikes: tuple[str, ...], where: str, advice: str) -> None:
@@ -543,6 +547,7 @@ def read_records(data_files: str, image_folders: str, reward_methods: str | None
     pairs = pair_files(data_files, image_folders, names)
     for path, folder in pairs:
         enforce(data_files_exist(path, names), DataError)
+        refuse_other_formats(path)
         if not images_outside_folder:  # every image lies in the folder: a missing one fails each line alike
             enforce(image_folder_exists(folder, names), DataError)
     for (path, folder), task in zip(pairs, tasks):
@@ -564,6 +569,23 @@ def read_records(data_files: str, image_folders: str, reward_methods: str | None
         detail = f" ({len(skipped)} bad row(s) skipped; the first: {skipped[0].reason})" if skipped else ""
         raise DataError(f"no samples found in {data_files}{detail}")
     return records, skipped
+
+
+# the first bytes of data files that are not JSON lines, and what to do about each
+OTHER_FORMATS = {b"PAR1": ("a Parquet file (verl's and EasyR1's data format)",
+                           "convert it: pandas.read_parquet(path).to_json(out, orient='records', lines=True), with each "
+                           "row's image written to a file of the image folder and its 'image' field naming it"),
+                 b"PK\x03\x04": ("a zip archive", "unzip it and give the JSONL file inside")}
+
+
+def refuse_other_formats(path: str) -> None:
+    """Refuse a data file that is not JSON lines by its first bytes (Parquet, zip), which would
+    otherwise be read line by line as JSON and reported as every line broken."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    for magic, (what, fix) in OTHER_FORMATS.items():
+        if head.startswith(magic):
+            raise DataError(f"{path}: {what}, not JSON lines (one JSON object per line, as VLM-R1's data is): {fix}")
 
 
 def _line_id(line: str, where: str) -> str:

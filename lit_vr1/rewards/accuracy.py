@@ -74,12 +74,15 @@ _NUM = r"[-+]?(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)(?:[eE][-+]?\d
 # a number (not the tail of a longer one), an optional "/denominator", an optional percent sign
 _NUMBER_RE = re.compile(rf"(?<![\d.])({_NUM})(?:\s*/\s*({_NUM}))?(\s*(?:%|percent\b))?")
 _FRAC_RE = re.compile(r"\\[dt]?frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}")
+_TEXT_RE = re.compile(r"\\(?:text|mathrm|mbox|textrm)\s*\{([^{}]*)\}")
 
 
 def _clean_math_text(text: str) -> str:
     s = unbox(str(text))
     s = s.replace("\u2212", "-").replace("\\%", "%").replace("{,}", ",")
     s = s.replace("\\!", "").replace("\\,", "").replace("$", "")
+    s = s.replace("^{\\circ}", "\u00b0").replace("^\\circ", "\u00b0")  # degrees: 30^\circ is 30°
+    s = _TEXT_RE.sub(r" \1 ", s)  # units in \text{cm}, \mathrm{cm}: words
     return _FRAC_RE.sub(r"(\1)/(\2)", s).replace("(", " ").replace(")", " ")
 
 
@@ -108,6 +111,11 @@ def parse_numbers(text: str) -> list[float]:
     return [value, value / 100.0] if percent else [value]
 
 
+# what makes a solution an expression rather than a number: a LaTeX command left after the plain
+# numbers' LaTeX is read (\sqrt, \pi, \cdot, ...), a root or pi sign, a power
+_EXPRESSION_RE = re.compile(r"\\[A-Za-z]+|[\u221a\u03c0^]|\bsqrt\b|\bpi\b")
+
+
 def numeric_match(pred: str, gold: str, rel_tol: float = 1e-6) -> bool:
     """True when the last number of ``pred`` equals the solution's within ``rel_tol``:
     ``|p - g| <= max(rel_tol * max(|p|, |g|), 1e-12)`` (``math.isclose``), for any pair of
@@ -115,11 +123,17 @@ def numeric_match(pred: str, gold: str, rel_tol: float = 1e-6) -> bool:
     ``"1000"``, ``"3/4"`` ``"0.75"``, ``"\\boxed{42}"`` ``"42"``, ``"75%"`` both ``"75"`` and ``"0.75"``.
 
     Raises:
-        ValueError: the solution holds no number.
+        ValueError: the solution holds no number, or is an expression (``\\sqrt{2}``,
+            ``2\\pi``, ``x^2``): read as its last number, a wrong answer of that number
+            would score 1 (mode "math" compares expressions).
     """
     golds = parse_numbers(gold)
     if not golds:
         raise ValueError(f"solution {gold!r} holds no number")
+    if _EXPRESSION_RE.search(_clean_math_text(gold)):
+        raise ValueError(f"solution {gold!r} is an expression, not a number: numeric mode reads the last number of "
+                         f"each text ({_clean_math_text(gold).strip()!r} would read as {golds[0]:g}, and so would a "
+                         "wrong answer of that number); use mode math (math-verify, pip install math-verify)")
     preds = parse_numbers(pred)
     return any(math.isclose(p, g, rel_tol=rel_tol, abs_tol=1e-12) for p in preds for g in golds)
 
@@ -305,6 +319,20 @@ def is_correct(completion: str, solution: Any, mode: str = "exact", tolerance: f
     return match_answer(answer_text(completion), solution_text(solution), mode, tolerance)
 
 
+def answer_problem(solution: Any, mode: str) -> str | None:
+    """Why no answer can be matched with ``solution`` under ``mode`` (none given, empty, no
+    number in a numeric one, an expression in a numeric one, no option letter, nothing math-verify
+    reads), or None: asked of every training row at fit start (:meth:`Reward.solution_problem`)."""
+    try:
+        gold = solution_text(solution)
+        if not normalize_text(unbox(gold)):
+            return "the solution is empty: there is no answer to compare with"
+        match_answer("", gold, mode)
+    except ValueError as e:
+        return f"{e} (mode {mode})"
+    return None
+
+
 def _check_tolerance(tolerance: float) -> float:
     if not tolerance >= 0:
         raise ValueError(f"tolerance={tolerance} must be a relative tolerance >= 0")
@@ -336,6 +364,9 @@ class Accuracy(Reward):
         self.mode = check_mode(mode)
         self.tolerance = _check_tolerance(tolerance)
 
+    def solution_problem(self, ctx: SampleContext) -> str | None:
+        return answer_problem(ctx.solution, self.mode)
+
     def score(self, completions: list[str], contexts: list[SampleContext]) -> list[float]:
         return [1.0 if is_correct(c, ctx.solution, self.mode, self.tolerance) else 0.0
                 for c, ctx in zip(completions, contexts)]
@@ -361,6 +392,9 @@ class HFRRF(Reward):
         super().__init__(**kwargs)
         self.mode = check_mode(mode)
         self.tolerance = _check_tolerance(tolerance)
+
+    def solution_problem(self, ctx: SampleContext) -> str | None:
+        return answer_problem(ctx.solution, self.mode)
 
     def score(self, completions: list[str], contexts: list[SampleContext]) -> list[float]:
         return [1.0 if think_answer_ok(c) and is_correct(c, ctx.solution, self.mode, self.tolerance) else 0.0

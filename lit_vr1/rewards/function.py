@@ -220,6 +220,25 @@ def per_sample_signature(plan: CallPlan) -> str | None:
     return None
 
 
+def per_sample_wrapper(plan: CallPlan, name: str) -> str:
+    """The batch function that calls a per-sample score function with its own arguments: verl's
+    ``(data_source, solution_str, ground_truth, extra_info)`` from the data's ``data_source``
+    column and each row's metadata, EasyR1's ``(predict_str, ground_truth)``."""
+    params = [p.name for p in plan.signature.parameters.values() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    given = {"solution_str": "c", "predict_str": "c", "ground_truth": "s", "data_source": "d", "extra_info": "m"}
+    args = ", ".join(f"{p}={given[p]}" if p in given else f"{p}=..." for p in params if p in given or
+                     plan.signature.parameters[p].default is inspect.Parameter.empty)
+    lists = [("c", "completions"), ("s", "solution")]
+    if "data_source" in params:
+        lists.append(("d", "kwargs['data_source']"))
+    if "extra_info" in params:
+        lists.append(("m", "kwargs['metadata']"))
+    names, sources = ", ".join(v for v, _ in lists), ", ".join(src for _, src in lists)
+    return (f"def my_reward(completions, solution, **kwargs): return [{name}({args}) for {names} in zip({sources})] "
+            "(a data_source column of the data reaches it as kwargs['data_source']; the line's other fields are "
+            "kwargs['metadata'])")
+
+
 def chat_hint(exc: Exception) -> str:
     """What to set when ``exc`` is the sign of code that reads chat messages but got text."""
     if isinstance(exc, TypeError) and CHAT_HINT in str(exc):
@@ -288,9 +307,7 @@ class FunctionReward(Reward):
             raise TypeError(f"FunctionReward: {self.spec} takes {per_sample}, a per-sample score function as verl and "
                             "EasyR1 call it (one completion and its answer at a time); FunctionReward calls a TRL-style "
                             "function once per batch: fn(completions, **kwargs) -> list of floats, the answers in "
-                            "kwargs['solution']. Wrap it: def my_reward(completions, solution, **kwargs): return "
-                            f"[{getattr(func, '__name__', 'score')}(c, s) for c, s in zip(completions, solution)] "
-                            "(with its other arguments as it needs them)")
+                            f"kwargs['solution']. Wrap it: {per_sample_wrapper(self.plan, function_name(func))}")
 
     def arguments(self, completions: list[str], contexts: list[SampleContext]) -> tuple[list[Any], dict[str, Any]]:
         """(positional, keyword) arguments of the call for one batch, see :func:`call_plan`."""

@@ -1,0 +1,123 @@
+"""Math answers as a verl / EasyR1 user brings them: expressions a numeric match would read as
+their last number, rows without an answer found at fit start, validation that matches answers as
+training rewards them, Parquet files named for what they are, and a run whose every step is
+skipped ending in one line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from lightning.pytorch import Trainer
+from test_bad_data import vr1, write
+
+from lit_vr1.cli import user_error
+from lit_vr1.config import GRPOConfig
+from lit_vr1.data.datamodule import GroundingDataModule
+from lit_vr1.data.jsonl import DataError, JsonlDataset
+from lit_vr1.grpo import GRPOModule
+from lit_vr1.rewards import HFRRF, Accuracy, IoUReward
+from lit_vr1.rewards.accuracy import answer_problem, numeric_match
+from lit_vr1.rewards.base import SampleContext
+
+
+@pytest.mark.parametrize("solution", [r"\sqrt{2}", r"2\pi", r"\frac{\pi}{6}", "x^2", r"12\,\mathrm{cm}^2",
+                                      r"5 \times 10^{3}", "√2", "2π"])
+def test_an_expression_is_not_read_as_its_last_number(solution):
+    """numeric mode scored the answer "2" right against the solution \\sqrt{2} (and "6" against
+    \\frac{\\pi}{6}): the solution is refused, pointing to mode math."""
+    with pytest.raises(ValueError, match="is an expression, not a number.*use mode math"):
+        numeric_match("2", solution)
+    assert "is an expression" in answer_problem(solution, "numeric")
+    assert answer_problem(solution, "math") is None  # math-verify compares expressions
+
+
+@pytest.mark.parametrize("solution, right, wrong", [
+    ("12", "12", "13"), (r"\frac{3}{4}", "0.75", "0.7"), ("$12$", "12", "21"), (r"\boxed{5}", "5", "6"),
+    (r"30^\circ", "30 degrees", "60"), (r"30^{\circ}", "30°", "31"), (r"12 \text{cm}", "12", "1.2"), ("75%", "0.75", "7.5"),
+])
+def test_plain_numbers_in_latex_still_match_numerically(solution, right, wrong):
+    assert answer_problem(solution, "numeric") is None
+    assert numeric_match(right, solution) and not numeric_match(wrong, solution)
+
+
+@pytest.mark.parametrize("solution, mode, problem", [
+    ("", "numeric", "the solution is empty"), ("  ", "exact", "the solution is empty"),
+    ("<answer> </answer>", "math", "the solution is empty"), ("no number here", "numeric", "holds no number"),
+    ("maybe", "choice", "names no option letter"), (r"\sqrt{2}", "numeric", "is an expression"),
+])
+def test_answer_rewards_name_rows_they_cannot_score(solution, mode, problem):
+    ctx = SampleContext(id="r", prompt="q", solution=solution, source="data.jsonl:3")
+    for reward in (Accuracy(mode=mode), HFRRF(mode=mode)):
+        assert problem in reward.solution_problem(ctx)
+    assert Accuracy(mode=mode).solution_problem(SampleContext(id="r", prompt="q", solution="B" if mode == "choice"
+                                                              else "4")) is None
+
+
+def trainer(tmp_path, **kw) -> Trainer:
+    return Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False,
+                   enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path, **kw)
+
+
+def test_rows_without_an_answer_are_refused_at_fit_start_under_answer_rewards(tmp_path):
+    """HFRRF scored such rows 0 until the policy wrote the layout, then stopped the run; Accuracy
+    stopped at the first rollout, after the model was built."""
+    f, d = write(tmp_path, [vr1(1, "4"), vr1(2, ""), vr1(3, r"\sqrt{2}"), vr1(4, "3")])
+    module = GRPOModule(model="tiny:qwen2_5_vl", rewards=[HFRRF(mode="numeric")],
+                        grpo=GRPOConfig(num_generations=2, max_completion_length=4))
+    with pytest.raises(DataError) as info:
+        trainer(tmp_path).fit(module, GroundingDataModule(train_files=f, train_images=d, batch_size=1, template="r1",
+                                                          check_boxes=False))
+    rows = str(info.value).split("\n  ")
+    assert rows[0].startswith("2 rows whose solution a reward cannot score")
+    assert rows[1].startswith(f"{f}:2: the solution is empty") and rows[2].startswith(f"{f}:3: solution '\\\\sqrt{{2}}'")
+    assert module.policy is None
+
+
+def test_validation_matches_answers_as_the_training_reward_does():
+    """eval_task answer matched numerically whatever the reward's mode: \\sqrt{2} answered "2" was right."""
+    assert GRPOModule(model="tiny:qwen2_5_vl", rewards=[IoUReward(), HFRRF(mode="math")]).answer_mode() == "math"
+    assert GRPOModule(model="tiny:qwen2_5_vl", rewards=[Accuracy(mode="choice")],
+                      eval_answer_mode="exact").answer_mode() == "exact"
+    assert GRPOModule(model="tiny:qwen2_5_vl", rewards=[IoUReward()]).answer_mode() == "numeric"
+    with pytest.raises(ValueError, match=r"model.eval_answer_mode='maths' is not valid; choose one of"):
+        GRPOModule(model="tiny:qwen2_5_vl", eval_answer_mode="maths")
+
+
+def test_the_reasoning_recipe_matches_answers_as_math():
+    import yaml
+
+    with open("configs/grpo_vision_r1_reason_qwen25vl_3b.yaml") as f:
+        rewards = yaml.safe_load(f)["model"]["init_args"]["rewards"]
+    assert [r["init_args"]["mode"] for r in rewards] == ["math"]
+
+
+def test_a_parquet_file_is_named_for_what_it_is(tmp_path):
+    f, d = write(tmp_path, [vr1(1, "4")])
+    with open(f, "wb") as out:
+        out.write(b"PAR1" + b"\x00" * 64)
+    with pytest.raises(DataError, match=r"a Parquet file \(verl's and EasyR1's data format\), not JSON lines.*"
+                                        r"read_parquet"):
+        JsonlDataset(f, d)
+
+
+def test_verls_prompt_and_reward_model_fields_are_pointed_to_their_places(tmp_path):
+    f, d = write(tmp_path, [json.dumps({"id": 1, "image": "a.png", "prompt": "<image>How many?", "solution": "2"}),
+                            json.dumps({"id": 2, "image": "a.png", "problem": "<image>How many?",
+                                        "reward_model": {"ground_truth": "2"}})])
+    with pytest.raises(DataError) as info:
+        JsonlDataset(f, d)
+    text = str(info.value)
+    assert "verl's 'prompt' is not read: put the question's text in 'problem'" in text
+    assert "field 'reward_model' is not read; the answer goes in field 'solution'" in text
+
+
+def test_a_run_whose_steps_are_all_skipped_ends_in_one_line():
+    module = GRPOModule(model="tiny:qwen2_5_vl")
+    module.max_skips_in_a_row = 1
+    try:
+        module.record_skip("no completion was scored")
+    except FloatingPointError as stop:
+        assert user_error(stop) is stop  # the command prints it as "lit-vr1: error: ..." (exit 2)
+    else:
+        raise AssertionError("no error after the skips allowed")
