@@ -121,3 +121,15 @@ def test_a_run_whose_steps_are_all_skipped_ends_in_one_line():
         assert user_error(stop) is stop  # the command prints it as "lit-vr1: error: ..." (exit 2)
     else:
         raise AssertionError("no error after the skips allowed")
+
+
+def test_a_parameter_default_shadowing_a_data_column_is_warned_of():
+    """verl code reads data_source; declared with a default it kept the default, silently."""
+    from lit_vr1.rewards import FunctionReward
+
+    def routed(completions, solution, data_source=None, **kwargs):
+        return [1.0 if data_source is None else 0.0 for _ in completions]
+
+    ctx = SampleContext(id="a", prompt="q", solution="1", metadata={"data_source": "geo"})
+    with pytest.warns(UserWarning, match=r"declares data_source with a default, and the data has a column of that name"):
+        assert FunctionReward(fn=routed)(["x"], [ctx]) == [1.0]

@@ -37,7 +37,7 @@ from typing import Any, Callable, Literal
 
 import torch
 
-from lit_vr1.rewards.base import BrokenReward, Reward, SampleContext
+from lit_vr1.rewards.base import BrokenReward, Reward, SampleContext, warn_once
 
 # the keyword lists a function receives, one entry per completion (``step`` is one int,
 # ``trainer_state`` one :class:`TrainerState`); ``completion_ids`` too when the rollout recorded them
@@ -315,6 +315,12 @@ class FunctionReward(Reward):
         items = completion_items(completions, self.completions)
         kwargs = function_kwargs(contexts, self.completions)
         kwargs.update(data_columns(contexts, {*RESERVED, *plan.defaulted, *([plan.positional] if plan.positional else [])}))
+        shadowed = sorted(plan.defaulted & {k for c in contexts for k in c.metadata} - set(RESERVED))
+        if shadowed:
+            warn_once(self, "shadowed", f"reward {self.name!r}: {self.spec} declares {', '.join(shadowed)} with a default, "
+                      "and the data has a column of that name: the parameter keeps its default and the column stays "
+                      "in metadata (TRL would pass the column); to get the column, drop the default or read "
+                      f"kwargs['metadata'][i][{shadowed[0]!r}]")
         if plan.by_keyword:
             kwargs["completions"] = items
         if not plan.takes_all:
