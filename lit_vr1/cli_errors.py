@@ -24,6 +24,8 @@ from typing import NoReturn
 
 from lightning.pytorch.cli import LightningArgumentParser
 
+from lit_vr1.trl_names import verl_hint
+
 KEY_HEADER = re.compile(r'^Parser key "([^"]+)":\s*(.*)$')
 CLASS_HEADER = re.compile(r"^- Problem with given class_path '([^']+)':$")
 NOISE = re.compile(r"^(Does not validate against any of the Union subtypes|Subtypes: .*|Errors:|Given value type: .*"
@@ -203,6 +205,11 @@ def name_config_files(text: str, files: list[str], flag_keys: set[str]) -> str:
     return "\n  ".join(lines)
 
 
+def _scalar(value) -> str | None:
+    """A YAML value as a hint shows it: scalars as text, anything else as None."""
+    return None if value is None or isinstance(value, (dict, list)) else str(value)
+
+
 def condense(message: str, option_strings: list[str] = (), config_files: list[str] = ()) -> str:
     """One message for jsonargparse's parse error ``message``: each problem with the key it
     concerns, alternatives close to a misspelled name (the class's options, or
@@ -213,8 +220,12 @@ def condense(message: str, option_strings: list[str] = (), config_files: list[st
         name = key.group(2)
         keys = [f[2:] for f in option_strings if f.startswith("--")]
         found = _file_holding(name, config_files)
-        return (f"{name}: not an option of lit-vr1 {key.group(1)}" + (f" (in config file {found})" if found else "")
-                + _did_you_mean(name, keys))
+        where = f" (in config file {found})" if found else ""
+        peer = verl_hint(name, _scalar(yaml_value(os.path.join(LitVR1ArgumentParser.start_dir or os.getcwd(), found),
+                                                  tuple(name.split("."))) if found else None))
+        if peer:  # a verl / EasyR1 setting: where it lives here
+            return f"{name}: verl / EasyR1's {name.rsplit('.', 1)[-1]} is not a lit-vr1 option{where}; {peer}"
+        return f"{name}: not an option of lit-vr1 {key.group(1)}{where}" + _did_you_mean(name, keys)
     unknown = UNRECOGNIZED.match(message.strip())
     if unknown:
         flags = unknown.group(1).split()

@@ -22,7 +22,7 @@ import typing
 from collections.abc import Iterable
 
 from lit_vr1.cli_errors import HELP_FOR, _did_you_mean, yaml_value
-from lit_vr1.trl_names import trl_hint
+from lit_vr1.trl_names import trl_hint, verl_hint
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,10 +49,15 @@ class UnknownKey:
 def _unknown(key: str, owner: str, file: str, hint: str, help_: str, value=None) -> UnknownKey:
     """An unknown key; one that is a TRL setting's name (``max_grad_norm``) says where that
     setting lives in lit-vr1 instead of offering the nearest names."""
-    trl = trl_hint(key, None if isinstance(value, (dict, list)) or value is None else str(value))
+    shown = None if isinstance(value, (dict, list)) or value is None else str(value)
+    trl = trl_hint(key, shown)
     if trl:
         return UnknownKey(key, owner, file, f"; {trl}", "",
                           problem=f"TRL's {key.rsplit('.', 1)[-1]} is not a lit-vr1 option there")
+    verl = verl_hint(key, shown)
+    if verl:
+        return UnknownKey(key, owner, file, f"; {verl}", "",
+                          problem=f"verl / EasyR1's {key.rsplit('.', 1)[-1]} is not a lit-vr1 option")
     return UnknownKey(key, owner, file, hint, help_)
 
 

@@ -80,6 +80,54 @@ OWN_SECTIONS = frozenset({"", "trainer", "model", "data", "model.grpo", "model.l
 EXAMPLE_VALUES = {"learning_rate": "1e-6", "max_grad_norm": "1.0", "seed": "0"}
 
 
+# verl's and EasyR1's config names (verl's ppo_trainer.yaml, EasyR1's config.yaml) -> where the setting
+# lives here; a key is matched by its last two dotted parts ("rollout.n"), then its last one
+VERL_NAMES: dict[str, str] = {
+    "rollout.n": "--model.grpo.num_generations={value} (G, completions per prompt)",
+    "kl_coef": "--model.grpo.beta={value} (the KL term's weight; 0: no reference model)",
+    "kl_loss_coef": "--model.grpo.beta={value} (the KL term's weight, in the loss as verl's use_kl_loss)",
+    "use_kl_loss": "--model.grpo.beta (the KL term is in the loss whenever beta > 0; 0 turns it and the reference off)",
+    "kl_loss_type": "nothing: the KL term is the k3 estimator (DeepSeekMath), as verl's low_var_kl; remove it",
+    "max_response_length": "--model.grpo.max_completion_length={value} (tokens per completion)",
+    "adv_estimator": "nothing: lit-vr1 trains GRPO (group-normalised advantages; --model.grpo.scale_rewards picks the "
+                     "normalisation); remove it",
+    "clip_ratio": "--model.grpo.epsilon={value}",
+    "clip_ratio_low": "--model.grpo.epsilon={value}",
+    "clip_ratio_high": "--model.grpo.epsilon_high={value}",
+    "train_batch_size": "--data.batch_size (prompts per rollout and process; verl counts prompts over all processes)",
+    "rollout_batch_size": "--data.batch_size (prompts per rollout and process; EasyR1 counts prompts over all "
+                          "processes)",
+    "global_batch_size": "--model.grpo.mini_batch_size (completions per optimiser step: EasyR1's prompts per update x "
+                         "G, per process)",
+    "ppo_mini_batch_size": "--model.grpo.mini_batch_size (completions per optimiser step: verl's prompts per update x "
+                           "G, per process)",
+    "micro_batch_size_per_device_for_update": "--model.grpo.micro_batch_size={value} (completions per forward/backward)",
+    "ppo_micro_batch_size_per_gpu": "--model.grpo.micro_batch_size={value} (completions per forward/backward)",
+    "ppo_epochs": "--model.grpo.num_iterations={value} (updates per rollout)",
+    "total_epochs": "--trainer.max_epochs={value}",
+    "total_training_steps": "--trainer.max_steps={value}",
+    "grad_clip": "--model.grpo.gradient_clip_val={value}",
+    "max_grad_norm": "--model.grpo.gradient_clip_val={value}",
+}
+# the top-level sections of verl's and EasyR1's configs, none of which lit-vr1 reads
+VERL_SECTIONS = frozenset({"worker", "algorithm", "actor_rollout_ref", "critic", "reward_model", "custom_reward_function"})
+
+
+def verl_hint(key: str, value: str | None = None) -> str | None:
+    """Where a verl / EasyR1 setting lives in lit-vr1 when the dotted ``key`` names one
+    (``rollout.n``, ``kl_coef``, ``data.max_response_length``), or a note for one of their
+    sections (``worker``, ``algorithm``); else None."""
+    parts = key.replace(".init_args.", ".").split(".")
+    for name in (".".join(parts[-2:]), parts[-1]):
+        if name in VERL_NAMES:
+            shown = value if value not in (None, "") else "N"
+            return advice(VERL_NAMES[name].replace("{value}", shown))
+    if len(parts) == 1 and parts[0] in VERL_SECTIONS:
+        return ("lit-vr1 has no such section; each verl / EasyR1 setting has its own place (README: \"Coming from "
+                "verl or EasyR1\")")
+    return None
+
+
 def trl_hint(key: str, value: str | None = None) -> str | None:
     """Where TRL's setting lives in lit-vr1 when the dotted ``key`` (``model.grpo.max_grad_norm``,
     without ``init_args``) ends in a TRL name that lit-vr1 does not take there: "use ...", with
@@ -116,4 +164,7 @@ def misplaced_trl_flag(argv: list[str]) -> str | None:
         hint = trl_hint(key, value)
         if hint:
             return f"--{key}: TRL's {key.rsplit('.', 1)[-1]} is not a lit-vr1 option there; {hint}"
+        hint = verl_hint(key, value)
+        if hint:
+            return f"--{key}: verl / EasyR1's {key.rsplit('.', 1)[-1]} is not a lit-vr1 option; {hint}"
     return None

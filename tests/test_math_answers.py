@@ -133,3 +133,31 @@ def test_a_parameter_default_shadowing_a_data_column_is_warned_of():
     ctx = SampleContext(id="a", prompt="q", solution="1", metadata={"data_source": "geo"})
     with pytest.warns(UserWarning, match=r"declares data_source with a default, and the data has a column of that name"):
         assert FunctionReward(fn=routed)(["x"], [ctx]) == [1.0]
+
+
+@pytest.mark.parametrize("flag, expected", [
+    ("--data.max_response_length=64", "use --model.grpo.max_completion_length=64"),
+    ("--model.grpo.kl_coef=0.01", "use --model.grpo.beta=0.01"),
+    ("--worker.rollout.n=8", "use --model.grpo.num_generations=8"),
+    ("--worker.actor.global_batch_size=128", "use --model.grpo.mini_batch_size (completions per optimiser step"),
+    ("--algorithm.adv_estimator=grpo", "nothing: lit-vr1 trains GRPO"),
+    ("--worker.actor.clip_ratio_high=0.28", "use --model.grpo.epsilon_high=0.28"),
+])
+def test_verl_and_easyr1_names_say_where_their_setting_lives(flag, expected):
+    from lit_vr1.trl_names import misplaced_trl_flag
+
+    message = misplaced_trl_flag([flag])
+    assert message.startswith(f"{flag.split('=')[0]}: verl / EasyR1's ") and expected in message
+
+
+def test_a_verl_key_in_a_config_file_says_where_it_lives(tmp_path):
+    import subprocess
+    import sys
+
+    config = tmp_path / "verl.yaml"
+    config.write_text("worker:\n  rollout:\n    n: 8\n")
+    done = subprocess.run([sys.executable, "-m", "lit_vr1.cli", "fit", "--config", "configs/quickstart.yaml",
+                           "--config", str(config)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert (f"lit-vr1: error: worker.rollout.n: verl / EasyR1's n is not a lit-vr1 option (in config file {config}); "
+            "use --model.grpo.num_generations=8") in done.stderr
