@@ -161,3 +161,13 @@ def test_a_verl_key_in_a_config_file_says_where_it_lives(tmp_path):
     assert done.returncode == 2
     assert (f"lit-vr1: error: worker.rollout.n: verl / EasyR1's n is not a lit-vr1 option (in config file {config}); "
             "use --model.grpo.num_generations=8") in done.stderr
+
+
+def test_a_verl_style_dict_result_gives_its_score():
+    from lit_vr1.rewards import FunctionReward
+
+    def scored(completions, **kwargs):
+        return [{"score": 1.0, "acc": True}, {"score": 0.25}]
+
+    ctx = [SampleContext(id=str(i), prompt="q", solution="1") for i in range(2)]
+    assert FunctionReward(fn=scored)(["a", "b"], ctx) == [1.0, 0.25]

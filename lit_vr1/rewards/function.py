@@ -263,7 +263,8 @@ class FunctionReward(Reward):
     parameter the function declares with a default (it then stays in ``metadata`` only; see
     :func:`data_columns`). A function that does not
     take ``**kwargs`` gets only the names it declares. It must return one number (or None,
-    meaning not applicable) per completion; a non-number or an exception is an error under the
+    meaning not applicable; a dict's ``"score"``, as verl's score functions return) per
+    completion; a non-number or an exception is an error under the
     ``on_error`` rule, named with the reward and sample; a wrong length, a return that is not
     a list (or 1-D array), a call the function cannot take, or an ``async def`` is a broken
     reward (:class:`~lit_vr1.rewards.base.BrokenReward`), which stops the run under
@@ -368,6 +369,8 @@ class FunctionReward(Reward):
                                f"one float per completion{BrokenReward.SUFFIX}")
         out = []
         for v in values:
+            if isinstance(v, dict) and "score" in v:  # verl's per-sample {"score": ..., "acc": ..., ...}
+                v = v["score"]
             if v is None:
                 out.append(math.nan)
             elif isinstance(v, (str, bytes)) or not hasattr(v, "__float__"):
