@@ -89,7 +89,10 @@ def test_validate_answers_logs_hfrrf_accuracy_layout_and_length(tmp_path, monkey
     from lit_vr1.rewards.accuracy import is_correct, solution_text
     from lit_vr1.rewards.rec import think_answer_ok
 
-    def answers(model, processor, batch, max_new_tokens):  # the truth, without the think block on odd ids
+    modes = []
+
+    def answers(model, processor, batch, max_new_tokens, mode):  # the truth, without the think block on odd ids
+        modes.append(mode)
         out = []
         for s in batch:
             right = f"<answer> {solution_text(s.solution)} </answer>"
@@ -107,3 +110,4 @@ def test_validate_answers_logs_hfrrf_accuracy_layout_and_length(tmp_path, monkey
     (run,) = json.loads(results.read_text())
     assert run == {"split": "val", "step": 0, "model": module.model_name, "ckpt_path": None, "acc": 0.5, "format": 0.5,
                    "tokens": 10.0, "n": 4}
+    assert set(modes) == {"numeric"}  # no answer reward: numeric matching
