@@ -14,6 +14,7 @@ read (no number in a numeric solution, no letter in a multiple-choice one, ...) 
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import threading
@@ -325,8 +326,18 @@ def answer_problem(solution: Any, mode: str) -> str | None:
     reads), or None: asked of every training row at fit start (:meth:`Reward.solution_problem`)."""
     try:
         gold = solution_text(solution)
-        if not normalize_text(unbox(gold)):
-            return "the solution is empty: there is no answer to compare with"
+    except ValueError as e:
+        return f"{e} (mode {mode})"
+    return _gold_problem(gold, mode)
+
+
+@functools.lru_cache(maxsize=65536)
+def _gold_problem(gold: str, mode: str) -> str | None:
+    """:func:`answer_problem` of one solution text, remembered: a data set repeats its answers,
+    and math-verify takes about a millisecond a parse."""
+    if not normalize_text(unbox(gold)):
+        return "the solution is empty: there is no answer to compare with"
+    try:
         match_answer("", gold, mode)
     except ValueError as e:
         return f"{e} (mode {mode})"
