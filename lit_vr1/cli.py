@@ -329,7 +329,7 @@ def user_error(exc: BaseException) -> BaseException | None:
     """The error a user should read: the first exception in ``exc``'s chain (causes and
     contexts, outermost first) that lit-vr1 raised on purpose (a ``ValueError`` or
     ``TypeError`` from our checks, the ``FloatingPointError`` of a run whose steps are all
-    skipped, ``DataError``, ``ConfigError``, ``RewardError``, ...),
+    skipped, the ``ImportError`` naming an optional package to install, ``DataError``, ``ConfigError``, ``RewardError``, ...),
     however deep jsonargparse or Lightning wrapped it; None for anything else (a bug)."""
     from lit_vr1.rewards.base import RewardError
 
@@ -337,7 +337,7 @@ def user_error(exc: BaseException) -> BaseException | None:
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        own = (ValueError, TypeError, FileNotFoundError, FloatingPointError)
+        own = (ValueError, TypeError, FileNotFoundError, FloatingPointError, ImportError)
         if isinstance(current, RewardError) or (isinstance(current, own)
                                                 and _raised_in_package(current)):
             return current

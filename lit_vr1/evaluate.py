@@ -213,13 +213,18 @@ def predict_detection(model: PreTrainedModel, processor: ProcessorMixin, samples
     return preds, [solution_boxes(s.solution) for s in samples]
 
 
-def eval_solution_problem(eval_task: str, record) -> str | None:
+def eval_solution_problem(eval_task: str, record, answer_mode: str = "numeric") -> str | None:
     """Why the held-out row ``record`` cannot be scored by validation's ``eval_task``, or None:
-    "rec" needs a box, "detection" boxes or [] (an image without objects), "answer" an answer."""
+    "rec" needs a box, "detection" boxes or [] (an image without objects), "answer" an answer
+    that ``answer_mode`` reads (:func:`lit_vr1.rewards.accuracy.answer_problem`: a numeric
+    solution that is an expression, a choice solution without a letter, ...)."""
     if eval_task == "answer":
+        from lit_vr1.rewards.accuracy import answer_problem
+
         answer = record.solution
-        ok = answer is not None and (not isinstance(answer, str) or answer.strip())
-        return None if ok else "has no answer to compare with: field 'solution' is empty or missing"
+        if answer is None or (isinstance(answer, str) and not answer.strip()):
+            return "has no answer to compare with: field 'solution' is empty or missing"
+        return answer_problem(answer, answer_mode)
     return box_solution_problem(record, empty_ok=eval_task == "detection")
 
 
@@ -237,7 +242,7 @@ def several_boxes_note(eval_task: str, val_set) -> str | None:
             "detection data set model.eval_task=detection (COCO mAP / AP50 over every box)")
 
 
-def check_eval_solutions(eval_task: str, val_set) -> list:
+def check_eval_solutions(eval_task: str, val_set, answer_mode: str = "numeric") -> list:
     """Every held-out row validation cannot score (:func:`eval_solution_problem`), refused all
     at once, or left out under ``data.bad_rows=skip``, at the start of a fit, validate or test:
     before, the first validation to reach one stopped with "sample ...: holds no box" and no
@@ -246,8 +251,9 @@ def check_eval_solutions(eval_task: str, val_set) -> list:
         return []
 
     def problem(record) -> str | None:
-        found = eval_solution_problem(eval_task, record)
-        return f"{record.source}: {found} (held-out rows are scored as model.eval_task={eval_task})" if found else None
+        found = eval_solution_problem(eval_task, record, answer_mode)
+        how = f"model.eval_task={eval_task}" + (f", answers matched as {answer_mode}" if eval_task == "answer" else "")
+        return f"{record.source}: {found} (held-out rows are scored as {how})" if found else None
 
     return val_set.check_rows(problem, "held-out rows validation cannot score",
                               "fix or remove them, or set data.bad_rows=skip to leave them out",

@@ -277,6 +277,10 @@ class VLMModule(LightningModule):
         self.float32_lm_head = float32_lm_head
         self.eval_task, self.detection_prompting = eval_task, detection_prompting
         self.eval_answer_mode = eval_answer_mode
+        if eval_answer_mode == "math":  # math-verify missing: said now, not at the first validation
+            from lit_vr1.rewards.accuracy import check_mode
+
+            check_mode(eval_answer_mode)
         self.det_metrics = DetectionMetrics()
         self.processor = load_processor(model, min_pixels, max_pixels, seed, tiny_spec)
         self.box_frame = box_frame or family_of(self.processor).box_frame
@@ -353,7 +357,7 @@ class VLMModule(LightningModule):
                              f"--trainer.{limit}=1.0 to score every held-out row")
         if limit and getattr(self.trainer, limit, None) != 0:  # 0: no held-out row is scored
             val_set = getattr(getattr(self.trainer, "datamodule", None), "val_set", None)
-            check_eval_solutions(self.eval_task, val_set)
+            check_eval_solutions(self.eval_task, val_set, self.answer_mode())
             note = several_boxes_note(self.eval_task, val_set)
             if note:
                 rank_zero_warn(note)

@@ -84,7 +84,8 @@ EXAMPLE_VALUES = {"learning_rate": "1e-6", "max_grad_norm": "1.0", "seed": "0"}
 # lives here; a key is matched by its last two dotted parts ("rollout.n"), then its last one
 VERL_NAMES: dict[str, str] = {
     "rollout.n": "--model.grpo.num_generations={value} (G, completions per prompt)",
-    "kl_coef": "--model.grpo.beta={value} (the KL term's weight; 0: no reference model)",
+    "kl_coef": "--model.grpo.beta={value} (lit-vr1's KL term is in the loss, as verl's use_kl_loss / kl_loss_coef; "
+               "verl's algorithm.kl_ctrl.kl_coef puts it in the reward instead; 0: no reference model)",
     "kl_loss_coef": "--model.grpo.beta={value} (the KL term's weight, in the loss as verl's use_kl_loss)",
     "use_kl_loss": "--model.grpo.beta (the KL term is in the loss whenever beta > 0; 0 turns it and the reference off)",
     "kl_loss_type": "nothing: the KL term is the k3 estimator (DeepSeekMath), as verl's low_var_kl; remove it",

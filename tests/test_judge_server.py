@@ -139,6 +139,26 @@ def test_a_question_with_several_images_is_judged_on_all_of_them(judge, scorer):
     assert max(abs(a - b) for a, b in zip(local, openai(comps, ctxs))) < 1e-5
 
 
+def test_the_client_sends_the_first_image_as_image_for_older_servers(monkeypatch):
+    """A server older than "images" reads "image" alone: it is the first image, as before (the first
+    version sent "images" alone, and an older server judged without any image)."""
+    red, blue = (Image.new("RGB", (56, 56), c) for c in ("red", "blue"))
+    sent = []
+
+    def post(self, body):
+        sent.append(json.loads(body))
+        return json.dumps({"scores": [0.5] * len(sent[-1]["items"])}).encode()
+
+    monkeypatch.setattr(RemoteRewardModel, "_post", post)
+    ctxs = [SampleContext(id="m", prompt="<image> and <image>: q", solution=None, images=[red, blue]),
+            SampleContext(id="o", prompt="q", solution=None, images=[red]),
+            SampleContext(id="t", prompt="q", solution=None)]
+    RemoteRewardModel("http://127.0.0.1:9/score")(["<answer>a</answer>"] * 3, ctxs)
+    many, one, none = sent[0]["items"]
+    assert many["image"] == encode_image(red) and many["images"] == [encode_image(red), encode_image(blue)]
+    assert one == {"question": "q", "answer": "a", "image": encode_image(red)} and none["image"] is None
+
+
 def test_images_per_item_are_bounded_and_given_one_way(judge):
     url = judge.url + "/score"
     small = encode_image(Image.new("RGB", (56, 56), "red"))
@@ -148,8 +168,10 @@ def test_images_per_item_are_bounded_and_given_one_way(judge):
 
     status, data = one(images=[small] * (MAX_IMAGES + 1))
     assert status == 400 and f"items[0] has {MAX_IMAGES + 1} images, over the limit of {MAX_IMAGES}" in data["error"]
-    status, data = one(image=small, images=[small])
-    assert status == 400 and 'both "image" and "images"' in data["error"]
+    blue = encode_image(Image.new("RGB", (56, 56), "blue"))
+    status, data = one(image=small, images=[blue, small])
+    assert status == 400 and 'an "image" that is not the first of its "images"' in data["error"]
+    assert one(image=small, images=[small, blue])[0] == 200  # what the client sends
     status, data = one(images=small)
     assert status == 400 and "items[0].images must be a list" in data["error"]
     status, data = one(images=[small, "@@@"])

@@ -109,7 +109,10 @@ def test_verls_prompt_and_reward_model_fields_are_pointed_to_their_places(tmp_pa
         JsonlDataset(f, d)
     text = str(info.value)
     assert "verl's 'prompt' is not read: put the question's text in 'problem'" in text
-    assert "field 'reward_model' is not read; the answer goes in field 'solution'" in text
+    assert "field 'reward_model' (verl's, with a ground_truth) is not read; the answer goes in field 'solution'" in text
+    # a label-free row with some other reward_model field is left alone
+    f, d = write(tmp_path, [json.dumps({"id": 3, "image": "a.png", "problem": "<image>Why?", "reward_model": "rm-7b"})])
+    assert JsonlDataset(f, d).records[0].solution == ""
 
 
 def test_a_run_whose_steps_are_all_skipped_ends_in_one_line():
@@ -137,7 +140,7 @@ def test_a_parameter_default_shadowing_a_data_column_is_warned_of():
 
 @pytest.mark.parametrize("flag, expected", [
     ("--data.max_response_length=64", "use --model.grpo.max_completion_length=64"),
-    ("--model.grpo.kl_coef=0.01", "use --model.grpo.beta=0.01"),
+    ("--model.grpo.kl_coef=0.01", "use --model.grpo.beta=0.01 (lit-vr1's KL term is in the loss"),
     ("--worker.rollout.n=8", "use --model.grpo.num_generations=8"),
     ("--worker.actor.global_batch_size=128", "use --model.grpo.mini_batch_size (completions per optimiser step"),
     ("--algorithm.adv_estimator=grpo", "nothing: lit-vr1 trains GRPO"),
@@ -171,3 +174,45 @@ def test_a_verl_style_dict_result_gives_its_score():
 
     ctx = [SampleContext(id=str(i), prompt="q", solution="1") for i in range(2)]
     assert FunctionReward(fn=scored)(["a", "b"], ctx) == [1.0, 0.25]
+
+
+def test_held_out_answers_are_read_in_validations_mode_before_it_starts(tmp_path):
+    """A held-out \\sqrt{2} under numeric matching failed at the first validation, hours in."""
+    f, d = write(tmp_path, [vr1(1, "4"), vr1(2, "3")])
+    val, val_images = write(tmp_path, [vr1(1, "4"), vr1(2, r"\sqrt{2}")], name="val")
+    module = GRPOModule(model="tiny:qwen2_5_vl", rewards=[HFRRF(mode="numeric")], eval_task="answer",
+                        grpo=GRPOConfig(num_generations=2, max_completion_length=4))
+    data = GroundingDataModule(train_files=f, train_images=d, val_files=val, val_images=val_images, batch_size=1,
+                               template="r1", check_boxes=False)
+    with pytest.raises(DataError, match=r"val\.jsonl:2: solution '\\\\sqrt\{2\}' is an expression.*answers matched as "
+                                        r"numeric"):
+        trainer(tmp_path, limit_val_batches=1).validate(module, data)
+
+
+def test_a_data_column_missing_from_one_batch_stays_a_maskable_failure():
+    """Only the columns some row of the batch has are passed: a batch without the column is that
+    batch's failure (masked under on_error="nan"), not a broken reward that stops the run."""
+    from lit_vr1.rewards import FunctionReward
+
+    def needs_answer(completions, answer, **kwargs):
+        return [float(a == "1") for a in answer]
+
+    reward = FunctionReward(fn=needs_answer, on_error="nan")
+    with_column = [SampleContext(id="a", prompt="q", solution="1", metadata={"answer": "1"}),
+                   SampleContext(id="b", prompt="q", solution="1")]
+    assert reward(["x", "y"], with_column) == [1.0, 0.0]
+    with pytest.warns(UserWarning, match="needs 'answer', a data column no row of this batch has"):
+        assert reward(["z"], [SampleContext(id="c", prompt="q", solution="1")]) != [0.0]
+    assert reward.errors == 1
+
+
+def test_a_missing_optional_package_is_one_line(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "math_verify", None)  # import math_verify raises ImportError
+    try:
+        Accuracy(mode="math")
+    except ImportError as missing:
+        assert user_error(missing) is missing and "pip install math-verify" in str(missing)
+    else:
+        raise AssertionError("mode math built without math-verify")

@@ -61,6 +61,15 @@ def test_a_shared_folder_redrawn_by_another_module_is_refused(tmp_path):
         a.train_dataloader()
 
 
+def test_a_spec_changed_after_setup_is_not_taken_for_a_redraw(tmp_path, monkeypatch):
+    """The folder checked is the one the rows were read from, not the one the changed spec names."""
+    monkeypatch.chdir(tmp_path)
+    a = data(tmp_path, num_val_samples=4)
+    a.setup("fit")
+    a.synthetic.canvas = 112  # a notebook edits the spec after setup
+    assert {s.images[0].size for s in a.held_out()} == {(56, 56)}
+
+
 def test_held_out_without_held_out_data_says_why(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ValueError, match=r"num_val_samples=0 .*give num_val_samples > 0"):

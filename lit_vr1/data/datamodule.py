@@ -178,7 +178,7 @@ class GroundingDataModule(LightningDataModule):
         self.num_workers = num_workers
         self.synthetic = synthetic
         self.synthetic_dir = synthetic_dir
-        self._drawn: dict[str, str] = {}  # split -> the spec stamp this module read its rows under
+        self._drawn: dict[str, tuple[Path, str]] = {}  # split -> (stamp file, the spec stamp its rows were read under)
         self.num_val_samples = num_val_samples
         self.val_batch_size = val_batch_size or batch_size
         self.shuffle_seed = shuffle_seed
@@ -209,11 +209,10 @@ class GroundingDataModule(LightningDataModule):
         """Refuse to go on when the synthetic folder this module read its rows from was redrawn
         since with another spec (another data module or run given the same ``synthetic_dir``):
         its rows' boxes would be read against the other spec's images, silently."""
-        for split, stamp in self._drawn.items():
-            path = self._stamp(split)
+        for split, (path, stamp) in self._drawn.items():
             now = path.read_text() if path.is_file() else None
             if now != stamp:
-                raise ValueError(f"{self.synthetic_dir}: its {split} split was drawn again with another spec (by another "
+                raise ValueError(f"{path.parent}: its {split} split was drawn again with another spec (by another "
                                  "data module or run given the same data.synthetic_dir) after this data module read it: "
                                  "its rows no longer match the images there; give each data module its own "
                                  "synthetic_dir (or leave it unset: a folder per spec), then build this one again")
@@ -268,7 +267,7 @@ class GroundingDataModule(LightningDataModule):
         if self.train_files is None and self.synthetic is not None and path == self._synthetic_paths(split)[0]:
             stamp = self._stamp(split)
             if stamp.is_file():
-                self._drawn[split] = stamp.read_text()
+                self._drawn[split] = (stamp, stamp.read_text())
 
     def _processes(self) -> int:
         """Processes of the run. Under several, a held-out row that fails to load is replaced, as a

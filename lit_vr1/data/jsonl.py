@@ -249,6 +249,10 @@ def _turns(obj: dict, where: str) -> tuple[str, Any]:
     # a label under another name would train as unlabelled (R1V-Free's layout) without a word
     _refuse_misnamed(obj, "solution", SOLUTION_FIELD_LOOKALIKES, where, f"the answer goes in field 'solution' "
                      f"({SOLUTION_FORMS}): rename the field, or remove it for unlabelled data")
+    verl = obj.get("reward_model")
+    if "solution" not in obj and isinstance(verl, dict) and "ground_truth" in verl:
+        raise DataError(f"{where}: field 'reward_model' (verl's, with a ground_truth) is not read; the answer goes in "
+                        f"field 'solution' ({SOLUTION_FORMS}): write reward_model.ground_truth there")
     solution = obj.get("solution", "")
     if isinstance(solution, list) and solution and all(_is_number(v) for v in solution):
         solution = _box_solution(solution, obj.get("num_instances"), where)
@@ -422,7 +426,7 @@ IMAGE_FIELD_LOOKALIKES = ("images", "image_path", "image_paths", "img", "imgs", 
 # names other datasets give the answer of a 'problem' line (ours is 'solution'; a line without
 # one is unlabelled, as in R1V-Free)
 SOLUTION_FIELD_LOOKALIKES = ("answer", "answers", "solutions", "ground_truth", "groundtruth", "gt", "gt_answer",
-                             "bbox", "bboxes", "boxes", "target", "reward_model")  # verl: reward_model.ground_truth
+                             "bbox", "bboxes", "boxes", "target")
 
 
 def _refuse_misnamed(obj: dict, field: str, lookalikes: tuple[str, ...], where: str, advice: str) -> None:

@@ -29,6 +29,7 @@ import importlib
 import importlib.util
 import inspect
 import math
+import re
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ COMPLETIONS_FORMS = ("text", "chat")
 # names never taken by a data column (each column of ``metadata`` is passed as its own keyword list otherwise)
 RESERVED = (*FIELDS, COMPLETION_IDS, "completions")
 CHAT_HINT = "string indices must be integers"  # the TypeError of chat-style code given text
+MISSING_ARGUMENT = re.compile(r"missing a required argument: '(\w+)'")  # inspect.Signature.bind's message
 
 
 @dataclass(frozen=True)
@@ -329,7 +331,9 @@ class FunctionReward(Reward):
         return ([] if plan.by_keyword else [items]), kwargs
 
     def check_call(self, args: list[Any], kwargs: dict[str, Any]) -> None:
-        """Raise :class:`BrokenReward` saying what the function is given when its signature cannot take it."""
+        """Raise :class:`BrokenReward` saying what the function is given when its signature cannot take
+        it; a plain TypeError (a sample's failure, which ``on_error="nan"`` masks) when all it misses
+        is a data column no row of this batch has, which another batch may have."""
         if self.plan.signature is None:
             return
         try:
@@ -342,6 +346,11 @@ class FunctionReward(Reward):
                 note = ("; completion_ids are not recorded by this rollout: give the parameter a default "
                         "(completion_ids=None) or read completion_lengths")
             keywords = f"the keywords {given}" if given else "no other keyword"
+            missing = MISSING_ARGUMENT.search(str(exc))
+            if missing and missing.group(1) not in RESERVED:
+                raise TypeError(f"{self.spec} needs {missing.group(1)!r}, a data column no row of this batch has (it "
+                                f"gets the completions {how} and {keywords}); give the parameter a default, or the rows "
+                                "the column") from None
             raise BrokenReward(f"reward {self.name!r}: {self.spec} cannot be called as FunctionReward calls it ({exc}): "
                                f"it gets the completions {how} and {keywords}{note}{BrokenReward.SUFFIX}") from None
 

@@ -414,8 +414,9 @@ class RemoteRewardModel(Reward):
 
     ``protocol="lit-vr1"`` (default): each batch of ``batch_size`` completions is one
     ``POST url`` (``.../score``) with JSON ``{"items": [{"question", "answer", "image":
-    base64 PNG or null}]}`` (a question with several images: ``"images": [base64 PNG, ...]``
-    instead of ``"image"``), answered by ``{"scores": [one number per item]}``.
+    base64 PNG or null}]}`` (a question with several images: also ``"images": [base64 PNG,
+    ...]``, all of them, the first equal to ``"image"``), answered by ``{"scores": [one number
+    per item]}``.
 
     ``protocol="openai"``: each completion is one ``POST url``
     (``.../v1/chat/completions``) with the judge prompt (``prompt_template`` filled with
@@ -506,13 +507,12 @@ class RemoteRewardModel(Reward):
             return cache[id(img)]
 
         def shown(item: ScoreItem) -> dict[str, Any]:
-            """The protocol item; one image (or none) as ``image``, which servers older than
-            multi-image judging read, several as ``images``."""
-            out: dict[str, Any] = {"question": item.question, "answer": item.answer}
+            """The protocol item: the first image (or None) as ``image``, which a server older than
+            multi-image judging reads (it shows that one, as before); several also as ``images``."""
+            out: dict[str, Any] = {"question": item.question, "answer": item.answer,
+                                   "image": image(item.images[0]) if item.images else None}
             if len(item.images) > 1:
                 out["images"] = [image(im) for im in item.images]
-            else:
-                out["image"] = image(item.images[0]) if item.images else None
             return out
 
         def judge(found: list[ScoreItem]) -> list[float]:

@@ -8,7 +8,8 @@ middleware, :class:`Guard`) makes hostile clients harmless before a request reac
 model. Two protocols, one model:
 
 * ``POST /score`` with ``{"items": [{"question": str, "answer": str, "image": base64 image or null}]}``
-  (a question with several images: ``"images": [base64 image, ...]`` in place of ``"image"``)
+  (a question with several images: also ``"images": [base64 image, ...]``, all of them, the
+  first equal to ``"image"``, which older servers read)
   -> ``200 {"scores": [p(yes) / (p(yes) + p(no)), one per item]}``
   (what :class:`~lit_vr1.rewards.reward_model.RemoteRewardModel` speaks by default);
 * ``POST /v1/chat/completions``, OpenAI's chat protocol: one user message holding the
@@ -29,8 +30,9 @@ image header before anything is decoded (400); a token (``Authorization: Bearer 
 path but ``/health`` when the server has one (401). A server bound to anything but
 loopback refuses to start without a token (``--api-key`` or ``LIT_VR1_JUDGE_KEY``).
 uvicorn queues up to 2048 pending connections. Work per request is bounded by the item,
-text and pixel caps, and a request that waited longer than ``--request-timeout-s`` in the
-queue is answered 504 and not scored (its client has given up). Text from the policy is
+text, image and pixel caps (at the defaults up to 64 x 8 images of 16.7 Mpx: lower
+``--max-images`` or ``--max-image-pixels`` for a smaller bound), and a request that waited
+longer than ``--request-timeout-s`` in the queue is answered 504 and not scored (its client has given up). Text from the policy is
 untrusted: the tokenizer's special tokens (``<|image_pad|>``, ``<|im_end|>``, ...) are
 removed from it before it reaches the judge's prompt.
 """
@@ -157,13 +159,17 @@ def parse_score_request(data: Any, limits: Limits, decode: bool = True) -> list[
 
 
 def _item_images(raw: dict, where: str, limits: Limits, decode: bool) -> list[Image.Image]:
-    """The images of one /score item: ``image`` (one, or null) or ``images`` (a list), not both."""
-    if raw.get("image") is not None and raw.get("images") is not None:
-        raise BadRequest(f"{where} has both \"image\" and \"images\"; send one image as \"image\", several as \"images\"")
-    if raw.get("images") is None:
+    """The images of one /score item: ``images`` (a list) when given, else ``image`` (one, or
+    null). A client sends both for a multi-image question (``image`` its first, which servers
+    older than ``images`` read), so both must agree."""
+    many = raw.get("images")
+    if raw.get("image") is not None and many is not None and (not isinstance(many, list) or not many
+                                                               or many[0] != raw["image"]):
+        raise BadRequest(f"{where} has an \"image\" that is not the first of its \"images\"; send the images as "
+                         "\"images\" (with \"image\" their first, for older servers), or one image as \"image\"")
+    if many is None:
         one = raw.get("image")
         return [] if one is None else [open_image(_image_bytes(one, f"{where}.image"), f"{where}.image", limits, decode)]
-    many = raw["images"]
     if not isinstance(many, list):
         raise BadRequest(f"{where}.images must be a list of base64 images")
     if len(many) > limits.max_images:
@@ -501,11 +507,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-items", type=int, default=Limits.max_items)
     parser.add_argument("--max-text-chars", type=int, default=Limits.max_text_chars)
     parser.add_argument("--max-image-pixels", type=int, default=Limits.max_image_pixels)
-    parser.add_argument("--max-images", type=int, default=Limits.max_images, help="images per item")
+    parser.add_argument("--max-images", type=int, default=Limits.max_images, help="images per item (at least 1)")
     parser.add_argument("--max-body-mb", type=float, default=Limits.max_body_bytes / 2**20)
     parser.add_argument("--body-timeout-s", type=float, default=Limits.body_timeout_s)
     parser.add_argument("--request-timeout-s", type=float, default=60.0, help="queue wait before a 504")
     args = parser.parse_args(argv)
+    if args.max_images < 1:
+        parser.error(f"--max-images {args.max_images}: must be at least 1 (an item's image)")
     if args.think_tokens < 0:
         parser.error(f"--think-tokens {args.think_tokens}: must be 0 (no reasoning) or a number of tokens")
     api_key = args.api_key or os.environ.get(KEY_ENV) or None
