@@ -159,6 +159,56 @@ def test_the_client_sends_the_first_image_as_image_for_older_servers(monkeypatch
     assert one == {"question": "q", "answer": "a", "image": encode_image(red)} and none["image"] is None
 
 
+def test_text_no_tokenizer_takes_and_images_no_processor_takes_are_400_before_the_model(judge):
+    """A lone surrogate (\\ud800) and a 4000 x 10 image passed every check and failed in the model
+    worker: a 500, and with --max-batch-size every request batched with them failed too."""
+    url = judge.url + "/score"
+    status, data = post(url, b'{"items": [{"question": "q\\ud800", "answer": "a", "image": null}]}')
+    assert status == 400 and "items[0].question is not valid Unicode text" in data["error"]
+    chat = b'{"messages": [{"role": "user", "content": "q\\udfff"}]}'
+    status, data = post(judge.url + "/v1/chat/completions", chat)
+    assert status == 400 and "not valid Unicode text" in data["error"]
+    status, data = post(url, items(1, image=encode_image(Image.new("RGB", (4000, 10)))))
+    assert status == 400 and "4000x10, an aspect ratio above 200" in data["error"]
+
+
+def test_misspelled_fields_and_wrapped_or_empty_base64_are_answered(judge):
+    """An item's "img" (for "image") was ignored and the answer judged without its image."""
+    url = judge.url + "/score"
+    small = encode_image(Image.new("RGB", (56, 56), "red"))
+    status, data = post(url, json.dumps({"items": [{"question": "q", "answer": "a", "img": small}]}).encode())
+    assert status == 400 and "items[0] has the unknown field(s) 'img' (fields: question, answer, image, images)" in \
+        data["error"]
+    status, data = post(url, json.dumps({"items": [], "itmes": []}).encode())
+    assert status == 400 and "the body has the unknown field(s) 'itmes'" in data["error"]
+    wrapped = "\n".join(small[i:i + 76] for i in range(0, len(small), 76))  # as the base64 command writes it
+    assert post(url, items(1, image=wrapped))[0] == 200
+    status, data = post(url, items(1, image=""))
+    assert status == 400 and "items[0].image is an empty string" in data["error"]
+
+
+def test_one_request_may_not_ask_for_more_pixels_than_its_budget():
+    """64 items of 4096 x 4096 PNGs (58 KB each, every one under its own cap) took the server from
+    2.6 to 7.7 GB; the whole request's pixels now have a cap of their own, read from the headers."""
+    from lit_vr1.rewards.serve import BadRequest, Limits, parse_score_request
+
+    big = encode_image(Image.new("RGB", (1000, 1000)))
+    limits = Limits(max_request_pixels=3_000_000)
+    assert len(parse_score_request({"items": [{"question": "q", "answer": "a", "image": big}] * 3}, limits)) == 3
+    with pytest.raises(BadRequest, match="the request's images hold 4000000 pixels, over the limit of 3000000"):
+        parse_score_request({"items": [{"question": "q", "answer": "a", "image": big}] * 4}, limits, decode=False)
+
+
+def test_a_taken_port_is_named_before_the_model_loads(tmp_path):
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "lit_vr1.rewards.serve", "--model", "tiny:qwen2_5_vl", "--port",
+                               str(port)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and f"127.0.0.1:{port} is taken" in done.stderr and "ss -ltnp" in done.stderr
+
+
 def test_images_per_item_are_bounded_and_given_one_way(judge):
     url = judge.url + "/score"
     small = encode_image(Image.new("RGB", (56, 56), "red"))
@@ -353,11 +403,12 @@ def test_the_api_builds_without_litserve_s_batching_warning():
         assert not [w for w in caught if "max_batch_size" in str(w.message)], [str(w.message) for w in caught]
 
 
-@pytest.mark.parametrize("sig, to_group", [("SIGTERM", False), ("SIGINT", True)], ids=["sigterm_to_the_server",
-                                                                                       "ctrl_c_to_the_group"])
+@pytest.mark.parametrize("sig, to_group", [("SIGTERM", False), ("SIGINT", True), ("SIGKILL", False)],
+                         ids=["sigterm_to_the_server", "ctrl_c_to_the_group", "sigkill_to_the_server"])
 def test_one_signal_stops_the_server_and_its_worker_and_frees_the_port(sig, to_group):
     """A SIGTERM to the server left its LitServe worker (the model) listening on the port; a Ctrl-C
-    to the process group left the main process up, answering /health with errors."""
+    to the process group left the main process up, answering /health with errors; a SIGKILL (the
+    OOM killer), which no handler sees, left a forked copy holding the port without answering."""
     import os
     import signal as signals
 

@@ -67,6 +67,7 @@ from fastapi import HTTPException
 from PIL import Image, UnidentifiedImageError
 
 from lit_vr1.data import images
+from lit_vr1.data.jsonl import MAX_ASPECT
 from lit_vr1.rewards.reward_model import KEY_ENV, ScoreItem
 
 SCORE_PATH, CHAT_PATH = "/score", "/v1/chat/completions"
@@ -83,6 +84,7 @@ class Limits:
     max_text_chars: int = 16_000
     max_image_pixels: int = 4096 * 4096
     max_images: int = 8  # per item (a /score item, a chat request)
+    max_request_pixels: int = 64 * 1024 * 1024  # every image of a request together (about 200 MB as RGB)
 
 
 class BadRequest(ValueError):
@@ -101,6 +103,9 @@ def _image_bytes(value: Any, where: str) -> bytes:
         raise BadRequest(f"{where} must be a base64 string or null")
     if value.startswith("data:"):
         value = value.partition(",")[2]
+    value = "".join(value.split())  # line breaks, as the base64 command writes every 76 characters
+    if not value:
+        raise BadRequest(f"{where} is an empty string: give a base64 image, or null for none")
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError) as e:
@@ -120,29 +125,60 @@ def open_image(data: bytes, where: str, limits: Limits, decode: bool) -> Image.I
     if width * height > limits.max_image_pixels:
         raise BadRequest(f"{where} is {width}x{height} = {width * height} pixels, over the limit of "
                          f"{limits.max_image_pixels}; send a smaller image")
-    if decode:
-        problem = images.mode_problem(image)
-        if problem:
-            raise BadRequest(f"{where} has mode {image.mode}: {problem}")
-        try:
-            turn = images.UPRIGHT.get(images.orientation(image))  # from the header, as the training data is read
-            image.load()
-            image = images.to_rgb(image.transpose(turn) if turn is not None else image)
-        except (OSError, ValueError, Image.DecompressionBombError) as e:
-            raise BadRequest(f"{where} cannot be decoded: {e}") from None
-    return image
+    if min(width, height) < 1 or max(width, height) / min(width, height) > MAX_ASPECT:
+        raise BadRequest(f"{where} is {width}x{height}, an aspect ratio above {MAX_ASPECT}, which the Qwen-VL "
+                         "processors refuse; crop or pad it")
+    return decoded(image, where) if decode else image
+
+
+def decoded(image: Image.Image, where: str) -> Image.Image:
+    """An opened image (:func:`open_image`, header only) decoded to RGB, upright as the training
+    data is read."""
+    problem = images.mode_problem(image)
+    if problem:
+        raise BadRequest(f"{where} has mode {image.mode}: {problem}")
+    try:
+        turn = images.UPRIGHT.get(images.orientation(image))  # from the header, as the training data is read
+        image.load()
+        return images.to_rgb(image.transpose(turn) if turn is not None else image)
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise BadRequest(f"{where} cannot be decoded: {e}") from None
 
 
 def _text(value: Any, where: str) -> str:
     if not isinstance(value, str):
         raise BadRequest(f"{where} must be a string")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:  # a lone surrogate escape (\ud800) reaches JSON but no tokenizer
+        raise BadRequest(f"{where} is not valid Unicode text ({e.reason} at character {e.start})") from None
     return value
+
+
+ITEM_FIELDS = ("question", "answer", "image", "images")
+
+
+def _refuse_unknown(obj: dict, known: tuple[str, ...], where: str) -> None:
+    """A misspelled field (``img`` for ``image``) is refused: ignored, the item was judged without it."""
+    unknown = [k for k in obj if k not in known]
+    if unknown:
+        raise BadRequest(f"{where} has the unknown field(s) {', '.join(map(repr, unknown))} (fields: {', '.join(known)})")
+
+
+def _pixel_budget(items: list[list[Image.Image]], limits: Limits) -> None:
+    """The pixels of a whole request (from the headers) within ``max_request_pixels``: each image
+    under its own cap, 64 items of 8 images could still ask for gigabytes of decoded RGB."""
+    total = sum(im.size[0] * im.size[1] for shown in items for im in shown)
+    if total > limits.max_request_pixels:
+        raise BadRequest(f"the request's images hold {total} pixels, over the limit of {limits.max_request_pixels} per "
+                         "request; send fewer or smaller images per request")
 
 
 def parse_score_request(data: Any, limits: Limits, decode: bool = True) -> list[ScoreItem]:
     """The items of a ``POST /score`` body (decoded JSON), checked against ``limits``."""
     if not isinstance(data, dict) or not isinstance(data.get("items"), list):
         raise BadRequest('body must be a JSON object with a list "items"')
+    _refuse_unknown(data, ("items",), "the body")
     raw_items = data["items"]
     if len(raw_items) > limits.max_items:
         raise BadRequest(f"{len(raw_items)} items, over the limit of {limits.max_items} per request; send smaller batches")
@@ -150,11 +186,16 @@ def parse_score_request(data: Any, limits: Limits, decode: bool = True) -> list[
     for i, raw in enumerate(raw_items):
         if not isinstance(raw, dict):
             raise BadRequest(f"items[{i}] is not an object")
+        _refuse_unknown(raw, ITEM_FIELDS, f"items[{i}]")
         question, answer = _text(raw.get("question"), f"items[{i}].question"), _text(raw.get("answer"), f"items[{i}].answer")
         if len(question) + len(answer) > limits.max_text_chars:
             raise BadRequest(f"items[{i}] has {len(question) + len(answer)} characters of question and answer, over "
                              f"the limit of {limits.max_text_chars}")
-        items.append(ScoreItem(question, answer, _item_images(raw, f"items[{i}]", limits, decode)))
+        items.append(ScoreItem(question, answer, _item_images(raw, f"items[{i}]", limits, False)))
+    _pixel_budget([it.images for it in items], limits)
+    if decode:  # only once every header is read and the whole request is within its budget
+        for i, it in enumerate(items):
+            it.images = [decoded(im, f"items[{i}].images[{k}]") for k, im in enumerate(it.images)]
     return items
 
 
@@ -210,11 +251,14 @@ def parse_chat_request(data: Any, limits: Limits, decode: bool = True) -> ChatPr
             if not isinstance(url, str) or not url.startswith("data:"):
                 raise BadRequest(f"content[{k}].image_url must be a data: URL (the judge fetches nothing)")
             images.append(open_image(_image_bytes(url, f"content[{k}].image_url"), f"content[{k}].image_url",
-                                     limits, decode))
+                                     limits, False))
         else:
             raise BadRequest(f"content[{k}] has type {kind!r}; the judge reads text and image_url parts")
     if len(images) > limits.max_images:
         raise BadRequest(f"{len(images)} images, over the limit of {limits.max_images} per request")
+    _pixel_budget([images], limits)
+    if decode:
+        images = [decoded(im, f"image {k + 1}") for k, im in enumerate(images)]
     text = "\n".join(texts)
     if not text.strip() or len(text) > limits.max_text_chars:
         raise BadRequest(f"the prompt must have 1 to {limits.max_text_chars} characters, got {len(text)}")
@@ -377,6 +421,8 @@ class JudgeAPI(ls.LitAPI):
     def setup(self, worker_device) -> None:
         from lit_vr1.rewards.reward_model import JudgeScorer
 
+        die_with_parent()  # the worker is spawned: the server's at-fork hook does not reach it
+
         self.scorer = JudgeScorer(**self.scorer_args)
 
     def decode_request(self, request: dict) -> ChatPrompt | list[ScoreItem]:
@@ -489,7 +535,8 @@ def is_loopback(host: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m lit_vr1.rewards.serve", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m lit_vr1.rewards.serve", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", required=True, help="judge model: name, path, or tiny:qwen2_5_vl")
     parser.add_argument("--host", default="127.0.0.1", help="127.0.0.1 (default), 0.0.0.0 or :: (then a token is required)")
     parser.add_argument("--port", type=int, default=8000)
@@ -508,6 +555,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-text-chars", type=int, default=Limits.max_text_chars)
     parser.add_argument("--max-image-pixels", type=int, default=Limits.max_image_pixels)
     parser.add_argument("--max-images", type=int, default=Limits.max_images, help="images per item (at least 1)")
+    parser.add_argument("--max-request-pixels", type=int, default=Limits.max_request_pixels,
+                        help="pixels of all the images of one request together")
     parser.add_argument("--max-body-mb", type=float, default=Limits.max_body_bytes / 2**20)
     parser.add_argument("--body-timeout-s", type=float, default=Limits.body_timeout_s)
     parser.add_argument("--request-timeout-s", type=float, default=60.0, help="queue wait before a 504")
@@ -520,18 +569,47 @@ def main(argv: list[str] | None = None) -> None:
     if not is_loopback(args.host) and not api_key:
         parser.error(f"--host {args.host} opens the judge to the network: give a token with --api-key or {KEY_ENV} "
                      "(clients send it as Authorization: Bearer <token>)")
+    os.register_at_fork(after_in_child=die_with_parent)  # LitServe's forked processes, from its constructor on
     limits = Limits(max_body_bytes=int(args.max_body_mb * 2**20), body_timeout_s=args.body_timeout_s,
                     max_items=args.max_items, max_text_chars=args.max_text_chars, max_image_pixels=args.max_image_pixels,
-                    max_images=args.max_images)
+                    max_images=args.max_images, max_request_pixels=args.max_request_pixels)
     api = JudgeAPI(args.model, args.device, args.dtype, args.batch_size, args.min_pixels, args.max_pixels, limits,
                    args.max_batch_size, args.batch_timeout, args.think_tokens)
     # LitServe's "cpu" leaves devices alone: the scorer itself goes to --device (cuda:1, ...)
     server = ls.LitServer(api, accelerator="cpu", devices=1, timeout=args.request_timeout_s,
                           middlewares=[(Guard, {"limits": limits, "api_key": api_key})],
                           model_metadata={"model": args.model}, disable_openapi_url=True)
+    refuse_a_taken_port(parser, args.host, args.port)
     stop_workers_with_the_server()
     server.run(host=args.host, port=args.port, generate_client_file=False, num_api_servers=1,
                api_server_worker_type="thread")
+
+
+def die_with_parent() -> None:
+    """On Linux, this process gets SIGTERM when the server process that started it dies, even
+    by SIGKILL (the OOM killer, ``kill -9``), which no handler of the server sees: before, its
+    worker and helpers lived on, one of them holding the port without answering. Elsewhere
+    nothing is done."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() == 1:  # the server died before the line above ran
+        os._exit(128 + signal.SIGTERM)
+
+
+def refuse_a_taken_port(parser: argparse.ArgumentParser, host: str, port: int) -> None:
+    """Say who may hold the port when it is taken (uvicorn's "Address already in use", exit 3)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            parser.error(f"--port {port}: {host}:{port} is taken ({e.strerror}); another server holds it, maybe an "
+                         f"earlier judge (`ss -ltnp | grep :{port}` names the process), or choose another --port")
 
 
 def stop_workers_with_the_server() -> None:
