@@ -333,7 +333,8 @@ class GRPOModule(VLMModule):
                 f"reward; mean reward {reward:.3f} at step {self.global_step}): every advantage is 0, so GRPO learns "
                 "nothing. A model that does not write the answer format scores 0 on every reward: start from a "
                 "cold start that writes it (callbacks.ColdStart, or an SFT'd model; LoRA on a random model does not "
-                "learn it), or give the rewards partial credit, or raise model.grpo.temperature / num_generations")
+                "learn it), or give the rewards partial credit, or raise model.grpo.temperature / num_generations"
+                + failing_rewards_note(self.rewards))
 
     # -- checkpoints: the skipped-step count survives a resume -----------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -407,6 +408,16 @@ def max_steps_note(max_steps: int, steps: list[int]) -> str | None:
             f"{k - max_steps % k} step(s) of that rollout are not trained, and a resume of this run with more steps starts a new "
             f"rollout where one run would have finished that one (not the same run); give a multiple of {k} "
             f"({' or '.join(map(str, sorted({max_steps // k * k or k, (max_steps // k + 1) * k})))})")
+
+
+def failing_rewards_note(rewards: list[Reward]) -> str:
+    """For the tied-groups warning: rewards whose masked failures (``on_error: nan``) may be
+    the cause, a judge that stopped answering leaving only the rewards that tie."""
+    failing = [f"{r.name} ({r.errors} completions, train/reward/{r.name}/errors)" for r in rewards if getattr(r, "errors", 0)]
+    if not failing:
+        return ""
+    return (f". Rewards failed and were masked (on_error: nan) in this run: {', '.join(failing)}; the rest may tie "
+            "without them: read their first warning, or set on_error: raise to stop at the failure")
 
 
 def reward_list(rewards: list[Reward]) -> list[str]:

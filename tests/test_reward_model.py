@@ -213,8 +213,10 @@ def test_a_failure_then_an_answer_succeeds_on_retry(images):
     comps, ctxs = batch(images, 3)
     with scripted((500, b"boom", 0.0), (200, b"[]", 0.0), ok(3)) as (server, url):
         reward = RemoteRewardModel(url, timeout_s=5.0, max_retries=2, backoff_s=0.01)
-        assert reward(comps, ctxs) == [0.25, 0.25, 0.25]
-        assert server.hits == 3
+        with pytest.warns(UserWarning, match="answered on attempt 3 after: ") as seen:
+            assert reward(comps, ctxs) == [0.25, 0.25, 0.25]
+        assert server.hits == 3 and reward.recovered == 1
+        assert url in str(seen[0].message) and "shown once" in str(seen[0].message)
 
 
 def test_no_server_listening_is_a_connection_error():

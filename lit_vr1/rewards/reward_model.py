@@ -431,7 +431,8 @@ class RemoteRewardModel(Reward):
 
     Failures (timeout, refused connection, HTTP error status, a body that is not JSON or
     has the wrong count or non-numbers) are retried up to ``max_retries`` times,
-    ``backoff_s`` apart; then :class:`RemoteRewardError` names the url, the attempts and
+    ``backoff_s`` apart (a request saved by a retry is warned of once and counted in
+    ``recovered``); then :class:`RemoteRewardError` names the url, the attempts and
     the last cause (the base class makes it a ``RewardError`` naming the sample, or nan
     with ``on_error="nan"``). Every attempt has a hard deadline of ``timeout_s`` (connect,
     send and the whole read, not per socket operation), so one request takes at most
@@ -494,6 +495,7 @@ class RemoteRewardModel(Reward):
         self.threshold = threshold
         self.down_for_s = float(down_for_s)
         self.attempts = 0  # HTTP attempts made, over the whole run
+        self.recovered = 0  # requests that failed at first and were answered on a retry
         self._down: tuple[float, str] | None = None  # (until, message) after a transport failure
 
     def score(self, completions: list[str], contexts: list[SampleContext]) -> list[float]:
@@ -587,14 +589,26 @@ class RemoteRewardModel(Reward):
             attempts += 1
             self.attempts += 1
             try:
-                return parse(self._post(body))
+                answer = parse(self._post(body))
             except (_Transport, _BadAnswer) as e:
                 cause = e
+                continue
+            if cause is not None:
+                self._recovered(attempts, cause)
+            return answer
         message = (f"remote reward model {self.url} failed after {attempts} attempt(s); "
                    f"last cause: {cause}")
         if isinstance(cause, _Transport) and self.down_for_s > 0:
             self._down = (time.monotonic() + self.down_for_s, message)
         raise RemoteRewardError(message)
+
+    def _recovered(self, attempts: int, cause: Exception) -> None:
+        """Count a request a retry saved, and say so the first time: a judge that fails often costs
+        ``timeout_s`` and ``backoff_s`` per failure while every step still succeeds."""
+        self.recovered += 1
+        if self.recovered == 1:
+            warnings.warn(f"remote reward model {self.url} answered on attempt {attempts} after: {cause} (shown once; "
+                          f"the requests retries saved are counted in {type(self).__name__}.recovered)", stacklevel=3)
 
     def _post(self, body: bytes) -> bytes:
         """One POST with a deadline of ``timeout_s`` on the whole exchange."""
