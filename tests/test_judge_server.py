@@ -168,6 +168,9 @@ def test_text_no_tokenizer_takes_and_images_no_processor_takes_are_400_before_th
     chat = b'{"messages": [{"role": "user", "content": "q\\udfff"}]}'
     status, data = post(judge.url + "/v1/chat/completions", chat)
     assert status == 400 and "not valid Unicode text" in data["error"]
+    named = b'{"model": "\\ud800", "messages": [{"role": "user", "content": "q"}]}'  # echoed in the answer: a 500
+    status, data = post(judge.url + "/v1/chat/completions", named)
+    assert status == 400 and "model is not valid Unicode text" in data["error"]
     status, data = post(url, items(1, image=encode_image(Image.new("RGB", (4000, 10)))))
     assert status == 400 and "4000x10, an aspect ratio above 200" in data["error"]
 
@@ -192,11 +195,16 @@ def test_one_request_may_not_ask_for_more_pixels_than_its_budget():
     2.6 to 7.7 GB; the whole request's pixels now have a cap of their own, read from the headers."""
     from lit_vr1.rewards.serve import BadRequest, Limits, parse_score_request
 
-    big = encode_image(Image.new("RGB", (1000, 1000)))
     limits = Limits(max_request_pixels=3_000_000)
-    assert len(parse_score_request({"items": [{"question": "q", "answer": "a", "image": big}] * 3}, limits)) == 3
-    with pytest.raises(BadRequest, match="the request's images hold 4000000 pixels, over the limit of 3000000"):
-        parse_score_request({"items": [{"question": "q", "answer": "a", "image": big}] * 4}, limits, decode=False)
+    big = [encode_image(Image.new("RGB", (1000, 1000), (k, 0, 0))) for k in range(4)]
+    got = parse_score_request({"items": [{"question": "q", "answer": "a", "image": b} for b in big[:3]]}, limits)
+    assert len(got) == 3 and all(it.images[0].mode == "RGB" and it.images[0].size == (1000, 1000) for it in got)
+    with pytest.raises(BadRequest, match="the request's distinct images hold 4000000 pixels, over the limit of 3000000"):
+        parse_score_request({"items": [{"question": "q", "answer": "a", "image": b} for b in big]}, limits, decode=False)
+    # the client sends a prompt's image once per completion: 16 copies count (and are decoded) once
+    same = parse_score_request({"items": [{"question": "q", "answer": str(k), "image": big[0]} for k in range(16)]},
+                               limits)
+    assert len(same) == 16 and len({id(it.images[0]) for it in same}) == 1 and same[15].images[0].getpixel((0, 0)) == (0, 0, 0)
 
 
 def test_a_taken_port_is_named_before_the_model_loads(tmp_path):
@@ -207,6 +215,33 @@ def test_a_taken_port_is_named_before_the_model_loads(tmp_path):
         done = subprocess.run([sys.executable, "-m", "lit_vr1.rewards.serve", "--model", "tiny:qwen2_5_vl", "--port",
                                str(port)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and f"127.0.0.1:{port} is taken" in done.stderr and "ss -ltnp" in done.stderr
+
+
+def test_an_address_that_is_not_this_machine_s_is_not_called_taken(capsys):
+    import argparse
+
+    from lit_vr1.rewards.serve import refuse_a_taken_port
+
+    with pytest.raises(SystemExit) as done:
+        refuse_a_taken_port(argparse.ArgumentParser(prog="serve"), "192.0.2.1", 28000)  # TEST-NET-1: never local
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and "--host 192.0.2.1 --port 28000: cannot listen there" in err and "taken" not in err
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_worker_whose_server_died_before_it_started_ends_itself():
+    """A spawned worker takes seconds to reach its setup; a server killed meanwhile has no
+    child to signal, and the orphan is adopted by init or by a subreaper (systemd --user)."""
+    import os
+
+    from lit_vr1.rewards.serve import die_with_parent
+
+    die_with_parent(os.getpid())  # the server itself (an API set up in-process): nothing happens
+    code = "import os, sys; from lit_vr1.rewards.serve import die_with_parent; die_with_parent({}); print('alive')"
+    adopted = subprocess.run([sys.executable, "-c", code.format("os.getppid() + 1")], capture_output=True, text=True)
+    assert adopted.returncode == 143 and "alive" not in adopted.stdout
+    kept = subprocess.run([sys.executable, "-c", code.format("os.getppid()")], capture_output=True, text=True)
+    assert kept.returncode == 0 and kept.stdout.strip() == "alive"
 
 
 def test_images_per_item_are_bounded_and_given_one_way(judge):

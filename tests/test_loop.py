@@ -123,7 +123,7 @@ def test_a_fit_with_every_group_tied_warns_once_and_a_signal_resets_it(samples):
         logger = fit(module, samples[:2], max_steps=3, batch_size=1)
     assert [m["train/groups_tied_frac"] for m in train_rows(logger)] == [1.0, 1.0, 1.0]
     assert sum("every group tied" in str(w.message) for w in seen) == 1
-    assert "Rewards failed" not in str(seen[0].message)
+    assert not any("Rewards failed" in str(w.message) for w in seen)
     module.warn_when_nothing_to_learn(0.5, 0.3)  # a rollout with signal starts the count again
     assert module.tied_in_a_row == 0
     module.rewards[0].errors = 96  # a judge that stopped answering, masked: the rest tie without it

@@ -213,10 +213,26 @@ def test_a_failure_then_an_answer_succeeds_on_retry(images):
     comps, ctxs = batch(images, 3)
     with scripted((500, b"boom", 0.0), (200, b"[]", 0.0), ok(3)) as (server, url):
         reward = RemoteRewardModel(url, timeout_s=5.0, max_retries=2, backoff_s=0.01)
-        with pytest.warns(UserWarning, match="answered on attempt 3 after: ") as seen:
+        with pytest.warns(UserWarning, match=r"answered on attempt 3; the first failed: HTTP 500 .*boom") as seen:
             assert reward(comps, ctxs) == [0.25, 0.25, 0.25]
         assert server.hits == 3 and reward.recovered == 1
         assert url in str(seen[0].message) and "shown once" in str(seen[0].message)
+
+
+def test_a_request_the_server_refuses_is_not_sent_again(images):
+    """A 400 (a request over the server's limits) is refused again whatever the retries: before,
+    each batch waited max_retries x backoff_s for the same answer. 429 is worth another try."""
+    comps, ctxs = batch(images, 3)
+    with scripted((400, b'{"error": "over the limit"}', 0.0), ok(3)) as (server, url):
+        reward = RemoteRewardModel(url, timeout_s=5.0, max_retries=3, backoff_s=0.01, down_for_s=0.0)
+        with pytest.raises(RemoteRewardError, match=r"refused the request \(not retried.*HTTP 400.*over the limit"):
+            reward.score(comps, ctxs)
+        assert server.hits == 1
+    with scripted((429, b"slow down", 0.0), ok(3)) as (server, url):
+        reward = RemoteRewardModel(url, timeout_s=5.0, max_retries=3, backoff_s=0.01)
+        with pytest.warns(UserWarning, match="answered on attempt 2"):
+            assert reward.score(comps, ctxs) == [0.25, 0.25, 0.25]
+        assert server.hits == 2
 
 
 def test_no_server_listening_is_a_connection_error():

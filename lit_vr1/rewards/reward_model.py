@@ -360,6 +360,14 @@ class _BadAnswer(Exception):
     """The server answered, but with an HTTP error or a body that is not valid scores."""
 
 
+class _Refused(Exception):
+    """The server refused the request itself (a 4xx but 408 / 425 / 429): sent again, it is
+    refused again, so it is not retried."""
+
+
+RETRIED_4XX = (408, 425, 429)  # timeout, too early, too many requests: worth another try
+
+
 def encode_image(image: Image.Image | None, fmt: str = "PNG") -> str | None:
     """An image as base64 (PNG by default) for the JSON protocol; None stays None."""
     if image is None:
@@ -430,7 +438,9 @@ class RemoteRewardModel(Reward):
     ``Authorization: Bearer <key>``; a server opened to the network requires it.
 
     Failures (timeout, refused connection, HTTP error status, a body that is not JSON or
-    has the wrong count or non-numbers) are retried up to ``max_retries`` times,
+    has the wrong count or non-numbers) are retried up to ``max_retries`` times, but for a
+    request the server refused (a 4xx other than 408, 425 and 429: sent again, it is refused
+    again),
     ``backoff_s`` apart (a request saved by a retry is warned of once and counted in
     ``recovered``); then :class:`RemoteRewardError` names the url, the attempts and
     the last cause (the base class makes it a ``RewardError`` naming the sample, or nan
@@ -496,6 +506,7 @@ class RemoteRewardModel(Reward):
         self.down_for_s = float(down_for_s)
         self.attempts = 0  # HTTP attempts made, over the whole run
         self.recovered = 0  # requests that failed at first and were answered on a retry
+        self._recovery_told = False
         self._down: tuple[float, str] | None = None  # (until, message) after a transport failure
 
     def score(self, completions: list[str], contexts: list[SampleContext]) -> list[float]:
@@ -582,7 +593,7 @@ class RemoteRewardModel(Reward):
                 raise RemoteRewardError(f"{message} (not retried: server taken as down for "
                                         f"{until - time.monotonic():.1f} s more)")
             self._down = None
-        attempts, cause = 0, None
+        attempts, first, cause = 0, None, None
         for attempt in range(self.max_retries + 1):
             if attempt:
                 time.sleep(self.backoff_s)
@@ -590,11 +601,14 @@ class RemoteRewardModel(Reward):
             self.attempts += 1
             try:
                 answer = parse(self._post(body))
+            except _Refused as e:
+                raise RemoteRewardError(f"remote reward model {self.url} refused the request (not retried: it would be "
+                                        f"refused again): {e}") from None
             except (_Transport, _BadAnswer) as e:
-                cause = e
+                first, cause = first or e, e
                 continue
-            if cause is not None:
-                self._recovered(attempts, cause)
+            if first is not None:
+                self._recovered(attempts, first)
             return answer
         message = (f"remote reward model {self.url} failed after {attempts} attempt(s); "
                    f"last cause: {cause}")
@@ -606,9 +620,11 @@ class RemoteRewardModel(Reward):
         """Count a request a retry saved, and say so the first time: a judge that fails often costs
         ``timeout_s`` and ``backoff_s`` per failure while every step still succeeds."""
         self.recovered += 1
-        if self.recovered == 1:
-            warnings.warn(f"remote reward model {self.url} answered on attempt {attempts} after: {cause} (shown once; "
-                          f"the requests retries saved are counted in {type(self).__name__}.recovered)", stacklevel=3)
+        if not self._recovery_told:  # (the openai protocol's threads may, rarely, both tell it)
+            self._recovery_told = True
+            warnings.warn(f"remote reward model {self.url} answered on attempt {attempts}; the first failed: {cause} "
+                          f"(shown once; the requests retries saved are counted in {type(self).__name__}.recovered)",
+                          stacklevel=3)
 
     def _post(self, body: bytes) -> bytes:
         """One POST with a deadline of ``timeout_s`` on the whole exchange."""
@@ -648,6 +664,8 @@ class RemoteRewardModel(Reward):
             raise _Transport(f"{kind} ({type(e).__name__}: {e or 'no detail'}) [timeout_s={self.timeout_s}]") from None
         finally:
             conn.close()
+        if 400 <= resp.status < 500 and resp.status not in RETRIED_4XX:
+            raise _Refused(f"HTTP {resp.status} {resp.reason}: {data[:300]!r}")
         if resp.status != 200:
             raise _BadAnswer(f"HTTP {resp.status} {resp.reason}: {data[:200]!r}")
         return data

@@ -22,16 +22,19 @@ model. Two protocols, one model:
 
 What the guard enforces (each a status code and a JSON ``{"error": ...}`` body):
 Content-Length required (411), a number >= 0 (400), at most ``--max-body-mb`` (413); the
-whole body within ``--body-timeout-s`` (408: a client that announces 1000 bytes and
-sends 13 cannot hold the server), all of it (400 when the client closes early); at most
+whole body within ``--body-timeout-s`` (408: a client that announces 1000 bytes and sends 13
+cannot hold the server), all of it (400 when the client closes early); at most
 ``--max-items`` items, ``--max-text-chars`` characters of question plus answer per item,
-``--max-images`` images per item and ``--max-image-pixels`` pixels per image, read from the
-image header before anything is decoded (400); a token (``Authorization: Bearer <token>`` or ``X-API-Key``) on every
-path but ``/health`` when the server has one (401). A server bound to anything but
-loopback refuses to start without a token (``--api-key`` or ``LIT_VR1_JUDGE_KEY``).
+``--max-images`` images per item, ``--max-image-pixels`` pixels per image and
+``--max-request-pixels`` pixels for the request's distinct images together (a prompt's image
+sent once per completion counts once), read from the image headers before anything is
+decoded (400); no unknown field in a /score body or item (400); a token (``Authorization:
+Bearer <token>`` or ``X-API-Key``) on every path but ``/health`` when the server has one
+(401). A server bound to anything but loopback refuses to start without a token
+(``--api-key`` or ``LIT_VR1_JUDGE_KEY``).
 uvicorn queues up to 2048 pending connections. Work per request is bounded by the item,
-text, image and pixel caps (at the defaults up to 64 x 8 images of 16.7 Mpx: lower
-``--max-images`` or ``--max-image-pixels`` for a smaller bound), and a request that waited
+text, image and pixel caps (at the defaults 64 Mi pixels of distinct images, each decoded
+once; with ``--max-batch-size`` N, N requests' worth at once), and a request that waited
 longer than ``--request-timeout-s`` in the queue is answered 504 and not scored (its client has given up). Text from the policy is
 untrusted: the tokenizer's special tokens (``<|image_pad|>``, ``<|im_end|>``, ...) are
 removed from it before it reaches the judge's prompt.
@@ -44,6 +47,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import errno
 import glob
 import io
 import ipaddress
@@ -112,9 +116,9 @@ def _image_bytes(value: Any, where: str) -> bytes:
         raise BadRequest(f"{where} is not a base64-encoded image: {e}") from None
 
 
-def open_image(data: bytes, where: str, limits: Limits, decode: bool) -> Image.Image:
+def open_image(data: bytes, where: str, limits: Limits) -> Image.Image:
     """The image in ``data``, its size checked from the header before any pixel is decoded
-    (a 20000 x 20000 PNG is a few hundred bytes); decoded to RGB when ``decode``."""
+    (a 20000 x 20000 PNG is a few hundred bytes); :func:`decoded` decodes it."""
     try:
         image = Image.open(io.BytesIO(data))
         width, height = image.size
@@ -128,7 +132,7 @@ def open_image(data: bytes, where: str, limits: Limits, decode: bool) -> Image.I
     if min(width, height) < 1 or max(width, height) / min(width, height) > MAX_ASPECT:
         raise BadRequest(f"{where} is {width}x{height}, an aspect ratio above {MAX_ASPECT}, which the Qwen-VL "
                          "processors refuse; crop or pad it")
-    return decoded(image, where) if decode else image
+    return image
 
 
 def decoded(image: Image.Image, where: str) -> Image.Image:
@@ -165,13 +169,36 @@ def _refuse_unknown(obj: dict, known: tuple[str, ...], where: str) -> None:
         raise BadRequest(f"{where} has the unknown field(s) {', '.join(map(repr, unknown))} (fields: {', '.join(known)})")
 
 
-def _pixel_budget(items: list[list[Image.Image]], limits: Limits) -> None:
-    """The pixels of a whole request (from the headers) within ``max_request_pixels``: each image
-    under its own cap, 64 items of 8 images could still ask for gigabytes of decoded RGB."""
-    total = sum(im.size[0] * im.size[1] for shown in items for im in shown)
-    if total > limits.max_request_pixels:
-        raise BadRequest(f"the request's images hold {total} pixels, over the limit of {limits.max_request_pixels} per "
-                         "request; send fewer or smaller images per request")
+class RequestImages:
+    """The images of one request, each distinct one (by its bytes) opened, counted and decoded
+    once: a client sends a prompt's image once per completion (``RemoteRewardModel``'s 16 items
+    of one 3000 x 2000 photo are 6 Mpx to decode, not 96)."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.opened: dict[bytes, Image.Image] = {}
+        self.rgb: dict[int, Image.Image] = {}  # id of an opened image -> decoded
+
+    def open(self, value: Any, where: str) -> Image.Image:
+        """The image of a base64 string (header read, nothing decoded), the same object for the same bytes."""
+        data = _image_bytes(value, where)
+        if data not in self.opened:
+            self.opened[data] = open_image(data, where, self.limits)
+        return self.opened[data]
+
+    def check_budget(self) -> None:
+        """The distinct images' pixels (from their headers) within ``max_request_pixels``: each
+        under its own cap, 64 items of 8 different images could still ask for gigabytes of RGB."""
+        total = sum(im.size[0] * im.size[1] for im in self.opened.values())
+        if total > self.limits.max_request_pixels:
+            raise BadRequest(f"the request's distinct images hold {total} pixels, over the limit of "
+                             f"{self.limits.max_request_pixels} per request; send fewer or smaller images per request")
+
+    def decoded(self, image: Image.Image, where: str) -> Image.Image:
+        """``image`` (from :meth:`open`) decoded to RGB, once per distinct image."""
+        if id(image) not in self.rgb:
+            self.rgb[id(image)] = decoded(image, where)
+        return self.rgb[id(image)]
 
 
 def parse_score_request(data: Any, limits: Limits, decode: bool = True) -> list[ScoreItem]:
@@ -179,7 +206,7 @@ def parse_score_request(data: Any, limits: Limits, decode: bool = True) -> list[
     if not isinstance(data, dict) or not isinstance(data.get("items"), list):
         raise BadRequest('body must be a JSON object with a list "items"')
     _refuse_unknown(data, ("items",), "the body")
-    raw_items = data["items"]
+    raw_items, opened = data["items"], RequestImages(limits)
     if len(raw_items) > limits.max_items:
         raise BadRequest(f"{len(raw_items)} items, over the limit of {limits.max_items} per request; send smaller batches")
     items = []
@@ -191,15 +218,15 @@ def parse_score_request(data: Any, limits: Limits, decode: bool = True) -> list[
         if len(question) + len(answer) > limits.max_text_chars:
             raise BadRequest(f"items[{i}] has {len(question) + len(answer)} characters of question and answer, over "
                              f"the limit of {limits.max_text_chars}")
-        items.append(ScoreItem(question, answer, _item_images(raw, f"items[{i}]", limits, False)))
-    _pixel_budget([it.images for it in items], limits)
+        items.append(ScoreItem(question, answer, _item_images(raw, f"items[{i}]", limits, opened)))
+    opened.check_budget()
     if decode:  # only once every header is read and the whole request is within its budget
         for i, it in enumerate(items):
-            it.images = [decoded(im, f"items[{i}].images[{k}]") for k, im in enumerate(it.images)]
+            it.images = [opened.decoded(im, f"items[{i}].images[{k}]") for k, im in enumerate(it.images)]
     return items
 
 
-def _item_images(raw: dict, where: str, limits: Limits, decode: bool) -> list[Image.Image]:
+def _item_images(raw: dict, where: str, limits: Limits, opened: RequestImages) -> list[Image.Image]:
     """The images of one /score item: ``images`` (a list) when given, else ``image`` (one, or
     null). A client sends both for a multi-image question (``image`` its first, which servers
     older than ``images`` read), so both must agree."""
@@ -210,13 +237,15 @@ def _item_images(raw: dict, where: str, limits: Limits, decode: bool) -> list[Im
                          "\"images\" (with \"image\" their first, for older servers), or one image as \"image\"")
     if many is None:
         one = raw.get("image")
-        return [] if one is None else [open_image(_image_bytes(one, f"{where}.image"), f"{where}.image", limits, decode)]
+        return [] if one is None else [opened.open(one, f"{where}.image")]
     if not isinstance(many, list):
         raise BadRequest(f"{where}.images must be a list of base64 images")
     if len(many) > limits.max_images:
         raise BadRequest(f"{where} has {len(many)} images, over the limit of {limits.max_images} per item")
-    return [open_image(_image_bytes(b64, f"{where}.images[{k}]"), f"{where}.images[{k}]", limits, decode)
-            for k, b64 in enumerate(many)]
+    return [opened.open(b64, f"{where}.images[{k}]") for k, b64 in enumerate(many)]
+
+
+MAX_MODEL_CHARS = 256  # a chat request's "model", which the answer names again
 
 
 @dataclass
@@ -240,7 +269,7 @@ def parse_chat_request(data: Any, limits: Limits, decode: bool = True) -> ChatPr
     parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
     if not isinstance(parts, list):
         raise BadRequest("messages[].content must be a string or a list of parts")
-    texts, images = [], []
+    texts, images, opened = [], [], RequestImages(limits)
     for k, part in enumerate(parts):
         kind = part.get("type") if isinstance(part, dict) else None
         if kind == "text":
@@ -250,19 +279,21 @@ def parse_chat_request(data: Any, limits: Limits, decode: bool = True) -> ChatPr
             url = url.get("url") if isinstance(url, dict) else url
             if not isinstance(url, str) or not url.startswith("data:"):
                 raise BadRequest(f"content[{k}].image_url must be a data: URL (the judge fetches nothing)")
-            images.append(open_image(_image_bytes(url, f"content[{k}].image_url"), f"content[{k}].image_url",
-                                     limits, False))
+            images.append(opened.open(url, f"content[{k}].image_url"))
         else:
             raise BadRequest(f"content[{k}] has type {kind!r}; the judge reads text and image_url parts")
     if len(images) > limits.max_images:
         raise BadRequest(f"{len(images)} images, over the limit of {limits.max_images} per request")
-    _pixel_budget([images], limits)
+    opened.check_budget()
     if decode:
-        images = [decoded(im, f"image {k + 1}") for k, im in enumerate(images)]
+        images = [opened.decoded(im, f"image {k + 1}") for k, im in enumerate(images)]
     text = "\n".join(texts)
     if not text.strip() or len(text) > limits.max_text_chars:
         raise BadRequest(f"the prompt must have 1 to {limits.max_text_chars} characters, got {len(text)}")
-    return ChatPrompt(text, images, str(data.get("model", "")))
+    model = _text(data.get("model") or "", "model")  # echoed in the answer
+    if len(model) > MAX_MODEL_CHARS:
+        raise BadRequest(f"model has {len(model)} characters, over {MAX_MODEL_CHARS}")
+    return ChatPrompt(text, images, model)
 
 
 def chat_response(prompt: ChatPrompt, logp_yes: float, logp_no: float, model_name: str, top: int) -> dict:
@@ -417,11 +448,12 @@ class JudgeAPI(ls.LitAPI):
         self.scorer_args = dict(model=model, device=device, dtype=dtype, batch_size=batch_size,
                                 min_pixels=min_pixels, max_pixels=max_pixels, think_tokens=think_tokens)
         self.model_name, self.limits = model, limits
+        self.server_pid = os.getpid()  # built in the server process, which spawns the worker
 
     def setup(self, worker_device) -> None:
         from lit_vr1.rewards.reward_model import JudgeScorer
 
-        die_with_parent()  # the worker is spawned: the server's at-fork hook does not reach it
+        die_with_parent(self.server_pid)  # the worker is spawned: the server's at-fork hook does not reach it
 
         self.scorer = JudgeScorer(**self.scorer_args)
 
@@ -563,13 +595,21 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.max_images < 1:
         parser.error(f"--max-images {args.max_images}: must be at least 1 (an item's image)")
+    if args.max_request_pixels < args.max_image_pixels:
+        parser.error(f"--max-request-pixels {args.max_request_pixels}: must be at least --max-image-pixels "
+                     f"({args.max_image_pixels}), or no request could hold the largest image")
     if args.think_tokens < 0:
         parser.error(f"--think-tokens {args.think_tokens}: must be 0 (no reasoning) or a number of tokens")
     api_key = args.api_key or os.environ.get(KEY_ENV) or None
     if not is_loopback(args.host) and not api_key:
         parser.error(f"--host {args.host} opens the judge to the network: give a token with --api-key or {KEY_ENV} "
                      "(clients send it as Authorization: Bearer <token>)")
-    os.register_at_fork(after_in_child=die_with_parent)  # LitServe's forked processes, from its constructor on
+    forking = {"parent": os.getpid()}  # LitServe's forked processes, from its constructor on, die with their parent
+
+    def before_fork() -> None:
+        forking["parent"] = os.getpid()
+
+    os.register_at_fork(before=before_fork, after_in_child=lambda: die_with_parent(forking["parent"]))
     limits = Limits(max_body_bytes=int(args.max_body_mb * 2**20), body_timeout_s=args.body_timeout_s,
                     max_items=args.max_items, max_text_chars=args.max_text_chars, max_image_pixels=args.max_image_pixels,
                     max_images=args.max_images, max_request_pixels=args.max_request_pixels)
@@ -585,31 +625,36 @@ def main(argv: list[str] | None = None) -> None:
                api_server_worker_type="thread")
 
 
-def die_with_parent() -> None:
-    """On Linux, this process gets SIGTERM when the server process that started it dies, even
-    by SIGKILL (the OOM killer, ``kill -9``), which no handler of the server sees: before, its
-    worker and helpers lived on, one of them holding the port without answering. Elsewhere
-    nothing is done."""
-    if not sys.platform.startswith("linux"):
+def die_with_parent(parent: int) -> None:
+    """On Linux, this process (a child of process ``parent``) gets SIGTERM when its parent
+    dies, even by SIGKILL (the OOM killer, ``kill -9``), which no handler of the server sees:
+    before, the server's worker and helpers lived on, one of them holding the port without
+    answering. A parent already gone (a spawned worker takes seconds to get here) ends this
+    process at once, whoever adopted it (init, or a subreaper such as ``systemd --user``).
+    Called in the parent itself (an API set up in-process) or elsewhere than Linux: nothing."""
+    if not sys.platform.startswith("linux") or os.getpid() == parent:
         return
     import ctypes
 
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    if os.getppid() == 1:  # the server died before the line above ran
+    if os.getppid() != parent:  # the parent died before the line above ran
         os._exit(128 + signal.SIGTERM)
 
 
 def refuse_a_taken_port(parser: argparse.ArgumentParser, host: str, port: int) -> None:
     """Say who may hold the port when it is taken (uvicorn's "Address already in use", exit 3)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:  # as uvicorn binds it
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind((host, port))
-        except OSError as e:
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
             parser.error(f"--port {port}: {host}:{port} is taken ({e.strerror}); another server holds it, maybe an "
                          f"earlier judge (`ss -ltnp | grep :{port}` names the process), or choose another --port")
+        parser.error(f"--host {host} --port {port}: cannot listen there ({e.strerror or e}); give an address of this "
+                     "machine (127.0.0.1, 0.0.0.0, ::) and a port above 1023")
 
 
 def stop_workers_with_the_server() -> None:
