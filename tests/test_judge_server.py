@@ -6,6 +6,7 @@ then a bounded soak with 50 clients."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import random
 import socket
@@ -108,6 +109,26 @@ def contexts(n: int, images: list) -> tuple[list[str], list[SampleContext]]:
 # ----------------------------------------------------------------- both protocols equal the in-process judge
 
 
+def test_a_wrong_path_protocol_or_token_is_said_before_the_first_step(judge, monkeypatch):
+    """Each passed the /health check and failed every request, three attempts each, with an
+    HTTP status and no word of the cause."""
+    from lit_vr1.rewards.base import RewardError
+    from lit_vr1.rewards.reward_model import KEY_ENV
+
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    with pytest.raises(ValueError, match="is OpenAI's chat path: give protocol='openai'"):
+        RemoteRewardModel(judge.url + "/v1/chat/completions")
+    with pytest.raises(ValueError, match="is lit-vr1's /score path"):
+        RemoteRewardModel(judge.url + "/score", protocol="openai")
+    with pytest.raises(RewardError, match=f"wants a token .*HTTP 401.*set the reward's api_key or {KEY_ENV}"):
+        RemoteRewardModel(judge.url + "/score", name="judge").check_ready()
+    with pytest.raises(RewardError, match="is not a scoring path .*HTTP 404.*scores at /score"):
+        RemoteRewardModel(judge.url + "/scroe", api_key=KEY).check_ready()
+    ready = RemoteRewardModel(judge.url + "/score", api_key=KEY)
+    ready.check_ready()
+    assert ready.attempts == 0
+
+
 def test_both_protocols_equal_the_in_process_judge(judge, scorer):
     images = [Image.new("RGB", (56, 56), c) for c in ("red", "blue", "green")]
     comps, ctxs = contexts(7, images)
@@ -184,6 +205,12 @@ def test_misspelled_fields_and_wrapped_or_empty_base64_are_answered(judge):
         data["error"]
     status, data = post(url, json.dumps({"items": [], "itmes": []}).encode())
     assert status == 400 and "the body has the unknown field(s) 'itmes'" in data["error"]
+    status, data = post(url, json.dumps({"itmes": []}).encode())  # the misspelling alone
+    assert status == 400 and "the body has the unknown field(s) 'itmes' (fields: items)" in data["error"]
+    status, data = post(judge.url + "/v1/chat/completions", json.dumps({"mesages": []}).encode())
+    assert status == 400 and "non-empty list \"messages\" (its fields: 'mesages')" in data["error"]
+    status, data = post(url, items(1, image=base64.b64encode(b"not an image at all").decode()))
+    assert status == 400 and data["error"] == "items[0].image is not an image PIL can read (PNG, JPEG, WebP, ...)"
     wrapped = "\n".join(small[i:i + 76] for i in range(0, len(small), 76))  # as the base64 command writes it
     assert post(url, items(1, image=wrapped))[0] == 200
     status, data = post(url, items(1, image=""))
@@ -218,14 +245,13 @@ def test_a_taken_port_is_named_before_the_model_loads(tmp_path):
 
 
 def test_an_address_that_is_not_this_machine_s_is_not_called_taken(capsys):
-    import argparse
-
     from lit_vr1.rewards.serve import refuse_a_taken_port
 
     with pytest.raises(SystemExit) as done:
-        refuse_a_taken_port(argparse.ArgumentParser(prog="serve"), "192.0.2.1", 28000)  # TEST-NET-1: never local
+        refuse_a_taken_port("192.0.2.1", 28000)  # TEST-NET-1: never local
     err = capsys.readouterr().err
     assert done.value.code == 2 and "--host 192.0.2.1 --port 28000: cannot listen there" in err and "taken" not in err
+    assert len(err.strip().splitlines()) == 1  # no usage block before it
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
@@ -283,7 +309,7 @@ def test_malformed_requests_get_400_with_the_reason(judge):
     url = judge.url + "/score"
     assert post(url, b"{not json")[0] == 400
     status, data = post(url, json.dumps({"questions": []}).encode())
-    assert status == 400 and '"items"' in data["error"]
+    assert status == 400 and "unknown field(s) 'questions' (fields: items)" in data["error"]
     status, data = post(url, json.dumps({"items": [{"question": 1, "answer": "a"}]}).encode())
     assert status == 400 and "items[0].question" in data["error"]
     status, data = post(url, json.dumps({"items": [{"question": "q", "answer": "a", "image": "@@@"}]}).encode())
@@ -337,7 +363,8 @@ def test_huge_images_many_items_and_long_texts_are_refused_at_once(judge):
     bomb = base64.b64encode(png_header_only(20000, 20000)).decode()
     start = time.monotonic()
     status, data = post(url, items(1, image=bomb))
-    assert status == 400 and f"over the limit of {MAX_PIXELS} pixels" in data["error"] and time.monotonic() - start < 5
+    assert status == 400 and time.monotonic() - start < 5
+    assert data["error"] == f"items[0].image declares 400000000 pixels, over the limit of {MAX_PIXELS}; send a smaller image"
     status, data = post(url, items(2000))
     assert status == 400 and f"limit of {MAX_ITEMS}" in data["error"]
     status, data = post(url, items(1, answer="x" * 100_000))
@@ -458,6 +485,78 @@ def test_one_signal_stops_the_server_and_its_worker_and_frees_the_port(sig, to_g
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind(("127.0.0.1", port))
             probe.listen()
+
+
+def _gone(pgid: int, port: int, within_s: float = 30.0) -> None:
+    deadline = time.monotonic() + within_s
+    while _running_in_group(pgid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _running_in_group(pgid), "a process of the judge server's group lived on"
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(("127.0.0.1", port))
+
+
+def test_a_killed_model_worker_stops_the_server_so_it_can_be_restarted():
+    """The OOM killer picks the worker (it holds the model): LitServe's monitor failed to stop
+    the server's thread and the server stayed on the port answering 500 to everything."""
+    import os
+    import signal as signals
+
+    with launch("tiny:qwen2_5_vl") as served:
+        port = int(served.url.rsplit(":", 1)[1])
+        worker = next(pid for pid in _running_in_group(served.pid)
+                      if b"spawn_main" in open(f"/proc/{pid}/cmdline", "rb").read())
+        os.kill(worker, signals.SIGKILL)
+        _gone(served.pid, port)
+
+
+def test_a_launched_server_ends_with_the_process_that_launched_it(tmp_path):
+    """A notebook kernel restarted or a script under `timeout` is killed without leaving its
+    `with launch(...)`: the server stayed, holding its port."""
+    import os
+    import signal as signals
+
+    script = tmp_path / "launcher.py"
+    script.write_text("import time\nfrom lit_vr1.rewards.serve import launch\n"
+                      "with launch('tiny:qwen2_5_vl') as s:\n    print(s.pid, s.url, flush=True)\n    time.sleep(600)\n")
+    launcher = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        pid, url = launcher.stdout.readline().split()
+        launcher.send_signal(signals.SIGKILL)
+        launcher.wait()
+        _gone(int(pid), int(url.rsplit(":", 1)[1]))
+    finally:
+        launcher.kill()
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.killpg(int(pid), signals.SIGKILL)
+
+
+def test_launch_takes_its_port_as_a_keyword_and_refuses_a_taken_one():
+    with pytest.raises(ValueError, match="give the port as launch\\(model, port=...\\), not '--port'"):
+        with launch("tiny:qwen2_5_vl", "--port", "20142"):
+            pass
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        with pytest.raises(RuntimeError, match=f"127.0.0.1:{holder.getsockname()[1]} is taken"):
+            with launch("tiny:qwen2_5_vl", port=holder.getsockname()[1]):
+                pass
+
+
+@pytest.mark.parametrize("argv, said", [
+    (["--port", "80"], "--port 80: must be 1024 to 65535"),
+    (["--model", "tiny:nope"], "--model: model 'tiny:nope': no tiny model of family 'nope'; choose one of"),
+    (["--host", "0.0.0.0"], "--host 0.0.0.0 opens the judge to the network: give a token"),
+])
+def test_start_up_errors_are_one_line(argv, said, capsys, monkeypatch):
+    from lit_vr1.rewards.serve import KEY_ENV, main
+
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    with pytest.raises(SystemExit) as done:
+        main(["--model", "tiny:qwen2_5_vl", "--port", "20399", *argv])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and said in err and len(err.strip().splitlines()) == 1, err
 
 
 def _running_in_group(pgid: int) -> list[int]:

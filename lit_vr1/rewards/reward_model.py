@@ -494,6 +494,11 @@ class RemoteRewardModel(Reward):
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"RemoteRewardModel: url {url!r} is not an http(s) URL")
+        chat_path = parts.path.rstrip("/").endswith("/chat/completions")
+        if chat_path != (protocol == "openai") and (chat_path or parts.path.rstrip("/").endswith("/score")):
+            raise ValueError(f"RemoteRewardModel: url {url!r} is " + (
+                "OpenAI's chat path: give protocol='openai' (and model=...)" if chat_path else
+                "lit-vr1's /score path, which speaks protocol='lit-vr1'; an OpenAI server's is .../v1/chat/completions"))
         if timeout_s <= 0 or max_retries < 0 or backoff_s < 0 or batch_size < 1:
             raise ValueError("RemoteRewardModel: need timeout_s > 0, max_retries >= 0, backoff_s >= 0, batch_size >= 1")
         self.url = url
@@ -552,19 +557,44 @@ class RemoteRewardModel(Reward):
                                          else {})
         try:
             with urllib.request.urlopen(request, timeout=min(self.timeout_s, 10.0)) as resp:
-                if resp.status == 200:
-                    return
-                cause = f"HTTP {resp.status}"
+                cause = None if resp.status == 200 else f"HTTP {resp.status}"
         except urllib.error.HTTPError as e:
             cause = f"HTTP {e.code}"
         except (OSError, urllib.error.URLError) as e:
             cause = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
-        message = (f"reward {self.name!r}: the judge at {self.url} is not ready ({health}: {cause}). Start it "
-                   f"first, e.g. python -m lit_vr1.rewards.serve --model <judge model> --port {p.port or 80} "
-                   "(README: the judge server), or point url at a running one")
+        if cause is None:
+            message = self._refusal_at_start()
+            if message is None:
+                return
+        else:
+            message = (f"reward {self.name!r}: the judge at {self.url} is not ready ({health}: {cause}). Start it "
+                       f"first, e.g. python -m lit_vr1.rewards.serve --model <judge model> --port {p.port or 80} "
+                       "(README: the judge server), or point url at a running one")
         if self.on_error == "raise":
             raise RewardError(message)
         warnings.warn(message + "; on_error='nan': its scores are masked until it answers", stacklevel=2)
+
+    def _refusal_at_start(self) -> str | None:
+        """An empty request (lit-vr1's protocol: ``{"items": []}``, nothing scored) to the url
+        itself: a wrong path or a missing token, which /health does not see, said before the
+        first step instead of failing every request. None when it is answered (or not refused)."""
+        if self.protocol != "lit-vr1":
+            return None
+        try:
+            self._post(json.dumps({"items": []}).encode())
+        except _Refused as e:
+            status = str(e).split()[1]
+            if status in ("401", "403"):
+                return (f"reward {self.name!r}: the judge at {self.url} wants a token ({e}): set the reward's api_key "
+                        f"or {KEY_ENV} to the server's --api-key")
+            if status in ("404", "405"):
+                return (f"reward {self.name!r}: the judge's host answers but {self.url} is not a scoring path ({e}): "
+                        "lit-vr1's server scores at /score; an OpenAI-protocol server (vLLM, SGLang) at "
+                        "/v1/chat/completions with protocol: openai")
+            return None
+        except (_Transport, _BadAnswer):
+            return None
+        return None
 
     def chat_body(self, item: dict[str, Any]) -> bytes:
         """The OpenAI chat request judging one protocol item."""

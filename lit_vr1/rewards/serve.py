@@ -54,17 +54,19 @@ import ipaddress
 import json
 import multiprocessing
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import litserve as ls
 from fastapi import HTTPException
@@ -122,9 +124,14 @@ def open_image(data: bytes, where: str, limits: Limits) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data))
         width, height = image.size
-    except Image.DecompressionBombError as e:  # PIL's own guard, far above ours
-        raise BadRequest(f"{where} is over the limit of {limits.max_image_pixels} pixels ({e})") from None
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+    except Image.DecompressionBombError as e:  # PIL's own guard, far above ours: "Image size (N pixels) exceeds ..."
+        declared = re.search(r"\((\d+) pixels\)", str(e))
+        size = f"{declared.group(1)} pixels" if declared else "more pixels than PIL opens"
+        raise BadRequest(f"{where} declares {size}, over the limit of {limits.max_image_pixels}; send a smaller "
+                         "image") from None
+    except UnidentifiedImageError:
+        raise BadRequest(f"{where} is not an image PIL can read (PNG, JPEG, WebP, ...)") from None
+    except (OSError, ValueError) as e:
         raise BadRequest(f"{where} is not an image PIL can read: {e}") from None
     if width * height > limits.max_image_pixels:
         raise BadRequest(f"{where} is {width}x{height} = {width * height} pixels, over the limit of "
@@ -203,9 +210,10 @@ class RequestImages:
 
 def parse_score_request(data: Any, limits: Limits, decode: bool = True) -> list[ScoreItem]:
     """The items of a ``POST /score`` body (decoded JSON), checked against ``limits``."""
+    if isinstance(data, dict):
+        _refuse_unknown(data, ("items",), "the body")
     if not isinstance(data, dict) or not isinstance(data.get("items"), list):
         raise BadRequest('body must be a JSON object with a list "items"')
-    _refuse_unknown(data, ("items",), "the body")
     raw_items, opened = data["items"], RequestImages(limits)
     if len(raw_items) > limits.max_items:
         raise BadRequest(f"{len(raw_items)} items, over the limit of {limits.max_items} per request; send smaller batches")
@@ -261,7 +269,8 @@ def parse_chat_request(data: Any, limits: Limits, decode: bool = True) -> ChatPr
     """The judge prompt of an OpenAI ``/v1/chat/completions`` body: one user message whose
     content is a string or parts of type ``text`` and ``image_url`` (at most ``max_images``)."""
     if not isinstance(data, dict) or not isinstance(data.get("messages"), list) or not data["messages"]:
-        raise BadRequest('body must be a JSON object with a non-empty list "messages"')
+        got = f" (its fields: {', '.join(map(repr, data))})" if isinstance(data, dict) else ""
+        raise BadRequest(f'body must be a JSON object with a non-empty list "messages"{got}')
     users = [m for m in data["messages"] if isinstance(m, dict) and m.get("role") == "user"]
     if len(users) != 1:
         raise BadRequest("the judge takes exactly one user message")
@@ -517,18 +526,36 @@ class Served:
         return total / 2**20
 
 
+LAUNCHER_ENV = "LIT_VR1_JUDGE_LAUNCHER"  # the pid of the process that ran launch()
+
+
 @contextlib.contextmanager
 def launch(model: str, *args: str, port: int | None = None, env: dict[str, str] | None = None,
            ready_timeout_s: float = 180.0):
     """Start ``python -m lit_vr1.rewards.serve --model <model> <args>`` on loopback, wait for
     ``/health``, yield a :class:`Served` (``.url`` is ``http://127.0.0.1:<port>``), stop it
     at the end (its whole process group: LitServe runs the model in a worker process). For
-    notebooks, scripts and tests; a server that dies while starting raises with its output."""
+    notebooks, scripts and tests; a server that dies while starting raises with its output.
+    ``port`` (default: a free one) is given here, not in ``args``; a taken port is refused.
+    On Linux the server also ends when the process that launched it is killed. The process
+    that launched it is its parent: call ``launch`` from a thread that outlives the server
+    (Linux ties the death signal to the thread that started the child)."""
+    given = [a for a in args if a.split("=")[0] in ("--port", "--host")]
+    if given:
+        raise ValueError(f"launch: give the port as launch(model, port=...), not {given[0]!r} in args (launch waits on "
+                         "its own port; the server is on loopback)")
     port = port or free_port()
+    try:
+        with socket.socket() as probe:  # a server already there would answer /health for this one
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(("127.0.0.1", port))
+    except OSError as e:
+        raise RuntimeError(f"launch: 127.0.0.1:{port} is taken ({e.strerror}); stop what holds it or give another port") from None
     cmd = [sys.executable, "-m", "lit_vr1.rewards.serve", "--model", model, "--port", str(port), *args]
     log = tempfile.TemporaryFile(mode="w+")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-                            start_new_session=True)
+    # the server ends with this process, even killed (a notebook kernel restarted, `timeout` on a script)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, **(env or {}), LAUNCHER_ENV: str(os.getpid())})
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + ready_timeout_s
@@ -567,49 +594,60 @@ def is_loopback(host: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m lit_vr1.rewards.serve", description=__doc__.split("\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m lit_vr1.rewards.serve",
+                                     description="Serve a judge model (a yes/no verifier) for RemoteRewardModel over HTTP.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", required=True, help="judge model: name, path, or tiny:qwen2_5_vl")
-    parser.add_argument("--host", default="127.0.0.1", help="127.0.0.1 (default), 0.0.0.0 or :: (then a token is required)")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on: loopback, or 0.0.0.0 / :: (then a token is required)")
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on (1024 to 65535)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:0, ...")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"])
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"],
+                        help="the judge's weights")
     parser.add_argument("--batch-size", type=int, default=8, help="items per forward pass")
     parser.add_argument("--max-batch-size", type=int, default=1, help="requests LitServe batches together")
     parser.add_argument("--batch-timeout", type=float, default=0.0, help="seconds LitServe waits to fill a batch")
     parser.add_argument("--think-tokens", type=int, default=0,
                         help="0: the verdict is the judge's first token; N: the judge first reasons for up to N tokens "
                              "(to </think>) and the verdict is read after that (a judge trained to think first)")
-    parser.add_argument("--min-pixels", type=int, default=None)
-    parser.add_argument("--max-pixels", type=int, default=None)
-    parser.add_argument("--api-key", default=None, help=f"required token (default: ${KEY_ENV}); needed off loopback")
-    parser.add_argument("--max-items", type=int, default=Limits.max_items)
-    parser.add_argument("--max-text-chars", type=int, default=Limits.max_text_chars)
-    parser.add_argument("--max-image-pixels", type=int, default=Limits.max_image_pixels)
+    parser.add_argument("--min-pixels", type=int, default=None, help="the processor's min_pixels per image (None: its own)")
+    parser.add_argument("--max-pixels", type=int, default=None, help="the processor's max_pixels per image (None: its own)")
+    parser.add_argument("--api-key", default=None,
+                        help=f"token clients must send (None: ${KEY_ENV} if set); required off loopback")
+    parser.add_argument("--max-items", type=int, default=Limits.max_items, help="items per /score request")
+    parser.add_argument("--max-text-chars", type=int, default=Limits.max_text_chars,
+                        help="characters of question and answer together per item")
+    parser.add_argument("--max-image-pixels", type=int, default=Limits.max_image_pixels, help="pixels per image")
     parser.add_argument("--max-images", type=int, default=Limits.max_images, help="images per item (at least 1)")
     parser.add_argument("--max-request-pixels", type=int, default=Limits.max_request_pixels,
-                        help="pixels of all the images of one request together")
-    parser.add_argument("--max-body-mb", type=float, default=Limits.max_body_bytes / 2**20)
-    parser.add_argument("--body-timeout-s", type=float, default=Limits.body_timeout_s)
+                        help="pixels of a request's distinct images together")
+    parser.add_argument("--max-body-mb", type=float, default=Limits.max_body_bytes / 2**20, help="request body size")
+    parser.add_argument("--body-timeout-s", type=float, default=Limits.body_timeout_s,
+                        help="seconds a client has to send its whole body")
     parser.add_argument("--request-timeout-s", type=float, default=60.0, help="queue wait before a 504")
     args = parser.parse_args(argv)
+    if not 1024 <= args.port <= 65535:
+        fail(f"--port {args.port}: must be 1024 to 65535 (LitServe's range; a port below 1024 needs root)")
     if args.max_images < 1:
-        parser.error(f"--max-images {args.max_images}: must be at least 1 (an item's image)")
+        fail(f"--max-images {args.max_images}: must be at least 1 (an item's image)")
     if args.max_request_pixels < args.max_image_pixels:
-        parser.error(f"--max-request-pixels {args.max_request_pixels}: must be at least --max-image-pixels "
+        fail(f"--max-request-pixels {args.max_request_pixels}: must be at least --max-image-pixels "
                      f"({args.max_image_pixels}), or no request could hold the largest image")
     if args.think_tokens < 0:
-        parser.error(f"--think-tokens {args.think_tokens}: must be 0 (no reasoning) or a number of tokens")
+        fail(f"--think-tokens {args.think_tokens}: must be 0 (no reasoning) or a number of tokens")
     api_key = args.api_key or os.environ.get(KEY_ENV) or None
     if not is_loopback(args.host) and not api_key:
-        parser.error(f"--host {args.host} opens the judge to the network: give a token with --api-key or {KEY_ENV} "
+        fail(f"--host {args.host} opens the judge to the network: give a token with --api-key or {KEY_ENV} "
                      "(clients send it as Authorization: Bearer <token>)")
+    check_judge_model(args.model)
     forking = {"parent": os.getpid()}  # LitServe's forked processes, from its constructor on, die with their parent
 
     def before_fork() -> None:
         forking["parent"] = os.getpid()
 
     os.register_at_fork(before=before_fork, after_in_child=lambda: die_with_parent(forking["parent"]))
+    if os.environ.get(LAUNCHER_ENV, "").isdigit():  # started by launch(): end with the process that did
+        die_with_parent(int(os.environ.pop(LAUNCHER_ENV)))
     limits = Limits(max_body_bytes=int(args.max_body_mb * 2**20), body_timeout_s=args.body_timeout_s,
                     max_items=args.max_items, max_text_chars=args.max_text_chars, max_image_pixels=args.max_image_pixels,
                     max_images=args.max_images, max_request_pixels=args.max_request_pixels)
@@ -619,8 +657,9 @@ def main(argv: list[str] | None = None) -> None:
     server = ls.LitServer(api, accelerator="cpu", devices=1, timeout=args.request_timeout_s,
                           middlewares=[(Guard, {"limits": limits, "api_key": api_key})],
                           model_metadata={"model": args.model}, disable_openapi_url=True)
-    refuse_a_taken_port(parser, args.host, args.port)
+    refuse_a_taken_port(args.host, args.port)
     stop_workers_with_the_server()
+    stop_when_the_worker_dies(server)
     server.run(host=args.host, port=args.port, generate_client_file=False, num_api_servers=1,
                api_server_worker_type="thread")
 
@@ -642,7 +681,51 @@ def die_with_parent(parent: int) -> None:
         os._exit(128 + signal.SIGTERM)
 
 
-def refuse_a_taken_port(parser: argparse.ArgumentParser, host: str, port: int) -> None:
+def fail(message: str) -> NoReturn:
+    """A start-up error in one line (argparse's ``parser.error`` prints the whole usage first), exit 2."""
+    print(f"python -m lit_vr1.rewards.serve: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+def check_judge_model(model: str) -> None:
+    """A judge model that cannot be loaded, named in one line before the worker starts (it
+    printed two tracebacks after uvicorn's "running on")."""
+    from lit_vr1.models.loading import ModelLoadError, _tiny_family, check_model_type
+
+    try:
+        if _tiny_family(model) is None:
+            check_model_type(model)
+    except ModelLoadError as e:
+        fail(f"--model: {e}")
+
+
+def stop_when_the_worker_dies(server: ls.LitServer, every_s: float = 1.0) -> None:
+    """Once the model worker is up, a worker that dies (the OOM killer, ``kill -9``) stops the
+    server with exit 1, so a supervisor restarts it: LitServe's own monitor tried to stop the
+    server's thread, failed, and left it on the port answering 500 to every request."""
+    from litserve.utils import WorkerSetupStatus
+
+    def watch() -> None:
+        while not getattr(server, "inference_workers", None) or not all(
+                v == WorkerSetupStatus.READY for v in dict(getattr(server, "workers_setup_status", {}) or {}).values()):
+            time.sleep(every_s)
+        while True:
+            dead = [w for w in server.inference_workers if not w.is_alive()]
+            if dead:
+                w = dead[0]
+                how = f"signal {-w.exitcode}" if (w.exitcode or 0) < 0 else f"exit status {w.exitcode}"
+                print(f"lit-vr1 judge server: its model worker (pid {w.pid}) died ({how}; the OOM killer?); the server "
+                      "stops so that it can be started again", file=sys.stderr, flush=True)
+                for child in multiprocessing.active_children():
+                    with contextlib.suppress(OSError):
+                        child.kill()
+                os._exit(1)
+            time.sleep(every_s)
+
+    threading.Thread(target=watch, name="lit-vr1-worker-watch", daemon=True).start()
+
+
+def refuse_a_taken_port(host: str, port: int) -> None:
     """Say who may hold the port when it is taken (uvicorn's "Address already in use", exit 3)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
@@ -651,9 +734,9 @@ def refuse_a_taken_port(parser: argparse.ArgumentParser, host: str, port: int) -
             probe.bind((host, port))
     except OSError as e:
         if e.errno == errno.EADDRINUSE:
-            parser.error(f"--port {port}: {host}:{port} is taken ({e.strerror}); another server holds it, maybe an "
+            fail(f"--port {port}: {host}:{port} is taken ({e.strerror}); another server holds it, maybe an "
                          f"earlier judge (`ss -ltnp | grep :{port}` names the process), or choose another --port")
-        parser.error(f"--host {host} --port {port}: cannot listen there ({e.strerror or e}); give an address of this "
+        fail(f"--host {host} --port {port}: cannot listen there ({e.strerror or e}); give an address of this "
                      "machine (127.0.0.1, 0.0.0.0, ::) and a port above 1023")
 
 
