@@ -226,12 +226,24 @@ def test_one_request_may_not_ask_for_more_pixels_than_its_budget():
     big = [encode_image(Image.new("RGB", (1000, 1000), (k, 0, 0))) for k in range(4)]
     got = parse_score_request({"items": [{"question": "q", "answer": "a", "image": b} for b in big[:3]]}, limits)
     assert len(got) == 3 and all(it.images[0].mode == "RGB" and it.images[0].size == (1000, 1000) for it in got)
-    with pytest.raises(BadRequest, match="the request's distinct images hold 4000000 pixels, over the limit of 3000000"):
-        parse_score_request({"items": [{"question": "q", "answer": "a", "image": b} for b in big]}, limits, decode=False)
-    # the client sends a prompt's image once per completion: 16 copies count (and are decoded) once
-    same = parse_score_request({"items": [{"question": "q", "answer": str(k), "image": big[0]} for k in range(16)]},
+    with pytest.raises(BadRequest, match=r"the request's images hold 4000000 pixels \(an image sent twice counted twice"):
+        parse_score_request({"items": [{"question": "q", "answer": "a", "image": b} for b in big[:2] * 2]}, limits,
+                            decode=False)  # the judge reads every copy: copies count
+    # the client sends a prompt's image once per completion: one decoding for all its copies
+    same = parse_score_request({"items": [{"question": "q", "answer": str(k), "image": big[1]} for k in range(3)]},
                                limits)
-    assert len(same) == 16 and len({id(it.images[0]) for it in same}) == 1 and same[15].images[0].getpixel((0, 0)) == (0, 0, 0)
+    assert len({id(it.images[0]) for it in same}) == 1 and same[2].images[0].getpixel((0, 0)) == (1, 0, 0)
+
+
+def test_the_client_splits_a_batch_to_stay_within_the_server_s_pixel_budget():
+    """16 completions of one 3000 x 2000 photo (96 Mpx sent) were one request, over the server's 64 Mi."""
+    reward = RemoteRewardModel("http://127.0.0.1:9/score", batch_size=16)
+    sizes = [6_000_000] * 16
+    assert [len(b) for b in reward.batches(list(range(16)), sizes)] == [11, 5]  # 11 x 6 Mpx <= 64 Mi < 12 x 6
+    assert [len(b) for b in reward.batches(list(range(20)), [0] * 20)] == [16, 4]
+    assert [len(b) for b in reward.batches([0, 1, 2], [70_000_000, 1, 1])] == [1, 2]  # one over it goes alone
+    openai = RemoteRewardModel("http://127.0.0.1:9/v1/chat/completions", protocol="openai", batch_size=16)
+    assert [len(b) for b in openai.batches(list(range(16)), sizes)] == [16]  # one image per request there
 
 
 def test_a_taken_port_is_named_before_the_model_loads(tmp_path):
@@ -506,9 +518,36 @@ def test_a_killed_model_worker_stops_the_server_so_it_can_be_restarted():
     with launch("tiny:qwen2_5_vl") as served:
         port = int(served.url.rsplit(":", 1)[1])
         worker = next(pid for pid in _running_in_group(served.pid)
-                      if b"spawn_main" in open(f"/proc/{pid}/cmdline", "rb").read())
+                      if _is_worker(pid))
         os.kill(worker, signals.SIGKILL)
         _gone(served.pid, port)
+
+
+def test_a_worker_killed_while_loading_stops_the_server_too():
+    """LitServe waited for ever for a worker that died before it was ready (the OOM killer at
+    load time), holding the port and refusing every connection."""
+    import os
+    import signal as signals
+
+    from lit_vr1.rewards.serve import free_port
+
+    server = subprocess.Popen([sys.executable, "-m", "lit_vr1.rewards.serve", "--model", "tiny:qwen2_5_vl", "--port",
+                               str(free_port())], stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        worker = None
+        while worker is None and time.monotonic() < deadline:
+            worker = next((pid for pid in _running_in_group(server.pid)
+                           if _is_worker(pid)), None)
+            time.sleep(0.05)
+        assert worker is not None, "no model worker started"
+        os.kill(worker, signals.SIGKILL)  # at once: it is still importing torch or building the model
+        assert server.wait(timeout=30) == 1
+        assert "its model worker" in server.stderr.read() and not _running_in_group(server.pid)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signals.SIGKILL)
+        server.wait()
 
 
 def test_a_launched_server_ends_with_the_process_that_launched_it(tmp_path):
@@ -521,6 +560,7 @@ def test_a_launched_server_ends_with_the_process_that_launched_it(tmp_path):
     script.write_text("import time\nfrom lit_vr1.rewards.serve import launch\n"
                       "with launch('tiny:qwen2_5_vl') as s:\n    print(s.pid, s.url, flush=True)\n    time.sleep(600)\n")
     launcher = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    pid = None
     try:
         pid, url = launcher.stdout.readline().split()
         launcher.send_signal(signals.SIGKILL)
@@ -528,7 +568,7 @@ def test_a_launched_server_ends_with_the_process_that_launched_it(tmp_path):
         _gone(int(pid), int(url.rsplit(":", 1)[1]))
     finally:
         launcher.kill()
-        with contextlib.suppress(ProcessLookupError, ValueError):
+        with contextlib.suppress(ProcessLookupError, ValueError, TypeError):
             os.killpg(int(pid), signals.SIGKILL)
 
 
@@ -557,6 +597,14 @@ def test_start_up_errors_are_one_line(argv, said, capsys, monkeypatch):
         main(["--model", "tiny:qwen2_5_vl", "--port", "20399", *argv])
     err = capsys.readouterr().err
     assert done.value.code == 2 and said in err and len(err.strip().splitlines()) == 1, err
+
+
+def _is_worker(pid: int) -> bool:
+    """Whether process ``pid`` is a LitServe model worker (spawned: ``spawn_main`` in its command)."""
+    try:
+        return b"spawn_main" in open(f"/proc/{pid}/cmdline", "rb").read()
+    except OSError:  # gone meanwhile
+        return False
 
 
 def _running_in_group(pgid: int) -> list[int]:

@@ -468,6 +468,8 @@ class RemoteRewardModel(Reward):
         top_logprobs: how many top log-probabilities an OpenAI server is asked for.
         answer_required: as for :class:`RewardModelReward` (completions without an
             ``<answer>`` block score 0.0 and are not sent).
+        max_request_pixels: the server's ``--max-request-pixels`` (lit-vr1's protocol): a
+            batch whose images (each copy counted) hold more is sent as several requests.
         **kwargs: weight, name, tasks, on_error of :class:`Reward`.
     """
 
@@ -479,7 +481,7 @@ class RemoteRewardModel(Reward):
                  protocol: Literal["lit-vr1", "openai"] = "lit-vr1", model: str = "", api_key: str | None = None,
                  prompt_template: str = DEFAULT_JUDGE_PROMPT, yes_token: str | Sequence[str] = "yes",
                  no_token: str | Sequence[str] = "no", top_logprobs: int = 20, answer_required: bool = True,
-                 **kwargs: Any) -> None:
+                 max_request_pixels: int = 64 * 1024 * 1024, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.answer_required = answer_required
         if protocol not in PROTOCOLS:
@@ -499,14 +501,16 @@ class RemoteRewardModel(Reward):
             raise ValueError(f"RemoteRewardModel: url {url!r} is " + (
                 "OpenAI's chat path: give protocol='openai' (and model=...)" if chat_path else
                 "lit-vr1's /score path, which speaks protocol='lit-vr1'; an OpenAI server's is .../v1/chat/completions"))
-        if timeout_s <= 0 or max_retries < 0 or backoff_s < 0 or batch_size < 1:
-            raise ValueError("RemoteRewardModel: need timeout_s > 0, max_retries >= 0, backoff_s >= 0, batch_size >= 1")
+        if timeout_s <= 0 or max_retries < 0 or backoff_s < 0 or batch_size < 1 or max_request_pixels < 1:
+            raise ValueError("RemoteRewardModel: need timeout_s > 0, max_retries >= 0, backoff_s >= 0, batch_size >= 1, "
+                             "max_request_pixels >= 1")
         self.url = url
         self._parts = parts
         self.timeout_s = float(timeout_s)
         self.max_retries = int(max_retries)
         self.backoff_s = float(backoff_s)
         self.batch_size = int(batch_size)
+        self.max_request_pixels = int(max_request_pixels)
         self.threshold = threshold
         self.down_for_s = float(down_for_s)
         self.attempts = 0  # HTTP attempts made, over the whole run
@@ -536,8 +540,7 @@ class RemoteRewardModel(Reward):
         def judge(found: list[ScoreItem]) -> list[float]:
             items = [shown(it) for it in found]
             out: list[float] = []
-            for start in range(0, len(items), self.batch_size):
-                chunk = items[start:start + self.batch_size]
+            for chunk in self.batches(items, [sum(im.size[0] * im.size[1] for im in it.images) for it in found]):
                 if self.protocol == "openai":
                     with ThreadPoolExecutor(max_workers=len(chunk)) as pool:
                         out.extend(pool.map(self.chat, chunk))
@@ -546,6 +549,21 @@ class RemoteRewardModel(Reward):
             return out
 
         return _binarised(judged(completions, contexts, self.answer_required, judge), self.threshold)
+
+    def batches(self, items: list, pixels: list[int]) -> list[list]:
+        """``items`` in order, in requests of at most ``batch_size`` items and (lit-vr1's
+        protocol) ``max_request_pixels`` pixels of images (``pixels`` per item; an item over
+        it goes alone)."""
+        out: list[list] = []
+        load = 0
+        for item, px in zip(items, pixels):
+            over = self.protocol == "lit-vr1" and load + px > self.max_request_pixels
+            if not out or len(out[-1]) == self.batch_size or (over and out[-1]):
+                out.append([])
+                load = 0
+            out[-1].append(item)
+            load += px
+        return out
 
     def check_ready(self) -> None:
         """``GET /health`` on the server's host (lit-vr1's server, vLLM and SGLang all answer

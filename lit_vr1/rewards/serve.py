@@ -177,29 +177,33 @@ def _refuse_unknown(obj: dict, known: tuple[str, ...], where: str) -> None:
 
 
 class RequestImages:
-    """The images of one request, each distinct one (by its bytes) opened, counted and decoded
-    once: a client sends a prompt's image once per completion (``RemoteRewardModel``'s 16 items
-    of one 3000 x 2000 photo are 6 Mpx to decode, not 96)."""
+    """The images of one request, each distinct one (by its bytes) opened and decoded once (a
+    client sends a prompt's image once per completion), each one sent counted in the
+    request's pixels: the judge reads every copy."""
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
         self.opened: dict[bytes, Image.Image] = {}
         self.rgb: dict[int, Image.Image] = {}  # id of an opened image -> decoded
+        self.pixels = 0  # of every image sent, copies included
 
     def open(self, value: Any, where: str) -> Image.Image:
         """The image of a base64 string (header read, nothing decoded), the same object for the same bytes."""
         data = _image_bytes(value, where)
         if data not in self.opened:
             self.opened[data] = open_image(data, where, self.limits)
-        return self.opened[data]
+        image = self.opened[data]
+        self.pixels += image.size[0] * image.size[1]
+        return image
 
     def check_budget(self) -> None:
-        """The distinct images' pixels (from their headers) within ``max_request_pixels``: each
-        under its own cap, 64 items of 8 different images could still ask for gigabytes of RGB."""
-        total = sum(im.size[0] * im.size[1] for im in self.opened.values())
-        if total > self.limits.max_request_pixels:
-            raise BadRequest(f"the request's distinct images hold {total} pixels, over the limit of "
-                             f"{self.limits.max_request_pixels} per request; send fewer or smaller images per request")
+        """The pixels of every image sent (from the headers) within ``max_request_pixels``: each
+        under its own cap, 64 items of 8 images could still ask the judge to read gigabytes of
+        pixels (``RemoteRewardModel`` splits its batches to stay within it)."""
+        if self.pixels > self.limits.max_request_pixels:
+            raise BadRequest(f"the request's images hold {self.pixels} pixels (an image sent twice counted twice), over "
+                             f"the limit of {self.limits.max_request_pixels} per request; send fewer or smaller images "
+                             "per request (RemoteRewardModel: max_request_pixels)")
 
     def decoded(self, image: Image.Image, where: str) -> Image.Image:
         """``image`` (from :meth:`open`) decoded to RGB, once per distinct image."""
@@ -699,19 +703,20 @@ def check_judge_model(model: str) -> None:
         fail(f"--model: {e}")
 
 
-def stop_when_the_worker_dies(server: ls.LitServer, every_s: float = 1.0) -> None:
-    """Once the model worker is up, a worker that dies (the OOM killer, ``kill -9``) stops the
-    server with exit 1, so a supervisor restarts it: LitServe's own monitor tried to stop the
-    server's thread, failed, and left it on the port answering 500 to every request."""
-    from litserve.utils import WorkerSetupStatus
+STOPPING = threading.Event()  # set by a SIGTERM / SIGINT: the worker's end is then expected
 
+
+def stop_when_the_worker_dies(server: ls.LitServer, every_s: float = 1.0) -> None:
+    """A model worker that dies (the OOM killer, ``kill -9``), loading or serving, stops the
+    server with exit 1, so a supervisor restarts it: LitServe's own monitor tried to stop the
+    server's thread, failed, and left it on the port answering 500 to every request (and a
+    worker killed while loading left the server waiting for it for ever)."""
     def watch() -> None:
-        while not getattr(server, "inference_workers", None) or not all(
-                v == WorkerSetupStatus.READY for v in dict(getattr(server, "workers_setup_status", {}) or {}).values()):
+        while not getattr(server, "inference_workers", None):  # LitServe starts them in run()
             time.sleep(every_s)
         while True:
             dead = [w for w in server.inference_workers if not w.is_alive()]
-            if dead:
+            if dead and not STOPPING.is_set():  # (a SIGTERM to the group ends the worker too: stop() exits)
                 w = dead[0]
                 how = f"signal {-w.exitcode}" if (w.exitcode or 0) < 0 else f"exit status {w.exitcode}"
                 print(f"lit-vr1 judge server: its model worker (pid {w.pid}) died ({how}; the OOM killer?); the server "
@@ -747,6 +752,7 @@ def stop_workers_with_the_server() -> None:
     process answering /health with errors, the port held."""
 
     def stop(signum, frame) -> None:
+        STOPPING.set()
         for child in multiprocessing.active_children():
             with contextlib.suppress(OSError):
                 child.kill()
