@@ -270,6 +270,9 @@ class VLMModule(LightningModule):
         self.eval_max_new_tokens = eval_max_new_tokens
         self.export_dir = export_dir
         self.tiny_spec = tiny_spec
+        if tiny_spec is not None and not str(model).startswith("tiny:"):
+            rank_zero_warn(f"model.tiny_spec sizes a tiny: model only; {model!r} is loaded as it was saved, so the "
+                           "setting does nothing (a config written for a tiny: model, pointed at an exported one?)")
         self.freeze_vision, self.freeze_merger = freeze_vision, freeze_merger
         self.gradient_checkpointing = gradient_checkpointing
         self.lora = lora

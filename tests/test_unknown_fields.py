@@ -116,3 +116,15 @@ def test_a_checkpoint_records_settings_as_plain_values_however_they_were_given()
         assert saved["model"] == "tiny:qwen2_5_vl" and saved["grpo"]["num_generations"] == 2, saved
         assert saved["lora"]["r"] == 4 and isinstance(saved["lora"], dict)
         assert checkpoint.get(CLASS_KEY) == (None if isinstance(module, Mine) else "lit_vr1.grpo.GRPOModule")
+
+
+def test_a_tiny_spec_for_a_model_that_is_not_tiny_is_warned_of(tmp_path):
+    """A config written for a tiny: model, pointed at the exported model: its tiny_spec did nothing, silently."""
+    from lit_vr1.grpo import GRPOModule
+    from lit_vr1.models.loading import load_model, load_processor
+
+    processor = load_processor("tiny:qwen2_5_vl")
+    processor.save_pretrained(tmp_path / "hf_model")
+    load_model("tiny:qwen2_5_vl", processor).config.save_pretrained(tmp_path / "hf_model")
+    with pytest.warns(UserWarning, match=r"model.tiny_spec sizes a tiny: model only; '.*hf_model' is loaded as it was"):
+        GRPOModule(model=str(tmp_path / "hf_model"), tiny_spec={"num_layers": 2})
