@@ -564,7 +564,7 @@ def main(argv: list[str] | None = None) -> dict:
         t2 = time.perf_counter()
         steps = args.control_steps
         fit(args.sft_config, out, "control", args.seed,
-            [f"--model.init_args.model={sft_dir}", f"--trainer.max_steps={steps}",
+            [f"--model.init_args.model={sft_dir}", "--model.init_args.tiny_spec=null", f"--trainer.max_steps={steps}",
              f"--model.init_args.lr_scheduler.init_args.T_max={steps}", *common, *sft_data, *sft_callbacks])
         times["control_s"] = time.perf_counter() - t2
         models["control"] = f"{out}/control_model"
