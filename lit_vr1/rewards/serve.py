@@ -550,9 +550,7 @@ def launch(model: str, *args: str, port: int | None = None, env: dict[str, str] 
                          "its own port; the server is on loopback)")
     port = port or free_port()
     try:
-        with socket.socket() as probe:  # a server already there would answer /health for this one
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind(("127.0.0.1", port))
+        try_binding("127.0.0.1", port)  # a server already there would answer /health for this one
     except OSError as e:
         raise RuntimeError(f"launch: 127.0.0.1:{port} is taken ({e.strerror}); stop what holds it or give another port") from None
     cmd = [sys.executable, "-m", "lit_vr1.rewards.serve", "--model", model, "--port", str(port), *args]
@@ -719,12 +717,8 @@ def stop_when_the_worker_dies(server: ls.LitServer, every_s: float = 1.0) -> Non
             if dead and not STOPPING.is_set():  # (a SIGTERM to the group ends the worker too: stop() exits)
                 w = dead[0]
                 how = f"signal {-w.exitcode}" if (w.exitcode or 0) < 0 else f"exit status {w.exitcode}"
-                print(f"lit-vr1 judge server: its model worker (pid {w.pid}) died ({how}; the OOM killer?); the server "
-                      "stops so that it can be started again", file=sys.stderr, flush=True)
-                for child in multiprocessing.active_children():
-                    with contextlib.suppress(OSError):
-                        child.kill()
-                os._exit(1)
+                end_the_server(1, f"its model worker (pid {w.pid}) died ({how}; the OOM killer?); the server stops "
+                                  "so that it can be started again")
             time.sleep(every_s)
 
     threading.Thread(target=watch, name="lit-vr1-worker-watch", daemon=True).start()
@@ -732,17 +726,33 @@ def stop_when_the_worker_dies(server: ls.LitServer, every_s: float = 1.0) -> Non
 
 def refuse_a_taken_port(host: str, port: int) -> None:
     """Say who may hold the port when it is taken (uvicorn's "Address already in use", exit 3)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        with socket.socket(family, socket.SOCK_STREAM) as probe:  # as uvicorn binds it
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind((host, port))
+        try_binding(host, port)
     except OSError as e:
         if e.errno == errno.EADDRINUSE:
             fail(f"--port {port}: {host}:{port} is taken ({e.strerror}); another server holds it, maybe an "
-                         f"earlier judge (`ss -ltnp | grep :{port}` names the process), or choose another --port")
+                 f"earlier judge (`ss -ltnp | grep :{port}` names the process), or choose another --port")
         fail(f"--host {host} --port {port}: cannot listen there ({e.strerror or e}); give an address of this "
-                     "machine (127.0.0.1, 0.0.0.0, ::) and a port above 1023")
+             "machine (127.0.0.1, 0.0.0.0, ::) and a port above 1023")
+
+
+def try_binding(host: str, port: int) -> None:
+    """Bind ``host:port`` as uvicorn will, and let it go: an ``OSError`` when it cannot be."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))
+
+
+def end_the_server(code: int, why: str) -> NoReturn:
+    """Kill the server's worker processes, wait for them, say why and exit with ``code``."""
+    for child in multiprocessing.active_children():
+        with contextlib.suppress(OSError):
+            child.kill()
+    for child in multiprocessing.active_children():
+        child.join(timeout=5)
+    print(f"lit-vr1 judge server: {why}", file=sys.stderr, flush=True)
+    os._exit(code)
 
 
 def stop_workers_with_the_server() -> None:
@@ -753,13 +763,7 @@ def stop_workers_with_the_server() -> None:
 
     def stop(signum, frame) -> None:
         STOPPING.set()
-        for child in multiprocessing.active_children():
-            with contextlib.suppress(OSError):
-                child.kill()
-        for child in multiprocessing.active_children():
-            child.join(timeout=5)
-        print(f"lit-vr1 judge server: stopped by {signal.Signals(signum).name}", file=sys.stderr, flush=True)
-        os._exit(128 + signum)
+        end_the_server(128 + signum, f"stopped by {signal.Signals(signum).name}")
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
