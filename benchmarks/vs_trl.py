@@ -5,7 +5,7 @@
                                 [--beta 0.04] [--steps 4] [--warmup 1] [--repeats 2] [--micro 8]
                                 [--lit-options shared_prompt=false,freeze_vision=true] [--trl-freeze-vision]
                                 [--sweep generations=4,8,16] [--trainers lit,trl] [--flops]
-                                [--trl-keep-freed-memory]
+                                [--trl-keep-freed-memory] [--precision 32-true|bf16-mixed]
 
 Both trainers load the very same tiny random Qwen2.5-VL with the proportions of the real
 3B (``benchmarks/bench_model.py``), get the same synthetic prompts (one image each, resized
@@ -14,7 +14,8 @@ G completions of exactly ``--completion`` tokens (the end-of-turn token is suppr
 both, so no completion ends early), sampling at temperature 1, the k3 KL to a frozen
 reference with ``--beta``, the clipped GRPO loss (TRL ``loss_type="grpo"``), one optimiser
 step per rollout (so neither needs an old-policy pass), micro-batches of ``--micro``
-completions, AdamW lr 1e-5, gradient clipping at 1.0, the same reward function.
+completions, AdamW lr 1e-5, gradient clipping at 1.0, the same reward function, float32
+weights and ``--precision`` (float32, or bf16 autocast: TRL's own default).
 
 Each trainer runs in its own Python process (peak RSS is per process), alternating
 lit / TRL / TRL / lit ... over ``--repeats``; the first ``--warmup`` steps of each run are
@@ -513,12 +514,15 @@ def main() -> None:
     p.add_argument("--flops", action="store_true", help="count each trainer's arithmetic over its first (untimed) "
                    "warm-up step (torch's FlopCounterMode: matrix products, convolutions, attention); on the CPU "
                    "(on CUDA lit-vr1's decoding steps replay a captured graph, which dispatches nothing to count)")
+    p.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"],
+                   help="both trainers: float32 weights; bf16-mixed runs their forward and backward under bf16 autocast "
+                        "(lit-vr1: trainer.precision; TRL: GRPOConfig bf16, its own default)")
     p.add_argument("--json", default=None)
     a = p.parse_args()
     if a.flops and a.warmup < 1:
         p.error("--flops counts the first warm-up step, so that no timed step pays for the counting: --warmup 1 or more")
     base = {k: getattr(a, k) for k in ("prompts", "generations", "completion", "image", "beta", "steps", "warmup",
-                                       "micro")}
+                                       "micro", "precision")}
     base["lit_options"], base["trl_freeze_vision"] = parse_options(a.lit_options), a.trl_freeze_vision
     base["flops"], base["trl_keep_freed_memory"] = a.flops, a.trl_keep_freed_memory
     key, values = (a.sweep.split("=") + [""])[:2] if a.sweep else ("generations", str(a.generations))
