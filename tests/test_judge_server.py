@@ -621,3 +621,30 @@ def _running_in_group(pgid: int) -> list[int]:
             if int(fields[2]) == pgid and fields[0] != "Z":  # state, ppid, pgrp
                 found.append(int(entry))
     return found
+
+
+def test_a_judge_whose_weights_do_not_load_says_so_in_one_line(tmp_path, tiny_qwen25):
+    """A saved judge whose config reads but whose weights do not (a truncated download): the worker
+    printed its traceback and the server said only that the worker died (the OOM killer?)."""
+    import os
+    import signal as signals
+
+    from lit_vr1.rewards.serve import free_port
+
+    model, processor = tiny_qwen25
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    weights = next(tmp_path.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:1000])  # cut short
+    server = subprocess.Popen([sys.executable, "-m", "lit_vr1.rewards.serve", "--model", str(tmp_path), "--port",
+                               str(free_port())], stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert server.wait(timeout=120) == 1
+        err = server.stderr.read()
+        assert f"--model '{tmp_path}' could not be loaded" in err, err
+        assert "its model worker could not load the model" in err and "Traceback" not in err, err
+        assert not _running_in_group(server.pid)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signals.SIGKILL)
+        server.wait()

@@ -362,7 +362,11 @@ class _BadAnswer(Exception):
 
 class _Refused(Exception):
     """The server refused the request itself (a 4xx but 408 / 425 / 429): sent again, it is
-    refused again, so it is not retried."""
+    refused again, so it is not retried. ``status``: the HTTP status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 RETRIED_4XX = (408, 425, 429)  # timeout, too early, too many requests: worth another try
@@ -601,11 +605,10 @@ class RemoteRewardModel(Reward):
         try:
             self._post(json.dumps({"items": []}).encode())
         except _Refused as e:
-            status = str(e).split()[1]
-            if status in ("401", "403"):
+            if e.status in (401, 403):
                 return (f"reward {self.name!r}: the judge at {self.url} wants a token ({e}): set the reward's api_key "
                         f"or {KEY_ENV} to the server's --api-key")
-            if status in ("404", "405"):
+            if e.status in (404, 405):
                 return (f"reward {self.name!r}: the judge's host answers but {self.url} is not a scoring path ({e}): "
                         "lit-vr1's server scores at /score; an OpenAI-protocol server (vLLM, SGLang) at "
                         "/v1/chat/completions with protocol: openai")
@@ -713,7 +716,7 @@ class RemoteRewardModel(Reward):
         finally:
             conn.close()
         if 400 <= resp.status < 500 and resp.status not in RETRIED_4XX:
-            raise _Refused(f"HTTP {resp.status} {resp.reason}: {data[:300]!r}")
+            raise _Refused(resp.status, f"HTTP {resp.status} {resp.reason}: {data[:300]!r}")
         if resp.status != 200:
             raise _BadAnswer(f"HTTP {resp.status} {resp.reason}: {data[:200]!r}")
         return data

@@ -468,7 +468,13 @@ class JudgeAPI(ls.LitAPI):
 
         die_with_parent(self.server_pid)  # the worker is spawned: the server's at-fork hook does not reach it
 
-        self.scorer = JudgeScorer(**self.scorer_args)
+        try:
+            self.scorer = JudgeScorer(**self.scorer_args)
+        except Exception as e:  # noqa: BLE001 - weights that do not load: one line, not two tracebacks
+            first = str(e).strip().splitlines()[0] if str(e).strip() else "no detail"
+            print(f"python -m lit_vr1.rewards.serve: error: --model {self.scorer_args.get('model')!r} could not be "
+                  f"loaded ({type(e).__name__}: {first[:400]})", file=sys.stderr, flush=True)
+            os._exit(LOAD_FAILED)  # the server's watch then stops it (exit 1)
 
     def decode_request(self, request: dict) -> ChatPrompt | list[ScoreItem]:
         try:
@@ -702,6 +708,7 @@ def check_judge_model(model: str) -> None:
 
 
 STOPPING = threading.Event()  # set by a SIGTERM / SIGINT: the worker's end is then expected
+LOAD_FAILED = 3  # a model worker's exit status when its model did not load (said in its own line)
 
 
 def stop_when_the_worker_dies(server: ls.LitServer, every_s: float = 1.0) -> None:
@@ -716,6 +723,8 @@ def stop_when_the_worker_dies(server: ls.LitServer, every_s: float = 1.0) -> Non
             dead = [w for w in server.inference_workers if not w.is_alive()]
             if dead and not STOPPING.is_set():  # (a SIGTERM to the group ends the worker too: stop() exits)
                 w = dead[0]
+                if w.exitcode == LOAD_FAILED:
+                    end_the_server(1, "its model worker could not load the model (said above)")
                 how = f"signal {-w.exitcode}" if (w.exitcode or 0) < 0 else f"exit status {w.exitcode}"
                 end_the_server(1, f"its model worker (pid {w.pid}) died ({how}; the OOM killer?); the server stops "
                                   "so that it can be started again")
