@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from lit_vr1.rewards import reward_model as rm
-from lit_vr1.rewards.base import RewardError, SampleContext, score_all
+from lit_vr1.rewards.base import Reward, RewardError, SampleContext, score_all
 from lit_vr1.rewards.reward_model import (
     JudgeScorer,
     RemoteRewardError,
@@ -217,6 +217,21 @@ def test_a_failure_then_an_answer_succeeds_on_retry(images):
             assert reward(comps, ctxs) == [0.25, 0.25, 0.25]
         assert server.hits == 3 and reward.recovered == 1
         assert url in str(seen[0].message) and "shown once" in str(seen[0].message)
+    # logged per batch as reward/<name>/recovered (0 on a batch nothing had to be retried for)
+    with scripted((503, b"busy", 0.0), ok(3), ok(3)) as (server, url):
+        judge = RemoteRewardModel(url, timeout_s=5.0, max_retries=1, backoff_s=0.01, name="judge")
+        with pytest.warns(UserWarning, match="answered on attempt 2"):
+            first = score_all([judge], comps, ctxs).stats()
+        second = score_all([judge], comps, ctxs).stats()
+        assert first["reward/judge/recovered"] == 1.0 and second["reward/judge/recovered"] == 0.0
+
+    class Local(Reward):
+        default_name = "local"
+
+        def score(self, completions, contexts):
+            return [1.0] * len(completions)
+
+    assert "reward/local/recovered" not in score_all([Local()], comps, ctxs).stats()
 
 
 def test_a_request_the_server_refuses_is_not_sent_again(images):

@@ -278,6 +278,7 @@ class RewardScores:
     errors: list[int] = field(default_factory=list)
     nonfinite: list[int] = field(default_factory=list)
     unscored: Tensor | None = None
+    recovered: list[int | None] = field(default_factory=list)  # (R,) requests a retry saved; None: not remote
 
     def __post_init__(self) -> None:
         if self.unscored is None:
@@ -287,7 +288,8 @@ class RewardScores:
         """Mean and std of each reward over the completions where it applied, and of the total;
         nan (which the loggers leave out) where there is no value: the std of one value is 0.
         Each reward's masked failures (``errors``) and inf values (``nonfinite``) of the batch,
-        0 included."""
+        0 included, and a remote reward's requests that failed at first and were answered on a
+        retry (``recovered``)."""
         out: dict[str, float] = {}
         for i, (name, row) in enumerate(zip(self.names, self.per_reward)):
             valid = row[~torch.isnan(row)]
@@ -297,6 +299,8 @@ class RewardScores:
                 out[f"reward/{name}/errors"] = float(self.errors[i])
             if self.nonfinite:
                 out[f"reward/{name}/nonfinite"] = float(self.nonfinite[i])
+            if self.recovered and self.recovered[i] is not None:  # a remote judge's requests that a retry saved
+                out[f"reward/{name}/recovered"] = float(self.recovered[i])
         scored = self.total[~self.unscored]
         out["reward/total/mean"] = float(scored.mean()) if scored.numel() else math.nan
         out["reward/total/std"] = spread(scored)
@@ -367,6 +371,8 @@ def score_all(rewards: list[Reward], completions: list[str], contexts: list[Samp
     enforce(reward_names_distinct(rewards))
     names = [r.name for r in rewards]
     before = [r.errors for r in rewards]
+    retried = [r.recovered if type(getattr(r, "recovered", None)) is int else None  # RemoteRewardModel's counter
+               for r in rewards]
     per_reward = torch.stack([torch.tensor(r(completions, contexts), dtype=torch.float32) for r in rewards])
     for r, row, b in zip(rewards, per_reward, before):
         watch_rollout(r, row, contexts, r.errors - b)
@@ -375,4 +381,5 @@ def score_all(rewards: list[Reward], completions: list[str], contexts: list[Samp
     weights = torch.tensor([r.weight for r in rewards], dtype=torch.float32).unsqueeze(1)
     total = torch.nansum(per_reward * weights, dim=0)
     return RewardScores(names=names, per_reward=per_reward, total=total,
-                        errors=[r.errors - b for r, b in zip(rewards, before)], nonfinite=inf.sum(dim=1).tolist())
+                        errors=[r.errors - b for r, b in zip(rewards, before)], nonfinite=inf.sum(dim=1).tolist(),
+                        recovered=[None if b is None else r.recovered - b for r, b in zip(rewards, retried)])
