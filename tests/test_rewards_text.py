@@ -137,6 +137,16 @@ def test_math_match():
     assert not math_match("", "3")
 
 
+@needs_math_verify
+def test_math_mode_compares_word_solutions_as_text():
+    """math-verify reads a word as a product of symbols: "on" matched "no", "felt" "left"."""
+    for pred, gold in [("on", "no"), ("felt", "left"), ("pot", "top"), ("tsrif", "first")]:
+        assert not math_match(pred, gold), (pred, gold)
+    assert math_match("No.", "no") and math_match(" Top  Left", "top left") and math_match("red", "\\boxed{red}")
+    assert math_match("a", "A") and math_match("2x", "x*2")  # a single letter, or letters with numbers: math
+    assert Accuracy(mode="math")([fmt("on"), fmt("no")], [ctx("no")] * 2) == [0.0, 1.0]
+
+
 def test_math_mode_without_math_verify(monkeypatch):
     monkeypatch.setitem(sys.modules, "math_verify", None)  # makes `import math_verify` raise ImportError
     with pytest.raises(ImportError, match="pip install math-verify"):

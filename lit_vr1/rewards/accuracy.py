@@ -238,12 +238,26 @@ def _math_verify():
     return math_verify
 
 
+_WORDS_RE = re.compile(r"[^\W\d_]+(?:[\s'-]+[^\W\d_]+)*")  # letters only, words joined by spaces, ' or -
+
+
+def is_words(text: str) -> bool:
+    """Whether ``text`` (unboxed, normalised) is words and no math: letters only, one word at least
+    two letters long (``red``, ``no``, ``top left``); a single letter (``x``, ``A``) is not."""
+    s = normalize_text(unbox(str(text)))
+    return bool(_WORDS_RE.fullmatch(s)) and any(len(w) > 1 for w in re.split(r"[\s'-]+", s))
+
+
 def math_match(pred: str, gold: str) -> bool:
     """Symbolic equivalence by Hugging Face's ``math-verify``: both strings are parsed
     (LaTeX or plain expressions, boxed answers preferred; an answer without math
     delimiters is read as one formula, see :func:`_math_parse`) into sympy objects and
     ``verify(gold, pred)`` decides (numeric equality after rounding, symbolic
     simplification, sets, intervals, equations). ``"\\frac{1}{2}"`` matches ``"0.5"``.
+
+    A solution of words (:func:`is_words`: ``red``, ``no``, ``top left``) is compared as text,
+    as ``exact`` does: math-verify reads a word as a product of symbols, so ``on`` matched ``no``
+    and ``felt`` matched ``left``.
 
     math-verify bounds parsing and verification with SIGALRM timeouts, which Python only
     allows in the main thread; elsewhere (a data-loader or callback thread) the matcher
@@ -257,6 +271,8 @@ def math_match(pred: str, gold: str) -> bool:
         ValueError: math-verify reads no expression in the solution.
     """
     mv = _math_verify()
+    if is_words(gold):
+        return exact_match(pred, gold)
     timeout = 5 if threading.current_thread() is threading.main_thread() else None
     gold_parsed = _math_parse(mv, str(gold), timeout)
     if not gold_parsed:
