@@ -34,7 +34,8 @@ from lit_vr1.quiet import add_notice_filters, notices_back_on_error, remove_noti
 from lit_vr1.rules import enforce, one_of, refuse, refuse_unknown_keywords, rule, settings_object
 
 EVAL_TASKS = ("rec", "detection", "answer")
-ANSWER_FIGURES = ("acc", "format", "tokens")  # eval_task "answer": what validation logs
+# eval_task "answer": what validation logs (acc: HFRRF's layout and answer; answer_acc: the answer, any layout)
+ANSWER_FIGURES = ("acc", "answer_acc", "format", "tokens")
 RNG_KEY = "lit_vr1_rng_states"  # checkpoint key: one dict of global RNG states per process
 METRICS_KEY = "lit_vr1_metrics_csv"  # checkpoint key: the run's metrics.csv, carried over by a resume
 CLASS_KEY = "lit_vr1_module_class"  # checkpoint key: the module's class (the CLI's hparams name it; Python's do not)
@@ -291,6 +292,7 @@ class VLMModule(LightningModule):
         self.val_metrics = RECMetrics()
         self.answer_metrics = torch.nn.ModuleDict({**{k: torchmetrics.MeanMetric() for k in ANSWER_FIGURES},
                                                    "n": torchmetrics.SumMetric()})
+        self._told_layout = False  # answers right but out of the think/answer layout: said once
 
     def configure_model(self) -> None:
         """Build the policy (once; strategies may shard it afterwards)."""
@@ -393,8 +395,8 @@ class VLMModule(LightningModule):
         if self.eval_task == "answer":
             with parallel.gathered_for_generation(self):
                 preds = predict_answer(self.policy, self.processor, batch, self.eval_max_new_tokens, self.answer_mode())
-            for key, values in (("acc", [p.correct for p in preds]), ("format", [p.format_ok for p in preds]),
-                                ("tokens", [p.tokens for p in preds])):
+            for key, values in (("acc", [p.correct for p in preds]), ("answer_acc", [p.answer_ok for p in preds]),
+                                ("format", [p.format_ok for p in preds]), ("tokens", [p.tokens for p in preds])):
                 self.answer_metrics[key].update(torch.tensor(values, dtype=torch.float32))
             self.answer_metrics["n"].update(float(len(preds)))
             return
@@ -421,6 +423,7 @@ class VLMModule(LightningModule):
             figures = {key: float(metric.compute()) for key, metric in self.answer_metrics.items()}
             figures["n"] = int(figures["n"])
             self._log_eval({f"{split}/{key}": figures[key] for key in ANSWER_FIGURES}, prog_bar=(f"{split}/acc",))
+            self._note_answers_out_of_layout(split, figures)
             for metric in self.answer_metrics.values():
                 metric.reset()
             if self.results_path and not self.trainer.sanity_checking:
@@ -474,6 +477,20 @@ class VLMModule(LightningModule):
         return int(self.global_step)
 
     @rank_zero_only
+    def _note_answers_out_of_layout(self, split: str, figures: dict) -> None:
+        """Say once when most held-out answers are out of the think/answer layout and some of them
+        right: ``acc`` (HFRRF's criterion) counts them wrong, so a model taught plain answers
+        validated at 0."""
+        if (self._told_layout or self.trainer.sanity_checking or figures["answer_acc"] <= figures["acc"]
+                or figures["format"] >= 0.5):  # most answers in the layout: the model is taught it
+            return
+        self._told_layout = True
+        rank_zero_warn(f"{split}/acc counts an answer only in Vision-R1's <think>...</think> <answer>...</answer> layout "
+                       f"(HFRRF's criterion); {figures['answer_acc']:.3f} of the held-out answers are right in any layout "
+                       f"({split}/answer_acc) and {figures['format']:.3f} are in the layout ({split}/format). To count "
+                       "plain answers, read val/answer_acc; to teach the layout, write the training answers with the tags "
+                       "or reward it (HFRRF, a format reward)")
+
     def _write_results(self, split: str, metrics: dict) -> None:
         """Append this evaluation to ``results_path`` (a JSON list, one entry per evaluation)."""
         path = self.results_path

@@ -91,12 +91,12 @@ def test_validate_answers_logs_hfrrf_accuracy_layout_and_length(tmp_path, monkey
 
     modes = []
 
-    def answers(model, processor, batch, max_new_tokens, mode):  # the truth, without the think block on odd ids
+    def answers(model, processor, batch, max_new_tokens, mode):  # the truth, without the think block but on ids 0, 4, ...
         modes.append(mode)
         out = []
         for s in batch:
             right = f"<answer> {solution_text(s.solution)} </answer>"
-            text = right if int(s.id.split("-")[1]) % 2 else f"<think> I count. </think> {right}"
+            text = right if int(s.id.split("-")[1]) % 4 else f"<think> I count. </think> {right}"
             out.append(AnswerPrediction(s, text, is_correct(text, s.solution, "numeric"), think_answer_ok(text), 10, False))
         return out
 
@@ -106,8 +106,11 @@ def test_validate_answers_logs_hfrrf_accuracy_layout_and_length(tmp_path, monkey
     results = tmp_path / "results.json"
     module = GRPOModule(min_pixels=3136, max_pixels=3136, eval_max_new_tokens=12, results_path=str(results),
                         eval_task="answer")
-    Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False).validate(module, dm)
+    # three answers of four are right out of the layout: said once (a model taught plain answers validated at 0)
+    with pytest.warns(UserWarning, match=r"val/acc counts an answer only in .*1\.000 of the held-out answers are "
+                                         r"right in any layout \(val/answer_acc\)"):
+        Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False).validate(module, dm)
     (run,) = json.loads(results.read_text())
-    assert run == {"split": "val", "step": 0, "model": module.model_name, "ckpt_path": None, "acc": 0.5, "format": 0.5,
-                   "tokens": 10.0, "n": 4}
+    assert run == {"split": "val", "step": 0, "model": module.model_name, "ckpt_path": None, "acc": 0.25,
+                   "answer_acc": 1.0, "format": 0.25, "tokens": 10.0, "n": 4}
     assert set(modes) == {"numeric"}  # no answer reward: numeric matching
