@@ -58,6 +58,34 @@ def test_missing_image_names_path_and_line(tmp_path):
         JsonlDataset(f, d)
 
 
+@pytest.mark.parametrize("image, said", [
+    ("https://example.com/cat.png", r"field 'image' is a URL \(https://example.com/cat.png\); lit-vr1 reads image "
+                                    r"files and downloads nothing"),
+    ("", r"field 'image' holds an empty path"),
+    ("sub", r"field 'image': .*sub is a folder, not an image file"),
+])
+def test_urls_empty_paths_and_folders_are_named_as_such(tmp_path, image, said):
+    """All three read "image file ... does not exist", which sent a converter's user looking for a file."""
+    f, d = _write(tmp_path, "odd", [rec(1, "a.png"), rec(2, image)])
+    (tmp_path / "img_odd" / "sub").mkdir()
+    with pytest.raises(DataError, match=r"odd\.jsonl:2: " + said):
+        JsonlDataset(f, d)
+
+
+def test_null_image_and_null_solution_read_as_absent(tmp_path):
+    """Converters write null for "no image" and "no label": a text-only row and an unlabelled one
+    (refused before as not a path, not a string)."""
+    rows = [json.dumps({"id": 1, "image": None, "problem": "What is 2 + 2?", "solution": "4"}),
+            json.dumps({"id": 2, "image": "a.png", "problem": "<image>What colour?", "solution": None})]
+    f, d = _write(tmp_path, "nulls", rows)
+    ds = JsonlDataset(f, d)
+    assert ds[0].images == [] and ds[0].solution == "4"
+    assert len(ds[1].images) == 1 and not ds[1].solution
+    f, d = _write(tmp_path, "marked", [json.dumps({"id": 1, "image": None, "problem": "<image>What colour?"})])
+    with pytest.raises(DataError, match=r"has 1 <image> marker\(s\) but field 'image' lists 0 image\(s\)"):
+        JsonlDataset(f, d)
+
+
 def test_unequal_lists_name_both_counts(tmp_path):
     f, d = _write(tmp_path, "x", [rec(1, "a.png")])
     with pytest.raises(DataError, match="data_files lists 2 file.* but image_folders lists 1 folder"):

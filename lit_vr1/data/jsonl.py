@@ -57,6 +57,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -253,7 +254,9 @@ def _turns(obj: dict, where: str) -> tuple[str, Any]:
     if "solution" not in obj and isinstance(verl, dict) and "ground_truth" in verl:
         raise DataError(f"{where}: field 'reward_model' (verl's, with a ground_truth) is not read; the answer goes in "
                         f"field 'solution' ({SOLUTION_FORMS}): write reward_model.ground_truth there")
-    solution = obj.get("solution", "")
+    solution = obj.get("solution")
+    if solution is None:  # no field, or null: an unlabelled row
+        solution = ""
     if isinstance(solution, list) and solution and all(_is_number(v) for v in solution):
         solution = _box_solution(solution, obj.get("num_instances"), where)
     elif isinstance(solution, list):
@@ -456,15 +459,26 @@ def parse_line(line: str, path: str, lineno: int, folder: str, task: str = "defa
                         "<image> markers; write the question or remove the line")
     _refuse_misnamed(obj, "image", IMAGE_FIELD_LOOKALIKES, where, "the image path goes in field 'image' (a path or "
                      "a list of paths, relative to the image folder): rename the field")
-    raw = obj.get("image", [])
-    names = [raw] if isinstance(raw, str) else raw
+    raw = obj.get("image")
+    names = [] if raw is None else [raw] if isinstance(raw, str) else raw  # null, [] or no field: a text-only row
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise DataError(f"{where}: field 'image' must be a path or a list of paths")
+        raise DataError(f"{where}: field 'image' must be a path or a list of paths (a text-only row: leave the field "
+                        "out, or null, or [])")
+    for n in names:
+        if not n.strip():
+            raise DataError(f"{where}: field 'image' holds an empty path; give the image's path (relative to the image "
+                            f"folder {folder}), or no image for a text-only row (leave the field out)")
+        if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", n):
+            raise DataError(f"{where}: field 'image' is a URL ({n[:200]}); lit-vr1 reads image files and downloads "
+                            f"nothing: download the image and give its path, relative to the image folder {folder}")
     paths = [os.path.join(folder, n) for n in names]
     if not images_outside_folder:
         for n, p in zip(names, paths):
             check_inside(n, p, folder, where)
     for p in paths:
+        if os.path.isdir(p):
+            raise DataError(f"{where}: field 'image': {p} is a folder, not an image file; give the path of the image "
+                            "in it")
         if not os.path.isfile(p):
             raise DataError(f"{where}: field 'image': image file {p} does not exist; fix the path (relative to "
                             f"the image folder {folder}) or remove the line")
