@@ -252,7 +252,8 @@ def check_eval_solutions(eval_task: str, val_set, answer_mode: str = "numeric") 
 
     def problem(record) -> str | None:
         found = eval_solution_problem(eval_task, record, answer_mode)
-        how = f"model.eval_task={eval_task}" + (f", answers matched as {answer_mode}" if eval_task == "answer" else "")
+        how = f"model.eval_task={eval_task}" + (f", answers matched as {answer_mode}: model.eval_answer_mode sets how"
+                                                 if eval_task == "answer" else "")
         return f"{record.source}: {found} (held-out rows are scored as {how})" if found else None
 
     return val_set.check_rows(problem, "held-out rows validation cannot score",

@@ -312,7 +312,8 @@ def test_held_out_rows_validation_cannot_score_are_named_at_the_start(tmp_path, 
     module = SFTModule(model="tiny:qwen2_5_vl", eval_task=eval_task)
     with pytest.raises(DataError) as info:
         _trainer(tmp_path).validate(module, data)
-    mode = ", answers matched as numeric" if eval_task == "answer" else ""  # SFT's mode: no reward to read it from
+    # SFT's mode: no reward to read it from
+    mode = ", answers matched as numeric: model.eval_answer_mode sets how" if eval_task == "answer" else ""
     assert str(info.value) == f"{val}:2: {problem} (held-out rows are scored as model.eval_task={eval_task}{mode})"
     assert module.policy is None
 
