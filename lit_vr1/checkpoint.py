@@ -399,17 +399,22 @@ def _wrap_batch_end(callback) -> None:
         last = seen["step"] if seen["step"] is not None else step - 1
         seen["step"] = step
         if n > 1 and step % n and step // n > last // n:  # a multiple of n was stepped over inside this batch
-            if callback._should_skip_saving_checkpoint(trainer):
-                return
-            candidates = callback._monitor_candidates(trainer)
-            if callback.monitor is not None and callback.monitor not in candidates:
-                callback._defer_save_until_validation = True  # Lightning's own rule for a metric not logged yet
-                return
-            callback._save_topk_checkpoint(trainer, candidates)
-            callback._save_last_checkpoint(trainer, candidates)
-            callback._last_time_checked = time.monotonic()
+            save_stepped_over(trainer)
+        else:
+            lightning_hook(trainer, pl_module, outputs, batch, batch_idx)
+        if callback.save_last and fit_ends_after(trainer) and not callback._should_skip_saving_checkpoint(trainer):
+            callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
+
+    def save_stepped_over(trainer) -> None:
+        if callback._should_skip_saving_checkpoint(trainer):
             return
-        lightning_hook(trainer, pl_module, outputs, batch, batch_idx)
+        candidates = callback._monitor_candidates(trainer)
+        if callback.monitor is not None and callback.monitor not in candidates:
+            callback._defer_save_until_validation = True  # Lightning's own rule for a metric not logged yet
+            return
+        callback._save_topk_checkpoint(trainer, candidates)
+        callback._save_last_checkpoint(trainer, candidates)
+        callback._last_time_checked = time.monotonic()
 
     def on_train_start(trainer, pl_module):  # a resume starts from the checkpoint's step
         seen["step"] = trainer.global_step
@@ -419,6 +424,24 @@ def _wrap_batch_end(callback) -> None:
     callback.on_train_batch_end = on_train_batch_end
     callback.on_train_start = on_train_start
     setattr(callback, ROLLOUT_END_SAVES, True)
+
+
+def fit_ends_after(trainer) -> bool:
+    """Whether the fit stops after this training batch: ``max_steps`` reached, the last batch of
+    the last epoch, a stop asked for (``max_time``'s timer, a callback), or, in one process, a
+    SIGTERM (the fit then stops at this step's end). There ``last.ckpt`` is saved, mid-epoch as
+    every periodic save: Lightning's own end-of-fit save came after the epoch was counted as
+    done (a resume then started the next epoch, another data order) and only when the process
+    had saved no ``last`` before (with ``max_steps`` not a multiple of ``every_n_train_steps``
+    the steps after the last multiple were in no checkpoint). Under several processes a SIGTERM
+    may reach them at different steps, so it saves nothing there (a save is collective)."""
+    if 0 <= trainer.max_steps <= trainer.global_step or trainer.should_stop:
+        return True
+    if trainer.world_size == 1 and trainer.received_sigterm:
+        return True
+    epochs = trainer.max_epochs
+    loop = trainer.fit_loop.epoch_loop.batch_progress
+    return epochs is not None and epochs >= 0 and trainer.current_epoch + 1 >= epochs and bool(loop.is_last_batch)
 
 
 def overwrite_on_resume(trainer, ckpt_path: str) -> None:

@@ -314,12 +314,17 @@ def resume_note(trainer, failed: bool = True) -> str:
     mended = "once the cause is mended, " if failed else ""
     if not trainer.checkpoint_callbacks:
         return f"{stopped} and saved no checkpoint (no ModelCheckpoint in trainer.callbacks): a new fit starts over"
-    last = next((cb.last_model_path for cb in trainer.checkpoint_callbacks if cb.last_model_path), None)
-    if last:
-        return f"{stopped}; {mended}it resumes from {last} with {RESUME_LAST}"
+    saver = next((cb for cb in trainer.checkpoint_callbacks if cb.last_model_path), None)
+    if saver is not None:
+        step = getattr(saver, "_last_global_step_saved", 0)  # Lightning's: 0 until this process saves
+        at = f" (optimiser step {step})" if step else ""
+        return f"{stopped}; {mended}it resumes from {saver.last_model_path}{at} with {RESUME_LAST}"
     folders = [cb.dirpath for cb in trainer.checkpoint_callbacks if cb.dirpath]
     newest = newest_checkpoint(folders) if any(cb.best_model_path for cb in trainer.checkpoint_callbacks) else None
     if newest is None:
+        source = trainer.ckpt_path
+        if source and os.path.isfile(source):  # resumed from a file elsewhere, stopped before saving one here
+            return f"{stopped} before its first checkpoint here; it resumes again with --ckpt_path {source}"
         return f"{stopped} before its first checkpoint: a new fit starts over"
     return (f"{stopped}; {mended}it resumes from its newest checkpoint with --ckpt_path {newest} "
             "(the steps after it run again)")

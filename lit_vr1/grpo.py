@@ -17,7 +17,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from lit_vr1 import decode_graph, parallel
-from lit_vr1.checkpoint import CheckpointError, save_at_rollout_ends
+from lit_vr1.checkpoint import CheckpointError
 from lit_vr1.checks import check_fit, steps_per_rollout
 from lit_vr1.config import GRPOConfig
 from lit_vr1.loop import RolloutUpdateLoop, StepOutcome
@@ -112,7 +112,6 @@ class GRPOModule(VLMModule):
             for reward in self.rewards:  # a reward object reused from an earlier fit warns afresh
                 forget_warnings(reward)
             setup = check_fit(self)  # every fit-time and strategy rule, each problem listed
-            save_at_rollout_ends(self.trainer)  # every_n_train_steps met when a rollout steps over its multiple
             note = max_steps_note(self.trainer.max_steps, steps_per_rollout(setup))
             if note:
                 rank_zero_warn(note)

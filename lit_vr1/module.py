@@ -18,7 +18,14 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 
 from lit_vr1 import allocator, log_dirs, parallel, resume_optimisers
-from lit_vr1.checkpoint import allow_saved_settings, gather_rng_states, refuse_changed_resume, set_rng_states, setting_differences
+from lit_vr1.checkpoint import (
+    allow_saved_settings,
+    gather_rng_states,
+    refuse_changed_resume,
+    save_at_rollout_ends,
+    set_rng_states,
+    setting_differences,
+)
 from lit_vr1.checks import check_master_weights
 from lit_vr1.data.jsonl import loaded
 from lit_vr1.evaluate import PROMPTINGS, check_eval_solutions, predict_answer, predict_detection, predict_rec, several_boxes_note
@@ -354,6 +361,8 @@ class VLMModule(LightningModule):
         if not self._notice_filters:
             self._notice_filters = add_notice_filters()
         notices_back_on_error(self._trainer)  # Lightning skips teardown when the run raises
+        if stage == "fit":  # every_n_train_steps met when a rollout steps over its multiple; last.ckpt at the end
+            save_at_rollout_ends(self.trainer)
         limit = {"fit": "limit_val_batches", "validate": "limit_val_batches", "test": "limit_test_batches"}.get(stage)
         if stage in ("validate", "test") and getattr(self.trainer, limit, None) == 0:  # Lightning would score nothing, silently
             command = getattr(stage, "value", stage)

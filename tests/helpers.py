@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from lightning.pytorch import Trainer
+import os
+import signal
+
+from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.loggers import Logger
 from torch.utils.data import DataLoader
 
@@ -39,6 +42,18 @@ class LengthReward(Reward):
 
     def score(self, completions, contexts):
         return [len(c) / 100.0 for c in completions]
+
+
+class SigtermDuring(Callback):
+    """Sends this process a SIGTERM as optimiser step ``step`` starts (a scheduler's preemption at
+    a known step, whatever the machine's speed)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step - 1:
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 def fit(module, samples, max_steps: int, batch_size: int = 2, **trainer_kwargs) -> MemoryLogger:

@@ -148,7 +148,8 @@ def test_a_reward_failing_mid_fit_says_how_to_resume(tmp_path, every):
     assert "lit-vr1: error: reward 'fails_at_step_2' raised" in err and "KeyError" in err, err[-3000:]
     if every == 1:
         assert (f"the fit stopped after optimiser step 2; once the cause is mended, it resumes from "
-                f"{out / 'checkpoints' / 'last.ckpt'} with --ckpt_path last (the steps") in err, err[-3000:]
+                f"{out / 'checkpoints' / 'last.ckpt'} (optimiser step 2) with --ckpt_path last (the steps") in err, \
+            err[-3000:]
     elif every:  # no last.ckpt: --ckpt_path last would be refused, so the file is named
         assert (f"the fit stopped after optimiser step 2; once the cause is mended, it resumes from its newest "
                 f"checkpoint with --ckpt_path {out / 'checkpoints' / 'epoch=0-step=2.ckpt'} (the steps") in err, err[-3000:]

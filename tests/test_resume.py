@@ -27,12 +27,13 @@ MAX_STEPS = 8
 KILL_AFTER = 6
 
 
-def fit_command(out: Path, ckpt_dir: Path, data_dir: Path, *extra: str) -> list[str]:
-    """The quickstart config shrunk to a few fast steps, a checkpoint after every step
-    (and last.ckpt), and every rollout written to ``out/rollouts.jsonl``."""
-    callbacks = [
+def fit_command(out: Path, ckpt_dir: Path, data_dir: Path, *extra: str, every: int = 1,
+                more_callbacks: tuple[dict, ...] = ()) -> list[str]:
+    """The quickstart config shrunk to a few fast steps, a checkpoint after every step (or
+    ``every`` steps) and last.ckpt, and every rollout written to ``out/rollouts.jsonl``."""
+    callbacks = [*more_callbacks,
         {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-         "init_args": {"dirpath": str(ckpt_dir), "filename": "{step}", "every_n_train_steps": 1, "save_top_k": -1,
+         "init_args": {"dirpath": str(ckpt_dir), "filename": "{step}", "every_n_train_steps": every, "save_top_k": -1,
                        "save_last": True}},
         {"class_path": "callbacks.RolloutLog", "init_args": {"path": str(out / "rollouts.jsonl"), "every_n_steps": 1}},
     ]
@@ -137,16 +138,53 @@ def test_sigkill_then_ckpt_path_last_continues_exactly(tmp_path):
           f"max |loss diff| {max(diffs)}")
 
 
+def test_last_ckpt_holds_the_final_step_and_resumes_in_its_epoch(tmp_path):
+    """Checkpoints every 4 steps. A fit to step 6 left last.ckpt at step 4 (Lightning saves last at
+    the end only when the process saved none); a resumed fit to step 7 saved it at the end, but after
+    Lightning had counted the epoch as done, so the next resume started another epoch: other prompts."""
+    data = tmp_path / "data"
+    whole = tmp_path / "whole"
+    run(fit_command(whole, tmp_path / "ckpt_whole", data, "--trainer.max_steps=10"), tmp_path)
+    reference = per_step(whole)
+    ckpt = tmp_path / "ckpt"
+    run(fit_command(tmp_path / "a", ckpt, data, "--trainer.max_steps=6", every=4), tmp_path)
+    assert torch.load(ckpt / "last.ckpt", weights_only=False)["global_step"] == 6
+    run(fit_command(tmp_path / "b", ckpt, data, "--trainer.max_steps=7", "--ckpt_path", "last", every=4), tmp_path)
+    saved = torch.load(ckpt / "last.ckpt", weights_only=False)
+    assert saved["global_step"] == 7 and saved["epoch"] == 1  # 4 batches an epoch: step 7 is the second epoch's third
+    run(fit_command(tmp_path / "c", ckpt, data, "--trainer.max_steps=10", "--ckpt_path", "last", every=4), tmp_path)
+    after = per_step(tmp_path / "c")
+    assert {s for s in after if "completions" in after[s]} == {8, 9, 10}
+    for step in (8, 9, 10):
+        assert after[step]["ids"] == reference[step]["ids"], step  # the data order went on in its epoch
+        assert after[step]["completions"] == reference[step]["completions"], step
+        assert after[step]["loss"] == reference[step]["loss"], step
+
+
 def test_ctrl_c_during_fit_exits_130_with_one_message_and_the_run_resumes(tmp_path):
     ckpt = tmp_path / "ckpt"
     err = kill_after_checkpoint(fit_command(tmp_path / "run", ckpt, tmp_path / "data"), tmp_path,
                                 ckpt / "step=2.ckpt", sig=signal.SIGINT)
     assert "lit-vr1: interrupted (Ctrl-C, exit 130)" in err and "Traceback" not in err, err[-3000:]
     # where it stopped and the file it resumes from, as a failed fit says
-    assert re.search(r"the fit stopped after optimiser step \d; it resumes from .*last\.ckpt with --ckpt_path last", err), \
-        err[-3000:]
+    assert re.search(r"the fit stopped after optimiser step \d; it resumes from .*last\.ckpt \(optimiser step \d\) "
+                     r"with --ckpt_path last", err), err[-3000:]
     run(fit_command(tmp_path / "run", ckpt, tmp_path / "data", "--ckpt_path", "last"), tmp_path)
     assert torch.load(ckpt / "last.ckpt", weights_only=False)["global_step"] == MAX_STEPS
+
+
+def test_a_sigterm_saves_last_ckpt_at_the_step_it_stops_after(tmp_path):
+    """A scheduler's SIGTERM (a preemption) stopped the fit at the end of the step in progress
+    and saved nothing: the steps since the last periodic checkpoint were lost."""
+    ckpt, out = tmp_path / "ckpt", tmp_path / "run"
+    term = {"class_path": "tests.helpers.SigtermDuring", "init_args": {"step": 6}}
+    proc = subprocess.run(fit_command(out, ckpt, tmp_path / "data", every=4, more_callbacks=(term,)), cwd=tmp_path,
+                          env=_env(), capture_output=True, text=True, timeout=300)
+    err = proc.stderr
+    assert proc.returncode == 143 and "stopped by SIGTERM (exit 143)" in err, err[-3000:]
+    assert "the fit stopped after optimiser step 6;" in err, err[-3000:]
+    assert torch.load(ckpt / "last.ckpt", weights_only=False)["global_step"] == 6  # the periodic save was at 4
+    assert "last.ckpt (optimiser step 6) with --ckpt_path last" in err, err[-3000:]
 
 
 def test_a_fresh_fit_into_an_earlier_runs_checkpoints_is_refused_and_keeps_them(tmp_path):
