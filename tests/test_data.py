@@ -238,3 +238,22 @@ def test_held_out_files_replace_the_synthetic_split_when_training_on_synthetic_d
     data.setup("validate")
     assert len(data.val_set) == 3 and data.val_set.records[0].source.startswith(str(mine / "val.jsonl"))
     assert not (tmp_path / "synthetic" / "val.jsonl").exists()  # the unused split is not drawn
+
+
+def test_held_out_files_alone_make_a_data_module_for_evaluation(tmp_path):
+    """Evaluation-only data needed training data too (set data.train_files ... or data.synthetic),
+    and validate refused its held-out files for a bad training row it never reads."""
+    from lit_vr1.rules import ConfigError
+
+    f, d = _write(tmp_path, "val", [rec(1, "a.png"), rec(2, "b.png")])
+    dm = GroundingDataModule(val_files=f, val_images=d)
+    dm.setup("validate")
+    assert len(dm.val_set) == 2 and dm.train_set is None
+    with pytest.raises(ConfigError, match="lit-vr1 fit needs training data: set data.train_files"):
+        GroundingDataModule(val_files=f, val_images=d).setup("fit")
+    bad, bad_images = _write(tmp_path, "train", [rec(1, "a.png"), rec(2, "gone.png")])
+    dm = GroundingDataModule(train_files=bad, train_images=bad_images, val_files=f, val_images=d)
+    dm.setup("test")  # the training file is not read
+    assert len(dm.val_set) == 2 and dm.train_set is None
+    with pytest.raises(DataError, match="gone.png does not exist"):
+        dm.setup("fit")

@@ -17,7 +17,7 @@ from lit_vr1.checkpoint import refuse_changed_resume, setting_differences
 from lit_vr1.data.jsonl import FailedRow, JsonlDataset, Sample, SkippedRow, check_bad_rows, image_token_outlier
 from lit_vr1.data.sampler import ResumableSampler, place_sampler, train_position
 from lit_vr1.data.synthetic import SyntheticSpec, write_synthetic
-from lit_vr1.rules import enforce, rule, settings_object
+from lit_vr1.rules import ConfigError, enforce, rule, settings_object
 
 # a report lists at most this many ids and this many reasons (the full list goes to a file)
 REPORT_IDS, REPORT_REASONS = 50, 5
@@ -62,9 +62,13 @@ def collate(samples: list[Sample | FailedRow]) -> list[Sample | FailedRow]:
 
 
 @rule("data.train_files", "config")
-def train_data_given(train_files: str | None, synthetic: object) -> str | None:
-    return "set data.train_files (with data.train_images) or data.synthetic" if train_files is None and synthetic is None \
-        else None
+def train_data_given(train_files: str | None, synthetic: object, val_files: str | None = None,
+                     predict_files: str | None = None) -> str | None:
+    """Some data: training files, a synthetic spec, or (for validate, test and predict alone)
+    held-out or prediction files; a fit without training data is refused at its setup."""
+    if train_files is None and synthetic is None and val_files is None and predict_files is None:
+        return "set data.train_files (with data.train_images) or data.synthetic"
+    return None
 
 
 @rule("data.train_images", "config")
@@ -169,7 +173,7 @@ class GroundingDataModule(LightningDataModule):
         val_reward_methods = joined("val_reward_methods", val_reward_methods)
         synthetic = settings_object(synthetic, SyntheticSpec, "synthetic")  # from Python a dict may stand for it
         self.processor: Any = None  # for max_prompt_length: the module's, or one given to use_processor
-        enforce(train_data_given(train_files, synthetic))
+        enforce(train_data_given(train_files, synthetic, val_files, predict_files))
         enforce(train_images_given(train_files, train_images))
         self.train_files, self.train_images = train_files, train_images
         self.val_files, self.val_images = val_files, val_images
@@ -241,7 +245,12 @@ class GroundingDataModule(LightningDataModule):
         if stage == "predict":
             self._add_skipped_rows_report()
             return  # predict reads only data.predict_files (see predict_dataloader)
-        if self.train_files is None:
+        if self.train_files is None and self.synthetic is None:  # held-out files only: evaluation
+            if stage in ("fit", None):
+                raise ConfigError(f"{'lit-vr1 fit' if stage else 'training'} needs training data: set "
+                                  "data.train_files (with data.train_images) or data.synthetic")
+            train, images, val, val_images = None, None, self.val_files, self.val_images
+        elif self.train_files is None:
             self.prepare_data()  # idempotent; covers direct use outside a Trainer
             train, images = self._synthetic_paths("train")
             val, val_images = self._synthetic_paths("val") if self.num_val_samples else (None, None)
@@ -250,7 +259,9 @@ class GroundingDataModule(LightningDataModule):
         else:
             train, images = self.train_files, self.train_images
             val, val_images = self.val_files, self.val_images
-        if self.train_set is None:
+        # validate and test of held-out files read no training file (a bad training row refused them)
+        evaluating_files = stage in ("validate", "test") and self.val_files is not None
+        if self.train_set is None and train is not None and not evaluating_files:
             self.train_set = self._dataset(train, images, self.reward_methods, "train")
             self._remember_stamp("train", train)
         if self.val_set is None and val is not None:
