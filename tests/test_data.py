@@ -257,3 +257,18 @@ def test_held_out_files_alone_make_a_data_module_for_evaluation(tmp_path):
     assert len(dm.val_set) == 2 and dm.train_set is None
     with pytest.raises(DataError, match="gone.png does not exist"):
         dm.setup("fit")
+
+
+def test_validate_of_held_out_files_draws_no_synthetic_training_data(tmp_path):
+    """A config that trains on synthetic data, validated on the user's files, drew the 2000
+    training images that validate never reads."""
+    from lightning.pytorch import Trainer
+
+    from lit_vr1.sft import SFTModule
+
+    f, d = _write(tmp_path, "val", [rec(1, "a.png"), rec(2, "b.png")])
+    dm = GroundingDataModule(synthetic=SyntheticSpec(num_samples=8, canvas=56), synthetic_dir=str(tmp_path / "syn"),
+                             val_files=f, val_images=d, val_batch_size=2)
+    module = SFTModule(model="tiny:qwen2_5_vl", min_pixels=3136, max_pixels=3136, eval_max_new_tokens=4)
+    Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False).validate(module, dm)
+    assert not (tmp_path / "syn").exists() and len(dm.val_set) == 2
