@@ -21,6 +21,17 @@ def test_parse_boxes_json_fence_answer_and_fallback():
     assert [b.label for b in boxes] == ["a", "b"]
 
 
+def test_qwen2_vls_own_grounding_syntax_is_read():
+    """Stock Qwen2-VL answers <|box_start|>(x1,y1),(x2,y2)<|box_end|> in its 0-1000 frame: no box was read
+    (IoU 0), with the box tokens kept or skipped in decoding."""
+    native = "<|object_ref_start|>the cat<|object_ref_end|><|box_start|>(100,100),(500,500)<|box_end|>"
+    assert [(b.box, b.label) for b in parse_boxes(native)] == [((100, 100, 500, 500), "the cat")]
+    assert first_box("the cat(100, 100),(500, 500)") == (100, 100, 500, 500)
+    norm = IoUReward(box_frame="norm1000")
+    sol = ctx(solution="[20, 40, 100, 200]", size=(200, 400))
+    assert norm([native, "the cat(100,100),(500,500)"], [sol] * 2) == pytest.approx([1.0, 1.0])
+
+
 def test_rescale_and_frames():
     assert rescale_box((10, 20, 30, 40), (100, 200), (200, 100)) == (20, 10, 60, 20)
     assert to_original((100, 100, 500, 500), "norm1000", (28, 28), (200, 400)) == (20, 40, 100, 200)

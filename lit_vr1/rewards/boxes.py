@@ -2,7 +2,8 @@
 
 A completion answers with boxes either as JSON (``[{"bbox_2d": [x1, y1, x2, y2],
 "label": "..."}]``, Qwen2.5-VL's grounding format) inside ``<answer>...</answer>`` or a
-```json fence, or as a bare quadruple of numbers. Boxes are (x1, y1, x2, y2).
+```json fence, as a bare quadruple of numbers, or in Qwen2-VL's own syntax
+(``<|box_start|>(x1,y1),(x2,y2)<|box_end|>``). Boxes are (x1, y1, x2, y2).
 
 Parsing never raises: small JSON damage (single quotes, trailing commas, a missing
 closing bracket, a truncated last item) is repaired, then a regex reads ``bbox_2d``
@@ -33,6 +34,11 @@ ITEM_RE = re.compile(
     r"""["']?(?:bbox_2d|bbox)["']?\s*:\s*\[\s*""" + r"\s*,\s*".join([NUM] * 4) + r"""\s*\]"""
     r"""(?:[^{}\[\]]*?["']label["']\s*:\s*(?:"([^"]*)"|'([^']*)'))?"""
 )
+# Qwen2-VL's own grounding syntax: <|object_ref_start|>label<|object_ref_end|><|box_start|>(x1,y1),(x2,y2)<|box_end|>
+# (norm1000), or what is left of it once the special tokens are skipped in decoding: "label(x1,y1),(x2,y2)"
+PAIR_RE = re.compile(r"(?:<\|object_ref_start\|>(.*?)<\|object_ref_end\|>\s*)?(?:<\|box_start\|>\s*)?"
+                     r"\(\s*" + NUM + r"\s*,\s*" + NUM + r"\s*\)\s*,\s*\(\s*" + NUM + r"\s*,\s*" + NUM + r"\s*\)",
+                     re.DOTALL)
 LABEL_FIRST_RE = re.compile(r"""["']label["']\s*:\s*(?:"([^"]*)"|'([^']*)')\s*,\s*(?=["']?(?:bbox_2d|bbox))""")
 
 Box = tuple[float, float, float, float]
@@ -147,7 +153,7 @@ def parse_boxes(completion: str, keep_degenerate: bool = False) -> list[ParsedBo
     if not boxes:
         # repaired JSON may keep only one of several values ("[1,2,3,4] [5,6,7,8]" -> the
         # last): the regex readings win when they find more boxes
-        scanned = _item_boxes(text) or _quad_boxes(text)
+        scanned = _item_boxes(text) or _quad_boxes(text) or _pair_boxes(text)
         repaired = _repaired_json_boxes(text)
         boxes = repaired if len(repaired) >= len(scanned) else scanned
     return boxes if keep_degenerate else [b for b in boxes if not is_degenerate(b.box)]
@@ -189,6 +195,13 @@ def _item_boxes(text: str) -> list[ParsedBox]:
 def _quad_boxes(text: str) -> list[ParsedBox]:
     """Every bracketed quadruple of numbers."""
     return [ParsedBox(tuple(float(v) for v in m)) for m in QUAD_RE.findall(text)]  # type: ignore[arg-type]
+
+
+def _pair_boxes(text: str) -> list[ParsedBox]:
+    """Qwen2-VL's grounding answers, ``(x1,y1),(x2,y2)`` with or without its box tokens, labelled
+    by the ``<|object_ref_start|>...<|object_ref_end|>`` before them when there is one."""
+    return [ParsedBox(tuple(float(v) for v in m.groups()[1:]), (m.group(1) or "").strip())  # type: ignore[arg-type]
+            for m in PAIR_RE.finditer(text)]
 
 
 def first_box(completion: str) -> Box | None:
