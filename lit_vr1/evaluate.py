@@ -41,6 +41,25 @@ class Prediction:
     format_ok: bool
 
 
+def outside_image(box: Box | None, size: tuple[int, int], slack: float = 0.05) -> bool:
+    """Whether ``box`` (original pixels) reaches past its image (``size`` = (width, height)) by
+    more than ``slack`` of a side: the mark of an answer read in another frame than written."""
+    if box is None:
+        return False
+    w, h = size
+    return box[0] < -slack * w or box[1] < -slack * h or box[2] > (1 + slack) * w or box[3] > (1 + slack) * h
+
+
+def frame_note(outside: int, boxes: int, frame: str, split: str) -> str | None:
+    """A note when a quarter or more of the held-out answers' boxes reach past their images once
+    read in ``frame`` (a wrong ``box_frame`` scores every answer 0, silently); None otherwise."""
+    if boxes == 0 or outside < 0.25 * boxes:
+        return None
+    return (f"{outside} of {boxes} held-out boxes reach past their image once read in box_frame {frame} "
+            f"({split}/acc50 counts them wrong): a model that answers in another frame (Qwen2-VL, Qwen3-VL: "
+            "norm1000; Qwen2.5-VL: input_pixels, the pixels of the image it was fed) needs model.box_frame set to it")
+
+
 @dataclass
 class EvalResult:
     """acc50: fraction with IoU > 0.5; miou: mean IoU; format: fraction in REC JSON format."""

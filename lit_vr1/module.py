@@ -28,7 +28,16 @@ from lit_vr1.checkpoint import (
 )
 from lit_vr1.checks import check_master_weights
 from lit_vr1.data.jsonl import loaded
-from lit_vr1.evaluate import PROMPTINGS, check_eval_solutions, predict_answer, predict_detection, predict_rec, several_boxes_note
+from lit_vr1.evaluate import (
+    PROMPTINGS,
+    check_eval_solutions,
+    frame_note,
+    outside_image,
+    predict_answer,
+    predict_detection,
+    predict_rec,
+    several_boxes_note,
+)
 from lit_vr1.metrics.detection import DetectionMetrics
 from lit_vr1.metrics.rec import RECMetrics
 from lit_vr1.models import freeze, precision, swiglu, vision_attention
@@ -300,6 +309,8 @@ class VLMModule(LightningModule):
         self.answer_metrics = torch.nn.ModuleDict({**{k: torchmetrics.MeanMetric() for k in ANSWER_FIGURES},
                                                    "n": torchmetrics.SumMetric()})
         self._told_layout = False  # answers right but out of the think/answer layout: said once
+        self._frame_count = [0, 0]  # held-out REC boxes past their image, and boxes, this evaluation
+        self._told_frame = False  # a quarter of them or more: a wrong box_frame, said once
 
     def configure_model(self) -> None:
         """Build the policy (once; strategies may shard it afterwards)."""
@@ -418,6 +429,8 @@ class VLMModule(LightningModule):
         with parallel.gathered_for_generation(self):  # sharded weights (FSDP2, ZeRO-3) gathered once
             preds = predict_rec(self.policy, self.processor, batch, self.eval_max_new_tokens, self.box_frame)
         self.val_metrics.update(torch.tensor([p.iou for p in preds]))
+        self._frame_count[0] += sum(outside_image(p.box, p.sample.image_sizes[0]) for p in preds if p.sample.image_sizes)
+        self._frame_count[1] += sum(p.box is not None for p in preds)
         fmt = torch.tensor([float(p.format_ok) for p in preds]).mean()
         self.log(f"{split}/format", fmt, batch_size=len(batch), sync_dist=True, logger=not self._rows_at_optimiser_step())
 
@@ -451,6 +464,12 @@ class VLMModule(LightningModule):
         self._log_eval({f"{split}/acc50": out["acc50"], f"{split}/miou": out["miou"]},
                        prog_bar=(f"{split}/acc50", f"{split}/miou"), also={f"{split}/format": fmt})
         self.val_metrics.reset()
+        quiet = self._told_frame or self.trainer.sanity_checking
+        note = None if quiet else frame_note(*self._frame_count, self.box_frame, split)
+        self._frame_count = [0, 0]
+        if note:
+            self._told_frame = True
+            rank_zero_warn(note)
         if self.results_path and not self.trainer.sanity_checking:
             self._write_results(split, {"acc50": float(out["acc50"]), "miou": float(out["miou"]),
                                         "format": None if fmt is None else float(fmt), "n": int(out["n"])})

@@ -114,3 +114,29 @@ def test_validate_answers_logs_hfrrf_accuracy_layout_and_length(tmp_path, monkey
     assert run == {"split": "val", "step": 0, "model": module.model_name, "ckpt_path": None, "acc": 0.25,
                    "answer_acc": 1.0, "format": 0.25, "tokens": 10.0, "n": 4}
     assert set(modes) == {"numeric"}  # no answer reward: numeric matching
+
+
+def test_a_wrong_box_frame_is_named_when_held_out_boxes_reach_past_their_images(tmp_path, monkeypatch):
+    """A Qwen2.5-VL checkpoint validated with box_frame=norm1000 (or a Qwen2-VL one with
+    input_pixels) scored acc50 0 without a word."""
+    from lightning.pytorch import Trainer
+
+    from lit_vr1 import module as module_file
+    from lit_vr1.data.datamodule import GroundingDataModule
+    from lit_vr1.data.synthetic import SyntheticSpec
+    from lit_vr1.evaluate import Prediction, frame_note, outside_image
+    from lit_vr1.sft import SFTModule
+
+    assert outside_image((0, 0, 110, 50), (100, 100)) and not outside_image((0, 0, 104, 50), (100, 100))
+    assert frame_note(1, 4, "norm1000", "val") is not None and frame_note(1, 5, "norm1000", "val") is None
+
+    def answers(model, processor, batch, max_new_tokens, box_frame):  # every box twice the image's width
+        return [Prediction(s, "[0, 0, 1, 1]", (0.0, 0.0, 2.0 * s.image_sizes[0][0], 10.0), 0.0, True) for s in batch]
+
+    monkeypatch.setattr(module_file, "predict_rec", answers)
+    dm = GroundingDataModule(synthetic=SyntheticSpec(num_samples=4, canvas=56), synthetic_dir=str(tmp_path / "d"),
+                             num_val_samples=4, batch_size=2, val_batch_size=2)
+    module = SFTModule(model="tiny:qwen2_5_vl", min_pixels=3136, max_pixels=3136, box_frame="norm1000")
+    with pytest.warns(UserWarning, match=r"4 of 4 held-out boxes reach past their image once read in box_frame "
+                                         r"norm1000 \(val/acc50 counts them wrong\)"):
+        Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False).validate(module, dm)
