@@ -120,6 +120,16 @@ rewards:
     assert precision.box_frame == "original_pixels" and fmt.weight == 0.5
 
 
+def test_schedule_from_python_as_a_list_of_stages_or_a_dict():
+    """From Python the YAML's form was refused: "schedule must be a ThresholdSchedule, got list"."""
+    stages = [{"from_step": 0, "match_iou": 0.5, "zero_below": 0.5, "one_above": 0.75},
+              {"from_step": 10, "match_iou": 0.75, "zero_below": 0.75, "one_above": 0.9}]
+    assert LocalizationPrecision(schedule=stages).schedule.at(10).one_above == 0.9
+    assert LocalizationRecall(schedule={"stages": stages}).schedule.at(9).one_above == 0.75
+    with pytest.raises(ValueError, match=r"must be a lit_vr1\.rewards\.vision_r1\.ThresholdSchedule, a dict"):
+        LocalizationPrecision(schedule=0.5)
+
+
 # --------------------------------------------------------------------------- precision and recall
 
 

@@ -348,8 +348,13 @@ class _MatchedBoxReward(Reward):
     def __init__(self, schedule: ThresholdSchedule | None = None, box_frame: str | None = None,
                  match_labels: bool = False, variant: Literal["paper", "released"] = "paper", **kwargs) -> None:
         super().__init__(**kwargs)
+        if isinstance(schedule, (list, tuple)):  # from Python, as YAML writes it: the stages
+            schedule = ThresholdSchedule(stages=list(schedule))
+        elif isinstance(schedule, dict):
+            schedule = ThresholdSchedule(**schedule)
         if schedule is not None and not isinstance(schedule, ThresholdSchedule):
-            raise ValueError(f"{type(self).__name__}: schedule must be a ThresholdSchedule, got {type(schedule).__name__}")
+            raise ValueError(f"{type(self).__name__}: schedule must be a lit_vr1.rewards.vision_r1.ThresholdSchedule, a "
+                             f"dict {{'stages': [...]}} or a list of stages, got {type(schedule).__name__}")
         if variant not in VARIANTS:
             raise ValueError(f"{type(self).__name__}: variant={variant!r} is not valid; choose one of {', '.join(VARIANTS)}")
         if variant == "released" and match_labels:
