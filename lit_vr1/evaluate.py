@@ -39,6 +39,7 @@ class Prediction:
     box: Box | None
     iou: float
     format_ok: bool
+    truncated: bool = False  # cut short at max_new_tokens
 
 
 def outside_image(box: Box | None, size: tuple[int, int], slack: float = 0.05) -> bool:
@@ -82,14 +83,24 @@ def predict_rec(model: PreTrainedModel, processor: ProcessorMixin, samples: list
     ious = rec_ious(rollout.completions, rollout.contexts, box_frame)
     fmt = RecJsonFormat()(rollout.completions, rollout.contexts)
     out = []
-    for sample, text, ctx, iou, ok in zip(samples, rollout.completions, rollout.contexts, ious, fmt):
+    for sample, text, ctx, iou, ok, cut in zip(samples, rollout.completions, rollout.contexts, ious, fmt,
+                                               rollout.truncated.tolist()):
         box = first_box(text)
         if box is not None and not is_degenerate(box):
             box = to_original(box, box_frame, ctx.input_sizes[0], ctx.image_sizes[0])
         else:
             box = None
-        out.append(Prediction(sample, text, box, iou, ok == 1.0))
+        out.append(Prediction(sample, text, box, iou, ok == 1.0, bool(cut)))
     return out
+
+
+def truncation_note(cut: int, answers: int, max_new_tokens: int, split: str) -> str | None:
+    """A note when held-out answers were cut short at ``max_new_tokens`` (their format and
+    answers read as broken, silently); None when none was."""
+    if cut == 0:
+        return None
+    return (f"{cut} of {answers} {split} answers were cut short at model.eval_max_new_tokens={max_new_tokens} "
+            f"(their format and answers count as written, unfinished): raise it if the model's answers are longer")
 
 
 @dataclass

@@ -37,6 +37,7 @@ from lit_vr1.evaluate import (
     predict_detection,
     predict_rec,
     several_boxes_note,
+    truncation_note,
 )
 from lit_vr1.metrics.detection import DetectionMetrics
 from lit_vr1.metrics.rec import RECMetrics
@@ -311,6 +312,8 @@ class VLMModule(LightningModule):
         self._told_layout = False  # answers right but out of the think/answer layout: said once
         self._frame_count = [0, 0]  # held-out REC boxes past their image, and boxes, this evaluation
         self._told_frame = False  # a quarter of them or more: a wrong box_frame, said once
+        self._cut_count = [0, 0]  # held-out answers cut short at eval_max_new_tokens, and answers
+        self._told_cut = False
 
     def configure_model(self) -> None:
         """Build the policy (once; strategies may shard it afterwards)."""
@@ -415,6 +418,8 @@ class VLMModule(LightningModule):
         if self.eval_task == "answer":
             with parallel.gathered_for_generation(self):
                 preds = predict_answer(self.policy, self.processor, batch, self.eval_max_new_tokens, self.answer_mode())
+            self._cut_count[0] += sum(p.truncated for p in preds)
+            self._cut_count[1] += len(preds)
             for key, values in (("acc", [p.correct for p in preds]), ("answer_acc", [p.answer_ok for p in preds]),
                                 ("format", [p.format_ok for p in preds]), ("tokens", [p.tokens for p in preds])):
                 self.answer_metrics[key].update(torch.tensor(values, dtype=torch.float32))
@@ -431,6 +436,8 @@ class VLMModule(LightningModule):
         self.val_metrics.update(torch.tensor([p.iou for p in preds]))
         self._frame_count[0] += sum(outside_image(p.box, p.sample.image_sizes[0]) for p in preds if p.sample.image_sizes)
         self._frame_count[1] += sum(p.box is not None for p in preds)
+        self._cut_count[0] += sum(p.truncated for p in preds)
+        self._cut_count[1] += len(preds)
         fmt = torch.tensor([float(p.format_ok) for p in preds]).mean()
         self.log(f"{split}/format", fmt, batch_size=len(batch), sync_dist=True, logger=not self._rows_at_optimiser_step())
 
@@ -441,6 +448,7 @@ class VLMModule(LightningModule):
         self._eval_epoch_end("test")
 
     def _eval_epoch_end(self, split: str) -> None:
+        self._note_cut_answers(split)
         if self.eval_task == "answer":
             figures = {key: float(metric.compute()) for key, metric in self.answer_metrics.items()}
             figures["n"] = int(figures["n"])
@@ -505,6 +513,14 @@ class VLMModule(LightningModule):
         return int(self.global_step)
 
     @rank_zero_only
+    def _note_cut_answers(self, split: str) -> None:
+        """Say once when held-out answers were cut short at ``eval_max_new_tokens``."""
+        note = truncation_note(*self._cut_count, self.eval_max_new_tokens, split)
+        self._cut_count = [0, 0]
+        if note and not self._told_cut and not self.trainer.sanity_checking:
+            self._told_cut = True
+            rank_zero_warn(note)
+
     def _note_answers_out_of_layout(self, split: str, figures: dict) -> None:
         """Say once when most held-out answers are out of the think/answer layout and some of them
         right: ``acc`` (HFRRF's criterion) counts them wrong, so a model taught plain answers

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 
 import pytest
 from test_rewards_detection import coco_dataset_stats, random_case
@@ -130,13 +131,19 @@ def test_a_wrong_box_frame_is_named_when_held_out_boxes_reach_past_their_images(
     assert outside_image((0, 0, 110, 50), (100, 100)) and not outside_image((0, 0, 104, 50), (100, 100))
     assert frame_note(1, 4, "norm1000", "val") is not None and frame_note(1, 5, "norm1000", "val") is None
 
-    def answers(model, processor, batch, max_new_tokens, box_frame):  # every box twice the image's width
-        return [Prediction(s, "[0, 0, 1, 1]", (0.0, 0.0, 2.0 * s.image_sizes[0][0], 10.0), 0.0, True) for s in batch]
+    def answers(model, processor, batch, max_new_tokens, box_frame):  # every box twice the image's width; one cut
+        return [Prediction(s, "[0, 0, 1, 1]", (0.0, 0.0, 2.0 * s.image_sizes[0][0], 10.0), 0.0, True,
+                           truncated=s.id.endswith("-0")) for s in batch]
 
     monkeypatch.setattr(module_file, "predict_rec", answers)
     dm = GroundingDataModule(synthetic=SyntheticSpec(num_samples=4, canvas=56), synthetic_dir=str(tmp_path / "d"),
                              num_val_samples=4, batch_size=2, val_batch_size=2)
-    module = SFTModule(model="tiny:qwen2_5_vl", min_pixels=3136, max_pixels=3136, box_frame="norm1000")
-    with pytest.warns(UserWarning, match=r"4 of 4 held-out boxes reach past their image once read in box_frame "
-                                         r"norm1000 \(val/acc50 counts them wrong\)"):
+    module = SFTModule(model="tiny:qwen2_5_vl", min_pixels=3136, max_pixels=3136, box_frame="norm1000",
+                       eval_max_new_tokens=40)
+    with pytest.warns(UserWarning) as seen:
         Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False).validate(module, dm)
+    said = [str(w.message) for w in seen]
+    assert any(re.search(r"4 of 4 held-out boxes reach past their image once read in box_frame norm1000 "
+                         r"\(val/acc50 counts them wrong\)", m) for m in said), said
+    # a cut answer's format read as broken, silently (a norm1 frame's longer numbers at 40 tokens)
+    assert any("1 of 4 val answers were cut short at model.eval_max_new_tokens=40" in m for m in said), said
