@@ -41,7 +41,8 @@ def predict_records(model: PreTrainedModel, processor: ProcessorMixin, samples: 
     for sample, text, ctx in zip(samples, rollout.completions, rollout.contexts):
         boxes = predicted_boxes(text, ctx.image_size, ctx.input_size, box_frame) if ctx.image_size else []
         out.append({
-            "id": sample.id, "source": sample.source, "prompt": ctx.prompt, "completion": text,
+            "id": sample.id if sample.written_id is None else sample.written_id,  # as the data wrote it
+            "source": sample.source, "prompt": ctx.prompt, "completion": text,
             "boxes": [{"bbox_2d": [round(v, 2) for v in b.box], "label": b.label} for b in boxes],
             "image_sizes": [list(s) for s in sample.image_sizes],
             "solution": sample.solution if isinstance(sample.solution, str) else json.dumps(sample.solution),

@@ -280,3 +280,24 @@ def test_cold_start_stops_at_sigterm_between_its_steps(tmp_path, monkeypatch):
     with pytest.raises(SIGTERMException):
         trainer.fit(module, data)
     assert len(calls) == 3 and trainer.global_step == 0
+
+
+def test_predictions_give_ids_back_as_the_data_wrote_them(tmp_path, tiny_qwen25):
+    """An id written as a number came back as a string ("100"), so joining predictions back to
+    the data by id failed."""
+    import json
+
+    from PIL import Image
+
+    from lit_vr1.data.jsonl import JsonlDataset
+    from lit_vr1.predict import predict_records
+
+    Image.new("RGB", (56, 56), (255, 0, 0)).save(tmp_path / "a.png")
+    rows = [{"id": 100, "image": "a.png", "problem": "<image>Where?"}, {"id": "x7", "image": "a.png", "problem": "Where?"},
+            {"image": "a.png", "problem": "Where?"}]
+    (tmp_path / "p.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    data = JsonlDataset(str(tmp_path / "p.jsonl"), str(tmp_path))
+    model, processor = tiny_qwen25
+    out = predict_records(model, processor, [data[i] for i in range(3)], max_new_tokens=2)
+    assert [r["id"] for r in out] == [100, "x7", "p-3"]
+    assert [data[i].id for i in range(3)] == ["100", "x7", "p-3"]  # inside, ids stay strings

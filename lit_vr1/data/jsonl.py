@@ -159,6 +159,7 @@ class Record:
     metadata: dict[str, Any] = field(default_factory=dict)
     task: str = "default"
     image_sizes: list[tuple[int, int]] = field(default_factory=list)  # original (width, height), from the headers
+    written_id: Any = None  # the line's "id" as written (1, not "1"); None when it has none
 
 
 @dataclass
@@ -187,6 +188,7 @@ class Sample:
     original_sizes: list[tuple[int, int]] | None = None
     skipped: list[SkippedRow] = field(default_factory=list)
     box_answers: bool = True
+    written_id: Any = None  # the data line's "id" as written (predictions give it back so)
 
     @property
     def image_sizes(self) -> list[tuple[int, int]]:
@@ -513,7 +515,8 @@ def parse_line(line: str, path: str, lineno: int, folder: str, task: str = "defa
         raise DataError(f"{where}: field 'reward_method' must be a non-empty string")
     skip = ("id", "image", "conversations", "problem", "question", "solution", "reward_method")
     meta = {k: v for k, v in obj.items() if k not in skip}
-    return Record(str(obj.get("id", f"{Path(path).stem}-{lineno}")), paths, human, solution, where, meta, method, sizes)
+    return Record(str(obj.get("id", f"{Path(path).stem}-{lineno}")), paths, human, solution, where, meta, method, sizes,
+                  written_id=obj.get("id"))
 
 
 def file_tasks(data_files: str, reward_methods: str | None, names: tuple[str, ...] = ARG_NAMES) -> list[str]:
@@ -782,7 +785,8 @@ class JsonlDataset(Dataset):
             pixels = [im if im.size == size else im.resize(size, Image.Resampling.BICUBIC) for im, size in zip(pixels, wanted)]
         messages = build_messages(r.question, len(pixels), self.template)
         return Sample(r.id, pixels, messages, r.question, r.solution, r.source, dict(r.metadata), r.task,
-                      original_sizes=originals if upscaled else None, box_answers=self.check_boxes)
+                      original_sizes=originals if upscaled else None, box_answers=self.check_boxes,
+                      written_id=r.written_id)
 
     def __getitem__(self, idx: int) -> Sample | FailedRow:
         if self.bad_rows == "raise":
