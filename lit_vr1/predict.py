@@ -45,6 +45,7 @@ def predict_records(model: PreTrainedModel, processor: ProcessorMixin, samples: 
             "source": sample.source, "prompt": ctx.prompt, "completion": text,
             "boxes": [{"bbox_2d": [round(v, 2) for v in b.box], "label": b.label} for b in boxes],
             "image_sizes": [list(s) for s in sample.image_sizes],
+            "input_sizes": [list(s) for s in ctx.input_sizes], "box_frame": box_frame,  # the completion's frame
             "solution": sample.solution if isinstance(sample.solution, str) else json.dumps(sample.solution),
         })
     return out

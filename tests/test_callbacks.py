@@ -300,4 +300,5 @@ def test_predictions_give_ids_back_as_the_data_wrote_them(tmp_path, tiny_qwen25)
     model, processor = tiny_qwen25
     out = predict_records(model, processor, [data[i] for i in range(3)], max_new_tokens=2)
     assert [r["id"] for r in out] == [100, "x7", "p-3"]
+    assert all(r["input_sizes"] == [[56, 56]] and r["box_frame"] == "input_pixels" for r in out)
     assert [data[i].id for i in range(3)] == ["100", "x7", "p-3"]  # inside, ids stay strings
