@@ -28,7 +28,13 @@ from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from lit_vr1.sft import answer_nll, check_answers, training_records
+from lit_vr1.data.jsonl import DataError
+from lit_vr1.sft import answer_nll, check_answers, labelled_rows, training_records
+
+
+def skipping(trainer) -> bool:
+    """Whether the training set leaves bad rows out (``data.bad_rows=skip``)."""
+    return getattr(getattr(getattr(trainer, "datamodule", None), "train_set", None), "bad_rows", "raise") == "skip"
 
 
 class ColdStart(Callback):
@@ -50,7 +56,7 @@ class ColdStart(Callback):
         """At fit start, before the model is built: refuse the training set's rows without an
         answer, all of them listed, rather than at the warm-up batch that draws one; a resumed
         fit skips the warm-up, and this."""
-        if stage == "fit" and trainer.ckpt_path is None:
+        if stage == "fit" and trainer.ckpt_path is None and not skipping(trainer):
             check_answers(training_records(trainer))
 
     def on_train_start(self, trainer, pl_module) -> None:
@@ -60,20 +66,27 @@ class ColdStart(Callback):
             raise RuntimeError("callbacks.ColdStart runs in one process; for several, run a cold-start SFT first "
                                "(lit-vr1 fit --config configs/sft_synthetic.yaml) and start GRPO from its export_dir")
         data = trainer.datamodule.train_set
+        rows = labelled_rows(data)  # all of them, unless data.bad_rows=skip let rows without an answer in
+        if not rows:
+            raise DataError("callbacks.ColdStart: no training row has an answer to teach (field 'solution'); "
+                            "unlabelled questions suit label-free GRPO without a cold start")
+        if len(rows) < len(data):
+            rank_zero_info(f"ColdStart: {len(data) - len(rows)} training rows without an answer left out of its "
+                           "supervised steps (data.bad_rows=skip); GRPO trains on every row")
         policy = pl_module.policy
         params = [p for p in policy.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=0.0)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * i / self.steps)))
         order = torch.Generator().manual_seed(self.seed)
-        perm, start, t0 = torch.randperm(len(data), generator=order), 0, time.perf_counter()
+        perm, start, t0 = torch.randperm(len(rows), generator=order), 0, time.perf_counter()
         was_training = policy.training
         policy.train()
         for _ in range(self.steps):
             if trainer.received_sigterm:  # stop now, as Lightning's loop does between steps (a resume starts over)
                 raise SIGTERMException
             if start + self.batch_size > len(perm):
-                perm, start = torch.randperm(len(data), generator=order), 0
-            batch = [data[int(i)] for i in perm[start:start + self.batch_size]]
+                perm, start = torch.randperm(len(rows), generator=order), 0
+            batch = [data[rows[int(i)]] for i in perm[start:start + self.batch_size]]
             start += self.batch_size
             loss, _ = answer_nll(policy, pl_module.processor, batch, pl_module.device,
                                  getattr(pl_module, "box_frame", None))

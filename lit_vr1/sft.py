@@ -90,6 +90,27 @@ def check_answers(rows: list[Any] | None) -> None:
                                      "them; unlabelled questions suit label-free GRPO"))
 
 
+def refuse_or_leave_out_unlabelled(trainer: Any) -> None:
+    """At an SFT fit's start: rows without an answer refused, all listed (:func:`check_answers`),
+    or under ``data.bad_rows=skip`` left out of the training set and reported with the other
+    skipped rows."""
+    train_set = getattr(getattr(trainer, "datamodule", None), "train_set", None)
+    if getattr(train_set, "bad_rows", "raise") == "skip" and hasattr(train_set, "check_rows"):
+        train_set.check_rows(lambda r: None if has_answer(r.solution) else no_answer_message(r.source, r.id),
+                             "rows without an answer", "give each an answer in field 'solution'",
+                             "no training row has an answer to teach")
+        return
+    check_answers(training_records(trainer))
+
+
+def labelled_rows(train_set: Any) -> list[int]:
+    """Indices of the rows with an answer (all rows of a dataset without records)."""
+    records = getattr(train_set, "records", None)
+    if records is None:
+        return list(range(len(train_set)))
+    return [i for i, r in enumerate(records) if has_answer(r.solution)]
+
+
 def training_records(trainer: Any) -> list[Any] | None:
     """The records of the fit's training set when it is a JSONL dataset (the data module's
     ``train_set``, e.g. :class:`~lit_vr1.data.jsonl.JsonlDataset`, synthetic data included);
@@ -129,10 +150,11 @@ class SFTModule(VLMModule):
 
     def setup(self, stage: str) -> None:
         """At fit start, before the model is built: refuse the training set's rows without an
-        answer, all of them listed (not when a batch holding one is reached, deep into the run)."""
+        answer, all of them listed (not when a batch holding one is reached, deep into the run),
+        or under ``data.bad_rows=skip`` leave them out."""
         super().setup(stage)
         if stage == "fit":
-            check_answers(training_records(self.trainer))
+            refuse_or_leave_out_unlabelled(self.trainer)
 
     def sft_loss(self, batch: list[Sample]) -> tuple[torch.Tensor, int]:
         """Mean NLL of the answer tokens and their count."""

@@ -185,7 +185,8 @@ class _CountingSFT(SFTModule):
 
 
 def _trainer(tmp_path, **kwargs):
-    return Trainer(accelerator="cpu", devices=1, max_steps=8, logger=False, enable_checkpointing=False,
+    kwargs = {"max_steps": 8, **kwargs}
+    return Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                    enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path, **kwargs)
 
 
@@ -237,6 +238,34 @@ def test_cold_start_refuses_rows_without_an_answer_at_fit_start(tmp_path, monkey
     assert rows[0].startswith(f"2 rows without an answer in {f} (")
     assert rows[1:] == [NO_ANSWER.format(f, 2, 2), NO_ANSWER.format(f, 4, 4)]
     assert calls == [] and trainer.global_step == 0
+
+
+def test_under_bad_rows_skip_rows_without_an_answer_leave_supervised_steps_only(tmp_path, monkeypatch):
+    """data.bad_rows=skip still stopped a fit at a row without an answer: SFT now leaves it out
+    (reported with the other skipped rows), ColdStart teaches the labelled rows and GRPO keeps all."""
+    import callbacks.cold_start as cold_start_module
+    from callbacks import ColdStart
+    from lit_vr1.config import GRPOConfig
+    from lit_vr1.grpo import GRPOModule
+
+    f, d = write(tmp_path, [rec(1), rec(2, gpt=""), rec(3), rec(4, gpt="")])
+    data = GroundingDataModule(train_files=f, train_images=d, batch_size=2, bad_rows="skip")
+    module = _CountingSFT(model="tiny:qwen2_5_vl")
+    _trainer(tmp_path, max_steps=2).fit(module, data)
+    assert [r.id for r in data.train_set.records] == ["1", "3"] and module.steps == 2
+    assert [s.id for s in data.train_set.skipped] == ["2", "4"]
+
+    taught = []
+    real = cold_start_module.answer_nll
+    monkeypatch.setattr(cold_start_module, "answer_nll",
+                        lambda policy, processor, batch, *a: taught.extend(s.id for s in batch) or real(policy, processor,
+                                                                                                       batch, *a))
+    data = GroundingDataModule(train_files=f, train_images=d, batch_size=2, bad_rows="skip")
+    module = GRPOModule(model="tiny:qwen2_5_vl", rewards=[LengthReward()],
+                        grpo=GRPOConfig(num_generations=2, max_completion_length=4))
+    trainer = _trainer(tmp_path, max_steps=1, callbacks=[ColdStart(steps=3, batch_size=2)])
+    trainer.fit(module, data)
+    assert set(taught) == {"1", "3"} and len(data.train_set) == 4 and trainer.global_step == 1
 
 
 def test_labelled_and_synthetic_training_sets_pass_the_answer_check(tmp_path):
