@@ -60,7 +60,8 @@ BAD_AT_BUILD = [
     (rec(9, gpt='<answer>[{"bbox_2d": [1, 2, 300, 20], "label": "sq"}]</answer>'),
      r"data\.jsonl:2: field 'conversations' \(gpt turn\) box 1 .* lies outside the 40x30 image \(by more than 1 px\)"),
     (vr1(9, [["cat", [1, 2, 10, 12]], ["dog", [10, 10, 5, 20]]]),
-     r"data\.jsonl:2: field 'solution' item 2 \[10, 10, 5, 20\] has no area"),
+     r"data\.jsonl:2: field 'solution' item 2 \[10, 10, 5, 20\] has no area: .*; if it is COCO's \[x, y, width, "
+     r"height\], write \[10, 10, 15, 30\]"),
     (vr1(9, [["cat", [0, 0, 41.5, 30]]]), r"data\.jsonl:2: field 'solution' item 1 \[0, 0, 41\.5, 30\] lies outside the 40x30"),
     (vr1(9, [["cat", [-3, 0, 10, 10]]]), r"data\.jsonl:2: field 'solution' item 1 .* lies outside"),
     (rec(9, gpt="[0.44, 0.47, 0.86, 0.89]"),
@@ -287,7 +288,7 @@ def test_predict_leaves_out_rows_that_fail_to_load_and_draws_the_right_boxes(tmp
         warnings.simplefilter("always")
         trainer.predict(module, dm)
     rows = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
-    assert [r["id"] for r in rows] == ["1", "3"]
+    assert [r["id"] for r in rows] == [1, 3]  # as the data wrote them
     assert sorted(p.name for p in (out / "images").iterdir()) == ["1.png", "3.png"]
     assert any("predict left out 1 row(s)" in str(w.message) and "ids 2" in str(w.message) for w in caught)
 

@@ -386,8 +386,10 @@ def check_solution_boxes(solution: Any, field: str, image_size: tuple[int, int] 
             raise DataError(f"{where}: {field} {name} {raw} has a coordinate that is not a finite number: a box is "
                             "[x1, y1, x2, y2] in pixels of the original image")
         if x2 <= x1 or y2 <= y1:
+            xywh = (f"; if it is COCO's [x, y, width, height], write [{x1:g}, {y1:g}, {x1 + x2:g}, {y1 + y2:g}]"
+                    if x2 > 0 and y2 > 0 else "")
             raise DataError(f"{where}: {field} {name} {raw} has no area: a box is [x1, y1, x2, y2] with "
-                            "x1 < x2 and y1 < y2, in pixels of the original image")
+                            f"x1 < x2 and y1 < y2, in pixels of the original image{xywh}")
         if image_size is None:
             continue
         w, h = image_size
