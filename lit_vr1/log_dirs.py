@@ -81,6 +81,9 @@ def carry_over_metrics(trainer, previous: str | None, step: int, batches: int | 
     one without validating again). lit-vr1's own training rows (GRPO's, without ``epoch``) carry
     the optimiser step after their update. So: Lightning's rows up to ``batches``, lit-vr1's up
     to ``step`` (``step - 1`` for Lightning's when the checkpoint does not say ``batches``).
+    ``LearningRateMonitor`` logs as a batch starts, at the count of the batches before it, so its
+    row at the checkpoint's own count is the next batch's, which the resumed run logs again: left
+    out (it stood twice).
 
     Lightning's CSV logger starts each run in a new ``version_N`` folder, so a resumed run's
     metrics.csv began at its first resumed step: the whole curve was split over two files.
@@ -101,10 +104,11 @@ def carry_over_metrics(trainer, previous: str | None, step: int, batches: int | 
                 values = {k: _number(v) for k, v in row.items() if k and v not in ("", None)}
             except (KeyError, TypeError, ValueError):
                 continue  # a line cut by the kill
-            if "epoch" not in values:  # lit-vr1's own rows
-                keep = at <= step
-            else:
-                keep = at <= (step - 1 if batches is None else batches)
+            held = step if "epoch" not in values else (step - 1 if batches is None else batches)
+            if values and all(k.startswith("lr-") for k in values):  # LearningRateMonitor's, logged as a batch
+                keep = at < held  # starts at the count of batches before it: the one at the checkpoint's is the next
+            else:  # lit-vr1's own rows (no ``epoch``) by optimiser step, Lightning's by batch count
+                keep = at <= held
             if keep:
                 logger.log_metrics(values, step=at)
                 carried += 1

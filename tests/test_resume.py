@@ -461,7 +461,8 @@ def test_a_resumed_runs_metrics_csv_holds_the_whole_run(samples, tmp_path, kind)
                                                    every_n_train_steps=1)
         logger = L.pytorch.loggers.CSVLogger(root, name="logs")
         trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=max_steps, enable_model_summary=False,
-                            enable_progress_bar=False, log_every_n_steps=1, logger=logger, callbacks=[ckpt],
+                            enable_progress_bar=False, log_every_n_steps=1, logger=logger,
+                            callbacks=[ckpt, L.pytorch.callbacks.LearningRateMonitor(logging_interval="step")],
                             val_check_interval=1, limit_val_batches=1, num_sanity_val_steps=0)
         # every batch the same two samples: a plain DataLoader restarts its epoch on a resume
         loader = DataLoader(samples[:2] * 4, batch_size=2, collate_fn=collate)
@@ -480,6 +481,7 @@ def test_a_resumed_runs_metrics_csv_holds_the_whole_run(samples, tmp_path, kind)
     for key in ("val/acc50", "val/miou", "val/format"):
         assert sorted({s for s, k, _ in whole if k == key}) == steps
     assert sorted(got) == sorted(whole)  # each step once, with the uninterrupted run's values
+    assert sorted(s for s, k, _ in got if k.startswith("lr-")) == sorted(s for s, k, _ in whole if k.startswith("lr-"))
     assert {s for s, k, _ in _metric_rows(killed) if k == "train/loss"} == set(steps[:3])  # left as it was
 
 
