@@ -24,7 +24,7 @@ import warnings
 from pathlib import Path
 
 from lightning.pytorch import LightningDataModule, LightningModule
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lit_vr1.checkpoint import load_checkpoint_file, newest_checkpoint, resumable
@@ -40,6 +40,23 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 TRACEBACK_FLAG, TRACEBACK_ENV = "--traceback", "LIT_VR1_TRACEBACK"
 
 
+class ConfigToLoggers(SaveConfigCallback):
+    """Lightning's config.yaml in the log folder, and the whole run's config (trainer, model with
+    its optimiser and rewards, data, seed) given to every logger but CSV (which has the file) as
+    the hyperparameter ``config``: wandb's and TensorBoard's runs held the module's settings only."""
+
+    def save_config(self, trainer, pl_module, stage: str) -> None:
+        import yaml
+        from lightning.pytorch.loggers import CSVLogger
+
+        others = [lg for lg in trainer.loggers if not isinstance(lg, CSVLogger)]
+        if not others:
+            return
+        config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+        for logger in others:
+            logger.log_hyperparams({"config": config})
+
+
 class LitVR1CLI(LightningCLI):
     """LightningCLI for any lit-vr1 module and data module (``class_path`` in the config)."""
 
@@ -52,6 +69,7 @@ class LitVR1CLI(LightningCLI):
             subclass_mode_data=True,
             auto_configure_optimizers=False,
             parser_class=LitVR1ArgumentParser,  # parse errors as one message, not the usage and a nested dump
+            save_config_callback=ConfigToLoggers,
             save_config_kwargs={"overwrite": True},
             # no argparse abbreviations: --trainer.max_st=2 must not silently mean max_steps
             parser_kwargs={"allow_abbrev": False, "prog": "lit-vr1",

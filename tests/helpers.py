@@ -35,6 +35,20 @@ class MemoryLogger(Logger):
         self.rows.append((step, dict(metrics)))
 
 
+class HparamsFile(MemoryLogger):
+    """Writes every ``log_hyperparams`` call to ``path`` as JSON lines (for CLI runs)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        import json
+
+        with open(self.path, "a") as f:
+            f.write(json.dumps(params if isinstance(params, dict) else vars(params), default=str) + "\n")
+
+
 class LengthReward(Reward):
     """Varies between completions of a random model (so advantages are not all zero)."""
 

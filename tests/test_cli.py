@@ -234,3 +234,29 @@ def test_ctrl_c_while_python_imports_the_libraries_gets_the_same_line(monkeypatc
     assert info.value.code == 130
     err = capsys.readouterr().err
     assert "interrupted (Ctrl-C, exit 130)" in err and "Traceback" not in err
+
+
+def test_loggers_other_than_csv_receive_the_whole_config(tmp_path):
+    """wandb's run config held the module's settings only: no optimiser, data, trainer or seed."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    seen = tmp_path / "hparams.jsonl"
+    loggers = ("[{class_path: lightning.pytorch.loggers.CSVLogger, init_args: {save_dir: " + str(tmp_path / "run") + "}}, "
+               "{class_path: tests.helpers.HparamsFile, init_args: {path: " + str(seen) + "}}]")
+    cmd = [sys.executable, "-m", "lit_vr1.cli", "fit", "--config", str(ROOT / "configs/quickstart.yaml"),
+           "--trainer.max_steps=1", "--trainer.limit_val_batches=0", f"--trainer.default_root_dir={tmp_path / 'run'}",
+           f"--trainer.logger={loggers}", f"--data.init_args.synthetic_dir={tmp_path / 'data'}",
+           "--data.init_args.synthetic.num_samples=4", "--data.init_args.num_val_samples=0",
+           "--data.init_args.batch_size=2", "--model.init_args.grpo.max_completion_length=4",
+           "--model.init_args.grpo.num_generations=2", "--trainer.callbacks=[]", "--trainer.enable_progress_bar=false"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1"),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    config = next(c["config"] for c in map(json.loads, seen.read_text().splitlines()) if "config" in c)
+    assert config["trainer"]["max_steps"] == 1 and config["seed_everything"] == 0
+    assert config["model"]["init_args"]["optimizer"]["class_path"] == "torch.optim.AdamW"
+    assert config["data"]["init_args"]["batch_size"] == 2
+    assert list((tmp_path / "run").rglob("config.yaml"))  # the file, as before, in the CSV logger's folder
