@@ -402,8 +402,13 @@ def _wrap_batch_end(callback) -> None:
             save_stepped_over(trainer)
         else:
             lightning_hook(trainer, pl_module, outputs, batch, batch_idx)
-        if callback.save_last and fit_ends_after(trainer) and not callback._should_skip_saving_checkpoint(trainer):
+        # (save_last "link" links the newest top-k file, which need not be this step's: left to Lightning)
+        if callback.save_last is True and fit_ends_after(trainer) and not callback._should_skip_saving_checkpoint(trainer):
+            before = callback._last_global_step_saved
             callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
+            # as if not saved at this step: Lightning's own saves of it (an epoch's end, a monitored
+            # validation's top-k) still run; its end-of-fit save of last.ckpt does not (it has one)
+            callback._last_global_step_saved = before
 
     def save_stepped_over(trainer) -> None:
         if callback._should_skip_saving_checkpoint(trainer):
@@ -435,7 +440,9 @@ def fit_ends_after(trainer) -> bool:
     had saved no ``last`` before (with ``max_steps`` not a multiple of ``every_n_train_steps``
     the steps after the last multiple were in no checkpoint). Under several processes a SIGTERM
     may reach them at different steps, so it saves nothing there (a save is collective)."""
-    if 0 <= trainer.max_steps <= trainer.global_step or trainer.should_stop:
+    if 0 <= trainer.max_steps <= trainer.global_step:
+        return True
+    if trainer.should_stop and getattr(trainer.fit_loop, "_can_stop_early", True):  # min_steps / min_epochs met
         return True
     if trainer.world_size == 1 and trainer.received_sigterm:
         return True

@@ -448,7 +448,7 @@ class VLMModule(LightningModule):
         self._eval_epoch_end("test")
 
     def _eval_epoch_end(self, split: str) -> None:
-        self._note_cut_answers(split)
+        self._note_eval_counts(split)
         if self.eval_task == "answer":
             figures = {key: float(metric.compute()) for key, metric in self.answer_metrics.items()}
             figures["n"] = int(figures["n"])
@@ -472,12 +472,6 @@ class VLMModule(LightningModule):
         self._log_eval({f"{split}/acc50": out["acc50"], f"{split}/miou": out["miou"]},
                        prog_bar=(f"{split}/acc50", f"{split}/miou"), also={f"{split}/format": fmt})
         self.val_metrics.reset()
-        quiet = self._told_frame or self.trainer.sanity_checking
-        note = None if quiet else frame_note(*self._frame_count, self.box_frame, split)
-        self._frame_count = [0, 0]
-        if note:
-            self._told_frame = True
-            rank_zero_warn(note)
         if self.results_path and not self.trainer.sanity_checking:
             self._write_results(split, {"acc50": float(out["acc50"]), "miou": float(out["miou"]),
                                         "format": None if fmt is None else float(fmt), "n": int(out["n"])})
@@ -512,13 +506,23 @@ class VLMModule(LightningModule):
             return self._checkpoint_step
         return int(self.global_step)
 
-    @rank_zero_only
-    def _note_cut_answers(self, split: str) -> None:
-        """Say once when held-out answers were cut short at ``eval_max_new_tokens``."""
-        note = truncation_note(*self._cut_count, self.eval_max_new_tokens, split)
-        self._cut_count = [0, 0]
-        if note and not self._told_cut and not self.trainer.sanity_checking:
+    def _note_eval_counts(self, split: str) -> None:
+        """Say once each, with every process's counts summed: held-out answers cut short at
+        ``eval_max_new_tokens``, and REC boxes that reach past their images (a wrong ``box_frame``)."""
+        counts = torch.tensor(self._cut_count + self._frame_count, dtype=torch.float64, device=self.device)
+        self._cut_count, self._frame_count = [0, 0], [0, 0]
+        if self.trainer.world_size > 1:  # every process ends its evaluation here: a collective is safe
+            counts = self.trainer.strategy.reduce(counts, reduce_op="sum")
+        cut, answers, outside, boxes = (int(v) for v in counts.tolist())
+        if self.trainer.sanity_checking:
+            return
+        note = None if self._told_cut else truncation_note(cut, answers, self.eval_max_new_tokens, split)
+        if note:
             self._told_cut = True
+            rank_zero_warn(note)
+        note = None if self._told_frame else frame_note(outside, boxes, self.box_frame, split)
+        if note:
+            self._told_frame = True
             rank_zero_warn(note)
 
     def _note_answers_out_of_layout(self, split: str, figures: dict) -> None:
@@ -535,6 +539,7 @@ class VLMModule(LightningModule):
                        "plain answers, read val/answer_acc; to teach the layout, write the training answers with the tags "
                        "or reward it (HFRRF, a format reward)")
 
+    @rank_zero_only
     def _write_results(self, split: str, metrics: dict) -> None:
         """Append this evaluation to ``results_path`` (a JSON list, one entry per evaluation)."""
         path = self.results_path

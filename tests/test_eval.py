@@ -147,3 +147,16 @@ def test_a_wrong_box_frame_is_named_when_held_out_boxes_reach_past_their_images(
                          r"\(val/acc50 counts them wrong\)", m) for m in said), said
     # a cut answer's format read as broken, silently (a norm1 frame's longer numbers at 40 tokens)
     assert any("1 of 4 val answers were cut short at model.eval_max_new_tokens=40" in m for m in said), said
+
+
+def test_results_are_written_by_the_first_process_only(tmp_path, monkeypatch):
+    """Under DDP every process appended to results_path (one file: duplicated entries, or a
+    half-written file read by another process)."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from lit_vr1.sft import SFTModule
+
+    module = SFTModule(model="tiny:qwen2_5_vl", results_path=str(tmp_path / "results.json"))
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    module._write_results("val", {"acc50": 1.0})
+    assert not (tmp_path / "results.json").exists()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 import torch
 
 from tests.test_new_user import lit_vr1, small
@@ -118,3 +119,52 @@ def test_rollout_logs_every_n_steps_count_over_the_whole_fit_not_each_epoch(tmp_
     assert proc.returncode == 0, proc.stderr[-2000:]
     steps = sorted({json.loads(line)["step"] for line in log.read_text().splitlines()})
     assert steps == [1, 4, 7, 10], steps  # 8 batches an epoch: the count per epoch logged 1, 4, 7, 9
+
+
+def _sft_fit(tmp_path, callbacks, **trainer_kwargs):
+    from lightning.pytorch import Trainer
+
+    from lit_vr1.data.datamodule import GroundingDataModule
+    from lit_vr1.data.synthetic import SyntheticSpec
+    from lit_vr1.sft import SFTModule
+
+    data = GroundingDataModule(synthetic=SyntheticSpec(num_samples=4, canvas=56), synthetic_dir=str(tmp_path / "d"),
+                               num_val_samples=2, batch_size=2, val_batch_size=2)
+    module = SFTModule(model="tiny:qwen2_5_vl", min_pixels=3136, max_pixels=3136, eval_max_new_tokens=4)
+    trainer = Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                      default_root_dir=tmp_path, callbacks=callbacks, num_sanity_val_steps=0, **trainer_kwargs)
+    trainer.fit(module, data)
+    return trainer
+
+
+@pytest.mark.parametrize("monitor", [None, "val/acc50"])
+def test_the_last_steps_own_saves_still_run_beside_last_ckpt(tmp_path, monitor):
+    """The save of last.ckpt at the fit's last batch marked the step saved, so Lightning's own
+    saves at that step (the last epoch's file, a monitored validation's top-k) were skipped."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "c", save_top_k=-1, save_last=True, monitor=monitor,
+                           mode="max")
+    _sft_fit(tmp_path, [ckpt], max_epochs=2)
+    names = sorted(p.name for p in (tmp_path / "c").iterdir())
+    assert names == ["epoch=0-step=2.ckpt", "epoch=1-step=4.ckpt", "last.ckpt"], names
+    assert torch.load(tmp_path / "c" / "last.ckpt", weights_only=False)["global_step"] == 4
+
+
+def test_a_stop_asked_before_min_steps_saves_last_ckpt_once(tmp_path, monkeypatch):
+    """A stop asked for (EarlyStopping, a timer) before min_steps is met: training goes on to
+    min_steps, and last.ckpt was saved after every one of those steps."""
+    from lightning.pytorch import Callback
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    class StopAtOnce(Callback):
+        def on_train_batch_end(self, trainer, *args):
+            trainer.should_stop = True
+
+    saved = []
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "c", every_n_train_steps=100, save_last=True)
+    real = ckpt._save_checkpoint
+    monkeypatch.setattr(ckpt, "_save_checkpoint", lambda trainer, path: saved.append(trainer.global_step) or
+                        real(trainer, path))
+    trainer = _sft_fit(tmp_path, [StopAtOnce(), ckpt], max_steps=8, min_steps=3, limit_val_batches=0)
+    assert trainer.global_step == 3 and saved == [3]
