@@ -26,7 +26,12 @@ def test_qwen2_vls_own_grounding_syntax_is_read():
     (IoU 0), with the box tokens kept or skipped in decoding."""
     native = "<|object_ref_start|>the cat<|object_ref_end|><|box_start|>(100,100),(500,500)<|box_end|>"
     assert [(b.box, b.label) for b in parse_boxes(native)] == [((100, 100, 500, 500), "the cat")]
-    assert first_box("the cat(100, 100),(500, 500)") == (100, 100, 500, 500)
+    assert first_box("the cat(100,100),(500,500)") == (100, 100, 500, 500)  # the tokens skipped in decoding
+    two = ("<|object_ref_start|>cat<|object_ref_end|> and <|object_ref_start|>dog<|object_ref_end|>"
+           "<|box_start|>(1,2),(30,40)<|box_end|>")
+    assert [b.label for b in parse_boxes(two)] == ["dog"]  # its own reference, not both glued together
+    assert parse_boxes("<answer>it rises on (0, 1), (2, 5)</answer>") == []  # pairs in prose are no box
+    assert parse_boxes("a path (1,2),(3,4),(5,6)") == []
     norm = IoUReward(box_frame="norm1000")
     sol = ctx(solution="[20, 40, 100, 200]", size=(200, 400))
     assert norm([native, "the cat(100,100),(500,500)"], [sol] * 2) == pytest.approx([1.0, 1.0])

@@ -144,6 +144,7 @@ def test_math_mode_compares_word_solutions_as_text():
         assert not math_match(pred, gold), (pred, gold)
     assert math_match("No.", "no") and math_match(" Top  Left", "top left") and math_match("red", "\\boxed{red}")
     assert math_match("a", "A") and math_match("2x", "x*2")  # a single letter, or letters with numbers: math
+    assert math_match("yx", "xy") and math_match("BA", "AB")  # products of variables, segments: math
     assert Accuracy(mode="math")([fmt("on"), fmt("no")], [ctx("no")] * 2) == [0.0, 1.0]
 
 

@@ -239,13 +239,19 @@ def _math_verify():
 
 
 _WORDS_RE = re.compile(r"[^\W\d_]+(?:[\s'-]+[^\W\d_]+)*")  # letters only, words joined by spaces, ' or -
+# two-letter answers that are words, not products of two variables (``xy``, ``ab``, a segment ``AB``)
+SHORT_WORDS = frozenset("no on up in it is at to of or an as be by do go he if me my we us so ok".split())
 
 
 def is_words(text: str) -> bool:
-    """Whether ``text`` (unboxed, normalised) is words and no math: letters only, one word at least
-    two letters long (``red``, ``no``, ``top left``); a single letter (``x``, ``A``) is not."""
+    """Whether ``text`` (unboxed, normalised) is words and no math: letters only, with a word of
+    three letters or more (``red``, ``top left``) or only common two-letter words (``no``, ``up``);
+    ``xy``, ``ab`` and single letters (``x``, ``A``) stay math."""
     s = normalize_text(unbox(str(text)))
-    return bool(_WORDS_RE.fullmatch(s)) and any(len(w) > 1 for w in re.split(r"[\s'-]+", s))
+    if not _WORDS_RE.fullmatch(s):
+        return False
+    words = re.split(r"[\s'-]+", s)
+    return any(len(w) > 2 for w in words) or all(w in SHORT_WORDS for w in words)
 
 
 def math_match(pred: str, gold: str) -> bool:
@@ -255,7 +261,7 @@ def math_match(pred: str, gold: str) -> bool:
     ``verify(gold, pred)`` decides (numeric equality after rounding, symbolic
     simplification, sets, intervals, equations). ``"\\frac{1}{2}"`` matches ``"0.5"``.
 
-    A solution of words (:func:`is_words`: ``red``, ``no``, ``top left``) is compared as text,
+    A solution of words (:func:`is_words`: ``red``, ``no``, ``top left``; not ``xy``) is compared as text,
     as ``exact`` does: math-verify reads a word as a product of symbols, so ``on`` matched ``no``
     and ``felt`` matched ``left``.
 

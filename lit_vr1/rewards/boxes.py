@@ -36,9 +36,12 @@ ITEM_RE = re.compile(
 )
 # Qwen2-VL's own grounding syntax: <|object_ref_start|>label<|object_ref_end|><|box_start|>(x1,y1),(x2,y2)<|box_end|>
 # (norm1000), or what is left of it once the special tokens are skipped in decoding: "label(x1,y1),(x2,y2)"
-PAIR_RE = re.compile(r"(?:<\|object_ref_start\|>(.*?)<\|object_ref_end\|>\s*)?(?:<\|box_start\|>\s*)?"
-                     r"\(\s*" + NUM + r"\s*,\s*" + NUM + r"\s*\)\s*,\s*\(\s*" + NUM + r"\s*,\s*" + NUM + r"\s*\)",
-                     re.DOTALL)
+# With its box tokens the pairs may be spaced; without them (decoded with special tokens skipped) only
+# Qwen2-VL's own tight form "(521,185),(938,833)" is read, not any two pairs of numbers in prose.
+_REF = r"(?:<\|object_ref_start\|>((?:(?!<\|object_ref_end\|>).)*?)<\|object_ref_end\|>\s*)?"
+PAIR_RE = re.compile(_REF + r"<\|box_start\|>\s*\(\s*" + NUM + r"\s*,\s*" + NUM + r"\s*\)\s*,\s*\(\s*" + NUM
+                     + r"\s*,\s*" + NUM + r"\s*\)\s*<\|box_end\|>", re.DOTALL)
+TIGHT_PAIR_RE = re.compile(r"(?<![\d.,)])\((\d+),(\d+)\),\((\d+),(\d+)\)(?![\d.,(])")
 LABEL_FIRST_RE = re.compile(r"""["']label["']\s*:\s*(?:"([^"]*)"|'([^']*)')\s*,\s*(?=["']?(?:bbox_2d|bbox))""")
 
 Box = tuple[float, float, float, float]
@@ -198,10 +201,12 @@ def _quad_boxes(text: str) -> list[ParsedBox]:
 
 
 def _pair_boxes(text: str) -> list[ParsedBox]:
-    """Qwen2-VL's grounding answers, ``(x1,y1),(x2,y2)`` with or without its box tokens, labelled
-    by the ``<|object_ref_start|>...<|object_ref_end|>`` before them when there is one."""
-    return [ParsedBox(tuple(float(v) for v in m.groups()[1:]), (m.group(1) or "").strip())  # type: ignore[arg-type]
-            for m in PAIR_RE.finditer(text)]
+    """Qwen2-VL's grounding answers: ``<|box_start|>(x1,y1),(x2,y2)<|box_end|>``, labelled by the
+    ``<|object_ref_start|>...<|object_ref_end|>`` before it when there is one; without the box
+    tokens, only its tight form ``(x1,y1),(x2,y2)`` (integers, no spaces)."""
+    found = [ParsedBox(tuple(float(v) for v in m.groups()[1:]), (m.group(1) or "").strip())  # type: ignore[arg-type]
+             for m in PAIR_RE.finditer(text)]
+    return found or [ParsedBox(tuple(float(v) for v in m.groups())) for m in TIGHT_PAIR_RE.finditer(text)]  # type: ignore[arg-type]
 
 
 def first_box(completion: str) -> Box | None:
