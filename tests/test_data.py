@@ -247,6 +247,8 @@ def test_held_out_files_alone_make_a_data_module_for_evaluation(tmp_path):
 
     f, d = _write(tmp_path, "val", [rec(1, "a.png"), rec(2, "b.png")])
     dm = GroundingDataModule(val_files=f, val_images=d)
+    with pytest.raises(ValueError, match=r"call data\.setup\('validate'\) first"):
+        dm.held_out()
     dm.setup("validate")
     assert len(dm.val_set) == 2 and dm.train_set is None
     with pytest.raises(ConfigError, match="lit-vr1 fit needs training data: set data.train_files"):

@@ -436,6 +436,8 @@ class GroundingDataModule(LightningDataModule):
                 why = "num_val_samples=0 (the synthetic data's held-out split is empty): give num_val_samples > 0"
             elif self.train_files is not None and self.val_files is None:
                 why = "val_files is not set: give held-out JSONL files with val_files and val_images"
+            elif self.train_files is None and self.synthetic is None:  # held-out files alone
+                why = "it is read in setup: call data.setup('validate') first (Trainer.validate does)"
             else:
                 why = "it is read in setup: call data.setup('fit') first (Trainer.fit does)"
             raise ValueError(f"GroundingDataModule.held_out(): no held-out data; {why}")

@@ -517,8 +517,9 @@ def parse_line(line: str, path: str, lineno: int, folder: str, task: str = "defa
         raise DataError(f"{where}: field 'reward_method' must be a non-empty string")
     skip = ("id", "image", "conversations", "problem", "question", "solution", "reward_method")
     meta = {k: v for k, v in obj.items() if k not in skip}
-    return Record(str(obj.get("id", f"{Path(path).stem}-{lineno}")), paths, human, solution, where, meta, method, sizes,
-                  written_id=obj.get("id"))
+    written = obj.get("id")  # null: no id, as for image and solution
+    return Record(f"{Path(path).stem}-{lineno}" if written is None else str(written), paths, human, solution, where, meta,
+                  method, sizes, written_id=written)
 
 
 def file_tasks(data_files: str, reward_methods: str | None, names: tuple[str, ...] = ARG_NAMES) -> list[str]:
