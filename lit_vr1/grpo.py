@@ -472,6 +472,18 @@ def check_routing(rewards: list[Reward], train_set) -> None:
                            "log nothing this run")
 
 
+def imageless_boxes(reward: Reward, record) -> str | None:
+    """A box reward's row whose solution holds boxes but which has no image (field 'image'
+    missing or null): its boxes cannot be read in the policy's frame; the first rollout to draw
+    it stopped the run."""
+    from lit_vr1.rewards.boxes import solution_boxes
+
+    if not hasattr(reward, "box_frame") or record.image_sizes or not solution_boxes(record.solution):
+        return None
+    return ("the row has no image (field 'image' missing or null) but its solution holds boxes, which are read in "
+            "an image's pixels: give the row its image")
+
+
 def check_solutions(rewards: list[Reward], train_set) -> list:
     """Every training row whose solution a reward that applies to it cannot score (a REC
     answer without a box for the IoU reward, see :meth:`Reward.solution_problem`), refused
@@ -486,7 +498,8 @@ def check_solutions(rewards: list[Reward], train_set) -> list:
         ctx = SampleContext(id=record.id, prompt=record.question, solution=record.solution, metadata=record.metadata,
                             task=record.task, source=record.source, image_sizes=list(record.image_sizes))
         for reward in rewards:  # on_error="nan": the user chose to mask and count what it cannot score
-            found = reward.on_error != "nan" and reward.applies(ctx) and reward.solution_problem(ctx)
+            found = reward.on_error != "nan" and reward.applies(ctx) and (reward.solution_problem(ctx)
+                                                                          or imageless_boxes(reward, record))
             if found:
                 return f"{record.source}: {found} (reward {reward.name!r} scores this row)"
         return None

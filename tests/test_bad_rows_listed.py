@@ -422,3 +422,21 @@ def test_the_detection_rewards_never_score_a_row_without_a_solution():
         assert all(v != v for v in masked)  # nan: left out, counted, never 1.0
     empty = SampleContext(id="d8", prompt="Find every cat.", solution="[]", image_sizes=[(64, 64)], task="detection")
     assert DetectionMAP()(["[]"], [empty]) == [1.0]  # an image without objects, said so
+
+
+def test_a_box_rows_missing_image_is_refused_at_fit_start(tmp_path):
+    """"image": null reads as a text-only row; with a box solution, the first rollout to draw it
+    stopped the fit ("box frame 'input_pixels' needs the image size, and the sample has no image")."""
+    from lit_vr1.config import GRPOConfig
+    from lit_vr1.grpo import GRPOModule
+    from lit_vr1.rewards import IoUReward
+
+    lines = [rec(1), json.dumps({"id": 2, "image": None, "problem": "Where is it?", "solution": "[1, 2, 30, 20]"})]
+    f, d = write(tmp_path, lines)
+    data = GroundingDataModule(train_files=f, train_images=d, batch_size=1)
+    module = GRPOModule(model="tiny:qwen2_5_vl", rewards=[IoUReward()],
+                        grpo=GRPOConfig(num_generations=2, max_completion_length=4))
+    with pytest.raises(DataError) as info:
+        _trainer(tmp_path).fit(module, data)
+    assert str(info.value).startswith(f"{f}:2: the row has no image (field 'image' missing or null) but its solution "
+                                      "holds boxes"), str(info.value)
