@@ -224,3 +224,14 @@ def test_loading_a_checkpoint_with_other_rewards_says_which_the_run_used(samples
         saved["hyper_parameters"]["_class_path"] = "lit_vr1.grpo.GRPOModule"
         torch.save(saved, path)
         load_module(path)  # an export scores nothing: no word of rewards
+    from torch.utils.data import DataLoader
+
+    from lit_vr1.data.datamodule import collate
+
+    predictor = GRPOModule(grpo=GRPOConfig(num_generations=2, max_completion_length=4, beta=0.0),
+                           eval_max_new_tokens=2)  # the default rewards, not the run's
+    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        trainer.predict(predictor, DataLoader(samples[:1], batch_size=1, collate_fn=collate), ckpt_path=path)
+    assert not [w for w in seen if "scored with" in str(w.message)]  # predict scores nothing
