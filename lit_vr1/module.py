@@ -610,6 +610,10 @@ class VLMModule(LightningModule):
             checkpoint["state_dict"] = {**frozen, **state}
         trainer = self._trainer
         self._resumed_optimisers = None
+        if trainer is not None and trainer.state.fn != "fit":
+            note = template_note(trainer, checkpoint)
+            if note:
+                rank_zero_warn(note)
         if trainer is not None and trainer.state.fn == "fit":  # a resume: the same model, or an error
             model = setting_differences(plain_settings(checkpoint.get("hyper_parameters") or {}),
                                         plain_settings(dict(self.hparams)), MODEL_IDENTITY,
@@ -650,6 +654,20 @@ class VLMModule(LightningModule):
             # the new version_N folder's metrics.csv begins with the checkpointed run's rows
             log_dirs.carry_over_metrics(self.trainer, previous, self.trainer.global_step,
                                         getattr(self, "_resumed_batches", None))
+
+
+def template_note(trainer, checkpoint: dict) -> str | None:
+    """A note when ``validate`` / ``test`` / ``predict`` of a checkpoint prompt with another
+    ``data.template`` than its run trained with: a model taught plain prompts, asked with the
+    default template's extra instructions, scored acc50 0 without a word."""
+    datamodule = getattr(trainer, "datamodule", None)
+    saved = ((checkpoint.get(type(datamodule).__qualname__) or {}).get("data") or {}).get("template")
+    now = getattr(datamodule, "template", None)
+    if saved is None or now is None or saved == now:
+        return None
+    command = getattr(trainer.state.fn, "value", trainer.state.fn)
+    return (f"the checkpoint's run trained with data.template={saved!r}; this {command} prompts with {now!r}, which the "
+            f"model was not taught: give --data.template={saved} to ask as it learned")
 
 
 def data_differences(trainer, checkpoint: dict) -> dict[str, list[str]]:

@@ -160,3 +160,37 @@ def test_results_are_written_by_the_first_process_only(tmp_path, monkeypatch):
     monkeypatch.setattr(rank_zero_only, "rank", 1)
     module._write_results("val", {"acc50": 1.0})
     assert not (tmp_path / "results.json").exists()
+
+
+def test_evaluating_a_checkpoint_with_another_template_is_warned_of(tmp_path):
+    """A model trained with template: plain, validated through a data module left at the default
+    template (its extra instructions), scored acc50 0 without a word."""
+    from lightning.pytorch import Trainer
+
+    from lit_vr1.data.datamodule import GroundingDataModule
+    from lit_vr1.data.synthetic import SyntheticSpec
+    from lit_vr1.sft import SFTModule
+
+    def data(template):
+        return GroundingDataModule(synthetic=SyntheticSpec(num_samples=4, canvas=56), synthetic_dir=str(tmp_path / "d"),
+                                   num_val_samples=2, batch_size=2, val_batch_size=2, template=template)
+
+    def trainer():
+        return Trainer(accelerator="cpu", max_steps=1, logger=False, enable_progress_bar=False,
+                       enable_model_summary=False, default_root_dir=tmp_path, num_sanity_val_steps=0,
+                       limit_val_batches=1)
+
+    module = SFTModule(model="tiny:qwen2_5_vl", min_pixels=3136, max_pixels=3136, eval_max_new_tokens=2)
+    fitted = trainer()
+    fitted.fit(module, data("plain"))
+    path = str(tmp_path / "run.ckpt")
+    fitted.save_checkpoint(path)
+    with pytest.warns(UserWarning, match=r"the checkpoint's run trained with data.template='plain'; this validate "
+                                         r"prompts with 'qwen_rec'"):
+        trainer().validate(module, data("qwen_rec"), ckpt_path=path)
+    import warnings
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        trainer().validate(module, data("plain"), ckpt_path=path)
+    assert not [w for w in seen if "data.template" in str(w.message)]
