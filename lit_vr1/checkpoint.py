@@ -368,6 +368,7 @@ def strict_last_checkpoint(trainer) -> None:
 
 
 STEP_IN_NAME = re.compile(r"step=(\d+)")
+LAST_SAVED_AT_END = "_lit_vr1_last_saved_at_end"  # the step of the last.ckpt saved at the fit's last batch
 ROLLOUT_END_SAVES = "_lit_vr1_rollout_end_saves"  # set on a ModelCheckpoint whose hook save_at_rollout_ends wrapped
 LIGHTNING_SAVE_PARTS = ("_should_skip_saving_checkpoint", "_monitor_candidates", "_save_topk_checkpoint",
                         "_save_last_checkpoint")
@@ -409,6 +410,7 @@ def _wrap_batch_end(callback) -> None:
             # as if not saved at this step: Lightning's own saves of it (an epoch's end, a monitored
             # validation's top-k) still run; its end-of-fit save of last.ckpt does not (it has one)
             callback._last_global_step_saved = before
+            setattr(callback, LAST_SAVED_AT_END, trainer.global_step)  # for the stop message
 
     def save_stepped_over(trainer) -> None:
         if callback._should_skip_saving_checkpoint(trainer):

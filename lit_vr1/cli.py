@@ -27,7 +27,7 @@ from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from lit_vr1.checkpoint import load_checkpoint_file, newest_checkpoint, resumable
+from lit_vr1.checkpoint import LAST_SAVED_AT_END, load_checkpoint_file, newest_checkpoint, resumable
 from lit_vr1.cli_errors import LitVR1ArgumentParser, config_file_problem, yaml_value
 from lit_vr1.config_keys import unknown_keys
 from lit_vr1.config_lists import replace_lists_whole  # noqa: E402
@@ -334,7 +334,8 @@ def resume_note(trainer, failed: bool = True) -> str:
         return f"{stopped} and saved no checkpoint (no ModelCheckpoint in trainer.callbacks): a new fit starts over"
     saver = next((cb for cb in trainer.checkpoint_callbacks if cb.last_model_path), None)
     if saver is not None:
-        step = getattr(saver, "_last_global_step_saved", 0)  # Lightning's: 0 until this process saves
+        # Lightning's count (0 until this process saves) or the save at the fit's last batch, which leaves it be
+        step = max(getattr(saver, "_last_global_step_saved", 0) or 0, getattr(saver, LAST_SAVED_AT_END, 0))
         at = f" (optimiser step {step})" if step else ""
         return f"{stopped}; {mended}it resumes from {saver.last_model_path}{at} with {RESUME_LAST}"
     folders = [cb.dirpath for cb in trainer.checkpoint_callbacks if cb.dirpath]
