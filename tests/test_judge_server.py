@@ -636,14 +636,15 @@ def test_a_judge_whose_weights_do_not_load_says_so_in_one_line(tmp_path, tiny_qw
     processor.save_pretrained(tmp_path)
     weights = next(tmp_path.glob("*.safetensors"))
     weights.write_bytes(weights.read_bytes()[:1000])  # cut short
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "lit_vr1.rewards.serve", "--model", str(tmp_path), "--port",
-                               str(free_port())], stderr=subprocess.PIPE, text=True, start_new_session=True)
+                               str(port)], stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         assert server.wait(timeout=120) == 1
         err = server.stderr.read()
         assert f"--model '{tmp_path}' could not be loaded" in err, err
         assert "its model worker could not load the model" in err and "Traceback" not in err, err
-        assert not _running_in_group(server.pid)
+        _gone(server.pid, port)  # multiprocessing's helper processes end a moment after the server (under load)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(server.pid, signals.SIGKILL)

@@ -668,8 +668,18 @@ def main(argv: list[str] | None = None) -> None:
     refuse_a_taken_port(args.host, args.port)
     stop_workers_with_the_server()
     stop_when_the_worker_dies(server)
-    server.run(host=args.host, port=args.port, generate_client_file=False, num_api_servers=1,
-               api_server_worker_type="thread")
+    try:
+        server.run(host=args.host, port=args.port, generate_client_file=False, num_api_servers=1,
+                   api_server_worker_type="thread")
+    except Exception as e:
+        if ENDING.locked():  # the watch is ending the server (its kills broke LitServe's wait): its word stands
+            end_the_server(1, "")
+        workers = getattr(server, "inference_workers", None) or []
+        if any(w.exitcode == LOAD_FAILED for w in workers if not w.is_alive()):  # LitServe saw the dead worker first
+            end_the_server(1, "its model worker could not load the model (said above)")
+        if isinstance(e, RuntimeError) and "failed to start" in str(e):
+            end_the_server(1, f"its model worker did not start ({e})")
+        raise
 
 
 def die_with_parent(parent: int) -> None:
@@ -753,8 +763,15 @@ def try_binding(host: str, port: int) -> None:
         probe.bind((host, port))
 
 
+ENDING = threading.Lock()  # held by the one thread that ends the server (the watch, or main after LitServe gave up)
+
+
 def end_the_server(code: int, why: str) -> NoReturn:
-    """Kill the server's worker processes, wait for them, say why and exit with ``code``."""
+    """Kill the server's worker processes, wait for them, say why and exit with ``code``. Once:
+    a second thread that comes here waits for the first's exit."""
+    if not ENDING.acquire(blocking=False):
+        while True:
+            time.sleep(1)
     for child in multiprocessing.active_children():
         with contextlib.suppress(OSError):
             child.kill()
