@@ -29,12 +29,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lit_vr1.data.jsonl import DataError
-from lit_vr1.sft import answer_nll, check_answers, labelled_rows, training_records
-
-
-def skipping(trainer) -> bool:
-    """Whether the training set leaves bad rows out (``data.bad_rows=skip``)."""
-    return getattr(getattr(getattr(trainer, "datamodule", None), "train_set", None), "bad_rows", "raise") == "skip"
+from lit_vr1.sft import answer_nll, check_answers, labelled_rows, skips_bad_rows, training_records
 
 
 class ColdStart(Callback):
@@ -56,7 +51,7 @@ class ColdStart(Callback):
         """At fit start, before the model is built: refuse the training set's rows without an
         answer, all of them listed, rather than at the warm-up batch that draws one; a resumed
         fit skips the warm-up, and this."""
-        if stage == "fit" and trainer.ckpt_path is None and not skipping(trainer):
+        if stage == "fit" and trainer.ckpt_path is None and not skips_bad_rows(trainer):
             check_answers(training_records(trainer))
 
     def on_train_start(self, trainer, pl_module) -> None:

@@ -350,8 +350,7 @@ class GRPOModule(VLMModule):
         self.skipped_steps = int(saved.get("skipped_steps", 0))
         self.skips_in_a_row = int(saved.get("skips_in_a_row", 0))
         self.reference_weights = checkpoint.get(REFERENCE_KEY)
-        fn = getattr(getattr(self._trainer, "state", None), "fn", None)
-        if getattr(fn, "value", fn) != "predict":  # predict scores nothing: its rewards do not matter
+        if getattr(getattr(self._trainer, "state", None), "fn", None) != "predict":  # predict scores nothing
             warn_changed_rewards(checkpoint.get(REWARDS_KEY), reward_list(self.rewards))
 
     def _match_reference(self, checkpoint: dict) -> None:

@@ -90,12 +90,17 @@ def check_answers(rows: list[Any] | None) -> None:
                                      "them; unlabelled questions suit label-free GRPO"))
 
 
+def skips_bad_rows(trainer: Any) -> bool:
+    """Whether the fit's training set leaves bad rows out (``data.bad_rows=skip``)."""
+    return getattr(getattr(getattr(trainer, "datamodule", None), "train_set", None), "bad_rows", "raise") == "skip"
+
+
 def refuse_or_leave_out_unlabelled(trainer: Any) -> None:
     """At an SFT fit's start: rows without an answer refused, all listed (:func:`check_answers`),
     or under ``data.bad_rows=skip`` left out of the training set and reported with the other
     skipped rows."""
     train_set = getattr(getattr(trainer, "datamodule", None), "train_set", None)
-    if getattr(train_set, "bad_rows", "raise") == "skip" and hasattr(train_set, "check_rows"):
+    if skips_bad_rows(trainer) and hasattr(train_set, "check_rows"):
         train_set.check_rows(lambda r: None if has_answer(r.solution) else no_answer_message(r.source, r.id),
                              "rows without an answer", "give each an answer in field 'solution'",
                              "no training row has an answer to teach")

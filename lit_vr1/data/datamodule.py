@@ -229,8 +229,8 @@ class GroundingDataModule(LightningDataModule):
         """Write the synthetic splits once (rank 0 only, as Lightning calls it)."""
         if self.train_files is not None or self.synthetic is None:
             return
-        fn = getattr(getattr(getattr(self, "trainer", None), "state", None), "fn", None)
-        if getattr(fn, "value", fn) in ("validate", "test") and self.val_files is not None:
+        fn = getattr(getattr(self.trainer, "state", None), "fn", None)  # TrainerFn compares as its str value
+        if fn in ("validate", "test") and self.val_files is not None:
             return  # held-out files are scored: no synthetic split is read
         for split, n in (("train", self.synthetic.num_samples), ("val", self.num_val_samples)):
             if n == 0 or (split == "val" and self.val_files is not None):  # the user's held-out files instead
