@@ -194,3 +194,18 @@ def test_a_function_that_cannot_take_the_call_says_what_it_gets_in_english():
     reward = FunctionReward(fn=needs_more)
     with pytest.raises(RewardError, match=r"it gets the completions by keyword \(completions=\.\.\.\) and no other keyword"):
         reward(["a"], [SampleContext(id="s", prompt="q", solution="x")])
+
+
+def test_a_row_without_a_solution_reaches_a_function_as_none_not_as_empty_text():
+    # an unlabelled row (no field, null, empty) is kept as "" by the reader; a function comparing
+    # with it would score every completion against the empty text without a word
+    seen = []
+
+    def exact(completions, solution, **kwargs):
+        seen.extend(solution)
+        return [float(s is not None and c == s) for c, s in zip(completions, solution)]
+
+    rows = [SampleContext(id=f"s{i}", prompt="q", solution=sol, task="default", source=f"d.jsonl:{i + 1}")
+            for i, sol in enumerate(["", "  ", "4", [1, 2, 3, 4]])]
+    out = FunctionReward(fn=exact)(["", "", "4", "x"], rows)
+    assert seen == [None, None, "4", [1, 2, 3, 4]] and out == [0.0, 0.0, 1.0, 0.0]

@@ -123,16 +123,24 @@ def chat_prompt(ctx: SampleContext) -> list[dict]:
     return [{"role": "user", "content": [{"type": "text", "text": ctx.prompt}]}]
 
 
+def is_unlabelled(solution: Any) -> bool:
+    """Whether a sample's solution is none at all: the data reader keeps an absent, null or
+    empty ``solution`` as ``""`` (a row of label-free data)."""
+    return isinstance(solution, str) and not solution.strip()
+
+
 def function_kwargs(contexts: list[SampleContext], form: str = "text") -> dict[str, Any]:
     """The keyword arguments a TRL-style reward function gets for a batch: per completion
     lists of the prompt (its text; with ``form="chat"`` its chat turns), solution, images
     (PIL), image sizes, task, sample id, "file:line", token count, truncation flag and
     metadata dict; ``step`` is the optimiser step (one int) and ``trainer_state`` a
-    :class:`TrainerState`; ``completion_ids`` when every context carries them."""
+    :class:`TrainerState`; ``completion_ids`` when every context carries them. A row without a
+    solution (unlabelled: no field, null or empty) gets None, as TRL passes a column's nulls; an
+    empty string would read as an answer that is the empty text."""
     step = contexts[0].global_step if contexts else 0
     out = {
         "prompts": [chat_prompt(c) if form == "chat" else c.prompt for c in contexts],
-        "solution": [c.solution for c in contexts],
+        "solution": [None if is_unlabelled(c.solution) else c.solution for c in contexts],
         "images": [list(c.images) for c in contexts],
         "image_sizes": [list(c.image_sizes) for c in contexts],
         "input_sizes": [list(c.input_sizes) for c in contexts],
