@@ -8,14 +8,16 @@ held-out split, so "before" and "after" are measured by one and the same code.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel, ProcessorMixin
 
 from lit_vr1.data.jsonl import Sample, loaded
 from lit_vr1.data.prompts import build_messages
-from lit_vr1.predict import greedy_rollout, predict_records
+from lit_vr1.predict import frame_of, greedy_rollout, predict_records
 from lit_vr1.rewards.accuracy import answer_text, is_correct
 from lit_vr1.rewards.boxes import (
     Box,
@@ -40,6 +42,15 @@ class Prediction:
     iou: float
     format_ok: bool
     truncated: bool = False  # cut short at max_new_tokens
+
+    def record(self) -> dict[str, Any]:
+        """This answer as plain values (JSON, a DataFrame row): the row's id as written, its
+        source, the completion, the box (original pixels; None unparsable), IoU, format,
+        truncation and the solution."""
+        return {"id": self.sample.written_id if self.sample.written_id is not None else self.sample.id,
+                "source": self.sample.source, "completion": self.completion,
+                "box": list(self.box) if self.box is not None else None, "iou": float(self.iou),
+                "format_ok": bool(self.format_ok), "truncated": bool(self.truncated), "solution": self.sample.solution}
 
 
 def outside_image(box: Box | None, size: tuple[int, int], slack: float = 0.05) -> bool:
@@ -74,11 +85,18 @@ class EvalResult:
     def n(self) -> int:
         return len(self.predictions)
 
+    def records(self) -> list[dict[str, Any]]:
+        """One plain dict per answer (:meth:`Prediction.record`): ``pandas.DataFrame(result.records())``,
+        or ``json.dump``."""
+        return [p.record() for p in self.predictions]
+
 
 @torch.no_grad()
 def predict_rec(model: PreTrainedModel, processor: ProcessorMixin, samples: list[Sample], max_new_tokens: int = 64,
-                box_frame: str = "input_pixels") -> list[Prediction]:
-    """Greedy answers to ``samples`` with their boxes mapped to original pixels and their IoU."""
+                box_frame: str | None = None) -> list[Prediction]:
+    """Greedy answers to ``samples`` with their boxes mapped to original pixels and their IoU
+    (``box_frame``: the frame the model writes boxes in; None: its family's, :func:`frame_of`)."""
+    box_frame = frame_of(model, box_frame)
     rollout = greedy_rollout(model, processor, samples, max_new_tokens)
     ious = rec_ious(rollout.completions, rollout.contexts, box_frame)
     fmt = RecJsonFormat()(rollout.completions, rollout.contexts)
@@ -165,15 +183,27 @@ def summarise(predictions: list[Prediction]) -> EvalResult:
 
 
 def evaluate(model: PreTrainedModel, processor: ProcessorMixin, samples: list[Sample], batch_size: int = 32,
-             max_new_tokens: int = 64, box_frame: str = "input_pixels") -> EvalResult:
+             max_new_tokens: int = 64, box_frame: str | None = None) -> EvalResult:
     """Greedy REC evaluation of ``model`` over all ``samples`` (a ValueError for none: a score of
-    no sample is no score)."""
+    no sample is no score). ``box_frame``: the frame the model writes boxes in; None: its
+    family's (a module's ``box_frame``, when it was set otherwise, is passed as it is). When a
+    quarter of the boxes or more reach past their images, a warning says the frame is likely
+    wrong (every such answer scores 0)."""
     samples = list(samples)
     if not samples:
         raise ValueError("evaluate(): no samples to score (an empty list); give held-out samples, e.g. "
                          "list(datamodule.held_out())")
-    return summarise(in_batches(lambda batch: predict_rec(model, processor, batch, max_new_tokens, box_frame),
-                                samples, batch_size))
+    box_frame = frame_of(model, box_frame)
+    result = summarise(in_batches(lambda batch: predict_rec(model, processor, batch, max_new_tokens, box_frame),
+                                  samples, batch_size))
+    boxes = [p for p in result.predictions if p.box is not None and p.sample.image_sizes]
+    outside = sum(outside_image(p.box, p.sample.image_sizes[0]) for p in boxes)
+    if boxes and outside >= 0.25 * len(boxes):
+        warnings.warn(f"evaluate(): {outside} of {len(boxes)} boxes reach past their image once read in box_frame "
+                      f"{box_frame} (each scores IoU 0): a model that answers in another frame (Qwen2-VL, Qwen3-VL: "
+                      "norm1000; Qwen2.5-VL: input_pixels) needs box_frame= set to it, e.g. box_frame=module.box_frame",
+                      stacklevel=2)
+    return result
 
 
 def best_constant_box(train_boxes: list[Box], eval_boxes: list[Box], size: int, step: int = 4) -> tuple[Box, float]:
@@ -229,7 +259,7 @@ def detection_prompts(samples: list[Sample], prompting: str = "all",
 
 
 def predict_detection(model: PreTrainedModel, processor: ProcessorMixin, samples: list[Sample], max_new_tokens: int = 256,
-                      box_frame: str = "input_pixels", prompting: str = "all",
+                      box_frame: str | None = None, prompting: str = "all",
                       template: str = PER_CATEGORY_TEMPLATE) -> tuple[list[list[ParsedBox]], list[list[ParsedBox]]]:
     """Greedy detection answers: per sample, the predicted boxes (original pixels, merged over
     its prompts) and the true boxes."""

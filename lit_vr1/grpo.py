@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import math
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
@@ -27,7 +28,7 @@ from lit_vr1.rewards.accuracy import HFRRF, Accuracy
 from lit_vr1.rewards.base import Reward, SampleContext, forget_warnings
 from lit_vr1.rewards.function import as_rewards
 from lit_vr1.rewards.rec import IoUReward, RecJsonFormat
-from lit_vr1.rules import settings_object
+from lit_vr1.rules import ConfigError, settings_object
 
 SKIPPED_KEY = "lit_vr1_skipped_steps"  # checkpoint key of the skipped-step counters
 REWARDS_KEY = "lit_vr1_rewards"  # checkpoint key of the rewards the run scored with (see reward_list)
@@ -79,6 +80,32 @@ class GRPOModule(VLMModule):
         self.skips_in_a_row = 0
         self.tied_in_a_row = 0  # rollouts in a row whose every group tied (see warn_when_nothing_to_learn)
 
+    @property
+    def rewards(self) -> list[Reward]:
+        """The rewards, each a :class:`Reward`; a list assigned between fits is read as
+        ``GRPOModule(rewards=...)`` reads it (plain functions wrapped in a FunctionReward)."""
+        return self._rewards
+
+    @rewards.setter
+    def rewards(self, value: Any) -> None:
+        self._rewards = as_rewards(value)
+
+    @property
+    def config(self) -> GRPOConfig:
+        """The GRPO settings (``model.grpo``). Assigning another GRPOConfig (or a dict of its
+        fields) between fits reaches the loop and the checkpoint's hyperparameters, as changing
+        its fields in place does."""
+        return self._config
+
+    @config.setter
+    def config(self, value: Any) -> None:
+        value = settings_object(value, GRPOConfig, "grpo") or GRPOConfig()
+        self._config = value
+        if getattr(self, "loop", None) is not None:
+            self.loop.config = value
+        if "grpo" in self.hparams:
+            self.hparams["grpo"] = value
+
     def set_rollout_size(self, max_completion_length: int, num_generations: int) -> None:
         """Set the completion length and group size G of the next rollouts (PTST's stages),
         checked by the same field rules as ``model.grpo``; the loop reads them at each rollout."""
@@ -90,6 +117,7 @@ class GRPOModule(VLMModule):
         """Build the policy and, when beta > 0, a frozen copy as the reference (once; with
         LoRA there is no copy: the reference is the policy with its adapters disabled)."""
         if self.policy is not None:
+            self._reference_for_a_raised_beta()
             parallel.shard(self)  # built before fit: shard it now if the strategy asks (idempotent)
             return
         super().configure_model()
@@ -102,9 +130,23 @@ class GRPOModule(VLMModule):
             self.ref_model.requires_grad_(False)
         parallel.shard(self)  # FSDP2 under ModelParallelStrategy; nothing otherwise
 
+    def _reference_for_a_raised_beta(self) -> None:
+        """A module built with beta 0 has no reference copy; when beta was raised before this fit
+        (a notebook's next run), the reference is a frozen copy of the policy as it is now."""
+        if self.config.beta == 0.0 or self.lora is not None or self.ref_model is not None:
+            return
+        if parallel.is_fsdp(self.policy) or parallel.deepspeed_engine(self) is not None:
+            raise ConfigError(f"model.grpo.beta is {self.config.beta} but this module was built with beta 0, without a "
+                              "reference model, and its policy is sharded now: build a new GRPOModule with beta > 0")
+        rank_zero_warn(f"model.grpo.beta is {self.config.beta} but this module was built with beta 0: its reference "
+                       "model is a frozen copy of the policy as it is at this fit's start")
+        self.ref_model = copy.deepcopy(self.policy).eval()
+        self.ref_model.requires_grad_(False)
+
     def setup(self, stage: str) -> None:
         super().setup(stage)
         if stage == "fit":
+            self.rewards = self.rewards  # entries appended in place since (a plain function) are wrapped too
             train_set = getattr(getattr(self.trainer, "datamodule", None), "train_set", None)
             # first: under data.bad_rows=skip it may leave rows out, which the row-count rule must see
             check_solutions(self.rewards, train_set)
@@ -186,7 +228,8 @@ class GRPOModule(VLMModule):
                 self.policy.train(was_training)
             return
         if self.ref_model is None:
-            raise RuntimeError("no reference model: beta is 0")
+            raise RuntimeError(f"no reference model: this module was built with beta 0 (beta is {self.config.beta} "
+                               "now; a fit builds the reference when it starts)")
         with torch.no_grad():
             yield self.ref_model
 

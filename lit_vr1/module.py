@@ -439,7 +439,8 @@ class VLMModule(LightningModule):
         self._cut_count[0] += sum(p.truncated for p in preds)
         self._cut_count[1] += len(preds)
         fmt = torch.tensor([float(p.format_ok) for p in preds]).mean()
-        self.log(f"{split}/format", fmt, batch_size=len(batch), sync_dist=True, logger=not self._rows_at_optimiser_step())
+        self.log(f"{split}/format", fmt, batch_size=len(batch), sync_dist=True,
+                 logger=False if self._rows_at_optimiser_step() else None)  # None: no notice without a logger
 
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end("val")
@@ -489,7 +490,8 @@ class VLMModule(LightningModule):
         row needs too."""
         ours = self._rows_at_optimiser_step()
         for name, value in figures.items():
-            self.log(name, value, prog_bar=name in prog_bar, logger=not ours)
+            # logger None (Lightning's default), not True: a Trainer(logger=False) gets no notice per figure
+            self.log(name, value, prog_bar=name in prog_bar, logger=False if ours else None)
         if ours and not self.trainer.sanity_checking:  # Lightning logs no sanity check either
             self.log_row({k: float(v) for k, v in (figures | (also or {})).items() if v is not None})
 

@@ -11,7 +11,7 @@ from transformers import PreTrainedModel, ProcessorMixin
 from lit_vr1.config import SamplingConfig
 from lit_vr1.data.jsonl import Sample
 from lit_vr1.generation import generate
-from lit_vr1.models.families import vision_token_ids
+from lit_vr1.models.families import family_of, vision_token_ids
 from lit_vr1.models.precision import cached_autocast
 from lit_vr1.rewards.boxes import predicted_boxes
 from lit_vr1.rollout import Rollout
@@ -31,11 +31,19 @@ def greedy_rollout(model: PreTrainedModel, processor: ProcessorMixin, samples: l
         model.train(was_training)
 
 
+def frame_of(model: PreTrainedModel, box_frame: str | None) -> str:
+    """``box_frame`` as given, else the frame the model's family writes boxes in (Qwen2.5-VL:
+    input_pixels; Qwen2-VL, Qwen3-VL, InternVL: norm1000), as the modules' own default."""
+    return box_frame if box_frame is not None else family_of(model).box_frame
+
+
 @torch.no_grad()
 def predict_records(model: PreTrainedModel, processor: ProcessorMixin, samples: list[Sample], max_new_tokens: int = 64,
-                    box_frame: str = "input_pixels") -> list[dict]:
+                    box_frame: str | None = None) -> list[dict]:
     """One JSON-ready dict per sample: id, source, prompt, completion, the parsed boxes
-    (``bbox_2d`` in original-image pixels, ``label``; [] when none parse) and the image sizes."""
+    (``bbox_2d`` in original-image pixels, ``label``; [] when none parse) and the image sizes
+    (``box_frame``: the frame the model writes boxes in; None: its family's)."""
+    box_frame = frame_of(model, box_frame)
     rollout = greedy_rollout(model, processor, samples, max_new_tokens)
     out = []
     for sample, text, ctx in zip(samples, rollout.completions, rollout.contexts):

@@ -96,10 +96,55 @@ def named_fields_only(cls):
     @functools.wraps(init)
     def checked_init(self, *args, **kwargs):
         refuse_unknown_keywords(cls.__name__, kwargs, names)
+        refuse(wrong_types(cls, {**dict(zip(names, args)), **kwargs}), cls.__name__)
         init(self, *args, **kwargs)
 
     cls.__init__ = checked_init
     return cls
+
+
+def _fits(value: Any, hint: Any) -> bool | None:
+    """Whether ``value`` is of the type ``hint`` names (bool, int, float, str, a union of
+    them, None); None when the hint is another kind, which is left to the field's rules."""
+    import numbers
+    import types
+    import typing
+
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        verdicts = [_fits(value, a) for a in typing.get_args(hint)]
+        return None if None in verdicts and not any(verdicts) else any(v for v in verdicts if v)
+    return None
+
+
+def _type_name(hint: Any) -> str:
+    import types
+    import typing
+
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(hint))
+    return {type(None): "null", bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
+        hint, getattr(hint, "__name__", str(hint)))
+
+
+def wrong_types(cls: type, values: dict[str, Any]) -> list[str]:
+    """Fields of the settings class ``cls`` given a value of another type than the field's
+    (``GRPOConfig(temperature="hot")``: before, a comparison inside a rule raised a TypeError
+    naming no field); an int is a number, numpy's numbers are numbers, a bool is no number."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    return [f"{cls.__name__}.{name}={value!r} must be {_type_name(hints[name])}, not {type(value).__name__}"
+            for name, value in values.items() if name in hints and _fits(value, hints[name]) is False]
 
 
 @dataclass(frozen=True)

@@ -123,3 +123,91 @@ def test_a_reward_reused_in_a_second_fit_warns_again(tmp_path, monkeypatch):
     for _ in range(2):  # before, the second fit said nothing of its failures
         with pytest.warns(UserWarning, match=r"reward 'flaky' raised"):
             trainer(tmp_path).fit(module([LengthReward(), reward]), data(tmp_path))
+
+
+def test_settings_and_rewards_changed_between_fits_reach_the_next_fit(tmp_path, monkeypatch):
+    # a notebook's next cell: another GRPOConfig assigned whole, a plain function put in the list
+    # (before: the loop kept the old config, the checkpoint recorded it, and the function failed
+    # mid-step with an AttributeError), and beta raised from 0 (before: a RuntimeError at the
+    # first step, saying "beta is 0")
+    monkeypatch.chdir(tmp_path)
+    m = module([LengthReward()])
+    trainer(tmp_path).fit(m, data(tmp_path))
+    assert len(m.loop.last_rollout.completions) == 4 and m.ref_model is None  # 2 prompts x G=2, beta 0
+
+    def short(completions, **kwargs):
+        return [1.0 / (1 + len(c)) for c in completions]
+
+    m.config = GRPOConfig(num_generations=3, max_completion_length=4, beta=0.04)
+    m.rewards = [LengthReward(), short]
+    with pytest.warns(UserWarning, match=r"built with beta 0: its reference model is a frozen copy of the policy"):
+        trainer(tmp_path).fit(m, data(tmp_path))
+    assert len(m.loop.last_rollout.completions) == 6 and m.loop.config is m.config
+    assert m.hparams["grpo"].num_generations == 3 and m.ref_model is not None
+    assert [r.name for r in m.rewards] == ["length", "short"] and "reward/short/mean" in m.last_metrics
+    def shorter(completions, **kwargs):
+        return [0.5 / (1 + len(c)) for c in completions]
+
+    m.rewards.append(shorter)  # appended in place: wrapped when the next fit starts
+    m.config.beta = 0.0
+    trainer(tmp_path).fit(m, data(tmp_path))
+    assert type(m.rewards[2]).__name__ == "FunctionReward"
+    with pytest.raises(TypeError, match=r"model.rewards\[0\]: 3 \(int\) is not a reward"):
+        m.rewards = [3]
+    with pytest.raises(TypeError, match="grpo: expected a GRPOConfig"):
+        m.config = 3
+
+
+def test_settings_of_the_wrong_type_name_their_field():
+    from lit_vr1.rules import ConfigError
+
+    with pytest.raises(ConfigError, match=r"GRPOConfig.temperature='hot' must be a number, not str"):
+        GRPOConfig(temperature="hot")  # before: "'>' not supported between instances of 'str' and 'int'"
+    with pytest.raises(ConfigError, match=r"(?s)2 problem.*epsilon_high='x' must be a number or null.*"
+                                          r"num_generations=True must be an integer"):
+        GRPOConfig(epsilon_high="x", num_generations=True)
+    import numpy as np
+
+    assert GRPOConfig(num_generations=np.int64(4), temperature=1).num_generations == 4  # numbers as numbers
+
+
+def test_evaluate_reads_boxes_in_the_models_own_frame_and_warns_of_boxes_past_the_image(tmp_path, monkeypatch):
+    # Qwen2-VL writes boxes on a 0-1000 grid: evaluate() without box_frame read them as input pixels
+    # (every box far past a 56 px image, every IoU 0) without a word
+    from lit_vr1.evaluate import predict_rec
+
+    monkeypatch.chdir(tmp_path)
+    held = data(tmp_path, num_val_samples=4)
+    held.setup("fit")
+    samples = list(held.held_out())
+    m = GRPOModule(model="tiny:qwen2_vl", min_pixels=3136, max_pixels=3136, grpo=GRPOConfig(beta=0.0))
+    m.configure_model()
+    assert m.box_frame == "norm1000"
+    text = '{"bbox_2d": [100, 100, 900, 900], "label": "x"}'
+    monkeypatch.setattr("lit_vr1.evaluate.greedy_rollout", lambda *a, **k: _rollout_of(text, samples))
+    own = predict_rec(m.policy, m.processor, samples)
+    assert all(p.box is not None and p.box[2] <= 56 for p in own)
+    with pytest.warns(UserWarning, match=r"evaluate\(\): 4 of 4 boxes reach past their image once read in box_frame "
+                                         r"input_pixels .*box_frame=module.box_frame"):
+        evaluate(m.policy, m.processor, samples, box_frame="input_pixels")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = evaluate(m.policy, m.processor, samples)
+    rows = result.records()
+    assert len(rows) == 4 and set(rows[0]) == {"id", "source", "completion", "box", "iou", "format_ok", "truncated",
+                                               "solution"}
+    import json
+
+    json.dumps(rows)  # plain values: a DataFrame's rows, or JSON
+
+
+def _rollout_of(text, samples):
+    """A greedy rollout stand-in: every answer ``text``, contexts as the real one builds them."""
+    import torch
+
+    from lit_vr1.rewards.base import SampleContext
+
+    contexts = [SampleContext(id=s.id, prompt=s.question, solution=s.solution, image_sizes=s.image_sizes,
+                              input_sizes=s.image_sizes, source=s.source) for s in samples]
+    return type("Rollout", (), {"completions": [text] * len(samples), "contexts": contexts,
+                                "truncated": torch.zeros(len(samples), dtype=torch.bool)})()

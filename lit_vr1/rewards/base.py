@@ -186,6 +186,18 @@ class Reward:
         self.on_error = on_error
         self.errors = 0  # completions whose scoring raised, over the whole run
 
+    def __repr__(self) -> str:
+        """``IoUReward(name='iou', weight=1.0)``, with ``tasks`` and ``on_error`` when set
+        otherwise than by default, and a FunctionReward's function."""
+        parts = [f"name={self.name!r}", f"weight={self.weight}"]
+        if getattr(self, "spec", None):
+            parts.insert(0, f"fn={self.spec!r}")
+        if self.tasks is not None:
+            parts.append(f"tasks={self.tasks!r}")
+        if self.on_error != "raise":
+            parts.append(f"on_error={self.on_error!r}")
+        return f"{type(self).__name__}({', '.join(parts)})"
+
     def score(self, completions: list[str], contexts: list[SampleContext]) -> list[float]:
         raise NotImplementedError
 
