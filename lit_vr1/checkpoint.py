@@ -554,6 +554,31 @@ def flush_csv_every_step(trainer) -> None:
             logger._flush_logs_every_n_steps = 1  # the value of its flush_logs_every_n_steps argument
 
 
+def quiet_moot_dir_notice(trainer) -> None:
+    """Lightning's "Checkpoint directory ... exists and is not empty" is not said by the
+    trainer's ModelCheckpoints: a fresh fit into a folder of earlier checkpoints is refused
+    (:func:`refuse_earlier_checkpoints`), so a fit finds some there only when it resumes them,
+    which is what the folder is for (the CLI silences it for its process; here the filter holds
+    during the callbacks' ``setup`` only)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from lit_vr1.quiet import CLI_NOTICES
+
+    for callback in trainer.checkpoint_callbacks:
+        if not isinstance(callback, ModelCheckpoint) or getattr(callback, "_lit_vr1_quiet_dir", False):
+            continue
+        own_setup = callback.setup
+
+        def setup(*args, _own=own_setup, **kwargs):
+            with warnings.catch_warnings():
+                for pattern in CLI_NOTICES:
+                    warnings.filterwarnings("ignore", message=pattern)
+                return _own(*args, **kwargs)
+
+        callback.setup = setup
+        callback._lit_vr1_quiet_dir = True
+
+
 def resumable(trainer):
     """``trainer`` (built in Python) with the checkpointing the ``lit-vr1`` CLI gives its own,
     returned: its ModelCheckpoints without a ``dirpath`` save under
@@ -562,7 +587,8 @@ def resumable(trainer):
     found nothing and trained from scratch), ``ckpt_path="last"`` is an error when there is no
     checkpoint and ``"last_or_new"`` resumes only when there is one (:func:`strict_last_checkpoint`),
     saves are atomic (:func:`use_atomic_checkpoints`), CSV metrics are written every step
-    (:func:`flush_csv_every_step`) and the progress bar counts optimiser steps out of
+    (:func:`flush_csv_every_step`), a resume says nothing of the folder holding checkpoints
+    (:func:`quiet_moot_dir_notice`) and the progress bar counts optimiser steps out of
     ``max_steps``, also after a resume (``lit_vr1.quiet.step_progress_bar``)::
 
         trainer = resumable(Trainer(default_root_dir="runs/nb", max_steps=6,
@@ -576,6 +602,7 @@ def resumable(trainer):
     use_atomic_checkpoints(trainer)
     strict_last_checkpoint(trainer)
     flush_csv_every_step(trainer)
+    quiet_moot_dir_notice(trainer)
     return trainer
 
 

@@ -8,6 +8,7 @@ built in Python resumes as the CLI does with ``lit_vr1.checkpoint.resumable``.""
 from __future__ import annotations
 
 import csv
+import warnings
 from pathlib import Path
 
 import pytest
@@ -269,7 +270,10 @@ def test_a_resumable_trainer_resumes_from_python_and_its_metrics_go_on(tmp_path)
     first.fit(module(), _data(tmp_path), ckpt_path="last_or_new")  # nothing yet: starts fresh
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
     second = trainer(6)
-    second.fit(module(), _data(tmp_path), ckpt_path="last")
+    with warnings.catch_warnings(record=True) as seen:  # the folder holds checkpoints: it is resumed, as meant
+        warnings.simplefilter("always")
+        second.fit(module(), _data(tmp_path), ckpt_path="last")
+    assert not [w for w in seen if "exists and is not empty" in str(w.message)]
     assert second.ckpt_path == str((tmp_path / "run" / "checkpoints" / "last.ckpt").resolve())
     assert second.global_step == 6
     rows = list(csv.DictReader(open(Path(second.logger.log_dir) / "metrics.csv")))
