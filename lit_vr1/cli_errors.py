@@ -36,6 +36,7 @@ ALTERNATIVE = re.compile(r"^- Expected a (.+)$")
 UNRECOGNIZED = re.compile(r"^unrecognized arguments: (.+)$")
 NOT_ACCEPTED_KEY = re.compile(r"^Subcommand '([^']+)' does not accept option '([^']+)'$")
 KEY_HEAD = re.compile(r"^([A-Za-z_][\w.]*):")  # the key a condensed error line is about
+GOT = re.compile(r"got '([^']*)'")  # the refused value in a condensed error line
 # lit-vr1's classes with their own ``--<key>.help`` (lit_vr1.cli.HELP_KEYS)
 HELP_FOR = {"lit_vr1.config.GRPOConfig": "--model.grpo.help", "lit_vr1.models.lora.LoraSpec": "--model.lora.help",
             "lit_vr1.models.tiny_parts.TinySpec": "--model.tiny_spec.help",
@@ -138,6 +139,24 @@ def _expected(kinds: list[str]) -> str:
     return " or ".join(others + ([f"one of {', '.join(dict.fromkeys(values))}"] if values else []))
 
 
+# TRL's GRPOConfig.scale_rewards also takes a bool (True: "group", False: "none")
+TRL_BOOL_CHOICES = {"scale_rewards": {"true": "group", "false": "none"}}
+
+
+def _choice_hint(path: str, given: str, expected: str) -> str:
+    """For a value refused by a choice (``typing.Literal[...]``): the choice it names in other
+    letter case (``DAPO`` -> dapo), or the choice a TRL boolean stands for; "" otherwise."""
+    literal = LITERAL.match(expected)
+    if not literal:
+        return ""
+    choices = [c.strip("'\"") for c in literal.group(1).split(", ")]
+    same = [c for c in choices if c.lower() == str(given).lower() and c != given]
+    if same:
+        return f" (did you mean {same[0]}? the choices are lower case)"
+    trl = TRL_BOOL_CHOICES.get(path.rsplit(".", 1)[-1], {}).get(str(given).lower())
+    return f" (TRL's {path.rsplit('.', 1)[-1]}={given} is {trl!r} here)" if trl in choices else ""
+
+
 def _module_hint(text: str) -> str:
     """For ``module 'm' has no attribute 'X'`` (a misspelled class_path): the nearest names in m."""
     missing = NO_ATTRIBUTE.match(text)
@@ -180,13 +199,30 @@ def _set_in(node, keys: list[str]) -> bool:
     return node is not None
 
 
-def _file_holding(dotted: str, files: list[str]) -> str | None:
+def _value_in(node, keys: list[str]):
+    """The value :func:`_set_in` finds at ``keys`` (None when it is not set)."""
+    for key in keys:
+        if not isinstance(node, dict):
+            return None
+        node = node[key] if key in node else (node.get("init_args") or {}).get(key) \
+            if isinstance(node.get("init_args"), dict) else None
+    return node
+
+
+def _file_holding(dotted: str, files: list[str], given: str | None = None) -> str | None:
     """The last of the YAML ``files`` that sets the nested key ``dotted`` (``trainer.max_stepz``,
     ``model.grpo.num_generations`` for ``model: {init_args: {grpo: ...}}``), as the user named it;
-    a relative path is read from the directory the command started in (jsonargparse moves into a
-    config file's directory while it parses the file, and may raise from there)."""
+    with ``given`` (the refused value as the error shows it), the last file that sets it to that
+    value (jsonargparse checks each file as it reads it, so an earlier file's value may be the bad
+    one, whatever a later file sets), or None when no file does. A relative path is read from the
+    directory the command started in (jsonargparse moves into a config file's directory while it
+    parses the file, and may raise from there)."""
     base = LitVR1ArgumentParser.start_dir or os.getcwd()
-    holding = [path for path in files if _set_in(yaml_value(os.path.join(base, path), ()), dotted.split("."))]
+    keys = dotted.split(".")
+    parsed = [(path, yaml_value(os.path.join(base, path), ())) for path in files]
+    holding = [path for path, node in parsed if _set_in(node, keys)]
+    if given is not None:
+        holding = [path for path, node in parsed if path in holding and str(_value_in(node, keys)) == given]
     return holding[-1] if holding else None
 
 
@@ -197,9 +233,13 @@ def name_config_files(text: str, files: list[str], flag_keys: set[str]) -> str:
     for i, line in enumerate(lines):
         head = KEY_HEAD.match(line)
         key = head.group(1) if head else ""
-        if not head or "(in config file" in line or any(key == k or key.startswith(f"{k}.") for k in flag_keys):
-            continue  # a flag sets it, or a section holding it (--model.grpo='{...}'): the flag's error
-        found = _file_holding(key, files)
+        if not head or "(in config file" in line:
+            continue
+        given = GOT.search(line)
+        # the file holding the refused value, even where a later file or a flag sets another
+        found = _file_holding(key, files, given.group(1)) if given else None
+        if found is None and not any(key == k or key.startswith(f"{k}.") for k in flag_keys):
+            found = _file_holding(key, files)  # else a flag sets it, or a section holding it: the flag's error
         if found:
             lines[i] = f"{line} (in config file {found})"
     return "\n  ".join(lines)
@@ -249,7 +289,9 @@ def condense(message: str, option_strings: list[str] = (), config_files: list[st
                          f"{_did_you_mean(name, _class_options(leaf.class_path))}"
                          + (f" ({hint} lists them)" if hint else ""))
         elif wrong:
-            lines.append(f"{path}: expected {_type_name(wrong.group(1))}, got {wrong.group(2)!r}")
+            expected = _type_name(wrong.group(1))
+            lines.append(f"{path}: expected {_expected([expected])}, got {wrong.group(2)!r}"
+                         + _choice_hint(path, wrong.group(2), expected))
         elif alternative:
             alternatives.setdefault(path, []).append(_type_name(alternative.group(1)))
             given = leaf.given
@@ -263,7 +305,8 @@ def condense(message: str, option_strings: list[str] = (), config_files: list[st
         if path.startswith("given:"):
             continue
         given = alternatives[f"given:{path}"][0]
-        lines.append(f"{path}: got {given!r}; expected {_expected(kinds)}")
+        lines.append(f"{path}: got {given!r}; expected {_expected(kinds)}"
+                     + "".join(dict.fromkeys(_choice_hint(path, given, k) for k in kinds)))
     return "\n  ".join(dict.fromkeys(lines))
 
 

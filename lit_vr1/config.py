@@ -10,6 +10,7 @@ start in :mod:`lit_vr1.checks`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -117,7 +118,10 @@ class GRPOConfig:
     cuda_graph: bool = True
 
     def __post_init__(self) -> None:
-        refuse(problems_of(self), "model.grpo")
+        # a NaN or inf passes no range rule and fails every one, each with a wrong reason ("nan is negative")
+        nonfinite = [f"model.grpo.{name}={value} is not a finite number" for name in FLOAT_FIELDS
+                     if isinstance(value := getattr(self, name), float) and not math.isfinite(value)]
+        refuse(nonfinite or problems_of(self), "model.grpo")
 
     def sampling(self, suppress_ids: tuple[int, ...] = ()) -> SamplingConfig:
         """What a rollout samples from now (read at each rollout)."""
@@ -131,8 +135,14 @@ def loss_type_known(c: GRPOConfig) -> str | None:
     return one_of("model.grpo.loss_type", c.loss_type, LOSS_TYPES)
 
 
+FLOAT_FIELDS = ("temperature", "top_p", "epsilon", "epsilon_high", "beta", "gradient_clip_val")
+
+
 @rule("model.grpo.scale_rewards", "config", on="GRPOConfig")
 def scale_rewards_known(c: GRPOConfig) -> str | None:
+    if isinstance(c.scale_rewards, bool):  # TRL's GRPOConfig takes True / False too
+        return (f"model.grpo.scale_rewards={c.scale_rewards} is TRL's boolean form; here write "
+                f"{'group' if c.scale_rewards else 'none'!r} (choose one of {', '.join(SCALE_REWARDS)})")
     return one_of("model.grpo.scale_rewards", c.scale_rewards, SCALE_REWARDS)
 
 

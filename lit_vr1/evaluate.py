@@ -16,7 +16,7 @@ import torch
 from transformers import PreTrainedModel, ProcessorMixin
 
 from lit_vr1.data.jsonl import Sample, loaded
-from lit_vr1.data.prompts import build_messages
+from lit_vr1.data.prompts import build_messages, system_text
 from lit_vr1.predict import frame_of, greedy_rollout, predict_records
 from lit_vr1.rewards.accuracy import answer_text, is_correct
 from lit_vr1.rewards.boxes import (
@@ -254,7 +254,8 @@ def detection_prompts(samples: list[Sample], prompting: str = "all",
             categories.setdefault(normalize_label(b.label), b.label.strip())
         for c in categories.values():
             question = template.format(category=c)
-            out.append((i, replace(s, question=question, messages=build_messages(question, len(s.images))), c))
+            messages = build_messages(question, len(s.images), system=system_text(s.messages))
+            out.append((i, replace(s, question=question, messages=messages), c))
     return out
 
 

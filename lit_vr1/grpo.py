@@ -25,10 +25,10 @@ from lit_vr1.loop import RolloutUpdateLoop, StepOutcome
 from lit_vr1.models import precision
 from lit_vr1.module import VLMModule, refuse_unknown_module_keywords
 from lit_vr1.rewards.accuracy import HFRRF, Accuracy
-from lit_vr1.rewards.base import Reward, SampleContext, forget_warnings
+from lit_vr1.rewards.base import Reward, SampleContext, forget_warnings, reward_names_distinct
 from lit_vr1.rewards.function import as_rewards
 from lit_vr1.rewards.rec import IoUReward, RecJsonFormat
-from lit_vr1.rules import ConfigError, settings_object
+from lit_vr1.rules import ConfigError, enforce, settings_object
 
 SKIPPED_KEY = "lit_vr1_skipped_steps"  # checkpoint key of the skipped-step counters
 REWARDS_KEY = "lit_vr1_rewards"  # checkpoint key of the rewards the run scored with (see reward_list)
@@ -88,7 +88,9 @@ class GRPOModule(VLMModule):
 
     @rewards.setter
     def rewards(self, value: Any) -> None:
-        self._rewards = as_rewards(value)
+        rewards = as_rewards(value)
+        enforce(reward_names_distinct(rewards))  # two lambdas: said now, not at the first step
+        self._rewards = rewards
 
     @property
     def config(self) -> GRPOConfig:

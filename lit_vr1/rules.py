@@ -182,8 +182,13 @@ def rule(flag: str, when: str, on: str | None = None) -> Callable[[Callable[...,
 
 
 def one_of(flag: str, value: Any, valid: tuple) -> str | None:
-    """The problem of ``flag=value`` when ``value`` is not one of ``valid`` (None when it is)."""
-    return None if value in valid else f"{flag}={value!r} is not valid; choose one of {', '.join(map(str, valid))}"
+    """The problem of ``flag=value`` when ``value`` is not one of ``valid`` (None when it is),
+    with the choice it names in other letter case (``DAPO`` -> dapo)."""
+    if value in valid:
+        return None
+    same = [v for v in valid if isinstance(value, str) and str(v).lower() == value.lower()]
+    return (f"{flag}={value!r} is not valid; " + (f"did you mean {same[0]}? " if same else "")
+            + f"choose one of {', '.join(map(str, valid))}")
 
 
 def problems_of(obj: Any, when: str | None = None) -> list[str]:

@@ -40,6 +40,24 @@ TRL_NAMES: dict[str, tuple[tuple[str, ...], str]] = {
     "save_total_limit": ((), "ModelCheckpoint's save_top_k in trainer.callbacks"),
     "lr_scheduler_type": ((), "a scheduler class: model.init_args.lr_scheduler: {class_path: "
                               "torch.optim.lr_scheduler.CosineAnnealingLR, init_args: {T_max: <steps>}}"),
+    "warmup_ratio": ((), "a scheduler with a warm-up: model.init_args.lr_scheduler: {class_path: "
+                         "torch.optim.lr_scheduler.LinearLR, init_args: {start_factor: 0.01, total_iters: <steps>}}"),
+    "importance_sampling_level": ((), "not offered: the ratio is per token (GRPO, DAPO, Dr. GRPO); GSPO's "
+                                      "sequence-level ratio is not; remove it"),
+    "delta": ((), "not offered: the ratio is clipped to [1 - epsilon, 1 + epsilon_high] (--model.grpo.epsilon_high), "
+                  "without TRL's two-sided delta bound; remove it"),
+    "min_p": ((), "not offered: sampling takes --model.grpo.top_p and --model.grpo.top_k; remove it"),
+    "repetition_penalty": ((), "not offered in sampling (the loss scores the sampled distribution); a reward "
+                               "lit_vr1.rewards.RepetitionPenalty penalises repeats instead"),
+    "top_entropy_quantile": ((), "not offered: every completion token is in the loss; remove it"),
+    "vllm_importance_sampling_correction": ((), "no vLLM here (the policy samples itself: nothing to correct); "
+                                                "remove it"),
+    "use_peft": ((), "LoRA is --model.lora (e.g. --model.lora.r=16; unset: full fine-tuning)"),
+    "peft_config": ((), "LoRA is --model.lora: r, alpha, dropout, target_modules, bias"),
+    "lora_r": ((), "--model.lora.r={value}"),
+    "lora_alpha": ((), "--model.lora.alpha={value}"),
+    "lora_dropout": ((), "--model.lora.dropout={value}"),
+    "lora_target_modules": ((), "--model.lora.target_modules (a list of module names, or all-linear)"),
 }
 # the same settings as a Python user writes them (GRPOConfig(learning_rate=...) is refused with this)
 PYTHON_HINTS: dict[str, str] = {
@@ -68,6 +86,21 @@ PYTHON_HINTS: dict[str, str] = {
     "eval_steps": "Trainer(val_check_interval=N)",
     "save_total_limit": "ModelCheckpoint(save_top_k=N)",
     "lr_scheduler_type": "GRPOModule(lr_scheduler=lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max))",
+    "warmup_ratio": "a scheduler with a warm-up: GRPOModule(lr_scheduler=lambda opt: "
+                    "torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.01, total_iters=N))",
+    "importance_sampling_level": "not offered: the ratio is per token (GRPO, DAPO, Dr. GRPO), not GSPO's per sequence",
+    "delta": "not offered: the ratio is clipped to [1 - epsilon, 1 + epsilon_high] (GRPOConfig(epsilon_high=...)), "
+             "without TRL's two-sided delta bound",
+    "min_p": "not offered: sampling takes GRPOConfig(top_p=..., top_k=...)",
+    "repetition_penalty": "not offered in sampling; the reward lit_vr1.rewards.RepetitionPenalty penalises repeats",
+    "top_entropy_quantile": "not offered: every completion token is in the loss",
+    "vllm_importance_sampling_correction": "no vLLM here (the policy samples itself: nothing to correct)",
+    "use_peft": "GRPOModule(lora=LoraSpec(r=16)) (lit_vr1.models.lora; none: full fine-tuning)",
+    "peft_config": "GRPOModule(lora=LoraSpec(r=..., alpha=..., dropout=..., target_modules=...))",
+    "lora_r": "GRPOModule(lora=LoraSpec(r=N))",
+    "lora_alpha": "GRPOModule(lora=LoraSpec(alpha=N))",
+    "lora_dropout": "GRPOModule(lora=LoraSpec(dropout=p))",
+    "lora_target_modules": "GRPOModule(lora=LoraSpec(target_modules=[...] or \"all-linear\"))",
 }
 # TRL GRPOConfig names that are lit-vr1 GRPOConfig fields too: answered with model.grpo wherever else they are put
 GRPO_FIELDS = ("num_generations", "beta", "epsilon", "epsilon_high", "temperature", "top_p", "top_k",
@@ -150,7 +183,7 @@ def trl_hint(key: str, value: str | None = None) -> str | None:
 def advice(hint: str) -> str:
     """A hint as the advice a message gives: "use <hint>", unless it says there is no such
     setting here ("no vLLM here: ...", "nothing: ...")."""
-    return hint if hint.startswith(("no ", "nothing")) else f"use {hint}"
+    return hint if hint.startswith(("no ", "nothing", "not offered", "LoRA is")) else f"use {hint}"
 
 
 def misplaced_trl_flag(argv: list[str]) -> str | None:

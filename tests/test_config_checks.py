@@ -187,6 +187,12 @@ def _module(**kwargs):
     return GRPOModule(**kwargs)
 
 
+def _lora_spec(**kwargs):
+    from lit_vr1.models.lora import LoraSpec
+
+    return LoraSpec(**kwargs)
+
+
 EXISTING = {
     "loss_type_known": lambda mp: GRPOConfig(loss_type="ppo"),
     "scale_rewards_known": lambda mp: GRPOConfig(scale_rewards="max"),
@@ -205,6 +211,10 @@ EXISTING = {
     "lora_default_targets_match": lambda mp: _lora(None),
     "lora_targets_not_empty": lambda mp: _lora([]),
     "lora_targets_match": lambda mp: _lora(["q_proj"]),
+    "lora_rank_positive": lambda mp: _lora_spec(r=0),
+    "lora_alpha_positive": lambda mp: _lora_spec(alpha=0),
+    "lora_dropout_in_range": lambda mp: _lora_spec(dropout=1.0),
+    "lora_bias_known": lambda mp: _lora_spec(bias="some"),
     "dtype_known": lambda mp: _module(dtype="float64"),
     "attn_implementation_known": lambda mp: __import__("lit_vr1.module", fromlist=["x"]).check_attention("fast"),
     "flash_attention_installed": lambda mp: (mp.setattr(importlib.util, "find_spec", lambda *a: None),

@@ -274,3 +274,61 @@ def test_validate_of_held_out_files_draws_no_synthetic_training_data(tmp_path):
     module = SFTModule(model="tiny:qwen2_5_vl", min_pixels=3136, max_pixels=3136, eval_max_new_tokens=4)
     Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False).validate(module, dm)
     assert not (tmp_path / "syn").exists() and len(dm.val_set) == 2
+
+
+def test_a_system_prompt_reaches_the_chat_and_multi_turn_rows_are_refused(tmp_path):
+    """TRL recipes give a system prompt: a {'from': 'system'} turn first, or the 'problem' layout's
+    'system' field, is the prompt's system turn (before, it was dropped without a word, and so was
+    every turn after the first answer of a dialogue, which is now refused)."""
+    from lit_vr1.models.loading import load_processor
+
+    system = "A conversation between User and Assistant. Think first."
+    rows = [json.dumps({"id": 1, "image": "a.png", "conversations": [
+                {"from": "system", "value": system}, {"from": "human", "value": "<image>Where?"},
+                {"from": "gpt", "value": "[1, 2, 3, 4]"}]}),
+            json.dumps({"id": 2, "image": "a.png", "problem": "<image>What colour?", "solution": "red",
+                        "system": system}),
+            rec(3, "a.png")]
+    f, d = _write(tmp_path, "sys", rows)
+    ds = JsonlDataset(f, d)
+    processor = load_processor("tiny:qwen2_5_vl")
+    for i in (0, 1):
+        assert ds[i].messages[0] == {"role": "system", "content": system} and ds[i].messages[-1]["role"] == "user"
+        text = processor.apply_chat_template(ds[i].messages, add_generation_prompt=True, tokenize=False)
+        assert text.startswith(f"<|im_start|>system\n{system}<|im_end|>") and "helpful assistant" not in text
+        assert "system" not in ds[i].metadata
+    assert [m["role"] for m in ds[2].messages] == ["user"]  # no system turn: the chat template's own default
+    turns = [("human", "q1"), ("gpt", "a1"), ("human", "q2"), ("gpt", "a2")]
+    bad = [
+        ([{"from": f, "value": v} for f, v in turns], r"holds the turns human, gpt, human, gpt; .*multi-turn dialogue"),
+        ([{"from": "gpt", "value": "a"}, {"from": "human", "value": "<image>q"}], r"holds the turns gpt, human"),
+        ([{"from": "user", "value": "<image>q"}], r"holds a turn from 'user'"),
+        ([{"from": "system", "value": " "}, {"from": "human", "value": "<image>q"}], r"holds an empty \{'from': 'system'\} turn"),
+    ]
+    for conv, said in bad:
+        f, d = _write(tmp_path, "multi", [json.dumps({"id": 1, "image": "a.png", "conversations": conv})])
+        with pytest.raises(DataError, match=r"multi\.jsonl:1: .conversations. " + said):
+            JsonlDataset(f, d)
+    f, d = _write(tmp_path, "both", [json.dumps({"id": 1, "image": "a.png", "system": system, "conversations": [
+        {"from": "human", "value": "<image>q"}]})])
+    with pytest.raises(DataError, match=r"field 'system' beside 'conversations'"):
+        JsonlDataset(f, d)
+
+
+def test_a_box_template_on_questions_answered_without_boxes_is_warned_of(tmp_path):
+    # qwen_rec, the default, appended "Answer with a JSON list such as [{"bbox_2d": ...}]" to a colour
+    # question without a word
+    rows = [json.dumps({"id": i, "image": "a.png", "problem": "<image>What colour?", "solution": "red"})
+            for i in range(3)] + [rec(9, "a.png")]
+    f, d = _write(tmp_path, "vqa", rows)
+    data = GroundingDataModule(train_files=f, train_images=d, batch_size=2)  # template: qwen_rec
+    with pytest.warns(UserWarning, match=r"data.template='qwen_rec' appends the box instruction .* 3 of the 4 "
+                                         r"labelled rows of data.train_files are answered without boxes"):
+        data.setup("fit")
+    import warnings
+
+    for template, lines in (("plain", rows), ("qwen_rec", [rec(i, "a.png") for i in range(3)])):
+        f, d = _write(tmp_path, f"ok_{template}", lines)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            GroundingDataModule(train_files=f, train_images=d, batch_size=2, template=template).setup("fit")

@@ -128,3 +128,60 @@ def test_a_tiny_spec_for_a_model_that_is_not_tiny_is_warned_of(tmp_path):
     load_model("tiny:qwen2_5_vl", processor).config.save_pretrained(tmp_path / "hf_model")
     with pytest.warns(UserWarning, match=r"model.tiny_spec sizes a tiny: model only; '.*hf_model' is loaded as it was"):
         GRPOModule(model=str(tmp_path / "hf_model"), tiny_spec={"num_layers": 2})
+
+
+# -- a TRL user's values (helper-46's trial, 2026-12-05) ------------------------------------------
+def test_lora_values_are_checked_where_the_spec_is_built():
+    # before: r=0 ended in peft's traceback, alpha=0 trained nothing (grad norm 0), dropout -0.1 passed
+    from lit_vr1.rules import ConfigError
+
+    for kwargs, said in [({"r": 0}, r"model.lora.r=0 must be >= 1"), ({"alpha": 0}, r"alpha=0 must be > 0: .* trains "
+                                                                                     "nothing"),
+                         ({"dropout": 1.5}, r"dropout=1.5 must be in \[0, 1\)"), ({"dropout": -0.1}, r"dropout=-0.1"),
+                         ({"bias": "some"}, r"model.lora.bias='some' is not valid")]:
+        with pytest.raises(ConfigError, match=said):
+            LoraSpec(**kwargs)
+    assert LoraSpec(target_modules="all-linear").target_modules == "all-linear"  # peft's shorthand
+
+
+def test_lora_all_linear_and_a_single_name_reach_peft_as_meant():
+    from torch import nn
+
+    from lit_vr1.models.lora import resolve_targets
+
+    model = nn.Sequential()
+    model.add_module("q_proj", nn.Linear(2, 2))
+    assert resolve_targets(model, LoraSpec(target_modules="all-linear")) == "all-linear"
+    assert resolve_targets(model, LoraSpec(target_modules="q_proj")) == ["q_proj"]  # a list of one, not a pattern
+
+
+def test_trl_values_and_names_get_their_meaning_here():
+    from lit_vr1.cli_errors import _choice_hint
+    from lit_vr1.rules import ConfigError
+
+    with pytest.raises(ConfigError, match=r"beta=nan is not a finite number"):  # before: "nan is negative"
+        GRPOConfig(beta=float("nan"))
+    with pytest.raises(ConfigError, match=r"scale_rewards=False is TRL's boolean form; here write 'none'"):
+        GRPOConfig(scale_rewards=False)
+    with pytest.raises(ConfigError, match=r"loss_type='DAPO' is not valid; did you mean dapo\?"):
+        GRPOConfig(loss_type="DAPO")
+    literal = "typing.Literal['group', 'batch', 'none']"
+    assert _choice_hint("model.grpo.scale_rewards", "true", literal) == " (TRL's scale_rewards=true is 'group' here)"
+    assert "did you mean dr_grpo" in _choice_hint("model.grpo.loss_type", "DR_GRPO",
+                                                  "typing.Literal['grpo', 'bnpo', 'dr_grpo', 'dapo']")
+    for name in ("delta", "importance_sampling_level", "min_p", "use_peft", "lora_r", "warmup_ratio"):
+        with pytest.raises(UnknownFieldError, match=rf"{name}: TRL's {name} is not a GRPOConfig field"):
+            GRPOConfig(**{name: 1})
+
+
+def test_a_bad_value_is_named_with_the_config_file_that_holds_it(tmp_path, monkeypatch):
+    # --config A.yaml --config E.yaml, A's value bad and E's good: the error named E.yaml
+    from lit_vr1.cli_errors import LitVR1ArgumentParser, name_config_files
+
+    monkeypatch.setattr(LitVR1ArgumentParser, "start_dir", str(tmp_path))
+    (tmp_path / "A.yaml").write_text("model:\n  init_args:\n    grpo:\n      scale_rewards: false\n")
+    (tmp_path / "E.yaml").write_text("model:\n  init_args:\n    grpo:\n      scale_rewards: batch\n")
+    line = "model.grpo.scale_rewards: expected one of 'group', 'batch', 'none', got 'False'"
+    assert name_config_files(line, ["A.yaml", "E.yaml"], set()).endswith("(in config file A.yaml)")
+    # a flag sets the key too (--model.grpo.scale_rewards=batch): the file holding the bad value is still named
+    assert name_config_files(line, ["A.yaml"], {"model.grpo.scale_rewards"}).endswith("(in config file A.yaml)")

@@ -14,7 +14,7 @@ from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from lit_vr1.checkpoint import refuse_changed_resume, setting_differences
-from lit_vr1.data.jsonl import FailedRow, JsonlDataset, Sample, SkippedRow, check_bad_rows, image_token_outlier
+from lit_vr1.data.jsonl import FailedRow, JsonlDataset, Sample, SkippedRow, check_bad_rows, image_token_outlier, is_box_answer
 from lit_vr1.data.sampler import ResumableSampler, place_sampler, train_position
 from lit_vr1.data.synthetic import SyntheticSpec, write_synthetic
 from lit_vr1.rules import ConfigError, enforce, rule, settings_object
@@ -314,6 +314,9 @@ class GroundingDataModule(LightningDataModule):
             outlier = image_token_outlier(processor, ds.records, flag_names(split)[0])
             if outlier:
                 rank_zero_warn(outlier)
+        note = box_template_note(self.template, ds.records, flag_names(split)[0])
+        if note:
+            rank_zero_warn(note)
         return ds
 
     def skipped_at_build(self) -> list[SkippedRow]:
@@ -602,3 +605,22 @@ def flag_names(split: str) -> tuple[str, str, str]:
     messages: ``flag_names("val")`` is (data.val_files, data.val_images, data.val_reward_methods)."""
     methods = "data.reward_methods" if split == "train" else f"data.{split}_reward_methods"
     return f"data.{split}_files", f"data.{split}_images", methods
+
+
+BOX_TEMPLATES = ("qwen_rec", "r1_rec")  # the templates that ask for a JSON list of boxes
+
+
+def box_template_note(template: str, records: list, flag: str) -> str | None:
+    """A note when a box template (``qwen_rec``, the default, or ``r1_rec``) is put on data whose
+    labelled rows are mostly not boxes (a counting or VQA question then reads "... Answer with a
+    JSON list such as [{"bbox_2d": ...}]", silently); None otherwise."""
+    labelled = [r.solution for r in records if r.solution not in ("", None)]
+    if template not in BOX_TEMPLATES or not labelled:
+        return None
+    boxes = sum(isinstance(s, list) or is_box_answer(s) for s in labelled)
+    if boxes >= 0.5 * len(labelled):
+        return None
+    return (f"data.template={template!r} appends the box instruction ('Answer with a JSON list such as "
+            f"[{{\"bbox_2d\": ...}}]') to every question, but {len(labelled) - boxes} of the {len(labelled)} "
+            f"labelled rows of {flag} are answered without boxes: for questions that are not grounding set "
+            "data.template to plain (the question as written) or r1 (think, then answer)")

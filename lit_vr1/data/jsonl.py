@@ -160,6 +160,7 @@ class Record:
     task: str = "default"
     image_sizes: list[tuple[int, int]] = field(default_factory=list)  # original (width, height), from the headers
     written_id: Any = None  # the line's "id" as written (1, not "1"); None when it has none
+    system: str | None = None  # the line's system prompt (a system turn, or the 'system' field); None: none
 
 
 @dataclass
@@ -232,18 +233,53 @@ def pair_files(data_files: str, image_folders: str, names: tuple[str, ...] = ARG
     return list(zip(files, folders))
 
 
-def _turns(obj: dict, where: str) -> tuple[str, Any]:
-    """(question, solution) of a line in any of the three layouts."""
+TURN_ORDER = ("system", "human", "gpt")  # a row's turns: an optional system turn, the question, its answer
+
+
+def _system(obj: dict, where: str) -> str | None:
+    """The system prompt of a line in the 'problem' layout: its 'system' field (None: none)."""
+    system = obj.get("system")
+    if system is None:
+        return None
+    if not isinstance(system, str) or not system.strip():
+        raise DataError(f"{where}: field 'system' must be a non-empty string (the system prompt), or left out")
+    return system
+
+
+def _conversation(conv: Any, where: str) -> tuple[str, Any, str | None]:
+    """(question, solution, system) of a 'conversations' list: an optional system turn, a human
+    turn, then an optional gpt turn. A multi-turn dialogue or a turn of another kind is refused
+    (before, every turn but the first human and gpt ones was dropped without a word)."""
+    if not isinstance(conv, list) or not conv:
+        raise DataError(f"{where}: field 'conversations' must be a list of a human and a gpt turn")
+    froms = [t.get("from") if isinstance(t, dict) else None for t in conv]
+    shape = ("an optional {'from': 'system'} turn, a {'from': 'human'} turn (the question), then a {'from': 'gpt'} "
+             "turn (its answer; none for unlabelled data)")
+    unknown = [f for f in froms if f not in TURN_ORDER]
+    if unknown:
+        raise DataError(f"{where}: 'conversations' holds a turn from {unknown[0]!r}; a row is {shape}")
+    ranks = [TURN_ORDER.index(f) for f in froms]
+    if ranks != sorted(set(ranks)) or "human" not in froms:
+        raise DataError(f"{where}: 'conversations' holds the turns {', '.join(froms)}; a row is {shape}: a multi-turn "
+                        "dialogue is not read (one row per question, its earlier turns written into the question)")
+    values = {f: t.get("value") for f, t in zip(froms, conv)}
+    if not all(isinstance(v, str) for v in values.values()):
+        raise DataError(f"{where}: 'conversations' needs a {{'from': 'human'}} turn (and a {{'from': 'gpt'}} one "
+                        "for labelled data) with string values")
+    if "system" in values and not values["system"].strip():
+        raise DataError(f"{where}: 'conversations' holds an empty {{'from': 'system'}} turn; write the system prompt "
+                        "or leave the turn out")
+    return values["human"], values.get("gpt", ""), values.get("system")
+
+
+def _turns(obj: dict, where: str) -> tuple[str, Any, str | None]:
+    """(question, solution, system prompt or None) of a line in any of the three layouts."""
     conv = obj.get("conversations")
     if conv is not None:
-        if not isinstance(conv, list) or not conv:
-            raise DataError(f"{where}: field 'conversations' must be a list of a human and a gpt turn")
-        human = next((t.get("value") for t in conv if isinstance(t, dict) and t.get("from") == "human"), None)
-        gpt = next((t.get("value") for t in conv if isinstance(t, dict) and t.get("from") == "gpt"), "")
-        if not isinstance(human, str) or not isinstance(gpt, str):
-            raise DataError(f"{where}: 'conversations' needs a {{'from': 'human'}} turn (and a {{'from': 'gpt'}} one "
-                            "for labelled data) with string values")
-        return human, gpt
+        if "system" in obj:
+            raise DataError(f"{where}: field 'system' beside 'conversations': give the system prompt as a "
+                            "{'from': 'system'} turn first in 'conversations'")
+        return _conversation(conv, where)
     question = obj.get("problem", obj.get("question"))
     if not isinstance(question, str):
         hint = (" (verl's 'prompt' is not read: put the question's text in 'problem', with an <image> marker where "
@@ -275,7 +311,7 @@ def _turns(obj: dict, where: str) -> tuple[str, Any]:
         solution = json.dumps(solution)
     elif not isinstance(solution, str):
         raise DataError(f"{where}: field 'solution' must be {SOLUTION_FORMS}, got {type(solution).__name__}")
-    return question, solution
+    return question, solution, _system(obj, where)
 
 
 # the forms a 'problem' line's solution may take, for messages
@@ -457,7 +493,7 @@ def parse_line(line: str, path: str, lineno: int, folder: str, task: str = "defa
     obj = _load_json(line, where)
     if not isinstance(obj, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-    human, solution = _turns(obj, where)
+    human, solution, system = _turns(obj, where)
     if not human.replace("<image>", "").strip():
         raise DataError(f"{where}: {_field_of(obj, 'human')} is empty: the question has no text besides "
                         "<image> markers; write the question or remove the line")
@@ -515,11 +551,11 @@ def parse_line(line: str, path: str, lineno: int, folder: str, task: str = "defa
     method = obj.get("reward_method", task)
     if not isinstance(method, str) or not method:
         raise DataError(f"{where}: field 'reward_method' must be a non-empty string")
-    skip = ("id", "image", "conversations", "problem", "question", "solution", "reward_method")
+    skip = ("id", "image", "conversations", "problem", "question", "solution", "reward_method", "system")
     meta = {k: v for k, v in obj.items() if k not in skip}
     written = obj.get("id")  # null: no id, as for image and solution
     return Record(f"{Path(path).stem}-{lineno}" if written is None else str(written), paths, human, solution, where, meta,
-                  method, sizes, written_id=written)
+                  method, sizes, written_id=written, system=system)
 
 
 def file_tasks(data_files: str, reward_methods: str | None, names: tuple[str, ...] = ARG_NAMES) -> list[str]:
@@ -671,7 +707,7 @@ def prompt_length(processor: Any, record: Record, template: str) -> int:
     """Tokens of a record's prompt as the processor encodes it for generation: the chat
     template's text tokens, with each image placeholder counted as the number of tokens the
     processor expands it to for that image's (upscaled) size and its min/max pixels."""
-    messages = build_messages(record.question, len(record.image_paths), template)
+    messages = build_messages(record.question, len(record.image_paths), template, record.system)
     text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     ids = processor.tokenizer(text).input_ids
     if not record.image_sizes:
@@ -786,7 +822,7 @@ class JsonlDataset(Dataset):
         upscaled = wanted != originals
         if upscaled:
             pixels = [im if im.size == size else im.resize(size, Image.Resampling.BICUBIC) for im, size in zip(pixels, wanted)]
-        messages = build_messages(r.question, len(pixels), self.template)
+        messages = build_messages(r.question, len(pixels), self.template, r.system)
         return Sample(r.id, pixels, messages, r.question, r.solution, r.source, dict(r.metadata), r.task,
                       original_sizes=originals if upscaled else None, box_answers=self.check_boxes,
                       written_id=r.written_id)

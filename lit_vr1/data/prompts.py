@@ -49,12 +49,14 @@ IMAGE_MARKER = "<image>"
 _SLOT = "\x00"  # stands for a marker while the template is applied
 
 
-def build_messages(question: str, num_images: int, template: str = "plain") -> list[dict]:
+def build_messages(question: str, num_images: int, template: str = "plain", system: str | None = None) -> list[dict]:
     """One user turn: the templated question with each image where its ``<image>`` marker
     stands ("Is <image> brighter than <image>?" -> text, image, text, image, text), in
-    order. A question without markers gets its images before the text (as VLM-R1 does).
-    Markers that do not match the images one to one raise ValueError (the data checks
-    report it with the file and line first)."""
+    order, after a system turn when ``system`` is given (the data's; without one the chat
+    template writes its own default, Qwen's "You are a helpful assistant."). A question
+    without markers gets its images before the text (as VLM-R1 does). Markers that do not
+    match the images one to one raise ValueError (the data checks report it with the file
+    and line first)."""
     markers = question.count(IMAGE_MARKER)
     if markers and markers != num_images:
         raise ValueError(f"the question has {markers} {IMAGE_MARKER} marker(s) but the sample has {num_images} "
@@ -71,4 +73,10 @@ def build_messages(question: str, num_images: int, template: str = "plain") -> l
         piece = piece.rstrip() if i == len(pieces) - 1 else piece
         if piece:
             content.append({"type": "text", "text": piece})
-    return [{"role": "user", "content": content}]
+    user = {"role": "user", "content": content}
+    return [{"role": "system", "content": system}, user] if system else [user]
+
+
+def system_text(messages: list[dict]) -> str | None:
+    """The system turn's text of ``messages`` built by :func:`build_messages` (None: none)."""
+    return messages[0]["content"] if messages and messages[0].get("role") == "system" else None

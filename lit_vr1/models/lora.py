@@ -13,6 +13,7 @@ that ``from_pretrained`` (and ``lit_vr1.models.loading.load_model``) reads like 
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import json
@@ -27,7 +28,7 @@ import torch
 from torch import nn
 
 from lit_vr1.models.families import base_model, find_family
-from lit_vr1.rules import enforce, named_fields_only, rule
+from lit_vr1.rules import enforce, named_fields_only, one_of, problems_of, refuse, rule
 
 LORA_OPTION = "model.lora.target_modules"
 
@@ -51,16 +52,49 @@ class LoraSpec:
             memory, see ``benchmarks/memory.py``).
         target_modules: module names to adapt, matched as peft does: a module is adapted
             when its full name equals an entry or ends with ``.<entry>`` (``q_proj``,
-            ``self_attn.o_proj``). Default (None): the language model's q/k/v/o and
-            gate/up/down projections only, never the vision tower or the merger.
+            ``self_attn.o_proj``; one name alone is a list of one). Default (None): the
+            language model's q/k/v/o and gate/up/down projections only, never the vision
+            tower or the merger. ``"all-linear"`` (peft's shorthand): every linear layer but
+            the output head, the vision tower's included.
         bias: which biases train as well: none, all, or lora_only.
     """
 
     r: int = 16
     alpha: int = 32
     dropout: float = 0.05
-    target_modules: list[str] | None = None
+    target_modules: list[str] | Literal["all-linear"] | None = None
     bias: Literal["none", "all", "lora_only"] = "none"
+
+    def __post_init__(self) -> None:
+        refuse(problems_of(self), "model.lora")
+
+
+BIASES = ("none", "all", "lora_only")
+
+
+@rule("model.lora.r", "config", on="LoraSpec")
+def lora_rank_positive(spec: LoraSpec) -> str | None:
+    return None if spec.r >= 1 else f"model.lora.r={spec.r} must be >= 1: the rank of each adapter (typically 8-64)"
+
+
+@rule("model.lora.alpha", "config", on="LoraSpec")
+def lora_alpha_positive(spec: LoraSpec) -> str | None:
+    if spec.alpha > 0:
+        return None
+    return (f"model.lora.alpha={spec.alpha} must be > 0: the update is (alpha / r) * B @ A, so alpha 0 trains "
+            "nothing (typically 2 x r)")
+
+
+@rule("model.lora.dropout", "config", on="LoraSpec")
+def lora_dropout_in_range(spec: LoraSpec) -> str | None:
+    if 0 <= spec.dropout < 1:
+        return None
+    return f"model.lora.dropout={spec.dropout} must be in [0, 1): the share of the adapters' inputs dropped (0: none)"
+
+
+@rule("model.lora.bias", "config", on="LoraSpec")
+def lora_bias_known(spec: LoraSpec) -> str | None:
+    return one_of("model.lora.bias", spec.bias, BIASES)
 
 
 # a module's hyper-parameters (in every Lightning checkpoint) may hold a LoraSpec: let
@@ -98,6 +132,10 @@ def resolve_targets(model: nn.Module, spec: LoraSpec) -> str | list[str]:
     """peft's ``target_modules`` for ``spec`` on ``model``; a ValueError names every entry
     that matches no module of the model, with the closest module names."""
     names = [n for n, _ in model.named_modules() if n]
+    if spec.target_modules == "all-linear":
+        return "all-linear"
+    if isinstance(spec.target_modules, str):  # one name (peft would read a string as a pattern)
+        spec = dataclasses.replace(spec, target_modules=[spec.target_modules])
     if spec.target_modules is None:
         family = find_family(model)
         if family is not None and any(re.fullmatch(family.lora_target_regex, n) for n in names):
