@@ -332,3 +332,26 @@ def test_a_box_template_on_questions_answered_without_boxes_is_warned_of(tmp_pat
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             GroundingDataModule(train_files=f, train_images=d, batch_size=2, template=template).setup("fit")
+
+
+def test_detection_rows_a_coco_user_writes(tmp_path):
+    """helper-49's COCO conversion: an annotation pasted as it is, a zero-area box whose COCO
+    reading leaves the image (the hint offered it anyway), and a repeated id. (An empty category
+    stays a class-agnostic box: tests/test_converted_data.py.)"""
+    cases = [
+        ([{"bbox": [5, 6, 10, 10], "category_id": 1}], r"a COCO annotation: its bbox is \[x, y, width, height\]; "
+                                                       r"write \[<category name>, \[5, 6, x \+ width, y \+ height\]\]"),
+        ([["cat", [30, 10, 30, 20]]], r"has no area: .* pixels of the original image$"),  # 30+30 > 40: no hint
+        ([["cat", [10, 5, 10, 20]]], r"has no area: .*write \[10, 5, 20, 25\]"),  # a box of the 40x30 image
+    ]
+    for solution, said in cases:
+        f, d = _write(tmp_path, "coco", [json.dumps({"id": 1, "image": "a.png", "problem": "<image>Find cats.",
+                                                     "solution": solution})])
+        with pytest.raises(DataError, match=said):
+            JsonlDataset(f, d)
+    rows = [json.dumps({"id": i, "image": "a.png", "problem": "<image>Find cats.", "solution": [["cat", [1, 2, 9, 9]]]})
+            for i in (1, 2, 1)]
+    f, d = _write(tmp_path, "dup", rows)
+    with pytest.warns(UserWarning, match=r"1 id\(s\) are written on several lines \(id 1 at .*dup\.jsonl:1, "
+                                         r".*dup\.jsonl:3\)"):
+        JsonlDataset(f, d)

@@ -62,6 +62,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image
 from torch.utils.data import Dataset
 
@@ -302,8 +303,13 @@ def _turns(obj: dict, where: str) -> tuple[str, Any, str | None]:
             ok = (isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str) and isinstance(pair[1], list)
                   and len(pair[1]) == 4 and all(_is_number(v) for v in pair[1]))
             if not ok:
+                coco = ""
+                if isinstance(pair, dict) and isinstance(pair.get("bbox"), list) and len(pair["bbox"]) == 4:
+                    x, y = pair["bbox"][:2]  # an annotation of COCO's, pasted as it is
+                    coco = (f" (a COCO annotation: its bbox is [x, y, width, height]; write [<category name>, "
+                            f"[{x}, {y}, x + width, y + height]], the name from COCO's categories)")
                 raise DataError(f"{where}: field 'solution' item {k + 1} must be [category, [x1, y1, x2, y2]], got "
-                                f"{pair!r}; a 'solution' list is {SOLUTION_LISTS}")
+                                f"{pair!r}; a 'solution' list is {SOLUTION_LISTS}{coco}")
         n = obj.get("num_instances")
         if n is not None and n != len(solution):
             raise DataError(f"{where}: field 'num_instances' is {n} but 'solution' lists {len(solution)} objects")
@@ -422,8 +428,11 @@ def check_solution_boxes(solution: Any, field: str, image_size: tuple[int, int] 
             raise DataError(f"{where}: {field} {name} {raw} has a coordinate that is not a finite number: a box is "
                             "[x1, y1, x2, y2] in pixels of the original image")
         if x2 <= x1 or y2 <= y1:
-            xywh = (f"; if it is COCO's [x, y, width, height], write [{x1:g}, {y1:g}, {x1 + x2:g}, {y1 + y2:g}]"
-                    if x2 > 0 and y2 > 0 else "")
+            # the corner form of a COCO [x, y, w, h] box, offered only where it is a box of the image
+            fits = x2 > 0 and y2 > 0 and (image_size is None or (x1 + x2 <= image_size[0] + BOX_SLACK
+                                                                  and y1 + y2 <= image_size[1] + BOX_SLACK))
+            xywh = f"; if it is COCO's [x, y, width, height], write [{x1:g}, {y1:g}, {x1 + x2:g}, {y1 + y2:g}]" \
+                if fits else ""
             raise DataError(f"{where}: {field} {name} {raw} has no area: a box is [x1, y1, x2, y2] with "
                             f"x1 < x2 and y1 < y2, in pixels of the original image{xywh}")
         if image_size is None:
@@ -726,6 +735,23 @@ def prompt_length(processor: Any, record: Record, template: str) -> int:
     return len(ids) - ids.count(placeholder) + sum(image_tokens)
 
 
+def duplicate_ids_note(records: list[Record]) -> str | None:
+    """A note when lines of these files write the same ``id`` (predictions, skipped-row reports
+    and a join with ground truth name rows by it), with the first few and their lines; None
+    when every written id is distinct (lines without an id are named by file and line)."""
+    seen: dict[str, list[str]] = {}
+    for r in records:
+        if r.written_id is not None:
+            seen.setdefault(json.dumps(r.written_id), []).append(r.source)
+    repeated = {k: v for k, v in seen.items() if len(v) > 1}
+    if not repeated:
+        return None
+    shown = "; ".join(f"id {k} at {', '.join(v[:3])}" for k, v in list(repeated.items())[:3])
+    more = f" and {len(repeated) - 3} more" if len(repeated) > 3 else ""
+    return (f"{len(repeated)} id(s) are written on several lines ({shown}{more}): predictions and skipped-row "
+            "reports name rows by id, so a join with the ground truth by id merges them; give each line its own id")
+
+
 class JsonlDataset(Dataset):
     """Map-style dataset over VLM-R1 JSONL files; images are decoded on access.
 
@@ -763,6 +789,9 @@ class JsonlDataset(Dataset):
         self.records, self.skipped = read_records(data_files, image_folders, reward_methods, bad_rows, check_boxes,
                                                   images_outside_folder, names)
         self.failed: dict[int, SkippedRow] = {}  # rows that failed to load in this process (skip mode)
+        note = duplicate_ids_note(self.records)
+        if note:
+            rank_zero_warn(note)
 
     def __len__(self) -> int:
         return len(self.records)
