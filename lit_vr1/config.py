@@ -11,6 +11,7 @@ start in :mod:`lit_vr1.checks`.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Literal
 
@@ -120,7 +121,7 @@ class GRPOConfig:
     def __post_init__(self) -> None:
         # a NaN or inf passes no range rule and fails every one, each with a wrong reason ("nan is negative")
         nonfinite = [f"model.grpo.{name}={value} is not a finite number" for name in FLOAT_FIELDS
-                     if isinstance(value := getattr(self, name), float) and not math.isfinite(value)]
+                     if isinstance(value := getattr(self, name), numbers.Real) and not math.isfinite(value)]
         refuse(nonfinite or problems_of(self), "model.grpo")
 
     def sampling(self, suppress_ids: tuple[int, ...] = ()) -> SamplingConfig:

@@ -80,6 +80,13 @@ class GRPOModule(VLMModule):
         self.skips_in_a_row = 0
         self.tied_in_a_row = 0  # rollouts in a row whose every group tied (see warn_when_nothing_to_learn)
 
+    def __setstate__(self, state: dict) -> None:
+        # a module pickled before config and rewards were properties kept them under these names
+        for name in ("config", "rewards"):
+            if name in state and f"_{name}" not in state:
+                state[f"_{name}"] = state.pop(name)
+        super().__setstate__(state)
+
     @property
     def rewards(self) -> list[Reward]:
         """The rewards, each a :class:`Reward`; a list assigned between fits is read as
@@ -118,7 +125,11 @@ class GRPOModule(VLMModule):
     def configure_model(self) -> None:
         """Build the policy and, when beta > 0, a frozen copy as the reference (once; with
         LoRA there is no copy: the reference is the policy with its adapters disabled)."""
-        if self.policy is not None:
+        if self.policy is not None:  # built before: a later fit, or settings changed since (a notebook's next cell)
+            if self.config.disable_dropout:
+                precision.disable_dropout(self.policy)
+            if not self.config.cuda_graph:
+                decode_graph.turn_off(self.policy, "model.grpo.cuda_graph is false")
             self._reference_for_a_raised_beta()
             parallel.shard(self)  # built before fit: shard it now if the strategy asks (idempotent)
             return
@@ -135,7 +146,9 @@ class GRPOModule(VLMModule):
     def _reference_for_a_raised_beta(self) -> None:
         """A module built with beta 0 has no reference copy; when beta was raised before this fit
         (a notebook's next run), the reference is a frozen copy of the policy as it is now."""
-        if self.config.beta == 0.0 or self.lora is not None or self.ref_model is not None:
+        trainer = getattr(self, "_trainer", None)
+        fitting = trainer is not None and trainer.state.fn == "fit"  # validate / predict read no reference
+        if not fitting or self.config.beta == 0.0 or self.lora is not None or self.ref_model is not None:
             return
         if parallel.is_fsdp(self.policy) or parallel.deepspeed_engine(self) is not None:
             raise ConfigError(f"model.grpo.beta is {self.config.beta} but this module was built with beta 0, without a "

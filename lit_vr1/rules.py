@@ -110,6 +110,8 @@ def _fits(value: Any, hint: Any) -> bool | None:
     import types
     import typing
 
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # a numpy or torch scalar: its Python value
+        value = value.item()
     if hint is type(None):
         return value is None
     if hint is bool:
@@ -143,7 +145,11 @@ def wrong_types(cls: type, values: dict[str, Any]) -> list[str]:
     import typing
 
     hints = typing.get_type_hints(cls)
-    return [f"{cls.__name__}.{name}={value!r} must be {_type_name(hints[name])}, not {type(value).__name__}"
+    def kind(value: Any) -> str:
+        t = type(value)
+        return t.__name__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__name__}"
+
+    return [f"{cls.__name__}.{name}={value!r} must be {_type_name(hints[name])}, not {kind(value)}"
             for name, value in values.items() if name in hints and _fits(value, hints[name]) is False]
 
 

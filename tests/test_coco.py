@@ -35,6 +35,8 @@ def test_coco_instances_become_lines_the_data_checks_read(tmp_path):
     assert empty["solution"] == [] and "cat, dog" in empty["problem"]  # no objects: every category, a real negative
     assert third["solution"] == [["cat", [50, 20, 75, 50]]] and third["num_instances"] == 1
     assert out.crowd == [12] and out.no_area == [13] and out.empty_images == 1
+    braces = convert(COCO, prompt='<image>Find {categories}. Answer like [{"bbox_2d": [x1, y1, x2, y2]}].')
+    assert braces.lines[0]["problem"] == '<image>Find cat, dog. Answer like [{"bbox_2d": [x1, y1, x2, y2]}].'
     assert "left out 1 iscrowd regions (annotation ids 12); left out 1 boxes without area" in out.summary()
     for name in ("a.png", "b.png", "c.png"):
         Image.new("RGB", (80, 60)).save(tmp_path / name)

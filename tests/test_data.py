@@ -309,9 +309,18 @@ def test_a_system_prompt_reaches_the_chat_and_multi_turn_rows_are_refused(tmp_pa
         f, d = _write(tmp_path, "multi", [json.dumps({"id": 1, "image": "a.png", "conversations": conv})])
         with pytest.raises(DataError, match=r"multi\.jsonl:1: .conversations. " + said):
             JsonlDataset(f, d)
+    # LLaMA-Factory's ShareGPT layout gives it beside 'conversations'; "" or null is no system prompt
+    rows = [json.dumps({"id": 1, "image": "a.png", "system": system, "conversations": [
+                {"from": "human", "value": "<image>q"}]}),
+            json.dumps({"id": 2, "image": "a.png", "system": "", "problem": "<image>q", "solution": "red"}),
+            json.dumps({"id": 3, "image": "a.png", "system": None, "conversations": [{"from": "human", "value": "q"}]})]
+    f, d = _write(tmp_path, "sharegpt", rows)
+    ds = JsonlDataset(f, d)
+    assert ds[0].messages[0] == {"role": "system", "content": system}
+    assert [m["role"] for m in ds[1].messages] == ["user"] == [m["role"] for m in ds[2].messages]
     f, d = _write(tmp_path, "both", [json.dumps({"id": 1, "image": "a.png", "system": system, "conversations": [
-        {"from": "human", "value": "<image>q"}]})])
-    with pytest.raises(DataError, match=r"field 'system' beside 'conversations'"):
+        {"from": "system", "value": system}, {"from": "human", "value": "<image>q"}]})])
+    with pytest.raises(DataError, match=r"a system prompt in field 'system' and in a \{'from': 'system'\} turn"):
         JsonlDataset(f, d)
 
 

@@ -152,6 +152,18 @@ def test_settings_and_rewards_changed_between_fits_reach_the_next_fit(tmp_path, 
     m.config.beta = 0.0
     trainer(tmp_path).fit(m, data(tmp_path))
     assert type(m.rewards[2]).__name__ == "FunctionReward"
+    # a validation after beta was raised builds no reference (only a fit reads one)
+    fresh = module([LengthReward()])
+    trainer(tmp_path).fit(fresh, data(tmp_path))  # built with beta 0
+    fresh.config.beta = 0.04
+    trainer(tmp_path).validate(fresh, data(tmp_path, num_val_samples=2))
+    assert fresh.ref_model is None
+    # a module pickled before config and rewards were properties (they were plain attributes)
+    state = dict(m.__dict__)
+    state["config"], state["rewards"] = state.pop("_config"), state.pop("_rewards")
+    old = GRPOModule.__new__(GRPOModule)
+    old.__setstate__(state)
+    assert old.config is m.config and old.rewards is m.rewards
     with pytest.raises(TypeError, match=r"model.rewards\[0\]: 3 \(int\) is not a reward"):
         m.rewards = [3]
     with pytest.raises(TypeError, match="grpo: expected a GRPOConfig"):

@@ -213,3 +213,18 @@ def test_a_costly_reward_fails_or_is_masked_as_a_whole_batch_without_rescoring()
     masked = Costly(on_error="nan")
     assert all(math.isnan(v) for v in masked(["a", "b"], ctxs)) and masked.errors == 2
     assert calls == [2, 2]  # one call each time: never re-sent one by one
+
+
+def test_a_reward_prints_its_settings_even_when_its_init_skipped_rewards():
+    from lit_vr1.rewards import IoUReward
+    from lit_vr1.rewards.base import Reward
+
+    assert repr(IoUReward(weight=0.5, tasks=["rec"])) == "IoUReward(name='iou', weight=0.5, tasks=['rec'])"
+
+    class Mine(Reward):
+        default_name = "mine"
+
+        def __init__(self):  # no super().__init__()
+            pass
+
+    assert repr(Mine()) == "Mine(name='mine', weight=1.0)"

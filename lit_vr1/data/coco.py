@@ -107,7 +107,7 @@ def convert(data: dict, categories: str = "image", prompt: str = DEFAULT_PROMPT,
         if not isinstance(im.get("file_name"), str):
             raise CocoError(f"{where}: image {im.get('id')}: 'file_name' must be a string")
         named = list(dict.fromkeys(o["name"] for o in objects)) if categories == "image" and objects else every
-        line = {"id": im.get("id"), "image": im["file_name"], "problem": prompt.format(categories=", ".join(named)),
+        line = {"id": im.get("id"), "image": im["file_name"], "problem": prompt.replace("{categories}", ", ".join(named)),
                 "solution": [[o["name"], o["box"]] for o in objects], "num_instances": len(objects)}
         if im.get("width") and im.get("height"):
             line["width"], line["height"] = im["width"], im["height"]

@@ -238,12 +238,14 @@ TURN_ORDER = ("system", "human", "gpt")  # a row's turns: an optional system tur
 
 
 def _system(obj: dict, where: str) -> str | None:
-    """The system prompt of a line in the 'problem' layout: its 'system' field (None: none)."""
+    """The system prompt of a line's 'system' field (the 'problem' layout's, and LLaMA-Factory's
+    ShareGPT layout's beside 'conversations'); None when there is none (no field, null, or
+    empty: exported datasets write "" for rows without one)."""
     system = obj.get("system")
-    if system is None:
+    if system is None or (isinstance(system, str) and not system.strip()):
         return None
-    if not isinstance(system, str) or not system.strip():
-        raise DataError(f"{where}: field 'system' must be a non-empty string (the system prompt), or left out")
+    if not isinstance(system, str):
+        raise DataError(f"{where}: field 'system' must be a string (the system prompt), or left out")
     return system
 
 
@@ -277,10 +279,12 @@ def _turns(obj: dict, where: str) -> tuple[str, Any, str | None]:
     """(question, solution, system prompt or None) of a line in any of the three layouts."""
     conv = obj.get("conversations")
     if conv is not None:
-        if "system" in obj:
-            raise DataError(f"{where}: field 'system' beside 'conversations': give the system prompt as a "
-                            "{'from': 'system'} turn first in 'conversations'")
-        return _conversation(conv, where)
+        question, solution, turn = _conversation(conv, where)
+        field = _system(obj, where)
+        if turn is not None and field is not None:
+            raise DataError(f"{where}: a system prompt in field 'system' and in a {{'from': 'system'}} turn of "
+                            "'conversations': give it once")
+        return question, solution, turn if turn is not None else field
     question = obj.get("problem", obj.get("question"))
     if not isinstance(question, str):
         hint = (" (verl's 'prompt' is not read: put the question's text in 'problem', with an <image> marker where "

@@ -189,12 +189,14 @@ class Reward:
     def __repr__(self) -> str:
         """``IoUReward(name='iou', weight=1.0)``, with ``tasks`` and ``on_error`` when set
         otherwise than by default, and a FunctionReward's function."""
-        parts = [f"name={self.name!r}", f"weight={self.weight}"]
+        # getattr: a subclass that skips Reward.__init__ prints too
+        parts = [f"name={getattr(self, 'name', getattr(self, 'default_name', None))!r}",
+                 f"weight={getattr(self, 'weight', 1.0)}"]
         if getattr(self, "spec", None):
             parts.insert(0, f"fn={self.spec!r}")
-        if self.tasks is not None:
+        if getattr(self, "tasks", None) is not None:
             parts.append(f"tasks={self.tasks!r}")
-        if self.on_error != "raise":
+        if getattr(self, "on_error", "raise") != "raise":
             parts.append(f"on_error={self.on_error!r}")
         return f"{type(self).__name__}({', '.join(parts)})"
 

@@ -369,6 +369,7 @@ class _Refused(Exception):
         self.status = status
 
 
+MAX_REPLY_BYTES = 16 * 2**20  # a reply larger than this is no judge's (a score per item, or one chat completion)
 RETRIED_4XX = (408, 425, 429)  # timeout, too early, too many requests: worth another try
 
 
@@ -394,7 +395,11 @@ def parse_scores(body: bytes, count: int) -> list[float]:
         raise _BadAnswer(f"response has {len(scores)} scores for {count} items")
     bad = [s for s in scores if isinstance(s, bool) or not isinstance(s, (int, float))]
     if bad:
-        raise _BadAnswer(f"response scores are not all numbers, e.g. {bad[0]!r}")
+        raise _BadAnswer(f"response scores are not all numbers, e.g. {str(bad[0])[:60]!r}")
+    # a judge's score is p(yes): a server answering 7.5, -3, NaN or Infinity is broken, not a reward
+    outside = [s for s in scores if not (math.isfinite(s) and 0.0 <= s <= 1.0)]
+    if outside:
+        raise _BadAnswer(f"response scores are not all probabilities in [0, 1], e.g. {outside[0]!r}")
     return [float(s) for s in scores]
 
 
@@ -701,13 +706,17 @@ class RemoteRewardModel(Reward):
             conn.request("POST", path, body=body, headers=headers)
             sock.settimeout(left())
             resp = conn.getresponse()
-            chunks = []
+            chunks, size = [], 0
             while True:
                 sock.settimeout(left())
                 chunk = resp.read1(65536)
                 if not chunk:
                     break
                 chunks.append(chunk)
+                size += len(chunk)
+                if size > MAX_REPLY_BYTES:  # a 3 GiB reply took the training process to 13.7 GB
+                    raise _BadAnswer(f"the reply is over {MAX_REPLY_BYTES // 2**20} MiB; a judge's reply holds one "
+                                     "score per item")
                 left()
             data = b"".join(chunks)
         except (OSError, http.client.HTTPException) as e:  # socket.timeout is an OSError

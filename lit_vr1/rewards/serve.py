@@ -93,6 +93,20 @@ class Limits:
     max_request_pixels: int = 64 * 1024 * 1024  # every image of a request together (about 200 MB as RGB)
 
 
+# the formats a request's images may have: the web's and the datasets'. Others PIL reads are
+# refused from their first bytes: an ICNS file declares one size in its header and decodes a
+# larger image inside, past the pixel cap (found by a hostile client, 2026-12-05)
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
+ECHO_CHARS = 60  # at most this much of a client's own text comes back in an error
+
+
+def _echo(value: Any) -> str:
+    """``value`` as an error message repeats it: its repr, cut to :data:`ECHO_CHARS` (a 40 MB
+    field name came back whole, three times its size once escaped)."""
+    text = repr(value)
+    return text if len(text) <= ECHO_CHARS else f"{text[:ECHO_CHARS]}... ({len(text)} characters)"
+
+
 class BadRequest(ValueError):
     """The request is not a valid scoring request; ``status`` and the message say why."""
 
@@ -122,7 +136,7 @@ def open_image(data: bytes, where: str, limits: Limits) -> Image.Image:
     """The image in ``data``, its size checked from the header before any pixel is decoded
     (a 20000 x 20000 PNG is a few hundred bytes); :func:`decoded` decodes it."""
     try:
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
         width, height = image.size
     except Image.DecompressionBombError as e:  # PIL's own guard, far above ours: "Image size (N pixels) exceeds ..."
         declared = re.search(r"\((\d+) pixels\)", str(e))
@@ -130,7 +144,7 @@ def open_image(data: bytes, where: str, limits: Limits) -> Image.Image:
         raise BadRequest(f"{where} declares {size}, over the limit of {limits.max_image_pixels}; send a smaller "
                          "image") from None
     except UnidentifiedImageError:
-        raise BadRequest(f"{where} is not an image PIL can read (PNG, JPEG, WebP, ...)") from None
+        raise BadRequest(f"{where} is not an image the judge reads ({', '.join(IMAGE_FORMATS)})") from None
     except (OSError, ValueError) as e:
         raise BadRequest(f"{where} is not an image PIL can read: {e}") from None
     if width * height > limits.max_image_pixels:
@@ -173,7 +187,8 @@ def _refuse_unknown(obj: dict, known: tuple[str, ...], where: str) -> None:
     """A misspelled field (``img`` for ``image``) is refused: ignored, the item was judged without it."""
     unknown = [k for k in obj if k not in known]
     if unknown:
-        raise BadRequest(f"{where} has the unknown field(s) {', '.join(map(repr, unknown))} (fields: {', '.join(known)})")
+        shown = ", ".join(map(_echo, unknown[:5])) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        raise BadRequest(f"{where} has the unknown field(s) {shown} (fields: {', '.join(known)})")
 
 
 class RequestImages:
@@ -273,7 +288,7 @@ def parse_chat_request(data: Any, limits: Limits, decode: bool = True) -> ChatPr
     """The judge prompt of an OpenAI ``/v1/chat/completions`` body: one user message whose
     content is a string or parts of type ``text`` and ``image_url`` (at most ``max_images``)."""
     if not isinstance(data, dict) or not isinstance(data.get("messages"), list) or not data["messages"]:
-        got = f" (its fields: {', '.join(map(repr, data))})" if isinstance(data, dict) else ""
+        got = f" (its fields: {', '.join(map(_echo, list(data)[:5]))})" if isinstance(data, dict) else ""
         raise BadRequest(f'body must be a JSON object with a non-empty list "messages"{got}')
     users = [m for m in data["messages"] if isinstance(m, dict) and m.get("role") == "user"]
     if len(users) != 1:
@@ -294,7 +309,7 @@ def parse_chat_request(data: Any, limits: Limits, decode: bool = True) -> ChatPr
                 raise BadRequest(f"content[{k}].image_url must be a data: URL (the judge fetches nothing)")
             images.append(opened.open(url, f"content[{k}].image_url"))
         else:
-            raise BadRequest(f"content[{k}] has type {kind!r}; the judge reads text and image_url parts")
+            raise BadRequest(f"content[{k}] has type {_echo(kind)}; the judge reads text and image_url parts")
     if len(images) > limits.max_images:
         raise BadRequest(f"{len(images)} images, over the limit of {limits.max_images} per request")
     opened.check_budget()
@@ -398,16 +413,13 @@ class Guard:
             return
         try:
             body = await self._checked_body(headers, receive)
-            data = json.loads(body)
-            if path == CHAT_PATH:
-                parse_chat_request(data, self.limits, decode=False)
-            else:
-                parse_score_request(data, self.limits, decode=False)
+            # off the event loop: a 60 MB body of tiny items took 3.5 s to read, every other client waiting
+            await asyncio.to_thread(self.validate, body, path)
         except BadRequest as e:
             await _send_json(send, e.status, {"error": str(e)})
             return
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-            await _send_json(send, 400, {"error": f"body is not JSON: {e}"})
+        except (ValueError, RecursionError) as e:  # JSON's own errors, and Python's 4300-digit integer limit
+            await _send_json(send, 400, {"error": f"body is not JSON the judge reads: {str(e)[:200]}"})
             return
         # LitServe reads the body as JSON whatever the client called it; the chat protocol
         # is served by the same API (the body tells the two apart)
@@ -425,6 +437,16 @@ class Guard:
             return await receive()
 
         await self.app(scope, replay, send)
+
+    def validate(self, body: bytes, path: str) -> None:
+        """The request read and checked as the worker will read it, its images decoded: a request
+        the worker would refuse is refused here, on its own (with ``--max-batch-size`` above 1 a
+        truncated image failed every request batched with it)."""
+        data = json.loads(body)
+        if path == CHAT_PATH:
+            parse_chat_request(data, self.limits)
+        else:
+            parse_score_request(data, self.limits)
 
     async def _checked_body(self, headers: dict[bytes, bytes], receive) -> bytes:
         raw = headers.get(b"content-length")
@@ -632,7 +654,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-body-mb", type=float, default=Limits.max_body_bytes / 2**20, help="request body size")
     parser.add_argument("--body-timeout-s", type=float, default=Limits.body_timeout_s,
                         help="seconds a client has to send its whole body")
-    parser.add_argument("--request-timeout-s", type=float, default=60.0, help="queue wait before a 504")
+    parser.add_argument("--request-timeout-s", type=float, default=60.0,
+                        help="queue wait before a 504, checked when the worker takes the next request")
     args = parser.parse_args(argv)
     if not 1024 <= args.port <= 65535:
         fail(f"--port {args.port}: must be 1024 to 65535 (LitServe's range; a port below 1024 needs root)")
@@ -641,6 +664,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.max_request_pixels < args.max_image_pixels:
         fail(f"--max-request-pixels {args.max_request_pixels}: must be at least --max-image-pixels "
                      f"({args.max_image_pixels}), or no request could hold the largest image")
+    for flag, value in (("--batch-size", args.batch_size), ("--max-batch-size", args.max_batch_size),
+                        ("--max-items", args.max_items), ("--max-text-chars", args.max_text_chars),
+                        ("--max-image-pixels", args.max_image_pixels)):
+        if value < 1:
+            fail(f"{flag} {value}: must be at least 1")
+    for flag, value in (("--max-body-mb", args.max_body_mb), ("--body-timeout-s", args.body_timeout_s),
+                        ("--request-timeout-s", args.request_timeout_s)):
+        if not value > 0:
+            fail(f"{flag} {value}: must be above 0")
     if args.think_tokens < 0:
         fail(f"--think-tokens {args.think_tokens}: must be 0 (no reasoning) or a number of tokens")
     api_key = args.api_key or os.environ.get(KEY_ENV) or None
@@ -669,8 +701,9 @@ def main(argv: list[str] | None = None) -> None:
     stop_workers_with_the_server()
     stop_when_the_worker_dies(server)
     try:
+        # h11 refuses headers over 16 KiB (httptools, uvicorn's default parser, buffered 600 MB of them)
         server.run(host=args.host, port=args.port, generate_client_file=False, num_api_servers=1,
-                   api_server_worker_type="thread")
+                   api_server_worker_type="thread", http="h11")
     except Exception as e:
         if ENDING.locked():  # the watch is ending the server (its kills broke LitServe's wait): its word stands
             end_the_server(1, "")
