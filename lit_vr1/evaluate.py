@@ -62,14 +62,18 @@ def outside_image(box: Box | None, size: tuple[int, int], slack: float = 0.05) -
     return box[0] < -slack * w or box[1] < -slack * h or box[2] > (1 + slack) * w or box[3] > (1 + slack) * h
 
 
-def frame_note(outside: int, boxes: int, frame: str, split: str) -> str | None:
+def frame_note(outside: int, boxes: int, frame: str, split: str | None) -> str | None:
     """A note when a quarter or more of the held-out answers' boxes reach past their images once
-    read in ``frame`` (a wrong ``box_frame`` scores every answer 0, silently); None otherwise."""
+    read in ``frame`` (a wrong ``box_frame`` scores every answer 0, silently); None otherwise.
+    ``split``: the validation or test whose acc50 they spoil; None: a call of :func:`evaluate`."""
     if boxes == 0 or outside < 0.25 * boxes:
         return None
-    return (f"{outside} of {boxes} held-out boxes reach past their image once read in box_frame {frame} "
-            f"({split}/acc50 counts them wrong): a model that answers in another frame (Qwen2-VL, Qwen3-VL: "
-            "norm1000; Qwen2.5-VL: input_pixels, the pixels of the image it was fed) needs model.box_frame set to it")
+    head, what, told, setting = (("", "held-out boxes", f"{split}/acc50 counts them wrong", "model.box_frame")
+                                 if split is not None else
+                                 ("evaluate(): ", "boxes", "each scores IoU 0", "box_frame (e.g. box_frame=module.box_frame)"))
+    return (f"{head}{outside} of {boxes} {what} reach past their image once read in box_frame {frame} ({told}): a model "
+            "that answers in another frame (Qwen2-VL, Qwen3-VL: norm1000; Qwen2.5-VL: input_pixels, the pixels of the "
+            f"image it was fed) needs {setting} set to it")
 
 
 @dataclass
@@ -197,12 +201,9 @@ def evaluate(model: PreTrainedModel, processor: ProcessorMixin, samples: list[Sa
     result = summarise(in_batches(lambda batch: predict_rec(model, processor, batch, max_new_tokens, box_frame),
                                   samples, batch_size))
     boxes = [p for p in result.predictions if p.box is not None and p.sample.image_sizes]
-    outside = sum(outside_image(p.box, p.sample.image_sizes[0]) for p in boxes)
-    if boxes and outside >= 0.25 * len(boxes):
-        warnings.warn(f"evaluate(): {outside} of {len(boxes)} boxes reach past their image once read in box_frame "
-                      f"{box_frame} (each scores IoU 0): a model that answers in another frame (Qwen2-VL, Qwen3-VL: "
-                      "norm1000; Qwen2.5-VL: input_pixels) needs box_frame= set to it, e.g. box_frame=module.box_frame",
-                      stacklevel=2)
+    note = frame_note(sum(outside_image(p.box, p.sample.image_sizes[0]) for p in boxes), len(boxes), box_frame, None)
+    if note:
+        warnings.warn(note, stacklevel=2)
     return result
 
 

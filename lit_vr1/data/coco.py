@@ -33,6 +33,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from lit_vr1.metrics.detection import rank_score
+
 DEFAULT_PROMPT = "<image>Locate every object of these categories: {categories}. Output their bbox coordinates in JSON format."
 CATEGORY_CHOICES = ("image", "all")
 
@@ -124,7 +126,7 @@ def results(predictions: list[dict], data: dict, where: str = "instances") -> tu
     out, unknown, rank = [], 0, 0
     for p in predictions:
         for b in p.get("boxes", []):
-            score = 1.0 / (1.0 + 1e-3 * rank)  # lit_vr1.metrics.detection's ranking: boxes in written order
+            score = rank_score(rank)  # lit-vr1's evaluation's ranking: boxes in written order
             rank += 1
             category = ids.get(str(b.get("label", "")).strip().lower())
             if category is None:

@@ -21,6 +21,13 @@ from lit_vr1.rewards.boxes import ParsedBox
 from lit_vr1.rewards.detection import COCO_IOU_THRESHOLDS, COCO_REC_THRESHOLDS, clean_gt_box, normalize_label
 
 
+def rank_score(rank):
+    """The score of the box at ``rank`` (0, 1, ...; a number or a tensor of them) in a split's
+    written order: it falls with the rank, so COCO's ranking follows the order written (the model
+    states no confidence). ``lit_vr1.data.coco`` scores a results file with it for COCOeval."""
+    return 1.0 / (1.0 + 1e-3 * rank)
+
+
 class DetectionMetrics(Metric):
     """Accumulates images' predicted and true boxes; ``compute()`` gives
     {"map": AP@[.50:.95], "map_50": AP@.50, "map_75": AP@.75, "images": count}."""
@@ -48,7 +55,7 @@ class DetectionMetrics(Metric):
             g_boxes = torch.tensor([clean_gt_box(b.box) for b in gt], dtype=torch.float64).reshape(-1, 4)
             rank = torch.arange(self.boxes_seen, self.boxes_seen + len(pred), dtype=torch.float64)
             self.boxes_seen += len(pred)
-            scores = 1.0 / (1.0 + 1e-3 * rank)
+            scores = rank_score(rank)
             p_dicts.append({"boxes": p_boxes, "scores": scores, "labels": self._ids(pred)})
             g_dicts.append({"boxes": g_boxes, "labels": self._ids(gt)})
         self.map.update(p_dicts, g_dicts)
