@@ -24,7 +24,8 @@ from typing import NoReturn
 
 from lightning.pytorch.cli import LightningArgumentParser
 
-from lit_vr1.trl_names import verl_hint
+from lit_vr1.rules import other_case
+from lit_vr1.trl_names import BOOLEAN_CHOICES, verl_hint
 
 KEY_HEADER = re.compile(r'^Parser key "([^"]+)":\s*(.*)$')
 CLASS_HEADER = re.compile(r"^- Problem with given class_path '([^']+)':$")
@@ -139,10 +140,6 @@ def _expected(kinds: list[str]) -> str:
     return " or ".join(others + ([f"one of {', '.join(dict.fromkeys(values))}"] if values else []))
 
 
-# TRL's GRPOConfig.scale_rewards also takes a bool (True: "group", False: "none")
-TRL_BOOL_CHOICES = {"scale_rewards": {"true": "group", "false": "none"}}
-
-
 def _choice_hint(path: str, given: str, expected: str) -> str:
     """For a value refused by a choice (``typing.Literal[...]``): the choice it names in other
     letter case (``DAPO`` -> dapo), or the choice a TRL boolean stands for; "" otherwise."""
@@ -150,10 +147,10 @@ def _choice_hint(path: str, given: str, expected: str) -> str:
     if not literal:
         return ""
     choices = [c.strip("'\"") for c in literal.group(1).split(", ")]
-    same = [c for c in choices if c.lower() == str(given).lower() and c != given]
-    if same:
-        return f" (did you mean {same[0]}? the choices are lower case)"
-    trl = TRL_BOOL_CHOICES.get(path.rsplit(".", 1)[-1], {}).get(str(given).lower())
+    same = other_case(str(given), choices)
+    if same is not None:
+        return f" (did you mean {same}? the choices are lower case)"
+    trl = BOOLEAN_CHOICES.get(path.rsplit(".", 1)[-1], {}).get(str(given).lower())
     return f" (TRL's {path.rsplit('.', 1)[-1]}={given} is {trl!r} here)" if trl in choices else ""
 
 
@@ -184,29 +181,24 @@ def yaml_value(path: str, keys: tuple[str, ...]):
     return node
 
 
-def _set_in(node, keys: list[str]) -> bool:
-    """Whether the parsed YAML ``node`` sets the nested ``keys``, a class's arguments read
-    under its ``init_args`` or beside its ``class_path`` alike."""
+def _value_in(node, keys: list[str]):
+    """The value the parsed YAML ``node`` sets at the nested ``keys`` (None when it sets none), a
+    class's arguments read under its ``init_args`` or beside its ``class_path`` alike."""
     for key in keys:
         if not isinstance(node, dict):
-            return False
+            return None
         if key in node:
             node = node[key]
         elif isinstance(node.get("init_args"), dict) and key in node["init_args"]:
             node = node["init_args"][key]
         else:
-            return False
-    return node is not None
-
-
-def _value_in(node, keys: list[str]):
-    """The value :func:`_set_in` finds at ``keys`` (None when it is not set)."""
-    for key in keys:
-        if not isinstance(node, dict):
             return None
-        node = node[key] if key in node else (node.get("init_args") or {}).get(key) \
-            if isinstance(node.get("init_args"), dict) else None
     return node
+
+
+def _set_in(node, keys: list[str]) -> bool:
+    """Whether the parsed YAML ``node`` sets the nested ``keys`` (:func:`_value_in`)."""
+    return _value_in(node, keys) is not None
 
 
 def _file_holding(dotted: str, files: list[str], given: str | None = None) -> str | None:

@@ -19,6 +19,7 @@ import torch
 
 from lit_vr1.loss import LOSS_TYPES, SCALE_REWARDS
 from lit_vr1.rules import named_fields_only, one_of, problems_of, refuse, rule
+from lit_vr1.trl_names import BOOLEAN_CHOICES
 
 
 @named_fields_only
@@ -142,8 +143,9 @@ FLOAT_FIELDS = ("temperature", "top_p", "epsilon", "epsilon_high", "beta", "grad
 @rule("model.grpo.scale_rewards", "config", on="GRPOConfig")
 def scale_rewards_known(c: GRPOConfig) -> str | None:
     if isinstance(c.scale_rewards, bool):  # TRL's GRPOConfig takes True / False too
-        return (f"model.grpo.scale_rewards={c.scale_rewards} is TRL's boolean form; here write "
-                f"{'group' if c.scale_rewards else 'none'!r} (choose one of {', '.join(SCALE_REWARDS)})")
+        meant = BOOLEAN_CHOICES["scale_rewards"][str(c.scale_rewards).lower()]
+        return (f"model.grpo.scale_rewards={c.scale_rewards} is TRL's boolean form; here write {meant!r} (choose one "
+                f"of {', '.join(SCALE_REWARDS)})")
     return one_of("model.grpo.scale_rewards", c.scale_rewards, SCALE_REWARDS)
 
 

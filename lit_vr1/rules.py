@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import ast
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -192,9 +192,14 @@ def one_of(flag: str, value: Any, valid: tuple) -> str | None:
     with the choice it names in other letter case (``DAPO`` -> dapo)."""
     if value in valid:
         return None
-    same = [v for v in valid if isinstance(value, str) and str(v).lower() == value.lower()]
-    return (f"{flag}={value!r} is not valid; " + (f"did you mean {same[0]}? " if same else "")
+    same = other_case(value, valid)
+    return (f"{flag}={value!r} is not valid; " + (f"did you mean {same}? " if same is not None else "")
             + f"choose one of {', '.join(map(str, valid))}")
+
+
+def other_case(value: Any, valid: Iterable) -> Any | None:
+    """The choice of ``valid`` that ``value`` names in other letter case (``DAPO`` -> dapo), or None."""
+    return next((v for v in valid if isinstance(value, str) and str(v).lower() == value.lower() and v != value), None)
 
 
 def problems_of(obj: Any, when: str | None = None) -> list[str]:

@@ -59,6 +59,9 @@ TRL_NAMES: dict[str, tuple[tuple[str, ...], str]] = {
     "lora_dropout": ((), "--model.lora.dropout={value}"),
     "lora_target_modules": ((), "--model.lora.target_modules (a list of module names, or all-linear)"),
 }
+# TRL settings that take a boolean where lit-vr1 takes a choice: TRL's own mapping (GRPOConfig's
+# __post_init__: scale_rewards True is "group", False "none"), keyed by the boolean's text
+BOOLEAN_CHOICES: dict[str, dict[str, str]] = {"scale_rewards": {"true": "group", "false": "none"}}
 # the same settings as a Python user writes them (GRPOConfig(learning_rate=...) is refused with this)
 PYTHON_HINTS: dict[str, str] = {
     "seed": "lightning.seed_everything(N) before building the module (the run's seed; GRPOModule(seed=N) seeds a tiny "
