@@ -19,6 +19,7 @@ from lit_vr1.data.jsonl import DataError, Sample, is_box_answer, rows_message, s
 from lit_vr1.generation import encode_prompts, end_of_turn_id, image_layout
 from lit_vr1.models.families import family_of
 from lit_vr1.module import VLMModule, refuse_unknown_module_keywords
+from lit_vr1.rewards.base import has_answer
 from lit_vr1.rewards.boxes import answer_in_frame
 from lit_vr1.rollout import Rollout
 from lit_vr1.scoring import logprobs
@@ -69,13 +70,6 @@ def no_answer_message(source: str, sample_id: str) -> str:
     return (f"{source}: sample '{sample_id}' has no answer (field 'solution' is empty or missing): supervised "
             "steps (SFT, callbacks.ColdStart) teach the answer, so give them labelled rows; unlabelled questions "
             "suit label-free GRPO (a judge's reward)")
-
-
-def has_answer(solution: Any) -> bool:
-    """Whether a solution gives supervised steps an answer to teach (:func:`solution_text`
-    not blank): a string with text; a list of [category, box] pairs always does ("[]" for
-    an image without objects)."""
-    return not isinstance(solution, str) or bool(solution.strip())
 
 
 def check_answers(rows: list[Any] | None) -> None:

@@ -88,6 +88,13 @@ class SampleContext:
         return self.input_sizes[0] if self.input_sizes else self.image_size
 
 
+def has_answer(solution: Any) -> bool:
+    """Whether a sample has a solution (the data reader keeps an absent, null or empty one as
+    ``""``, a row of label-free data): a string with text; a list of [category, box] pairs always
+    does ("[]" for an image without objects). Supervised steps teach only these rows."""
+    return not isinstance(solution, str) or bool(solution.strip())
+
+
 def prompt_text(messages: list[dict]) -> str:
     """The question of a prompt's last turn as text: its text when the images all come first
     (the common layout: ``<image>`` markers at the start, or none), else every part in order

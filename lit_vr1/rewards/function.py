@@ -38,7 +38,7 @@ from typing import Any, Callable, Literal
 
 import torch
 
-from lit_vr1.rewards.base import BrokenReward, Reward, SampleContext, warn_once
+from lit_vr1.rewards.base import BrokenReward, Reward, SampleContext, has_answer, warn_once
 
 # the keyword lists a function receives, one entry per completion (``step`` is one int,
 # ``trainer_state`` one :class:`TrainerState`); ``completion_ids`` too when the rollout recorded them
@@ -123,12 +123,6 @@ def chat_prompt(ctx: SampleContext) -> list[dict]:
     return [{"role": "user", "content": [{"type": "text", "text": ctx.prompt}]}]
 
 
-def is_unlabelled(solution: Any) -> bool:
-    """Whether a sample's solution is none at all: the data reader keeps an absent, null or
-    empty ``solution`` as ``""`` (a row of label-free data)."""
-    return isinstance(solution, str) and not solution.strip()
-
-
 def function_kwargs(contexts: list[SampleContext], form: str = "text") -> dict[str, Any]:
     """The keyword arguments a TRL-style reward function gets for a batch: per completion
     lists of the prompt (its text; with ``form="chat"`` its chat turns), solution, images
@@ -140,7 +134,7 @@ def function_kwargs(contexts: list[SampleContext], form: str = "text") -> dict[s
     step = contexts[0].global_step if contexts else 0
     out = {
         "prompts": [chat_prompt(c) if form == "chat" else c.prompt for c in contexts],
-        "solution": [None if is_unlabelled(c.solution) else c.solution for c in contexts],
+        "solution": [c.solution if has_answer(c.solution) else None for c in contexts],
         "images": [list(c.images) for c in contexts],
         "image_sizes": [list(c.image_sizes) for c in contexts],
         "input_sizes": [list(c.input_sizes) for c in contexts],
