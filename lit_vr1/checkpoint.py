@@ -34,6 +34,8 @@ from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from lit_vr1.preemption import agreed_to_stop
+
 TEMP_MARK = ".tmp-"
 
 
@@ -435,18 +437,18 @@ def _wrap_batch_end(callback) -> None:
 
 def fit_ends_after(trainer) -> bool:
     """Whether the fit stops after this training batch: ``max_steps`` reached, the last batch of
-    the last epoch, a stop asked for (``max_time``'s timer, a callback), or, in one process, a
-    SIGTERM (the fit then stops at this step's end). There ``last.ckpt`` is saved, mid-epoch as
+    the last epoch, a stop asked for (``max_time``'s timer, a callback), or a
+    SIGTERM (the fit then stops at this step's end; under several processes once they have all
+    agreed on this step, :mod:`lit_vr1.preemption`). There ``last.ckpt`` is saved, mid-epoch as
     every periodic save: Lightning's own end-of-fit save came after the epoch was counted as
     done (a resume then started the next epoch, another data order) and only when the process
     had saved no ``last`` before (with ``max_steps`` not a multiple of ``every_n_train_steps``
-    the steps after the last multiple were in no checkpoint). Under several processes a SIGTERM
-    may reach them at different steps, so it saves nothing there (a save is collective)."""
+    the steps after the last multiple were in no checkpoint)."""
     if 0 <= trainer.max_steps <= trainer.global_step:
         return True
     if trainer.should_stop and getattr(trainer.fit_loop, "_can_stop_early", True):  # min_steps / min_epochs met
         return True
-    if trainer.world_size == 1 and trainer.received_sigterm:
+    if agreed_to_stop(trainer):
         return True
     epochs = trainer.max_epochs
     loop = trainer.fit_loop.epoch_loop.batch_progress

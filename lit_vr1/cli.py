@@ -23,6 +23,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -407,8 +408,9 @@ def main(args: list[str] | None = None) -> None:
     except KeyboardInterrupt as stop:  # Ctrl-C outside Lightning's loops (loading the model, the data): no traceback
         interrupted(_notes(stop))
     except SIGTERMException as stop:  # a SystemExit without a code: the process would exit 0, as if it had finished
-        print(f"lit-vr1: stopped by SIGTERM (exit 143); resume from the last checkpoint with {RESUME_HINT}"
-              + "".join(f"\n{note}" for note in _notes(stop)), file=sys.stderr)
+        if rank_zero_only.rank == 0:  # under several processes they all stop at the same step: one message
+            print(f"lit-vr1: stopped by SIGTERM (exit 143); resume from the last checkpoint with {RESUME_HINT}"
+                  + "".join(f"\n{note}" for note in _notes(stop)), file=sys.stderr)
         sys.exit(143)
     except SystemExit as stop:
         # Ctrl-C inside fit / validate / test / predict: Lightning shuts down, then exits 1

@@ -17,7 +17,7 @@ from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 
-from lit_vr1 import allocator, log_dirs, parallel, resume_optimisers
+from lit_vr1 import allocator, log_dirs, parallel, preemption, resume_optimisers
 from lit_vr1.checkpoint import (
     allow_saved_settings,
     gather_rng_states,
@@ -377,6 +377,7 @@ class VLMModule(LightningModule):
         notices_back_on_error(self._trainer)  # Lightning skips teardown when the run raises
         if stage == "fit":  # every_n_train_steps met when a rollout steps over its multiple; last.ckpt at the end
             save_at_rollout_ends(self.trainer)
+            preemption.install(self.trainer)  # several processes stop together at a SIGTERM, last.ckpt saved
         limit = {"fit": "limit_val_batches", "validate": "limit_val_batches", "test": "limit_test_batches"}.get(stage)
         if stage in ("validate", "test") and getattr(self.trainer, limit, None) == 0:  # Lightning would score nothing, silently
             command = getattr(stage, "value", stage)

@@ -60,13 +60,13 @@ class LengthReward(Reward):
 
 class SigtermDuring(Callback):
     """Sends this process a SIGTERM as optimiser step ``step`` starts (a scheduler's preemption at
-    a known step, whatever the machine's speed)."""
+    a known step, whatever the machine's speed); with ``rank``, only the process of that rank."""
 
-    def __init__(self, step: int) -> None:
-        self.step = step
+    def __init__(self, step: int, rank: int | None = None) -> None:
+        self.step, self.rank = step, rank
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.step - 1:
+        if trainer.global_step == self.step - 1 and self.rank in (None, trainer.global_rank):
             os.kill(os.getpid(), signal.SIGTERM)
 
 

@@ -187,6 +187,45 @@ def test_a_sigterm_saves_last_ckpt_at_the_step_it_stops_after(tmp_path):
     assert "last.ckpt (optimiser step 6) with --ckpt_path last" in err, err[-3000:]
 
 
+def _rollouts_by_rank(out: Path) -> dict[tuple[int, int], list]:
+    """(rank, step) -> that process's rollout rows (id, completion, total), from RolloutLog's
+    per-rank files."""
+    rows: dict[tuple[int, int], list] = {}
+    for rank in (0, 1):
+        for line in open(out / f"rollouts.rank{rank}.jsonl"):
+            rec = json.loads(line)
+            rows.setdefault((rank, rec["step"]), []).append((rec["id"], rec["completion"], rec["total"]))
+    return rows
+
+
+def test_a_sigterm_under_two_processes_stops_both_after_one_step_saves_and_resumes_exactly(tmp_path):
+    """Under DDP, Lightning's SIGTERM handler broadcast inside the handler once per signal, and
+    rank 0 passed its signal on to rank 1, so the broadcasts no longer paired: the fit hung until
+    the scheduler's SIGKILL with nothing saved since the last periodic checkpoint (2 processes, a
+    SIGTERM to each at step 6: no exit within 240 s). A process signalled a step before the other
+    stopped alone. Here rank 1 is signalled at step 5, rank 0 at step 6: both stop after step 5,
+    last.ckpt holds it, one message, and the resume's steps are the uninterrupted run's on both
+    processes."""
+    ddp = ("--trainer.devices=2", "--trainer.strategy=ddp", "--trainer.accelerator=cpu")
+    data = tmp_path / "data"
+    run(fit_command(tmp_path / "whole", tmp_path / "whole_ckpt", data, *ddp, every=4), tmp_path)
+    ckpt, terms = tmp_path / "ckpt", ({"class_path": "tests.helpers.SigtermDuring", "init_args": {"step": 5, "rank": 1}},
+                                      {"class_path": "tests.helpers.SigtermDuring", "init_args": {"step": 6, "rank": 0}})
+    proc = subprocess.run(fit_command(tmp_path / "stopped", ckpt, data, *ddp, every=4, more_callbacks=terms),
+                          cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    err = proc.stderr
+    assert proc.returncode == 143, err[-3000:]
+    assert err.count("stopped by SIGTERM (exit 143)") == 1 and "Traceback" not in err, err[-3000:]
+    assert "every process stops after optimiser step 5" in err, err[-3000:]
+    assert "last.ckpt (optimiser step 5) with --ckpt_path last" in err, err[-3000:]
+    assert torch.load(ckpt / "last.ckpt", weights_only=False)["global_step"] == 5  # the periodic save was at 4
+    run(fit_command(tmp_path / "resumed", ckpt, data, *ddp, "--ckpt_path", "last", every=4), tmp_path)
+    whole, resumed = _rollouts_by_rank(tmp_path / "whole"), _rollouts_by_rank(tmp_path / "resumed")
+    assert sorted(resumed) == [(rank, step) for rank in (0, 1) for step in (6, 7, 8)]
+    for key, rows in resumed.items():
+        assert rows == whole[key], key  # the same prompts, completions and rewards on both processes
+
+
 def test_a_fresh_fit_into_an_earlier_runs_checkpoints_is_refused_and_keeps_them(tmp_path):
     """Without the refusal the second run would save last-v1.ckpt beside the first run's
     last.ckpt, and every later use of last.ckpt would read the earlier run."""
