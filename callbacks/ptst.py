@@ -12,10 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lightning.pytorch import Callback
+from lightning.pytorch.utilities import rank_zero_warn
 
-from lit_vr1.rules import enforce, rule
+from lit_vr1.rules import enforce, named_fields_only, rule
 
 
+@named_fields_only
 @dataclass
 class PTSTStage:
     """One stage: completions up to ``max_completion_length`` tokens, ``num_generations``
@@ -65,12 +67,27 @@ class PTST(Callback):
         stage = self.stages[index]
         pl_module.set_rollout_size(stage.max_completion_length, stage.num_generations)
         self.current = index
-        pl_module.log("ptst/stage", float(index), logger=True, prog_bar=False)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        """Warn of stages ``trainer.max_steps`` ends before (a shortened run dropped them silently)."""
+        starts = [sum(s.steps for s in self.stages[:i]) for i in range(len(self.stages))]
+        unreached = [i for i, start in enumerate(starts) if 0 <= trainer.max_steps <= start]
+        if unreached:
+            rank_zero_warn(f"callbacks.PTST: trainer.max_steps={trainer.max_steps} ends before stage(s) "
+                           f"{', '.join(map(str, unreached))} start (at optimiser step(s) "
+                           f"{', '.join(str(starts[i]) for i in unreached)}): they never run; raise max_steps to "
+                           f"at least {starts[unreached[-1]] + 1} or shorten the stages before them")
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         index = stage_at(self.stages, trainer.global_step)
         if index != self.current:
             self.apply(pl_module, index)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        """``ptst/stage``: the stage the batch's steps ran in, at the step the update's own
+        ``train/...`` rows carry (logged at the batch's start, it was one step behind them)."""
+        if self.current is not None and hasattr(pl_module, "log_row"):
+            pl_module.log_row({"ptst/stage": float(self.current)})
 
     def state_dict(self) -> dict:
         return {"current": self.current}

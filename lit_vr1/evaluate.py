@@ -9,6 +9,7 @@ held-out split, so "before" and "after" are measured by one and the same code.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -149,14 +150,21 @@ class AnswerPrediction:
 
 
 @torch.no_grad()
+def mode_of(mode: str | Callable[[str], str], task: str) -> str:
+    """The answer mode of a row of ``task``: ``mode`` itself, or what it says for the task."""
+    return mode(task) if callable(mode) else mode
+
+
 def predict_answer(model: PreTrainedModel, processor: ProcessorMixin, samples: list[Sample], max_new_tokens: int = 64,
-                   mode: str = "numeric") -> list[AnswerPrediction]:
+                   mode: str | Callable[[str], str] = "numeric") -> list[AnswerPrediction]:
     """Greedy answers to ``samples`` (questions with a ``solution`` answer), each matched to
-    its solution with :func:`lit_vr1.rewards.accuracy.is_correct` under ``mode``."""
+    its solution with :func:`lit_vr1.rewards.accuracy.is_correct` under ``mode`` (a mode, or a
+    function of the sample's task giving one)."""
     rollout = greedy_rollout(model, processor, samples, max_new_tokens)
     lengths = rollout.completion_mask.sum(dim=1).tolist()
     truncated = rollout.truncated.tolist()
-    return [AnswerPrediction(sample, text, is_correct(text, sample.solution, mode), think_answer_ok(text), int(n), bool(t))
+    return [AnswerPrediction(sample, text, is_correct(text, sample.solution, mode_of(mode, sample.task)),
+                             think_answer_ok(text), int(n), bool(t))
             for sample, text, n, t in zip(samples, rollout.completions, lengths, truncated)]
 
 
@@ -304,7 +312,7 @@ def several_boxes_note(eval_task: str, val_set) -> str | None:
             "detection data set model.eval_task=detection (COCO mAP / AP50 over every box)")
 
 
-def check_eval_solutions(eval_task: str, val_set, answer_mode: str = "numeric") -> list:
+def check_eval_solutions(eval_task: str, val_set, answer_mode: str | Callable[[str], str] = "numeric") -> list:
     """Every held-out row validation cannot score (:func:`eval_solution_problem`), refused all
     at once, or left out under ``data.bad_rows=skip``, at the start of a fit, validate or test:
     before, the first validation to reach one stopped with "sample ...: holds no box" and no
@@ -313,8 +321,9 @@ def check_eval_solutions(eval_task: str, val_set, answer_mode: str = "numeric") 
         return []
 
     def problem(record) -> str | None:
-        found = eval_solution_problem(eval_task, record, answer_mode)
-        how = f"model.eval_task={eval_task}" + (f", answers matched as {answer_mode}: model.eval_answer_mode sets how"
+        mode = mode_of(answer_mode, record.task)
+        found = eval_solution_problem(eval_task, record, mode)
+        how = f"model.eval_task={eval_task}" + (f", answers matched as {mode}: model.eval_answer_mode sets how"
                                                  if eval_task == "answer" else "")
         return f"{record.source}: {found} (held-out rows are scored as {how})" if found else None
 

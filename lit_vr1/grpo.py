@@ -370,13 +370,19 @@ class GRPOModule(VLMModule):
         self.log("reward", stats["reward/total/mean"], prog_bar=True, logger=False, batch_size=len(batch))
         self.warn_when_nothing_to_learn(stats["groups_tied_frac"], stats["reward/total/mean"])
 
-    def answer_mode(self) -> str:
+    def answer_mode(self, task: str | None = None) -> str:
         """``eval_answer_mode``, else the mode of the first reward that matches answers
-        (:class:`~lit_vr1.rewards.Accuracy`, :class:`~lit_vr1.rewards.HFRRF`), else "numeric":
-        validation scores answers as training rewards them."""
+        (:class:`~lit_vr1.rewards.Accuracy`, :class:`~lit_vr1.rewards.HFRRF`) and scores a row
+        of ``task`` (its ``tasks``; any reward's for None), else "numeric": validation scores
+        answers as training rewards them. With rewards routed by task (a ``math`` one for
+        ``default``, a ``choice`` one for ``mc``), each held-out row is matched in its own task's
+        mode; before, every row in the first reward's (an ``mc`` row answered ``B`` against
+        ``B. 12`` scored 0 in math mode, 1 in training)."""
         if self.eval_answer_mode is not None:
             return self.eval_answer_mode
-        return next((r.mode for r in self.rewards if isinstance(r, (Accuracy, HFRRF))), "numeric")
+        matchers = [r for r in self.rewards if isinstance(r, (Accuracy, HFRRF))]
+        routed = [r for r in matchers if task is None or r.tasks is None or task in r.tasks]
+        return (routed or matchers)[0].mode if matchers else "numeric"
 
     def warn_when_nothing_to_learn(self, tied_frac: float, reward: float) -> None:
         """Warn once when ``tied_rollouts_warning`` rollouts in a row had every group tied

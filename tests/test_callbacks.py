@@ -2,7 +2,7 @@ import glob
 import time
 
 import pytest
-from helpers import LengthReward
+from helpers import LengthReward, MemoryLogger
 from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader
@@ -218,6 +218,37 @@ def test_ptst_switches_stage_at_the_configured_steps_and_survives_a_resume(sampl
     with pytest.raises(ValueError, match="PTST stage 1: need .*num_generations >= 2"):
         PTST([{"max_completion_length": 4, "num_generations": 2, "steps": 1},
               {"max_completion_length": 4, "num_generations": 1, "steps": 1}])
+
+
+def test_ptst_logs_its_stage_at_the_updates_step_warns_of_stages_never_reached_and_checks_its_fields(samples):
+    """A reasoning user (helper-52): ptst/stage rows were one step behind the train/... rows (a
+    plot showed the switch a step early); max_steps ending before a stage dropped it without a
+    word; a misspelt or ill-typed stage field was a raw TypeError."""
+    from callbacks import PTST
+    from lit_vr1.rules import UnknownFieldError
+
+    stages = [{"max_completion_length": 4, "num_generations": 2, "steps": 2},
+              {"max_completion_length": 6, "num_generations": 2, "steps": 2},
+              {"max_completion_length": 8, "num_generations": 2, "steps": 1}]
+    seed_everything(0)
+    module = GRPOModule(rewards=[LengthReward()], grpo=GRPOConfig(num_generations=2, max_completion_length=4, beta=0.0))
+    logger = MemoryLogger()
+    trainer = Trainer(accelerator="cpu", max_steps=3, logger=logger, callbacks=[PTST(stages)], enable_progress_bar=False,
+                      enable_model_summary=False, enable_checkpointing=False)
+    with pytest.warns(UserWarning, match=r"callbacks.PTST: trainer.max_steps=3 ends before stage\(s\) 2 start \(at "
+                                         r"optimiser step\(s\) 4\): they never run; raise max_steps to at least 5"):
+        trainer.fit(module, DataLoader(samples[:8], batch_size=2, collate_fn=collate))
+    by_step = {}
+    for step, row in logger.rows:
+        by_step.setdefault(step, {}).update(row)
+    assert [(s, by_step[s]["ptst/stage"], by_step[s]["train/completion/length_max"] <= (4, 4, 6)[s - 1])
+            for s in (1, 2, 3)] == [(1, 0.0, True), (2, 0.0, True), (3, 1.0, True)]
+    with pytest.raises(UnknownFieldError, match="num_generation: not a PTSTStage field; did you mean num_generations"):
+        PTST([{"max_completion_length": 4, "num_generation": 2, "steps": 1}])
+    with pytest.raises(ValueError, match=r"PTSTStage.max_completion_length='20' must be"):
+        PTST([{"max_completion_length": "20", "num_generations": 2, "steps": 1}])
+    with pytest.raises(ValueError, match=r"PTSTStage.steps=None must be"):
+        PTST([{"max_completion_length": 20, "num_generations": 2, "steps": None}])
 
 
 def test_validate_and_test_on_a_seeded_subset_write_results_json(tmp_path):

@@ -85,7 +85,7 @@ def test_validate_answers_logs_hfrrf_accuracy_layout_and_length(tmp_path, monkey
     from lit_vr1 import module as module_file
     from lit_vr1.data.datamodule import GroundingDataModule
     from lit_vr1.data.synthetic import SyntheticSpec
-    from lit_vr1.evaluate import AnswerPrediction
+    from lit_vr1.evaluate import AnswerPrediction, mode_of
     from lit_vr1.grpo import GRPOModule
     from lit_vr1.rewards.accuracy import is_correct, solution_text
     from lit_vr1.rewards.rec import think_answer_ok
@@ -93,7 +93,7 @@ def test_validate_answers_logs_hfrrf_accuracy_layout_and_length(tmp_path, monkey
     modes = []
 
     def answers(model, processor, batch, max_new_tokens, mode):  # the truth, without the think block but on ids 0, 4, ...
-        modes.append(mode)
+        modes.extend(mode_of(mode, s.task) for s in batch)
         out = []
         for s in batch:
             right = f"<answer> {solution_text(s.solution)} </answer>"

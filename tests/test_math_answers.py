@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from lightning.pytorch import Trainer
 from test_bad_data import vr1, write
 
@@ -216,3 +217,57 @@ def test_a_missing_optional_package_is_one_line(monkeypatch):
         assert user_error(missing) is missing and "pip install math-verify" in str(missing)
     else:
         raise AssertionError("mode math built without math-verify")
+
+
+# A reasoning user's hand-graded answers (helper-52): math-verify read "3 circles" as a product with
+# the letters (0) and "3 triangles" as 3 (1); "12.5 cm^2" read as its last number, 2, in numeric mode;
+# an option letter or yes/no written in a sentence scored 0 in math mode.
+HAND_GRADED = [
+    ("3 circles", "3", True), ("3 cats", "3", True), ("2 red circles", "2", True), ("I think 4", "4", True),
+    ("5 centimeters", "5", True), ("There are 3 circles.", "3", True), ("3 triangles", "3", True),
+    ("4 sides", "3", False), ("not 3", "3", False), ("3 or 4", "3", False), ("3x", "3", False),
+    ("3 apples and 4 pears", "3", False), ("3 m/s^2", "3", True),
+    ("12.5 cm^2", "12.5", True), ("12.5 cm²", "12.5", True), (r"12.5\text{ cm}^2", "12.5", True),
+    ("B. 12", "B", True), ("B) 12", "B", True), ("Option B", "B", True), ("The answer is (B).", "B", True),
+    ("B", "B. 12", True), (r"\boxed{B}", "B", True), ("A", "B", False), ("Point A", "A", False),
+    ("Yes, there is", "yes", True), ("No, there isn't", "no", True), ("yes and no", "yes", False),
+    (r"\frac{1}{2}", "0.5", True), (r"\sqrt{12}", r"2\sqrt{3}", True), ("2", r"\sqrt{2}", False), ("on", "no", False),
+    ("x = 4", "4", True), ("xy", "yx", True),
+]
+
+
+@pytest.mark.parametrize("answer, solution, right", HAND_GRADED)
+def test_math_mode_grades_answers_as_a_careful_human_does(answer, solution, right):
+    pytest.importorskip("math_verify")
+    from lit_vr1.rewards.accuracy import match_answer
+
+    assert match_answer(answer, solution, "math") is right
+    ctx = SampleContext(id="a", prompt="Q", solution=solution)
+    completion = f"<think>r</think><answer>{answer}</answer>"
+    assert HFRRF(mode="math")([completion], [ctx]) == [1.0 if right else 0.0]
+
+
+@pytest.mark.parametrize("answer, solution, right", [
+    ("12.5 cm^2", "12.5", True), ("5 m/s^{2}", "5", True), ("x^2", "2", False), ("2^3", "3", True)])
+def test_numeric_mode_reads_no_number_in_a_units_power(answer, solution, right):
+    """The last number of "12.5 cm^2" was 2; a power after a digit is still a number (2^3 ends in 3)."""
+    assert numeric_match(answer, solution) is right
+
+
+def test_validation_matches_each_routed_rows_answer_in_its_own_rewards_mode(monkeypatch):
+    """With rewards routed by task, every held-out row was matched in the first reward's mode (a
+    reasoning user's multiple-choice rows, rewarded in choice mode, scored in math mode)."""
+    from types import SimpleNamespace
+
+    from lit_vr1 import evaluate
+
+    module = GRPOModule(model="tiny:qwen2_5_vl", rewards=[Accuracy(mode="exact", tasks=["default"]),
+                                                          Accuracy(mode="numeric", tasks=["count"], name="count_acc")])
+    assert [module.answer_mode(t) for t in (None, "default", "count", "other")] == ["exact", "exact", "numeric", "exact"]
+    rollout = SimpleNamespace(completions=["<answer>3 circles</answer>"] * 2, completion_mask=torch.ones(2, 3),
+                              truncated=torch.zeros(2, dtype=torch.bool))
+    monkeypatch.setattr(evaluate, "greedy_rollout", lambda *args, **kwargs: rollout)
+    rows = [SimpleNamespace(task="count", solution="3"), SimpleNamespace(task="default", solution="3")]
+    assert [p.answer_ok for p in evaluate.predict_answer(None, None, rows, 8, module.answer_mode)] == [True, False]
+    assert GRPOModule(model="tiny:qwen2_5_vl", rewards=module.rewards, eval_answer_mode="numeric").answer_mode("default") \
+        == "numeric"  # set: every row in it

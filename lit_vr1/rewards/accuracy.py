@@ -74,6 +74,8 @@ def exact_match(pred: str, gold: str) -> bool:
 _NUM = r"[-+]?(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)(?:[eE][-+]?\d+)?"
 # a number (not the tail of a longer one), an optional "/denominator", an optional percent sign
 _NUMBER_RE = re.compile(rf"(?<![\d.])({_NUM})(?:\s*/\s*({_NUM}))?(\s*(?:%|percent\b))?")
+# the power of a unit written after letters (cm^2, m/s^{2}, s^-1): not a number of the answer
+_UNIT_POWER_RE = re.compile(r"(?<=[^\W\d_])\s*\^\s*\{?\s*-?\d+\s*\}?")
 _FRAC_RE = re.compile(r"\\[dt]?frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}")
 _TEXT_RE = re.compile(r"\\(?:text|mathrm|mbox|textrm|textbf|mathbf|boldsymbol|mathit|textit|bm)\s*\{([^{}]*)\}")
 _LAYOUT_RE = re.compile(r"\\(?:displaystyle|textstyle|left|right|bigl|bigr|Bigl|Bigr|big|Big|approx|quad|qquad|;|:| )")
@@ -97,12 +99,18 @@ def parse_numbers(text: str) -> list[float]:
     commas (``1,000`` is 1000: groups of exactly three digits), a fraction ``a/b`` (its
     quotient; a zero denominator gives nothing) and a percent sign: ``p%`` stands for both
     p and p/100, because data sets write percentages either way (ChartQA's "75" against a
-    model's "75%", or "0.75"). The *last* number is taken, as a final answer ends the text.
+    model's "75%", or "0.75"). The *last* number is taken, as a final answer ends the text; a
+    unit's power (``cm^2``, ``m/s^{2}``) is no number (``12.5 cm^2`` read as 2 before).
     """
-    found = list(_NUMBER_RE.finditer(_clean_math_text(text)))
+    found = list(_NUMBER_RE.finditer(_UNIT_POWER_RE.sub(" ", _clean_math_text(text))))
     if not found:
         return []
-    num, den, percent = found[-1].groups()
+    return _values(found[-1])
+
+
+def _values(found: re.Match) -> list[float]:
+    """The values one :data:`_NUMBER_RE` match stands for (see :func:`parse_numbers`)."""
+    num, den, percent = found.groups()
     try:
         value = float(num.replace(",", ""))
         if den is not None:
@@ -131,12 +139,13 @@ def numeric_match(pred: str, gold: str, rel_tol: float = 1e-6) -> bool:
             would score 1 (mode "math" compares expressions).
     """
     golds = parse_numbers(gold)
+    if _EXPRESSION_RE.search(_clean_math_text(gold)):
+        read = (f" ({_clean_math_text(gold).strip()!r} would read as {golds[0]:g}, and so would a wrong answer of "
+                "that number)") if golds else ""
+        raise ValueError(f"solution {gold!r} is an expression, not a number: numeric mode reads the last number of "
+                         f"each text{read}; use mode math (math-verify, pip install math-verify)")
     if not golds:
         raise ValueError(f"solution {gold!r} holds no number")
-    if _EXPRESSION_RE.search(_clean_math_text(gold)):
-        raise ValueError(f"solution {gold!r} is an expression, not a number: numeric mode reads the last number of "
-                         f"each text ({_clean_math_text(gold).strip()!r} would read as {golds[0]:g}, and so would a "
-                         "wrong answer of that number); use mode math (math-verify, pip install math-verify)")
     preds = parse_numbers(pred)
     return any(math.isclose(p, g, rel_tol=rel_tol, abs_tol=1e-12) for p in preds for g in golds)
 
@@ -254,6 +263,35 @@ def is_words(text: str) -> bool:
     return any(len(w) > 2 for w in words) or all(w in SHORT_WORDS for w in words)
 
 
+# words that turn a number among them into another answer ("not 3")
+_NEGATIONS = frozenset("not no never neither nor except without".split())
+_ENGLISH_LETTERS = frozenset(("I", "a", "A"))  # one-letter words; any other letter may be a variable
+_WORD_OR_UNIT_RE = re.compile(r"[^\W\d_]+(?:[/'-][^\W\d_]+)*")  # circles, isn't, top-left, m/s
+
+
+def number_among_words(text: str) -> list[float]:
+    """The values of an answer that is one number among words and no math: ``3 circles``,
+    ``I think 4``, ``There are 2 red circles.``, ``12.5 cm^2``, ``20 percent``; [] for anything
+    else (two numbers, an operator or LaTeX command, a one-letter variable, a negation)."""
+    s = _UNIT_POWER_RE.sub(" ", _clean_math_text(text))
+    found = list(_NUMBER_RE.finditer(s))
+    if len(found) != 1:
+        return []
+    rest = (s[:found[0].start()] + " " + s[found[0].end():]).split()
+    for token in rest:
+        word = token.rstrip(".,!?;:")
+        if not word:
+            continue
+        if not _WORD_OR_UNIT_RE.fullmatch(word) or (len(word) == 1 and word not in _ENGLISH_LETTERS):
+            return []
+        if word.lower() in _NEGATIONS or word.lower().endswith("n't"):
+            return []
+    return _values(found[0])
+
+
+_CHOICE_SOLUTION_RE = re.compile(r"\s*[(\[]?\s*[A-Z]\s*[)\]]?\s*(?:[.:)]\s*.*)?", re.S)
+
+
 def math_match(pred: str, gold: str) -> bool:
     """Symbolic equivalence by Hugging Face's ``math-verify``: both strings are parsed
     (LaTeX or plain expressions, boxed answers preferred; an answer without math
@@ -261,9 +299,17 @@ def math_match(pred: str, gold: str) -> bool:
     ``verify(gold, pred)`` decides (numeric equality after rounding, symbolic
     simplification, sets, intervals, equations). ``"\\frac{1}{2}"`` matches ``"0.5"``.
 
-    A solution of words (:func:`is_words`: ``red``, ``no``, ``top left``; not ``xy``) is compared as text,
-    as ``exact`` does: math-verify reads a word as a product of symbols, so ``on`` matched ``no``
-    and ``felt`` matched ``left``.
+    Answers math-verify misreads are read first by what the solution is:
+
+    - a solution of words (:func:`is_words`: ``red``, ``top left``; not ``xy``) is compared as
+      text, as ``exact`` does: math-verify reads a word as a product of symbols, so ``on``
+      matched ``no`` and ``felt`` matched ``left``;
+    - ``yes`` / ``no`` as ``yes_no`` does (``Yes, there is`` scored 0);
+    - an option letter (``B``, ``(B)``, ``B. 12``; a capital letter alone, not ``x``) as
+      ``choice`` does (``B. 12``, ``Option B``, ``The answer is (B).`` scored 0);
+    - a number: an answer of one number among words (:func:`number_among_words`: ``3 circles``,
+      ``12.5 cm^2``) is that number, where math-verify's verdict is no match (``3 circles``
+      read as a product with the letters and scored 0, ``3 triangles`` 1).
 
     math-verify bounds parsing and verification with SIGALRM timeouts, which Python only
     allows in the main thread; elsewhere (a data-loader or callback thread) the matcher
@@ -277,16 +323,21 @@ def math_match(pred: str, gold: str) -> bool:
         ValueError: math-verify reads no expression in the solution.
     """
     mv = _math_verify()
+    if normalize_text(unbox(gold)) in ("yes", "no"):
+        return yes_no_match(pred, gold)
     if is_words(gold):
         return exact_match(pred, gold)
+    if _CHOICE_SOLUTION_RE.fullmatch(unbox(str(gold))):
+        return choice_match(pred, gold)
     timeout = 5 if threading.current_thread() is threading.main_thread() else None
     gold_parsed = _math_parse(mv, str(gold), timeout)
     if not gold_parsed:
         raise ValueError(f"math-verify reads no expression in solution {gold!r}")
     pred_parsed = _math_parse(mv, str(pred), timeout)
-    if not pred_parsed:
-        return False
-    return bool(mv.verify(gold_parsed, pred_parsed, timeout_seconds=timeout))
+    if pred_parsed and mv.verify(gold_parsed, pred_parsed, timeout_seconds=timeout):
+        return True
+    golds, preds = number_among_words(gold), number_among_words(pred)
+    return any(math.isclose(p, g, rel_tol=1e-9, abs_tol=1e-12) for p in preds for g in golds)
 
 
 def _math_parse(mv, text: str, timeout: int | None) -> list:
