@@ -301,7 +301,7 @@ def checkpoint_model_settings(path: str) -> dict | None:
     """``{"class_path", "init_args"}`` of the LightningModule saved in a checkpoint (its
     ``save_hyperparameters``; the class as the CLI records it, or as the module records it
     from Python), or None when it saved none."""
-    from lit_vr1.module import CLASS_KEY
+    from lit_vr1.module import CLASS_KEY, MODEL_DIR_KEY
 
     checkpoint = load_checkpoint_file(path, map_location="cpu")
     hparams = dict(checkpoint.get("hyper_parameters") or {})
@@ -309,6 +309,10 @@ def checkpoint_model_settings(path: str) -> dict | None:
     class_path = hparams.pop("_class_path", None) or checkpoint.get(CLASS_KEY)
     if not hparams or class_path is None:
         return None
+    model, folder = hparams.get("model"), checkpoint.get(MODEL_DIR_KEY)
+    if isinstance(model, str) and isinstance(folder, str) and not os.path.exists(model) and os.path.isdir(folder):
+        # the run named its model folder relative to where it ran (a LoRA checkpoint holds no base weights)
+        hparams["model"] = folder
     return {"class_path": class_path, "init_args": hparams}
 
 

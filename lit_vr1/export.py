@@ -16,9 +16,10 @@ import sys
 from lit_vr1.checkpoint import load_checkpoint_file
 
 
-def load_module(ckpt_path: str):
+def load_module(ckpt_path: str, model: str | None = None):
     """The LightningModule of a lit-vr1 checkpoint: built from its saved settings, its
-    weights loaded (a LoRA checkpoint's adapters over the base weights)."""
+    weights loaded (a LoRA checkpoint's adapters over the base weights). ``model``: the model
+    (name or folder) to build it on instead of the one its run named (a base moved elsewhere)."""
     from jsonargparse import ArgumentParser
 
     from lit_vr1.cli import checkpoint_model_settings
@@ -26,6 +27,8 @@ def load_module(ckpt_path: str):
     settings = checkpoint_model_settings(ckpt_path)
     if settings is None:
         raise ValueError(f"checkpoint {ckpt_path} holds no model settings (not written by a lit-vr1 module)")
+    if model is not None:
+        settings["init_args"]["model"] = model
     module_path, _, name = settings["class_path"].rpartition(".")
     cls = getattr(__import__(module_path, fromlist=[name]), name)
     parser = ArgumentParser(exit_on_error=False)
@@ -47,11 +50,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                         help="the saved weights' dtype (default: the model's own; float32 keeps a LoRA update that a "
                              "bf16 merge would round away)")
+    parser.add_argument("--model", default=None,
+                        help="the base model (name or folder) to build on, when it is no longer where the checkpoint's "
+                             "run found it (a LoRA checkpoint holds the adapters only)")
     args = parser.parse_args(argv)
     try:
-        module = load_module(args.checkpoint)
+        module = load_module(args.checkpoint, args.model)
     except ValueError as e:  # a broken file, a missing base model: one message
-        print(f"lit-vr1 export: error: {e}", file=sys.stderr)
+        hint = ("" if args.model or "cannot be loaded" not in str(e) else
+                "\n(the model is the one the checkpoint's run was given; if it has moved, give its place with --model)")
+        print(f"lit-vr1 export: error: {e}{hint}", file=sys.stderr)
         sys.exit(2)
     module.export(args.out_dir, dtype=args.dtype)
     print(f"wrote {args.out_dir} (load it with AutoModelForImageTextToText.from_pretrained or model: {args.out_dir})")

@@ -56,6 +56,7 @@ ANSWER_FIGURES = ("acc", "answer_acc", "format", "tokens")
 RNG_KEY = "lit_vr1_rng_states"  # checkpoint key: one dict of global RNG states per process
 METRICS_KEY = "lit_vr1_metrics_csv"  # checkpoint key: the run's metrics.csv, carried over by a resume
 CLASS_KEY = "lit_vr1_module_class"  # checkpoint key: the module's class (the CLI's hparams name it; Python's do not)
+MODEL_DIR_KEY = "lit_vr1_model_dir"  # checkpoint key: the absolute path of a model given as a local folder
 ATTENTION = ("sdpa", "eager", "flash_attention_2")
 
 
@@ -290,7 +291,8 @@ class VLMModule(LightningModule):
         self.tiny_spec = tiny_spec
         if tiny_spec is not None and not str(model).startswith("tiny:"):
             rank_zero_warn(f"model.tiny_spec sizes a tiny: model only; {model!r} is loaded as it was saved, so the "
-                           "setting does nothing (a config written for a tiny: model, pointed at an exported one?)")
+                           "setting does nothing (a config written for a tiny: model, pointed at an exported one?); "
+                           "--model.tiny_spec=null leaves it out")
         self.freeze_vision, self.freeze_merger = freeze_vision, freeze_merger
         self.gradient_checkpointing = gradient_checkpointing
         self.lora = lora
@@ -386,13 +388,14 @@ class VLMModule(LightningModule):
                              f"--trainer.{limit}=1.0 to score every held-out row")
         if limit and getattr(self.trainer, limit, None) != 0:  # 0: no held-out row is scored
             val_set = getattr(getattr(self.trainer, "datamodule", None), "val_set", None)
-            check_eval_solutions(self.eval_task, val_set, self.answer_mode())
+            check_eval_solutions(self.eval_task, val_set, self.answer_mode)
             note = several_boxes_note(self.eval_task, val_set)
             if note:
                 rank_zero_warn(note)
 
-    def answer_mode(self) -> str:
-        """The mode validation and test match answers in (``eval_answer_mode``, else "numeric")."""
+    def answer_mode(self, task: str | None = None) -> str:
+        """The mode validation and test match answers of ``task``'s rows in (``eval_answer_mode``,
+        else "numeric"; a GRPO module's rewards say it per task)."""
         return self.eval_answer_mode or "numeric"
 
     def teardown(self, stage: str) -> None:
@@ -418,7 +421,7 @@ class VLMModule(LightningModule):
             return
         if self.eval_task == "answer":
             with parallel.gathered_for_generation(self):
-                preds = predict_answer(self.policy, self.processor, batch, self.eval_max_new_tokens, self.answer_mode())
+                preds = predict_answer(self.policy, self.processor, batch, self.eval_max_new_tokens, self.answer_mode)
             self._cut_count[0] += sum(p.truncated for p in preds)
             self._cut_count[1] += len(preds)
             for key, values in (("acc", [p.correct for p in preds]), ("answer_acc", [p.answer_ok for p in preds]),
@@ -599,6 +602,8 @@ class VLMModule(LightningModule):
         cls = type(self)
         if cls.__module__ != "__main__" and "<locals>" not in cls.__qualname__:  # importable by name elsewhere
             checkpoint[CLASS_KEY] = f"{cls.__module__}.{cls.__qualname__}"
+        if os.path.isdir(self.model_name):  # a relative folder: found again from another working directory
+            checkpoint[MODEL_DIR_KEY] = os.path.abspath(self.model_name)
         if trainer is not None:  # rows logged so far reach the files before the checkpoint does
             for logger in trainer.loggers:
                 logger.save()

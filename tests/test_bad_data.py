@@ -73,13 +73,23 @@ BAD_AT_BUILD = [
      r"data\.jsonl:2: field 'images' is not read; the image path goes in field 'image'"),
     (vr1(9, [["cat", [1, 2, 10, 12]]]).replace('"solution":', '"answer":'),
      r"data\.jsonl:2: field 'answer' is not read; the answer goes in field 'solution'"),
+    (rec(9, human="Where is the red square <|image_pad|> here?"),
+     r"data\.jsonl:2: field 'conversations' \(human turn\) holds <\|image_pad\|>, the model's own token\(s\), which "
+     r"the chat template writes itself: write the question as plain text, with an <image> marker"),
+    (vr1(9, [["cat", [1, 2, 10, 12]]], problem="<|vision_start|><|image_pad|><|vision_end|>Find every cat."),
+     r"data\.jsonl:2: field 'problem' holds <\|vision_start\|>, <\|vision_end\|>, <\|image_pad\|>"),
+    (vr1(9, [["cat", [1, 2, 10, 12]]], problem="<image>Find every cat.<|im_end|>\n<|im_start|>assistant\nsure"),
+     r"data\.jsonl:2: field 'problem' holds <\|im_start\|>, <\|im_end\|>"),
+    (vr1(9, [["cat", [1, 2, 10, 12]]], problem="<img><IMG_CONTEXT></img>Find every cat."),
+     r"data\.jsonl:2: field 'problem' holds <img>, </img>, <IMG_CONTEXT>"),
 ]
 
 
 @pytest.mark.parametrize("line, message", BAD_AT_BUILD, ids=[
     "malformed_json", "missing_field", "missing_image", "corrupt_image_header", "aspect_ratio", "empty_human_turn",
     "empty_problem", "rec_zero_area", "rec_out_of_image", "vr1_zero_area", "vr1_out_of_image", "vr1_negative",
-    "rec_unit_box", "vr1_unit_box", "image_field_misspelled", "solution_field_misspelled"])
+    "rec_unit_box", "vr1_unit_box", "image_field_misspelled", "solution_field_misspelled", "image_pad_in_question",
+    "templated_question", "chat_turns_in_question", "internvl_tokens_in_question"])
 def test_bad_rows_fail_when_the_data_is_read_naming_file_line_field(tmp_path, line, message):
     f, d = write(tmp_path, [rec(1), line, rec(3)])
     with pytest.raises(DataError, match=message):

@@ -26,9 +26,9 @@ from lit_vr1.sft import SFTModule, teacher_forced
 SPEC = LoraSpec(r=4, alpha=8, dropout=0.0)
 
 
-def make_module(**kwargs) -> GRPOModule:
+def make_module(model: str = "tiny:qwen2_5_vl", **kwargs) -> GRPOModule:
     cfg = GRPOConfig(num_generations=4, max_completion_length=8, beta=0.04, gradient_clip_val=None)
-    return GRPOModule(model="tiny:qwen2_5_vl", rewards=[LengthReward()], grpo=cfg, seed=0,
+    return GRPOModule(model=model, rewards=[LengthReward()], grpo=cfg, seed=0,
                       optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2), **kwargs)
 
 
@@ -349,3 +349,35 @@ def test_a_cold_start_reference_is_refused_under_sharding_and_not_kept_without_a
     no_kl.configure_model()
     no_kl.reset_reference()
     assert no_kl.reference_weights is None  # beta 0: no reference pass, nothing to keep
+
+
+def test_a_lora_checkpoint_of_a_relative_base_folder_exports_from_anywhere(tmp_path, samples, monkeypatch, capsys):
+    """A model-folder user (helper-51): `model: own_q25` (relative) trained LoRA; the export run from
+    another directory could not find the base ("cannot be loaded", after hub retries) and had no
+    way to say where it was. The checkpoint records the folder's absolute path; --model names a
+    base that moved."""
+    import shutil
+
+    from lit_vr1.export import main
+
+    (tmp_path / "run").mkdir()
+    monkeypatch.chdir(tmp_path / "run")
+    source = make_module()
+    source.configure_model()
+    source.export("own_base")
+    seed_everything(0)
+    module = make_module("own_base", lora=SPEC)  # as `model: own_base` in a config run from tmp_path/run
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "run" / "ckpt", save_last=True)
+    trainer(tmp_path / "run", 1, [ckpt]).fit(module, DataLoader(samples[:1], batch_size=1, collate_fn=collate))
+    monkeypatch.chdir(tmp_path)  # elsewhere: "own_base" is not here
+    main([str(tmp_path / "run" / "ckpt" / "last.ckpt"), "hf"])
+    assert (tmp_path / "hf" / "config.json").is_file()
+    shutil.move(str(tmp_path / "run" / "own_base"), str(tmp_path / "moved_base"))
+    with pytest.raises(SystemExit) as stop:
+        main([str(tmp_path / "run" / "ckpt" / "last.ckpt"), "hf2"])
+    assert stop.value.code == 2
+    assert "if it has moved, give its place with --model" in capsys.readouterr().err
+    main([str(tmp_path / "run" / "ckpt" / "last.ckpt"), "hf3", "--model", str(tmp_path / "moved_base")])
+    exported = load_model(str(tmp_path / "hf"), module.processor)
+    again = load_model(str(tmp_path / "hf3"), module.processor)
+    assert all(torch.equal(a, b) for a, b in zip(exported.state_dict().values(), again.state_dict().values()))

@@ -84,6 +84,54 @@ def test_bad_model_names_say_why(tmp_path):
         load_processor(str(tmp_path / "bert"))
 
 
+def _folder(tmp_path, model, processor, name: str, drop=(), config=None, processor_from=None):
+    folder = tmp_path / name
+    model.save_pretrained(folder)
+    (processor_from or processor).save_pretrained(folder)
+    for part in drop:
+        (folder / part).unlink(missing_ok=True)
+    if config:
+        import json
+
+        saved = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**saved, **config}))
+    return str(folder)
+
+
+def test_a_checkpoint_whose_processor_does_not_fit_its_weights_is_refused_when_loaded(tmp_path, tiny_qwen25):
+    """A new user's own folders (helper-51): each loaded, and the fit then failed in transformers
+    mid-step ("Image features and image tokens do not match", a reshape error, a token count
+    "likely due to truncation" from an empty tokenizer, a 73-line chat-template traceback)."""
+    model, processor = tiny_qwen25
+    assert load_processor(_folder(tmp_path, model, processor, "whole")) is not None
+    cases = [
+        (dict(drop=("tokenizer.json", "tokenizer_config.json")), r"its tokenizer does not know the image token <\|image_pad\|>"),
+        (dict(config={"image_token_id": 20}),
+         r"config.json's image_token_id is 20 but its tokenizer gives <\|image_pad\|> the id 12"),
+        (dict(drop=("chat_template.jinja",)), "has no chat template"),
+        (dict(processor_from=build_tiny("qwen3_vl", seed=0)[1]), "its processor is Qwen3VLProcessor .family qwen3_vl. but "
+                                                                 "its config.json's model_type is qwen2_5_vl"),
+        (dict(drop=("processor_config.json", "preprocessor_config.json")), "its processor cannot be loaded"),
+    ]
+    for i, (change, message) in enumerate(cases):
+        with pytest.raises(ModelLoadError, match=message):
+            load_processor(_folder(tmp_path, model, processor, f"broken{i}", **change))
+
+
+def test_a_processor_of_other_patch_sizes_is_refused(tmp_path, tiny_qwen25):
+    model, processor = tiny_qwen25
+    folder = _folder(tmp_path, model, processor, "patch")
+    import json
+    from pathlib import Path
+
+    path = Path(folder) / "processor_config.json"
+    saved = json.loads(path.read_text())
+    saved["image_processor"]["patch_size"] = 16
+    path.write_text(json.dumps(saved))
+    with pytest.raises(ModelLoadError, match="image processor's patch_size is 16 but the vision tower's patch_size is 14"):
+        load_processor(folder)
+
+
 def test_attention_implementation_is_checked_against_this_machine():
     import importlib.util
 
@@ -100,3 +148,17 @@ def test_attention_implementation_is_checked_against_this_machine():
             check_attention("flash_attention_2")
     else:
         assert check_attention("flash_attention_2") == "flash_attention_2"
+
+
+def test_contradictory_pixel_bounds_are_refused_and_bounds_under_one_token_warned_of():
+    """min_pixels above max_pixels (given, or the folder's own) was accepted and images fed at any
+    size; a max_pixels under one image token fed every image over it, silently."""
+    from lit_vr1.models.families import family_of
+
+    with pytest.raises(ValueError, match=r"model.min_pixels=100000 is above model.max_pixels=3136: no image size"):
+        load_processor("tiny:qwen2_5_vl", min_pixels=100000, max_pixels=3136)
+    processor = load_processor("tiny:qwen2_5_vl", min_pixels=12544, max_pixels=50176)  # as a folder's own bounds
+    with pytest.raises(ValueError, match=r"the processor's own min_pixels \(12544\) is above model.max_pixels=3136"):
+        family_of(processor).images.set_pixel_bounds(processor, None, 3136)
+    with pytest.warns(UserWarning, match=r"model.max_pixels=100 is under one image token \(28x28 = 784 px"):
+        load_processor("tiny:qwen2_5_vl", min_pixels=10, max_pixels=100)

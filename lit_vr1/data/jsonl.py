@@ -485,6 +485,31 @@ SOLUTION_FIELD_LOOKALIKES = ("answer", "answers", "solutions", "ground_truth", "
                              "bbox", "bboxes", "boxes", "target")
 
 
+# what chat templates write around a prompt: a question holding one was read as the model's own markup
+CHAT_CONTROL_TOKENS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>")
+
+
+def _template_tokens() -> tuple[str, ...]:
+    from lit_vr1.models.families import FAMILIES  # (not at import: the data module loads without the models)
+
+    return tuple(dict.fromkeys([*CHAT_CONTROL_TOKENS, *(t for f in FAMILIES.values() for t in f.vision_tokens)]))
+
+
+def _refuse_template_tokens(obj: dict, human: str, system: str | None, where: str) -> None:
+    """A question (or system prompt) holding a model's own tokens (``<|image_pad|>``, a
+    ``<|vision_start|>...<|vision_end|>`` block of data already run through a chat template,
+    ``<|im_end|>``): the image placeholder failed mid-fit in transformers ("Found total 8
+    <|image_pad|> tokens and 4 images", for the batch, no line named), the others were read
+    as markup, silently."""
+    for text, field_name in ((human, _field_of(obj, "human")), (system or "", "the system prompt")):
+        found = [t for t in _template_tokens() if t in text]
+        if found:
+            raise DataError(f"{where}: {field_name} holds {', '.join(found)}, the model's own token(s), which the chat "
+                            "template writes itself: write the question as plain text, with an <image> marker where "
+                            "each image goes (for data already run through a chat template, take the question's text "
+                            "out of it)")
+
+
 def _refuse_misnamed(obj: dict, field: str, lookalikes: tuple[str, ...], where: str, advice: str) -> None:
     """A :class:`DataError` when ``obj`` lacks ``field`` but holds one of its ``lookalikes``."""
     if field not in obj:
@@ -510,6 +535,7 @@ def parse_line(line: str, path: str, lineno: int, folder: str, task: str = "defa
     if not human.replace("<image>", "").strip():
         raise DataError(f"{where}: {_field_of(obj, 'human')} is empty: the question has no text besides "
                         "<image> markers; write the question or remove the line")
+    _refuse_template_tokens(obj, human, system, where)
     _refuse_misnamed(obj, "image", IMAGE_FIELD_LOOKALIKES, where, "the image path goes in field 'image' (a path or "
                      "a list of paths, relative to the image folder): rename the field")
     raw = obj.get("image")

@@ -51,8 +51,18 @@ class GridImages:
             size["shortest_edge"] = min_pixels
         if max_pixels is not None:
             size["longest_edge"] = max_pixels
+        low, high = size.get("shortest_edge"), size.get("longest_edge")
+        if isinstance(low, int) and isinstance(high, int) and low > high:  # transformers fed such images at any size
+            def named(value, flag):
+                return f"model.{flag}={value}" if value is not None else f"the processor's own {flag} ({size_of(flag)})"
+
+            def size_of(flag):
+                return low if flag == "min_pixels" else high
+
+            raise ValueError(f"{named(min_pixels, 'min_pixels')} is above {named(max_pixels, 'max_pixels')}: no image "
+                             "size is between them; give min_pixels <= max_pixels")
         ip.size = size
-        note = pixel_bounds_note(min_pixels, max_pixels, int(ip.patch_size) * int(getattr(ip, "merge_size", 1)))
+        note = pixel_bounds_note(low, high, int(ip.patch_size) * int(getattr(ip, "merge_size", 1)))
         if note:
             warnings.warn(note, stacklevel=2)
 
@@ -62,6 +72,9 @@ def pixel_bounds_note(min_pixels: int | None, max_pixels: int | None, factor: in
     processor resizes to (multiples of ``factor``: 28 for Qwen2-VL / Qwen2.5-VL, 32 for Qwen3-VL),
     so images are fed smaller than min_pixels (the tiny twins' 3136 = 56 x 56 gave Qwen3-VL
     32 x 32, one image token); None when one fits or a bound is unset."""
+    if max_pixels is not None and max_pixels < factor * factor:
+        return (f"model.max_pixels={max_pixels} is under one image token ({factor}x{factor} = {factor * factor} px, this "
+                f"model's image-token size): every image is fed at {factor * factor} px or more, over max_pixels")
     if min_pixels is None or max_pixels is None or min_pixels > max_pixels:
         return None
     k = max(1, math.isqrt(max_pixels // (factor * factor)))
