@@ -64,9 +64,13 @@ class PTST(Callback):
         self.current: int | None = None
 
     def apply(self, pl_module, index: int) -> None:
+        """Set the stage's rollout size; ``ptst/stage`` goes into the row of each update's
+        ``train/...`` figures, at their step (logged at the batch's start, it was one step behind
+        them, in a row of its own)."""
         stage = self.stages[index]
         pl_module.set_rollout_size(stage.max_completion_length, stage.num_generations)
         self.current = index
+        pl_module.step_figures = {**getattr(pl_module, "step_figures", {}), "ptst/stage": float(index)}
 
     def on_train_start(self, trainer, pl_module) -> None:
         """Warn of stages ``trainer.max_steps`` ends before (a shortened run dropped them silently)."""
@@ -83,11 +87,9 @@ class PTST(Callback):
         if index != self.current:
             self.apply(pl_module, index)
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        """``ptst/stage``: the stage the batch's steps ran in, at the step the update's own
-        ``train/...`` rows carry (logged at the batch's start, it was one step behind them)."""
-        if self.current is not None and hasattr(pl_module, "log_row"):
-            pl_module.log_row({"ptst/stage": float(self.current)})
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        getattr(pl_module, "step_figures", {}).pop("ptst/stage", None)  # a later fit without PTST logs none
 
     def state_dict(self) -> dict:
         return {"current": self.current}

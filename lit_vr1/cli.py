@@ -312,6 +312,8 @@ def checkpoint_model_settings(path: str) -> dict | None:
     model, folder = hparams.get("model"), checkpoint.get(MODEL_DIR_KEY)
     if isinstance(model, str) and isinstance(folder, str) and not os.path.exists(model) and os.path.isdir(folder):
         # the run named its model folder relative to where it ran (a LoRA checkpoint holds no base weights)
+        print(f"lit-vr1: the checkpoint's model {model!r} is not here; using the folder its run read, {folder}",
+              file=sys.stderr)
         hparams["model"] = folder
     return {"class_path": class_path, "init_args": hparams}
 

@@ -28,8 +28,13 @@ from lit_vr1.rules import other_case
 from lit_vr1.trl_names import BOOLEAN_CHOICES, verl_hint
 
 KEY_HEADER = re.compile(r'^Parser key "([^"]+)":\s*(.*)$')
-CLASS_HEADER = re.compile(r"^- Problem with given class_path '([^']+)':$")
-NOISE = re.compile(r"^(Does not validate against any of the Union subtypes|Subtypes: .*|Errors:|Given value type: .*"
+CLASS_HEADER = re.compile(r"^(?:- )?Problem with given class_path '([^']+)':$")  # "- " but one level down
+# jsonargparse's list of what a subclass value may be, beside a class whose own option was wrong: said
+# only when nothing more precise is (a PTST stage's misspelt field came with six lines of it)
+SUBCLASS_FORMS = re.compile(r"^(- Not a valid subclass of .*|Subclass types expect one of:|- a class path \(str\)"
+                            r"|- a dict with class_path entry|- a dict without class_path but with init_args entry.*"
+                            r"|- a dict with parameters accepted by the base class.*)$")
+NOISE = re.compile(r"^((?:- )?Does not validate against any of the Union subtypes|Subtypes: .*|Errors:|Given value type: .*"
                    r"|- Expected a <class 'NoneType'>)$")
 NOT_ACCEPTED = re.compile(r"^Option '([^']+)' is not accepted$")
 WRONG_TYPE = re.compile(r"^Expected a (.+?)\. Got value: (.*)$")
@@ -266,6 +271,9 @@ def condense(message: str, option_strings: list[str] = (), config_files: list[st
     leaves = _leaves(message)
     if not leaves:
         return message.strip()
+    if any(NOT_ACCEPTED.match(leaf.text) or WRONG_TYPE.match(leaf.text) for leaf in leaves):
+        # a class's own option named: the other forms the value might have taken are noise
+        leaves = [leaf for leaf in leaves if not SUBCLASS_FORMS.match(leaf.text) and not ALTERNATIVE.match(leaf.text)]
     lines: list[str] = []
     alternatives: dict[str, list[str]] = {}
     for leaf in leaves:

@@ -149,12 +149,12 @@ class AnswerPrediction:
         return answer_text(self.completion)
 
 
-@torch.no_grad()
 def mode_of(mode: str | Callable[[str], str], task: str) -> str:
     """The answer mode of a row of ``task``: ``mode`` itself, or what it says for the task."""
     return mode(task) if callable(mode) else mode
 
 
+@torch.no_grad()
 def predict_answer(model: PreTrainedModel, processor: ProcessorMixin, samples: list[Sample], max_new_tokens: int = 64,
                    mode: str | Callable[[str], str] = "numeric") -> list[AnswerPrediction]:
     """Greedy answers to ``samples`` (questions with a ``solution`` answer), each matched to

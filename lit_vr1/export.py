@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         module = load_module(args.checkpoint, args.model)
     except ValueError as e:  # a broken file, a missing base model: one message
-        hint = ("" if args.model or "cannot be loaded" not in str(e) else
+        hint = ("" if args.model or "is missing or holds no config.json" not in str(e) else
                 "\n(the model is the one the checkpoint's run was given; if it has moved, give its place with --model)")
         print(f"lit-vr1 export: error: {e}{hint}", file=sys.stderr)
         sys.exit(2)

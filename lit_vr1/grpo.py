@@ -458,7 +458,8 @@ class GRPOModule(VLMModule):
             t = self.trainer.strategy.reduce(t, reduce_op="mean")
             metrics = dict(zip(keys, t.tolist()))
         self.last_metrics = metrics
-        self.log_row({"train/" + k: v for k, v in metrics.items()})
+        # beside them, what callbacks set for the steps to come (callbacks.PTST's ptst/stage): one row a step
+        self.log_row({**{"train/" + k: v for k, v in metrics.items()}, **getattr(self, "step_figures", {})})
         self.log("loss", metrics["loss"], prog_bar=True, logger=False)
 
 

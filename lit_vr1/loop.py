@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from transformers import ProcessorMixin
 
@@ -169,7 +169,9 @@ class RolloutUpdateLoop:
             return False
         reason = shared_prompt.unsupported_reason(self.module.policy)
         if reason is not None and not self._warned:
-            rank_zero_warn(f"grpo.shared_prompt: prompts are repeated G times instead: not supported for {reason}")
+            # said, not warned: shared_prompt is on by default, so every user of such a model would be warned
+            rank_zero_info(f"lit-vr1: grpo.shared_prompt does not apply to {reason}: each prompt is repeated for its "
+                           "G completions")
             self._warned = True
         return reason is None
 

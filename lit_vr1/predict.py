@@ -13,7 +13,8 @@ from lit_vr1.data.jsonl import Sample
 from lit_vr1.generation import generate
 from lit_vr1.models.families import family_of, vision_token_ids
 from lit_vr1.models.precision import cached_autocast
-from lit_vr1.rewards.boxes import predicted_boxes
+from lit_vr1.rewards.base import has_answer
+from lit_vr1.rewards.boxes import answer_text, predicted_boxes
 from lit_vr1.rollout import Rollout
 
 
@@ -40,20 +41,25 @@ def frame_of(model: PreTrainedModel, box_frame: str | None) -> str:
 @torch.no_grad()
 def predict_records(model: PreTrainedModel, processor: ProcessorMixin, samples: list[Sample], max_new_tokens: int = 64,
                     box_frame: str | None = None) -> list[dict]:
-    """One JSON-ready dict per sample: id, source, prompt, completion, the parsed boxes
-    (``bbox_2d`` in original-image pixels, ``label``; [] when none parse) and the image sizes
-    (``box_frame``: the frame the model writes boxes in; None: its family's)."""
+    """One JSON-ready dict per sample: id, source, prompt, completion, its ``answer`` (the text
+    the answer rewards read: inside the last ``<answer>`` tags, else after ``</think>``, else
+    the whole text), ``truncated`` (no end of turn within ``max_new_tokens``: the answer may be
+    cut short), the parsed boxes (``bbox_2d`` in original-image pixels, ``label``; [] when none
+    parse), the image sizes (``box_frame``: the frame the model writes boxes in; None: its
+    family's) and the solution (null for an unlabelled row)."""
     box_frame = frame_of(model, box_frame)
     rollout = greedy_rollout(model, processor, samples, max_new_tokens)
     out = []
-    for sample, text, ctx in zip(samples, rollout.completions, rollout.contexts):
+    for sample, text, ctx, cut in zip(samples, rollout.completions, rollout.contexts, rollout.truncated.tolist()):
         boxes = predicted_boxes(text, ctx.image_size, ctx.input_size, box_frame) if ctx.image_size else []
         out.append({
             "id": sample.id if sample.written_id is None else sample.written_id,  # as the data wrote it
-            "source": sample.source, "prompt": ctx.prompt, "completion": text,
+            "source": sample.source, "prompt": ctx.prompt, "completion": text, "answer": answer_text(text).strip(),
+            "truncated": bool(cut),
             "boxes": [{"bbox_2d": [round(v, 2) for v in b.box], "label": b.label} for b in boxes],
             "image_sizes": [list(s) for s in sample.image_sizes],
             "input_sizes": [list(s) for s in ctx.input_sizes], "box_frame": box_frame,  # the completion's frame
-            "solution": sample.solution if isinstance(sample.solution, str) else json.dumps(sample.solution),
+            "solution": (None if not has_answer(sample.solution) else
+                         sample.solution if isinstance(sample.solution, str) else json.dumps(sample.solution)),
         })
     return out

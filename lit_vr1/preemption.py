@@ -43,8 +43,13 @@ class StopTogether(Callback):
                 launcher.kill(signum)
         self.pending = True
 
-    def on_train_start(self, trainer, pl_module) -> None:
-        self.pending = False  # a signal noted in an earlier fit of this Trainer is not this one's
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        """Give Lightning its own SIGTERM handler back for what this Trainer runs next (a
+        ``validate`` or ``test``, whose steps reach no training batch end: a noted signal would
+        never be acted on)."""
+        connector = getattr(trainer, "_signal_connector", None)
+        if connector is not None and connector.__dict__.get("_sigterm_notifier_fn") == self.notice:
+            del connector._sigterm_notifier_fn  # the class's own method again
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.world_size <= 1 or not torch.distributed.is_initialized():
@@ -70,6 +75,10 @@ def install(trainer) -> None:
     if stop is None:
         stop = StopTogether(trainer)
         trainer.callbacks.insert(0, stop)
+    # a signal noted in an earlier fit of this Trainer is not this one's (reset here, at setup: the
+    # handler is live from before the sanity validation, which runs before on_train_start)
+    stop.pending = False
+    setattr(trainer, AGREED, False)
     # Lightning composes its handler from this attribute when it registers the handlers (after
     # setup); the other parts (SLURM's requeue, a handler set before the fit) are kept
     connector._sigterm_notifier_fn = stop.notice

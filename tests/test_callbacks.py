@@ -333,3 +333,9 @@ def test_predictions_give_ids_back_as_the_data_wrote_them(tmp_path, tiny_qwen25)
     assert [r["id"] for r in out] == [100, "x7", "p-3", "p-4"]  # null: no id
     assert all(r["input_sizes"] == [[56, 56]] and r["box_frame"] == "input_pixels" for r in out)
     assert [data[i].id for i in range(4)] == ["100", "x7", "p-3", "p-4"]  # inside, ids stay strings
+    # a reasoning user (helper-52): the answer the rewards read, whether it was cut short, and null
+    # (not "") for a row without a solution
+    assert all(r["truncated"] is True and r["solution"] is None for r in out)  # 2 tokens: no end of turn
+    from lit_vr1.rewards.boxes import answer_text
+
+    assert [r["answer"] for r in out] == [answer_text(r["completion"]).strip() for r in out]

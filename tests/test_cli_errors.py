@@ -89,6 +89,10 @@ def test_unrecognized_flags_get_the_nearest_known_flags_and_other_messages_pass_
     ("--model.grpo.num_generation=8", "did you mean num_generations"),
     ("--model.init_args.grpo.num_generations=eight", "model.grpo.num_generations: expected int, got 'eight'"),
     ("--trainer.max_step=2", "did you mean --trainer.max_steps"),
+    # a PTST stage's misspelt field: 11 lines of jsonargparse's subclass forms before (helper-52)
+    ("--trainer.callbacks=[{class_path: callbacks.PTST, init_args: {stages: [{max_completion_length: 12, "
+     "num_generation: 2, steps: 5}]}}]",
+     "trainer.callbacks.stages.num_generation: not an option of PTSTStage; did you mean num_generations?"),
 ])
 def test_the_command_prints_two_lines_without_usage_or_the_nested_dump(flag, expected, capsys):
     with pytest.raises(SystemExit) as info:

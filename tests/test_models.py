@@ -158,7 +158,9 @@ def test_contradictory_pixel_bounds_are_refused_and_bounds_under_one_token_warne
     with pytest.raises(ValueError, match=r"model.min_pixels=100000 is above model.max_pixels=3136: no image size"):
         load_processor("tiny:qwen2_5_vl", min_pixels=100000, max_pixels=3136)
     processor = load_processor("tiny:qwen2_5_vl", min_pixels=12544, max_pixels=50176)  # as a folder's own bounds
-    with pytest.raises(ValueError, match=r"the processor's own min_pixels \(12544\) is above model.max_pixels=3136"):
-        family_of(processor).images.set_pixel_bounds(processor, None, 3136)
+    with pytest.warns(UserWarning, match=r"model.max_pixels=3136 is past the processor's own min_pixels \(12544\): its "
+                                         r"min_pixels is set to 3136 too"):
+        family_of(processor).images.set_pixel_bounds(processor, None, 3136)  # as Qwen3-VL's own 65536 and 50176
+    assert processor.image_processor.size == {"shortest_edge": 3136, "longest_edge": 3136}
     with pytest.warns(UserWarning, match=r"model.max_pixels=100 is under one image token \(28x28 = 784 px"):
         load_processor("tiny:qwen2_5_vl", min_pixels=10, max_pixels=100)

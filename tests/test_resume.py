@@ -540,3 +540,28 @@ def test_ctrl_c_during_a_checkpoint_save_stops_after_the_file_is_whole(tmp_path)
         atomic_torch_save({"weights": torch.arange(100_000), "late": _InterruptsWhilePickled()}, str(path))
     saved = torch.load(path, weights_only=False)
     assert torch.equal(saved["weights"], torch.arange(100_000)) and saved["late"] == {}
+
+
+def test_the_sigterm_agreement_is_reset_at_each_fits_setup_and_gives_lightning_its_handler_back():
+    """A signal noted during the sanity validation was reset by on_train_start, after it, and lost;
+    after the fit the replaced handler stayed, so a later validate under several processes
+    ignored SIGTERM (helper-53's review)."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.trainer.connectors.signal_connector import _SignalConnector
+
+    from lit_vr1 import preemption
+
+    connector = _SignalConnector(SimpleNamespace())
+    trainer = SimpleNamespace(world_size=2, callbacks=[], _signal_connector=connector,
+                              strategy=SimpleNamespace(launcher=None))
+    preemption.install(trainer)
+    stop = trainer.callbacks[0]
+    assert isinstance(stop, preemption.StopTogether) and connector._sigterm_notifier_fn == stop.notice
+    stop.notice(signal.SIGTERM, None)  # during the sanity validation: noted, not lost
+    assert stop.pending
+    preemption.install(trainer)  # a second fit of this Trainer: its own signals only, one callback
+    assert not stop.pending and trainer.callbacks == [stop]
+    stop.teardown(trainer, None, "fit")
+    assert connector._sigterm_notifier_fn.__func__ is _SignalConnector._sigterm_notifier_fn
+    preemption.install(SimpleNamespace(world_size=1, callbacks=(), _signal_connector=connector))  # one process: nothing

@@ -490,9 +490,13 @@ CHAT_CONTROL_TOKENS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>")
 
 
 def _template_tokens() -> tuple[str, ...]:
+    """The chat-control tokens and the families' vision tokens that no plain text holds: the
+    ``<|...|>`` ones and InternVL's ``<IMG_CONTEXT>``; InternVL's ``<img>``, ``</img>`` and
+    ``<video>`` are left out (a question may name HTML tags)."""
     from lit_vr1.models.families import FAMILIES  # (not at import: the data module loads without the models)
 
-    return tuple(dict.fromkeys([*CHAT_CONTROL_TOKENS, *(t for f in FAMILIES.values() for t in f.vision_tokens)]))
+    vision = (t for f in FAMILIES.values() for t in f.vision_tokens if t.startswith("<|") or t == "<IMG_CONTEXT>")
+    return tuple(dict.fromkeys([*CHAT_CONTROL_TOKENS, *vision]))
 
 
 def _refuse_template_tokens(obj: dict, human: str, system: str | None, where: str) -> None:

@@ -263,8 +263,19 @@ def is_words(text: str) -> bool:
     return any(len(w) > 2 for w in words) or all(w in SHORT_WORDS for w in words)
 
 
-# words that turn a number among them into another answer ("not 3")
-_NEGATIONS = frozenset("not no never neither nor except without".split())
+# words that make a number among them another answer: negation ("not 3", "4 is wrong"), sign,
+# comparison ("at least 3", "3 or more"), estimate ("almost 3"), scale ("3 hundred", "half of 8"),
+# operation ("3 squared", "square root of 16", "2 pi"): a number among them is not read as the answer
+_CHANGES_THE_NUMBER = frozenset("""
+    not no never neither nor except without wrong incorrect false none
+    minus negative plus positive
+    less more fewer greater than least most over under above below up within between beyond exceeds exceed
+    almost nearly about around approximately roughly circa some several many few
+    hundred hundreds thousand thousands million millions billion billions dozen dozens score
+    half halves third thirds quarter quarters fifth double twice triple thrice times percent percentage
+    squared cubed square cube root roots power powers sqrt pi tau log ln sin cos tan factorial
+    divided multiplied per ratio fraction of
+    """.split())
 _ENGLISH_LETTERS = frozenset(("I", "a", "A"))  # one-letter words; any other letter may be a variable
 _WORD_OR_UNIT_RE = re.compile(r"[^\W\d_]+(?:[/'-][^\W\d_]+)*")  # circles, isn't, top-left, m/s
 
@@ -284,12 +295,26 @@ def number_among_words(text: str) -> list[float]:
             continue
         if not _WORD_OR_UNIT_RE.fullmatch(word) or (len(word) == 1 and word not in _ENGLISH_LETTERS):
             return []
-        if word.lower() in _NEGATIONS or word.lower().endswith("n't"):
+        if any(part in _CHANGES_THE_NUMBER for part in re.split(r"[/'-]", word.lower())) or word.lower().endswith("n't"):
             return []
     return _values(found[0])
 
 
-_CHOICE_SOLUTION_RE = re.compile(r"\s*[(\[]?\s*[A-Z]\s*[)\]]?\s*(?:[.:)]\s*.*)?", re.S)
+# an option letter, alone or before the option's text: "B", "(B)", "B. 12", "C) 45°"
+_CHOICE_SOLUTION_RE = re.compile(r"\s*[(\[]?\s*([A-Z])\s*[)\]]?\s*(?:[.:)]\s*(.*))?", re.S)
+
+
+def math_route(gold: str) -> str:
+    """How mode math reads an answer against ``gold``: "yes_no", "words" (as exact), "choice" (an
+    option letter that :func:`extract_choice` reads), else "math" (math-verify). One decision,
+    taken alike when a run starts (:func:`answer_problem`) and for each answer."""
+    if normalize_text(unbox(gold)) in ("yes", "no"):
+        return "yes_no"
+    if is_words(gold):
+        return "words"
+    if _CHOICE_SOLUTION_RE.fullmatch(unbox(str(gold))) and extract_choice(gold) is not None:
+        return "choice"
+    return "math"
 
 
 def math_match(pred: str, gold: str) -> bool:
@@ -306,7 +331,8 @@ def math_match(pred: str, gold: str) -> bool:
       matched ``no`` and ``felt`` matched ``left``;
     - ``yes`` / ``no`` as ``yes_no`` does (``Yes, there is`` scored 0);
     - an option letter (``B``, ``(B)``, ``B. 12``; a capital letter alone, not ``x``) as
-      ``choice`` does (``B. 12``, ``Option B``, ``The answer is (B).`` scored 0);
+      ``choice`` does (``B. 12``, ``Option B``, ``The answer is (B).`` scored 0), or, for a
+      solution that gives the option's text (``B. 12``), an answer matching that text (``12``);
     - a number: an answer of one number among words (:func:`number_among_words`: ``3 circles``,
       ``12.5 cm^2``) is that number, where math-verify's verdict is no match (``3 circles``
       read as a product with the letters and scored 0, ``3 triangles`` 1).
@@ -323,12 +349,21 @@ def math_match(pred: str, gold: str) -> bool:
         ValueError: math-verify reads no expression in the solution.
     """
     mv = _math_verify()
-    if normalize_text(unbox(gold)) in ("yes", "no"):
+    route = math_route(gold)
+    if route == "yes_no":
         return yes_no_match(pred, gold)
-    if is_words(gold):
+    if route == "words":
         return exact_match(pred, gold)
-    if _CHOICE_SOLUTION_RE.fullmatch(unbox(str(gold))):
-        return choice_match(pred, gold)
+    if route == "choice":
+        text = _CHOICE_SOLUTION_RE.fullmatch(unbox(str(gold))).group(2)
+        if choice_match(pred, gold):
+            return True
+        return bool(text and text.strip()) and math_route(text) == "math" and _verified(mv, pred, text.strip())
+    return _verified(mv, pred, gold)
+
+
+def _verified(mv, pred: str, gold: str) -> bool:
+    """math-verify's verdict on ``pred`` against ``gold``, else :func:`number_among_words`'."""
     timeout = 5 if threading.current_thread() is threading.main_thread() else None
     gold_parsed = _math_parse(mv, str(gold), timeout)
     if not gold_parsed:
@@ -415,7 +450,7 @@ def _gold_problem(gold: str, mode: str) -> str | None:
     try:
         if mode == "math":  # the solution alone: math-verify's parse is the cost
             timeout = 5 if threading.current_thread() is threading.main_thread() else None
-            if not _math_parse(_math_verify(), gold, timeout):
+            if math_route(gold) == "math" and not _math_parse(_math_verify(), gold, timeout):
                 raise ValueError(f"math-verify reads no expression in solution {gold!r}")
         else:
             match_answer("", gold, mode)

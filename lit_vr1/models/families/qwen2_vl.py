@@ -52,15 +52,18 @@ class GridImages:
         if max_pixels is not None:
             size["longest_edge"] = max_pixels
         low, high = size.get("shortest_edge"), size.get("longest_edge")
-        if isinstance(low, int) and isinstance(high, int) and low > high:  # transformers fed such images at any size
-            def named(value, flag):
-                return f"model.{flag}={value}" if value is not None else f"the processor's own {flag} ({size_of(flag)})"
-
-            def size_of(flag):
-                return low if flag == "min_pixels" else high
-
-            raise ValueError(f"{named(min_pixels, 'min_pixels')} is above {named(max_pixels, 'max_pixels')}: no image "
-                             "size is between them; give min_pixels <= max_pixels")
+        if isinstance(low, int) and isinstance(high, int) and low > high:  # no size between them
+            if min_pixels is not None and max_pixels is not None:
+                raise ValueError(f"model.min_pixels={min_pixels} is above model.max_pixels={max_pixels}: no image size "
+                                 "is between them; give min_pixels <= max_pixels")
+            # one bound given past the processor's other one (a Qwen3-VL checkpoint's own min_pixels is
+            # 65536): the given one wins, the other is moved to it, and that is said
+            flag, other, value = (("max_pixels", "min_pixels", high) if max_pixels is not None
+                                  else ("min_pixels", "max_pixels", low))
+            warnings.warn(f"model.{flag}={value} is past the processor's own {other} ({high if flag == 'min_pixels' else low}):"
+                          f" its {other} is set to {value} too (give model.{other} to choose another)", stacklevel=2)
+            size["shortest_edge"] = size["longest_edge"] = value
+            low = high = value
         ip.size = size
         note = pixel_bounds_note(low, high, int(ip.patch_size) * int(getattr(ip, "merge_size", 1)))
         if note:
