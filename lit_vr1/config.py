@@ -87,8 +87,8 @@ class GRPOConfig:
         shared_prompt: run each prompt (and its images) once for its G completions, in the
             rollout and in every training forward, instead of G times (see
             ``lit_vr1.shared_prompt``); models it does not support (InternVL, gradient
-            checkpointing) fall back to repeated prompts, with a warning. Same logits and
-            gradients either way.
+            checkpointing) fall back to repeated prompts, said once (an info line). Same logits
+            and gradients either way.
         disable_dropout: set every dropout of the policy (LoRA's included) to 0, so that the
             old, reference and policy passes score the model the rollout sampled from (the
             ratio is exactly 1 until the weights move), as TRL's ``disable_dropout``.

@@ -66,8 +66,9 @@ def check_parts(name: str, processor: ProcessorMixin, config) -> None:
     model_family, processor_family = family_for_model_type(config.model_type, where), find_family(processor)
     if processor_family is not None and processor_family.name != model_family.name:
         raise ModelLoadError(f"{where}: its processor is {type(processor).__name__} (family {processor_family.name}) "
-                             f"but its config.json's model_type is {config.model_type} (family {model_family.name}): "
-                             "copy the processor files of the model's own base checkpoint into the folder")
+                             f"but its config.json's model_type is {config.model_type} (family {model_family.name}), "
+                             "and lit-vr1 reads the box frame and the image inputs by the processor's family: copy the "
+                             "processor files of the model's own base checkpoint into the folder")
     tokenizer = getattr(processor, "tokenizer", None)
     if not (getattr(processor, "chat_template", None) or getattr(tokenizer, "chat_template", None)):
         raise ModelLoadError(f"{where} has no chat template (chat_template.jinja, or chat_template in "

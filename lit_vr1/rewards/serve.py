@@ -26,8 +26,8 @@ whole body within ``--body-timeout-s`` (408: a client that announces 1000 bytes 
 cannot hold the server), all of it (400 when the client closes early); at most
 ``--max-items`` items, ``--max-text-chars`` characters of question plus answer per item,
 ``--max-images`` images per item, ``--max-image-pixels`` pixels per image and
-``--max-request-pixels`` pixels for the request's distinct images together (a prompt's image
-sent once per completion counts once), read from the image headers before anything is
+``--max-request-pixels`` pixels for the request's images together, every copy counted (a prompt's image
+sent once per completion counts once per completion; it is decoded once), read from the image headers before anything is
 decoded (400); no unknown field in a /score body or item (400); a token (``Authorization:
 Bearer <token>`` or ``X-API-Key``) on every path but ``/health`` when the server has one
 (401). A server bound to anything but loopback refuses to start without a token
@@ -650,7 +650,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-image-pixels", type=int, default=Limits.max_image_pixels, help="pixels per image")
     parser.add_argument("--max-images", type=int, default=Limits.max_images, help="images per item (at least 1)")
     parser.add_argument("--max-request-pixels", type=int, default=Limits.max_request_pixels,
-                        help="pixels of a request's distinct images together")
+                        help="pixels of a request's images together, every image sent counted (a copy too)")
     parser.add_argument("--max-body-mb", type=float, default=Limits.max_body_bytes / 2**20, help="request body size")
     parser.add_argument("--body-timeout-s", type=float, default=Limits.body_timeout_s,
                         help="seconds a client has to send its whole body")
