@@ -168,6 +168,7 @@ class GRPOModule(VLMModule):
             check_routing(self.rewards, train_set)
             for reward in self.rewards:  # a reward object reused from an earlier fit warns afresh
                 forget_warnings(reward)
+            self.loop.__dict__.pop("_failed_in_a_row", None)  # and counts its failed rollouts afresh
             setup = check_fit(self)  # every fit-time and strategy rule, each problem listed
             note = max_steps_note(self.trainer.max_steps, steps_per_rollout(setup))
             if note:

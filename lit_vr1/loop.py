@@ -28,7 +28,7 @@ from lit_vr1.data.jsonl import Sample
 from lit_vr1.generation import generate
 from lit_vr1.loss import Advantages, batch_std_from_sums, batch_sums, group_advantages, grpo_loss
 from lit_vr1.models.families import vision_token_ids
-from lit_vr1.rewards.base import Reward, RewardScores, score_all
+from lit_vr1.rewards.base import Reward, RewardScores, failed_rollout_flags, score_all, stop_on_failing_rewards
 from lit_vr1.rollout import Rollout
 from lit_vr1.scoring import logprobs_and_entropy, logprobs_in_parts
 
@@ -159,6 +159,16 @@ class RolloutUpdateLoop:
     def score(self, rollout: Rollout) -> RewardScores:
         return score_all(self.module.rewards, rollout.completions, rollout.contexts)
 
+    def stop_on_failing_rewards(self, scores: RewardScores, contexts, reduce_sum) -> None:
+        """Stop the fit when a reward whose failures ``on_error="nan"`` masks failed on every
+        completion routed to it in :data:`~lit_vr1.rewards.base.FAILED_ROLLOUTS_STOP` rollouts in
+        a row, on every process (one all-reduce of 2 numbers a reward, so all stop together)."""
+        rewards = self.module.rewards
+        flags = failed_rollout_flags(rewards, scores.errors, contexts)
+        if reduce_sum is not None:
+            flags = reduce_sum(flags.to(self.module.device)).cpu()
+        stop_on_failing_rewards(rewards, flags, self.__dict__.setdefault("_failed_in_a_row", {}))
+
     def steps_per_rollout(self, n: int) -> tuple[int, int]:
         """(mini-batch size, number of optimiser steps) for a rollout of n completions."""
         return rollout_steps(n, self.config.mini_batch_size, self.config.num_iterations)
@@ -241,6 +251,7 @@ class RolloutUpdateLoop:
         scores = self.score(rollout)
         t_rewards = time.perf_counter() - t_score
         reduce_sum = m.reduce_sum if m.world_size > 1 else None
+        self.stop_on_failing_rewards(scores, rollout.contexts, reduce_sum)
         adv = rollout_advantages(scores, rollout.group_size, cfg.scale_rewards, reduce_sum)
         device = rollout.completion_ids.device
         rollout.advantages = adv.values.to(device)

@@ -152,6 +152,39 @@ def test_on_error_nan_masks_the_failing_sample_counts_it_and_trains_on(samples):
     assert all(math.isfinite(v) for v in logged(logger, "train/loss"))
 
 
+class DownForGood(Reward):
+    """A judge that answers for ``good`` rollouts, then fails on every completion."""
+
+    default_name = "judge"
+    rescore_singly = False  # a batch's failure is every completion's, as RemoteRewardModel's
+
+    def __init__(self, good: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.good, self.calls = good, 0
+
+    def score(self, completions, contexts):
+        self.calls += 1
+        if self.calls > self.good:
+            raise ConnectionError("judge down")
+        return [0.5] * len(completions)
+
+
+def test_a_masked_reward_that_fails_on_every_completion_for_ten_rollouts_stops_the_fit(samples):
+    """on_error='nan' beside another reward: a judge down for good was masked on every step and
+    training went on for ever on the other reward alone (a label-free user's trial, helper-54).
+    A rollout that scores anything resets the count."""
+    from lit_vr1.rewards.base import FAILED_ROLLOUTS_STOP
+
+    judge = DownForGood(good=2, on_error="nan")
+    module = make_module(rewards=[LengthReward(), judge])
+    with pytest.warns(UserWarning, match="judge down"), pytest.raises(RewardError) as err:
+        fit(module, samples[:2] * 20, max_steps=40, batch_size=1)
+    assert module.trainer.global_step == 2 + FAILED_ROLLOUTS_STOP - 1  # the 10th failed rollout trains no step
+    assert (f"reward 'judge' failed on every completion of the last {FAILED_ROLLOUTS_STOP} rollouts "
+            "(on_error='nan' masks each failure") in str(err.value)
+    assert "the last: ConnectionError: judge down" in str(err.value)
+
+
 def closed_port_url() -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -123,6 +123,8 @@ def test_a_wrong_path_protocol_or_token_is_said_before_the_first_step(judge, mon
         RemoteRewardModel(judge.url + "/score", protocol="openai")
     with pytest.raises(RewardError, match=f"wants a token .*HTTP 401.*set the reward's api_key or {KEY_ENV}"):
         RemoteRewardModel(judge.url + "/score", name="judge").check_ready()
+    with pytest.raises(RewardError, match="refused the token sent .*HTTP 401.*set the reward's api_key"):
+        RemoteRewardModel(judge.url + "/score", name="judge", api_key="not-" + KEY).check_ready()
     with pytest.raises(RewardError, match="is not a scoring path .*HTTP 404.*scores at /score"):
         RemoteRewardModel(judge.url + "/scroe", api_key=KEY).check_ready()
     ready = RemoteRewardModel(judge.url + "/score", api_key=KEY)

@@ -242,6 +242,7 @@ class Reward:
             raise RewardError(f"reward {self.name!r} raised on sample {ctx.id!r}{where(ctx)}: {type(exc).__name__}: "
                               f"{exc}{self.error_hint(exc)}") from exc
         self.errors += 1
+        self.__dict__["_last_error"] = f"{type(exc).__name__}: {exc}"  # named if its failures stop the fit
         warn_once(self, "errors", masked_error_message(self, ctx, exc))
         return math.nan
 
@@ -267,6 +268,7 @@ class Reward:
                                       f"{first.id!r}{where(first)}): {type(exc).__name__}: {exc}"
                                       f"{self.error_hint(exc)}") from exc
                 self.errors += len(comps)
+                self.__dict__["_last_error"] = f"{type(exc).__name__}: {exc}"
                 warn_once(self, "errors", masked_error_message(self, ctxs[0], exc, len(comps)))
                 return out
             values = []
@@ -349,6 +351,38 @@ def reward_names_distinct(rewards: list[Reward]) -> str | None:
 # a reward that returns nan for every completion routed to it over this many rollouts in a row, and
 # this many completions, is warned about (a few prompts in a row it does not apply to are no sign)
 UNSCORED_ROLLOUTS_WARNING, UNSCORED_COMPLETIONS_WARNING = 3, 64
+# a reward masked by on_error="nan" that failed on every completion routed to it in this many
+# rollouts in a row stops the fit: a judge that is down for good (training went on, for ever, on the
+# other rewards alone; a restart ridden through with retries costs a rollout or two)
+FAILED_ROLLOUTS_STOP = 10
+
+
+def failed_rollout_flags(rewards: list[Reward], errors: list[int], contexts: list[SampleContext]) -> Tensor:
+    """(R, 2) per reward: [failed on every completion routed to it, scored some], for this
+    rollout (a reward routed to no completion: neither)."""
+    rows = []
+    for reward, failed in zip(rewards, errors):
+        routed = sum(bool(reward.applies(c)) for c in contexts)
+        rows.append([float(routed > 0 and failed >= routed), float(routed > 0 and failed < routed)])
+    return torch.tensor(rows, dtype=torch.float32).reshape(len(rewards), 2)
+
+
+def stop_on_failing_rewards(rewards: list[Reward], flags: Tensor, in_a_row: dict[str, int]) -> None:
+    """Count, per reward, rollouts in a row whose every routed completion failed (``flags``:
+    :func:`failed_rollout_flags`, summed over processes, so every process counts alike: one
+    that scored resets it); a :class:`RewardError` at :data:`FAILED_ROLLOUTS_STOP`."""
+    for reward, (failed, scored) in zip(rewards, flags.tolist()):
+        if scored:
+            in_a_row[reward.name] = 0
+        elif failed:
+            in_a_row[reward.name] = in_a_row.get(reward.name, 0) + 1
+        if in_a_row.get(reward.name, 0) >= FAILED_ROLLOUTS_STOP:
+            cause = reward.__dict__.get("_last_error")
+            raise RewardError(
+                f"reward {reward.name!r} failed on every completion of the last {in_a_row[reward.name]} rollouts "
+                f"(on_error='nan' masks each failure, so training went on without it; train/reward/{reward.name}/errors "
+                f"counts them)" + (f"; the last: {cause}" if cause else "") + ". A judge server that is down for good? "
+                "Mend the reward, then resume from the last checkpoint")
 
 
 def watch_rollout(reward: Reward, values: Tensor, contexts: list[SampleContext], new_errors: int) -> None:

@@ -610,6 +610,9 @@ class RemoteRewardModel(Reward):
         try:
             self._post(json.dumps({"items": []}).encode())
         except _Refused as e:
+            if e.status in (401, 403) and self.api_key:
+                return (f"reward {self.name!r}: the judge at {self.url} refused the token sent ({e}): set the reward's "
+                        f"api_key or {KEY_ENV} to the server's --api-key")
             if e.status in (401, 403):
                 return (f"reward {self.name!r}: the judge at {self.url} wants a token ({e}): set the reward's api_key "
                         f"or {KEY_ENV} to the server's --api-key")
