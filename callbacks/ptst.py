@@ -72,6 +72,13 @@ class PTST(Callback):
         self.current = index
         pl_module.step_figures = {**getattr(pl_module, "step_figures", {}), "ptst/stage": float(index)}
 
+    def on_fit_start(self, trainer, pl_module) -> None:
+        """A fit starts in no stage: its first batch applies one (to this module) and logs it (a
+        fit that raised skipped teardown, and a later fit starting in the stage it ended in never
+        applied it)."""
+        self.current = None
+        getattr(pl_module, "step_figures", {}).pop("ptst/stage", None)
+
     def on_train_start(self, trainer, pl_module) -> None:
         """Warn of stages ``trainer.max_steps`` ends before (a shortened run dropped them silently)."""
         starts = [sum(s.steps for s in self.stages[:i]) for i in range(len(self.stages))]

@@ -160,14 +160,15 @@ class RolloutUpdateLoop:
         return score_all(self.module.rewards, rollout.completions, rollout.contexts)
 
     def stop_on_failing_rewards(self, scores: RewardScores, contexts, reduce_sum) -> None:
-        """Stop the fit when a reward whose failures ``on_error="nan"`` masks failed on every
+        """Stop the fit when a judge whose failures ``on_error="nan"`` masks failed on every
         completion routed to it in :data:`~lit_vr1.rewards.base.FAILED_ROLLOUTS_STOP` rollouts in
-        a row, on every process (one all-reduce of 2 numbers a reward, so all stop together)."""
-        rewards = self.module.rewards
-        flags = failed_rollout_flags(rewards, scores.errors, contexts)
+        a row over :data:`~lit_vr1.rewards.base.FAILED_SECONDS_STOP` seconds (one all-reduce of 3
+        numbers a reward, so every process stops together)."""
+        rewards, streaks = self.module.rewards, self.__dict__.setdefault("_failed_in_a_row", {})
+        flags = failed_rollout_flags(rewards, scores.errors, contexts, streaks)
         if reduce_sum is not None:
             flags = reduce_sum(flags.to(self.module.device)).cpu()
-        stop_on_failing_rewards(rewards, flags, self.__dict__.setdefault("_failed_in_a_row", {}))
+        stop_on_failing_rewards(rewards, flags, streaks, self.module.world_size)
 
     def steps_per_rollout(self, n: int) -> tuple[int, int]:
         """(mini-batch size, number of optimiser steps) for a rollout of n completions."""

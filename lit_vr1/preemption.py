@@ -51,6 +51,9 @@ class StopTogether(Callback):
         if connector is not None and connector.__dict__.get("_sigterm_notifier_fn") == self.notice:
             del connector._sigterm_notifier_fn  # the class's own method again
 
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self.teardown(trainer, pl_module, "fit")  # a fit that raised (the SIGTERM stop too) skips teardown
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.world_size <= 1 or not torch.distributed.is_initialized():
             return

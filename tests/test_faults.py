@@ -169,20 +169,32 @@ class DownForGood(Reward):
         return [0.5] * len(completions)
 
 
-def test_a_masked_reward_that_fails_on_every_completion_for_ten_rollouts_stops_the_fit(samples):
+def test_a_masked_judge_that_fails_on_every_completion_for_ten_rollouts_stops_the_fit(samples, monkeypatch):
     """on_error='nan' beside another reward: a judge down for good was masked on every step and
     training went on for ever on the other reward alone (a label-free user's trial, helper-54).
-    A rollout that scores anything resets the count."""
-    from lit_vr1.rewards.base import FAILED_ROLLOUTS_STOP
+    The stop needs 10 rollouts and FAILED_SECONDS_STOP seconds (a restart inside RemoteRewardModel's
+    down window fails 10 tiny rollouts in seconds); rewards scored one by one are left alone."""
+    from lit_vr1.rewards import base
 
+    judge = DownForGood(good=2, on_error="nan")
+    module = make_module(rewards=[LengthReward(), judge])
+    with pytest.warns(UserWarning, match="judge down"):
+        fit(module, samples[:2] * 7, max_steps=14, batch_size=1)  # 12 failed rollouts, under 300 s: no stop
+    assert module.trainer.global_step == 14
+    monkeypatch.setattr(base, "FAILED_SECONDS_STOP", 0.0)
     judge = DownForGood(good=2, on_error="nan")
     module = make_module(rewards=[LengthReward(), judge])
     with pytest.warns(UserWarning, match="judge down"), pytest.raises(RewardError) as err:
         fit(module, samples[:2] * 20, max_steps=40, batch_size=1)
-    assert module.trainer.global_step == 2 + FAILED_ROLLOUTS_STOP - 1  # the 10th failed rollout trains no step
-    assert (f"reward 'judge' failed on every completion of the last {FAILED_ROLLOUTS_STOP} rollouts "
-            "(on_error='nan' masks each failure") in str(err.value)
+    assert module.trainer.global_step == 2 + base.FAILED_ROLLOUTS_STOP - 1  # the 10th failed rollout trains no step
+    assert (f"reward 'judge' failed on every completion of the last {base.FAILED_ROLLOUTS_STOP} rollouts") in str(err.value)
     assert "the last: ConnectionError: judge down" in str(err.value)
+    scored_singly = DownForGood(good=2, on_error="nan")
+    scored_singly.rescore_singly = True  # as a FunctionReward whose column few rows have: failing batches by design
+    module = make_module(rewards=[LengthReward(), scored_singly])
+    with pytest.warns(UserWarning, match="judge down"):
+        fit(module, samples[:2] * 7, max_steps=14, batch_size=1)
+    assert module.trainer.global_step == 14
 
 
 def closed_port_url() -> str:

@@ -270,11 +270,13 @@ _CHANGES_THE_NUMBER = frozenset("""
     not no never neither nor except without wrong incorrect false none
     minus negative plus positive
     less more fewer greater than least most over under above below up within between beyond exceeds exceed
-    almost nearly about around approximately roughly circa some several many few
-    hundred hundreds thousand thousands million millions billion billions dozen dozens score
-    half halves third thirds quarter quarters fifth double twice triple thrice times percent percentage
-    squared cubed square cube root roots power powers sqrt pi tau log ln sin cos tan factorial
-    divided multiplied per ratio fraction of
+    max maximum min minimum
+    almost nearly around approximately approx roughly circa several many few
+    hundred hundreds thousand thousands million millions billion billions dozen dozens
+    half halves third thirds quarter quarters fourth fourths fifth fifths sixth sixths tenth tenths
+    hundredth hundredths double twice triple thrice percent percentage
+    squared cubed cube root roots power powers sqrt pi tau log ln sin cos tan factorial
+    divided multiplied ratio fraction
     """.split())
 _ENGLISH_LETTERS = frozenset(("I", "a", "A"))  # one-letter words; any other letter may be a variable
 _WORD_OR_UNIT_RE = re.compile(r"[^\W\d_]+(?:[/'-][^\W\d_]+)*")  # circles, isn't, top-left, m/s
@@ -282,8 +284,9 @@ _WORD_OR_UNIT_RE = re.compile(r"[^\W\d_]+(?:[/'-][^\W\d_]+)*")  # circles, isn't
 
 def number_among_words(text: str) -> list[float]:
     """The values of an answer that is one number among words and no math: ``3 circles``,
-    ``I think 4``, ``There are 2 red circles.``, ``12.5 cm^2``, ``20 percent``; [] for anything
-    else (two numbers, an operator or LaTeX command, a one-letter variable, a negation)."""
+    ``I think 4``, ``There are 2 red circles.``, ``12.5 cm^2``, ``The number of circles is 3``;
+    [] for anything else (two numbers, an operator or LaTeX command, a one-letter variable, a
+    word that changes the number: ``not 3``, ``at least 3``, ``3 hundred``, ``half of 8``)."""
     s = _UNIT_POWER_RE.sub(" ", _clean_math_text(text))
     found = list(_NUMBER_RE.finditer(s))
     if len(found) != 1:
@@ -355,10 +358,20 @@ def math_match(pred: str, gold: str) -> bool:
     if route == "words":
         return exact_match(pred, gold)
     if route == "choice":
-        text = _CHOICE_SOLUTION_RE.fullmatch(unbox(str(gold))).group(2)
         if choice_match(pred, gold):
             return True
-        return bool(text and text.strip()) and math_route(text) == "math" and _verified(mv, pred, text.strip())
+        text = (_CHOICE_SOLUTION_RE.fullmatch(unbox(str(gold))).group(2) or "").strip()
+        if not text or extract_choice(pred) is not None:  # another letter ("C. 12" for "B. 12") is wrong
+            return False
+        how = math_route(text)  # the option's text answered for its letter ("12", "cat")
+        if how == "words":
+            return exact_match(pred, text)
+        if how != "math":
+            return False
+        try:
+            return _verified(mv, pred, text)
+        except ValueError:  # math-verify reads nothing in the text ("B. $"): no match, not a stopped run
+            return False
     return _verified(mv, pred, gold)
 
 

@@ -13,6 +13,7 @@ detection and math data, each scored by its own rewards.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -136,6 +137,7 @@ def forget_warnings(reward: Reward) -> None:
     (each fit: a reward object reused from an earlier fit in a notebook warns again)."""
     reward.__dict__.pop("_warned", None)
     reward.__dict__.pop("_nan_rollouts", None)
+    reward.__dict__.pop("_last_error", None)
 
 
 def masked_error_message(reward: Reward, ctx: SampleContext, exc: Exception, count: int = 1) -> str:
@@ -351,38 +353,55 @@ def reward_names_distinct(rewards: list[Reward]) -> str | None:
 # a reward that returns nan for every completion routed to it over this many rollouts in a row, and
 # this many completions, is warned about (a few prompts in a row it does not apply to are no sign)
 UNSCORED_ROLLOUTS_WARNING, UNSCORED_COMPLETIONS_WARNING = 3, 64
-# a reward masked by on_error="nan" that failed on every completion routed to it in this many
-# rollouts in a row stops the fit: a judge that is down for good (training went on, for ever, on the
-# other rewards alone; a restart ridden through with retries costs a rollout or two)
-FAILED_ROLLOUTS_STOP = 10
+# a judge (a reward scoring a batch at once, rescore_singly False: RewardModelReward,
+# RemoteRewardModel) masked by on_error="nan" that failed on every completion routed to it in this many
+# rollouts in a row, for at least this many seconds, stops the fit: a judge down for good (training went on,
+# for ever, on the other rewards alone). Both bounds: a restart ridden through with retries costs a rollout
+# or two, and RemoteRewardModel's down window fails every call at once for down_for_s (10 rollouts of a tiny
+# model fit in it). Rewards scored completion by completion are left alone: a FunctionReward whose column
+# few rows have, or one that raises on an answer format the policy does not write yet, fails whole batches
+# by design.
+FAILED_ROLLOUTS_STOP, FAILED_SECONDS_STOP = 10, 300.0
 
 
-def failed_rollout_flags(rewards: list[Reward], errors: list[int], contexts: list[SampleContext]) -> Tensor:
-    """(R, 2) per reward: [failed on every completion routed to it, scored some], for this
-    rollout (a reward routed to no completion: neither)."""
-    rows = []
+def failed_rollout_flags(rewards: list[Reward], errors: list[int], contexts: list[SampleContext],
+                         streaks: dict[str, tuple[int, float]]) -> Tensor:
+    """(R, 3) per reward: [failed on every completion routed to it, scored some, its streak of
+    failed rollouts began :data:`FAILED_SECONDS_STOP` or more ago], for this rollout; zeros for a
+    reward routed to no completion, or one scored completion by completion."""
+    now, rows = time.monotonic(), []
     for reward, failed in zip(rewards, errors):
-        routed = sum(bool(reward.applies(c)) for c in contexts)
-        rows.append([float(routed > 0 and failed >= routed), float(routed > 0 and failed < routed)])
-    return torch.tensor(rows, dtype=torch.float32).reshape(len(rewards), 2)
+        routed = sum(bool(reward.applies(c)) for c in contexts) if not reward.rescore_singly else 0
+        began = streaks.get(reward.name, (0, now))[1]
+        rows.append([float(routed > 0 and failed >= routed), float(routed > 0 and failed < routed),
+                     float(now - began >= FAILED_SECONDS_STOP)])
+    return torch.tensor(rows, dtype=torch.float32).reshape(len(rewards), 3)
 
 
-def stop_on_failing_rewards(rewards: list[Reward], flags: Tensor, in_a_row: dict[str, int]) -> None:
-    """Count, per reward, rollouts in a row whose every routed completion failed (``flags``:
-    :func:`failed_rollout_flags`, summed over processes, so every process counts alike: one
-    that scored resets it); a :class:`RewardError` at :data:`FAILED_ROLLOUTS_STOP`."""
-    for reward, (failed, scored) in zip(rewards, flags.tolist()):
+def stop_on_failing_rewards(rewards: list[Reward], flags: Tensor, streaks: dict[str, tuple[int, float]],
+                            processes: int = 1) -> None:
+    """Count, per judge, rollouts in a row whose every routed completion failed (``flags``:
+    :func:`failed_rollout_flags`, summed over the ``processes``, so every process counts alike:
+    one that scored resets it); a :class:`RewardError` once the streak is
+    :data:`FAILED_ROLLOUTS_STOP` rollouts long and, on every process, :data:`FAILED_SECONDS_STOP`
+    seconds old. ``streaks``: reward name -> (rollouts, when the first failed)."""
+    now = time.monotonic()
+    for reward, (failed, scored, old) in zip(rewards, flags.tolist()):
+        count, began = streaks.get(reward.name, (0, now))
         if scored:
-            in_a_row[reward.name] = 0
-        elif failed:
-            in_a_row[reward.name] = in_a_row.get(reward.name, 0) + 1
-        if in_a_row.get(reward.name, 0) >= FAILED_ROLLOUTS_STOP:
-            cause = reward.__dict__.get("_last_error")
+            streaks.pop(reward.name, None)
+            continue
+        if not failed:
+            continue
+        count += 1
+        streaks[reward.name] = (count, began)
+        if count >= FAILED_ROLLOUTS_STOP and old >= processes:
+            cause = " ".join(str(reward.__dict__.get("_last_error") or "").split())  # one line
             raise RewardError(
-                f"reward {reward.name!r} failed on every completion of the last {in_a_row[reward.name]} rollouts "
-                f"(on_error='nan' masks each failure, so training went on without it; train/reward/{reward.name}/errors "
-                f"counts them)" + (f"; the last: {cause}" if cause else "") + ". A judge server that is down for good? "
-                "Mend the reward, then resume from the last checkpoint")
+                f"reward {reward.name!r} failed on every completion of the last {count} rollouts, "
+                f"{now - began:.0f} s (on_error='nan' masks each failure, so training went on without it; "
+                f"train/reward/{reward.name}/errors counts them)" + (f"; the last: {cause}" if cause else "")
+                + ". A judge server that is down for good? Mend it, then resume from the last checkpoint")
 
 
 def watch_rollout(reward: Reward, values: Tensor, contexts: list[SampleContext], new_errors: int) -> None:

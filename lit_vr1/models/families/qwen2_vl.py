@@ -61,9 +61,11 @@ class GridImages:
             flag, other, value = (("max_pixels", "min_pixels", high) if max_pixels is not None
                                   else ("min_pixels", "max_pixels", low))
             warnings.warn(f"model.{flag}={value} is past the processor's own {other} ({high if flag == 'min_pixels' else low}):"
-                          f" its {other} is set to {value} too (give model.{other} to choose another)", stacklevel=2)
+                          f" its {other} is set to {value} too, so every image is resized to about {value} px, small "
+                          f"ones up (give model.{other} to choose another)", stacklevel=2)
             size["shortest_edge"] = size["longest_edge"] = value
-            low = high = value
+            ip.size = size
+            return  # one warning: the moved bound's note would name a setting the user did not give
         ip.size = size
         note = pixel_bounds_note(low, high, int(ip.patch_size) * int(getattr(ip, "merge_size", 1)))
         if note:
