@@ -165,6 +165,8 @@ class RolloutUpdateLoop:
         a row over :data:`~lit_vr1.rewards.base.FAILED_SECONDS_STOP` seconds (one all-reduce of 3
         numbers a reward, so every process stops together)."""
         rewards, streaks = self.module.rewards, self.__dict__.setdefault("_failed_in_a_row", {})
+        if all(r.rescore_singly for r in rewards):  # no judge: nothing to count, no all-reduce a rollout
+            return
         flags = failed_rollout_flags(rewards, scores.errors, contexts, streaks)
         if reduce_sum is not None:
             flags = reduce_sum(flags.to(self.module.device)).cpu()

@@ -243,10 +243,15 @@ class Reward:
         if self.on_error == "raise":
             raise RewardError(f"reward {self.name!r} raised on sample {ctx.id!r}{where(ctx)}: {type(exc).__name__}: "
                               f"{exc}{self.error_hint(exc)}") from exc
-        self.errors += 1
-        self.__dict__["_last_error"] = f"{type(exc).__name__}: {exc}"  # named if its failures stop the fit
-        warn_once(self, "errors", masked_error_message(self, ctx, exc))
+        self._mask(ctx, exc)
         return math.nan
+
+    def _mask(self, ctx: SampleContext, exc: Exception, count: int = 1) -> None:
+        """Count ``count`` failures masked by ``on_error="nan"`` (``ctx``: the first one's sample),
+        keep the cause (named if its failures stop the fit) and warn of the first."""
+        self.errors += count
+        self.__dict__["_last_error"] = f"{type(exc).__name__}: {exc}"
+        warn_once(self, "errors", masked_error_message(self, ctx, exc, count))
 
     def __call__(self, completions: list[str], contexts: list[SampleContext]) -> list[float]:
         """Scores where the reward applies, nan elsewhere. When the batch call raises, the
@@ -269,9 +274,7 @@ class Reward:
                     raise RewardError(f"reward {self.name!r} raised on a batch of {len(comps)} completions (first sample "
                                       f"{first.id!r}{where(first)}): {type(exc).__name__}: {exc}"
                                       f"{self.error_hint(exc)}") from exc
-                self.errors += len(comps)
-                self.__dict__["_last_error"] = f"{type(exc).__name__}: {exc}"
-                warn_once(self, "errors", masked_error_message(self, ctxs[0], exc, len(comps)))
+                self._mask(ctxs[0], exc, len(comps))
                 return out
             values = []
             for comp, ctx in zip(comps, ctxs):
