@@ -23,6 +23,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
@@ -360,8 +361,11 @@ def user_error(exc: BaseException) -> BaseException | None:
     """The error a user should read: the first exception in ``exc``'s chain (causes and
     contexts, outermost first) that lit-vr1 raised on purpose (a ``ValueError`` or
     ``TypeError`` from our checks, the ``FloatingPointError`` of a run whose steps are all
-    skipped, the ``ImportError`` naming an optional package to install, ``DataError``, ``ConfigError``, ``RewardError``, ...),
+    skipped, an out-of-memory error (:mod:`lit_vr1.oom`), the ``ImportError`` naming an optional
+    package to install, ``DataError``, ``ConfigError``, ``RewardError``, ...),
     however deep jsonargparse or Lightning wrapped it; None for anything else (a bug)."""
+    from lit_vr1 import oom
+    from lit_vr1.parallel import peer_stopped
     from lit_vr1.rewards.base import RewardError
 
     seen: set[int] = set()
@@ -369,9 +373,14 @@ def user_error(exc: BaseException) -> BaseException | None:
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         own = (ValueError, TypeError, FileNotFoundError, FloatingPointError, ImportError)
-        if isinstance(current, RewardError) or (isinstance(current, own)
-                                                and _raised_in_package(current)):
+        if isinstance(current, (RewardError, oom.OutOfMemory)) or (isinstance(current, own)
+                                                                   and _raised_in_package(current)):
             return current
+        if isinstance(current, torch.OutOfMemoryError):  # outside the passes lit-vr1 measures (loading, SFT)
+            return oom.general(current)
+        peer = peer_stopped(current)  # another process's error is the one to read; this one only lost its peer
+        if peer is not None:
+            return peer
         current = current.__cause__ or current.__context__
     return None
 

@@ -22,7 +22,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from transformers import ProcessorMixin
 
-from lit_vr1 import shared_prompt
+from lit_vr1 import oom, shared_prompt
 from lit_vr1.config import GRPOConfig, SamplingConfig
 from lit_vr1.data.jsonl import Sample
 from lit_vr1.generation import generate
@@ -149,8 +149,13 @@ class RolloutUpdateLoop:
         m = self.module
         was_training = m.policy.training
         m.policy.eval()
+        prompts, group, tokens = len(samples), self.config.num_generations, self.config.max_completion_length
+        shape = oom.TextShape.of(m.policy)
         try:
-            with m.generation_context():
+            with oom.in_phase("the rollout",
+                              lambda: oom.rollout_size(shape, prompts, group, tokens, oom.value_bytes(m.policy, m.device)),
+                              lambda: oom.rollout_options(prompts, group, tokens, self.config.shared_prompt), m.device), \
+                    m.generation_context():
                 return generate(m.policy, m.processor, samples, self.config.num_generations, self.sampling,
                                 shared=self.use_shared_prompt(), global_step=m.global_step, box_frame=m.box_frame)
         finally:
@@ -205,21 +210,27 @@ class RolloutUpdateLoop:
         _, steps = self.steps_per_rollout(n)
         parts = self.micro_batches(first_order, n)
         if steps > 1:
-            rollout.old_logprobs = logprobs_in_parts(m.policy, rollout, parts)
+            with self.out_of_memory("the old-policy log-prob pass", rollout, parts, update=False):
+                rollout.old_logprobs = logprobs_in_parts(m.policy, rollout, parts)
         if cfg.beta != 0.0:
-            with m.reference_context() as ref:
+            with self.out_of_memory("the reference log-prob pass", rollout, parts, update=False), \
+                    m.reference_context() as ref:
                 rollout.ref_logprobs = logprobs_in_parts(ref, rollout, parts)
 
-    def update(self, rollout: Rollout, rows: Tensor, loss_mask: Tensor) -> dict[str, float]:
-        """One optimiser step on the completions ``rows``, in micro-batches."""
+    def out_of_memory(self, phase: str, rollout: Rollout, parts: list[Tensor],
+                      update: bool) -> AbstractContextManager[None]:
+        """An out-of-memory error in a scoring pass over ``parts`` said with its size and options."""
+        rows, tokens = max(p.numel() for p in parts), rollout.completion_ids.shape[1]
+        what = "micro-batches" if len(parts) > 1 else "one pass"
+        return oom.in_phase(phase, lambda: oom.scoring_size(oom.TextShape.of(self.module.policy), rows, tokens, what),
+                            lambda: oom.scoring_options(rows, self.config.micro_batch_size, tokens, update),
+                            self.module.device)
+
+    def accumulate(self, rollout: Rollout, rows: Tensor, parts: list[Tensor], loss_mask: Tensor,
+                   denominator: Tensor, totals: Tensor) -> None:
+        """Forward and backward of each micro-batch of ``rows`` (``parts``), the statistics added to
+        ``totals`` on the device; the gradients accumulate for one optimiser step."""
         cfg, m = self.config, self.module
-        micro = cfg.micro_batch_size or rows.numel()
-        n_tok_local = loss_mask[rows].sum()
-        n_tok = m.reduce_sum(n_tok_local.float()) / m.world_size if cfg.loss_type == "dapo" else n_tok_local
-        parts = chunks(rows, micro)
-        denominator = n_tok.clamp(min=1.0)
-        # every statistic stays on the device until the step's end: one host sync per step, not per micro-batch
-        totals = torch.zeros(len(STEP_STATS), dtype=torch.float64, device=loss_mask.device)
         for i, part in enumerate(parts):
             mask = loss_mask[part]
             logp, ent = logprobs_and_entropy(m.policy, rollout, part)  # float32
@@ -237,6 +248,19 @@ class RolloutUpdateLoop:
             totals += torch.stack([loss.detach().double()] + [t.double() * share for t in (
                 entropy, stats.kl, stats.clip_low, stats.clip_high, stats.ratio_mean)])
             del logp, loss, ent  # not alive during the next micro-batch's forward
+
+    def update(self, rollout: Rollout, rows: Tensor, loss_mask: Tensor) -> dict[str, float]:
+        """One optimiser step on the completions ``rows``, in micro-batches."""
+        cfg, m = self.config, self.module
+        micro = cfg.micro_batch_size or rows.numel()
+        n_tok_local = loss_mask[rows].sum()
+        n_tok = m.reduce_sum(n_tok_local.float()) / m.world_size if cfg.loss_type == "dapo" else n_tok_local
+        parts = chunks(rows, micro)
+        denominator = n_tok.clamp(min=1.0)
+        # every statistic stays on the device until the step's end: one host sync per step, not per micro-batch
+        totals = torch.zeros(len(STEP_STATS), dtype=torch.float64, device=loss_mask.device)
+        with self.out_of_memory("the policy update (forward and backward)", rollout, parts, update=True):
+            self.accumulate(rollout, rows, parts, loss_mask, denominator, totals)
         *values, has_tokens = torch.cat([totals, (n_tok_local > 0).double().view(1)]).tolist()
         out = dict(zip(STEP_STATS, values))
         outcome = m.apply_update(out["loss"], cfg.gradient_clip_val, has_tokens=bool(has_tokens))

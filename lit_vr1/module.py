@@ -17,7 +17,7 @@ from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 
-from lit_vr1 import allocator, log_dirs, parallel, preemption, resume_optimisers
+from lit_vr1 import allocator, log_dirs, oom, parallel, preemption, resume_optimisers
 from lit_vr1.checkpoint import (
     allow_saved_settings,
     gather_rng_states,
@@ -419,6 +419,15 @@ class VLMModule(LightningModule):
         batch = loaded(batch)  # rows that failed to load under data.bad_rows=skip: left out, reported
         if not batch:
             return
+        size = f"{len(batch)} held-out prompts decoded greedily, up to {self.eval_max_new_tokens} tokens each"
+        options = [f"a smaller data.val_batch_size (now {len(batch)})",
+                   f"model.eval_max_new_tokens (now {self.eval_max_new_tokens})",
+                   "model.max_pixels (fewer image tokens per prompt)"]
+        with oom.in_phase("the validation" if split == "val" else "the test", lambda: size, lambda: options,
+                          self.device):
+            self._eval_batch(batch, split)
+
+    def _eval_batch(self, batch, split: str) -> None:
         if self.eval_task == "answer":
             with parallel.gathered_for_generation(self):
                 preds = predict_answer(self.policy, self.processor, batch, self.eval_max_new_tokens, self.answer_mode)

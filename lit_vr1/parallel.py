@@ -225,3 +225,26 @@ def deepspeed_knows_unmanaged_accumulation() -> bool:
     except ImportError:
         return False
     return True
+
+
+# -- a process of the run stopped -----------------------------------------------------------
+PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "remote worker crashing")  # gloo's words
+
+
+class PeerStopped(RuntimeError):
+    """This process's collective failed because another process of the run stopped first."""
+
+
+def peer_stopped(exc: BaseException) -> PeerStopped | None:
+    """The message for a collective that failed under this process because another one stopped
+    (its own error, an out-of-memory error say, is what to read: its rank prints it), in place of
+    the backend's traceback; None for any other error. gloo says so in a ``RuntimeError`` whose
+    text names the closed connection; NCCL and the others raise ``DistBackendError``, whose first
+    line is kept, since a timeout raises it too."""
+    backend = isinstance(exc, torch.distributed.DistBackendError)
+    if not backend and not (isinstance(exc, RuntimeError) and any(w in str(exc) for w in PEER_GONE)):
+        return None
+    said = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return PeerStopped("a collective of this process failed, most likely because another process of this run "
+                       "stopped first: read that process's own error (printed by its rank) for the cause. "
+                       f"The backend said: {said}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 
+import torch
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.loggers import Logger
 from torch.utils.data import DataLoader
@@ -112,3 +113,20 @@ def count_tensor_reads(monkeypatch, files: tuple[str, ...] | None = None) -> dic
     for name in TENSOR_READS:
         monkeypatch.setattr(torch.Tensor, name, counted(getattr(torch.Tensor, name)))
     return counter
+
+
+class OutOfMemoryDuring(Callback):
+    """Makes the policy update of optimiser step ``step`` raise torch's ``OutOfMemoryError`` in
+    this process (a GPU running out at a known step); with ``rank``, only in the process of that rank."""
+
+    def __init__(self, step: int, rank: int | None = None) -> None:
+        self.step, self.rank = step, rank
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step - 1 and self.rank in (None, trainer.global_rank):
+            import lit_vr1.loop
+
+            def out_of_memory(*args, **kwargs):
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.32 GiB.")
+
+            lit_vr1.loop.logprobs_and_entropy = out_of_memory
