@@ -20,7 +20,7 @@ else
   export PYTHONPATH="$PWD"
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/nvidia_smi.csv"
-timeout 120 python3 -m pytest -q -m cuda -p no:cacheprovider tests/test_numerics.py tests/test_strategies.py tests/test_decode_graph.py 2>&1 | tee "$OUT/cuda_tests.log"
+timeout 120 python3 -m pytest -q -m cuda -p no:cacheprovider tests/test_numerics.py tests/test_strategies.py tests/test_decode_graph.py tests/test_oom.py 2>&1 | tee "$OUT/cuda_tests.log"
 timeout 40 python3 benchmarks/vision_chunks.py --device cuda --depth 8 --images 8 --out "$OUT/vision_chunks.json" 2>&1 | tee "$OUT/vision_chunks.log"
 timeout 430 python3 benchmarks/gpu_check.py --json "$OUT/gpu_check.json" --budget-s 330 "$@" 2>&1 | tee "$OUT/gpu_check.log"
 echo "gpu_check: exit ${PIPESTATUS[0]}"

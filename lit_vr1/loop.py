@@ -154,7 +154,8 @@ class RolloutUpdateLoop:
         try:
             with oom.in_phase("the rollout",
                               lambda: oom.rollout_size(shape, prompts, group, tokens, oom.value_bytes(m.policy, m.device)),
-                              lambda: oom.rollout_options(prompts, group, tokens, self.config.shared_prompt), m.device), \
+                              lambda: oom.rollout_options(prompts, group, tokens, self.config.shared_prompt), m.device,
+                              self.held), \
                     m.generation_context():
                 return generate(m.policy, m.processor, samples, self.config.num_generations, self.sampling,
                                 shared=self.use_shared_prompt(), global_step=m.global_step, box_frame=m.box_frame)
@@ -224,7 +225,13 @@ class RolloutUpdateLoop:
         what = "micro-batches" if len(parts) > 1 else "one pass"
         return oom.in_phase(phase, lambda: oom.scoring_size(oom.TextShape.of(self.module.policy), rows, tokens, what),
                             lambda: oom.scoring_options(rows, self.config.micro_batch_size, tokens, update),
-                            self.module.device)
+                            self.module.device, self.held)
+
+    def held(self) -> oom.Held:
+        """What the process holds on its device: weights, reference, gradients, optimiser state."""
+        m = self.module
+        trainer = getattr(m, "_trainer", None)
+        return oom.Held.of(m.policy, getattr(m, "ref_model", None), trainer.optimizers if trainer else [], m.device)
 
     def accumulate(self, rollout: Rollout, rows: Tensor, parts: list[Tensor], loss_mask: Tensor,
                    denominator: Tensor, totals: Tensor) -> None:

@@ -80,21 +80,97 @@ def device_memory(device: torch.device | str | None) -> str:
     return f"; {torch.device(device)} holds {gib(total)}, this process's peak allocation {gib(peak)}"
 
 
-def message(phase: str, size: str, options: list[str], device: torch.device | str | None, cause: BaseException) -> str:
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return getattr(t, "_local_tensor", t)  # a DTensor (FSDP2): this process's shard
+
+
+def _bytes_on(tensors, device: torch.device, seen: set[int]) -> int:
+    total = 0
+    for t in tensors:
+        t = _local(t)
+        if t.device != device or t.numel() == 0 or t.data_ptr() in seen:  # tied weights once
+            continue
+        seen.add(t.data_ptr())
+        total += t.numel() * t.element_size()
+    return total
+
+
+@dataclass(frozen=True)
+class Held:
+    """What this process holds on the device before any pass's activations (bytes): the
+    policy's weights, the reference's, the gradients and the optimiser state."""
+
+    policy: int
+    reference: int
+    gradients: int
+    optimiser: int
+
+    @property
+    def total(self) -> int:
+        return self.policy + self.reference + self.gradients + self.optimiser
+
+    @classmethod
+    def of(cls, policy: nn.Module, reference: nn.Module | None, optimisers, device: torch.device | str) -> Held:
+        device, seen = torch.device(device), set()
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        weights = _bytes_on(policy.parameters(), device, seen)
+        ref = _bytes_on(reference.parameters(), device, seen) if reference is not None else 0
+        grads = _bytes_on((p.grad for p in policy.parameters() if p.grad is not None), device, seen)
+        try:  # torch's optimisers; a wrapper without per-parameter state dicts (DeepSpeed's) counts none
+            state = _bytes_on((v for opt in optimisers for st in opt.state.values() for v in st.values()
+                               if isinstance(v, torch.Tensor)), device, seen)
+        except (AttributeError, TypeError):
+            state = 0
+        return cls(weights, ref, grads, state)
+
+    def __str__(self) -> str:
+        parts = [f"policy weights {gib(self.policy)}"]
+        if self.reference:
+            parts.append(f"reference {gib(self.reference)}")
+        parts += [f"gradients {gib(self.gradients) if self.gradients else 'none yet'}",
+                  f"optimiser state {gib(self.optimiser) if self.optimiser else 'none yet'}"]
+        return f"this process holds {gib(self.total)} before any activation: " + ", ".join(parts)
+
+
+STATIC_OPTIONS = [
+    "model.lora (the base frozen: no gradients or AdamW state for it, and no reference copy)",
+    "FSDP2 over several devices (configs/strategy/) or DeepSpeed ZeRO to shard weights, gradients and optimiser state",
+    "model.freeze_vision: true",
+]
+
+
+def message(phase: str, size: str, options: list[str], device: torch.device | str | None, cause: BaseException,
+            held: Held | None = None) -> str:
+    """One line: the pass, its size, what the process holds, the device, the options, torch's words.
+    Where weights, gradients and optimiser state take half the device or more, the options that
+    shrink them come first: no micro-batch fits beside them."""
     first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-    return (f"out of memory in {phase} ({size}{device_memory(device)}): make it smaller with "
+    held_text = f"; {held}" if held is not None and held.total else ""
+    if held is not None and _mostly_held(held, device):
+        options = STATIC_OPTIONS + [o for o in options if o not in STATIC_OPTIONS]
+    return (f"out of memory in {phase} ({size}{held_text}{device_memory(device)}): make it smaller with "
             + "; ".join(options) + f". torch said: {first}")
+
+
+def _mostly_held(held: Held, device: torch.device | str | None) -> bool:
+    if device is None or torch.device(device).type != "cuda" or not torch.cuda.is_available():
+        return False
+    try:
+        return held.total >= torch.cuda.mem_get_info(device)[1] / 2
+    except RuntimeError:
+        return False
 
 
 @contextmanager
 def in_phase(phase: str, size: Callable[[], str], options: Callable[[], list[str]],
-             device: torch.device | str | None = None) -> Iterator[None]:
-    """Turn an ``OutOfMemoryError`` raised inside into :class:`OutOfMemory`; ``size`` and
-    ``options`` are called only then."""
+             device: torch.device | str | None = None, held: Callable[[], Held] | None = None) -> Iterator[None]:
+    """Turn an ``OutOfMemoryError`` raised inside into :class:`OutOfMemory`; ``size``, ``options``
+    and ``held`` are called only then."""
     try:
         yield
     except torch.OutOfMemoryError as exc:
-        raise OutOfMemory(message(phase, size(), options(), device, exc)) from exc
+        raise OutOfMemory(message(phase, size(), options(), device, exc, held() if held else None)) from exc
 
 
 GENERAL_OPTIONS = [
@@ -164,7 +240,5 @@ def scoring_options(rows: int, micro_batch_size: int | None, tokens: int, update
            f"model.grpo.max_completion_length (now {tokens})",
            "model.max_pixels (fewer image tokens per prompt)"]
     if update:
-        out += ["model.gradient_checkpointing: true", "model.freeze_vision: true",
-                "model.lora (adapters: no gradients or AdamW state for the base weights)",
-                "FSDP2 over several devices (configs/strategy/) to shard weights, gradients and optimiser state"]
+        out += ["model.gradient_checkpointing: true", *STATIC_OPTIONS]
     return out

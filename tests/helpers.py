@@ -130,3 +130,24 @@ class OutOfMemoryDuring(Callback):
                 raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.32 GiB.")
 
             lit_vr1.loop.logprobs_and_entropy = out_of_memory
+
+
+class CudaMemoryCapDuring(Callback):
+    """From optimiser step ``step`` on, the CUDA allocator may reserve no more than it holds
+    (``torch.cuda.set_per_process_memory_fraction``): the next pass that needs a new block runs
+    out of memory for real, as on a full card. The cap is lifted when the fit ends or raises."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step - 1:
+            torch.cuda.empty_cache()
+            total = torch.cuda.get_device_properties(pl_module.device).total_memory
+            torch.cuda.set_per_process_memory_fraction(torch.cuda.memory_reserved(pl_module.device) / total)
+
+    def teardown(self, trainer, pl_module, stage) -> None:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        torch.cuda.set_per_process_memory_fraction(1.0)

@@ -59,6 +59,13 @@ def test_the_update_running_out_names_the_micro_batch_its_logits_and_where_the_f
     vocab = quickstart_model().config.text_config.vocab_size
     assert f"float32 logits alone take {oom.gib(4 * 4 * vocab * 4)}" in line
     assert "resumes from" in err and "last.ckpt (optimiser step 1)" in err  # step 1 was saved, step 2 ran out
+    # what the process held, counted from its tensors: float32 policy and reference, AdamW's two moments
+    # and step counts; the gradients were set to None after step 1 and the update ran out before its backward
+    params = {p.data_ptr(): p for p in quickstart_model().parameters()}.values()
+    weights = sum(p.numel() for p in params) * 4
+    optimiser = 2 * weights + 4 * len(params)
+    assert (f"this process holds {oom.gib(2 * weights + optimiser)} before any activation: policy weights "
+            f"{oom.gib(weights)}, reference {oom.gib(weights)}, gradients none yet, optimiser state {oom.gib(optimiser)}") in line
 
 
 def test_the_rollout_running_out_names_prompts_generations_and_its_cache(tmp_path, capsys, monkeypatch):
@@ -134,3 +141,36 @@ def test_one_process_running_out_under_ddp_stops_both_with_one_message_each(tmp_
     assert err.count("lit-vr1: error: out of memory in the policy update") == 1, err[-4000:]
     assert err.count("lit-vr1: error: a collective of this process failed") == 1, err[-4000:]
     assert f"resumes from {out / 'ckpt' / 'last.ckpt'} (optimiser step 2)" in err
+
+
+def test_weights_and_optimiser_state_filling_the_device_put_their_options_first(monkeypatch):
+    """The 3B recipe on one 80 GB card: float32 policy, reference, gradients and AdamW state take
+    about 70 GiB before any activation, and no micro-batch size fits beside them. (The CUDA
+    calls answer as an 80 GB card would; the CPU has none.)"""
+    gb = oom.GIB
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1 * gb, 79.1 * gb))
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 78 * gb)
+    update = oom.scoring_options(4, 4, 1024, update=True)
+    full = oom.Held(policy=14 * gb, reference=14 * gb, gradients=14 * gb, optimiser=28 * gb)
+    text = oom.message("the policy update", "one pass", update, "cuda:0", torch.OutOfMemoryError("x"), full)
+    assert "this process holds 70.00 GiB before any activation" in text
+    assert "cuda:0 holds 79.10 GiB, this process's peak allocation 78.00 GiB" in text
+    assert text.split("make it smaller with ")[1].startswith("model.lora")
+    light = oom.Held(policy=1 * gb, reference=0, gradients=1 * gb, optimiser=2 * gb)
+    text = oom.message("the policy update", "one pass", update, "cuda:0", torch.OutOfMemoryError("x"), light)
+    assert text.split("make it smaller with ")[1].startswith("model.grpo.micro_batch_size: 2 or fewer")
+    assert "reference" not in text.split("before any activation")[1].split(";")[0]  # none held: not listed
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_real_cuda_out_of_memory_is_said_in_one_line(tmp_path, capsys):
+    """On a GPU whose allocator may take no new block from step 2 on: the pass that asks for one
+    fails with CUDA's own OutOfMemoryError, which the command prints as one line."""
+    cap = '[{class_path: tests.helpers.CudaMemoryCapDuring, init_args: {step: 2}}]'
+    code, err = run_fit(tmp_path, capsys, "--trainer.accelerator=gpu", "--trainer.devices=1",
+                        f"--trainer.callbacks+={cap}")
+    assert code == 2 and "Traceback" not in err, err[-3000:]
+    [line] = error_lines(err)
+    assert line.startswith("lit-vr1: error: out of memory in ") and "torch said: CUDA out of memory" in line, line
