@@ -164,6 +164,9 @@ def _rank_main(strategy_name: str, out: Path) -> None:
     trainer.fit(module, datamodule=_datamodule(out))
 
     rank = trainer.global_rank
+    from lit_vr1.oom import Held
+
+    held = Held.of(module.policy, module.ref_model, trainer.optimizers, module.device)  # bytes this process holds
     fsdp_modules = [m for m in module.policy.modules() if parallel.is_fsdp(m)]
     # For comparison, a rollout with FSDP2's usual behaviour: only the root's weights stay
     # gathered (transformers runs the vision tower outside the model's forward, so they must),
@@ -188,6 +191,7 @@ def _rank_main(strategy_name: str, out: Path) -> None:
         fsdp_modules=len(fsdp_modules), policy_sharded=parallel.is_fsdp(module.policy),
         ref_sharded=parallel.is_fsdp(module.ref_model), control_gathers=control_gathers,
         control_len=len(control), hash=full_hash, sums=sums, init_hash=init_hash,
+        held={"policy": held.policy, "reference": held.reference},
     )
     (out / f"rank{rank}.json").write_text(json.dumps(record))
 
@@ -278,6 +282,14 @@ def test_fsdp2_two_processes_shards_gathers_once_and_stays_in_sync(tmp_path_fact
         assert all(ro["gathers"] == r["fsdp_modules"] for ro in r["rollouts"])
         # ...while without the context FSDP2 gathers the blocks again at every step
         assert r["control_len"] == 2 * G and r["control_gathers"] > r["fsdp_modules"]
+        # after the reference pass the reference holds its shard alone, as the policy does: its root
+        # (embeddings, head, merger) kept its gathered weights for good before (FSDP2 frees a root's
+        # after backward, and the reference has none): 2.12 MiB against 1.52 on each of 2 processes
+        assert r["held"]["reference"] == r["held"]["policy"], r["held"]
+    ddp, _ = two_rank_fit("ddp", tmp_path_factory)
+    for r in ranks:  # each process holds about half the weights DDP holds
+        assert r["held"]["policy"] < 0.6 * ddp[0]["held"]["policy"]
+        assert ddp[0]["held"]["reference"] == ddp[0]["held"]["policy"]
     assert ranks[0]["validated"]  # greedy validation generates under FSDP2 too
 
 
