@@ -422,17 +422,24 @@ class GRPOModule(VLMModule):
         """A checkpoint written with a reference model (beta != 0) loaded into a module without
         one (beta 0), or the other way round: a resume is refused naming ``model.grpo.beta``
         (before, strict loading stopped it with a traceback of every reference key); validate,
-        test and predict, which never run the reference, load the policy alone."""
+        test and predict, which never run the reference, load the policy alone. Under LoRA too
+        (the run's beta tells): a run with beta 0 keeps no reference adapters, so after
+        ``callbacks.ColdStart`` a resume with beta > 0 anchored its KL to the untrained base
+        (KL 0.0525 against an uninterrupted run's 0.0011, a new user's trial)."""
         grpo = (checkpoint.get("hyper_parameters") or {}).get("grpo")
         was = grpo.get("beta") if isinstance(grpo, dict) else getattr(grpo, "beta", None)
-        if "state_dict" in checkpoint:
+        if self.lora is not None:  # no reference copy: the run's beta tells whether it kept a reference
+            state, saved = None, (was != 0) if was is not None else None
+            if saved is None or saved == (self.config.beta != 0):
+                return
+        elif "state_dict" in checkpoint:
             state = checkpoint["state_dict"]
             saved = any(k.startswith("ref_model.") for k in state)
         elif was is not None:  # FSDP2 and DeepSpeed load the weights themselves: the run's beta tells
             state, saved = None, was != 0
         else:
             return
-        if saved == (self.ref_model is not None) or self.lora is not None:
+        if self.lora is None and saved == (self.ref_model is not None):
             return
         trainer = self._trainer
         if trainer is not None and trainer.state.fn == "fit":

@@ -107,6 +107,17 @@ def test_the_reference_check_reads_the_runs_beta_where_the_strategy_loads_the_we
                                               r"\(beta 0\.04\)"):
         GRPOModule._match_reference(module(0.04), single)
     GRPOModule._match_reference(module(0.0), single)  # the same beta: nothing to say
+    # LoRA keeps no reference copy: the run's beta tells. A beta-0 LoRA run kept no warm-up adapters
+    # (callbacks.ColdStart), so a resume with beta > 0 anchored its KL to the untrained base, silently
+    lora = module(0.04)
+    lora.lora, lora.ref_model = object(), None
+    with pytest.raises(CheckpointError, match=r"trained without a reference model \(beta 0\.0\) and this run has one"):
+        GRPOModule._match_reference(lora, single)
+    lora.config.beta = 0.0
+    with pytest.raises(CheckpointError, match=r"trained with a reference model \(beta 0\.04\) and this run has none"):
+        GRPOModule._match_reference(lora, sharded)
+    GRPOModule._match_reference(lora, single)  # the same beta
+    GRPOModule._match_reference(lora, {"state_dict": {}})  # a checkpoint without the run's settings: not judged
 
 
 def test_rollout_logs_every_n_steps_count_over_the_whole_fit_not_each_epoch(tmp_path):
