@@ -312,14 +312,14 @@ def check(setup: FitSetup) -> None:
 
 
 def _group_sizes(grpo: Any, callbacks: list[Any]) -> list[int]:
-    """G of the config and of every stage of a stage-scheduling callback (PTST)."""
-    sizes = [grpo.num_generations] if grpo is not None else []
-    for cb in callbacks:
-        for stage in getattr(cb, "stages", None) or []:
-            g = getattr(stage, "num_generations", None)
-            if isinstance(g, int):
-                sizes.append(g)
-    return sizes
+    """Every G the fit's rollouts use: those of the stages of a stage-scheduling callback (PTST:
+    its stages cover every step, the first from step 0, the last to the fit's end, so the
+    config's own G never runs; a valid ``mini_batch_size`` of 12 for stages of G 4 and 6 was
+    refused against the recipe's unused G of 10), else the config's."""
+    staged = [getattr(stage, "num_generations", None) for cb in callbacks for stage in getattr(cb, "stages", None) or []]
+    if staged:
+        return [g for g in staged if isinstance(g, int)]
+    return [grpo.num_generations] if grpo is not None else []
 
 
 def fit_setup(module: Any) -> FitSetup:

@@ -140,9 +140,13 @@ def test_ptst_stages_count_as_group_sizes():
     module = SimpleNamespace(config=GRPOConfig(num_generations=8, mini_batch_size=8),
                              trainer=SimpleNamespace(callbacks=[ptst], datamodule=None, world_size=1))
     setup = checks.fit_setup(module)
-    assert setup.group_sizes == [8, 8, 6]
+    assert setup.group_sizes == [8, 6]  # the stages cover every step: the config's own G never runs
     with pytest.raises(ConfigError, match=r"mini_batch_size=8 is not a multiple of model.grpo.num_generations=6"):
         checks.check_fit(module)
+    # 12 fits both stages' G; the config's unused G of 10 refused it (a new user's trial)
+    module.config = GRPOConfig(num_generations=10, mini_batch_size=12)
+    ptst.stages[0].num_generations = 4
+    checks.check_fit(module)
 
 
 def test_a_ptst_stage_is_set_through_the_module_and_checked_as_the_config_is():
