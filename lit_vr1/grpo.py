@@ -17,7 +17,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from lit_vr1 import decode_graph, parallel
+from lit_vr1 import decode_graph, parallel, val_schedule
 from lit_vr1.checkpoint import CheckpointError
 from lit_vr1.checks import check_fit, steps_per_rollout
 from lit_vr1.config import GRPOConfig
@@ -73,6 +73,7 @@ class GRPOModule(VLMModule):
         self.rewards = as_rewards(rewards) if rewards is not None else [IoUReward(), RecJsonFormat(weight=0.5)]
         self.config = grpo or GRPOConfig()
         self.ref_model: torch.nn.Module | None = None
+        self.step_before_batch: int | None = None  # the optimiser step a training batch started at
         # with LoRA: the trainable weights the reference runs with (None: the base, adapters disabled)
         self.reference_weights: dict[str, Tensor] | None = None
         self.loop = RolloutUpdateLoop(self, self.config)
@@ -161,6 +162,8 @@ class GRPOModule(VLMModule):
     def setup(self, stage: str) -> None:
         super().setup(stage)
         if stage == "fit":
+            self.step_before_batch = None
+            val_schedule.validate_at_step_multiples(self.trainer, self)  # val_check_interval counts steps
             self.rewards = self.rewards  # entries appended in place since (a plain function) are wrapped too
             train_set = getattr(getattr(self.trainer, "datamodule", None), "train_set", None)
             # first: under data.bad_rows=skip it may leave rows out, which the row-count rule must see
@@ -367,6 +370,7 @@ class GRPOModule(VLMModule):
 
     # -- steps -----------------------------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> None:
+        self.step_before_batch = self.global_step  # validation counts steps (lit_vr1.val_schedule)
         stats = self.loop.run(batch)
         self.log("reward", stats["reward/total/mean"], prog_bar=True, logger=False, batch_size=len(batch))
         self.warn_when_nothing_to_learn(stats["groups_tied_frac"], stats["reward/total/mean"])
