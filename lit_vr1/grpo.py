@@ -173,9 +173,7 @@ class GRPOModule(VLMModule):
                 forget_warnings(reward)
             self.loop.__dict__.pop("_failed_in_a_row", None)  # and counts its failed rollouts afresh
             setup = check_fit(self)  # every fit-time and strategy rule, each problem listed
-            note = max_steps_note(self.trainer.max_steps, steps_per_rollout(setup))
-            if note:
-                rank_zero_warn(note)
+            self._rollout_steps = steps_per_rollout(setup)  # max_steps is judged from the step the fit starts at
             for reward in self.rewards:  # a judge that is not running: say so now, not at the first rollout
                 reward.check_ready()
 
@@ -369,6 +367,14 @@ class GRPOModule(VLMModule):
         return self.trainer.strategy.reduce(value.to(self.device), reduce_op="sum")
 
     # -- steps -----------------------------------------------------------------------------
+    def on_train_start(self) -> None:
+        """Warn when ``trainer.max_steps`` ends inside a rollout, counted from the step this fit
+        starts at (a resumed one's; counted from 0 the warning was wrong both ways after a resume)."""
+        super().on_train_start()
+        note = max_steps_note(self.trainer.max_steps, getattr(self, "_rollout_steps", []), self.global_step)
+        if note:
+            rank_zero_warn(note)
+
     def training_step(self, batch, batch_idx: int) -> None:
         self.step_before_batch = self.global_step  # validation counts steps (lit_vr1.val_schedule)
         stats = self.loop.run(batch)
@@ -475,16 +481,19 @@ class GRPOModule(VLMModule):
         self.log("loss", metrics["loss"], prog_bar=True, logger=False)
 
 
-def max_steps_note(max_steps: int, steps: list[int]) -> str | None:
+def max_steps_note(max_steps: int, steps: list[int], start: int = 0) -> str | None:
     """A note when ``max_steps`` ends inside a rollout of ``steps`` optimiser steps (one value:
-    the fit's G does not change), else None."""
-    if len(steps) != 1 or steps[0] < 2 or max_steps is None or max_steps <= 0 or max_steps % steps[0] == 0:
+    the fit's G does not change), the fit's rollouts starting at step ``start`` (a resumed fit's
+    step; checkpoints fall on rollout ends), else None."""
+    if len(steps) != 1 or steps[0] < 2 or max_steps is None or max_steps <= start or (max_steps - start) % steps[0] == 0:
         return None
-    k = steps[0]
-    return (f"trainer.max_steps={max_steps} ends inside a rollout (each takes {k} optimiser steps): the remaining "
-            f"{k - max_steps % k} step(s) of that rollout are not trained, and a resume of this run with more steps starts a new "
-            f"rollout where one run would have finished that one (not the same run); give a multiple of {k} "
-            f"({' or '.join(map(str, sorted({max_steps // k * k or k, (max_steps // k + 1) * k})))})")
+    k, left = steps[0], max_steps - start
+    ends = sorted({start + (left // k * k or k), start + (left // k + 1) * k})
+    since = f", from step {start} where this fit starts" if start else ""
+    return (f"trainer.max_steps={max_steps} ends inside a rollout (each takes {k} optimiser steps{since}): the remaining "
+            f"{k - left % k} step(s) of that rollout are not trained, and a resume of this run with more steps starts a new "
+            f"rollout where one run would have finished that one (not the same run); give "
+            f"{'a multiple of ' + str(k) if not start else f'{start} + a multiple of {k}'} ({' or '.join(map(str, ends))})")
 
 
 def failing_rewards_note(rewards: list[Reward]) -> str:

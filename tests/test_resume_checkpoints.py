@@ -82,6 +82,11 @@ def test_a_max_steps_inside_a_rollout_is_warned_of():
     assert max_steps_note(5, [2]).endswith("give a multiple of 2 (4 or 6)")
     assert max_steps_note(3, [4]).endswith("give a multiple of 4 (4)")  # one choice named once
     assert [max_steps_note(4, [2]), max_steps_note(5, [1]), max_steps_note(-1, [2]), max_steps_note(5, [2, 3])] == [None] * 4
+    # a fit resumed at step 6 with 4 steps a rollout: steps 7-10 are one whole rollout, 7-8 half of one
+    # (counted from 0, 10 was warned of and 8 was not; a new user's trial)
+    assert max_steps_note(10, [4], start=6) is None
+    assert max_steps_note(8, [4], start=6).endswith("give 6 + a multiple of 4 (10)")
+    assert "from step 6 where this fit starts" in max_steps_note(8, [4], start=6)
 
 
 def test_the_reference_check_reads_the_runs_beta_where_the_strategy_loads_the_weights_itself():

@@ -33,3 +33,4 @@ def test_validation_every_n_steps_with_several_steps_a_rollout(tmp_path):
     proc = lit_vr1(tmp_path, "fit", *run)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert validated_steps(tmp_path / "four") == [4, 6]  # the second rollout is cut at max_steps 6 (warned of)
+    assert "trainer.max_steps=6 ends inside a rollout (each takes 4 optimiser steps)" in proc.stderr
