@@ -84,6 +84,28 @@ def test_micro_batch_accumulation_matches_full_batch(samples):
     assert moved
 
 
+def test_logged_token_means_do_not_depend_on_the_micro_batches(samples, monkeypatch):
+    """Entropy, KL, clip fractions and the ratio are the mini-batch's token means however it is cut
+    (each micro-batch counted by its share of the sequences, KL moved by up to 3.7%: a new user's trial)."""
+    generate = loop.generate
+
+    def completions_of_several_lengths(*args, **kwargs):  # a random model rarely ends a completion early
+        rollout = generate(*args, **kwargs)
+        width = rollout.completion_mask.shape[1]
+        for i in range(len(rollout)):
+            rollout.completion_mask[i, max(1, width - 3 * i):] = False
+        return rollout
+
+    monkeypatch.setattr(loop, "generate", completions_of_several_lengths)
+    rows = {}
+    for micro in (None, 3):
+        seed_everything(0)
+        rows[micro] = train_rows(fit(make(lr=1e-2, beta=0.04, micro_batch_size=micro), samples[:2], max_steps=2))[1]
+    assert rows[None]["train/kl"] > 0
+    for key in ("train/kl", "train/entropy", "train/ratio_mean", "train/clip_low", "train/clip_high", "train/loss"):
+        assert rows[3][key] == pytest.approx(rows[None][key], rel=1e-4, abs=1e-7), key
+
+
 def test_mini_batches_take_several_steps_per_rollout(samples):
     seed_everything(0)
     module = make(mini_batch_size=4)
