@@ -53,3 +53,23 @@ def test_notices_are_silenced_during_a_lit_vr1_fit_and_back_after_it(tmp_path):
         Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                 enable_model_summary=False, default_root_dir=tmp_path).fit(OtherModel(), loader)
     assert [w for w in caught if "module(s) in eval mode" in str(w.message)]  # the other model's mistake is shown
+
+
+def test_the_sync_dist_notice_is_silenced_for_evaluation_figures_only():
+    """Under several processes every validation said it once per figure; the figures come from
+    torchmetrics metrics that gather every process's rows first. A user's own figure keeps it."""
+    from lightning.fabric.utilities.warnings import PossibleUserWarning
+
+    from lit_vr1.quiet import add_notice_filters, remove_notice_filters
+
+    def notice(name):
+        return (f"It is recommended to use `self.log({name!r}, ..., sync_dist=True)` when logging on epoch level in "
+                "distributed setting to accumulate the metric across devices.")
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        added = add_notice_filters()
+        for name in ("val/acc50", "test/map_50", "my_loss"):
+            warnings.warn(notice(name), PossibleUserWarning)
+        remove_notice_filters(added)
+    assert [str(w.message) for w in caught] == [notice("my_loss")]
