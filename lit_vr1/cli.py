@@ -398,6 +398,17 @@ def one_line_warning(message, category, filename, lineno, line=None) -> str:
     return f"{filename}:{lineno}: {category.__name__}: {message}\n"
 
 
+def same_on_every_process(error: BaseException) -> bool:
+    """Whether every process of a run raises ``error`` alike: a refused setting (``ConfigError``)
+    or a refused resume (``CheckpointError``) is judged from what every process reads, so rank 0
+    says it alone (under DDP it was printed once per process); any other error, an out-of-memory
+    one say, may be one process's own and is printed where it happened."""
+    from lit_vr1.checkpoint import CheckpointError
+    from lit_vr1.rules import ConfigError
+
+    return isinstance(error, (ConfigError, CheckpointError))
+
+
 def main(args: list[str] | None = None) -> None:
     """``lit-vr1``: the CLI, with lit-vr1's own errors printed as one message (exit 2).
     ``--traceback`` (anywhere on the command line) or ``LIT_VR1_TRACEBACK=1`` shows the
@@ -439,8 +450,9 @@ def main(args: list[str] | None = None) -> None:
         message = str(error).strip() or type(error).__name__
         for note in getattr(exc, "__notes__", []):
             message += f"\n{note}"
-        print(f"lit-vr1: error: {message}\n(run again with {TRACEBACK_FLAG} or {TRACEBACK_ENV}=1 for the traceback)",
-              file=sys.stderr)
+        if rank_zero_only.rank == 0 or not same_on_every_process(error):
+            print(f"lit-vr1: error: {message}\n(run again with {TRACEBACK_FLAG} or {TRACEBACK_ENV}=1 for the traceback)",
+                  file=sys.stderr)
         sys.exit(2)
 
 

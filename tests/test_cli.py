@@ -260,3 +260,17 @@ def test_loggers_other_than_csv_receive_the_whole_config(tmp_path):
     assert config["model"]["init_args"]["optimizer"]["class_path"] == "torch.optim.AdamW"
     assert config["data"]["init_args"]["batch_size"] == 2
     assert list((tmp_path / "run").rglob("config.yaml"))  # the file, as before, in the CSV logger's folder
+
+
+def test_a_refused_setting_under_ddp_is_said_once(tmp_path):
+    """Every process refuses a setting alike: rank 0 says it (it was printed once per process)."""
+    import subprocess
+
+    from tests.test_resume import _env, fit_command
+
+    out = tmp_path / "run"
+    cmd = fit_command(out, out / "ckpt", tmp_path / "data", "--trainer.devices=2", "--trainer.strategy=ddp",
+                      "--trainer.accelerator=cpu", "--model.init_args.grpo.mini_batch_size=3")
+    proc = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.count("lit-vr1: error: model.grpo.mini_batch_size=3 is not a multiple") == 1, proc.stderr[-3000:]

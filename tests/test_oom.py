@@ -174,3 +174,4 @@ def test_a_real_cuda_out_of_memory_is_said_in_one_line(tmp_path, capsys):
     assert code == 2 and "Traceback" not in err, err[-3000:]
     [line] = error_lines(err)
     assert line.startswith("lit-vr1: error: out of memory in ") and "torch said: CUDA out of memory" in line, line
+
