@@ -228,7 +228,7 @@ class _NoOp(LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def test_skip_mode_reports_count_ids_and_reasons_at_the_end_of_each_epoch(tmp_path):
+def test_skip_mode_reports_count_ids_and_reasons_at_fit_start_and_each_epochs_end(tmp_path):
     from lit_vr1.models.tiny import build_tiny
 
     two = rec(7, image=["full.png", "full.png"], human="<image><image>Compare them.", gpt="")  # 70 tokens, the others <= 65
@@ -249,12 +249,18 @@ def test_skip_mode_reports_count_ids_and_reasons_at_the_end_of_each_epoch(tmp_pa
     assert [[x.id for x in r["at_load"]] for r in report.reports] == [["4"], ["4"]]
     assert trainer.callback_metrics["data/skipped_rows"] == 4.0
     texts = [str(w.message) for w in caught if "data.bad_rows=skip" in str(w.message)]
-    # the same rows are left out in epoch 1: warned of and written down once, not every epoch
-    assert len(texts) == 1 and "epoch 0 left out 4 row(s) (3 when the data was read, 1 at load time, training " \
-                               "rows replaced in their batches by other rows)" in texts[0], texts
-    assert f"ids {f}:2, 3, 7, 4" in texts[0] and "truncated.png cannot be decoded" in texts[0]
+    # the rows left out when the data was read, as the fit starts (a run stopped before the first
+    # epoch's end said nothing of them); the one that failed to load, at epoch 0's end; the same rows
+    # left out in epoch 1: warned of and written down once, not every epoch
+    assert len(texts) == 2, texts
+    assert texts[0].startswith(f"data.bad_rows=skip: the fit's start left out 3 row(s) (3 when the data was read): "
+                               f"ids {f}:2, 3, 7")
+    assert "epoch 0 left out 1 row(s) not reported before (0 when the data was read, 1 at load time, training " \
+           "rows replaced in their batches by other rows)" in texts[1], texts
+    assert "ids 4" in texts[1] and "truncated.png cannot be decoded" in texts[1]
     rows = [json.loads(x) for x in (tmp_path / "skipped_rows.jsonl").read_text().splitlines()]
-    assert len(rows) == 4 and {r["id"] for r in rows} == {f"{f}:2", "3", "4", "7"} and {r["epoch"] for r in rows} == {0}
+    assert [(r["epoch"], r["id"]) for r in rows] == [("the fit's start", f"{f}:2"), ("the fit's start", "3"),
+                                                     ("the fit's start", "7"), (0, "4")]
 
 
 def test_held_out_rows_that_fail_to_load_are_left_out_not_replaced_and_reported(tmp_path):
@@ -332,6 +338,38 @@ def test_rows_whose_images_dwarf_the_others_are_reported_without_a_prompt_limit(
     assert setup(max_prompt_length=100_000) == []  # a limit given: it is the check
     processor = load_processor("tiny:qwen2_5_vl")  # the tiny processor's own cap: no outlier
     assert setup() == []
+
+
+def test_rows_whose_questions_dwarf_the_others_are_reported_without_a_prompt_limit(tmp_path):
+    """A pasted document among one-line questions (1,364-5,222 tokens against about 50 in a new
+    user's data) took a validation from 1.34 to 9.13 GB, with nothing said."""
+    from PIL import Image
+
+    from lit_vr1.models.loading import load_processor
+
+    folder = tmp_path / "img"
+    folder.mkdir()
+    Image.new("RGB", (56, 56), (200, 30, 30)).save(folder / "a.png")
+    long = "<image>" + "Read this report and say where the red square is. " * 120  # 6,007 characters with its marker
+    f = tmp_path / "data.jsonl"
+    f.write_text("\n".join([rec(i) for i in range(1, 8)] + [rec(8, human=long)]) + "\n")
+    processor = load_processor("tiny:qwen2_5_vl")
+
+    def setup(**kwargs):
+        dm = GroundingDataModule(train_files=str(f), train_images=str(folder), **kwargs)
+        dm.use_processor(processor)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            dm.setup("fit")
+        return [str(w.message) for w in caught if "questions far longer" in str(w.message)]
+
+    [text] = setup()
+    assert text.startswith("data.train_files: 1 row(s) with questions far longer than the median row's 31 characters: "
+                           "the longest, 6007 characters (")
+    assert f"text tokens), at {f}:8" in text and "data.max_prompt_length refuses" in text
+    assert setup(max_prompt_length=100_000) == []  # a limit given: it is the check
+    f.write_text("\n".join([rec(i) for i in range(1, 8)] + [rec(8, human=long[:3000])]) + "\n")
+    assert setup() == []  # 3,000 characters: under the 4,000 a warning needs
 
 
 def test_a_question_naming_html_tags_is_read(tmp_path):
