@@ -376,3 +376,23 @@ def test_a_question_naming_html_tags_is_read(tmp_path):
     """InternVL's <img> / <video> are left out of the refused tokens: a question may name the tags."""
     f, d = write(tmp_path, [vr1(1, [["cat", [1, 2, 10, 12]]], problem="<image>What does an <img> or <video> tag show?")])
     assert "<img>" in JsonlDataset(f, d).records[0].question
+
+
+def test_large_data_files_are_said_as_they_are_read(tmp_path, monkeypatch, caplog):
+    """Reading 150,000 rows took 40-100 s before the first step with nothing on the screen."""
+    import logging
+
+    from lit_vr1.data import jsonl
+
+    f, d = write(tmp_path, [rec(1), rec(2)])
+    monkeypatch.setattr(jsonl, "SAY_READING_BYTES", 1)
+    with caplog.at_level(logging.INFO):
+        JsonlDataset(f, d)
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("data: ")]
+    assert said[0] == f"data: reading {f} (0 MB; each row's image header is checked)"
+    assert said[1].startswith("data: 2 rows read in ")
+    caplog.clear()
+    monkeypatch.setattr(jsonl, "SAY_READING_BYTES", 8 * 1024**2)
+    with caplog.at_level(logging.INFO):
+        JsonlDataset(f, d)
+    assert not [r for r in caplog.records if r.getMessage().startswith("data: ")]  # a small file: nothing
