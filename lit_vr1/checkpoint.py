@@ -122,6 +122,12 @@ class CheckpointError(ValueError):
     """A checkpoint file that cannot be read; the message names it and an intact one beside it."""
 
 
+class SettingsRefused(CheckpointError):
+    """A resume refused because a setting differs from the checkpoint's run: every process of a
+    run judges it alike (the CLI prints it on rank 0 alone), where a missing or broken file may be
+    one machine's own."""
+
+
 def is_intact(path: str) -> bool:
     """Whether ``path`` is a whole torch checkpoint: a zip archive (torch.save's format)
     whose members all pass their CRC check. Reads the file, unpickles nothing."""
@@ -302,7 +308,7 @@ def refuse_foreign_resume(what: str, differences: list[str]) -> None:
     """Raise :class:`CheckpointError` when a resumed checkpoint was written with other
     settings (another run's checkpoint in the same folder, or a changed config)."""
     if differences:
-        raise CheckpointError(f"the checkpoint to resume was written by a run with another {what}: "
+        raise SettingsRefused(f"the checkpoint to resume was written by a run with another {what}: "
                               + "; ".join(differences) + ". Resume with the run's own settings, or start fresh "
                               "(leave out --ckpt_path) under another trainer.default_root_dir")
 

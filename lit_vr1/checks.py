@@ -31,7 +31,7 @@ class FitSetup:
     """What the rules look at, read from a module and its Trainer (see :func:`fit_setup`).
 
     grpo: the module's :class:`~lit_vr1.config.GRPOConfig` (None: not a GRPO module).
-    group_sizes: every G the fit will use: ``grpo.num_generations`` and each PTST stage's.
+    group_sizes: every G the fit will use: each PTST stage's, else ``grpo.num_generations``.
     batch_size: prompts per rollout on each process (``data.batch_size``; None: unknown).
     train_rows: rows of the training set (None: unknown). num_workers: ``data.num_workers``.
     world_size: processes.
@@ -316,9 +316,10 @@ def _group_sizes(grpo: Any, callbacks: list[Any]) -> list[int]:
     its stages cover every step, the first from step 0, the last to the fit's end, so the
     config's own G never runs; a valid ``mini_batch_size`` of 12 for stages of G 4 and 6 was
     refused against the recipe's unused G of 10), else the config's."""
-    staged = [getattr(stage, "num_generations", None) for cb in callbacks for stage in getattr(cb, "stages", None) or []]
+    staged = [g for cb in callbacks for stage in getattr(cb, "stages", None) or []
+              if isinstance(g := getattr(stage, "num_generations", None), int)]
     if staged:
-        return [g for g in staged if isinstance(g, int)]
+        return staged
     return [grpo.num_generations] if grpo is not None else []
 
 

@@ -400,13 +400,14 @@ def one_line_warning(message, category, filename, lineno, line=None) -> str:
 
 def same_on_every_process(error: BaseException) -> bool:
     """Whether every process of a run raises ``error`` alike: a refused setting (``ConfigError``)
-    or a refused resume (``CheckpointError``) is judged from what every process reads, so rank 0
-    says it alone (under DDP it was printed once per process); any other error, an out-of-memory
-    one say, may be one process's own and is printed where it happened."""
-    from lit_vr1.checkpoint import CheckpointError
+    or a resume refused for a changed setting (``SettingsRefused``) is judged from what every
+    process reads, so rank 0 says it alone (under DDP it was printed once per process); any other
+    error, an out-of-memory one or a checkpoint file one machine lacks, may be one process's own
+    and is printed where it happened."""
+    from lit_vr1.checkpoint import SettingsRefused
     from lit_vr1.rules import ConfigError
 
-    return isinstance(error, (ConfigError, CheckpointError))
+    return isinstance(error, (ConfigError, SettingsRefused))
 
 
 def main(args: list[str] | None = None) -> None:

@@ -18,7 +18,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from lit_vr1 import decode_graph, parallel, val_schedule
-from lit_vr1.checkpoint import CheckpointError
+from lit_vr1.checkpoint import SettingsRefused
 from lit_vr1.checks import check_fit, steps_per_rollout
 from lit_vr1.config import GRPOConfig
 from lit_vr1.loop import RolloutUpdateLoop, StepOutcome
@@ -163,7 +163,7 @@ class GRPOModule(VLMModule):
         super().setup(stage)
         if stage == "fit":
             self.step_before_batch = None
-            val_schedule.validate_at_step_multiples(self.trainer, self)  # val_check_interval counts steps
+            val_schedule.validate_at_step_multiples(self.trainer)  # val_check_interval counts steps
             self.rewards = self.rewards  # entries appended in place since (a plain function) are wrapped too
             train_set = getattr(getattr(self.trainer, "datamodule", None), "train_set", None)
             # first: under data.bad_rows=skip it may leave rows out, which the row-count rule must see
@@ -247,8 +247,11 @@ class GRPOModule(VLMModule):
         if self.ref_model is None:
             raise RuntimeError(f"no reference model: this module was built with beta 0 (beta is {self.config.beta} "
                                "now; a fit builds the reference when it starts)")
-        with torch.no_grad():
-            yield self.ref_model
+        try:
+            with torch.no_grad():
+                yield self.ref_model
+        finally:
+            parallel.reshard(self.ref_model)  # FSDP2: the root's gathered weights freed once the pass is done
 
     # -- optimisation ----------------------------------------------------------------------
     @contextlib.contextmanager
@@ -454,7 +457,7 @@ class GRPOModule(VLMModule):
         trainer = self._trainer
         if trainer is not None and trainer.state.fn == "fit":
             then = f"beta {was!r}" if was is not None else "a beta" + (" other than 0" if saved else " of 0")
-            raise CheckpointError(
+            raise SettingsRefused(
                 f"model.grpo.beta: the checkpoint's run trained {'with' if saved else 'without'} a reference model "
                 f"({then}) and this run has {'none' if saved else 'one'} (beta {self.config.beta!r}); a resume goes on "
                 "with the run's own beta: give it, or start a new fit from the exported model (python -m "

@@ -227,11 +227,9 @@ class RolloutUpdateLoop:
                             lambda: oom.scoring_options(rows, self.config.micro_batch_size, tokens, update),
                             self.module.device, self.held)
 
-    def held(self) -> oom.Held:
+    def held(self) -> oom.Held | None:
         """What the process holds on its device: weights, reference, gradients, optimiser state."""
-        m = self.module
-        trainer = getattr(m, "_trainer", None)
-        return oom.Held.of(m.policy, getattr(m, "ref_model", None), trainer.optimizers if trainer else [], m.device)
+        return oom.held_by(self.module)
 
     def accumulate(self, rollout: Rollout, rows: Tensor, parts: list[Tensor], loss_mask: Tensor,
                    denominator: Tensor, totals: Tensor) -> None:
@@ -274,7 +272,10 @@ class RolloutUpdateLoop:
             self.accumulate(rollout, rows, parts, loss_mask, denominator, totals)
         *values, has_tokens = torch.cat([totals, (n_tok_local > 0).double().view(1)]).tolist()
         out = dict(zip(STEP_STATS, values))
-        outcome = m.apply_update(out["loss"], cfg.gradient_clip_val, has_tokens=bool(has_tokens))
+        with oom.in_phase("the optimiser step (clipping and the optimiser's update: AdamW's state is made at the first)",
+                          lambda: f"{sum(p.numel() for p in m.policy.parameters() if p.requires_grad)} trainable parameters",
+                          lambda: list(oom.STATIC_OPTIONS), m.device, self.held):
+            outcome = m.apply_update(out["loss"], cfg.gradient_clip_val, has_tokens=bool(has_tokens))
         out.update(grad_norm=outcome.grad_norm, lr=outcome.lr, skipped_steps=float(outcome.skipped_steps))
         return out
 

@@ -424,8 +424,7 @@ class VLMModule(LightningModule):
                    f"model.eval_max_new_tokens (now {self.eval_max_new_tokens})",
                    "model.max_pixels (fewer image tokens per prompt)"]
         with oom.in_phase("the validation" if split == "val" else "the test", lambda: size, lambda: options,
-                          self.device, lambda: oom.Held.of(self.policy, getattr(self, "ref_model", None),
-                                                           self.trainer.optimizers, self.device)):
+                          self.device, lambda: oom.held_by(self)):
             self._eval_batch(batch, split)
 
     def _eval_batch(self, batch, split: str) -> None:

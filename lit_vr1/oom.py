@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -133,6 +134,19 @@ class Held:
         return f"this process holds {gib(self.total)} before any activation: " + ", ".join(parts)
 
 
+def held_by(module: Any) -> Held | None:
+    """:class:`Held` for a lit-vr1 module (its policy, reference and its Trainer's optimisers);
+    None under DeepSpeed, whose partitions, flat gradient buffers and float32 masters live outside
+    the tensors counted here (the line would say 0 bytes of weights under ZeRO-3)."""
+    from lit_vr1 import parallel
+
+    if parallel.deepspeed_engine(module) is not None:
+        return None
+    trainer = getattr(module, "_trainer", None)
+    return Held.of(module.policy, getattr(module, "ref_model", None), trainer.optimizers if trainer else [],
+                   module.device)
+
+
 STATIC_OPTIONS = [
     "model.lora (the base frozen: no gradients or AdamW state for it, and no reference copy)",
     "FSDP2 over several devices (configs/strategy/) or DeepSpeed ZeRO to shard weights, gradients and optimiser state",
@@ -164,7 +178,7 @@ def _mostly_held(held: Held, device: torch.device | str | None) -> bool:
 
 @contextmanager
 def in_phase(phase: str, size: Callable[[], str], options: Callable[[], list[str]],
-             device: torch.device | str | None = None, held: Callable[[], Held] | None = None) -> Iterator[None]:
+             device: torch.device | str | None = None, held: Callable[[], Held | None] | None = None) -> Iterator[None]:
     """Turn an ``OutOfMemoryError`` raised inside into :class:`OutOfMemory`; ``size``, ``options``
     and ``held`` are called only then."""
     try:
@@ -174,7 +188,7 @@ def in_phase(phase: str, size: Callable[[], str], options: Callable[[], list[str
 
 
 GENERAL_OPTIONS = [
-    "a smaller data.batch_size or model.grpo.micro_batch_size",
+    "a smaller data.batch_size (or, in GRPO, model.grpo.micro_batch_size)",
     "shorter completions (model.grpo.max_completion_length) or images (model.max_pixels)",
     "model.gradient_checkpointing: true, model.freeze_vision: true or model.lora",
     "several devices with trainer.strategy (FSDP2: configs/strategy/) to shard weights and optimiser state",
@@ -185,17 +199,6 @@ def general(exc: BaseException) -> OutOfMemory:
     """The message for an ``OutOfMemoryError`` outside the wrapped passes (loading, SFT)."""
     return OutOfMemory(message("this run", "the pass is not one lit-vr1 measures", GENERAL_OPTIONS, None, exc))
 
-
-def find(exc: BaseException) -> BaseException | None:
-    """The first ``OutOfMemoryError`` or :class:`OutOfMemory` in ``exc``'s chain, else None."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        if isinstance(current, (OutOfMemory, torch.OutOfMemoryError)):
-            return current
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return None
 
 
 # -- the passes of a GRPO step --------------------------------------------------------------------
@@ -236,8 +239,9 @@ def scoring_size(shape: TextShape | None, rows: int, tokens: int, what: str) -> 
 def scoring_options(rows: int, micro_batch_size: int | None, tokens: int, update: bool) -> list[str]:
     now = f"now {micro_batch_size}" if micro_batch_size else f"now null: all {rows} completions of a mini-batch at once"
     out = [f"model.grpo.micro_batch_size: {max(1, rows // 2)} or fewer ({now}"
-           + ("; the gradients accumulate over the micro-batches, so the update is the same)" if update else ")"),
-           f"model.grpo.max_completion_length (now {tokens})",
+           + ("; the gradients accumulate over the micro-batches, so the update is the same)" if update else ")")
+           ] if rows > 1 else []  # a micro-batch of one row is as small as it gets
+    out += [f"model.grpo.max_completion_length (now {tokens})",
            "model.max_pixels (fewer image tokens per prompt)"]
     if update:
         out += ["model.gradient_checkpointing: true", *STATIC_OPTIONS]

@@ -53,13 +53,21 @@ def transformer_blocks(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if m is not model and type(m).__name__ in names]
 
 
-def _reshard_after_forward(module: nn.Module, root: nn.Module, reference: bool = False) -> bool:
-    # The blocks free their gathered weights after forward; the policy's root keeps them (FSDP2's
-    # own default for a root: backward needs them right away, and frees them after). The
-    # reference has no backward: its root frees them after forward too, or it would hold its
-    # embeddings, head and merger whole for the rest of the fit (1.2 GiB a process for a 3B's tied
-    # embeddings in float32, where its shard over 8 processes is 0.15).
-    return module is not root or reference
+def _reshard_after_forward(module: nn.Module, root: nn.Module) -> bool:
+    # The blocks free their gathered weights after forward; the root keeps them (FSDP2's
+    # own default for a root: backward needs them right away, and frees them after; a model
+    # without backward, the reference, is resharded by :func:`reshard` after its pass).
+    return module is not root
+
+
+def reshard(model: nn.Module) -> None:
+    """Free the gathered weights an FSDP2 model's root kept after its forwards (nothing otherwise).
+    The reference has no backward to free them: after its first pass each process held its root
+    (embeddings, head, merger, norms) whole for the rest of the fit (1.16 GiB of a 3B's tied float32
+    embeddings, where its shard over 8 processes is 0.15). Called once after a reference pass, so
+    its micro-batches share one gather."""
+    if is_fsdp(model):
+        model.reshard()
 
 
 def data_parallel_mesh(mesh: Any) -> Any:
@@ -111,10 +119,9 @@ def shard(module: Any) -> None:
         model = getattr(module, name, None)
         if model is None or is_fsdp(model):
             continue
-        reference = name == "ref_model"
         for block in transformer_blocks(model):
-            fully_shard(block, mesh=dp_mesh, reshard_after_forward=_reshard_after_forward(block, model, reference))
-        fully_shard(model, mesh=dp_mesh, reshard_after_forward=_reshard_after_forward(model, model, reference))
+            fully_shard(block, mesh=dp_mesh, reshard_after_forward=_reshard_after_forward(block, model))
+        fully_shard(model, mesh=dp_mesh, reshard_after_forward=_reshard_after_forward(model, model))
 
 
 def _init_fsdp_root(root: nn.Module) -> None:
@@ -250,5 +257,6 @@ def peer_stopped(exc: BaseException) -> PeerStopped | None:
         return None
     said = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return PeerStopped("a collective of this process failed, most likely because another process of this run "
-                       "stopped first: read that process's own error (printed by its rank) for the cause. "
+                       "stopped first (or the collective timed out): read that process's own error (printed by its "
+                       "rank) for the cause. "
                        f"The backend said: {said}")

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from lit_vr1.checkpoint import CheckpointError
+from lit_vr1.checkpoint import SettingsRefused
 
 KEY = "lit_vr1_optimisers"  # checkpoint key of :func:`configured`
 OPTIMISER_FLAG, SCHEDULER_FLAG = "model.optimizer", "model.lr_scheduler"
@@ -127,12 +127,12 @@ def differences(saved: dict | None, now: dict) -> list[str]:
 
 
 def refuse_change(found: list[str], ckpt_path: str | None) -> None:
-    """Raise :class:`~lit_vr1.checkpoint.CheckpointError` naming every difference
+    """Raise :class:`~lit_vr1.checkpoint.SettingsRefused` naming every difference
     (:func:`differences`) and the ways on."""
     if not found:
         return
     ckpt = ckpt_path or "<checkpoint>"
-    raise CheckpointError(
+    raise SettingsRefused(
         "the checkpoint to resume was written with other optimiser settings, which a resume cannot change (the "
         "checkpoint's optimiser and scheduler states would replace them, learning rate included): "
         + "; ".join(found) + ". Resume without the change; or, to go on with new optimiser settings, start a "

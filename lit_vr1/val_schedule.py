@@ -6,8 +6,8 @@ rollout or ``num_iterations`` > 1: with 2 steps a rollout and N=3 validation ran
 (of 6), with 4 a rollout and ``max_steps`` 6 never (a new user's trial). Here a GRPO fit validates
 at the end of the first rollout at or after each multiple of N steps (as its checkpoints are
 saved, :func:`lit_vr1.checkpoint.save_at_rollout_ends`); with one step a rollout that is
-Lightning's own rule. A time interval, an epoch-based one and a resumed fit's first check are
-left to Lightning.
+Lightning's own rule. A time interval, an epoch-based one and the check a resumed fit makes
+before its first batch are left to Lightning.
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ def crossed_multiple(before: int, after: int, every: int) -> bool:
     return after // every > before // every
 
 
-def validate_at_step_multiples(trainer: Any, module: Any) -> None:
-    """Replace the fit's validation rule (once per Trainer); ``module.step_before_batch`` is the
-    optimiser step at the start of the batch just trained."""
+def validate_at_step_multiples(trainer: Any) -> None:
+    """Replace the fit's validation rule (once per Trainer); the fitted module's
+    ``step_before_batch`` is the optimiser step at the start of the batch just trained (None before
+    the first batch of a fit, and for a module without one: Lightning's own rule then)."""
     loop = trainer.fit_loop.epoch_loop
     if getattr(loop, STEP_VALIDATION, False) or not all(
             hasattr(loop, name) for name in ("_should_check_val_fx", "_should_check_val_epoch")):
@@ -39,8 +40,8 @@ def validate_at_step_multiples(trainer: Any, module: Any) -> None:
     lightning_rule = loop._should_check_val_fx
 
     def should_check(data_fetcher) -> bool:
-        before = getattr(module, "step_before_batch", None)
-        if loop.restarting or before is None or not counts_steps(trainer):
+        before = getattr(trainer.lightning_module, "step_before_batch", None)
+        if before is None or not counts_steps(trainer):
             return lightning_rule(data_fetcher)
         if not loop._should_check_val_epoch():
             return False

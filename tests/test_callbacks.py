@@ -350,3 +350,4 @@ def test_a_cold_start_that_learned_little_is_warned_of():
     assert note.startswith("ColdStart: the answer-token NLL only fell from 6.336 to 4.2") and "more steps" in note
     assert little_learned_note([6.35] + [0.6] * 9 + [0.573]) is None
     assert little_learned_note([6.35]) is None
+    assert little_learned_note([0.9] + [0.6] * 10) is None  # a pretrained model that starts low

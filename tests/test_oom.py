@@ -90,6 +90,19 @@ def test_the_reference_pass_running_out_is_named(tmp_path, capsys, monkeypatch):
     assert "gradient_checkpointing" not in line  # no backward in a reference pass: its options only
 
 
+def test_the_optimiser_step_running_out_puts_what_the_process_holds_first(tmp_path, capsys, monkeypatch):
+    """AdamW's state is made at the first step: the likeliest place for a full fine-tune to run out."""
+    from lit_vr1.grpo import GRPOModule
+
+    monkeypatch.setattr(GRPOModule, "apply_update", failing_on_call(GRPOModule.apply_update, 1))
+    code, err = run_fit(tmp_path, capsys)
+    [line] = error_lines(err)
+    assert line.startswith("lit-vr1: error: out of memory in the optimiser step (clipping and the optimiser's update")
+    trainable = sum(p.numel() for p in quickstart_model().parameters())
+    assert f"({trainable} trainable parameters; this process holds " in line
+    assert line.split("make it smaller with ")[1].startswith("model.lora")
+
+
 def test_a_validation_running_out_names_its_batch_and_length(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(module_module, "predict_rec", failing_on_call(module_module.predict_rec, 1))
     code, err = run_fit(tmp_path, capsys)

@@ -69,7 +69,7 @@ def test_the_sync_dist_notice_is_silenced_for_evaluation_figures_only():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         added = add_notice_filters()
-        for name in ("val/acc50", "test/map_50", "my_loss"):
+        for name in ("val/acc50", "test/map_50", "my_loss", "val/my_metric"):
             warnings.warn(notice(name), PossibleUserWarning, stacklevel=1)
         remove_notice_filters(added)
-    assert [str(w.message) for w in caught] == [notice("my_loss")]
+    assert [str(w.message) for w in caught] == [notice("my_loss"), notice("val/my_metric")]

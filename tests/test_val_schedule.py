@@ -34,3 +34,16 @@ def test_validation_every_n_steps_with_several_steps_a_rollout(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert validated_steps(tmp_path / "four") == [4, 6]  # the second rollout is cut at max_steps 6 (warned of)
     assert "trainer.max_steps=6 ends inside a rollout (each takes 4 optimiser steps)" in proc.stderr
+
+
+def test_a_resumed_fit_validates_at_the_steps_an_uninterrupted_one_does(tmp_path):
+    """Fit to step 2, resume to 6 (2 steps a rollout, interval 3): the rollout from step 2 to 4
+    steps over 3 (Lightning's rule judged the first resumed rollout by batches and skipped it)."""
+    common = ("--trainer.val_check_interval=3", "--model.init_args.grpo.mini_batch_size=2",
+              "--trainer.num_sanity_val_steps=0")
+    first = lit_vr1(tmp_path, "fit", *small(tmp_path / "run", tmp_path / "data", "--trainer.max_steps=2", *common))
+    assert first.returncode == 0, first.stderr[-3000:]
+    resumed = lit_vr1(tmp_path, "fit", *small(tmp_path / "run", tmp_path / "data", "--trainer.max_steps=6", *common,
+                                              "--ckpt_path=last"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert validated_steps(tmp_path / "run") == [4, 6]
