@@ -309,6 +309,16 @@ def test_predict_leaves_out_rows_that_fail_to_load_and_draws_the_right_boxes(tmp
     assert any("predict left out 1 row(s)" in str(w.message) and "ids 2" in str(w.message) for w in caught)
 
 
+def setup_warnings(f, folder, processor, containing: str, **kwargs) -> list[str]:
+    """The warnings a data module's fit setup over ``f`` gives that contain ``containing``."""
+    dm = GroundingDataModule(train_files=str(f), train_images=str(folder), **kwargs)
+    dm.use_processor(processor)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dm.setup("fit")
+    return [str(w.message) for w in caught if containing in str(w.message)]
+
+
 def test_rows_whose_images_dwarf_the_others_are_reported_without_a_prompt_limit(tmp_path):
     """Without data.max_prompt_length nothing was said of a 3000x2000 photo among small images:
     7,623 tokens where the others have 20, in every rollout of it, silently."""
@@ -325,12 +335,7 @@ def test_rows_whose_images_dwarf_the_others_are_reported_without_a_prompt_limit(
     processor = load_processor("tiny:qwen2_5_vl", max_pixels=6_000_000)
 
     def setup(**kwargs):
-        dm = GroundingDataModule(train_files=str(f), train_images=str(folder), **kwargs)
-        dm.use_processor(processor)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            dm.setup("fit")
-        return [str(w.message) for w in caught if "image tokens" in str(w.message)]
+        return setup_warnings(f, folder, processor, "image tokens", **kwargs)
 
     texts = setup()
     assert len(texts) == 1 and "data.train_files: 1 row(s) with images of far more tokens than the median image row" in texts[0]
@@ -356,12 +361,7 @@ def test_rows_whose_questions_dwarf_the_others_are_reported_without_a_prompt_lim
     processor = load_processor("tiny:qwen2_5_vl")
 
     def setup(**kwargs):
-        dm = GroundingDataModule(train_files=str(f), train_images=str(folder), **kwargs)
-        dm.use_processor(processor)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            dm.setup("fit")
-        return [str(w.message) for w in caught if "questions far longer" in str(w.message)]
+        return setup_warnings(f, folder, processor, "questions far longer", **kwargs)
 
     [text] = setup()
     assert text.startswith("data.train_files: 1 row(s) with questions far longer than the median row's 31 characters: "
