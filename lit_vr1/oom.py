@@ -200,7 +200,6 @@ def general(exc: BaseException) -> OutOfMemory:
     return OutOfMemory(message("this run", "the pass is not one lit-vr1 measures", GENERAL_OPTIONS, None, exc))
 
 
-
 # -- the passes of a GRPO step --------------------------------------------------------------------
 def value_bytes(model: nn.Module, device: torch.device | str) -> int:
     """Bytes of one key/value entry: 2 under 16-bit autocast, else the weights' own."""
