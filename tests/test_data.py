@@ -362,5 +362,11 @@ def test_detection_rows_a_coco_user_writes(tmp_path):
             for i in (1, 2, 1)]
     f, d = _write(tmp_path, "dup", rows)
     with pytest.warns(UserWarning, match=r"1 id\(s\) are written on several lines \(id 1 at .*dup\.jsonl:1, "
-                                         r".*dup\.jsonl:3\)"):
+                                         r".*dup\.jsonl:3\).*; 1 of them repeat the whole row \(image, question and "
+                                         r"answer\), which then trains as many times as it is written"):
         JsonlDataset(f, d)
+    rows[2] = rows[2].replace("[1, 2, 9, 9]", "[3, 4, 9, 9]")  # the same id, another answer: no copy
+    f, d = _write(tmp_path, "dup2", rows)
+    with pytest.warns(UserWarning) as caught:
+        JsonlDataset(f, d)
+    assert [str(w.message) for w in caught if "several lines" in str(w.message) and "whole row" not in str(w.message)]

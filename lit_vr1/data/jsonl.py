@@ -853,17 +853,25 @@ def duplicate_ids_note(records: list[Record]) -> str | None:
     """A note when lines of these files write the same ``id`` (predictions, skipped-row reports
     and a join with ground truth name rows by it), with the first few and their lines; None
     when every written id is distinct (lines without an id are named by file and line)."""
-    seen: dict[str, list[str]] = {}
+    seen: dict[str, list[Record]] = {}
     for r in records:
         if r.written_id is not None:
-            seen.setdefault(json.dumps(r.written_id), []).append(r.source)
+            seen.setdefault(json.dumps(r.written_id), []).append(r)
     repeated = {k: v for k, v in seen.items() if len(v) > 1}
     if not repeated:
         return None
-    shown = "; ".join(f"id {k} at {', '.join(v[:3])}" for k, v in list(repeated.items())[:3])
+    shown = "; ".join(f"id {k} at {', '.join(r.source for r in v[:3])}" for k, v in list(repeated.items())[:3])
     more = f" and {len(repeated) - 3} more" if len(repeated) > 3 else ""
+    same = sum(len({_content(r) for r in v}) == 1 for v in repeated.values())
+    copies = (f"; {same} of them repeat the whole row (image, question and answer), which then trains as many times "
+              "as it is written: remove the copies" if same else "")
     return (f"{len(repeated)} id(s) are written on several lines ({shown}{more}): predictions and skipped-row "
-            "reports name rows by id, so a join with the ground truth by id merges them; give each line its own id")
+            f"reports name rows by id, so a join with the ground truth by id merges them; give each line its own id{copies}")
+
+
+def _content(record: Record) -> str:
+    """What a row says (its images, question, system prompt and answer): copies of a row are equal in it."""
+    return json.dumps([record.image_paths, record.question, record.system, record.solution], sort_keys=True, default=str)
 
 
 class JsonlDataset(Dataset):
