@@ -33,6 +33,9 @@ Under the ``lit-vr1`` command only (:func:`quiet_cli_notices`), where lit-vr1 kn
 * "Be aware that when using `ckpt_path`, callbacks used to create the checkpoint need to be
   provided": said by ``validate``, ``test`` and ``predict``, which restore no callback
   state; kept for ``fit``, whose resume does.
+* "The dirpath has changed from ... therefore `best_model_score` ... won't be reloaded": said by
+  ``validate``, ``test`` and ``predict`` of a checkpoint into another run root (a new user's
+  trial), whose ModelCheckpoint saves nothing; kept for ``fit``, where it matters.
 """
 
 from __future__ import annotations
@@ -54,7 +57,8 @@ NOTICES = (
     r"\.\.\., sync_dist=True\)`",
 )
 CLI_NOTICES = (r"Checkpoint directory .* exists and is not empty",)
-EVALUATION_NOTICES = (r"Be aware that when using `ckpt_path`, callbacks used to create the checkpoint",)
+EVALUATION_NOTICES = (r"Be aware that when using `ckpt_path`, callbacks used to create the checkpoint",
+                      r"The dirpath has changed from .* therefore `best_model_score`")
 
 
 class _DropTips(logging.Filter):

@@ -205,3 +205,12 @@ def test_warnings_print_as_one_line_under_the_command():
     assert ours == "lit-vr1: warning: step 3: skipped\n"
     theirs = one_line_warning(FutureWarning("old"), FutureWarning, torch.__file__, 7, "warnings.warn(")
     assert theirs == f"{torch.__file__}:7: FutureWarning: old\n"
+
+
+def test_validate_into_another_root_says_nothing_of_the_checkpoints_folder(trained):
+    """Lightning's "The dirpath has changed" notice is about what a ModelCheckpoint reloads for its
+    next saves; validate saves none (a new user's trial printed it)."""
+    proc = lit_vr1(trained, "validate", *small(trained / "elsewhere", trained / "data"),
+                   "--ckpt_path", str(trained / "run_a" / "checkpoints" / "last.ckpt"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "The dirpath has changed" not in proc.stderr
