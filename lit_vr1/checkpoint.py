@@ -35,6 +35,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lit_vr1.preemption import agreed_to_stop
+from lit_vr1.val_schedule import crossed_multiple
 
 TEMP_MARK = ".tmp-"
 
@@ -407,7 +408,7 @@ def _wrap_batch_end(callback) -> None:
         n, step = callback._every_n_train_steps, trainer.global_step
         last = seen["step"] if seen["step"] is not None else step - 1
         seen["step"] = step
-        if n > 1 and step % n and step // n > last // n:  # a multiple of n was stepped over inside this batch
+        if n > 1 and step % n and crossed_multiple(last, step, n):  # a multiple of n was stepped over inside this batch
             save_stepped_over(trainer)
         else:
             lightning_hook(trainer, pl_module, outputs, batch, batch_idx)

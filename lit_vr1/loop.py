@@ -150,10 +150,10 @@ class RolloutUpdateLoop:
         was_training = m.policy.training
         m.policy.eval()
         prompts, group, tokens = len(samples), self.config.num_generations, self.config.max_completion_length
-        shape = oom.TextShape.of(m.policy)
         try:
             with oom.in_phase("the rollout",
-                              lambda: oom.rollout_size(shape, prompts, group, tokens, oom.value_bytes(m.policy, m.device)),
+                              lambda: oom.rollout_size(oom.TextShape.of(m.policy), prompts, group, tokens,
+                                                       oom.value_bytes(m.policy, m.device)),
                               lambda: oom.rollout_options(prompts, group, tokens, self.config.shared_prompt), m.device,
                               self.held), \
                     m.generation_context():

@@ -419,11 +419,11 @@ class VLMModule(LightningModule):
         batch = loaded(batch)  # rows that failed to load under data.bad_rows=skip: left out, reported
         if not batch:
             return
-        size = f"{len(batch)} held-out prompts decoded greedily, up to {self.eval_max_new_tokens} tokens each"
-        options = [f"a smaller data.val_batch_size (now {len(batch)})",
-                   f"model.eval_max_new_tokens (now {self.eval_max_new_tokens})",
-                   "model.max_pixels (fewer image tokens per prompt)"]
-        with oom.in_phase("the validation" if split == "val" else "the test", lambda: size, lambda: options,
+        rows, tokens = len(batch), self.eval_max_new_tokens
+        with oom.in_phase("the validation" if split == "val" else "the test",
+                          lambda: f"{rows} held-out prompts decoded greedily, up to {tokens} tokens each",
+                          lambda: [f"a smaller data.val_batch_size (now {rows})", f"model.eval_max_new_tokens (now {tokens})",
+                                   "model.max_pixels (fewer image tokens per prompt)"],
                           self.device, lambda: oom.held_by(self)):
             self._eval_batch(batch, split)
 

@@ -817,22 +817,26 @@ def text_length_outlier(processor: Any, records: list[Record], what: str, templa
         return None
     worst = max(range(len(chars)), key=chars.__getitem__)
     r = records[worst]
-    messages = build_messages(r.question, len(r.image_paths), template, r.system)
-    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    tokens = len(processor.tokenizer(text).input_ids)
+    tokens = len(text_ids(processor, r, template))
     return (f"{what}: {over} row(s) with questions far longer than the median row's {median} characters: the longest, "
             f"{chars[worst]} characters ({tokens} text tokens), at {r.source}. Each such prompt costs its memory and time "
             "in every rollout and pass (an out-of-memory error on a GPU); data.max_prompt_length refuses long prompts "
             "(or leaves them out under data.bad_rows=skip)")
 
 
+def text_ids(processor: Any, record: Record, template: str) -> list[int]:
+    """Token ids of a record's prompt as the chat template writes it for generation, each image
+    placeholder one token (not yet expanded to the image's tokens)."""
+    messages = build_messages(record.question, len(record.image_paths), template, record.system)
+    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return processor.tokenizer(text).input_ids
+
+
 def prompt_length(processor: Any, record: Record, template: str) -> int:
     """Tokens of a record's prompt as the processor encodes it for generation: the chat
     template's text tokens, with each image placeholder counted as the number of tokens the
     processor expands it to for that image's (upscaled) size and its min/max pixels."""
-    messages = build_messages(record.question, len(record.image_paths), template, record.system)
-    text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    ids = processor.tokenizer(text).input_ids
+    ids = text_ids(processor, record, template)
     if not record.image_sizes:
         return len(ids)
     count = getattr(processor, "_get_num_multimodal_tokens", None)
