@@ -2,6 +2,7 @@
 
     python benchmarks/memory.py [--steps 3] [--prompts 4] [--generations 4] [--completion 32]
                                 [--hidden 512] [--layers 4] [--vision-hidden 256] [--vision-depth 2] [--canvas 112]
+                                [--precision 32-true] [--variants NAME,NAME]
 
 Each variant runs in its own Python process (so one variant's allocations cannot hide
 another's peak): it builds a tiny random Qwen2.5-VL of the given sizes, runs ``--steps``
@@ -14,7 +15,9 @@ GRPO steps on CPU with the same settings (prompts x G completions of exactly
   activations, the rollout;
 - trainable parameters, and parameters held in memory (policy + reference, each tensor
   counted once: with LoRA the reference is the same model with the adapters disabled),
-  and what they cost, computed: fp32 weights held + gradient + AdamW's two moments.
+  and what they cost, computed: the weights' bytes as held (under ``--precision bf16-mixed``
+  the reference's linear weights in bf16; the "float32 reference" row keeps them float32)
+  + a float32 gradient and AdamW's two moments per trainable one.
 
 At these tiny sizes the activations of 16 sequences are as large as the weights, so LoRA's
 saving (no reference copy, no gradient or optimiser state for the base) is partly eaten by
@@ -38,6 +41,8 @@ import time
 
 VARIANTS = {
     "full fine-tuning": {},
+    # under --precision bf16-mixed the reference stores its linear weights in bf16; this row keeps them float32
+    "full fine-tuning with a float32 reference": {"float32_reference": True},
     "freeze_vision=true": {"freeze_vision": True},
     "LoRA r=16, dropout 0.05": {"lora": 0.05},
     "LoRA r=16, dropout 0": {"lora": 0.0},
@@ -86,6 +91,10 @@ def child(name: str, args) -> dict:
     samples = [ds[i] for i in range(len(ds))]
 
     options = dict(VARIANTS[name])
+    if options.pop("float32_reference", False):
+        from lit_vr1.models import precision
+
+        precision.store_cast_weights = lambda model, dtype: 0
     if "lora" in options:
         options["lora"] = LoraSpec(r=16, alpha=32, dropout=options["lora"])
     spec = TinySpec(hidden_size=args.hidden, num_layers=args.layers, num_heads=args.hidden // 64, num_kv_heads=2,
@@ -98,21 +107,24 @@ def child(name: str, args) -> dict:
                         optimizer=lambda p: torch.optim.AdamW(p, lr=1e-4), **options)
     module.loop.suppress_ids = tuple(module.loop.suppress_ids) + (
         module.processor.tokenizer.convert_tokens_to_ids("<|im_end|>"),)
+    loader = DataLoader(samples, batch_size=args.prompts, shuffle=False, collate_fn=collate)
+    trainer = Trainer(accelerator="cpu", devices=1, max_steps=args.steps, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                      precision=args.precision)
+    module.trainer = trainer  # the reference built now is stored as the fit's precision runs it
     module.configure_model()
     gc.collect()
     loaded = rss_mib()
-    params = {p.data_ptr(): p for p in module.parameters()}
-    held = sum(p.numel() for p in params.values())
-    trainable = sum(p.numel() for p in params.values() if p.requires_grad)
-    loader = DataLoader(samples, batch_size=args.prompts, shuffle=False, collate_fn=collate)
-    trainer = Trainer(accelerator="cpu", devices=1, max_steps=args.steps, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
     start = time.perf_counter()
     trainer.fit(module, loader)
     seconds = time.perf_counter() - start
+    params = {p.data_ptr(): p for p in module.parameters()}  # as the fit held them (a bf16 reference's included)
+    held = sum(p.numel() for p in params.values())
+    held_mib = sum(p.numel() * p.element_size() for p in params.values()) / 2**20
+    trainable = sum(p.numel() for p in params.values() if p.requires_grad)
     lengths = module.loop.last_rollout.completion_mask.sum(dim=1)
-    # what the parameters cost, computed: weights held (fp32) + a gradient and AdamW's two moments per trainable one
-    state = (held + 3 * trainable) * 4 / 2**20
+    # what the parameters cost, computed: weights held + a float32 gradient and AdamW's two moments per trainable one
+    state = held_mib + 3 * trainable * 4 / 2**20
     return {"variant": name, "peak_mib": peak_mib(), "loaded_mib": loaded, "trainable": trainable, "held": held,
             "state_mib": state,
             "seconds": seconds, "steps": trainer.global_step, "completion_tokens": lengths.float().mean().item()}
@@ -130,13 +142,19 @@ def main() -> None:
     p.add_argument("--vision-depth", type=int, default=2)
     p.add_argument("--canvas", type=int, default=112)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--precision", default="32-true", help="trainer.precision (bf16-mixed: bf16 autocast, float32 weights)")
+    p.add_argument("--variants", help="comma-separated variant names to run (default: all)")
     p.add_argument("--variant", help=argparse.SUPPRESS)  # internal: run one variant and print JSON
     args = p.parse_args()
     if args.variant:
         print("RESULT " + json.dumps(child(args.variant, args)), flush=True)
         return
     rows = []
-    for name in VARIANTS:
+    names = args.variants.split(",") if args.variants else list(VARIANTS)
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        p.error(f"--variants: {', '.join(unknown)} not among {', '.join(VARIANTS)}")
+    for name in names:
         cmd = [sys.executable, os.path.abspath(__file__), "--variant", name, *sys.argv[1:]]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, TOKENIZERS_PARALLELISM="false"))
         line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
@@ -145,7 +163,8 @@ def main() -> None:
         rows.append(json.loads(line[len("RESULT "):]))
     print(f"\nGRPO on CPU, tiny Qwen2.5-VL (LM hidden {args.hidden} x {args.layers} layers, vision hidden "
           f"{args.vision_hidden} x {args.vision_depth} blocks, {args.canvas}px images), {args.steps} steps of "
-          f"{args.prompts} prompts x G={args.generations}, {args.completion} completion tokens, beta 0.04, AdamW\n")
+          f"{args.prompts} prompts x G={args.generations}, {args.completion} completion tokens, beta 0.04, AdamW, "
+          f"{args.precision}\n")
     print("| variant | peak RSS (MiB) | peak - loaded (MiB) | trainable params | params in memory (policy + ref) "
           "| weights + grads + AdamW (MiB, computed) | s/step |")
     print("|---|---:|---:|---:|---:|---:|---:|")

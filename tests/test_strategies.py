@@ -154,12 +154,12 @@ def _rank_main(strategy_name: str, out: Path) -> None:
         strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
     else:
         strategy = "ddp"
-    callbacks = [_comm_hook_counter(reduced)] if strategy_name == "ddp" else []
+    callbacks = [_comm_hook_counter(reduced)] if strategy_name.startswith("ddp") else []
     logger = MemoryLogger()
     trainer = Trainer(
         accelerator="cpu", devices=2, strategy=strategy, max_steps=MAX_STEPS, logger=logger, limit_val_batches=1,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-        callbacks=callbacks,
+        callbacks=callbacks, precision="bf16-mixed" if strategy_name.endswith("_bf16") else "32-true",
     )
     trainer.fit(module, datamodule=_datamodule(out))
 
@@ -192,6 +192,7 @@ def _rank_main(strategy_name: str, out: Path) -> None:
         ref_sharded=parallel.is_fsdp(module.ref_model), control_gathers=control_gathers,
         control_len=len(control), hash=full_hash, sums=sums, init_hash=init_hash,
         held={"policy": held.policy, "reference": held.reference},
+        ref_dtypes=sorted({str(p.dtype) for p in module.ref_model.parameters()}),
     )
     (out / f"rank{rank}.json").write_text(json.dumps(record))
 
@@ -266,6 +267,18 @@ def test_ddp_two_processes_groups_metrics_and_sync(tmp_path_factory):
     for r in ranks:  # gradients are all-reduced once per update, after its last micro-batch (no_sync before)
         per_update = [r["backward_buckets"][i:i + 2] for i in range(0, len(r["backward_buckets"]), 2)]
         assert len(per_update) == MAX_STEPS and all(first == 0 and last > 0 for first, last in per_update), per_update
+
+
+def test_ddp_under_bf16_mixed_stores_the_reference_in_bf16_and_stays_in_sync(tmp_path_factory):
+    """DDP broadcasts and checks every parameter of the module, the reference's bf16 weights
+    among them; the first step's KL is exactly 0 (the reference computes as the policy does)."""
+    ranks, _ = two_rank_fit("ddp_bf16", tmp_path_factory)
+    _assert_in_sync_and_trained(ranks)
+    fp32, _ = two_rank_fit("ddp", tmp_path_factory)
+    for r in ranks:
+        assert r["ref_dtypes"] == ["torch.bfloat16", "torch.float32"]
+        assert r["logged"][0][1]["train/kl"] == 0.0 and r["logged"][1][1]["train/kl"] > 0
+        assert r["held"]["reference"] < 0.7 * r["held"]["policy"] == 0.7 * fp32[0]["held"]["reference"]
 
 
 def test_fsdp2_two_processes_shards_gathers_once_and_stays_in_sync(tmp_path_factory):
