@@ -68,6 +68,10 @@ class ColdStart(Callback):
         if len(rows) < len(data):
             rank_zero_info(f"ColdStart: {len(data) - len(rows)} training rows without an answer left out of its "
                            "supervised steps (data.bad_rows=skip); GRPO trains on every row")
+        records = getattr(data, "records", None)
+        note = untaught_format_note(getattr(pl_module, "rewards", []), [records[i] for i in rows] if records else [])
+        if note:
+            rank_zero_warn(note)
         policy = pl_module.policy
         params = [p for p in policy.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=0.0)
@@ -121,3 +125,33 @@ def little_learned_note(losses: list[float], tail: int = 10) -> str | None:
             f"{len(losses[-tail:])} steps): the model may not write the answer format yet, and GRPO learns nothing "
             "while every group ties at reward 0 (train/groups_tied_frac 1). Give ColdStart more steps or a higher lr; "
             "a random model learns the format with its whole weights trained, little with LoRA adapters")
+
+
+def untaught_format_note(rewards: list, records: list, sample: int = 64) -> str | None:
+    """A note when a format reward (:class:`ThinkAnswerFormat`, :class:`RecJsonFormat`: they read
+    the completion's text alone) scores 0 on every answer the warm-up teaches, the rows' solutions
+    as written (the first ``sample`` of the rows it applies to): the warm-up then teaches completions
+    that reward never credits (bare answers such as ``'8'`` under ``ThinkAnswerFormat``: 0 for a whole
+    run in a new user's trial, with nothing said)."""
+    from lit_vr1.data.jsonl import solution_text
+    from lit_vr1.grpo import record_context
+    from lit_vr1.rewards.rec import RecJsonFormat, ThinkAnswerFormat
+
+    for reward in rewards:
+        if not isinstance(reward, (ThinkAnswerFormat, RecJsonFormat)):
+            continue
+        contexts = [c for c in map(record_context, records) if reward.applies(c)][:sample]
+        if not contexts:
+            continue
+        answers = [solution_text(c.solution) for c in contexts]
+        try:
+            scores = reward.score(answers, contexts)
+        except Exception:  # noqa: BLE001 - a note, never a failure of its own
+            continue
+        if all(v == 0 for v in scores):
+            return (f"ColdStart teaches each row's solution as written ({answers[0]!r}, ...), and reward "
+                    f"{reward.name!r} ({type(reward).__name__}) scores 0 on every one of them ({len(answers)} "
+                    "checked): the warm-up teaches completions that reward never credits. Write the solutions in "
+                    "its format (for ThinkAnswerFormat: '<think>...</think><answer>...</answer>'), or leave the "
+                    "reward out")
+    return None

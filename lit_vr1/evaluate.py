@@ -329,5 +329,6 @@ def check_eval_solutions(eval_task: str, val_set, answer_mode: str | Callable[[s
 
     return val_set.check_rows(problem, "held-out rows validation cannot score",
                               "fix or remove them, or set data.bad_rows=skip to leave them out",
-                              "no held-out row can be scored")
+                              "no held-out row can be scored",
+                              "is model.eval_task (and eval_answer_mode) the task of these rows?")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import difflib
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -17,7 +18,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from lit_vr1 import decode_graph, parallel, val_schedule
+from lit_vr1 import decode_graph, parallel, step_stats, val_schedule
 from lit_vr1.checkpoint import SettingsRefused
 from lit_vr1.checks import check_fit, steps_per_rollout
 from lit_vr1.config import GRPOConfig
@@ -511,13 +512,16 @@ class GRPOModule(VLMModule):
                                         **state}
 
     def log_step(self, metrics: dict[str, float]) -> None:
-        """Send one optimiser step's statistics to every logger at the current global step
-        (averaged over processes; nan where a reward applied to nothing is left out)."""
-        if self.trainer.world_size > 1:
-            keys = sorted(metrics)
-            t = torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=self.device)
-            t = self.trainer.strategy.reduce(t, reduce_op="mean")
-            metrics = dict(zip(keys, t.tolist()))
+        """Send one optimiser step's statistics to every logger at the current global step,
+        combined over processes as each was computed (:func:`lit_vr1.step_stats.combine`: means
+        weighted by what they count, pooled stds, summed counts, the largest of maxima; nan where
+        a reward applied to nothing is left out)."""
+        if self.trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list[dict[str, float] | None] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, metrics)
+            metrics = step_stats.combine(gathered)
+        else:
+            metrics = step_stats.local(metrics)
         self.last_metrics = metrics
         # beside them, what callbacks set for the steps to come (callbacks.PTST's ptst/stage): one row a step
         self.log_row({**{"train/" + k: v for k, v in metrics.items()}, **getattr(self, "step_figures", {})})
@@ -593,13 +597,33 @@ def check_routing(rewards: list[Reward], train_set) -> None:
     if len(unscored) == len(tasks):
         raise ValueError(f"no reward scores any training row: the rows' tasks are {rows}, and the rewards score "
                          f"{'; '.join(routed(r) for r in rewards)}; {how}")
+    named = sorted({t for r in rewards if r.tasks is not None for t in r.tasks})
     if unscored:
+        means = [f"{t!r} for {near!r}" for t in unscored if (near := misspelt_task(t, named)) is not None]
         rank_zero_warn(f"{sum(unscored.values())} training rows are scored by no reward (task(s) "
-                       f"{', '.join(map(repr, unscored))}): their completions are left out of every update; {how}")
+                       f"{', '.join(map(repr, unscored))}): their completions are left out of every update; {how}"
+                       + (f" (a misspelt task? {', '.join(means)})" if means else ""))
     for reward in rewards:
         if not any(scores(reward, task) for task in tasks):
             rank_zero_warn(f"reward {routed(reward)} scores none of the training rows (their tasks: {rows}); it will "
                            "log nothing this run")
+    for task, n in tasks.items():
+        near = misspelt_task(task, named)
+        if near is not None and task not in unscored:  # scored, but only by the rewards of every task
+            rank_zero_warn(f"{n} training row(s) have task {task!r}, which no reward's tasks name: only the rewards of "
+                           f"every task score them ({', '.join(repr(r.name) for r in rewards if r.tasks is None)}); "
+                           f"did you mean {near!r}? ({', '.join(routed(r) for r in rewards if near in (r.tasks or ()))})")
+
+
+def misspelt_task(task: str, named: list[str]) -> str | None:
+    """The task of ``named`` that ``task`` (a row's, which no reward names) is likely a misspelling
+    of: the same but for case and surrounding spaces, or close by :func:`difflib.get_close_matches`
+    (``'cuont'`` for ``'count'``); None when none is close or ``task`` is named itself."""
+    if task in named:
+        return None
+    same = [t for t in named if t.strip().casefold() == task.strip().casefold()]
+    close = same or difflib.get_close_matches(task, named, n=1, cutoff=0.8)
+    return close[0] if close else None
 
 
 def imageless_boxes(reward: Reward, record) -> str | None:
@@ -614,6 +638,13 @@ def imageless_boxes(reward: Reward, record) -> str | None:
             "an image's pixels: give the row its image")
 
 
+def record_context(record) -> SampleContext:
+    """What a reward reads of a training row (a :class:`~lit_vr1.data.jsonl.Record`), before any
+    completion: its id, question, solution, metadata, task, source and image sizes."""
+    return SampleContext(id=record.id, prompt=record.question, solution=record.solution, metadata=record.metadata,
+                         task=record.task, source=record.source, image_sizes=list(record.image_sizes))
+
+
 def check_solutions(rewards: list[Reward], train_set) -> list:
     """Every training row whose solution a reward that applies to it cannot score (a REC
     answer without a box for the IoU reward, see :meth:`Reward.solution_problem`), refused
@@ -625,8 +656,7 @@ def check_solutions(rewards: list[Reward], train_set) -> list:
         return []
 
     def problem(record) -> str | None:
-        ctx = SampleContext(id=record.id, prompt=record.question, solution=record.solution, metadata=record.metadata,
-                            task=record.task, source=record.source, image_sizes=list(record.image_sizes))
+        ctx = record_context(record)
         for reward in rewards:  # on_error="nan": the user chose to mask and count what it cannot score
             found = reward.on_error != "nan" and reward.applies(ctx) and (reward.solution_problem(ctx)
                                                                           or imageless_boxes(reward, record))
@@ -634,7 +664,11 @@ def check_solutions(rewards: list[Reward], train_set) -> list:
                 return f"{record.source}: {found} (reward {reward.name!r} scores this row)"
         return None
 
+    mixed = len({r.task for r in train_set.records}) > 1
+    tasks = (", or give each reward the tasks of its rows (tasks: [...]; a box reward scoring a counting row)"
+             if mixed else "")
     return train_set.check_rows(problem, "rows whose solution a reward cannot score",
-                                "fix or remove them, or set data.bad_rows=skip to leave them out",
-                                "no training row has a solution the rewards can score")
+                                f"fix or remove them{tasks}, or set data.bad_rows=skip to leave them out",
+                                "no training row has a solution the rewards can score",
+                                "does each reward score only its own rows' task (a reward's tasks: [...])?")
 

@@ -69,7 +69,17 @@ def metrics_file(trainer) -> str | None:
     return None
 
 
-def carry_over_metrics(trainer, previous: str | None, step: int, batches: int | None) -> int:
+def read_rows(path: str) -> list[dict[str, str]]:
+    """The rows of a metrics.csv, as read now (a resumed run logging into the same file, its
+    CSV logger's ``version`` pinned, empties the file when it starts writing)."""
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def carry_over_metrics(trainer, previous: str | None, step: int, batches: int | None,
+                       rows: list[dict[str, str]] | None = None) -> int:
     """Log into this run's CSV logger the rows of ``previous`` (the metrics.csv of the run whose
     checkpoint this run resumed) that describe work the checkpoint holds; returns the rows logged.
 
@@ -87,31 +97,35 @@ def carry_over_metrics(trainer, previous: str | None, step: int, batches: int | 
 
     Lightning's CSV logger starts each run in a new ``version_N`` folder, so a resumed run's
     metrics.csv began at its first resumed step: the whole curve was split over two files.
-    The killed run's file is left as it is."""
-    import csv
-
+    The killed run's file is left as it is. With the logger's ``version`` pinned the resumed run
+    writes into the killed run's own file, which Lightning's writer empties when it starts: its
+    ``rows``, read before (:func:`read_rows`), are logged again up to the checkpoint (before, the
+    resumed file began at the checkpoint, and steps 1-6 of a new user's run were lost)."""
     from lightning.pytorch.loggers import CSVLogger
 
     current = metrics_file(trainer)
-    if current is None or previous is None or os.path.abspath(previous) == current or not os.path.isfile(previous):
+    if rows is None:
+        if current is None or previous is None or os.path.abspath(previous) == current or not os.path.isfile(previous):
+            return 0
+        rows = read_rows(previous)
+    if current is None:
         return 0
     logger = next(lg for lg in trainer.loggers if isinstance(lg, CSVLogger))
     carried = 0
-    with open(previous, newline="") as f:
-        for row in csv.DictReader(f):
-            try:
-                at = int(float(row.pop("step")))
-                values = {k: _number(v) for k, v in row.items() if k and v not in ("", None)}
-            except (KeyError, TypeError, ValueError):
-                continue  # a line cut by the kill
-            held = step if "epoch" not in values else (step - 1 if batches is None else batches)
-            if values and all(k.startswith("lr-") for k in values):  # LearningRateMonitor's, logged as a batch
-                keep = at < held  # starts at the count of batches before it: the one at the checkpoint's is the next
-            else:  # lit-vr1's own rows (no ``epoch``) by optimiser step, Lightning's by batch count
-                keep = at <= held
-            if keep:
-                logger.log_metrics(values, step=at)
-                carried += 1
+    for row in rows:
+        try:
+            at = int(float(row.pop("step")))
+            values = {k: _number(v) for k, v in row.items() if k and v not in ("", None)}
+        except (KeyError, TypeError, ValueError):
+            continue  # a line cut by the kill
+        held = step if "epoch" not in values else (step - 1 if batches is None else batches)
+        if values and all(k.startswith("lr-") for k in values):  # LearningRateMonitor's, logged as a batch
+            keep = at < held  # starts at the count of batches before it: the one at the checkpoint's is the next
+        else:  # lit-vr1's own rows (no ``epoch``) by optimiser step, Lightning's by batch count
+            keep = at <= held
+        if keep:
+            logger.log_metrics(values, step=at)
+            carried += 1
     if carried:
         logger.save()
     return carried

@@ -270,8 +270,9 @@ class RolloutUpdateLoop:
         totals = torch.zeros(len(STEP_STATS), dtype=torch.float64, device=loss_mask.device)
         with self.out_of_memory("the policy update (forward and backward)", rollout, parts, update=True):
             self.accumulate(rollout, rows, parts, loss_mask, denominator, totals)
-        *values, has_tokens = torch.cat([totals, (n_tok_local > 0).double().view(1)]).tolist()
-        out = dict(zip(STEP_STATS, values))
+        *values, tokens = torch.cat([totals, n_tok_local.double().view(1)]).tolist()
+        has_tokens = tokens > 0
+        out = {**dict(zip(STEP_STATS, values)), "n/tokens": tokens}  # the token means' count (lit_vr1.step_stats)
         with oom.in_phase("the optimiser step (clipping and the optimiser's update: AdamW's state is made at the first)",
                           lambda: f"{sum(p.numel() for p in m.policy.parameters() if p.requires_grad)} trainable parameters",
                           lambda: list(oom.STATIC_OPTIONS), m.device, self.held):
@@ -316,6 +317,7 @@ class RolloutUpdateLoop:
             "completion/truncated_frac": float(rollout.truncated.float().mean()),
             "time/rollout_s": t_rollout,
             "time/rewards_s": t_rewards,  # every reward of the rollout (a slow judge or function shows here)
+            "n/completions": float(n), "n/groups": float(n // rollout.group_size),  # counts: lit_vr1.step_stats
         }
         for iteration, order in enumerate(orders):
             for rows in chunks(order, mini):

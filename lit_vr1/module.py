@@ -617,6 +617,18 @@ class VLMModule(LightningModule):
             for logger in trainer.loggers:
                 logger.save()
 
+    def prepare_data(self) -> None:
+        """Before a fit's loggers start (Lightning calls this first): the rows of the metrics.csv
+        this run will log into, when it exists already (kept for a resume, dropped otherwise). That is the checkpointed run's
+        own file when the CSV logger's ``version`` is pinned, and Lightning's writer empties it as
+        it starts; :func:`lit_vr1.log_dirs.carry_over_metrics` logs them again."""
+        super().prepare_data()
+        trainer, self._metrics_before_fit = self._trainer, None
+        if trainer is not None and trainer.state.fn == "fit":  # whether it resumes is known later
+            path = log_dirs.metrics_file(trainer)
+            if path is not None and os.path.isfile(path):
+                self._metrics_before_fit = (path, log_dirs.read_rows(path))
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """A LoRA checkpoint holds the adapters only: the frozen base weights, already loaded
         from ``model``, are filled in so that strict loading still checks every key. This
@@ -646,6 +658,8 @@ class VLMModule(LightningModule):
                 self._resumed_optimisers = saved
         self._checkpoint_step = checkpoint.get("global_step")
         self._resumed_metrics = checkpoint.get(METRICS_KEY)
+        read = getattr(self, "_metrics_before_fit", None)  # the file this run logs into, as prepare_data read it
+        self._resumed_rows = read[1] if read is not None and read[0] == self._resumed_metrics else None
         loops = checkpoint.get("loops") or {}
         self._resumed_batches = ((loops.get("fit_loop") or {}).get("epoch_loop.state_dict") or {}).get(
             "_batches_that_stepped")
@@ -667,10 +681,11 @@ class VLMModule(LightningModule):
         if states is not None:
             set_rng_states(states)
         previous, self._resumed_metrics = getattr(self, "_resumed_metrics", None), None
+        rows, self._resumed_rows, self._metrics_before_fit = getattr(self, "_resumed_rows", None), None, None
         if previous is not None and self.trainer.ckpt_path is not None:
             # the new version_N folder's metrics.csv begins with the checkpointed run's rows
             log_dirs.carry_over_metrics(self.trainer, previous, self.trainer.global_step,
-                                        getattr(self, "_resumed_batches", None))
+                                        getattr(self, "_resumed_batches", None), rows)
 
 
 def template_note(trainer, checkpoint: dict) -> str | None:

@@ -239,17 +239,28 @@ def _assert_groups_whole_and_prompts_split(ranks: list[dict]) -> None:
 def _assert_metrics_reduced(ranks: list[dict]) -> None:
     r0, r1 = ranks
     assert len(r0["reduced"]) == len(r1["reduced"]) == MAX_STEPS
+    from lit_vr1.step_stats import combine
+
     for step in range(MAX_STEPS):
         a, b = r0["reduced"][step], r1["reduced"][step]
         assert a == b  # the same numbers on both processes
-        for key in a:
-            mean = (r0["local"][step][key] + r1["local"][step][key]) / 2
-            assert a[key] == pytest.approx(mean, rel=1e-12, nan_ok=True), key
+        l0, l1 = r0["local"][step], r1["local"][step]
+        assert a == pytest.approx(combine([l0, l1]), rel=1e-12, nan_ok=True)
+        assert not any(k.startswith("n/") for k in a)
+        # each figure as if computed over both processes' values: means weighted by what they count
+        tokens = l0["n/tokens"] + l1["n/tokens"]
+        assert a["kl"] == pytest.approx((l0["kl"] * l0["n/tokens"] + l1["kl"] * l1["n/tokens"]) / tokens, rel=1e-12)
+        n = l0["n/reward/total"] + l1["n/reward/total"]
+        assert a["reward/total/mean"] == pytest.approx(
+            (l0["reward/total/mean"] * l0["n/reward/total"] + l1["reward/total/mean"] * l1["n/reward/total"]) / n)
+        assert a["completion/length_max"] == max(l0["completion/length_max"], l1["completion/length_max"])
+        assert a["loss"] == pytest.approx((l0["loss"] + l1["loss"]) / 2, rel=1e-12)
     # the local rewards differ (different prompts), so averaging really happened
     assert r0["local"][0]["reward/total/mean"] != r1["local"][0]["reward/total/mean"]
     # the logger got the reduced values at global steps 1, 2
     assert [s for s, _ in r0["logged"]] == [1, 2]
     assert r0["logged"][0][1]["train/loss"] == pytest.approx(r0["reduced"][0]["loss"])
+    assert not any(k.startswith("train/n/") for k in r0["logged"][0][1])
 
 
 def _assert_in_sync_and_trained(ranks: list[dict]) -> None:

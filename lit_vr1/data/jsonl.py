@@ -175,10 +175,16 @@ SAY_READING_BYTES = 8 * 1024**2  # data files this large are said as they are re
 MOSTLY_BAD = 0.5  # under bad_rows=skip a file with more than this share of bad rows (and 10 or more) is refused
 
 
-def mostly_bad_files(skipped_sources: list[str], rows_per_file: dict[str, int], reasons: list[str]) -> str | None:
-    """The refusal for files that ``bad_rows="skip"`` would mostly leave out (image folders given in
-    another order than their files: 1,289 of 1,530 rows of a new user's data were left out, and the
-    rest trained on the other folder's images of the same names), else None."""
+FOLDER_ORDER = ("is each image folder of data.train_images (or val_images) given in the order of its data "
+                "file?")
+
+
+def mostly_bad_files(skipped_sources: list[str], rows_per_file: dict[str, int], reasons: list[str],
+                     question: str = FOLDER_ORDER) -> str | None:
+    """The refusal for files that ``bad_rows="skip"`` would mostly leave out, with ``question``, the
+    likelier cause (image folders given in another order than their files: 1,289 of 1,530 rows of a
+    new user's data were left out, and the rest trained on the other folder's images of the same
+    names; a box reward without ``tasks`` given a mixed file's counting rows), else None."""
     bad = Counter(file_of(s) for s in skipped_sources)
     worst = [(path, n) for path, n in bad.items() if n >= 10 and n > MOSTLY_BAD * rows_per_file.get(path, n)]
     if not worst:
@@ -187,8 +193,7 @@ def mostly_bad_files(skipped_sources: list[str], rows_per_file: dict[str, int], 
     mine = [(r, s) for r, s in zip(reasons, skipped_sources) if file_of(s) == path]
     top = Counter(kind_of(r, s) for r, s in mine).most_common(1)[0][0]
     return (f"{path}: {n} of its {rows_per_file[path]} rows are bad ({n / rows_per_file[path]:.0%}; most often: {top}). "
-            "data.bad_rows=skip leaves out a few bad rows, not most of a file: is each image folder of data.train_images "
-            f"(or val_images) given in the order of its data file? The first: {mine[0][0]}")
+            f"data.bad_rows=skip leaves out a few bad rows, not most of a file: {question} The first: {mine[0][0]}")
 
 
 @dataclass
@@ -456,12 +461,14 @@ def _floats(box: Any) -> tuple[float, ...]:
         return (math.nan,) * 4
 
 
-def check_solution_boxes(solution: Any, field: str, image_size: tuple[int, int] | None, where: str) -> None:
+def check_solution_boxes(solution: Any, field: str, image_size: tuple[int, int] | None, where: str,
+                         images: int = 1) -> None:
     """Refuse ground-truth boxes with no area (x2 <= x1 or y2 <= y1, or a non-finite
     coordinate), boxes outside the first image by more than :data:`BOX_SLACK` pixels
     (x1, y1 < -1 or x2 > width + 1, y2 > height + 1: 0-1000 units, mostly) and boxes inside
     its first pixel (x2, y2 <= 1) on an image over :data:`UNIT_BOX_MIN_SIDE` px (0-1 units). Boxes are (x1, y1, x2, y2) in the
-    original image's pixels; messages count items and boxes from 1, as lines are. Vision-R1's [category, box] lists are always checked; a string
+    original image's pixels (the first image's, in a row of ``images`` > 1: said so); messages count items and
+    boxes from 1, as lines are. Vision-R1's [category, box] lists are always checked; a string
     solution only when it is written as boxes (see :func:`is_box_answer`)."""
     if isinstance(solution, list):
         boxes = [(f"item {k}", pair[1]) for k, pair in enumerate(solution, start=1)]
@@ -485,9 +492,11 @@ def check_solution_boxes(solution: Any, field: str, image_size: tuple[int, int] 
         if image_size is None:
             continue
         w, h = image_size
+        first = (f" (a row's boxes are read in its first image's pixels; this row has {images} images: put the image "
+                 "the boxes belong to first)") if images > 1 else ""
         if x1 < -BOX_SLACK or y1 < -BOX_SLACK or x2 > w + BOX_SLACK or y2 > h + BOX_SLACK:
             raise DataError(f"{where}: {field} {name} {raw} lies outside the {w}x{h} image (by more than "
-                            f"{BOX_SLACK:g} px); boxes must be in pixels of the original image (not 0-1000 or 0-1 units)")
+                            f"{BOX_SLACK:g} px); boxes must be in pixels of the original image (not 0-1000 or 0-1 units){first}")
         if x2 <= 1 and y2 <= 1 and max(w, h) > UNIT_BOX_MIN_SIDE:  # inside the image, but within its first pixel
             raise DataError(f"{where}: {field} {name} {raw} lies within the first pixel of the {w}x{h} image: this "
                             f"looks like 0-1 units; boxes must be in pixels of the original image (x times {w}, "
@@ -633,7 +642,11 @@ def parse_line(line: str, path: str, lineno: int, folder: str, task: str = "defa
         key_problem = solution_key_problem(solution, _field_of(obj, "gpt"))
         if key_problem:
             raise DataError(f"{where}: {key_problem}")
-        check_solution_boxes(solution, _field_of(obj, "gpt"), sizes[0] if sizes else None, where)
+        check_solution_boxes(solution, _field_of(obj, "gpt"), sizes[0] if sizes else None, where, len(sizes))
+    if "accu_reward_method" in obj and "reward_method" not in obj:  # VLM-R1's per-row field, ignored without a word
+        raise DataError(f"{where}: field 'accu_reward_method' (VLM-R1's) is not read: a row's task goes in field "
+                        "'reward_method', and the rewards whose tasks name it score the row: rename the field, its "
+                        "value the row's task (VLM-R1's value names its accuracy method, such as 'default')")
     method = obj.get("reward_method", task)
     if not isinstance(method, str) or not method:
         raise DataError(f"{where}: field 'reward_method' must be a non-empty string")
@@ -861,7 +874,8 @@ def duplicate_ids_note(records: list[Record]) -> str | None:
     for r in records:
         if r.written_id is not None:
             seen.setdefault(json.dumps(r.written_id), []).append(r)
-    repeated = {k: v for k, v in seen.items() if len(v) > 1}
+    # the same line read again (its file listed twice: an upweighting, said by listed_twice_note) is no repeat
+    repeated = {k: v for k, v in seen.items() if len({r.source for r in v}) > 1}
     if not repeated:
         return None
     shown = "; ".join(f"id {k} at {', '.join(r.source for r in v[:3])}" for k, v in list(repeated.items())[:3])
@@ -871,6 +885,17 @@ def duplicate_ids_note(records: list[Record]) -> str | None:
               "as it is written: remove the copies" if same else "")
     return (f"{len(repeated)} id(s) are written on several lines ({shown}{more}): predictions and skipped-row "
             f"reports name rows by id, so a join with the ground truth by id merges them; give each line its own id{copies}")
+
+
+def listed_twice_note(data_files: str) -> str | None:
+    """A note for each data file listed more than once in ``data_files`` (its rows are read, and
+    trained, as many times: a file's weight in a mix), else None."""
+    counts = Counter(split_paths(data_files))
+    twice = [f"{path} ({n} times)" for path, n in counts.items() if n > 1]
+    if not twice:
+        return None
+    return (f"data: {', '.join(twice)} listed more than once: each of its rows is read, and trains, as many times "
+            "(a heavier weight in the mix)")
 
 
 def _content(record: Record) -> str:
@@ -918,6 +943,9 @@ class JsonlDataset(Dataset):
         note = duplicate_ids_note(self.records)
         if note:
             rank_zero_warn(note)
+        note = listed_twice_note(data_files)
+        if note:
+            rank_zero_info(note)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -936,15 +964,17 @@ class JsonlDataset(Dataset):
 
         return self.check_rows(too_long, f"rows over data.max_prompt_length={max_prompt_length}",
                                "shorten them, raise max_prompt_length, lower model.max_pixels, or set data.bad_rows=skip "
-                               "to leave them out", f"every row is over data.max_prompt_length={max_prompt_length}")
+                               "to leave them out", f"every row is over data.max_prompt_length={max_prompt_length}",
+                               "is max_prompt_length (or model.max_pixels) set for these images?")
 
-    def check_rows(self, problem: Any, what: str, advice: str, all_bad: str) -> list[SkippedRow]:
+    def check_rows(self, problem: Any, what: str, advice: str, all_bad: str, most: str) -> list[SkippedRow]:
         """Refuse (or, in skip mode, drop) every row for which ``problem(record)`` returns a
         message (naming the row's "file:line"). Under "raise", every row is checked, then one
         :class:`DataError` lists the bad ones (:func:`rows_message`, with ``what`` and
         ``advice``); under "skip" they leave the dataset and join :attr:`skipped`, and a
-        dataset left empty is an error (``all_bad``, then the first reason). Returns the rows
-        dropped by this call."""
+        dataset left empty is an error (``all_bad``, then the first reason), as is a file that
+        would lose most of its rows (:func:`mostly_bad_files`, asking ``most``). Returns the
+        rows dropped by this call."""
         keep, dropped, sources = [], [], []
         for r in self.records:
             reason = problem(r)
@@ -957,6 +987,9 @@ class JsonlDataset(Dataset):
             raise DataError(rows_message([d.reason for d in dropped], sources, what, advice))
         if not keep:
             raise DataError(f"{all_bad}; the first: {dropped[0].reason}")
+        if dropped:
+            rows_per_file = Counter(file_of(r.source) for r in self.records)
+            enforce(mostly_bad_files(sources, rows_per_file, [d.reason for d in dropped], most), DataError)
         self.records = keep
         self.skipped.extend(dropped)
         return dropped

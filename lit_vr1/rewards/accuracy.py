@@ -127,6 +127,19 @@ def _values(found: re.Match) -> list[float]:
 _EXPRESSION_RE = re.compile(r"\\[A-Za-z]+|[\u221a\u03c0^]|\bsqrt\b|\bpi\b")
 
 
+_LIST_GLUE_RE = re.compile(r"[\s,;\[\]]*")
+
+
+def number_list(text: str) -> int:
+    """How many numbers ``text`` lists when it is nothing but numbers, commas, semicolons,
+    brackets and spaces (``"[12, 24, 37, 49]"``: 4; ``"1,000"``, one number with a thousands
+    comma: 1); 0 when it holds anything else."""
+    cleaned = _clean_math_text(text)
+    found = list(_NUMBER_RE.finditer(cleaned))
+    glue = _NUMBER_RE.sub(" ", cleaned)
+    return len(found) if found and _LIST_GLUE_RE.fullmatch(glue) else 0
+
+
 def numeric_match(pred: str, gold: str, rel_tol: float = 1e-6) -> bool:
     """True when the last number of ``pred`` equals the solution's within ``rel_tol``:
     ``|p - g| <= max(rel_tol * max(|p|, |g|), 1e-12)`` (``math.isclose``), for any pair of
@@ -134,9 +147,10 @@ def numeric_match(pred: str, gold: str, rel_tol: float = 1e-6) -> bool:
     ``"1000"``, ``"3/4"`` ``"0.75"``, ``"\\boxed{42}"`` ``"42"``, ``"75%"`` both ``"75"`` and ``"0.75"``.
 
     Raises:
-        ValueError: the solution holds no number, or is an expression (``\\sqrt{2}``,
-            ``2\\pi``, ``x^2``): read as its last number, a wrong answer of that number
-            would score 1 (mode "math" compares expressions).
+        ValueError: the solution holds no number, is an expression (``\\sqrt{2}``,
+            ``2\\pi``, ``x^2``) or a list of numbers (``[12, 24, 37, 49]``, a box): read as
+            its last number, a wrong answer of that number would score 1 (mode "math"
+            compares expressions).
     """
     golds = parse_numbers(gold)
     if _EXPRESSION_RE.search(_clean_math_text(gold)):
@@ -146,6 +160,12 @@ def numeric_match(pred: str, gold: str, rel_tol: float = 1e-6) -> bool:
                          f"each text{read}; use mode math (math-verify, pip install math-verify)")
     if not golds:
         raise ValueError(f"solution {gold!r} holds no number")
+    listed = number_list(gold)
+    if listed > 1:
+        raise ValueError(f"solution {gold!r} is a list of {listed} numbers{' (a box?)' if listed == 4 else ''}, not "
+                         "one: numeric mode reads the "
+                         f"last number of each text, so an answer ending in {golds[0]:g} would score 1; score boxes "
+                         "with a box reward, and give each reward the tasks of its rows (tasks: [...])")
     preds = parse_numbers(pred)
     return any(math.isclose(p, g, rel_tol=rel_tol, abs_tol=1e-12) for p in preds for g in golds)
 

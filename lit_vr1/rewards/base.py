@@ -315,6 +315,7 @@ class RewardScores:
     def stats(self) -> dict[str, float]:
         """Mean and std of each reward over the completions where it applied, and of the total;
         nan (which the loggers leave out) where there is no value: the std of one value is 0.
+        Beside them, under ``n/``, how many values each is over (not logged: :mod:`lit_vr1.step_stats`).
         Each reward's masked failures (``errors``) and inf values (``nonfinite``) of the batch,
         0 included, and a remote reward's requests that failed at first and were answered on a
         retry (``recovered``)."""
@@ -323,6 +324,7 @@ class RewardScores:
             valid = row[~torch.isnan(row)]
             out[f"reward/{name}/mean"] = float(valid.mean()) if valid.numel() else math.nan
             out[f"reward/{name}/std"] = spread(valid)
+            out[f"n/reward/{name}"] = float(valid.numel())  # what the mean is over (lit_vr1.step_stats)
             if self.errors:  # 0 on a step without failures: a column with no blanks, a curve with no gaps
                 out[f"reward/{name}/errors"] = float(self.errors[i])
             if self.nonfinite:
@@ -332,6 +334,7 @@ class RewardScores:
         scored = self.total[~self.unscored]
         out["reward/total/mean"] = float(scored.mean()) if scored.numel() else math.nan
         out["reward/total/std"] = spread(scored)
+        out["n/reward/total"] = float(scored.numel())
         out["reward/unscored"] = float(self.unscored.sum())
         return out
 
