@@ -27,6 +27,7 @@ import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lit_vr1.checkpoint import LAST_SAVED_AT_END, load_checkpoint_file, newest_checkpoint, resumable
@@ -57,6 +58,25 @@ class ConfigToLoggers(SaveConfigCallback):
         config = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
         for logger in others:
             logger.log_hyperparams({"config": config})
+
+
+def shared_log_dir_note(trainer, ckpt_path: str | None) -> str | None:
+    """A note for a fresh fit whose log folder (the first logger's) is not a ``version_N`` folder
+    of its own and holds an earlier run's ``config.yaml``: a WandbLogger listed first writes the
+    CLI's config.yaml and RolloutLog's rollouts.jsonl into its ``save_dir`` itself, so two fits
+    there shared one rollouts.jsonl and the second overwrote the first's config.yaml."""
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    loggers = getattr(trainer, "loggers", None) or []
+    if ckpt_path is not None or not loggers or isinstance(loggers[0], (CSVLogger, TensorBoardLogger)):
+        return None
+    folder = trainer.log_dir
+    if folder is None or not os.path.isfile(os.path.join(folder, "config.yaml")):
+        return None
+    return (f"trainer.logger: the first logger ({type(loggers[0]).__name__}) keeps no version_N folder per run, so this "
+            f"fit's config.yaml and RolloutLog's rollouts.jsonl go to {folder} beside an earlier run's (its config.yaml "
+            "is overwritten, both runs' rollouts share one file): list a CSVLogger or TensorBoardLogger first, or give "
+            "this run another trainer.default_root_dir")
 
 
 class LitVR1CLI(LightningCLI):
@@ -150,6 +170,10 @@ class LitVR1CLI(LightningCLI):
         from lit_vr1.checks import check_trainer
 
         check_trainer(self.model, self.trainer)
+        fit = self.config[self.subcommand] if self.subcommand else self.config
+        note = shared_log_dir_note(self.trainer, fit.get("ckpt_path"))
+        if note:
+            rank_zero_warn(note)
 
     def before_instantiate_classes(self) -> None:
         """The loggers follow ``--trainer.default_root_dir`` (:func:`loggers_follow_root`)."""

@@ -278,6 +278,7 @@ class RolloutUpdateLoop:
                           lambda: list(oom.STATIC_OPTIONS), m.device, self.held):
             outcome = m.apply_update(out["loss"], cfg.gradient_clip_val, has_tokens=bool(has_tokens))
         out.update(grad_norm=outcome.grad_norm, lr=outcome.lr, skipped_steps=float(outcome.skipped_steps))
+        out.update(oom.memory_figures(m.device))  # read from counters: no wait for the device
         return out
 
     # -- the whole batch -----------------------------------------------------------------

@@ -15,6 +15,7 @@ key/value cache a rollout fills (``2 x layers x kv_heads x head_dim x rows x tok
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -79,6 +80,25 @@ def device_memory(device: torch.device | str | None) -> str:
     except RuntimeError:  # the error may leave the device unable to answer
         return ""
     return f"; {torch.device(device)} holds {gib(total)}, this process's peak allocation {gib(peak)}"
+
+
+def memory_figures(device: torch.device | str | None) -> dict[str, float]:
+    """This process's memory in GiB for a step's logged figures: on CUDA torch's allocation now
+    and its peak since the process started (``memory/allocated_gib``, ``memory/peak_gib``);
+    elsewhere the resident set now and its peak (``/proc/self/statm``, ``ru_maxrss``; Linux)."""
+    try:
+        if device is not None and torch.device(device).type == "cuda" and torch.cuda.is_available():
+            now, peak = torch.cuda.memory_allocated(device), torch.cuda.max_memory_allocated(device)
+        else:
+            import resource
+
+            with open("/proc/self/statm") as f:
+                now = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    except (OSError, ValueError, RuntimeError, ImportError):  # not Linux, or a device that cannot answer
+        return {}
+    # the kernel's high-water mark trails the resident count by a few hundred KiB: the peak is at least now
+    return {"memory/allocated_gib": now / GIB, "memory/peak_gib": max(peak, now) / GIB}
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:

@@ -15,8 +15,9 @@ figure combines as it was computed, from the counts each process logs beside it 
 - standard deviations: pooled, ``sqrt((sum (n_i - 1) s_i^2 + sum n_i (m_i - m)^2) / (N - 1))``
   (the unbiased std of the union, from each part's count, mean and unbiased std);
 - counts (a reward's errors, non-finite values, recovered requests; ``reward/unscored``): summed;
-- largest values (``..._max``, ``advantage/abs_max``) and wall times (``time/...``, the step
-  waits for the slowest process): the largest;
+- largest values (``..._max``, ``advantage/abs_max``), wall times (``time/...``, the step
+  waits for the slowest process) and memory (``memory/...``, the fullest process runs out
+  first): the largest;
 - the rest (the loss, whose gradient DDP averages over processes; the gradient norm and
   learning rate, equal on every process): the mean (a nan on any process stays nan).
 """
@@ -80,7 +81,7 @@ def combine(per_process: list[dict[str, float]]) -> dict[str, float]:
                 out[key] = _weighted_mean(values, weights)
         elif key.endswith(SUMS) or key == "reward/unscored":
             out[key] = float(sum(values))
-        elif key.endswith("_max") or key.startswith("time/"):
+        elif key.endswith("_max") or key.startswith(("time/", "memory/")):
             out[key] = math.nan if any(math.isnan(v) for v in values) else max(values)
         else:  # a non-finite loss on one process stays in sight
             out[key] = sum(values) / len(values)

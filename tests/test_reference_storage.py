@@ -83,8 +83,10 @@ def test_a_bf16_mixed_fit_stores_its_reference_in_bf16_and_logs_the_same_figures
     assert all(p.dtype == torch.float32 for p in plain.ref_model.parameters())
     assert all(p.dtype == torch.float32 for p in module.policy.parameters())  # the trained weights stay float32
     assert rows[0]["train/kl"] == 0.0  # the first step's policy is its reference, to the last bit
-    figures = [{k: v for k, v in r.items() if not k.startswith("train/time/")} for r in rows]
-    assert figures == [{k: v for k, v in r.items() if not k.startswith("train/time/")} for r in plain_rows]
+    measured = ("train/time/", "train/memory/")  # wall times and resident memory: the machine's, not the run's
+    figures = [{k: v for k, v in r.items() if not k.startswith(measured)} for r in rows]
+    assert figures == [{k: v for k, v in r.items() if not k.startswith(measured)} for r in plain_rows]
+    assert all(r["train/memory/peak_gib"] >= r["train/memory/allocated_gib"] > 0 for r in rows)
     assert any(r["train/kl"] > 0 for r in rows)  # every logged figure, a KL that moved included, to the last bit
     assert torch.equal(module.loop.last_rollout.ref_logprobs, plain.loop.last_rollout.ref_logprobs)
     for a, b in zip(module.policy.parameters(), plain.policy.parameters()):

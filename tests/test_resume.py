@@ -470,7 +470,7 @@ def _metric_rows(path) -> list[tuple[int, str, float]]:
     out = []
     for row in csv.DictReader(open(path)):
         step = int(row.pop("step"))
-        out += [(step, k, float(v)) for k, v in row.items() if v != "" and "time/" not in k]
+        out += [(step, k, float(v)) for k, v in row.items() if v != "" and "time/" not in k and "memory/" not in k]
     return out
 
 
