@@ -372,8 +372,10 @@ class GRPOModule(VLMModule):
         fit stops with an error."""
         self.skipped_steps += 1
         self.skips_in_a_row += 1
-        rank_zero_warn(f"step {self.global_step}: {reason}; the optimiser step is skipped "
-                       f"({self.skipped_steps} skipped so far)")
+        if self.skips_in_a_row == 1:  # the first of a run of skips; the rest are counted (10 printed lines before)
+            rank_zero_warn(f"step {self.global_step}: {reason}; the optimiser step is skipped ({self.skipped_steps} "
+                           f"skipped so far; skips that follow it in a row are counted in train/skipped_steps, and "
+                           f"{self.max_skips_in_a_row} in a row stop the fit)")
         if self.skips_in_a_row >= self.max_skips_in_a_row:
             what = ("Check the rewards: a judge server that is down, rewards that apply to none of the data's tasks, "
                     "or rewards that return nan or inf (train/reward/<name>/errors and /nonfinite count them); or, "
@@ -464,6 +466,9 @@ class GRPOModule(VLMModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._match_reference(checkpoint)
+        note = rounded_reference_note(checkpoint.get("state_dict") or {}, self.ref_model, self._trainer)
+        if note:
+            rank_zero_warn(note)
         super().on_load_checkpoint(checkpoint)
         saved = checkpoint.get(SKIPPED_KEY, {})
         self.skipped_steps = int(saved.get("skipped_steps", 0))
@@ -526,6 +531,22 @@ class GRPOModule(VLMModule):
         # beside them, what callbacks set for the steps to come (callbacks.PTST's ptst/stage): one row a step
         self.log_row({**{"train/" + k: v for k, v in metrics.items()}, **getattr(self, "step_figures", {})})
         self.log("loss", metrics["loss"], prog_bar=True, logger=False)
+
+
+def rounded_reference_note(state: dict[str, Tensor], ref_model: torch.nn.Module | None, trainer: Any) -> str | None:
+    """A note when a checkpoint's reference weights were stored in bf16 or fp16 (its run trained
+    under mixed precision) and this fit keeps a float32 reference (``32-true``, or FSDP2): the
+    reference then runs with the weights as that run rounded them, not the float32 originals."""
+    if ref_model is None or getattr(getattr(trainer, "state", None), "fn", None) != "fit":
+        return None
+    mine = dict(ref_model.named_parameters())
+    half = [k for k, v in state.items() if k.startswith("ref_model.") and isinstance(v, Tensor)
+            and v.dtype in precision.HALF and getattr(mine.get(k[len("ref_model."):]), "dtype", None) == torch.float32]
+    if not half:
+        return None
+    return (f"the checkpoint's reference model holds {len(half)} weights in {state[half[0]].dtype} (its run trained "
+            f"under mixed precision); this fit keeps a float32 reference (trainer.precision="
+            f"{getattr(trainer, 'precision', '?')}), which runs with those rounded weights, not their float32 originals")
 
 
 def max_steps_note(max_steps: int, steps: list[int], start: int = 0) -> str | None:
@@ -599,7 +620,7 @@ def check_routing(rewards: list[Reward], train_set) -> None:
                          f"{'; '.join(routed(r) for r in rewards)}; {how}")
     named = sorted({t for r in rewards if r.tasks is not None for t in r.tasks})
     if unscored:
-        means = [f"{t!r} for {near!r}" for t in unscored if (near := misspelt_task(t, named)) is not None]
+        means = [f"{t!r} for {near!r}" for t in unscored if (near := misspelt_task(t, named, set(tasks))) is not None]
         rank_zero_warn(f"{sum(unscored.values())} training rows are scored by no reward (task(s) "
                        f"{', '.join(map(repr, unscored))}): their completions are left out of every update; {how}"
                        + (f" (a misspelt task? {', '.join(means)})" if means else ""))
@@ -608,21 +629,22 @@ def check_routing(rewards: list[Reward], train_set) -> None:
             rank_zero_warn(f"reward {routed(reward)} scores none of the training rows (their tasks: {rows}); it will "
                            "log nothing this run")
     for task, n in tasks.items():
-        near = misspelt_task(task, named)
+        near = misspelt_task(task, named, set(tasks))
         if near is not None and task not in unscored:  # scored, but only by the rewards of every task
             rank_zero_warn(f"{n} training row(s) have task {task!r}, which no reward's tasks name: only the rewards of "
                            f"every task score them ({', '.join(repr(r.name) for r in rewards if r.tasks is None)}); "
                            f"did you mean {near!r}? ({', '.join(routed(r) for r in rewards if near in (r.tasks or ()))})")
 
 
-def misspelt_task(task: str, named: list[str]) -> str | None:
-    """The task of ``named`` that ``task`` (a row's, which no reward names) is likely a misspelling
-    of: the same but for case and surrounding spaces, or close by :func:`difflib.get_close_matches`
-    (``'cuont'`` for ``'count'``); None when none is close or ``task`` is named itself."""
+def misspelt_task(task: str, named: list[str], rows: set[str] = frozenset()) -> str | None:
+    """The task of ``named`` (the rewards') that ``task`` (a row's, which no reward names) is likely
+    a misspelling of: the same but for case and surrounding spaces, or close by
+    :func:`difflib.get_close_matches` (``'cuont'`` for ``'count'``) where no row has the named task
+    itself (``refcocog`` rows beside ``refcoco`` ones are another data set); None otherwise."""
     if task in named:
         return None
     same = [t for t in named if t.strip().casefold() == task.strip().casefold()]
-    close = same or difflib.get_close_matches(task, named, n=1, cutoff=0.8)
+    close = same or [t for t in difflib.get_close_matches(task, named, n=1, cutoff=0.8) if t not in rows]
     return close[0] if close else None
 
 

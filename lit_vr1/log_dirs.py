@@ -69,6 +69,21 @@ def metrics_file(trainer) -> str | None:
     return None
 
 
+def keep_metrics(path: str) -> str | None:
+    """Before a fit's CSV writer starts (it empties the ``metrics.csv`` at ``path`` that a pinned
+    ``version`` points it to): a copy beside it, ``metrics.csv.kept``, which the fit removes once it
+    has carried the rows over (:func:`carry_over_metrics`) or started afresh; a fit that fails before
+    then leaves it for the next attempt, whose own file is empty by then. Returns the copy's path,
+    or None when there is nothing to keep."""
+    kept = path + ".kept"
+    if os.path.isfile(kept):  # an attempt that failed before its first step: the killed run's rows
+        return kept
+    if os.path.isfile(path):
+        shutil.copyfile(path, kept)
+        return kept
+    return None
+
+
 def read_rows(path: str) -> list[dict[str, str]]:
     """The rows of a metrics.csv, as read now (a resumed run logging into the same file, its
     CSV logger's ``version`` pinned, empties the file when it starts writing)."""

@@ -618,16 +618,18 @@ class VLMModule(LightningModule):
                 logger.save()
 
     def prepare_data(self) -> None:
-        """Before a fit's loggers start (Lightning calls this first): the rows of the metrics.csv
-        this run will log into, when it exists already (kept for a resume, dropped otherwise). That is the checkpointed run's
+        """Before a fit's loggers start (Lightning calls this first): a copy of the metrics.csv this
+        run will log into, when it exists already (:func:`lit_vr1.log_dirs.keep_metrics`; read by a
+        resume, removed once the fit starts its steps). That is the checkpointed run's
         own file when the CSV logger's ``version`` is pinned, and Lightning's writer empties it as
         it starts; :func:`lit_vr1.log_dirs.carry_over_metrics` logs them again."""
         super().prepare_data()
         trainer, self._metrics_before_fit = self._trainer, None
         if trainer is not None and trainer.state.fn == "fit":  # whether it resumes is known later
             path = log_dirs.metrics_file(trainer)
-            if path is not None and os.path.isfile(path):
-                self._metrics_before_fit = (path, log_dirs.read_rows(path))
+            kept = log_dirs.keep_metrics(path) if path is not None else None
+            if kept is not None:
+                self._metrics_before_fit = (path, kept)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """A LoRA checkpoint holds the adapters only: the frozen base weights, already loaded
@@ -658,8 +660,9 @@ class VLMModule(LightningModule):
                 self._resumed_optimisers = saved
         self._checkpoint_step = checkpoint.get("global_step")
         self._resumed_metrics = checkpoint.get(METRICS_KEY)
-        read = getattr(self, "_metrics_before_fit", None)  # the file this run logs into, as prepare_data read it
-        self._resumed_rows = read[1] if read is not None and read[0] == self._resumed_metrics else None
+        kept = getattr(self, "_metrics_before_fit", None)  # the file this run logs into, as prepare_data kept it
+        self._resumed_rows = (log_dirs.read_rows(kept[1]) if kept is not None and kept[0] == self._resumed_metrics
+                              else None)
         loops = checkpoint.get("loops") or {}
         self._resumed_batches = ((loops.get("fit_loop") or {}).get("epoch_loop.state_dict") or {}).get(
             "_batches_that_stepped")
@@ -681,11 +684,14 @@ class VLMModule(LightningModule):
         if states is not None:
             set_rng_states(states)
         previous, self._resumed_metrics = getattr(self, "_resumed_metrics", None), None
-        rows, self._resumed_rows, self._metrics_before_fit = getattr(self, "_resumed_rows", None), None, None
+        rows, self._resumed_rows = getattr(self, "_resumed_rows", None), None
+        kept, self._metrics_before_fit = getattr(self, "_metrics_before_fit", None), None
         if previous is not None and self.trainer.ckpt_path is not None:
             # the new version_N folder's metrics.csv begins with the checkpointed run's rows
             log_dirs.carry_over_metrics(self.trainer, previous, self.trainer.global_step,
                                         getattr(self, "_resumed_batches", None), rows)
+        if kept is not None and os.path.isfile(kept[1]):  # carried over, or a fresh fit: the copy is done with
+            os.remove(kept[1])
 
 
 def template_note(trainer, checkpoint: dict) -> str | None:

@@ -97,7 +97,7 @@ def refuse_or_leave_out_unlabelled(trainer: Any) -> None:
     if skips_bad_rows(trainer) and hasattr(train_set, "check_rows"):
         train_set.check_rows(lambda r: None if has_answer(r.solution) else no_answer_message(r.source, r.id),
                              "rows without an answer", "give each an answer in field 'solution'",
-                             "no training row has an answer to teach", "is this unlabelled data (for GRPO with a judge)?")
+                             "no training row has an answer to teach")
         return
     check_answers(training_records(trainer))
 

@@ -10,8 +10,8 @@ figure combines as it was computed, from the counts each process logs beside it 
 ``n/``, never sent to a logger):
 
 - means over the completions a reward scored (``reward/<name>/mean``), over completions,
-  groups or tokens: weighted by the count (processes without any left out; nan only where no
-  process had one);
+  groups or tokens: weighted by the count (processes without any left out; nan where no
+  process had one, and a nan or inf over a positive count, a diverged process, stays);
 - standard deviations: pooled, ``sqrt((sum (n_i - 1) s_i^2 + sum n_i (m_i - m)^2) / (N - 1))``
   (the unbiased std of the union, from each part's count, mean and unbiased std);
 - counts (a reward's errors, non-finite values, recovered requests; ``reward/unscored``): summed;
@@ -47,20 +47,22 @@ def weight_key(key: str) -> str | None:
 
 
 def _weighted_mean(values: list[float], weights: list[float]) -> float:
-    pairs = [(v, w) for v, w in zip(values, weights) if w > 0 and math.isfinite(v)]
+    # a process with nothing to count is left out; a nan or inf over something (a diverged rank) stays in sight
+    pairs = [(v, w) for v, w in zip(values, weights) if w > 0]
     total = sum(w for _, w in pairs)
     return sum(v * w for v, w in pairs) / total if total > 0 else math.nan
 
 
 def _pooled_std(stds: list[float], means: list[float], weights: list[float]) -> float:
-    parts = [(s, m, w) for s, m, w in zip(stds, means, weights) if w > 0 and math.isfinite(m)]
+    parts = [(s, m, w) for s, m, w in zip(stds, means, weights) if w > 0]
     n = sum(w for *_, w in parts)
     if n <= 1:
         return 0.0 if n == 1 else math.nan
     mean = sum(m * w for _, m, w in parts) / n
-    within = sum((w - 1) * (s if math.isfinite(s) else 0.0) ** 2 for s, _, w in parts)
+    within = sum((w - 1) * s**2 for s, _, w in parts)
     between = sum(w * (m - mean) ** 2 for _, m, w in parts)
-    return math.sqrt(max(within + between, 0.0) / (n - 1))
+    total = within + between
+    return math.sqrt(max(total, 0.0) / (n - 1)) if math.isfinite(total) else math.nan
 
 
 def combine(per_process: list[dict[str, float]]) -> dict[str, float]:

@@ -370,3 +370,13 @@ def test_detection_rows_a_coco_user_writes(tmp_path):
     with pytest.warns(UserWarning) as caught:
         JsonlDataset(f, d)
     assert [str(w.message) for w in caught if "several lines" in str(w.message) and "whole row" not in str(w.message)]
+
+
+def test_a_gpt_turn_whose_value_is_a_number_says_so(tmp_path):
+    """A count written as a number ({"from": "gpt", "value": 3}) got the generic 'string values' message."""
+    line = json.dumps({"image": "a.png", "conversations": [{"from": "human", "value": "<image>How many?"},
+                                                           {"from": "gpt", "value": 3}]})
+    f, d = _write(tmp_path, "num", [line])
+    with pytest.raises(DataError, match=r"num\.jsonl:1: the \{'from': 'gpt'\} turn's value is int 3 \(a number: write "
+                                        r"it as the string \"3\""):
+        JsonlDataset(f, d)

@@ -127,6 +127,22 @@ def test_a_run_whose_steps_are_all_skipped_ends_in_one_line():
         raise AssertionError("no error after the skips allowed")
 
 
+def test_a_run_of_skipped_steps_is_warned_of_once():
+    """Every skip printed its own warning: ten near-identical lines before the stop (helper-57)."""
+    import warnings
+
+    module = GRPOModule(model="tiny:qwen2_5_vl")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(5):
+            module.record_skip("no completion was scored")
+        module.skips_in_a_row = 0  # a step applied between
+        module.record_skip("no completion was scored")
+    said = [str(w.message) for w in caught if "the optimiser step is skipped" in str(w.message)]
+    assert len(said) == 2 and "(1 skipped so far; skips that follow it in a row are counted" in said[0]
+    assert "(6 skipped so far" in said[1] and module.skipped_steps == 6
+
+
 def test_a_parameter_default_shadowing_a_data_column_is_warned_of():
     """verl code reads data_source; declared with a default it kept the default, silently."""
     from lit_vr1.rewards import FunctionReward

@@ -41,8 +41,13 @@ def test_a_task_that_differs_from_a_rewards_task_by_case_or_spaces_is_said_with_
     assert not _warnings(lambda: check_routing(rewards, _records({"count": 8, "vqa": 3})))
     # a task named by no reward's tasks and not close to any is a choice (the rewards of every task score it)
     assert not _warnings(lambda: check_routing(rewards, _records({"count": 8, "vqa": 3, "default": 3})))
+    # close names that are other data sets (rows of both): RefCOCO+ and RefCOCOg routed apart from RefCOCO
+    refs = [IoUReward(tasks=["refcoco"]), ThinkAnswerFormat()]
+    assert not _warnings(lambda: check_routing(refs, _records({"refcoco": 4, "refcocog": 4, "refcoco+": 2})))
+    said = _warnings(lambda: check_routing(refs, _records({"refcocoo": 4, "vqa": 2})))  # no refcoco row: a typo
+    assert any("task 'refcocoo'" in m and "did you mean 'refcoco'?" in m for m in said), said
     # without a reward of every task, the rows are scored by none, and the misspelling is named there
-    said = _warnings(lambda: check_routing(rewards[:2], _records({"count": 8, "cuont": 2})))
+    said = _warnings(lambda: check_routing(rewards[:2], _records({"vqa": 8, "cuont": 2})))
     assert any("2 training rows are scored by no reward" in m and "(a misspelt task? 'cuont' for 'count')" in m
                for m in said), said
 
@@ -96,12 +101,14 @@ def test_skip_refuses_a_file_that_a_reward_without_tasks_would_mostly_leave_out(
 def test_vlm_r1s_per_row_accu_reward_method_is_refused_naming_the_field(tmp_path):
     """VLM-R1's rows carry 'accu_reward_method'; it was ignored, and every row trained as task 'default'."""
     row = {"image": "a.png", "problem": "<image>How many?", "solution": "2", "accu_reward_method": "default"}
-    f, d = _write(tmp_path, "vlmr1", [row], {"a.png": (56, 56)})
+    f, d = _write(tmp_path, "vlmr1", [{**row, "accu_reward_method": "mcq"}], {"a.png": (56, 56)})
     with pytest.raises(DataError, match=r"vlmr1\.jsonl:1: field 'accu_reward_method' \(VLM-R1's\) is not read: a row's "
                                         r"task goes in field 'reward_method'"):
         JsonlDataset(f, d)
-    f, d = _write(tmp_path, "both", [{**row, "reward_method": "count"}], {})
+    f, d = _write(tmp_path, "both", [{**row, "accu_reward_method": "mcq", "reward_method": "count"}], {})
     assert JsonlDataset(f, d).records[0].task == "count"  # written beside reward_method: the latter routes
+    f, d = _write(tmp_path, "dflt", [row], {})  # 'default', lit-vr1's default task too: read as before
+    assert JsonlDataset(f, d).records[0].task == "default"
 
 
 def test_a_two_image_rows_box_outside_its_first_image_says_boxes_are_read_there(tmp_path):

@@ -133,3 +133,18 @@ def test_the_reference_is_stored_in_the_autocast_dtype_only_where_it_may_be(stra
     if strategy == "fsdp2":
         module._device_mesh = object()  # Lightning's ModelParallelStrategy gives the module its mesh
     assert module._reference_storage_dtype() == want
+
+
+def test_a_checkpoints_bf16_reference_resumed_into_a_float32_one_is_said():
+    from types import SimpleNamespace
+
+    from lit_vr1.grpo import rounded_reference_note
+
+    ref = nn.Sequential(nn.Linear(4, 4))
+    fit = SimpleNamespace(state=SimpleNamespace(fn="fit"), precision="32-true")
+    half = {"ref_model.0.weight": torch.zeros(4, 4, dtype=torch.bfloat16), "ref_model.0.bias": torch.zeros(4)}
+    assert "holds 1 weights in torch.bfloat16" in rounded_reference_note(half, ref, fit)
+    assert rounded_reference_note({k: v.float() for k, v in half.items()}, ref, fit) is None
+    assert rounded_reference_note(half, ref, SimpleNamespace(state=SimpleNamespace(fn="validate"))) is None
+    ref.to(torch.bfloat16)  # a bf16-mixed fit stores it so itself: nothing rounded that it would not round
+    assert rounded_reference_note(half, ref, fit) is None

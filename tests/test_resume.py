@@ -532,6 +532,39 @@ def test_a_resumed_runs_metrics_csv_holds_the_whole_run(samples, tmp_path, kind)
         assert _metric_rows(killed) == killed_rows  # left as it was
 
 
+def test_a_refused_resume_into_a_pinned_csv_version_leaves_the_rows_for_the_next(samples, tmp_path):
+    """Lightning empties a pinned version's metrics.csv as its logger starts; a resume refused after
+    that (another beta here) lost the killed run's rows, and the corrected resume began at the
+    checkpoint (helper-62's review)."""
+    import lightning as L
+    from helpers import LengthReward, collate
+    from torch.utils.data import DataLoader
+
+    from lit_vr1.checkpoint import SettingsRefused
+    from lit_vr1.config import GRPOConfig
+    from lit_vr1.grpo import GRPOModule
+
+    def run(max_steps, beta=0.04, ckpt_path=None):
+        torch.manual_seed(0)
+        module = GRPOModule(model="tiny:qwen2_5_vl", rewards=[LengthReward()],
+                            grpo=GRPOConfig(num_generations=2, max_completion_length=4, beta=beta))
+        ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="{step}", save_top_k=-1,
+                                                   every_n_train_steps=1)
+        logger = L.pytorch.loggers.CSVLogger(tmp_path, name="logs", version="run1")
+        trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=max_steps, enable_model_summary=False,
+                            enable_progress_bar=False, logger=logger, callbacks=[ckpt], num_sanity_val_steps=0)
+        trainer.fit(module, DataLoader(samples[:2] * 4, batch_size=2, collate_fn=collate), ckpt_path=ckpt_path)
+        return Path(logger.log_dir) / "metrics.csv"
+
+    path = run(3)
+    with pytest.raises(SettingsRefused):
+        run(4, beta=0.0, ckpt_path=str(tmp_path / "ckpt" / "step=2.ckpt"))
+    assert not path.exists() and (path.parent / "metrics.csv.kept").exists()  # emptied; the copy waits
+    run(4, ckpt_path=str(tmp_path / "ckpt" / "step=2.ckpt"))
+    assert sorted({s for s, k, _ in _metric_rows(path) if k == "train/loss"}) == [1, 2, 3, 4]
+    assert not (path.parent / "metrics.csv.kept").exists()  # done with once carried over
+
+
 class _InterruptsWhilePickled:
     """Sends this process a SIGINT when torch.save pickles it (a Ctrl-C in the middle of a save)."""
 

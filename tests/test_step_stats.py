@@ -52,3 +52,6 @@ def test_token_means_weigh_by_tokens_and_maxima_take_the_largest():
     assert combine([{**a, "loss": math.nan}, b])["loss"] != combine([a, b])["loss"]  # a nan loss stays in sight
     assert math.isnan(combine([{**a, "loss": math.nan}, b])["loss"])
     assert local(a) == {k: v for k, v in a.items() if not k.startswith("n/")}
+    diverged = combine([{**a, "kl": math.nan, "entropy": math.inf}, b])  # a nan or inf over tokens stays in sight
+    assert math.isnan(diverged["kl"]) and diverged["entropy"] == math.inf
+    assert combine([{**a, "kl": math.nan, "n/tokens": 0.0}, b])["kl"] == 0.4  # nothing counted there: left out

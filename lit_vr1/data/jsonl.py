@@ -314,8 +314,13 @@ def _conversation(conv: Any, where: str) -> tuple[str, Any, str | None]:
         raise DataError(f"{where}: 'conversations' holds the turns {', '.join(froms)}; a row is {shape}: a multi-turn "
                         "dialogue is not read (one row per question, its earlier turns written into the question)")
     values = {f: t.get("value") for f, t in zip(froms, conv)}
-    if not all(isinstance(v, str) for v in values.values()):
-        raise DataError(f"{where}: 'conversations' needs a {{'from': 'human'}} turn (and a {{'from': 'gpt'}} one "
+    bad = next(((f, v) for f, v in values.items() if not isinstance(v, str)), None)
+    if bad is not None:
+        f, v = bad
+        number = (f" (a number: write it as the string {json.dumps(str(v))}, as the answer is read as text)"
+                  if isinstance(v, (int, float)) and not isinstance(v, bool) else "")
+        raise DataError(f"{where}: the {{'from': {f!r}}} turn's value is {type(v).__name__} {json.dumps(v)[:40]}"
+                        f"{number}; 'conversations' needs a {{'from': 'human'}} turn (and a {{'from': 'gpt'}} one "
                         "for labelled data) with string values")
     if "system" in values and not values["system"].strip():
         raise DataError(f"{where}: 'conversations' holds an empty {{'from': 'system'}} turn; write the system prompt "
@@ -643,7 +648,8 @@ def parse_line(line: str, path: str, lineno: int, folder: str, task: str = "defa
         if key_problem:
             raise DataError(f"{where}: {key_problem}")
         check_solution_boxes(solution, _field_of(obj, "gpt"), sizes[0] if sizes else None, where, len(sizes))
-    if "accu_reward_method" in obj and "reward_method" not in obj:  # VLM-R1's per-row field, ignored without a word
+    # VLM-R1's per-row field: 'default' is lit-vr1's own default task too; another value was ignored without a word
+    if obj.get("accu_reward_method", "default") != "default" and "reward_method" not in obj:
         raise DataError(f"{where}: field 'accu_reward_method' (VLM-R1's) is not read: a row's task goes in field "
                         "'reward_method', and the rewards whose tasks name it score the row: rename the field, its "
                         "value the row's task (VLM-R1's value names its accuracy method, such as 'default')")
@@ -964,17 +970,18 @@ class JsonlDataset(Dataset):
 
         return self.check_rows(too_long, f"rows over data.max_prompt_length={max_prompt_length}",
                                "shorten them, raise max_prompt_length, lower model.max_pixels, or set data.bad_rows=skip "
-                               "to leave them out", f"every row is over data.max_prompt_length={max_prompt_length}",
-                               "is max_prompt_length (or model.max_pixels) set for these images?")
+                               "to leave them out", f"every row is over data.max_prompt_length={max_prompt_length}")
 
-    def check_rows(self, problem: Any, what: str, advice: str, all_bad: str, most: str) -> list[SkippedRow]:
+    def check_rows(self, problem: Any, what: str, advice: str, all_bad: str,
+                   most: str | None = None) -> list[SkippedRow]:
         """Refuse (or, in skip mode, drop) every row for which ``problem(record)`` returns a
         message (naming the row's "file:line"). Under "raise", every row is checked, then one
         :class:`DataError` lists the bad ones (:func:`rows_message`, with ``what`` and
         ``advice``); under "skip" they leave the dataset and join :attr:`skipped`, and a
-        dataset left empty is an error (``all_bad``, then the first reason), as is a file that
-        would lose most of its rows (:func:`mostly_bad_files`, asking ``most``). Returns the
-        rows dropped by this call."""
+        dataset left empty is an error (``all_bad``, then the first reason), and so, when ``most``
+        is given (its likelier cause, asked), is a file that would lose most of its rows
+        (:func:`mostly_bad_files`); without it, leaving rows out is what skip was chosen for.
+        Returns the rows dropped by this call."""
         keep, dropped, sources = [], [], []
         for r in self.records:
             reason = problem(r)
@@ -987,7 +994,7 @@ class JsonlDataset(Dataset):
             raise DataError(rows_message([d.reason for d in dropped], sources, what, advice))
         if not keep:
             raise DataError(f"{all_bad}; the first: {dropped[0].reason}")
-        if dropped:
+        if dropped and most is not None:
             rows_per_file = Counter(file_of(r.source) for r in self.records)
             enforce(mostly_bad_files(sources, rows_per_file, [d.reason for d in dropped], most), DataError)
         self.records = keep
