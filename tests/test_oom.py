@@ -150,7 +150,9 @@ def test_one_process_running_out_under_ddp_stops_both_with_one_message_each(tmp_
                       "--trainer.accelerator=cpu", more_callbacks=running_out)
     proc = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
     err = proc.stderr
-    assert proc.returncode == 2 and "Traceback" not in err, err[-4000:]
+    # 2 (lit-vr1's error) or -9: Lightning's launcher SIGKILLs every process when a child exits non-zero,
+    # the main one included, whenever its watcher sees rank 1 go before rank 0 has exited (load decides)
+    assert proc.returncode in (2, -9) and "Traceback" not in err, err[-4000:]
     assert err.count("lit-vr1: error: out of memory in the policy update") == 1, err[-4000:]
     assert err.count("lit-vr1: error: a collective of this process failed") == 1, err[-4000:]
     assert f"resumes from {out / 'ckpt' / 'last.ckpt'} (optimiser step 2)" in err

@@ -422,7 +422,7 @@ def _real_folder(folder: str) -> str:
 
 def check_inside(name: str, path: str, folder: str, where: str) -> None:
     """Refuse an image path that resolves (links followed) outside its image folder."""
-    root = _real_folder(folder)
+    root = _real_folder(os.path.abspath(folder))  # absolute first: a relative folder moves with the working directory
     real = os.path.realpath(path)
     if os.path.commonpath([root, real]) != root:
         raise DataError(f"{where}: field 'image': {name} resolves to {real}, outside the image folder {root}; "
