@@ -60,6 +60,25 @@ class ConfigToLoggers(SaveConfigCallback):
             logger.log_hyperparams({"config": config})
 
 
+def shadowed_callbacks_note() -> str | None:
+    """A note when a module named ``callbacks`` other than lit-vr1's (a ``callbacks.py`` of the
+    user's in the working directory, which ``python -m`` puts first on the path) would be imported
+    for a config's ``callbacks.ColdStart``: it was refused as "module 'callbacks' has no attribute
+    'ColdStart'", with nothing on why."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("callbacks")
+    except (ImportError, ValueError):
+        return None
+    ours = PACKAGE_DIR.parent / "callbacks"
+    if spec is None or spec.origin is None or Path(spec.origin).resolve().is_relative_to(ours.resolve()):
+        return None
+    return (f"a module named 'callbacks' at {spec.origin} hides lit-vr1's callbacks package ({ours}): a config's "
+            "callbacks.ColdStart, callbacks.RolloutLog, ... cannot be found; rename your module, or run from another "
+            "folder")
+
+
 def shared_log_dir_note(trainer, ckpt_path: str | None) -> str | None:
     """A note for a fresh fit whose log folder (the first logger's) is not a ``version_N`` folder
     of its own and holds an earlier run's ``config.yaml``: a WandbLogger listed first writes the
@@ -158,7 +177,8 @@ class LitVR1CLI(LightningCLI):
             super()._run_subcommand(subcommand)
         except BaseException as exc:
             remove_unused_log_dirs(fresh)
-            if subcommand == "fit" and self.trainer.global_step > 0:  # errors, Ctrl-C and SIGTERM alike
+            exported = getattr(getattr(self, "model", None), "export_failed", False)  # its own note says what to run
+            if subcommand == "fit" and self.trainer.global_step > 0 and not exported:  # errors, Ctrl-C and SIGTERM
                 exc.add_note(resume_note(self.trainer, failed=isinstance(exc, Exception)))
             raise
         if subcommand == "predict":  # logs no metric: its folder would be an empty version_N among a run's logs
@@ -405,8 +425,26 @@ def user_error(exc: BaseException) -> BaseException | None:
         peer = peer_stopped(current)  # another process's error is the one to read; this one only lost its peer
         if peer is not None:
             return peer
+        missing = missing_package(current)  # Lightning's own (WandbLogger, DeepSpeedStrategy): 60-86 lines before
+        if missing is not None:
+            return missing
         current = current.__cause__ or current.__context__
     return None
+
+
+def missing_package(exc: BaseException) -> ImportError | None:
+    """An optional package's absence that says how to install it, as one ImportError: Lightning's
+    ``WandbLogger`` and ``DeepSpeedStrategy`` raise it while the config's classes are built, and
+    jsonargparse folds it into a ValueError listing the union's alternatives and a dump of the
+    whole value (60-86 lines); None for anything else."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    if not isinstance(exc, (ImportError, MisconfigurationException, ValueError)) or "pip install" not in str(exc):
+        return None
+    if isinstance(exc, ImportError):
+        return exc
+    line = next(x for x in str(exc).splitlines() if "pip install" in x)
+    return ImportError(line.strip().removeprefix("- "))
 
 
 OWN_DIRS = (PACKAGE_DIR, PACKAGE_DIR.parent / "callbacks")  # where lit-vr1's own warnings come from
@@ -454,6 +492,9 @@ def main(args: list[str] | None = None) -> None:
         sys.argv[1:] = argv  # the command line itself, so that Lightning does not warn about args
     if not show_traceback:
         warnings.formatwarning = one_line_warning
+    shadowed = shadowed_callbacks_note()
+    if shadowed is not None:
+        warnings.warn(shadowed, UserWarning, stacklevel=1)
     try:
         LitVR1CLI(args=None if args is None else argv)
     except KeyboardInterrupt as stop:  # Ctrl-C outside Lightning's loops (loading the model, the data): no traceback

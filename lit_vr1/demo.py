@@ -407,7 +407,8 @@ def report_label_free(models: dict[str, str], data_dir: str, template: str, out:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m lit_vr1.demo", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, default=0, help="seed of the run (weights, data order, sampling)")
     ap.add_argument("--out", help="folder of the logs, models, PNGs and results.json (default: runs/demo; "
                                   "runs/demo_<task> for the other tasks)")

@@ -578,7 +578,12 @@ class VLMModule(LightningModule):
     # -- export -----------------------------------------------------------------------------
     def on_train_end(self) -> None:
         if self.export_dir:
-            self.export(self.export_dir)
+            try:
+                self.export(self.export_dir)
+            except Exception as e:  # training is done: a resume at max_steps would not export again
+                self.export_failed = True
+                e.add_note(export_note(self.trainer, self.export_dir))
+                raise
         release_optimizer_state(self.trainer)
 
     @rank_zero_only
@@ -692,6 +697,15 @@ class VLMModule(LightningModule):
                                         getattr(self, "_resumed_batches", None), rows)
         if kept is not None and os.path.isfile(kept[1]):  # carried over, or a fresh fit: the copy is done with
             os.remove(kept[1])
+
+
+def export_note(trainer, export_dir: str) -> str:
+    """What to run when the export at a fit's end failed: the training is done, and a resume at
+    ``max_steps`` trains nothing and exports nothing (a new user resumed as told, and got no model)."""
+    saver = next((cb for cb in getattr(trainer, "checkpoint_callbacks", []) if cb.last_model_path), None)
+    source = saver.last_model_path if saver is not None else "<the fit's last checkpoint>"
+    return (f"the training finished; the export to {export_dir} failed: once mended, export the checkpoint with "
+            f"python -m lit_vr1.export {source} {export_dir}")
 
 
 def template_note(trainer, checkpoint: dict) -> str | None:

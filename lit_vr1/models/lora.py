@@ -210,7 +210,11 @@ def __getattr__(name: str):
 def apply_lora(model: nn.Module, spec: LoraSpec):
     """``model`` wrapped in a :class:`LoraPolicy` (a peft ``PeftModel``) with LoRA adapters per
     ``spec``, in place: the base weights are shared, not copied, and all of them are frozen."""
-    from peft import LoraConfig
+    try:
+        from peft import LoraConfig
+    except ImportError:
+        raise ImportError("model.lora needs the peft package: pip install peft (or pip install 'lit-vr1[lora]')") \
+            from None
 
     config = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
                         target_modules=resolve_targets(model, spec), bias=spec.bias)
@@ -218,9 +222,12 @@ def apply_lora(model: nn.Module, spec: LoraSpec):
 
 
 def is_lora(model: nn.Module) -> bool:
-    """Whether ``model`` is a peft model (holds adapters)."""
-    from peft import PeftModel
-
+    """Whether ``model`` is a peft model (holds adapters); False without peft installed (nothing can
+    be one: an export of a plain model needed peft before)."""
+    try:
+        from peft import PeftModel
+    except ImportError:
+        return False
     return isinstance(model, PeftModel)
 
 

@@ -1,0 +1,62 @@
+"""lit-vr1 installed with pip into a user's own environment and run from their own folder (a new
+user's trial): what an optional package's absence and a module of the user's own look like."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_an_export_of_a_plain_model_needs_no_peft(monkeypatch):
+    """is_lora imported peft whatever the model: every export crashed without peft installed."""
+    from lit_vr1.models.lora import LoraSpec, apply_lora, is_lora
+
+    monkeypatch.setitem(sys.modules, "peft", None)  # as if not installed
+    assert is_lora(nn.Linear(2, 2)) is False
+    with pytest.raises(ImportError, match=r"model\.lora needs the peft package: pip install peft"):
+        apply_lora(nn.Linear(2, 2), LoraSpec())
+
+
+def test_a_missing_package_that_lightning_names_is_one_line():
+    """A WandbLogger or DeepSpeedStrategy without its package: jsonargparse folded Lightning's error
+    into 60-86 lines of union alternatives and the whole config's value."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    from lit_vr1.cli import missing_package, user_error
+
+    lightning = MisconfigurationException("To use the `DeepSpeedStrategy`, you must have DeepSpeed installed. "
+                                          "Install it by running `pip install -U deepspeed`.")
+    folded = ValueError(f"Does not validate against any of the Union subtypes\nErrors:\n  - Expected a <class 'str'>\n"
+                        f"  - {lightning}\nGiven value: Namespace(class_path='...')")
+    got = user_error(folded)
+    assert isinstance(got, ImportError) and str(got) == str(lightning)
+    assert str(user_error(lightning)) == str(lightning)
+    assert missing_package(ValueError("Expected a <class 'int'>")) is None
+
+
+def test_a_callbacks_module_of_the_users_own_is_said_to_hide_lit_vr1s(tmp_path):
+    (tmp_path / "callbacks.py").write_text("X = 1\n")
+    code = "from lit_vr1.cli import shadowed_callbacks_note as n; print(n())"
+    mine = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                          env={"PYTHONPATH": f"{tmp_path}:{ROOT}", "PATH": "/usr/bin:/bin"})
+    assert f"a module named 'callbacks' at {tmp_path / 'callbacks.py'} hides lit-vr1's callbacks package" in mine.stdout
+    ours = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert ours.stdout.strip() == "None", ours.stderr
+
+
+def test_a_failed_export_at_the_fits_end_says_how_to_export(tmp_path):
+    """The hint was to resume with --ckpt_path last, which at max_steps trains and exports nothing."""
+    from types import SimpleNamespace
+
+    from lit_vr1.module import export_note
+
+    saver = SimpleNamespace(last_model_path=str(tmp_path / "last.ckpt"))
+    note = export_note(SimpleNamespace(checkpoint_callbacks=[saver]), "runs/hf")
+    assert note.endswith(f"python -m lit_vr1.export {tmp_path / 'last.ckpt'} runs/hf")
