@@ -412,6 +412,9 @@ def user_error(exc: BaseException) -> BaseException | None:
     from lit_vr1.parallel import peer_stopped
     from lit_vr1.rewards.base import RewardError
 
+    missing = missing_package(exc)  # the outermost error only: an install hint raised inside a fallback is no cause
+    if missing is not None:
+        return missing
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
@@ -425,9 +428,6 @@ def user_error(exc: BaseException) -> BaseException | None:
         peer = peer_stopped(current)  # another process's error is the one to read; this one only lost its peer
         if peer is not None:
             return peer
-        missing = missing_package(current)  # Lightning's own (WandbLogger, DeepSpeedStrategy): 60-86 lines before
-        if missing is not None:
-            return missing
         current = current.__cause__ or current.__context__
     return None
 

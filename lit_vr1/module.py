@@ -702,8 +702,14 @@ class VLMModule(LightningModule):
 def export_note(trainer, export_dir: str) -> str:
     """What to run when the export at a fit's end failed: the training is done, and a resume at
     ``max_steps`` trains nothing and exports nothing (a new user resumed as told, and got no model)."""
-    saver = next((cb for cb in getattr(trainer, "checkpoint_callbacks", []) if cb.last_model_path), None)
-    source = saver.last_model_path if saver is not None else "<the fit's last checkpoint>"
+    from lit_vr1.checkpoint import newest_checkpoint
+
+    savers = getattr(trainer, "checkpoint_callbacks", None) or []
+    last = [cb.last_model_path for cb in savers if cb.last_model_path and os.path.isfile(cb.last_model_path)]
+    source = last[0] if last else newest_checkpoint([cb.dirpath for cb in savers if cb.dirpath])
+    if source is None:
+        return (f"the training finished; the export to {export_dir} failed, and this fit saved no checkpoint to export "
+                "from: once mended, a new fit trains again (keep a ModelCheckpoint in trainer.callbacks)")
     return (f"the training finished; the export to {export_dir} failed: once mended, export the checkpoint with "
             f"python -m lit_vr1.export {source} {export_dir}")
 

@@ -13,6 +13,20 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def test_an_installed_peft_that_fails_to_import_keeps_its_own_error(monkeypatch, tmp_path):
+    """A peft too old for transformers 5 failed with 'cannot import name ...' and was reported as
+    missing: 'pip install peft' then answered 'already satisfied' (helper-64)."""
+    from lit_vr1.models.lora import LoraSpec, apply_lora
+
+    (tmp_path / "peft").mkdir()
+    (tmp_path / "peft" / "__init__.py").write_text("from transformers import NoSuchCache\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "peft", raising=False)
+    with pytest.raises(ImportError, match="NoSuchCache") as raised:
+        apply_lora(nn.Linear(2, 2), LoraSpec())
+    assert "pip install peft" not in str(raised.value)
+
+
 def test_an_export_of_a_plain_model_needs_no_peft(monkeypatch):
     """is_lora imported peft whatever the model: every export crashed without peft installed."""
     from lit_vr1.models.lora import LoraSpec, apply_lora, is_lora
@@ -38,6 +52,14 @@ def test_a_missing_package_that_lightning_names_is_one_line():
     assert isinstance(got, ImportError) and str(got) == str(lightning)
     assert str(user_error(lightning)) == str(lightning)
     assert missing_package(ValueError("Expected a <class 'int'>")) is None
+    # a bug raised while handling an install hint (a fallback) keeps its traceback (helper-64)
+    try:
+        try:
+            raise ImportError("fastkernel is missing: pip install -U fastkernel")
+        except ImportError:
+            {}["fallback"]
+    except KeyError as bug:
+        assert user_error(bug) is None
 
 
 def test_a_callbacks_module_of_the_users_own_is_said_to_hide_lit_vr1s(tmp_path):
@@ -57,6 +79,15 @@ def test_a_failed_export_at_the_fits_end_says_how_to_export(tmp_path):
 
     from lit_vr1.module import export_note
 
-    saver = SimpleNamespace(last_model_path=str(tmp_path / "last.ckpt"))
+    (tmp_path / "last.ckpt").write_bytes(b"x")
+    saver = SimpleNamespace(last_model_path=str(tmp_path / "last.ckpt"), dirpath=str(tmp_path))
     note = export_note(SimpleNamespace(checkpoint_callbacks=[saver]), "runs/hf")
     assert note.endswith(f"python -m lit_vr1.export {tmp_path / 'last.ckpt'} runs/hf")
+    steps = tmp_path / "steps"  # save_last unset: the newest step file
+    steps.mkdir()
+    (steps / "step=4.ckpt").write_bytes(b"x")
+    saver = SimpleNamespace(last_model_path="", dirpath=str(steps))
+    assert f"lit_vr1.export {steps / 'step=4.ckpt'} runs/hf" in export_note(SimpleNamespace(checkpoint_callbacks=[saver]),
+                                                                           "runs/hf")
+    none = export_note(SimpleNamespace(checkpoint_callbacks=[]), "runs/hf")  # nothing saved: not a made-up path
+    assert "this fit saved no checkpoint to export from" in none and "lit_vr1.export" not in none

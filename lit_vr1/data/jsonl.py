@@ -54,7 +54,6 @@ process takes the same number of steps), and the failure travels with the substi
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
@@ -413,16 +412,9 @@ def _field_of(obj: dict, turn: str) -> str:
     return "field 'problem'" if "problem" in obj else "field 'question'"
 
 
-@functools.lru_cache(maxsize=256)
-def _real_folder(folder: str) -> str:
-    """An image folder with its links followed, once per folder (it was resolved again for each row:
-    2 s of a 30,000-row file's 18.5 s start, the row's own path the other 2)."""
-    return os.path.realpath(folder)
-
-
 def check_inside(name: str, path: str, folder: str, where: str) -> None:
     """Refuse an image path that resolves (links followed) outside its image folder."""
-    root = _real_folder(os.path.abspath(folder))  # absolute first: a relative folder moves with the working directory
+    root = os.path.realpath(folder)
     real = os.path.realpath(path)
     if os.path.commonpath([root, real]) != root:
         raise DataError(f"{where}: field 'image': {name} resolves to {real}, outside the image folder {root}; "

@@ -212,7 +212,9 @@ def apply_lora(model: nn.Module, spec: LoraSpec):
     ``spec``, in place: the base weights are shared, not copied, and all of them are frozen."""
     try:
         from peft import LoraConfig
-    except ImportError:
+    except ModuleNotFoundError as e:  # absent; an installed peft that fails to import keeps its own error
+        if e.name != "peft":
+            raise
         raise ImportError("model.lora needs the peft package: pip install peft (or pip install 'lit-vr1[lora]')") \
             from None
 
