@@ -150,7 +150,9 @@ def main() -> None:
         print("RESULT " + json.dumps(child(args.variant, args)), flush=True)
         return
     rows = []
-    mixed = args.precision in ("bf16-mixed", "16-mixed")  # the float32-reference row differs from the first only then
+    from lit_vr1.models.precision import MIXED_PRECISION_DTYPES
+
+    mixed = args.precision in MIXED_PRECISION_DTYPES  # the float32-reference row differs from the first only then
     names = args.variants.split(",") if args.variants else [n for n in VARIANTS if mixed or "float32 reference" not in n]
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:

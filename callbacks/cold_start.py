@@ -20,6 +20,7 @@ YAML: ``trainer.callbacks: [{class_path: callbacks.ColdStart, init_args: {steps:
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 
@@ -140,7 +141,8 @@ def untaught_format_note(rewards: list, records: list, sample: int = 64) -> str 
     for reward in rewards:
         if not isinstance(reward, (ThinkAnswerFormat, RecJsonFormat)):
             continue
-        contexts = [c for c in map(record_context, records) if reward.applies(c)][:sample]
+        # the first ``sample`` it applies to, without building a context for every row of a large set
+        contexts = list(itertools.islice((c for c in map(record_context, records) if reward.applies(c)), sample))
         if not contexts:
             continue
         answers = [solution_text(c.solution) for c in contexts]

@@ -618,9 +618,9 @@ def check_routing(rewards: list[Reward], train_set) -> None:
     if len(unscored) == len(tasks):
         raise ValueError(f"no reward scores any training row: the rows' tasks are {rows}, and the rewards score "
                          f"{'; '.join(routed(r) for r in rewards)}; {how}")
-    named = sorted({t for r in rewards if r.tasks is not None for t in r.tasks})
+    named, present = sorted({t for r in rewards if r.tasks is not None for t in r.tasks}), set(tasks)
     if unscored:
-        means = [f"{t!r} for {near!r}" for t in unscored if (near := misspelt_task(t, named, set(tasks))) is not None]
+        means = [f"{t!r} for {near!r}" for t in unscored if (near := misspelt_task(t, named, present)) is not None]
         rank_zero_warn(f"{sum(unscored.values())} training rows are scored by no reward (task(s) "
                        f"{', '.join(map(repr, unscored))}): their completions are left out of every update; {how}"
                        + (f" (a misspelt task? {', '.join(means)})" if means else ""))
@@ -629,7 +629,7 @@ def check_routing(rewards: list[Reward], train_set) -> None:
             rank_zero_warn(f"reward {routed(reward)} scores none of the training rows (their tasks: {rows}); it will "
                            "log nothing this run")
     for task, n in tasks.items():
-        near = misspelt_task(task, named, set(tasks))
+        near = misspelt_task(task, named, present)
         if near is not None and task not in unscored:  # scored, but only by the rewards of every task
             rank_zero_warn(f"{n} training row(s) have task {task!r}, which no reward's tasks name: only the rewards of "
                            f"every task score them ({', '.join(repr(r.name) for r in rewards if r.tasks is None)}); "

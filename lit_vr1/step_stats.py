@@ -76,7 +76,7 @@ def combine(per_process: list[dict[str, float]]) -> dict[str, float]:
         weight = weight_key(key)
         if weight is not None:
             weights = [float(d.get(weight, 0.0)) for d in have]
-            if key.endswith("/std") or key == "advantage/std":
+            if key.endswith("/std"):  # a reward's, the total's and advantage/std
                 mean_key = key[: -len("std")] + "mean"
                 out[key] = _pooled_std(values, [d.get(mean_key, math.nan) for d in have], weights)
             else:
