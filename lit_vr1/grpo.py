@@ -15,10 +15,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
-from lit_vr1 import decode_graph, parallel, step_stats, val_schedule
+from lit_vr1 import decode_graph, loss_scale, parallel, step_stats, val_schedule
 from lit_vr1.checkpoint import SettingsRefused
 from lit_vr1.checks import check_fit, steps_per_rollout
 from lit_vr1.config import GRPOConfig
@@ -56,7 +56,10 @@ class GRPOModule(VLMModule):
     skipped (no optimiser or scheduler step; the gradients are dropped) and counted, see
     :meth:`apply_update`. ``global_step`` counts applied steps only, so ``max_steps``,
     the LR schedule, PTST stages and threshold schedules all follow applied updates, and a
-    run with skips reads more batches to reach ``max_steps``.
+    run with skips reads more batches to reach ``max_steps``. Under ``16-mixed`` the gradients
+    carry the loss scaler's scale until the optimiser step: the norm and the clipping read them
+    unscaled, and an overflow is the scaler's skip, which halves its scale
+    (:mod:`lit_vr1.loss_scale`).
     """
 
     eval_rows_at_optimiser_step = True  # validation rows beside the training row of the step evaluated
@@ -331,8 +334,14 @@ class GRPOModule(VLMModule):
         """
         opt = self.optimizers()
         engine = parallel.deepspeed_engine(self)
-        norm = self.clip_and_norm(opt, max_norm) if engine is None else 0.0
+        scaler = loss_scale.loss_scaler(self.trainer) if engine is None else None
+        scale = scaler.get_scale() if scaler is not None else 1.0
+        norm = self.clip_and_norm(opt, max_norm, scale) if engine is None else 0.0
         reason = self._skip_reason(loss, norm, has_tokens)
+        overflow = scaler is not None and reason is not None and not math.isfinite(norm)
+        if overflow:  # float16 gradients too large at this loss scale: the scaler skips the step and lowers it
+            reason = (f"float16 gradients overflowed at loss scale {scale:g} (gradient norm {norm}); the loss scaler "
+                      f"lowered its scale to {loss_scale.skip_overflow(scaler, opt.optimizer):g}")
         if reason is None:
             opt.step()
             if engine is not None:
@@ -345,8 +354,8 @@ class GRPOModule(VLMModule):
             sched = self.lr_schedulers()
             if sched is not None:
                 sched.step()
-        else:
-            self.record_skip(reason)
+        else:  # an overflow at a scale above 1 is float16's range, not divergence: the scaler's next try is lower
+            self.record_skip(reason, toward_stop=not overflow or scale <= 1.0)
         opt.zero_grad(set_to_none=True)
         return StepOutcome(norm, opt.param_groups[0]["lr"], self.skipped_steps)
 
@@ -366,11 +375,17 @@ class GRPOModule(VLMModule):
             return f"{NOTHING_SCORED} on any process ({unscored})"
         return None
 
-    def record_skip(self, reason: str) -> None:
+    def record_skip(self, reason: str, toward_stop: bool = True) -> None:
         """Count a skipped step in ``skipped_steps`` (logged as ``train/skipped_steps``, saved in
         checkpoints); after ``max_skips_in_a_row`` skips with no applied step between them the
-        fit stops with an error."""
+        fit stops with an error. A float16 overflow the loss scaler answers by lowering its
+        scale (``toward_stop`` False) is said and counted, not counted toward the stop: a fit
+        starting at 65536 may overflow a few times in a row before its scale fits."""
         self.skipped_steps += 1
+        if not toward_stop:
+            rank_zero_info(f"step {self.global_step}: {reason}; the optimiser step is skipped ({self.skipped_steps} "
+                           "skipped so far, counted in train/skipped_steps)")
+            return
         self.skips_in_a_row += 1
         if self.skips_in_a_row == 1:  # the first of a run of skips; the rest are counted (10 printed lines before)
             rank_zero_warn(f"step {self.global_step}: {reason}; the optimiser step is skipped ({self.skipped_steps} "
@@ -385,15 +400,19 @@ class GRPOModule(VLMModule):
             raise FloatingPointError(f"{self.skips_in_a_row} optimiser steps in a row were skipped (the last at global "
                                      f"step {self.global_step}: {reason}; the weights are unchanged since). {what}")
 
-    def clip_and_norm(self, opt, max_norm: float | None) -> float:
+    def clip_and_norm(self, opt, max_norm: float | None, scale: float = 1.0) -> float:
         """Global gradient norm before clipping; clips to ``max_norm`` when set and the norm
-        is finite (a non-finite one means the step is skipped, see :meth:`apply_update`)."""
+        is finite (a non-finite one means the step is skipped, see :meth:`apply_update`).
+        ``scale``: the float16 loss scale the gradients still carry (``16-mixed``; the optimiser
+        step divides them by it): the norm returned is the true one, ``norm(grads) / scale``, and
+        the scaled gradients are clipped at ``max_norm * scale``, the same clip coefficient as
+        clipping the true ones at ``max_norm`` (:mod:`lit_vr1.loss_scale`)."""
         grads = [p.grad for p in self.policy.parameters() if p.grad is not None]
         if not grads:
             return 0.0
-        norm = float(torch.nn.utils.get_total_norm(grads))
+        norm = float(torch.nn.utils.get_total_norm(grads)) / scale
         if max_norm is not None and math.isfinite(norm):
-            self.clip_gradients(opt, gradient_clip_val=max_norm, gradient_clip_algorithm="norm")
+            self.clip_gradients(opt, gradient_clip_val=max_norm * scale, gradient_clip_algorithm="norm")
         return norm
 
     def reached_max_steps(self) -> bool:
