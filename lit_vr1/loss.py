@@ -114,8 +114,9 @@ def group_advantages(rewards: Tensor, group_size: int, scale: str = "group", eps
 
     ``scale``: "group" divides by the group's std (DeepSeekMath, Shao et al. 2024,
     eq. for outcome supervision); "batch" divides by the std of all rewards in the
-    batch (the more robust variant of Hu et al. 2025, REINFORCE++ / TRL's
-    ``scale_rewards="batch"``); "none" does not divide (Dr. GRPO, Liu et al. 2025,
+    batch, the mean still the group's (Lite PPO: Liu et al. 2025, "Part I: Tricks or Traps?
+    A Deep Dive into RL for LLM Reasoning", arXiv 2508.08221; TRL's ``scale_rewards="batch"``);
+    "none" does not divide (Dr. GRPO, Liu et al. 2025,
     which argues the std division biases towards easy and hard prompts).
     ``rewards``: (N,), N a multiple of ``group_size``; computed in float32.
 

@@ -1,3 +1,5 @@
+import warnings
+
 import pytest
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -164,3 +166,93 @@ def test_contradictory_pixel_bounds_are_refused_and_bounds_under_one_token_warne
     assert processor.image_processor.size == {"shortest_edge": 3136, "longest_edge": 3136}
     with pytest.warns(UserWarning, match=r"model.max_pixels=100 is under one image token \(28x28 = 784 px"):
         load_processor("tiny:qwen2_5_vl", min_pixels=10, max_pixels=100)
+
+
+def _edit_json(path, edit) -> None:
+    import json
+    from pathlib import Path
+
+    saved = json.loads(Path(path).read_text())
+    edit(saved)
+    Path(path).write_text(json.dumps(saved))
+
+
+def test_a_chat_template_that_writes_no_image_placeholder_is_refused_when_loaded(tmp_path, tiny_qwen25):
+    """Another family's template, or a text-only one (helper-67): it loaded, and the first forward,
+    minutes into a fit, failed with a 72-line traceback ('... 0 <|image_pad|> tokens and 8 images')."""
+    from pathlib import Path
+
+    model, processor = tiny_qwen25
+    for i, (old, new) in enumerate([("<|vision_start|><|image_pad|><|vision_end|>", "<IMG_CONTEXT>\n"),
+                                    ("<|vision_start|><|image_pad|><|vision_end|>", "")]):
+        folder = Path(_folder(tmp_path, model, processor, f"template{i}"))
+        template = (folder / "chat_template.jinja").read_text()
+        assert old in template
+        (folder / "chat_template.jinja").write_text(template.replace(old, new))
+        with pytest.raises(ModelLoadError, match=r"its chat template writes no <\|image_pad\|> for an image"):
+            load_processor(str(folder))
+
+
+def test_a_chat_template_only_in_tokenizer_config_is_the_processors(tmp_path, tiny_qwen25, samples):
+    """The check accepted it (its message names tokenizer_config.json), then encoding a prompt failed
+    with 'this processor does not have a chat template' (helper-67)."""
+    from pathlib import Path
+
+    model, processor = tiny_qwen25
+    folder = Path(_folder(tmp_path, model, processor, "tokenizer_template"))
+    template = (folder / "chat_template.jinja").read_text()
+    (folder / "chat_template.jinja").unlink()
+    _edit_json(folder / "tokenizer_config.json", lambda c: c.update(chat_template=template))
+    loaded = load_processor(str(folder))
+    assert loaded.chat_template == template
+    inputs, _ = encode_prompts(loaded, samples[:1])
+    assert (inputs["input_ids"] == loaded.tokenizer.convert_tokens_to_ids("<|image_pad|>")).sum() > 0
+
+
+def test_an_internvl_processor_of_another_tile_or_token_count_is_refused(tmp_path):
+    """Tiles of 224 px fed to a 112-px tower trained silently (its position embeddings stretched,
+    4x the tokens); 64 tokens a tile against the model's 16 failed at the first forward (helper-67)."""
+    model, processor = build_tiny("internvl", seed=0)
+    folder = _folder(tmp_path, model, processor, "tile")
+    _edit_json(f"{folder}/processor_config.json",
+               lambda c: c["image_processor"].update(size={"height": 224, "width": 224}))
+    with pytest.raises(ModelLoadError, match="its image processor's tile size is 224 but the vision tower's image_size is 112"):
+        load_processor(folder)
+    folder = _folder(tmp_path, model, processor, "tokens")
+    _edit_json(f"{folder}/processor_config.json", lambda c: c.update(image_seq_length=64))
+    with pytest.raises(ModelLoadError, match=r"its processor's image_seq_length \(tokens per image tile\) is 64 but the "
+                                             "config.json's image_seq_length is 16"):
+        load_processor(folder)
+
+
+def test_a_remote_code_checkpoint_is_refused_from_its_config_json_without_running_it(tmp_path, monkeypatch):
+    """AutoConfig asked 'Do you wish to run the custom code? [y/N]', then the refusal said the folder
+    held no config.json (helper-67)."""
+    import builtins
+    import json
+
+    def no_prompt(*args, **kwargs):
+        raise AssertionError("asked on stdin")
+
+    monkeypatch.setattr(builtins, "input", no_prompt)
+    (tmp_path / "chat").mkdir()
+    (tmp_path / "chat" / "config.json").write_text(json.dumps(
+        {"model_type": "internvl_chat", "auto_map": {"AutoConfig": "configuration_internvl_chat.InternVLChatConfig"}}))
+    with pytest.raises(ModelLoadError, match="is of type 'internvl_chat', which lit-vr1 does not support.*-hf"):
+        load_processor(str(tmp_path / "chat"))
+
+
+def test_bounds_that_replace_a_checkpoints_own_are_said(tmp_path, tiny_qwen25):
+    """A recipe's min/max_pixels over a fine-tune saved with others fed its images at other sizes and
+    rewrote its exported processor, with nothing said (helper-67)."""
+    model, processor = tiny_qwen25
+    folder = _folder(tmp_path, model, processor, "bounds")
+    _edit_json(f"{folder}/processor_config.json",
+               lambda c: c["image_processor"].update(size={"shortest_edge": 12544, "longest_edge": 12544}))
+    with pytest.warns(UserWarning, match=r"replace its processor's own bounds \(min_pixels 12544 -> 3136, max_pixels "
+                                         r"12544 -> 12845056\).*model.max_pixels: null"):
+        load_processor(folder, min_pixels=3136, max_pixels=12845056)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_processor(folder)  # the checkpoint's own
+        load_processor(folder, max_pixels=12544)  # the same value: nothing replaced

@@ -7,9 +7,17 @@ in-process. The supported model types are those of the registered families
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
-from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, PreTrainedModel, ProcessorMixin
+from transformers import (
+    AutoConfig,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    PretrainedConfig,
+    PreTrainedModel,
+    ProcessorMixin,
+)
 
 from lit_vr1.models.families import (
     ModelLoadError,
@@ -43,16 +51,16 @@ def check_model_type(name: str) -> str:
 
 def _config(name: str):
     """The checkpoint's config, of a supported family, or a :class:`ModelLoadError`."""
-    try:
-        config = AutoConfig.from_pretrained(name)
+    try:  # the raw config.json first: AutoConfig would ask to run a remote-code checkpoint's own code
+        raw, _ = PretrainedConfig.get_config_dict(name)
     except (OSError, ValueError) as e:
         where = "local path" if os.path.sep in name or os.path.exists(name) else "name"
         raise ModelLoadError(
             f"model {name!r} cannot be loaded: the {where} is missing or holds no config.json "
             f"(real checkpoints need network access or a local copy). Cause: {e}"
         ) from None
-    family_for_model_type(config.model_type, f"model {name!r}")  # a ModelLoadError listing the families
-    return config
+    family_for_model_type(raw.get("model_type"), f"model {name!r}")  # a ModelLoadError listing the families
+    return AutoConfig.from_pretrained(name)
 
 
 def check_parts(name: str, processor: ProcessorMixin, config) -> None:
@@ -74,6 +82,9 @@ def check_parts(name: str, processor: ProcessorMixin, config) -> None:
         raise ModelLoadError(f"{where} has no chat template (chat_template.jinja, or chat_template in "
                              "tokenizer_config.json): copy it from the base checkpoint, or save the processor with "
                              "processor.save_pretrained(folder)")
+    if not getattr(processor, "chat_template", None):  # only the tokenizer's: the processor's apply_chat_template needs its own
+        processor.chat_template = tokenizer.chat_template
+    check_template_places_images(where, processor)
     token = getattr(processor, "image_token", None)
     if tokenizer is not None and isinstance(token, str):
         token_id = tokenizer.convert_tokens_to_ids(token)
@@ -88,11 +99,53 @@ def check_parts(name: str, processor: ProcessorMixin, config) -> None:
                                  f"{token} the id {token_id}: every image's tokens would go unmatched; the config "
                                  "and the tokenizer come from different checkpoints")
     image_processor, vision = getattr(processor, "image_processor", None), getattr(config, "vision_config", None)
-    for ours, theirs in (("patch_size", "patch_size"), ("merge_size", "spatial_merge_size")):
-        a, b = getattr(image_processor, ours, None), getattr(vision, theirs, None)
+    pairs = [(f"image processor's {ours}", getattr(image_processor, ours, None), f"vision tower's {theirs}",
+              getattr(vision, theirs, None)) for ours, theirs in (("patch_size", "patch_size"),
+                                                                    ("merge_size", "spatial_merge_size"))]
+    pairs += [("processor's image_seq_length (tokens per image tile)", getattr(processor, "image_seq_length", None),
+               "config.json's image_seq_length", getattr(config, "image_seq_length", None)),
+              ("image processor's tile size", _tile_side(image_processor), "vision tower's image_size",
+               _tile_side(vision, "image_size"))]
+    for ours, a, theirs, b in pairs:
         if isinstance(a, int) and isinstance(b, int) and a != b:
-            raise ModelLoadError(f"{where}: its image processor's {ours} is {a} but the vision tower's {theirs} is "
-                                 f"{b}: the processor files come from another checkpoint than the weights")
+            raise ModelLoadError(f"{where}: its {ours} is {a} but the {theirs} is {b}: the processor files come "
+                                 "from another checkpoint than the weights")
+
+
+def _tile_side(obj, field: str = "size") -> int | None:
+    """The side of a square tile: an InternVL image processor's ``size`` ({"height", "width"}) or
+    its vision config's ``image_size`` (an int or [h, w]); None when not square or absent (Qwen's
+    processors size images by a pixel budget, not tiles)."""
+    value = getattr(obj, field, None)
+    if field == "size" and value is not None and not isinstance(value, dict):
+        value = vars(value) if hasattr(value, "__dict__") else None
+    if isinstance(value, dict):
+        value = [value.get("height"), value.get("width")]
+    if isinstance(value, (list, tuple)) and len(value) == 2 and value[0] == value[1]:
+        value = value[0]
+    return value if isinstance(value, int) else None
+
+
+def check_template_places_images(where: str, processor: ProcessorMixin) -> None:
+    """Refuse a chat template that writes no image placeholder (``processor.image_token``) for
+    an image item of lit-vr1's messages (another family's template, or a text-only one): each
+    prompt would carry no image tokens, and transformers would refuse the first forward, minutes
+    into a fit, with "The total number of <|image_pad|> tokens ... should be the same as the
+    number of images"."""
+    from lit_vr1.data.prompts import build_messages
+
+    token = getattr(processor, "image_token", None)
+    if not isinstance(token, str):
+        return
+    try:
+        text = processor.apply_chat_template(build_messages("Where?", 1), add_generation_prompt=True, tokenize=False)
+    except Exception as e:  # noqa: BLE001 - a template that fails to render: said as such
+        raise ModelLoadError(f"{where}: its chat template fails on a message with one image and a question: "
+                             f"{type(e).__name__}: {e}") from None
+    if token not in text:
+        raise ModelLoadError(f"{where}: its chat template writes no {token} for an image (rendered: {text[:120]!r}): "
+                             "every prompt would reach the model without its image; use the chat template of the "
+                             "model's own base checkpoint")
 
 
 def load_processor(name: str, min_pixels: int | None = None, max_pixels: int | None = None, seed: int = 0,
@@ -113,8 +166,31 @@ def load_processor(name: str, min_pixels: int | None = None, max_pixels: int | N
                                  "belong beside the weights: processor.save_pretrained(folder)). Cause: "
                                  f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
         check_parts(name, processor, config)
+    own = _pixel_bounds(processor)
     family_of(processor).images.set_pixel_bounds(processor, min_pixels, max_pixels)
+    note = None if family is not None else replaced_bounds_note(name, own, _pixel_bounds(processor))
+    if note:
+        warnings.warn(note, stacklevel=2)
     return processor
+
+
+def _pixel_bounds(processor: ProcessorMixin) -> tuple[int | None, int | None]:
+    """(min_pixels, max_pixels) of a Qwen-style image processor (its ``size``'s shortest_edge and
+    longest_edge); (None, None) for one that sizes images otherwise (InternVL's tiles)."""
+    size = getattr(getattr(processor, "image_processor", None), "size", None)
+    return getattr(size, "get", {}.get)("shortest_edge"), getattr(size, "get", {}.get)("longest_edge")
+
+
+def replaced_bounds_note(name: str, own: tuple, now: tuple) -> str | None:
+    """A note when ``model.min_pixels`` / ``max_pixels`` replaced a checkpoint's own bounds (a
+    recipe's VLM-R1 values over a fine-tune saved with others): its images are then fed at other
+    sizes than it was trained at, and an export saves the new bounds. None when nothing changed."""
+    changed = [f"{flag} {a} -> {b}" for flag, a, b in zip(("min_pixels", "max_pixels"), own, now) if a != b]
+    if not changed or None in own:
+        return None
+    return (f"model {name!r}: model.min_pixels / max_pixels replace its processor's own bounds ({', '.join(changed)}): "
+            "its images are fed at other sizes than it was saved with, and an export saves the new bounds; set "
+            "model.min_pixels: null and model.max_pixels: null to keep the checkpoint's")
 
 
 def load_model(name: str, processor: ProcessorMixin, dtype: str = "float32", attn_implementation: str = "sdpa",
