@@ -100,6 +100,14 @@ def _folder(tmp_path, model, processor, name: str, drop=(), config=None, process
     return str(folder)
 
 
+def _llava_processor(processor):
+    """A LLaVA processor over the tiny tokenizer (its image processor a CLIP one)."""
+    from transformers import CLIPImageProcessor, LlavaProcessor
+
+    return LlavaProcessor(image_processor=CLIPImageProcessor(), tokenizer=processor.tokenizer,
+                          chat_template=processor.chat_template, image_token="<|image_pad|>")
+
+
 def test_a_checkpoint_whose_processor_does_not_fit_its_weights_is_refused_when_loaded(tmp_path, tiny_qwen25):
     """A new user's own folders (helper-51): each loaded, and the fit then failed in transformers
     mid-step ("Image features and image tokens do not match", a reshape error, a token count
@@ -114,6 +122,8 @@ def test_a_checkpoint_whose_processor_does_not_fit_its_weights_is_refused_when_l
         (dict(processor_from=build_tiny("qwen3_vl", seed=0)[1]), "its processor is Qwen3VLProcessor .family qwen3_vl. but "
                                                                  "its config.json's model_type is qwen2_5_vl"),
         (dict(drop=("processor_config.json", "preprocessor_config.json")), "its processor cannot be loaded"),
+        (dict(processor_from=_llava_processor(processor)), "its processor is LlavaProcessor, of no family lit-vr1 "
+                                                           "supports .its config.json's model_type is qwen2_5_vl"),
     ]
     for i, (change, message) in enumerate(cases):
         with pytest.raises(ModelLoadError, match=message):

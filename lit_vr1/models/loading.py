@@ -72,7 +72,11 @@ def check_parts(name: str, processor: ProcessorMixin, config) -> None:
     truncation" (a folder without tokenizer files loads an empty tokenizer)."""
     where = f"model {name!r}"
     model_family, processor_family = family_for_model_type(config.model_type, where), find_family(processor)
-    if processor_family is not None and processor_family.name != model_family.name:
+    if processor_family is None:
+        raise ModelLoadError(f"{where}: its processor is {type(processor).__name__}, of no family lit-vr1 supports "
+                             f"(its config.json's model_type is {config.model_type}, family {model_family.name}): copy "
+                             "the processor files of the model's own base checkpoint into the folder")
+    if processor_family.name != model_family.name:
         raise ModelLoadError(f"{where}: its processor is {type(processor).__name__} (family {processor_family.name}) "
                              f"but its config.json's model_type is {config.model_type} (family {model_family.name}), "
                              "and lit-vr1 reads the box frame and the image inputs by the processor's family: copy the "
