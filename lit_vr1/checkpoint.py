@@ -412,14 +412,32 @@ def _wrap_batch_end(callback) -> None:
             save_stepped_over(trainer)
         else:
             lightning_hook(trainer, pl_module, outputs, batch, batch_idx)
+        if fit_ends_after(trainer):
+            save_last_at_end(trainer)
+
+    def save_last_at_end(trainer) -> None:
         # (save_last "link" links the newest top-k file, which need not be this step's: left to Lightning)
-        if callback.save_last is True and fit_ends_after(trainer) and not callback._should_skip_saving_checkpoint(trainer):
-            before = callback._last_global_step_saved
-            callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
-            # as if not saved at this step: Lightning's own saves of it (an epoch's end, a monitored
-            # validation's top-k) still run; its end-of-fit save of last.ckpt does not (it has one)
-            callback._last_global_step_saved = before
-            setattr(callback, LAST_SAVED_AT_END, trainer.global_step)  # for the stop message
+        if callback.save_last is not True or callback._should_skip_saving_checkpoint(trainer):
+            return
+        before = callback._last_global_step_saved
+        callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
+        # as if not saved at this step: Lightning's own saves of it (an epoch's end, a monitored
+        # validation's top-k) still run; its end-of-fit save of last.ckpt does not (it has one)
+        callback._last_global_step_saved = before
+        setattr(callback, LAST_SAVED_AT_END, trainer.global_step)  # for the stop message
+
+    def on_validation_end(trainer, pl_module):
+        lightning_validation_end(trainer, pl_module)
+        # a stop asked for during this validation (EarlyStopping): the batch end came before it, and
+        # last.ckpt stayed at the previous save (a resume redid the steps since)
+        stopped = trainer.should_stop and getattr(trainer.fit_loop, "_can_stop_early", True)
+        if stopped and not trainer.sanity_checking and getattr(callback, LAST_SAVED_AT_END, None) != trainer.global_step:
+            save_last_at_end(trainer)
+
+    def on_train_end(trainer, pl_module):
+        if trainer.fast_dev_run:  # Lightning's end-of-fit save of last.ckpt ignores fast_dev_run (its others skip it)
+            return
+        lightning_train_end(trainer, pl_module)
 
     def save_stepped_over(trainer) -> None:
         if callback._should_skip_saving_checkpoint(trainer):
@@ -437,8 +455,11 @@ def _wrap_batch_end(callback) -> None:
         return lightning_start(trainer, pl_module)
 
     lightning_start = callback.on_train_start
+    lightning_validation_end, lightning_train_end = callback.on_validation_end, callback.on_train_end
     callback.on_train_batch_end = on_train_batch_end
     callback.on_train_start = on_train_start
+    callback.on_validation_end = on_validation_end
+    callback.on_train_end = on_train_end
     setattr(callback, ROLLOUT_END_SAVES, True)
 
 

@@ -39,8 +39,10 @@ class FitSetup:
     dtype: ``model.dtype``. lora: LoRA adapters are trained. deepspeed: a DeepSpeed strategy.
     strategy: the Trainer's strategy object (None: unknown). deepspeed_config: its DeepSpeed
     config ({} otherwise). tensor_parallel: ModelParallelStrategy's tensor-parallel size (1
-    otherwise). export_dir: ``model.export_dir``. trainer_clip, trainer_accumulation: the
-    Trainer's ``gradient_clip_val`` and ``accumulate_grad_batches`` (GRPO has its own).
+    otherwise). export_dir: ``model.export_dir``. trainer_clip, trainer_accumulation,
+    trainer_clip_algorithm: the Trainer's ``gradient_clip_val``, ``accumulate_grad_batches`` and
+    ``gradient_clip_algorithm`` (GRPO has its own). callback_classes: the class names of each of
+    the Trainer's callbacks and their bases.
     box_frame: the frame the policy writes boxes in (``model.box_frame``, by default its family's).
     reward_frames: (position in ``model.rewards``, class name, frame) of each reward that names
     a ``box_frame`` of its own.
@@ -62,6 +64,8 @@ class FitSetup:
     export_dir: str | None = None
     trainer_clip: float | None = None
     trainer_accumulation: int = 1
+    trainer_clip_algorithm: str | None = None
+    callback_classes: list[set[str]] = field(default_factory=list)
     box_frame: str | None = None
     reward_frames: list[tuple[int, str, str]] = field(default_factory=list)
 
@@ -208,6 +212,39 @@ def no_trainer_accumulation(s: FitSetup) -> str | None:
             "trainer.accumulate_grad_batches at 1")
 
 
+@rule("trainer.gradient_clip_algorithm", "fit", on="FitSetup")
+def no_trainer_clip_algorithm(s: FitSetup) -> str | None:
+    algorithm = str(getattr(s.trainer_clip_algorithm, "value", s.trainer_clip_algorithm))
+    if s.grpo is None or s.trainer_clip_algorithm is None or algorithm == "norm":
+        return None
+    return (f"trainer.gradient_clip_algorithm={algorithm}: GRPO clips its gradients itself, by their global norm "
+            "(model.grpo.gradient_clip_val); leave trainer.gradient_clip_algorithm unset (Lightning stopped the first "
+            "optimiser step over the two settings)")
+
+
+def _has_callback(s: FitSetup, *names: str) -> str | None:
+    return next((n for classes in s.callback_classes for n in names if n in classes), None)
+
+
+@rule("trainer.callbacks", "fit", on="FitSetup")
+def no_accumulation_scheduler(s: FitSetup) -> str | None:
+    if s.grpo is None or not _has_callback(s, "GradientAccumulationScheduler"):
+        return None
+    return ("trainer.callbacks: GradientAccumulationScheduler schedules Lightning's gradient accumulation, which GRPO "
+            "does not use (manual optimisation); set model.grpo.micro_batch_size (completions per forward) and "
+            "model.grpo.mini_batch_size (completions per optimiser step) instead, and remove the callback")
+
+
+@rule("trainer.callbacks", "fit", on="FitSetup")
+def no_weight_averaging(s: FitSetup) -> str | None:
+    name = _has_callback(s, "StochasticWeightAveraging", "WeightAveraging")
+    if name is None:
+        return None
+    return (f"trainer.callbacks: {name} copies the module in its setup, before lit-vr1 builds the model (in the "
+            "module's own setup), so it would average no weights and leave the trained ones as they are (it also "
+            "swaps in its own learning-rate schedule); remove it: lit-vr1 does not support weight averaging")
+
+
 # -- the strategy ----------------------------------------------------------------------------------------
 def _lightning_strategy(name: str) -> type:
     from lightning.pytorch import strategies
@@ -352,6 +389,8 @@ def fit_setup(module: Any) -> FitSetup:
         export_dir=getattr(module, "export_dir", None),
         trainer_clip=getattr(trainer, "gradient_clip_val", None) if grpo is not None else None,
         trainer_accumulation=getattr(trainer, "accumulate_grad_batches", 1) if grpo is not None else 1,
+        trainer_clip_algorithm=getattr(trainer, "gradient_clip_algorithm", None) if grpo is not None else None,
+        callback_classes=_callback_classes(callbacks),
         box_frame=getattr(module, "box_frame", None),
         reward_frames=[(i, type(r).__name__, r.box_frame) for i, r in enumerate(getattr(module, "rewards", None) or [])
                        if getattr(r, "box_frame", None) is not None],
@@ -368,13 +407,25 @@ def check_fit(module: Any) -> FitSetup:
     return setup
 
 
+TRAINER_RULES = (no_trainer_gradient_clip, no_trainer_accumulation, no_trainer_clip_algorithm, no_accumulation_scheduler,
+                 no_weight_averaging)
+
+
 def check_trainer(module: Any, trainer: Any) -> None:
-    """The rules about the Trainer under manual optimisation (:func:`no_trainer_gradient_clip`,
-    :func:`no_trainer_accumulation`), for ``module`` before ``trainer.fit`` is called: Lightning
-    checks both at the start of a fit, before any setup hook runs, and stops with its own
-    exception (a traceback under the CLI, and no word of GRPO's settings). The CLI calls this
-    first (``LitVR1CLI.before_fit``); :func:`check_fit` runs the same rules again from Python."""
+    """The rules about the Trainer (:data:`TRAINER_RULES`: settings manual optimisation cannot take,
+    callbacks lit-vr1 cannot work with), for ``module`` before ``trainer.fit`` is called: Lightning
+    checks the clip value and accumulation at the start of a fit, before any setup hook runs, and
+    stops with its own exception (a traceback under the CLI, and no word of GRPO's settings); it
+    stopped the others later (the first optimiser step, after ``ColdStart``), or never (weight
+    averaging). The CLI calls this first (``LitVR1CLI.before_fit``); the module's ``setup`` again,
+    for a fit from Python."""
     grpo = getattr(module, "config", None) if not getattr(module, "automatic_optimization", True) else None
     setup = FitSetup(grpo=grpo, trainer_clip=getattr(trainer, "gradient_clip_val", None) if grpo is not None else None,
-                     trainer_accumulation=getattr(trainer, "accumulate_grad_batches", 1) if grpo is not None else 1)
-    refuse([p for p in (no_trainer_gradient_clip(setup), no_trainer_accumulation(setup)) if p])
+                     trainer_accumulation=getattr(trainer, "accumulate_grad_batches", 1) if grpo is not None else 1,
+                     trainer_clip_algorithm=getattr(trainer, "gradient_clip_algorithm", None) if grpo is not None else None,
+                     callback_classes=_callback_classes(getattr(trainer, "callbacks", None) or []))
+    refuse([p for rule_fn in TRAINER_RULES if (p := rule_fn(setup))])
+
+
+def _callback_classes(callbacks: list[Any]) -> list[set[str]]:
+    return [{c.__name__ for c in type(cb).__mro__} for cb in callbacks]

@@ -331,15 +331,20 @@ def default_prediction_writer(trainer) -> None:
     trainer.callbacks.append(PredictionWriter(output_dir=os.path.join(trainer.default_root_dir, "predictions")))
 
 
+DISABLED_BY = {"trainer.enable_progress_bar": "ProgressBar", "trainer.enable_checkpointing": "ModelCheckpoint"}
+
+
 def no_bar_when_disabled(config) -> None:
     """``--trainer.enable_progress_bar=false`` over a config that lists a progress bar among its
-    callbacks (the recipes list ``RichProgressBar``) drops that callback: the flag is the
-    later word (Lightning refuses the pair with a MisconfigurationException otherwise)."""
-    callbacks = config.get("trainer.callbacks")
-    if config.get("trainer.enable_progress_bar") is not False or not isinstance(callbacks, list):
-        return
-    config["trainer.callbacks"] = [c for c in callbacks
-                                   if not str(getattr(c, "class_path", "") or "").endswith("ProgressBar")]
+    callbacks (the recipes list ``RichProgressBar``) drops that callback, and
+    ``--trainer.enable_checkpointing=false`` a listed ``ModelCheckpoint`` (the quickstart's): the
+    flag is the later word (Lightning refuses either pair with a MisconfigurationException)."""
+    for flag, suffix in DISABLED_BY.items():
+        callbacks = config.get("trainer.callbacks")
+        if config.get(flag) is not False or not isinstance(callbacks, list):
+            continue
+        config["trainer.callbacks"] = [c for c in callbacks
+                                       if not str(getattr(c, "class_path", "") or "").endswith(suffix)]
 
 
 def checkpoint_model_settings(path: str) -> dict | None:

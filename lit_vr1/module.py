@@ -26,7 +26,7 @@ from lit_vr1.checkpoint import (
     set_rng_states,
     setting_differences,
 )
-from lit_vr1.checks import check_master_weights
+from lit_vr1.checks import check_master_weights, check_trainer
 from lit_vr1.data.jsonl import loaded
 from lit_vr1.evaluate import (
     PROMPTINGS,
@@ -378,6 +378,7 @@ class VLMModule(LightningModule):
             self._notice_filters = add_notice_filters()
         notices_back_on_error(self._trainer)  # Lightning skips teardown when the run raises
         if stage == "fit":  # every_n_train_steps met when a rollout steps over its multiple; last.ckpt at the end
+            check_trainer(self, self.trainer)  # the Trainer's settings and callbacks lit-vr1 cannot take (the CLI ran it first)
             save_at_rollout_ends(self.trainer)
             preemption.install(self.trainer)  # several processes stop together at a SIGTERM, last.ckpt saved
         limit = {"fit": "limit_val_batches", "validate": "limit_val_batches", "test": "limit_test_batches"}.get(stage)

@@ -146,6 +146,16 @@ def test_disabling_the_progress_bar_on_the_command_line_drops_the_configs_bar(tm
     assert any(type(c).__name__ == "ColdStart" for c in cli.trainer.callbacks)  # the others stay
 
 
+def test_disabling_checkpointing_on_the_command_line_drops_the_configs_model_checkpoint(tmp_path, monkeypatch):
+    """The quickstart lists a ModelCheckpoint; Lightning refused --trainer.enable_checkpointing=false beside
+    it with a 35-line traceback (helper-65)."""
+    monkeypatch.chdir(ROOT)
+    cli = LitVR1CLI(args=["--config", "configs/quickstart.yaml", f"--trainer.default_root_dir={tmp_path}",
+                          "--trainer.enable_checkpointing=false"], run=False)
+    assert cli.trainer.checkpoint_callbacks == []
+    assert any(type(c).__name__ == "ColdStart" for c in cli.trainer.callbacks)
+
+
 def test_only_log_folders_without_metrics_are_removed(tmp_path):
     from lit_vr1.log_dirs import remove_unused_log_dirs
 

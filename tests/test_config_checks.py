@@ -63,6 +63,13 @@ FIT_CASES = {
     "no_trainer_gradient_clip": lambda mp: (FitSetup(GRPOConfig(), [4], trainer_clip=1.0), "model.grpo.gradient_clip_val"),
     "no_trainer_accumulation": lambda mp: (FitSetup(GRPOConfig(), [4], trainer_accumulation=2),
                                            "model.grpo.micro_batch_size"),
+    "no_trainer_clip_algorithm": lambda mp: (FitSetup(GRPOConfig(), [4], trainer_clip_algorithm="value"),
+                                             "by their global norm"),
+    "no_accumulation_scheduler": lambda mp: (FitSetup(GRPOConfig(), [4], callback_classes=[
+        {"GradientAccumulationScheduler", "Callback", "object"}]), "model.grpo.mini_batch_size"),
+    "no_weight_averaging": lambda mp: (FitSetup(callback_classes=[{"StochasticWeightAveraging", "WeightAveraging",
+                                                                   "Callback", "object"}]),
+                                       "StochasticWeightAveraging copies the module in its setup"),
     "no_fsdp1": lambda mp: (_strategy_setup(__import__("lightning.pytorch.strategies", fromlist=["x"]).FSDPStrategy()),
                             "cannot do manual optimisation"),
     "no_tensor_parallel": lambda mp: (_strategy_setup(_model_parallel(2), tensor_parallel=2), "data_parallel_size"),
@@ -273,9 +280,27 @@ def test_rules_of_one_setting_fire_naming_their_option(name, monkeypatch):
     assert mention in str(err.value), str(err.value)
 
 
+def _swa():
+    from lightning.pytorch.callbacks import StochasticWeightAveraging
+
+    return StochasticWeightAveraging(swa_lrs=1e-3)
+
+
+def _accumulation_scheduler():
+    from lightning.pytorch.callbacks import GradientAccumulationScheduler
+
+    return GradientAccumulationScheduler(scheduling={0: 2})
+
+
 @pytest.mark.parametrize("name, kwargs", [("no_trainer_gradient_clip", {"gradient_clip_val": 1.0}),
-                                          ("no_trainer_accumulation", {"accumulate_grad_batches": 2})])
+                                          ("no_trainer_accumulation", {"accumulate_grad_batches": 2}),
+                                          ("no_trainer_clip_algorithm", {"gradient_clip_algorithm": "value"}),
+                                          ("no_accumulation_scheduler", {"callbacks": "scheduler"}),
+                                          ("no_weight_averaging", {"callbacks": "swa"})])
 def test_trainer_clipping_and_accumulation_are_refused_before_a_model_is_built(name, kwargs, samples, monkeypatch):
+    """The last three failed after ColdStart and the first rollout (a clip algorithm, the scheduler: a
+    58-89 line traceback) or never (weight averaging copied the module before its policy was built and
+    averaged nothing, helper-65)."""
     from lightning.pytorch import Trainer
     from torch.utils.data import DataLoader
 
@@ -283,10 +308,26 @@ def test_trainer_clipping_and_accumulation_are_refused_before_a_model_is_built(n
     from lit_vr1.grpo import GRPOModule
 
     monkeypatch.setattr("lit_vr1.module.load_model", _no_model)
+    if "callbacks" in kwargs:
+        kwargs = {"callbacks": [{"swa": _swa, "scheduler": _accumulation_scheduler}[kwargs["callbacks"]]()]}
     trainer = Trainer(accelerator="cpu", devices=1, max_steps=1, logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False, **kwargs)
     with pytest.raises(Exception, match=BY_NAME[name].flag.split(".")[-1]):
         trainer.fit(GRPOModule(), DataLoader(samples[:2], batch_size=2, collate_fn=collate))
+
+
+def test_weight_averaging_is_refused_for_sft_too(samples, monkeypatch):
+    from lightning.pytorch import Trainer
+    from torch.utils.data import DataLoader
+
+    from lit_vr1.data.datamodule import collate
+    from lit_vr1.sft import SFTModule
+
+    monkeypatch.setattr("lit_vr1.module.load_model", _no_model)
+    trainer = Trainer(accelerator="cpu", devices=1, max_steps=1, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, callbacks=[_swa()])
+    with pytest.raises(ConfigError, match="StochasticWeightAveraging copies the module in its setup"):
+        trainer.fit(SFTModule(), DataLoader(samples[:2], batch_size=2, collate_fn=collate))
 
 
 class _ModelBuilt(Exception):

@@ -184,3 +184,25 @@ def test_a_stop_asked_before_min_steps_saves_last_ckpt_once(tmp_path, monkeypatc
                         real(trainer, path))
     trainer = _sft_fit(tmp_path, [StopAtOnce(), ckpt], max_steps=8, min_steps=3, limit_val_batches=0)
     assert trainer.global_step == 3 and saved == [3]
+
+
+def test_a_stop_asked_during_validation_saves_last_ckpt_at_that_step(tmp_path):
+    """EarlyStopping decides in the validation that follows a batch, after the batch end's save:
+    last.ckpt stayed at the previous periodic save (step 2 of 3), so a resume redid step 3 (helper-65)."""
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "c", every_n_train_steps=2, save_last=True)
+    stop = EarlyStopping(monitor="val/miou", mode="max", patience=2, min_delta=1e9)  # no validation improves by 1e9
+    trainer = _sft_fit(tmp_path, [stop, ckpt], max_steps=8, val_check_interval=1, check_val_every_n_epoch=None)
+    assert trainer.global_step == 3 and stop.stopped_epoch is not None
+    assert torch.load(tmp_path / "c" / "last.ckpt", weights_only=False)["global_step"] == 3
+
+
+def test_fast_dev_run_writes_no_checkpoint(tmp_path):
+    """Lightning's end-of-fit save of last.ckpt ignores fast_dev_run: the smoke test left a last.ckpt,
+    and the real fit into the same folder was refused as an earlier run's (helper-65)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "c", every_n_train_steps=2, save_last=True)
+    _sft_fit(tmp_path, [ckpt], fast_dev_run=True)
+    assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())
