@@ -368,14 +368,30 @@ def checkpoint_model_settings(path: str) -> dict | None:
     return {"class_path": class_path, "init_args": hparams}
 
 
+def _innermost_file(exc: BaseException) -> Path | None:
+    tb, last = exc.__traceback__, None
+    while tb is not None:
+        last, tb = tb, tb.tb_next
+    return Path(last.tb_frame.f_code.co_filename).resolve() if last is not None else None
+
+
 def _raised_in_package(exc: BaseException) -> bool:
     """Whether the innermost frame of ``exc``'s traceback is lit-vr1's own code."""
-    tb = exc.__traceback__
-    last = None
-    while tb is not None:
-        last = tb
-        tb = tb.tb_next
-    return last is not None and Path(last.tb_frame.f_code.co_filename).resolve().is_relative_to(PACKAGE_DIR)
+    where = _innermost_file(exc)
+    return where is not None and where.is_relative_to(PACKAGE_DIR)
+
+
+def lightning_settings_error(exc: BaseException) -> bool:
+    """Lightning's refusal of the Trainer's settings: its ``MisconfigurationException``, or a
+    ``ValueError`` its fit loop raises while it reads them (``val_check_interval`` past the batches
+    of an epoch): the message names the setting, and the 35-54 lines of traceback above it say
+    nothing more to a user (``--traceback`` shows them)."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    if isinstance(exc, MisconfigurationException):
+        return True
+    where = _innermost_file(exc)
+    return isinstance(exc, ValueError) and where is not None and where.name == "fit_loop.py" and "lightning" in where.parts
 
 
 def _notes(exc: BaseException) -> list[str]:
@@ -427,6 +443,8 @@ def user_error(exc: BaseException) -> BaseException | None:
         own = (ValueError, TypeError, FileNotFoundError, FloatingPointError, ImportError)
         if isinstance(current, (RewardError, oom.OutOfMemory)) or (isinstance(current, own)
                                                                    and _raised_in_package(current)):
+            return current
+        if lightning_settings_error(current):
             return current
         if isinstance(current, torch.OutOfMemoryError):  # outside the passes lit-vr1 measures (loading, SFT)
             return oom.general(current)

@@ -91,3 +91,30 @@ def test_a_failed_export_at_the_fits_end_says_how_to_export(tmp_path):
                                                                            "runs/hf")
     none = export_note(SimpleNamespace(checkpoint_callbacks=[]), "runs/hf")  # nothing saved: not a made-up path
     assert "this fit saved no checkpoint to export from" in none and "lit_vr1.export" not in none
+
+
+def test_lightnings_refusals_of_the_trainers_settings_are_one_line():
+    """Lightning's MisconfigurationException, and the ValueError its fit loop raises for a
+    val_check_interval past an epoch's batches, printed 35-54 lines of traceback above the one
+    that names the setting (helper-65); a ValueError from elsewhere in Lightning is not ours to
+    shorten."""
+    import runpy
+
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    from lit_vr1.cli import user_error
+
+    refused = MisconfigurationException("Trainer was configured with `enable_checkpointing=False` but found "
+                                        "`ModelCheckpoint` in callbacks list.")
+    assert user_error(refused) is refused
+    import lightning.pytorch.loops.fit_loop as fit_loop
+
+    try:  # a ValueError whose innermost frame is Lightning's fit loop
+        exec(compile("raise ValueError('`val_check_interval` (50) must be less than or equal to the number of the "
+                     "training batches (20).')", fit_loop.__file__, "exec"), {})
+    except ValueError as e:
+        assert user_error(e) is e
+    try:
+        exec(compile("raise ValueError('an internal shape')", runpy.__file__, "exec"), {})
+    except ValueError as e:
+        assert user_error(e) is None
