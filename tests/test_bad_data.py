@@ -82,6 +82,11 @@ BAD_AT_BUILD = [
      r"data\.jsonl:2: field 'problem' holds <\|im_start\|>, <\|im_end\|>"),
     (vr1(9, [["cat", [1, 2, 10, 12]]], problem="<img><IMG_CONTEXT></img>Find every cat."),
      r"data\.jsonl:2: field 'problem' holds <IMG_CONTEXT>, the model's own"),
+    # Video-R1's rows: read as text-only questions, the video dropped with nothing said, until 2026-12-06
+    (json.dumps({"id": 9, "video": "clip.mp4", "problem": "<video>What happens?", "solution": "3"}),
+     r"data\.jsonl:2: field 'video' is not read: lit-vr1 trains on images, not videos"),
+    (json.dumps({"id": 9, "image": "a.png", "videos": ["a.png", "a.png"], "problem": "<image>Count.", "solution": "3"}),
+     r"data\.jsonl:2: field 'videos' is not read: .*give sampled frames as images instead"),
 ]
 
 
@@ -89,7 +94,7 @@ BAD_AT_BUILD = [
     "malformed_json", "missing_field", "missing_image", "corrupt_image_header", "aspect_ratio", "empty_human_turn",
     "empty_problem", "rec_zero_area", "rec_out_of_image", "vr1_zero_area", "vr1_out_of_image", "vr1_negative",
     "rec_unit_box", "vr1_unit_box", "image_field_misspelled", "solution_field_misspelled", "image_pad_in_question",
-    "templated_question", "chat_turns_in_question", "internvl_tokens_in_question"])
+    "templated_question", "chat_turns_in_question", "internvl_tokens_in_question", "video_row", "videos_beside_image"])
 def test_bad_rows_fail_when_the_data_is_read_naming_file_line_field(tmp_path, line, message):
     f, d = write(tmp_path, [rec(1), line, rec(3)])
     with pytest.raises(DataError, match=message):

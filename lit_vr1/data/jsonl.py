@@ -536,6 +536,10 @@ IMAGE_FIELD_LOOKALIKES = ("images", "image_path", "image_paths", "img", "imgs", 
                           "filename", "image_name", "picture")
 
 
+# video fields (Video-R1, LLaVA-Video): a line holding one was read as a text-only question
+VIDEO_FIELDS = ("video", "videos", "video_path", "video_paths", "video_file")
+
+
 # names other datasets give the answer of a 'problem' line (ours is 'solution'; a line without
 # one is unlabelled, as in R1V-Free)
 SOLUTION_FIELD_LOOKALIKES = ("answer", "answers", "solutions", "ground_truth", "groundtruth", "gt", "gt_answer",
@@ -599,6 +603,11 @@ def parse_line(line: str, path: str, lineno: int, folder: str, task: str = "defa
     _refuse_template_tokens(obj, human, system, where)
     _refuse_misnamed(obj, "image", IMAGE_FIELD_LOOKALIKES, where, "the image path goes in field 'image' (a path or "
                      "a list of paths, relative to the image folder): rename the field")
+    video = next((k for k in obj if k.lower() in VIDEO_FIELDS and obj[k] not in (None, "", [])), None)
+    if video is not None:
+        raise DataError(f"{where}: field {video!r} is not read: lit-vr1 trains on images, not videos (the row would "
+                        "train as a question without its video); give sampled frames as images instead (field 'image', "
+                        "a list of frame paths, with an <image> marker for each), or leave the row out")
     raw = obj.get("image")
     names = [] if raw is None else [raw] if isinstance(raw, str) else raw  # null, [] or no field: a text-only row
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
