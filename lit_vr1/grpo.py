@@ -337,9 +337,14 @@ class GRPOModule(VLMModule):
         scaler = loss_scale.loss_scaler(self.trainer) if engine is None else None
         scale = scaler.get_scale() if scaler is not None else 1.0
         norm = self.clip_and_norm(opt, max_norm, scale) if engine is None else 0.0
-        reason = self._skip_reason(loss, norm, has_tokens)
-        overflow = scaler is not None and reason is not None and not math.isfinite(norm)
-        if overflow:  # float16 gradients too large at this loss scale: the scaler skips the step and lowers it
+        loss_bad, norm_bad, tokens = self._skip_flags(loss, norm, has_tokens)
+        reason = self._reason(loss, norm, loss_bad or norm_bad, tokens)
+        # float16 gradients too large at this loss scale (a finite loss, an inf or nan among the gradients, as the
+        # scaler itself checks): the scaler skips the step and lowers its scale. A nan loss is the forward's, which no
+        # scale mends: a plain skip, counted toward the stop
+        overflow = (scaler is not None and norm_bad and not loss_bad and tokens
+                    and loss_scale.gradients_not_finite(self.policy.parameters()))
+        if overflow:
             reason = (f"float16 gradients overflowed at loss scale {scale:g} (gradient norm {norm}); the loss scaler "
                       f"lowered its scale to {loss_scale.skip_overflow(scaler, opt.optimizer):g}")
         if reason is None:
@@ -359,11 +364,20 @@ class GRPOModule(VLMModule):
         opt.zero_grad(set_to_none=True)
         return StepOutcome(norm, opt.param_groups[0]["lr"], self.skipped_steps)
 
+    def _skip_flags(self, loss: float, grad_norm: float, has_tokens: bool) -> tuple[bool, bool, bool]:
+        """(the loss not finite on some process, the gradient norm not finite on some process, a
+        scored token on some process): one all-reduce, so every process agrees."""
+        flags = torch.tensor([float(not math.isfinite(loss)), float(not math.isfinite(grad_norm)), float(has_tokens)],
+                             device=self.device)
+        loss_bad, norm_bad, tokens = self.reduce_sum(flags).tolist()
+        return bool(loss_bad), bool(norm_bad), bool(tokens)
+
     def _skip_reason(self, loss: float, grad_norm: float, has_tokens: bool) -> str | None:
         """Why this step must be skipped on every process (one all-reduce, so all agree), or None."""
-        flags = torch.tensor([0.0 if math.isfinite(loss) and math.isfinite(grad_norm) else 1.0, float(has_tokens)],
-                             device=self.device)
-        bad, tokens = self.reduce_sum(flags).tolist()
+        loss_bad, norm_bad, tokens = self._skip_flags(loss, grad_norm, has_tokens)
+        return self._reason(loss, grad_norm, loss_bad or norm_bad, tokens)
+
+    def _reason(self, loss: float, grad_norm: float, bad: bool, tokens: bool) -> str | None:
         if bad:
             return f"loss {loss}, gradient norm {grad_norm}: not finite on every process"
         if not tokens:
@@ -407,12 +421,16 @@ class GRPOModule(VLMModule):
         step divides them by it): the norm returned is the true one, ``norm(grads) / scale``, and
         the scaled gradients are clipped at ``max_norm * scale``, the same clip coefficient as
         clipping the true ones at ``max_norm`` (:mod:`lit_vr1.loss_scale`)."""
-        grads = [p.grad for p in self.policy.parameters() if p.grad is not None]
-        if not grads:
+        params = [p for p in self.policy.parameters() if p.grad is not None]
+        if not params:
             return 0.0
-        norm = float(torch.nn.utils.get_total_norm(grads)) / scale
+        total = torch.nn.utils.get_total_norm([p.grad for p in params])
+        norm = float(total) / scale
         if max_norm is not None and math.isfinite(norm):
-            self.clip_gradients(opt, gradient_clip_val=max_norm * scale, gradient_clip_algorithm="norm")
+            if scale != 1.0:  # directly: Lightning's clip refuses a fused optimiser under the scaler, this clip is valid
+                torch.nn.utils.clip_grads_with_norm_(params, max_norm * scale, total)
+            else:
+                self.clip_gradients(opt, gradient_clip_val=max_norm, gradient_clip_algorithm="norm")
         return norm
 
     def reached_max_steps(self) -> bool:

@@ -30,6 +30,13 @@ def loss_scaler(trainer: Any) -> torch.amp.GradScaler | None:
     return scaler if scaler is not None and scaler.is_enabled() else None
 
 
+def gradients_not_finite(params) -> bool:
+    """Whether some gradient holds an inf or a nan: what the scaler checks while unscaling (a norm
+    can be inf over finite gradients, its sum of squares past float32's range; the scaler would
+    then step)."""
+    return any(not bool(torch.isfinite(p.grad).all()) for p in params if p.grad is not None)
+
+
 def skip_overflow(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> float:
     """Let ``scaler`` skip a step whose gradients are not finite: ``step`` finds the inf or nan
     while unscaling and does not step ``optimizer``, ``update`` multiplies the scale by the

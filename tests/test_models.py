@@ -252,17 +252,21 @@ def test_a_remote_code_checkpoint_is_refused_from_its_config_json_without_runnin
         load_processor(str(tmp_path / "chat"))
 
 
-def test_bounds_that_replace_a_checkpoints_own_are_said(tmp_path, tiny_qwen25):
+def test_bounds_that_replace_a_checkpoints_own_are_said(tmp_path, tiny_qwen25, caplog):
     """A recipe's min/max_pixels over a fine-tune saved with others fed its images at other sizes and
-    rewrote its exported processor, with nothing said (helper-67)."""
+    rewrote its exported processor, with nothing said (helper-67); one info line, not a warning: over
+    a base checkpoint the recipe's bounds are meant (helper-68)."""
     model, processor = tiny_qwen25
     folder = _folder(tmp_path, model, processor, "bounds")
     _edit_json(f"{folder}/processor_config.json",
                lambda c: c["image_processor"].update(size={"shortest_edge": 12544, "longest_edge": 12544}))
-    with pytest.warns(UserWarning, match=r"replace its processor's own bounds \(min_pixels 12544 -> 3136, max_pixels "
-                                         r"12544 -> 12845056\).*model.max_pixels: null"):
-        load_processor(folder, min_pixels=3136, max_pixels=12845056)
+    caplog.set_level("INFO")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
+        load_processor(folder, min_pixels=3136, max_pixels=12845056)
+        assert ("images are sized by model.min_pixels / max_pixels, not by its processor's own bounds (min_pixels "
+                "12544 -> 3136, max_pixels 12544 -> 12845056), and an export saves these") in caplog.text
+        caplog.clear()
         load_processor(folder)  # the checkpoint's own
         load_processor(folder, max_pixels=12544)  # the same value: nothing replaced
+        assert "not by its processor's own bounds" not in caplog.text

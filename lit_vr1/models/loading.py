@@ -7,9 +7,9 @@ in-process. The supported model types are those of the registered families
 from __future__ import annotations
 
 import os
-import warnings
 
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from transformers import (
     AutoConfig,
     AutoModelForImageTextToText,
@@ -172,9 +172,10 @@ def load_processor(name: str, min_pixels: int | None = None, max_pixels: int | N
         check_parts(name, processor, config)
     own = _pixel_bounds(processor)
     family_of(processor).images.set_pixel_bounds(processor, min_pixels, max_pixels)
-    note = None if family is not None else replaced_bounds_note(name, own, _pixel_bounds(processor))
+    note = None if family is not None else replaced_bounds_note(name, own, _pixel_bounds(processor),
+                                                                 (min_pixels is not None, max_pixels is not None))
     if note:
-        warnings.warn(note, stacklevel=2)
+        rank_zero_info(note)
     return processor
 
 
@@ -185,16 +186,19 @@ def _pixel_bounds(processor: ProcessorMixin) -> tuple[int | None, int | None]:
     return getattr(size, "get", {}.get)("shortest_edge"), getattr(size, "get", {}.get)("longest_edge")
 
 
-def replaced_bounds_note(name: str, own: tuple, now: tuple) -> str | None:
-    """A note when ``model.min_pixels`` / ``max_pixels`` replaced a checkpoint's own bounds (a
-    recipe's VLM-R1 values over a fine-tune saved with others): its images are then fed at other
-    sizes than it was trained at, and an export saves the new bounds. None when nothing changed."""
-    changed = [f"{flag} {a} -> {b}" for flag, a, b in zip(("min_pixels", "max_pixels"), own, now) if a != b]
+def replaced_bounds_note(name: str, own: tuple, now: tuple, given: tuple[bool, bool] = (True, True)) -> str | None:
+    """A note (one info line) when ``model.min_pixels`` / ``max_pixels`` replace a folder's own
+    bounds: a recipe's choice over a base checkpoint's is meant (the R1V-Free and Vision-R1 recipes
+    cap Qwen2.5-VL at 1003520 px), but over a fine-tune saved with other bounds its images are fed at
+    other sizes than it trained on, and an export saves the new bounds. Only the bounds given are
+    named (a bound ``set_pixel_bounds`` moved to meet a given one is warned of there). None when
+    nothing given changed."""
+    changed = [f"{flag} {a} -> {b}" for flag, a, b, g in zip(("min_pixels", "max_pixels"), own, now, given)
+               if g and a != b]
     if not changed or None in own:
         return None
-    return (f"model {name!r}: model.min_pixels / max_pixels replace its processor's own bounds ({', '.join(changed)}): "
-            "its images are fed at other sizes than it was saved with, and an export saves the new bounds; set "
-            "model.min_pixels: null and model.max_pixels: null to keep the checkpoint's")
+    return (f"model {name!r}: images are sized by model.min_pixels / max_pixels, not by its processor's own bounds "
+            f"({', '.join(changed)}), and an export saves these (null keeps the folder's own)")
 
 
 def load_model(name: str, processor: ProcessorMixin, dtype: str = "float32", attn_implementation: str = "sdpa",
