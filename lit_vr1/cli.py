@@ -19,6 +19,7 @@ lit-vr1's own errors print as one message (exit 2); ``--traceback`` shows the tr
 from __future__ import annotations
 
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -134,7 +135,9 @@ class LitVR1CLI(LightningCLI):
         user gives wins (Lightning applies the checkpoint's settings after parsing instead,
         silently dropping every ``--model.*`` flag, e.g. ``results_path``). A broken file is
         reported by name (:func:`~lit_vr1.checkpoint.load_checkpoint_file`)."""
-        argv = self._argv = list(sys.argv[1:] if args is None else args)
+        argv = self._argv = nulls_as_json(list(sys.argv[1:] if args is None else args))
+        if args is not None:
+            args = argv
         LitVR1ArgumentParser.config_files = _flag_values(argv, ("--config", "-c"))
         LitVR1ArgumentParser.flag_keys = flag_keys(argv)
         LitVR1ArgumentParser.start_dir = os.getcwd()
@@ -160,7 +163,7 @@ class LitVR1CLI(LightningCLI):
         # Run from Python (the demo, a notebook), ``args`` is all that is parsed: the process's own
         # command line (the demo's flags, a Jupyter kernel's) is hidden from Lightning's check,
         # which would call giving both a mistake
-        own, sys.argv[1:] = sys.argv[1:], ([] if args is not None else sys.argv[1:])
+        own, sys.argv[1:] = sys.argv[1:], ([] if args is not None else argv)
         try:
             super().parse_arguments(parser, args)
         finally:
@@ -266,6 +269,27 @@ def _yaml_hint(key: str, class_path: str) -> str:
     if key == "model.rewards":  # a list: one given anew replaces a config's whole list
         return f"\nIn YAML, under model.init_args: rewards: [{entry}, ...] (a list: every reward the run scores with)\n"
     return ""
+
+
+NULLS = ("null", "None", "none", "~", "Null", "NULL")
+GRPO_FLAG = re.compile(r"^--model\.(?:init_args\.)?grpo\.(?:init_args\.)?(\w+)$")
+
+
+def nulls_as_json(argv: list[str]) -> list[str]:
+    """``--model.grpo.<field>=null`` as ``--model.grpo={"<field>": null}``: jsonargparse reads a null
+    given to a field of the GRPO settings (a dataclass inside the model's init args) as the string
+    'None' and refuses it ("got 'None'; expected int"), though lit-vr1's own messages say "or null";
+    the dict form sets that field alone, as the flag would."""
+    out, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        key, sep, value = arg.partition("=")
+        if not sep and i + 1 < len(argv) and GRPO_FLAG.match(arg) and argv[i + 1] in NULLS:
+            value, sep, i = argv[i + 1], "=", i + 1
+        found = GRPO_FLAG.match(key) if sep and value in NULLS else None
+        out.append(f'--model.grpo={{"{found.group(1)}": null}}' if found else arg)
+        i += 1
+    return out
 
 
 def _flag_values(argv: list[str], flags: tuple[str, ...]) -> list[str]:

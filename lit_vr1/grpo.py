@@ -513,6 +513,10 @@ class GRPOModule(VLMModule):
         self.reference_weights = checkpoint.get(REFERENCE_KEY)
         if getattr(getattr(self._trainer, "state", None), "fn", None) != "predict":  # predict scores nothing
             warn_changed_rewards(checkpoint.get(REWARDS_KEY), reward_list(self.rewards))
+        if getattr(getattr(self._trainer, "state", None), "fn", None) == "fit":
+            note = changed_settings_note((checkpoint.get("hyper_parameters") or {}).get("grpo"), self.config)
+            if note:
+                rank_zero_warn(note)
 
     def _match_reference(self, checkpoint: dict) -> None:
         """A checkpoint written with a reference model (beta != 0) loaded into a module without
@@ -614,6 +618,29 @@ def failing_rewards_note(rewards: list[Reward]) -> str:
 def reward_list(rewards: list[Reward]) -> list[str]:
     """The rewards a run scores with, as checkpoints record them: ``name (Class, weight w)``."""
     return [f"{r.name} ({type(r).__name__}, weight {r.weight:g})" for r in rewards]
+
+
+SETTINGS_OF_SPEED_ONLY = ("micro_batch_size", "shared_prompt", "cuda_graph")  # the same updates either way
+
+
+def changed_settings_note(saved: Any, now: GRPOConfig) -> str | None:
+    """A note when a resume trains with other ``model.grpo`` settings than the checkpoint's run:
+    a config file whose values replace flags the run was started with (``num_iterations: 1`` over
+    the run's ``--model.grpo.num_iterations=2``) did so without a word, and ``metrics.csv`` then
+    holds one curve of two objectives. A change may be meant; it should not pass unsaid. Settings
+    that change only the speed (:data:`SETTINGS_OF_SPEED_ONLY`) are left out; ``beta`` switched on
+    or off is refused elsewhere."""
+    if dataclasses.is_dataclass(saved):
+        saved = dataclasses.asdict(saved)
+    if not isinstance(saved, dict):
+        return None
+    current = dataclasses.asdict(now)
+    changed = [f"{k} {saved[k]!r} -> {v!r}" for k, v in current.items()
+               if k in saved and k not in SETTINGS_OF_SPEED_ONLY and saved[k] != v]
+    if not changed:
+        return None
+    return (f"this resume trains with other model.grpo settings than the checkpoint's run: {', '.join(changed)}; "
+            "give the run's own (its config.yaml, or the flags it was started with) to go on as it did")
 
 
 def warn_changed_rewards(saved: list[str] | None, now: list[str]) -> None:

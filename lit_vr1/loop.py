@@ -273,11 +273,16 @@ class RolloutUpdateLoop:
         *values, tokens = torch.cat([totals, n_tok_local.double().view(1)]).tolist()
         has_tokens = tokens > 0
         out = {**dict(zip(STEP_STATS, values)), "n/tokens": tokens}  # the token means' count (lit_vr1.step_stats)
+        if cfg.beta == 0:  # no reference: no KL was measured (a logged 0 read as "no drift")
+            del out["kl"]
+        skipped_before = getattr(m, "skipped_steps", 0)
         with oom.in_phase("the optimiser step (clipping and the optimiser's update: AdamW's state is made at the first)",
                           lambda: f"{sum(p.numel() for p in m.policy.parameters() if p.requires_grad)} trainable parameters",
                           lambda: list(oom.STATIC_OPTIONS), m.device, self.held):
             outcome = m.apply_update(out["loss"], cfg.gradient_clip_val, has_tokens=bool(has_tokens))
         out.update(grad_norm=outcome.grad_norm, lr=outcome.lr, skipped_steps=float(outcome.skipped_steps))
+        if not has_tokens and outcome.skipped_steps > skipped_before:  # skipped with nothing to score: no loss, no gradient
+            out.update(loss=math.nan, grad_norm=math.nan)
         out.update(oom.memory_figures(m.device))  # read from counters: no wait for the device
         return out
 

@@ -91,5 +91,8 @@ def combine(per_process: list[dict[str, float]]) -> dict[str, float]:
 
 
 def local(metrics: dict[str, float]) -> dict[str, float]:
-    """One process's figures as logged alone: its counts left out."""
-    return {k: v for k, v in metrics.items() if not k.startswith(COUNT)}
+    """One process's figures as logged alone: its counts left out, and a mean or std over nothing
+    (a step with no loss token: its entropy, KL, ratio and clip fractions) nan, as :func:`combine`
+    gives it (they were logged as 0: a ratio of 0 beside the applied steps' 0.86)."""
+    return {k: math.nan if (w := weight_key(k)) is not None and metrics.get(w) == 0 else v
+            for k, v in metrics.items() if not k.startswith(COUNT)}

@@ -52,6 +52,14 @@ TRL_NAMES: dict[str, tuple[tuple[str, ...], str]] = {
     "top_entropy_quantile": ((), "not offered: every completion token is in the loss; remove it"),
     "vllm_importance_sampling_correction": ((), "no vLLM here (the policy samples itself: nothing to correct); "
                                                 "remove it"),
+    "cast_lm_head_to_fp32": (("model.float32_lm_head",), "--model.float32_lm_head={value} (on by default here: the LM "
+                                                         "head computes in float32)"),
+    "log_completions": ((), "the callbacks callbacks.RolloutTable (a table on the console every N steps) and "
+                            "callbacks.RolloutLog (every rollout as JSONL) in trainer.callbacks"),
+    "sync_ref_model": ((), "not offered: the reference stays the model the fit started from (TR-DPO's refresh is "
+                           "not done); remove it"),
+    "ref_model_mixup_alpha": ((), "not offered: the reference stays the model the fit started from; remove it"),
+    "ref_model_sync_steps": ((), "not offered: the reference stays the model the fit started from; remove it"),
     "use_peft": ((), "LoRA is --model.lora (e.g. --model.lora.r=16; unset: full fine-tuning)"),
     "peft_config": ((), "LoRA is --model.lora: r, alpha, dropout, target_modules, bias"),
     "lora_r": ((), "--model.lora.r={value}"),
@@ -98,6 +106,11 @@ PYTHON_HINTS: dict[str, str] = {
     "repetition_penalty": "not offered in sampling; the reward lit_vr1.rewards.RepetitionPenalty penalises repeats",
     "top_entropy_quantile": "not offered: every completion token is in the loss",
     "vllm_importance_sampling_correction": "no vLLM here (the policy samples itself: nothing to correct)",
+    "cast_lm_head_to_fp32": "GRPOModule(float32_lm_head=True) (the default here)",
+    "log_completions": "callbacks.RolloutTable() and callbacks.RolloutLog() in Trainer(callbacks=[...])",
+    "sync_ref_model": "not offered: the reference stays the model the fit started from",
+    "ref_model_mixup_alpha": "not offered: the reference stays the model the fit started from",
+    "ref_model_sync_steps": "not offered: the reference stays the model the fit started from",
     "use_peft": "GRPOModule(lora=LoraSpec(r=16)) (lit_vr1.models.lora; none: full fine-tuning)",
     "peft_config": "GRPOModule(lora=LoraSpec(r=..., alpha=..., dropout=..., target_modules=...))",
     "lora_r": "GRPOModule(lora=LoraSpec(r=N))",
@@ -145,6 +158,21 @@ VERL_NAMES: dict[str, str] = {
     "total_training_steps": "--trainer.max_steps={value}",
     "grad_clip": "--model.grpo.gradient_clip_val={value}",
     "max_grad_norm": "--model.grpo.gradient_clip_val={value}",
+    "loss_agg_mode": "--model.grpo.loss_type: verl's token-mean is dapo, seq-mean-token-mean grpo, "
+                     "seq-mean-token-sum-norm dr_grpo",
+    "filter_groups": "not offered: DAPO's dynamic sampling (drop groups whose rewards all tie, sample again) is not "
+                     "done; tied groups get advantage 0 and add nothing to the loss (train/groups_tied_frac counts "
+                     "them); remove it",
+    "dynamic_sampling": "not offered: DAPO's dynamic sampling is not done; tied groups get advantage 0 "
+                        "(train/groups_tied_frac counts them); remove it",
+    "overlong_buffer": "not offered: DAPO's soft overlong penalty is not a built-in reward (--model.grpo."
+                       "mask_truncated_completions=true leaves truncated completions out of the loss instead, or write "
+                       "the penalty as a reward of your own); remove it",
+    "overlong_buffer_len": "not offered: DAPO's soft overlong penalty is not a built-in reward "
+                           "(--model.grpo.mask_truncated_completions=true, or a reward of your own); remove it",
+    "entropy_coeff": "not offered: the loss has no entropy bonus (train/entropy is logged); remove it",
+    "clip_ratio_c": "not offered: no dual clip (the ratio is clipped to [1 - epsilon, 1 + epsilon_high]); remove it",
+    "reward_clip": "not offered: rewards are used as scored (clip them in a reward of your own); remove it",
 }
 # the top-level sections of verl's and EasyR1's configs, none of which lit-vr1 reads
 VERL_SECTIONS = frozenset({"worker", "algorithm", "actor_rollout_ref", "critic", "reward_model", "custom_reward_function"})

@@ -156,6 +156,24 @@ def test_disabling_checkpointing_on_the_command_line_drops_the_configs_model_che
     assert any(type(c).__name__ == "ColdStart" for c in cli.trainer.callbacks)
 
 
+def test_a_grpo_setting_is_set_to_null_on_the_command_line(tmp_path, monkeypatch):
+    """jsonargparse read --model.grpo.mini_batch_size=null as the string 'None' and refused it, though
+    lit-vr1's own messages say "or null" (helper-69); the other settings of the config stay."""
+    from lit_vr1.cli import nulls_as_json
+
+    assert nulls_as_json(["--model.init_args.grpo.epsilon_high", "~", "--model.grpo.beta=0"]) == [
+        '--model.grpo={"epsilon_high": null}', "--model.grpo.beta=0"]
+    monkeypatch.chdir(ROOT)
+    (tmp_path / "over.yaml").write_text("model:\n  init_args:\n    grpo:\n      mini_batch_size: 8\n"
+                                        "      epsilon_high: 0.28\n")
+    cli = LitVR1CLI(args=["--config", "configs/quickstart.yaml", "--config", str(tmp_path / "over.yaml"),
+                          f"--trainer.default_root_dir={tmp_path}", "--model.grpo.mini_batch_size=null",
+                          "--model.init_args.grpo.epsilon_high", "None", "--model.grpo.num_iterations=2"], run=False)
+    grpo = cli.model.config
+    assert grpo.mini_batch_size is None and grpo.epsilon_high is None and grpo.num_iterations == 2
+    assert grpo.num_generations == 8 and grpo.max_completion_length == 40  # the quickstart's own
+
+
 def test_only_log_folders_without_metrics_are_removed(tmp_path):
     from lit_vr1.log_dirs import remove_unused_log_dirs
 

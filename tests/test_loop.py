@@ -230,3 +230,35 @@ def test_the_rewards_time_is_logged(samples):
     module.rewards = [Slow()]
     row = train_rows(fit(module, samples[:2], max_steps=1))[0]
     assert row["train/time/rewards_s"] >= 0.3
+
+
+class FirstRolloutUnscored(LengthReward):
+    """nan (not applicable) for every completion of the first rollout, then the length reward."""
+
+    default_name = "late"
+    calls = 0
+
+    def score(self, completions, contexts):
+        self.calls += 1
+        return [float("nan")] * len(completions) if self.calls == 1 else super().score(completions, contexts)
+
+
+def test_a_step_without_loss_tokens_logs_nan_not_zero_and_beta_0_logs_no_kl(samples):
+    """A skipped step with nothing scored logged loss, grad_norm, entropy, ratio and clip fractions as 0
+    (a ratio of 0 beside the applied steps' 0.86); beta 0 logged train/kl 0.0 on every step, which
+    reads as "no drift" (helper-69)."""
+    import math
+    import warnings
+
+    seed_everything(0)
+    module = make()
+    module.rewards = [FirstRolloutUnscored()]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the skip's own warning
+        rows = [m for _, m in fit(module, samples[:2], max_steps=1).rows if "train/skipped_steps" in m]
+    assert module.skipped_steps == 1 and len(rows) == 2
+    skipped, applied = rows  # nan figures are left out of a logged row (an empty cell in metrics.csv)
+    for key in ("loss", "grad_norm", "entropy", "ratio_mean", "clip_low", "clip_high"):
+        assert "train/" + key not in skipped and math.isfinite(applied["train/" + key]), key
+    assert skipped["train/skipped_steps"] == 1.0 and applied["train/ratio_mean"] == 1.0
+    assert not any("train/kl" in r for r in rows)  # beta 0: no reference, no KL measured

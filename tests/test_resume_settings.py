@@ -155,6 +155,28 @@ def test_a_resume_with_a_new_learning_rate_or_schedule_is_refused_and_one_withou
     assert trainer.lr_scheduler_configs[0].scheduler.last_epoch == 3
 
 
+def test_a_resume_with_other_grpo_settings_names_each_change(samples, tmp_path):
+    """A config file's value over a flag the run was started with (num_iterations 2 -> 1) went on
+    without a word: metrics.csv then held one curve of two objectives (helper-69)."""
+    from lit_vr1.config import GRPOConfig
+    from lit_vr1.grpo import GRPOModule
+    from tests.helpers import LengthReward
+
+    def module(**grpo):
+        return GRPOModule(model="tiny:qwen2_5_vl", rewards=[LengthReward()], optimizer=adamw(),
+                          grpo=GRPOConfig(num_generations=2, max_completion_length=4, **grpo))
+
+    loader = DataLoader(samples[:8], batch_size=2, collate_fn=collate)
+    _fit(module(num_iterations=2, mini_batch_size=2, micro_batch_size=2), loader, tmp_path, 2)
+    with pytest.warns(UserWarning, match=r"this resume trains with other model.grpo settings than the checkpoint's "
+                                         r"run: temperature 1.0 -> 0.5, num_iterations 2 -> 1, mini_batch_size 2 -> "
+                                         r"None; give the run's own"):
+        _fit(module(temperature=0.5), loader, tmp_path, 3, ckpt_path="last")
+    with warnings.catch_warnings():  # the last run's settings, micro-batches aside (they change the speed only)
+        warnings.filterwarnings("error", message="this resume trains with other")
+        _fit(module(temperature=0.5, micro_batch_size=2), loader, tmp_path, 4, ckpt_path="last")
+
+
 # -- the training order of a mid-epoch resume ---------------------------------------------------
 class BatchIds(Callback):
     """The ids of every training batch, in order."""
