@@ -338,6 +338,23 @@ def steps_per_rollout(s: FitSetup) -> list[int]:
                    for g in s.group_sizes if g >= 1})
 
 
+def uneven_mini_batches_note(s: FitSetup) -> str | None:
+    """A note when ``mini_batch_size`` does not divide a rollout's completions: each pass over the
+    rollout ends with a smaller mini-batch, whose optimiser step is as large as the others' on fewer
+    completions (TRL refuses such sizes; here they are allowed, so that one size can serve PTST
+    stages of several G)."""
+    mini = _grpo(s, "mini_batch_size")
+    if not mini or s.batch_size is None or s.batch_size < 1:
+        return None
+    uneven = sorted({s.batch_size * g for g in s.group_sizes if s.batch_size * g > mini and (s.batch_size * g) % mini})
+    if not uneven:
+        return None
+    n = uneven[0]
+    return (f"model.grpo.mini_batch_size={mini} does not divide a rollout's {n} completions (data.batch_size x G = "
+            f"{s.batch_size} x {n // s.batch_size}): each pass over it takes steps of {mini} and one of {n % mini}, as "
+            f"large a step on fewer completions; a divisor of {n} makes every step alike")
+
+
 def problems(setup: FitSetup) -> list[str]:
     """The problem text of every fit rule that ``setup`` breaks, in declaration order."""
     return problems_of(setup, "fit")

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from lit_vr1 import decode_graph, loss_scale, parallel, step_stats, val_schedule
 from lit_vr1.checkpoint import SettingsRefused
-from lit_vr1.checks import check_fit, steps_per_rollout
+from lit_vr1.checks import check_fit, steps_per_rollout, uneven_mini_batches_note
 from lit_vr1.config import GRPOConfig
 from lit_vr1.loop import RolloutUpdateLoop, StepOutcome
 from lit_vr1.models import precision
@@ -218,6 +218,9 @@ class GRPOModule(VLMModule):
             self.loop.__dict__.pop("_failed_in_a_row", None)  # and counts its failed rollouts afresh
             setup = check_fit(self)  # every fit-time and strategy rule, each problem listed
             self._rollout_steps = steps_per_rollout(setup)  # max_steps is judged from the step the fit starts at
+            note = uneven_mini_batches_note(setup)
+            if note:
+                rank_zero_warn(note)
             for reward in self.rewards:  # a judge that is not running: say so now, not at the first rollout
                 reward.check_ready()
 

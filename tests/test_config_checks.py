@@ -366,3 +366,17 @@ def test_cli_reports_every_bad_field_of_model_grpo_in_one_line_error(tmp_path, m
     err = capsys.readouterr().err
     assert done.value.code == 2 and "Traceback" not in err
     assert "lit-vr1: error: 2 problem(s) in model.grpo" in err and "model.grpo.top_p=0" in err and "beta=-1" in err
+
+
+def test_a_mini_batch_that_does_not_divide_the_rollout_is_said():
+    """12 of 16 completions: steps of 12 and 4, with nothing said (TRL refuses it; helper-69)."""
+    from lit_vr1.checks import uneven_mini_batches_note
+
+    note = uneven_mini_batches_note(setup_with(batch_size=4, num_generations=4, mini_batch_size=12))
+    assert note == ("model.grpo.mini_batch_size=12 does not divide a rollout's 16 completions (data.batch_size x G = "
+                    "4 x 4): each pass over it takes steps of 12 and one of 4, as large a step on fewer completions; a "
+                    "divisor of 16 makes every step alike")
+    assert uneven_mini_batches_note(setup_with(batch_size=4, num_generations=4, mini_batch_size=8)) is None
+    assert uneven_mini_batches_note(setup_with(batch_size=4, num_generations=4)) is None
+    staged = setup_with(group_sizes=[4, 6], batch_size=2, num_generations=4, mini_batch_size=4)  # PTST: 8 and 12
+    assert uneven_mini_batches_note(staged) is None
