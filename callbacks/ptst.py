@@ -48,6 +48,23 @@ def stage_at(stages: list[PTSTStage], step: int) -> int:
     return len(stages) - 1
 
 
+def applied_starts(stages: list[PTSTStage], steps_per_rollout: list[int]) -> list[int]:
+    """The optimiser step each stage is first in force at, when stage ``i``'s rollouts take
+    ``steps_per_rollout[i]`` steps: a stage is chosen at a rollout's start and kept to its end, so
+    a boundary inside a rollout moves to that rollout's end (a stage passed over entirely starts
+    where the next does)."""
+    starts: list[int] = []
+    last = sum(s.steps for s in stages[:-1])
+    step = 0
+    while len(starts) < len(stages):
+        index = stage_at(stages, step)
+        starts.extend([step] * (index + 1 - len(starts)))
+        if step >= last:
+            break
+        step += max(1, steps_per_rollout[index])
+    return starts
+
+
 class PTST(Callback):
     """Set the GRPO completion length and group size by stage (YAML: ``class_path: callbacks.PTST``
     with ``init_args: {stages: [{max_completion_length: 4096, num_generations: 16, steps: 100}, ...]}``;
@@ -88,6 +105,21 @@ class PTST(Callback):
                            f"{', '.join(map(str, unreached))} start (at optimiser step(s) "
                            f"{', '.join(str(starts[i]) for i in unreached)}): they never run; raise max_steps to "
                            f"at least {starts[unreached[-1]] + 1} or shorten the stages before them")
+
+        batch_size = getattr(getattr(trainer, "datamodule", None), "batch_size", None)
+        grpo = getattr(pl_module, "config", None)
+        if isinstance(batch_size, int) and batch_size > 0 and grpo is not None:
+            from lit_vr1.loop import rollout_steps
+
+            per = [rollout_steps(batch_size * s.num_generations, grpo.mini_batch_size, grpo.num_iterations)[1]
+                   for s in self.stages]
+            nominal = [sum(s.steps for s in self.stages[:i]) for i in range(len(self.stages))]
+            moved = [(i, a, n) for i, (a, n) in enumerate(zip(applied_starts(self.stages, per), nominal)) if a != n]
+            if moved:
+                rank_zero_warn("callbacks.PTST: a stage takes over at a rollout's end (its rollouts take "
+                               f"{', '.join(map(str, per))} optimiser steps by stage), so "
+                               + ", ".join(f"stage {i} starts at step {a}, not {n}" for i, a, n in moved)
+                               + "; stage lengths that are multiples of their rollouts' steps keep the boundaries")
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         index = stage_at(self.stages, trainer.global_step)

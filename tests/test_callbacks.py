@@ -351,3 +351,16 @@ def test_a_cold_start_that_learned_little_is_warned_of():
     assert little_learned_note([6.35] + [0.6] * 9 + [0.573]) is None
     assert little_learned_note([6.35]) is None
     assert little_learned_note([0.9] + [0.6] * 10) is None  # a pretrained model that starts low
+
+
+def test_ptst_stage_boundaries_inside_a_rollout_move_to_its_end():
+    """Stages of 3 then 10 steps with 2 steps a rollout ran stage 0 for steps 1-4, with nothing said
+    (helper-69); the fit now warns with the steps each stage starts at."""
+    from callbacks.ptst import PTSTStage, applied_starts
+
+    stages = [PTSTStage(max_completion_length=16, num_generations=4, steps=3),
+              PTSTStage(max_completion_length=32, num_generations=6, steps=10)]
+    assert applied_starts(stages, [2, 2]) == [0, 4]
+    assert applied_starts(stages, [1, 1]) == [0, 3]
+    short = [PTSTStage(max_completion_length=8, num_generations=2, steps=1)] * 2 + stages[1:]
+    assert applied_starts(short, [3, 3, 3]) == [0, 3, 3]  # stage 1 passed over: it starts where stage 2 does
