@@ -426,13 +426,20 @@ def _wrap_batch_end(callback) -> None:
         callback._last_global_step_saved = before
         setattr(callback, LAST_SAVED_AT_END, trainer.global_step)  # for the stop message
 
-    def on_validation_end(trainer, pl_module):
-        lightning_validation_end(trainer, pl_module)
-        # a stop asked for during this validation (EarlyStopping): the batch end came before it, and
-        # last.ckpt stayed at the previous save (a resume redid the steps since)
+    def save_last_after_a_stop(trainer) -> None:
+        # a stop asked for after the batch end (EarlyStopping, in the validation that follows it or at the
+        # epoch's end): last.ckpt stayed at the previous save, and a resume redid the steps since
         stopped = trainer.should_stop and getattr(trainer.fit_loop, "_can_stop_early", True)
         if stopped and not trainer.sanity_checking and getattr(callback, LAST_SAVED_AT_END, None) != trainer.global_step:
             save_last_at_end(trainer)
+
+    def on_validation_end(trainer, pl_module):
+        lightning_validation_end(trainer, pl_module)
+        save_last_after_a_stop(trainer)
+
+    def on_train_epoch_end(trainer, pl_module):
+        lightning_epoch_end(trainer, pl_module)
+        save_last_after_a_stop(trainer)
 
     def on_train_end(trainer, pl_module):
         if trainer.fast_dev_run:  # Lightning's end-of-fit save of last.ckpt ignores fast_dev_run (its others skip it)
@@ -456,9 +463,11 @@ def _wrap_batch_end(callback) -> None:
 
     lightning_start = callback.on_train_start
     lightning_validation_end, lightning_train_end = callback.on_validation_end, callback.on_train_end
+    lightning_epoch_end = callback.on_train_epoch_end
     callback.on_train_batch_end = on_train_batch_end
     callback.on_train_start = on_train_start
     callback.on_validation_end = on_validation_end
+    callback.on_train_epoch_end = on_train_epoch_end
     callback.on_train_end = on_train_end
     setattr(callback, ROLLOUT_END_SAVES, True)
 

@@ -271,23 +271,38 @@ def _yaml_hint(key: str, class_path: str) -> str:
     return ""
 
 
-NULLS = ("null", "None", "none", "~", "Null", "NULL")
+NULLS = ("null", "None", "~", "Null", "NULL")  # not "none": scale_rewards takes it as a word
 GRPO_FLAG = re.compile(r"^--model\.(?:init_args\.)?grpo\.(?:init_args\.)?(\w+)$")
+
+
+def _nullable_grpo_fields() -> frozenset[str]:
+    import dataclasses
+
+    from lit_vr1.config import GRPOConfig
+
+    return frozenset(f.name for f in dataclasses.fields(GRPOConfig) if "None" in str(f.type))
 
 
 def nulls_as_json(argv: list[str]) -> list[str]:
     """``--model.grpo.<field>=null`` as ``--model.grpo={"<field>": null}``: jsonargparse reads a null
     given to a field of the GRPO settings (a dataclass inside the model's init args) as the string
     'None' and refuses it ("got 'None'; expected int"), though lit-vr1's own messages say "or null";
-    the dict form sets that field alone, as the flag would."""
+    the dict form sets that field alone, as the flag would. Only for fields that take None; and
+    ``scale_rewards=none``, which jsonargparse read as a null too, as the word."""
     out, i = [], 0
     while i < len(argv):
         arg = argv[i]
         key, sep, value = arg.partition("=")
-        if not sep and i + 1 < len(argv) and GRPO_FLAG.match(arg) and argv[i + 1] in NULLS:
+        if not sep and i + 1 < len(argv) and GRPO_FLAG.match(arg) and argv[i + 1] in (*NULLS, "none"):
             value, sep, i = argv[i + 1], "=", i + 1
-        found = GRPO_FLAG.match(key) if sep and value in NULLS else None
-        out.append(f'--model.grpo={{"{found.group(1)}": null}}' if found else arg)
+        found = GRPO_FLAG.match(key) if sep else None
+        field = found.group(1) if found else None
+        if field and value in NULLS and field in _nullable_grpo_fields():
+            out.append(f'--model.grpo={{"{field}": null}}')
+        elif field and value == "none" and field not in _nullable_grpo_fields():  # scale_rewards' word, not a null
+            out.append(f'--model.grpo={{"{field}": "none"}}')
+        else:
+            out.append(arg if "=" in arg or not sep else f"{key}={value}")
         i += 1
     return out
 

@@ -124,6 +124,9 @@ class GRPOModule(VLMModule):
         """Set the completion length and group size G of the next rollouts (PTST's stages),
         checked by the same field rules as ``model.grpo``; the loop reads them at each rollout."""
         dataclasses.replace(self.config, max_completion_length=max_completion_length, num_generations=num_generations)
+        if not hasattr(self, "_configured_rollout"):  # what model.grpo set, for the checkpoints' hyper_parameters
+            self._configured_rollout = {"max_completion_length": self.config.max_completion_length,
+                                        "num_generations": self.config.num_generations}
         self.config.max_completion_length = max_completion_length
         self.config.num_generations = num_generations
 
@@ -339,7 +342,7 @@ class GRPOModule(VLMModule):
         engine = parallel.deepspeed_engine(self)
         scaler = loss_scale.loss_scaler(self.trainer) if engine is None else None
         scale = scaler.get_scale() if scaler is not None else 1.0
-        norm = self.clip_and_norm(opt, max_norm, scale) if engine is None else 0.0
+        norm = self.clip_and_norm(opt, max_norm, scale if scaler is not None else None) if engine is None else 0.0
         loss_bad, norm_bad, tokens = self._skip_flags(loss, norm, has_tokens)
         reason = self._reason(loss, norm, loss_bad or norm_bad, tokens)
         # float16 gradients too large at this loss scale (a finite loss, an inf or nan among the gradients, as the
@@ -417,20 +420,20 @@ class GRPOModule(VLMModule):
             raise FloatingPointError(f"{self.skips_in_a_row} optimiser steps in a row were skipped (the last at global "
                                      f"step {self.global_step}: {reason}; the weights are unchanged since). {what}")
 
-    def clip_and_norm(self, opt, max_norm: float | None, scale: float = 1.0) -> float:
+    def clip_and_norm(self, opt, max_norm: float | None, scale: float | None = None) -> float:
         """Global gradient norm before clipping; clips to ``max_norm`` when set and the norm
         is finite (a non-finite one means the step is skipped, see :meth:`apply_update`).
         ``scale``: the float16 loss scale the gradients still carry (``16-mixed``; the optimiser
-        step divides them by it): the norm returned is the true one, ``norm(grads) / scale``, and
-        the scaled gradients are clipped at ``max_norm * scale``, the same clip coefficient as
-        clipping the true ones at ``max_norm`` (:mod:`lit_vr1.loss_scale`)."""
+        step divides them by it; None: no loss scaler): the norm returned is the true one,
+        ``norm(grads) / scale``, and the scaled gradients are clipped at ``max_norm * scale``, the
+        same clip coefficient as clipping the true ones at ``max_norm`` (:mod:`lit_vr1.loss_scale`)."""
         params = [p for p in self.policy.parameters() if p.grad is not None]
         if not params:
             return 0.0
         total = torch.nn.utils.get_total_norm([p.grad for p in params])
-        norm = float(total) / scale
+        norm = float(total) / (scale or 1.0)
         if max_norm is not None and math.isfinite(norm):
-            if scale != 1.0:  # directly: Lightning's clip refuses a fused optimiser under the scaler, this clip is valid
+            if scale is not None:  # directly: Lightning's clip refuses a fused optimiser under the scaler; this one is valid
                 torch.nn.utils.clip_grads_with_norm_(params, max_norm * scale, total)
             else:
                 self.clip_gradients(opt, gradient_clip_val=max_norm, gradient_clip_algorithm="norm")
@@ -464,7 +467,8 @@ class GRPOModule(VLMModule):
     def training_step(self, batch, batch_idx: int) -> None:
         self.step_before_batch = self.global_step  # validation counts steps (lit_vr1.val_schedule)
         stats = self.loop.run(batch)
-        self.log("reward", stats["reward/total/mean"], prog_bar=True, logger=False, batch_size=len(batch))
+        if math.isfinite(stats["reward/total/mean"]):  # nothing scored: no figure (EarlyStopping stops at a nan)
+            self.log("reward", stats["reward/total/mean"], prog_bar=True, logger=False, batch_size=len(batch))
         self.warn_when_nothing_to_learn(stats["groups_tied_frac"], stats["reward/total/mean"])
 
     def answer_mode(self, task: str | None = None) -> str:
@@ -499,6 +503,14 @@ class GRPOModule(VLMModule):
     # -- checkpoints: the skipped-step count survives a resume -----------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)
+        hparams = checkpoint.get("hyper_parameters") or {}
+        configured = getattr(self, "_configured_rollout", None)
+        # PTST sets the stage's G and length on this config, which the hyper_parameters hold too: the checkpoint
+        # keeps the run's own (a resume compared them with its config and warned of a change on every PTST run)
+        if configured and isinstance(hparams.get("grpo"), GRPOConfig):
+            hparams["grpo"] = dataclasses.replace(hparams["grpo"], **configured)
+        elif configured and isinstance(hparams.get("grpo"), dict):
+            hparams["grpo"] = {**hparams["grpo"], **configured}
         checkpoint[SKIPPED_KEY] = {"skipped_steps": self.skipped_steps, "skips_in_a_row": self.skips_in_a_row}
         checkpoint[REWARDS_KEY] = reward_list(self.rewards)
         if self.reference_weights is not None:
@@ -574,7 +586,8 @@ class GRPOModule(VLMModule):
         self.last_metrics = metrics
         # beside them, what callbacks set for the steps to come (callbacks.PTST's ptst/stage): one row a step
         self.log_row({**{"train/" + k: v for k, v in metrics.items()}, **getattr(self, "step_figures", {})})
-        self.log("loss", metrics["loss"], prog_bar=True, logger=False)
+        if math.isfinite(metrics["loss"]):  # a skipped step's: no figure (EarlyStopping(monitor="loss") stopped at its nan)
+            self.log("loss", metrics["loss"], prog_bar=True, logger=False)
 
 
 def rounded_reference_note(state: dict[str, Tensor], ref_model: torch.nn.Module | None, trainer: Any) -> str | None:

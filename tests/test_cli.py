@@ -163,6 +163,9 @@ def test_a_grpo_setting_is_set_to_null_on_the_command_line(tmp_path, monkeypatch
 
     assert nulls_as_json(["--model.init_args.grpo.epsilon_high", "~", "--model.grpo.beta=0"]) == [
         '--model.grpo={"epsilon_high": null}', "--model.grpo.beta=0"]
+    # scale_rewards' word "none" is a word (jsonargparse read it as a null too); a field without None keeps its refusal
+    assert nulls_as_json(["--model.grpo.scale_rewards", "none", "--model.grpo.num_generations=null"]) == [
+        '--model.grpo={"scale_rewards": "none"}', "--model.grpo.num_generations=null"]
     monkeypatch.chdir(ROOT)
     (tmp_path / "over.yaml").write_text("model:\n  init_args:\n    grpo:\n      mini_batch_size: 8\n"
                                         "      epsilon_high: 0.28\n")
@@ -171,6 +174,9 @@ def test_a_grpo_setting_is_set_to_null_on_the_command_line(tmp_path, monkeypatch
                           "--model.init_args.grpo.epsilon_high", "None", "--model.grpo.num_iterations=2"], run=False)
     grpo = cli.model.config
     assert grpo.mini_batch_size is None and grpo.epsilon_high is None and grpo.num_iterations == 2
+    cli = LitVR1CLI(args=["--config", "configs/quickstart.yaml", f"--trainer.default_root_dir={tmp_path}",
+                          "--model.grpo.scale_rewards=none"], run=False)
+    assert cli.model.config.scale_rewards == "none"
     assert grpo.num_generations == 8 and grpo.max_completion_length == 40  # the quickstart's own
 
 

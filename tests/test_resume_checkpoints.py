@@ -206,3 +206,15 @@ def test_fast_dev_run_writes_no_checkpoint(tmp_path):
     ckpt = ModelCheckpoint(dirpath=tmp_path / "c", every_n_train_steps=2, save_last=True)
     _sft_fit(tmp_path, [ckpt], fast_dev_run=True)
     assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())
+
+
+def test_a_stop_asked_at_an_epochs_end_saves_last_ckpt_at_that_step(tmp_path):
+    """EarlyStopping without validation decides at the training epoch's end, after the batch end's save
+    (helper-70): last.ckpt stayed at the previous periodic save."""
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "c", every_n_train_steps=3, save_last=True)
+    stop = EarlyStopping(monitor="train/loss", mode="min", patience=1, min_delta=1e9, check_on_train_epoch_end=True)
+    trainer = _sft_fit(tmp_path, [stop, ckpt], max_steps=8, limit_val_batches=0)
+    assert trainer.global_step == 4  # 2 steps an epoch: the second epoch's end stops the fit
+    assert torch.load(tmp_path / "c" / "last.ckpt", weights_only=False)["global_step"] == 4

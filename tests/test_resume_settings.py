@@ -177,6 +177,29 @@ def test_a_resume_with_other_grpo_settings_names_each_change(samples, tmp_path):
         _fit(module(temperature=0.5, micro_batch_size=2), loader, tmp_path, 4, ckpt_path="last")
 
 
+def test_a_ptst_run_resumes_without_a_settings_note(samples, tmp_path):
+    """PTST sets the stage's G and length on the module's config, which the hyper_parameters hold too:
+    every PTST resume warned of a change (helper-70). The checkpoint keeps the configured ones."""
+    from callbacks import PTST
+    from lit_vr1.config import GRPOConfig
+    from lit_vr1.grpo import GRPOModule
+    from tests.helpers import LengthReward
+
+    def module():
+        return GRPOModule(model="tiny:qwen2_5_vl", rewards=[LengthReward()], optimizer=adamw(),
+                          grpo=GRPOConfig(num_generations=2, max_completion_length=4))
+
+    stages = [{"max_completion_length": 3, "num_generations": 3, "steps": 10}]
+    loader = DataLoader(samples[:8], batch_size=2, collate_fn=collate)
+    _fit(module(), loader, tmp_path, 1, callbacks=[PTST(stages)])
+    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["hyper_parameters"]["grpo"]
+    assert (saved["num_generations"], saved["max_completion_length"]) == (2, 4)  # configured, not stage 0's 3 and 3
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="this resume trains with other")
+        trainer = _fit(module(), loader, tmp_path, 2, ckpt_path="last", callbacks=[PTST(stages)])
+    assert trainer.lightning_module.config.num_generations == 3  # the stage in force
+
+
 # -- the training order of a mid-epoch resume ---------------------------------------------------
 class BatchIds(Callback):
     """The ids of every training batch, in order."""
