@@ -400,12 +400,13 @@ def test_the_skip_message_covers_infinite_rewards():
     from lit_vr1.grpo import GRPOModule
 
     learner = SimpleNamespace(reduce_sum=lambda t: t, device="cpu")
-    reason = GRPOModule._skip_reason(learner, 0.0, 0.0, False)
+    assert GRPOModule._skip_flags(learner, 0.0, 0.0, False) == (False, False, False)  # finite; no scored token
+    reason = GRPOModule._reason(learner, 0.0, 0.0, False, False)
     assert "no reward gave a finite value: each was nan, not applicable or failed, or infinite" in reason
     assert "truncated" not in reason
     # with truncated completions left out of the loss, that is named too
     learner.config = SimpleNamespace(mask_truncated_completions=True)
-    reason = GRPOModule._skip_reason(learner, 0.0, 0.0, False)
+    reason = GRPOModule._reason(learner, 0.0, 0.0, False, False)
     assert ("each completion was unscored (no reward gave a finite value" in reason
             and "model.grpo.mask_truncated_completions=true leaves truncated ones out of the loss" in reason)
 
