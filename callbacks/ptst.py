@@ -113,8 +113,7 @@ class PTST(Callback):
 
             per = [rollout_steps(batch_size * s.num_generations, grpo.mini_batch_size, grpo.num_iterations)[1]
                    for s in self.stages]
-            nominal = [sum(s.steps for s in self.stages[:i]) for i in range(len(self.stages))]
-            moved = [(i, a, n) for i, (a, n) in enumerate(zip(applied_starts(self.stages, per), nominal)) if a != n]
+            moved = [(i, a, n) for i, (a, n) in enumerate(zip(applied_starts(self.stages, per), starts)) if a != n]
             if moved:
                 rank_zero_warn("callbacks.PTST: a stage takes over at a rollout's end (its rollouts take "
                                f"{', '.join(map(str, per))} optimiser steps by stage), so "

@@ -404,10 +404,7 @@ def fit_setup(module: Any) -> FitSetup:
         deepspeed_config=dict((getattr(strategy, "config", None) or {}) if parallel.is_deepspeed(strategy) else {}),
         tensor_parallel=parallel.tensor_parallel_size(strategy, getattr(module, "device_mesh", None)),
         export_dir=getattr(module, "export_dir", None),
-        trainer_clip=getattr(trainer, "gradient_clip_val", None) if grpo is not None else None,
-        trainer_accumulation=getattr(trainer, "accumulate_grad_batches", 1) if grpo is not None else 1,
-        trainer_clip_algorithm=getattr(trainer, "gradient_clip_algorithm", None) if grpo is not None else None,
-        callback_classes=_callback_classes(callbacks),
+        **_trainer_settings(grpo, trainer),
         box_frame=getattr(module, "box_frame", None),
         reward_frames=[(i, type(r).__name__, r.box_frame) for i, r in enumerate(getattr(module, "rewards", None) or [])
                        if getattr(r, "box_frame", None) is not None],
@@ -437,12 +434,15 @@ def check_trainer(module: Any, trainer: Any) -> None:
     averaging). The CLI calls this first (``LitVR1CLI.before_fit``); the module's ``setup`` again,
     for a fit from Python."""
     grpo = getattr(module, "config", None) if not getattr(module, "automatic_optimization", True) else None
-    setup = FitSetup(grpo=grpo, trainer_clip=getattr(trainer, "gradient_clip_val", None) if grpo is not None else None,
-                     trainer_accumulation=getattr(trainer, "accumulate_grad_batches", 1) if grpo is not None else 1,
-                     trainer_clip_algorithm=getattr(trainer, "gradient_clip_algorithm", None) if grpo is not None else None,
-                     callback_classes=_callback_classes(getattr(trainer, "callbacks", None) or []))
+    setup = FitSetup(grpo=grpo, **_trainer_settings(grpo, trainer))
     refuse([p for rule_fn in TRAINER_RULES if (p := rule_fn(setup))])
 
 
-def _callback_classes(callbacks: list[Any]) -> list[set[str]]:
-    return [{c.__name__ for c in type(cb).__mro__} for cb in callbacks]
+def _trainer_settings(grpo: Any, trainer: Any) -> dict[str, Any]:
+    """The FitSetup fields read from the Trainer: its clip and accumulation settings (GRPO's
+    only: SFT's automatic optimisation takes them) and its callbacks' class names."""
+    grpo_only = grpo is not None
+    return {"trainer_clip": getattr(trainer, "gradient_clip_val", None) if grpo_only else None,
+            "trainer_accumulation": getattr(trainer, "accumulate_grad_batches", 1) if grpo_only else 1,
+            "trainer_clip_algorithm": getattr(trainer, "gradient_clip_algorithm", None) if grpo_only else None,
+            "callback_classes": [{c.__name__ for c in type(cb).__mro__} for cb in getattr(trainer, "callbacks", None) or []]}
