@@ -378,12 +378,8 @@ class GRPOModule(VLMModule):
         loss_bad, norm_bad, tokens = self.reduce_sum(flags).tolist()
         return bool(loss_bad), bool(norm_bad), bool(tokens)
 
-    def _skip_reason(self, loss: float, grad_norm: float, has_tokens: bool) -> str | None:
-        """Why this step must be skipped on every process (one all-reduce, so all agree), or None."""
-        loss_bad, norm_bad, tokens = self._skip_flags(loss, grad_norm, has_tokens)
-        return self._reason(loss, grad_norm, loss_bad or norm_bad, tokens)
-
     def _reason(self, loss: float, grad_norm: float, bad: bool, tokens: bool) -> str | None:
+        """Why this step must be skipped on every process (from :meth:`_skip_flags`' agreed flags), or None."""
         if bad:
             return f"loss {loss}, gradient norm {grad_norm}: not finite on every process"
         if not tokens:
