@@ -98,7 +98,7 @@ def test_a_parquet_file_is_named_for_what_it_is(tmp_path):
     with open(f, "wb") as out:
         out.write(b"PAR1" + b"\x00" * 64)
     with pytest.raises(DataError, match=r"a Parquet file \(verl's and EasyR1's data format\), not JSON lines.*"
-                                        r"read_parquet"):
+                                        r"python -m lit_vr1.data.parquet .*data.jsonl .*data_converted.jsonl --images "):
         JsonlDataset(f, d)
 
 

@@ -757,8 +757,9 @@ def read_records(data_files: str, image_folders: str, reward_methods: str | None
 
 # the first bytes of data files that are not JSON lines, and what to do about each
 OTHER_FORMATS = {b"PAR1": ("a Parquet file (verl's and EasyR1's data format)",
-                           "convert it: pandas.read_parquet(path).to_json(out, orient='records', lines=True), with each "
-                           "row's image written to a file of the image folder and its 'image' field naming it"),
+                           "convert it, its images written to files: python -m lit_vr1.data.parquet {path} "
+                           "{stem}.jsonl --images {stem}_images (then train on {stem}.jsonl with the image folder "
+                           "{stem}_images)"),
                  b"PK\x03\x04": ("a zip archive", "unzip it and give the JSONL file inside")}
 
 
@@ -769,6 +770,8 @@ def refuse_other_formats(path: str) -> None:
         head = f.read(4)
     for magic, (what, fix) in OTHER_FORMATS.items():
         if head.startswith(magic):
+            stem = os.path.splitext(path)[0]
+            fix = fix.format(path=path, stem=stem if stem + ".jsonl" != path else stem + "_converted")
             raise DataError(f"{path}: {what}, not JSON lines (one JSON object per line, as VLM-R1's data is): {fix}")
 
 

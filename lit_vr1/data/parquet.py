@@ -1,0 +1,356 @@
+"""Parquet data of verl, EasyR1, R1-V and TRL -> lit-vr1 JSON lines, images written as files.
+
+    python -m lit_vr1.data.parquet train.parquet train.jsonl --images images/ [--bad-rows skip]
+
+Then train with ``--data.train_files train.jsonl --data.train_images images/``.
+
+Each row becomes one JSON line ``{"id", "image", "problem", "solution", "system", ...}``, in the
+file's row order, read the way these systems' loaders read it:
+
+* the question: column ``problem`` (EasyR1, R1-V) or ``question``, as text with an ``<image>``
+  marker where each image goes (none: the images go first); or ``prompt`` / ``messages``, a
+  chat (verl, TRL): ``[{"role": "system" | "user" | "assistant", "content": ...}]``, whose
+  content is text with ``<image>`` markers or a list of parts (``{"type": "text", "text": ...}``,
+  ``{"type": "image"}``, each image part a marker). A chat holds one user turn; its system turn
+  becomes the row's ``system`` prompt and an assistant turn after the question its answer.
+  A ShareGPT ``conversations`` column is kept as it is (lit-vr1 reads that layout itself).
+* the answer: column ``solution`` (R1-V), ``answer`` (EasyR1), verl's
+  ``reward_model.ground_truth`` or ``ground_truth``; a list of one string is that string. None
+  of them: the row is unlabelled (R1V-Free).
+* the images: column ``images`` (a list) or ``image`` (one). An entry is a Hugging Face image
+  (``{"bytes": ..., "path": ...}``), raw bytes, or a path. Bytes are written to the image folder
+  as ``<sha256 prefix>.<format>`` (an image used by several rows is written once, and a second
+  run writes nothing new); a path without bytes is kept, relative to the image folder (EasyR1's
+  ``image_dir``: give that folder as ``--images``).
+* the id: column ``id``, else ``<file stem>-<row>`` (rows counted from 0, as pandas numbers them).
+* every other column whose values are JSON (verl's ``data_source``, ``ability``, ``extra_info``)
+  is kept: a :class:`~lit_vr1.rewards.function.FunctionReward` reads such columns by name.
+  Columns of bytes are left out and named in the summary.
+
+Every line written is checked as training will read it (:func:`lit_vr1.data.jsonl.parse_line`:
+markers against images, images readable, boxes inside their image); a bad row stops the
+conversion naming the Parquet row and the field, or with ``--bad-rows skip`` is left out and
+counted (the images it wrote stay in the folder, unnamed by any line). Columns ``videos`` /
+``video`` that hold anything are refused (lit-vr1 trains on images).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+from lit_vr1.data.jsonl import BAD_ROWS, VIDEO_FIELDS, DataError, parse_line
+
+QUESTION_COLUMNS = ("problem", "question", "prompt", "messages")
+ANSWER_COLUMNS = ("solution", "answer", "reward_model.ground_truth", "ground_truth")
+IMAGE_COLUMNS = ("images", "image")
+FORMAT_SUFFIX = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif",
+                 "MPO": ".jpg"}
+READ_ROWS = 256  # rows decoded from the file at a time (a Parquet file of images can be larger than memory)
+LISTED = 5
+
+
+class ParquetError(ValueError):
+    """A row (or file) lit-vr1 cannot convert; the message names the file, the row and the column."""
+
+
+@dataclass
+class Converted:
+    """What a conversion wrote: lines, images written and found already there, rows left out."""
+
+    lines: int = 0
+    images_written: int = 0
+    images_present: int = 0
+    skipped: list[str] = field(default_factory=list)  # "row N: reason" of rows left out under --bad-rows skip
+    dropped_columns: set[str] = field(default_factory=set)  # columns of bytes, not JSON
+
+    def summary(self) -> str:
+        out = (f"{_count(self.lines, 'row')}, {_count(self.images_written, 'image')} written to the image folder "
+               f"({self.images_present} already there)")
+        if self.skipped:
+            more = f"; and {len(self.skipped) - LISTED} more" if len(self.skipped) > LISTED else ""
+            out += f"; left out {_count(len(self.skipped), 'bad row')}: {'; '.join(self.skipped[:LISTED])}{more}"
+        if self.dropped_columns:
+            out += f"; columns not kept (bytes, not JSON): {', '.join(sorted(self.dropped_columns))}"
+        return out
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"
+
+
+def column(row: dict, name: str) -> Any:
+    """The value of ``name`` in ``row``; a dotted name reads a struct column's field (None: absent)."""
+    value: Any = row
+    for part in name.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def _first(row: dict, names: tuple[str, ...]) -> tuple[str | None, Any]:
+    """(name, value) of the first of ``names`` that ``row`` holds with a value (None, None: none)."""
+    for name in names:
+        value = column(row, name)
+        if value is not None:
+            return name, value
+    return None, None
+
+
+def content_text(content: Any, where: str) -> str:
+    """A chat turn's content as text: a string as it is; a list of parts joined, each image
+    part an ``<image>`` marker (TRL's and OpenAI's multimodal content)."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise ParquetError(f"{where}: a chat turn's content must be text or a list of parts, got "
+                           f"{type(content).__name__}")
+    out = []
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text":
+            out.append(part.get("text") or "")
+        elif kind in ("image", "image_url"):
+            out.append("<image>")
+        else:
+            raise ParquetError(f"{where}: a content part of type {kind!r}; lit-vr1 reads 'text' and 'image' parts")
+    return "".join(out)
+
+
+def chat(messages: Any, where: str) -> tuple[str, str | None, str | None]:
+    """(question, system prompt or None, answer or None) of a chat: optional system turns, one
+    user turn, then at most one assistant turn."""
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        raise ParquetError(f"{where}: a chat must be a list of {{'role', 'content'}} turns")
+    roles = [m.get("role") for m in messages]
+    shape = "optional system turns, one user turn (the question), then at most one assistant turn (its answer)"
+    if roles.count("user") != 1 or any(r not in ("system", "user", "assistant") for r in roles):
+        raise ParquetError(f"{where}: the chat's turns are {', '.join(map(str, roles))}; a row is {shape}: a "
+                           "multi-turn dialogue is not read (one row per question)")
+    at = roles.index("user")
+    if any(r != "system" for r in roles[:at]) or roles[at + 1:] not in ([], ["assistant"]):
+        raise ParquetError(f"{where}: the chat's turns are {', '.join(roles)}; a row is {shape}")
+    system = "\n".join(content_text(m.get("content"), where) for m in messages[:at]) or None
+    answer = content_text(messages[at + 1].get("content"), where) if at + 1 < len(messages) else None
+    return content_text(messages[at].get("content"), where), system, answer
+
+
+def image_name(data: bytes, where: str) -> str:
+    """``<sha256 prefix>.<format>`` of an image's bytes (a :class:`ParquetError` when PIL cannot read them)."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            kind = im.format or ""
+    except UnidentifiedImageError:
+        raise ParquetError(f"{where}: its {len(data)} bytes are not an image PIL can read (no known image format)") \
+            from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise ParquetError(f"{where}: its bytes are not an image PIL can read ({e})") from None
+    return hashlib.sha256(data).hexdigest()[:24] + FORMAT_SUFFIX.get(kind, "." + kind.lower())
+
+
+def image_entries(value: Any) -> list[Any]:
+    """The image entries of an image column's value (one entry, or a list of them)."""
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def save_images(value: Any, folder: str, where: str, converted: Converted) -> list[str]:
+    """Names (relative to ``folder``) of a row's images, bytes written to files on the way."""
+    names = []
+    for k, entry in enumerate(image_entries(value), start=1):
+        at = f"{where}, image {k}"
+        data, path = (entry.get("bytes"), entry.get("path")) if isinstance(entry, dict) else (entry, None)
+        if isinstance(data, str):
+            data, path = None, data
+        if data is None:
+            if not isinstance(path, str) or not path:
+                raise ParquetError(f"{at}: neither bytes nor a path")
+            names.append(path)
+            continue
+        if not isinstance(data, (bytes, bytearray)):
+            raise ParquetError(f"{at}: an image must be bytes, a path or {{'bytes', 'path'}}, got "
+                               f"{type(data).__name__}")
+        name = image_name(bytes(data), at)
+        target = os.path.join(folder, name)
+        if os.path.isfile(target) and os.path.getsize(target) == len(data):
+            converted.images_present += 1
+        else:
+            with open(target + ".part", "wb") as f:
+                f.write(data)
+            os.replace(target + ".part", target)  # a run stopped mid-write leaves no half image under the name
+            converted.images_written += 1
+        names.append(name)
+    return names
+
+
+def answer_of(row: dict, answer_key: str | None, where: str) -> tuple[str | None, Any]:
+    """(column, answer) of a row: a list of one string is that string; None: unlabelled."""
+    name, value = _first(row, (answer_key,) if answer_key else ANSWER_COLUMNS)
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
+        if len(value) > 1:
+            raise ParquetError(f"{where}: column {name!r} holds {len(value)} answers ({json.dumps(list(value))[:120]}); "
+                               "a row has one answer: keep the one the reward should check")
+        value = value[0]
+    return name, value
+
+
+def jsonable(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def convert_row(row: dict, row_id: str, folder: str, where: str, converted: Converted,
+                keys: dict[str, str | None]) -> dict:
+    """One Parquet row as a lit-vr1 JSON line (its images written to ``folder``)."""
+    video = next((k for k in row if k.lower() in VIDEO_FIELDS and row[k] not in (None, "", [])), None)
+    if video is not None:
+        raise ParquetError(f"{where}: column {video!r} holds a video; lit-vr1 trains on images (give sampled frames "
+                           "as images, or leave the row out)")
+    line: dict[str, Any] = {"id": row["id"] if row.get("id") is not None else row_id}
+    used = {"id"}
+    q_name, question = _first(row, (keys["question"],) if keys["question"] else QUESTION_COLUMNS)
+    system, answer = None, None
+    if isinstance(row.get("conversations"), list) and q_name is None:
+        line["conversations"] = row["conversations"]
+        used.add("conversations")
+    elif q_name is None:
+        raise ParquetError(f"{where}: no question: the row has none of the columns {', '.join(QUESTION_COLUMNS)} "
+                           f"(its columns: {', '.join(row)}); name it with --question-key")
+    elif isinstance(question, str):
+        line["problem"] = question
+    else:
+        line["problem"], system, answer = chat(question, f"{where}, column {q_name!r}")
+    if q_name is not None:
+        used.add(q_name.split(".")[0])
+    if row.get("system") is not None:
+        if system is not None:
+            raise ParquetError(f"{where}: a system prompt in column 'system' and in the chat's system turn: give it once")
+        system = row["system"]
+        used.add("system")
+    if system is not None:
+        line["system"] = system
+    a_name, solution = answer_of(row, keys["answer"], where)
+    if a_name is not None:
+        used.add(a_name.split(".")[0])
+        line["solution"] = solution
+    elif answer is not None:
+        line["solution"] = answer
+    i_name, images = _first(row, (keys["image"],) if keys["image"] else IMAGE_COLUMNS)
+    if i_name is not None:
+        used.add(i_name)
+        names = save_images(images, folder, f"{where}, column {i_name!r}", converted)
+        if names:
+            line["image"] = names if len(names) > 1 else names[0]
+    known = {*QUESTION_COLUMNS, *(c.split(".")[0] for c in ANSWER_COLUMNS), "system", "conversations"}
+    for name, value in row.items():
+        if name in used or name in line or name in IMAGE_COLUMNS or (name in known and value is None):
+            continue
+        if jsonable(value):
+            line[name] = value
+        else:
+            converted.dropped_columns.add(name)
+    return line
+
+
+def rows(path: str) -> Iterator[dict]:
+    """The rows of a Parquet file as dicts, a few hundred decoded at a time."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ParquetError("reading Parquet needs pyarrow: pip install pyarrow (or pip install 'lit-vr1[parquet]')") \
+            from None
+    try:
+        reader = pq.ParquetFile(path)
+    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+        raise ParquetError(f"{path}: not a Parquet file pyarrow can read ({e})") from None
+    for batch in reader.iter_batches(batch_size=READ_ROWS):
+        yield from batch.to_pylist()
+
+
+def convert(path: str, out: str, folder: str, bad_rows: str = "raise", question_key: str | None = None,
+            answer_key: str | None = None, image_key: str | None = None, check_boxes: bool = True) -> Converted:
+    """Write ``out`` (JSON lines) and the images of ``path`` into ``folder``; see the module's doc."""
+    if bad_rows not in BAD_ROWS:
+        raise ParquetError(f"--bad-rows {bad_rows!r}: one of {', '.join(BAD_ROWS)}")
+    os.makedirs(folder, exist_ok=True)
+    converted = Converted()
+    keys = {"question": question_key, "answer": answer_key, "image": image_key}
+    try:
+        with open(out + ".part", "w") as f:
+            for i, row in enumerate(rows(path)):
+                text = _checked_line(row, i, path, out, folder, converted, keys, check_boxes, bad_rows)
+                if text is not None:
+                    f.write(text + "\n")
+                    converted.lines += 1
+    except BaseException:
+        Path(out + ".part").unlink(missing_ok=True)  # no half-written file beside the data
+        raise
+    os.replace(out + ".part", out)
+    return converted
+
+
+def _checked_line(row: dict, i: int, path: str, out: str, folder: str, converted: Converted,
+                  keys: dict[str, str | None], check_boxes: bool, bad_rows: str) -> str | None:
+    """Row ``i`` as a JSON line checked as training reads it; None when it is left out (--bad-rows skip)."""
+    where = f"{path} row {i}"
+    lineno = converted.lines + 1
+    try:
+        text = json.dumps(convert_row(row, f"{Path(path).stem}-{i}", folder, where, converted, keys),
+                          ensure_ascii=False)
+        try:
+            parse_line(text, out, lineno, folder, check_boxes=check_boxes)
+        except DataError as e:  # parse_line names out:line; the row of the Parquet file is what to fix
+            raise ParquetError(f"{where}: {str(e).removeprefix(f'{out}:{lineno}: ')}") from None
+    except ParquetError as e:
+        if bad_rows == "raise":
+            raise ParquetError(f"{e} (or leave such rows out with --bad-rows skip)") from None
+        converted.skipped.append(str(e).removeprefix(f"{path} "))
+        return None
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m lit_vr1.data.parquet", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("parquet", help="the Parquet file (verl, EasyR1, R1-V, TRL / Hugging Face datasets)")
+    p.add_argument("out", help="the JSON lines file to write")
+    p.add_argument("--images", required=True, help="the image folder: embedded images are written there, and image "
+                                                   "paths are read relative to it (give it as data.train_images)")
+    p.add_argument("--bad-rows", default="raise", choices=BAD_ROWS, help="raise: stop at the first bad row (default); "
+                                                                         "skip: leave bad rows out and count them")
+    p.add_argument("--question-key", help="the question's column, when it is not one of " + ", ".join(QUESTION_COLUMNS))
+    p.add_argument("--answer-key", help="the answer's column (a.b reads field b of struct column a), when it is not "
+                                        "one of " + ", ".join(ANSWER_COLUMNS))
+    p.add_argument("--image-key", help="the images' column, when it is not one of " + ", ".join(IMAGE_COLUMNS))
+    p.add_argument("--no-check-boxes", action="store_true", help="bracketed number lists in answers are not boxes "
+                                                                 "(data.check_boxes=false)")
+    a = p.parse_args(argv)
+    try:
+        if not os.path.isfile(a.parquet):
+            raise ParquetError(f"{a.parquet}: no such file")
+        converted = convert(a.parquet, a.out, a.images, a.bad_rows, a.question_key, a.answer_key, a.image_key,
+                            not a.no_check_boxes)
+    except ParquetError as e:
+        print(f"lit_vr1.data.parquet: error: {e}", file=sys.stderr)
+        return 2
+    print(f"{a.out}: {converted.summary()}\ntrain with --data.train_files {a.out} --data.train_images {a.images}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
