@@ -2,7 +2,7 @@
 
     python benchmarks/memory.py [--steps 3] [--prompts 4] [--generations 4] [--completion 32]
                                 [--hidden 512] [--layers 4] [--vision-hidden 256] [--vision-depth 2] [--canvas 112]
-                                [--precision 32-true] [--variants NAME,NAME]
+                                [--precision 32-true] [--variants NAME,NAME | checkpointing]
 
 Each variant runs in its own Python process (so one variant's allocations cannot hide
 another's peak): it builds a tiny random Qwen2.5-VL of the given sizes, runs ``--steps``
@@ -23,6 +23,10 @@ At these tiny sizes the activations of 16 sequences are as large as the weights,
 saving (no reference copy, no gradient or optimiser state for the base) is partly eaten by
 LoRA dropout, which keeps a dropped copy of every adapted layer's input for the backward
 pass: hence the two LoRA rows. At real sizes (billions of parameters) the weights dominate.
+
+``--variants checkpointing`` runs the activation-checkpointing rows instead (full fine-tuning
+without checkpointing first, then each of them), whose cost grows with the prompt's length: use large images
+(``--canvas 448``: 256 image tokens a prompt).
 
 Prints one markdown table. Memory figures are CPU RSS in MiB; on GPU the same differences
 show up in ``torch.cuda.max_memory_allocated``.
@@ -46,7 +50,13 @@ VARIANTS = {
     "freeze_vision=true": {"freeze_vision": True},
     "LoRA r=16, dropout 0.05": {"lora": 0.05},
     "LoRA r=16, dropout 0": {"lora": 0.0},
+    # activation checkpointing: shared prompts kept under it (lit_vr1/replay_cache.py), and the repeated prompts
+    # it fell back to until 2026-12-06 (grpo.shared_prompt=false gives that path)
+    "gradient_checkpointing=true": {"gradient_checkpointing": True},
+    "gradient_checkpointing=true, prompts repeated": {"gradient_checkpointing": True, "shared_prompt": False},
+    "shared_prompt=false": {"shared_prompt": False},
 }
+CHECKPOINTING = [n for n in VARIANTS if "gradient_checkpointing" in n or "shared_prompt" in n]
 
 
 def rss_mib() -> float:
@@ -102,7 +112,7 @@ def child(name: str, args) -> dict:
                     vision_heads=max(1, args.vision_hidden // 64))
     # eos suppressed so that every completion has exactly --completion tokens: the same work in every variant
     cfg = GRPOConfig(num_generations=args.generations, max_completion_length=args.completion, beta=0.04,
-                     gradient_clip_val=1.0)
+                     gradient_clip_val=1.0, shared_prompt=options.pop("shared_prompt", True))
     module = GRPOModule(model="tiny:qwen2_5_vl", tiny_spec=spec, rewards=[CompletionLength()], grpo=cfg, seed=0,
                         optimizer=lambda p: torch.optim.AdamW(p, lr=1e-4), **options)
     module.loop.suppress_ids = tuple(module.loop.suppress_ids) + (
@@ -153,7 +163,9 @@ def main() -> None:
     from lit_vr1.models.precision import MIXED_PRECISION_DTYPES
 
     mixed = args.precision in MIXED_PRECISION_DTYPES  # the float32-reference row differs from the first only then
-    names = args.variants.split(",") if args.variants else [n for n in VARIANTS if mixed or "float32 reference" not in n]
+    default = [n for n in VARIANTS if (mixed or "float32 reference" not in n) and n not in CHECKPOINTING]
+    names = ["full fine-tuning", *CHECKPOINTING] if args.variants == "checkpointing" else (
+        args.variants.split(",") if args.variants else default)
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         p.error(f"--variants: {', '.join(unknown)} not among {', '.join(VARIANTS)}")

@@ -249,7 +249,8 @@ def detection_prompts(samples: list[Sample], prompting: str = "all",
 
     "all" (COCO style): each sample's own prompt, naming all its categories at once.
     "per_category" (ODINW style): one prompt per category present in the sample's ground
-    truth, from ``template``; the category then labels every box of that answer.
+    truth, from ``template``; the category then labels every box of that answer. A row of
+    several images gets them all before the template's text (its markers dropped), in order.
     """
     if prompting not in PROMPTINGS:
         raise ValueError(f"detection prompting={prompting!r} is not valid; choose one of {', '.join(PROMPTINGS)}")
@@ -263,6 +264,8 @@ def detection_prompts(samples: list[Sample], prompting: str = "all",
             categories.setdefault(normalize_label(b.label), b.label.strip())
         for c in categories.values():
             question = template.format(category=c)
+            if question.count("<image>") not in (0, len(s.images)):  # the template's one marker, a row of several
+                question = question.replace("<image>", "")  # images: all of them go first, in the row's order
             messages = build_messages(question, len(s.images), system=system_text(s.messages))
             out.append((i, replace(s, question=question, messages=messages), c))
     return out

@@ -17,7 +17,7 @@ from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 
-from lit_vr1 import allocator, log_dirs, oom, parallel, preemption, resume_optimisers
+from lit_vr1 import allocator, log_dirs, oom, parallel, preemption, replay_cache, resume_optimisers
 from lit_vr1.checkpoint import (
     allow_saved_settings,
     gather_rng_states,
@@ -342,6 +342,7 @@ class VLMModule(LightningModule):
                     enable({"use_reentrant": False})
                 else:
                     self.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                replay_cache.keep_cache_under_checkpointing(self.policy)  # shared prompts under checkpointing
 
     def configure_optimizers(self):
         params = [p for p in self.policy.parameters() if p.requires_grad]

@@ -45,8 +45,9 @@ def predict_records(model: PreTrainedModel, processor: ProcessorMixin, samples: 
     the answer rewards read: inside the last ``<answer>`` tags, else after ``</think>``, else
     the whole text), ``truncated`` (no end of turn within ``max_new_tokens``: the answer may be
     cut short), the parsed boxes (``bbox_2d`` in original-image pixels, ``label``; [] when none
-    parse), the image sizes (``box_frame``: the frame the model writes boxes in; None: its
-    family's) and the solution (null for an unlabelled row)."""
+    parse), the image files (the image folder joined to the row's paths) and sizes (``box_frame``:
+    the frame the model writes boxes in; None: its family's) and the solution (null for an
+    unlabelled row)."""
     box_frame = frame_of(model, box_frame)
     rollout = greedy_rollout(model, processor, samples, max_new_tokens)
     out = []
@@ -57,6 +58,7 @@ def predict_records(model: PreTrainedModel, processor: ProcessorMixin, samples: 
             "source": sample.source, "prompt": ctx.prompt, "completion": text, "answer": answer_text(text).strip(),
             "truncated": bool(cut),
             "boxes": [{"bbox_2d": [round(v, 2) for v in b.box], "label": b.label} for b in boxes],
+            "images": list(sample.image_paths),  # the row's image files, in order (a picture shows the first)
             "image_sizes": [list(s) for s in sample.image_sizes],
             "input_sizes": [list(s) for s in ctx.input_sizes], "box_frame": box_frame,  # the completion's frame
             "solution": (None if not has_answer(sample.solution) else

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from transformers import DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from lit_vr1 import decode_graph, kv_cache
+from lit_vr1 import decode_graph, kv_cache, replay_cache
 from lit_vr1.config import SamplingConfig
 from lit_vr1.loss import sampling_logits, token_logprobs
 from lit_vr1.models import families
@@ -77,10 +77,9 @@ def unsupported_reason(model: nn.Module) -> str | None:
     if family is None or family.name not in SHARED_FAMILIES:
         name = family.name if family is not None else type(base_model(model)).__name__
         return f"model family {name} (shared prompt passes support {', '.join(SHARED_FAMILIES)})"
-    base = base_model(model)
-    name = "is_activation_checkpointing" if hasattr(base, "is_activation_checkpointing") else "is_gradient_checkpointing"
-    if getattr(base, name, False):
-        return "gradient_checkpointing (transformers turns the key/value cache off under it)"
+    if replay_cache.cache_dropped(base_model(model)):
+        return ("gradient_checkpointing with a transformers whose checkpointed layers drop the key/value cache "
+                "(lit-vr1 keeps it where transformers' layers have the _can_checkpoint_with_cache switch)")
     return None
 
 
@@ -150,13 +149,16 @@ def select_cache_rows(cache: DynamicCache, index: Tensor) -> None:
             layer.values = layer.values.index_select(0, index)
 
 
-def prompt_pass(model: nn.Module, prompt: dict[str, Tensor], features: BaseModelOutputWithPooling | None = None) -> PromptPass:
-    """Run the prompts once, keeping their cache (and the autograd graph when grads are on)."""
+def prompt_pass(model: nn.Module, prompt: dict[str, Tensor], features: BaseModelOutputWithPooling | None = None,
+                cache: DynamicCache | None = None) -> PromptPass:
+    """Run the prompts once, keeping their cache (and the autograd graph when grads are on);
+    ``cache``: the empty cache to fill (a :class:`~lit_vr1.replay_cache.ReplayCache` for a pass
+    that trains; None: a ``DynamicCache``, which the sampler's decoding steps write on)."""
     inputs = dict(prompt)
     if features is not None:
         inputs.pop("pixel_values", None)
         inputs["mm_encoder_outputs"] = {"image": features}
-    cache = DynamicCache()  # filled in place by the forward
+    cache = DynamicCache() if cache is None else cache  # filled in place by the forward
     out = model(**inputs, **with_cache(model, cache), use_cache=True, logits_to_keep=1)
     return PromptPass(cache, out.logits[:, -1], next_positions(model, prompt), prompt["attention_mask"])
 
@@ -183,13 +185,18 @@ def completion_logits(model: nn.Module, rollout: Rollout, rows: Tensor, features
     completion_ids, completion_mask = rollout.completion_ids[rows], rollout.completion_mask[rows]
     uniq, inverse = torch.unique(rollout.prompt_index(rows), return_inverse=True)
     feats = features.select(uniq.tolist()) if features is not None else None
-    shared = prompt_pass(model, rollout.prompt_rows(uniq), feats).select(inverse.to(completion_ids.device))
+    # each pass writes its own ReplayCache: a checkpointed layer replayed in backward rewrites nothing
+    cache = replay_cache.ReplayCache()
+    shared = prompt_pass(model, rollout.prompt_rows(uniq), feats, cache).select(inverse.to(completion_ids.device))
+    if cache.get_seq_length() == 0:  # a layer dropped the cache: the completions would be scored without their prompt
+        raise RuntimeError("the prompt pass left its key/value cache empty (a checkpointed layer dropped it?); "
+                           "set model.grpo.shared_prompt=false")
     first = shared.last_logits[:, None]
     if completion_ids.shape[1] == 1:
         return first
     mask = torch.cat([shared.attention_mask, completion_mask[:, :-1].to(shared.attention_mask.dtype)], dim=1)
-    out = model(input_ids=completion_ids[:, :-1], attention_mask=mask, **with_cache(model, shared.cache), use_cache=True,
-                position_ids=_text_positions(shared.next_position, completion_ids.shape[1] - 1))
+    out = model(input_ids=completion_ids[:, :-1], attention_mask=mask, **with_cache(model, cache.fork()),
+                use_cache=True, position_ids=_text_positions(shared.next_position, completion_ids.shape[1] - 1))
     return torch.cat([first, out.logits], dim=1)
 
 

@@ -87,6 +87,14 @@ BAD_AT_BUILD = [
      r"data\.jsonl:2: field 'video' is not read: lit-vr1 trains on images, not videos"),
     (json.dumps({"id": 9, "image": "a.png", "videos": ["a.png", "a.png"], "problem": "<image>Count.", "solution": "3"}),
      r"data\.jsonl:2: field 'videos' is not read: .*give sampled frames as images instead"),
+    # image markers spelled otherwise stayed text while the images went first, until 2026-12-06
+    (json.dumps({"id": 9, "image": ["a.png", "a.png"], "problem": "<Image> first <IMAGE> second", "solution": "1"}),
+     r"data\.jsonl:2: field 'problem' holds <IMAGE>, <Image>, which lit-vr1 does not read as an image marker"),
+    (json.dumps({"id": 9, "image": ["a.png", "a.png"], "problem": "Compare <image 1> and <image2>.", "solution": "1"}),
+     r"data\.jsonl:2: field 'problem' holds <image 1>, <image2>, .*write <image> \(lower case, no number\)"),
+    (json.dumps({"id": 9, "image": "a.png", "problem": "Count.", "system": "Look at <image> first.", "solution": "1"}),
+     r"data\.jsonl:2: the system prompt holds <image>; images go in the question only"),
+    (rec(9, gpt="<image> first"), r"data\.jsonl:2: field 'conversations' \(gpt turn\) holds <image>; images go in"),
 ]
 
 
@@ -94,7 +102,8 @@ BAD_AT_BUILD = [
     "malformed_json", "missing_field", "missing_image", "corrupt_image_header", "aspect_ratio", "empty_human_turn",
     "empty_problem", "rec_zero_area", "rec_out_of_image", "vr1_zero_area", "vr1_out_of_image", "vr1_negative",
     "rec_unit_box", "vr1_unit_box", "image_field_misspelled", "solution_field_misspelled", "image_pad_in_question",
-    "templated_question", "chat_turns_in_question", "internvl_tokens_in_question", "video_row", "videos_beside_image"])
+    "templated_question", "chat_turns_in_question", "internvl_tokens_in_question", "video_row", "videos_beside_image",
+    "marker_capitalised", "marker_numbered", "marker_in_system_prompt", "marker_in_answer"])
 def test_bad_rows_fail_when_the_data_is_read_naming_file_line_field(tmp_path, line, message):
     f, d = write(tmp_path, [rec(1), line, rec(3)])
     with pytest.raises(DataError, match=message):
@@ -401,3 +410,23 @@ def test_large_data_files_are_said_as_they_are_read(tmp_path, monkeypatch, caplo
     with caplog.at_level(logging.INFO):
         JsonlDataset(f, d)
     assert not [r for r in caplog.records if r.getMessage().startswith("data: ")]  # a small file: nothing
+
+
+def test_images_over_pils_bomb_limit_are_said_once_naming_the_file(tmp_path, monkeypatch):
+    """PIL warns of an image over its decompression-bomb limit at every decode, naming no file, and
+    refuses one over twice the limit with its own words: said once here, with the file and line
+    (the limit lowered to 1000 pixels: a.png is 40x30, full.png 64x64)."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    f, d = write(tmp_path, [rec(1), rec(2)])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        data = JsonlDataset(f, d)
+        data[0], data[1]
+    texts = [str(w.message) for w in caught]
+    assert not [t for t in texts if "decompression bomb DOS attack" in t]  # PIL's own, at every decode
+    (note,) = [t for t in texts if "decompression-bomb limit" in t]
+    assert note.startswith("2 image(s) over 0 Mpx") and "a.png at " in note and "data.jsonl:1, 40x30" in note
+    f, d = write(tmp_path, [rec(1, image="full.png", gpt="[1, 2, 30, 20]")], "big")
+    with pytest.raises(DataError, match=r"big\.jsonl:1: field 'image': .*full\.png is too large for PIL to open \(0 Mpx, "
+                                        r"over twice its decompression-bomb limit .*downscale the file"):
+        JsonlDataset(f, d)

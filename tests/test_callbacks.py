@@ -121,6 +121,8 @@ def test_predict_through_the_cli_writes_jsonl_and_pngs_for_three_images(tmp_path
     assert [r["id"] for r in lines] == ["train-0", "train-1", "train-2"]
     assert all(isinstance(r["completion"], str) and isinstance(r["boxes"], list) for r in lines)
     assert all(r["image_sizes"] == [[56, 56]] for r in lines)
+    rows = [json.loads(line) for line in open(src)]  # each prediction names the row's image files
+    assert [r["images"] for r in lines] == [[str(tmp_path / "prompts" / "images" / row["image"])] for row in rows]
     pngs = sorted(p.name for p in (out / "images").iterdir())
     assert pngs == ["train-0.png", "train-1.png", "train-2.png"]
     from PIL import Image

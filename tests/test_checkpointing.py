@@ -1,6 +1,7 @@
 """--model.gradient_checkpointing: the same loss and gradients, with the layers run again
 in the backward pass."""
 
+import pytest
 import torch
 
 from lit_vr1.sft import SFTModule
@@ -27,3 +28,104 @@ def test_checkpointing_recomputes_and_changes_nothing_else(samples):
     assert grads.keys() == grads_ckpt.keys() and len(grads) > 0
     for name in grads:
         torch.testing.assert_close(grads_ckpt[name], grads[name], atol=1e-6, rtol=1e-5)
+
+
+# Shared prompts under checkpointing (lit_vr1/replay_cache.py): the prompt pass's key/value cache, with its graph,
+# reaches the completion pass, and a checkpointed layer replayed in the backward pass rewrites nothing.
+
+def _batch(model_and_processor, samples):
+    from test_shared_prompt import make_batch
+
+    model, rollout = make_batch(model_and_processor, samples)
+    return model.train(), rollout
+
+
+def _logits_and_grads(model, rollout, weights):
+    from lit_vr1 import shared_prompt
+
+    model.zero_grad(set_to_none=True)
+    calls = []
+    hook = model.model.language_model.layers[0].self_attn.register_forward_hook(lambda *_: calls.append(1))
+    logits = shared_prompt.completion_logits(model, rollout, torch.arange(len(rollout)))
+    ids = rollout.completion_ids
+    (logits.log_softmax(-1).gather(-1, ids[..., None])[..., 0] * weights).sum().backward()
+    hook.remove()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return logits.detach(), grads, len(calls)
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen2_vl", "qwen3_vl"])
+def test_shared_prompts_under_checkpointing_give_the_same_logits_and_gradients(samples, family):
+    from lit_vr1 import replay_cache, shared_prompt
+    from lit_vr1.models.tiny import build_tiny
+
+    model, rollout = _batch(build_tiny(family, seed=0), samples)
+    weights = torch.randn(rollout.completion_ids.shape, generator=torch.Generator().manual_seed(1))
+    weights = weights * rollout.completion_mask
+    logits, grads, calls = _logits_and_grads(model, rollout, weights)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    assert "gradient_checkpointing" in shared_prompt.unsupported_reason(model)  # transformers drops the cache
+    assert replay_cache.keep_cache_under_checkpointing(model)
+    assert shared_prompt.unsupported_reason(model) is None
+    logits_ckpt, grads_ckpt, calls_ckpt = _logits_and_grads(model, rollout, weights)
+    assert calls == 2 and calls_ckpt == 4  # the prompt pass and the completion pass, each replayed in backward
+    torch.testing.assert_close(logits_ckpt, logits, atol=0, rtol=0)
+    assert grads.keys() == grads_ckpt.keys() and any("visual" in n for n in grads)
+    for name in grads:
+        torch.testing.assert_close(grads_ckpt[name], grads[name], atol=1e-7, rtol=1e-6)
+
+
+def test_a_cache_that_appends_again_on_the_replay_breaks_the_backward(samples, monkeypatch):
+    """Why the replay cache exists: a plain cache's second write of a layer doubles its keys."""
+    from transformers import DynamicCache
+
+    from lit_vr1 import replay_cache
+    from lit_vr1.models.tiny import build_tiny
+
+    model, rollout = _batch(build_tiny("qwen2_5_vl", seed=0), samples)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    replay_cache.keep_cache_under_checkpointing(model)
+    monkeypatch.setattr(replay_cache.ReplayCache, "update", DynamicCache.update)
+    with pytest.raises(RuntimeError):
+        _logits_and_grads(model, rollout, rollout.completion_mask.float())
+
+
+def test_without_transformers_switch_shared_prompts_fall_back(samples, monkeypatch):
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    from lit_vr1 import replay_cache, shared_prompt
+    from lit_vr1.models.tiny import build_tiny
+
+    model, _ = build_tiny("qwen2_5_vl", seed=0)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    monkeypatch.delattr(GradientCheckpointingLayer, replay_cache.SWITCH)
+    assert not replay_cache.keep_cache_under_checkpointing(model)
+    assert "drop the key/value cache" in shared_prompt.unsupported_reason(model)
+
+
+def test_a_grpo_module_with_checkpointing_keeps_shared_prompts_and_trains_the_same(samples):
+    from lit_vr1.config import GRPOConfig
+    from lit_vr1.grpo import GRPOModule
+    from lit_vr1.rewards.base import Reward
+
+    class Length(Reward):
+        default_name = "length"
+
+        def score(self, completions, contexts):
+            return [len(c) / 10.0 for c in completions]
+
+    def trained(checkpointing: bool):
+        from helpers import fit
+        from lightning.pytorch import seed_everything
+
+        seed_everything(0)  # the same rollouts in both fits
+        cfg = GRPOConfig(num_generations=2, max_completion_length=8, beta=0.04, micro_batch_size=2)
+        module = GRPOModule(model="tiny:qwen2_5_vl", rewards=[Length()], grpo=cfg, seed=0,
+                            gradient_checkpointing=checkpointing)
+        fit(module, samples[:4], max_steps=2)
+        assert module.loop.use_shared_prompt()
+        return {n: p.detach().clone() for n, p in module.policy.named_parameters()}
+
+    plain, ckpt = trained(False), trained(True)
+    for name in plain:
+        torch.testing.assert_close(ckpt[name], plain[name], atol=1e-7, rtol=1e-6)  # bit-identical here

@@ -159,6 +159,21 @@ def test_per_category_prompts_name_each_category_once_as_scoring_counts_them(tmp
     assert [category for _, _, category in prompts] == ["red box", "cat"]
 
 
+def test_per_category_prompts_carry_every_image_of_a_multi_image_row(tmp_path):
+    """The template's one marker, a row of two images: both images go first, in the row's order
+    (before, the prompt was refused as "1 <image> marker(s) but the sample has 2 image(s)")."""
+    from lit_vr1.evaluate import detection_prompts
+
+    row = {"id": 1, "image": ["a.png", "b.png"], "problem": "<image> <image> Locate every square in the first image.",
+           "solution": [["square", [20, 10, 80, 60]]]}
+    f, d = write(tmp_path, [row])
+    sample = JsonlDataset(f, d)[0]
+    ((_, prompt, category),) = detection_prompts([sample], "per_category")
+    content = prompt.messages[-1]["content"]
+    assert category == "square" and [c["type"] for c in content] == ["image", "image", "text"]
+    assert prompt.images == sample.images and "<image>" not in content[2]["text"]
+
+
 def test_left_out_rows_are_warned_of_once_a_new_one_when_it_first_fails():
     from types import SimpleNamespace
 

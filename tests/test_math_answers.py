@@ -98,7 +98,7 @@ def test_a_parquet_file_is_named_for_what_it_is(tmp_path):
     with open(f, "wb") as out:
         out.write(b"PAR1" + b"\x00" * 64)
     with pytest.raises(DataError, match=r"a Parquet file \(verl's and EasyR1's data format\), not JSON lines.*"
-                                        r"python -m lit_vr1.data.parquet .*data.jsonl .*data_converted.jsonl --images "):
+                                        r"python -m lit_vr1.data.convert .*data.jsonl .*data_converted.jsonl --images "):
         JsonlDataset(f, d)
 
 
@@ -109,7 +109,8 @@ def test_verls_prompt_and_reward_model_fields_are_pointed_to_their_places(tmp_pa
     with pytest.raises(DataError) as info:
         JsonlDataset(f, d)
     text = str(info.value)
-    assert "verl's 'prompt' is not read: put the question's text in 'problem'" in text
+    assert ("'prompt', a chat of LLaMA-Factory's, TRL's or verl's layout, is not read: convert the file with python -m "
+            f"lit_vr1.data.convert {f} <out>.jsonl --images <image folder>, or put the question's text in 'problem'") in text
     assert "field 'reward_model' (verl's, with a ground_truth) is not read; the answer goes in field 'solution'" in text
     # a label-free row with some other reward_model field is left alone
     f, d = write(tmp_path, [json.dumps({"id": 3, "image": "a.png", "problem": "<image>Why?", "reward_model": "rm-7b"})])

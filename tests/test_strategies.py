@@ -118,7 +118,8 @@ def _rank_main(strategy_name: str, out: Path) -> None:
     seed_everything(0)
     cfg = GRPOConfig(num_generations=G, max_completion_length=8, beta=0.04, gradient_clip_val=1.0, micro_batch_size=MICRO)
     module = GRPOModule(model="tiny:qwen2_5_vl", rewards=[_reward()], grpo=cfg, seed=0, min_pixels=3136,
-                        max_pixels=3136, eval_max_new_tokens=8, optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3))
+                        max_pixels=3136, eval_max_new_tokens=8, optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3),
+                        gradient_checkpointing=strategy_name.endswith("_ckpt"))
     init_hash, _ = _fingerprint(load_model("tiny:qwen2_5_vl", module.processor, seed=0).state_dict())
 
     record = {"rollouts": [], "local": [], "reduced": []}
@@ -150,7 +151,7 @@ def _rank_main(strategy_name: str, out: Path) -> None:
 
     module.manual_backward = counting_backward
     module.loop.rollout, module.log_step = recording_rollout, recording_log_step
-    if strategy_name == "fsdp2":
+    if strategy_name.startswith("fsdp2"):
         strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
     else:
         strategy = "ddp"
@@ -187,7 +188,7 @@ def _rank_main(strategy_name: str, out: Path) -> None:
     record.update(
         rank=rank, world_size=trainer.world_size, global_step=trainer.global_step,
         logged=[(s, m) for s, m in logger.rows if "train/loss" in m],
-        validated=[m for _, m in logger.rows if "val/miou" in m],
+        validated=[m for _, m in logger.rows if "val/miou" in m], shared_prompt=module.loop.use_shared_prompt(),
         fsdp_modules=len(fsdp_modules), policy_sharded=parallel.is_fsdp(module.policy),
         ref_sharded=parallel.is_fsdp(module.ref_model), control_gathers=control_gathers,
         control_len=len(control), hash=full_hash, sums=sums, init_hash=init_hash,
@@ -327,6 +328,20 @@ def test_fsdp2_trains_like_ddp(tmp_path_factory):
     assert a.keys() == b.keys()
     for key in a:
         assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-4), key
+
+
+def test_fsdp2_with_checkpointing_keeps_shared_prompts_and_trains_the_same(tmp_path_factory):
+    """Activation checkpointing under FSDP2 (the layers' gathers outside the replayed forward):
+    shared prompts kept (lit_vr1/replay_cache.py), the same rollouts and the same weights."""
+    fsdp, _ = two_rank_fit("fsdp2", tmp_path_factory)
+    ckpt, _ = two_rank_fit("fsdp2_ckpt", tmp_path_factory)
+    assert all(r["shared_prompt"] for r in fsdp + ckpt)
+    assert [ro["completions"] for ro in ckpt[0]["rollouts"]] == [ro["completions"] for ro in fsdp[0]["rollouts"]]
+    _assert_in_sync_and_trained(ckpt)
+    a, b = fsdp[0]["sums"], ckpt[0]["sums"]
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-5), key
 
 
 # -- the checks, with light stand-ins where Lightning refuses CPU ------------------------------

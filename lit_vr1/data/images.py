@@ -18,6 +18,8 @@ saw in three ways, each a silent mismatch between the boxes of a row and its pix
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from PIL import Image
 
@@ -76,8 +78,12 @@ def to_rgb(im: Image.Image) -> Image.Image:
 def open_image(path: str) -> Image.Image:
     """The image at ``path`` as the model reads it: upright, 8-bit RGB, decoded (the file is closed).
     Raises ValueError for pixel modes that cannot be read (:func:`mode_problem`), and whatever
-    PIL raises for a file it cannot decode."""
-    with Image.open(path) as im:
+    PIL raises for a file it cannot decode. PIL's decompression-bomb warning is not repeated
+    at every load: the data checks say it once, naming the files (:func:`lit_vr1.data.jsonl.huge_images_note`)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        im = Image.open(path)
+    with im:
         problem = mode_problem(im)
         if problem:
             raise ValueError(f"mode {im.mode}: {problem}")

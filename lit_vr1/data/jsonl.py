@@ -59,6 +59,7 @@ import math
 import os
 import re
 import time
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -239,6 +240,7 @@ class Sample:
     skipped: list[SkippedRow] = field(default_factory=list)
     box_answers: bool = True
     written_id: Any = None  # the data line's "id" as written (predictions give it back so)
+    image_paths: list[str] = field(default_factory=list)  # the files the images were read from, in order
 
     @property
     def image_sizes(self) -> list[tuple[int, int]]:
@@ -340,8 +342,11 @@ def _turns(obj: dict, where: str) -> tuple[str, Any, str | None]:
         return question, solution, turn if turn is not None else field
     question = obj.get("problem", obj.get("question"))
     if not isinstance(question, str):
-        hint = (" (verl's 'prompt' is not read: put the question's text in 'problem', with an <image> marker where "
-                "each image goes)" if "prompt" in obj and "problem" not in obj and "question" not in obj else "")
+        chat = next((k for k in ("messages", "prompt") if k in obj), None)
+        hint = (f" ({chat!r}, a chat of LLaMA-Factory's, TRL's or verl's layout, is not read: convert the file with "
+                f"python -m lit_vr1.data.convert {where.rsplit(':', 1)[0]} <out>.jsonl --images <image folder>, or put "
+                "the question's text in 'problem', with an <image> marker where each image goes)"
+                if chat and "problem" not in obj and "question" not in obj else "")
         raise DataError(f"{where}: a line needs 'conversations', or a string 'problem' (or 'question') field{hint}")
     # a label under another name would train as unlabelled (R1V-Free's layout) without a word
     _refuse_misnamed(obj, "solution", SOLUTION_FIELD_LOOKALIKES, where, f"the answer goes in field 'solution' "
@@ -426,9 +431,18 @@ def read_image_size(path: str, where: str) -> tuple[int, int]:
     :mod:`lit_vr1.data.images`), from the file's header (no pixel is decoded); a
     :class:`DataError` naming ``where`` when PIL cannot identify the file or read its pixels."""
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():  # said once for the data set, naming the files (huge_images_note)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+        with im:
             size, problem = images.displayed_size(im), images.mode_problem(im)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError as e:
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        mpx = f"{int(found.group(1)) / 1e6:.0f} Mpx, " if found else ""
+        raise DataError(f"{where}: field 'image': {path} is too large for PIL to open ({mpx}over twice its "
+                        f"decompression-bomb limit of {Image.MAX_IMAGE_PIXELS / 1e6:.0f} Mpx); downscale the file (the "
+                        "model sees at most model.max_pixels of it), or remove the line") from None
+    except (OSError, ValueError, SyntaxError) as e:
         raise DataError(f"{where}: field 'image': {path} is not an image PIL can read ({e}); "
                         "replace the file or remove the line") from None
     if problem:
@@ -575,6 +589,27 @@ def _refuse_template_tokens(obj: dict, human: str, system: str | None, where: st
                             "out of it)")
 
 
+# an image marker spelled otherwise (<Image>, <IMAGE>, <image1>, MMMU's <image 1>): read as text, its images moved first
+MARKER_LOOKALIKE = re.compile(r"<\s*image[\s_-]*\d*\s*/?>", re.IGNORECASE)
+
+
+def _refuse_misplaced_markers(obj: dict, human: str, system: str | None, solution: Any, where: str) -> None:
+    """An image marker lit-vr1 does not read, or one where no image can go: a question's
+    ``<Image>`` / ``<image 1>`` stayed text while its images went before the question, and a
+    system prompt's or an answer's ``<image>`` was text taught and scored as words."""
+    odd = sorted({m for m in MARKER_LOOKALIKE.findall(human) if m != "<image>"})
+    if odd:
+        raise DataError(f"{where}: {_field_of(obj, 'human')} holds {', '.join(odd)}, which lit-vr1 does not read as an "
+                        "image marker (it would stay in the text, and the images would go before the question): write "
+                        "<image> (lower case, no number) where each image goes, one per image in field 'image' order")
+    for text, name in ((system or "", "the system prompt"), (solution if isinstance(solution, str) else "",
+                                                             _field_of(obj, "gpt"))):
+        found = MARKER_LOOKALIKE.search(text)
+        if found:
+            raise DataError(f"{where}: {name} holds {found.group(0)}; images go in the question only (an <image> "
+                            f"marker there, where each image goes): take it out of {name}")
+
+
 def _refuse_misnamed(obj: dict, field: str, lookalikes: tuple[str, ...], where: str, advice: str) -> None:
     """A :class:`DataError` when ``obj`` lacks ``field`` but holds one of its ``lookalikes``."""
     if field not in obj:
@@ -601,6 +636,7 @@ def parse_line(line: str, path: str, lineno: int, folder: str, task: str = "defa
         raise DataError(f"{where}: {_field_of(obj, 'human')} is empty: the question has no text besides "
                         "<image> markers; write the question or remove the line")
     _refuse_template_tokens(obj, human, system, where)
+    _refuse_misplaced_markers(obj, human, system, solution, where)
     _refuse_misnamed(obj, "image", IMAGE_FIELD_LOOKALIKES, where, "the image path goes in field 'image' (a path or "
                      "a list of paths, relative to the image folder): rename the field")
     video = next((k for k in obj if k.lower() in VIDEO_FIELDS and obj[k] not in (None, "", [])), None)
@@ -757,7 +793,7 @@ def read_records(data_files: str, image_folders: str, reward_methods: str | None
 
 # the first bytes of data files that are not JSON lines, and what to do about each
 OTHER_FORMATS = {b"PAR1": ("a Parquet file (verl's and EasyR1's data format)",
-                           "convert it, its images written to files: python -m lit_vr1.data.parquet {path} "
+                           "convert it, its images written to files: python -m lit_vr1.data.convert {path} "
                            "{stem}.jsonl --images {stem}_images (then train on {stem}.jsonl with the image folder "
                            "{stem}_images)"),
                  b"PK\x03\x04": ("a zip archive", "unzip it and give the JSONL file inside")}
@@ -884,6 +920,20 @@ def prompt_length(processor: Any, record: Record, template: str) -> int:
     return len(ids) - ids.count(placeholder) + sum(image_tokens)
 
 
+def huge_images_note(records: list[Record]) -> str | None:
+    """A note when images are over PIL's decompression-bomb limit (89 Mpx), which PIL warns
+    of at every decode without naming the file: each is decoded whole at every load before
+    it is resized to the model's ``max_pixels``."""
+    limit = Image.MAX_IMAGE_PIXELS
+    huge = [(r, p, s) for r in records for p, s in zip(r.image_paths, r.image_sizes) if limit and s[0] * s[1] > limit]
+    if not huge:
+        return None
+    r, p, (w, h) = huge[0]
+    return (f"{len(huge)} image(s) over {limit / 1e6:.0f} Mpx, PIL's decompression-bomb limit (the first: {p} at "
+            f"{r.source}, {w}x{h}); each is decoded whole at every load ({w * h * 3 / 2**20:.0f} MiB for that one) "
+            "before it is resized to model.max_pixels: downscale the files once to save that time and memory")
+
+
 def duplicate_ids_note(records: list[Record]) -> str | None:
     """A note when lines of these files write the same ``id`` (predictions, skipped-row reports
     and a join with ground truth name rows by it), with the first few and their lines; None
@@ -958,9 +1008,9 @@ class JsonlDataset(Dataset):
         self.records, self.skipped = read_records(data_files, image_folders, reward_methods, bad_rows, check_boxes,
                                                   images_outside_folder, names)
         self.failed: dict[int, SkippedRow] = {}  # rows that failed to load in this process (skip mode)
-        note = duplicate_ids_note(self.records)
-        if note:
-            rank_zero_warn(note)
+        for note in (duplicate_ids_note(self.records), huge_images_note(self.records)):
+            if note:
+                rank_zero_warn(note)
         note = listed_twice_note(data_files)
         if note:
             rank_zero_info(note)
@@ -1032,7 +1082,7 @@ class JsonlDataset(Dataset):
         messages = build_messages(r.question, len(pixels), self.template, r.system)
         return Sample(r.id, pixels, messages, r.question, r.solution, r.source, dict(r.metadata), r.task,
                       original_sizes=originals if upscaled else None, box_answers=self.check_boxes,
-                      written_id=r.written_id)
+                      written_id=r.written_id, image_paths=list(r.image_paths))
 
     def __getitem__(self, idx: int) -> Sample | FailedRow:
         if self.bad_rows == "raise":

@@ -1,19 +1,24 @@
-"""Parquet data of verl, EasyR1, R1-V and TRL -> lit-vr1 JSON lines, images written as files.
+"""Data of verl, EasyR1, R1-V, TRL and LLaMA-Factory -> lit-vr1 JSON lines, images written as files.
 
-    python -m lit_vr1.data.parquet train.parquet train.jsonl --images images/ [--bad-rows skip]
+    python -m lit_vr1.data.convert train.parquet train.jsonl --images images/ [--bad-rows skip]
+    python -m lit_vr1.data.convert chats.jsonl train.jsonl --images images/
 
 Then train with ``--data.train_files train.jsonl --data.train_images images/``.
 
-Each row becomes one JSON line ``{"id", "image", "problem", "solution", "system", ...}``, in the
-file's row order, read the way these systems' loaders read it:
+The input is a Parquet file (verl's, EasyR1's, a Hugging Face dataset's ``to_parquet``), told
+by its first bytes, or JSON lines in a layout lit-vr1 does not read itself (LLaMA-Factory's and
+TRL's ``messages`` / ``prompt`` chats with an ``images`` list). Each row becomes one JSON line
+``{"id", "image", "problem", "solution", "system", ...}``, in the file's row order, read the way
+these systems' loaders read it:
 
 * the question: column ``problem`` (EasyR1, R1-V) or ``question``, as text with an ``<image>``
   marker where each image goes (none: the images go first); or ``prompt`` / ``messages``, a
-  chat (verl, TRL): ``[{"role": "system" | "user" | "assistant", "content": ...}]``, whose
-  content is text with ``<image>`` markers or a list of parts (``{"type": "text", "text": ...}``,
-  ``{"type": "image"}``, each image part a marker). A chat holds one user turn; its system turn
-  becomes the row's ``system`` prompt and an assistant turn after the question its answer.
-  A ShareGPT ``conversations`` column is kept as it is (lit-vr1 reads that layout itself).
+  chat (verl, TRL, LLaMA-Factory): ``[{"role": "system" | "user" | "assistant", "content":
+  ...}]``, whose content is text with ``<image>`` markers or a list of parts (``{"type":
+  "text", "text": ...}``, ``{"type": "image"}``, each image part a marker). A chat holds one
+  user turn; its system turn becomes the row's ``system`` prompt and an assistant turn after
+  the question its answer. A ShareGPT ``conversations`` column is kept as it is (lit-vr1 reads
+  that layout itself).
 * the answer: column ``solution`` (R1-V), ``answer`` (EasyR1), verl's
   ``reward_model.ground_truth`` or ``ground_truth``; a list of one string is that string. None
   of them: the row is unlabelled (R1V-Free).
@@ -21,17 +26,18 @@ file's row order, read the way these systems' loaders read it:
   (``{"bytes": ..., "path": ...}``), raw bytes, or a path. Bytes are written to the image folder
   as ``<sha256 prefix>.<format>`` (an image used by several rows is written once, and a second
   run writes nothing new); a path without bytes is kept, relative to the image folder (EasyR1's
-  ``image_dir``: give that folder as ``--images``).
-* the id: column ``id``, else ``<file stem>-<row>`` (rows counted from 0, as pandas numbers them).
+  ``image_dir``, LLaMA-Factory's dataset folder: give that folder as ``--images``).
+* the id: column ``id``, else ``<file stem>-<row>`` (Parquet rows counted from 0, as pandas
+  numbers them; JSON lines by their line number).
 * every other column whose values are JSON (verl's ``data_source``, ``ability``, ``extra_info``)
   is kept: a :class:`~lit_vr1.rewards.function.FunctionReward` reads such columns by name.
   Columns of bytes are left out and named in the summary.
 
 Every line written is checked as training will read it (:func:`lit_vr1.data.jsonl.parse_line`:
 markers against images, images readable, boxes inside their image); a bad row stops the
-conversion naming the Parquet row and the field, or with ``--bad-rows skip`` is left out and
-counted (the images it wrote stay in the folder, unnamed by any line). Columns ``videos`` /
-``video`` that hold anything are refused (lit-vr1 trains on images).
+conversion naming the input's row (or line) and the field, or with ``--bad-rows skip`` is left
+out and counted (the images it wrote stay in the folder, unnamed by any line). Columns
+``videos`` / ``video`` that hold anything are refused (lit-vr1 trains on images).
 """
 
 from __future__ import annotations
@@ -60,7 +66,7 @@ READ_ROWS = 256  # rows decoded from the file at a time (a Parquet file of image
 LISTED = 5
 
 
-class ParquetError(ValueError):
+class ConvertError(ValueError):
     """A row (or file) lit-vr1 cannot convert; the message names the file, the row and the column."""
 
 
@@ -114,7 +120,7 @@ def content_text(content: Any, where: str) -> str:
     if isinstance(content, str):
         return content
     if not isinstance(content, list):
-        raise ParquetError(f"{where}: a chat turn's content must be text or a list of parts, got "
+        raise ConvertError(f"{where}: a chat turn's content must be text or a list of parts, got "
                            f"{type(content).__name__}")
     out = []
     for part in content:
@@ -124,7 +130,7 @@ def content_text(content: Any, where: str) -> str:
         elif kind in ("image", "image_url"):
             out.append("<image>")
         else:
-            raise ParquetError(f"{where}: a content part of type {kind!r}; lit-vr1 reads 'text' and 'image' parts")
+            raise ConvertError(f"{where}: a content part of type {kind!r}; lit-vr1 reads 'text' and 'image' parts")
     return "".join(out)
 
 
@@ -132,30 +138,30 @@ def chat(messages: Any, where: str) -> tuple[str, str | None, str | None]:
     """(question, system prompt or None, answer or None) of a chat: optional system turns, one
     user turn, then at most one assistant turn."""
     if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-        raise ParquetError(f"{where}: a chat must be a list of {{'role', 'content'}} turns")
+        raise ConvertError(f"{where}: a chat must be a list of {{'role', 'content'}} turns")
     roles = [m.get("role") for m in messages]
     shape = "optional system turns, one user turn (the question), then at most one assistant turn (its answer)"
     if roles.count("user") != 1 or any(r not in ("system", "user", "assistant") for r in roles):
-        raise ParquetError(f"{where}: the chat's turns are {', '.join(map(str, roles))}; a row is {shape}: a "
+        raise ConvertError(f"{where}: the chat's turns are {', '.join(map(str, roles))}; a row is {shape}: a "
                            "multi-turn dialogue is not read (one row per question)")
     at = roles.index("user")
     if any(r != "system" for r in roles[:at]) or roles[at + 1:] not in ([], ["assistant"]):
-        raise ParquetError(f"{where}: the chat's turns are {', '.join(roles)}; a row is {shape}")
+        raise ConvertError(f"{where}: the chat's turns are {', '.join(roles)}; a row is {shape}")
     system = "\n".join(content_text(m.get("content"), where) for m in messages[:at]) or None
     answer = content_text(messages[at + 1].get("content"), where) if at + 1 < len(messages) else None
     return content_text(messages[at].get("content"), where), system, answer
 
 
 def image_name(data: bytes, where: str) -> str:
-    """``<sha256 prefix>.<format>`` of an image's bytes (a :class:`ParquetError` when PIL cannot read them)."""
+    """``<sha256 prefix>.<format>`` of an image's bytes (a :class:`ConvertError` when PIL cannot read them)."""
     try:
         with Image.open(io.BytesIO(data)) as im:
             kind = im.format or ""
     except UnidentifiedImageError:
-        raise ParquetError(f"{where}: its {len(data)} bytes are not an image PIL can read (no known image format)") \
+        raise ConvertError(f"{where}: its {len(data)} bytes are not an image PIL can read (no known image format)") \
             from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise ParquetError(f"{where}: its bytes are not an image PIL can read ({e})") from None
+        raise ConvertError(f"{where}: its bytes are not an image PIL can read ({e})") from None
     return hashlib.sha256(data).hexdigest()[:24] + FORMAT_SUFFIX.get(kind, "." + kind.lower())
 
 
@@ -176,11 +182,11 @@ def save_images(value: Any, folder: str, where: str, converted: Converted) -> li
             data, path = None, data
         if data is None:
             if not isinstance(path, str) or not path:
-                raise ParquetError(f"{at}: neither bytes nor a path")
+                raise ConvertError(f"{at}: neither bytes nor a path")
             names.append(path)
             continue
         if not isinstance(data, (bytes, bytearray)):
-            raise ParquetError(f"{at}: an image must be bytes, a path or {{'bytes', 'path'}}, got "
+            raise ConvertError(f"{at}: an image must be bytes, a path or {{'bytes', 'path'}}, got "
                                f"{type(data).__name__}")
         name = image_name(bytes(data), at)
         target = os.path.join(folder, name)
@@ -200,7 +206,7 @@ def answer_of(row: dict, answer_key: str | None, where: str) -> tuple[str | None
     name, value = _first(row, (answer_key,) if answer_key else ANSWER_COLUMNS)
     if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
         if len(value) > 1:
-            raise ParquetError(f"{where}: column {name!r} holds {len(value)} answers ({json.dumps(list(value))[:120]}); "
+            raise ConvertError(f"{where}: column {name!r} holds {len(value)} answers ({json.dumps(list(value))[:120]}); "
                                "a row has one answer: keep the one the reward should check")
         value = value[0]
     return name, value
@@ -216,10 +222,10 @@ def jsonable(value: Any) -> bool:
 
 def convert_row(row: dict, row_id: str, folder: str, where: str, converted: Converted,
                 keys: dict[str, str | None]) -> dict:
-    """One Parquet row as a lit-vr1 JSON line (its images written to ``folder``)."""
+    """One row as a lit-vr1 JSON line (its images written to ``folder``)."""
     video = next((k for k in row if k.lower() in VIDEO_FIELDS and row[k] not in (None, "", [])), None)
     if video is not None:
-        raise ParquetError(f"{where}: column {video!r} holds a video; lit-vr1 trains on images (give sampled frames "
+        raise ConvertError(f"{where}: column {video!r} holds a video; lit-vr1 trains on images (give sampled frames "
                            "as images, or leave the row out)")
     line: dict[str, Any] = {"id": row["id"] if row.get("id") is not None else row_id}
     used = {"id"}
@@ -229,7 +235,7 @@ def convert_row(row: dict, row_id: str, folder: str, where: str, converted: Conv
         line["conversations"] = row["conversations"]
         used.add("conversations")
     elif q_name is None:
-        raise ParquetError(f"{where}: no question: the row has none of the columns {', '.join(QUESTION_COLUMNS)} "
+        raise ConvertError(f"{where}: no question: the row has none of the columns {', '.join(QUESTION_COLUMNS)} "
                            f"(its columns: {', '.join(row)}); name it with --question-key")
     elif isinstance(question, str):
         line["problem"] = question
@@ -239,7 +245,7 @@ def convert_row(row: dict, row_id: str, folder: str, where: str, converted: Conv
         used.add(q_name.split(".")[0])
     if row.get("system") is not None:
         if system is not None:
-            raise ParquetError(f"{where}: a system prompt in column 'system' and in the chat's system turn: give it once")
+            raise ConvertError(f"{where}: a system prompt in column 'system' and in the chat's system turn: give it once")
         system = row["system"]
         used.add("system")
     if system is not None:
@@ -267,33 +273,60 @@ def convert_row(row: dict, row_id: str, folder: str, where: str, converted: Conv
     return line
 
 
-def rows(path: str) -> Iterator[dict]:
-    """The rows of a Parquet file as dicts, a few hundred decoded at a time."""
+PARQUET_MAGIC = b"PAR1"
+
+
+def rows(path: str) -> Iterator[tuple[str, int, dict]]:
+    """(where, number, row) of each row of a Parquet file (a few hundred decoded at a time;
+    rows counted from 0) or of a JSON lines file (counted from line 1)."""
+    with open(path, "rb") as f:
+        parquet = f.read(4) == PARQUET_MAGIC
+    if not parquet:
+        yield from _json_rows(path)
+        return
     try:
         import pyarrow.parquet as pq
     except ImportError:
-        raise ParquetError("reading Parquet needs pyarrow: pip install pyarrow (or pip install 'lit-vr1[parquet]')") \
+        raise ConvertError("reading Parquet needs pyarrow: pip install pyarrow (or pip install 'lit-vr1[parquet]')") \
             from None
     try:
         reader = pq.ParquetFile(path)
     except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
-        raise ParquetError(f"{path}: not a Parquet file pyarrow can read ({e})") from None
+        raise ConvertError(f"{path}: not a Parquet file pyarrow can read ({e})") from None
+    i = 0
     for batch in reader.iter_batches(batch_size=READ_ROWS):
-        yield from batch.to_pylist()
+        for row in batch.to_pylist():
+            yield f"{path} row {i}", i, row
+            i += 1
+
+
+def _json_rows(path: str) -> Iterator[tuple[str, int, dict]]:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as e:
+                raise ConvertError(f"{path}:{n}: not a Parquet file, nor a line of JSON ({e})") from None
+            if not isinstance(row, dict):
+                raise ConvertError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
+            yield f"{path}:{n}", n, row
 
 
 def convert(path: str, out: str, folder: str, bad_rows: str = "raise", question_key: str | None = None,
             answer_key: str | None = None, image_key: str | None = None, check_boxes: bool = True) -> Converted:
     """Write ``out`` (JSON lines) and the images of ``path`` into ``folder``; see the module's doc."""
     if bad_rows not in BAD_ROWS:
-        raise ParquetError(f"--bad-rows {bad_rows!r}: one of {', '.join(BAD_ROWS)}")
+        raise ConvertError(f"--bad-rows {bad_rows!r}: one of {', '.join(BAD_ROWS)}")
     os.makedirs(folder, exist_ok=True)
     converted = Converted()
     keys = {"question": question_key, "answer": answer_key, "image": image_key}
     try:
         with open(out + ".part", "w") as f:
-            for i, row in enumerate(rows(path)):
-                text = _checked_line(row, i, path, out, folder, converted, keys, check_boxes, bad_rows)
+            for where, i, row in rows(path):
+                text = _checked_line(row, where, f"{Path(path).stem}-{i}", out, folder, converted, keys, check_boxes,
+                                     bad_rows)
                 if text is not None:
                     f.write(text + "\n")
                     converted.lines += 1
@@ -304,30 +337,30 @@ def convert(path: str, out: str, folder: str, bad_rows: str = "raise", question_
     return converted
 
 
-def _checked_line(row: dict, i: int, path: str, out: str, folder: str, converted: Converted,
+def _checked_line(row: dict, where: str, row_id: str, out: str, folder: str, converted: Converted,
                   keys: dict[str, str | None], check_boxes: bool, bad_rows: str) -> str | None:
-    """Row ``i`` as a JSON line checked as training reads it; None when it is left out (--bad-rows skip)."""
-    where = f"{path} row {i}"
+    """The row at ``where`` as a JSON line checked as training reads it; None when it is left out
+    (--bad-rows skip)."""
     lineno = converted.lines + 1
     try:
-        text = json.dumps(convert_row(row, f"{Path(path).stem}-{i}", folder, where, converted, keys),
-                          ensure_ascii=False)
+        text = json.dumps(convert_row(row, row_id, folder, where, converted, keys), ensure_ascii=False)
         try:
             parse_line(text, out, lineno, folder, check_boxes=check_boxes)
-        except DataError as e:  # parse_line names out:line; the row of the Parquet file is what to fix
-            raise ParquetError(f"{where}: {str(e).removeprefix(f'{out}:{lineno}: ')}") from None
-    except ParquetError as e:
+        except DataError as e:  # parse_line names out:line; the input's row is what to fix
+            raise ConvertError(f"{where}: {str(e).removeprefix(f'{out}:{lineno}: ')}") from None
+    except ConvertError as e:
         if bad_rows == "raise":
-            raise ParquetError(f"{e} (or leave such rows out with --bad-rows skip)") from None
-        converted.skipped.append(str(e).removeprefix(f"{path} "))
+            raise ConvertError(f"{e} (or leave such rows out with --bad-rows skip)") from None
+        converted.skipped.append(str(e))
         return None
     return text
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lit_vr1.data.parquet", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m lit_vr1.data.convert", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("parquet", help="the Parquet file (verl, EasyR1, R1-V, TRL / Hugging Face datasets)")
+    p.add_argument("source", help="the Parquet file (verl, EasyR1, R1-V, a Hugging Face dataset) or JSON lines "
+                                  "(LLaMA-Factory / TRL chats)")
     p.add_argument("out", help="the JSON lines file to write")
     p.add_argument("--images", required=True, help="the image folder: embedded images are written there, and image "
                                                    "paths are read relative to it (give it as data.train_images)")
@@ -341,12 +374,12 @@ def main(argv: list[str] | None = None) -> int:
                                                                  "(data.check_boxes=false)")
     a = p.parse_args(argv)
     try:
-        if not os.path.isfile(a.parquet):
-            raise ParquetError(f"{a.parquet}: no such file")
-        converted = convert(a.parquet, a.out, a.images, a.bad_rows, a.question_key, a.answer_key, a.image_key,
+        if not os.path.isfile(a.source):
+            raise ConvertError(f"{a.source}: no such file")
+        converted = convert(a.source, a.out, a.images, a.bad_rows, a.question_key, a.answer_key, a.image_key,
                             not a.no_check_boxes)
-    except ParquetError as e:
-        print(f"lit_vr1.data.parquet: error: {e}", file=sys.stderr)
+    except ConvertError as e:
+        print(f"lit_vr1.data.source: error: {e}", file=sys.stderr)
         return 2
     print(f"{a.out}: {converted.summary()}\ntrain with --data.train_files {a.out} --data.train_images {a.images}")
     return 0

@@ -1,7 +1,7 @@
-"""Parquet data of verl, EasyR1, R1-V and TRL converted to lit-vr1 JSON lines
-(``python -m lit_vr1.data.parquet``): each layout's question, answer, system prompt and images
+"""Data of verl, EasyR1, R1-V, TRL and LLaMA-Factory converted to lit-vr1 JSON lines
+(``python -m lit_vr1.data.convert``): each layout's question, answer, system prompt and images
 land where lit-vr1 reads them, the images in their order and written once, and a bad row is
-named by its Parquet row (or left out and counted)."""
+named by its Parquet row or JSON line (or left out and counted)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from lit_vr1.data.convert import ConvertError, convert, main
 from lit_vr1.data.jsonl import JsonlDataset
-from lit_vr1.data.parquet import ParquetError, convert, main
 
 RED, BLUE, GREEN = (255, 0, 0), (0, 0, 255), (0, 200, 0)
 
@@ -122,7 +122,7 @@ def test_image_paths_without_bytes_are_read_relative_to_the_image_folder(tmp_pat
         done = convert(src, str(tmp_path / f"{name}.jsonl"), str(folder))
         assert lines(tmp_path / f"{name}.jsonl")[0]["image"] == "a.png" and done.images_written == 0
     missing = write(tmp_path, [{"problem": "<image>Colour?", "answer": "red", "images": ["gone.png"]}], "m")
-    with pytest.raises(ParquetError, match=r"m\.parquet row 0: field 'image': image file .*gone\.png does not exist"):
+    with pytest.raises(ConvertError, match=r"m\.parquet row 0: field 'image': image file .*gone\.png does not exist"):
         convert(missing, str(tmp_path / "m.jsonl"), str(folder))
 
 
@@ -131,13 +131,14 @@ def test_a_bad_row_is_named_by_its_parquet_row_and_no_file_is_left_half_written(
             {"problem": "<image><image>Two markers, one image", "answer": "x", "images": [hf_image(RED)]},
             {"problem": "<image>Broken", "answer": "x", "images": [{"bytes": b"not an image", "path": None}]}]
     src, out = write(tmp_path, rows), tmp_path / "b.jsonl"
-    with pytest.raises(ParquetError, match=r"train\.parquet row 1: field 'problem' has 2 <image> marker\(s\) but field "
+    with pytest.raises(ConvertError, match=r"train\.parquet row 1: field 'problem' has 2 <image> marker\(s\) but field "
                                            r"'image' lists 1 image\(s\).*--bad-rows skip"):
         convert(src, str(out), str(tmp_path / "img"))
     assert not out.exists() and not Path(str(out) + ".part").exists()
     done = convert(src, str(out), str(tmp_path / "img"), bad_rows="skip")
     assert done.lines == 1 and [line["id"] for line in lines(out)] == ["train-0"]
-    assert [s.split(":")[0] for s in done.skipped] == ["row 1", "row 2, column 'images', image 1"]
+    assert [s.split(": ")[0].rsplit("train.parquet ")[-1] for s in done.skipped] == [
+        "row 1", "row 2, column 'images', image 1"]
     assert "not an image PIL can read" in done.skipped[1] and "left out 2 bad rows" in done.summary()
 
 
@@ -151,14 +152,14 @@ def test_a_bad_row_is_named_by_its_parquet_row_and_no_file_is_left_half_written(
     ({"prompt": [{"role": "user", "content": [{"type": "audio"}]}]}, r"a content part of type 'audio'"),
 ])
 def test_rows_lit_vr1_cannot_read_are_refused_naming_what(tmp_path, row, message):
-    with pytest.raises(ParquetError, match=r"train\.parquet row 0.*" + message):
+    with pytest.raises(ConvertError, match=r"train\.parquet row 0.*" + message):
         convert(write(tmp_path, [row]), str(tmp_path / "x.jsonl"), str(tmp_path / "img"))
 
 
 def test_columns_named_otherwise_are_read_with_the_key_options(tmp_path):
     row = {"query": "<image>Colour?", "meta": {"label": "red"}, "pic": hf_image(RED)}
     src, out = write(tmp_path, [row]), tmp_path / "k.jsonl"
-    with pytest.raises(ParquetError, match="name it with --question-key"):
+    with pytest.raises(ConvertError, match="name it with --question-key"):
         convert(src, str(out), str(tmp_path / "img"))
     convert(src, str(out), str(tmp_path / "img"), question_key="query", answer_key="meta.label", image_key="pic")
     (line,) = lines(out)
@@ -173,5 +174,34 @@ def test_the_command_prints_one_line_errors_and_how_to_train(tmp_path, capsys):
     assert main([str(tmp_path / "nope.parquet"), str(tmp_path / "c.jsonl"), "--images", "img"]) == 2
     (tmp_path / "fake.parquet").write_text("not parquet")
     assert main([str(tmp_path / "fake.parquet"), str(tmp_path / "c.jsonl"), "--images", "img"]) == 2
+    (tmp_path / "torn.parquet").write_bytes(b"PAR1" + b"\x00" * 32)
+    assert main([str(tmp_path / "torn.parquet"), str(tmp_path / "c.jsonl"), "--images", "img"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and "no such file" in err[0] and "not a Parquet file pyarrow can read" in err[1]
+    assert len(err) == 3 and "no such file" in err[0] and "fake.parquet:1: not a Parquet file, nor a line of JSON" in err[1]
+    assert "torn.parquet: not a Parquet file pyarrow can read" in err[2]
+
+
+def test_llama_factory_and_trl_chats_in_json_lines_are_converted(tmp_path):
+    """LLaMA-Factory's multimodal layout: a 'messages' chat and an 'images' list of paths."""
+    folder = tmp_path / "img"
+    folder.mkdir()
+    Image.new("RGB", (40, 40), RED).save(folder / "r.png")
+    Image.new("RGB", (40, 40), BLUE).save(folder / "b.png")
+    rows = [{"messages": [{"role": "system", "content": "Be brief."},
+                          {"role": "user", "content": "<image><image>Which one is red?"},
+                          {"role": "assistant", "content": "the first"}], "images": ["r.png", "b.png"]},
+            {"messages": [{"role": "user", "content": "<image>Colour?"}], "images": ["b.png"]}]
+    src = tmp_path / "chats.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out.jsonl"
+    done = convert(str(src), str(out), str(folder))
+    got = lines(out)
+    assert done.images_written == 0 and [g["id"] for g in got] == ["chats-1", "chats-2"]
+    assert got[0] == {"id": "chats-1", "problem": "<image><image>Which one is red?", "system": "Be brief.",
+                      "solution": "the first", "image": ["r.png", "b.png"]}
+    assert "solution" not in got[1]
+    data = JsonlDataset(str(out), str(folder))
+    assert [im.getpixel((0, 0)) for im in data[0].images] == [RED, BLUE] and data[1].solution == ""
+    src.write_text(json.dumps(rows[0]) + "\n" + json.dumps({"messages": [{"role": "assistant", "content": "x"}]}) + "\n")
+    with pytest.raises(ConvertError, match=r"chats\.jsonl:2, column 'messages': the chat's turns are assistant"):
+        convert(str(src), str(out), str(folder))
