@@ -154,7 +154,8 @@ class RolloutUpdateLoop:
             with oom.in_phase("the rollout",
                               lambda: oom.rollout_size(oom.TextShape.of(m.policy), prompts, group, tokens,
                                                        oom.value_bytes(m.policy, m.device)),
-                              lambda: oom.rollout_options(prompts, group, tokens, self.config.shared_prompt), m.device,
+                              lambda: oom.not_taken(oom.rollout_options(prompts, group, tokens, self.config.shared_prompt),
+                                                    m), m.device,
                               self.held), \
                     m.generation_context():
                 return generate(m.policy, m.processor, samples, self.config.num_generations, self.sampling,
@@ -224,7 +225,8 @@ class RolloutUpdateLoop:
         rows, tokens = max(p.numel() for p in parts), rollout.completion_ids.shape[1]
         what = "micro-batches" if len(parts) > 1 else "one pass"
         return oom.in_phase(phase, lambda: oom.scoring_size(oom.TextShape.of(self.module.policy), rows, tokens, what),
-                            lambda: oom.scoring_options(rows, self.config.micro_batch_size, tokens, update),
+                            lambda: oom.not_taken(oom.scoring_options(rows, self.config.micro_batch_size, tokens, update),
+                                                  self.module),
                             self.module.device, self.held)
 
     def held(self) -> oom.Held | None:
@@ -278,7 +280,7 @@ class RolloutUpdateLoop:
         skipped_before = getattr(m, "skipped_steps", 0)
         with oom.in_phase("the optimiser step (clipping and the optimiser's update: AdamW's state is made at the first)",
                           lambda: f"{sum(p.numel() for p in m.policy.parameters() if p.requires_grad)} trainable parameters",
-                          lambda: list(oom.STATIC_OPTIONS), m.device, self.held):
+                          lambda: oom.not_taken(oom.STATIC_OPTIONS, m), m.device, self.held):
             outcome = m.apply_update(out["loss"], cfg.gradient_clip_val, has_tokens=bool(has_tokens))
         out.update(grad_norm=outcome.grad_norm, lr=outcome.lr, skipped_steps=float(outcome.skipped_steps))
         if not has_tokens and outcome.skipped_steps > skipped_before:  # skipped with nothing to score: no loss, no gradient

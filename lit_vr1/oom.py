@@ -167,11 +167,27 @@ def held_by(module: Any) -> Held | None:
                    module.device)
 
 
+# a resume keeps the model's settings and the data's order (lit_vr1.module.MODEL_IDENTITY, the data module's
+# training_order): an option that changes them is for a new run, said where it is offered
+NEW_RUN = "; a new run: a resume refuses another model"
 STATIC_OPTIONS = [
-    "model.lora (the base frozen: no gradients or AdamW state for it, and no reference copy)",
+    f"model.lora (the base frozen: no gradients or AdamW state for it, and no reference copy{NEW_RUN})",
     "FSDP2 over several devices (configs/strategy/) or DeepSpeed ZeRO to shard weights, gradients and optimiser state",
-    "model.freeze_vision: true",
+    "model.freeze_vision: true (a new run: a resume refuses another model)",
 ]
+# the module attribute that is on when an option is taken already (LoRA freezes the vision tower too)
+TAKEN = {"model.gradient_checkpointing": ("gradient_checkpointing",), "model.lora": ("lora",),
+         "model.freeze_vision": ("freeze_vision", "lora")}
+
+
+def not_taken(options: list[str], module: Any) -> list[str]:
+    """``options`` without those ``module`` has taken already (gradient checkpointing, LoRA, a
+    frozen tower): offering them again sent the user to flags that were set."""
+    def taken(option: str) -> bool:
+        return any(option.startswith(flag) and any(getattr(module, a, None) for a in attrs)
+                   for flag, attrs in TAKEN.items())
+
+    return [o for o in options if not taken(o)]
 
 
 def message(phase: str, size: str, options: list[str], device: torch.device | str | None, cause: BaseException,
@@ -208,7 +224,8 @@ def in_phase(phase: str, size: Callable[[], str], options: Callable[[], list[str
 
 
 GENERAL_OPTIONS = [
-    "a smaller data.batch_size (or, in GRPO, model.grpo.micro_batch_size)",
+    "in SFT a smaller data.batch_size with trainer.accumulate_grad_batches raised to match (the same batch per "
+    "optimiser step; a new run: a resume keeps the data's order), in GRPO model.grpo.micro_batch_size",
     "shorter completions (model.grpo.max_completion_length) or images (model.max_pixels)",
     "model.gradient_checkpointing: true, model.freeze_vision: true or model.lora",
     "several devices with trainer.strategy (FSDP2: configs/strategy/) to shard weights and optimiser state",
@@ -234,12 +251,13 @@ def rollout_size(shape: TextShape | None, prompts: int, group: int, tokens: int,
     rows = prompts * group
     out = f"{prompts} prompts x G={group} = {rows} completions of up to {tokens} tokens"
     if shape is not None:
-        out += f", whose key/value cache alone takes {gib(shape.cache_bytes(rows, tokens, entry_bytes))}"
+        out += (f", whose key/value cache takes {gib(shape.cache_bytes(rows, tokens, entry_bytes))} for the completion "
+                "tokens alone (each of the rows holds its prompt's tokens too, image tokens included)")
     return out
 
 
 def rollout_options(prompts: int, group: int, tokens: int, shared_prompt: bool) -> list[str]:
-    out = [f"a smaller data.batch_size (prompts per rollout, now {prompts})",
+    out = [f"a smaller data.batch_size (prompts per rollout, now {prompts}; a new run: a resume keeps the data's order)",
            f"model.grpo.num_generations (now {group})",
            f"model.grpo.max_completion_length (now {tokens})",
            "model.max_pixels (fewer image tokens per prompt)"]

@@ -68,6 +68,19 @@ def test_the_update_running_out_names_the_micro_batch_its_logits_and_where_the_f
             f"{oom.gib(weights)}, reference {oom.gib(weights)}, gradients none yet, optimiser state {oom.gib(optimiser)}") in line
 
 
+def test_options_already_taken_are_not_offered_again_and_new_run_options_say_so(tmp_path, capsys, monkeypatch):
+    """With checkpointing and a frozen tower set, the update's line offers neither again; LoRA,
+    which a resume would refuse, says it is for a new run."""
+    monkeypatch.setattr(loop_module, "logprobs_and_entropy", failing_on_call(loop_module.logprobs_and_entropy, 2))
+    code, err = run_fit(tmp_path, capsys, "--model.gradient_checkpointing=true", "--model.freeze_vision=true")
+    [line] = error_lines(err)
+    assert "model.gradient_checkpointing" not in line and "model.freeze_vision" not in line
+    assert "model.lora (the base frozen: no gradients or AdamW state for it, and no reference copy; a new run: a resume " \
+           "refuses another model)" in line and "resumes from" in err
+    module = type("M", (), {"lora": object(), "gradient_checkpointing": False, "freeze_vision": False})()
+    assert oom.not_taken(oom.STATIC_OPTIONS, module) == [oom.STATIC_OPTIONS[1]]  # LoRA freezes the tower too
+
+
 def test_the_rollout_running_out_names_prompts_generations_and_its_cache(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(loop_module, "generate", failing_on_call(loop_module.generate, 1))
     code, err = run_fit(tmp_path, capsys)
@@ -76,8 +89,10 @@ def test_the_rollout_running_out_names_prompts_generations_and_its_cache(tmp_pat
     config = quickstart_model().config.text_config
     cache = 2 * config.num_hidden_layers * config.num_key_value_heads * (config.hidden_size // config.num_attention_heads)
     assert ("out of memory in the rollout (2 prompts x G=2 = 4 completions of up to 4 tokens, whose key/value cache "
-            f"alone takes {oom.gib(cache * 4 * 4 * 4)}") in line  # float32 entries: the quickstart trains in 32-bit
-    assert "a smaller data.batch_size (prompts per rollout, now 2)" in line and "num_generations (now 2)" in line
+            f"takes {oom.gib(cache * 4 * 4 * 4)} for the completion tokens alone (each of the rows holds its prompt's "
+            "tokens too") in line  # float32 entries: the quickstart trains in 32-bit
+    assert "a smaller data.batch_size (prompts per rollout, now 2; a new run: a resume keeps the data" in line
+    assert "num_generations (now 2)" in line
     assert "resumes" not in err  # the first step ran out: nothing saved, no resume offered
 
 
@@ -121,6 +136,7 @@ def test_elsewhere_the_message_is_general_and_other_runtime_errors_stay_tracebac
         error = user_error(outer)
     assert isinstance(error, oom.OutOfMemory)
     assert str(error).startswith("out of memory in this run") and "FSDP2" in str(error) and TORCH_SAYS in str(error)
+    assert "in SFT a smaller data.batch_size with trainer.accumulate_grad_batches raised to match" in str(error)
     assert user_error(RuntimeError("a bug")) is None
 
 

@@ -66,6 +66,10 @@ def test_format_rewards_dotall_and_json():
     good = '```json\n[{"bbox_2d": [1, 2, 3, 4], "label": "x"}]\n```'
     assert rec([good, '[{"bbox_2d": [1, 2, 3, 4]}]', "[1, 2, 3, 4]", '[{"bbox_2d": [1, 2]}]'], [ctx()] * 4) == [
         1.0, 1.0, 0.0, 0.0]
+    # the first item's own box: an inverted one, or a nested list, no longer passes on a later item's box
+    gt = '{"bbox_2d": [20, 10, 80, 60]}'
+    assert rec([f'[{{"bbox_2d": [5, 5, 1, 1]}}, {gt}]', '[{"bbox_2d": [[20, 10, 80, 60], [0, 0, 5, 5]]}]',
+                '[{"bbox_2d": [1, 2, 3, true]}]', f'[{gt}, {{"junk": 1}}]'], [ctx()] * 4) == [0.0, 0.0, 0.0, 1.0]
     rec_think = RecJsonFormat(require_think=True)
     assert rec_think([good, f"<think>ok</think><answer>{good}</answer>"], [ctx()] * 2) == [0.0, 1.0]
 
@@ -163,6 +167,9 @@ def test_routing_by_task_gives_nan_elsewhere_and_infinite_values_are_masked():
         ('[["cat", [1, 2, 3, 4]]]', [((1, 2, 3, 4), "cat")]),  # Vision-R1 pairs
         ('{"bbox_2d": [1, 2, 3, "x"]}', []),
         ("[[[[", []),
+        # text after the list: json_repair reads [[{...}], [0, 0, 10, 10]]; the box read first was the later one
+        ('[{"bbox_2d": [20, 10, 80, 60], "label": "r"}] or maybe [0, 0, 10, 10]',
+         [((20, 10, 80, 60), "r"), ((0, 0, 10, 10), "")]),
     ],
 )
 def test_parse_boxes_repairs_small_json_damage(text, boxes):

@@ -282,6 +282,13 @@ def test_repetition_penalty_over_box_items():
     assert repetition_penalty(f"<answer>{distinct}</answer>") == 0.0
     assert repetition_penalty(distinct.replace("bbox_2d", "box"), ngram_size=3) < 0  # not JSON boxes: words
     assert box_items("<answer>a cat</answer>") is None
+    # the words beside a box list count, inside the answer tags or without tags (until 2026-12-06 the whole
+    # answer was taken out with the list: one box made 30 repeats of a sentence free)
+    sentence = "the cat is here " * 30
+    assert repetition_penalty(sentence + f"[{one}]") == pytest.approx(repetition_penalty(sentence))
+    assert repetition_penalty(sentence) < -0.9
+    assert repetition_penalty(f"<think>x</think><answer>[{one}]" + " cat" * 30 + "</answer>") < -0.8
+    assert repetition_penalty(f"<think>look at the cat</think><answer>[{one}]</answer>") == 0.0
     with pytest.raises(ValueError, match="ngram_size"):
         RepetitionPenalty(ngram_size=0)
     with pytest.raises(ValueError, match="max_penalty"):

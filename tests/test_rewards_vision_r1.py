@@ -258,3 +258,23 @@ def test_dual_format_options():
     assert think([good, f"<think>x</think><answer>{good}</answer>"], [ctx()] * 2) == [0.0, 1.0]
     with pytest.raises(ValueError, match="template='xml' is not valid"):
         DualFormat(template="xml")
+
+
+def test_the_3b_localisation_recipe_rewards_labels():
+    """configs/grpo_vision_r1_loc_qwen25vl_3b.yaml validates on per-category mAP: its precision and
+    recall pair boxes of the same label, so right boxes labelled "object" no longer score as the right
+    labels do (3.0 of 3 with dual format, under the paper's pairing on boxes alone)."""
+    from pathlib import Path
+
+    import yaml
+
+    recipe = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs/grpo_vision_r1_loc_qwen25vl_3b.yaml").read_text())
+    args = {r["class_path"].rsplit(".", 1)[-1]: r.get("init_args", {}) for r in recipe["model"]["init_args"]["rewards"]}
+    rewards = [LocalizationPrecision(match_labels=args["LocalizationPrecision"]["match_labels"]),
+               LocalizationRecall(match_labels=args["LocalizationRecall"]["match_labels"])]
+    right = "<answer>" + GT_JSON + "</answer>"
+    unlabelled = "<answer>" + json.dumps([{**b, "label": "object"} for b in GT]) + "</answer>"
+    assert [r([right], [ctx()])[0] for r in rewards] == [1.0, 1.0]
+    assert [r([unlabelled], [ctx()])[0] for r in rewards] == [0.0, 0.0]
+    paper = [LocalizationPrecision(), LocalizationRecall()]  # match_labels=False: labels unread
+    assert [r([unlabelled], [ctx()])[0] for r in paper] == [1.0, 1.0]

@@ -12,6 +12,7 @@ an n-gram repetition penalty counters.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 from lit_vr1.rewards.accuracy import _check_tolerance, check_mode, is_correct
@@ -181,20 +182,29 @@ def box_items(completion: str) -> list[tuple] | None:
     return [tuple(round(v) for v in b.box) + (b.label.strip().casefold(),) for b in boxes]
 
 
+def _outside_items(completion: str) -> str:
+    """The completion without its JSON items (``{...}``) and the brackets and commas around
+    them: the words a box answer writes besides its boxes. (Until 2026-12-06 the whole answer
+    was taken out, and a completion without answer tags is all answer: 30 repeats of a
+    sentence beside one box cost nothing.)"""
+    return re.sub(r"[\[\],]", " ", re.sub(r"\{[^{}]*\}", " ", completion))
+
+
 def repetition_penalty(completion: str, ngram_size: int = 3, max_penalty: float = -1.0) -> float:
     """``max_penalty * repetition`` (Yeo et al., 2025's n-gram repetition penalty, in its
     sequence-level form), with repetition in [0, 1]:
 
     - JSON box answers (:func:`box_items`): over the items, 1 - distinct / total, so a
       model listing the same box (same rounded coordinates and label) k times out of N
-      pays for the copies; a single item costs nothing; the words outside the box list
-      (the reasoning) are checked as below, and the larger repetition counts;
+      pays for the copies; a single item costs nothing; the words outside the box items
+      (the reasoning, and any text around the list) are checked as below, and the larger
+      repetition counts;
     - otherwise over the lower-cased whitespace-separated words of the whole
       completion: :func:`repetition_ratio` with n = ``ngram_size`` (0 when fewer words than n).
     """
     items = box_items(completion)
     if items is not None:
-        reasoning = completion.replace(answer_text(completion), " ")  # the words around the box list
+        reasoning = _outside_items(completion)  # the words around the box items, inside the answer tags or not
         ratio = max(1.0 - len(set(items)) / len(items), repetition_ratio(reasoning.lower().split(), ngram_size))
     else:
         ratio = repetition_ratio(completion.lower().split(), ngram_size)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import warnings
 
@@ -17,7 +18,6 @@ from lit_vr1.rewards.boxes import (
     first_box,
     frame_of,
     is_degenerate,
-    parse_boxes,
     solution_boxes,
     to_original,
 )
@@ -142,7 +142,9 @@ class ThinkAnswerFormat(Reward):
 
 class RecJsonFormat(Reward):
     """1.0 when the answer is a JSON list (bare or in a ```json fence) whose first item
-    has a four-number ``bbox_2d``: Qwen2.5-VL's grounding format (VLM-R1's REC format).
+    has a ``bbox_2d`` of four finite numbers with area (x1 < x2, y1 < y2): Qwen2.5-VL's
+    grounding format (VLM-R1's REC format; as its regex, no label is required and later items
+    are not read).
 
     Args:
         require_think: also demand the think/answer layout of :class:`ThinkAnswerFormat`.
@@ -165,7 +167,10 @@ class RecJsonFormat(Reward):
             return False
         if not isinstance(obj, list) or not obj or not isinstance(obj[0], dict):
             return False
-        return bool(parse_boxes(json.dumps(obj))) and "bbox_2d" in obj[0]
+        box = obj[0].get("bbox_2d")  # the first item's own box: a later item's box read for it before 2026-12-06
+        numbers = (isinstance(box, list) and len(box) == 4
+                   and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box))
+        return numbers and not is_degenerate(tuple(float(v) for v in box))
 
     def score(self, completions: list[str], contexts: list[SampleContext]) -> list[float]:
         return [1.0 if self._ok(c) else 0.0 for c in completions]
