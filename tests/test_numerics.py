@@ -336,10 +336,10 @@ def test_mini_batches_hold_whole_groups_so_each_micro_batch_runs_one_prompt(samp
     prompt_rows = []
     original = shared_prompt.prompt_pass
 
-    def counting(model, prompt, features=None):
+    def counting(model, prompt, features=None, cache=None):
         if torch.is_grad_enabled():
             prompt_rows.append(int(prompt["input_ids"].shape[0]))
-        return original(model, prompt, features)
+        return original(model, prompt, features, cache)
 
     monkeypatch.setattr(shared_prompt, "prompt_pass", counting)
     torch.manual_seed(0)
