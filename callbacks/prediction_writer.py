@@ -55,6 +55,13 @@ class PredictionWriter(BasePredictionWriter):
         self._drawn: dict[str, int] = {}  # picture names drawn in this run, and how often
         open(self._jsonl(trainer), "w").close()  # a new prediction run starts a new file
 
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        """A prediction that failed before its first answer leaves no empty file behind (read as
+        "no answers" beside the error); one that failed later keeps the answers it wrote."""
+        path = self._jsonl(trainer)
+        if trainer.predicting and os.path.isfile(path) and os.path.getsize(path) == 0:
+            os.remove(path)
+
     def on_predict_end(self, trainer, pl_module) -> None:
         where = (self._jsonl(trainer) if trainer.world_size == 1 else  # one file per process, each of its rows
                  os.path.join(self.output_dir, f"predictions.rank{{0..{trainer.world_size - 1}}}.jsonl") +

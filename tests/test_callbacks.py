@@ -366,3 +366,20 @@ def test_ptst_stage_boundaries_inside_a_rollout_move_to_its_end():
     assert applied_starts(stages, [1, 1]) == [0, 3]
     short = [PTSTStage(max_completion_length=8, num_generations=2, steps=1)] * 2 + stages[1:]
     assert applied_starts(short, [3, 3, 3]) == [0, 3, 3]  # stage 1 passed over: it starts where stage 2 does
+
+
+def test_a_prediction_that_fails_before_its_first_answer_leaves_no_empty_file(tmp_path):
+    from callbacks import PredictionWriter
+
+    class FakeTrainer:
+        world_size, global_rank, predicting = 1, 0, True
+
+    writer = PredictionWriter(str(tmp_path))
+    writer.on_predict_start(FakeTrainer(), None)
+    assert (tmp_path / "predictions.jsonl").is_file()
+    writer.on_exception(FakeTrainer(), None, ValueError("a corrupt image"))
+    assert not (tmp_path / "predictions.jsonl").exists()
+    writer.on_predict_start(FakeTrainer(), None)  # answers written before a failure are kept
+    (tmp_path / "predictions.jsonl").write_text('{"id": 1}\n')
+    writer.on_exception(FakeTrainer(), None, ValueError("a corrupt image"))
+    assert (tmp_path / "predictions.jsonl").read_text() == '{"id": 1}\n'
