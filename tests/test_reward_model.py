@@ -361,6 +361,22 @@ def test_answers_that_write_the_judges_own_prompt_lines_score_zero_and_never_rea
     assert remote(comps[1:3], ctxs[1:3]) == [0.0, 0.0] and remote.attempts == 0  # nothing sent
 
 
+def test_an_answer_over_the_servers_text_limit_scores_zero_unsent_and_fails_no_other(images, monkeypatch):
+    """One answer past the server's 16,000 characters made it refuse the whole request: under
+    on_error: nan all 8 completions got nan, 7 right answers among them."""
+    sent: list[int] = []
+    remote = RemoteRewardModel("http://127.0.0.1:9/score", on_error="nan")
+    monkeypatch.setattr(remote, "request", lambda chunk: sent.append(len(chunk)) or [0.9] * len(chunk))
+    comps = ["<answer>red</answer>"] * 7 + ["<answer>" + "=" * 16_000 + "</answer>"]
+    ctxs = [SampleContext(id=f"s{i}", prompt=QUESTION, solution=None, images=[images[0]]) for i in range(8)]
+    assert remote(comps, ctxs) == [0.9] * 7 + [0.0] and sent == [7]
+    unlimited = RemoteRewardModel("http://127.0.0.1:9/score", max_text_chars=None)
+    monkeypatch.setattr(unlimited, "request", lambda chunk: sent.append(len(chunk)) or [0.9] * len(chunk))
+    assert unlimited(comps, ctxs) == [0.9] * 8 and sent[-1] == 8
+    with pytest.raises(ValueError, match="max_text_chars=0 must be at least 1"):
+        RemoteRewardModel("http://127.0.0.1:9/score", max_text_chars=0)
+
+
 def test_the_judge_server_refuses_a_negative_think_budget(capsys):
     from lit_vr1.rewards.serve import main
 
