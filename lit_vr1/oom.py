@@ -197,8 +197,8 @@ def message(phase: str, size: str, options: list[str], device: torch.device | st
     shrink them come first: no micro-batch fits beside them."""
     first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
     held_text = f"; {held}" if held is not None and held.total else ""
-    if held is not None and _mostly_held(held, device):
-        options = STATIC_OPTIONS + [o for o in options if o not in STATIC_OPTIONS]
+    if held is not None and _mostly_held(held, device):  # reordered, never added to: taken options stay out
+        options = [o for o in options if o in STATIC_OPTIONS] + [o for o in options if o not in STATIC_OPTIONS]
     return (f"out of memory in {phase} ({size}{held_text}{device_memory(device)}): make it smaller with "
             + "; ".join(options) + f". torch said: {first}")
 

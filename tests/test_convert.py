@@ -205,3 +205,62 @@ def test_llama_factory_and_trl_chats_in_json_lines_are_converted(tmp_path):
     src.write_text(json.dumps(rows[0]) + "\n" + json.dumps({"messages": [{"role": "assistant", "content": "x"}]}) + "\n")
     with pytest.raises(ConvertError, match=r"chats\.jsonl:2, column 'messages': the chat's turns are assistant"):
         convert(str(src), str(out), str(folder))
+
+
+def test_inputs_and_answers_new_users_bring(tmp_path):
+    """A JSON array (LLaMA-Factory's .json), TRL's prompt-completion rows, answers as lists of one
+    value, absolute image paths with --images-outside-folder; what is refused and why."""
+    folder = tmp_path / "img"
+    folder.mkdir()
+    Image.new("RGB", (40, 40), RED).save(folder / "r.png")
+    rows = [{"messages": [{"role": "user", "content": "<image>Colour?"}, {"role": "assistant", "content": "red"}],
+             "images": ["r.png"]}]
+    src = tmp_path / "array.json"
+    src.write_text(json.dumps(rows, indent=2))
+    convert(str(src), str(tmp_path / "a.jsonl"), str(folder))
+    assert lines(tmp_path / "a.jsonl")[0]["solution"] == "red"
+    trl = write(tmp_path, [{"prompt": [{"role": "user", "content": "<image>Colour?"}],
+                            "completion": [{"role": "assistant", "content": "red"}], "image": hf_image(RED)}], "trl")
+    convert(trl, str(tmp_path / "t.jsonl"), str(folder))
+    assert lines(tmp_path / "t.jsonl")[0]["solution"] == "red"  # it was kept as a column, the row unlabelled
+    one = write(tmp_path, [{"problem": "<image>How many?", "answer": [3], "images": [hf_image(RED)]}], "one")
+    convert(one, str(tmp_path / "o.jsonl"), str(folder))
+    assert lines(tmp_path / "o.jsonl")[0]["solution"] == 3
+    four = write(tmp_path, [{"problem": "<image>How many?", "answer": [4, 5, 6, 7], "images": [hf_image(RED)]}], "four")
+    with pytest.raises(ConvertError, match=r"column 'answer' holds a list of 4 numbers .*--answer-key answer"):
+        convert(four, str(tmp_path / "f.jsonl"), str(folder))  # it trained as a box without a word
+    absolute = tmp_path / "abs.jsonl"
+    absolute.write_text(json.dumps({"problem": "<image>Colour?", "answer": "red", "images": [str(folder / "r.png")]}))
+    with pytest.raises(ConvertError, match=r"outside the image folder .*--images-outside-folder \(and "
+                                           r"data.images_outside_folder=true in training\)"):
+        convert(str(absolute), str(tmp_path / "x.jsonl"), str(tmp_path / "other"))
+    convert(str(absolute), str(tmp_path / "x.jsonl"), str(tmp_path / "other"), images_outside_folder=True)
+    assert not (tmp_path / "other").exists()  # nothing to write: no folder made
+
+
+@pytest.mark.parametrize("case, message", [
+    ("same", r"is the file to convert: write the JSON lines to another file"),
+    ("folder", r"is a folder \(a datasets.save_to_disk one\?\)"),
+    ("latin1", r"latin1\.jsonl:1: not valid UTF-8 \(byte 0xe9 at column 53\); save the file as UTF-8$"),
+    ("truncated", r"row 0, column 'images', image 1: its bytes are not an image PIL can read"),
+    ("all_bad", r"every row of .* was left out \(1 bad row; the first: "),
+])
+def test_what_the_converter_refuses(tmp_path, case, message):
+    out, src = tmp_path / "out.jsonl", tmp_path / "src.parquet"
+    if case == "same":
+        src, out = write(tmp_path, [verl_row(0)]), write(tmp_path, [verl_row(0)])
+    elif case == "folder":
+        src = tmp_path / "saved"
+        src.mkdir()
+    elif case == "latin1":
+        src = tmp_path / "latin1.jsonl"
+        src.write_bytes(b'{"messages": [{"role": "user", "content": "<image>Qu\xe9 color?"}], "images": ["a.png"]}\n')
+    elif case == "truncated":
+        src = write(tmp_path, [{"problem": "<image>?", "answer": "x",
+                                "images": [{"bytes": encoded(RED)[:60], "path": None}]}])
+    else:
+        src = write(tmp_path, [{"problem": "<image><image>?", "answer": "x", "images": [hf_image(RED)]}])
+    with pytest.raises(ConvertError, match=message):
+        convert(str(src), str(out), str(tmp_path / "img"), bad_rows="skip" if case == "all_bad" else "raise")
+    if case == "same":
+        assert Path(src).read_bytes()[:4] == b"PAR1"  # the input is left as it was

@@ -79,6 +79,12 @@ def test_options_already_taken_are_not_offered_again_and_new_run_options_say_so(
            "refuses another model)" in line and "resumes from" in err
     module = type("M", (), {"lora": object(), "gradient_checkpointing": False, "freeze_vision": False})()
     assert oom.not_taken(oom.STATIC_OPTIONS, module) == [oom.STATIC_OPTIONS[1]]  # LoRA freezes the tower too
+    # a device mostly held by weights and optimiser state puts the static options first, without adding back taken ones
+    monkeypatch.setattr(oom, "_mostly_held", lambda held, device: True)
+    options = oom.not_taken(oom.scoring_options(8, None, 4, True), module)
+    said = oom.message("the policy update", "x", options, None, RuntimeError("oom"), oom.Held(1, 1, 1, 1))
+    assert "model.lora" not in said and "model.freeze_vision" not in said
+    assert said.index("FSDP2") < said.index("model.grpo.micro_batch_size")
 
 
 def test_the_rollout_running_out_names_prompts_generations_and_its_cache(tmp_path, capsys, monkeypatch):

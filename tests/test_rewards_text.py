@@ -289,6 +289,9 @@ def test_repetition_penalty_over_box_items():
     assert repetition_penalty(sentence) < -0.9
     assert repetition_penalty(f"<think>x</think><answer>[{one}]" + " cat" * 30 + "</answer>") < -0.8
     assert repetition_penalty(f"<think>look at the cat</think><answer>[{one}]</answer>") == 0.0
+    nested = "[" + ", ".join(f'{{"bbox_2d": [{i}, {i}, {i + 5}, {i + 5}], "label": "person", "attributes": '
+                             '{"pose": "standing"}}' for i in range(8)) + "]"
+    assert repetition_penalty(f"<answer>{nested}</answer>") == 0.0  # items holding objects of their own
     with pytest.raises(ValueError, match="ngram_size"):
         RepetitionPenalty(ngram_size=0)
     with pytest.raises(ValueError, match="max_penalty"):

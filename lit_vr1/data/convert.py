@@ -20,8 +20,10 @@ these systems' loaders read it:
   the question its answer. A ShareGPT ``conversations`` column is kept as it is (lit-vr1 reads
   that layout itself).
 * the answer: column ``solution`` (R1-V), ``answer`` (EasyR1), verl's
-  ``reward_model.ground_truth`` or ``ground_truth``; a list of one string is that string. None
-  of them: the row is unlabelled (R1V-Free).
+  ``reward_model.ground_truth`` or ``ground_truth``, else the chat's assistant turn or TRL's
+  ``completion``; a list of one string or number is that value, a list of numbers a box only
+  in ``solution`` (or a column named with ``--answer-key``). None of them: the row is
+  unlabelled (R1V-Free).
 * the images: column ``images`` (a list) or ``image`` (one). An entry is a Hugging Face image
   (``{"bytes": ..., "path": ...}``), raw bytes, or a path. Bytes are written to the image folder
   as ``<sha256 prefix>.<format>`` (an image used by several rows is written once, and a second
@@ -55,14 +57,14 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from lit_vr1.data.jsonl import BAD_ROWS, VIDEO_FIELDS, DataError, parse_line
+from lit_vr1.data.jsonl import BAD_ROWS, VIDEO_FIELDS, DataError, decode_line, parse_line
 
 QUESTION_COLUMNS = ("problem", "question", "prompt", "messages")
 ANSWER_COLUMNS = ("solution", "answer", "reward_model.ground_truth", "ground_truth")
 IMAGE_COLUMNS = ("images", "image")
 FORMAT_SUFFIX = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif",
                  "MPO": ".jpg"}
-READ_ROWS = 256  # rows decoded from the file at a time (a Parquet file of images can be larger than memory)
+READ_ROWS = 256  # rows handed on at a time; pyarrow reads a whole row group (a file written by pandas: one) first
 LISTED = 5
 
 
@@ -152,11 +154,21 @@ def chat(messages: Any, where: str) -> tuple[str, str | None, str | None]:
     return content_text(messages[at].get("content"), where), system, answer
 
 
+def completion_answer(done: Any, where: str) -> str:
+    """TRL's ``completion``: text, or one assistant turn."""
+    if isinstance(done, str):
+        return done
+    if isinstance(done, list) and len(done) == 1 and isinstance(done[0], dict) and done[0].get("role") == "assistant":
+        return content_text(done[0].get("content"), where)
+    raise ConvertError(f"{where}: a completion must be text or one assistant turn")
+
+
 def image_name(data: bytes, where: str) -> str:
     """``<sha256 prefix>.<format>`` of an image's bytes (a :class:`ConvertError` when PIL cannot read them)."""
     try:
         with Image.open(io.BytesIO(data)) as im:
             kind = im.format or ""
+            im.load()  # a truncated image fails here, not when training first loads it
     except UnidentifiedImageError:
         raise ConvertError(f"{where}: its {len(data)} bytes are not an image PIL can read (no known image format)") \
             from None
@@ -189,6 +201,7 @@ def save_images(value: Any, folder: str, where: str, converted: Converted) -> li
             raise ConvertError(f"{at}: an image must be bytes, a path or {{'bytes', 'path'}}, got "
                                f"{type(data).__name__}")
         name = image_name(bytes(data), at)
+        os.makedirs(folder, exist_ok=True)
         target = os.path.join(folder, name)
         if os.path.isfile(target) and os.path.getsize(target) == len(data):
             converted.images_present += 1
@@ -202,13 +215,24 @@ def save_images(value: Any, folder: str, where: str, converted: Converted) -> li
 
 
 def answer_of(row: dict, answer_key: str | None, where: str) -> tuple[str | None, Any]:
-    """(column, answer) of a row: a list of one string is that string; None: unlabelled."""
+    """(column, answer) of a row; None: unlabelled. A list of one string or number is that
+    value; a list of numbers is a box (``[x1, y1, x2, y2]``) only in a ``solution`` column (VLM-R1's
+    and lit-vr1's own name): under ``answer`` or ``ground_truth`` (EasyR1's, verl's) it would
+    train as a box without a word where it meant several answers."""
     name, value = _first(row, (answer_key,) if answer_key else ANSWER_COLUMNS)
-    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
-        if len(value) > 1:
-            raise ConvertError(f"{where}: column {name!r} holds {len(value)} answers ({json.dumps(list(value))[:120]}); "
-                               "a row has one answer: keep the one the reward should check")
-        value = value[0]
+    if not isinstance(value, (list, tuple)) or not value:
+        return name, value
+    value = list(value)
+    scalar = all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in value)
+    if scalar and len(value) == 1:
+        return name, value[0]
+    if scalar and all(isinstance(v, str) for v in value):
+        raise ConvertError(f"{where}: column {name!r} holds {len(value)} answers ({json.dumps(value)[:120]}); "
+                           "a row has one answer: keep the one the reward should check")
+    if scalar and name != "solution" and answer_key is None:
+        raise ConvertError(f"{where}: column {name!r} holds a list of {len(value)} numbers ({json.dumps(value)[:120]}): "
+                           "a row has one answer; a box [x1, y1, x2, y2] is read from a 'solution' column, or from "
+                           f"this one when it is named with --answer-key {name}")
     return name, value
 
 
@@ -256,6 +280,9 @@ def convert_row(row: dict, row_id: str, folder: str, where: str, converted: Conv
         line["solution"] = solution
     elif answer is not None:
         line["solution"] = answer
+    elif row.get("completion") is not None:  # TRL's prompt-completion layout: the completion is the answer
+        line["solution"] = completion_answer(row["completion"], f"{where}, column 'completion'")
+        used.add("completion")
     i_name, images = _first(row, (keys["image"],) if keys["image"] else IMAGE_COLUMNS)
     if i_name is not None:
         used.add(i_name)
@@ -277,8 +304,9 @@ PARQUET_MAGIC = b"PAR1"
 
 
 def rows(path: str) -> Iterator[tuple[str, int, dict]]:
-    """(where, number, row) of each row of a Parquet file (a few hundred decoded at a time;
-    rows counted from 0) or of a JSON lines file (counted from line 1)."""
+    """(where, number, row) of each row of a Parquet file (one row group read at a time: a
+    file written in one group, pandas' default, is read whole; rows counted from 0) or of a
+    JSON lines file (counted from line 1) or JSON array (items counted from 0)."""
     with open(path, "rb") as f:
         parquet = f.read(4) == PARQUET_MAGIC
     if not parquet:
@@ -301,8 +329,20 @@ def rows(path: str) -> Iterator[tuple[str, int, dict]]:
 
 
 def _json_rows(path: str) -> Iterator[tuple[str, int, dict]]:
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for n, line in enumerate(f, start=1):
+    """Rows of JSON lines, or of one JSON array of objects (LLaMA-Factory's ``.json`` files);
+    text is decoded as training decodes it (UTF-8, a BOM allowed; other bytes refused, not
+    replaced)."""
+    with open(path, "rb") as f:
+        head = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+    if head.startswith(b"["):
+        yield from _json_array_rows(path)
+        return
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            try:
+                line = decode_line(raw, f"{path}:{n}", first=n == 1)
+            except DataError as e:
+                raise ConvertError(str(e).replace(", or skip the line with data.bad_rows=skip", "")) from None
             if not line.strip():
                 continue
             try:
@@ -314,22 +354,49 @@ def _json_rows(path: str) -> Iterator[tuple[str, int, dict]]:
             yield f"{path}:{n}", n, row
 
 
+def _json_array_rows(path: str) -> Iterator[tuple[str, int, dict]]:
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        rows = json.loads(decode_line(raw, path, first=True))
+    except DataError as e:
+        raise ConvertError(str(e).replace(", or skip the line with data.bad_rows=skip", "")) from None
+    except ValueError as e:
+        raise ConvertError(f"{path}: starts as a JSON array but is not one ({e})") from None
+    if not isinstance(rows, list):
+        raise ConvertError(f"{path}: expected a JSON array of objects")
+    for n, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise ConvertError(f"{path} item {n}: expected a JSON object, got {type(row).__name__}")
+        yield f"{path} item {n}", n, row
+
+
 def convert(path: str, out: str, folder: str, bad_rows: str = "raise", question_key: str | None = None,
-            answer_key: str | None = None, image_key: str | None = None, check_boxes: bool = True) -> Converted:
+            answer_key: str | None = None, image_key: str | None = None, check_boxes: bool = True,
+            images_outside_folder: bool = False) -> Converted:
     """Write ``out`` (JSON lines) and the images of ``path`` into ``folder``; see the module's doc."""
     if bad_rows not in BAD_ROWS:
         raise ConvertError(f"--bad-rows {bad_rows!r}: one of {', '.join(BAD_ROWS)}")
-    os.makedirs(folder, exist_ok=True)
+    if os.path.isdir(path):
+        raise ConvertError(f"{path} is a folder (a datasets.save_to_disk one?): write the dataset as Parquet first, "
+                           "datasets.load_from_disk(path).to_parquet('train.parquet'), and convert that file")
+    if os.path.exists(out) and os.path.samefile(path, out):
+        raise ConvertError(f"{out} is the file to convert: write the JSON lines to another file")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
+        raise ConvertError(f"{out}: its folder {os.path.dirname(os.path.abspath(out))} does not exist")
     converted = Converted()
     keys = {"question": question_key, "answer": answer_key, "image": image_key}
     try:
         with open(out + ".part", "w") as f:
             for where, i, row in rows(path):
                 text = _checked_line(row, where, f"{Path(path).stem}-{i}", out, folder, converted, keys, check_boxes,
-                                     bad_rows)
+                                     bad_rows, images_outside_folder)
                 if text is not None:
                     f.write(text + "\n")
                     converted.lines += 1
+        if not converted.lines and converted.skipped:  # an empty file that "succeeded" trains nothing
+            raise ConvertError(f"every row of {path} was left out ({_count(len(converted.skipped), 'bad row')}; the "
+                               f"first: {converted.skipped[0]})")
     except BaseException:
         Path(out + ".part").unlink(missing_ok=True)  # no half-written file beside the data
         raise
@@ -338,16 +405,18 @@ def convert(path: str, out: str, folder: str, bad_rows: str = "raise", question_
 
 
 def _checked_line(row: dict, where: str, row_id: str, out: str, folder: str, converted: Converted,
-                  keys: dict[str, str | None], check_boxes: bool, bad_rows: str) -> str | None:
+                  keys: dict[str, str | None], check_boxes: bool, bad_rows: str, outside: bool) -> str | None:
     """The row at ``where`` as a JSON line checked as training reads it; None when it is left out
     (--bad-rows skip)."""
     lineno = converted.lines + 1
     try:
         text = json.dumps(convert_row(row, row_id, folder, where, converted, keys), ensure_ascii=False)
         try:
-            parse_line(text, out, lineno, folder, check_boxes=check_boxes)
+            parse_line(text, out, lineno, folder, check_boxes=check_boxes, images_outside_folder=outside)
         except DataError as e:  # parse_line names out:line; the input's row is what to fix
-            raise ConvertError(f"{where}: {str(e).removeprefix(f'{out}:{lineno}: ')}") from None
+            said = str(e).removeprefix(f"{out}:{lineno}: ").replace(
+                "data.images_outside_folder=true", "--images-outside-folder (and data.images_outside_folder=true in training)")
+            raise ConvertError(f"{where}: {said}") from None
     except ConvertError as e:
         if bad_rows == "raise":
             raise ConvertError(f"{e} (or leave such rows out with --bad-rows skip)") from None
@@ -372,16 +441,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image-key", help="the images' column, when it is not one of " + ", ".join(IMAGE_COLUMNS))
     p.add_argument("--no-check-boxes", action="store_true", help="bracketed number lists in answers are not boxes "
                                                                  "(data.check_boxes=false)")
+    p.add_argument("--images-outside-folder", action="store_true", help="accept image paths that resolve outside the "
+                                                                        "image folder (absolute paths; "
+                                                                        "data.images_outside_folder=true in training)")
     a = p.parse_args(argv)
     try:
-        if not os.path.isfile(a.source):
+        if not os.path.exists(a.source):
             raise ConvertError(f"{a.source}: no such file")
         converted = convert(a.source, a.out, a.images, a.bad_rows, a.question_key, a.answer_key, a.image_key,
-                            not a.no_check_boxes)
+                            not a.no_check_boxes, a.images_outside_folder)
     except ConvertError as e:
-        print(f"lit_vr1.data.source: error: {e}", file=sys.stderr)
+        print(f"lit_vr1.data.convert: error: {e}", file=sys.stderr)
         return 2
-    print(f"{a.out}: {converted.summary()}\ntrain with --data.train_files {a.out} --data.train_images {a.images}")
+    outside = " --data.images_outside_folder=true" if a.images_outside_folder else ""
+    print(f"{a.out}: {converted.summary()}\ntrain with --data.train_files {a.out} --data.train_images {a.images}{outside} "
+          "(a held-out file: --data.val_files, --data.val_images)")
     return 0
 
 

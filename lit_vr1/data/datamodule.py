@@ -87,6 +87,14 @@ def train_images_given(train_files: str | None, train_images: str | None) -> str
     return "data.train_files needs data.train_images: one image folder per file, ':'-separated"
 
 
+@rule("data.val_images", "config")
+def val_images_given(val_files: str | None, val_images: str | None) -> str | None:
+    """(Until 2026-12-06 ``validate`` without it failed with an AttributeError traceback.)"""
+    if val_files is None or val_images is not None:
+        return None
+    return "data.val_files needs data.val_images: one image folder per file, ':'-separated"
+
+
 @rule("data.max_prompt_length", "config")
 def max_prompt_length_positive(value: int | None) -> str | None:
     return None if value is None or value >= 1 else f"data.max_prompt_length={value} must be >= 1, or null for no limit"
@@ -184,6 +192,7 @@ class GroundingDataModule(LightningDataModule):
         self.processor: Any = None  # for max_prompt_length: the module's, or one given to use_processor
         enforce(train_data_given(train_files, synthetic, val_files, predict_files))
         enforce(train_images_given(train_files, train_images))
+        enforce(val_images_given(val_files, val_images))
         self.train_files, self.train_images = train_files, train_images
         self.val_files, self.val_images = val_files, val_images
         self.template = template

@@ -590,24 +590,22 @@ def _refuse_template_tokens(obj: dict, human: str, system: str | None, where: st
 
 
 # an image marker spelled otherwise (<Image>, <IMAGE>, <image1>, MMMU's <image 1>): read as text, its images moved first
-MARKER_LOOKALIKE = re.compile(r"<\s*image[\s_-]*\d*\s*/?>", re.IGNORECASE)
+MARKER_LOOKALIKE = re.compile(r"<\s*image[\s_-]*\d*\s*>", re.IGNORECASE)  # not SVG's <image/>
 
 
-def _refuse_misplaced_markers(obj: dict, human: str, system: str | None, solution: Any, where: str) -> None:
+def _refuse_misplaced_markers(obj: dict, human: str, system: str | None, where: str) -> None:
     """An image marker lit-vr1 does not read, or one where no image can go: a question's
     ``<Image>`` / ``<image 1>`` stayed text while its images went before the question, and a
-    system prompt's or an answer's ``<image>`` was text taught and scored as words."""
+    system prompt's ``<image>`` was text (an answer may say ``<image>``: it is text there)."""
     odd = sorted({m for m in MARKER_LOOKALIKE.findall(human) if m != "<image>"})
     if odd:
         raise DataError(f"{where}: {_field_of(obj, 'human')} holds {', '.join(odd)}, which lit-vr1 does not read as an "
                         "image marker (it would stay in the text, and the images would go before the question): write "
                         "<image> (lower case, no number) where each image goes, one per image in field 'image' order")
-    for text, name in ((system or "", "the system prompt"), (solution if isinstance(solution, str) else "",
-                                                             _field_of(obj, "gpt"))):
-        found = MARKER_LOOKALIKE.search(text)
-        if found:
-            raise DataError(f"{where}: {name} holds {found.group(0)}; images go in the question only (an <image> "
-                            f"marker there, where each image goes): take it out of {name}")
+    found = MARKER_LOOKALIKE.search(system or "")
+    if found:
+        raise DataError(f"{where}: the system prompt holds {found.group(0)}; images go in the question only (an "
+                        "<image> marker there, where each image goes): take it out of the system prompt")
 
 
 def _refuse_misnamed(obj: dict, field: str, lookalikes: tuple[str, ...], where: str, advice: str) -> None:
@@ -636,7 +634,7 @@ def parse_line(line: str, path: str, lineno: int, folder: str, task: str = "defa
         raise DataError(f"{where}: {_field_of(obj, 'human')} is empty: the question has no text besides "
                         "<image> markers; write the question or remove the line")
     _refuse_template_tokens(obj, human, system, where)
-    _refuse_misplaced_markers(obj, human, system, solution, where)
+    _refuse_misplaced_markers(obj, human, system, where)
     _refuse_misnamed(obj, "image", IMAGE_FIELD_LOOKALIKES, where, "the image path goes in field 'image' (a path or "
                      "a list of paths, relative to the image folder): rename the field")
     video = next((k for k in obj if k.lower() in VIDEO_FIELDS and obj[k] not in (None, "", [])), None)

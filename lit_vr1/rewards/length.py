@@ -187,7 +187,10 @@ def _outside_items(completion: str) -> str:
     them: the words a box answer writes besides its boxes. (Until 2026-12-06 the whole answer
     was taken out, and a completion without answer tags is all answer: 30 repeats of a
     sentence beside one box cost nothing.)"""
-    return re.sub(r"[\[\],]", " ", re.sub(r"\{[^{}]*\}", " ", completion))
+    text, before = completion, None
+    while text != before:  # innermost objects first, until none is left (items may hold objects of their own)
+        text, before = re.sub(r"\{[^{}]*\}", " ", text), text
+    return re.sub(r"[\[\],]", " ", text)
 
 
 def repetition_penalty(completion: str, ngram_size: int = 3, max_penalty: float = -1.0) -> float:

@@ -91,10 +91,16 @@ def template_lines(template: str) -> list[str]:
     return [" ".join(line.split()).lower() for line in static.splitlines() if len(line.strip()) >= 8]
 
 
+LONG_LINE = 30  # a template line this long is not written by chance; shorter ones ("question:") count in twos
+
+
 def forges_the_prompt(answer: str, lines: list[str]) -> bool:
-    """Whether ``answer`` writes one of the judge prompt's own ``lines``."""
+    """Whether ``answer`` writes the judge prompt's own ``lines``: one of 30 characters or
+    more (the verdict request), or two of them (a "Question:" and a "Candidate answer:"); one
+    short line alone is an answer's own words ("It is a candidate answer: the mayor")."""
     flat = " ".join(answer.split()).lower()
-    return any(line in flat for line in lines)
+    found = [line for line in lines if line in flat]
+    return any(len(line) >= LONG_LINE for line in found) or len(found) >= 2
 
 
 def judged(completions: list[str], contexts: list[SampleContext], answer_required: bool,
