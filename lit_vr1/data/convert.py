@@ -50,6 +50,7 @@ import io
 import json
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,7 +167,10 @@ def completion_answer(done: Any, where: str) -> str:
 def image_name(data: bytes, where: str) -> str:
     """``<sha256 prefix>.<format>`` of an image's bytes (a :class:`ConvertError` when PIL cannot read them)."""
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with warnings.catch_warnings():  # PIL's bomb warning names no file; training says such images once
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+        with im:
             kind = im.format or ""
             im.load()  # a truncated image fails here, not when training first loads it
     except UnidentifiedImageError:
