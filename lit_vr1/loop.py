@@ -193,6 +193,11 @@ class RolloutUpdateLoop:
             rank_zero_info(f"lit-vr1: grpo.shared_prompt does not apply to {reason}: each prompt is repeated for its "
                            "G completions")
             self._warned = True
+        elif reason is None and not self._warned and shared_prompt.checkpointing_drops_cache(self.module.policy):
+            rank_zero_info("lit-vr1: under gradient_checkpointing this transformers' checkpointed layers drop the "
+                           "key/value cache (no _can_checkpoint_with_cache switch): the update repeats each prompt for "
+                           "its G completions; the rollout and the passes without gradients share it")
+            self._warned = True
         return reason is None
 
     def micro_batches(self, order: Tensor, n: int) -> list[Tensor]:

@@ -26,7 +26,7 @@ from lit_vr1.rollout import Rollout
 def distribution_logits(model: nn.Module, rollout: Rollout, rows: Tensor) -> Tensor:
     """(n, T, V) logits of the distribution ``rollout.scoring`` describes, predicting each
     completion token of ``rows``."""
-    if rollout.shared_prompt:
+    if rollout.shared_prompt and not shared_prompt.update_repeats_prompts(model):
         logits = shared_prompt.completion_logits(model, rollout, rows, rollout.image_features)
     else:
         width = rollout.completion_ids.shape[1]

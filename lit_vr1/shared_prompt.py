@@ -77,10 +77,20 @@ def unsupported_reason(model: nn.Module) -> str | None:
     if family is None or family.name not in SHARED_FAMILIES:
         name = family.name if family is not None else type(base_model(model)).__name__
         return f"model family {name} (shared prompt passes support {', '.join(SHARED_FAMILIES)})"
-    if replay_cache.cache_dropped(base_model(model)):
-        return ("gradient_checkpointing with a transformers whose checkpointed layers drop the key/value cache "
-                "(lit-vr1 keeps it where transformers' layers have the _can_checkpoint_with_cache switch)")
     return None
+
+
+def update_repeats_prompts(model: nn.Module) -> bool:
+    """True when a forward with gradients must repeat the prompts: gradient checkpointing under a
+    transformers whose checkpointed layers drop the key/value cache (no ``_can_checkpoint_with_cache``
+    switch, see :mod:`lit_vr1.replay_cache`). The rollout and the passes without gradients, which
+    checkpoint nothing, share the prompts all the same."""
+    return torch.is_grad_enabled() and checkpointing_drops_cache(model)
+
+
+def checkpointing_drops_cache(model: nn.Module) -> bool:
+    """True when a checkpointed layer of ``model`` would drop the key/value cache it is given."""
+    return replay_cache.cache_dropped(base_model(model))
 
 
 def vision_frozen(model: nn.Module) -> bool:

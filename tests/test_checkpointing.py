@@ -64,9 +64,9 @@ def test_shared_prompts_under_checkpointing_give_the_same_logits_and_gradients(s
     weights = weights * rollout.completion_mask
     logits, grads, calls = _logits_and_grads(model, rollout, weights)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    assert "gradient_checkpointing" in shared_prompt.unsupported_reason(model)  # transformers drops the cache
+    assert shared_prompt.checkpointing_drops_cache(model)  # transformers drops the cache of checkpointed layers
     assert replay_cache.keep_cache_under_checkpointing(model)
-    assert shared_prompt.unsupported_reason(model) is None
+    assert not shared_prompt.checkpointing_drops_cache(model) and shared_prompt.unsupported_reason(model) is None
     logits_ckpt, grads_ckpt, calls_ckpt = _logits_and_grads(model, rollout, weights)
     assert calls == 2 and calls_ckpt == 4  # the prompt pass and the completion pass, each replayed in backward
     torch.testing.assert_close(logits_ckpt, logits, atol=0, rtol=0)
@@ -90,17 +90,34 @@ def test_a_cache_that_appends_again_on_the_replay_breaks_the_backward(samples, m
         _logits_and_grads(model, rollout, rollout.completion_mask.float())
 
 
-def test_without_transformers_switch_shared_prompts_fall_back(samples, monkeypatch):
+def test_without_transformers_switch_only_the_update_repeats_prompts(samples, monkeypatch):
+    """A transformers whose checkpointed layers drop the cache: the forward with gradients repeats
+    the prompts (the same logits); the rollout and the passes without gradients share them still."""
     from transformers.modeling_layers import GradientCheckpointingLayer
 
-    from lit_vr1 import replay_cache, shared_prompt
+    from lit_vr1 import replay_cache, scoring, shared_prompt
     from lit_vr1.models.tiny import build_tiny
 
-    model, _ = build_tiny("qwen2_5_vl", seed=0)
+    model, rollout = _batch(build_tiny("qwen2_5_vl", seed=0), samples)
+    with torch.no_grad():
+        want = scoring.distribution_logits(model, rollout, torch.arange(len(rollout)))
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    monkeypatch.delattr(GradientCheckpointingLayer, replay_cache.SWITCH)
+    # an older transformers: its layers have no such switch (and drop the cache, as these do with it off)
+    assert not hasattr(GradientCheckpointingLayer, "_no_such_switch")
+    monkeypatch.setattr(replay_cache, "SWITCH", "_no_such_switch")
     assert not replay_cache.keep_cache_under_checkpointing(model)
-    assert "drop the key/value cache" in shared_prompt.unsupported_reason(model)
+    assert shared_prompt.unsupported_reason(model) is None and shared_prompt.checkpointing_drops_cache(model)
+    passes = []
+    real = shared_prompt.completion_logits
+    monkeypatch.setattr(shared_prompt, "completion_logits", lambda *a, **k: passes.append(1) or real(*a, **k))
+    with torch.no_grad():
+        assert not shared_prompt.update_repeats_prompts(model)
+        scoring.distribution_logits(model, rollout, torch.arange(len(rollout)))
+    assert passes == [1]  # without gradients: shared
+    got = scoring.distribution_logits(model, rollout, torch.arange(len(rollout)))
+    assert passes == [1]  # with gradients: repeated, and the same logits
+    valid = rollout.completion_mask.bool()
+    assert (got.detach() - want)[valid].abs().max() < 2e-5
 
 
 def test_a_grpo_module_with_checkpointing_keeps_shared_prompts_and_trains_the_same(samples):
