@@ -97,9 +97,8 @@ def _as_box(raw: Any) -> Box | None:
 
 
 def _boxes_from_json(obj: Any) -> list[ParsedBox]:
-    """Boxes of a decoded JSON value, in reading order: a list of {"bbox_2d"|"bbox", "label"}
-    items, one such item, a list of quadruples, one quadruple, or Vision-R1's [label, box]
-    pairs; lists of these nested in the list are read in place."""
+    """Boxes of a decoded JSON value: a list of {"bbox_2d"|"bbox", "label"} items, one
+    such item, a list of quadruples, one quadruple, or Vision-R1's [label, box] pairs."""
     if isinstance(obj, dict):
         obj = [obj]
     if not isinstance(obj, list):
@@ -116,9 +115,6 @@ def _boxes_from_json(obj: Any) -> list[ParsedBox]:
             label, box = item[0], _as_box(item[1])  # Vision-R1: [category, [x1, y1, x2, y2]]
         else:
             box = _as_box(item)
-            if box is None and isinstance(item, list):  # a list of items inside the list: json_repair's reading of
-                out.extend(_boxes_from_json(item))      # "[{...}] or maybe [0, 0, 10, 10]" is [[{...}], [0, 0, 10, 10]]
-                continue
         if box is not None:
             out.append(ParsedBox(box, str(label) if label is not None else ""))
     return out
