@@ -169,11 +169,12 @@ def held_by(module: Any) -> Held | None:
 
 # a resume keeps the model's settings and the data's order (lit_vr1.module.MODEL_IDENTITY, the data module's
 # training_order): an option that changes them is for a new run, said where it is offered
-NEW_RUN = "; a new run: a resume refuses another model"
+NEW_MODEL = "a new run: a resume refuses another model"
+NEW_ORDER = "a new run: a resume keeps the data's order"
 STATIC_OPTIONS = [
-    f"model.lora (the base frozen: no gradients or AdamW state for it, and no reference copy{NEW_RUN})",
+    f"model.lora (the base frozen: no gradients or AdamW state for it, and no reference copy; {NEW_MODEL})",
     "FSDP2 over several devices (configs/strategy/) or DeepSpeed ZeRO to shard weights, gradients and optimiser state",
-    "model.freeze_vision: true (a new run: a resume refuses another model)",
+    f"model.freeze_vision: true ({NEW_MODEL})",
 ]
 # the module attribute that is on when an option is taken already (LoRA freezes the vision tower too)
 TAKEN = {"model.gradient_checkpointing": ("gradient_checkpointing",), "model.lora": ("lora",),
@@ -225,7 +226,7 @@ def in_phase(phase: str, size: Callable[[], str], options: Callable[[], list[str
 
 GENERAL_OPTIONS = [
     "in SFT a smaller data.batch_size with trainer.accumulate_grad_batches raised to match (the same batch per "
-    "optimiser step; a new run: a resume keeps the data's order), in GRPO model.grpo.micro_batch_size",
+    f"optimiser step; {NEW_ORDER}), in GRPO model.grpo.micro_batch_size",
     "shorter completions (model.grpo.max_completion_length) or images (model.max_pixels)",
     "model.gradient_checkpointing: true, model.freeze_vision: true or model.lora",
     "several devices with trainer.strategy (FSDP2: configs/strategy/) to shard weights and optimiser state",
@@ -257,7 +258,7 @@ def rollout_size(shape: TextShape | None, prompts: int, group: int, tokens: int,
 
 
 def rollout_options(prompts: int, group: int, tokens: int, shared_prompt: bool) -> list[str]:
-    out = [f"a smaller data.batch_size (prompts per rollout, now {prompts}; a new run: a resume keeps the data's order)",
+    out = [f"a smaller data.batch_size (prompts per rollout, now {prompts}; {NEW_ORDER})",
            f"model.grpo.num_generations (now {group})",
            f"model.grpo.max_completion_length (now {tokens})",
            "model.max_pixels (fewer image tokens per prompt)"]

@@ -50,7 +50,6 @@ import io
 import json
 import os
 import sys
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,11 +57,14 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
+from lit_vr1.data.images import open_quietly
 from lit_vr1.data.jsonl import BAD_ROWS, VIDEO_FIELDS, DataError, decode_line, parse_line
 
 QUESTION_COLUMNS = ("problem", "question", "prompt", "messages")
 ANSWER_COLUMNS = ("solution", "answer", "reward_model.ground_truth", "ground_truth")
 IMAGE_COLUMNS = ("images", "image")
+# columns read for a row's question, answer or system prompt: one of them that is null is not kept as metadata
+KNOWN_COLUMNS = frozenset({*QUESTION_COLUMNS, *(c.split(".")[0] for c in ANSWER_COLUMNS), "system", "conversations"})
 FORMAT_SUFFIX = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif",
                  "MPO": ".jpg"}
 READ_ROWS = 256  # rows handed on at a time; pyarrow reads a whole row group (a file written by pandas: one) first
@@ -167,10 +169,7 @@ def completion_answer(done: Any, where: str) -> str:
 def image_name(data: bytes, where: str) -> str:
     """``<sha256 prefix>.<format>`` of an image's bytes (a :class:`ConvertError` when PIL cannot read them)."""
     try:
-        with warnings.catch_warnings():  # PIL's bomb warning names no file; training says such images once
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
-        with im:
+        with open_quietly(io.BytesIO(data)) as im:  # training says large images once, naming them
             kind = im.format or ""
             im.load()  # a truncated image fails here, not when training first loads it
     except UnidentifiedImageError:
@@ -293,9 +292,8 @@ def convert_row(row: dict, row_id: str, folder: str, where: str, converted: Conv
         names = save_images(images, folder, f"{where}, column {i_name!r}", converted)
         if names:
             line["image"] = names if len(names) > 1 else names[0]
-    known = {*QUESTION_COLUMNS, *(c.split(".")[0] for c in ANSWER_COLUMNS), "system", "conversations"}
     for name, value in row.items():
-        if name in used or name in line or name in IMAGE_COLUMNS or (name in known and value is None):
+        if name in used or name in line or name in IMAGE_COLUMNS or (name in KNOWN_COLUMNS and value is None):
             continue
         if jsonable(value):
             line[name] = value

@@ -19,6 +19,7 @@ saw in three ways, each a silent mismatch between the boxes of a row and its pix
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -75,15 +76,20 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+def open_quietly(source: Any) -> Image.Image:
+    """``Image.open(source)`` without PIL's decompression-bomb warning, which PIL gives at every
+    open of a large image and names no file: the data checks say it once, naming the files
+    (:func:`lit_vr1.data.jsonl.huge_images_note`). Over twice the limit PIL still raises."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(source)
+
+
 def open_image(path: str) -> Image.Image:
     """The image at ``path`` as the model reads it: upright, 8-bit RGB, decoded (the file is closed).
     Raises ValueError for pixel modes that cannot be read (:func:`mode_problem`), and whatever
-    PIL raises for a file it cannot decode. PIL's decompression-bomb warning is not repeated
-    at every load: the data checks say it once, naming the files (:func:`lit_vr1.data.jsonl.huge_images_note`)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        im = Image.open(path)
-    with im:
+    PIL raises for a file it cannot decode (opened by :func:`open_quietly`)."""
+    with open_quietly(path) as im:
         problem = mode_problem(im)
         if problem:
             raise ValueError(f"mode {im.mode}: {problem}")

@@ -59,7 +59,6 @@ import math
 import os
 import re
 import time
-import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -431,10 +430,7 @@ def read_image_size(path: str, where: str) -> tuple[int, int]:
     :mod:`lit_vr1.data.images`), from the file's header (no pixel is decoded); a
     :class:`DataError` naming ``where`` when PIL cannot identify the file or read its pixels."""
     try:
-        with warnings.catch_warnings():  # said once for the data set, naming the files (huge_images_note)
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(path)
-        with im:
+        with images.open_quietly(path) as im:  # a large image said once for the data set (huge_images_note)
             size, problem = images.displayed_size(im), images.mode_problem(im)
     except Image.DecompressionBombError as e:
         found = re.search(r"\((\d+) pixels\)", str(e))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import re
 import warnings
 
@@ -168,9 +167,9 @@ class RecJsonFormat(Reward):
         if not isinstance(obj, list) or not obj or not isinstance(obj[0], dict):
             return False
         box = obj[0].get("bbox_2d")  # the first item's own box: a later item's box read for it before 2026-12-06
-        numbers = (isinstance(box, list) and len(box) == 4
-                   and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box))
-        return numbers and not is_degenerate(tuple(float(v) for v in box))
+        numbers = isinstance(box, list) and len(box) == 4 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)
+        return numbers and not is_degenerate(tuple(float(v) for v in box))  # area, finite coordinates
 
     def score(self, completions: list[str], contexts: list[SampleContext]) -> list[float]:
         return [1.0 if self._ok(c) else 0.0 for c in completions]
