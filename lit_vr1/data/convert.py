@@ -67,7 +67,7 @@ IMAGE_COLUMNS = ("images", "image")
 KNOWN_COLUMNS = frozenset({*QUESTION_COLUMNS, *(c.split(".")[0] for c in ANSWER_COLUMNS), "system", "conversations"})
 FORMAT_SUFFIX = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tif",
                  "MPO": ".jpg"}
-READ_ROWS = 256  # rows handed on at a time; pyarrow reads a whole row group (a file written by pandas: one) first
+READ_ROWS = 16  # rows handed on at a time (a row of a vision data set holds its images' bytes)
 LISTED = 5
 
 
@@ -306,9 +306,14 @@ PARQUET_MAGIC = b"PAR1"
 
 
 def rows(path: str) -> Iterator[tuple[str, int, dict]]:
-    """(where, number, row) of each row of a Parquet file (one row group read at a time: a
-    file written in one group, pandas' default, is read whole; rows counted from 0) or of a
-    JSON lines file (counted from line 1) or JSON array (items counted from 0)."""
+    """(where, number, row) of each row of a Parquet file (rows counted from 0) or of a JSON
+    lines file (counted from line 1) or JSON array (items counted from 0).
+
+    Parquet is read through a small buffer, not a row group's bytes at once (pyarrow's
+    ``pre_buffer``), and 16 rows at a time: a file written as one row group, as pandas and
+    ``datasets`` write one, need not fit in memory several times over (a 262 MB file of 700
+    JPEGs: peak RSS 1.45 GB, of which 0.86 GB is the import, against 2.14 GB with pyarrow's
+    defaults and 256 rows)."""
     with open(path, "rb") as f:
         parquet = f.read(4) == PARQUET_MAGIC
     if not parquet:
@@ -320,7 +325,7 @@ def rows(path: str) -> Iterator[tuple[str, int, dict]]:
         raise ConvertError("reading Parquet needs pyarrow: pip install pyarrow (or pip install 'lit-vr1[parquet]')") \
             from None
     try:
-        reader = pq.ParquetFile(path)
+        reader = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 16)  # read a column chunk as it is decoded
     except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
         raise ConvertError(f"{path}: not a Parquet file pyarrow can read ({e})") from None
     i = 0
