@@ -303,6 +303,21 @@ def test_words_that_change_the_number_are_not_read_past(answer, solution):
     assert match_answer(answer, solution, "math") is False
 
 
+@pytest.mark.parametrize("answer, solution, right", [
+    ("It is not 3.", "3", False), ("The answer is not 3", "3", False), ("3 or more", "3", False),
+    (r"It is not \(3\).", "3", False), ("The answer is not $3$", "3", False), ("It isn't 3", "3", False),
+    ("The answer is $3$, not $4$", "3", False),
+    ("It is 3.", "3", True), ("The answer is $3$.", "3", True), ("sqrt(9)", "3", True), (r"$\sqrt{9}$", "3", True),
+    (r"The answer is \boxed{3}, not 4", "3", True), ("x > 3", "x > 3", True), ("Furthermore, it is 3", "3", True)])
+def test_math_mode_reads_no_number_past_prose_that_denies_or_hedges_it(answer, solution, right):
+    """math-verify reads "It is not 3." and "3 or more" as 3 (a reward-hacking review, helper-72):
+    against a solution that is a number, such prose is no match; a boxed answer is read by its box."""
+    pytest.importorskip("math_verify")
+    from lit_vr1.rewards.accuracy import match_answer
+
+    assert match_answer(answer, solution, "math") is right
+
+
 @pytest.mark.parametrize("answer, solution", [
     ("12", "B. 12"), ("45°", "(C) 45°"), ("The answer is 12", "B. 12"), ("cat", "B. cat"),
     # words that leave the number as it is (the second review's: "of", "some", "per", "times", "square" were refused)

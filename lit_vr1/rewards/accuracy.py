@@ -283,15 +283,18 @@ def is_words(text: str) -> bool:
     return any(len(w) > 2 for w in words) or all(w in SHORT_WORDS for w in words)
 
 
-# words that make a number among them another answer: negation ("not 3", "4 is wrong"), sign,
-# comparison ("at least 3", "3 or more"), estimate ("almost 3"), scale ("3 hundred", "half of 8"),
-# operation ("3 squared", "square root of 16", "2 pi"): a number among them is not read as the answer
-_CHANGES_THE_NUMBER = frozenset("""
+# words that deny or hedge a number: negation ("not 3", "4 is wrong"), comparison ("at least 3",
+# "3 or more"), estimate ("almost 3"); none of them is math that math-verify would read
+_DENIES_OR_HEDGES = frozenset("""
     not no never neither nor except without wrong incorrect false none
-    minus negative plus positive
-    less more fewer greater than least most over under above below up within between beyond exceeds exceed
-    max maximum min minimum
+    less more fewer greater than least most under above below within between beyond exceeds exceed
     almost nearly around approximately approx roughly circa several many few
+    """.split())
+# words that make a number among them another answer: those, sign, bounds, scale ("3 hundred",
+# "half of 8"), operation ("3 squared", "square root of 16", "2 pi"): a number among them is not
+# read as the answer
+_CHANGES_THE_NUMBER = _DENIES_OR_HEDGES | frozenset("""
+    minus negative plus positive over up max maximum min minimum
     hundred hundreds thousand thousands million millions billion billions dozen dozens
     half halves third thirds quarter quarters fourth fourths fifth fifths sixth sixths tenth tenths
     hundredth hundredths double twice triple thrice percent percentage
@@ -395,8 +398,27 @@ def math_match(pred: str, gold: str) -> bool:
     return _verified(mv, pred, gold)
 
 
+_MATH_SPAN_RE = re.compile(r"\$\$.*?\$\$|\$.*?\$|\\\(.*?\\\)|\\\[.*?\\\]", re.S)
+_PROSE_WORD_RE = re.compile(r"(?<![\\\w])[^\W\d_]+(?:'[^\W\d_]+)?")  # a word, not a LaTeX command's name
+
+
+def denies_or_hedges(pred: str) -> bool:
+    """Whether the prose of an answer (its text outside ``$...$``, ``\\(...\\)``, ``\\[...\\]``)
+    denies or hedges: ``It is not 3.``, ``The answer is not $3$``, ``3 or more``, ``isn't 3``.
+    An answer with ``\\boxed`` is read by its box alone."""
+    if "\\boxed" in pred:
+        return False
+    words = _PROSE_WORD_RE.findall(_MATH_SPAN_RE.sub(" ", pred))
+    return any(w.lower() in _DENIES_OR_HEDGES or w.lower().endswith("n't") for w in words)
+
+
 def _verified(mv, pred: str, gold: str) -> bool:
-    """math-verify's verdict on ``pred`` against ``gold``, else :func:`number_among_words`'."""
+    """math-verify's verdict on ``pred`` against ``gold``, else :func:`number_among_words`'.
+    Against a solution that is a number, an answer whose prose denies or hedges
+    (:func:`denies_or_hedges`) does not match: math-verify reads ``It is not 3.`` and
+    ``3 or more`` as 3."""
+    if number_among_words(gold) and denies_or_hedges(pred):
+        return False
     timeout = 5 if threading.current_thread() is threading.main_thread() else None
     gold_parsed = _math_parse(mv, str(gold), timeout)
     if not gold_parsed:
