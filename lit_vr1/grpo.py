@@ -63,6 +63,9 @@ class GRPOModule(VLMModule):
     """
 
     eval_rows_at_optimiser_step = True  # validation rows beside the training row of the step evaluated
+    # the loop each training batch runs: a subclass of GRPOModule names its own RolloutUpdateLoop subclass here
+    # (another advantage estimator, groups left out; see the loop's seams), and a config names that module class
+    loop_class: type[RolloutUpdateLoop] = RolloutUpdateLoop
     max_skips_in_a_row = 10  # skipped steps with no applied one between them before the fit stops
     tied_rollouts_warning = 10  # rollouts in a row with every group tied before the fit warns (once)
 
@@ -80,7 +83,7 @@ class GRPOModule(VLMModule):
         self.step_before_batch: int | None = None  # the optimiser step a training batch started at
         # with LoRA: the trainable weights the reference runs with (None: the base, adapters disabled)
         self.reference_weights: dict[str, Tensor] | None = None
-        self.loop = RolloutUpdateLoop(self, self.config)
+        self.loop = self.loop_class(self, self.config)
         self.skipped_steps = 0  # optimiser steps skipped for a non-finite loss or grad norm (whole run)
         self.skips_in_a_row = 0
         self.tied_in_a_row = 0  # rollouts in a row whose every group tied (see warn_when_nothing_to_learn)
@@ -463,6 +466,10 @@ class GRPOModule(VLMModule):
     def training_step(self, batch, batch_idx: int) -> None:
         self.step_before_batch = self.global_step  # validation counts steps (lit_vr1.val_schedule)
         stats = self.loop.run(batch)
+        missing = [k for k in ("reward/total/mean", "groups_tied_frac") if k not in (stats or {})]
+        if missing:
+            raise ValueError(f"{type(self.loop).__name__}.run returned no {' or '.join(missing)}: an override of run "
+                               "returns the statistics super().run(samples) returns, keys added as it likes")
         if math.isfinite(stats["reward/total/mean"]):  # nothing scored: no figure (EarlyStopping stops at a nan)
             self.log("reward", stats["reward/total/mean"], prog_bar=True, logger=False, batch_size=len(batch))
         self.warn_when_nothing_to_learn(stats["groups_tied_frac"], stats["reward/total/mean"])

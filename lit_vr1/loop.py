@@ -130,6 +130,8 @@ class RolloutUpdateLoop:
     ``module.log_step`` as they happen.
     """
 
+    max_rollouts_without_groups = 10  # rollouts in a row with no group kept (groups_to_train) before the fit stops
+
     def __init__(self, module: Learner, config: GRPOConfig) -> None:
         self.module = module
         self.config = config
@@ -165,6 +167,55 @@ class RolloutUpdateLoop:
 
     def score(self, rollout: Rollout) -> RewardScores:
         return score_all(self.module.rewards, rollout.completions, rollout.contexts)
+
+    def advantages(self, rollout: Rollout, scores: RewardScores,
+                   reduce_sum: Callable[[Tensor], Tensor] | None) -> Advantages:
+        """Each completion's advantage, (N,) in ``values``, and the groups that tie, (N // G,) in
+        ``tied`` (logged as ``train/groups_tied_frac``): GRPO's group-relative advantage
+        (:func:`rollout_advantages`, ``config.scale_rewards``). Override it in a subclass for
+        another estimator (RLOO's leave-one-out mean, a rank transform); the loss reads ``values``.
+        ``reduce_sum`` sums a tensor over the processes (None: one process)."""
+        return rollout_advantages(scores, rollout.group_size, self.config.scale_rewards, reduce_sum)
+
+    def groups_to_train(self, rollout: Rollout, scores: RewardScores, advantages: Advantages) -> list[int] | None:
+        """The groups (prompt rows) of the scored rollout to train on, in order; None: all of them.
+        Override it to leave groups out, e.g. DAPO's dynamic sampling (Yu et al. 2025, sec. 3.2)
+        keeps the groups that do not tie: ``[p for p, t in enumerate(advantages.tied) if not t]``
+        (draw more prompts per batch, ``data.batch_size``, to keep about as many). The rewards and
+        advantages logged are the whole rollout's, with ``train/groups_kept_frac`` beside them, and
+        ``last_rollout`` (what RolloutLog and RolloutTable show) is the whole rollout too; a
+        rollout with no group kept trains and logs nothing (:meth:`stop_when_nothing_is_kept`).
+        Under several processes each must keep as many groups (else their optimiser steps
+        differ): a mismatch stops the fit."""
+        return None
+
+    def stop_when_nothing_is_kept(self, kept: int, tied_frac: float) -> None:
+        """Stop the fit when :meth:`groups_to_train` kept no group in ``max_rollouts_without_groups``
+        rollouts in a row: no optimiser step is taken, so ``trainer.max_steps`` is never reached
+        and the fit would read its data over and over (verl stops DAPO's resampling alike)."""
+        self.kept_none_in_a_row = 0 if kept else getattr(self, "kept_none_in_a_row", 0) + 1
+        if self.kept_none_in_a_row >= self.max_rollouts_without_groups:
+            raise ValueError(
+                f"{type(self).__name__}.groups_to_train kept no group in {self.kept_none_in_a_row} rollouts in a row "
+                f"(the last at step {self.module.global_step}, {tied_frac:.0%} of its groups tied): nothing has been "
+                "trained since. Groups that all tie come from a model that does not yet write what the rewards score: "
+                "start from a cold start that does, give the rewards partial credit, or raise "
+                "model.grpo.num_generations or temperature")
+
+    def kept_groups(self, rollout: Rollout, scores: RewardScores, advantages: Advantages, keep: list[int],
+                    reduce_sum: Callable[[Tensor], Tensor] | None) -> tuple[Rollout, RewardScores, Advantages]:
+        """The rollout, scores and advantages of groups ``keep`` alone (:meth:`groups_to_train`)."""
+        if reduce_sum is not None:  # one all-reduce of two numbers: the counts agree iff W * sum(k^2) == sum(k)^2
+            k = float(len(keep))
+            total, squares = reduce_sum(torch.tensor([k, k * k], dtype=torch.float64, device=self.module.device)).cpu()
+            if abs(float(squares) * self.module.world_size - float(total) ** 2) > 0.5:
+                raise ValueError(
+                    f"{type(self).__name__}.groups_to_train kept {len(keep)} groups on this process and other numbers "
+                    f"on others ({float(total):.0f} over {self.module.world_size} processes): each process must train "
+                    "on as many groups, or their optimiser steps differ and the processes wait on each other")
+        groups = torch.tensor(keep, dtype=torch.long)
+        rows = (groups.unsqueeze(1) * rollout.group_size + torch.arange(rollout.group_size)).reshape(-1)
+        return rollout.select_groups(keep), scores.select(rows), advantages.select_groups(groups)
 
     def stop_on_failing_rewards(self, scores: RewardScores, contexts, reduce_sum) -> None:
         """Stop the fit when a judge whose failures ``on_error="nan"`` masks failed on every
@@ -295,6 +346,11 @@ class RolloutUpdateLoop:
 
     # -- the whole batch -----------------------------------------------------------------
     def run(self, samples: list[Sample]) -> dict[str, float]:
+        """Rollout, rewards, advantages, then ``num_iterations`` passes of updates; returns the
+        rollout's statistics, which the module logs under ``train/`` and reads
+        (``reward/total/mean``, ``groups_tied_frac``): an override returns ``super().run``'s,
+        keys added as it likes. The seams to override: :meth:`rollout`, :meth:`score`,
+        :meth:`advantages`, :meth:`groups_to_train`, :meth:`update`."""
         cfg, m = self.config, self.module
         t0 = time.perf_counter()
         rollout = self.rollout(samples)
@@ -305,20 +361,9 @@ class RolloutUpdateLoop:
         t_rewards = time.perf_counter() - t_score
         reduce_sum = m.reduce_sum if m.world_size > 1 else None
         self.stop_on_failing_rewards(scores, rollout.contexts, reduce_sum)
-        adv = rollout_advantages(scores, rollout.group_size, cfg.scale_rewards, reduce_sum)
-        device = rollout.completion_ids.device
-        rollout.advantages = adv.values.to(device)
-        loss_mask = rollout.completion_mask.float() * (~scores.unscored).float().to(device).unsqueeze(1)
-        if cfg.mask_truncated_completions:
-            loss_mask = loss_mask * (~rollout.truncated).float().unsqueeze(1)
-
-        n = len(rollout)
-        mini, _ = self.steps_per_rollout(n)
-        shuffle = torch.Generator().manual_seed(int(m.global_step)) if mini < n else None
-        orders = [group_order(n, rollout.group_size, shuffle) for _ in range(cfg.num_iterations)]
-        t1 = time.perf_counter()
-        self.prepare_logprobs(rollout, orders[0])
+        adv = self.advantages(rollout, scores, reduce_sum)
         lengths = rollout.completion_mask.sum(dim=1).float()
+        n = len(rollout)
         rollout_stats = {
             **scores.stats(),
             "advantage/mean": float(adv.values.mean()),
@@ -332,6 +377,28 @@ class RolloutUpdateLoop:
             "time/rewards_s": t_rewards,  # every reward of the rollout (a slow judge or function shows here)
             "n/completions": float(n), "n/groups": float(n // rollout.group_size),  # counts: lit_vr1.step_stats
         }
+        rollout.advantages = adv.values.to(rollout.completion_ids.device)
+        sampled, sampled_scores = rollout, scores  # what last_rollout shows (RolloutLog, RolloutTable): all of it
+        keep = self.groups_to_train(rollout, scores, adv)
+        if keep is not None:
+            rollout, scores, adv = self.kept_groups(rollout, scores, adv, list(keep), reduce_sum)
+            rollout_stats["groups_kept_frac"] = len(keep) / max(n // rollout.group_size, 1)
+            n = len(rollout)
+            self.stop_when_nothing_is_kept(n, rollout_stats["groups_tied_frac"])
+        t1 = time.perf_counter()
+        if n == 0:  # every group left out: nothing to train on
+            rollout_stats["time/logprob_and_update_s"] = 0.0
+            self.last_rollout, self.last_scores = sampled, sampled_scores
+            return rollout_stats
+        device = rollout.completion_ids.device
+        loss_mask = rollout.completion_mask.float() * (~scores.unscored).float().to(device).unsqueeze(1)
+        if cfg.mask_truncated_completions:
+            loss_mask = loss_mask * (~rollout.truncated).float().unsqueeze(1)
+
+        mini, _ = self.steps_per_rollout(n)
+        shuffle = torch.Generator().manual_seed(int(m.global_step)) if mini < n else None
+        orders = [group_order(n, rollout.group_size, shuffle) for _ in range(cfg.num_iterations)]
+        self.prepare_logprobs(rollout, orders[0])
         for iteration, order in enumerate(orders):
             for rows in chunks(order, mini):
                 if m.reached_max_steps():
@@ -342,6 +409,6 @@ class RolloutUpdateLoop:
                 stats["iteration"] = iteration
                 m.log_step({**rollout_stats, **stats})
         rollout_stats["time/logprob_and_update_s"] = time.perf_counter() - t1
-        self.last_rollout, self.last_scores = rollout, scores
+        self.last_rollout, self.last_scores = sampled, sampled_scores
         return rollout_stats
 

@@ -107,6 +107,12 @@ class Advantages:
     group_std: Tensor
     tied: Tensor
 
+    def select_groups(self, groups: Tensor) -> Advantages:
+        """The advantages of groups ``groups`` (prompt rows) alone, in that order."""
+        g = self.values.numel() // max(self.tied.numel(), 1)
+        rows = (groups.unsqueeze(1) * g + torch.arange(g)).reshape(-1)
+        return Advantages(self.values[rows], self.group_mean[rows], self.group_std[rows], self.tied[groups])
+
 
 def group_advantages(rewards: Tensor, group_size: int, scale: str = "group", eps: float = 1e-4,
                      valid: Tensor | None = None, batch_std: Tensor | float | None = None) -> Advantages:

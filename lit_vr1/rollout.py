@@ -10,7 +10,10 @@ flattened patches; InternVL: tiles). :mod:`lit_vr1.generation` samples one,
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 
 import torch
 from torch import Tensor
@@ -31,11 +34,19 @@ class ImageFeatures:
 
     def select(self, prompts: list[int]) -> BaseModelOutputWithPooling | None:
         """The features of the images of ``prompts``, in that order, as the model takes them."""
-        first = [0]
-        for n in self.images_per_prompt:
-            first.append(first[-1] + n)
-        picked = tuple(self.per_image[i] for p in prompts for i in range(first[p], first[p + 1]))
+        picked = self.subset(prompts).per_image
         return BaseModelOutputWithPooling(pooler_output=picked) if picked else None
+
+    def subset(self, prompts: Sequence[int]) -> ImageFeatures:
+        """The features of ``prompts`` alone, in that order."""
+        ids = image_ids(self.images_per_prompt, prompts)
+        return ImageFeatures(tuple(self.per_image[i] for i in ids), [self.images_per_prompt[p] for p in prompts])
+
+
+def image_ids(images_per_prompt: list[int], prompts: Sequence[int]) -> list[int]:
+    """The images of ``prompts``, in that order, numbered over the whole batch."""
+    first = [0, *accumulate(images_per_prompt)]
+    return [i for p in prompts for i in range(first[p], first[p + 1])]
 
 
 @dataclass
@@ -105,3 +116,26 @@ class Rollout:
         if "mm_token_type_ids" in prompt:
             out["mm_token_type_ids"] = torch.cat([prompt["mm_token_type_ids"], torch.zeros_like(comp)], dim=1)
         return out
+
+    def select_groups(self, groups: Sequence[int]) -> Rollout:
+        """The rollout of prompt rows ``groups`` alone, in that order, each with its G completions
+        (N' = len(groups) x G) and exactly its images' vision tensors; every per-completion field
+        that is set (log-probs, advantages) is cut alike. The seam for training on some groups of
+        a rollout, e.g. DAPO's dynamic sampling (:meth:`lit_vr1.loop.RolloutUpdateLoop.groups_to_train`)."""
+        groups = [int(p) for p in groups]
+        rows = [p * self.group_size + j for p in groups for j in range(self.group_size)]
+        index = torch.tensor(rows, dtype=torch.long, device=self.completion_ids.device)
+
+        def cut(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t[index.to(t.device)]
+
+        return dataclasses.replace(
+            self, prompt=self.prompt_rows(groups), images_per_row=[self.images_per_row[p] for p in groups],
+            completion_ids=cut(self.completion_ids), completion_mask=cut(self.completion_mask),
+            truncated=cut(self.truncated), completions=[self.completions[r] for r in rows],
+            contexts=[self.contexts[r] for r in rows] if self.contexts else [],
+            image_rows=None if self.image_rows is None else
+            [self.image_rows[i] for i in image_ids(self.images_per_row, groups)],
+            image_features=None if self.image_features is None else self.image_features.subset(groups),
+            sampling_logprobs=cut(self.sampling_logprobs), old_logprobs=cut(self.old_logprobs),
+            ref_logprobs=cut(self.ref_logprobs), advantages=cut(self.advantages))

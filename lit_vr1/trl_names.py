@@ -140,7 +140,8 @@ VERL_NAMES: dict[str, str] = {
     "kl_loss_type": "nothing: the KL term is the k3 estimator (DeepSeekMath), as verl's low_var_kl; remove it",
     "max_response_length": "--model.grpo.max_completion_length={value} (tokens per completion)",
     "adv_estimator": "nothing: lit-vr1 trains GRPO (group-normalised advantages; --model.grpo.scale_rewards picks the "
-                     "normalisation); remove it",
+                     "normalisation; another estimator overrides RolloutUpdateLoop.advantages, README: Your own loop); "
+                     "remove it",
     "clip_ratio": "--model.grpo.epsilon={value}",
     "clip_ratio_low": "--model.grpo.epsilon={value}",
     "clip_ratio_high": "--model.grpo.epsilon_high={value}",
@@ -160,11 +161,11 @@ VERL_NAMES: dict[str, str] = {
     "max_grad_norm": "--model.grpo.gradient_clip_val={value}",
     "loss_agg_mode": "--model.grpo.loss_type: verl's token-mean is dapo, seq-mean-token-mean grpo, "
                      "seq-mean-token-sum-norm dr_grpo",
-    "filter_groups": "not offered: DAPO's dynamic sampling (drop groups whose rewards all tie, sample again) is not "
-                     "done; tied groups get advantage 0 and add nothing to the loss (train/groups_tied_frac counts "
-                     "them); remove it",
-    "dynamic_sampling": "not offered: DAPO's dynamic sampling is not done; tied groups get advantage 0 "
-                        "(train/groups_tied_frac counts them); remove it",
+    "filter_groups": "not a setting: tied groups get advantage 0 and add nothing to the loss (train/groups_tied_frac "
+                     "counts them); to leave them out of the update (DAPO's dynamic sampling), override "
+                     "RolloutUpdateLoop.groups_to_train in a loop of your own (README: Your own loop); remove it",
+    "dynamic_sampling": "not a setting: tied groups get advantage 0 (train/groups_tied_frac counts them); to leave "
+                        "them out, override RolloutUpdateLoop.groups_to_train (README: Your own loop); remove it",
     "overlong_buffer": "not offered: DAPO's soft overlong penalty is not a built-in reward (--model.grpo."
                        "mask_truncated_completions=true leaves truncated completions out of the loss instead, or write "
                        "the penalty as a reward of your own); remove it",

@@ -312,6 +312,13 @@ class RewardScores:
         if self.unscored is None:
             self.unscored = torch.isnan(self.per_reward).all(dim=0)
 
+    def select(self, rows: Tensor) -> RewardScores:
+        """The scores of completions ``rows`` alone; the failure counts (``errors``,
+        ``nonfinite``, ``recovered``) stay the batch's, where they happened."""
+        rows = rows.to(self.total.device)
+        return RewardScores(self.names, self.per_reward[:, rows], self.total[rows], self.errors, self.nonfinite,
+                            self.unscored[rows], self.recovered)
+
     def stats(self) -> dict[str, float]:
         """Mean and std of each reward over the completions where it applied, and of the total;
         nan (which the loggers leave out) where there is no value: the std of one value is 0.
