@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import glob
 import os
 import pickle
 import random
 import re
+import shutil
 import signal
 import threading
 import time
@@ -93,9 +95,41 @@ def ctrl_c_after() -> Iterator[None]:
         raise KeyboardInterrupt
 
 
+OS_ERROR_IN_TEXT = re.compile(r"\(os error (\d+)\)")
+
+
+def os_error_in(exc: BaseException) -> OSError | None:
+    """The operating system's refusal (disk full, file too large, read-only, no permission) in
+    ``exc``'s chain: torch's zip writer reports a failed write as a RuntimeError ("unexpected
+    pos ...") whose context is the OSError, safetensors' as a SafetensorError naming the errno."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno is not None:
+            return current
+        rust = OS_ERROR_IN_TEXT.search(str(current))  # safetensors' writer: "... (os error 28)"
+        if rust:
+            return OSError(int(rust.group(1)), os.strerror(int(rust.group(1))))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def write_refused(what: str, path: str, exc: BaseException,
+                  elsewhere: str = "--trainer.default_root_dir=<dir>") -> CheckpointError | None:
+    """One message for a write the system refused (None for any other failure)."""
+    cause = os_error_in(exc)
+    if cause is None:
+        return None
+    kept = f"; the {what} there before is kept as it was" if os.path.exists(path) else ""
+    return CheckpointError(f"could not write the {what} {path}: {cause.strerror or cause}{kept}. Free space there "
+                           f"(or raise the file-size limit), or write elsewhere ({elsewhere})")
+
+
 def atomic_torch_save(obj: Any, path: str) -> None:
     """``torch.save(obj, path)`` that never leaves ``path`` half written: temp file, fsync,
-    ``os.replace``. On any error the temp file is removed and ``path`` is untouched. A Ctrl-C
+    ``os.replace``. On any error the temp file is removed and ``path`` is untouched; a write
+    the system refuses (a full disk) is one :class:`CheckpointError` naming the file. A Ctrl-C
     during the save stops the run once the file is written (:func:`ctrl_c_after`)."""
     path = os.path.abspath(path)
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -108,11 +142,39 @@ def atomic_torch_save(obj: Any, path: str) -> None:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException as exc:
             with contextlib.suppress(OSError):
                 os.remove(tmp)
+            refused = write_refused("checkpoint", path, exc)
+            if refused is not None:
+                raise refused from exc
             raise
         _fsync_dir(os.path.dirname(path))
+
+
+@contextlib.contextmanager
+def files_written_whole(folder: str) -> Iterator[str]:
+    """A folder whose files are each replaced whole: the caller writes into a temporary folder
+    beside ``folder`` (yielded), whose files then replace their namesakes in ``folder`` by
+    ``os.replace``; other files there stay. A kill leaves each file the old one or the new
+    one, never half written (an export killed mid-write left a cut ``model.safetensors``
+    that a resume kept). The temporary folder goes on error, and a killed process's the next time."""
+    folder = os.path.abspath(folder)
+    os.makedirs(os.path.dirname(folder), exist_ok=True)
+    for stale in glob.glob(f"{glob.escape(os.path.dirname(folder))}/.{glob.escape(os.path.basename(folder))}{TEMP_MARK}*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = os.path.join(os.path.dirname(folder), f".{os.path.basename(folder)}{TEMP_MARK}{os.getpid()}")
+    os.makedirs(tmp)
+    try:
+        yield tmp
+        for root, _, files in os.walk(tmp):
+            into = os.path.normpath(os.path.join(folder, os.path.relpath(root, tmp)))
+            os.makedirs(into, exist_ok=True)
+            for name in files:
+                os.replace(os.path.join(root, name), os.path.join(into, name))
+            _fsync_dir(into)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _KEEP_STORAGE(storage, location):  # noqa: N802 - Lightning's default map_location: keep each storage where it is
@@ -340,12 +402,17 @@ def strict_last_checkpoint(trainer) -> None:
         with warnings.catch_warnings():  # Lightning's warning: for "last" said below, in one message
             warnings.filterwarnings("ignore", message=".*there is no last checkpoint available.*")
             resolved = resolve(state_fn, "last", model_provided, model_connected)
-        if resolved is not None:
-            return resolved
         folders = _checkpoint_folders(trainer)
         newest = newest_checkpoint(folders)
+        if resolved is not None:
+            return newer_than_last(str(resolved), newest, ckpt_path)
         where = f" in {', '.join(folders)}" if folders else " (no ModelCheckpoint saves any)"
         fit = str(getattr(state_fn, "value", state_fn)) == "fit"
+        if ckpt_path == "last" and newest is not None and any(cb.save_last for cb in trainer.checkpoint_callbacks):
+            # its ModelCheckpoint saves last.ckpt: the run stopped while its first one was being written
+            rank_zero_warn(f"--ckpt_path last: there is no last.ckpt{where} (the run stopped before its first was "
+                           f"written whole); resuming from the newest checkpoint, {newest}")
+            return newest
         if ckpt_path == LAST_OR_NEW and fit and newest is not None:
             # checkpoints but no last.ckpt (a ModelCheckpoint without save_last): a job that restarts
             # itself resumes from the newest one (refuse_foreign_resume still guards another run's)
@@ -368,12 +435,81 @@ def strict_last_checkpoint(trainer) -> None:
         return None
 
     def parse_and_overwrite(state_fn, ckpt_path, model_provided, model_connected):
+        if str(getattr(state_fn, "value", state_fn)) == "fit":
+            lock_checkpoint_folders(trainer)
         resolved = parse(state_fn, ckpt_path, model_provided, model_connected)
         if resolved is not None and str(getattr(state_fn, "value", state_fn)) == "fit":
             overwrite_on_resume(trainer, str(resolved))
         return resolved
 
     connector._parse_ckpt_path = parse_and_overwrite
+
+
+def saved_step(path: str) -> int:
+    """The optimiser step a checkpoint was saved at (-1 when it cannot be read); its tensors
+    are mapped, not read."""
+    allow_saved_settings()
+    try:
+        return int(torch.load(path, map_location="cpu", mmap=True, weights_only=True).get("global_step", -1))
+    except Exception:  # noqa: BLE001 - any unreadable file is no candidate (load_failure says why when it is resumed)
+        return -1
+
+
+LOCK_NAME = ".lit-vr1-fit.lock"
+_FOLDER_LOCKS: dict[str, int] = {}  # checkpoint folders this process fits into: their lock files, open
+
+
+def lock_checkpoint_folders(trainer) -> None:
+    """One fit at a time into a checkpoint folder: a one-process fit holds an exclusive
+    ``flock`` on ``<folder>/.lit-vr1-fit.lock`` until its teardown (or the process's end), and
+    a second fit into that folder is refused, naming the process that holds it. Two fits
+    started at once both ran: their checkpoints became ``last.ckpt`` and ``last-v1.ckpt`` and
+    both wrote one export (a new user's trial). A fit in the same process (a notebook's next)
+    goes on; a file system without locks locks nothing; several processes are not locked."""
+    import fcntl
+
+    if trainer.world_size > 1:
+        return
+    for folder in _checkpoint_folders(trainer):
+        if folder in _FOLDER_LOCKS:
+            continue
+        os.makedirs(folder, exist_ok=True)
+        fd = os.open(os.path.join(folder, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.read(fd, 32).decode(errors="replace").strip()
+            os.close(fd)
+            if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):  # no locks here (ENOLCK)
+                continue
+            raise CheckpointError(f"another fit (process {holder or 'unknown'}) is writing checkpoints into {folder}: "
+                                  "wait for it to end, or give this one another --trainer.default_root_dir") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        _FOLDER_LOCKS[folder] = fd
+
+
+def release_checkpoint_folders() -> None:
+    """Let other fits into this process's checkpoint folders (closing the file drops its lock)."""
+    for folder in list(_FOLDER_LOCKS):
+        with contextlib.suppress(OSError):
+            os.close(_FOLDER_LOCKS.pop(folder))
+
+
+def newer_than_last(last: str, newest: str | None, flag: str) -> str:
+    """``last`` unless an intact checkpoint was written after it (the run stopped between its
+    step checkpoint's write and last.ckpt's: ``last`` would resume steps earlier, silently), said."""
+    if newest is None or os.path.realpath(newest) == os.path.realpath(last):
+        return last
+    try:
+        later = os.path.getmtime(newest) > os.path.getmtime(last)
+    except OSError:
+        return last
+    if not later or not is_intact(newest) or not saved_step(newest) > saved_step(last):  # a best-model save of a step
+        return last
+    rank_zero_warn(f"--ckpt_path {flag}: {newest} was written after {last} (the run stopped between the two "
+                   "saves); resuming from it, the newest checkpoint")
+    return newest
 
 
 STEP_IN_NAME = re.compile(r"step=(\d+)")

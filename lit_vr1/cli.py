@@ -444,7 +444,9 @@ def resume_note(trainer, failed: bool = True) -> str:
     mended = "once the cause is mended, " if failed else ""
     if not trainer.checkpoint_callbacks:
         return f"{stopped} and saved no checkpoint (no ModelCheckpoint in trainer.callbacks): a new fit starts over"
-    saver = next((cb for cb in trainer.checkpoint_callbacks if cb.last_model_path), None)
+    # a last.ckpt that exists (a save the disk refused leaves the name set and no file)
+    saver = next((cb for cb in trainer.checkpoint_callbacks if cb.last_model_path and os.path.isfile(cb.last_model_path)),
+                 None)
     if saver is not None:
         # Lightning's count (0 until this process saves) or the save at the fit's last batch, which leaves it be
         step = max(getattr(saver, "_last_global_step_saved", 0) or 0, getattr(saver, LAST_SAVED_AT_END, 0))

@@ -520,6 +520,7 @@ class GRPOModule(VLMModule):
             checkpoint[REFERENCE_KEY] = self.reference_weights
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.refuse_other_recipe(checkpoint)
         self._match_reference(checkpoint)
         note = rounded_reference_note(checkpoint.get("state_dict") or {}, self.ref_model, self._trainer)
         if note:

@@ -4,6 +4,7 @@ greedy REC validation, and exporting the trained model as a ``save_pretrained`` 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import importlib.util
 import inspect
 import json
@@ -19,12 +20,16 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zer
 
 from lit_vr1 import allocator, log_dirs, oom, parallel, preemption, replay_cache, resume_optimisers
 from lit_vr1.checkpoint import (
+    CheckpointError,
     allow_saved_settings,
+    files_written_whole,
     gather_rng_states,
     refuse_changed_resume,
+    release_checkpoint_folders,
     save_at_rollout_ends,
     set_rng_states,
     setting_differences,
+    write_refused,
 )
 from lit_vr1.checks import check_master_weights, check_trainer
 from lit_vr1.data.jsonl import loaded
@@ -402,6 +407,8 @@ class VLMModule(LightningModule):
 
     def teardown(self, stage: str) -> None:
         self.remove_notices()
+        if stage == "fit":
+            release_checkpoint_folders()
 
     def remove_notices(self) -> None:
         """Take out the notice filters :meth:`setup` put in (at teardown, or when the run raised)."""
@@ -578,6 +585,27 @@ class VLMModule(LightningModule):
             return predict_records(self.policy, self.processor, batch, self.eval_max_new_tokens, self.box_frame)
 
     # -- export -----------------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        self._train_loop_ran = False  # set by on_train_start: a resume with no step left runs no training loop
+
+    def on_fit_end(self) -> None:
+        """A resumed fit with no step left (its checkpoint at ``max_steps``: the run that trained
+        was stopped during its export, by a kill or a Ctrl-C) runs no training loop, so
+        :meth:`on_train_end` never exports: the checkpoint's weights are exported here (the
+        resume had exited 0 without a word, the export missing)."""
+        super().on_fit_end()
+        trainer = self._trainer
+        if not self.export_dir or getattr(self, "_train_loop_ran", True) or trainer is None or not trainer.ckpt_path:
+            return
+        if trainer.world_size > 1:  # the processes' groups are gone by now: one process cannot gather the weights
+            rank_zero_warn(f"the resumed fit had no step left, so nothing was exported to {self.export_dir}: export the "
+                           f"checkpoint with python -m lit_vr1.export {trainer.ckpt_path} {self.export_dir}")
+            return
+        rank_zero_info(f"the resumed fit had no step left: exporting its checkpoint's weights ({trainer.ckpt_path}) to "
+                       f"{self.export_dir}")
+        self.export(self.export_dir)
+
     def on_train_end(self) -> None:
         if self.export_dir:
             try:
@@ -598,7 +626,14 @@ class VLMModule(LightningModule):
             raise ValueError(f"export({path!r}): this module has no model yet: it is built when a Trainer runs it (fit, "
                              "validate, predict) or by module.configure_model(); export a fitted module, or load one "
                              f"with {type(self).__name__}.load_from_checkpoint(path)")
-        save_merged(self.policy, path, self.processor, dtype=dtype)
+        try:
+            with files_written_whole(path) as folder:  # each file the old one or the new one, never cut by a kill
+                save_merged(self.policy, folder, self.processor, dtype=dtype)
+        except Exception as exc:
+            refused = write_refused("export", path, exc, elsewhere="model.export_dir, or python -m lit_vr1.export")
+            if refused is None:
+                raise
+            raise refused from exc
 
     # -- checkpoints: with LoRA only the trainable weights; every process's RNG states -----------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -638,10 +673,34 @@ class VLMModule(LightningModule):
             if kept is not None:
                 self._metrics_before_fit = (path, kept)
 
+    def refuse_other_recipe(self, checkpoint: dict) -> None:
+        """A fit resumed from a checkpoint of the other recipe (an SFT run's into GRPO, or back)
+        is refused as such, first (it was refused by whichever setting differed first: the
+        reference model's beta, then the data, then the optimiser, one message at a time)."""
+        from lit_vr1.grpo import GRPOModule
+
+        trainer = self._trainer
+        saved = (checkpoint.get("hyper_parameters") or {}).get("_class_path") or checkpoint.get(CLASS_KEY)
+        if trainer is None or trainer.state.fn != "fit" or not isinstance(saved, str) or "." not in saved:
+            return
+        try:
+            cls = getattr(importlib.import_module(saved.rsplit(".", 1)[0]), saved.rsplit(".", 1)[1])
+        except (ImportError, AttributeError):
+            return
+        theirs, mine = issubclass(cls, GRPOModule), isinstance(self, GRPOModule)
+        if isinstance(cls, type) and theirs != mine:
+            recipe = {True: "GRPO", False: "SFT"}
+            raise CheckpointError(
+                f"{trainer.ckpt_path} is a checkpoint of {'a GRPO' if theirs else 'an SFT'} run ({saved}), and this fit is "
+                f"{recipe[mine]} ({type(self).__name__}): a resume goes on with the run's own recipe. To start "
+                f"{recipe[mine]} from that run's model, export it (python -m lit_vr1.export {trainer.ckpt_path} <dir>) "
+                "and give --model.init_args.model=<dir>, without --ckpt_path")
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """A LoRA checkpoint holds the adapters only: the frozen base weights, already loaded
         from ``model``, are filled in so that strict loading still checks every key. This
         process's saved RNG states are kept for :meth:`on_train_start`."""
+        self.refuse_other_recipe(checkpoint)
         if self.lora is not None and self.policy is not None:
             state = checkpoint["state_dict"]
             frozen = {k: v for k, v in self.state_dict().items() if k not in state}
@@ -687,6 +746,7 @@ class VLMModule(LightningModule):
     def on_train_start(self) -> None:
         """Restore the RNG states of a resumed checkpoint as late as possible: after the
         sanity validation and the data loaders, just before the first resumed step."""
+        self._train_loop_ran = True
         states, self._rng_to_restore = getattr(self, "_rng_to_restore", None), None
         if states is not None:
             set_rng_states(states)
@@ -702,8 +762,8 @@ class VLMModule(LightningModule):
 
 
 def export_note(trainer, export_dir: str) -> str:
-    """What to run when the export at a fit's end failed: the training is done, and a resume at
-    ``max_steps`` trains nothing and exports nothing (a new user resumed as told, and got no model)."""
+    """What to run when the export at a fit's end failed: the training is done (a resume at
+    ``max_steps`` exports in one process, :meth:`VLMModule.on_fit_end`; the command works anywhere)."""
     from lit_vr1.checkpoint import newest_checkpoint
 
     savers = getattr(trainer, "checkpoint_callbacks", None) or []

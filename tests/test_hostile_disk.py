@@ -1,0 +1,163 @@
+"""What a hostile cluster does to a fit (a new user's trial, helper-76): a kill during the export
+at a fit's end, a full disk, a kill between two checkpoint writes, another recipe's checkpoint."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lit_vr1.checkpoint import CheckpointError, files_written_whole, newer_than_last
+from tests.test_new_user import ROOT, lit_vr1, small
+
+
+def _tensors(folder: Path) -> dict[str, torch.Tensor]:
+    out = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        out.update(load_file(f))
+    return out
+
+
+def test_a_resume_with_no_step_left_makes_the_export_a_killed_run_left_undone(tmp_path):
+    """Killed (or Ctrl-C'd) during its export, a run left last.ckpt at max_steps; the resume it was
+    told to run trained nothing, exported nothing and exited 0."""
+    root, data, out = tmp_path / "run", tmp_path / "data", tmp_path / "hf"
+    args = [*small(root, data), f"--model.init_args.export_dir={out}"]
+    first = lit_vr1(tmp_path, "fit", *args)
+    assert first.returncode == 0, first.stderr[-2000:]
+    exported = _tensors(out)
+    assert exported
+    for f in out.iterdir():  # what a kill before the export's files were written leaves
+        f.unlink()
+    again = lit_vr1(tmp_path, "fit", *args, "--ckpt_path", "last")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "the resumed fit had no step left: exporting its checkpoint's weights" in again.stderr, again.stderr[-2000:]
+    redone = _tensors(out)
+    assert redone.keys() == exported.keys() and all(torch.equal(redone[k], exported[k]) for k in exported)
+    assert (out / "config.json").is_file() and not list(tmp_path.glob(".hf.tmp-*"))
+
+
+def test_a_folder_written_whole_replaces_each_file_or_none(tmp_path):
+    folder = tmp_path / "export"
+    folder.mkdir()
+    (folder / "model.safetensors").write_text("old")
+    (folder / "README.md").write_text("the user's own")
+    with pytest.raises(RuntimeError):  # a failure mid-write: the old file stays whole
+        with files_written_whole(str(folder)) as tmp:
+            Path(tmp, "model.safetensors").write_text("half")
+            raise RuntimeError("killed")
+    assert (folder / "model.safetensors").read_text() == "old"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".export.tmp-")]
+    with files_written_whole(str(folder)) as tmp:
+        Path(tmp, "model.safetensors").write_text("new")
+        Path(tmp, "sub").mkdir()
+        Path(tmp, "sub", "x.json").write_text("{}")
+    assert (folder / "model.safetensors").read_text() == "new" and (folder / "sub" / "x.json").is_file()
+    assert (folder / "README.md").read_text() == "the user's own"  # files the export does not write stay
+
+
+FULL_DISK = """
+import os, resource, sys, torch
+from lit_vr1.checkpoint import CheckpointError, atomic_torch_save
+from lit_vr1.sft import SFTModule
+path = sys.argv[1]
+atomic_torch_save({"w": torch.zeros(10)}, path)
+module = SFTModule(model="tiny:qwen2_5_vl")
+module.configure_model()
+resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))  # a file past 200 kB: EFBIG, as a full disk's ENOSPC
+for write in (lambda: atomic_torch_save({"w": torch.zeros(1_000_000)}, path), lambda: module.export(sys.argv[2])):
+    try:
+        write()
+        print("written")
+    except CheckpointError as e:
+        print(e)
+"""
+
+
+def test_a_write_the_disk_refuses_is_one_message_naming_the_file_and_the_old_checkpoint_stays(tmp_path):
+    """A full disk ended a fit in a 68-line traceback (torch's 'unexpected pos'), naming no file."""
+    ckpt, export = tmp_path / "last.ckpt", tmp_path / "hf"
+    proc = subprocess.run([sys.executable, "-c", FULL_DISK, str(ckpt), str(export)], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1"), timeout=300)
+    lines = proc.stdout.splitlines()
+    assert lines[0] == (f"could not write the checkpoint {ckpt}: File too large; the checkpoint there before is kept "
+                        "as it was. Free space there (or raise the file-size limit), or write elsewhere "
+                        "(--trainer.default_root_dir=<dir>)"), proc.stdout + proc.stderr[-2000:]
+    assert lines[1].startswith(f"could not write the export {export}: File too large"), lines
+    assert torch.equal(torch.load(ckpt)["w"], torch.zeros(10))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # no temporary file or folder left
+
+
+def test_last_resumes_from_a_checkpoint_written_after_it_and_not_from_a_best_models_save(tmp_path):
+    """Killed between a step checkpoint's write and last.ckpt's, a run resumed steps earlier, silently."""
+    last, later, best = tmp_path / "last.ckpt", tmp_path / "epoch=0-step=6.ckpt", tmp_path / "best.ckpt"
+    torch.save({"global_step": 3}, last)
+    torch.save({"global_step": 6}, later)
+    os.utime(last, (1000, 1000))
+    with pytest.warns(UserWarning, match=r"epoch=0-step=6.ckpt was written after .*last.ckpt .*resuming from it"):
+        assert newer_than_last(str(last), str(later), "last") == str(later)
+    torch.save({"global_step": 3}, best)  # the same step saved again (a monitored best model): last.ckpt stays
+    assert newer_than_last(str(last), str(best), "last") == str(last)
+    later.write_bytes(later.read_bytes()[:50])  # cut: no candidate
+    assert newer_than_last(str(last), str(later), "last") == str(last)
+
+
+def test_last_resumes_from_the_newest_checkpoint_when_the_first_last_ckpt_was_never_written_whole(tmp_path):
+    root, data = tmp_path / "run", tmp_path / "data"
+    first = lit_vr1(tmp_path, "fit", *small(root, data))
+    assert first.returncode == 0, first.stderr[-2000:]
+    (root / "checkpoints" / "last.ckpt").unlink()  # the kill hit its first write
+    again = lit_vr1(tmp_path, "fit", *small(root, data), "--trainer.max_steps=3", "--ckpt_path", "last")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "there is no last.ckpt" in again.stderr and "resuming from the newest checkpoint" in again.stderr
+    assert "does not save_last" not in again.stderr
+    assert torch.load(root / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 3
+
+
+def test_a_checkpoint_of_the_other_recipe_is_refused_as_such():
+    from lit_vr1.grpo import GRPOModule
+    from lit_vr1.sft import SFTModule
+
+    trainer = SimpleNamespace(state=SimpleNamespace(fn="fit"), ckpt_path="runs/sft/checkpoints/last.ckpt")
+    grpo = GRPOModule(model="tiny:qwen2_5_vl")
+    grpo._trainer = trainer
+    with pytest.raises(CheckpointError, match=r"last.ckpt is a checkpoint of an SFT run \(lit_vr1.sft.SFTModule\), and "
+                                              r"this fit is GRPO \(GRPOModule\).*python -m lit_vr1.export"):
+        grpo.refuse_other_recipe({"lit_vr1_module_class": "lit_vr1.sft.SFTModule"})
+    grpo.refuse_other_recipe({"lit_vr1_module_class": "lit_vr1.grpo.GRPOModule"})  # its own: no word
+    sft = SFTModule(model="tiny:qwen2_5_vl")
+    sft._trainer = trainer
+    with pytest.raises(CheckpointError, match="is a checkpoint of a GRPO run"):
+        sft.refuse_other_recipe({"hyper_parameters": {"_class_path": "lit_vr1.grpo.GRPOModule"}})
+
+
+def test_a_second_fit_into_a_folder_another_process_fits_into_is_refused(tmp_path):
+    """Two fits started at once into one folder both ran (last.ckpt beside last-v1.ckpt, one export)."""
+    from lit_vr1.checkpoint import LOCK_NAME, lock_checkpoint_folders, release_checkpoint_folders
+
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time\n"
+        f"fd = os.open({str(folder / LOCK_NAME)!r}, os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, str(os.getpid()).encode())\n"
+        "print('held', flush=True); time.sleep(120)\n")], stdout=subprocess.PIPE, text=True)
+    trainer = SimpleNamespace(world_size=1, checkpoint_callbacks=[SimpleNamespace(dirpath=str(folder))])
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(CheckpointError, match=rf"another fit \(process {holder.pid}\) is writing checkpoints into "
+                                                  rf"{folder}: wait for it to end"):
+            lock_checkpoint_folders(trainer)
+    finally:
+        holder.kill()
+        holder.wait()
+    lock_checkpoint_folders(trainer)  # its holder gone: this one takes it, and takes it again in the same process
+    lock_checkpoint_folders(trainer)
+    assert (folder / LOCK_NAME).read_text() == str(os.getpid())
+    release_checkpoint_folders()
