@@ -3,6 +3,7 @@ DEBUG_MODE / LOG_PATH), one line per completion, appended as training goes."""
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
@@ -82,8 +83,11 @@ class RolloutLog(Callback):
         if trainer.ckpt_path is None:
             return
         # the killed run's file (another log folder when the logger started a new version) and
-        # this run's own: lines of steps after the checkpoint are work that was not saved
-        for path in {self._written, getattr(self, "_resumed_from_file", None)} - {None}:
+        # this run's own: lines of steps after the checkpoint are work that was not saved; and the
+        # file of a resume of the same checkpoint that was killed before saving one (no checkpoint
+        # records it: its steps were logged twice after a second kill)
+        others = abandoned_resumes(self._written, trainer.global_step) if not os.path.isabs(self.path) else []
+        for path in {self._written, getattr(self, "_resumed_from_file", None), *others} - {None}:
             drop_steps_after(path, trainer.global_step)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -95,6 +99,27 @@ class RolloutLog(Callback):
         with open(path, "a") as f:
             for rec in rollout_records(pl_module, trainer.global_step, trainer.global_rank):
                 f.write(json.dumps(rec) + "\n")
+
+
+def first_step(path: str) -> int | None:
+    """The step of a JSONL file's first line (None: empty or unreadable)."""
+    try:
+        with open(path) as f:
+            rec = json.loads(f.readline())
+    except (OSError, ValueError):
+        return None
+    return rec.get("step") if isinstance(rec, dict) and isinstance(rec.get("step"), int) else None
+
+
+def abandoned_resumes(path: str, step: int) -> list[str]:
+    """Files of the same name in the logger's other version folders whose first line is a step
+    after ``step``: a resume from this checkpoint (or an earlier one) that was killed before it
+    saved one, whose steps this resume trains again. A file that starts at or before ``step``
+    (an earlier run's, or this lineage's first) is not one."""
+    here = os.path.dirname(os.path.abspath(path))
+    pattern = os.path.join(glob.escape(os.path.dirname(here)), "*", glob.escape(os.path.basename(path)))
+    return [other for other in glob.glob(pattern)
+            if os.path.dirname(os.path.abspath(other)) != here and (first_step(other) or -1) > step]
 
 
 def drop_steps_after(path: str, step: int) -> int:

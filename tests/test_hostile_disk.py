@@ -161,3 +161,33 @@ def test_a_second_fit_into_a_folder_another_process_fits_into_is_refused(tmp_pat
     lock_checkpoint_folders(trainer)
     assert (folder / LOCK_NAME).read_text() == str(os.getpid())
     release_checkpoint_folders()
+
+
+def test_a_second_kill_leaves_each_rollout_step_logged_once(tmp_path):
+    """Killed at step 7 (checkpoint at 6), resumed into version_1 and killed again at step 8 before
+    a checkpoint, then resumed into version_2: steps 7 and 8 stayed in version_1 beside
+    version_2's own (each logged twice)."""
+    import json
+
+    from callbacks.rollout_log import RolloutLog
+
+    logs = tmp_path / "logs"
+
+    def write(version, steps):
+        folder = logs / f"version_{version}"
+        folder.mkdir(parents=True)
+        (folder / "rollouts.jsonl").write_text("".join(json.dumps({"step": s}) + "\n" for s in steps))
+
+    write(0, [1, 2, 3, 4, 5, 6, 7])  # the first run, killed at 7
+    write(1, [7, 8])  # its resume from step 6, killed at 8
+    write(9, [1, 2])  # an earlier run's folder in the same root: not this lineage's (it starts at step 1)
+    log = RolloutLog()
+    log._resumed_from_file = str(logs / "version_0" / "rollouts.jsonl")  # what the checkpoint at step 6 records
+    trainer = SimpleNamespace(ckpt_path="last.ckpt", global_step=6, logger=object(), log_dir=str(logs / "version_2"),
+                              default_root_dir=str(tmp_path), world_size=1, global_rank=0)
+    log.on_train_start(trainer, None)
+
+    def steps(version):
+        return [json.loads(line)["step"] for line in open(logs / f"version_{version}" / "rollouts.jsonl")]
+
+    assert steps(0) == [1, 2, 3, 4, 5, 6] and steps(1) == [] and steps(9) == [1, 2]
