@@ -95,6 +95,7 @@ def ctrl_c_after() -> Iterator[None]:
         raise KeyboardInterrupt
 
 
+REFUSED_WRITES = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
 OS_ERROR_IN_TEXT = re.compile(r"\(os error (\d+)\)")
 
 
@@ -119,7 +120,7 @@ def write_refused(what: str, path: str, exc: BaseException,
                   elsewhere: str = "--trainer.default_root_dir=<dir>") -> CheckpointError | None:
     """One message for a write the system refused (None for any other failure)."""
     cause = os_error_in(exc)
-    if cause is None:
+    if cause is None or cause.errno not in REFUSED_WRITES:
         return None
     kept = f"; the {what} there before is kept as it was" if os.path.exists(path) else ""
     return CheckpointError(f"could not write the {what} {path}: {cause.strerror or cause}{kept}. Free space there "
@@ -155,26 +156,34 @@ def atomic_torch_save(obj: Any, path: str) -> None:
 @contextlib.contextmanager
 def files_written_whole(folder: str) -> Iterator[str]:
     """A folder whose files are each replaced whole: the caller writes into a temporary folder
-    beside ``folder`` (yielded), whose files then replace their namesakes in ``folder`` by
-    ``os.replace``; other files there stay. A kill leaves each file the old one or the new
-    one, never half written (an export killed mid-write left a cut ``model.safetensors``
-    that a resume kept). The temporary folder goes on error, and a killed process's the next time."""
-    folder = os.path.abspath(folder)
-    os.makedirs(os.path.dirname(folder), exist_ok=True)
-    for stale in glob.glob(f"{glob.escape(os.path.dirname(folder))}/.{glob.escape(os.path.basename(folder))}{TEMP_MARK}*"):
+    inside ``folder`` (yielded; on its file system, with its permissions), whose files then
+    replace their namesakes in ``folder`` by ``os.replace``. A kill leaves each file the old
+    one or the new one, never half written (an export killed mid-write left a cut
+    ``model.safetensors`` that a resume kept). Weight files of an earlier write that this one
+    did not write (``model-00002-of-00002.safetensors`` after a one-file export) are removed,
+    as ``save_pretrained`` removes them; the folder's other files stay. The temporary folder
+    goes on error, and a killed process's the next time."""
+    folder = os.path.realpath(folder)
+    os.makedirs(folder, exist_ok=True)
+    for stale in glob.glob(os.path.join(glob.escape(folder), f"{TEMP_MARK}*")):
         shutil.rmtree(stale, ignore_errors=True)
-    tmp = os.path.join(os.path.dirname(folder), f".{os.path.basename(folder)}{TEMP_MARK}{os.getpid()}")
+    tmp = os.path.join(folder, f"{TEMP_MARK}{os.getpid()}")
     os.makedirs(tmp)
     try:
         yield tmp
-        for root, _, files in os.walk(tmp):
-            into = os.path.normpath(os.path.join(folder, os.path.relpath(root, tmp)))
-            os.makedirs(into, exist_ok=True)
-            for name in files:
-                os.replace(os.path.join(root, name), os.path.join(into, name))
-            _fsync_dir(into)
+        written = {os.path.relpath(os.path.join(root, name), tmp) for root, _, files in os.walk(tmp) for name in files}
+        for name in sorted(written):
+            os.makedirs(os.path.dirname(os.path.join(folder, name)), exist_ok=True)
+            os.replace(os.path.join(tmp, name), os.path.join(folder, name))
+        for name in os.listdir(folder):  # once the new ones are in place
+            if name not in written and WEIGHT_FILE.fullmatch(name) and os.path.isfile(os.path.join(folder, name)):
+                os.remove(os.path.join(folder, name))
+        _fsync_dir(folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+WEIGHT_FILE = re.compile(r"(model|pytorch_model|adapter_model)(-\d+-of-\d+)?\.(safetensors|bin)(\.index\.json)?")
 
 
 def _KEEP_STORAGE(storage, location):  # noqa: N802 - Lightning's default map_location: keep each storage where it is
@@ -405,14 +414,15 @@ def strict_last_checkpoint(trainer) -> None:
         folders = _checkpoint_folders(trainer)
         newest = newest_checkpoint(folders)
         if resolved is not None:
-            return newer_than_last(str(resolved), newest, ckpt_path)
+            return newer_than_last(str(resolved), newest_resumable(folders) if newest else None, ckpt_path)
         where = f" in {', '.join(folders)}" if folders else " (no ModelCheckpoint saves any)"
         fit = str(getattr(state_fn, "value", state_fn)) == "fit"
-        if ckpt_path == "last" and newest is not None and any(cb.save_last for cb in trainer.checkpoint_callbacks):
+        full = newest_resumable(folders) if newest is not None else None
+        if ckpt_path == "last" and full is not None and any(cb.save_last for cb in trainer.checkpoint_callbacks):
             # its ModelCheckpoint saves last.ckpt: the run stopped while its first one was being written
             rank_zero_warn(f"--ckpt_path last: there is no last.ckpt{where} (the run stopped before its first was "
-                           f"written whole); resuming from the newest checkpoint, {newest}")
-            return newest
+                           f"written whole); resuming from the newest checkpoint, {full}")
+            return full
         if ckpt_path == LAST_OR_NEW and fit and newest is not None:
             # checkpoints but no last.ckpt (a ModelCheckpoint without save_last): a job that restarts
             # itself resumes from the newest one (refuse_foreign_resume still guards another run's)
@@ -437,7 +447,11 @@ def strict_last_checkpoint(trainer) -> None:
     def parse_and_overwrite(state_fn, ckpt_path, model_provided, model_connected):
         if str(getattr(state_fn, "value", state_fn)) == "fit":
             lock_checkpoint_folders(trainer)
-        resolved = parse(state_fn, ckpt_path, model_provided, model_connected)
+        try:
+            resolved = parse(state_fn, ckpt_path, model_provided, model_connected)
+        except BaseException:
+            release_checkpoint_folders()
+            raise
         if resolved is not None and str(getattr(state_fn, "value", state_fn)) == "fit":
             overwrite_on_resume(trainer, str(resolved))
         return resolved
@@ -446,13 +460,31 @@ def strict_last_checkpoint(trainer) -> None:
 
 
 def saved_step(path: str) -> int:
-    """The optimiser step a checkpoint was saved at (-1 when it cannot be read); its tensors
-    are mapped, not read."""
+    """The optimiser step a checkpoint that a fit can resume was saved at: one holding the
+    optimisers' and the loops' state, not a ``save_weights_only`` file (-1 for those and for a
+    file that cannot be read); its tensors are mapped, not read."""
     allow_saved_settings()
     try:
-        return int(torch.load(path, map_location="cpu", mmap=True, weights_only=True).get("global_step", -1))
+        saved = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     except Exception:  # noqa: BLE001 - any unreadable file is no candidate (load_failure says why when it is resumed)
         return -1
+    if not isinstance(saved, dict) or "optimizer_states" not in saved or "loops" not in saved:
+        return -1
+    return int(saved.get("global_step", -1))
+
+
+def newest_resumable(folders: list[str]) -> str | None:
+    """The most recently written checkpoint in ``folders`` that a fit can resume (:func:`saved_step`)."""
+    stamped = []
+    for folder in folders:
+        for name in os.listdir(folder) if os.path.isdir(folder) else []:
+            with contextlib.suppress(OSError):
+                if name.endswith(".ckpt"):
+                    stamped.append((os.path.getmtime(os.path.join(folder, name)), _natural(name), folder, name))
+    for *_, folder, name in sorted(stamped, reverse=True):
+        if saved_step(os.path.join(folder, name)) >= 0:
+            return os.path.join(folder, name)
+    return None
 
 
 LOCK_NAME = ".lit-vr1-fit.lock"
@@ -490,8 +522,12 @@ def lock_checkpoint_folders(trainer) -> None:
 
 
 def release_checkpoint_folders() -> None:
-    """Let other fits into this process's checkpoint folders (closing the file drops its lock)."""
+    """Let other fits into this process's checkpoint folders: the lock file is removed (a folder
+    holds the run's checkpoints alone), then closed, which drops its lock. Called at the fit's
+    teardown and when it raises (Lightning runs no teardown then)."""
     for folder in list(_FOLDER_LOCKS):
+        with contextlib.suppress(OSError):
+            os.remove(os.path.join(folder, LOCK_NAME))
         with contextlib.suppress(OSError):
             os.close(_FOLDER_LOCKS.pop(folder))
 

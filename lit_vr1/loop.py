@@ -186,8 +186,20 @@ class RolloutUpdateLoop:
         ``last_rollout`` (what RolloutLog and RolloutTable show) is the whole rollout too; a
         rollout with no group kept trains and logs nothing (:meth:`stop_when_nothing_is_kept`).
         Under several processes each must keep as many groups (else their optimiser steps
-        differ): a mismatch stops the fit."""
+        differ; :meth:`as_many_everywhere` cuts each list to the fewest): a mismatch stops the fit."""
         return None
+
+    def as_many_everywhere(self, keep: list[int]) -> list[int]:
+        """``keep`` cut to the fewest groups any process keeps (one all-reduce of one number a
+        process; ``keep`` as it is in one process): a :meth:`groups_to_train` for several
+        processes returns ``self.as_many_everywhere([...])``, since each process's rollout ties
+        in its own groups."""
+        m = self.module
+        if m.world_size <= 1:
+            return list(keep)
+        counts = torch.zeros(m.world_size, dtype=torch.float64, device=m.device)
+        counts[int(getattr(m, "global_rank", 0))] = float(len(keep))
+        return list(keep)[: int(m.reduce_sum(counts).min())]
 
     def stop_when_nothing_is_kept(self, kept: int, tied_frac: float) -> None:
         """Stop the fit when :meth:`groups_to_train` kept no group in ``max_rollouts_without_groups``
@@ -380,6 +392,8 @@ class RolloutUpdateLoop:
         rollout.advantages = adv.values.to(rollout.completion_ids.device)
         sampled, sampled_scores = rollout, scores  # what last_rollout shows (RolloutLog, RolloutTable): all of it
         keep = self.groups_to_train(rollout, scores, adv)
+        if keep is None and reduce_sum is not None and type(self).groups_to_train is not RolloutUpdateLoop.groups_to_train:
+            keep = range(n // rollout.group_size)  # all of them: counted with the other processes' lists
         if keep is not None:
             rollout, scores, adv = self.kept_groups(rollout, scores, adv, list(keep), reduce_sum)
             rollout_stats["groups_kept_frac"] = len(keep) / max(n // rollout.group_size, 1)

@@ -687,8 +687,10 @@ class VLMModule(LightningModule):
             cls = getattr(importlib.import_module(saved.rsplit(".", 1)[0]), saved.rsplit(".", 1)[1])
         except (ImportError, AttributeError):
             return
+        if not isinstance(cls, type):
+            return
         theirs, mine = issubclass(cls, GRPOModule), isinstance(self, GRPOModule)
-        if isinstance(cls, type) and theirs != mine:
+        if theirs != mine:
             recipe = {True: "GRPO", False: "SFT"}
             raise CheckpointError(
                 f"{trainer.ckpt_path} is a checkpoint of {'a GRPO' if theirs else 'an SFT'} run ({saved}), and this fit is "

@@ -117,6 +117,9 @@ class NoticesBackOnError(Callback):
         forget = getattr(pl_module, "remove_notices", None)
         if forget is not None:
             forget()
+        from lit_vr1.checkpoint import release_checkpoint_folders
+
+        release_checkpoint_folders()  # the checkpoint folders' lock, which teardown would have let go
 
 
 def notices_back_on_error(trainer) -> None:

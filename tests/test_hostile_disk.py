@@ -53,13 +53,16 @@ def test_a_folder_written_whole_replaces_each_file_or_none(tmp_path):
             Path(tmp, "model.safetensors").write_text("half")
             raise RuntimeError("killed")
     assert (folder / "model.safetensors").read_text() == "old"
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".export.tmp-")]
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "model.safetensors"]  # no temporary folder left
+    (folder / "model-00002-of-00002.safetensors").write_text("an earlier export's second shard")
     with files_written_whole(str(folder)) as tmp:
+        assert Path(tmp).parent == folder  # written inside: the same file system and permissions
         Path(tmp, "model.safetensors").write_text("new")
         Path(tmp, "sub").mkdir()
         Path(tmp, "sub", "x.json").write_text("{}")
     assert (folder / "model.safetensors").read_text() == "new" and (folder / "sub" / "x.json").is_file()
     assert (folder / "README.md").read_text() == "the user's own"  # files the export does not write stay
+    assert not (folder / "model-00002-of-00002.safetensors").exists()  # a stale shard goes, as save_pretrained's
 
 
 FULL_DISK = """
@@ -91,19 +94,23 @@ def test_a_write_the_disk_refuses_is_one_message_naming_the_file_and_the_old_che
                         "(--trainer.default_root_dir=<dir>)"), proc.stdout + proc.stderr[-2000:]
     assert lines[1].startswith(f"could not write the export {export}: File too large"), lines
     assert torch.equal(torch.load(ckpt)["w"], torch.zeros(10))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # no temporary file or folder left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "last.ckpt"] and not list(export.iterdir())
 
 
 def test_last_resumes_from_a_checkpoint_written_after_it_and_not_from_a_best_models_save(tmp_path):
     """Killed between a step checkpoint's write and last.ckpt's, a run resumed steps earlier, silently."""
     last, later, best = tmp_path / "last.ckpt", tmp_path / "epoch=0-step=6.ckpt", tmp_path / "best.ckpt"
-    torch.save({"global_step": 3}, last)
-    torch.save({"global_step": 6}, later)
+    state = {"optimizer_states": [], "loops": {}}
+    torch.save({"global_step": 3, **state}, last)
+    torch.save({"global_step": 6, **state}, later)
     os.utime(last, (1000, 1000))
     with pytest.warns(UserWarning, match=r"epoch=0-step=6.ckpt was written after .*last.ckpt .*resuming from it"):
         assert newer_than_last(str(last), str(later), "last") == str(later)
-    torch.save({"global_step": 3}, best)  # the same step saved again (a monitored best model): last.ckpt stays
+    torch.save({"global_step": 3, **state}, best)  # the same step saved again (a monitored best model): last.ckpt stays
     assert newer_than_last(str(last), str(best), "last") == str(last)
+    weights = tmp_path / "weights-step=7.ckpt"  # a save_weights_only file: a fit cannot resume it
+    torch.save({"global_step": 7, "state_dict": {}}, weights)
+    assert newer_than_last(str(last), str(weights), "last") == str(last)
     later.write_bytes(later.read_bytes()[:50])  # cut: no candidate
     assert newer_than_last(str(last), str(later), "last") == str(last)
 

@@ -150,3 +150,13 @@ def test_an_override_of_run_that_drops_the_statistics_is_named(samples):
     seed_everything(0)
     with pytest.raises(ValueError, match=r"NoStats.run returned no reward/total/mean or groups_tied_frac"):
         fit(module_with(NoStats), samples[:2], max_steps=1)
+
+
+def test_each_process_keeps_as_many_groups_as_the_fewest_any_keeps():
+    """A DAPO filter keeps each process's untied groups, which differ: cut to the fewest."""
+    lp = loop.RolloutUpdateLoop.__new__(loop.RolloutUpdateLoop)
+    other = torch.tensor([0.0, 2.0], dtype=torch.float64)  # rank 1 keeps 2 groups
+    lp.module = SimpleNamespace(world_size=2, global_rank=0, device=torch.device("cpu"), reduce_sum=lambda t: t + other)
+    assert lp.as_many_everywhere([0, 3, 5]) == [0, 3]
+    lp.module = SimpleNamespace(world_size=1)
+    assert lp.as_many_everywhere([0, 3, 5]) == [0, 3, 5]

@@ -308,7 +308,8 @@ def test_words_that_change_the_number_are_not_read_past(answer, solution):
     (r"It is not \(3\).", "3", False), ("The answer is not $3$", "3", False), ("It isn't 3", "3", False),
     ("The answer is $3$, not $4$", "3", False),
     ("It is 3.", "3", True), ("The answer is $3$.", "3", True), ("sqrt(9)", "3", True), (r"$\sqrt{9}$", "3", True),
-    (r"The answer is \boxed{3}, not 4", "3", True), ("x > 3", "x > 3", True), ("Furthermore, it is 3", "3", True)])
+    (r"The answer is \boxed{3}, not 4", "3", True), ("x > 3", "x > 3", True), ("Furthermore, it is 3", "3", True),
+    ("There are 3 birds above the tree", "3", True), ("No, it is 3.", "3", True)])
 def test_math_mode_reads_no_number_past_prose_that_denies_or_hedges_it(answer, solution, right):
     """math-verify reads "It is not 3." and "3 or more" as 3 (a reward-hacking review, helper-72):
     against a solution that is a number, such prose is no match; a boxed answer is read by its box."""

@@ -108,8 +108,9 @@ def test_sigkill_then_ckpt_path_last_continues_exactly(tmp_path):
     ckpt = tmp_path / "ckpt"
     cmd = fit_command(killed, ckpt, data)
     kill_after_checkpoint(cmd, tmp_path, ckpt / f"step={KILL_AFTER}.ckpt")
-    resumed_from = torch.load(ckpt / "last.ckpt", weights_only=False)["global_step"]
-    assert resumed_from in (KILL_AFTER - 1, KILL_AFTER)  # killed before or after last.ckpt was replaced
+    saved = torch.load(ckpt / "last.ckpt", weights_only=False)["global_step"]
+    assert saved in (KILL_AFTER - 1, KILL_AFTER)  # killed before or after last.ckpt was replaced
+    resumed_from = KILL_AFTER  # either way: step=K.ckpt, written whole before last.ckpt, is the newest complete one
     # the killed run's metrics.csv holds every step it completed (CSV rows are written each step)
     killed_steps = {int(r["step"]) for p in glob.glob(str(killed / "logs" / "version_*" / "metrics.csv"))
                     for r in csv.DictReader(open(p)) if r.get("train/loss")}

@@ -284,16 +284,18 @@ def is_words(text: str) -> bool:
 
 
 # words that deny or hedge a number: negation ("not 3", "4 is wrong"), comparison ("at least 3",
-# "3 or more"), estimate ("almost 3"); none of them is math that math-verify would read
+# "3 or more"), estimate ("almost 3"); none of them is math that math-verify would read, nor a word
+# of place ("3 birds above the tree") or an answer's "No, it is 3."
 _DENIES_OR_HEDGES = frozenset("""
-    not no never neither nor except without wrong incorrect false none
-    less more fewer greater than least most under above below within between beyond exceeds exceed
-    almost nearly around approximately approx roughly circa several many few
+    not never neither nor wrong incorrect false none
+    less more fewer greater than least most exceeds exceed
+    almost nearly approximately approx roughly circa several many few
     """.split())
 # words that make a number among them another answer: those, sign, bounds, scale ("3 hundred",
 # "half of 8"), operation ("3 squared", "square root of 16", "2 pi"): a number among them is not
 # read as the answer
 _CHANGES_THE_NUMBER = _DENIES_OR_HEDGES | frozenset("""
+    no except without under above below within between beyond around
     minus negative plus positive over up max maximum min minimum
     hundred hundreds thousand thousands million millions billion billions dozen dozens
     half halves third thirds quarter quarters fourth fourths fifth fifths sixth sixths tenth tenths
