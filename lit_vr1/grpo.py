@@ -63,6 +63,7 @@ class GRPOModule(VLMModule):
     """
 
     eval_rows_at_optimiser_step = True  # validation rows beside the training row of the step evaluated
+    recipe = "GRPO"
     # the loop each training batch runs: a subclass of GRPOModule names its own RolloutUpdateLoop subclass here
     # (another advantage estimator, groups left out; see the loop's seams), and a config names that module class
     loop_class: type[RolloutUpdateLoop] = RolloutUpdateLoop

@@ -247,6 +247,9 @@ class VLMModule(LightningModule):
     # module that logs its own training rows there (GRPO), so that the validation after step k
     # sits on step k's row and not on step k-1's.
     eval_rows_at_optimiser_step = False
+    recipe: str | None = None  # "SFT" or "GRPO": a resume from a checkpoint of the other is refused as such
+    # what NoticesBackOnError calls when a fit raises (Lightning runs no teardown then): the folders' lock let go
+    release_checkpoint_folders = staticmethod(release_checkpoint_folders)
 
     def __init__(
         self,
@@ -677,8 +680,6 @@ class VLMModule(LightningModule):
         """A fit resumed from a checkpoint of the other recipe (an SFT run's into GRPO, or back)
         is refused as such, first (it was refused by whichever setting differed first: the
         reference model's beta, then the data, then the optimiser, one message at a time)."""
-        from lit_vr1.grpo import GRPOModule
-
         trainer = self._trainer
         saved = (checkpoint.get("hyper_parameters") or {}).get("_class_path") or checkpoint.get(CLASS_KEY)
         if trainer is None or trainer.state.fn != "fit" or not isinstance(saved, str) or "." not in saved:
@@ -687,15 +688,12 @@ class VLMModule(LightningModule):
             cls = getattr(importlib.import_module(saved.rsplit(".", 1)[0]), saved.rsplit(".", 1)[1])
         except (ImportError, AttributeError):
             return
-        if not isinstance(cls, type):
-            return
-        theirs, mine = issubclass(cls, GRPOModule), isinstance(self, GRPOModule)
-        if theirs != mine:
-            recipe = {True: "GRPO", False: "SFT"}
+        theirs, mine = getattr(cls, "recipe", None), self.recipe
+        if theirs and mine and theirs != mine:
             raise CheckpointError(
-                f"{trainer.ckpt_path} is a checkpoint of {'a GRPO' if theirs else 'an SFT'} run ({saved}), and this fit is "
-                f"{recipe[mine]} ({type(self).__name__}): a resume goes on with the run's own recipe. To start "
-                f"{recipe[mine]} from that run's model, export it (python -m lit_vr1.export {trainer.ckpt_path} <dir>) "
+                f"{trainer.ckpt_path} is a checkpoint of {'a' if theirs == 'GRPO' else 'an'} {theirs} run ({saved}), and "
+                f"this fit is {mine} ({type(self).__name__}): a resume goes on with the run's own recipe. To start "
+                f"{mine} from that run's model, export it (python -m lit_vr1.export {trainer.ckpt_path} <dir>) "
                 "and give --model.init_args.model=<dir>, without --ckpt_path")
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

@@ -114,12 +114,11 @@ class NoticesBackOnError(Callback):
     for the rest of the kernel)."""
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        forget = getattr(pl_module, "remove_notices", None)
-        if forget is not None:
-            forget()
-        from lit_vr1.checkpoint import release_checkpoint_folders
-
-        release_checkpoint_folders()  # the checkpoint folders' lock, which teardown would have let go
+        # the notice filters, and the checkpoint folders' lock (lit_vr1.checkpoint), as teardown would have
+        for name in ("remove_notices", "release_checkpoint_folders"):
+            undo = getattr(pl_module, name, None)
+            if undo is not None:
+                undo()
 
 
 def notices_back_on_error(trainer) -> None:

@@ -142,6 +142,8 @@ class SFTModule(VLMModule):
     eval_max_new_tokens, export_dir).
     """
 
+    recipe = "SFT"
+
     def __init__(self, **kwargs) -> None:
         refuse_unknown_module_keywords(type(self).__name__, kwargs)
         super().__init__(**kwargs)

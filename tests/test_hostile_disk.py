@@ -198,3 +198,18 @@ def test_a_second_kill_leaves_each_rollout_step_logged_once(tmp_path):
         return [json.loads(line)["step"] for line in open(logs / f"version_{version}" / "rollouts.jsonl")]
 
     assert steps(0) == [1, 2, 3, 4, 5, 6] and steps(1) == [] and steps(9) == [1, 2]
+
+
+def test_a_fit_that_raises_lets_its_folders_lock_go():
+    """Lightning runs no teardown when a fit raises: the lock stayed with an idle notebook kernel."""
+    import tempfile
+
+    from lit_vr1 import checkpoint
+    from lit_vr1.quiet import NoticesBackOnError
+    from lit_vr1.sft import SFTModule
+
+    folder = tempfile.mkdtemp()
+    checkpoint.lock_checkpoint_folders(SimpleNamespace(world_size=1, checkpoint_callbacks=[SimpleNamespace(dirpath=folder)]))
+    assert folder in checkpoint._FOLDER_LOCKS
+    NoticesBackOnError().on_exception(None, SFTModule(model="tiny:qwen2_5_vl"), RuntimeError("a step failed"))
+    assert folder not in checkpoint._FOLDER_LOCKS and not os.path.exists(os.path.join(folder, checkpoint.LOCK_NAME))
