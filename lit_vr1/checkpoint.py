@@ -475,16 +475,7 @@ def saved_step(path: str) -> int:
 
 def newest_resumable(folders: list[str]) -> str | None:
     """The most recently written checkpoint in ``folders`` that a fit can resume (:func:`saved_step`)."""
-    stamped = []
-    for folder in folders:
-        for name in os.listdir(folder) if os.path.isdir(folder) else []:
-            with contextlib.suppress(OSError):
-                if name.endswith(".ckpt"):
-                    stamped.append((os.path.getmtime(os.path.join(folder, name)), _natural(name), folder, name))
-    for *_, folder, name in sorted(stamped, reverse=True):
-        if saved_step(os.path.join(folder, name)) >= 0:
-            return os.path.join(folder, name)
-    return None
+    return next((path for path in checkpoints_newest_first(folders) if saved_step(path) >= 0), None)
 
 
 LOCK_NAME = ".lit-vr1-fit.lock"
@@ -711,6 +702,12 @@ def newest_checkpoint(folders: list[str]) -> str | None:
     """The most recently written ``.ckpt`` in ``folders`` (by modification time, then by the
     name with its numbers compared as numbers, for equal times); None when there is none. A
     file removed meanwhile (a top-k rotation) is passed over."""
+    return next(iter(checkpoints_newest_first(folders)), None)
+
+
+def checkpoints_newest_first(folders: list[str]) -> list[str]:
+    """The ``.ckpt`` files in ``folders``, the most recently written first (equal times: the
+    name with its numbers compared as numbers); a file removed meanwhile is passed over."""
     stamped = []
     for folder in folders:
         for name in os.listdir(folder) if os.path.isdir(folder) else []:
@@ -719,10 +716,7 @@ def newest_checkpoint(folders: list[str]) -> str | None:
                     stamped.append((os.path.getmtime(os.path.join(folder, name)), _natural(name), folder, name))
                 except OSError:
                     continue
-    if not stamped:
-        return None
-    *_, folder, name = max(stamped)
-    return os.path.join(folder, name)
+    return [os.path.join(folder, name) for *_, folder, name in sorted(stamped, reverse=True)]
 
 
 def refuse_earlier_checkpoints(trainer) -> None:

@@ -26,7 +26,7 @@ from lit_vr1 import oom, shared_prompt
 from lit_vr1.config import GRPOConfig, SamplingConfig
 from lit_vr1.data.jsonl import Sample
 from lit_vr1.generation import generate
-from lit_vr1.loss import Advantages, batch_std_from_sums, batch_sums, group_advantages, grpo_loss
+from lit_vr1.loss import Advantages, batch_std_from_sums, batch_sums, group_advantages, group_rows, grpo_loss
 from lit_vr1.models.families import vision_token_ids
 from lit_vr1.rewards.base import Reward, RewardScores, failed_rollout_flags, score_all, stop_on_failing_rewards
 from lit_vr1.rollout import Rollout
@@ -226,8 +226,8 @@ class RolloutUpdateLoop:
                     f"on others ({float(total):.0f} over {self.module.world_size} processes): each process must train "
                     "on as many groups, or their optimiser steps differ and the processes wait on each other")
         groups = torch.tensor(keep, dtype=torch.long)
-        rows = (groups.unsqueeze(1) * rollout.group_size + torch.arange(rollout.group_size)).reshape(-1)
-        return rollout.select_groups(keep), scores.select(rows), advantages.select_groups(groups)
+        return rollout.select_groups(keep), scores.select(group_rows(groups, rollout.group_size)), \
+            advantages.select_groups(groups)
 
     def stop_on_failing_rewards(self, scores: RewardScores, contexts, reduce_sum) -> None:
         """Stop the fit when a judge whose failures ``on_error="nan"`` masks failed on every

@@ -109,9 +109,13 @@ class Advantages:
 
     def select_groups(self, groups: Tensor) -> Advantages:
         """The advantages of groups ``groups`` (prompt rows) alone, in that order."""
-        g = self.values.numel() // max(self.tied.numel(), 1)
-        rows = (groups.unsqueeze(1) * g + torch.arange(g)).reshape(-1)
+        rows = group_rows(groups, self.values.numel() // max(self.tied.numel(), 1))
         return Advantages(self.values[rows], self.group_mean[rows], self.group_std[rows], self.tied[groups])
+
+
+def group_rows(groups: Tensor, group_size: int) -> Tensor:
+    """The completion rows of prompt rows ``groups``, in that order: each group's G rows side by side."""
+    return (groups.unsqueeze(1) * group_size + torch.arange(group_size, device=groups.device)).reshape(-1)
 
 
 def group_advantages(rewards: Tensor, group_size: int, scale: str = "group", eps: float = 1e-4,

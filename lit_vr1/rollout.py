@@ -20,6 +20,7 @@ from torch import Tensor
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from lit_vr1.config import SamplingConfig
+from lit_vr1.loss import group_rows
 from lit_vr1.models.families import select_rows
 from lit_vr1.rewards.base import SampleContext
 
@@ -123,8 +124,8 @@ class Rollout:
         that is set (log-probs, advantages) is cut alike. The seam for training on some groups of
         a rollout, e.g. DAPO's dynamic sampling (:meth:`lit_vr1.loop.RolloutUpdateLoop.groups_to_train`)."""
         groups = [int(p) for p in groups]
-        rows = [p * self.group_size + j for p in groups for j in range(self.group_size)]
-        index = torch.tensor(rows, dtype=torch.long, device=self.completion_ids.device)
+        index = group_rows(torch.tensor(groups, dtype=torch.long), self.group_size).to(self.completion_ids.device)
+        rows = index.tolist()
 
         def cut(t: Tensor | None) -> Tensor | None:
             return None if t is None else t[index.to(t.device)]
