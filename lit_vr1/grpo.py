@@ -458,9 +458,11 @@ class GRPOModule(VLMModule):
     # -- steps -----------------------------------------------------------------------------
     def on_train_start(self) -> None:
         """Warn when ``trainer.max_steps`` ends inside a rollout, counted from the step this fit
-        starts at (a resumed one's; counted from 0 the warning was wrong both ways after a resume)."""
+        starts at (a resumed one's; counted from 0 the warning was wrong both ways after a resume).
+        Not for a loop that leaves groups out: its rollouts take as many steps as the groups kept."""
         super().on_train_start()
-        note = max_steps_note(self.trainer.max_steps, getattr(self, "_rollout_steps", []), self.global_step)
+        steps = [] if self.loop.leaves_groups_out() else getattr(self, "_rollout_steps", [])
+        note = max_steps_note(self.trainer.max_steps, steps, self.global_step)
         if note:
             rank_zero_warn(note)
 

@@ -246,6 +246,12 @@ class RolloutUpdateLoop:
         """(mini-batch size, number of optimiser steps) for a rollout of n completions."""
         return rollout_steps(n, self.config.mini_batch_size, self.config.num_iterations)
 
+    def leaves_groups_out(self) -> bool:
+        """Whether this loop's :meth:`groups_to_train` is an override: a rollout then takes as many
+        optimiser steps as its kept groups fill mini-batches, not :meth:`steps_per_rollout` of the
+        whole rollout, so no count of steps per rollout holds for the fit."""
+        return type(self).groups_to_train is not RolloutUpdateLoop.groups_to_train
+
     def use_shared_prompt(self) -> bool:
         """Whether the shared-prompt passes run (asked for and supported by the policy)."""
         if not self.config.shared_prompt:

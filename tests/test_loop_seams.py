@@ -45,9 +45,10 @@ class NoStats(loop.RolloutUpdateLoop):
         return {"mine": 1.0}
 
 
-def module_with(loop_cls, rewards=None, loss_type="grpo", **kwargs):
+def module_with(loop_cls, rewards=None, loss_type="grpo", mini_batch_size=None, **kwargs):
     cls = type(f"With{loop_cls.__name__}", (GRPOModule,), {"loop_class": loop_cls})
-    cfg = GRPOConfig(num_generations=G, max_completion_length=12, beta=0.0, gradient_clip_val=None, loss_type=loss_type)
+    cfg = GRPOConfig(num_generations=G, max_completion_length=12, beta=0.0, gradient_clip_val=None, loss_type=loss_type,
+                     mini_batch_size=mini_batch_size)
     return cls(model="tiny:qwen2_5_vl", rewards=rewards or [LengthReward()], grpo=cfg,
                optimizer=lambda p: torch.optim.SGD(p, lr=1.0), seed=0, **kwargs)
 
@@ -160,3 +161,25 @@ def test_each_process_keeps_as_many_groups_as_the_fewest_any_keeps():
     assert lp.as_many_everywhere([0, 3, 5]) == [0, 3]
     lp.module = SimpleNamespace(world_size=1)
     assert lp.as_many_everywhere([0, 3, 5]) == [0, 3, 5]
+
+
+@pytest.mark.parametrize("loop_cls, warned", [(loop.RolloutUpdateLoop, True), (KeepSecondGroup, False)])
+def test_max_steps_inside_a_rollout_is_warned_of_only_where_rollouts_take_a_fixed_number_of_steps(tmp_path, loop_cls,
+                                                                                                    warned, recwarn):
+    """Two prompts x G in mini-batches of G: two optimiser steps a rollout, so max_steps=1 ends
+    inside one. A loop that leaves groups out takes as many steps as its kept groups fill
+    (here one), so the warning's count would be wrong there (helper-77, helper-78)."""
+    from lightning.pytorch import Trainer
+
+    from lit_vr1.data.datamodule import GroundingDataModule
+    from lit_vr1.data.synthetic import SyntheticSpec
+
+    seed_everything(0)
+    module = module_with(loop_cls, mini_batch_size=G, min_pixels=3136, max_pixels=3136)
+    data = GroundingDataModule(synthetic=SyntheticSpec(num_samples=4, canvas=56), synthetic_dir=str(tmp_path / "d"),
+                               num_val_samples=0, batch_size=2)
+    Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0).fit(module, data)
+    inside = [str(w.message) for w in recwarn if "ends inside a rollout" in str(w.message)]
+    assert bool(inside) == warned, inside
+    assert module.global_step == 1
