@@ -104,8 +104,11 @@ def test_rec_out_of_domain_grpo_beats_sft_and_more_sft_on_large_shapes_and_among
     the control's and the best constant box's, beyond two paired standard errors over the
     first two; among two or three shapes of which the expression names one (``distractors``),
     its mean IoU and Acc@0.5 beat both bases the same way and its mean IoU the constant box's.
-    Not asserted, because it does not hold: on the plain background GRPO is behind both in
-    Acc@0.5 on every seed, and on the small shapes it is mixed (the README says so)."""
+    Among distractors the gain is not reading the expression (nobody localises: Acc@0.5 at most
+    0.075, boxes 3-6x the named shape's area) but GRPO's tighter boxes. Not asserted, because it
+    does not hold: on the plain background GRPO is behind both in Acc@0.5 on every seed, and on
+    the small shapes it is mixed (the README says so); nor the format rate, which on the large
+    shapes is 0.70-0.75 for all three models on seed 0."""
     monkeypatch.chdir(ROOT)
     result = REC_RESULTS.get(seed) or _rec_demo(seed, tmp_path)
     ood = result["ood"]
@@ -120,7 +123,6 @@ def test_rec_out_of_domain_grpo_beats_sft_and_more_sft_on_large_shapes_and_among
                 gain = split["gains"][f"grpo_vs_{base}"][metric]
                 assert gain["mean"] > 2 * gain["se"], (shift, base, metric, gain)
         assert split["grpo"]["miou"] > split["constant_box"]["miou"], (shift, split["grpo"], split["constant_box"])
-        assert split["grpo"]["format"] >= 0.95, (shift, split["grpo"])
 
 
 @pytest.mark.learning
