@@ -421,6 +421,16 @@ def check_fit(module: Any) -> FitSetup:
     return setup
 
 
+SFT_RULES = (no_tensor_parallel, no_export_with_sharded_weights)  # the strategy rules an SFT fit meets too
+
+
+def check_sft_fit(module: Any) -> None:
+    """The strategy rules of :data:`SFT_RULES` for an SFT fit (``SFTModule.setup("fit")``): the
+    GRPO rules read ``model.grpo`` and manual optimisation, which SFT has not."""
+    setup = fit_setup(module)
+    refuse([p for rule_fn in SFT_RULES if (p := rule_fn(setup))])
+
+
 TRAINER_RULES = (no_trainer_gradient_clip, no_trainer_accumulation, no_trainer_clip_algorithm, no_accumulation_scheduler,
                  no_weight_averaging)
 

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from transformers import ProcessorMixin
 
+from lit_vr1 import parallel
+from lit_vr1.checks import check_sft_fit
 from lit_vr1.config import SamplingConfig
 from lit_vr1.data.jsonl import DataError, Sample, is_box_answer, rows_message, solution_text
 from lit_vr1.generation import encode_prompts, end_of_turn_id, image_layout
@@ -155,7 +157,15 @@ class SFTModule(VLMModule):
         or under ``data.bad_rows=skip`` leave them out."""
         super().setup(stage)
         if stage == "fit":
+            check_sft_fit(self)  # FSDP2's tensor parallelism and an export of sharded weights, refused
             refuse_or_leave_out_unlabelled(self.trainer)
+
+    def configure_model(self) -> None:
+        """Build the policy, then shard it with FSDP2 under ``ModelParallelStrategy`` (whose
+        processes otherwise each train their own copy: the strategy syncs no gradient of a model
+        it was not given sharded)."""
+        super().configure_model()
+        parallel.shard(self)
 
     def sft_loss(self, batch: list[Sample]) -> tuple[torch.Tensor, int]:
         """Mean NLL of the answer tokens and their count."""
