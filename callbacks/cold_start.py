@@ -30,6 +30,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lit_vr1.data.jsonl import DataError
+from lit_vr1.rules import ConfigError
 from lit_vr1.sft import answer_nll, check_answers, labelled_rows, skips_bad_rows, training_records
 
 
@@ -52,15 +53,22 @@ class ColdStart(Callback):
         """At fit start, before the model is built: refuse the training set's rows without an
         answer, all of them listed, rather than at the warm-up batch that draws one; a resumed
         fit skips the warm-up, and this."""
-        if stage == "fit" and trainer.ckpt_path is None and not skips_bad_rows(trainer):
-            check_answers(training_records(trainer))
+        if stage == "fit" and trainer.ckpt_path is None:
+            self.check_one_process(trainer)  # here, before the model is built: one line, not a traceback per process
+            if not skips_bad_rows(trainer):
+                check_answers(training_records(trainer))
+
+    @staticmethod
+    def check_one_process(trainer) -> None:
+        if trainer.world_size > 1:
+            raise ConfigError("trainer.callbacks: callbacks.ColdStart runs in one process; for several, run a cold-start "
+                              "SFT first (lit-vr1 fit --config configs/sft_synthetic.yaml) and start GRPO from its "
+                              "export_dir (model.model=<that folder>), without ColdStart")
 
     def on_train_start(self, trainer, pl_module) -> None:
         if trainer.global_step > 0:
             return  # resumed: the checkpoint holds the warmed-up weights
-        if trainer.world_size > 1:
-            raise RuntimeError("callbacks.ColdStart runs in one process; for several, run a cold-start SFT first "
-                               "(lit-vr1 fit --config configs/sft_synthetic.yaml) and start GRPO from its export_dir")
+        self.check_one_process(trainer)
         data = trainer.datamodule.train_set
         rows = labelled_rows(data)  # all of them, unless data.bad_rows=skip let rows without an answer in
         if not rows:

@@ -7,6 +7,7 @@ import glob
 import json
 import math
 import os
+import re
 
 from lightning.pytorch import Callback
 
@@ -87,7 +88,8 @@ class RolloutLog(Callback):
         # file of a resume of the same checkpoint that was killed before saving one (no checkpoint
         # records it: its steps were logged twice after a second kill)
         others = abandoned_resumes(self._written, trainer.global_step) if not os.path.isabs(self.path) else []
-        for path in {self._written, getattr(self, "_resumed_from_file", None), *others} - {None}:
+        resumed = rank_file(getattr(self, "_resumed_from_file", None), trainer.global_rank)
+        for path in {self._written, resumed, *others} - {None}:
             drop_steps_after(path, trainer.global_step)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -99,6 +101,15 @@ class RolloutLog(Callback):
         with open(path, "a") as f:
             for rec in rollout_records(pl_module, trainer.global_step, trainer.global_rank):
                 f.write(json.dumps(rec) + "\n")
+
+
+def rank_file(path: str | None, rank: int) -> str | None:
+    """``path``, a file of the checkpointed run, as process ``rank`` wrote it: the checkpoint
+    records rank 0's (``rollouts.rank0.jsonl``), so each process tidies its own file of that
+    run (before, rank 1's kept the steps the resume trains again)."""
+    if path is None:
+        return None
+    return re.sub(r"\.rank\d+(?=(\.[^./]*)?$)", f".rank{rank}", path)
 
 
 def first_step(path: str) -> int | None:

@@ -415,9 +415,10 @@ def _innermost_file(exc: BaseException) -> Path | None:
 
 
 def _raised_in_package(exc: BaseException) -> bool:
-    """Whether the innermost frame of ``exc``'s traceback is lit-vr1's own code."""
+    """Whether the innermost frame of ``exc``'s traceback is lit-vr1's own code (the package and
+    its ``callbacks``)."""
     where = _innermost_file(exc)
-    return where is not None and where.is_relative_to(PACKAGE_DIR)
+    return where is not None and any(where.is_relative_to(d) for d in OWN_DIRS)
 
 
 def lightning_settings_error(exc: BaseException) -> bool:
@@ -489,11 +490,33 @@ def user_error(exc: BaseException) -> BaseException | None:
             return current
         if isinstance(current, torch.OutOfMemoryError):  # outside the passes lit-vr1 measures (loading, SFT)
             return oom.general(current)
+        mesh = fsdp2_sizes_error(current)
+        if mesh is not None:
+            return mesh
         peer = peer_stopped(current)  # another process's error is the one to read; this one only lost its peer
         if peer is not None:
             return peer
         current = current.__cause__ or current.__context__
     return None
+
+
+def fsdp2_sizes_error(exc: BaseException) -> BaseException | None:
+    """ModelParallelStrategy's refusal of a ``data_parallel_size`` that, times the tensor-parallel
+    size, is not the number of processes (``configs/strategy/fsdp2.yaml`` writes 8; on other
+    machines 80 lines of traceback, one per process, ended in Lightning's sentence), as one
+    :class:`~lit_vr1.rules.ConfigError` naming the value to give; None for anything else."""
+    from lit_vr1.rules import ConfigError
+
+    found = re.search(r"data_parallel_size=(\d+)`? and `?tensor_parallel_size=(\d+)`? multiplied should equal the "
+                      r"world size \((\d+)\)", str(exc)) if isinstance(exc, RuntimeError) else None
+    if found is None:
+        return None
+    dp, tp, world = map(int, found.groups())
+    give = f"--trainer.strategy.init_args.data_parallel_size={world // tp}" if world % tp == 0 else \
+        "a data_parallel_size x tensor_parallel_size equal to it"
+    return ConfigError(f"trainer.strategy.init_args.data_parallel_size={dp} x tensor_parallel_size={tp} must equal the "
+                       f"number of processes, trainer.num_nodes x trainer.devices = {world}: give {give} (the FSDP2 "
+                       "overlays write the sizes of the machines they were written for)")
 
 
 def missing_package(exc: BaseException) -> ImportError | None:

@@ -6,8 +6,8 @@ starts, and the CLI writes ``config.yaml`` into it at setup, so a run refused by
 (a bad flag value, a missing data file, a checkpoint folder that holds an earlier run)
 used to leave an empty ``version_N`` (or one holding only ``config.yaml``), and the next
 run's logs went to ``version_N+1``. :func:`new_log_dirs` notes the folders a run is about
-to create (the outermost one: ``logs/`` too when the run creates it); :func:`remove_unused_log_dirs`
-removes those that hold no metrics when it fails.
+to create (each on the way: ``logs/`` too when the run creates it); :func:`remove_unused_log_dirs`
+removes the outermost of those that hold no metrics when it fails.
 A run that logged anything keeps its folder: its metrics are what a resume continues
 (:func:`carry_over_metrics` copies them, up to the checkpoint, into the resumed run's file).
 """
@@ -28,17 +28,20 @@ def new_log_dirs(trainer) -> list[str]:
 
     if trainer is None or trainer.global_rank != 0:
         return []
-    return [_first_new(logger.log_dir) for logger in trainer.loggers
-            if isinstance(logger, (CSVLogger, TensorBoardLogger)) and not os.path.exists(logger.log_dir)]
+    return [new for logger in trainer.loggers if isinstance(logger, (CSVLogger, TensorBoardLogger))
+            for new in _new_on_the_way(logger.log_dir)]
 
 
-def _first_new(folder: str) -> str:
-    """The outermost folder on the way to ``folder`` that does not exist yet (``logs/`` as well
-    as ``logs/version_0`` when neither does)."""
+def _new_on_the_way(folder: str) -> list[str]:
+    """The folders on the way to ``folder`` that do not exist yet, outermost first (``runs/p``,
+    ``runs/p/logs`` and ``runs/p/logs/version_0`` when none does): the outermost one may come to
+    hold more than logs (a prediction's files under ``default_root_dir``), the inner ones not."""
     folder = os.path.abspath(folder)
-    while not os.path.exists(os.path.dirname(folder)):
+    chain = []
+    while not os.path.exists(folder):
+        chain.append(folder)
         folder = os.path.dirname(folder)
-    return folder
+    return chain[::-1]
 
 
 def _setup_files_only(folder: str) -> bool:
@@ -47,7 +50,8 @@ def _setup_files_only(folder: str) -> bool:
 
 def remove_unused_log_dirs(folders: list[str]) -> list[str]:
     """Remove each folder in ``folders`` that holds nothing but :data:`SETUP_FILES` (in it or
-    in its subfolders); returns the folders removed."""
+    in its subfolders), in their order (an outer folder first: a removed folder's subfolders are
+    gone with it); returns the folders removed."""
     removed = []
     for folder in folders:
         if os.path.isdir(folder) and _setup_files_only(folder):

@@ -32,7 +32,7 @@ from lit_vr1.checkpoint import (
     write_refused,
 )
 from lit_vr1.checks import check_master_weights, check_trainer
-from lit_vr1.data.jsonl import loaded
+from lit_vr1.data.jsonl import loaded, scored
 from lit_vr1.evaluate import (
     PROMPTINGS,
     check_eval_solutions,
@@ -69,6 +69,13 @@ DTYPES = ("float32", "bfloat16", "float16", "auto")
 allow_saved_settings()  # load_from_checkpoint and Lightning's own loads read Python-built settings
 # what makes a checkpoint this run's model: a resume with any of these changed is refused
 MODEL_IDENTITY = ("model", "tiny_spec", "lora", "freeze_vision", "freeze_merger")
+
+
+def model_identity(model: str) -> tuple[str, ...]:
+    """The settings of :data:`MODEL_IDENTITY` that make ``model`` what it is: ``tiny_spec`` only
+    for a tiny model (a folder's is ignored, with a warning that says ``--model.tiny_spec=null``
+    leaves it out: a resume with or without that flag trained the same model and was refused)."""
+    return MODEL_IDENTITY if str(model).startswith("tiny:") else tuple(k for k in MODEL_IDENTITY if k != "tiny_spec")
 
 
 # -- the rules of the module's settings (each runs when a module is built) ------------------------
@@ -440,9 +447,15 @@ class VLMModule(LightningModule):
             self._eval_batch(batch, split)
 
     def _eval_batch(self, batch, split: str) -> None:
+        """Answer every row of ``batch`` (each process as many batches), score those that count:
+        not the rows repeated to even out the processes (:func:`~lit_vr1.data.jsonl.scored`)."""
+        counts = scored(batch)
         if self.eval_task == "answer":
             with parallel.gathered_for_generation(self):
                 preds = predict_answer(self.policy, self.processor, batch, self.eval_max_new_tokens, self.answer_mode)
+            preds = [p for p, c in zip(preds, counts) if c]
+            if not preds:
+                return
             self._cut_count[0] += sum(p.truncated for p in preds)
             self._cut_count[1] += len(preds)
             for key, values in (("acc", [p.correct for p in preds]), ("answer_acc", [p.answer_ok for p in preds]),
@@ -454,18 +467,16 @@ class VLMModule(LightningModule):
             with parallel.gathered_for_generation(self):
                 preds, gts = predict_detection(self.policy, self.processor, batch, self.eval_max_new_tokens,
                                                self.box_frame, self.detection_prompting)
-            self.det_metrics.update(preds, gts)
+            self.det_metrics.update([p for p, c in zip(preds, counts) if c], [g for g, c in zip(gts, counts) if c])
             return
         with parallel.gathered_for_generation(self):  # sharded weights (FSDP2, ZeRO-3) gathered once
             preds = predict_rec(self.policy, self.processor, batch, self.eval_max_new_tokens, self.box_frame)
-        self.val_metrics.update(torch.tensor([p.iou for p in preds]))
+        preds = [p for p, c in zip(preds, counts) if c]
+        self.val_metrics.update(torch.tensor([p.iou for p in preds]), torch.tensor([float(p.format_ok) for p in preds]))
         self._frame_count[0] += sum(outside_image(p.box, p.sample.image_sizes[0]) for p in preds if p.sample.image_sizes)
         self._frame_count[1] += sum(p.box is not None for p in preds)
         self._cut_count[0] += sum(p.truncated for p in preds)
         self._cut_count[1] += len(preds)
-        fmt = torch.tensor([float(p.format_ok) for p in preds]).mean()
-        self.log(f"{split}/format", fmt, batch_size=len(batch), sync_dist=True,
-                 logger=False if self._rows_at_optimiser_step() else None)  # None: no notice without a logger
 
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end("val")
@@ -494,31 +505,29 @@ class VLMModule(LightningModule):
                                     | {"n": int(det["images"]), "prompting": self.detection_prompting})
             return
         out = self.val_metrics.compute()
-        fmt = self.trainer.callback_metrics.get(f"{split}/format")
-        self._log_eval({f"{split}/acc50": out["acc50"], f"{split}/miou": out["miou"]},
-                       prog_bar=(f"{split}/acc50", f"{split}/miou"), also={f"{split}/format": fmt})
+        self._log_eval({f"{split}/acc50": out["acc50"], f"{split}/miou": out["miou"], f"{split}/format": out["format"]},
+                       prog_bar=(f"{split}/acc50", f"{split}/miou"))
         self.val_metrics.reset()
         if self.results_path and not self.trainer.sanity_checking:
             self._write_results(split, {"acc50": float(out["acc50"]), "miou": float(out["miou"]),
-                                        "format": None if fmt is None else float(fmt), "n": int(out["n"])})
+                                        "format": float(out["format"]), "n": int(out["n"])})
 
     def _rows_at_optimiser_step(self) -> bool:
         """Whether this evaluation's figures go to the loggers at ``global_step`` (see
         :attr:`eval_rows_at_optimiser_step`) rather than at Lightning's batch count."""
         return self.eval_rows_at_optimiser_step and self.trainer.state.fn == "fit"
 
-    def _log_eval(self, figures: dict, prog_bar: tuple[str, ...], also: dict | None = None) -> None:
+    def _log_eval(self, figures: dict, prog_bar: tuple[str, ...]) -> None:
         """Log an evaluation's figures: through Lightning (callback metrics, the progress bar,
         and its loggers at its batch count), or, for a module whose training rows carry the
         optimiser step, to the loggers here at ``global_step``, beside the training row of the
-        step evaluated. ``also``: figures Lightning already holds (logged per batch) that the
-        row needs too."""
+        step evaluated."""
         ours = self._rows_at_optimiser_step()
         for name, value in figures.items():
             # logger None (Lightning's default), not True: a Trainer(logger=False) gets no notice per figure
             self.log(name, value, prog_bar=name in prog_bar, logger=False if ours else None)
         if ours and not self.trainer.sanity_checking:  # Lightning logs no sanity check either
-            self.log_row({k: float(v) for k, v in (figures | (also or {})).items() if v is not None})
+            self.log_row({k: float(v) for k, v in figures.items() if v is not None})
 
     def log_row(self, row: dict[str, float]) -> None:
         """Send ``row`` to every logger at the current optimiser step, nan values left out."""
@@ -713,7 +722,7 @@ class VLMModule(LightningModule):
                 rank_zero_warn(note)
         if trainer is not None and trainer.state.fn == "fit":  # a resume: the same model, or an error
             model = setting_differences(plain_settings(checkpoint.get("hyper_parameters") or {}),
-                                        plain_settings(dict(self.hparams)), MODEL_IDENTITY,
+                                        plain_settings(dict(self.hparams)), model_identity(self.model_name),
                                         "model")
             # named here too: the data module's own check runs later
             refuse_changed_resume({"model": model, **data_differences(trainer, checkpoint)})

@@ -308,3 +308,21 @@ def test_a_refused_setting_under_ddp_is_said_once(tmp_path):
     proc = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert proc.stderr.count("lit-vr1: error: model.grpo.mini_batch_size=3 is not a multiple") == 1, proc.stderr[-3000:]
+
+
+def test_a_prediction_into_a_new_root_leaves_its_predictions_and_no_log_folder(tmp_path):
+    """``predict`` into a new default_root_dir: the root holds the predictions, so it stays, and
+    the logs/version_0 under it held only config.yaml and hparams.yaml, which stayed too (only the
+    outermost new folder was noted; helper-79)."""
+    from lit_vr1.log_dirs import _new_on_the_way, remove_unused_log_dirs
+
+    root = tmp_path / "pred3"
+    version = root / "logs" / "version_0"
+    fresh = _new_on_the_way(str(version))
+    assert fresh == [str(root), str(root / "logs"), str(version)]
+    version.mkdir(parents=True)
+    (version / "config.yaml").write_text("seed_everything: 0\n")
+    (root / "predictions").mkdir()
+    (root / "predictions" / "predictions.jsonl").write_text("{}\n")
+    assert remove_unused_log_dirs(fresh) == [str(root / "logs")]
+    assert not (root / "logs").exists() and (root / "predictions" / "predictions.jsonl").exists()

@@ -304,3 +304,39 @@ def test_a_config_file_in_a_folder_is_named_by_the_path_given(tmp_path, monkeypa
     err = capsys.readouterr().err.strip().splitlines()
     assert err[0] == ("lit-vr1: error: model.grpo.num_generations: expected int, got 'eight' "
                       "(in config file mine/bad.yaml)"), err
+
+
+def test_cold_start_on_two_processes_is_one_line_before_the_model_is_built(tmp_path):
+    """It was refused in on_train_start, both models built, with a traceback from each process
+    (111 lines; helper-79)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "lit_vr1", "fit", "--config", str(root / "configs/quickstart.yaml"),
+           "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.logger=false", "--data.synthetic.num_samples=16",
+           f"--data.synthetic_dir={tmp_path / 'data'}", f"--trainer.default_root_dir={tmp_path}"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(root)),
+                          capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("lit-vr1: error:")]
+    assert len(errors) == 1 and "callbacks.ColdStart runs in one process" in errors[0], proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+
+
+def test_fsdp2_sizes_that_are_not_the_process_count_are_one_line_naming_the_value():
+    from lit_vr1.cli import fsdp2_sizes_error, user_error
+    from lit_vr1.rules import ConfigError
+
+    lightning = RuntimeError("The sizes `data_parallel_size=8` and `tensor_parallel_size=1` multiplied should equal "
+                             "the world size (2).")
+    error = fsdp2_sizes_error(lightning)
+    assert isinstance(error, ConfigError)
+    assert "data_parallel_size=8 x tensor_parallel_size=1 must equal the number of processes" in str(error)
+    assert "give --trainer.strategy.init_args.data_parallel_size=2" in str(error)
+    outer = RuntimeError("setup failed")
+    outer.__cause__ = lightning
+    assert isinstance(user_error(outer), ConfigError)
+    assert fsdp2_sizes_error(RuntimeError("another")) is None and fsdp2_sizes_error(ValueError(str(lightning))) is None

@@ -194,3 +194,39 @@ def test_evaluating_a_checkpoint_with_another_template_is_warned_of(tmp_path):
         warnings.simplefilter("always")
         trainer().validate(module, data("plain"), ckpt_path=path)
     assert not [w for w in seen if "data.template" in str(w.message)]
+
+
+@pytest.mark.parametrize("rows, processes", [(1, 2), (7, 2), (8, 2), (5, 3), (9, 4)])
+def test_held_out_rows_over_processes_are_each_scored_once(rows, processes):
+    """Each process gets as many rows (its batches line up with the others'); the rows past the
+    padding are marked repeats, so over all processes each row is scored once."""
+    from lit_vr1.data.jsonl import Sample, scored
+    from lit_vr1.data.sampler import EvalSampler, WithRepeats
+
+    data = WithRepeats([Sample(str(i), [], [], "q", "", f"f:{i}") for i in range(rows)])
+    served = [[data[i] for i in EvalSampler(data, processes, rank)] for rank in range(processes)]
+    assert len({len(s) for s in served}) == 1
+    counted = sorted(int(s.id) for rank in served for s, c in zip(rank, scored(rank)) if c)
+    assert counted == list(range(rows))
+
+
+def test_validate_on_two_processes_scores_each_held_out_row_once(tmp_path):
+    """7 held-out rows on 2 processes: Lightning's sampler repeated the first row so each
+    process had 4, and the figures counted 8 (helper-79)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    results = tmp_path / "results.json"
+    cmd = [sys.executable, "-m", "lit_vr1", "validate", "--config", str(root / "configs/quickstart.yaml"),
+           "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.limit_val_batches=1.0",
+           "--trainer.logger=false", "--trainer.callbacks=[]", "--data.num_val_samples=7", "--data.val_batch_size=2",
+           "--model.eval_max_new_tokens=4", f"--model.results_path={results}",
+           f"--data.synthetic_dir={tmp_path / 'data'}", f"--trainer.default_root_dir={tmp_path}"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(root))
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = json.loads(results.read_text())
+    assert run["n"] == 7, run

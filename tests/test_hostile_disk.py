@@ -200,6 +200,30 @@ def test_a_second_kill_leaves_each_rollout_step_logged_once(tmp_path):
     assert steps(0) == [1, 2, 3, 4, 5, 6] and steps(1) == [] and steps(9) == [1, 2]
 
 
+def test_each_process_of_a_resume_tidies_its_own_file_of_the_killed_run(tmp_path):
+    """Two processes killed at step 9 (checkpoint at 8): the checkpoint records rank 0's file, and
+    rank 1's kept step 9, which the resume logs again (helper-79)."""
+    import json
+
+    from callbacks.rollout_log import RolloutLog
+
+    logs = tmp_path / "logs"
+    (logs / "version_0").mkdir(parents=True)
+    for rank in (0, 1):
+        (logs / "version_0" / f"rollouts.rank{rank}.jsonl").write_text(
+            "".join(json.dumps({"step": s, "rank": rank}) + "\n" for s in range(1, 10)))
+    for rank in (0, 1):
+        log = RolloutLog()
+        log._resumed_from_file = str(logs / "version_0" / "rollouts.rank0.jsonl")  # the checkpoint's (rank 0's)
+        trainer = SimpleNamespace(ckpt_path="last.ckpt", global_step=8, logger=object(),
+                                  log_dir=str(logs / "version_1"), default_root_dir=str(tmp_path), world_size=2,
+                                  global_rank=rank)
+        log.on_train_start(trainer, None)
+    for rank in (0, 1):
+        lines = (logs / "version_0" / f"rollouts.rank{rank}.jsonl").read_text().splitlines()
+        assert [json.loads(line)["step"] for line in lines] == list(range(1, 9)), rank
+
+
 def test_a_fit_that_raises_lets_its_folders_lock_go():
     """Lightning runs no teardown when a fit raises: the lock stayed with an idle notebook kernel."""
     import tempfile

@@ -218,3 +218,18 @@ def test_a_stop_asked_at_an_epochs_end_saves_last_ckpt_at_that_step(tmp_path):
     trainer = _sft_fit(tmp_path, [stop, ckpt], max_steps=8, limit_val_batches=0)
     assert trainer.global_step == 4  # 2 steps an epoch: the second epoch's end stops the fit
     assert torch.load(tmp_path / "c" / "last.ckpt", weights_only=False)["global_step"] == 4
+
+
+def test_a_folder_models_tiny_spec_does_not_make_a_resume_another_model():
+    """The warning for a tiny_spec beside a folder model says --model.tiny_spec=null leaves it out;
+    a resume with that flag (or without it, after a run with it) was refused as another model
+    (helper-79). For a tiny model the spec is the model, and a change is still refused."""
+    from lit_vr1.checkpoint import setting_differences
+    from lit_vr1.module import model_identity
+
+    saved = {"model": "/runs/sft_model", "tiny_spec": {"num_layers": 2}, "lora": None}
+    now = {"model": "/runs/sft_model", "tiny_spec": None, "lora": None}
+    assert setting_differences(saved, now, model_identity("/runs/sft_model"), "model") == []
+    tiny = setting_differences({**saved, "model": "tiny:qwen2_5_vl"}, {**now, "model": "tiny:qwen2_5_vl"},
+                               model_identity("tiny:qwen2_5_vl"), "model")
+    assert tiny == ["model.tiny_spec: {'num_layers': 2} in the checkpoint, None now"]

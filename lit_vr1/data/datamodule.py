@@ -24,7 +24,7 @@ from lit_vr1.data.jsonl import (
     is_box_answer,
     text_length_outlier,
 )
-from lit_vr1.data.sampler import ResumableSampler, place_sampler, train_position
+from lit_vr1.data.sampler import EvalSampler, ResumableSampler, WithRepeats, place_sampler, train_position
 from lit_vr1.data.synthetic import SyntheticSpec, write_synthetic
 from lit_vr1.rules import ConfigError, enforce, rule, settings_object
 
@@ -483,7 +483,12 @@ class GroundingDataModule(LightningDataModule):
                                  + (" or data.num_val_samples > 0" if self.train_files is None else ""))
             return []  # no validation data (a fit sets limit_val_batches to 0 in setup: Lightning skips validation)
         # its own generator too: creating a loader's iterator draws a worker seed from it
-        return DataLoader(self.held_out(), batch_size=self.val_batch_size, collate_fn=collate,
+        held_out, sampler = self.held_out(), None
+        world = getattr(self.trainer, "world_size", 1) if self.trainer is not None else 1
+        if world > 1:  # each row scored once over the processes (DistributedSampler's padding repeated some)
+            held_out = WithRepeats(held_out)
+            sampler = EvalSampler(held_out, num_replicas=world, rank=self.trainer.global_rank)
+        return DataLoader(held_out, batch_size=self.val_batch_size, sampler=sampler, collate_fn=collate,
                           num_workers=self.num_workers, generator=self._generator())
 
 

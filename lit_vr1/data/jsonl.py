@@ -113,6 +113,12 @@ def loaded(samples: list) -> list[Sample]:
     return [s for s in samples if not isinstance(s, FailedRow)]
 
 
+def scored(samples: list) -> list[bool]:
+    """Per sample of an evaluation batch, whether its answer counts in the figures: not a row
+    repeated to give every process as many rows (:class:`~lit_vr1.data.sampler.EvalSampler`)."""
+    return [not getattr(s, "repeat", False) for s in samples]
+
+
 @rule("data.bad_rows", "config")
 def bad_rows_known(value: str) -> str | None:
     if value in BAD_ROWS:
@@ -240,6 +246,7 @@ class Sample:
     box_answers: bool = True
     written_id: Any = None  # the data line's "id" as written (predictions give it back so)
     image_paths: list[str] = field(default_factory=list)  # the files the images were read from, in order
+    repeat: bool = False  # a held-out row served twice to even out processes: scored by none (data.sampler.EvalSampler)
 
     @property
     def image_sizes(self) -> list[tuple[int, int]]:

@@ -9,6 +9,7 @@ order from ``seed + e`` alone and, told where the checkpoint was taken
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from torch.utils.data import Dataset, DistributedSampler
@@ -65,3 +66,42 @@ def place_sampler(sampler: ResumableSampler, position: dict[str, Any] | None) ->
     """Move a fresh sampler to a saved :func:`train_position` (no-op for None)."""
     if position:
         sampler.resume_at(int(position["epoch"]), int(position["batches_done"]))
+
+
+class EvalSampler(DistributedSampler):
+    """The held-out rows of this process, in order, for an evaluation over several processes.
+
+    ``DistributedSampler`` pads the rows to a multiple of the processes by repeating the first
+    ones, and an evaluation scored those twice (7 rows on 2 processes: figures over 8). Here the
+    repeats are given as indices past the end (``n + j`` for row ``j``), which
+    :class:`WithRepeats` serves marked (``Sample.repeat``): every process still runs as many
+    batches (their collective calls line up) and the metrics leave the marked rows out.
+    It is a ``DistributedSampler``, so Lightning keeps it."""
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
+
+    def __iter__(self):
+        n = len(self.dataset)
+        indices = list(range(n)) + [n + j for j in range(self.total_size - n)]
+        return iter(indices[self.rank:self.total_size:self.num_replicas])
+
+
+class WithRepeats(Dataset):
+    """``dataset`` whose indices past its end (:class:`EvalSampler`'s repeats) serve its rows
+    again, marked ``repeat`` (a row that failed to load is served as it is)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        n = len(self.dataset)
+        if index < n:
+            return self.dataset[index]
+        row = self.dataset[(index - n) % n]
+        if hasattr(row, "repeat"):
+            row = dataclasses.replace(row, repeat=True)
+        return row
