@@ -220,9 +220,43 @@ def newest_intact_beside(path: str) -> str | None:
     return None
 
 
+def is_sharded(path: str) -> bool:
+    """Whether ``path`` is a sharded checkpoint: a folder written by ``torch.distributed.checkpoint``
+    (FSDP2's ``ModelParallelStrategy`` with ``save_distributed_checkpoint: true``, as
+    ``configs/strategy/fsdp2.yaml`` sets), holding a ``.metadata`` file beside the shards."""
+    return os.path.isdir(path) and os.path.isfile(os.path.join(path, ".metadata"))
+
+
+def load_sharded(path: str) -> dict[str, Any]:
+    """A sharded checkpoint (:func:`is_sharded`) read whole into memory, in one process, as
+    Lightning's ``consolidate_checkpoint`` reads it (weights as ``state_dict``, the optimiser
+    states keyed by parameter name, the run's other entries); a :class:`CheckpointError` naming
+    the folder when a shard is missing or cut off."""
+    from pathlib import Path
+
+    from lightning.fabric.utilities.load import _load_distributed_checkpoint
+    from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, holding each rank's failure
+
+    allow_saved_settings()
+    try:
+        return _load_distributed_checkpoint(Path(path))
+    except (Exception, CheckpointException) as exc:  # noqa: BLE001 - any failure of the shards is the folder's
+        causes = getattr(exc, "failures", None) or {}  # {rank: (exception, traceback frames)}
+        cause = next(iter(causes.values()), (exc,)) if isinstance(causes, dict) else (exc,)
+        cause = cause[0] if isinstance(cause, tuple) and cause and isinstance(cause[0], BaseException) else exc
+        first = (str(cause).strip().splitlines() or [type(cause).__name__])[-1][:300]
+        raise CheckpointError(f"sharded checkpoint {path} cannot be read ({type(cause).__name__}: {first}); a shard "
+                              "is missing or cut off: resume from an intact checkpoint beside it") from None
+
+
 def check_checkpoint_file(path: str) -> None:
     """Raise :class:`CheckpointError` when ``path`` is empty, cut off or not a checkpoint,
-    naming the newest intact checkpoint beside it (never suggesting an unsafe load)."""
+    naming the newest intact checkpoint beside it (never suggesting an unsafe load). A sharded
+    checkpoint's folder (:func:`is_sharded`) passes; its shards are checked as they are read."""
+    if is_sharded(path):
+        return
+    if os.path.isdir(path):
+        raise CheckpointError(f"checkpoint {path} is a folder but not a sharded checkpoint (no .metadata file in it)")
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path} does not exist")
     if is_intact(path):
@@ -286,6 +320,8 @@ def load_checkpoint_file(path: str, map_location: Any = None, weights_only: bool
     cannot be loaded (:func:`load_failure`). The file is diagnosed only when the load fails,
     so an intact checkpoint is read once."""
     allow_saved_settings()
+    if is_sharded(path):
+        return load_sharded(path)
     try:
         return torch.load(path, map_location=map_location, weights_only=weights_only)
     except LOAD_ERRORS as exc:
@@ -311,10 +347,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         atomic_torch_save(checkpoint, str(path).removeprefix("file://"))
 
     def load_checkpoint(self, path: _PATH, map_location: Any = _KEEP_STORAGE, weights_only: bool | None = None) -> dict:
-        """Lightning's load, with a broken local file reported as a :class:`CheckpointError`."""
+        """Lightning's load, with a broken local file reported as a :class:`CheckpointError`; a
+        sharded checkpoint's folder (an FSDP2 run's) read whole (:func:`load_sharded`)."""
         allow_saved_settings()
         if not _is_local(str(path)):
             return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+        if is_sharded(str(path).removeprefix("file://")):  # an FSDP2 run's, read here by one process (validate, ...)
+            return load_sharded(str(path).removeprefix("file://"))
         try:
             return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
         except LOAD_ERRORS as exc:

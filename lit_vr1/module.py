@@ -21,6 +21,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zer
 from lit_vr1 import allocator, log_dirs, oom, parallel, preemption, replay_cache, resume_optimisers
 from lit_vr1.checkpoint import (
     CheckpointError,
+    SettingsRefused,
     allow_saved_settings,
     files_written_whole,
     gather_rng_states,
@@ -69,6 +70,18 @@ DTYPES = ("float32", "bfloat16", "float16", "auto")
 allow_saved_settings()  # load_from_checkpoint and Lightning's own loads read Python-built settings
 # what makes a checkpoint this run's model: a resume with any of these changed is refused
 MODEL_IDENTITY = ("model", "tiny_spec", "lora", "freeze_vision", "freeze_merger")
+
+
+def refuse_sharded_elsewhere(checkpoint: dict, path: str | None, sharded_now: bool) -> None:
+    """A fit that resumes an FSDP2 run's sharded checkpoint without FSDP2: its weights read whole,
+    but its optimiser states are keyed by parameter name (``optimizer_0``), not Lightning's
+    ``optimizer_states``, which the restore would miss with a KeyError and a traceback."""
+    if sharded_now or "optimizer_states" in checkpoint or "optimizer_0" not in checkpoint:
+        return
+    raise SettingsRefused(f"checkpoint {path} is a sharded one (an FSDP2 run's): a fit resumes it under FSDP2 "
+                          "(--config configs/strategy/fsdp2.yaml, as the run was); to go on under another strategy, "
+                          f"export it (python -m lit_vr1.export {path} <folder>) and start a new fit from the export "
+                          "(model.model=<folder>)")
 
 
 def model_identity(model: str) -> tuple[str, ...]:
@@ -721,6 +734,7 @@ class VLMModule(LightningModule):
             if note:
                 rank_zero_warn(note)
         if trainer is not None and trainer.state.fn == "fit":  # a resume: the same model, or an error
+            refuse_sharded_elsewhere(checkpoint, trainer.ckpt_path, parallel.is_fsdp(self.policy))
             model = setting_differences(plain_settings(checkpoint.get("hyper_parameters") or {}),
                                         plain_settings(dict(self.hparams)), model_identity(self.model_name),
                                         "model")

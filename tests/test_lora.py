@@ -288,6 +288,36 @@ def test_the_export_command_reads_a_checkpoint_written_from_python(trained, tmp_
     assert all(torch.equal(a, b) for a, b in zip(exported.state_dict().values(), merged.state_dict().values()))
 
 
+def test_the_export_command_reads_a_sharded_checkpoint_folder(trained, tmp_path):
+    """FSDP2's checkpoints (configs/strategy/fsdp2.yaml: save_distributed_checkpoint) are folders
+    written by torch.distributed.checkpoint: the export said "does not exist" (helper-79). The
+    same checkpoint written as such a folder exports the same model; a folder that lost a shard
+    is one line naming it."""
+    import subprocess
+    import sys
+
+    import torch.distributed.checkpoint as dcp
+
+    whole = torch.load(trained["ckpt"], map_location="cpu", weights_only=False)
+    folder = tmp_path / "last.ckpt"
+    dcp.save({"state_dict": whole.pop("state_dict")}, checkpoint_id=str(folder), no_dist=True)
+    torch.save(whole, folder / "meta.pt")  # the rest, as Lightning's ModelParallelStrategy writes it
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = tmp_path / "hf"
+    proc = subprocess.run([sys.executable, "-m", "lit_vr1.export", str(folder), str(out)], capture_output=True,
+                          text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    processor = trained["module"].processor
+    exported, merged = load_model(str(out), processor), load_model(trained["merged"], processor)
+    assert all(torch.equal(a, b) for a, b in zip(exported.state_dict().values(), merged.state_dict().values()))
+    for shard in folder.glob("*.distcp"):
+        shard.unlink()
+    proc = subprocess.run([sys.executable, "-m", "lit_vr1.export", str(folder), str(tmp_path / "hf2")],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert f"sharded checkpoint {folder} cannot be read" in proc.stderr
+
+
 def test_a_bf16_merge_that_rounds_the_update_away_warns_and_float32_keeps_it(tmp_path):
     """Merging adapters into bf16 weights rounds each merged weight: an update far below a
     weight's last bit is lost (a new user's 3 steps at lr 1e-5: 88% of the adapted weights

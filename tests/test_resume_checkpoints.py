@@ -233,3 +233,17 @@ def test_a_folder_models_tiny_spec_does_not_make_a_resume_another_model():
     tiny = setting_differences({**saved, "model": "tiny:qwen2_5_vl"}, {**now, "model": "tiny:qwen2_5_vl"},
                                model_identity("tiny:qwen2_5_vl"), "model")
     assert tiny == ["model.tiny_spec: {'num_layers': 2} in the checkpoint, None now"]
+
+
+def test_a_sharded_checkpoint_resumed_without_fsdp2_is_one_refusal_naming_the_export():
+    """Its optimiser states are keyed by parameter name (optimizer_0): Lightning's restore under DDP
+    or one process stopped with a KeyError and a traceback. Under FSDP2 it resumes."""
+    from lit_vr1.checkpoint import SettingsRefused
+    from lit_vr1.module import refuse_sharded_elsewhere
+
+    sharded = {"state_dict": {}, "optimizer_0": {"state": {}}}
+    with pytest.raises(SettingsRefused, match=r"checkpoint runs/c/last.ckpt is a sharded one .*python -m lit_vr1.export "
+                                              r"runs/c/last.ckpt <folder>"):
+        refuse_sharded_elsewhere(sharded, "runs/c/last.ckpt", sharded_now=False)
+    refuse_sharded_elsewhere(sharded, "runs/c/last.ckpt", sharded_now=True)
+    refuse_sharded_elsewhere({"state_dict": {}, "optimizer_states": [{}]}, "last.ckpt", sharded_now=False)
