@@ -662,10 +662,11 @@ class VLMModule(LightningModule):
 
     # -- checkpoints: with LoRA only the trainable weights; every process's RNG states -----------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """With LoRA only the trainable weights are kept. The global RNG states of every
-        process are added (rollouts sample from them), so a resumed fit draws what an
-        uninterrupted one would have drawn."""
-        if self.lora is not None:
+        """With LoRA only the trainable weights are kept (not under FSDP2, whose loader reads every
+        weight of the module from the sharded folder: a LoRA run there did not resume). The global
+        RNG states of every process are added (rollouts sample from them), so a resumed fit draws
+        what an uninterrupted one would have drawn."""
+        if self.lora is not None and not parallel.is_fsdp(self.policy):
             keep = {n for n, p in self.named_parameters() if p.requires_grad}
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
         trainer = self._trainer
@@ -723,7 +724,7 @@ class VLMModule(LightningModule):
         from ``model``, are filled in so that strict loading still checks every key. This
         process's saved RNG states are kept for :meth:`on_train_start`."""
         self.refuse_other_recipe(checkpoint)
-        if self.lora is not None and self.policy is not None:
+        if self.lora is not None and self.policy is not None and "state_dict" in checkpoint:  # FSDP2 loaded it itself
             state = checkpoint["state_dict"]
             frozen = {k: v for k, v in self.state_dict().items() if k not in state}
             checkpoint["state_dict"] = {**frozen, **state}

@@ -411,3 +411,21 @@ def test_a_lora_checkpoint_of_a_relative_base_folder_exports_from_anywhere(tmp_p
     exported = load_model(str(tmp_path / "hf"), module.processor)
     again = load_model(str(tmp_path / "hf3"), module.processor)
     assert all(torch.equal(a, b) for a, b in zip(exported.state_dict().values(), again.state_dict().values()))
+
+
+@pytest.mark.parametrize("sharded", [False, True])
+def test_a_lora_checkpoint_keeps_the_base_weights_only_under_fsdp2(sharded, monkeypatch):
+    """One process or DDP: the adapters alone (the base comes from the model). FSDP2's loader reads
+    every weight of the module from the sharded folder, so a LoRA run there failed to resume
+    ("Missing key in checkpoint state_dict: ...patch_embed.proj.weight"; helper-79); it keeps them
+    all there. Checked on 2 processes: the resumed run logged every figure of an uninterrupted one."""
+    from lit_vr1 import parallel
+
+    module = make_module(lora=SPEC)
+    module.configure_model()
+    monkeypatch.setattr(parallel, "is_fsdp", lambda model: sharded)
+    checkpoint = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)
+    trained = {n for n, p in module.named_parameters() if p.requires_grad}
+    assert set(checkpoint["state_dict"]) == (set(module.state_dict()) if sharded else trained)
+    module.on_load_checkpoint({k: v for k, v in checkpoint.items() if k != "state_dict"})  # FSDP2 loaded the weights
