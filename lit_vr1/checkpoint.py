@@ -249,6 +249,38 @@ def load_sharded(path: str) -> dict[str, Any]:
                               "is missing or cut off: resume from an intact checkpoint beside it") from None
 
 
+def sharded_missing(path: str) -> list[str]:
+    """What a sharded checkpoint's folder lacks: ``.metadata``, ``meta.pt`` or a shard the
+    metadata names (nothing for a complete one)."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    missing = [name for name in (".metadata", "meta.pt") if not os.path.isfile(os.path.join(path, name))]
+    if missing:
+        return missing
+    try:
+        storage = FileSystemReader(path).read_metadata().storage_data or {}
+    except Exception as exc:  # noqa: BLE001 - an unreadable .metadata is a damaged folder
+        return [f".metadata ({type(exc).__name__})"]
+    return sorted({getattr(item, "relative_path", "") for item in storage.values()} - set(os.listdir(path)) - {""})
+
+
+def check_sharded_folder(path: str) -> dict[str, Any]:
+    """A sharded checkpoint's folder checked whole before FSDP2 reads it (its loader stopped with
+    a 109-185 line traceback at a missing shard): a :class:`CheckpointError` naming what
+    :func:`sharded_missing` finds and the newest intact checkpoint beside it. Returns ``meta.pt``
+    (the run's settings, loops and callbacks' states)."""
+    missing = sharded_missing(path)
+    if missing:
+        others = [c for c in checkpoints_newest_first([os.path.dirname(os.path.abspath(path))])
+                  if os.path.abspath(c) != os.path.abspath(path)
+                  and (is_intact(c) or (os.path.isdir(c) and not sharded_missing(c)))]
+        hint = f"; the newest intact checkpoint beside it is {others[0]}: resume with --ckpt_path {others[0]}" \
+            if others else "; no intact checkpoint lies beside it: start without --ckpt_path"
+        raise CheckpointError(f"sharded checkpoint {path} is incomplete: {', '.join(missing)} missing{hint}")
+    allow_saved_settings()
+    return torch.load(os.path.join(path, "meta.pt"), map_location="cpu", weights_only=True)
+
+
 def check_checkpoint_file(path: str) -> None:
     """Raise :class:`CheckpointError` when ``path`` is empty, cut off or not a checkpoint,
     naming the newest intact checkpoint beside it (never suggesting an unsafe load). A sharded
@@ -493,9 +525,21 @@ def strict_last_checkpoint(trainer) -> None:
             raise
         if resolved is not None and str(getattr(state_fn, "value", state_fn)) == "fit":
             overwrite_on_resume(trainer, str(resolved))
+        setattr(trainer, SELECTED, resolved)
         return resolved
 
     connector._parse_ckpt_path = parse_and_overwrite
+
+
+SELECTED = "_lit_vr1_selected_checkpoint"  # the checkpoint a run will load, known before its setup hooks
+
+
+def selected_checkpoint(trainer) -> str | None:
+    """The checkpoint ``trainer``'s run will load, as resolved (``last`` made a path) before the
+    setup hooks run: Lightning sets ``trainer.ckpt_path`` only when it restores, after them (None
+    for a Trainer without :func:`strict_last_checkpoint`)."""
+    path = getattr(trainer, SELECTED, None)
+    return None if path is None else str(path)
 
 
 def saved_step(path: str) -> int:

@@ -23,11 +23,13 @@ from lit_vr1.checkpoint import (
     CheckpointError,
     SettingsRefused,
     allow_saved_settings,
+    check_sharded_folder,
     files_written_whole,
     gather_rng_states,
     refuse_changed_resume,
     release_checkpoint_folders,
     save_at_rollout_ends,
+    selected_checkpoint,
     set_rng_states,
     setting_differences,
     write_refused,
@@ -408,6 +410,9 @@ class VLMModule(LightningModule):
         notices_back_on_error(self._trainer)  # Lightning skips teardown when the run raises
         if stage == "fit":  # every_n_train_steps met when a rollout steps over its multiple; last.ckpt at the end
             check_trainer(self, self.trainer)  # the Trainer's settings and callbacks lit-vr1 cannot take (the CLI ran it first)
+            ckpt = selected_checkpoint(self.trainer)
+            if ckpt and os.path.isdir(ckpt):  # FSDP2 reads a sharded folder before any hook could refuse it
+                self._refuse_another_run(check_sharded_folder(ckpt))
             save_at_rollout_ends(self.trainer)
             preemption.install(self.trainer)  # several processes stop together at a SIGTERM, last.ckpt saved
         limit = {"fit": "limit_val_batches", "validate": "limit_val_batches", "test": "limit_test_batches"}.get(stage)
@@ -660,6 +665,13 @@ class VLMModule(LightningModule):
                 raise
             raise refused from exc
 
+    def _refuse_another_run(self, checkpoint: dict) -> None:
+        """Refuse to resume a checkpoint of another model (:func:`model_identity`) or other training
+        data or order, every difference named (the data module's own check runs later)."""
+        model = setting_differences(plain_settings(checkpoint.get("hyper_parameters") or {}),
+                                    plain_settings(dict(self.hparams)), model_identity(self.model_name), "model")
+        refuse_changed_resume({"model": model, **data_differences(self.trainer, checkpoint)})
+
     # -- checkpoints: with LoRA only the trainable weights; every process's RNG states -----------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """With LoRA only the trainable weights are kept (not under FSDP2, whose loader reads every
@@ -736,11 +748,7 @@ class VLMModule(LightningModule):
                 rank_zero_warn(note)
         if trainer is not None and trainer.state.fn == "fit":  # a resume: the same model, or an error
             refuse_sharded_elsewhere(checkpoint, trainer.ckpt_path, parallel.is_fsdp(self.policy))
-            model = setting_differences(plain_settings(checkpoint.get("hyper_parameters") or {}),
-                                        plain_settings(dict(self.hparams)), model_identity(self.model_name),
-                                        "model")
-            # named here too: the data module's own check runs later
-            refuse_changed_resume({"model": model, **data_differences(trainer, checkpoint)})
+            self._refuse_another_run(checkpoint)
             rank_zero_info(f"resuming after optimiser step {checkpoint.get('global_step')} (epoch "
                            f"{checkpoint.get('epoch')}) from {trainer.ckpt_path}")
             saved = checkpoint.get(resume_optimisers.KEY)

@@ -247,3 +247,31 @@ def test_a_sharded_checkpoint_resumed_without_fsdp2_is_one_refusal_naming_the_ex
         refuse_sharded_elsewhere(sharded, "runs/c/last.ckpt", sharded_now=False)
     refuse_sharded_elsewhere(sharded, "runs/c/last.ckpt", sharded_now=True)
     refuse_sharded_elsewhere({"state_dict": {}, "optimizer_states": [{}]}, "last.ckpt", sharded_now=False)
+
+
+def test_an_incomplete_sharded_checkpoint_is_named_with_the_newest_intact_one_beside_it(tmp_path):
+    """FSDP2's loader stopped at a missing shard or metadata file with a 109-185 line traceback
+    (helper-79); the fit's setup now checks the folder first."""
+    import os
+    import time
+
+    import torch
+    import torch.distributed.checkpoint as dcp
+
+    from lit_vr1.checkpoint import CheckpointError, check_sharded_folder
+
+    older, last = tmp_path / "epoch=0-step=8.ckpt", tmp_path / "last.ckpt"
+    for folder in (older, last):
+        dcp.save({"state_dict": {"w": torch.ones(3)}}, checkpoint_id=str(folder), no_dist=True)
+        torch.save({"global_step": 8, "hyper_parameters": {"model": "tiny:qwen2_5_vl"}}, folder / "meta.pt")
+        time.sleep(0.01)
+    os.utime(older, (time.time() - 60, time.time() - 60))
+    assert check_sharded_folder(str(last))["global_step"] == 8
+    (shard,) = last.glob("*.distcp")
+    shard.unlink()
+    with pytest.raises(CheckpointError, match=rf"sharded checkpoint {last} is incomplete: {shard.name} missing; the "
+                                              rf"newest intact checkpoint beside it is {older}"):
+        check_sharded_folder(str(last))
+    (older / "meta.pt").unlink()
+    with pytest.raises(CheckpointError, match=r"is incomplete: meta.pt missing; no intact checkpoint lies beside it"):
+        check_sharded_folder(str(older))
