@@ -29,6 +29,7 @@ from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from lit_vr1.checkpoint import selected_checkpoint
 from lit_vr1.data.jsonl import DataError
 from lit_vr1.rules import ConfigError
 from lit_vr1.sft import answer_nll, check_answers, labelled_rows, skips_bad_rows, training_records
@@ -53,7 +54,7 @@ class ColdStart(Callback):
         """At fit start, before the model is built: refuse the training set's rows without an
         answer, all of them listed, rather than at the warm-up batch that draws one; a resumed
         fit skips the warm-up, and this."""
-        if stage == "fit" and trainer.ckpt_path is None:
+        if stage == "fit" and selected_checkpoint(trainer) is None:  # trainer.ckpt_path is set only at the restore
             self.check_one_process(trainer)  # here, before the model is built: one line, not a traceback per process
             if not skips_bad_rows(trainer):
                 check_answers(training_records(trainer))

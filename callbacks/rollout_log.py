@@ -88,7 +88,9 @@ class RolloutLog(Callback):
         # file of a resume of the same checkpoint that was killed before saving one (no checkpoint
         # records it: its steps were logged twice after a second kill)
         others = abandoned_resumes(self._written, trainer.global_step) if not os.path.isabs(self.path) else []
-        resumed = rank_file(getattr(self, "_resumed_from_file", None), trainer.global_rank)
+        resumed = getattr(self, "_resumed_from_file", None)
+        if trainer.world_size > 1:
+            resumed = rank_file(resumed, trainer.global_rank)
         for path in {self._written, resumed, *others} - {None}:
             drop_steps_after(path, trainer.global_step)
 

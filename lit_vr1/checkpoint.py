@@ -250,8 +250,9 @@ def load_sharded(path: str) -> dict[str, Any]:
 
 
 def sharded_missing(path: str) -> list[str]:
-    """What a sharded checkpoint's folder lacks: ``.metadata``, ``meta.pt`` or a shard the
-    metadata names (nothing for a complete one)."""
+    """What a sharded checkpoint's folder lacks: ``.metadata``, ``meta.pt``, a shard the metadata
+    names, or the end of one (shorter than the tensors the metadata places in it); nothing for a
+    complete one."""
     from torch.distributed.checkpoint import FileSystemReader
 
     missing = [name for name in (".metadata", "meta.pt") if not os.path.isfile(os.path.join(path, name))]
@@ -261,7 +262,19 @@ def sharded_missing(path: str) -> list[str]:
         storage = FileSystemReader(path).read_metadata().storage_data or {}
     except Exception as exc:  # noqa: BLE001 - an unreadable .metadata is a damaged folder
         return [f".metadata ({type(exc).__name__})"]
-    return sorted({getattr(item, "relative_path", "") for item in storage.values()} - set(os.listdir(path)) - {""})
+    needed: dict[str, int] = {}  # each shard's size as the metadata places its tensors
+    for item in storage.values():
+        name = getattr(item, "relative_path", "")
+        if name:
+            needed[name] = max(needed.get(name, 0), int(getattr(item, "offset", 0)) + int(getattr(item, "length", 0)))
+    out = []
+    for name, size in sorted(needed.items()):
+        file = os.path.join(path, name)
+        if not os.path.isfile(file):
+            out.append(name)
+        elif os.path.getsize(file) < size:  # a kill during a save over the same folder (last.ckpt)
+            out.append(f"{name} (cut off: {os.path.getsize(file)} of {size} bytes)")
+    return out
 
 
 def check_sharded_folder(path: str) -> dict[str, Any]:
@@ -538,7 +551,11 @@ def selected_checkpoint(trainer) -> str | None:
     """The checkpoint ``trainer``'s run will load, as resolved (``last`` made a path) before the
     setup hooks run: Lightning sets ``trainer.ckpt_path`` only when it restores, after them (None
     for a Trainer without :func:`strict_last_checkpoint`)."""
-    path = getattr(trainer, SELECTED, None)
+    connector = getattr(trainer, "_checkpoint_connector", None)
+    if connector is not None and getattr(connector, "_user_managed", False):  # trainer.ckpt_path = X, then fit()
+        path = connector._ckpt_path
+    else:
+        path = getattr(trainer, SELECTED, None)
     return None if path is None else str(path)
 
 
@@ -547,6 +564,14 @@ def saved_step(path: str) -> int:
     optimisers' and the loops' state, not a ``save_weights_only`` file (-1 for those and for a
     file that cannot be read); its tensors are mapped, not read."""
     allow_saved_settings()
+    if os.path.isdir(path):  # a sharded folder (FSDP2): its loops in meta.pt, its optimiser states among the shards
+        if not is_sharded(path) or sharded_missing(path):
+            return -1
+        try:
+            saved = torch.load(os.path.join(path, "meta.pt"), map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - as for a file
+            return -1
+        return int(saved.get("global_step", -1)) if isinstance(saved, dict) and "loops" in saved else -1
     try:
         saved = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     except Exception:  # noqa: BLE001 - any unreadable file is no candidate (load_failure says why when it is resumed)

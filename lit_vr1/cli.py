@@ -31,7 +31,14 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from lit_vr1.checkpoint import LAST_SAVED_AT_END, load_checkpoint_file, newest_checkpoint, resumable
+from lit_vr1.checkpoint import (
+    LAST_SAVED_AT_END,
+    check_sharded_folder,
+    is_sharded,
+    load_checkpoint_file,
+    newest_checkpoint,
+    resumable,
+)
 from lit_vr1.cli_errors import LitVR1ArgumentParser, config_file_problem, yaml_value
 from lit_vr1.config_keys import unknown_keys
 from lit_vr1.config_lists import replace_lists_whole  # noqa: E402
@@ -156,7 +163,7 @@ class LitVR1CLI(LightningCLI):
             LitVR1ArgumentParser.unknown_keys = unknown_keys(_flag_values(after, ("--config", "-c")), dests, subcommand,
                                                              class_flags)
         ckpt_path = _flag_value(argv, "--ckpt_path")
-        if subcommand and ckpt_path and Path(ckpt_path).is_file():
+        if subcommand and ckpt_path and (Path(ckpt_path).is_file() or is_sharded(ckpt_path)):
             hparams = checkpoint_model_settings(ckpt_path)
             if hparams:
                 self._subcommand_parsers[subcommand].set_defaults({"model": hparams})
@@ -392,7 +399,8 @@ def checkpoint_model_settings(path: str) -> dict | None:
     from Python), or None when it saved none."""
     from lit_vr1.module import CLASS_KEY, MODEL_DIR_KEY
 
-    checkpoint = load_checkpoint_file(path, map_location="cpu")
+    # a sharded folder's settings lie in its meta.pt, beside the shards (not read here)
+    checkpoint = check_sharded_folder(path) if is_sharded(path) else load_checkpoint_file(path, map_location="cpu")
     hparams = dict(checkpoint.get("hyper_parameters") or {})
     hparams.pop("_instantiator", None)
     class_path = hparams.pop("_class_path", None) or checkpoint.get(CLASS_KEY)

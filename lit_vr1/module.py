@@ -16,6 +16,7 @@ import torchmetrics
 from lightning.pytorch import LightningModule
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 
 from lit_vr1 import allocator, log_dirs, oom, parallel, preemption, replay_cache, resume_optimisers
@@ -80,10 +81,13 @@ def refuse_sharded_elsewhere(checkpoint: dict, path: str | None, sharded_now: bo
     ``optimizer_states``, which the restore would miss with a KeyError and a traceback."""
     if sharded_now or "optimizer_states" in checkpoint or "optimizer_0" not in checkpoint:
         return
-    raise SettingsRefused(f"checkpoint {path} is a sharded one (an FSDP2 run's): a fit resumes it under FSDP2 "
-                          "(--config configs/strategy/fsdp2.yaml, as the run was); to go on under another strategy, "
-                          f"export it (python -m lit_vr1.export {path} <folder>) and start a new fit from the export "
-                          "(model.model=<folder>)")
+    raise SettingsRefused(sharded_elsewhere_message(path))
+
+
+def sharded_elsewhere_message(path: str | None) -> str:
+    return (f"checkpoint {path} is a sharded one (an FSDP2 run's): a fit resumes it under FSDP2 (--config "
+            "configs/strategy/fsdp2.yaml, as the run was); to go on under another strategy, export it (python -m "
+            f"lit_vr1.export {path} <folder>) and start a new fit from the export (model.model=<folder>)")
 
 
 def model_identity(model: str) -> tuple[str, ...]:
@@ -412,7 +416,10 @@ class VLMModule(LightningModule):
             check_trainer(self, self.trainer)  # the Trainer's settings and callbacks lit-vr1 cannot take (the CLI ran it first)
             ckpt = selected_checkpoint(self.trainer)
             if ckpt and os.path.isdir(ckpt):  # FSDP2 reads a sharded folder before any hook could refuse it
-                self._refuse_another_run(check_sharded_folder(ckpt))
+                meta = check_sharded_folder(ckpt)
+                if not isinstance(self.trainer.strategy, ModelParallelStrategy):  # else each process reads it whole
+                    raise SettingsRefused(sharded_elsewhere_message(ckpt))
+                self._refuse_another_run(meta)
             save_at_rollout_ends(self.trainer)
             preemption.install(self.trainer)  # several processes stop together at a SIGTERM, last.ckpt saved
         limit = {"fit": "limit_val_batches", "validate": "limit_val_batches", "test": "limit_test_batches"}.get(stage)

@@ -230,3 +230,19 @@ def test_validate_on_two_processes_scores_each_held_out_row_once(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = json.loads(results.read_text())
     assert run["n"] == 7, run
+
+
+def test_a_stand_in_for_a_row_that_failed_to_load_is_not_scored_twice_over_processes():
+    """Under data.bad_rows=skip and several processes a row that fails is replaced by the next that
+    loads, which is scored at its own index too: marked, it counts once (helper-80)."""
+    import dataclasses
+
+    from lit_vr1.data.jsonl import Sample, SkippedRow, scored
+    from lit_vr1.data.sampler import EvalSampler, WithRepeats
+
+    rows = [Sample(str(i), [], [], "q", "", f"f:{i}") for i in range(5)]
+    rows[2] = dataclasses.replace(rows[3], skipped=[SkippedRow("2", "the image is cut off")])  # what the set serves
+    data = WithRepeats(rows)
+    served = [[data[i] for i in EvalSampler(data, 2, rank)] for rank in range(2)]
+    counted = sorted(s.id for rank in served for s, c in zip(rank, scored(rank)) if c)
+    assert counted == ["0", "1", "3", "4"]

@@ -310,12 +310,16 @@ def test_the_export_command_reads_a_sharded_checkpoint_folder(trained, tmp_path)
     processor = trained["module"].processor
     exported, merged = load_model(str(out), processor), load_model(trained["merged"], processor)
     assert all(torch.equal(a, b) for a, b in zip(exported.state_dict().values(), merged.state_dict().values()))
+    from lit_vr1.cli import checkpoint_model_settings
+
+    settings = checkpoint_model_settings(str(folder))  # validate / predict --ckpt_path <folder> build this model
+    assert settings["class_path"].endswith("GRPOModule") and settings["init_args"]["lora"]
     for shard in folder.glob("*.distcp"):
         shard.unlink()
     proc = subprocess.run([sys.executable, "-m", "lit_vr1.export", str(folder), str(tmp_path / "hf2")],
                           capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    assert f"sharded checkpoint {folder} cannot be read" in proc.stderr
+    assert f"sharded checkpoint {folder} is incomplete: " in proc.stderr and "distcp missing" in proc.stderr
 
 
 def test_a_bf16_merge_that_rounds_the_update_away_warns_and_float32_keeps_it(tmp_path):

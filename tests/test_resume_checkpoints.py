@@ -268,6 +268,10 @@ def test_an_incomplete_sharded_checkpoint_is_named_with_the_newest_intact_one_be
     os.utime(older, (time.time() - 60, time.time() - 60))
     assert check_sharded_folder(str(last))["global_step"] == 8
     (shard,) = last.glob("*.distcp")
+    whole = shard.read_bytes()
+    shard.write_bytes(whole[: len(whole) // 2])  # a kill while a save wrote over the folder
+    with pytest.raises(CheckpointError, match=rf"is incomplete: {shard.name} \(cut off: {len(whole) // 2} of "):
+        check_sharded_folder(str(last))
     shard.unlink()
     with pytest.raises(CheckpointError, match=rf"sharded checkpoint {last} is incomplete: {shard.name} missing; the "
                                               rf"newest intact checkpoint beside it is {older}"):
@@ -275,3 +279,41 @@ def test_an_incomplete_sharded_checkpoint_is_named_with_the_newest_intact_one_be
     (older / "meta.pt").unlink()
     with pytest.raises(CheckpointError, match=r"is incomplete: meta.pt missing; no intact checkpoint lies beside it"):
         check_sharded_folder(str(older))
+
+
+def test_a_complete_sharded_folder_with_loops_is_a_resumable_candidate(tmp_path):
+    """--ckpt_path last's newer-step check and fallback read each candidate's step: a sharded
+    folder was never one (torch.load of a folder fails), so under FSDP2 they said the run saved
+    none (helper-80)."""
+    import torch
+    import torch.distributed.checkpoint as dcp
+
+    from lit_vr1.checkpoint import newest_resumable, saved_step
+
+    folder = tmp_path / "epoch=0-step=8.ckpt"
+    dcp.save({"state_dict": {"w": torch.ones(3)}}, checkpoint_id=str(folder), no_dist=True)
+    torch.save({"global_step": 8, "loops": {}}, folder / "meta.pt")
+    assert saved_step(str(folder)) == 8 and newest_resumable([str(tmp_path)]) == str(folder)
+    torch.save({"global_step": 8}, folder / "meta.pt")  # weights only: not resumable
+    assert saved_step(str(folder)) == -1
+    torch.save({"global_step": 8, "loops": {}}, folder / "meta.pt")
+    (shard,) = folder.glob("*.distcp")
+    shard.write_bytes(shard.read_bytes()[:10])
+    assert saved_step(str(folder)) == -1
+
+
+def test_cold_start_allows_a_resume_on_several_processes():
+    """ColdStart's one-process check ran at every setup: trainer.ckpt_path is set only at the
+    restore, after it, so a resume was refused too (helper-80). It goes by the selected checkpoint."""
+    from types import SimpleNamespace
+
+    from callbacks import ColdStart
+    from lit_vr1.checkpoint import SELECTED
+    from lit_vr1.rules import ConfigError
+
+    fresh = SimpleNamespace(world_size=2, _checkpoint_connector=SimpleNamespace(_user_managed=False), **{SELECTED: None})
+    with pytest.raises(ConfigError, match="callbacks.ColdStart runs in one process"):
+        ColdStart().setup(fresh, None, "fit")
+    resumed = SimpleNamespace(world_size=2, _checkpoint_connector=SimpleNamespace(_user_managed=False),
+                              **{SELECTED: "runs/x/checkpoints/last.ckpt"})
+    ColdStart().setup(resumed, None, "fit")

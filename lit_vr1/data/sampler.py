@@ -89,7 +89,8 @@ class EvalSampler(DistributedSampler):
 
 class WithRepeats(Dataset):
     """``dataset`` whose indices past its end (:class:`EvalSampler`'s repeats) serve its rows
-    again, marked ``repeat`` (a row that failed to load is served as it is)."""
+    again, marked ``repeat``, as are stand-ins for rows that failed to load (a row that failed
+    and was not replaced is served as it is)."""
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
@@ -98,10 +99,10 @@ class WithRepeats(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> Any:
+        """Row ``index``; a repeat past the end, or a row standing in for one that failed to load
+        (``data.bad_rows=skip``: the next row that loads, scored at its own index), marked."""
         n = len(self.dataset)
-        if index < n:
-            return self.dataset[index]
-        row = self.dataset[(index - n) % n]
-        if hasattr(row, "repeat"):
+        row = self.dataset[index if index < n else (index - n) % n]
+        if hasattr(row, "repeat") and (index >= n or getattr(row, "skipped", None)):
             row = dataclasses.replace(row, repeat=True)
         return row
