@@ -453,8 +453,8 @@ def resume_note(trainer, failed: bool = True) -> str:
     mended = "once the cause is mended, " if failed else ""
     if not trainer.checkpoint_callbacks:
         return f"{stopped} and saved no checkpoint (no ModelCheckpoint in trainer.callbacks): a new fit starts over"
-    # a last.ckpt that exists (a save the disk refused leaves the name set and no file)
-    saver = next((cb for cb in trainer.checkpoint_callbacks if cb.last_model_path and os.path.isfile(cb.last_model_path)),
+    # a last.ckpt that exists (a save the disk refused leaves the name set and no file; FSDP2 saves a folder)
+    saver = next((cb for cb in trainer.checkpoint_callbacks if cb.last_model_path and os.path.exists(cb.last_model_path)),
                  None)
     if saver is not None:
         # Lightning's count (0 until this process saves) or the save at the fit's last batch, which leaves it be
@@ -465,7 +465,7 @@ def resume_note(trainer, failed: bool = True) -> str:
     newest = newest_checkpoint(folders) if any(cb.best_model_path for cb in trainer.checkpoint_callbacks) else None
     if newest is None:
         source = trainer.ckpt_path
-        if source and os.path.isfile(source):  # resumed from a file elsewhere, stopped before saving one here
+        if source and os.path.exists(source):  # resumed from a file elsewhere, stopped before saving one here
             return f"{stopped} before its first checkpoint here; it resumes again with --ckpt_path {source}"
         return f"{stopped} before its first checkpoint: a new fit starts over"
     return (f"{stopped}; {mended}it resumes from its newest checkpoint with --ckpt_path {newest} "
