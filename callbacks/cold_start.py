@@ -51,7 +51,8 @@ class ColdStart(Callback):
         self.losses: list[float] = []
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        """At fit start, before the model is built: refuse the training set's rows without an
+        """At fit start, before the model is built: refuse several processes (one line, not a
+        traceback from each after the models were built) and the training set's rows without an
         answer, all of them listed, rather than at the warm-up batch that draws one; a resumed
         fit skips the warm-up, and this."""
         if stage == "fit" and selected_checkpoint(trainer) is None:  # trainer.ckpt_path is set only at the restore
