@@ -211,13 +211,21 @@ def is_intact(path: str) -> bool:
 
 
 def newest_intact_beside(path: str) -> str | None:
-    """The most recently written intact ``*.ckpt`` in ``path``'s directory other than ``path``."""
+    """The most recently written intact ``*.ckpt`` in ``path``'s directory other than ``path``: a
+    whole file, or a sharded checkpoint's folder with nothing missing (:func:`sharded_missing`)."""
     folder = os.path.dirname(os.path.abspath(path))
     others = [p for p in glob.glob(os.path.join(glob.escape(folder), "*.ckpt")) if os.path.abspath(p) != os.path.abspath(path)]
     for candidate in sorted(others, key=os.path.getmtime, reverse=True):
-        if is_intact(candidate):
+        if is_intact(candidate) or (os.path.isdir(candidate) and not sharded_missing(candidate)):
             return candidate
     return None
+
+
+def beside_hint(path: str) -> str:
+    """What a refusal of the broken checkpoint ``path`` adds: the newest intact one beside it."""
+    other = newest_intact_beside(path)
+    return f"; the newest intact checkpoint beside it is {other}: resume with --ckpt_path {other}" if other else \
+        "; no intact checkpoint lies beside it: start without --ckpt_path"
 
 
 def is_sharded(path: str) -> bool:
@@ -284,12 +292,12 @@ def check_sharded_folder(path: str) -> dict[str, Any]:
     (the run's settings, loops and callbacks' states)."""
     missing = sharded_missing(path)
     if missing:
-        others = [c for c in checkpoints_newest_first([os.path.dirname(os.path.abspath(path))])
-                  if os.path.abspath(c) != os.path.abspath(path)
-                  and (is_intact(c) or (os.path.isdir(c) and not sharded_missing(c)))]
-        hint = f"; the newest intact checkpoint beside it is {others[0]}: resume with --ckpt_path {others[0]}" \
-            if others else "; no intact checkpoint lies beside it: start without --ckpt_path"
-        raise CheckpointError(f"sharded checkpoint {path} is incomplete: {', '.join(missing)} missing{hint}")
+        raise CheckpointError(f"sharded checkpoint {path} is incomplete: {', '.join(missing)} missing{beside_hint(path)}")
+    return sharded_meta(path)
+
+
+def sharded_meta(path: str) -> dict[str, Any]:
+    """A sharded checkpoint's ``meta.pt``: everything but the tensors (settings, loops, callbacks)."""
     allow_saved_settings()
     return torch.load(os.path.join(path, "meta.pt"), map_location="cpu", weights_only=True)
 
@@ -308,10 +316,7 @@ def check_checkpoint_file(path: str) -> None:
         return
     size = os.path.getsize(path)
     what = "is empty (0 bytes)" if size == 0 else f"is corrupt or incomplete ({size} bytes, not a whole torch checkpoint)"
-    other = newest_intact_beside(path)
-    hint = f"; the newest intact checkpoint beside it is {other}: resume with --ckpt_path {other}" if other else \
-        "; no intact checkpoint lies beside it: start without --ckpt_path"
-    raise CheckpointError(f"checkpoint {path} {what}{hint}")
+    raise CheckpointError(f"checkpoint {path} {what}{beside_hint(path)}")
 
 
 # What torch.load may raise for a missing, empty, cut-off or foreign file: any exception, since a
@@ -568,7 +573,7 @@ def saved_step(path: str) -> int:
         if not is_sharded(path) or sharded_missing(path):
             return -1
         try:
-            saved = torch.load(os.path.join(path, "meta.pt"), map_location="cpu", weights_only=True)
+            saved = sharded_meta(path)
         except Exception:  # noqa: BLE001 - as for a file
             return -1
         return int(saved.get("global_step", -1)) if isinstance(saved, dict) and "loops" in saved else -1
