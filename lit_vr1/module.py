@@ -618,8 +618,10 @@ class VLMModule(LightningModule):
         batch = loaded(batch)  # rows that failed to load under data.bad_rows=skip: left out, reported
         if not batch:
             return []
-        with parallel.gathered_for_generation(self):
-            return predict_records(self.policy, self.processor, batch, self.eval_max_new_tokens, self.box_frame)
+        with parallel.gathered_for_generation(self):  # every process decodes (collectives under FSDP2)
+            records = predict_records(self.policy, self.processor, batch, self.eval_max_new_tokens, self.box_frame)
+        # under several processes a row that failed to load is replaced by the next that loads, predicted at its own index
+        return [r for r, s in zip(records, batch) if not getattr(s, "skipped", None)]
 
     # -- export -----------------------------------------------------------------------------
     def on_fit_start(self) -> None:
