@@ -593,7 +593,7 @@ def main(args: list[str] | None = None) -> None:
     try:
         LitVR1CLI(args=None if args is None else argv)
     except KeyboardInterrupt as stop:  # Ctrl-C outside Lightning's loops (loading the model, the data): no traceback
-        interrupted(_notes(stop))
+        interrupted(_notes(stop), say=rank_zero_only.rank == 0)
     except SIGTERMException as stop:  # a SystemExit without a code: the process would exit 0, as if it had finished
         if rank_zero_only.rank == 0:  # under several processes they all stop at the same step: one message
             print(f"lit-vr1: stopped by SIGTERM (exit 143); resume from the last checkpoint with {RESUME_HINT}"
@@ -602,7 +602,7 @@ def main(args: list[str] | None = None) -> None:
     except SystemExit as stop:
         # Ctrl-C inside fit / validate / test / predict: Lightning shuts down, then exits 1
         if stop.code == 1 and isinstance(stop.__context__, KeyboardInterrupt):
-            interrupted(_notes(stop))
+            interrupted(_notes(stop), say=rank_zero_only.rank == 0)  # every process is stopped: one message
         raise
     except Exception as exc:  # noqa: BLE001 - ours become one line, anything else is re-raised
         error = None if show_traceback else user_error(exc)

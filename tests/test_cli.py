@@ -214,14 +214,19 @@ def test_a_fit_stopped_by_sigterm_exits_143_not_0(monkeypatch, capsys):
     assert "stopped by SIGTERM" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("rank", [0, 1])
 @pytest.mark.parametrize("where", ["loading", "fit"])
-def test_ctrl_c_exits_130_with_one_message(monkeypatch, capsys, where):
+def test_ctrl_c_exits_130_with_one_message(monkeypatch, capsys, where, rank):
     """Ctrl-C while the model loads (a KeyboardInterrupt through the CLI) or inside fit (Lightning
     shuts down, then calls sys.exit(1) while handling the KeyboardInterrupt): exit 130 and one
-    line saying how to resume, not a traceback or Lightning's exit 1."""
+    line saying how to resume, not a traceback or Lightning's exit 1. A Ctrl-C reaches every
+    process of a run: only rank 0 says it (under DDP each process printed the lines; helper-79)."""
     import sys as system
 
     import lit_vr1.cli as cli_module
+    from lightning.pytorch.utilities import rank_zero_only
+
+    monkeypatch.setattr(rank_zero_only, "rank", rank)
 
     def interrupted(*args, **kwargs):
         if where == "loading":
@@ -236,6 +241,9 @@ def test_ctrl_c_exits_130_with_one_message(monkeypatch, capsys, where):
         cli_module.main(["fit", "--config", "configs/quickstart.yaml"])
     assert info.value.code == 130
     err = capsys.readouterr().err
+    if rank:
+        assert err == ""
+        return
     assert "interrupted (Ctrl-C, exit 130)" in err and "--ckpt_path last" in err and "Traceback" not in err
 
 
