@@ -223,8 +223,9 @@ def test_ctrl_c_exits_130_with_one_message(monkeypatch, capsys, where, rank):
     process of a run: only rank 0 says it (under DDP each process printed the lines; helper-79)."""
     import sys as system
 
-    import lit_vr1.cli as cli_module
     from lightning.pytorch.utilities import rank_zero_only
+
+    import lit_vr1.cli as cli_module
 
     monkeypatch.setattr(rank_zero_only, "rank", rank)
 

@@ -105,6 +105,31 @@ def test_choice_letters(pred):
     assert not choice_match(pred, "C")
 
 
+@pytest.mark.parametrize("pred", ["B。", "B,", "B！", "（B）", "Ｂ", "答案是B", "答案：Ｂ", "La réponse est B.",
+                                  "Die Antwort ist B", "Ответ: B", "选 B 。", "选B", "答えはB",
+                                  "정답은 B", "la respuesta es B"])
+def test_choice_letters_in_other_languages_and_full_width_forms(pred):
+    """A right answer written with CJK punctuation or in another language scored 0 (helper-81)."""
+    assert extract_choice(pred) == "B"
+    assert choice_match(pred, "B") and not choice_match(pred, "C")
+
+
+@pytest.mark.parametrize("pred", ["It is A or B", "A or B", "A cat sits on the mat", "Point A", "I think it is B"])
+def test_choice_reads_no_letter_from_free_text(pred):
+    assert extract_choice(pred) is None
+
+
+def test_numbers_with_a_decimal_comma():
+    """"3,5" is 3.5 in most of Europe: it read as 5 alone, so a right French answer scored 0 (helper-81)."""
+    assert numeric_match("3,5", "3.5") and numeric_match("La réponse est 3,5 cm.", "3.5")
+    assert numeric_match("-0,25", "-0.25") and numeric_match("12,5 %", "0.125")
+    assert numeric_match("3,5", "5")  # the list reading stays: "3,5" may list 3 and 5
+    assert not numeric_match("1,2,3", "1.2") and numeric_match("1,000", "1000") and not numeric_match("1,000", "1")
+    assert not numeric_match("3, 5", "3.5")  # a comma and a space: a list
+    with pytest.raises(ValueError, match="decimal comma"):
+        numeric_match("3.5", "3,5")
+
+
 def test_choice_rejects_free_text_and_bad_solution():
     assert extract_choice("A cat sits on the mat") is None
     assert extract_choice("I think so") is None
