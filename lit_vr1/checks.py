@@ -187,9 +187,38 @@ def trained_weights_float32(params: list, module: Any) -> str | None:
                                    f"trainer.precision={getattr(trainer, 'precision', '?')})")
 
 
+@rule("model.freeze_vision", "optimizer")
+def something_trains(params: list, module: Any) -> str | None:
+    """No trainable parameter left (the tower frozen and LoRA only on it, say): torch's
+    optimisers refuse an empty list with a traceback that names no setting (a new user's trial)."""
+    if params:
+        return None
+    lora = getattr(module, "lora", None)
+    targets = getattr(lora, "target_modules", None)
+    settings = [f"model.freeze_vision={getattr(module, 'freeze_vision', None)}",
+                f"model.freeze_merger={getattr(module, 'freeze_merger', None)}"]
+    if lora is not None:
+        settings.append(f"model.lora.target_modules={targets}")
+    return (f"nothing would train: every parameter of the policy is frozen ({', '.join(settings)}); unfreeze a part, or "
+            "give LoRA target modules outside the frozen parts (the language model's q_proj, v_proj, ...)")
+
+
 def check_master_weights(params: list, module: Any) -> None:
-    """Run :func:`trained_weights_float32` where the optimiser is built (SFT and GRPO both)."""
+    """Run :func:`something_trains` and :func:`trained_weights_float32` where the optimiser is
+    built (SFT and GRPO both)."""
+    enforce(something_trains(params, module))
     enforce(trained_weights_float32(params, module))
+
+
+def zero_learning_rate_note(optimizer: Any) -> str | None:
+    """A note when every parameter group's learning rate is 0 before any scheduler: nothing
+    would move, while the fit logs rewards and losses as if it trained (``train/kl`` 0 and
+    ``train/ratio_mean`` 1 every step). A warm-up scheduler that starts at 0 is fine: it scales
+    the rate given here, which must not be 0 itself."""
+    if not optimizer.param_groups or any(float(g.get("lr", 0.0)) != 0.0 for g in optimizer.param_groups):
+        return None
+    return ("the optimiser's learning rate is 0 (model.optimizer's lr): no weight will move, and the fit's rewards will "
+            "only wander; give it a learning rate (a warm-up scheduler scales it from 0 by itself)")
 
 
 # -- the Trainer under manual optimisation (Lightning refuses both too, with its own words) -------------

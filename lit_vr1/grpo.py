@@ -25,8 +25,10 @@ from lit_vr1.config import GRPOConfig
 from lit_vr1.loop import RolloutUpdateLoop, StepOutcome
 from lit_vr1.models import precision
 from lit_vr1.module import VLMModule, refuse_unknown_module_keywords
+from lit_vr1.no_signal import SilentRewards, strong_kl_note, tied_cause
+from lit_vr1.predict import frame_of
 from lit_vr1.rewards.accuracy import HFRRF, Accuracy
-from lit_vr1.rewards.base import Reward, SampleContext, forget_warnings, reward_names_distinct
+from lit_vr1.rewards.base import Reward, SampleContext, forget_warnings, reward_names_distinct, some_reward_weighs
 from lit_vr1.rewards.function import as_rewards
 from lit_vr1.rewards.rec import IoUReward, RecJsonFormat
 from lit_vr1.rules import ConfigError, enforce, settings_object
@@ -106,6 +108,7 @@ class GRPOModule(VLMModule):
     def rewards(self, value: Any) -> None:
         rewards = as_rewards(value)
         enforce(reward_names_distinct(rewards))  # two lambdas: said now, not at the first step
+        enforce(some_reward_weighs(rewards))
         self._rewards = rewards
 
     @property
@@ -459,12 +462,13 @@ class GRPOModule(VLMModule):
     def on_train_start(self) -> None:
         """Warn when ``trainer.max_steps`` ends inside a rollout, counted from the step this fit
         starts at (a resumed one's; counted from 0 the warning was wrong both ways after a resume).
-        Not for a loop that leaves groups out: its rollouts take as many steps as the groups kept."""
+        Not for a loop that leaves groups out: its rollouts take as many steps as the groups kept.
+        Also when ``model.grpo.beta`` is 1 or more (:func:`lit_vr1.no_signal.strong_kl_note`)."""
         super().on_train_start()
         steps = [] if self.loop.leaves_groups_out() else getattr(self, "_rollout_steps", [])
-        note = max_steps_note(self.trainer.max_steps, steps, self.global_step)
-        if note:
-            rank_zero_warn(note)
+        for note in (max_steps_note(self.trainer.max_steps, steps, self.global_step), strong_kl_note(self.config.beta)):
+            if note:
+                rank_zero_warn(note)
 
     def training_step(self, batch, batch_idx: int) -> None:
         self.step_before_batch = self.global_step  # validation counts steps (lit_vr1.val_schedule)
@@ -475,7 +479,11 @@ class GRPOModule(VLMModule):
                                "returns the statistics super().run(samples) returns, keys added as it likes")
         if math.isfinite(stats["reward/total/mean"]):  # nothing scored: no figure (EarlyStopping stops at a nan)
             self.log("reward", stats["reward/total/mean"], prog_bar=True, logger=False, batch_size=len(batch))
-        self.warn_when_nothing_to_learn(stats["groups_tied_frac"], stats["reward/total/mean"])
+        self.warn_when_nothing_to_learn(stats["groups_tied_frac"], stats["reward/total/mean"], stats)
+        if self.__dict__.get("_silent_rewards") is None:
+            self._silent_rewards = SilentRewards(self.tied_rollouts_warning)
+        for note in self._silent_rewards.update(stats, self.rewards, frame_of(self.policy, self.box_frame)):
+            rank_zero_warn(note)
 
     def answer_mode(self, task: str | None = None) -> str:
         """``eval_answer_mode``, else the mode of the first reward that matches answers
@@ -491,19 +499,18 @@ class GRPOModule(VLMModule):
         routed = [r for r in matchers if task is None or r.tasks is None or task in r.tasks]
         return (routed or matchers)[0].mode if matchers else "numeric"
 
-    def warn_when_nothing_to_learn(self, tied_frac: float, reward: float) -> None:
+    def warn_when_nothing_to_learn(self, tied_frac: float, reward: float, stats: dict | None = None) -> None:
         """Warn once when ``tied_rollouts_warning`` rollouts in a row had every group tied
         (each prompt's G completions scored alike, ``train/groups_tied_frac`` 1): every
-        advantage is 0, so GRPO has no signal and the policy stays as it is. The usual cause
-        is a model that does not write the answer format yet (every reward 0)."""
+        advantage is 0, so GRPO has no signal and the policy stays as it is. The cause named
+        is read from the last rollout's ``stats`` (:func:`lit_vr1.no_signal.tied_cause`)."""
         self.tied_in_a_row = self.tied_in_a_row + 1 if tied_frac >= 1.0 else 0
         if self.tied_in_a_row == self.tied_rollouts_warning:
             rank_zero_warn(
                 f"the last {self.tied_in_a_row} rollouts had every group tied (each prompt's G completions got the same "
                 f"reward; mean reward {reward:.3f} at step {self.global_step}): every advantage is 0, so GRPO learns "
-                "nothing. A model that does not write the answer format scores 0 on every reward: start from a "
-                "cold start that writes it (callbacks.ColdStart, or an SFT'd model; LoRA on a random model does not "
-                "learn it), or give the rewards partial credit, or raise model.grpo.temperature / num_generations"
+                "nothing. " + tied_cause({"reward/total/mean": reward, **(stats or {})}, self.config.temperature,
+                                         self.config.max_completion_length)
                 + failing_rewards_note(self.rewards))
 
     # -- checkpoints: the skipped-step count survives a resume -----------------------------------

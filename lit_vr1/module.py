@@ -35,10 +35,11 @@ from lit_vr1.checkpoint import (
     setting_differences,
     write_refused,
 )
-from lit_vr1.checks import check_master_weights, check_trainer
+from lit_vr1.checks import check_master_weights, check_trainer, zero_learning_rate_note
 from lit_vr1.data.jsonl import loaded, scored
 from lit_vr1.evaluate import (
     PROMPTINGS,
+    better_frame_note,
     check_eval_solutions,
     frame_note,
     outside_image,
@@ -55,7 +56,7 @@ from lit_vr1.models.families import BOX_FRAMES, base_model, family_of
 from lit_vr1.models.loading import load_model, load_processor
 from lit_vr1.models.lora import LoraSpec, apply_lora, save_merged
 from lit_vr1.models.tiny_parts import TinySpec
-from lit_vr1.predict import predict_records
+from lit_vr1.predict import frame_of, predict_records
 from lit_vr1.quiet import add_notice_filters, notices_back_on_error, remove_notice_filters
 from lit_vr1.rules import enforce, one_of, refuse, refuse_unknown_keywords, rule, settings_object
 
@@ -347,6 +348,7 @@ class VLMModule(LightningModule):
                                                    "n": torchmetrics.SumMetric()})
         self._told_layout = False  # answers right but out of the think/answer layout: said once
         self._frame_count = [0, 0]  # held-out REC boxes past their image, and boxes, this evaluation
+        self._frame_ious = [0.0] * (len(BOX_FRAMES) + 1)  # their IoUs summed were they read in each frame, and answers
         self._told_frame = False  # a quarter of them or more: a wrong box_frame, said once
         self._cut_count = [0, 0]  # held-out answers cut short at eval_max_new_tokens, and answers
         self._told_cut = False
@@ -382,6 +384,9 @@ class VLMModule(LightningModule):
         params = [p for p in self.policy.parameters() if p.requires_grad]
         check_master_weights(params, self)  # the weights as the precision plugin left them
         opt = self.optimizer_factory(params)
+        note = zero_learning_rate_note(opt)  # before a scheduler sets its first rate
+        if note:
+            rank_zero_warn(note)
         scheduler = None if self.scheduler_factory is None else self.scheduler_factory(opt)
         # as configured, before a resume restores the checkpoint's states over them
         self._configured_optimisers = (self.trainer, resume_optimisers.configured([opt], [scheduler] if scheduler else []))
@@ -500,6 +505,9 @@ class VLMModule(LightningModule):
         self.val_metrics.update(torch.tensor([p.iou for p in preds]), torch.tensor([float(p.format_ok) for p in preds]))
         self._frame_count[0] += sum(outside_image(p.box, p.sample.image_sizes[0]) for p in preds if p.sample.image_sizes)
         self._frame_count[1] += sum(p.box is not None for p in preds)
+        read = [p for p in preds if p.frame_ious]
+        self._frame_ious = [t + sum(p.frame_ious[f] for p in read) for t, f in zip(self._frame_ious, BOX_FRAMES)] + \
+            [self._frame_ious[-1] + len(read)]
         self._cut_count[0] += sum(p.truncated for p in preds)
         self._cut_count[1] += len(preds)
 
@@ -569,19 +577,24 @@ class VLMModule(LightningModule):
 
     def _note_eval_counts(self, split: str) -> None:
         """Say once each, with every process's counts summed: held-out answers cut short at
-        ``eval_max_new_tokens``, and REC boxes that reach past their images (a wrong ``box_frame``)."""
-        counts = torch.tensor(self._cut_count + self._frame_count, dtype=torch.float64, device=self.device)
-        self._cut_count, self._frame_count = [0, 0], [0, 0]
+        ``eval_max_new_tokens``, and REC boxes that reach past their images or would score better
+        read in another frame (a wrong ``box_frame``)."""
+        counts = torch.tensor(self._cut_count + self._frame_count + self._frame_ious, dtype=torch.float64,
+                              device=self.device)
+        self._cut_count, self._frame_count, self._frame_ious = [0, 0], [0, 0], [0.0] * (len(BOX_FRAMES) + 1)
         if self.trainer.world_size > 1:  # every process ends its evaluation here: a collective is safe
             counts = self.trainer.strategy.reduce(counts, reduce_op="sum")
-        cut, answers, outside, boxes = (int(v) for v in counts.tolist())
+        cut, answers, outside, boxes, *ious, read = counts.tolist()
+        cut, answers, outside, boxes = int(cut), int(answers), int(outside), int(boxes)
         if self.trainer.sanity_checking:
             return
         note = None if self._told_cut else truncation_note(cut, answers, self.eval_max_new_tokens, split)
         if note:
             self._told_cut = True
             rank_zero_warn(note)
-        note = None if self._told_frame else frame_note(outside, boxes, self.box_frame, split)
+        frame = frame_of(self.policy, self.box_frame)
+        note = None if self._told_frame else (frame_note(outside, boxes, frame, split) or better_frame_note(
+            dict(zip(BOX_FRAMES, ious)), int(read), frame, split))
         if note:
             self._told_frame = True
             rank_zero_warn(note)

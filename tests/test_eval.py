@@ -246,3 +246,49 @@ def test_a_stand_in_for_a_row_that_failed_to_load_is_not_scored_twice_over_proce
     served = [[data[i] for i in EvalSampler(data, 2, rank)] for rank in range(2)]
     counted = sorted(s.id for rank in served for s, c in zip(rank, scored(rank)) if c)
     assert counted == ["0", "1", "3", "4"]
+
+
+def test_boxes_written_in_pixels_and_read_as_norm1000_are_named_by_the_frame_that_scores_better(tmp_path, monkeypatch):
+    """Pixel boxes read as 0-1000 shrink inside the image (none reaches past it), so the check of
+    boxes past the image was silent: a trial's validation read acc50 0 with format 1 (helper-82)."""
+    from types import SimpleNamespace
+
+    import torch
+    from lightning.pytorch import Trainer
+
+    from lit_vr1 import evaluate as evaluate_file
+    from lit_vr1 import module as module_file
+    from lit_vr1.data.datamodule import GroundingDataModule
+    from lit_vr1.data.synthetic import SyntheticSpec
+    from lit_vr1.evaluate import Prediction, better_frame_note, predict_rec
+    from lit_vr1.rewards.base import SampleContext
+    from lit_vr1.sft import SFTModule
+
+    assert better_frame_note({"norm1000": 0.0, "input_pixels": 0.8 * 12}, 12, "norm1000", "val") is not None
+    assert better_frame_note({"norm1000": 0.0, "input_pixels": 0.8 * 9}, 9, "norm1000", "val") is None  # too few
+    assert better_frame_note({"input_pixels": 0.5 * 12, "norm1000": 0.55 * 12}, 12, "input_pixels", "val") is None
+
+    def rollout(model, processor, samples, max_new_tokens):  # the right box, in the pixels of a 100 x 100 input
+        contexts = [SampleContext(id=s.id, prompt="", solution='[{"bbox_2d": [10, 20, 60, 70]}]',
+                                  image_sizes=[(100, 100)], input_sizes=[(100, 100)]) for s in samples]
+        return SimpleNamespace(completions=['[{"bbox_2d": [10, 20, 60, 70]}]'] * len(samples), contexts=contexts,
+                               truncated=torch.zeros(len(samples), dtype=torch.bool))
+
+    monkeypatch.setattr(evaluate_file, "greedy_rollout", rollout)
+    (pred,) = predict_rec(None, None, [SimpleNamespace(id="a")], box_frame="norm1000")
+    assert pred.iou == 0.0 and pred.frame_ious["input_pixels"] == pytest.approx(1.0)
+    assert pred.frame_ious["original_pixels"] == pytest.approx(1.0) and pred.frame_ious["norm1"] == 0.0
+
+    def answers(model, processor, batch, max_new_tokens, box_frame):
+        return [Prediction(s, "[10, 20, 60, 70]", (1.0, 2.0, 6.0, 7.0), 0.0, True,
+                           frame_ious={"input_pixels": 0.9, "original_pixels": 0.9, "norm1000": 0.0, "norm1": 0.0})
+                for s in batch]
+
+    monkeypatch.setattr(module_file, "predict_rec", answers)
+    dm = GroundingDataModule(synthetic=SyntheticSpec(num_samples=4, canvas=56), synthetic_dir=str(tmp_path / "d"),
+                             num_val_samples=12, batch_size=2, val_batch_size=4)
+    module = SFTModule(model="tiny:qwen2_5_vl", min_pixels=3136, max_pixels=3136, box_frame="norm1000")
+    with pytest.warns(UserWarning, match=r"val/miou is 0\.000 with the boxes read in box_frame norm1000, and 0\.900 "
+                                         r"read in input_pixels: the model likely writes input_pixels; set "
+                                         r"model.box_frame=input_pixels"):
+        Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False).validate(module, dm)

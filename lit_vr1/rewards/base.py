@@ -363,6 +363,17 @@ def reward_names_distinct(rewards: list[Reward]) -> str | None:
     return f"two rewards share the name(s) {', '.join(dup)}: give each a distinct `name`" if dup else None
 
 
+@rule("model.rewards.init_args.weight", "config")
+def some_reward_weighs(rewards: list[Reward]) -> str | None:
+    """Every reward at weight 0 makes every total 0: every group ties and GRPO learns nothing
+    (a new user's trial: told only ten rollouts in, with the format blamed)."""
+    if not rewards or any(r.weight != 0 for r in rewards):
+        return None
+    return (f"every reward has weight 0 ({', '.join(r.name for r in rewards)}): each completion's total is 0, so every "
+            "group ties and GRPO learns nothing; give the reward(s) to train on a weight (1 by default), and keep weight "
+            "0 only for rewards logged beside them")
+
+
 # a reward that returns nan for every completion routed to it over this many rollouts in a row, and
 # this many completions, is warned about (a few prompts in a row it does not apply to are no sign)
 UNSCORED_ROLLOUTS_WARNING, UNSCORED_COMPLETIONS_WARNING = 3, 64
