@@ -238,6 +238,9 @@ EXISTING = {
     "rewards_not_empty": lambda mp: __import__("lit_vr1.rewards.base", fromlist=["x"]).score_all([], [], []),
     "reward_names_distinct": lambda mp: __import__("lit_vr1.rewards.base", fromlist=["x"]).score_all(
         [__import__("lit_vr1.rewards", fromlist=["x"]).IoUReward()] * 2, [], []),
+    "some_reward_weighs": lambda mp: __import__("lit_vr1.grpo", fromlist=["x"]).GRPOModule(
+        rewards=[__import__("lit_vr1.rewards", fromlist=["x"]).IoUReward(weight=0)]),
+    "something_trains": lambda mp: checks.check_master_weights([], _module()),
     "reward_on_error_known": lambda mp: __import__("lit_vr1.rewards", fromlist=["x"]).IoUReward(on_error="ignore"),
     "train_data_given": lambda mp: _data(),
     "train_images_given": lambda mp: _data(train_files="a.jsonl"),
