@@ -82,6 +82,11 @@ BAD_AT_BUILD = [
      r"data\.jsonl:2: field 'problem' holds <\|im_start\|>, <\|im_end\|>"),
     (vr1(9, [["cat", [1, 2, 10, 12]]], problem="<img><IMG_CONTEXT></img>Find every cat."),
      r"data\.jsonl:2: field 'problem' holds <IMG_CONTEXT>, the model's own"),
+    # an answer holding the model's tokens: a 106-line traceback from the cold start, or an answer never written
+    (json.dumps({"id": 9, "image": "a.png", "problem": "<image>Quoi ?", "solution": "<|image_pad|>"}),
+     r"data\.jsonl:2: field 'solution' holds <\|image_pad\|>, the model's own token\(s\): no completion can write"),
+    (json.dumps({"id": 9, "image": "a.png", "problem": "<image>Quoi ?", "solution": "rouge<|im_end|>bleu"}),
+     r"data\.jsonl:2: field 'solution' holds <\|im_end\|>"),
     # Video-R1's rows: read as text-only questions, the video dropped with nothing said, until 2026-12-06
     (json.dumps({"id": 9, "video": "clip.mp4", "problem": "<video>What happens?", "solution": "3"}),
      r"data\.jsonl:2: field 'video' is not read: lit-vr1 trains on images, not videos"),
@@ -101,7 +106,8 @@ BAD_AT_BUILD = [
     "malformed_json", "missing_field", "missing_image", "corrupt_image_header", "aspect_ratio", "empty_human_turn",
     "empty_problem", "rec_zero_area", "rec_out_of_image", "vr1_zero_area", "vr1_out_of_image", "vr1_negative",
     "rec_unit_box", "vr1_unit_box", "image_field_misspelled", "solution_field_misspelled", "image_pad_in_question",
-    "templated_question", "chat_turns_in_question", "internvl_tokens_in_question", "video_row", "videos_beside_image",
+    "templated_question", "chat_turns_in_question", "internvl_tokens_in_question", "image_pad_in_solution",
+    "end_of_turn_in_solution", "video_row", "videos_beside_image",
     "marker_capitalised", "marker_numbered", "marker_in_system_prompt"])
 def test_bad_rows_fail_when_the_data_is_read_naming_file_line_field(tmp_path, line, message):
     f, d = write(tmp_path, [rec(1), line, rec(3)])

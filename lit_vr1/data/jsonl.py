@@ -577,12 +577,15 @@ def _template_tokens() -> tuple[str, ...]:
     return tuple(dict.fromkeys([*CHAT_CONTROL_TOKENS, *vision]))
 
 
-def _refuse_template_tokens(obj: dict, human: str, system: str | None, where: str) -> None:
+def _refuse_template_tokens(obj: dict, human: str, system: str | None, where: str, solution: Any = None) -> None:
     """A question (or system prompt) holding a model's own tokens (``<|image_pad|>``, a
     ``<|vision_start|>...<|vision_end|>`` block of data already run through a chat template,
     ``<|im_end|>``): the image placeholder failed mid-fit in transformers ("Found total 8
     <|image_pad|> tokens and 4 images", for the batch, no line named), the others were read
-    as markup, silently."""
+    as markup, silently. So for the solution: as a supervised target ``<|image_pad|>`` failed the
+    same way (a 106-line traceback from the cold start), and an answer holding ``<|im_end|>`` can
+    never be written (decoding stops there) or is cut short in SFT."""
+    answer = solution if isinstance(solution, str) or solution is None else json.dumps(solution, ensure_ascii=False)
     for text, field_name in ((human, _field_of(obj, "human")), (system or "", "the system prompt")):
         found = [t for t in _template_tokens() if t in text]
         if found:
@@ -590,6 +593,11 @@ def _refuse_template_tokens(obj: dict, human: str, system: str | None, where: st
                             "template writes itself: write the question as plain text, with an <image> marker where "
                             "each image goes (for data already run through a chat template, take the question's text "
                             "out of it)")
+    found = [t for t in _template_tokens() if t in (answer or "")]
+    if found:
+        raise DataError(f"{where}: {_field_of(obj, 'gpt')} holds {', '.join(found)}, the model's own token(s): no "
+                        "completion can write the answer so (the end of turn stops decoding, an image token stands for an "
+                        "image), and as a supervised target it breaks the model's input; write the answer as plain text")
 
 
 # an image marker spelled otherwise (<Image>, <IMAGE>, <image1>, MMMU's <image 1>): read as text, its images moved first
@@ -636,7 +644,7 @@ def parse_line(line: str, path: str, lineno: int, folder: str, task: str = "defa
     if not human.replace("<image>", "").strip():
         raise DataError(f"{where}: {_field_of(obj, 'human')} is empty: the question has no text besides "
                         "<image> markers; write the question or remove the line")
-    _refuse_template_tokens(obj, human, system, where)
+    _refuse_template_tokens(obj, human, system, where, solution)
     _refuse_misplaced_markers(obj, human, system, where)
     _refuse_misnamed(obj, "image", IMAGE_FIELD_LOOKALIKES, where, "the image path goes in field 'image' (a path or "
                      "a list of paths, relative to the image folder): rename the field")
