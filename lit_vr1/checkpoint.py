@@ -593,6 +593,7 @@ def newest_resumable(folders: list[str]) -> str | None:
 
 LOCK_NAME = ".lit-vr1-fit.lock"
 _FOLDER_LOCKS: dict[str, int] = {}  # checkpoint folders this process fits into: their lock files, open
+_MADE_FOR_LOCK: dict[str, str] = {}  # such a folder -> the outermost folder the lock made on its way (none existed)
 
 
 def lock_checkpoint_folders(trainer) -> None:
@@ -609,6 +610,11 @@ def lock_checkpoint_folders(trainer) -> None:
     for folder in _checkpoint_folders(trainer):
         if folder in _FOLDER_LOCKS:
             continue
+        top = os.path.abspath(folder)
+        while not os.path.exists(os.path.dirname(top)) and os.path.dirname(top) != top:
+            top = os.path.dirname(top)
+        if not os.path.exists(top):
+            _MADE_FOR_LOCK[folder] = top
         os.makedirs(folder, exist_ok=True)
         fd = os.open(os.path.join(folder, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -634,6 +640,24 @@ def release_checkpoint_folders() -> None:
             os.remove(os.path.join(folder, LOCK_NAME))
         with contextlib.suppress(OSError):
             os.close(_FOLDER_LOCKS.pop(folder))
+        remove_empty_made(folder, _MADE_FOR_LOCK.pop(folder, None))
+
+
+def remove_empty_made(folder: str, top: str | None) -> None:
+    """Remove ``folder`` and its parents up to ``top`` (the folders the lock made) while they are
+    empty: a fit refused after the lock (a logger folder that is a file, say) left
+    ``<root>/checkpoints/`` behind, holding nothing (a new user's trial)."""
+    if top is None:
+        return
+    path, top = os.path.abspath(folder), os.path.abspath(top)
+    while path.startswith(top):
+        try:
+            os.rmdir(path)  # only an empty folder goes
+        except OSError:
+            return
+        if path == top:
+            return
+        path = os.path.dirname(path)
 
 
 def newer_than_last(last: str, newest: str | None, flag: str) -> str:

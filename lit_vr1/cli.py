@@ -37,6 +37,7 @@ from lit_vr1.checkpoint import (
     is_sharded,
     load_checkpoint_file,
     newest_checkpoint,
+    release_checkpoint_folders,
     resumable,
 )
 from lit_vr1.cli_errors import LitVR1ArgumentParser, config_file_problem, yaml_value
@@ -498,7 +499,7 @@ def user_error(exc: BaseException) -> BaseException | None:
             return current
         if isinstance(current, torch.OutOfMemoryError):  # outside the passes lit-vr1 measures (loading, SFT)
             return oom.general(current)
-        mesh = fsdp2_sizes_error(current)
+        mesh = fsdp2_sizes_error(current) or file_in_the_way(current)
         if mesh is not None:
             return mesh
         peer = peer_stopped(current)  # another process's error is the one to read; this one only lost its peer
@@ -506,6 +507,25 @@ def user_error(exc: BaseException) -> BaseException | None:
             return peer
         current = current.__cause__ or current.__context__
     return None
+
+
+def file_in_the_way(exc: BaseException) -> BaseException | None:
+    """A folder the run writes into (``trainer.default_root_dir``, a logger's ``save_dir``, an
+    export or prediction folder) that is a file, or lies under one: one
+    :class:`~lit_vr1.rules.ConfigError` naming the file, where a 37-42 line traceback ended in
+    ``NotADirectoryError`` or ``FileExistsError`` (a new user's trial); None for anything else."""
+    from lit_vr1.rules import ConfigError
+
+    if not isinstance(exc, (NotADirectoryError, FileExistsError)) or not getattr(exc, "filename", None):
+        return None
+    path = os.path.abspath(str(exc.filename))
+    while path and not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    if not os.path.isfile(path):
+        return None
+    return ConfigError(f"{path} is a file, and the run writes into {os.path.abspath(str(exc.filename))} as a folder: "
+                       "give the folder settings (--trainer.default_root_dir, the logger's save_dir, model.export_dir, "
+                       "...) a path that is not a file")
 
 
 def fsdp2_sizes_error(exc: BaseException) -> BaseException | None:
@@ -605,6 +625,7 @@ def main(args: list[str] | None = None) -> None:
             interrupted(_notes(stop), say=rank_zero_only.rank == 0)  # every process is stopped: one message
         raise
     except Exception as exc:  # noqa: BLE001 - ours become one line, anything else is re-raised
+        release_checkpoint_folders()  # a fit refused before its module's setup: no teardown, no exception hook
         error = None if show_traceback else user_error(exc)
         if error is None:
             raise

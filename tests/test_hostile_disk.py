@@ -237,3 +237,29 @@ def test_a_fit_that_raises_lets_its_folders_lock_go():
     assert folder in checkpoint._FOLDER_LOCKS
     NoticesBackOnError().on_exception(None, SFTModule(model="tiny:qwen2_5_vl"), RuntimeError("a step failed"))
     assert folder not in checkpoint._FOLDER_LOCKS and not os.path.exists(os.path.join(folder, checkpoint.LOCK_NAME))
+
+
+def test_a_folder_setting_that_is_a_file_is_one_line_and_a_refused_fit_leaves_no_folder(tmp_path, capsys):
+    """A logger folder that is a file: a 42-line traceback ending in NotADirectoryError, and the
+    refused fit left <root>/checkpoints/ holding its lock file (helper-81)."""
+    from lit_vr1.cli import main
+
+    (tmp_path / "notadir").write_text("hi")
+    root = tmp_path / "new" / "run"
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "--config", str(ROOT / "configs/quickstart.yaml"), f"--trainer.default_root_dir={root}",
+              f"--trainer.logger.init_args.save_dir={tmp_path / 'notadir'}", "--trainer.max_steps=1",
+              f"--data.synthetic_dir={tmp_path / 'data'}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 2
+    assert err[0] == (f"lit-vr1: error: {tmp_path / 'notadir'} is a file, and the run writes into "
+                      f"{tmp_path / 'notadir' / 'logs'} as a folder: give the folder settings (--trainer.default_root_dir, "
+                      "the logger's save_dir, model.export_dir, ...) a path that is not a file"), err
+    assert not (tmp_path / "new").exists()  # the folders the lock made went with it, empty
+    from lit_vr1 import checkpoint
+
+    made = tmp_path / "made" / "deeper"
+    checkpoint.lock_checkpoint_folders(SimpleNamespace(world_size=1, checkpoint_callbacks=[SimpleNamespace(dirpath=str(made))]))
+    (made / "step=1.ckpt").write_text("x")  # a checkpoint saved: the folder stays
+    checkpoint.release_checkpoint_folders()
+    assert (made / "step=1.ckpt").exists() and not (made / checkpoint.LOCK_NAME).exists()
