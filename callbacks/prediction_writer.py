@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 from PIL import ImageDraw
 
-from lit_vr1.data.jsonl import loaded
+from lit_vr1.data.jsonl import predicted
 from lit_vr1.rewards.boxes import flatten_box, solution_boxes
 
 RED, GREEN = (220, 0, 0), (0, 170, 0)
@@ -70,13 +70,16 @@ class PredictionWriter(BasePredictionWriter):
                        + (f", pictures in {os.path.join(self.output_dir, 'images')}" if self.draw else ""))
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx) -> None:
+        rows = predicted(batch)  # the rows predicted (failed ones and stand-ins left out), in the order of ``prediction``
+        pictures = [self._picture_path(trainer, rec["id"]) if self.draw and sample.images else None
+                    for rec, sample in zip(prediction, rows)]
         with open(self._jsonl(trainer), "a") as f:
-            for rec in prediction:
+            for rec, picture in zip(prediction, pictures):
+                if picture is not None:  # which picture is this row's (ids made safe for file names may collide)
+                    rec = {**rec, "picture": os.path.relpath(picture, self.output_dir)}
                 f.write(json.dumps(rec) + "\n")
-        if not self.draw:
-            return
-        for rec, sample in zip(prediction, loaded(batch)):  # the rows predicted (failed ones left out)
-            if not sample.images:
+        for rec, sample, picture in zip(prediction, rows, pictures):
+            if picture is None:
                 continue
             image = sample.images[0].convert("RGB")
             image = image.resize((image.width * self.scale, image.height * self.scale))
@@ -92,13 +95,17 @@ class PredictionWriter(BasePredictionWriter):
                     draw.text((x1 + 2, y1 + 1), label, fill=colour)
             if not rec["boxes"]:
                 draw.text((2, image.height - 12), "no box parsed", fill=RED)
-            image.save(self._picture_path(trainer, rec["id"]))
+            image.save(picture)
 
     def _picture_path(self, trainer, row_id) -> str:
-        """``images/<id>.png``; a name this process drew already in this prediction run (two rows
-        with one id, or ids alike once made safe) gets ``-2``, ``-3``, ... rather than replacing
-        that picture."""
-        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", str(row_id))
+        """``images/<id>.png``, the id made safe for a file name (letters and digits of any script,
+        ``_``, ``.``, ``-``; at most 100 characters; an id of dots alone, ``..``, is ``row``: its
+        name ``...png`` stopped the prediction before 2026-12-07); a name this process drew already
+        in this prediction run (two rows with one id, or ids alike once made safe) gets ``-2``,
+        ``-3``, ... rather than replacing that picture. Each line of the JSONL names its picture."""
+        safe = re.sub(r"[^\w.-]", "_", str(row_id))[:100]
+        if not safe.strip("._"):
+            safe = "row"
         count = self._drawn.get(safe, 0) + 1
         self._drawn[safe] = count
         return os.path.join(self.output_dir, "images", f"{safe}.png" if count == 1 else f"{safe}-{count}.png")

@@ -36,7 +36,7 @@ from lit_vr1.checkpoint import (
     write_refused,
 )
 from lit_vr1.checks import check_master_weights, check_trainer, zero_learning_rate_note
-from lit_vr1.data.jsonl import loaded, scored
+from lit_vr1.data.jsonl import loaded, predicted, scored
 from lit_vr1.evaluate import (
     PROMPTINGS,
     better_frame_note,
@@ -634,7 +634,8 @@ class VLMModule(LightningModule):
         with parallel.gathered_for_generation(self):  # every process decodes (collectives under FSDP2)
             records = predict_records(self.policy, self.processor, batch, self.eval_max_new_tokens, self.box_frame)
         # under several processes a row that failed to load is replaced by the next that loads, predicted at its own index
-        return [r for r, s in zip(records, batch) if not getattr(s, "skipped", None)]
+        written = {id(s) for s in predicted(batch)}
+        return [r for r, s in zip(records, batch) if id(s) in written]
 
     # -- export -----------------------------------------------------------------------------
     def on_fit_start(self) -> None:

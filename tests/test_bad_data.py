@@ -356,7 +356,8 @@ def test_predict_on_several_processes_writes_a_stand_in_once(tmp_path):
         trainer.predict(module, dm)
     assert dm.predict_set.replace_failed
     rows = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
-    assert [r["id"] for r in rows] == [1, 3]
+    assert [r["id"] for r in rows] == [1, 3] and [r["picture"] for r in rows] == ["images/1.png", "images/3.png"]
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["1.png", "3.png"]
     assert any("predict left out 1 row(s)" in str(w.message) and "ids 2" in str(w.message) for w in caught)
 
 

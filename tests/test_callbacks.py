@@ -1,4 +1,5 @@
 import glob
+import json
 import time
 
 import pytest
@@ -182,6 +183,13 @@ def test_prediction_writer_draws_the_parsed_boxes(tmp_path, samples):
     # a second row with an id drawn already gets its own picture (it replaced the first before)
     writer.write_on_batch_end(FakeTrainer(), None, [{**rec, "id": "a/b"}, {**rec, "id": "a_b"}], None, [sample] * 2, 0, 0)
     assert sorted(p.name for p in (tmp_path / "images").glob("a_b*.png")) == ["a_b-2.png", "a_b-3.png", "a_b.png"]
+    # ids of other scripts keep their letters, an id of dots alone is "row" (its "...png" stopped the prediction),
+    # and every line names its picture (helper-81)
+    writer.write_on_batch_end(FakeTrainer(), None, [{**rec, "id": i} for i in ("中文-1", "中文-2", "..", "é/1")], None,
+                              [sample] * 4, 0, 0)
+    lines = [json.loads(x) for x in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert [x["picture"] for x in lines[-4:]] == ["images/中文-1.png", "images/中文-2.png", "images/row.png", "images/é_1.png"]
+    assert all((tmp_path / x["picture"]).is_file() for x in lines)
 
 
 def test_ptst_switches_stage_at_the_configured_steps_and_survives_a_resume(samples, tmp_path):

@@ -113,6 +113,13 @@ def loaded(samples: list) -> list[Sample]:
     return [s for s in samples if not isinstance(s, FailedRow)]
 
 
+def predicted(samples: list) -> list[Sample]:
+    """The samples of a prediction batch that are predicted and written: those that loaded, less
+    the rows standing in for failed ones (under several processes; each is predicted at its own
+    place in the data, see :class:`JsonlDataset`)."""
+    return [s for s in loaded(samples) if not getattr(s, "skipped", None)]
+
+
 def scored(samples: list) -> list[bool]:
     """Per sample of an evaluation batch, whether its answer counts in the figures: not a row
     repeated to give every process as many rows (:class:`~lit_vr1.data.sampler.EvalSampler`)."""
