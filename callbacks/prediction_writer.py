@@ -53,7 +53,7 @@ class PredictionWriter(BasePredictionWriter):
     def on_predict_start(self, trainer, pl_module) -> None:
         os.makedirs(os.path.join(self.output_dir, "images"), exist_ok=True)
         self._drawn: dict[str, int] = {}  # picture names drawn in this run, and how often
-        open(self._jsonl(trainer), "w").close()  # a new prediction run starts a new file
+        open(self._jsonl(trainer), "w", encoding="utf-8").close()  # a new prediction run starts a new file
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         """A prediction that failed before its first answer leaves no empty file behind (read as
@@ -73,7 +73,7 @@ class PredictionWriter(BasePredictionWriter):
         rows = predicted(batch)  # the rows predicted (failed ones and stand-ins left out), in the order of ``prediction``
         pictures = [self._picture_path(trainer, rec["id"]) if self.draw and sample.images else None
                     for rec, sample in zip(prediction, rows)]
-        with open(self._jsonl(trainer), "a") as f:
+        with open(self._jsonl(trainer), "a", encoding="utf-8") as f:
             for rec, picture in zip(prediction, pictures):
                 if picture is not None:  # which picture is this row's (ids made safe for file names may collide)
                     rec = {**rec, "picture": os.path.relpath(picture, self.output_dir)}

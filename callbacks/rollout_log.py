@@ -100,7 +100,7 @@ class RolloutLog(Callback):
             return
         path = self._written if getattr(self, "_written", None) else self.resolved_path(trainer)
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "a") as f:
+        with open(path, "a", encoding="utf-8") as f:
             for rec in rollout_records(pl_module, trainer.global_step, trainer.global_rank):
                 f.write(json.dumps(rec) + "\n")
 
@@ -117,7 +117,7 @@ def rank_file(path: str | None, rank: int) -> str | None:
 def first_step(path: str) -> int | None:
     """The step of a JSONL file's first line (None: empty or unreadable)."""
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             rec = json.loads(f.readline())
     except (OSError, ValueError):
         return None
@@ -141,7 +141,7 @@ def drop_steps_after(path: str, step: int) -> int:
     if not os.path.isfile(path):
         return 0
     kept, dropped = [], 0
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:
         for line in f:
             try:
                 rec = json.loads(line)
@@ -154,7 +154,7 @@ def drop_steps_after(path: str, step: int) -> int:
                 kept.append(line if line.endswith("\n") else line + "\n")
     if dropped:
         tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
+        with open(tmp, "w", encoding="utf-8") as f:
             f.writelines(kept)
         os.replace(tmp, path)
     return dropped

@@ -177,7 +177,7 @@ def yaml_value(path: str, keys: tuple[str, ...]):
     import yaml
 
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             node = yaml.safe_load(f)
     except (OSError, yaml.YAMLError):
         return None
@@ -364,7 +364,7 @@ def config_file_problem(path: str) -> str | None:
     import yaml
 
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             yaml.safe_load(f)
     except OSError:
         return None

@@ -36,7 +36,7 @@ def class_lists(value: Any, prefix: str = "") -> list[str]:
 
 def _config_keys(path: str) -> list[str]:
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             return class_lists(yaml.safe_load(f))
     except (OSError, yaml.YAMLError):  # the parser reports an unreadable file itself
         return []

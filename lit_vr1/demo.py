@@ -103,7 +103,7 @@ def evaluate_dir(model_dir: str, samples, max_new_tokens: int) -> EvalResult:
 def read_metrics(log_root: str) -> list[dict[str, str]]:
     """Rows of the newest ``metrics.csv`` under ``log_root`` ([] when there is none)."""
     files = sorted(glob.glob(os.path.join(log_root, "**", "metrics.csv"), recursive=True), key=os.path.getmtime)
-    return list(csv.DictReader(open(files[-1]))) if files else []
+    return list(csv.DictReader(open(files[-1], encoding="utf-8"))) if files else []
 
 
 def series(rows: list[dict[str, str]], key: str) -> tuple[list[int], list[float]]:
@@ -195,7 +195,7 @@ DISPLAY_CALLBACKS = ("lightning.pytorch.callbacks.RichProgressBar", "callbacks.R
 
 
 def _yaml(config: str) -> dict:
-    with open(config) as f:
+    with open(config, encoding="utf-8") as f:
         return yaml.safe_load(f) or {}
 
 
@@ -590,7 +590,7 @@ def main(argv: list[str] | None = None) -> dict:
     result.update(task=args.task, seed=args.seed, times=times, sft_steps=None if args.sft_model else sft_cli.trainer.global_step,
                   grpo_steps=grpo_cli.trainer.global_step, grpo_precision=str(grpo_cli.trainer.precision),
                   control_steps=args.control_steps)
-    with open(os.path.join(out, "results.json"), "w") as f:
+    with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
         json.dump(result, f, indent=2)
     print("seconds: " + ", ".join(f"{k[:-2]} {v:.0f}" for k, v in times.items()))
     return result

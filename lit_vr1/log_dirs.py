@@ -93,7 +93,7 @@ def read_rows(path: str) -> list[dict[str, str]]:
     CSV logger's ``version`` pinned, empties the file when it starts writing)."""
     import csv
 
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
 
 

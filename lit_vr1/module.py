@@ -617,11 +617,11 @@ class VLMModule(LightningModule):
     def _write_results(self, split: str, metrics: dict) -> None:
         """Append this evaluation to ``results_path`` (a JSON list, one entry per evaluation)."""
         path = self.results_path
-        runs = json.load(open(path)) if os.path.isfile(path) else []
+        runs = json.load(open(path, encoding="utf-8")) if os.path.isfile(path) else []
         runs.append({"split": split, "step": self._evaluated_step(), "model": self.model_name,
                      "ckpt_path": self.trainer.ckpt_path, **metrics})
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "w") as f:
+        with open(path, "w", encoding="utf-8") as f:
             json.dump(runs, f, indent=1)
 
     # -- predict: greedy answers and their boxes ------------------------------------------------

@@ -335,3 +335,25 @@ def test_a_prediction_into_a_new_root_leaves_its_predictions_and_no_log_folder(t
     (root / "predictions" / "predictions.jsonl").write_text("{}\n")
     assert remove_unused_log_dirs(fresh) == [str(root / "logs")]
     assert not (root / "logs").exists() and (root / "predictions" / "predictions.jsonl").exists()
+
+
+@pytest.mark.parametrize("encoding, env, restarted", [("ANSI_X3.4-1968", {}, True), ("UTF-8", {}, False),
+                                                      ("ANSI_X3.4-1968", {"PYTHONUTF8": "0"}, False)])
+def test_the_command_restarts_in_utf8_mode_under_a_locale_that_is_not_utf8(monkeypatch, encoding, env, restarted):
+    """Under a non-UTF-8 locale jsonargparse read a config holding "données" as ASCII and stopped
+    with a UnicodeDecodeError traceback (helper-81); the command now starts again in UTF-8 mode,
+    with the same arguments, once (the variable it sets stops a second start)."""
+    from types import SimpleNamespace
+
+    from lit_vr1 import entry
+
+    calls = []
+    monkeypatch.delenv("PYTHONUTF8", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(entry, "sys", SimpleNamespace(flags=SimpleNamespace(utf8_mode=0), executable="/venv/python",
+                                                      orig_argv=["/venv/python", "/venv/bin/lit-vr1", "fit", "-c", "x"]))
+    monkeypatch.setattr(entry.locale, "getpreferredencoding", lambda do_setlocale=True: encoding)
+    monkeypatch.setattr(entry.os, "execv", lambda exe, argv: calls.append((exe, argv, os.environ.get("PYTHONUTF8"))))
+    entry.in_utf8_mode()
+    assert calls == ([("/venv/python", ["/venv/python", "/venv/bin/lit-vr1", "fit", "-c", "x"], "1")] if restarted else [])

@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pytest
@@ -380,3 +381,22 @@ def test_a_gpt_turn_whose_value_is_a_number_says_so(tmp_path):
     with pytest.raises(DataError, match=r"num\.jsonl:1: the \{'from': 'gpt'\} turn's value is int 3 \(a number: write "
                                         r"it as the string \"3\""):
         JsonlDataset(f, d)
+
+
+def test_paths_as_users_write_them_home_folder_unicode_forms_and_relative_ones(tmp_path, monkeypatch):
+    """An image named with a decomposed accent (NFD, as macOS tools write it) in the data and a
+    composed one on disk was "missing" under a name that looked like the file's; ``~`` was a folder
+    named ``~``; a relative path's message did not say where it was read from (helper-81)."""
+    import unicodedata
+
+    composed = unicodedata.normalize("NFC", "café 图.png")
+    f, d = _write(tmp_path, "x", [rec(1, unicodedata.normalize("NFD", "café 图.png"))], images=(composed,))
+    ds = JsonlDataset(f, d, "r1")
+    assert ds[0].image_paths[0].endswith(composed) and ds[0].images[0].size == (40, 30)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    ds = JsonlDataset("~/x.jsonl", "~/img_x", "r1")
+    assert len(ds) == 1
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match=r"data file gone\.jsonl does not exist \(a relative path is read from the "
+                                        rf"folder you run in: {re.escape(str(tmp_path))}\)"):
+        JsonlDataset("gone.jsonl", d, "r1")

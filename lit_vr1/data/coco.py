@@ -140,7 +140,7 @@ def results(predictions: list[dict], data: dict, where: str = "instances") -> tu
 
 def _read_json(path: str) -> Any:
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             return json.load(f)
     except OSError as e:
         raise CocoError(f"{path}: cannot be read ({e.strerror})") from None
@@ -166,18 +166,18 @@ def main(argv: list[str] | None = None) -> int:
             raise CocoError(f"{a.instances}: expected a JSON object (a COCO instances file)")
         if a.results:
             try:
-                with open(a.results) as f:
+                with open(a.results, encoding="utf-8") as f:
                     predictions = [json.loads(line) for line in f if line.strip()]
             except (OSError, json.JSONDecodeError) as e:
                 raise CocoError(f"{a.results}: cannot be read as JSON lines ({e})") from None
             found, unknown = results(predictions, data, a.instances)
-            with open(a.out, "w") as f:
+            with open(a.out, "w", encoding="utf-8") as f:
                 json.dump(found, f)
             print(f"{len(found)} boxes of {len(predictions)} images written to {a.out}"
                   + (f"; left out {unknown} whose label names no category" if unknown else ""))
             return 0
         converted = convert(data, a.categories, a.prompt, a.instances)
-        with open(a.out, "w") as f:
+        with open(a.out, "w", encoding="utf-8") as f:
             for line in converted.lines:
                 f.write(json.dumps(line) + "\n")
         print(f"{a.out}: {converted.summary()}")

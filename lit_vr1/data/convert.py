@@ -394,7 +394,7 @@ def convert(path: str, out: str, folder: str, bad_rows: str = "raise", question_
     converted = Converted()
     keys = {"question": question_key, "answer": answer_key, "image": image_key}
     try:
-        with open(out + ".part", "w") as f:
+        with open(out + ".part", "w", encoding="utf-8") as f:
             for where, i, row in rows(path):
                 text = _checked_line(row, where, f"{Path(path).stem}-{i}", out, folder, converted, keys, check_boxes,
                                      bad_rows, images_outside_folder)

@@ -606,7 +606,7 @@ class SkippedRowsReport(Callback):
         if log_dir is not None:
             os.makedirs(log_dir, exist_ok=True)
             path = os.path.join(log_dir, "skipped_rows.jsonl")
-            with open(path, "a") as f:
+            with open(path, "a", encoding="utf-8") as f:
                 for kind in ("at_build", "at_load"):
                     for r in report[kind]:
                         f.write(json.dumps({"epoch": report["epoch"], "when": kind, "id": r.id, "reason": r.reason}) + "\n")

@@ -59,6 +59,7 @@ import math
 import os
 import re
 import time
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -272,8 +273,9 @@ def solution_text(solution: Any) -> str:
 
 
 def split_paths(value: str) -> list[str]:
-    """Split a ':'-separated list, dropping empty parts."""
-    return [p for p in value.split(":") if p]
+    """Split a ':'-separated list, dropping empty parts; a leading ``~`` is the home folder (the
+    shell leaves it as it is in ``--data.train_files=~/x``, and it read as a folder named ``~``)."""
+    return [os.path.expanduser(p) for p in value.split(":") if p]
 
 
 # how messages name (data files, image folders, reward methods): the arguments' names in Python;
@@ -676,10 +678,12 @@ def parse_line(line: str, path: str, lineno: int, folder: str, task: str = "defa
     if not images_outside_folder:
         for n, p in zip(names, paths):
             check_inside(n, p, folder, where)
-    for p in paths:
+    for i, p in enumerate(paths):
         if os.path.isdir(p):
             raise DataError(f"{where}: field 'image': {p} is a folder, not an image file; give the path of the image "
                             "in it")
+        if not os.path.isfile(p):
+            p = paths[i] = other_unicode_form(p)
         if not os.path.isfile(p):
             raise DataError(f"{where}: field 'image': image file {p} does not exist; fix the path (relative to "
                             f"the image folder {folder}) or remove the line")
@@ -748,14 +752,28 @@ def data_files_exist(path: str, names: tuple[str, ...] = ARG_NAMES) -> str | Non
     if os.path.isfile(path):
         return None
     flag = names[0] if names is not ARG_NAMES else "data.train_files (or val_files, predict_files)"
-    return f"data file {path} does not exist; check {flag}: ':'-separated JSONL paths"
+    relative = "" if os.path.isabs(path) else f" (a relative path is read from the folder you run in: {os.getcwd()})"
+    return f"data file {path} does not exist{relative}; check {flag}: ':'-separated JSONL paths"
+
+
+def other_unicode_form(path: str) -> str:
+    """``path`` written in the other Unicode normal form when that file exists (macOS tools write
+    ``é`` as ``e`` + a combining accent, NFD; most others as one character, NFC: the two names look
+    alike and differ, and an image named one way in the data and the other on disk was "missing");
+    else ``path`` as it is."""
+    for form in ("NFC", "NFD"):
+        other = unicodedata.normalize(form, path)
+        if other != path and os.path.isfile(other):
+            return other
+    return path
 
 
 def image_folder_exists(folder: str, names: tuple[str, ...] = ARG_NAMES) -> str | None:
     if not folder or os.path.isdir(folder):
         return None
     flag = names[1] if names is not ARG_NAMES else "data.train_images (or val_images, predict_images)"
-    return f"image folder {folder} does not exist; check {flag}: ':'-separated folders, one per data file"
+    relative = "" if os.path.isabs(folder) else f" (a relative path is read from the folder you run in: {os.getcwd()})"
+    return f"image folder {folder} does not exist{relative}; check {flag}: ':'-separated folders, one per data file"
 
 
 def read_records(data_files: str, image_folders: str, reward_methods: str | None = None, bad_rows: str = "raise",

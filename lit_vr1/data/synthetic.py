@@ -215,7 +215,7 @@ def write_synthetic(out_dir: str | Path, spec: SyntheticSpec, split: str = "trai
     teacher = random.Random(f"{spec.seed}-{split}-teacher")  # its own stream: the images do not change with it
     wrong = random.Random(f"{spec.seed}-{split}-judge")  # the judge task's wrong answers, likewise
     path = out / f"{split}.jsonl"
-    with open(path, "w") as f:
+    with open(path, "w", encoding="utf-8") as f:
         for i in range(spec.num_samples):
             file = f"{split}_{i:05d}.png"
             if spec.task == "rec":

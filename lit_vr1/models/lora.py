@@ -309,10 +309,10 @@ def save_merged(model: nn.Module, path: str, processor=None, dtype: str | torch.
         target.save_pretrained(path)
     if dtype is not None:  # save_pretrained records the live model's dtype: from_pretrained(dtype="auto") reads this
         config_path = os.path.join(path, "config.json")
-        with open(config_path) as f:
+        with open(config_path, encoding="utf-8") as f:
             config = json.load(f)
         config["dtype"] = str(dtype).removeprefix("torch.")
-        with open(config_path, "w") as f:
+        with open(config_path, "w", encoding="utf-8") as f:
             json.dump(config, f, indent=2, sort_keys=True)
     if processor is not None:
         processor.save_pretrained(path)
