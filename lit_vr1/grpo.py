@@ -418,10 +418,15 @@ class GRPOModule(VLMModule):
             what = ("Check the rewards: a judge server that is down, rewards that apply to none of the data's tasks, "
                     "or rewards that return nan or inf (train/reward/<name>/errors and /nonfinite count them); or, "
                     "with model.grpo.mask_truncated_completions, completions that all reach max_completion_length."
-                    if reason.startswith(NOTHING_SCORED) else "Training has diverged. Lower the learning rate, set "
-                    "model.grpo.gradient_clip_val, or resume from an earlier checkpoint.")
+                    if reason.startswith(NOTHING_SCORED) else "Training has diverged. " + diverged_advice(
+                        self.config.gradient_clip_val, self.learning_rates()))
             raise FloatingPointError(f"{self.skips_in_a_row} optimiser steps in a row were skipped (the last at global "
                                      f"step {self.global_step}: {reason}; the weights are unchanged since). {what}")
+
+    def learning_rates(self) -> list[float]:
+        """The optimiser's rates now, one per parameter group ([] before it is built)."""
+        trainer = self._trainer
+        return [float(g["lr"]) for o in (trainer.optimizers if trainer is not None else []) for g in o.param_groups]
 
     def clip_and_norm(self, opt, max_norm: float | None, scale: float | None = None) -> float:
         """Global gradient norm before clipping; clips to ``max_norm`` when set and the norm
@@ -633,6 +638,15 @@ def max_steps_note(max_steps: int, steps: list[int], start: int = 0) -> str | No
             f"{k - left % k} step(s) of that rollout are not trained, and a resume of this run with more steps starts a new "
             f"rollout where one run would have finished that one (not the same run); give "
             f"{'a multiple of ' + str(k) if not start else f'{start} + a multiple of {k}'} ({' or '.join(map(str, ends))})")
+
+
+def diverged_advice(clip: float | None, rates: list[float]) -> str:
+    """What to change when steps keep coming out non-finite, with the values the run has (a
+    trial's run at lr 10 was told to set gradient_clip_val, which was 1.0 already)."""
+    rate = f" (now {', '.join(f'{r:g}' for r in dict.fromkeys(rates))})" if rates else ""
+    clipping = (f"lower model.grpo.gradient_clip_val (now {clip:g})" if clip else
+                "set model.grpo.gradient_clip_val (1.0, say; now none)")
+    return f"Lower the learning rate{rate}, {clipping}, or resume from an earlier checkpoint."
 
 
 def failing_rewards_note(rewards: list[Reward]) -> str:

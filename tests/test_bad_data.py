@@ -212,6 +212,11 @@ def test_prompts_over_max_prompt_length_are_refused_or_skipped_never_truncated(t
     assert [r.id for r in dm.skipped_at_build()] == ["2"]
     with pytest.raises(ValueError, match="data.max_prompt_length needs the model's processor"):
         GroundingDataModule(train_files=f, train_images=d, max_prompt_length=10).setup("fit")
+    text = tmp_path / "text.jsonl"  # a text-only row: its message names no image (helper-81)
+    text.write_text(json.dumps({"id": 7, "problem": "Combien font deux et deux ? " * 20, "solution": "4"}) + "\n")
+    with pytest.raises(DataError, match=r"text\.jsonl:1: the prompt \(the question, no image\) is \d+ tokens, over "
+                                        r"data\.max_prompt_length=10; prompts are never truncated: raise"):
+        JsonlDataset(str(text), d, "qwen_rec").check_prompt_lengths(processor, 10)
 
 
 def test_bad_rows_option_is_checked():

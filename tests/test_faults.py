@@ -90,7 +90,8 @@ def test_steps_that_stay_non_finite_stop_the_fit_with_what_to_do(samples):
     module = make_module()
     module.max_skips_in_a_row = 3
     broken = WeightsPerBatch({i: nan_logits for i in range(8)})
-    with pytest.raises(FloatingPointError, match="3 optimiser steps in a row .* Lower the learning rate"):
+    with pytest.raises(FloatingPointError, match=r"3 optimiser steps in a row .* Lower the learning rate \(now 1e-05\), "
+                                                 r"lower model\.grpo\.gradient_clip_val \(now 1\)"):
         fit(module, samples[:8], max_steps=5, callbacks=[broken])
     assert broken.changed == [False, False]  # the third one raised before its batch ended
     assert module.trainer.global_step == 0

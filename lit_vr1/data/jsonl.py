@@ -1060,6 +1060,10 @@ class JsonlDataset(Dataset):
             n = prompt_length(processor, r, self.template)
             if n <= max_prompt_length:
                 return None
+            if not r.image_paths:  # a text-only row: no image tokens, no pixels to lower
+                return (f"{r.source}: the prompt (the question, no image) is {n} tokens, over "
+                        f"data.max_prompt_length={max_prompt_length}; prompts are never truncated: raise "
+                        "max_prompt_length, shorten the question, or remove the line")
             return (f"{r.source}: the prompt (field 'image' and the question) is {n} tokens with its image tokens, "
                     f"over data.max_prompt_length={max_prompt_length}; prompts are never truncated (a cut inside image "
                     "tokens breaks the input): raise max_prompt_length, lower model.max_pixels, or remove the line")
