@@ -71,6 +71,9 @@ class PredictionWriter(BasePredictionWriter):
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx) -> None:
         rows = predicted(batch)  # the rows predicted (failed ones and stand-ins left out), in the order of ``prediction``
+        if self.draw and len(rows) != len(prediction):
+            raise ValueError(f"PredictionWriter: {len(prediction)} predictions for {len(rows)} rows predicted in the batch: "
+                             "a predict_step returns one record per row of lit_vr1.data.jsonl.predicted(batch)")
         pictures = [self._picture_path(trainer, rec["id"]) if self.draw and sample.images else None
                     for rec, sample in zip(prediction, rows)]
         with open(self._jsonl(trainer), "a", encoding="utf-8") as f:
@@ -99,13 +102,17 @@ class PredictionWriter(BasePredictionWriter):
 
     def _picture_path(self, trainer, row_id) -> str:
         """``images/<id>.png``, the id made safe for a file name (letters and digits of any script,
-        ``_``, ``.``, ``-``; at most 100 characters; an id of dots alone, ``..``, is ``row``: its
-        name ``...png`` stopped the prediction before 2026-12-07); a name this process drew already
-        in this prediction run (two rows with one id, or ids alike once made safe) gets ``-2``,
-        ``-3``, ... rather than replacing that picture. Each line of the JSONL names its picture."""
-        safe = re.sub(r"[^\w.-]", "_", str(row_id))[:100]
+        ``_``, ``.``, ``-``; at most 200 bytes in UTF-8, under the file systems' 255; an id of dots
+        alone, ``..``, is ``row``: its name ``...png`` stopped the prediction before 2026-12-07); a
+        name this process drew already in this prediction run (two rows with one id, or ids alike
+        once made safe) gets ``-2``, ``-3``, ... rather than replacing that picture; under several
+        processes, which share the folder, a process other than the first adds ``.rank<r>``. Each
+        line of the JSONL names its picture."""
+        safe = re.sub(r"[^\w.-]", "_", str(row_id)).encode()[:200].decode("utf-8", "ignore")
         if not safe.strip("._"):
             safe = "row"
+        if trainer.world_size > 1 and trainer.global_rank > 0:
+            safe = f"{safe}.rank{trainer.global_rank}"
         count = self._drawn.get(safe, 0) + 1
         self._drawn[safe] = count
         return os.path.join(self.output_dir, "images", f"{safe}.png" if count == 1 else f"{safe}-{count}.png")

@@ -613,8 +613,7 @@ def lock_checkpoint_folders(trainer) -> None:
         top = os.path.abspath(folder)
         while not os.path.exists(os.path.dirname(top)) and os.path.dirname(top) != top:
             top = os.path.dirname(top)
-        if not os.path.exists(top):
-            _MADE_FOR_LOCK[folder] = top
+        made = None if os.path.exists(top) else top
         os.makedirs(folder, exist_ok=True)
         fd = os.open(os.path.join(folder, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -629,6 +628,8 @@ def lock_checkpoint_folders(trainer) -> None:
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         _FOLDER_LOCKS[folder] = fd
+        if made is not None:  # recorded once the lock is held: a failure before leaves nothing to remove later
+            _MADE_FOR_LOCK[folder] = made
 
 
 def release_checkpoint_folders() -> None:

@@ -499,9 +499,9 @@ def user_error(exc: BaseException) -> BaseException | None:
             return current
         if isinstance(current, torch.OutOfMemoryError):  # outside the passes lit-vr1 measures (loading, SFT)
             return oom.general(current)
-        mesh = fsdp2_sizes_error(current) or file_in_the_way(current)
-        if mesh is not None:
-            return mesh
+        told = fsdp2_sizes_error(current) or file_in_the_way(current)
+        if told is not None:
+            return told
         peer = peer_stopped(current)  # another process's error is the one to read; this one only lost its peer
         if peer is not None:
             return peer
@@ -516,7 +516,14 @@ def file_in_the_way(exc: BaseException) -> BaseException | None:
     ``NotADirectoryError`` or ``FileExistsError`` (a new user's trial); None for anything else."""
     from lit_vr1.rules import ConfigError
 
-    if not isinstance(exc, (NotADirectoryError, FileExistsError)) or not getattr(exc, "filename", None):
+    if not isinstance(exc, (NotADirectoryError, FileExistsError)) or not getattr(exc, "filename", None) \
+            or getattr(exc, "filename2", None) is not None:
+        return None
+    frames, tb = [], exc.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame.f_code.co_name)
+        tb = tb.tb_next
+    if not {"makedirs", "mkdir"} & set(frames):  # a folder being made, not any file operation
         return None
     path = os.path.abspath(str(exc.filename))
     while path and not os.path.exists(path) and os.path.dirname(path) != path:

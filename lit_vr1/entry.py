@@ -31,8 +31,8 @@ def main() -> None:
     in_utf8_mode()
     try:
         from lit_vr1 import cli
-    except KeyboardInterrupt:
-        interrupted()
+    except KeyboardInterrupt:  # every process of a torchrun job is stopped: rank 0 says it
+        interrupted(say=os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) == "0")
     cli.main()
 
 

@@ -2,7 +2,7 @@
 
 GRPO learns from the differences between the G rewards of a prompt (the group-normalised
 advantage, DeepSeekMath eq. 3): a reward that never varies inside a group carries nothing.
-Two patterns say so before hours go by, and each is warned once per fit:
+Two patterns say so before hours go by, each warned once:
 
 - every group tied (``train/groups_tied_frac`` 1) for many rollouts in a row: every advantage
   is 0. :func:`tied_cause` names the likely cause from the same rollout's figures (every
@@ -46,7 +46,9 @@ class SilentRewards:
     completion routed to it (mean and spread 0); :meth:`update` returns the warning for a
     reward at ``rollouts`` in a row or more, once per reward, in a rollout whose groups are not
     all tied (those are the tied-groups warning's). A rollout the reward does not apply to
-    (no value: nan) neither counts nor breaks the run."""
+    (no value: nan) neither counts nor breaks the run. Rewards at weight 0 (logged only) and
+    penalties whose best score is 0 (``zero_is_best``: :class:`~lit_vr1.rewards.RepetitionPenalty`)
+    are left out. A module keeps one for its life (its fits after the first are not told again)."""
 
     def __init__(self, rollouts: int) -> None:
         self.rollouts = rollouts
@@ -55,14 +57,15 @@ class SilentRewards:
 
     def update(self, stats: Mapping[str, float], rewards: Sequence[Any], box_frame: str | None = None) -> list[str]:
         notes = []
+        tied = stats.get("groups_tied_frac", 0.0) >= 1.0  # every group tied: the tied-groups warning speaks for all
         for r in rewards:
+            if r.weight == 0 or getattr(r, "zero_is_best", False):  # logged beside the others; a penalty at its best
+                continue
             mean, spread = stats.get(f"reward/{r.name}/mean", math.nan), stats.get(f"reward/{r.name}/std", math.nan)
             if not math.isfinite(mean):
                 continue
             silent = mean == 0.0 and (spread == 0.0 or not math.isfinite(spread))
             self.in_a_row[r.name] = self.in_a_row.get(r.name, 0) + 1 if silent else 0
-            # every group tied: the tied-groups warning speaks for all the rewards
-            tied = stats.get("groups_tied_frac", 0.0) >= 1.0
             if self.in_a_row[r.name] >= self.rollouts and r.name not in self.told and not tied:
                 self.told.add(r.name)
                 notes.append(silent_reward_note(r, self.rollouts, len(rewards), box_frame))
@@ -82,7 +85,8 @@ def silent_reward_note(reward: Any, rollouts: int, count: int, box_frame: str | 
                 "box_frame); Qwen2.5-VL writes input_pixels, Qwen2-VL and Qwen3-VL norm1000. The RolloutTable and "
                 "RolloutLog callbacks show the completions, and validation names a frame whose boxes score better")
     return (f"{head}. Read the completions (callbacks.RolloutTable, callbacks.RolloutLog) against what the reward "
-            "expects (its answer format, the solutions of the data)")
+            "expects (its answer format, the solutions of the data); a penalty of your own whose best score is 0 sets "
+            "zero_is_best = True on its class")
 
 
 def strong_kl_note(beta: float) -> str | None:

@@ -1,5 +1,6 @@
 import glob
 import json
+import os
 import time
 
 import pytest
@@ -190,6 +191,18 @@ def test_prediction_writer_draws_the_parsed_boxes(tmp_path, samples):
     lines = [json.loads(x) for x in (tmp_path / "predictions.jsonl").read_text().splitlines()]
     assert [x["picture"] for x in lines[-4:]] == ["images/中文-1.png", "images/中文-2.png", "images/row.png", "images/é_1.png"]
     assert all((tmp_path / x["picture"]).is_file() for x in lines)
+    # a long id of another script is cut by bytes, under the file systems' 255 (90 x 中 is 270 bytes; helper-83)
+    writer.write_on_batch_end(FakeTrainer(), None, [{**rec, "id": "中" * 90}], None, [sample], 0, 0)
+    name = json.loads((tmp_path / "predictions.jsonl").read_text().splitlines()[-1])["picture"]
+    assert (tmp_path / name).is_file() and len(os.path.basename(name).encode()) <= 204
+
+    class SecondProcess:
+        world_size, global_rank = 2, 1
+
+    other = PredictionWriter(str(tmp_path / "shared"), scale=1)  # processes share the folder: the second's names differ
+    other.on_predict_start(SecondProcess(), None)
+    other.write_on_batch_end(SecondProcess(), None, [{**rec, "id": "a/b"}], None, [sample], 0, 0)
+    assert sorted(p.name for p in (tmp_path / "shared" / "images").iterdir()) == ["a_b.rank1.png"]
 
 
 def test_ptst_switches_stage_at_the_configured_steps_and_survives_a_resume(samples, tmp_path):

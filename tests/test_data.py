@@ -1,4 +1,5 @@
 import json
+import os
 import re
 
 import numpy as np
@@ -393,6 +394,12 @@ def test_paths_as_users_write_them_home_folder_unicode_forms_and_relative_ones(t
     f, d = _write(tmp_path, "x", [rec(1, unicodedata.normalize("NFD", "café 图.png"))], images=(composed,))
     ds = JsonlDataset(f, d, "r1")
     assert ds[0].image_paths[0].endswith(composed) and ds[0].images[0].size == (40, 30)
+    outside = tmp_path / "outside.png"  # the other form of a name is checked as the name is: inside the folder
+    Image.new("RGB", (40, 30)).save(outside)
+    os.symlink(outside, os.path.join(d, unicodedata.normalize("NFC", "é.png")))
+    g, _ = _write(tmp_path, "y", [rec(1, unicodedata.normalize("NFD", "é.png"))], images=())
+    with pytest.raises(DataError, match="outside the image folder"):
+        JsonlDataset(g, d, "r1")
     monkeypatch.setenv("HOME", str(tmp_path))
     ds = JsonlDataset("~/x.jsonl", "~/img_x", "r1")
     assert len(ds) == 1

@@ -263,3 +263,19 @@ def test_a_folder_setting_that_is_a_file_is_one_line_and_a_refused_fit_leaves_no
     (made / "step=1.ckpt").write_text("x")  # a checkpoint saved: the folder stays
     checkpoint.release_checkpoint_folders()
     assert (made / "step=1.ckpt").exists() and not (made / checkpoint.LOCK_NAME).exists()
+
+
+def test_only_a_folder_being_made_is_told_as_a_file_in_the_way(tmp_path):
+    """Any FileExistsError naming a file read as the folder message, its traceback hidden (helper-83)."""
+    from lit_vr1.cli import file_in_the_way
+
+    blob = tmp_path / "blob"
+    blob.write_text("x")
+    for make in (lambda: os.makedirs(blob / "logs", exist_ok=True), lambda: os.makedirs(blob, exist_ok=True)):
+        with pytest.raises(OSError) as made:
+            make()
+        assert "is a file, and the run writes into" in str(file_in_the_way(made.value))
+    for other in (lambda: open(blob, "x"), lambda: os.symlink(tmp_path / "elsewhere", blob)):
+        with pytest.raises(FileExistsError) as err:
+            other()
+        assert file_in_the_way(err.value) is None

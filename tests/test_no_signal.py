@@ -55,6 +55,15 @@ def test_a_rollout_without_the_reward_neither_counts_nor_breaks_the_run_and_a_va
     assert len(notes[2]) == 1 and "box_frame" not in notes[2][0]
 
 
+def test_a_penalty_at_its_best_and_a_reward_logged_at_weight_zero_are_not_silent_rewards():
+    """RepetitionPenalty scores 0 when nothing repeats, as it should (helper-83)."""
+    from lit_vr1.rewards import RepetitionPenalty
+
+    watch, rewards = SilentRewards(2), [RepetitionPenalty(), IoUReward(weight=0), RecJsonFormat()]
+    notes = [watch.update(stats(repetition=0.0, iou=0.0, rec_format=0.5), rewards) for _ in range(4)]
+    assert notes == [[], [], [], []]
+
+
 def test_a_silent_reward_is_left_to_the_tied_warning_when_every_group_ties():
     watch, rewards = SilentRewards(2), [IoUReward()]
     assert [watch.update(stats(iou=0.0, tied=1.0), rewards) for _ in range(3)] == [[], [], []]

@@ -107,23 +107,27 @@ def test_choice_letters(pred):
 
 @pytest.mark.parametrize("pred", ["B。", "B,", "B！", "（B）", "Ｂ", "答案是B", "答案：Ｂ", "La réponse est B.",
                                   "Die Antwort ist B", "Ответ: B", "选 B 。", "选B", "答えはB",
-                                  "정답은 B", "la respuesta es B"])
+                                  "정답은 B", "la respuesta es B", "La respuesta correcta es B", "A resposta correta é B",
+                                  "La risposta corretta è B", "答えは「B」", "我选B，不选C"])
 def test_choice_letters_in_other_languages_and_full_width_forms(pred):
     """A right answer written with CJK punctuation or in another language scored 0 (helper-81)."""
     assert extract_choice(pred) == "B"
     assert choice_match(pred, "B") and not choice_match(pred, "C")
 
 
-@pytest.mark.parametrize("pred", ["It is A or B", "A or B", "A cat sits on the mat", "Point A", "I think it is B"])
+@pytest.mark.parametrize("pred", ["It is A or B", "A or B", "A cat sits on the mat", "Point A", "I think it is B",
+                                  "The answer is A or B", "答案是A或B", "la réponse est A ou B", "Answer: (A) or (B)",
+                                  "不选B"])
 def test_choice_reads_no_letter_from_free_text(pred):
     assert extract_choice(pred) is None
 
 
 def test_numbers_with_a_decimal_comma():
-    """"3,5" is 3.5 in most of Europe: it read as 5 alone, so a right French answer scored 0 (helper-81)."""
+    """"3,5" is 3.5 in most of Europe: it read as 5 alone, so a right French answer scored 0 (helper-81);
+    it reads as 3.5 only, not also as 5 (a hedge paid both ways; helper-83), and the last one counts."""
     assert numeric_match("3,5", "3.5") and numeric_match("La réponse est 3,5 cm.", "3.5")
     assert numeric_match("-0,25", "-0.25") and numeric_match("12,5 %", "0.125")
-    assert numeric_match("3,5", "5")  # the list reading stays: "3,5" may list 3 and 5
+    assert not numeric_match("3,5", "5") and not numeric_match("0,5", "5") and numeric_match("entre 1,5 et 3,5", "3.5")
     assert not numeric_match("1,2,3", "1.2") and numeric_match("1,000", "1000") and not numeric_match("1,000", "1")
     assert not numeric_match("3, 5", "3.5")  # a comma and a space: a list
     with pytest.raises(ValueError, match="decimal comma"):

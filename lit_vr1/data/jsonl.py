@@ -684,6 +684,8 @@ def parse_line(line: str, path: str, lineno: int, folder: str, task: str = "defa
                             "in it")
         if not os.path.isfile(p):
             p = paths[i] = other_unicode_form(p)
+            if not images_outside_folder and os.path.isfile(p):
+                check_inside(names[i], p, folder, where)
         if not os.path.isfile(p):
             raise DataError(f"{where}: field 'image': image file {p} does not exist; fix the path (relative to "
                             f"the image folder {folder}) or remove the line")

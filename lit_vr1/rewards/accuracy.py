@@ -75,7 +75,7 @@ _NUM = r"[-+]?(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)(?:[eE][-+]?\d
 # a number (not the tail of a longer one), an optional "/denominator", an optional percent sign
 _NUMBER_RE = re.compile(rf"(?<![\d.])({_NUM})(?:\s*/\s*({_NUM}))?(\s*(?:%|percent\b))?")
 # a number with a decimal comma, not one of a list ("1,2,3") or a thousands group ("1,000")
-_DECIMAL_COMMA_RE = re.compile(r"(?<![\d.,])([-+]?\d+),(\d{1,2}|\d{4,})(?![\d.,])")
+_DECIMAL_COMMA_RE = re.compile(r"(?<![\d.,])([-+]?\d+),(\d{1,2})(?![\d.,])")
 # the power of a unit written after letters (cm^2, m/s^{2}, s^-1): not a number of the answer
 _UNIT_POWER_RE = re.compile(r"(?<=[^\W\d_])\s*\^\s*\{?\s*-?\d+\s*\}?")
 _FRAC_RE = re.compile(r"\\[dt]?frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}")
@@ -102,21 +102,31 @@ def parse_numbers(text: str) -> list[float]:
     quotient; a zero denominator gives nothing) and a percent sign: ``p%`` stands for both
     p and p/100, because data sets write percentages either way (ChartQA's "75" against a
     model's "75%", or "0.75"). The *last* number is taken, as a final answer ends the text; a
-    unit's power (``cm^2``, ``m/s^{2}``) is no number (``12.5 cm^2`` read as 2 before). Two
-    numbers joined by one comma, the second not of three digits (``3,5``, ``-0,25``), stand
-    for both the last one and the number with a decimal comma (5 and 3.5: French, German and
-    most of Europe write 3.5 so; it read as 5 alone before 2026-12-07).
+    unit's power (``cm^2``, ``m/s^{2}``) is no number (``12.5 cm^2`` read as 2 before). A
+    number with a decimal comma, two numbers joined by one comma whose second has one or two
+    digits (``3,5``, ``-0,25``, not ``1,2,3``), is that decimal (3.5: French, German and most
+    of Europe write it so; it read as 5 before 2026-12-07), and only that: read as both, ``a,b``
+    would be paid as ``b`` and as ``a.b``, a hedge.
     """
     cleaned = _UNIT_POWER_RE.sub(" ", _clean_math_text(text))
     found = list(_NUMBER_RE.finditer(cleaned))
     if not found:
         return []
-    values = _values(found[-1])
-    comma = _DECIMAL_COMMA_RE.search(cleaned, max(0, found[-1].start() - 80))
-    if comma is not None and comma.end(2) == found[-1].end(1) and found[-1].group(2) is None:
-        decimal = float(f"{comma.group(1)}.{comma.group(2)}")
-        values += [decimal, decimal / 100.0] if found[-1].group(3) else [decimal]
-    return values
+    last = found[-1]
+    comma = decimal_comma_at(cleaned, last.end(1)) if last.group(2) is None else None
+    if comma is None:
+        return _values(last)
+    decimal = float(f"{comma.group(1)}.{comma.group(2)}")
+    return [decimal, decimal / 100.0] if last.group(3) else [decimal]
+
+
+def decimal_comma_at(text: str, end: int) -> re.Match | None:
+    """The number with a decimal comma (:data:`_DECIMAL_COMMA_RE`) of ``text`` that ends at
+    ``end``, or None."""
+    for m in _DECIMAL_COMMA_RE.finditer(text, max(0, end - 80), end + 1):
+        if m.end(2) == end:
+            return m
+    return None
 
 
 def _values(found: re.Match) -> list[float]:
@@ -173,7 +183,8 @@ def numeric_match(pred: str, gold: str, rel_tol: float = 1e-6) -> bool:
         raise ValueError(f"solution {gold!r} holds no number")
     listed = number_list(gold)
     if listed > 1:
-        hint = " (a box?)" if listed == 4 else " (a decimal comma? write it with a point)" if len(golds) > 1 else ""
+        comma = listed == 2 and _DECIMAL_COMMA_RE.search(_clean_math_text(gold)) is not None
+        hint = " (a box?)" if listed == 4 else " (a decimal comma? write it with a point)" if comma else ""
         raise ValueError(f"solution {gold!r} is a list of {listed} numbers{hint}, not "
                          "one: numeric mode reads the "
                          f"last number of each text, so an answer ending in {golds[0]:g} would score 1; score boxes "
@@ -187,11 +198,14 @@ def numeric_match(pred: str, gold: str, rel_tol: float = 1e-6) -> bool:
 _WHOLE_LETTER_RE = re.compile(r"\s*[(\[]?\s*([A-Za-z])\s*[)\]]?\s*[.:,;!。、]?\s*")
 _PHRASE_LETTER_RE = re.compile(
     r"(?i:\b(?:answer|option|choice|r[ée]ponse|respuesta|antwort|risposta|resposta|ответ|вариант)\b"
+    r"(?:\s+(?:correct[ao]?|corretta|correta))?"  # la respuesta correcta es B, a resposta correta é B
     r"(?:\s+(?:is|would\s+be|should\s+be|will\s+be|est|es|ist|è|é))?\s*:?\s*"
     r"(?:(?:option|choice)\s+)?)[(\[]?([A-Z])(?![A-Za-z])"
-    # Chinese, Japanese, Korean: no spaces between words (答案是B, 选B, 答えはB, 정답은 B)
-    r"|(?:答案|答|选项|选择|选|答え|正解|정답)\s*(?:是|为|為|は|은|는)?\s*:?\s*[(\[]?([A-Z])(?![A-Za-z])"
+    # Chinese, Japanese, Korean: no spaces between words (答案是B, 选B, 答えはB, 정답은 B); not 不选B ("not B")
+    r"|(?<![不没沒])(?:答案|答|选项|选择|选|答え|正解|정답)\s*(?:是|为|為|は|은|는)?\s*:?\s*[(\[「]?([A-Z])(?![A-Za-z])"
 )
+# a second letter offered beside the one read: "A or B", "A ou B", "A或B" (a hedge reads no letter)
+_OR_LETTER_RE = re.compile(r"\s*[)\]」]?\s*(?i:or|ou|o|oder|или|或|或者|还是|または|또는)\s*[(\[「]?[A-Z](?![A-Za-z])")
 _LEADING_LETTER_RE = re.compile(r"\s*(?:[(\[]([A-Z])[)\]]|([A-Z])(?:\)|[.:](?=\s|$)))")
 _BRACKETED_LETTER_RE = re.compile(r"[(\[]([A-Z])[)\]]")
 
@@ -210,7 +224,9 @@ def extract_choice(text: str) -> str | None:
     4. the last bracketed capital letter: ``"I pick (D) here"``.
 
     Rules 2-4 accept capital letters only, so the article "a" and the pronoun "I" in
-    free text are not read as options. ``\\boxed{}`` and ``$`` are removed first, and
+    free text are not read as options. A phrase whose letter is followed by another offered
+    beside it (``"The answer is A or B"``, ``"答案是A或B"``) reads no letter: a hedge (it read A
+    before 2026-12-07), as does ``"不选B"`` ("not B"). ``\\boxed{}`` and ``$`` are removed first, and
     full-width forms read as ASCII (NFKC: ``"（Ｂ）"`` is ``"(B)"``); a letter alone may end with
     ``,`` ``;`` ``!`` ``。`` ``、`` as with ``.`` and ``:`` (``"B。"`` read nothing before 2026-12-07).
     """
@@ -218,9 +234,10 @@ def extract_choice(text: str) -> str | None:
     m = _WHOLE_LETTER_RE.fullmatch(s)
     if m:
         return m.group(1).upper()
-    phrases = _PHRASE_LETTER_RE.findall(s)
+    phrases = list(_PHRASE_LETTER_RE.finditer(s))
     if phrases:
-        return "".join(phrases[-1])  # one of the two groups
+        last = phrases[-1]
+        return None if _OR_LETTER_RE.match(s, last.end()) else "".join(g for g in last.groups() if g)
     m = _LEADING_LETTER_RE.match(s)
     if m:
         return m.group(1) or m.group(2)

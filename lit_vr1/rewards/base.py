@@ -185,6 +185,9 @@ class Reward:
     # samples. Rewards whose calls are costly (a judge model, a remote server) set False:
     # the whole batch then fails (named by its first sample) or is masked.
     rescore_singly = True
+    # 0 is this reward's best score (a penalty): scoring 0 everywhere is no fault
+    # (lit_vr1.no_signal.SilentRewards leaves it out)
+    zero_is_best = False
 
     def __init__(self, weight: float = 1.0, name: str | None = None, tasks: list[str] | None = None,
                  on_error: Literal["raise", "nan"] = "raise") -> None:

@@ -235,6 +235,7 @@ class RepetitionPenalty(Reward):
     """
 
     default_name = "repetition"
+    zero_is_best = True  # no repetition: 0, as it should be
 
     def __init__(self, ngram_size: int = 3, max_penalty: float = -1.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
