@@ -68,7 +68,7 @@ class SilentRewards:
             self.in_a_row[r.name] = self.in_a_row.get(r.name, 0) + 1 if silent else 0
             if self.in_a_row[r.name] >= self.rollouts and r.name not in self.told and not tied:
                 self.told.add(r.name)
-                notes.append(silent_reward_note(r, self.rollouts, len(rewards), box_frame))
+                notes.append(silent_reward_note(r, self.in_a_row[r.name], len(rewards), box_frame))
         return notes
 
 
