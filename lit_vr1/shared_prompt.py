@@ -101,11 +101,25 @@ def vision_frozen(model: nn.Module) -> bool:
     return tower is not None and not any(p.requires_grad for p in tower.parameters())
 
 
+@functools.lru_cache(maxsize=None)
+def takes_encoder_outputs(model_class: type) -> bool:
+    """Whether ``model_class``'s forward takes ``mm_encoder_outputs`` (transformers >= 5.18).
+    Before, its ``**kwargs`` swallowed the features without a word while ``pixel_values`` was
+    left out, so every pass with a frozen tower (and every LoRA run) ran image-blind: logits off
+    by 0.5-1.0 on transformers 5.0-5.17, found by a trial of the oldest versions the package
+    declared (2026-12-07)."""
+    return "mm_encoder_outputs" in inspect.signature(model_class.forward).parameters
+
+
 def image_features(model: nn.Module, prompt: dict[str, Tensor], images_per_prompt: list[int]) -> ImageFeatures | None:
-    """Encode the images of a prompt batch once (None when it has none, or for a family whose
-    features cannot be handed back to the model: see ``REUSE_FAMILIES``)."""
+    """Encode the images of a prompt batch once (None when it has none, for a family whose
+    features cannot be handed back to the model: see ``REUSE_FAMILIES``, or with a transformers
+    whose forward does not take them back, :func:`takes_encoder_outputs`: the tower then runs in
+    each pass, on the pixels)."""
     family = families.find_family(base_model(model))
     if "pixel_values" not in prompt or family is None or family.name not in REUSE_FAMILIES:
+        return None
+    if not takes_encoder_outputs(type(base_model(model))):
         return None
     out = base_model(model).model.get_image_features(prompt["pixel_values"], prompt["image_grid_thw"], return_dict=True)
     return ImageFeatures(tuple(out.pooler_output), list(images_per_prompt))

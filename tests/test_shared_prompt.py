@@ -70,6 +70,21 @@ def test_shared_prompt_logits_equal_the_full_forward(family, reuse, samples, req
     assert (part - want[sub])[valid[sub]].abs().max() < 2e-5
 
 
+def test_features_are_not_handed_to_a_transformers_that_drops_them(tiny_qwen25, samples, monkeypatch):
+    """transformers 5.0-5.17 took no mm_encoder_outputs: its **kwargs swallowed the features while
+    the pixels were left out, and every frozen-tower or LoRA pass ran image-blind (logits off by
+    0.5-1.0; a trial of the oldest declared versions). Such a model gets no features: its tower runs
+    on the pixels in each pass, and the logits are the full forward's."""
+    model, r = make_batch(tiny_qwen25, samples)
+    assert shared_prompt.takes_encoder_outputs(type(model))  # this transformers takes them
+    monkeypatch.setattr(shared_prompt, "takes_encoder_outputs", lambda model_class: False)
+    assert shared_prompt.image_features(model, r.prompt, r.images_per_row) is None
+    with torch.no_grad():
+        got = shared_prompt.completion_logits(model, r, torch.arange(len(r)), None)
+        want = full_logits(model, r)
+    assert (got - want)[r.completion_mask.bool()].abs().max() < 2e-5
+
+
 def test_shared_prompt_gradients_equal_the_full_forward(tiny_qwen25, samples):
     model, r = make_batch(tiny_qwen25, samples)
     ids = r.completion_ids
