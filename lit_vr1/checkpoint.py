@@ -36,6 +36,7 @@ from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from lit_vr1.log_dirs import new_on_the_way
 from lit_vr1.preemption import agreed_to_stop
 from lit_vr1.val_schedule import crossed_multiple
 
@@ -610,10 +611,7 @@ def lock_checkpoint_folders(trainer) -> None:
     for folder in _checkpoint_folders(trainer):
         if folder in _FOLDER_LOCKS:
             continue
-        top = os.path.abspath(folder)
-        while not os.path.exists(os.path.dirname(top)) and os.path.dirname(top) != top:
-            top = os.path.dirname(top)
-        made = None if os.path.exists(top) else top
+        made = new_on_the_way(folder)  # the folders makedirs makes, outermost first
         os.makedirs(folder, exist_ok=True)
         fd = os.open(os.path.join(folder, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -628,8 +626,8 @@ def lock_checkpoint_folders(trainer) -> None:
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         _FOLDER_LOCKS[folder] = fd
-        if made is not None:  # recorded once the lock is held: a failure before leaves nothing to remove later
-            _MADE_FOR_LOCK[folder] = made
+        if made:  # recorded once the lock is held: a failure before leaves nothing to remove later
+            _MADE_FOR_LOCK[folder] = made[0]
 
 
 def release_checkpoint_folders() -> None:

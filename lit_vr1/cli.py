@@ -44,7 +44,7 @@ from lit_vr1.cli_errors import LitVR1ArgumentParser, config_file_problem, yaml_v
 from lit_vr1.config_keys import unknown_keys
 from lit_vr1.config_lists import replace_lists_whole  # noqa: E402
 from lit_vr1.interrupt import RESUME_HINT, RESUME_LAST, interrupted
-from lit_vr1.log_dirs import new_log_dirs, remove_unused_log_dirs
+from lit_vr1.log_dirs import new_log_dirs, new_on_the_way, remove_unused_log_dirs
 from lit_vr1.quiet import quiet_cli_notices, quiet_known_notices  # noqa: E402
 from lit_vr1.trl_names import misplaced_trl_flag  # noqa: E402
 
@@ -525,9 +525,8 @@ def file_in_the_way(exc: BaseException) -> BaseException | None:
         tb = tb.tb_next
     if not {"makedirs", "mkdir"} & set(frames):  # a folder being made, not any file operation
         return None
-    path = os.path.abspath(str(exc.filename))
-    while path and not os.path.exists(path) and os.path.dirname(path) != path:
-        path = os.path.dirname(path)
+    new = new_on_the_way(str(exc.filename))
+    path = os.path.dirname(new[0]) if new else os.path.abspath(str(exc.filename))  # the nearest that exists
     if not os.path.isfile(path):
         return None
     return ConfigError(f"{path} is a file, and the run writes into {os.path.abspath(str(exc.filename))} as a folder: "

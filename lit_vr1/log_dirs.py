@@ -29,10 +29,10 @@ def new_log_dirs(trainer) -> list[str]:
     if trainer is None or trainer.global_rank != 0:
         return []
     return [new for logger in trainer.loggers if isinstance(logger, (CSVLogger, TensorBoardLogger))
-            for new in _new_on_the_way(logger.log_dir)]
+            for new in new_on_the_way(logger.log_dir)]
 
 
-def _new_on_the_way(folder: str) -> list[str]:
+def new_on_the_way(folder: str) -> list[str]:
     """The folders on the way to ``folder`` that do not exist yet, outermost first (``runs/p``,
     ``runs/p/logs`` and ``runs/p/logs/version_0`` when none does): the outermost one may come to
     hold more than logs (a prediction's files under ``default_root_dir``), the inner ones not."""

@@ -323,11 +323,11 @@ def test_a_prediction_into_a_new_root_leaves_its_predictions_and_no_log_folder(t
     """``predict`` into a new default_root_dir: the root holds the predictions, so it stays, and
     the logs/version_0 under it held only config.yaml and hparams.yaml, which stayed too (only the
     outermost new folder was noted; helper-79)."""
-    from lit_vr1.log_dirs import _new_on_the_way, remove_unused_log_dirs
+    from lit_vr1.log_dirs import new_on_the_way, remove_unused_log_dirs
 
     root = tmp_path / "pred3"
     version = root / "logs" / "version_0"
-    fresh = _new_on_the_way(str(version))
+    fresh = new_on_the_way(str(version))
     assert fresh == [str(root), str(root / "logs"), str(version)]
     version.mkdir(parents=True)
     (version / "config.yaml").write_text("seed_everything: 0\n")

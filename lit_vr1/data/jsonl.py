@@ -595,14 +595,15 @@ def _refuse_template_tokens(obj: dict, human: str, system: str | None, where: st
     same way (a 106-line traceback from the cold start), and an answer holding ``<|im_end|>`` can
     never be written (decoding stops there) or is cut short in SFT."""
     answer = solution if isinstance(solution, str) or solution is None else json.dumps(solution, ensure_ascii=False)
+    tokens = _template_tokens()
     for text, field_name in ((human, _field_of(obj, "human")), (system or "", "the system prompt")):
-        found = [t for t in _template_tokens() if t in text]
+        found = [t for t in tokens if t in text]
         if found:
             raise DataError(f"{where}: {field_name} holds {', '.join(found)}, the model's own token(s), which the chat "
                             "template writes itself: write the question as plain text, with an <image> marker where "
                             "each image goes (for data already run through a chat template, take the question's text "
                             "out of it)")
-    found = [t for t in _template_tokens() if t in (answer or "")]
+    found = [t for t in tokens if t in (answer or "")]
     if found:
         raise DataError(f"{where}: {_field_of(obj, 'gpt')} holds {', '.join(found)}, the model's own token(s): no "
                         "completion can write the answer so (the end of turn stops decoding, an image token stands for an "
