@@ -20,7 +20,7 @@ def fit_batch_index(trainer) -> int:
 
 
 def rollout_records(module, step: int, rank: int) -> list[dict]:
-    """One dict per completion of the module's last rollout: ids, texts, every reward
+    """One dict per completion of the module's last rollout: ids (as the data wrote them), texts, every reward
     (None where not applicable), the total, the advantage, length and truncation."""
     rollout, scores = module.loop.last_rollout, module.loop.last_scores
     out = []
@@ -30,7 +30,7 @@ def rollout_records(module, step: int, rank: int) -> list[dict]:
             v = scores.per_reward[r, i].item()
             rewards[name] = None if math.isnan(v) else v
         out.append({
-            "step": step, "rank": rank, "id": ctx.id, "task": ctx.task, "source": ctx.source,
+            "step": step, "rank": rank, "id": ctx.id if ctx.written_id is None else ctx.written_id, "task": ctx.task, "source": ctx.source,
             "prompt": ctx.prompt, "completion": completion,
             "solution": ctx.solution if isinstance(ctx.solution, str) else json.dumps(ctx.solution),
             "rewards": rewards, "total": scores.total[i].item(), "advantage": rollout.advantages[i].item(),

@@ -37,6 +37,8 @@ SKIPPED_KEY = "lit_vr1_skipped_steps"  # checkpoint key of the skipped-step coun
 REWARDS_KEY = "lit_vr1_rewards"  # checkpoint key of the rewards the run scored with (see reward_list)
 REFERENCE_KEY = "lit_vr1_reference_weights"  # with LoRA: the reference's adapters (see reset_reference)
 NOTHING_SCORED = "no completion of the mini-batch counts in the loss"
+SKIP_RUNS_SAID = 3  # runs of skipped steps warned of one by one; later ones are counted only
+MOSTLY_SKIPPED_AFTER = 20  # optimiser steps tried before "most steps were skipped" may be said
 
 
 class GRPOModule(VLMModule):
@@ -89,6 +91,7 @@ class GRPOModule(VLMModule):
         self.loop = self.loop_class(self, self.config)
         self.skipped_steps = 0  # optimiser steps skipped for a non-finite loss or grad norm (whole run)
         self.skips_in_a_row = 0
+        self.skip_runs_said, self.mostly_skipped_said = 0, False  # warnings of this process (not saved)
         self.tied_in_a_row = 0  # rollouts in a row whose every group tied (see warn_when_nothing_to_learn)
 
     def __setstate__(self, state: dict) -> None:
@@ -96,6 +99,8 @@ class GRPOModule(VLMModule):
         for name in ("config", "rewards"):
             if name in state and f"_{name}" not in state:
                 state[f"_{name}"] = state.pop(name)
+        state.setdefault("skip_runs_said", 0)
+        state.setdefault("mostly_skipped_said", False)
         super().__setstate__(state)
 
     @property
@@ -410,10 +415,18 @@ class GRPOModule(VLMModule):
                            "skipped so far, counted in train/skipped_steps)")
             return
         self.skips_in_a_row += 1
-        if self.skips_in_a_row == 1:  # the first of a run of skips; the rest are counted (10 printed lines before)
+        if self.skips_in_a_row == 1 and self.skip_runs_said < SKIP_RUNS_SAID:  # the first of a run of skips
+            self.skip_runs_said += 1
+            later = ("; later runs of skips are counted, not said" if self.skip_runs_said == SKIP_RUNS_SAID else "")
             rank_zero_warn(f"step {self.global_step}: {reason}; the optimiser step is skipped ({self.skipped_steps} "
                            f"skipped so far; skips that follow it in a row are counted in train/skipped_steps, and "
-                           f"{self.max_skips_in_a_row} in a row stop the fit)")
+                           f"{self.max_skips_in_a_row} in a row stop the fit{later})")
+        tried = self.global_step + self.skipped_steps
+        if not self.mostly_skipped_said and tried >= MOSTLY_SKIPPED_AFTER and self.skipped_steps * 2 > tried:
+            self.mostly_skipped_said = True  # a run that applies a step now and then never reaches the stop
+            rank_zero_warn(f"{self.skipped_steps} of the {tried} optimiser steps so far were skipped (the last: "
+                           f"{reason}): this run barely trains; the steps applied between the skips keep it from "
+                           f"the stop at {self.max_skips_in_a_row} in a row")
         if self.skips_in_a_row >= self.max_skips_in_a_row:
             what = ("Check the rewards: a judge server that is down, rewards that apply to none of the data's tasks, "
                     "or rewards that return nan or inf (train/reward/<name>/errors and /nonfinite count them); or, "

@@ -15,7 +15,7 @@ from lightning.pytorch import Trainer
 from test_bad_data import rec, vr1, write
 
 from lit_vr1.data.datamodule import GroundingDataModule
-from lit_vr1.data.jsonl import DataError, JsonlDataset, prompt_length, solution_text
+from lit_vr1.data.jsonl import DataError, JsonlDataset, kind_of, prompt_length, solution_text
 from lit_vr1.sft import SFTModule, check_answers, training_records
 
 HEAD = "bad rows in {} (fix them, or set data.bad_rows=skip to leave them out):"
@@ -55,6 +55,12 @@ def test_rows_of_several_kinds_are_counted_by_kind(tmp_path):
     kinds = str(info.value).split("\n  ")[1]
     assert kinds == ("by kind: 8 x not valid JSON (Expecting property name enclosed in double quotes at column N); "
                      "4 x field 'image': image file <path> does not exist")
+
+
+def test_a_kind_cut_before_its_advice_ends_in_no_colon():
+    # a message whose advice follows a colon, as "...: ; see ..." would, counted as "x:" before
+    assert kind_of("d.jsonl:4: field 'image' could not be read: ; check the file", "d.jsonl:4") == (
+        "field 'image' could not be read")
 
 
 def test_a_file_mostly_left_out_under_skip_is_refused(tmp_path):

@@ -356,6 +356,19 @@ def test_predictions_give_ids_back_as_the_data_wrote_them(tmp_path, tiny_qwen25)
     assert [r["id"] for r in out] == [100, "x7", "p-3", "p-4"]  # null: no id
     assert all(r["input_sizes"] == [[56, 56]] and r["box_frame"] == "input_pixels" for r in out)
     assert [data[i].id for i in range(4)] == ["100", "x7", "p-3", "p-4"]  # inside, ids stay strings
+    # the rollout log gives them back as written too (helper-81: it wrote "100")
+    from types import SimpleNamespace
+
+    import torch
+
+    from callbacks.rollout_log import rollout_records
+    from lit_vr1.rewards.base import SampleContext
+
+    contexts = [SampleContext.of(data[i], input_sizes=[(56, 56)]) for i in range(4)]
+    rollout = SimpleNamespace(contexts=contexts, completions=["x"] * 4, advantages=torch.zeros(4))
+    scores = SimpleNamespace(names=["r"], per_reward=torch.zeros(1, 4), total=torch.zeros(4))
+    module = SimpleNamespace(loop=SimpleNamespace(last_rollout=rollout, last_scores=scores))
+    assert [r["id"] for r in rollout_records(module, step=1, rank=0)] == [100, "x7", "p-3", "p-4"]
     # a reasoning user (helper-52): the answer the rewards read, whether it was cut short, and null
     # (not "") for a row without a solution
     assert all(r["truncated"] is True and r["solution"] is None for r in out)  # 2 tokens: no end of turn

@@ -144,6 +144,32 @@ def test_a_run_of_skipped_steps_is_warned_of_once():
     assert "(6 skipped so far" in said[1] and module.skipped_steps == 6
 
 
+def test_a_run_that_skips_most_steps_is_said_once_and_its_runs_of_skips_three_times():
+    """mask_truncated_completions with nearly every completion cut: 22 of 28 steps skipped, a step
+    applied now and then, 5+ warnings alike and never the stop (helper-82)."""
+    import warnings
+
+    class Applied(GRPOModule):
+        applied = 0  # the optimiser steps applied (a trainer's global_step)
+
+        @property
+        def global_step(self) -> int:
+            return self.applied
+
+    module = Applied(model="tiny:qwen2_5_vl")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(8):  # three skips, then one applied step, eight times: 24 of 32 skipped
+            for _ in range(3):
+                module.record_skip("no completion was scored")
+            module.skips_in_a_row, module.applied = 0, module.applied + 1
+    said = [str(w.message) for w in caught]
+    runs = [m for m in said if "the optimiser step is skipped" in m]
+    assert len(runs) == 3 and "later runs of skips are counted, not said" in runs[2]
+    mostly = [m for m in said if "barely trains" in m]
+    assert len(mostly) == 1 and mostly[0].startswith("16 of the 21 optimiser steps so far were skipped")
+
+
 def test_a_parameter_default_shadowing_a_data_column_is_warned_of():
     """verl code reads data_source; declared with a default it kept the default, silently."""
     from lit_vr1.rewards import FunctionReward

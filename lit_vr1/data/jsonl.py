@@ -158,7 +158,7 @@ def kind_of(reason: str, source: str) -> str:
     text = re.sub(r"\b(sample|id|row) '[^']*'", r"\1 <id>", text)
     text = re.sub(r"\S*[/\\]\S*", "<path>", text)
     text = re.sub(r"(?<!')\b-?\d+(\.\d+)?\b", "N", text)
-    return text[:100]
+    return text[:100].rstrip(" :,")  # a message cut before its advice ends in no dangling colon
 
 
 def kinds_line(reasons: list[str], sources: list[str], top: int = 5) -> str:

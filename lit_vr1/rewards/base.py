@@ -38,7 +38,9 @@ class SampleContext:
         ``reward_method`` field); "default" when none was given.
     source: "file:line" of the sample, for error messages.
     completion_length: tokens of this completion; truncated: True when it hit
-    max_completion_length without EOS; global_step: the optimiser step.
+    max_completion_length without EOS; global_step: the optimiser steps taken before this
+    rollout (0 for the first, as TRL's ``trainer_state.global_step``; metrics.csv and RolloutLog
+    label that rollout's update step 1, the step count after it).
     box_frame: the frame the policy writes boxes in (the module's ``box_frame``, by default
         its model family's: Qwen2.5-VL input_pixels; Qwen2-VL, Qwen3-VL, InternVL norm1000);
         box rewards without a ``box_frame`` of their own read it.
@@ -46,6 +48,8 @@ class SampleContext:
         "content": [{"type": "image"}, {"type": "text", "text": ...}]}]``); [] when unknown.
     completion_ids: the completion's token ids up to and including its end of turn, without
         padding; None where the rollout did not record them.
+    written_id: the data line's "id" as written (``1``, not ``"1"``); None when the line had none
+        (``id`` is always text).
     """
 
     id: str
@@ -63,6 +67,7 @@ class SampleContext:
     box_frame: str | None = None
     messages: list[dict] = field(default_factory=list)
     completion_ids: list[int] | None = None
+    written_id: Any = None
 
     @classmethod
     def of(cls, sample: Any, *, input_sizes: list[tuple[int, int]], completion_length: int = 0,
@@ -76,7 +81,7 @@ class SampleContext:
                    image_sizes=sample.image_sizes, input_sizes=input_sizes, metadata=sample.metadata,
                    completion_length=completion_length, truncated=truncated, global_step=global_step,
                    task=sample.task, source=sample.source, box_frame=box_frame, messages=sample.messages,
-                   completion_ids=completion_ids)
+                   completion_ids=completion_ids, written_id=getattr(sample, "written_id", None))
 
     @property
     def image_size(self) -> tuple[int, int] | None:
