@@ -222,9 +222,13 @@ def top_p_in_range(c: GRPOConfig) -> str | None:
 
 
 @rule("model.grpo.top_k", "config", on="GRPOConfig")
-def top_k_not_negative(c: GRPOConfig) -> str | None:
-    if c.top_k >= 0:
+def top_k_leaves_a_choice(c: GRPOConfig) -> str | None:
+    if c.top_k == 0 or c.top_k > 1:
         return None
+    if c.top_k == 1:  # greedy: the G samples of a prompt are one completion, every group ties
+        return ("model.grpo.top_k=1 keeps only the most likely token: each prompt's G completions would be the same "
+                "greedy text with the same rewards, so every advantage is 0 and GRPO learns nothing; use 0 (off) or "
+                "a value of 2 or more (e.g. 50)")
     return f"model.grpo.top_k={c.top_k} must be >= 0: the most likely tokens kept when sampling (0: off)"
 
 

@@ -25,7 +25,7 @@ from lit_vr1.config import GRPOConfig
 from lit_vr1.loop import RolloutUpdateLoop, StepOutcome
 from lit_vr1.models import precision
 from lit_vr1.module import VLMModule, refuse_unknown_module_keywords
-from lit_vr1.no_signal import SilentRewards, strong_kl_note, tied_cause
+from lit_vr1.no_signal import SilentRewards, cold_sampling_note, strong_kl_note, tied_cause
 from lit_vr1.predict import frame_of
 from lit_vr1.rewards.accuracy import HFRRF, Accuracy
 from lit_vr1.rewards.base import Reward, SampleContext, forget_warnings, reward_names_distinct, some_reward_weighs
@@ -481,10 +481,12 @@ class GRPOModule(VLMModule):
         """Warn when ``trainer.max_steps`` ends inside a rollout, counted from the step this fit
         starts at (a resumed one's; counted from 0 the warning was wrong both ways after a resume).
         Not for a loop that leaves groups out: its rollouts take as many steps as the groups kept.
-        Also when ``model.grpo.beta`` is 1 or more (:func:`lit_vr1.no_signal.strong_kl_note`)."""
+        Also when ``model.grpo.beta`` is 1 or more (:func:`lit_vr1.no_signal.strong_kl_note`), and when
+        completions are sampled below temperature 0.3 (:func:`lit_vr1.no_signal.cold_sampling_note`)."""
         super().on_train_start()
         steps = [] if self.loop.leaves_groups_out() else getattr(self, "_rollout_steps", [])
-        for note in (max_steps_note(self.trainer.max_steps, steps, self.global_step), strong_kl_note(self.config.beta)):
+        for note in (max_steps_note(self.trainer.max_steps, steps, self.global_step), strong_kl_note(self.config.beta),
+                     cold_sampling_note(self.config.temperature)):
             if note:
                 rank_zero_warn(note)
 

@@ -99,3 +99,19 @@ def strong_kl_note(beta: float) -> str | None:
     return (f"model.grpo.beta={beta:g} weighs the KL penalty {beta / 0.04:.0f}x the seeds' 0.04 (TRL's default: 0): "
             "the loss is then mostly beta x KL (train/loss against train/kl), which holds the policy at its start "
             "whatever the rewards say; the usual range is 0 to 0.1")
+
+
+COLD_TEMPERATURE = 0.3  # below it a policy's G samples of a prompt are mostly the same text
+
+
+def cold_sampling_note(temperature: float) -> str | None:
+    """A note when completions are sampled at a temperature below :data:`COLD_TEMPERATURE`:
+    the G samples of a prompt are then nearly the greedy completion each, so most groups tie
+    and teach nothing (a trial at 0.01 tied 60-90% of its groups for rollouts on end, while the
+    tied-groups warning waits for all of them). The seeds sample at 1.0, the demos at 0.7-1.0."""
+    if temperature >= COLD_TEMPERATURE:
+        return None
+    return (f"model.grpo.temperature={temperature:g} samples each prompt's G completions near its greedy one: most "
+            "groups will be alike, with the same rewards and no advantage (train/groups_tied_frac); GRPO learns from "
+            "the differences between them, so sample at 0.7-1.0 as the seeds do")
+

@@ -139,6 +139,14 @@ def test_every_field_problem_of_grpo_config_is_listed_at_once():
         assert f"  - {flag}=" in text
 
 
+def test_greedy_sampling_is_refused_for_grpo():
+    """top_k=1 samples the greedy completion G times: every group ties, nothing is learned."""
+    with pytest.raises(ValueError) as err:
+        GRPOConfig(top_k=1)
+    assert "model.grpo.top_k=1" in str(err.value) and "GRPO learns nothing" in str(err.value)
+    assert GRPOConfig(top_k=2).top_k == 2 and GRPOConfig(top_k=0).top_k == 0
+
+
 def test_ptst_stages_count_as_group_sizes():
     from callbacks import PTST
 
@@ -217,7 +225,7 @@ EXISTING = {
     "epsilon_high_at_least_epsilon": lambda mp: GRPOConfig(epsilon=0.2, epsilon_high=0.1),
     "temperature_positive": lambda mp: GRPOConfig(temperature=0.0),
     "top_p_in_range": lambda mp: GRPOConfig(top_p=1.5),
-    "top_k_not_negative": lambda mp: GRPOConfig(top_k=-1),
+    "top_k_leaves_a_choice": lambda mp: GRPOConfig(top_k=-1),
     "gradient_clip_positive": lambda mp: GRPOConfig(gradient_clip_val=0.0),
     "lora_default_targets_match": lambda mp: _lora(None),
     "lora_targets_not_empty": lambda mp: _lora([]),

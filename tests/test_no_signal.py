@@ -15,7 +15,7 @@ from lightning.pytorch import Trainer, seed_everything
 from lit_vr1.checks import something_trains, zero_learning_rate_note
 from lit_vr1.config import GRPOConfig
 from lit_vr1.grpo import GRPOModule
-from lit_vr1.no_signal import SilentRewards, strong_kl_note, tied_cause
+from lit_vr1.no_signal import SilentRewards, cold_sampling_note, strong_kl_note, tied_cause
 from lit_vr1.rewards import IoUReward, RecJsonFormat
 from lit_vr1.rules import ConfigError
 
@@ -91,7 +91,14 @@ def test_a_fit_warns_of_a_reward_at_zero_while_another_varies(samples):
     with pytest.warns(UserWarning, match=r"reward zero scored 0 on every completion of the last 2 rollouts") as seen:
         fit(module, samples[:2], max_steps=3, batch_size=1)
     assert sum("reward zero scored 0" in str(w.message) for w in seen) == 1
-    assert not any("every group tied" in str(w.message) for w in seen)
+    assert not any("every group tied" in str(w.message) or "temperature" in str(w.message) for w in seen)
+
+
+def test_a_fit_sampling_near_greedy_is_told_at_its_start(samples):
+    module = make()
+    module.config.temperature = 0.1
+    with pytest.warns(UserWarning, match=r"model.grpo.temperature=0.1 samples each prompt's G completions near"):
+        fit(module, samples[:1], max_steps=1, batch_size=1)
 
 
 def test_every_reward_at_weight_zero_is_refused():
@@ -130,3 +137,11 @@ def test_a_strong_kl_weight_is_said():
     assert strong_kl_note(0.04) is None and strong_kl_note(0.5) is None
     assert "beta=100" in strong_kl_note(100.0) and "2500x" in strong_kl_note(100.0)
     assert GRPOConfig(beta=100.0).beta == 100.0  # allowed, said at fit start
+
+
+def test_sampling_near_greedy_is_said():
+    """At temperature 0.01 a trial's groups tied 60-90% for rollouts on end, unsaid (helper-82)."""
+    assert cold_sampling_note(1.0) is None and cold_sampling_note(0.7) is None and cold_sampling_note(0.3) is None
+    note = cold_sampling_note(0.01)
+    assert note.startswith("model.grpo.temperature=0.01") and "train/groups_tied_frac" in note
+
