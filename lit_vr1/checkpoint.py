@@ -201,6 +201,12 @@ class SettingsRefused(CheckpointError):
     one machine's own."""
 
 
+class FolderInUse(CheckpointError):
+    """A fit refused because another fit writes into its checkpoint folder: the first process
+    finds it and tells the others (:func:`lock_folders_of_processes`), so every process raises it
+    alike and the CLI prints it on rank 0 alone."""
+
+
 def is_intact(path: str) -> bool:
     """Whether ``path`` is a whole torch checkpoint: a zip archive (torch.save's format)
     whose members all pass their CRC check. Reads the file, unpickles nothing."""
@@ -603,11 +609,34 @@ def lock_checkpoint_folders(trainer) -> None:
     a second fit into that folder is refused, naming the process that holds it. Two fits
     started at once both ran: their checkpoints became ``last.ckpt`` and ``last-v1.ckpt`` and
     both wrote one export (a new user's trial). A fit in the same process (a notebook's next)
-    goes on; a file system without locks locks nothing; several processes are not locked."""
-    import fcntl
-
+    goes on; a file system without locks locks nothing. Several processes lock at their setup
+    (:func:`lock_folders_of_processes`), where they can agree."""
     if trainer.world_size > 1:
         return
+    _lock_folders(trainer)
+
+
+def lock_folders_of_processes(trainer) -> None:
+    """:func:`lock_checkpoint_folders` for a fit of several processes, at its setup (the
+    processes' group is up): the first process takes the locks and every process hears whether
+    it could, so all refuse together. Two 2-process fits into one folder both ran, their files
+    mixed (a new user's trial)."""
+    if trainer.world_size <= 1:
+        return
+    refused = None
+    if trainer.global_rank == 0:
+        try:
+            _lock_folders(trainer)
+        except FolderInUse as exc:
+            refused = str(exc)
+    refused = trainer.strategy.broadcast(refused, src=0)
+    if refused:
+        raise FolderInUse(refused)
+
+
+def _lock_folders(trainer) -> None:
+    import fcntl
+
     for folder in _checkpoint_folders(trainer):
         if folder in _FOLDER_LOCKS:
             continue
@@ -621,7 +650,7 @@ def lock_checkpoint_folders(trainer) -> None:
             os.close(fd)
             if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):  # no locks here (ENOLCK)
                 continue
-            raise CheckpointError(f"another fit (process {holder or 'unknown'}) is writing checkpoints into {folder}: "
+            raise FolderInUse(f"another fit (process {holder or 'unknown'}) is writing checkpoints into {folder}: "
                                   "wait for it to end, or give this one another --trainer.default_root_dir") from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())

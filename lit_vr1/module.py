@@ -28,6 +28,7 @@ from lit_vr1.checkpoint import (
     files_written_whole,
     gather_rng_states,
     refuse_changed_resume,
+    lock_folders_of_processes,
     release_checkpoint_folders,
     save_at_rollout_ends,
     selected_checkpoint,
@@ -419,6 +420,7 @@ class VLMModule(LightningModule):
         notices_back_on_error(self._trainer)  # Lightning skips teardown when the run raises
         if stage == "fit":  # every_n_train_steps met when a rollout steps over its multiple; last.ckpt at the end
             check_trainer(self, self.trainer)  # the Trainer's settings and callbacks lit-vr1 cannot take (the CLI ran it first)
+            lock_folders_of_processes(self.trainer)  # one process locked its folders when the fit began
             ckpt = selected_checkpoint(self.trainer)
             if ckpt and os.path.isdir(ckpt):  # FSDP2 reads a sharded folder before any hook could refuse it
                 meta = check_sharded_folder(ckpt)

@@ -319,6 +319,36 @@ def test_a_refused_setting_under_ddp_is_said_once(tmp_path):
     assert proc.stderr.count("lit-vr1: error: model.grpo.mini_batch_size=3 is not a multiple") == 1, proc.stderr[-3000:]
 
 
+def test_a_second_fit_of_two_processes_into_a_folder_in_use_is_refused_in_one_line(tmp_path):
+    """Two 2-process fits into one folder both ran, their checkpoints and logs mixed: several
+    processes took no lock (a new user's trial). The first process locks at setup and all refuse."""
+    import subprocess
+    import sys
+
+    from lit_vr1.checkpoint import LOCK_NAME
+    from tests.test_resume import _env, fit_command
+
+    out = tmp_path / "run"
+    (out / "ckpt").mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, time\n"
+        f"fd = os.open({str(out / 'ckpt' / LOCK_NAME)!r}, os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, str(os.getpid()).encode())\n"
+        "print('held', flush=True); time.sleep(300)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        cmd = fit_command(out, out / "ckpt", tmp_path / "data", "--trainer.devices=2", "--trainer.strategy=ddp",
+                          "--trainer.accelerator=cpu")
+        proc = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    said = f"lit-vr1: error: another fit (process {holder.pid}) is writing checkpoints into {out / 'ckpt'}"
+    assert proc.stderr.count(said) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert not list((out / "ckpt").glob("*.ckpt")) and not (out / "rollouts.jsonl").exists()
+
+
 def test_a_prediction_into_a_new_root_leaves_its_predictions_and_no_log_folder(tmp_path):
     """``predict`` into a new default_root_dir: the root holds the predictions, so it stays, and
     the logs/version_0 under it held only config.yaml and hparams.yaml, which stayed too (only the
