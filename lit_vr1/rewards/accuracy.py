@@ -201,8 +201,8 @@ _PHRASE_LETTER_RE = re.compile(
     r"(?:\s+(?:correct[ao]?|corretta|correta))?"  # la respuesta correcta es B, a resposta correta é B
     r"(?:\s+(?:is|would\s+be|should\s+be|will\s+be|est|es|ist|è|é))?\s*:?\s*"
     r"(?:(?:option|choice)\s+)?)[(\[]?([A-Z])(?![A-Za-z])"
-    # Chinese, Japanese, Korean: no spaces between words (答案是B, 选B, 答えはB, 정답은 B); not 不选B ("not B")
-    r"|(?<![不没沒])(?:答案|答|选项|选择|选|答え|正解|정답)\s*(?:是|为|為|は|은|는)?\s*:?\s*[(\[「]?([A-Z])(?![A-Za-z])"
+    # Chinese, Japanese, Korean: no spaces between words (答案是B, 选B, 答えはB, 정답은 B, 답은 B); not 不选B ("not B")
+    r"|(?<![不没沒])(?:答案|答|选项|选择|选|答え|正解|정답|답)\s*(?:是|为|為|は|은|는)?\s*:?\s*[(\[「]?([A-Z])(?![A-Za-z])"
 )
 # a second letter offered beside the one read: "A or B", "A ou B", "A或B" (a hedge reads no letter)
 _OR_LETTER_RE = re.compile(r"\s*[)\]」]?\s*(?i:or|ou|o|oder|или|或|或者|还是|または|또는)\s*[(\[「]?[A-Z](?![A-Za-z])")
