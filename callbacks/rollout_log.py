@@ -11,6 +11,8 @@ import re
 
 from lightning.pytorch import Callback
 
+from lit_vr1.checkpoint import ROLLBACK
+
 
 def fit_batch_index(trainer) -> int:
     """The training batch's index over the whole fit (not the epoch's: a count per epoch started
@@ -91,8 +93,11 @@ class RolloutLog(Callback):
         resumed = getattr(self, "_resumed_from_file", None)
         if trainer.world_size > 1:
             resumed = rank_file(resumed, trainer.global_rank)
+        # a rollback (an earlier checkpoint than the folder's newest) abandons a run that went on and saved:
+        # its later lines are not replayed work, so they are kept beside the file, not dropped
+        rollback = getattr(trainer, ROLLBACK, None) is not None
         for path in {self._written, resumed, *others} - {None}:
-            drop_steps_after(path, trainer.global_step)
+            drop_steps_after(path, trainer.global_step, keep=rollback)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loop = getattr(pl_module, "loop", None)
@@ -135,12 +140,20 @@ def abandoned_resumes(path: str, step: int) -> list[str]:
             if os.path.dirname(os.path.abspath(other)) != here and (first_step(other) or -1) > step]
 
 
-def drop_steps_after(path: str, step: int) -> int:
+def abandoned_file(path: str, step: int) -> str:
+    """Where a rollback to ``step`` keeps the later lines of ``path``:
+    ``rollouts.abandoned-after-step10.jsonl`` beside ``rollouts.jsonl``."""
+    stem, ext = os.path.splitext(path)
+    return f"{stem}.abandoned-after-step{step}{ext}"
+
+
+def drop_steps_after(path: str, step: int, keep: bool = False) -> int:
     """Rewrite the JSONL file ``path`` without the lines whose ``step`` is above ``step``
-    (and without a last line cut off by a kill); returns how many lines were dropped."""
+    (and without a last line cut off by a kill); returns how many lines were dropped. ``keep``:
+    the lines taken out are appended to :func:`abandoned_file` (a rollback's abandoned run)."""
     if not os.path.isfile(path):
         return 0
-    kept, dropped = [], 0
+    kept, later, dropped = [], [], 0
     with open(path, encoding="utf-8") as f:
         for line in f:
             try:
@@ -150,8 +163,12 @@ def drop_steps_after(path: str, step: int) -> int:
                 continue
             if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] > step:
                 dropped += 1
+                later.append(line if line.endswith("\n") else line + "\n")
             else:
                 kept.append(line if line.endswith("\n") else line + "\n")
+    if keep and later:
+        with open(abandoned_file(path, step), "a", encoding="utf-8") as f:
+            f.writelines(later)
     if dropped:
         tmp = f"{path}.tmp-{os.getpid()}"
         with open(tmp, "w", encoding="utf-8") as f:

@@ -616,6 +616,23 @@ def lock_checkpoint_folders(trainer) -> None:
     _lock_folders(trainer)
 
 
+def export_of_another_run(trainer, export_dir: str | None) -> str | None:
+    """The refusal of a fit that resumes a checkpoint from outside its own checkpoint folders (a
+    branch of another run, into a new root) while ``export_dir`` already holds a model: the
+    checkpoint's settings are the fit's defaults, so its run's ``export_dir`` came along, and the
+    branch wrote its model over that run's export without a word (a new user's trial; a LoRA run
+    built on that export then stood on another base). None when there is no such clash."""
+    ckpt = selected_checkpoint(trainer)
+    if not ckpt or not export_dir or not os.path.isfile(os.path.join(export_dir, "config.json")):
+        return None
+    home = os.path.dirname(os.path.abspath(ckpt.rstrip(os.sep)))
+    if any(os.path.abspath(folder) == home for folder in _checkpoint_folders(trainer)):
+        return None  # this run's own checkpoint: its export is this run's to write
+    return (f"model.export_dir={export_dir} already holds a model, and this fit resumes {ckpt}, another run's "
+            "checkpoint (whose settings, its export_dir among them, are this fit's defaults): its export would be "
+            "written over. Give this run a folder of its own, --model.init_args.export_dir=<folder>, or null for none")
+
+
 def lock_folders_of_processes(trainer) -> None:
     """:func:`lock_checkpoint_folders` for a fit of several processes, at its setup (the
     processes' group is up): the first process takes the locks and every process hears whether
@@ -841,17 +858,41 @@ def overwrite_on_resume(trainer, ckpt_path: str) -> None:
         last = callback.format_checkpoint_name({}, callback.CHECKPOINT_NAME_LAST) if callback.dirpath else None
         if last and not callback.last_model_path and os.path.isfile(last):  # the run's last.ckpt, whatever the state says
             callback.last_model_path = last
-    found = STEP_IN_NAME.search(os.path.basename(ckpt_path))
-    if found is None:
-        return
-    later = sorted((f for folder in _checkpoint_folders(trainer) if os.path.isdir(folder) for f in os.listdir(folder)
-                    if (m := STEP_IN_NAME.search(f)) and int(m.group(1)) > int(found.group(1)) and f.endswith(".ckpt")),
-                   key=_natural)
+    step, later = later_checkpoints(trainer, ckpt_path)
+    setattr(trainer, ROLLBACK, step if later else None)
     if later:
         listed = ", ".join(later[:3]) + (f" and {len(later) - 3} more" if len(later) > 3 else "")
-        rank_zero_warn(f"resuming from step {found.group(1)} while the checkpoint folder holds later checkpoints of the "
+        logged = any(type(cb).__name__ == "RolloutLog" for cb in getattr(trainer, "callbacks", []))
+        rank_zero_warn(f"resuming from step {step} while the checkpoint folder holds later checkpoints of the "
                        f"run that went on ({listed}): this run replaces them as it reaches their steps (and "
-                       "last.ckpt at its first save); move them first to keep them")
+                       "last.ckpt at its first save); move them first to keep them"
+                       + (f". RolloutLog keeps the abandoned run's lines after step {step} beside its file, in "
+                          f"<name>.abandoned-after-step{step}.jsonl" if logged else ""))
+
+
+ROLLBACK = "_lit_vr1_rollback_step"  # set on a Trainer that resumes an earlier checkpoint than its folder's newest
+
+
+def later_checkpoints(trainer, ckpt_path: str) -> tuple[int, list[str]]:
+    """The step of ``ckpt_path`` and the checkpoints of the fit's folders saved at a later step
+    (a rollback abandons them), by the step in a name (``step=25``) or, for a name without one
+    (``last.ckpt``, a copy under a name of one's own), the step saved in the file (its tensors
+    mapped, not read). By names alone, a resume of a copy of step 10's ``last.ckpt`` beside the
+    step-25 run was not told of (a new user's trial)."""
+    def step_of(path: str) -> int:
+        found = STEP_IN_NAME.search(os.path.basename(path.rstrip(os.sep)))
+        return int(found.group(1)) if found else saved_step(path)
+
+    step = step_of(ckpt_path)
+    if step < 0:
+        return step, []
+    later = []
+    for folder in _checkpoint_folders(trainer):
+        for name in os.listdir(folder) if os.path.isdir(folder) else []:
+            path = os.path.join(folder, name)
+            if name.endswith(".ckpt") and os.path.abspath(path) != os.path.abspath(ckpt_path) and step_of(path) > step:
+                later.append(name)
+    return step, sorted(later, key=_natural)
 
 
 def _checkpoint_folders(trainer) -> list[str]:

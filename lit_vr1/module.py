@@ -25,6 +25,7 @@ from lit_vr1.checkpoint import (
     SettingsRefused,
     allow_saved_settings,
     check_sharded_folder,
+    export_of_another_run,
     files_written_whole,
     gather_rng_states,
     refuse_changed_resume,
@@ -421,6 +422,9 @@ class VLMModule(LightningModule):
         if stage == "fit":  # every_n_train_steps met when a rollout steps over its multiple; last.ckpt at the end
             check_trainer(self, self.trainer)  # the Trainer's settings and callbacks lit-vr1 cannot take (the CLI ran it first)
             lock_folders_of_processes(self.trainer)  # one process locked its folders when the fit began
+            clash = export_of_another_run(self.trainer, self.export_dir)
+            if clash:
+                raise SettingsRefused(clash)
             ckpt = selected_checkpoint(self.trainer)
             if ckpt and os.path.isdir(ckpt):  # FSDP2 reads a sharded folder before any hook could refuse it
                 meta = check_sharded_folder(ckpt)

@@ -279,3 +279,62 @@ def test_only_a_folder_being_made_is_told_as_a_file_in_the_way(tmp_path):
         with pytest.raises(FileExistsError) as err:
             other()
         assert file_in_the_way(err.value) is None
+
+
+def test_a_branch_of_another_run_does_not_write_over_its_export(tmp_path):
+    """A fit resuming run A's checkpoint into a new root took A's export_dir with A's settings and
+    wrote its model over A's export (helper-85); a resume of the run's own checkpoint exports as before."""
+    from lit_vr1.checkpoint import SELECTED, export_of_another_run
+
+    a, b = tmp_path / "runA", tmp_path / "runB"
+    (a / "checkpoints").mkdir(parents=True)
+    (a / "hf_model").mkdir()
+    (a / "checkpoints" / "last.ckpt").write_bytes(b"x")
+
+    def trainer(root, ckpt):
+        return SimpleNamespace(checkpoint_callbacks=[SimpleNamespace(dirpath=str(root / "checkpoints"))],
+                               **{SELECTED: str(ckpt) if ckpt else None})
+
+    ckpt = a / "checkpoints" / "last.ckpt"
+    assert export_of_another_run(trainer(b, ckpt), str(a / "hf_model")) is None  # nothing exported there yet
+    (a / "hf_model" / "config.json").write_text("{}")
+    refused = export_of_another_run(trainer(b, ckpt), str(a / "hf_model"))
+    assert refused.startswith(f"model.export_dir={a / 'hf_model'} already holds a model, and this fit resumes {ckpt}")
+    assert "--model.init_args.export_dir=<folder>" in refused
+    assert export_of_another_run(trainer(a, ckpt), str(a / "hf_model")) is None  # its own run
+    assert export_of_another_run(trainer(b, None), str(a / "hf_model")) is None  # no resume
+    assert export_of_another_run(trainer(b, ckpt), str(b / "hf_model")) is None  # a folder of its own
+
+
+def test_a_rollback_keeps_the_abandoned_runs_rollout_lines_beside_its_file(tmp_path):
+    """A resume from step 10 beside the run's step-25 checkpoints emptied the rollouts.jsonl of
+    the run that went on (helper-85); a crash's resume still drops the replayed steps."""
+    import json
+
+    from callbacks.rollout_log import RolloutLog
+    from lit_vr1.checkpoint import ROLLBACK
+
+    logs = tmp_path / "logs"
+    (logs / "version_0").mkdir(parents=True)
+    (logs / "version_0" / "rollouts.jsonl").write_text("".join(json.dumps({"step": s}) + "\n" for s in range(1, 26)))
+
+    def resume(rollback):
+        log = RolloutLog()
+        log._resumed_from_file = str(logs / "version_0" / "rollouts.jsonl")
+        trainer = SimpleNamespace(ckpt_path="mine.ckpt", global_step=10, logger=object(),
+                                  log_dir=str(logs / "version_1"), default_root_dir=str(tmp_path), world_size=1,
+                                  global_rank=0, **{ROLLBACK: 10 if rollback else None})
+        log.on_train_start(trainer, None)
+
+    def steps(name):
+        return [json.loads(line)["step"] for line in open(logs / "version_0" / name)]
+
+    resume(rollback=True)
+    assert steps("rollouts.jsonl") == list(range(1, 11))
+    assert steps("rollouts.abandoned-after-step10.jsonl") == list(range(11, 26))
+    (logs / "version_0" / "rollouts.abandoned-after-step10.jsonl").unlink()
+    (logs / "version_0" / "rollouts.jsonl").write_text("".join(json.dumps({"step": s}) + "\n" for s in range(1, 13)))
+    resume(rollback=False)  # a killed run's resume: steps 11 and 12 are trained again, their old lines dropped
+    assert steps("rollouts.jsonl") == list(range(1, 11))
+    assert not (logs / "version_0" / "rollouts.abandoned-after-step10.jsonl").exists()
+

@@ -54,8 +54,17 @@ def test_a_resume_with_another_checkpoint_setting_replaces_last_ckpt(tmp_path):
                    "--ckpt_path", str(root / "checkpoints" / "epoch=0-step=2.ckpt"))
     assert back.returncode == 0, back.stderr[-2000:]
     assert "resuming from step 2 while the checkpoint folder holds later checkpoints of the run that went on " \
-           "(epoch=0-step=3.ckpt)" in back.stderr, back.stderr[-2000:]
+           "(epoch=0-step=3.ckpt, last.ckpt)" in back.stderr, back.stderr[-2000:]
     assert not list((root / "checkpoints").glob("*-v1.ckpt"))
+    # a copy of step 2's checkpoint under a name without its step: read from the file (helper-85: not told)
+    import shutil
+
+    shutil.copy(root / "checkpoints" / "epoch=0-step=2.ckpt", tmp_path / "mine.ckpt")
+    back = lit_vr1(tmp_path, "fit", *small(root, data), _checkpoint(1), "--trainer.max_steps=3",
+                   "--ckpt_path", str(tmp_path / "mine.ckpt"))
+    assert back.returncode == 0, back.stderr[-2000:]
+    assert "resuming from step 2 while the checkpoint folder holds later checkpoints of the run that went on " \
+           "(epoch=0-step=3.ckpt, last.ckpt)" in back.stderr, back.stderr[-2000:]  # step 2's own file is not later
 
 
 def test_a_resume_that_turns_the_reference_on_or_off_is_refused_naming_beta(tmp_path):
