@@ -575,7 +575,10 @@ class GRPOModule(VLMModule):
         (the run's beta tells): a run with beta 0 keeps no reference adapters, so after
         ``callbacks.ColdStart`` a resume with beta > 0 anchored its KL to the untrained base
         (KL 0.0525 against an uninterrupted run's 0.0011, a new user's trial)."""
-        grpo = (checkpoint.get("hyper_parameters") or {}).get("grpo")
+        hparams = checkpoint.get("hyper_parameters") or {}
+        if "lora" in hparams and (hparams["lora"] is None) != (self.lora is None):
+            return  # a LoRA run's checkpoint without LoRA now (or back): the model check names model.lora
+        grpo = hparams.get("grpo")
         was = grpo.get("beta") if isinstance(grpo, dict) else getattr(grpo, "beta", None)
         if self.lora is not None:  # no reference copy: the run's beta tells whether it kept a reference
             state, saved = None, (was != 0) if was is not None else None

@@ -701,6 +701,21 @@ class VLMModule(LightningModule):
                                     plain_settings(dict(self.hparams)), model_identity(self.model_name), "model")
         refuse_changed_resume({"model": model, **data_differences(self.trainer, checkpoint)})
 
+    def _refuse_another_model(self, checkpoint: dict, command: str) -> None:
+        """``validate``, ``test`` or ``predict`` of a checkpoint whose weights belong to another
+        model than the one built (a config's ``model`` over the checkpoint's, which are only the
+        defaults): one line naming the settings, where strict loading gave a 42-line traceback of
+        missing keys (a new user's trial). Settings that change no weight name (frozen parts) are
+        not compared."""
+        keys = tuple(k for k in model_identity(self.model_name) if k in ("model", "tiny_spec", "lora"))
+        differences = setting_differences(plain_settings(checkpoint.get("hyper_parameters") or {}),
+                                          plain_settings(dict(self.hparams)), keys, "model")
+        if differences:
+            raise SettingsRefused(
+                f"{self.trainer.ckpt_path} holds the weights of another model than this {command} builds: "
+                + "; ".join(differences) + ". The checkpoint's settings are the defaults: leave the model settings "
+                "out of the command and its configs, or give the checkpoint's (e.g. --model.init_args.model=...)")
+
     # -- checkpoints: with LoRA only the trainable weights; every process's RNG states -----------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """With LoRA only the trainable weights are kept (not under FSDP2, whose loader reads every
@@ -772,6 +787,7 @@ class VLMModule(LightningModule):
         trainer = self._trainer
         self._resumed_optimisers = None
         if trainer is not None and trainer.state.fn != "fit":
+            self._refuse_another_model(checkpoint, str(getattr(trainer.state.fn, "value", trainer.state.fn)))
             note = template_note(trainer, checkpoint)
             if note:
                 rank_zero_warn(note)

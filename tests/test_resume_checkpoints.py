@@ -81,6 +81,12 @@ def test_a_resume_that_turns_the_reference_on_or_off_is_refused_naming_beta(tmp_
     read = lit_vr1(tmp_path, "validate", *small(root, data), "--model.init_args.grpo.beta=0.0",
                    f"--model.init_args.results_path={results}", "--ckpt_path", "last")
     assert read.returncode == 0 and results.is_file(), read.stderr[-2000:]
+    # another model than the checkpoint's (a config's model over its settings): one line, not a 42-line traceback
+    other = lit_vr1(tmp_path, "validate", *small(root, data), "--model.init_args.model=tiny:qwen2_vl",
+                    "--ckpt_path", "last")
+    assert other.returncode == 2 and "Traceback" not in other.stderr, other.stderr[-2000:]
+    assert "holds the weights of another model than this validate builds: model.model: 'tiny:qwen2_5_vl' in the " \
+           "checkpoint, 'tiny:qwen2_vl' now" in other.stderr, other.stderr[-2000:]
 
 
 def test_a_max_steps_inside_a_rollout_is_warned_of():
@@ -132,6 +138,11 @@ def test_the_reference_check_reads_the_runs_beta_where_the_strategy_loads_the_we
         GRPOModule._match_reference(lora, sharded)
     GRPOModule._match_reference(lora, single)  # the same beta
     GRPOModule._match_reference(lora, {"state_dict": {}})  # a checkpoint without the run's settings: not judged
+    # a LoRA run's checkpoint resumed without LoRA holds no reference weights: that was blamed on beta
+    # ("trained without a reference model (beta 0.04) and this run has one (beta 0.04)", helper-85); the
+    # model check names model.lora instead
+    adapters = {"hyper_parameters": {"lora": {"r": 8}, "grpo": {"beta": 0.04}}, "state_dict": {"policy.lora_A": 1}}
+    GRPOModule._match_reference(module(0.04), adapters)
 
 
 def test_rollout_logs_every_n_steps_count_over_the_whole_fit_not_each_epoch(tmp_path):
