@@ -73,6 +73,32 @@ def metrics_file(trainer) -> str | None:
     return None
 
 
+def metrics_under_root(trainer) -> str | None:
+    """The metrics.csv of ``trainer``'s CSV logger relative to its ``default_root_dir`` (None when
+    it lies elsewhere): a checkpoint keeps it beside the absolute path, so that a run folder moved
+    (a job restored under another scratch path) still finds its curve."""
+    path = metrics_file(trainer)
+    root = os.path.abspath(getattr(trainer, "default_root_dir", None) or os.getcwd())
+    if path is None or os.path.commonpath([path, root]) != root:
+        return None
+    return os.path.relpath(path, root)
+
+
+def resumed_metrics(saved: str | None, relative: str | None, root: str | None) -> tuple[str | None, str | None]:
+    """The metrics.csv of the run a checkpoint was saved in: ``saved`` (its absolute path then),
+    else ``relative`` under this run's ``root`` (the run folder moved since), and a note when
+    neither is there: without it the resumed metrics.csv silently began after the checkpoint's
+    step (a new user's trial: steps 1-4 lost from the whole curve after a move)."""
+    if saved is None or os.path.isfile(saved):
+        return saved, None
+    moved = os.path.join(os.path.abspath(root or os.getcwd()), relative) if relative else None
+    if moved is not None and os.path.isfile(moved):
+        return moved, None
+    return None, (f"the metrics.csv of the run this fit resumes is not at {saved}"
+                  + (f" nor at {moved}" if moved else "") + " (the run folder moved, or its logs were removed): this "
+                  "run's metrics.csv holds the steps after the checkpoint only")
+
+
 def keep_metrics(path: str) -> str | None:
     """Before a fit's CSV writer starts (it empties the ``metrics.csv`` at ``path`` that a pinned
     ``version`` points it to): a copy beside it, ``metrics.csv.kept``, which the fit removes once it

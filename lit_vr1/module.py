@@ -730,6 +730,7 @@ class VLMModule(LightningModule):
         if self._configured() is not None:  # a resume that configures others is refused
             checkpoint[resume_optimisers.KEY] = self._configured()
         checkpoint[METRICS_KEY] = log_dirs.metrics_file(trainer)
+        checkpoint[METRICS_KEY + "_under_root"] = log_dirs.metrics_under_root(trainer) if trainer is not None else None
         if "hyper_parameters" in checkpoint:
             checkpoint["hyper_parameters"] = plain_settings(checkpoint["hyper_parameters"])
         cls = type(self)
@@ -802,7 +803,9 @@ class VLMModule(LightningModule):
             else:  # compared when configure_optimizers builds them
                 self._resumed_optimisers = saved
         self._checkpoint_step = checkpoint.get("global_step")
-        self._resumed_metrics = checkpoint.get(METRICS_KEY)
+        self._resumed_metrics, self._metrics_note = log_dirs.resumed_metrics(
+            checkpoint.get(METRICS_KEY), checkpoint.get(METRICS_KEY + "_under_root"),
+            getattr(trainer, "default_root_dir", None))
         kept = getattr(self, "_metrics_before_fit", None)  # the file this run logs into, as prepare_data kept it
         self._resumed_rows = (log_dirs.read_rows(kept[1]) if kept is not None and kept[0] == self._resumed_metrics
                               else None)
@@ -830,6 +833,9 @@ class VLMModule(LightningModule):
         previous, self._resumed_metrics = getattr(self, "_resumed_metrics", None), None
         rows, self._resumed_rows = getattr(self, "_resumed_rows", None), None
         kept, self._metrics_before_fit = getattr(self, "_metrics_before_fit", None), None
+        note, self._metrics_note = getattr(self, "_metrics_note", None), None
+        if note and self.trainer.ckpt_path is not None and log_dirs.metrics_file(self.trainer) is not None:
+            rank_zero_warn(note)
         if previous is not None and self.trainer.ckpt_path is not None:
             # the new version_N folder's metrics.csv begins with the checkpointed run's rows
             log_dirs.carry_over_metrics(self.trainer, previous, self.trainer.global_step,

@@ -338,3 +338,26 @@ def test_a_rollback_keeps_the_abandoned_runs_rollout_lines_beside_its_file(tmp_p
     assert steps("rollouts.jsonl") == list(range(1, 11))
     assert not (logs / "version_0" / "rollouts.abandoned-after-step10.jsonl").exists()
 
+
+def test_a_moved_run_folder_still_finds_its_metrics_for_the_resumed_curve(tmp_path):
+    """The checkpoint named the killed run's metrics.csv by its absolute path: after the run folder
+    moved, the resumed metrics.csv began at the checkpoint's step without a word (helper-86)."""
+    from lit_vr1.log_dirs import metrics_under_root, resumed_metrics
+
+    old, new = tmp_path / "cwdA" / "runs" / "a1", tmp_path / "cwdB" / "runs" / "a1"
+    (old / "logs" / "version_0").mkdir(parents=True)
+    csv = old / "logs" / "version_0" / "metrics.csv"
+    csv.write_text("step,loss\n1,0.5\n")
+    from lightning.pytorch.loggers import CSVLogger
+
+    trainer = SimpleNamespace(global_rank=0, default_root_dir=str(old),
+                              loggers=[CSVLogger(str(old), name="logs", version=0)])
+    assert metrics_under_root(trainer) == os.path.join("logs", "version_0", "metrics.csv")
+    assert resumed_metrics(str(csv), "logs/version_0/metrics.csv", str(old)) == (str(csv), None)
+    (tmp_path / "cwdA").rename(tmp_path / "cwdB")
+    assert resumed_metrics(str(csv), "logs/version_0/metrics.csv", str(new)) == (
+        str(new / "logs" / "version_0" / "metrics.csv"), None)
+    path, note = resumed_metrics(str(csv), None, str(new))  # a checkpoint of before 2026-12-07: said
+    assert path is None and note.startswith(f"the metrics.csv of the run this fit resumes is not at {csv}")
+    assert resumed_metrics(None, None, str(new)) == (None, None)  # no CSV logger then: nothing to say
+
