@@ -297,6 +297,7 @@ def check_sharded_folder(path: str) -> dict[str, Any]:
     a 109-185 line traceback at a missing shard): a :class:`CheckpointError` naming what
     :func:`sharded_missing` finds and the newest intact checkpoint beside it. Returns ``meta.pt``
     (the run's settings, loops and callbacks' states)."""
+    refuse_model_folder(path)
     missing = sharded_missing(path)
     if missing:
         raise CheckpointError(f"sharded checkpoint {path} is incomplete: {', '.join(missing)} missing{beside_hint(path)}")
@@ -309,12 +310,27 @@ def sharded_meta(path: str) -> dict[str, Any]:
     return torch.load(os.path.join(path, "meta.pt"), map_location="cpu", weights_only=True)
 
 
+def refuse_model_folder(path: str) -> None:
+    """A model folder (an export, save_pretrained's: config.json beside the weights) or a file of
+    one given where a training checkpoint is read (``--ckpt_path``): said as such, with the flag
+    that starts from it. It was told as a sharded checkpoint missing .metadata, or as a corrupt
+    checkpoint of so many bytes (a new user's trial)."""
+    folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    model_file = os.path.isfile(path) and path.endswith((".safetensors", ".bin", ".json"))
+    if (os.path.isdir(path) or model_file) and os.path.isfile(os.path.join(folder, "config.json")):
+        raise CheckpointError(f"{path} is {'a file of ' if model_file else ''}a model folder (an export: config.json "
+                              "and the weights), not a training checkpoint: start a new fit from it with "
+                              f"--model.init_args.model={folder}, without --ckpt_path (a checkpoint is a .ckpt file, "
+                              "or a sharded folder holding .metadata)")
+
+
 def check_checkpoint_file(path: str) -> None:
     """Raise :class:`CheckpointError` when ``path`` is empty, cut off or not a checkpoint,
     naming the newest intact checkpoint beside it (never suggesting an unsafe load). A sharded
     checkpoint's folder (:func:`is_sharded`) passes; its shards are checked as they are read."""
     if is_sharded(path):
         return
+    refuse_model_folder(path)
     if os.path.isdir(path):
         raise CheckpointError(f"checkpoint {path} is a folder but not a sharded checkpoint (no .metadata file in it)")
     if not os.path.isfile(path):

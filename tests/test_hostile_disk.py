@@ -361,3 +361,22 @@ def test_a_moved_run_folder_still_finds_its_metrics_for_the_resumed_curve(tmp_pa
     assert path is None and note.startswith(f"the metrics.csv of the run this fit resumes is not at {csv}")
     assert resumed_metrics(None, None, str(new)) == (None, None)  # no CSV logger then: nothing to say
 
+
+def test_a_model_folder_given_as_the_checkpoint_is_said_as_such(tmp_path):
+    """--ckpt_path <an export>: "sharded checkpoint ... .metadata, meta.pt missing", or a weights
+    file "corrupt or incomplete (3182968 bytes ...)" (helper-85)."""
+    from lit_vr1.checkpoint import check_checkpoint_file, check_sharded_folder
+
+    export = tmp_path / "stageA_model"
+    export.mkdir()
+    (export / "config.json").write_text("{}")
+    (export / "model.safetensors").write_bytes(b"x" * 100)
+    for check, path in ((check_sharded_folder, export), (check_checkpoint_file, export),
+                        (check_checkpoint_file, export / "model.safetensors")):
+        with pytest.raises(CheckpointError, match=rf"not a training checkpoint: start a new fit from it with "
+                                                  rf"--model.init_args.model={export}, without --ckpt_path"):
+            check(str(path))
+    (tmp_path / "x.ckpt").write_bytes(b"x" * 100)  # a broken checkpoint is still said as one
+    with pytest.raises(CheckpointError, match="is corrupt or incomplete"):
+        check_checkpoint_file(str(tmp_path / "x.ckpt"))
+

@@ -75,9 +75,25 @@ def test_min_max_pixels_bound_the_input_size(samples):
     assert h * w * 14 * 14 <= 56 * 56 and (h * 14) % 28 == 0 and (w * 14) % 28 == 0
 
 
-def test_bad_model_names_say_why(tmp_path):
-    with pytest.raises(ModelLoadError, match="missing"):
+def test_bad_model_names_say_why(tmp_path, monkeypatch):
+    with pytest.raises(ModelLoadError, match=r"nowhere': no such folder \(read from "):
         load_processor(str(tmp_path / "nowhere"))
+    # a training checkpoint, a weights file, a folder of checkpoints, a misspelt relative folder (helper-85:
+    # "no config.json ... not a valid JSON file", "of type None", a hub lookup's network errors)
+    (tmp_path / "runs" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "runs" / "checkpoints" / "last.ckpt").write_bytes(b"PK")
+    (tmp_path / "model.safetensors").write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelLoadError, match=r"is a training checkpoint, not a model folder: export it \(python -m "
+                                             r"lit_vr1.export runs/checkpoints/last.ckpt <folder>\)"):
+        load_processor("runs/checkpoints/last.ckpt")
+    with pytest.raises(ModelLoadError, match="'model.safetensors' is a file: a model is a folder holding config.json"):
+        load_processor("model.safetensors")
+    with pytest.raises(ModelLoadError, match=r"'runs/checkpoints' is a folder without config.json: it holds training "
+                                             r"checkpoints \(last.ckpt\); export one"):
+        load_processor("runs/checkpoints")
+    with pytest.raises(ModelLoadError, match=r"'runs/nonexistent_model': no such folder"):
+        load_processor("runs/nonexistent_model")
     with pytest.raises(ModelLoadError, match="tiny:qwen2_5_vl, tiny:qwen2_vl"):
         load_processor("tiny:llava")
     (tmp_path / "bert").mkdir()

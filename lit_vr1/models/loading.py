@@ -7,6 +7,7 @@ in-process. The supported model types are those of the registered families
 from __future__ import annotations
 
 import os
+import zipfile
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info
@@ -49,8 +50,40 @@ def check_model_type(name: str) -> str:
     return _config(name).model_type
 
 
+def not_a_model_folder(name: str) -> str | None:
+    """Why ``name`` is no model to load, when that can be told from the disk: a training
+    checkpoint (``.ckpt``) or a weights file given for a model folder, a folder without
+    ``config.json``, or a local path that does not exist (its first folder exists here, or it
+    starts with ``/``, ``.`` or ``~``). Each was told as a hub lookup that failed, or as "of
+    type None" (a new user's trial)."""
+    where = f"model {name!r}"
+    if os.path.isfile(name):
+        if name.endswith(".ckpt") or zipfile.is_zipfile(name):
+            return (f"{where} is a training checkpoint, not a model folder: export it (python -m lit_vr1.export {name} "
+                    "<folder>) and give the folder, or resume its run with --ckpt_path")
+        return (f"{where} is a file: a model is a folder holding config.json, the weights and the processor files "
+                "(what save_pretrained or python -m lit_vr1.export writes), or a hub name")
+    if os.path.isdir(name):
+        if os.path.isfile(os.path.join(name, "config.json")):
+            return None
+        ckpts = sorted(f for f in os.listdir(name) if f.endswith(".ckpt"))
+        return (f"{where} is a folder without config.json" + (
+            f": it holds training checkpoints ({', '.join(ckpts[:2])}); export one with python -m lit_vr1.export "
+            f"{os.path.join(name, ckpts[-1])} <folder> and give that folder" if ckpts else
+            ": a model folder holds config.json, the weights and the processor files (save_pretrained's)"))
+    if name.startswith("~") and os.path.exists(os.path.expanduser(name)):
+        return f"{where}: '~' is not read as the home folder here; give the full path, {os.path.expanduser(name)}"
+    first = name.split("/", 1)[0]
+    if name.startswith(("/", ".", "~")) or (first and first != name and os.path.isdir(first)):
+        return f"{where}: no such folder (read from {os.getcwd()})"
+    return None
+
+
 def _config(name: str):
     """The checkpoint's config, of a supported family, or a :class:`ModelLoadError`."""
+    problem = not_a_model_folder(name)
+    if problem:
+        raise ModelLoadError(problem)
     try:  # the raw config.json first: AutoConfig would ask to run a remote-code checkpoint's own code
         raw, _ = PretrainedConfig.get_config_dict(name)
     except (OSError, ValueError) as e:
