@@ -348,6 +348,12 @@ def test_a_bf16_merge_that_rounds_the_update_away_warns_and_float32_keeps_it(tmp
         loss = save_merged(policy, str(tmp_path / "fp32"), processor, dtype="float32")
     assert loss.lost == 0.0
     assert json.loads((tmp_path / "fp32" / "config.json").read_text())["dtype"] == "float32"
+    import os  # every file as the umask allows: the weights came out -rw------- beside -rw-r--r-- (helper-85)
+
+    mask = os.umask(0)
+    os.umask(mask)
+    assert {(tmp_path / "fp32" / name).stat().st_mode & 0o777 for name in os.listdir(tmp_path / "fp32")} == {
+        0o666 & ~mask}
     reloaded = AutoModelForImageTextToText.from_pretrained(str(tmp_path / "fp32"), dtype="auto")
     name, layer = next(iter(lora_layers(policy).items()))
     base = layer.get_base_layer().weight.float()

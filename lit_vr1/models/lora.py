@@ -20,6 +20,7 @@ import json
 import math
 import os
 import re
+import time
 import warnings
 from dataclasses import dataclass
 from typing import Literal
@@ -292,6 +293,22 @@ def merged_state_dict(model: nn.Module, device: str | torch.device = "cpu", dtyp
     return out
 
 
+def as_umask_allows(folder: str, since: float) -> None:
+    """Give the files written into ``folder`` since ``since`` the mode the process's umask allows
+    (``-rw-r--r--`` under 022): transformers writes the weights through a private temporary
+    file, so ``model.safetensors`` came out ``-rw-------`` beside ``-rw-r--r--`` processor files,
+    unreadable to the others of a shared cluster (a new user's trial)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in os.listdir(folder):
+        file = os.path.join(folder, name)
+        try:
+            if os.path.isfile(file) and not os.path.islink(file) and os.stat(file).st_mtime >= since - 1:
+                os.chmod(file, 0o666 & ~mask)
+        except OSError:  # another's file, or gone meanwhile: left as it is
+            continue
+
+
 def save_merged(model: nn.Module, path: str, processor=None, dtype: str | torch.dtype | None = None) -> MergeLoss | None:
     """Write ``model`` (adapters merged in, when it has any) and ``processor`` to ``path``
     with ``save_pretrained``: a plain checkpoint that ``from_pretrained`` loads. ``dtype``
@@ -300,6 +317,7 @@ def save_merged(model: nn.Module, path: str, processor=None, dtype: str | torch.
     :data:`MERGE_LOSS_WARNING` of it is lost a warning says how much and what to do. Returns
     the merge's :class:`MergeLoss` (None without adapters)."""
     os.makedirs(path, exist_ok=True)
+    started = time.time()
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     target = base_model(model) if is_lora(model) else model
     found: list[MergeLoss] = []
@@ -316,6 +334,7 @@ def save_merged(model: nn.Module, path: str, processor=None, dtype: str | torch.
             json.dump(config, f, indent=2, sort_keys=True)
     if processor is not None:
         processor.save_pretrained(path)
+    as_umask_allows(path, since=started)
     loss = found[0] if found else None
     if loss is not None and loss.lost > MERGE_LOSS_WARNING:
         kind = str(loss.dtype).removeprefix("torch.")
