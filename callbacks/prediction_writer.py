@@ -11,6 +11,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 from PIL import ImageDraw
 
+from lit_vr1 import run_record
 from lit_vr1.data.jsonl import predicted
 from lit_vr1.rewards.boxes import flatten_box, solution_boxes
 
@@ -54,6 +55,10 @@ class PredictionWriter(BasePredictionWriter):
         os.makedirs(os.path.join(self.output_dir, "images"), exist_ok=True)
         self._drawn: dict[str, int] = {}  # picture names drawn in this run, and how often
         open(self._jsonl(trainer), "w", encoding="utf-8").close()  # a new prediction run starts a new file
+        if trainer.global_rank == 0:  # which checkpoint, model, versions and seed wrote these answers
+            rec = getattr(pl_module, "_run_record", None) or run_record.record("predict", trainer, pl_module,
+                                                                               trainer.ckpt_path)
+            run_record.write(self.output_dir, rec)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         """A prediction that failed before its first answer leaves no empty file behind (read as

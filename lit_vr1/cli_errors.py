@@ -329,6 +329,9 @@ class LitVR1ArgumentParser(LightningArgumentParser):
         parser = getattr(ex, "subcommand_parser", None) or self
         flags = [s for action in parser._actions for s in action.option_strings if s.startswith("--")]
         prog = parser.prog.replace(" [options]", "")
+        sub = next((a for a in sys.argv[1:] if a in ("fit", "validate", "test", "predict")), None)
+        if " " not in prog and sub:  # the root parser (a config file's syntax): the subcommand's help all the same
+            prog = f"{prog} {sub}"
         text = condense(message, flags, self.config_files)
         about = self._about_unknown_keys(text)
         if about != "key":  # a value of the wrong type in a config file: which file

@@ -18,7 +18,7 @@ import os
 import shutil
 
 # what a run writes into its log folder before its first metric
-SETUP_FILES = frozenset({"config.yaml", "hparams.yaml"})
+SETUP_FILES = frozenset({"config.yaml", "hparams.yaml", "run.json"})
 
 
 def new_log_dirs(trainer) -> list[str]:

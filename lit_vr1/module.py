@@ -19,7 +19,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 
-from lit_vr1 import allocator, log_dirs, oom, parallel, preemption, replay_cache, resume_optimisers
+from lit_vr1 import allocator, log_dirs, oom, parallel, preemption, replay_cache, resume_optimisers, run_record
 from lit_vr1.checkpoint import (
     CheckpointError,
     SettingsRefused,
@@ -66,6 +66,7 @@ EVAL_TASKS = ("rec", "detection", "answer")
 # eval_task "answer": what validation logs (acc: HFRRF's layout and answer; answer_acc: the answer, any layout)
 ANSWER_FIGURES = ("acc", "answer_acc", "format", "tokens")
 RNG_KEY = "lit_vr1_rng_states"  # checkpoint key: one dict of global RNG states per process
+RUN_KEY = "lit_vr1_run"  # checkpoint key: the versions, seed and command of the run (lit_vr1.run_record)
 METRICS_KEY = "lit_vr1_metrics_csv"  # checkpoint key: the run's metrics.csv, carried over by a resume
 CLASS_KEY = "lit_vr1_module_class"  # checkpoint key: the module's class (the CLI's hparams name it; Python's do not)
 MODEL_DIR_KEY = "lit_vr1_model_dir"  # checkpoint key: the absolute path of a model given as a local folder
@@ -433,6 +434,10 @@ class VLMModule(LightningModule):
                 self._refuse_another_run(meta)
             save_at_rollout_ends(self.trainer)
             preemption.install(self.trainer)  # several processes stop together at a SIGTERM, last.ckpt saved
+        self._run_record = run_record.record(str(getattr(stage, "value", stage)), self.trainer, self,
+                                             selected_checkpoint(self.trainer) or self.trainer.ckpt_path)
+        if stage != "predict" and self.trainer.loggers and self.trainer.global_rank == 0 and self.trainer.log_dir:
+            run_record.write(self.trainer.log_dir, self._run_record)  # versions, seed, command (predict: its writer's)
         limit = {"fit": "limit_val_batches", "validate": "limit_val_batches", "test": "limit_test_batches"}.get(stage)
         if stage in ("validate", "test") and getattr(self.trainer, limit, None) == 0:  # Lightning would score nothing, silently
             command = getattr(stage, "value", stage)
@@ -730,6 +735,8 @@ class VLMModule(LightningModule):
         if self._configured() is not None:  # a resume that configures others is refused
             checkpoint[resume_optimisers.KEY] = self._configured()
         checkpoint[METRICS_KEY] = log_dirs.metrics_file(trainer)
+        if getattr(self, "_run_record", None) is not None:  # what the run was made with (lit_vr1.run_record)
+            checkpoint[RUN_KEY] = self._run_record
         checkpoint[METRICS_KEY + "_under_root"] = log_dirs.metrics_under_root(trainer) if trainer is not None else None
         if "hyper_parameters" in checkpoint:
             checkpoint["hyper_parameters"] = plain_settings(checkpoint["hyper_parameters"])

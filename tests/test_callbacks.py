@@ -131,6 +131,10 @@ def test_predict_through_the_cli_writes_jsonl_and_pngs_for_three_images(tmp_path
 
     assert Image.open(out / "images" / "train-0.png").size == (112, 112)  # scale 2
     assert f"PredictionWriter: answers in {out / 'predictions.jsonl'}" in proc.stdout + proc.stderr
+    # what wrote them (helper-86: a prediction folder named nothing of it)
+    run = json.loads((out / "run.json").read_text())
+    assert run["command"] == "predict" and run["model"] == "tiny:qwen2_5_vl" and run["checkpoint"] is None
+    assert run["versions"]["torch"] == __import__("torch").__version__ and "lit-vr1" in run["versions"]
     # without a writer among the callbacks, one writes under the run's root instead of nothing at all
     root = tmp_path / "run"
     plain = [*cmd[:-1], "--trainer.callbacks=[]", f"--trainer.default_root_dir={root}"]

@@ -303,6 +303,15 @@ def test_loggers_other_than_csv_receive_the_whole_config(tmp_path):
     assert config["model"]["init_args"]["optimizer"]["class_path"] == "torch.optim.AdamW"
     assert config["data"]["init_args"]["batch_size"] == 2
     assert list((tmp_path / "run").rglob("config.yaml"))  # the file, as before, in the CSV logger's folder
+    # beside it, what the run was made with: the seed drawn with, versions, command (helper-86: none of it)
+    run = json.loads(next((tmp_path / "run").rglob("run.json")).read_text())
+    assert run["command"] == "fit" and run["seed_everything"] == 0 and run["argv"][1:3] == ["fit", "--config"]
+    assert {"python", "torch", "transformers", "lightning", "lit-vr1"} <= set(run["versions"])
+    ckpt = next((tmp_path / "run").rglob("*.ckpt"), None)
+    if ckpt is not None:  # and the checkpoint keeps it
+        import torch
+
+        assert torch.load(ckpt, map_location="cpu", weights_only=False)["lit_vr1_run"]["versions"] == run["versions"]
 
 
 def test_a_refused_setting_under_ddp_is_said_once(tmp_path):
