@@ -493,8 +493,10 @@ def refuse_foreign_resume(what: str, differences: list[str]) -> None:
     settings (another run's checkpoint in the same folder, or a changed config)."""
     if differences:
         raise SettingsRefused(f"the checkpoint to resume was written by a run with another {what}: "
-                              + "; ".join(differences) + ". Resume with the run's own settings, or start fresh "
-                              "(leave out --ckpt_path) under another trainer.default_root_dir")
+                              + "; ".join(differences) + ". Resume with the run's own settings; or, to go on from "
+                              "its weights with the new ones, export the checkpoint (python -m lit_vr1.export <ckpt> "
+                              "<folder>) and start a new fit from it (--model.init_args.model=<folder>, without "
+                              "--ckpt_path) under another trainer.default_root_dir")
 
 
 def refuse_changed_resume(groups: dict[str, list[str]]) -> None:

@@ -221,6 +221,21 @@ def zero_learning_rate_note(optimizer: Any) -> str | None:
             "only wander; give it a learning rate (a warm-up scheduler scales it from 0 by itself)")
 
 
+def cosine_period_note(scheduler: Any, max_steps: int) -> str | None:
+    """A note when a ``CosineAnnealingLR`` reaches its low point before ``trainer.max_steps``:
+    torch's cosine is periodic (its rate climbs back after ``T_max`` steps, to the full rate at
+    ``2 x T_max``), so a run extended past ``T_max`` trained on at rising rates without a word
+    (a new user's trial: the rate went 0 at step 10, then 7e-6, ... 1e-4 at step 14)."""
+    from torch.optim.lr_scheduler import CosineAnnealingLR
+
+    if not isinstance(scheduler, CosineAnnealingLR) or max_steps is None or max_steps <= scheduler.T_max:
+        return None
+    return (f"model.lr_scheduler is a CosineAnnealingLR with T_max={scheduler.T_max} below trainer.max_steps="
+            f"{max_steps}: its rate reaches eta_min at step {scheduler.T_max} and climbs again after it (torch's cosine "
+            "is periodic). Set T_max to the run's max_steps (a resume refuses a changed T_max: to go on past it, "
+            "export the model and start a new fit from it)")
+
+
 # -- the Trainer under manual optimisation (Lightning refuses both too, with its own words) -------------
 @rule("trainer.gradient_clip_val", "fit", on="FitSetup")
 def no_trainer_gradient_clip(s: FitSetup) -> str | None:

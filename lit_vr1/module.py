@@ -37,7 +37,7 @@ from lit_vr1.checkpoint import (
     setting_differences,
     write_refused,
 )
-from lit_vr1.checks import check_master_weights, check_trainer, zero_learning_rate_note
+from lit_vr1.checks import check_master_weights, check_trainer, cosine_period_note, zero_learning_rate_note
 from lit_vr1.data.jsonl import loaded, predicted, scored
 from lit_vr1.evaluate import (
     PROMPTINGS,
@@ -391,6 +391,9 @@ class VLMModule(LightningModule):
         if note:
             rank_zero_warn(note)
         scheduler = None if self.scheduler_factory is None else self.scheduler_factory(opt)
+        note = cosine_period_note(scheduler, getattr(self._trainer, "max_steps", None))
+        if note:
+            rank_zero_warn(note)
         # as configured, before a resume restores the checkpoint's states over them
         self._configured_optimisers = (self.trainer, resume_optimisers.configured([opt], [scheduler] if scheduler else []))
         pending, self._resumed_optimisers = getattr(self, "_resumed_optimisers", None), None

@@ -145,3 +145,16 @@ def test_sampling_near_greedy_is_said():
     note = cold_sampling_note(0.01)
     assert note.startswith("model.grpo.temperature=0.01") and "train/groups_tied_frac" in note
 
+
+def test_a_cosine_that_ends_before_max_steps_is_said():
+    """Extended past T_max, torch's cosine climbed back (0 at step 10, 1e-4 at 14), unsaid (helper-85)."""
+    from lit_vr1.checks import cosine_period_note
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-4)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=10)
+    note = cosine_period_note(cosine, 14)
+    assert note.startswith("model.lr_scheduler is a CosineAnnealingLR with T_max=10 below trainer.max_steps=14")
+    assert cosine_period_note(cosine, 10) is None and cosine_period_note(cosine, -1) is None
+    assert cosine_period_note(None, 14) is None
+    assert cosine_period_note(torch.optim.lr_scheduler.LinearLR(opt, total_iters=5), 14) is None
+
