@@ -569,17 +569,21 @@ class VLMModule(LightningModule):
         and its loggers at its batch count), or, for a module whose training rows carry the
         optimiser step, to the loggers here at ``global_step``, beside the training row of the
         step evaluated."""
-        ours = self._rows_at_optimiser_step()
+        # validate / test of a checkpoint: at the checkpoint's step (Lightning's row read step 0, a new user's trial)
+        checkpoint = self.trainer.state.fn != "fit" and getattr(self, "_checkpoint_step", None) is not None
+        ours = self._rows_at_optimiser_step() or checkpoint
         for name, value in figures.items():
             # logger None (Lightning's default), not True: a Trainer(logger=False) gets no notice per figure
             self.log(name, value, prog_bar=name in prog_bar, logger=False if ours else None)
         if ours and not self.trainer.sanity_checking:  # Lightning logs no sanity check either
-            self.log_row({k: float(v) for k, v in figures.items() if v is not None})
+            self.log_row({k: float(v) for k, v in figures.items() if v is not None}, step=self._evaluated_step())
 
-    def log_row(self, row: dict[str, float]) -> None:
-        """Send ``row`` to every logger at the current optimiser step, nan values left out."""
+    def log_row(self, row: dict[str, float], step: int | None = None) -> None:
+        """Send ``row`` to every logger at ``step`` (the current optimiser step by default), nan
+        values left out."""
         for logger in self.loggers:
-            logger.log_metrics({k: v for k, v in row.items() if not math.isnan(v)}, step=self.global_step)
+            logger.log_metrics({k: v for k, v in row.items() if not math.isnan(v)},
+                               step=self.global_step if step is None else step)
 
     def _evaluated_step(self) -> int:
         """The optimiser step of the weights evaluated: the fit's own step while training; the

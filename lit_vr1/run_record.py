@@ -36,7 +36,7 @@ def versions() -> dict[str, str]:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             continue
-    out["torch"] = torch.__version__
+    out["torch"] = str(torch.__version__)  # a TorchVersion, which a weights-only checkpoint load refuses
     return out
 
 
@@ -93,7 +93,7 @@ def record(command: str, trainer: Any = None, module: Any = None, checkpoint: st
         "lit_vr1_source": source_commit(),
         "host": host(),
     }
-    return out
+    return json.loads(json.dumps(out, default=str))  # plain values only: checkpoints keep it (weights-only loads)
 
 
 def write(folder: str, rec: dict[str, Any]) -> str:

@@ -81,6 +81,14 @@ def test_a_resume_that_turns_the_reference_on_or_off_is_refused_naming_beta(tmp_
     read = lit_vr1(tmp_path, "validate", *small(root, data), "--model.init_args.grpo.beta=0.0",
                    f"--model.init_args.results_path={results}", "--ckpt_path", "last")
     assert read.returncode == 0 and results.is_file(), read.stderr[-2000:]
+    # its figures logged at the checkpoint's step (2), as results.json says, not at Lightning's 0 (helper-85)
+    import csv
+    import json
+
+    newest = max((root / "logs").glob("version_*"), key=lambda p: int(p.name.split("_")[1]))
+    rows = list(csv.DictReader(open(newest / "metrics.csv")))
+    assert [r["step"] for r in rows] == ["2"] and rows[0]["val/acc50"] != "", rows
+    assert json.loads(results.read_text())[-1]["step"] == 2
     # another model than the checkpoint's (a config's model over its settings): one line, not a 42-line traceback
     other = lit_vr1(tmp_path, "validate", *small(root, data), "--model.init_args.model=tiny:qwen2_vl",
                     "--ckpt_path", "last")
