@@ -88,6 +88,17 @@ def shadowed_callbacks_note() -> str | None:
             "folder")
 
 
+CKPT_PATH_HELP = {
+    True: ("The checkpoint to resume: a .ckpt file, a sharded checkpoint's folder (FSDP2), 'last' (the run root's "
+           "last.ckpt; an error when there is none) or 'last_or_new' (last.ckpt, else the newest checkpoint, else a "
+           "fresh start). Its model settings are this run's defaults. To start a new fit from a trained model, give "
+           "--model.init_args.model=<exported folder> instead."),
+    False: ("The checkpoint whose weights to read: a .ckpt file, a sharded checkpoint's folder, or 'last' (the run "
+            "root's last.ckpt). Its model settings are this run's defaults. Without it the model is read from "
+            "model.model."),
+}
+
+
 def shared_log_dir_note(trainer, ckpt_path: str | None) -> str | None:
     """A note for a fresh fit whose log folder (the first logger's) is not a ``version_N`` folder
     of its own and holds an earlier run's ``config.yaml``: a WandbLogger listed first writes the
@@ -144,6 +155,10 @@ class LitVR1CLI(LightningCLI):
         silently dropping every ``--model.*`` flag, e.g. ``results_path``). A broken file is
         reported by name (:func:`~lit_vr1.checkpoint.load_checkpoint_file`)."""
         argv = self._argv = nulls_as_json(list(sys.argv[1:] if args is None else args))
+        for name, sub in getattr(self, "_subcommand_parsers", {}).items():  # lit-vr1's own words, not Lightning's
+            for action in sub._actions:
+                if action.dest == "ckpt_path":
+                    action.help = CKPT_PATH_HELP[name == "fit"]
         if args is not None:
             args = argv
         LitVR1ArgumentParser.config_files = _flag_values(argv, ("--config", "-c"))
