@@ -439,8 +439,10 @@ class VLMModule(LightningModule):
             preemption.install(self.trainer)  # several processes stop together at a SIGTERM, last.ckpt saved
         self._run_record = run_record.record(str(getattr(stage, "value", stage)), self.trainer, self,
                                              selected_checkpoint(self.trainer) or self.trainer.ckpt_path)
-        if stage != "predict" and self.trainer.loggers and self.trainer.global_rank == 0 and self.trainer.log_dir:
-            run_record.write(self.trainer.log_dir, self._run_record)  # versions, seed, command (predict: its writer's)
+        if stage != "predict" and self.trainer.loggers:  # versions, seed, command (predict: its writer's)
+            folder = self.trainer.log_dir  # a broadcast under several processes: every process asks
+            if self.trainer.global_rank == 0 and folder:
+                run_record.write(folder, self._run_record)
         limit = {"fit": "limit_val_batches", "validate": "limit_val_batches", "test": "limit_test_batches"}.get(stage)
         if stage in ("validate", "test") and getattr(self.trainer, limit, None) == 0:  # Lightning would score nothing, silently
             command = getattr(stage, "value", stage)
