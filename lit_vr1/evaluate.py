@@ -67,18 +67,27 @@ def outside_image(box: Box | None, size: tuple[int, int], slack: float = 0.05) -
     return box[0] < -slack * w or box[1] < -slack * h or box[2] > (1 + slack) * w or box[3] > (1 + slack) * h
 
 
-def frame_note(outside: int, boxes: int, frame: str, split: str | None) -> str | None:
+def frame_note(outside: int, boxes: int, frame: str, split: str | None, sums: dict[str, float] | None = None,
+               n: int = 0) -> str | None:
     """A note when a quarter or more of the held-out answers' boxes reach past their images once
     read in ``frame`` (a wrong ``box_frame`` scores every answer 0, silently); None otherwise.
-    ``split``: the validation or test whose acc50 they spoil; None: a call of :func:`evaluate`."""
+    ``split``: the validation or test whose acc50 they spoil; None: a call of :func:`evaluate`.
+    ``sums`` / ``n`` (per frame, the IoUs summed over ``n`` answers, as :func:`better_frame_note`
+    reads them): when no other frame reads the boxes better, the note says the boxes are bad
+    whatever the frame (a model early in its training), not that the frame is wrong (a new
+    user's weak cold start was told to change ``box_frame``)."""
     if boxes == 0 or outside < 0.25 * boxes:
         return None
     head, what, told, setting = (("", "held-out boxes", f"{split}/acc50 counts them wrong", "model.box_frame")
                                  if split is not None else
                                  ("evaluate(): ", "boxes", "each scores IoU 0", "box_frame (e.g. box_frame=module.box_frame)"))
-    return (f"{head}{outside} of {boxes} {what} reach past their image once read in box_frame {frame} ({told}): a model "
-            "that answers in another frame (Qwen2-VL, Qwen3-VL: norm1000; Qwen2.5-VL: input_pixels, the pixels of the "
-            f"image it was fed) needs {setting} set to it")
+    said = f"{head}{outside} of {boxes} {what} reach past their image once read in box_frame {frame} ({told})"
+    if sums and n >= 10 and frame in sums and max(sums.values()) / n < sums[frame] / n + 0.05:
+        means = ", ".join(f"{f} {v / n:.3f}" for f, v in sums.items())
+        return (f"{said}, and no other box frame reads them better (mean IoU: {means}): the model does not write "
+                "boxes that fit its images yet (a short or weak training), rather than in another frame")
+    return (f"{said}: a model that answers in another frame (Qwen2-VL, Qwen3-VL: norm1000; Qwen2.5-VL: input_pixels, "
+            f"the pixels of the image it was fed) needs {setting} set to it")
 
 
 def better_frame_note(sums: dict[str, float], n: int, frame: str, split: str | None) -> str | None:
@@ -235,10 +244,11 @@ def evaluate(model: PreTrainedModel, processor: ProcessorMixin, samples: list[Sa
     result = summarise(in_batches(lambda batch: predict_rec(model, processor, batch, max_new_tokens, box_frame),
                                   samples, batch_size))
     boxes = [p for p in result.predictions if p.box is not None and p.sample.image_sizes]
-    note = frame_note(sum(outside_image(p.box, p.sample.image_sizes[0]) for p in boxes), len(boxes), box_frame, None)
     scored = [p for p in result.predictions if p.frame_ious]
-    note = note or better_frame_note({f: sum(p.frame_ious[f] for p in scored) for f in BOX_FRAMES}, len(scored),
-                                     box_frame, None)
+    sums = {f: sum(p.frame_ious[f] for p in scored) for f in BOX_FRAMES}
+    note = frame_note(sum(outside_image(p.box, p.sample.image_sizes[0]) for p in boxes), len(boxes), box_frame, None,
+                      sums, len(scored))
+    note = note or better_frame_note(sums, len(scored), box_frame, None)
     if note:
         warnings.warn(note, stacklevel=2)
     return result

@@ -613,8 +613,9 @@ class VLMModule(LightningModule):
             self._told_cut = True
             rank_zero_warn(note)
         frame = frame_of(self.policy, self.box_frame)
-        note = None if self._told_frame else (frame_note(outside, boxes, frame, split) or better_frame_note(
-            dict(zip(BOX_FRAMES, ious)), int(read), frame, split))
+        sums = dict(zip(BOX_FRAMES, ious))
+        note = None if self._told_frame else (frame_note(outside, boxes, frame, split, sums, int(read))
+                                              or better_frame_note(sums, int(read), frame, split))
         if note:
             self._told_frame = True
             rank_zero_warn(note)

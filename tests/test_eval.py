@@ -130,6 +130,13 @@ def test_a_wrong_box_frame_is_named_when_held_out_boxes_reach_past_their_images(
 
     assert outside_image((0, 0, 110, 50), (100, 100)) and not outside_image((0, 0, 104, 50), (100, 100))
     assert frame_note(1, 4, "norm1000", "val") is not None and frame_note(1, 5, "norm1000", "val") is None
+    # boxes that no frame reads better are bad boxes, not a wrong frame (helper-85: a weak cold start was told
+    # to change box_frame); another frame that reads them better keeps the frame's advice
+    bad = frame_note(199, 200, "input_pixels", "val", {"input_pixels": 2.0, "norm1000": 3.0}, 200)
+    assert "no other box frame reads them better (mean IoU: input_pixels 0.010, norm1000 0.015)" in bad
+    assert "box_frame set to it" not in bad
+    wrong = frame_note(199, 200, "input_pixels", "val", {"input_pixels": 2.0, "norm1000": 120.0}, 200)
+    assert "needs model.box_frame set to it" in wrong
 
     def answers(model, processor, batch, max_new_tokens, box_frame):  # every box twice the image's width; one cut
         return [Prediction(s, "[0, 0, 1, 1]", (0.0, 0.0, 2.0 * s.image_sizes[0][0], 10.0), 0.0, True,
