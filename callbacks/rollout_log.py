@@ -32,7 +32,8 @@ def rollout_records(module, step: int, rank: int) -> list[dict]:
             v = scores.per_reward[r, i].item()
             rewards[name] = None if math.isnan(v) else v
         out.append({
-            "step": step, "rank": rank, "id": ctx.id if ctx.written_id is None else ctx.written_id, "task": ctx.task, "source": ctx.source,
+            "step": step, "rank": rank, "id": ctx.id if ctx.written_id is None else ctx.written_id, "task": ctx.task,
+            "source": ctx.source,
             "prompt": ctx.prompt, "completion": completion,
             "solution": ctx.solution if isinstance(ctx.solution, str) else json.dumps(ctx.solution),
             "rewards": rewards, "total": scores.total[i].item(), "advantage": rollout.advantages[i].item(),

@@ -107,8 +107,8 @@ def test_choice_letters(pred):
 
 @pytest.mark.parametrize("pred", ["B。", "B,", "B！", "（B）", "Ｂ", "答案是B", "答案：Ｂ", "La réponse est B.",
                                   "Die Antwort ist B", "Ответ: B", "选 B 。", "选B", "答えはB",
-                                  "정답은 B", "답은 B", "la respuesta es B", "La respuesta correcta es B", "A resposta correta é B",
-                                  "La risposta corretta è B", "答えは「B」", "我选B，不选C"])
+                                  "정답은 B", "답은 B", "la respuesta es B", "La respuesta correcta es B",
+                                  "A resposta correta é B", "La risposta corretta è B", "答えは「B」", "我选B，不选C"])
 def test_choice_letters_in_other_languages_and_full_width_forms(pred):
     """A right answer written with CJK punctuation or in another language scored 0 (helper-81)."""
     assert extract_choice(pred) == "B"
