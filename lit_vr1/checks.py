@@ -492,6 +492,39 @@ def check_trainer(module: Any, trainer: Any) -> None:
     refuse([p for rule_fn in TRAINER_RULES if (p := rule_fn(setup))])
 
 
+FITTED = "_lit_vr1_fitted"  # set on a Trainer at each fit's start: a weak reference to the module it fits
+
+
+def reused_for_this_fit(module: Any, trainer: Any) -> str | None:
+    """Why a fit from Python cannot go on with what an earlier fit used, read at its start (after
+    a resume's restore, which sets both anew): a Trainer that already fitted another module
+    goes on from its step count (it stopped at once, ``max_steps`` reached, and the new module
+    trained no step, without a word from lit-vr1), and a ``ModelCheckpoint`` that saved in
+    another Trainer's fit keeps that fit's folder and last step (it saved nothing for the new
+    fit, and its ``last.ckpt`` held the old fit's weights; a sweep user's trial). None when
+    neither; a Trainer's second fit of its own module (training on) is not refused."""
+    import weakref
+
+    before = getattr(trainer, FITTED, None)
+    fitted = before() if before is not None else None
+    setattr(trainer, FITTED, weakref.ref(module))
+    if getattr(trainer, "ckpt_path", None):
+        return None
+    if before is not None and fitted is not module and trainer.global_step > 0:
+        return (f"this Trainer already ran a fit of another module (global_step {trainer.global_step}, max_steps "
+                f"{trainer.max_steps}): Lightning goes on from its step count, so this module would train "
+                f"{max(trainer.max_steps - trainer.global_step, 0) if trainer.max_steps > 0 else 'the rest of the'} "
+                "steps, or none; build a new Trainer for each fit")
+    if before is None:
+        for cb in getattr(trainer, "checkpoint_callbacks", None) or []:
+            saved = getattr(cb, "last_model_path", "") or getattr(cb, "best_model_path", "")
+            if saved:
+                return (f"the ModelCheckpoint given to this fit saved {saved} in an earlier fit: Lightning keeps that "
+                        "fit's folder and its last saved step, so it would save nothing for this one (or beside the "
+                        "other fit's checkpoints); give each fit its own ModelCheckpoint")
+    return None
+
+
 def _trainer_settings(grpo: Any, trainer: Any) -> dict[str, Any]:
     """The FitSetup fields read from the Trainer: its clip and accumulation settings (GRPO's
     only: SFT's automatic optimisation takes them) and its callbacks' class names."""

@@ -37,7 +37,13 @@ from lit_vr1.checkpoint import (
     setting_differences,
     write_refused,
 )
-from lit_vr1.checks import check_master_weights, check_trainer, cosine_period_note, zero_learning_rate_note
+from lit_vr1.checks import (
+    check_master_weights,
+    check_trainer,
+    cosine_period_note,
+    reused_for_this_fit,
+    zero_learning_rate_note,
+)
 from lit_vr1.data.jsonl import loaded, predicted, scored
 from lit_vr1.evaluate import (
     PROMPTINGS,
@@ -60,7 +66,7 @@ from lit_vr1.models.lora import LoraSpec, apply_lora, save_merged
 from lit_vr1.models.tiny_parts import TinySpec
 from lit_vr1.predict import frame_of, predict_records
 from lit_vr1.quiet import add_notice_filters, notices_back_on_error, remove_notice_filters
-from lit_vr1.rules import enforce, one_of, refuse, refuse_unknown_keywords, rule, settings_object
+from lit_vr1.rules import ConfigError, enforce, one_of, refuse, refuse_unknown_keywords, rule, settings_object
 
 EVAL_TASKS = ("rec", "detection", "answer")
 # eval_task "answer": what validation logs (acc: HFRRF's layout and answer; answer_acc: the answer, any layout)
@@ -659,9 +665,22 @@ class VLMModule(LightningModule):
         return [r for r, s in zip(records, batch) if id(s) in written]
 
     # -- export -----------------------------------------------------------------------------
+    def configure_callbacks(self):
+        """No callbacks of its own: Lightning asks for them before its own checks of a fit, so the
+        Trainer settings lit-vr1 cannot take are refused here in lit-vr1's words (a fit from
+        Python got Lightning's "Automatic gradient clipping is not supported for manual
+        optimization", with no word of ``model.grpo.gradient_clip_val``)."""
+        trainer = self._trainer
+        if trainer is not None and trainer.state.fn == "fit":
+            check_trainer(self, trainer)
+        return []
+
     def on_fit_start(self) -> None:
         super().on_fit_start()
         self._train_loop_ran = False  # set by on_train_start: a resume with no step left runs no training loop
+        refused = reused_for_this_fit(self, self.trainer)
+        if refused:
+            raise ConfigError(refused)
 
     def on_fit_end(self) -> None:
         """A resumed fit with no step left (its checkpoint at ``max_steps``: the run that trained
