@@ -4,6 +4,7 @@ completion, each reward, advantage) on the rich console and in the logger."""
 from __future__ import annotations
 
 import math
+import unicodedata
 
 from lightning.pytorch import Callback
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
@@ -12,6 +13,13 @@ from rich.console import Console
 from rich.table import Table
 
 from callbacks.rollout_log import fit_batch_index
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters other than newline and tab written as escapes (``\\x1b``):
+    a sampled completion can hold an escape sequence (the tiny tokenizer decodes one token to
+    ESC), which the console ran and a redirected log kept as raw bytes (a new user's trial)."""
+    return "".join(c if c in "\n\t" or unicodedata.category(c) != "Cc" else repr(c)[1:-1] for c in text)
 
 
 def rollout_rows(module, num_samples: int) -> tuple[list[str], list[list[str]]]:
@@ -23,7 +31,7 @@ def rollout_rows(module, num_samples: int) -> tuple[list[str], list[list[str]]]:
         values = [scores.per_reward[r, i].item() for r in range(len(scores.names))]
         rows.append([
             rollout.contexts[i].id,
-            rollout.completions[i],
+            printable(rollout.completions[i]),
             *("n/a" if math.isnan(v) else f"{v:.3f}" for v in values),
             f"{scores.total[i].item():.3f}",
             f"{rollout.advantages[i].item():+.3f}",

@@ -201,10 +201,10 @@ class SettingsRefused(CheckpointError):
     one machine's own."""
 
 
-class FolderInUse(CheckpointError):
-    """A fit refused because another fit writes into its checkpoint folder: the first process
-    finds it and tells the others (:func:`lock_folders_of_processes`), so every process raises it
-    alike and the CLI prints it on rank 0 alone."""
+class FolderRefused(CheckpointError):
+    """A fit refused its checkpoint folder: another fit writes into it, or this user cannot write
+    there. The first process finds it and tells the others (:func:`lock_folders_of_processes`),
+    so every process raises it alike and the CLI prints it on rank 0 alone."""
 
 
 def is_intact(path: str) -> bool:
@@ -662,11 +662,11 @@ def lock_folders_of_processes(trainer) -> None:
     if trainer.global_rank == 0:
         try:
             _lock_folders(trainer)
-        except FolderInUse as exc:
+        except FolderRefused as exc:
             refused = str(exc)
     refused = trainer.strategy.broadcast(refused, src=0)
     if refused:
-        raise FolderInUse(refused)
+        raise FolderRefused(refused)
 
 
 def _lock_folders(trainer) -> None:
@@ -676,8 +676,13 @@ def _lock_folders(trainer) -> None:
         if folder in _FOLDER_LOCKS:
             continue
         made = new_on_the_way(folder)  # the folders makedirs makes, outermost first
-        os.makedirs(folder, exist_ok=True)
-        fd = os.open(os.path.join(folder, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            os.makedirs(folder, exist_ok=True)
+            fd = os.open(os.path.join(folder, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
+        except PermissionError as exc:  # a read-only root: one line, not a 40-line traceback (a new user's trial)
+            raise FolderRefused(f"cannot write into the checkpoint folder {folder} ({exc.strerror}: {exc.filename}): "
+                                  "give --trainer.default_root_dir (or the ModelCheckpoint's dirpath) a folder this "
+                                  "user can write") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -685,7 +690,7 @@ def _lock_folders(trainer) -> None:
             os.close(fd)
             if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):  # no locks here (ENOLCK)
                 continue
-            raise FolderInUse(f"another fit (process {holder or 'unknown'}) is writing checkpoints into {folder}: "
+            raise FolderRefused(f"another fit (process {holder or 'unknown'}) is writing checkpoints into {folder}: "
                                   "wait for it to end, or give this one another --trainer.default_root_dir") from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())

@@ -599,14 +599,14 @@ def one_line_warning(message, category, filename, lineno, line=None) -> str:
 def same_on_every_process(error: BaseException) -> bool:
     """Whether every process of a run raises ``error`` alike: a refused setting (``ConfigError``)
     or a resume refused for a changed setting (``SettingsRefused``) is judged from what every
-    process reads, and a checkpoint folder in use (``FolderInUse``) from what the first tells
-    the others, so rank 0 says it alone (under DDP it was printed once per process); any other
+    process reads, and a checkpoint folder refused (``FolderRefused``: in use, not writable) from
+    what the first tells the others, so rank 0 says it alone (under DDP it was printed once per process); any other
     error, an out-of-memory one or a checkpoint file one machine lacks, may be one process's own
     and is printed where it happened."""
-    from lit_vr1.checkpoint import FolderInUse, SettingsRefused
+    from lit_vr1.checkpoint import FolderRefused, SettingsRefused
     from lit_vr1.rules import ConfigError
 
-    return isinstance(error, (ConfigError, SettingsRefused, FolderInUse))
+    return isinstance(error, (ConfigError, SettingsRefused, FolderRefused))
 
 
 def main(args: list[str] | None = None) -> None:

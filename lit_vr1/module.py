@@ -701,12 +701,17 @@ class VLMModule(LightningModule):
 
     def on_train_end(self) -> None:
         if self.export_dir:
+            replacing = os.path.isfile(os.path.join(self.export_dir, "config.json"))
             try:
                 self.export(self.export_dir)
             except Exception as e:  # training is done: a resume at max_steps would not export again
                 self.export_failed = True
                 e.add_note(export_note(self.trainer, self.export_dir))
                 raise
+            # where the model went, and what it replaced: two runs given one export_dir kept the last one's alone,
+            # and the log never named the folder (a new user's trial)
+            rank_zero_info(f"the trained policy is exported to {self.export_dir}"
+                           + (" (replacing the model that was there)" if replacing else ""))
         release_optimizer_state(self.trainer)
 
     @rank_zero_only

@@ -15,6 +15,13 @@ from lit_vr1.data.datamodule import collate
 from lit_vr1.grpo import GRPOModule
 
 
+def test_rollout_table_writes_control_characters_as_escapes():
+    """A completion holding ESC [2J cleared the console and put raw bytes in a redirected log (helper-89)."""
+    from callbacks.rollout_table import printable
+
+    assert printable("a\x1b[2Jb\x07 é 中\n\tc") == "a\\x1b[2Jb\\x07 é 中\n\tc"
+
+
 def test_rollout_table_prints_and_logs_to_tensorboard(samples, tmp_path, capsys):
     seed_everything(0)
     module = GRPOModule(rewards=[LengthReward()], grpo=GRPOConfig(num_generations=2, max_completion_length=8, beta=0.0))

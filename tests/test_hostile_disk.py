@@ -380,3 +380,18 @@ def test_a_model_folder_given_as_the_checkpoint_is_said_as_such(tmp_path):
     with pytest.raises(CheckpointError, match="is corrupt or incomplete"):
         check_checkpoint_file(str(tmp_path / "x.ckpt"))
 
+
+def test_a_checkpoint_folder_that_cannot_be_written_is_one_line(tmp_path, monkeypatch):
+    """A read-only root: a 40-line PermissionError traceback from the folder's lock (helper-89; as
+    root here, chmod does not stop a write, so the refusal is simulated)."""
+    from lit_vr1.checkpoint import FolderRefused, lock_checkpoint_folders
+
+    def refused(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(os, "makedirs", refused)
+    trainer = SimpleNamespace(world_size=1, checkpoint_callbacks=[SimpleNamespace(dirpath=str(tmp_path / "ro" / "ckpt"))])
+    with pytest.raises(FolderRefused, match=r"cannot write into the checkpoint folder .*ckpt \(Permission denied: "
+                                            r".*\): give --trainer.default_root_dir"):
+        lock_checkpoint_folders(trainer)
+
