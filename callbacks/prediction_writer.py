@@ -56,8 +56,9 @@ class PredictionWriter(BasePredictionWriter):
         self._drawn: dict[str, int] = {}  # picture names drawn in this run, and how often
         open(self._jsonl(trainer), "w", encoding="utf-8").close()  # a new prediction run starts a new file
         if trainer.global_rank == 0:  # which checkpoint, model, versions and seed wrote these answers
-            rec = getattr(pl_module, "_run_record", None) or run_record.record("predict", trainer, pl_module,
-                                                                               trainer.ckpt_path)
+            rec = dict(getattr(pl_module, "_run_record", None) or run_record.record("predict", trainer, pl_module))
+            if getattr(trainer, "ckpt_path", None):  # known once restored (from Python: not yet at setup)
+                rec["checkpoint"] = os.path.abspath(trainer.ckpt_path)
             run_record.write(self.output_dir, rec)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:

@@ -643,8 +643,8 @@ def export_of_another_run(trainer, export_dir: str | None) -> str | None:
     ckpt = selected_checkpoint(trainer)
     if not ckpt or not export_dir or not os.path.isfile(os.path.join(export_dir, "config.json")):
         return None
-    home = os.path.dirname(os.path.abspath(ckpt.rstrip(os.sep)))
-    if any(os.path.abspath(folder) == home for folder in _checkpoint_folders(trainer)):
+    home = os.path.dirname(os.path.realpath(ckpt.rstrip(os.sep)))
+    if any(os.path.realpath(folder) == home for folder in _checkpoint_folders(trainer)):
         return None  # this run's own checkpoint: its export is this run's to write
     return (f"model.export_dir={export_dir} already holds a model, and this fit resumes {ckpt}, another run's "
             "checkpoint (whose settings, its export_dir among them, are this fit's defaults): its export would be "
@@ -662,8 +662,8 @@ def lock_folders_of_processes(trainer) -> None:
     if trainer.global_rank == 0:
         try:
             _lock_folders(trainer)
-        except FolderRefused as exc:
-            refused = str(exc)
+        except Exception as exc:  # anything: the others wait in the broadcast below, and must hear of it
+            refused = str(exc) if isinstance(exc, FolderRefused) else f"{type(exc).__name__}: {exc}"
     refused = trainer.strategy.broadcast(refused, src=0)
     if refused:
         raise FolderRefused(refused)
@@ -679,7 +679,7 @@ def _lock_folders(trainer) -> None:
         try:
             os.makedirs(folder, exist_ok=True)
             fd = os.open(os.path.join(folder, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o644)
-        except PermissionError as exc:  # a read-only root: one line, not a 40-line traceback (a new user's trial)
+        except OSError as exc:  # a read-only root or mount, a full disk: one line, not a 40-line traceback (a trial)
             raise FolderRefused(f"cannot write into the checkpoint folder {folder} ({exc.strerror}: {exc.filename}): "
                                   "give --trainer.default_root_dir (or the ModelCheckpoint's dirpath) a folder this "
                                   "user can write") from None

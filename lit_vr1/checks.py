@@ -508,7 +508,9 @@ def reused_for_this_fit(module: Any, trainer: Any) -> str | None:
     before = getattr(trainer, FITTED, None)
     fitted = before() if before is not None else None
     setattr(trainer, FITTED, weakref.ref(module))
-    if getattr(trainer, "ckpt_path", None):
+    from lit_vr1.checkpoint import selected_checkpoint
+
+    if selected_checkpoint(trainer) or getattr(trainer, "ckpt_path", None):  # a resume: its restore sets both anew
         return None
     if before is not None and fitted is not module and trainer.global_step > 0:
         return (f"this Trainer already ran a fit of another module (global_step {trainer.global_step}, max_steps "

@@ -84,6 +84,11 @@ def metrics_under_root(trainer) -> str | None:
     return os.path.relpath(path, root)
 
 
+def under_root(relative: str | None, root: str | None) -> str | None:
+    """``relative`` (a metrics.csv's path under a run root) under ``root`` (this run's), absolute."""
+    return os.path.join(os.path.abspath(root or os.getcwd()), relative) if relative else None
+
+
 def resumed_metrics(saved: str | None, relative: str | None, root: str | None) -> tuple[str | None, str | None]:
     """The metrics.csv of the run a checkpoint was saved in: ``saved`` (its absolute path then),
     else ``relative`` under this run's ``root`` (the run folder moved since), and a note when
@@ -91,7 +96,7 @@ def resumed_metrics(saved: str | None, relative: str | None, root: str | None) -
     step (a new user's trial: steps 1-4 lost from the whole curve after a move)."""
     if saved is None or os.path.isfile(saved):
         return saved, None
-    moved = os.path.join(os.path.abspath(root or os.getcwd()), relative) if relative else None
+    moved = under_root(relative, root)
     if moved is not None and os.path.isfile(moved):
         return moved, None
     return None, (f"the metrics.csv of the run this fit resumes is not at {saved}"

@@ -578,7 +578,8 @@ class VLMModule(LightningModule):
         optimiser step, to the loggers here at ``global_step``, beside the training row of the
         step evaluated."""
         # validate / test of a checkpoint: at the checkpoint's step (Lightning's row read step 0, a new user's trial)
-        checkpoint = self.trainer.state.fn != "fit" and getattr(self, "_checkpoint_step", None) is not None
+        checkpoint = (self.trainer.state.fn != "fit" and bool(self.trainer.ckpt_path)
+                      and getattr(self, "_checkpoint_step", None) is not None)
         ours = self._rows_at_optimiser_step() or checkpoint
         for name, value in figures.items():
             # logger None (Lightning's default), not True: a Trainer(logger=False) gets no notice per figure
@@ -597,8 +598,8 @@ class VLMModule(LightningModule):
         """The optimiser step of the weights evaluated: the fit's own step while training; the
         checkpoint's under ``validate`` / ``test --ckpt_path`` (Lightning restores its step
         counter for a fit only, so ``global_step`` reads 0 there)."""
-        if self.trainer.state.fn != "fit" and getattr(self, "_checkpoint_step", None) is not None:
-            return self._checkpoint_step
+        if self.trainer.state.fn != "fit" and self.trainer.ckpt_path and getattr(self, "_checkpoint_step", None) is not None:
+            return self._checkpoint_step  # (a checkpoint loaded by an earlier call is not this one's)
         return int(self.global_step)
 
     def _note_eval_counts(self, split: str) -> None:
@@ -681,6 +682,12 @@ class VLMModule(LightningModule):
         refused = reused_for_this_fit(self, self.trainer)
         if refused:
             raise ConfigError(refused)
+        rec = getattr(self, "_run_record", None)
+        if rec is not None and rec.get("checkpoint") is None and self.trainer.ckpt_path and self.trainer.loggers:
+            rec["checkpoint"] = os.path.abspath(self.trainer.ckpt_path)  # a resume from Python: known once restored
+            folder = self.trainer.log_dir  # a broadcast under several processes: every process asks
+            if self.trainer.global_rank == 0 and folder:
+                run_record.write(folder, rec)
 
     def on_fit_end(self) -> None:
         """A resumed fit with no step left (its checkpoint at ``max_steps``: the run that trained
@@ -741,19 +748,30 @@ class VLMModule(LightningModule):
         refuse_changed_resume({"model": model, **data_differences(self.trainer, checkpoint)})
 
     def _refuse_another_model(self, checkpoint: dict, command: str) -> None:
-        """``validate``, ``test`` or ``predict`` of a checkpoint whose weights belong to another
-        model than the one built (a config's ``model`` over the checkpoint's, which are only the
-        defaults): one line naming the settings, where strict loading gave a 42-line traceback of
-        missing keys (a new user's trial). Settings that change no weight name (frozen parts) are
-        not compared."""
+        """``validate``, ``test`` or ``predict`` of a checkpoint whose weights do not fit the model
+        built (a config's ``model`` over the checkpoint's, which are only the defaults): one line
+        naming the settings that differ, where strict loading gave a 42-line traceback of missing
+        keys (a new user's trial). Judged by what strict loading checks, the weights' names and
+        shapes, so another spelling of the same folder (relative or absolute, moved) loads as before."""
+        state = checkpoint.get("state_dict")
+        if not isinstance(state, dict):  # FSDP2 and DeepSpeed read their folders themselves
+            return
+        mine = self.state_dict()
+        missing = sum(k not in state for k in mine)
+        unexpected = sum(k not in mine for k in state)
+        reshaped = sum(k in mine and getattr(v, "shape", None) is not None and tuple(v.shape) != tuple(mine[k].shape)
+                       for k, v in state.items())
+        if not (missing or unexpected or reshaped):
+            return
         keys = tuple(k for k in model_identity(self.model_name) if k in ("model", "tiny_spec", "lora"))
         differences = setting_differences(plain_settings(checkpoint.get("hyper_parameters") or {}),
                                           plain_settings(dict(self.hparams)), keys, "model")
-        if differences:
-            raise SettingsRefused(
-                f"{self.trainer.ckpt_path} holds the weights of another model than this {command} builds: "
-                + "; ".join(differences) + ". The checkpoint's settings are the defaults: leave the model settings "
-                "out of the command and its configs, or give the checkpoint's (e.g. --model.init_args.model=...)")
+        raise SettingsRefused(
+            f"{self.trainer.ckpt_path} holds the weights of another model than this {command} builds: "
+            + ("; ".join(differences) + " " if differences else "")
+            + f"({missing} weights missing, {unexpected} not this model's, {reshaped} of other shapes). The "
+            "checkpoint's settings are the defaults: leave the model settings out of the command and its configs, "
+            "or give the checkpoint's (e.g. --model.init_args.model=...)")
 
     # -- checkpoints: with LoRA only the trainable weights; every process's RNG states -----------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -844,10 +862,13 @@ class VLMModule(LightningModule):
             else:  # compared when configure_optimizers builds them
                 self._resumed_optimisers = saved
         self._checkpoint_step = checkpoint.get("global_step")
-        self._resumed_metrics, self._metrics_note = log_dirs.resumed_metrics(
-            checkpoint.get(METRICS_KEY), checkpoint.get(METRICS_KEY + "_under_root"),
-            getattr(trainer, "default_root_dir", None))
         kept = getattr(self, "_metrics_before_fit", None)  # the file this run logs into, as prepare_data kept it
+        saved, under = checkpoint.get(METRICS_KEY), checkpoint.get(METRICS_KEY + "_under_root")
+        root = getattr(trainer, "default_root_dir", None)
+        if kept is not None and kept[0] in (saved, log_dirs.under_root(under, root)):  # a pinned version: its copy
+            self._resumed_metrics, self._metrics_note = kept[0], None
+        else:
+            self._resumed_metrics, self._metrics_note = log_dirs.resumed_metrics(saved, under, root)
         self._resumed_rows = (log_dirs.read_rows(kept[1]) if kept is not None and kept[0] == self._resumed_metrics
                               else None)
         loops = checkpoint.get("loops") or {}

@@ -395,3 +395,33 @@ def test_a_checkpoint_folder_that_cannot_be_written_is_one_line(tmp_path, monkey
                                             r".*\): give --trainer.default_root_dir"):
         lock_checkpoint_folders(trainer)
 
+
+def test_every_process_hears_why_the_first_could_not_take_the_folder(tmp_path, monkeypatch):
+    """Under several processes the first takes the lock and broadcasts the outcome: any error of
+    its own (a read-only mount's EROFS, not only another fit's lock) reaches the others, which
+    waited in the broadcast (helper-90's review)."""
+    import errno
+
+    from lit_vr1 import checkpoint
+    from lit_vr1.checkpoint import FolderRefused, lock_folders_of_processes
+
+    told = []
+
+    def trainer(rank):
+        return SimpleNamespace(world_size=2, global_rank=rank, checkpoint_callbacks=[
+            SimpleNamespace(dirpath=str(tmp_path / "ckpt"))], strategy=SimpleNamespace(
+            broadcast=lambda obj, src: told.append(obj) or (told[0] if rank else obj)))
+
+    def read_only(path, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(os, "makedirs", read_only)
+    with pytest.raises(FolderRefused, match="Read-only file system"):
+        lock_folders_of_processes(trainer(0))
+    with pytest.raises(FolderRefused, match="Read-only file system"):  # the second process: what the first said
+        lock_folders_of_processes(trainer(1))
+    monkeypatch.setattr(checkpoint, "_checkpoint_folders", lambda t: 1 / 0)
+    told.clear()
+    with pytest.raises(FolderRefused, match="ZeroDivisionError"):
+        lock_folders_of_processes(trainer(0))
+

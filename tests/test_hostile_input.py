@@ -138,7 +138,7 @@ def cli(tmp_path, *args, env=None):
 @pytest.mark.parametrize("flag, message", [
     ("--data.init_args.bad_rows=ignore", "data.bad_rows='ignore' is not valid; choose raise"),
     ("--model.init_args.model=tiny:llava", "no tiny model of family 'llava'"),
-    ("--model.init_args.model=/nowhere/model", "'/nowhere/model' cannot be loaded"),
+    ("--model.init_args.model=/nowhere/model", "model '/nowhere/model': no such folder (read from "),
     ("--data.init_args.train_files=x.jsonl", "data.train_files needs data.train_images"),
     ("--model.init_args.dtype=foo", "model.dtype='foo' is not valid; choose one of float32, bfloat16, float16, auto"),
 ])

@@ -92,7 +92,7 @@ def test_bad_model_names_say_why(tmp_path, monkeypatch):
     with pytest.raises(ModelLoadError, match=r"'runs/checkpoints' is a folder without config.json: it holds training "
                                              r"checkpoints \(last.ckpt\); export one"):
         load_processor("runs/checkpoints")
-    with pytest.raises(ModelLoadError, match=r"'runs/nonexistent_model': no such folder"):
+    with pytest.raises(ModelLoadError, match=r"'runs/nonexistent_model': no such folder under runs/"):
         load_processor("runs/nonexistent_model")
     with pytest.raises(ModelLoadError, match="tiny:qwen2_5_vl, tiny:qwen2_vl"):
         load_processor("tiny:llava")

@@ -71,6 +71,9 @@ def test_a_resume_that_turns_the_reference_on_or_off_is_refused_naming_beta(tmp_
     root, data = tmp_path / "run", tmp_path / "data"
     first = lit_vr1(tmp_path, "fit", *small(root, data), "--model.init_args.grpo.beta=0.04")
     assert first.returncode == 0, first.stderr[-2000:]
+    # the checkpoint keeps what the run was made with (run.json's record), loadable weights-only
+    kept = torch.load(root / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["lit_vr1_run"]
+    assert kept["command"] == "fit" and kept["versions"]["torch"] == str(torch.__version__)
     off = lit_vr1(tmp_path, "fit", *small(root, data), "--model.init_args.grpo.beta=0.0", "--trainer.max_steps=3",
                   "--ckpt_path", "last")
     assert off.returncode == 2 and "Traceback" not in off.stderr, off.stderr[-2000:]

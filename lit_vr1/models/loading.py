@@ -73,10 +73,9 @@ def not_a_model_folder(name: str) -> str | None:
             ": a model folder holds config.json, the weights and the processor files (save_pretrained's)"))
     if name.startswith("~") and os.path.exists(os.path.expanduser(name)):
         return f"{where}: '~' is not read as the home folder here; give the full path, {os.path.expanduser(name)}"
-    first = name.split("/", 1)[0]
-    if name.startswith(("/", ".", "~")) or (first and first != name and os.path.isdir(first)):
+    if name.startswith(("/", ".", "~")):
         return f"{where}: no such folder (read from {os.getcwd()})"
-    return None
+    return None  # a hub name, or a relative folder that is not here: the loader's error below says both
 
 
 def _config(name: str):
@@ -87,6 +86,10 @@ def _config(name: str):
     try:  # the raw config.json first: AutoConfig would ask to run a remote-code checkpoint's own code
         raw, _ = PretrainedConfig.get_config_dict(name)
     except (OSError, ValueError) as e:
+        first = name.split("/", 1)[0]
+        if first != name and os.path.isdir(first):  # runs/nonexistent_model: a folder here more likely than a hub name
+            raise ModelLoadError(f"model {name!r}: no such folder under {first}/ (read from {os.getcwd()}), and no hub "
+                                 "model of that name could be read (offline, or none)") from None
         where = "local path" if os.path.sep in name or os.path.exists(name) else "name"
         raise ModelLoadError(
             f"model {name!r} cannot be loaded: the {where} is missing or holds no config.json "

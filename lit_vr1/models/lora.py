@@ -293,13 +293,24 @@ def merged_state_dict(model: nn.Module, device: str | torch.device = "cpu", dtyp
     return out
 
 
+def process_umask() -> int:
+    """The process's umask, read without changing it where Linux says it (``Umask:`` in
+    /proc/self/status); elsewhere set and restored (not safe beside threads creating files)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0)
+        os.umask(mask)
+        return mask
+
+
 def as_umask_allows(folder: str, since: float) -> None:
     """Give the files written into ``folder`` since ``since`` the mode the process's umask allows
     (``-rw-r--r--`` under 022): transformers writes the weights through a private temporary
     file, so ``model.safetensors`` came out ``-rw-------`` beside ``-rw-r--r--`` processor files,
     unreadable to the others of a shared cluster (a new user's trial)."""
-    mask = os.umask(0)
-    os.umask(mask)
+    mask = process_umask()
     for name in os.listdir(folder):
         file = os.path.join(folder, name)
         try:
