@@ -162,11 +162,12 @@ def drop_steps_after(path: str, step: int, keep: bool = False) -> int:
             except ValueError:
                 dropped += 1
                 continue
+            line = line if line.endswith("\n") else line + "\n"
             if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] > step:
                 dropped += 1
-                later.append(line if line.endswith("\n") else line + "\n")
+                later.append(line)
             else:
-                kept.append(line if line.endswith("\n") else line + "\n")
+                kept.append(line)
     if keep and later:
         with open(abandoned_file(path, step), "a", encoding="utf-8") as f:
             f.writelines(later)

@@ -505,11 +505,11 @@ def reused_for_this_fit(module: Any, trainer: Any) -> str | None:
     neither; a Trainer's second fit of its own module (training on) is not refused."""
     import weakref
 
+    from lit_vr1.checkpoint import selected_checkpoint
+
     before = getattr(trainer, FITTED, None)
     fitted = before() if before is not None else None
     setattr(trainer, FITTED, weakref.ref(module))
-    from lit_vr1.checkpoint import selected_checkpoint
-
     if selected_checkpoint(trainer) or getattr(trainer, "ckpt_path", None):  # a resume: its restore sets both anew
         return None
     if before is not None and fitted is not module and trainer.global_step > 0:

@@ -84,20 +84,19 @@ def metrics_under_root(trainer) -> str | None:
     return os.path.relpath(path, root)
 
 
-def under_root(relative: str | None, root: str | None) -> str | None:
-    """``relative`` (a metrics.csv's path under a run root) under ``root`` (this run's), absolute."""
-    return os.path.join(os.path.abspath(root or os.getcwd()), relative) if relative else None
-
-
-def resumed_metrics(saved: str | None, relative: str | None, root: str | None) -> tuple[str | None, str | None]:
+def resumed_metrics(saved: str | None, relative: str | None, root: str | None,
+                    pinned: str | None = None) -> tuple[str | None, str | None]:
     """The metrics.csv of the run a checkpoint was saved in: ``saved`` (its absolute path then),
     else ``relative`` under this run's ``root`` (the run folder moved since), and a note when
     neither is there: without it the resumed metrics.csv silently began after the checkpoint's
-    step (a new user's trial: steps 1-4 lost from the whole curve after a move)."""
-    if saved is None or os.path.isfile(saved):
+    step (a new user's trial: steps 1-4 lost from the whole curve after a move). ``pinned``: the
+    file this run logs into when it exists already (a CSV logger's pinned ``version``, which
+    Lightning's writer empties as it starts: its rows were kept aside, see :func:`keep_metrics`),
+    taken when it is either of those."""
+    moved = os.path.join(os.path.abspath(root or os.getcwd()), relative) if relative else None
+    if saved is None or os.path.isfile(saved) or (pinned is not None and pinned == saved):
         return saved, None
-    moved = under_root(relative, root)
-    if moved is not None and os.path.isfile(moved):
+    if moved is not None and (os.path.isfile(moved) or pinned == moved):
         return moved, None
     return None, (f"the metrics.csv of the run this fit resumes is not at {saved}"
                   + (f" nor at {moved}" if moved else "") + " (the run folder moved, or its logs were removed): this "

@@ -445,10 +445,8 @@ class VLMModule(LightningModule):
             preemption.install(self.trainer)  # several processes stop together at a SIGTERM, last.ckpt saved
         self._run_record = run_record.record(str(getattr(stage, "value", stage)), self.trainer, self,
                                              selected_checkpoint(self.trainer) or self.trainer.ckpt_path)
-        if stage != "predict" and self.trainer.loggers:  # versions, seed, command (predict: its writer's)
-            folder = self.trainer.log_dir  # a broadcast under several processes: every process asks
-            if self.trainer.global_rank == 0 and folder:
-                run_record.write(folder, self._run_record)
+        if stage != "predict":  # versions, seed, command (predict: its writer's, beside the predictions)
+            self._write_run_record()
         limit = {"fit": "limit_val_batches", "validate": "limit_val_batches", "test": "limit_test_batches"}.get(stage)
         if stage in ("validate", "test") and getattr(self.trainer, limit, None) == 0:  # Lightning would score nothing, silently
             command = getattr(stage, "value", stage)
@@ -578,9 +576,7 @@ class VLMModule(LightningModule):
         optimiser step, to the loggers here at ``global_step``, beside the training row of the
         step evaluated."""
         # validate / test of a checkpoint: at the checkpoint's step (Lightning's row read step 0, a new user's trial)
-        checkpoint = (self.trainer.state.fn != "fit" and bool(self.trainer.ckpt_path)
-                      and getattr(self, "_checkpoint_step", None) is not None)
-        ours = self._rows_at_optimiser_step() or checkpoint
+        ours = self._rows_at_optimiser_step() or self._evaluating_a_checkpoint()
         for name, value in figures.items():
             # logger None (Lightning's default), not True: a Trainer(logger=False) gets no notice per figure
             self.log(name, value, prog_bar=name in prog_bar, logger=False if ours else None)
@@ -598,9 +594,13 @@ class VLMModule(LightningModule):
         """The optimiser step of the weights evaluated: the fit's own step while training; the
         checkpoint's under ``validate`` / ``test --ckpt_path`` (Lightning restores its step
         counter for a fit only, so ``global_step`` reads 0 there)."""
-        if self.trainer.state.fn != "fit" and self.trainer.ckpt_path and getattr(self, "_checkpoint_step", None) is not None:
-            return self._checkpoint_step  # (a checkpoint loaded by an earlier call is not this one's)
-        return int(self.global_step)
+        return self._checkpoint_step if self._evaluating_a_checkpoint() else int(self.global_step)
+
+    def _evaluating_a_checkpoint(self) -> bool:
+        """Whether this validate / test / predict reads a checkpoint, whose step is known (one
+        loaded by an earlier call is not this one's: ``trainer.ckpt_path`` is then unset)."""
+        return (self.trainer.state.fn != "fit" and bool(self.trainer.ckpt_path)
+                and getattr(self, "_checkpoint_step", None) is not None)
 
     def _note_eval_counts(self, split: str) -> None:
         """Say once each, with every process's counts summed: held-out answers cut short at
@@ -683,11 +683,17 @@ class VLMModule(LightningModule):
         if refused:
             raise ConfigError(refused)
         rec = getattr(self, "_run_record", None)
-        if rec is not None and rec.get("checkpoint") is None and self.trainer.ckpt_path and self.trainer.loggers:
+        if rec is not None and rec.get("checkpoint") is None and self.trainer.ckpt_path:
             rec["checkpoint"] = os.path.abspath(self.trainer.ckpt_path)  # a resume from Python: known once restored
-            folder = self.trainer.log_dir  # a broadcast under several processes: every process asks
-            if self.trainer.global_rank == 0 and folder:
-                run_record.write(folder, rec)
+            self._write_run_record()
+
+    def _write_run_record(self) -> None:
+        """:attr:`_run_record` as ``run.json`` in the logger's folder (none without a logger)."""
+        if not self.trainer.loggers:
+            return
+        folder = self.trainer.log_dir  # a broadcast under several processes: every process asks
+        if self.trainer.global_rank == 0 and folder:
+            run_record.write(folder, self._run_record)
 
     def on_fit_end(self) -> None:
         """A resumed fit with no step left (its checkpoint at ``max_steps``: the run that trained
@@ -863,12 +869,9 @@ class VLMModule(LightningModule):
                 self._resumed_optimisers = saved
         self._checkpoint_step = checkpoint.get("global_step")
         kept = getattr(self, "_metrics_before_fit", None)  # the file this run logs into, as prepare_data kept it
-        saved, under = checkpoint.get(METRICS_KEY), checkpoint.get(METRICS_KEY + "_under_root")
-        root = getattr(trainer, "default_root_dir", None)
-        if kept is not None and kept[0] in (saved, log_dirs.under_root(under, root)):  # a pinned version: its copy
-            self._resumed_metrics, self._metrics_note = kept[0], None
-        else:
-            self._resumed_metrics, self._metrics_note = log_dirs.resumed_metrics(saved, under, root)
+        self._resumed_metrics, self._metrics_note = log_dirs.resumed_metrics(
+            checkpoint.get(METRICS_KEY), checkpoint.get(METRICS_KEY + "_under_root"),
+            getattr(trainer, "default_root_dir", None), pinned=kept[0] if kept is not None else None)
         self._resumed_rows = (log_dirs.read_rows(kept[1]) if kept is not None and kept[0] == self._resumed_metrics
                               else None)
         loops = checkpoint.get("loops") or {}
