@@ -21,6 +21,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+from lit_vr1.data.folder_lock import drawing
 from lit_vr1.data.synthetic import SyntheticSpec, write_synthetic
 
 SHIFTS: dict[str, dict] = {
@@ -68,8 +69,9 @@ def write_ood(data_dir: str, spec: SyntheticSpec, shifts: list[str], num_samples
         folder = Path(data_dir) / f"ood_{shift}"
         shifted = shifted_spec(spec, shift, num_samples)
         stamp, wanted = folder / "val.spec.json", json.dumps(vars(shifted), sort_keys=True)
-        if not ((folder / "val.jsonl").is_file() and stamp.is_file() and stamp.read_text() == wanted):
-            write_synthetic(folder, shifted, "val")
-            stamp.write_text(wanted)
+        with drawing(str(folder)):  # two demos at once: one draws, the other reads what it drew
+            if not ((folder / "val.jsonl").is_file() and stamp.is_file() and stamp.read_text() == wanted):
+                write_synthetic(folder, shifted, "val")
+                stamp.write_text(wanted)
         folders[shift] = str(folder)
     return folders

@@ -14,6 +14,7 @@ from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from lit_vr1.checkpoint import refuse_changed_resume, setting_differences
+from lit_vr1.data.folder_lock import ReadLock, SyntheticFolderInUse, drawing, in_use_message
 from lit_vr1.data.jsonl import (
     FailedRow,
     JsonlDataset,
@@ -201,6 +202,7 @@ class GroundingDataModule(LightningDataModule):
         self.synthetic = synthetic
         self.synthetic_dir = synthetic_dir
         self._drawn: dict[str, tuple[Path, str]] = {}  # split -> (stamp file, the spec stamp its rows were read under)
+        self._reading = ReadLock()  # a Trainer stage's hold on the synthetic folder (folder_lock)
         self.num_val_samples = num_val_samples
         self.val_batch_size = val_batch_size or batch_size
         self.shuffle_seed = shuffle_seed
@@ -244,23 +246,42 @@ class GroundingDataModule(LightningDataModule):
         return str(root / f"{split}.jsonl"), str(root / "images")
 
     def prepare_data(self) -> None:
-        """Write the synthetic splits once (rank 0 only, as Lightning calls it)."""
+        """Write the synthetic splits once (rank 0 only, as Lightning calls it; ``setup`` calls it
+        on every process, where it draws nothing). Under a Trainer's stage the folder is then held
+        for reading until :meth:`teardown`, and a redraw while another run reads it is refused
+        (:mod:`lit_vr1.data.folder_lock`)."""
         if self.train_files is not None or self.synthetic is None:
             return
         fn = getattr(getattr(self.trainer, "state", None), "fn", None)  # TrainerFn compares as its str value
         if fn in ("validate", "test") and self.val_files is not None:
             return  # held-out files are scored: no synthetic split is read
-        for split, n in (("train", self.synthetic.num_samples), ("val", self.num_val_samples)):
-            if n == 0 or (split == "val" and self.val_files is not None):  # the user's held-out files instead
-                continue
-            path, _ = self._synthetic_paths(split)
-            spec = SyntheticSpec(**{**vars(self.synthetic), "num_samples": n})
-            stamp = self._stamp(split)
-            wanted = json.dumps(vars(spec), sort_keys=True)
-            # Reuse what is on disk only when it was drawn with this very spec.
-            if not (os.path.isfile(path) and stamp.is_file() and stamp.read_text() == wanted):
-                write_synthetic(self.synthetic_dir, spec, split)
+        folder = self.synthetic_dir
+        with drawing(folder):
+            for split, n in (("train", self.synthetic.num_samples), ("val", self.num_val_samples)):
+                if n == 0 or (split == "val" and self.val_files is not None):  # the user's held-out files instead
+                    continue
+                path, _ = self._synthetic_paths(split)
+                spec = SyntheticSpec(**{**vars(self.synthetic), "num_samples": n})
+                stamp = self._stamp(split)
+                wanted = json.dumps(vars(spec), sort_keys=True)
+                drawn = stamp.read_text() if stamp.is_file() else None
+                # Reuse what is on disk only when it was drawn with this very spec.
+                if os.path.isfile(path) and drawn == wanted:
+                    continue
+                if drawn is not None and not self._reading.may_redraw(folder):
+                    raise SyntheticFolderInUse(in_use_message(folder, split, drawn, wanted))
+                write_synthetic(folder, spec, split)
                 stamp.write_text(wanted)
+            if self.trainer is not None:
+                self._reading.hold(folder)
+
+    def teardown(self, stage: str) -> None:
+        """The stage is over: other runs may redraw the synthetic folder."""
+        self._reading.release()
+
+    def on_exception(self, exception: BaseException) -> None:
+        """A stage that raised gets no teardown: the folder is let go here."""
+        self._reading.release()
 
     def setup(self, stage: str | None = None) -> None:
         if stage == "predict":
