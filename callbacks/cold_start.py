@@ -20,7 +20,6 @@ YAML: ``trainer.callbacks: [{class_path: callbacks.ColdStart, init_args: {steps:
 
 from __future__ import annotations
 
-import itertools
 import math
 import time
 
@@ -140,10 +139,12 @@ def little_learned_note(losses: list[float], tail: int = 10) -> str | None:
 
 def untaught_format_note(rewards: list, records: list, sample: int = 64) -> str | None:
     """A note when a format reward (:class:`ThinkAnswerFormat`, :class:`RecJsonFormat`: they read
-    the completion's text alone) scores 0 on every answer the warm-up teaches, the rows' solutions
-    as written (the first ``sample`` of the rows it applies to): the warm-up then teaches completions
-    that reward never credits (bare answers such as ``'8'`` under ``ThinkAnswerFormat``: 0 for a whole
-    run in a new user's trial, with nothing said)."""
+    the completion's text alone) scores 0 on every answer the warm-up teaches of a task, the rows'
+    solutions as written (the first ``sample`` rows of each task it applies to): the warm-up then
+    teaches completions that reward never credits (bare answers such as ``'8'`` under
+    ``ThinkAnswerFormat``: 0 for a whole run in a new user's trial, with nothing said). In a mixed
+    run, a format reward without ``tasks`` failing every REC and detection answer while crediting
+    the counting ones was not said either (another trial): each task is judged on its own."""
     from lit_vr1.data.jsonl import solution_text
     from lit_vr1.grpo import record_context
     from lit_vr1.rewards.rec import RecJsonFormat, ThinkAnswerFormat
@@ -151,19 +152,35 @@ def untaught_format_note(rewards: list, records: list, sample: int = 64) -> str 
     for reward in rewards:
         if not isinstance(reward, (ThinkAnswerFormat, RecJsonFormat)):
             continue
-        # the first ``sample`` it applies to, without building a context for every row of a large set
-        contexts = list(itertools.islice((c for c in map(record_context, records) if reward.applies(c)), sample))
-        if not contexts:
+        by_task: dict[str, list] = {}  # each task's first ``sample`` rows the reward applies to, in order met
+        for record in records:
+            rows = by_task.setdefault(getattr(record, "task", "default"), [])
+            if len(rows) < sample and (reward.tasks is None or record.task in reward.tasks):
+                rows.append(record)
+        failing, checked, example = [], 0, None
+        for task, rows in by_task.items():
+            if not rows:
+                continue
+            contexts = [record_context(r) for r in rows]
+            answers = [solution_text(c.solution) for c in contexts]
+            try:
+                scores = reward.score(answers, contexts)
+            except Exception:  # noqa: BLE001 - a note, never a failure of its own
+                continue
+            if all(v == 0 for v in scores):
+                failing.append(task)
+                checked += len(answers)
+                example = example or answers[0]
+        if not failing:
             continue
-        answers = [solution_text(c.solution) for c in contexts]
-        try:
-            scores = reward.score(answers, contexts)
-        except Exception:  # noqa: BLE001 - a note, never a failure of its own
-            continue
-        if all(v == 0 for v in scores):
-            return (f"ColdStart teaches each row's solution as written ({answers[0]!r}, ...), and reward "
-                    f"{reward.name!r} ({type(reward).__name__}) scores 0 on every one of them ({len(answers)} "
-                    "checked): the warm-up teaches completions that reward never credits. Write the solutions in "
-                    "its format (for ThinkAnswerFormat: '<think>...</think><answer>...</answer>'), or leave the "
-                    "reward out")
+        scored = [t for t, rows in by_task.items() if rows]
+        which = ("every one of them" if len(failing) == len(scored) else
+                 f"every one of task{'s' if len(failing) > 1 else ''} {', '.join(failing)} (of tasks {', '.join(scored)})")
+        fix = ("Write the solutions in its format (for ThinkAnswerFormat: '<think>...</think><answer>...</answer>'), "
+               "or leave the reward out") if len(failing) == len(scored) else (
+               f"Give it the tasks it is meant for (tasks: [{', '.join(t for t in scored if t not in failing)}]), or "
+               "write those tasks' solutions in its format")
+        return (f"ColdStart teaches each row's solution as written ({example!r}, ...), and reward {reward.name!r} "
+                f"({type(reward).__name__}) scores 0 on {which} ({checked} checked): the warm-up teaches completions "
+                f"that reward never credits. {fix}")
     return None

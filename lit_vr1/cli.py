@@ -43,6 +43,7 @@ from lit_vr1.checkpoint import (
 from lit_vr1.cli_errors import LitVR1ArgumentParser, config_file_problem, yaml_value
 from lit_vr1.config_keys import unknown_keys
 from lit_vr1.config_lists import replace_lists_whole  # noqa: E402
+from lit_vr1.heartbeat import add_heartbeat
 from lit_vr1.interrupt import RESUME_HINT, RESUME_LAST, interrupted
 from lit_vr1.log_dirs import new_log_dirs, new_on_the_way, remove_unused_log_dirs
 from lit_vr1.quiet import quiet_cli_notices, quiet_known_notices  # noqa: E402
@@ -142,10 +143,13 @@ class LitVR1CLI(LightningCLI):
     def instantiate_trainer(self, **kwargs):
         """The Trainer made :func:`~lit_vr1.checkpoint.resumable`: its single-file checkpoints
         atomic, ``--ckpt_path last`` strict, CSV metrics written at every step, checkpoints
-        without a ``dirpath`` under ``<default_root_dir>/checkpoints``, the bar counting steps."""
+        without a ``dirpath`` under ``<default_root_dir>/checkpoints``, the bar counting steps;
+        a fit's with a :class:`~lit_vr1.heartbeat.Heartbeat` unless its config lists one."""
         trainer = super().instantiate_trainer(**kwargs)
         if getattr(self, "subcommand", None) == "predict":
             default_prediction_writer(trainer)
+        if getattr(self, "subcommand", None) == "fit":
+            add_heartbeat(trainer)  # progress lines in a redirected log, and a last line with where the results are
         return resumable(trainer)
 
     def parse_arguments(self, parser, args) -> None:

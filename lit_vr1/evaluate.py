@@ -354,20 +354,25 @@ def several_boxes_note(eval_task: str, val_set) -> str | None:
             "detection data set model.eval_task=detection (COCO mAP / AP50 over every box)")
 
 
-def check_eval_solutions(eval_task: str, val_set, answer_mode: str | Callable[[str], str] = "numeric") -> list:
+def check_eval_solutions(eval_task: str, val_set, answer_mode: str | Callable[[str], str] = "numeric",
+                         unrouted: Callable[[str], str | None] | None = None) -> list:
     """Every held-out row validation cannot score (:func:`eval_solution_problem`), refused all
     at once, or left out under ``data.bad_rows=skip``, at the start of a fit, validate or test:
     before, the first validation to reach one stopped with "sample ...: holds no box" and no
-    file or line. A held-out set that is not a JSONL dataset is not read. Returns the rows left out."""
+    file or line. A held-out set that is not a JSONL dataset is not read. ``unrouted(task)``
+    says why a task's rows may be matched in the wrong mode. Returns the rows left out."""
     if not hasattr(val_set, "check_rows"):
         return []
 
     def problem(record) -> str | None:
         mode = mode_of(answer_mode, record.task)
         found = eval_solution_problem(eval_task, record, mode)
+        if not found:
+            return None
         how = f"model.eval_task={eval_task}" + (f", answers matched as {mode}: model.eval_answer_mode sets how"
                                                  if eval_task == "answer" else "")
-        return f"{record.source}: {found} (held-out rows are scored as {how})" if found else None
+        note = unrouted(record.task) if unrouted is not None and eval_task == "answer" else None
+        return f"{record.source}: {found} (held-out rows are scored as {how})" + (f"; {note}" if note else "")
 
     return val_set.check_rows(problem, "held-out rows validation cannot score",
                               "fix or remove them, or set data.bad_rows=skip to leave them out",

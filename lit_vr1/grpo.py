@@ -519,6 +519,20 @@ class GRPOModule(VLMModule):
         routed = [r for r in matchers if task is None or r.tasks is None or task in r.tasks]
         return (routed or matchers)[0].mode if matchers else "numeric"
 
+    def unrouted_answer_note(self, task: str) -> str | None:
+        """A note for held-out rows of ``task`` that no answer reward scores (every one has other
+        ``tasks``): they are matched in the first one's mode, and a held-out file given without
+        ``data.val_reward_methods`` has task ``default`` (a mixed-task trial read "solution 'C' holds
+        no number" where the file's task was unset)."""
+        matchers = [r for r in self.rewards if isinstance(r, (Accuracy, HFRRF))]
+        if (task != "default" or self.eval_answer_mode is not None or not matchers
+                or any(r.tasks is None or task in r.tasks for r in matchers)):
+            return None
+        tasks = sorted({t for r in matchers for t in r.tasks})
+        return (f"these rows have no task ('default'), which no answer reward scores (theirs: {', '.join(tasks)}), so "
+                f"they are matched as the first one's ({matchers[0].mode}): name their task with "
+                "data.val_reward_methods (a held-out file's) or the rows' reward_method")
+
     def warn_when_nothing_to_learn(self, tied_frac: float, reward: float, stats: dict | None = None) -> None:
         """Warn once when ``tied_rollouts_warning`` rollouts in a row had every group tied
         (each prompt's G completions scored alike, ``train/groups_tied_frac`` 1): every
@@ -566,6 +580,11 @@ class GRPOModule(VLMModule):
             note = changed_settings_note((checkpoint.get("hyper_parameters") or {}).get("grpo"), self.config)
             if note:
                 rank_zero_warn(note)
+
+    def unrecorded_settings(self, checkpoint: dict) -> list[str]:
+        """As the base module's, and the rewards (saved since 2026-12-05)."""
+        missing = super().unrecorded_settings(checkpoint)
+        return missing + (["rewards (model.rewards)"] if REWARDS_KEY not in checkpoint else [])
 
     def _match_reference(self, checkpoint: dict) -> None:
         """A checkpoint written with a reference model (beta != 0) loaded into a module without
@@ -739,12 +758,13 @@ def check_routing(rewards: list[Reward], train_set) -> None:
 
     rows = ", ".join(f"{task!r} ({n} rows)" for task, n in tasks.items())
     unscored = {task: n for task, n in tasks.items() if not any(scores(r, task) for r in rewards)}
+    named, present = sorted({t for r in rewards if r.tasks is not None for t in r.tasks}), set(tasks)
     how = ("set each reward's tasks to the rows' (or leave tasks unset: every row), or give the rows their task with "
-           "data.reward_methods (one per train file) or a row's own reward_method field")
+           "data.reward_methods (one per train file) or a row's own reward_method field"
+           + unread_task_field(records, named))
     if len(unscored) == len(tasks):
         raise ValueError(f"no reward scores any training row: the rows' tasks are {rows}, and the rewards score "
                          f"{'; '.join(routed(r) for r in rewards)}; {how}")
-    named, present = sorted({t for r in rewards if r.tasks is not None for t in r.tasks}), set(tasks)
     if unscored:
         means = [f"{t!r} for {near!r}" for t in unscored if (near := misspelt_task(t, named, present)) is not None]
         rank_zero_warn(f"{sum(unscored.values())} training rows are scored by no reward (task(s) "
@@ -753,13 +773,33 @@ def check_routing(rewards: list[Reward], train_set) -> None:
     for reward in rewards:
         if not any(scores(reward, task) for task in tasks):
             rank_zero_warn(f"reward {routed(reward)} scores none of the training rows (their tasks: {rows}); it will "
-                           "log nothing this run")
+                           "log nothing this run" + unread_task_field(records, named))
     for task, n in tasks.items():
         near = misspelt_task(task, named, present)
         if near is not None and task not in unscored:  # scored, but only by the rewards of every task
             rank_zero_warn(f"{n} training row(s) have task {task!r}, which no reward's tasks name: only the rewards of "
                            f"every task score them ({', '.join(repr(r.name) for r in rewards if r.tasks is None)}); "
                            f"did you mean {near!r}? ({', '.join(routed(r) for r in rewards if near in (r.tasks or ()))})")
+
+
+def unread_task_field(records: list, named: list[str]) -> str:
+    """A note when rows without a task ("default") carry another field whose values are the
+    rewards' tasks (``"task": "rec"``, a mixed-task trial's rows): that field is not read, and the
+    rows trained as task 'default' with nothing said of the field. Empty otherwise."""
+    if not named:
+        return ""
+    counts: dict[str, int] = {}
+    for record in records:
+        if record.task != "default":
+            continue
+        for key, value in (getattr(record, "metadata", None) or {}).items():
+            if isinstance(value, str) and value in named:
+                counts[key] = counts.get(key, 0) + 1
+    if not counts:
+        return ""
+    field = max(counts, key=counts.get)
+    return (f" (the rows' field {field!r} holds the rewards' tasks in {counts[field]} row(s), but is not read: a row's "
+            f"task goes in field 'reward_method')")
 
 
 def misspelt_task(task: str, named: list[str], rows: set[str] = frozenset()) -> str | None:

@@ -217,6 +217,15 @@ def plain_settings(hparams: dict) -> dict:
     return out
 
 
+
+def evaluation_line(command: str, ckpt_path: str | None, step: int, figures: dict) -> str:
+    """The figures of a ``validate`` / ``test`` whose rows go to the loggers at the optimiser
+    step (a checkpoint's): Lightning's results table shows only what it logs itself, so these
+    printed nothing (two new users' trials)."""
+    shown = ", ".join(f"{k} {float(v):.4g}" for k, v in figures.items() if v is not None)
+    of = f" of {ckpt_path}" if ckpt_path else ""
+    return f"lit-vr1: {command}{of} (step {step}): {shown}"
+
 class VLMModule(LightningModule):
     """Base of :class:`~lit_vr1.sft.SFTModule` and :class:`~lit_vr1.grpo.GRPOModule`.
 
@@ -455,7 +464,7 @@ class VLMModule(LightningModule):
                              f"--trainer.{limit}=1.0 to score every held-out row")
         if limit and getattr(self.trainer, limit, None) != 0:  # 0: no held-out row is scored
             val_set = getattr(getattr(self.trainer, "datamodule", None), "val_set", None)
-            check_eval_solutions(self.eval_task, val_set, self.answer_mode)
+            check_eval_solutions(self.eval_task, val_set, self.answer_mode, self.unrouted_answer_note)
             note = several_boxes_note(self.eval_task, val_set)
             if note:
                 rank_zero_warn(note)
@@ -464,6 +473,11 @@ class VLMModule(LightningModule):
         """The mode validation and test match answers of ``task``'s rows in (``eval_answer_mode``,
         else "numeric"; a GRPO module's rewards say it per task)."""
         return self.eval_answer_mode or "numeric"
+
+    def unrouted_answer_note(self, task: str) -> str | None:
+        """Why ``task``'s held-out rows may be matched in the wrong mode (a GRPO module whose
+        answer rewards all score other tasks), or None."""
+        return None
 
     def teardown(self, stage: str) -> None:
         self.remove_notices()
@@ -582,6 +596,9 @@ class VLMModule(LightningModule):
             self.log(name, value, prog_bar=name in prog_bar, logger=False if ours else None)
         if ours and not self.trainer.sanity_checking:  # Lightning logs no sanity check either
             self.log_row({k: float(v) for k, v in figures.items() if v is not None}, step=self._evaluated_step())
+            if self.trainer.state.fn in ("validate", "test"):  # Lightning's table shows only what reaches its logger
+                rank_zero_info(evaluation_line(str(getattr(self.trainer.state.fn, "value", self.trainer.state.fn)),
+                                               self.trainer.ckpt_path, self._evaluated_step(), figures))
 
     def log_row(self, row: dict[str, float], step: int | None = None) -> None:
         """Send ``row`` to every logger at ``step`` (the current optimiser step by default), nan
@@ -641,13 +658,25 @@ class VLMModule(LightningModule):
                        "plain answers, read val/answer_acc; to teach the layout, write the training answers with the tags "
                        "or reward it (HFRRF, a format reward)")
 
+    def _held_out_identity(self) -> dict:
+        """What was scored, for a ``results_path`` entry: the task (``eval_task``) and the held-out
+        files with their tasks (``data.val_files``, ``data.val_reward_methods``; the synthetic
+        split's folder otherwise). A mixed-task trial validated five tasks one file each into one
+        results file, whose entries could then be told apart only by their order."""
+        data = getattr(self.trainer, "datamodule", None)
+        files = getattr(data, "val_files", None)
+        if files is None and getattr(data, "synthetic", None) is not None:
+            files = getattr(data, "synthetic_dir", None)
+        return {"eval_task": self.eval_task, "val_files": files,
+                "val_reward_methods": getattr(data, "val_reward_methods", None)}
+
     @rank_zero_only
     def _write_results(self, split: str, metrics: dict) -> None:
         """Append this evaluation to ``results_path`` (a JSON list, one entry per evaluation)."""
         path = self.results_path
         runs = json.load(open(path, encoding="utf-8")) if os.path.isfile(path) else []
         runs.append({"split": split, "step": self._evaluated_step(), "model": self.model_name,
-                     "ckpt_path": self.trainer.ckpt_path, **metrics})
+                     "ckpt_path": self.trainer.ckpt_path, **self._held_out_identity(), **metrics})
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(path, "w", encoding="utf-8") as f:
             json.dump(runs, f, indent=1)
@@ -841,6 +870,21 @@ class VLMModule(LightningModule):
                 f"{mine} from that run's model, export it (python -m lit_vr1.export {trainer.ckpt_path} <dir>) "
                 "and give --model.init_args.model=<dir>, without --ckpt_path")
 
+    def unrecorded_settings(self, checkpoint: dict) -> list[str]:
+        """The settings a resume compares with its checkpoint's run that ``checkpoint`` does not
+        record (written by an older lit-vr1: before 2026-12-05 no optimiser settings nor, mid-epoch,
+        training order were saved), each named with its flags. An upgrading user's trial resumed
+        such a checkpoint with a new learning rate and batch size: both taken without a word."""
+        missing = []
+        if resume_optimisers.KEY not in checkpoint:
+            missing.append("optimiser settings (model.optimizer, model.lr_scheduler)")
+        data = getattr(self._trainer, "datamodule", None)
+        state = checkpoint.get(type(data).__qualname__) if data is not None else None
+        if (isinstance(state, dict) and "order" not in state
+                and (state.get("train_position") or {}).get("batches_done")):
+            missing.append("training order (data.batch_size, data.shuffle_seed, seed_everything)")
+        return missing
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """A LoRA checkpoint holds the adapters only: the frozen base weights, already loaded
         from ``model``, are filled in so that strict loading still checks every key. This
@@ -862,6 +906,12 @@ class VLMModule(LightningModule):
             self._refuse_another_run(checkpoint)
             rank_zero_info(f"resuming after optimiser step {checkpoint.get('global_step')} (epoch "
                            f"{checkpoint.get('epoch')}) from {trainer.ckpt_path}")
+            missing = self.unrecorded_settings(checkpoint)
+            if missing:
+                rank_zero_warn(f"{trainer.ckpt_path} was written by an older lit-vr1 and records no {'; no '.join(missing)}: "
+                               "this resume cannot check them against its run's, so a change to them (a new learning "
+                               "rate, batch size, seed or reward) is taken without a word. Resume with the run's own "
+                               "config.yaml (in its log folder) and no other change")
             saved = checkpoint.get(resume_optimisers.KEY)
             if self._configured() is not None:  # built already (DeepSpeed, FSDP2 restore after setup)
                 self._refuse_optimiser_change(saved)

@@ -41,7 +41,8 @@ def frame_of(model: PreTrainedModel, box_frame: str | None) -> str:
 @torch.no_grad()
 def predict_records(model: PreTrainedModel, processor: ProcessorMixin, samples: list[Sample], max_new_tokens: int = 64,
                     box_frame: str | None = None) -> list[dict]:
-    """One JSON-ready dict per sample: id, source, prompt, completion, its ``answer`` (the text
+    """One JSON-ready dict per sample: id, source, task (the row's ``reward_method``, else its
+    file's ``data.reward_methods`` entry, else "default"), prompt, completion, its ``answer`` (the text
     the answer rewards read: inside the last ``<answer>`` tags, else after ``</think>``, else
     the whole text), ``truncated`` (no end of turn within ``max_new_tokens``: the answer may be
     cut short), the parsed boxes (``bbox_2d`` in original-image pixels, ``label``; [] when none
@@ -55,7 +56,8 @@ def predict_records(model: PreTrainedModel, processor: ProcessorMixin, samples: 
         boxes = predicted_boxes(text, ctx.image_size, ctx.input_size, box_frame) if ctx.image_size else []
         out.append({
             "id": sample.id if sample.written_id is None else sample.written_id,  # as the data wrote it
-            "source": sample.source, "prompt": ctx.prompt, "completion": text, "answer": answer_text(text).strip(),
+            "source": sample.source, "task": sample.task, "prompt": ctx.prompt, "completion": text,
+            "answer": answer_text(text).strip(),
             "truncated": bool(cut),
             "boxes": [{"bbox_2d": [round(v, 2) for v in b.box], "label": b.label} for b in boxes],
             "images": list(sample.image_paths),  # the row's image files, in order (a picture shows the first)

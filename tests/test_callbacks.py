@@ -358,13 +358,15 @@ def test_predictions_give_ids_back_as_the_data_wrote_them(tmp_path, tiny_qwen25)
     from lit_vr1.predict import predict_records
 
     Image.new("RGB", (56, 56), (255, 0, 0)).save(tmp_path / "a.png")
-    rows = [{"id": 100, "image": "a.png", "problem": "<image>Where?"}, {"id": "x7", "image": "a.png", "problem": "Where?"},
+    rows = [{"id": 100, "image": "a.png", "problem": "<image>Where?"},
+            {"id": "x7", "image": "a.png", "problem": "Where?", "reward_method": "count"},
             {"image": "a.png", "problem": "Where?"}, {"id": None, "image": "a.png", "problem": "Where?"}]
     (tmp_path / "p.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     data = JsonlDataset(str(tmp_path / "p.jsonl"), str(tmp_path))
     model, processor = tiny_qwen25
     out = predict_records(model, processor, [data[i] for i in range(4)], max_new_tokens=2)
     assert [r["id"] for r in out] == [100, "x7", "p-3", "p-4"]  # null: no id
+    assert [r["task"] for r in out] == ["default", "count", "default", "default"]  # a mixed file splits by it
     assert all(r["input_sizes"] == [[56, 56]] and r["box_frame"] == "input_pixels" for r in out)
     assert [data[i].id for i in range(4)] == ["100", "x7", "p-3", "p-4"]  # inside, ids stay strings
     # the rollout log gives them back as written too (helper-81: it wrote "100")

@@ -112,7 +112,9 @@ def test_validate_answers_logs_hfrrf_accuracy_layout_and_length(tmp_path, monkey
                                          r"right in any layout \(val/answer_acc\)"):
         Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False).validate(module, dm)
     (run,) = json.loads(results.read_text())
-    assert run == {"split": "val", "step": 0, "model": module.model_name, "ckpt_path": None, "acc": 0.25,
+    # what was scored is named (a mixed-task trial's five entries were told apart by their order alone)
+    assert run == {"split": "val", "step": 0, "model": module.model_name, "ckpt_path": None, "eval_task": "answer",
+                   "val_files": str(tmp_path / "d"), "val_reward_methods": None, "acc": 0.25,
                    "answer_acc": 1.0, "format": 0.25, "tokens": 10.0, "n": 4}
     assert set(modes) == {"numeric"}  # no answer reward: numeric matching
 

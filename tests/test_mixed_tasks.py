@@ -146,3 +146,56 @@ def test_a_file_listed_twice_is_a_weight_not_a_repeated_id(tmp_path):
         f"{f}:{f}")
     copied, _ = _write(tmp_path, "copied", rows + rows[:1], {})  # a line written twice is still said
     assert "1 id(s) are written on several lines" in duplicate_ids_note(JsonlDataset(copied, d).records)
+
+
+def test_cold_start_says_which_tasks_a_format_reward_without_tasks_fails():
+    """A think/answer format reward without tasks over REC and counting rows scored 0 on every REC
+    answer and 1 on the counting ones: before, only a reward failing every row was said."""
+    from callbacks.cold_start import untaught_format_note
+
+    rows = (_records({"rec": 3}, solution='[{"bbox_2d": [1, 2, 30, 40]}]').records
+            + _records({"count": 3}, solution="<think>three</think><answer>3</answer>").records)
+    note = untaught_format_note([ThinkAnswerFormat()], rows)
+    assert "scores 0 on every one of task rec (of tasks rec, count) (3 checked)" in note
+    assert "Give it the tasks it is meant for (tasks: [count])" in note
+    assert untaught_format_note([ThinkAnswerFormat(tasks=["count"])], rows) is None
+
+
+@pytest.mark.parametrize("solution", [
+    [["blue square", [8, 26, 23, 41]], ["blue circle", [26, 20, 40, 34]]],  # Vision-R1's [label, box] pairs
+    '[{"bbox_2d": [1, 2, 30, 40], "label": "cat"}]', [{"bbox_2d": [1, 2, 30, 40], "label": "cat"}],
+    '<answer>[{"bbox": [1, 2, 30, 40]}]</answer>'])
+@pytest.mark.parametrize("mode", ["numeric", "exact", "choice"])
+def test_a_detection_solution_is_refused_by_every_answer_mode(solution, mode):
+    """A mixed-task trial: HFRRF(mode=numeric) over a detection row scored <answer> 34 </answer> 1.0
+    (34, the last coordinate of its last box); the number mode refused only a bare REC quadruple."""
+    from lit_vr1.rewards import HFRRF
+    from lit_vr1.rewards.accuracy import answer_problem
+    from lit_vr1.rewards.base import SampleContext
+
+    assert "is written as boxes, not an answer mode" in answer_problem(solution, mode)
+    assert "is written as boxes" in HFRRF(mode=mode).solution_problem(SampleContext(id="d", prompt="", solution=solution))
+
+
+def test_held_out_rows_without_a_task_under_routed_answer_rewards_are_said_to_need_one():
+    from lit_vr1.grpo import GRPOModule
+    from lit_vr1.rewards import HFRRF
+
+    module = GRPOModule(model="tiny:qwen2_5_vl", rewards=[Accuracy(mode="numeric", tasks=["count"]),
+                                                          HFRRF(mode="choice", tasks=["mcq"])])
+    note = module.unrouted_answer_note("default")
+    assert "these rows have no task ('default'), which no answer reward scores (theirs: count, mcq)" in note
+    assert "data.val_reward_methods" in note
+    assert module.unrouted_answer_note("count") is None and module.unrouted_answer_note("rec") is None
+    assert GRPOModule(model="tiny:qwen2_5_vl", rewards=[Accuracy(mode="numeric")]).unrouted_answer_note("default") is None
+
+
+def test_a_task_field_of_another_name_is_named_when_no_reward_scores_the_rows():
+    """Rows with "task": "rec" instead of "reward_method": refused as task 'default' without a word of the field."""
+    rows = [Record(f"r{i}", [], "q", "3", f"d.jsonl:{i}", metadata={"task": t}) for i, t in enumerate(["rec", "count"] * 3)]
+    with pytest.raises(ValueError, match=r"the rows' field 'task' holds the rewards' tasks in 6 row\(s\), but is not "
+                                         r"read: a row's task goes in field 'reward_method'"):
+        check_routing([IoUReward(tasks=["rec"]), Accuracy(mode="numeric", tasks=["count"])], SimpleNamespace(records=rows))
+    said = _warnings(lambda: check_routing([IoUReward(tasks=["rec"]), ThinkAnswerFormat()], SimpleNamespace(records=rows)))
+    assert any("scores none of the training rows" in m and "field 'task' holds the rewards' tasks in 3 row(s)" in m
+               for m in said), said

@@ -92,6 +92,9 @@ def test_a_resume_that_turns_the_reference_on_or_off_is_refused_naming_beta(tmp_
     rows = list(csv.DictReader(open(newest / "metrics.csv")))
     assert [r["step"] for r in rows] == ["2"] and rows[0]["val/acc50"] != "", rows
     assert json.loads(results.read_text())[-1]["step"] == 2
+    # and printed: Lightning's table shows only what reaches its own logger, so nothing was (two trials)
+    said = f"lit-vr1: validate of {root / 'checkpoints' / 'last.ckpt'} (step 2): val/acc50 {float(rows[0]['val/acc50']):.4g}"
+    assert said in read.stdout + read.stderr, (read.stdout + read.stderr)[-2000:]
     # another model than the checkpoint's (a config's model over its settings): one line, not a 42-line traceback
     other = lit_vr1(tmp_path, "validate", *small(root, data), "--model.init_args.model=tiny:qwen2_vl",
                     "--ckpt_path", "last")
@@ -348,3 +351,24 @@ def test_cold_start_allows_a_resume_on_several_processes():
     resumed = SimpleNamespace(world_size=2, _checkpoint_connector=SimpleNamespace(_user_managed=False),
                               **{SELECTED: "runs/x/checkpoints/last.ckpt"})
     ColdStart().setup(resumed, None, "fit")
+
+
+def test_a_checkpoint_of_an_older_lit_vr1_says_what_it_cannot_check(tmp_path):
+    """An upgrading user's trial: a checkpoint written before the optimiser settings, the training
+    order and the rewards were saved was resumed with a new lr and batch size, without a word."""
+    root, data = tmp_path / "run", tmp_path / "data"
+    first = lit_vr1(tmp_path, "fit", *small(root, data))
+    assert first.returncode == 0, first.stderr[-2000:]
+    path = root / "checkpoints" / "last.ckpt"
+    old = torch.load(path, map_location="cpu", weights_only=True)
+    old.pop("lit_vr1_optimisers"), old.pop("lit_vr1_rewards")
+    old["GroundingDataModule"].pop("order")
+    assert old["GroundingDataModule"]["train_position"]["batches_done"] > 0  # mid-epoch: the order matters
+    torch.save(old, path)
+    back = lit_vr1(tmp_path, "fit", *small(root, data), "--trainer.max_steps=3", "--ckpt_path", "last")
+    assert back.returncode == 0, back.stderr[-2000:]
+    assert "was written by an older lit-vr1 and records no optimiser settings (model.optimizer, model.lr_scheduler); " \
+           "no training order (data.batch_size, data.shuffle_seed, seed_everything); no rewards (model.rewards): this " \
+           "resume cannot check them" in back.stderr, back.stderr[-2000:]
+    again = lit_vr1(tmp_path, "fit", *small(root, data), "--trainer.max_steps=4", "--ckpt_path", "last")
+    assert again.returncode == 0 and "older lit-vr1" not in again.stderr, again.stderr[-2000:]  # its own: all recorded

@@ -524,10 +524,39 @@ def is_correct(completion: str, solution: Any, mode: str = "exact", tolerance: f
     return match_answer(answer_text(completion), solution_text(solution), mode, tolerance)
 
 
+_BOX_KEY_RE = re.compile(r"""["']bbox(?:_2d)?["']\s*:""")
+
+
+def _is_box(value: Any) -> bool:
+    return (isinstance(value, (list, tuple)) and len(value) == 4
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value))
+
+
+def written_as_boxes(solution: Any) -> bool:
+    """Whether a solution is a detection or grounding answer, not one an answer matcher reads:
+    Vision-R1's ``[[label, [x1, y1, x2, y2]], ...]`` list, ``bbox_2d`` / ``bbox`` items (a
+    list of them, or JSON in a string). Read as text, a number matcher took its last coordinate
+    for the answer (a mixed-task trial: ``<answer> 34 </answer>`` scored 1 on a detection row)."""
+    if isinstance(solution, str):
+        return _BOX_KEY_RE.search(solution) is not None
+    if isinstance(solution, dict):
+        return "bbox_2d" in solution or "bbox" in solution
+    if isinstance(solution, (list, tuple)) and solution:
+        return all(written_as_boxes(item) if isinstance(item, dict) else
+                   isinstance(item, (list, tuple)) and len(item) == 2 and _is_box(item[1]) for item in solution)
+    return False
+
+
 def answer_problem(solution: Any, mode: str) -> str | None:
-    """Why no answer can be matched with ``solution`` under ``mode`` (none given, empty, no
-    number in a numeric one, an expression in a numeric one, no option letter, nothing math-verify
-    reads), or None: asked of every training row at fit start (:meth:`Reward.solution_problem`)."""
+    """Why no answer can be matched with ``solution`` under ``mode`` (none given, empty, boxes,
+    no number in a numeric one, an expression in a numeric one, no option letter, nothing
+    math-verify reads), or None: asked of every training row at fit start
+    (:meth:`Reward.solution_problem`)."""
+    if written_as_boxes(solution):
+        shown = solution if isinstance(solution, str) else str(solution)
+        return (f"solution {shown[:80] + ('...' if len(shown) > 80 else '')!r} is written as boxes, not an answer mode "
+                f"{mode} reads (as text, its last coordinate would be the answer): score boxes with a box reward, and "
+                "give each reward the tasks of its rows (tasks: [...])")
     try:
         gold = solution_text(solution)
     except ValueError as e:
