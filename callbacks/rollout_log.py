@@ -10,6 +10,7 @@ import os
 import re
 
 from lightning.pytorch import Callback
+from lightning.pytorch.utilities import rank_zero_info
 
 from lit_vr1.checkpoint import ROLLBACK
 
@@ -97,8 +98,17 @@ class RolloutLog(Callback):
         # a rollback (an earlier checkpoint than the folder's newest) abandons a run that went on and saved:
         # its later lines are not replayed work, so they are kept beside the file, not dropped
         rollback = getattr(trainer, ROLLBACK, None) is not None
+        latest = trainer.global_step
         for path in {self._written, resumed, *others} - {None}:
-            drop_steps_after(path, trainer.global_step, keep=rollback)
+            latest = max(latest, drop_steps_after(path, trainer.global_step, keep=rollback)[1])
+        if latest > trainer.global_step and not rollback:
+            # an upgrading user's trial: a stale last.ckpt (step 3) under a run logged to step 5 retrained steps
+            # 4-5, and the resume said only "resuming after optimiser step 3"
+            first = trainer.global_step + 1
+            steps = f"step {first}" if first == latest else f"steps {first}-{latest}"
+            rank_zero_info(f"RolloutLog: the stopped run logged {steps} after the checkpoint's step "
+                           f"{trainer.global_step} but saved no checkpoint of them: their lines are dropped, and "
+                           f"{'that step is' if first == latest else 'those steps are'} trained again")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         loop = getattr(pl_module, "loop", None)
@@ -148,13 +158,14 @@ def abandoned_file(path: str, step: int) -> str:
     return f"{stem}.abandoned-after-step{step}{ext}"
 
 
-def drop_steps_after(path: str, step: int, keep: bool = False) -> int:
+def drop_steps_after(path: str, step: int, keep: bool = False) -> tuple[int, int]:
     """Rewrite the JSONL file ``path`` without the lines whose ``step`` is above ``step``
-    (and without a last line cut off by a kill); returns how many lines were dropped. ``keep``:
-    the lines taken out are appended to :func:`abandoned_file` (a rollback's abandoned run)."""
+    (and without a last line cut off by a kill); returns how many lines were dropped and the
+    latest step among them (``step`` when none). ``keep``: the lines taken out are appended to
+    :func:`abandoned_file` (a rollback's abandoned run)."""
     if not os.path.isfile(path):
-        return 0
-    kept, later, dropped = [], [], 0
+        return 0, step
+    kept, later, dropped, latest = [], [], 0, step
     with open(path, encoding="utf-8") as f:
         for line in f:
             try:
@@ -166,6 +177,7 @@ def drop_steps_after(path: str, step: int, keep: bool = False) -> int:
             if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] > step:
                 dropped += 1
                 later.append(line)
+                latest = max(latest, rec["step"])
             else:
                 kept.append(line)
     if keep and later:
@@ -176,4 +188,4 @@ def drop_steps_after(path: str, step: int, keep: bool = False) -> int:
         with open(tmp, "w", encoding="utf-8") as f:
             f.writelines(kept)
         os.replace(tmp, path)
-    return dropped
+    return dropped, latest

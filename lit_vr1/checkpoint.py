@@ -528,7 +528,11 @@ def strict_last_checkpoint(trainer) -> None:
         folders = _checkpoint_folders(trainer)
         newest = newest_checkpoint(folders)
         if resolved is not None:
-            return newer_than_last(str(resolved), newest_resumable(folders) if newest else None, ckpt_path)
+            chosen = newer_than_last(str(resolved), newest_resumable(folders) if newest else None, ckpt_path)
+            note = versioned_last_note(chosen, ckpt_path)
+            if note:
+                rank_zero_warn(note)
+            return chosen
         where = f" in {', '.join(folders)}" if folders else " (no ModelCheckpoint saves any)"
         fit = str(getattr(state_fn, "value", state_fn)) == "fit"
         full = newest_resumable(folders) if newest is not None else None
@@ -726,6 +730,20 @@ def remove_empty_made(folder: str, top: str | None) -> None:
         if path == top:
             return
         path = os.path.dirname(path)
+
+
+def versioned_last_note(chosen: str, flag: str) -> str | None:
+    """A note when ``--ckpt_path last`` resolves to a versioned ``last-vN.ckpt`` (Lightning takes
+    the newest ``last*`` file): another ModelCheckpoint, or a lit-vr1 from before 2026-12-06,
+    left it beside ``last.ckpt``, and the resume went on from it with only Lightning's "Restoring
+    states" line (an upgrading user's trial); this run's saves replace ``last.ckpt``."""
+    name = os.path.basename(chosen.rstrip(os.sep))
+    plain = os.path.join(os.path.dirname(chosen), "last.ckpt")
+    if not re.fullmatch(r"last-v\d+\.ckpt", name) or not os.path.isfile(plain):
+        return None
+    return (f"--ckpt_path {flag}: resuming from {name} (step {saved_step(chosen)}), the newest of the last*.ckpt files, "
+            f"not last.ckpt (step {saved_step(plain)}) beside it: a run by another ModelCheckpoint or an older lit-vr1 "
+            f"wrote it. This run saves into last.ckpt; {name} stays as it is (delete it once this run has saved)")
 
 
 def newer_than_last(last: str, newest: str | None, flag: str) -> str:

@@ -63,6 +63,13 @@ def test_a_kind_cut_before_its_advice_ends_in_no_colon():
         "field 'image' could not be read")
 
 
+def test_a_quoted_solution_is_one_value_not_a_path():
+    """A think/answer solution's '</think>' read as a path: 'solution '<think> N plus N. <path> ...' (a trial)."""
+    assert kind_of("d.jsonl:4: solution '<think> 3 plus 4. </think> <answer> 7 </answer>' holds no box",
+                   "d.jsonl:4") == "solution <value> holds no box"
+    assert kind_of("d.jsonl:5: field 'solution' missing or empty", "d.jsonl:5") == "field 'solution' missing or empty"
+
+
 def test_a_file_mostly_left_out_under_skip_is_refused(tmp_path):
     """Image folders given in another order than their files: skip left out 1,289 of 1,530 rows of a
     new user's data and trained the rest on the other folder's images of the same names, silently."""

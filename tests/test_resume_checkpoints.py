@@ -372,3 +372,48 @@ def test_a_checkpoint_of_an_older_lit_vr1_says_what_it_cannot_check(tmp_path):
            "resume cannot check them" in back.stderr, back.stderr[-2000:]
     again = lit_vr1(tmp_path, "fit", *small(root, data), "--trainer.max_steps=4", "--ckpt_path", "last")
     assert again.returncode == 0 and "older lit-vr1" not in again.stderr, again.stderr[-2000:]  # its own: all recorded
+
+
+def test_a_versioned_last_checkpoint_resumed_by_last_is_said(tmp_path):
+    """An older lit-vr1 (or another ModelCheckpoint) left last-v1.ckpt (step 3) beside last.ckpt (step 2):
+    --ckpt_path last resumed it with only Lightning's 'Restoring states' line (an upgrading user's trial)."""
+    import os
+    import shutil
+
+    root, data = tmp_path / "run", tmp_path / "data"
+    assert lit_vr1(tmp_path, "fit", *small(root, data)).returncode == 0
+    ckpts = root / "checkpoints"
+    shutil.copy(ckpts / "last.ckpt", tmp_path / "step2.ckpt")
+    assert lit_vr1(tmp_path, "fit", *small(root, data), "--trainer.max_steps=3", "--ckpt_path", "last").returncode == 0
+    for extra in ckpts.glob("*step=*.ckpt"):
+        extra.unlink()
+    (ckpts / "last.ckpt").rename(ckpts / "last-v1.ckpt")
+    shutil.copy(tmp_path / "step2.ckpt", ckpts / "last.ckpt")
+    os.utime(ckpts / "last.ckpt", (1e9, 1e9))  # older than last-v1.ckpt: Lightning takes the newest last*
+    back = lit_vr1(tmp_path, "fit", *small(root, data), "--trainer.max_steps=4", "--ckpt_path", "last")
+    assert back.returncode == 0, back.stderr[-2000:]
+    assert "--ckpt_path last: resuming from last-v1.ckpt (step 3), the newest of the last*.ckpt files, not last.ckpt " \
+           "(step 2) beside it" in back.stderr, back.stderr[-2000:]
+
+
+def test_steps_logged_but_not_saved_are_said_to_be_trained_again(tmp_path):
+    """A stale last.ckpt (step 2) under a run logged to step 3: the resume dropped step 3's rollout
+    lines and trained it again, saying only 'resuming after optimiser step 2' (an upgrading user's trial)."""
+    import json
+    import shutil
+
+    root, data = tmp_path / "run", tmp_path / "data"
+    log = ("--trainer.callbacks=[{class_path: lightning.pytorch.callbacks.ModelCheckpoint, init_args: {save_last: true, "
+           "every_n_train_steps: 1, save_top_k: -1}}, {class_path: callbacks.RolloutLog}]")
+    first = lit_vr1(tmp_path, "fit", *small(root, data)[:-1], log, "--trainer.max_steps=3")
+    assert first.returncode == 0, first.stderr[-2000:]
+    ckpts = root / "checkpoints"
+    shutil.copy(next(ckpts.glob("*step=2.ckpt")), ckpts / "last.ckpt")
+    next(ckpts.glob("*step=3.ckpt")).unlink()
+    back = lit_vr1(tmp_path, "fit", *small(root, data)[:-1], log, "--trainer.max_steps=3", "--ckpt_path", "last")
+    assert back.returncode == 0, back.stderr[-2000:]
+    out = back.stdout + back.stderr
+    assert "RolloutLog: the stopped run logged step 3 after the checkpoint's step 2 but saved no checkpoint of it" \
+           in out.replace("of them", "of it"), out[-2000:]
+    steps = [json.loads(line)["step"] for p in root.glob("logs/version_*/rollouts.jsonl") for line in open(p)]
+    assert sorted(set(steps)) == [1, 2, 3] and steps.count(3) == steps.count(1)  # step 3 once, not twice

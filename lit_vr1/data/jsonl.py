@@ -156,6 +156,8 @@ def kind_of(reason: str, source: str) -> str:
     numbers and quoted values, and what follows the first ';' (the advice): rows of one kind share it."""
     text = reason.removeprefix(f"{source}: ").split(";")[0]
     text = re.sub(r"\b(sample|id|row) '[^']*'", r"\1 <id>", text)
+    # a quoted text (a solution, an answer: spaces, tags): before paths, or its '</think>' read as one
+    text = re.sub(r"'[^'\n]*[\s<>/][^'\n]*'" + r'|"[^"\n]*[\s<>/][^"\n]*"', "<value>", text)
     text = re.sub(r"\S*[/\\]\S*", "<path>", text)
     text = re.sub(r"(?<!')\b-?\d+(\.\d+)?\b", "N", text)
     return text[:100].rstrip(" :,")  # a message cut before its advice ends in no dangling colon
