@@ -293,6 +293,8 @@ def condense(message: str, option_strings: list[str] = (), config_files: list[st
             lines.append(f"{path}: expected {_expected([expected])}, got {wrong.group(2)!r}"
                          + _choice_hint(path, wrong.group(2), expected))
         elif alternative:
+            if short and leaf.keys and leaf.keys[0] == "model" and "rewards" in leaf.keys:
+                path = f"{path} ({short})"  # which reward of the list (a mixed-task trial could not tell)
             alternatives.setdefault(path, []).append(_type_name(alternative.group(1)))
             given = leaf.given
             alternatives.setdefault(f"given:{path}", [given or ""])

@@ -93,6 +93,9 @@ def test_unrecognized_flags_get_the_nearest_known_flags_and_other_messages_pass_
     ("--trainer.callbacks=[{class_path: callbacks.PTST, init_args: {stages: [{max_completion_length: 12, "
      "num_generation: 2, steps: 5}]}}]",
      "trainer.callbacks.stages.num_generation: not an option of PTSTStage; did you mean num_generations?"),
+    # a reward's tasks as a string: which reward of the list (a mixed-task trial could not tell)
+    ("--model.init_args.rewards=[{class_path: lit_vr1.rewards.RecJsonFormat}, {class_path: lit_vr1.rewards.IoUReward, "
+     "init_args: {tasks: rec}}]", "model.rewards.tasks (IoUReward): got 'rec'; expected list"),
 ])
 def test_the_command_prints_two_lines_without_usage_or_the_nested_dump(flag, expected, capsys):
     with pytest.raises(SystemExit) as info:

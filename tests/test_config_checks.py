@@ -253,7 +253,7 @@ EXISTING = {
     "train_data_given": lambda mp: _data(),
     "train_images_given": lambda mp: _data(train_files="a.jsonl"),
     "val_images_given": lambda mp: _data(val_files="a.jsonl"),
-    "one_image_folder_per_file": lambda mp: __import__("lit_vr1.data.jsonl", fromlist=["x"]).pair_files("a:b", "c"),
+    "one_image_folder_per_file": lambda mp: __import__("lit_vr1.data.jsonl", fromlist=["x"]).pair_files("a:b:c", "d:e"),
     "one_reward_method_per_file": lambda mp: __import__("lit_vr1.data.jsonl", fromlist=["x"]).file_tasks("a:b", "x:y:z"),
     "data_files_exist": lambda mp: __import__("lit_vr1.data.jsonl", fromlist=["x"]).read_records("gone.jsonl", "img"),
     "template_known": lambda mp: __import__("lit_vr1.data.prompts", fromlist=["x"]).check_template("fancy"),

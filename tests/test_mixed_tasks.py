@@ -199,3 +199,19 @@ def test_a_task_field_of_another_name_is_named_when_no_reward_scores_the_rows():
     said = _warnings(lambda: check_routing([IoUReward(tasks=["rec"]), ThinkAnswerFormat()], SimpleNamespace(records=rows)))
     assert any("scores none of the training rows" in m and "field 'task' holds the rewards' tasks in 3 row(s)" in m
                for m in said), said
+
+
+def test_one_image_folder_serves_every_data_file(tmp_path):
+    """Five task files under one image root were refused ('lists 5 file(s) but 1 folder(s)') where
+    data.reward_methods takes one task for every file (a mixed-task trial)."""
+    rec = [{"id": "r", "image": "a.png", "problem": "<image>Locate the box.", "solution": [1, 1, 20, 20]}]
+    cnt = [{"id": "c", "image": "a.png", "problem": "<image>How many?", "solution": "2"}]
+    f1, d = _write(tmp_path, "rec", rec, {"a.png": (56, 56)})
+    f2, _ = _write(tmp_path, "cnt", cnt, {})
+    ds = JsonlDataset(f"{f1}:{f2}", d, reward_methods="rec:count")
+    assert [(r.id, r.task) for r in ds.records] == [("r", "rec"), ("c", "count")]
+    f3, _ = _write(tmp_path, "null", [{**cnt[0], "reward_method": None}], {})  # null: the file's task, not refused
+    assert JsonlDataset(f3, d, reward_methods="count").records[0].task == "count"
+    with pytest.raises(DataError, match=r"lists 3 file\(s\) but .* 2 folder\(s\); give one image folder per data file, "
+                                        r"':'-separated, or one folder for them all"):
+        JsonlDataset(f"{f1}:{f2}:{f1}", f"{d}:{d}")

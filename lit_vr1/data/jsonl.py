@@ -287,18 +287,20 @@ ARG_NAMES = ("data_files", "image_folders", "reward_methods")
 
 @rule("data.train_images", "data")
 def one_image_folder_per_file(files: list[str], folders: list[str], names: tuple[str, ...] = ARG_NAMES) -> str | None:
-    if len(files) == len(folders):
+    if len(files) == len(folders) or len(folders) == 1:
         return None
     return (f"{names[0]} lists {len(files)} file(s) but {names[1]} lists {len(folders)} folder(s); "
-            "give one image folder per data file, ':'-separated")
+            "give one image folder per data file, ':'-separated, or one folder for them all")
 
 
 def pair_files(data_files: str, image_folders: str, names: tuple[str, ...] = ARG_NAMES) -> list[tuple[str, str]]:
-    """Pair ':'-separated data files with ':'-separated image folders (equal counts)."""
+    """Pair ':'-separated data files with ':'-separated image folders (equal counts), or every
+    file with the one folder given (as one task in ``reward_methods`` is every file's: a
+    mixed-task trial's five files under one image root were refused)."""
     files = split_paths(data_files)
     folders = split_paths(image_folders)
     enforce(one_image_folder_per_file(files, folders, names), DataError)
-    return list(zip(files, folders))
+    return list(zip(files, folders * len(files) if len(folders) == 1 else folders))
 
 
 TURN_ORDER = ("system", "human", "gpt")  # a row's turns: an optional system turn, the question, its answer
@@ -723,9 +725,10 @@ def parse_line(line: str, path: str, lineno: int, folder: str, task: str = "defa
         raise DataError(f"{where}: field 'accu_reward_method' (VLM-R1's) is not read: a row's task goes in field "
                         "'reward_method', and the rewards whose tasks name it score the row: rename the field, its "
                         "value the row's task (VLM-R1's value names its accuracy method, such as 'default')")
-    method = obj.get("reward_method", task)
+    method = obj.get("reward_method")
+    method = task if method is None else method  # null: no task of the row's own, as a null id is no id
     if not isinstance(method, str) or not method:
-        raise DataError(f"{where}: field 'reward_method' must be a non-empty string")
+        raise DataError(f"{where}: field 'reward_method' must be a non-empty string (or null: the file's task)")
     skip = ("id", "image", "conversations", "problem", "question", "solution", "reward_method", "system")
     meta = {k: v for k, v in obj.items() if k not in skip}
     written = obj.get("id")  # null: no id, as for image and solution
