@@ -69,6 +69,15 @@ def live_bar_shown(trainer) -> bool:
     return trainer.progress_bar_callback is not None and (sys.stdout.isatty() or sys.stderr.isatty())
 
 
+def own_log_dir(trainer) -> str | None:
+    """The first logger's folder, as ``Trainer.log_dir`` finds it but without its broadcast (a
+    collective: every process would have to ask, here at a teardown); None without loggers."""
+    if not trainer.loggers:
+        return None
+    logger = trainer.loggers[0]
+    return getattr(logger, "log_dir", None) or getattr(logger, "save_dir", None)
+
+
 class Heartbeat(Callback):
     """Say how a fit goes every ``every_s`` seconds while no progress bar shows, and say where
     its results are when it ends (see the module docstring)."""
@@ -106,7 +115,7 @@ class Heartbeat(Callback):
         now, start = time.monotonic(), self._start
         step, pace = trainer.global_step, self._seconds_a_step(trainer, now)
         self._start = None
-        log_dir = trainer.log_dir if trainer.loggers else None  # a broadcast: every process asks
+        log_dir = own_log_dir(trainer)
         limit = f"max_steps {trainer.max_steps}" if trainer.max_steps > 0 else "no max_steps"
         text = f"lit-vr1: fit ended at step {step} ({limit}) after {duration(now - start)}"
         if pace is not None:

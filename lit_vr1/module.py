@@ -217,7 +217,6 @@ def plain_settings(hparams: dict) -> dict:
     return out
 
 
-
 def evaluation_line(command: str, ckpt_path: str | None, step: int, figures: dict) -> str:
     """The figures of a ``validate`` / ``test`` whose rows go to the loggers at the optimiser
     step (a checkpoint's): Lightning's results table shows only what it logs itself, so these
@@ -225,6 +224,7 @@ def evaluation_line(command: str, ckpt_path: str | None, step: int, figures: dic
     shown = ", ".join(f"{k} {float(v):.4g}" for k, v in figures.items() if v is not None)
     of = f" of {ckpt_path}" if ckpt_path else ""
     return f"lit-vr1: {command}{of} (step {step}): {shown}"
+
 
 class VLMModule(LightningModule):
     """Base of :class:`~lit_vr1.sft.SFTModule` and :class:`~lit_vr1.grpo.GRPOModule`.
@@ -819,8 +819,9 @@ class VLMModule(LightningModule):
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
         trainer = self._trainer
         checkpoint[RNG_KEY] = gather_rng_states(trainer.world_size if trainer is not None else 1)
-        if self._configured() is not None:  # a resume that configures others is refused
-            checkpoint[resume_optimisers.KEY] = self._configured()
+        # a resume that configures others is refused; None (a configure_optimizers of a subclass's own) is
+        # saved too, so that its resume is not taken for an older lit-vr1's checkpoint, which saved nothing
+        checkpoint[resume_optimisers.KEY] = self._configured()
         checkpoint[METRICS_KEY] = log_dirs.metrics_file(trainer)
         if getattr(self, "_run_record", None) is not None:  # what the run was made with (lit_vr1.run_record)
             checkpoint[RUN_KEY] = self._run_record
