@@ -23,16 +23,25 @@ def printable(text: str) -> str:
 
 
 def rollout_rows(module, num_samples: int) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the module's last rollout (first ``num_samples`` completions)."""
+    """Header and rows of the module's last rollout (first ``num_samples`` completions). In a
+    run of several tasks (rewards routed by ``tasks``) a ``task`` column is shown, and a reward
+    that scores none of the rows shown is left out: a mixed-task trial's six reward columns, most
+    of them ``n/a``, squeezed the completion to a few characters a line."""
     rollout, scores = module.loop.last_rollout, module.loop.last_scores
-    header = ["id", "completion", *scores.names, "total", "advantage"]
+    shown = range(min(num_samples, len(rollout)))
+    values = [[scores.per_reward[r, i].item() for r in range(len(scores.names))] for i in shown]
+    routed = any(ctx.task != "default" for ctx in rollout.contexts)
+    rewards = [r for r in range(len(scores.names))
+               if not routed or not values or any(not math.isnan(v[r]) for v in values)]
+    header = ["id", *(["task"] if routed else []), "completion", *(scores.names[r] for r in rewards), "total",
+              "advantage"]
     rows = []
-    for i in range(min(num_samples, len(rollout))):
-        values = [scores.per_reward[r, i].item() for r in range(len(scores.names))]
+    for i in shown:
         rows.append([
             rollout.contexts[i].id,
+            *([rollout.contexts[i].task] if routed else []),
             printable(rollout.completions[i]),
-            *("n/a" if math.isnan(v) else f"{v:.3f}" for v in values),
+            *("n/a" if math.isnan(values[i][r]) else f"{values[i][r]:.3f}" for r in rewards),
             f"{scores.total[i].item():.3f}",
             f"{rollout.advantages[i].item():+.3f}",
         ])
@@ -63,8 +72,9 @@ class RolloutTable(Callback):
         table = Table(title=f"rollouts at step {trainer.global_step}", show_lines=True)
         for name in header:
             table.add_column(name, overflow="fold")
+        text = header.index("completion")
         for row in rows:
-            table.add_row(*[row[0], row[1][: self.max_chars], *row[2:]])
+            table.add_row(*[*row[:text], row[text][: self.max_chars], *row[text + 1:]])
         self.console.print(table)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):

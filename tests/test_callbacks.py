@@ -430,3 +430,31 @@ def test_a_prediction_that_fails_before_its_first_answer_leaves_no_empty_file(tm
     (tmp_path / "predictions.jsonl").write_text('{"id": 1}\n')
     writer.on_exception(FakeTrainer(), None, ValueError("a corrupt image"))
     assert (tmp_path / "predictions.jsonl").read_text() == '{"id": 1}\n'
+
+
+def test_rollout_table_of_a_mixed_run_shows_the_task_and_leaves_out_rewards_of_other_tasks():
+    """Six reward columns, most n/a, squeezed a mixed-task trial's completions to a few characters."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from callbacks.rollout_table import rollout_rows
+    from lit_vr1.rewards.base import SampleContext
+
+    nan = float("nan")
+    class Rollout(list):  # what the table reads of a rollout: its length, contexts, completions, advantages
+        pass
+
+    shown = Rollout(["2", "3", "[1, 2, 3, 4]"])
+    shown.completions, shown.advantages = list(shown), torch.tensor([0.5, -0.5, 0.0])
+    shown.contexts = [SampleContext(id=f"c{i}", prompt="", solution="2", task="count") for i in range(2)] + [
+        SampleContext(id="r", prompt="", solution="", task="rec")]
+    scores = SimpleNamespace(names=["iou", "accuracy", "format"], total=torch.tensor([2.0, 1.0, 0.3]),
+                             per_reward=torch.tensor([[nan, nan, 0.3], [1.0, 0.0, nan], [1.0, 1.0, nan]]))
+    module = SimpleNamespace(loop=SimpleNamespace(last_rollout=shown, last_scores=scores))
+    header, rows = rollout_rows(module, 2)
+    assert header == ["id", "task", "completion", "accuracy", "format", "total", "advantage"]
+    assert rows[0] == ["c0", "count", "2", "1.000", "1.000", "2.000", "+0.500"]
+    plain = [SampleContext(id=f"d{i}", prompt="", solution="2") for i in range(3)]
+    shown.contexts = plain  # one task ('default'): every reward's column, as before
+    assert rollout_rows(module, 2)[0] == ["id", "completion", "iou", "accuracy", "format", "total", "advantage"]
