@@ -207,6 +207,14 @@ class FolderRefused(CheckpointError):
     so every process raises it alike and the CLI prints it on rank 0 alone."""
 
 
+class FolderInUse(FolderRefused):
+    """A fit refused its checkpoint folder because another fit writes into it: the CLI exits 75
+    (``EX_TEMPFAIL``: try again later), not 2 (a setting to mend)."""
+
+
+IN_USE_EXIT = 75  # sysexits.h EX_TEMPFAIL: a folder another run holds; the same command may run once it ends
+
+
 def is_intact(path: str) -> bool:
     """Whether ``path`` is a whole torch checkpoint: a zip archive (torch.save's format)
     whose members all pass their CRC check. Reads the file, unpickles nothing."""
@@ -667,10 +675,11 @@ def lock_folders_of_processes(trainer) -> None:
         try:
             _lock_folders(trainer)
         except Exception as exc:  # anything: the others wait in the broadcast below, and must hear of it
-            refused = str(exc) if isinstance(exc, FolderRefused) else f"{type(exc).__name__}: {exc}"
+            refused = (isinstance(exc, FolderInUse),
+                       str(exc) if isinstance(exc, FolderRefused) else f"{type(exc).__name__}: {exc}")
     refused = trainer.strategy.broadcast(refused, src=0)
     if refused:
-        raise FolderRefused(refused)
+        raise (FolderInUse if refused[0] else FolderRefused)(refused[1])
 
 
 def _lock_folders(trainer) -> None:
@@ -694,7 +703,7 @@ def _lock_folders(trainer) -> None:
             os.close(fd)
             if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):  # no locks here (ENOLCK)
                 continue
-            raise FolderRefused(f"another fit (process {holder or 'unknown'}) is writing checkpoints into {folder}: "
+            raise FolderInUse(f"another fit (process {holder or 'unknown'}) is writing checkpoints into {folder}: "
                                   "wait for it to end, or give this one another --trainer.default_root_dir") from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())

@@ -600,6 +600,17 @@ def one_line_warning(message, category, filename, lineno, line=None) -> str:
     return f"{filename}:{lineno}: {category.__name__}: {message}\n"
 
 
+def exit_status(error: BaseException) -> int:
+    """2 for an error to mend (a setting, the data, a checkpoint), 75 (``EX_TEMPFAIL``) for a
+    folder another run holds (checkpoints another fit writes, synthetic data another run reads):
+    the same command may run once that run ends. An unattended job told the two apart only by
+    the message (a new user's trial)."""
+    from lit_vr1.checkpoint import IN_USE_EXIT, FolderInUse
+    from lit_vr1.data.folder_lock import SyntheticFolderInUse
+
+    return IN_USE_EXIT if isinstance(error, (FolderInUse, SyntheticFolderInUse)) else 2
+
+
 def same_on_every_process(error: BaseException) -> bool:
     """Whether every process of a run raises ``error`` alike: a refused setting (``ConfigError``)
     or a resume refused for a changed setting (``SettingsRefused``) is judged from what every
@@ -661,7 +672,7 @@ def main(args: list[str] | None = None) -> None:
         if rank_zero_only.rank == 0 or not same_on_every_process(error):
             print(f"lit-vr1: error: {message}\n(run again with {TRACEBACK_FLAG} or {TRACEBACK_ENV}=1 for the traceback)",
                   file=sys.stderr)
-        sys.exit(2)
+        sys.exit(exit_status(error))
 
 
 if __name__ == "__main__":

@@ -347,7 +347,7 @@ def test_a_second_fit_of_two_processes_into_a_folder_in_use_is_refused_in_one_li
     finally:
         holder.kill()
         holder.wait()
-    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.returncode == 75, proc.stderr[-3000:]  # EX_TEMPFAIL: the same command may run once that fit ends
     said = f"lit-vr1: error: another fit (process {holder.pid}) is writing checkpoints into {out / 'ckpt'}"
     assert proc.stderr.count(said) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert not list((out / "ckpt").glob("*.ckpt")) and not (out / "rollouts.jsonl").exists()

@@ -141,3 +141,13 @@ def test_a_module_waits_for_a_draw_in_progress(tmp_path):
     os.close(fd)
     waiting.join(timeout=120)
     assert done and stamp_seed(folder) == 1
+
+
+def test_a_folder_in_use_exits_75_and_a_setting_to_mend_2():
+    """An unattended job told 'try again later' from 'mend the config' only by the message."""
+    from lit_vr1.checkpoint import FolderInUse, FolderRefused
+    from lit_vr1.cli import exit_status
+    from lit_vr1.rules import ConfigError
+
+    assert exit_status(SyntheticFolderInUse("x")) == exit_status(FolderInUse("x")) == 75
+    assert exit_status(FolderRefused("cannot write")) == exit_status(ConfigError("x")) == 2
