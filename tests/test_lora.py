@@ -439,3 +439,16 @@ def test_a_lora_checkpoint_keeps_the_base_weights_only_under_fsdp2(sharded, monk
     trained = {n for n, p in module.named_parameters() if p.requires_grad}
     assert set(checkpoint["state_dict"]) == (set(module.state_dict()) if sharded else trained)
     module.on_load_checkpoint({k: v for k, v in checkpoint.items() if k != "state_dict"})  # FSDP2 loaded the weights
+
+
+def test_an_export_into_a_redirected_log_writes_no_progress_bar(tiny_qwen25, tmp_path, capfd):
+    """transformers' "Writing model shards" bar left \\r-joined frames in a redirected log (a trial)."""
+    from transformers.utils import logging as hf_logging
+
+    from lit_vr1.models.lora import save_merged
+
+    model, processor = tiny_qwen25
+    save_merged(model, str(tmp_path / "out"), processor)
+    out = capfd.readouterr()
+    assert "Writing model shards" not in out.err + out.out
+    assert hf_logging.is_progress_bar_enabled()  # given back as it was

@@ -13,6 +13,7 @@ that ``from_pretrained`` (and ``lit_vr1.models.loading.load_model``) reads like 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import functools
@@ -20,6 +21,7 @@ import json
 import math
 import os
 import re
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -320,6 +322,22 @@ def as_umask_allows(folder: str, since: float) -> None:
             continue
 
 
+@contextlib.contextmanager
+def bars_on_a_terminal_only():
+    """transformers' "Writing model shards" bar off while stderr is not a terminal: in a
+    redirected log it left ``\r``-joined bar frames (a new user's trial of unattended runs)."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    if was and not sys.stderr.isatty():
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 def save_merged(model: nn.Module, path: str, processor=None, dtype: str | torch.dtype | None = None) -> MergeLoss | None:
     """Write ``model`` (adapters merged in, when it has any) and ``processor`` to ``path``
     with ``save_pretrained``: a plain checkpoint that ``from_pretrained`` loads. ``dtype``
@@ -332,10 +350,11 @@ def save_merged(model: nn.Module, path: str, processor=None, dtype: str | torch.
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     target = base_model(model) if is_lora(model) else model
     found: list[MergeLoss] = []
-    if is_lora(model) or dtype is not None:
-        target.save_pretrained(path, state_dict=merged_state_dict(model, dtype=dtype, loss=found))
-    else:  # nothing to merge or cast: the model writes its own weights (no copy of them all in host memory)
-        target.save_pretrained(path)
+    with bars_on_a_terminal_only():
+        if is_lora(model) or dtype is not None:
+            target.save_pretrained(path, state_dict=merged_state_dict(model, dtype=dtype, loss=found))
+        else:  # nothing to merge or cast: the model writes its own weights (no copy of them all in host memory)
+            target.save_pretrained(path)
     if dtype is not None:  # save_pretrained records the live model's dtype: from_pretrained(dtype="auto") reads this
         config_path = os.path.join(path, "config.json")
         with open(config_path, encoding="utf-8") as f:
