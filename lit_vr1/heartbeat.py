@@ -90,9 +90,15 @@ class Heartbeat(Callback):
         self._start_step = 0
 
     def on_train_start(self, trainer, pl_module) -> None:
-        self._start = self._last = time.monotonic()
+        self._began = self._start = self._last = time.monotonic()
         self._start_step = trainer.global_step
         self._beating = self.every_s > 0 and not live_bar_shown(trainer)
+        self._timed = False
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if not getattr(self, "_timed", True):  # the pace from the first step on: a warm-up (ColdStart) is not a step
+            self._start = self._last = time.monotonic()
+            self._timed = True
 
     def _seconds_a_step(self, trainer, now: float) -> float | None:
         done = trainer.global_step - self._start_step
@@ -112,7 +118,7 @@ class Heartbeat(Callback):
         """The fit ended without an error (a failed one gets no teardown: its error is the last word)."""
         if stage != "fit" or self._start is None:
             return
-        now, start = time.monotonic(), self._start
+        now, start = time.monotonic(), self._began  # the whole fit's time, a warm-up's included
         step, pace = trainer.global_step, self._seconds_a_step(trainer, now)
         self._start = None
         log_dir = own_log_dir(trainer)
