@@ -82,6 +82,8 @@ class ColdStart(Callback):
         note = untaught_format_note(getattr(pl_module, "rewards", []), [records[i] for i in rows] if records else [])
         if note:
             rank_zero_warn(note)
+        # said as it starts: a warm-up of minutes printed nothing until its end (a trial at scale)
+        rank_zero_info(f"ColdStart: {self.steps} supervised steps (batches of {self.batch_size}) before GRPO's first")
         policy = pl_module.policy
         params = [p for p in policy.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=0.0)

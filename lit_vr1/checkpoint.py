@@ -748,7 +748,7 @@ def versioned_last_note(chosen: str, flag: str) -> str | None:
     states" line (an upgrading user's trial); this run's saves replace ``last.ckpt``."""
     name = os.path.basename(chosen.rstrip(os.sep))
     plain = os.path.join(os.path.dirname(chosen), "last.ckpt")
-    if not re.fullmatch(r"last-v\d+\.ckpt", name) or not os.path.isfile(plain):
+    if not re.fullmatch(r"last-v\d+\.ckpt", name) or not os.path.exists(plain):  # a sharded one is a folder
         return None
     return (f"--ckpt_path {flag}: resuming from {name} (step {saved_step(chosen)}), the newest of the last*.ckpt files, "
             f"not last.ckpt (step {saved_step(plain)}) beside it: a run by another ModelCheckpoint or an older lit-vr1 "

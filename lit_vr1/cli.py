@@ -183,6 +183,8 @@ class LitVR1CLI(LightningCLI):
             LitVR1ArgumentParser.unknown_keys = unknown_keys(_flag_values(after, ("--config", "-c")), dests, subcommand,
                                                              class_flags)
         ckpt_path = _flag_value(argv, "--ckpt_path")
+        if ckpt_path in ("last", "last_or_new"):  # the root's last.ckpt, when the command line or configs name the root
+            ckpt_path = root_last_checkpoint(argv)
         if subcommand and ckpt_path and (Path(ckpt_path).is_file() or is_sharded(ckpt_path)):
             hparams = checkpoint_model_settings(ckpt_path)
             if hparams:
@@ -366,6 +368,19 @@ def _config_files_value(argv: list[str], keys: tuple[str, ...]):
         found = yaml_value(path, keys)
         value = found if found is not None else value
     return value
+
+
+def root_last_checkpoint(argv: list[str]) -> str | None:
+    """``<trainer.default_root_dir>/checkpoints/last.ckpt`` of the command line (or its config
+    files), when it exists: ``--ckpt_path last`` then takes its model settings as defaults, as a
+    checkpoint's path does. A ``--help``-only user's ``validate --ckpt_path last`` with no config
+    was refused for another model than the checkpoint's (its settings were not read), while the
+    same file's path worked. A ModelCheckpoint of another ``dirpath`` is not looked for here."""
+    root = _flag_value(argv, "--trainer.default_root_dir") or _config_files_value(argv, ("trainer", "default_root_dir"))
+    if not isinstance(root, str):
+        return None
+    path = os.path.join(root, "checkpoints", "last.ckpt")
+    return path if os.path.isfile(path) or is_sharded(path) else None
 
 
 def loggers_follow_root(config, argv: list[str]) -> None:
@@ -619,9 +634,10 @@ def same_on_every_process(error: BaseException) -> bool:
     error, an out-of-memory one or a checkpoint file one machine lacks, may be one process's own
     and is printed where it happened."""
     from lit_vr1.checkpoint import FolderRefused, SettingsRefused
+    from lit_vr1.data.folder_lock import SyntheticFolderInUse
     from lit_vr1.rules import ConfigError
 
-    return isinstance(error, (ConfigError, SettingsRefused, FolderRefused))
+    return isinstance(error, (ConfigError, SettingsRefused, FolderRefused, SyntheticFolderInUse))
 
 
 def main(args: list[str] | None = None) -> None:

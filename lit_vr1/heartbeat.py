@@ -65,8 +65,14 @@ def progress_line(step: int, max_steps: int, seconds_a_step: float | None, shown
 
 
 def live_bar_shown(trainer) -> bool:
-    """Whether a progress bar draws on a terminal (Rich and tqdm write to stdout / stderr)."""
-    return trainer.progress_bar_callback is not None and (sys.stdout.isatty() or sys.stderr.isatty())
+    """Whether a progress bar draws on a terminal: Rich's (lit-vr1's step bar is one) writes to
+    stdout, tqdm's to stderr; ``lit-vr1 fit > run.log`` on a terminal's stderr draws nothing."""
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    bar = trainer.progress_bar_callback
+    if bar is None:
+        return False
+    return (sys.stdout if isinstance(bar, RichProgressBar) else sys.stderr).isatty()
 
 
 def own_log_dir(trainer) -> str | None:
@@ -89,8 +95,12 @@ class Heartbeat(Callback):
         self._start: float | None = None
         self._start_step = 0
 
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._began = time.monotonic()  # the last line's time: the fit's, its warm-up's included
+
     def on_train_start(self, trainer, pl_module) -> None:
-        self._began = self._start = self._last = time.monotonic()
+        self._began = getattr(self, "_began", None) or time.monotonic()
+        self._start = self._last = time.monotonic()
         self._start_step = trainer.global_step
         self._beating = self.every_s > 0 and not live_bar_shown(trainer)
         self._timed = False
@@ -120,16 +130,16 @@ class Heartbeat(Callback):
             return
         now, start = time.monotonic(), self._began  # the whole fit's time, a warm-up's included
         step, pace = trainer.global_step, self._seconds_a_step(trainer, now)
-        self._start = None
+        self._start = self._began = None
         log_dir = own_log_dir(trainer)
         limit = f"max_steps {trainer.max_steps}" if trainer.max_steps > 0 else "no max_steps"
         text = f"lit-vr1: fit ended at step {step} ({limit}) after {duration(now - start)}"
         if pace is not None:
             text += f", {pace:.3g} s a step"
-        last = getattr(trainer.checkpoint_callback, "last_model_path", "") or getattr(
-            trainer.checkpoint_callback, "best_model_path", "")
-        if last:
-            text += f"; last checkpoint {last}"
+        saved = trainer.checkpoint_callback
+        last, best = getattr(saved, "last_model_path", ""), getattr(saved, "best_model_path", "")
+        if last or best:
+            text += f"; last checkpoint {last}" if last else f"; checkpoint {best}"
         if log_dir and os.path.isfile(os.path.join(log_dir, "metrics.csv")):
             text += f"; metrics in {os.path.join(log_dir, 'metrics.csv')}"
         shown = figures(logged(trainer, pl_module))

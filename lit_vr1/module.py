@@ -217,6 +217,29 @@ def plain_settings(hparams: dict) -> dict:
     return out
 
 
+def capped_evaluation_note(command: str, flag: str, limit: int | float | None, data) -> str | None:
+    """A note when ``trainer.limit_val_batches`` (or ``limit_test_batches``) leaves held-out rows of
+    a ``validate`` / ``test`` unscored: a config that limits validation in fits (the quickstart's 4
+    batches) limited it there too, and a trial at scale asked ``val_subset=2000`` and got 200
+    scored, without a word. None when every row is scored, or the sizes are unknown."""
+    size = getattr(data, "val_batch_size", None)
+    if getattr(data, "val_set", None) is None or not size or limit is None or isinstance(limit, bool):
+        return None
+    held_out = data.held_out() if hasattr(data, "held_out") else data.val_set  # val_subset's rows, when set
+    rows = len(held_out)
+    if isinstance(limit, int):
+        scored = min(rows, limit * size)
+    elif isinstance(limit, float) and limit < 1.0:
+        scored = min(rows, int(-(-rows // size) * limit) * size)
+    else:
+        return None
+    if scored >= rows or scored == 0:
+        return None
+    return (f"lit-vr1 {command} scores {scored} of the {rows} held-out rows: trainer.{flag}={limit} (batches of "
+            f"data.val_batch_size={size}; a config that limits validation in fits limits it here too); give "
+            f"--trainer.{flag}=1.0 to score every row")
+
+
 def evaluation_line(command: str, ckpt_path: str | None, step: int, figures: dict) -> str:
     """The figures of a ``validate`` / ``test`` whose rows go to the loggers at the optimiser
     step (a checkpoint's): Lightning's results table shows only what it logs itself, so these
@@ -462,6 +485,11 @@ class VLMModule(LightningModule):
             raise ValueError(f"lit-vr1 {command} has nothing to score: trainer.{limit} is 0 (a config that turns "
                              "validation off in fits, as the tiny twins do, turns it off here too); give "
                              f"--trainer.{limit}=1.0 to score every held-out row")
+        if stage in ("validate", "test"):
+            note = capped_evaluation_note(str(getattr(stage, "value", stage)), limit, getattr(self.trainer, limit, None),
+                                          getattr(self.trainer, "datamodule", None))
+            if note:
+                rank_zero_warn(note)
         if limit and getattr(self.trainer, limit, None) != 0:  # 0: no held-out row is scored
             val_set = getattr(getattr(self.trainer, "datamodule", None), "val_set", None)
             check_eval_solutions(self.eval_task, val_set, self.answer_mode, self.unrouted_answer_note)

@@ -41,8 +41,8 @@ def frame_of(model: PreTrainedModel, box_frame: str | None) -> str:
 @torch.no_grad()
 def predict_records(model: PreTrainedModel, processor: ProcessorMixin, samples: list[Sample], max_new_tokens: int = 64,
                     box_frame: str | None = None) -> list[dict]:
-    """One JSON-ready dict per sample: id, source, task (the row's ``reward_method``, else its
-    file's ``data.reward_methods`` entry, else "default"), prompt, completion, its ``answer`` (the text
+    """One JSON-ready dict per sample: id, source, task (the row's ``reward_method``, else
+    "default"), prompt, completion, its ``answer`` (the text
     the answer rewards read: inside the last ``<answer>`` tags, else after ``</think>``, else
     the whole text), ``truncated`` (no end of turn within ``max_new_tokens``: the answer may be
     cut short), the parsed boxes (``bbox_2d`` in original-image pixels, ``label``; [] when none

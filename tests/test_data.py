@@ -90,14 +90,15 @@ def test_null_image_and_null_solution_read_as_absent(tmp_path):
 
 def test_unequal_lists_name_both_counts(tmp_path):
     f, d = _write(tmp_path, "x", [rec(1, "a.png")])
-    with pytest.raises(DataError, match="data_files lists 2 file.* but image_folders lists 1 folder"):
-        JsonlDataset(f"{f}:{f}", d)
+    with pytest.raises(DataError, match="data_files lists 1 file.* but image_folders lists 2 folder"):
+        JsonlDataset(f, f"{d}:{d}")
+    assert len(JsonlDataset(f"{f}:{f}", d)) == 2  # one folder: every file's
 
 
 def test_the_data_module_names_its_flags_in_count_errors(tmp_path):
     f, d = _write(tmp_path, "x", [rec(1, "a.png")])
-    dm = GroundingDataModule(train_files=f, train_images=d, val_files=f"{f}:{f}", val_images=d)
-    with pytest.raises(DataError, match="data.val_files lists 2 file.* but data.val_images lists 1 folder"):
+    dm = GroundingDataModule(train_files=f, train_images=d, val_files=f"{f}:{f}:{f}", val_images=f"{d}:{d}")
+    with pytest.raises(DataError, match="data.val_files lists 3 file.* but data.val_images lists 2 folder"):
         dm.setup("fit")
     dm = GroundingDataModule(train_files=f"{f}:{f}", train_images=f"{d}:{d}", reward_methods="rec:od:math")
     with pytest.raises(DataError, match="data.reward_methods lists 3 method.* but data.train_files lists 2 file"):

@@ -301,3 +301,19 @@ def test_boxes_written_in_pixels_and_read_as_norm1000_are_named_by_the_frame_tha
                                          r"read in input_pixels: the model likely writes input_pixels; set "
                                          r"model.box_frame=input_pixels"):
         Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False).validate(module, dm)
+
+
+def test_a_validate_capped_by_limit_val_batches_says_how_many_rows_it_scores():
+    """val_subset=2000 over a config with limit_val_batches 4 (batches of 50) scored 200 rows, unsaid."""
+    from types import SimpleNamespace
+
+    from lit_vr1.module import capped_evaluation_note
+
+    data = SimpleNamespace(val_set=list(range(3000)), val_batch_size=50, held_out=lambda: list(range(2000)))
+    assert capped_evaluation_note("validate", "limit_val_batches", 4, data) == (
+        "lit-vr1 validate scores 200 of the 2000 held-out rows: trainer.limit_val_batches=4 (batches of "
+        "data.val_batch_size=50; a config that limits validation in fits limits it here too); give "
+        "--trainer.limit_val_batches=1.0 to score every row")
+    assert "scores 1000 of the 2000" in capped_evaluation_note("test", "limit_test_batches", 0.5, data)
+    assert capped_evaluation_note("validate", "limit_val_batches", 1.0, data) is None
+    assert capped_evaluation_note("validate", "limit_val_batches", 40, data) is None  # 40 x 50 covers 2000

@@ -103,7 +103,8 @@ HOLDER = textwrap.dedent("""
     sys.path.insert(0, sys.argv[2])
     from test_folder_lock import data, in_a_stage
     from pathlib import Path
-    in_a_stage(data(Path(sys.argv[1]), seed=1)).prepare_data()
+    held = in_a_stage(data(Path(sys.argv[1]), seed=1))  # kept: a data module collected lets its folder go
+    held.prepare_data()
     print("holding", flush=True)
     sys.stdin.readline()
 """)
@@ -151,3 +152,51 @@ def test_a_folder_in_use_exits_75_and_a_setting_to_mend_2():
 
     assert exit_status(SyntheticFolderInUse("x")) == exit_status(FolderInUse("x")) == 75
     assert exit_status(FolderRefused("cannot write")) == exit_status(ConfigError("x")) == 2
+
+
+def test_a_data_module_collected_lets_its_folder_go(tmp_path):
+    import gc
+
+    folder = tmp_path / "shared"
+    reader = in_a_stage(data(folder, seed=1))
+    reader.prepare_data()
+    with pytest.raises(SyntheticFolderInUse):
+        in_a_stage(data(folder, seed=2)).prepare_data()
+    del reader
+    gc.collect()
+    in_a_stage(data(folder, seed=2)).prepare_data()
+    assert stamp_seed(folder) == 2
+
+
+def test_a_predict_neither_draws_nor_holds_the_synthetic_folder(tmp_path):
+    """predict reads data.predict_files: its data module drew the folder and held it (the review's finding)."""
+    folder = tmp_path / "shared"
+    reader = in_a_stage(data(folder, seed=1))
+    reader.prepare_data()
+    predict = data(folder, seed=2)
+    predict.trainer = type("Predicting", (StageOf,), {"state": type("state", (), {"fn": "predict"})})()
+    predict.prepare_data()  # not refused, and nothing drawn
+    assert stamp_seed(folder) == 1 and predict._reading.fd is None
+
+
+def test_a_two_process_fit_refused_a_folder_in_use_says_it_once_and_exits_75(tmp_path):
+    """Only the first process draws (Lightning's prepare_data): its refusal left the other waiting
+    in a collective, or dying with 'Connection closed by peer' (the review's finding). It is told to
+    every process at setup, and said once."""
+    from tests.test_resume import _env, fit_command
+
+    folder, here = tmp_path / "shared", str(__import__("pathlib").Path(__file__).parent)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder), here], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        out = tmp_path / "run"
+        cmd = fit_command(out, out / "ckpt", folder, "--trainer.devices=2", "--trainer.strategy=ddp",
+                          "--trainer.accelerator=cpu")
+        proc = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert proc.returncode == 75, proc.stderr[-3000:]
+    assert proc.stderr.count("another run or data module is reading it") == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and stamp_seed(folder) == 1

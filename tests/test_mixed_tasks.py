@@ -175,6 +175,8 @@ def test_a_detection_solution_is_refused_by_every_answer_mode(solution, mode):
 
     assert "is written as boxes, not an answer mode" in answer_problem(solution, mode)
     assert "is written as boxes" in HFRRF(mode=mode).solution_problem(SampleContext(id="d", prompt="", solution=solution))
+    # reasoning that quotes a box key, an answer that is not boxes: read as before (the review's case)
+    assert answer_problem('<think>the json has "bbox": [1, 2, 3, 4]</think><answer>3</answer>', "numeric") is None
 
 
 def test_held_out_rows_without_a_task_under_routed_answer_rewards_are_said_to_need_one():

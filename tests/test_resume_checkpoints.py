@@ -417,3 +417,16 @@ def test_steps_logged_but_not_saved_are_said_to_be_trained_again(tmp_path):
            in out.replace("of them", "of it"), out[-2000:]
     steps = [json.loads(line)["step"] for p in root.glob("logs/version_*/rollouts.jsonl") for line in open(p)]
     assert sorted(set(steps)) == [1, 2, 3] and steps.count(3) == steps.count(1)  # step 3 once, not twice
+
+
+def test_validate_with_ckpt_path_last_takes_the_checkpoints_model_settings(tmp_path):
+    """A --help-only user: 'validate --ckpt_path last' without the training config was refused for
+    another model than the checkpoint's (a file's path took its settings, 'last' did not)."""
+    root, data = tmp_path / "run", tmp_path / "data"
+    assert lit_vr1(tmp_path, "fit", *small(root, data)).returncode == 0
+    read = lit_vr1(tmp_path, "validate", "--ckpt_path", "last", f"--trainer.default_root_dir={root}",
+                   "--trainer.accelerator=cpu", "--data=lit_vr1.data.datamodule.GroundingDataModule",
+                   f"--data.synthetic_dir={data}", "--data.synthetic.num_samples=16", "--data.num_val_samples=4",
+                   "--data.synthetic.canvas=56")
+    assert read.returncode == 0, read.stderr[-2000:]
+    assert f"lit-vr1: validate of {root / 'checkpoints' / 'last.ckpt'} (step 2)" in read.stdout + read.stderr

@@ -58,7 +58,7 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from lit_vr1.data.images import open_quietly
-from lit_vr1.data.jsonl import BAD_ROWS, VIDEO_FIELDS, DataError, decode_line, parse_line
+from lit_vr1.data.jsonl import BAD_ROWS, VIDEO_FIELDS, DataError, decode_line, forget_file_reads, parse_line
 
 QUESTION_COLUMNS = ("problem", "question", "prompt", "messages")
 ANSWER_COLUMNS = ("solution", "answer", "reward_model.ground_truth", "ground_truth")
@@ -391,6 +391,7 @@ def convert(path: str, out: str, folder: str, bad_rows: str = "raise", question_
         raise ConvertError(f"{out} is the file to convert: write the JSON lines to another file")
     if not os.path.isdir(os.path.dirname(os.path.abspath(out))):
         raise ConvertError(f"{out}: its folder {os.path.dirname(os.path.abspath(out))} does not exist")
+    forget_file_reads()  # this conversion writes images: a header read before under their names is not theirs
     converted = Converted()
     keys = {"question": question_key, "answer": answer_key, "image": image_key}
     try:

@@ -77,7 +77,8 @@ def train_data_given(train_files: str | None, synthetic: object, val_files: str 
     """Some data: training files, a synthetic spec, or (for validate, test and predict alone)
     held-out or prediction files; a fit without training data is refused at its setup."""
     if train_files is None and synthetic is None and val_files is None and predict_files is None:
-        return "set data.train_files (with data.train_images) or data.synthetic"
+        return ("set data.train_files (with data.train_images) or data.synthetic; for validate or test "
+                "data.val_files (with data.val_images), for predict data.predict_files (with data.predict_images)")
     return None
 
 
@@ -135,10 +136,10 @@ class GroundingDataModule(LightningDataModule):
             rollouts' sampling.
         bad_rows: "raise" (default: every row is checked, then the run stops with one error
             listing the bad rows, each with its file, line and field: the first 10 and a
-            count of the rest) or "skip": bad rows are left out, counted and reported at the
-            end of every training epoch (a warning on rank 0 with their ids and reasons, the
-            metric ``data/skipped_rows``, and every row in ``skipped_rows.jsonl`` in the log
-            directory). A row whose image fails to decode at load time is replaced in its
+            count of the rest) or "skip": bad rows are left out, counted and reported when
+            the fit starts, and again at an epoch's end when loading left more out (a warning on
+            rank 0 with their ids and reasons, the metric ``data/skipped_rows``, and every row
+            in ``skipped_rows.jsonl`` in the log directory). A row whose image fails to decode at load time is replaced in its
             batch by the next row that loads, so batches keep their size (see
             ``lit_vr1.data.jsonl``).
         max_prompt_length: most tokens a prompt may have, image tokens counted as the
@@ -253,8 +254,16 @@ class GroundingDataModule(LightningDataModule):
         if self.train_files is not None or self.synthetic is None:
             return
         fn = getattr(getattr(self.trainer, "state", None), "fn", None)  # TrainerFn compares as its str value
-        if fn in ("validate", "test") and self.val_files is not None:
-            return  # held-out files are scored: no synthetic split is read
+        if fn in ("validate", "test") and self.val_files is not None or fn == "predict":
+            return  # held-out files are scored, or predict_files read: no synthetic split is
+        try:
+            self._draw_and_hold()
+        except SyntheticFolderInUse as refused:
+            if self._processes() <= 1 or getattr(self, "_in_setup", False):
+                raise
+            self._refused = str(refused)  # said by every process at setup (Lightning calls this on one)
+
+    def _draw_and_hold(self) -> None:
         folder = self.synthetic_dir
         with drawing(folder):
             for split, n in (("train", self.synthetic.num_samples), ("val", self.num_val_samples)):
@@ -270,6 +279,7 @@ class GroundingDataModule(LightningDataModule):
                     continue
                 if drawn is not None and not self._reading.may_redraw(folder):
                     raise SyntheticFolderInUse(in_use_message(folder, split, drawn, wanted))
+                stamp.unlink(missing_ok=True)  # a draw killed half way leaves no stamp over its rows
                 write_synthetic(folder, spec, split)
                 stamp.write_text(wanted)
             if self.trainer is not None:
@@ -287,13 +297,24 @@ class GroundingDataModule(LightningDataModule):
         if stage == "predict":
             self._add_skipped_rows_report()
             return  # predict reads only data.predict_files (see predict_dataloader)
+        if self._processes() > 1 and self.train_files is None and self.synthetic is not None:
+            # a refusal of the first process's prepare_data, told to every process (the others would
+            # wait for it in a collective, or die when it left)
+            refused = self.trainer.strategy.broadcast(getattr(self, "_refused", None), src=0)
+            self._refused = None
+            if refused:
+                raise SyntheticFolderInUse(refused)
         if self.train_files is None and self.synthetic is None:  # held-out files only: evaluation
             if stage in ("fit", None):
                 raise ConfigError(f"{'lit-vr1 fit' if stage else 'training'} needs training data: set "
                                   "data.train_files (with data.train_images) or data.synthetic")
             train, images, val, val_images = None, None, self.val_files, self.val_images
         elif self.train_files is None:
-            self.prepare_data()  # idempotent; covers direct use outside a Trainer
+            self._in_setup = True  # a refusal here is this process's own, raised as it comes
+            try:
+                self.prepare_data()  # idempotent; covers direct use outside a Trainer
+            finally:
+                self._in_setup = False
             train, images = self._synthetic_paths("train")
             val, val_images = self._synthetic_paths("val") if self.num_val_samples else (None, None)
             if self.val_files is not None:  # held-out files given: they are scored, not the synthetic split

@@ -24,6 +24,7 @@ import errno
 import fcntl
 import json
 import os
+import weakref
 from collections.abc import Iterator
 
 DRAW_LOCK, READERS_LOCK = ".lit-vr1-draw.lock", ".lit-vr1-readers.lock"
@@ -65,22 +66,33 @@ def drawing(folder: str) -> Iterator[None]:
         _flock(fd, fcntl.LOCK_EX)
         yield
     finally:
-        os.close(fd)  # drops the lock
+        _let_go(fd)
+
+
+def _let_go(fd: int) -> None:
+    """Unlock, then close: a data-loader worker forked with the file open shares its lock, which
+    closing this process's copy alone would leave held."""
+    with contextlib.suppress(OSError):
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    with contextlib.suppress(OSError):
+        os.close(fd)
 
 
 class ReadLock:
-    """One data module's hold on its synthetic folder (see the module docstring). Not copied
-    with the module: a copy (a pickled data module) holds nothing."""
+    """One data module's hold on its synthetic folder (see the module docstring), let go at
+    :meth:`release` or when the lock object is collected. Not copied with the module: a copy (a
+    pickled data module) holds nothing."""
 
     def __init__(self) -> None:
         self.fd: int | None = None
         self.folder: str | None = None
+        self._finalizer: weakref.finalize | None = None
 
     def __deepcopy__(self, memo: dict) -> ReadLock:
         return ReadLock()
 
     def __getstate__(self) -> dict:
-        return {"fd": None, "folder": None}
+        return {"fd": None, "folder": None, "_finalizer": None}
 
     def hold(self, folder: str) -> None:
         """Read ``folder`` (under its draw lock): a shared lock until :meth:`release`."""
@@ -90,6 +102,7 @@ class ReadLock:
         fd = _open(folder, READERS_LOCK)
         if fd is not None:
             _flock(fd, fcntl.LOCK_SH)  # no one holds it exclusively outside a draw, and this module holds the draw lock
+            self._finalizer = weakref.finalize(self, _let_go, fd)
         self.fd, self.folder = fd, folder
 
     def may_redraw(self, folder: str) -> bool:
@@ -109,10 +122,9 @@ class ReadLock:
 
     def release(self) -> None:
         """Let other runs redraw the folder."""
-        if self.fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(self.fd)
-        self.fd = self.folder = None
+        if self._finalizer is not None:
+            self._finalizer()  # once: unlock and close
+        self.fd = self.folder = self._finalizer = None
 
 
 def in_use_message(folder: str, split: str, stamp: str | None, wanted: str) -> str:

@@ -537,8 +537,8 @@ def written_as_boxes(solution: Any) -> bool:
     Vision-R1's ``[[label, [x1, y1, x2, y2]], ...]`` list, ``bbox_2d`` / ``bbox`` items (a
     list of them, or JSON in a string). Read as text, a number matcher took its last coordinate
     for the answer (a mixed-task trial: ``<answer> 34 </answer>`` scored 1 on a detection row)."""
-    if isinstance(solution, str):
-        return _BOX_KEY_RE.search(solution) is not None
+    if isinstance(solution, str):  # its answer only: reasoning may quote a box key
+        return _BOX_KEY_RE.search(answer_text(solution)) is not None
     if isinstance(solution, dict):
         return "bbox_2d" in solution or "bbox" in solution
     if isinstance(solution, (list, tuple)) and solution:
