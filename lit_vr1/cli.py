@@ -249,9 +249,11 @@ HELP_KEYS = {
         "RepetitionPenalty", "FunctionReward", "RewardModelReward", "RemoteRewardModel")),
 }
 HELP_EPILOG = (
-    "lit-vr1's own options: --model.help (GRPOModule, the default, or SFTModule), --data.help, "
+    "lit-vr1's own options: --model.help (GRPOModule or SFTModule), --data.help, "
     "--model.grpo.help (GRPO: G, clipping, KL, batches), --model.rewards.help NAME (one reward, e.g. IoUReward; "
     "without NAME the list), --model.lora.help, --model.tiny_spec.help, --data.synthetic.help. "
+    "Without a config, name the classes: --model lit_vr1.grpo.GRPOModule (or lit_vr1.sft.SFTModule) --data "
+    "lit_vr1.data.datamodule.GroundingDataModule; a model is exported with python -m lit_vr1.export CKPT DIR. "
     "Errors print as one line; --traceback shows the traceback."
 )
 

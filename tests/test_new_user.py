@@ -174,7 +174,10 @@ def test_lit_vr1_options_are_discoverable_from_the_command_line(tmp_path):
                           (["--model.rewards.help"], "IoUReward, RecJsonFormat")):
         proc = lit_vr1(tmp_path, "fit", *flags)
         assert proc.returncode == 0 and expect in proc.stdout, (flags, proc.stdout[-500:], proc.stderr[-500:])
-    assert "lit-vr1's own options" in lit_vr1(tmp_path, "fit", "--help").stdout
+    epilog = " ".join(lit_vr1(tmp_path, "fit", "--help").stdout.split())
+    assert "lit-vr1's own options" in epilog
+    # a --help-only user found neither the classes to name without a config nor the export (helper-93)
+    assert "--model lit_vr1.grpo.GRPOModule" in epilog and "python -m lit_vr1.export CKPT DIR" in epilog
     assert "fewest pixels an image is resized to" in lit_vr1(tmp_path, "fit", "--model.help").stdout
     # a reward is written as a list entry, named after its function by default
     reward_help = lit_vr1(tmp_path, "fit", "--model.rewards.help", "FunctionReward").stdout
