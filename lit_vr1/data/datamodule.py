@@ -251,17 +251,22 @@ class GroundingDataModule(LightningDataModule):
         on every process, where it draws nothing). Under a Trainer's stage the folder is then held
         for reading until :meth:`teardown`, and a redraw while another run reads it is refused
         (:mod:`lit_vr1.data.folder_lock`)."""
-        if self.train_files is not None or self.synthetic is None:
+        if not self._reads_synthetic():
             return
-        fn = getattr(getattr(self.trainer, "state", None), "fn", None)  # TrainerFn compares as its str value
-        if fn in ("validate", "test") and self.val_files is not None or fn == "predict":
-            return  # held-out files are scored, or predict_files read: no synthetic split is
         try:
             self._draw_and_hold()
         except SyntheticFolderInUse as refused:
-            if self._processes() <= 1 or getattr(self, "_in_setup", False):
+            if self._processes() <= 1:
                 raise
             self._refused = str(refused)  # said by every process at setup (Lightning calls this on one)
+
+    def _reads_synthetic(self) -> bool:
+        """Whether this stage reads a synthetic split: not with training files of the user's, nor
+        for predict (``predict_files``) or a validate / test of held-out files."""
+        if self.train_files is not None or self.synthetic is None:
+            return False
+        fn = getattr(getattr(self.trainer, "state", None), "fn", None)  # TrainerFn compares as its str value
+        return not (fn in ("validate", "test") and self.val_files is not None or fn == "predict")
 
     def _draw_and_hold(self) -> None:
         folder = self.synthetic_dir
@@ -310,11 +315,8 @@ class GroundingDataModule(LightningDataModule):
                                   "data.train_files (with data.train_images) or data.synthetic")
             train, images, val, val_images = None, None, self.val_files, self.val_images
         elif self.train_files is None:
-            self._in_setup = True  # a refusal here is this process's own, raised as it comes
-            try:
-                self.prepare_data()  # idempotent; covers direct use outside a Trainer
-            finally:
-                self._in_setup = False
+            if self._reads_synthetic():  # idempotent; covers direct use outside a Trainer
+                self._draw_and_hold()  # a refusal here is this process's own, raised as it comes
             train, images = self._synthetic_paths("train")
             val, val_images = self._synthetic_paths("val") if self.num_val_samples else (None, None)
             if self.val_files is not None:  # held-out files given: they are scored, not the synthetic split
