@@ -515,16 +515,20 @@ class GRPOModule(VLMModule):
         ``B. 12`` scored 0 in math mode, 1 in training)."""
         if self.eval_answer_mode is not None:
             return self.eval_answer_mode
-        matchers = [r for r in self.rewards if isinstance(r, (Accuracy, HFRRF))]
+        matchers = self._answer_rewards()
         routed = [r for r in matchers if task is None or r.tasks is None or task in r.tasks]
         return (routed or matchers)[0].mode if matchers else "numeric"
+
+    def _answer_rewards(self) -> list[Reward]:
+        """The rewards that match answers (:class:`~lit_vr1.rewards.Accuracy`, :class:`~lit_vr1.rewards.HFRRF`)."""
+        return [r for r in self.rewards if isinstance(r, (Accuracy, HFRRF))]
 
     def unrouted_answer_note(self, task: str) -> str | None:
         """A note for held-out rows of ``task`` that no answer reward scores (every one has other
         ``tasks``): they are matched in the first one's mode, and a held-out file given without
         ``data.val_reward_methods`` has task ``default`` (a mixed-task trial read "solution 'C' holds
         no number" where the file's task was unset)."""
-        matchers = [r for r in self.rewards if isinstance(r, (Accuracy, HFRRF))]
+        matchers = self._answer_rewards()
         if (task != "default" or self.eval_answer_mode is not None or not matchers
                 or any(r.tasks is None or task in r.tasks for r in matchers)):
             return None
@@ -759,9 +763,11 @@ def check_routing(rewards: list[Reward], train_set) -> None:
     rows = ", ".join(f"{task!r} ({n} rows)" for task, n in tasks.items())
     unscored = {task: n for task, n in tasks.items() if not any(scores(r, task) for r in rewards)}
     named, present = sorted({t for r in rewards if r.tasks is not None for t in r.tasks}), set(tasks)
+    idle = [r for r in rewards if not any(scores(r, task) for task in tasks)]  # rewards that score no row
+    # the rows read once more only when something is said (a data set of 200,000 rows passes through here)
+    field = unread_task_field(records, named) if unscored or idle else ""
     how = ("set each reward's tasks to the rows' (or leave tasks unset: every row), or give the rows their task with "
-           "data.reward_methods (one per train file) or a row's own reward_method field"
-           + unread_task_field(records, named))
+           "data.reward_methods (one per train file) or a row's own reward_method field" + field)
     if len(unscored) == len(tasks):
         raise ValueError(f"no reward scores any training row: the rows' tasks are {rows}, and the rewards score "
                          f"{'; '.join(routed(r) for r in rewards)}; {how}")
@@ -770,10 +776,9 @@ def check_routing(rewards: list[Reward], train_set) -> None:
         rank_zero_warn(f"{sum(unscored.values())} training rows are scored by no reward (task(s) "
                        f"{', '.join(map(repr, unscored))}): their completions are left out of every update; {how}"
                        + (f" (a misspelt task? {', '.join(means)})" if means else ""))
-    for reward in rewards:
-        if not any(scores(reward, task) for task in tasks):
-            rank_zero_warn(f"reward {routed(reward)} scores none of the training rows (their tasks: {rows}); it will "
-                           "log nothing this run" + unread_task_field(records, named))
+    for reward in idle:
+        rank_zero_warn(f"reward {routed(reward)} scores none of the training rows (their tasks: {rows}); it will "
+                       "log nothing this run" + field)
     for task, n in tasks.items():
         near = misspelt_task(task, named, present)
         if near is not None and task not in unscored:  # scored, but only by the rewards of every task
